@@ -1,0 +1,43 @@
+"""The one exception family of xrayfeat.
+
+Every error a user can cause (bad data, bad options, missing weights, a damaged
+cache) is an :class:`XrayfeatError`. The CLI prints ``str(error)`` as one line and
+exits with ``error.exit_code``; library users catch the class they care about.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class XrayfeatError(Exception):
+    """Base class. ``exit_code`` 2 means bad usage or input, 1 any other failure."""
+
+    exit_code = 2
+
+
+class DatasetError(XrayfeatError):
+    """A dataset folder or manifest cannot be used as given."""
+
+
+class ImageReadError(XrayfeatError):
+    """One image file cannot be decoded; names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class WeightsError(XrayfeatError):
+    """Backbone weights are missing, damaged or do not fit the backbone."""
+
+
+class StoreError(XrayfeatError):
+    """The feature store is missing rows, damaged, or opened with the wrong fingerprint."""
+
+    exit_code = 1
+
+
+class DeviceError(XrayfeatError):
+    """The requested device or precision is not available."""
