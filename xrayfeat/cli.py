@@ -1,0 +1,518 @@
+"""The ``xrayfeat`` command: parses options, calls the library, prints results.
+
+Conventions for every command: ``--help`` shows an example; ``--json`` prints
+one JSON object on stdout and sends human output to stderr; exit code 0 on
+success, 2 for bad usage or input, 1 for other failures. Library errors
+(:class:`~xrayfeat.errors.XrayfeatError`) become one line on stderr, never a
+traceback. Heavy modules are imported inside commands so that ``--help`` and a
+cache hit stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import XrayfeatError
+
+log = logging.getLogger("xrayfeat")
+
+BACKBONE_CHOICES = ("vgg16", "inception_v3")
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+class _OneLineHandler(logging.Handler):
+    """``xrayfeat: warning: ...`` lines on stderr."""
+
+    def emit(self, record):
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        click.echo(f"xrayfeat: {level}{record.getMessage()}", err=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("xrayfeat")
+    if not any(isinstance(h, _OneLineHandler) for h in root.handlers):
+        root.addHandler(_OneLineHandler())
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        log.warning("%s", message)
+
+    warnings.showwarning = showwarning
+
+
+def _quiet_frameworks() -> None:
+    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_HOME_QUIET", "1")
+
+
+def handle_errors(func):
+    """Turn library errors into one line and the contract's exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except XrayfeatError as exc:
+            click.echo(f"xrayfeat: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
+            sys.exit(130)
+        except (MemoryError, OSError) as exc:
+            click.echo(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def emit(data: dict, as_json: bool, human) -> None:
+    """``--json``: the object on stdout and the human text on stderr; otherwise the text on stdout."""
+    if as_json:
+        human(err=True)
+        click.echo(json.dumps(data, indent=None, default=str))
+    else:
+        human(err=False)
+
+
+def _console(err: bool):
+    from rich.console import Console
+
+    return Console(stderr=err, highlight=False, soft_wrap=True)
+
+
+def feature_options(func):
+    """The options that select a feature store, shared by extract, fit-head, embed and cache export."""
+    options = [
+        click.option("--backbone", "-b", required=True, multiple=False,
+                     help="Backbone: vgg16 or inception_v3 (extract accepts a comma-separated list)."),
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="imagenet (from $KERAS_HOME/models, md5-checked), none (random, seeded) or a weights file."),
+        click.option("--image-size", type=int, default=None, help="Input size in pixels (default: the backbone's, 224)."),
+        click.option("--layer", default=None, help="Cut point, e.g. inception_v3:mixed9 or vgg16:block4_pool (default: last layer)."),
+        click.option("--precision", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "mixed_bfloat16", "mixed_float16"]),
+                     help="auto: float32 on CPU, mixed_bfloat16 on GPU. Part of the fingerprint."),
+        click.option("--store-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"])),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed (random weights, splits, training)."),
+        click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
+        click.option("--cache-dir", default="data_cache", show_default=True, type=click.Path(file_okay=False)),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"])),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _feature_list(kw) -> list:
+    from .extract import FeatureOptions
+
+    names = [b.strip() for b in kw["backbone"].split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKBONE_CHOICES]
+    if unknown or not names:
+        raise XrayfeatError(f"--backbone {kw['backbone']!r}: choose from {', '.join(BACKBONE_CHOICES)}")
+    return [
+        FeatureOptions(backbone=b, weights=kw["weights"], image_size=kw["image_size"], layer=kw["layer"],
+                       precision=kw["precision"], store_dtype=kw["store_dtype"], seed=kw["seed"])
+        for b in names
+    ]
+
+
+def _single_feature(kw):
+    features = _feature_list(kw)
+    if len(features) != 1:
+        raise XrayfeatError("--backbone takes one backbone here; got " + kw["backbone"])
+    return features[0]
+
+
+def _dataset(data: str, classes: str | None, cache_dir: str):
+    from .datasets import discover
+
+    chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return discover(data, classes=chosen, hash_cache=Path(cache_dir) / "file-hashes.json")
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="xrayfeat")
+@click.option("--verbose", "-v", is_flag=True, help="Log what is resolved and done (device, precision, stores).")
+def main(verbose: bool) -> None:
+    """Chest X-ray classification by transfer learning, on a content-addressed HDF5 feature cache.
+
+    \b
+    Example (built-in phantom X-rays, random weights, whole pipeline):
+      xrayfeat phantoms demo_data --task four --per-class 60
+      xrayfeat extract demo_data --backbone vgg16 --weights none
+      xrayfeat cache ls
+    """
+    _quiet_frameworks()
+    _setup_logging(verbose)
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@main.command()
+@click.argument("data")
+@click.option("--classes", default=None, help="Keep only these classes, comma-separated.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@handle_errors
+def inspect(data, classes, as_json):
+    """Count images per split and class; show formats, sizes, duplicates and patient overlap.
+
+    \b
+    Example:
+      xrayfeat inspect ../shared/data/cxr-sample/all
+    """
+    from .datasets import discover, summarize
+
+    chosen = [c.strip() for c in classes.split(",")] if classes else None
+    summary = summarize(discover(data, classes=chosen))
+
+    def human(err):
+        from rich.table import Table
+
+        console = _console(err)
+        table = Table(title=f"{summary['root']} ({summary['layout']}, {summary['images']} images)")
+        table.add_column("split")
+        for name in summary["classes"]:
+            table.add_column(name, justify="right")
+        table.add_column("total", justify="right")
+        for split, counts in summary["counts"].items():
+            table.add_row(split, *[str(counts[c]) for c in summary["classes"]], str(sum(counts.values())))
+        console.print(table)
+        console.print(f"formats: {summary['formats']}  modes: {summary['modes']}  bit depths: {summary['bit_depths']}")
+        if summary["width"]:
+            console.print(f"width {summary['width'][0]}–{summary['width'][1]} px, height "
+                          f"{summary['height'][0]}–{summary['height'][1]} px, {summary['bytes'] / 1e6:.1f} MB")
+        dups = summary["duplicates"]
+        cross = [d for d in dups if d["cross_split"]]
+        console.print(f"duplicate files: {len(dups)} groups ({len(cross)} across splits)")
+        for d in dups[:10]:
+            console.print(f"  {'ACROSS SPLITS ' if d['cross_split'] else ''}{', '.join(d['paths'])}")
+        patients = summary["patients_in_several_splits"]
+        console.print(f"patients in several splits: {len(patients)}")
+        for p in patients[:10]:
+            console.print(f"  {p['patient_id']}: {', '.join(p['splits'])}")
+        for u in summary["unreadable"]:
+            console.print(f"  unreadable: {u['path']}: {u['reason']}")
+
+    emit(summary, as_json, human)
+
+
+# --------------------------------------------------------------------------- describe, weights
+
+
+@main.command()
+@click.option("--backbone", "-b", required=True, type=click.Choice(BACKBONE_CHOICES))
+@click.option("--classes", "n_classes", type=int, required=True, help="Number of classes (2 → one sigmoid unit).")
+@click.option("--image-size", type=int, default=None)
+@click.option("--units", type=int, default=256, show_default=True)
+@click.option("--dropout", type=float, default=0.3, show_default=True)
+@click.option("--l2", type=float, default=1e-3, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
+    """Print the seed's full model (frozen backbone + head) and its parameter counts.
+
+    \b
+    Example:
+      xrayfeat describe --backbone inception_v3 --classes 4
+    """
+    from .backbones import WeightsInfo, build_backbone, get_spec
+    from .heads import build_seed_model, count_params
+
+    if n_classes < 2:
+        raise XrayfeatError(f"--classes must be at least 2; got {n_classes}")
+    spec = get_spec(backbone)
+    model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
+                             units=units, dropout=dropout, l2=l2)
+    counts = count_params(model)
+    lines: list[str] = []
+    model.summary(print_fn=lambda text, line_break=None: lines.append(text), line_length=100,
+                  expand_nested=False)
+    data = {"backbone": backbone, "classes": n_classes, "image_size": image_size or spec.input_size, **counts}
+
+    def human(err):
+        out = sys.stderr if err else sys.stdout
+        for text in lines:
+            click.echo(text, file=out)
+        click.echo(f"Total params: {counts['total']:,}", file=out)
+        click.echo(f"Trainable params: {counts['trainable']:,}", file=out)
+        click.echo(f"Non-trainable params: {counts['non_trainable']:,}", file=out)
+
+    emit(data, as_json, human)
+
+
+@main.group()
+def weights():
+    """ImageNet weight files: what is installed, and installing a downloaded one."""
+
+
+@weights.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def weights_status_cmd(as_json):
+    """List the ImageNet weight files xrayfeat looks for and whether their md5 checks out.
+
+    \b
+    Example:
+      xrayfeat weights status
+    """
+    from .backbones import weights_dir, weights_status
+
+    rows = weights_status()
+
+    def human(err):
+        for r in rows:
+            state = "ok" if r["verified"] else ("WRONG MD5" if r["present"] else "missing")
+            click.echo(f"{r['backbone']:13} {state:9} {r['file']}", err=err)
+        if not all(r["verified"] for r in rows):
+            click.echo(f"install a downloaded file with: xrayfeat weights install FILE  (into {weights_dir()})", err=err)
+
+    emit({"weights": rows}, as_json, human)
+
+
+@weights.command("install")
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def weights_install_cmd(file, as_json):
+    """Verify a downloaded ImageNet weight file's md5 and copy it into $KERAS_HOME/models.
+
+    \b
+    Example:
+      xrayfeat weights install ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
+    """
+    from .backbones import install_weights
+
+    result = install_weights(file)
+    emit(result, as_json, lambda err: click.echo(f"installed {result['backbone']} weights: {result['file']}", err=err))
+
+
+# --------------------------------------------------------------------------- phantoms
+
+
+@main.command()
+@click.argument("out")
+@click.option("--task", type=click.Choice(["four", "binary"]), default="four", show_default=True)
+@click.option("--per-class", type=int, default=60, show_default=True, help="Images per class (train + test).")
+@click.option("--size", type=int, default=256, show_default=True, help="Image size in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def phantoms(out, task, per_class, size, seed, as_json):
+    """Write built-in synthetic chest X-rays (OUT/{train,test}/<class>/*.png + manifest.csv).
+
+    \b
+    Example:
+      xrayfeat phantoms demo_data --task four --per-class 60 --size 256 --seed 0
+    """
+    from .phantoms import write_phantoms
+
+    manifest = write_phantoms(out, task=task, per_class=per_class, size=size, seed=seed)
+    data = {"out": str(Path(out)), "manifest": str(manifest), "task": task, "per_class": per_class, "size": size, "seed": seed}
+    emit(data, as_json, lambda err: click.echo(f"wrote {task} phantoms to {out} (manifest {manifest})", err=err))
+
+
+# --------------------------------------------------------------------------- extract
+
+
+@main.command()
+@click.argument("data")
+@feature_options
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decoding processes (default: all cores; 0: in-process).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="An undecodable image stops the run (fail) or is left out and reported (skip).")
+@click.option("--cluster", default=None, help="Not available in this version; extraction runs on this machine.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
+    """Run a frozen backbone once over every image and keep the features in the HDF5 cache.
+
+    Only images whose content hash has no row yet are decoded and computed; a
+    rerun on the same data computes nothing. Several backbones of the same input
+    size (``-b vgg16,inception_v3``) share one decoding pass.
+
+    \b
+    Example:
+      xrayfeat extract ../shared/data/cxr-sample/all --backbone inception_v3 --weights none
+    """
+    from .extract import RunOptions
+    from .extract import extract as run_extract
+
+    if cluster:
+        raise XrayfeatError("--cluster is not implemented yet; run without it (one machine)")
+    features = _feature_list(kw)
+    dataset = _dataset(data, kw["classes"], kw["cache_dir"])
+    run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
+                     on_error=on_error, progress=True)
+    results = run_extract(dataset, features, run)
+    payload = results[0].as_json() if len(results) == 1 else {"stores": [r.as_json() for r in results]}
+
+    def human(err):
+        for r in results:
+            click.echo(
+                f"{r.store}: {r.images} images, {r.extracted} extracted, {r.reused} reused, {r.skipped} skipped "
+                f"in {r.seconds:.1f} s ({r.images_per_s:.1f} img/s)"
+                + ("  [RANDOM WEIGHTS]" if r.random_weights else ""),
+                err=err,
+            )
+
+    emit(payload, as_json, human)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@main.group()
+def cache():
+    """Feature stores: list, verify, clean up, export."""
+
+
+@cache.command("ls")
+@click.option("--cache-dir", default="data_cache", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def cache_ls(cache_dir, as_json):
+    """List the feature stores, their fingerprints, rows and size.
+
+    \b
+    Example:
+      xrayfeat cache ls --cache-dir data_cache
+    """
+    from .store import list_stores
+
+    infos = [s.info() for s in list_stores(cache_dir)]
+
+    def human(err):
+        from rich.table import Table
+
+        table = Table(title=f"feature stores in {cache_dir}")
+        for col in ("store", "backbone", "layer", "size", "precision", "weights", "rows", "MB"):
+            table.add_column(col)
+        for i in infos:
+            fp = i["fingerprint"]
+            table.add_row(Path(i["path"]).name, fp["backbone"], fp["layer"], str(fp["image_size"]), fp["precision"],
+                          fp["weights"] + (" (RANDOM)" if i["random_weights"] else ""), str(i["rows"]),
+                          f"{i['bytes'] / 1e6:.1f}")
+        _console(err).print(table)
+
+    emit({"cache_dir": str(cache_dir), "stores": infos}, as_json, human)
+
+
+@cache.command("verify")
+@click.option("--cache-dir", default="data_cache", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def cache_verify(cache_dir, as_json):
+    """Check every shard's checksum and every index; exit 1 naming what is damaged.
+
+    \b
+    Example:
+      xrayfeat cache verify
+    """
+    from .store import list_stores
+
+    report = {}
+    for store in list_stores(cache_dir):
+        report[str(store.path)] = store.verify()
+    problems = [p for ps in report.values() for p in ps]
+
+    def human(err):
+        for path, ps in report.items():
+            click.echo(f"{'ok  ' if not ps else 'BAD '} {path}", err=err)
+            for p in ps:
+                click.echo(f"     {p}", err=err)
+        if not report:
+            click.echo(f"no feature stores in {cache_dir}", err=err)
+
+    emit({"ok": not problems, "stores": report}, as_json, human)
+    if problems:
+        click.echo(f"xrayfeat: error: {len(problems)} problem(s) found; first: {problems[0]}", err=True)
+        sys.exit(1)
+
+
+@cache.command("gc")
+@click.option("--cache-dir", default="data_cache", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def cache_gc(cache_dir, as_json):
+    """Remove orphaned temporary files (from killed runs) and compact small shards.
+
+    \b
+    Example:
+      xrayfeat cache gc
+    """
+    from .store import list_stores
+
+    results = [s.gc() for s in list_stores(cache_dir)]
+
+    def human(err):
+        for r in results:
+            click.echo(f"{r['store']}: removed {len(r['removed_temp_files'])} temporary files, merged "
+                       f"{r['merged_shards']} shards, dropped {r['dropped_duplicates']} duplicate rows", err=err)
+
+    emit({"stores": results}, as_json, human)
+
+
+@cache.command("export")
+@click.argument("data")
+@feature_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def cache_export(data, out, as_json, **kw):
+    """Write a dataset's cached features to one .npz (sha256, path, label, split, pooled, spatial).
+
+    Rows follow the dataset's order. Nothing is computed: missing features are an
+    error that says which extract command to run.
+
+    \b
+    Example:
+      xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
+    """
+    import numpy as np
+
+    from .extract import open_store
+
+    features = _single_feature(kw)
+    dataset = _dataset(data, kw["classes"], kw["cache_dir"])
+    store = open_store(features, kw["cache_dir"], kw["device"])
+    arrays = store.read(dataset.hashes, ("pooled", "spatial"))
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp.npz")
+    np.savez(
+        tmp,
+        sha256=np.array(dataset.hashes),
+        path=np.array([item.relpath for item in dataset.items]),
+        label=np.array([item.label for item in dataset.items]),
+        split=np.array([item.split for item in dataset.items]),
+        pooled=arrays["pooled"],
+        spatial=arrays["spatial"],
+    )
+    os.replace(tmp, out)
+    data_out = {"out": str(out), "rows": len(dataset), "store": str(store.path),
+                "pooled": list(arrays["pooled"].shape), "spatial": list(arrays["spatial"].shape)}
+    emit(data_out, as_json, lambda err: click.echo(f"wrote {len(dataset)} rows to {out}", err=err))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,711 @@
+"""Discovering labelled chest X-ray images.
+
+A :class:`Dataset` is the list of labelled image files that every later step
+(extraction, heads, baselines, embeddings, reports) works on. It is found by
+:func:`discover` in one of three layouts:
+
+``split-folders``
+    ``DATA/<split>/<class>/<image>`` with ``<split>`` among :data:`SPLITS`.
+``class-folders``
+    ``DATA/<class>/<image>``; every image is in the ``train`` split.
+``manifest``
+    a CSV file with the columns ``path,label[,split][,patient_id][,source]``;
+    paths are relative to the CSV's folder, the split defaults to ``train``.
+
+Every item carries the SHA-256 of its file's bytes, because the feature store is
+keyed by content, not by path: the same image in two datasets is extracted once,
+and a duplicate file shared by train and test shows up in :func:`summarize`.
+Hashing a large folder is the slow part of discovery, so a JSON cache
+(``hash_cache=``) remembers each file's hash together with its size,
+modification time and inode; an unchanged folder is then discovered at the cost
+of one ``stat`` per file.
+
+Class names are sorted with plain ``sorted()``, which is the order Keras'
+``flow_from_directory`` gives its class indices (upper case before lower case),
+so label indices agree with models trained the classic way. Items are kept in
+a stable order: by split (``train``, ``val``, ``test``), then label, then path.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import tempfile
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+from xrayfeat import images
+from xrayfeat.errors import DatasetError, ImageReadError
+
+__all__ = ["SPLITS", "LAYOUTS", "Item", "Dataset", "discover", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+"""The split names a dataset may use, in the order items are listed."""
+
+LAYOUTS = ("split-folders", "class-folders", "manifest")
+"""The ways :func:`discover` can find a dataset; stored in :attr:`Dataset.layout`."""
+
+MANIFEST_NAME = "manifest.csv"
+"""A manifest with this name inside a folder dataset annotates its items."""
+
+_SPLIT_ORDER = {name: i for i, name in enumerate(SPLITS)}
+_CHUNK = 1 << 20  # read files in 1 MiB chunks when hashing
+_THREADS_FROM_BYTES = 16 << 20  # hash in a thread pool when this much data needs hashing
+_ROOT_DOCS = ("manifest.csv", "source.md")  # besides README*, skipped at the root
+_JUNK = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})  # OS artefacts, skipped everywhere
+_REQUIRED_COLUMNS = ("path", "label")
+_OPTIONAL_COLUMNS = ("split", "patient_id", "source")
+_SHOW_MISSING = 5  # how many missing manifest files an error names
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image file.
+
+    ``path`` is absolute (what readers open); ``relpath`` is the POSIX path
+    relative to the dataset root (what reports and exports show, stable across
+    machines); ``sha256`` is the hex digest of the file's bytes (the feature
+    store key) and ``nbytes`` its size. ``patient_id`` and ``source`` are
+    ``None`` unless a manifest gives them.
+    """
+
+    path: Path
+    relpath: str
+    label: str
+    split: str
+    patient_id: str | None
+    source: str | None
+    sha256: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An ordered, immutable collection of labelled images.
+
+    ``classes`` are the class names in ``sorted()`` order; an item's label index
+    (see :attr:`labels`) is its position there. Views made by :meth:`subset`
+    keep the same ``classes`` so label indices stay comparable across splits;
+    :meth:`select_classes` makes a new task and renumbers them.
+    """
+
+    root: Path
+    items: tuple[Item, ...]
+    classes: tuple[str, ...]
+    layout: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label indices into :attr:`classes`, one per item, as int64."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        return np.fromiter((index[item.label] for item in self.items), dtype=np.int64, count=len(self.items))
+
+    @property
+    def hashes(self) -> list[str]:
+        """The SHA-256 hex digest of each item, in item order."""
+        return [item.sha256 for item in self.items]
+
+    @property
+    def paths(self) -> list[Path]:
+        """The absolute path of each item, in item order."""
+        return [item.path for item in self.items]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits that have at least one item, in :data:`SPLITS` order."""
+        present = {item.split for item in self.items}
+        return tuple(name for name in SPLITS if name in present)
+
+    @property
+    def has_patients(self) -> bool:
+        """Whether any item has a ``patient_id`` (needed for patient-aware splitting)."""
+        return any(item.patient_id is not None for item in self.items)
+
+    @property
+    def has_sources(self) -> bool:
+        """Whether any item has a ``source`` (needed for per-source metric breakdowns)."""
+        return any(item.source is not None for item in self.items)
+
+    def subset(self, split: str) -> Dataset:
+        """The items of one split, with the same classes (possibly none of them, if the split is absent)."""
+        if split not in _SPLIT_ORDER:
+            raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        items = tuple(item for item in self.items if item.split == split)
+        return Dataset(root=self.root, items=items, classes=self.classes, layout=self.layout)
+
+    def select_classes(self, names: Iterable[str]) -> Dataset:
+        """Keep only the named classes, e.g. covid and normal out of a four-class folder.
+
+        The kept classes are re-sorted, so label indices are those a folder with
+        only these classes would give. A single string is taken as one class name.
+        """
+        wanted = {names} if isinstance(names, str) else set(names)
+        if not wanted:
+            raise DatasetError(f"{self.root}: select at least one class; available: {', '.join(self.classes)}")
+        unknown = sorted(wanted.difference(self.classes))
+        if unknown:
+            raise DatasetError(
+                f"{self.root}: unknown class{'es' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; available: {', '.join(self.classes)}"
+            )
+        items = tuple(item for item in self.items if item.label in wanted)
+        return Dataset(root=self.root, items=items, classes=tuple(sorted(wanted)), layout=self.layout)
+
+
+class _Found(NamedTuple):
+    """A labelled file found on disk, before it is stat'ed and hashed."""
+
+    path: str  # absolute
+    shown_base: str  # with shown_tail, how errors name the file: the way the user wrote it
+    shown_tail: str
+    relpath: str
+    label: str
+    split: str
+    patient_id: str | None = None
+    source: str | None = None
+
+    @property
+    def shown(self) -> str:
+        # joined only when an error needs it: discovery of a large folder stays cheap
+        return os.path.join(self.shown_base, self.shown_tail)
+
+
+def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
+             hash_cache: str | os.PathLike | None = None) -> Dataset:
+    """Find the labelled images in a folder or CSV manifest and hash them.
+
+    ``data`` is a folder (``DATA/<split>/<class>/*`` or ``DATA/<class>/*``, decided
+    by whether its sub-folders are split names) or a ``.csv`` manifest. A folder
+    holding a ``manifest.csv`` is still read as folders, but if that manifest has
+    a ``path`` column and ``patient_id``/``source`` columns, they annotate the
+    items it lists (a manifest with other columns is ignored).
+
+    ``classes`` keeps only those classes (see :meth:`Dataset.select_classes`);
+    files of other classes are neither checked nor hashed. ``hash_cache`` is a
+    JSON file reused across runs so unchanged files are not read again.
+
+    Raises :class:`~xrayfeat.errors.DatasetError` with a one-line message naming
+    the offending file or folder and the fix.
+    """
+    suffixes = images.IMAGE_SUFFIXES
+    shown_root = os.fspath(data)
+    wanted = None if classes is None else ({classes} if isinstance(classes, str) else set(classes))
+    absolute = os.path.abspath(shown_root)
+    if os.path.isdir(absolute):
+        layout, found = _scan_folders(absolute, shown_root, suffixes, wanted)
+        root = absolute
+        annotations = _read_annotations(os.path.join(absolute, MANIFEST_NAME))
+        if annotations:
+            found = [
+                f._replace(patient_id=annotations[f.relpath][0], source=annotations[f.relpath][1])
+                if f.relpath in annotations else f
+                for f in found
+            ]
+    elif os.path.isfile(absolute) and absolute.lower().endswith(".csv"):
+        layout = "manifest"
+        root = os.path.dirname(absolute)
+        found = _read_manifest(absolute, shown_root, suffixes)
+        labels = {f.label for f in found}
+        _check_wanted(wanted, labels, shown_root)
+        if wanted is not None:
+            found = [f for f in found if f.label in wanted]
+    elif os.path.exists(absolute):
+        raise DatasetError(f"{shown_root}: is neither a folder nor a .csv manifest; pass a dataset folder or a CSV file")
+    else:
+        raise DatasetError(f"{shown_root}: no such folder or CSV file")
+
+    all_classes = sorted({f.label for f in found})
+    if not all_classes:
+        raise DatasetError(f"{shown_root}: no classes found; expected DATA/<class>/<image>, DATA/<split>/<class>/<image> or a CSV manifest")
+    cache = _HashCache(hash_cache)
+    items = _hash_found(found, cache)
+    cache.save()
+    items.sort(key=lambda item: (_SPLIT_ORDER[item.split], item.label, item.relpath))
+    return Dataset(root=Path(root), items=tuple(items), classes=tuple(all_classes), layout=layout)
+
+
+def _one_line(text: str) -> str:
+    """Keep an error message on one line even when a file name holds a newline."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _suffix(name: str) -> str:
+    """Lower-case extension with the dot ('' for none); a cheaper os.path.splitext for 10^5 names."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 and "/" not in name[dot:] else ""
+
+
+def _is_skipped(name: str) -> bool:
+    return name.startswith(".") or name in _JUNK
+
+
+def _list(folder: str, shown: str) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """Non-hidden sub-folders and other entries of ``folder``, each sorted by name."""
+    try:
+        with os.scandir(folder) as it:
+            entries = [entry for entry in it if not _is_skipped(entry.name)]
+    except OSError as error:
+        raise DatasetError(_one_line(f"{shown}: cannot list folder ({error.strerror}); check its permissions")) from error
+    entries.sort(key=lambda entry: entry.name)
+    dirs = [entry for entry in entries if entry.is_dir()]
+    others = [entry for entry in entries if not entry.is_dir()]
+    return dirs, others
+
+
+def _check_wanted(wanted: set[str] | None, available: Iterable[str], shown_root: str) -> None:
+    if wanted is None:
+        return
+    available = sorted(set(available))
+    if not wanted:
+        raise DatasetError(f"{shown_root}: select at least one class; available: {', '.join(available)}")
+    unknown = sorted(wanted.difference(available))
+    if unknown:
+        raise DatasetError(_one_line(
+            f"{shown_root}: unknown class{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"available: {', '.join(available)}"
+        ))
+
+
+def _check_loose_files(entries: list[os.DirEntry], shown: str, suffixes: frozenset[str], where: str) -> None:
+    """Images outside a class folder have no label: refuse them rather than drop them.
+
+    Other files at the root or split level (README, LICENSE, metadata tables)
+    are left alone.
+    """
+    for entry in entries:
+        if _suffix(entry.name) in suffixes:
+            raise DatasetError(_one_line(
+                f"{os.path.join(shown, entry.name)}: image {where} has no class; "
+                f"move it into a class folder ({shown}/<class>/)"
+            ))
+
+
+def _scan_folders(root: str, shown_root: str, suffixes: frozenset[str],
+                  wanted: set[str] | None) -> tuple[str, list[_Found]]:
+    """Decide the folder layout and list the image files of the wanted classes."""
+    subdirs, others = _list(root, shown_root)
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for entry in subdirs:
+        if entry.name.lower() in _SPLIT_ORDER:
+            by_split[entry.name.lower()].append(entry.name)
+    loose = [entry for entry in others
+             if entry.name.lower() not in _ROOT_DOCS and not entry.name.lower().startswith("readme")]
+    if not subdirs:
+        raise DatasetError(_one_line(
+            f"{shown_root}: no classes found (no sub-folders); "
+            f"expected {shown_root}/<class>/<image> or {shown_root}/<split>/<class>/<image>"
+        ))
+    split_dirs = sum(len(names) for names in by_split.values())
+    if split_dirs and split_dirs < len(subdirs):
+        names = ", ".join(entry.name for entry in subdirs)
+        raise DatasetError(_one_line(
+            f"{shown_root}: mixes split folders and other folders (found: {names}); "
+            f"use either {shown_root}/<split>/<class>/ with splits {', '.join(SPLITS)}, or {shown_root}/<class>/ only"
+        ))
+    for split, names in by_split.items():
+        if len(names) > 1:
+            raise DatasetError(_one_line(
+                f"{shown_root}: folders {', '.join(names)} are the same split {split!r}; merge them"
+            ))
+    _check_loose_files(loose, shown_root, suffixes, "at the dataset root")
+
+    class_dirs: list[tuple[str, str, str]] = []  # (split, class, relative folder)
+    if split_dirs:
+        layout = "split-folders"
+        for entry in subdirs:
+            split = entry.name.lower()
+            shown_split = os.path.join(shown_root, entry.name)
+            dirs, files = _list(entry.path, shown_split)
+            _check_loose_files(files, shown_split, suffixes, "in a split folder")
+            if not dirs:
+                raise DatasetError(_one_line(
+                    f"{shown_split}: split folder has no class folders; add {shown_split}/<class>/ folders or remove it"
+                ))
+            class_dirs.extend((split, d.name, f"{entry.name}/{d.name}") for d in dirs)
+    else:
+        layout = "class-folders"
+        class_dirs = [("train", entry.name, entry.name) for entry in subdirs]
+
+    _check_wanted(wanted, (label for _, label, _ in class_dirs), shown_root)
+    found: list[_Found] = []
+    for split, label, rel_dir in class_dirs:
+        if wanted is not None and label not in wanted:
+            continue
+        found.extend(_scan_class(root, shown_root, rel_dir, label, split, suffixes))
+    return layout, found
+
+
+def _scan_class(root: str, shown_root: str, rel_dir: str, label: str, split: str,
+                suffixes: frozenset[str]) -> list[_Found]:
+    """List one class folder; anything but image files in it is an error."""
+    folder = os.path.join(root, rel_dir)
+    shown_dir = os.path.join(shown_root, rel_dir)
+    dirs, files = _list(folder, shown_dir)
+    if dirs:
+        nested = os.path.join(shown_dir, dirs[0].name)
+        if any(d.name.lower() in _SPLIT_ORDER for d in dirs):
+            hint = f"; if {shown_dir} is the dataset, pass it as DATA"
+        elif "/" not in rel_dir:  # class-folders layout: maybe split folders with other names
+            hint = f"; if {rel_dir!r} is meant as a split, name the split folders {', '.join(SPLITS)}"
+        else:
+            hint = ""
+        raise DatasetError(_one_line(
+            f"{nested}: nested folder inside class folder {label!r}; "
+            f"move its images up into {shown_dir} or out of the dataset{hint}"
+        ))
+    if not files:
+        raise DatasetError(_one_line(
+            f"{shown_dir}: class folder is empty; add images or remove the folder"
+        ))
+    allowed = ", ".join(sorted(suffixes))
+    found = []
+    for entry in files:
+        if _suffix(entry.name) not in suffixes:
+            raise DatasetError(_one_line(
+                f"{os.path.join(shown_dir, entry.name)}: not an image (allowed: {allowed}); move it out of the class folder"
+            ))
+        if not entry.is_file():
+            raise DatasetError(_one_line(
+                f"{os.path.join(shown_dir, entry.name)}: not a regular file (a broken link?); replace it with the image file"
+            ))
+        relpath = f"{rel_dir}/{entry.name}"
+        found.append(_Found(entry.path, shown_root, relpath, relpath, label, split))
+    return found
+
+
+def _normalise_relpath(value: str) -> str:
+    """A manifest path as a POSIX relative path ('./a\\b.png' -> 'a/b.png')."""
+    return posixpath.normpath(value.strip().replace("\\", "/"))
+
+
+def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]] | None:
+    """patient_id/source per relpath from a folder's manifest.csv, or None if it has no such columns.
+
+    Written by the phantom generator; a manifest with other columns (like the
+    real sample's ``relpath,...,label,...``) or one that cannot be read is ignored.
+    """
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip().lower() for name in next(reader, [])]
+            if "path" not in header or not ({"patient_id", "source"} & set(header)):
+                return None
+            i_path = header.index("path")
+            i_pid = header.index("patient_id") if "patient_id" in header else None
+            i_src = header.index("source") if "source" in header else None
+            annotations = {}
+            for row in reader:
+                if len(row) <= i_path or not row[i_path].strip():
+                    continue
+                annotations[_normalise_relpath(row[i_path])] = (_cell(row, i_pid), _cell(row, i_src))
+            return annotations
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        if not isinstance(error, FileNotFoundError):
+            logger.debug("ignoring %s: %s", manifest, error)
+        return None
+
+
+def _cell(row: list[str], index: int | None) -> str | None:
+    """A stripped optional cell; empty or absent becomes None."""
+    if index is None or index >= len(row):
+        return None
+    value = row[index].strip()
+    return value or None
+
+
+def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str]) -> list[_Found]:
+    """Parse a CSV manifest into found files, checking columns, splits and that files exist."""
+    base = os.path.dirname(csv_path)
+    shown_base = os.path.dirname(shown_csv)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{shown_csv}: not UTF-8 text; save the manifest as UTF-8 CSV") from error
+    except (OSError, csv.Error) as error:
+        raise DatasetError(_one_line(f"{shown_csv}: cannot read the manifest ({error}); check the file")) from error
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise DatasetError(f"{shown_csv}: manifest is empty; it needs a header row {','.join(_REQUIRED_COLUMNS + _OPTIONAL_COLUMNS)} and one row per image")
+    header = [name.strip().lower() for name in rows[0]]
+    missing = [name for name in _REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise DatasetError(_one_line(
+            f"{shown_csv}: manifest lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {', '.join(header)}); required: {', '.join(_REQUIRED_COLUMNS)}, "
+            f"optional: {', '.join(_OPTIONAL_COLUMNS)}"
+        ))
+    col = {name: header.index(name) for name in _REQUIRED_COLUMNS + _OPTIONAL_COLUMNS if name in header}
+    allowed = ", ".join(sorted(suffixes))
+    found: list[_Found] = []
+    seen: dict[str, int] = {}
+    missing_files: list[str] = []
+    bad_splits: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        value = _cell(row, col["path"])
+        label = _cell(row, col["label"])
+        if value is None:
+            raise DatasetError(f"{shown_csv}: line {line} has an empty path; fill it in or delete the row")
+        if label is None:
+            raise DatasetError(_one_line(f"{shown_csv}: line {line} ({value}) has an empty label; fill it in or delete the row"))
+        split = (_cell(row, col["split"]) if "split" in col else None) or "train"
+        if split.lower() not in _SPLIT_ORDER:
+            bad_splits.setdefault(split, line)
+            continue
+        split = split.lower()
+        path = os.path.normpath(os.path.join(base, value))
+        relpath = Path(os.path.relpath(path, base)).as_posix()
+        if path in seen:
+            raise DatasetError(_one_line(
+                f"{shown_csv}: {value} is listed twice (lines {seen[path]} and {line}); keep one row per image"
+            ))
+        seen[path] = line
+        shown = os.path.join(shown_base, value)
+        if _suffix(value) not in suffixes:
+            raise DatasetError(_one_line(f"{shown}: not an image (allowed: {allowed}); fix line {line} of {shown_csv}"))
+        if not os.path.exists(path):
+            missing_files.append(value)
+            continue
+        if not os.path.isfile(path):
+            raise DatasetError(_one_line(f"{shown}: not a regular file; fix line {line} of {shown_csv}"))
+        found.append(_Found(path, shown_base, value, relpath, label, split,
+                            _cell(row, col.get("patient_id")), _cell(row, col.get("source"))))
+    if bad_splits:
+        listed = ", ".join(f"{value!r} (line {line})" for value, line in bad_splits.items())
+        raise DatasetError(_one_line(
+            f"{shown_csv}: unknown split value{'s' if len(bad_splits) > 1 else ''} {listed}; allowed: {', '.join(SPLITS)} (empty means train)"
+        ))
+    if missing_files:
+        shown_few = ", ".join(missing_files[:_SHOW_MISSING])
+        more = len(missing_files) - _SHOW_MISSING
+        raise DatasetError(_one_line(
+            f"{shown_csv}: {len(missing_files)} listed file{'s do' if len(missing_files) > 1 else ' does'} not exist: "
+            f"{shown_few}{f' and {more} more' if more > 0 else ''}; paths are relative to {shown_base or '.'}"
+        ))
+    if not found:
+        raise DatasetError(f"{shown_csv}: manifest has a header but no rows; add one row per image")
+    return found
+
+
+def _sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (the only place file contents are read)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _hash_found(found: list[_Found], cache: _HashCache) -> list[Item]:
+    """Stat every file, reuse cached hashes where size, mtime and inode match, hash the rest."""
+    stats: list[os.stat_result] = []
+    digests: list[str | None] = []
+    for f in found:
+        try:
+            st = os.stat(f.path)
+        except OSError as error:
+            raise DatasetError(_one_line(f"{f.shown}: cannot read ({error.strerror}); check the file")) from error
+        if st.st_size == 0:
+            raise DatasetError(_one_line(f"{f.shown}: is empty (0 bytes): remove or replace it"))
+        stats.append(st)
+        digests.append(cache.lookup(f.path, st))
+    todo = [i for i, digest in enumerate(digests) if digest is None]
+
+    def work(i: int) -> tuple[int, str]:
+        try:
+            return i, _sha256_file(found[i].path)
+        except OSError as error:
+            raise DatasetError(_one_line(f"{found[i].shown}: cannot read ({error.strerror}); check the file")) from error
+
+    if len(todo) > 1 and sum(stats[i].st_size for i in todo) >= _THREADS_FROM_BYTES:
+        # hashlib releases the GIL on large buffers, so threads overlap reading and
+        # hashing across cores; on many tiny files they only add overhead.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            fresh = list(pool.map(work, todo))
+    else:
+        fresh = [work(i) for i in todo]
+    for i, digest in fresh:
+        digests[i] = digest
+        cache.store(found[i].path, stats[i], digest)
+
+    folders: dict[str, Path] = {}  # one Path per folder, then a cheap join per file
+    items = []
+    for f, st, digest in zip(found, stats, digests):
+        folder, name = os.path.split(f.path)
+        parent = folders.get(folder)
+        if parent is None:
+            parent = folders[folder] = Path(folder)
+        items.append(Item(parent / name, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size))
+    return items
+
+
+class _HashCache:
+    """File hashes remembered across runs: absolute path -> [size, mtime_ns, inode, sha256].
+
+    An entry is trusted only when size, mtime_ns and inode all equal the file's
+    current ``stat``; anything else means the file may have changed and is hashed
+    again. An unreadable or corrupt cache file is treated as empty, never as an
+    error: it is only a shortcut. Entries of files outside the current dataset
+    are kept, so datasets sharing one cache directory do not evict each other.
+    The file is written (atomically) only when an entry changed; when two runs
+    save at once the last one wins, which costs only re-hashing, never a wrong hash.
+    """
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = None if path is None else os.path.abspath(os.fspath(path))
+        self.entries: dict = self._load(self.path) if self.path else {}
+        self.changed = False
+
+    @staticmethod
+    def _load(path: str) -> dict:
+        try:
+            with open(path, "rb") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            logger.warning("ignoring unreadable hash cache %s (%s); files will be hashed again", path, error)
+            return {}
+        if not isinstance(data, dict):
+            logger.warning("ignoring hash cache %s: not a JSON object; files will be hashed again", path)
+            return {}
+        return data
+
+    def lookup(self, key: str, st: os.stat_result) -> str | None:
+        entry = self.entries.get(key)
+        if (type(entry) is list and len(entry) == 4 and entry[0] == st.st_size
+                and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino
+                and type(entry[3]) is str and len(entry[3]) == 64):
+            return entry[3]
+        return None
+
+    def store(self, key: str, st: os.stat_result, digest: str) -> None:
+        entry = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+        if self.entries.get(key) != entry:
+            self.entries[key] = entry
+            self.changed = True
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        folder = os.path.dirname(self.path)
+        tmp = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".file-hashes-", suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(self.entries, handle, separators=(",", ":"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            tmp = None
+            self.changed = False
+        except OSError as error:
+            logger.warning("could not save hash cache %s (%s); files will be hashed again next time", self.path, error)
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
+def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
+    """The facts ``xrayfeat inspect`` shows about a dataset, as a JSON-serialisable dict.
+
+    Counts per split and class, total bytes, exact duplicate files (same SHA-256;
+    ``cross_split`` marks leakage between splits), patients found in several
+    splits, and, when ``probe_images``, image formats, modes, bit depths and the
+    width/height range read from file headers (no pixels are decoded). Files
+    whose header cannot be read are listed under ``unreadable`` rather than
+    raising: inspection reports problems, extraction is where they fail.
+    """
+    counts = {split: {name: 0 for name in dataset.classes} for split in dataset.splits}
+    by_hash: dict[str, list[Item]] = defaultdict(list)
+    patient_splits: dict[str, set[str]] = defaultdict(set)
+    for item in dataset.items:
+        counts[item.split][item.label] += 1
+        by_hash[item.sha256].append(item)
+        if item.patient_id is not None:
+            patient_splits[item.patient_id].add(item.split)
+
+    def in_order(splits: Iterable[str]) -> list[str]:
+        return sorted(set(splits), key=_SPLIT_ORDER.__getitem__)
+
+    duplicates = [
+        {
+            "sha256": digest,
+            "paths": [item.relpath for item in group],
+            "splits": in_order(item.split for item in group),
+            "labels": sorted({item.label for item in group}),
+            "cross_split": len({item.split for item in group}) > 1,
+        }
+        for digest, group in by_hash.items() if len(group) > 1
+    ]
+    patients = [
+        {"patient_id": pid, "splits": in_order(splits)}
+        for pid, splits in sorted(patient_splits.items()) if len(splits) > 1
+    ]
+
+    formats: Counter = Counter()
+    modes: Counter = Counter()
+    bit_depths: Counter = Counter()
+    widths: list[int] = []
+    heights: list[int] = []
+    unreadable = []
+    if probe_images:
+        for item in dataset.items:
+            try:
+                info = images.probe(item.path)
+            except ImageReadError as error:
+                unreadable.append({"path": item.relpath, "reason": error.reason})
+                continue
+            except OSError as error:
+                unreadable.append({"path": item.relpath, "reason": error.strerror or str(error)})
+                continue
+            formats[str(info["format"])] += 1
+            modes[str(info["mode"])] += 1
+            bit_depths[str(info["bit_depth"])] += 1
+            widths.append(int(info["width"]))
+            heights.append(int(info["height"]))
+
+    return {
+        "root": str(dataset.root),
+        "layout": dataset.layout,
+        "classes": list(dataset.classes),
+        "images": len(dataset),
+        "counts": counts,
+        "probed": probe_images,
+        "formats": dict(sorted(formats.items())),
+        "modes": dict(sorted(modes.items())),
+        "bit_depths": dict(sorted(bit_depths.items(), key=lambda kv: (len(kv[0]), kv[0]))),
+        "width": [min(widths), max(widths)] if widths else None,
+        "height": [min(heights), max(heights)] if heights else None,
+        "bytes": sum(item.nbytes for item in dataset.items),
+        "duplicates": duplicates,
+        "patients_in_several_splits": patients,
+        "unreadable": unreadable,
+    }
