@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 
 import numpy as np
@@ -235,13 +234,13 @@ def test_n_boot_zero_turns_intervals_off():
     assert r["by_source"]["x"]["ci_accuracy"] is None
 
 
-def test_bootstrap_is_fast_enough():
+def test_bootstrap_on_10k_predictions_gives_intervals():
+    # speed is measured by scripts, never asserted in unit tests
     y, p = _synthetic(10_000, k=4, seed=5)
-    t = time.perf_counter()
     r = evaluate(y, p, CLASSES4, n_boot=1000)
-    elapsed = time.perf_counter() - t
     assert r["ci"]["roc_auc"] is not None
-    assert elapsed < 5.0, f"1,000 resamples of 10,000 predictions took {elapsed:.1f} s"
+    lo, hi = r["ci"]["accuracy"]
+    assert lo <= r["accuracy"] <= hi
 
 
 # --------------------------------------------------------------------------- by source
