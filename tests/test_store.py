@@ -1,0 +1,236 @@
+"""The HDF5 feature store on its own: no backbone, hand-made arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from xrayfeat.errors import StoreError
+from xrayfeat.store import (
+    FINGERPRINT_FIELDS,
+    FeatureStore,
+    fingerprint_id,
+    list_stores,
+    store_dirname,
+)
+
+FP = {
+    "backbone": "vgg16", "weights": "none:seed=0", "image_size": 32, "preprocess": "caffe",
+    "decode": "v1", "layer": "block5_pool", "precision": "float32", "store_dtype": "float16",
+    "keras": "3.0", "backend": "tensorflow",
+}
+
+
+def rows(n, start=0, seed=0):
+    rng = np.random.default_rng(seed + start)
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(start, start + n)]
+    spatial = rng.uniform(0, 5, (n, 2, 2, 3)).astype(np.float32)
+    return hashes, spatial, spatial.mean(axis=(1, 2))
+
+
+def filled(tmp_path, batches=((0, 4), (4, 3), (7, 5))):
+    store = FeatureStore.open(tmp_path / "cache", FP, create=True)
+    expected = {}
+    with store.writer() as w:
+        for start, n in batches:
+            h, s, p = rows(n, start)
+            w.append(h, s, p)
+            expected.update({k: (a, b) for k, a, b in zip(h, s, p)})
+    return store, expected
+
+
+@pytest.mark.parametrize("field", FINGERPRINT_FIELDS)
+def test_every_fingerprint_field_changes_the_id(field):
+    changed = {**FP, field: f"{FP[field]}x"}
+    assert fingerprint_id(changed) != fingerprint_id(FP)
+    assert store_dirname(changed) != store_dirname(FP)
+
+
+def test_fingerprint_ignores_key_order_and_extra_fields():
+    shuffled = dict(reversed(list(FP.items())))
+    assert fingerprint_id(shuffled) == fingerprint_id(FP)
+    assert fingerprint_id({**FP, "batch_size": 7}) == fingerprint_id(FP)
+
+
+def test_append_then_read_in_any_order(tmp_path):
+    store, expected = filled(tmp_path)
+    assert len(store) == 12
+    order = list(expected)[::-1]
+    order = order[5:] + order[:5]
+    out = store.read(order)
+    for i, h in enumerate(order):
+        np.testing.assert_array_equal(out["spatial"][i], expected[h][0].astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(out["pooled"][i], expected[h][1].astype(np.float16).astype(np.float32))
+
+
+def test_read_repeated_hashes(tmp_path):
+    store, expected = filled(tmp_path)
+    h = list(expected)[3]
+    out = store.read([h, h, h], ("pooled",))
+    assert out["pooled"].shape == (3, 3)
+    assert np.all(out["pooled"] == out["pooled"][0])
+
+
+def test_small_shards_are_compacted_and_index_saved(tmp_path):
+    store, _ = filled(tmp_path)
+    assert len(store.shard_names()) == 1
+    assert (store.path / "index.npz").is_file()
+    assert store.verify() == []
+
+
+def test_missing_keeps_order_and_drops_repeats(tmp_path):
+    store, expected = filled(tmp_path)
+    new = [hashlib.sha256(b"new%d" % i).hexdigest() for i in range(3)]
+    asked = [new[2], list(expected)[0], new[0], new[2], new[1]]
+    assert store.missing(asked) == [new[2], new[0], new[1]]
+
+
+def test_reading_absent_rows_says_what_to_run(tmp_path):
+    store, _ = filled(tmp_path)
+    with pytest.raises(StoreError, match="run `xrayfeat extract`"):
+        store.read([hashlib.sha256(b"absent").hexdigest()])
+
+
+def test_other_fingerprint_is_another_store(tmp_path):
+    filled(tmp_path)
+    with pytest.raises(StoreError, match="no feature store"):
+        FeatureStore.open(tmp_path / "cache", {**FP, "precision": "mixed_bfloat16"})
+    other = FeatureStore.open(tmp_path / "cache", {**FP, "layer": "block4_pool"}, create=True)
+    assert len(other) == 0
+    assert len(list_stores(tmp_path / "cache")) == 2
+
+
+def test_half_written_shard_is_invisible_and_gc_removes_it(tmp_path):
+    store, expected = filled(tmp_path)
+    tmp = store.path / "shards" / ".tmp-99999999999999999999-deadbeef.h5"
+    tmp.write_bytes(b"\x89HDF half written")
+    store.refresh()
+    assert len(store) == len(expected)
+    assert store.verify() == []
+    result = store.gc()
+    assert tmp.name in result["removed_temp_files"]
+    assert not tmp.exists()
+
+
+def test_stale_or_broken_index_is_rebuilt(tmp_path):
+    store, expected = filled(tmp_path)
+    (store.path / "index.npz").write_bytes(b"not an npz")
+    store.refresh()
+    assert len(store) == len(expected)
+    out = store.read(list(expected))
+    assert out["pooled"].shape == (len(expected), 3)
+
+
+def test_index_follows_shards_added_by_another_writer(tmp_path):
+    store, expected = filled(tmp_path)
+    other = FeatureStore.open(tmp_path / "cache", FP)
+    h, s, p = rows(2, start=100)
+    with other.writer() as w:
+        w.append(h, s, p)
+    store.refresh()
+    assert len(store) == len(expected) + 2
+
+
+def test_interrupted_compaction_duplicates_are_harmless_and_gc_fixes_them(tmp_path):
+    store, expected = filled(tmp_path)
+    [name] = store.shard_names()
+    # what a kill between "merged shard renamed" and "old shards deleted" leaves behind
+    copy = store.path / "shards" / f"{'9' * 20}-copy.h5"
+    copy.write_bytes((store.path / "shards" / name).read_bytes())
+    store.refresh()
+    assert len(store) == len(expected)
+    assert any("stored twice" in p for p in store.verify())
+    store.gc()
+    assert store.verify() == []
+    assert len(store) == len(expected)
+
+
+def test_damaged_shard_is_named_by_verify(tmp_path):
+    store, _ = filled(tmp_path)
+    [name] = store.shard_names()
+    with h5py.File(store.path / "shards" / name, "r+") as f:
+        f["pooled"][0, 0] = 1234.0
+    problems = store.verify()
+    assert len(problems) == 1 and name in problems[0] and "checksum" in problems[0]
+
+
+def test_truncated_shard_is_reported_not_raised(tmp_path):
+    store, _ = filled(tmp_path)
+    [name] = store.shard_names()
+    path = store.path / "shards" / name
+    path.write_bytes(path.read_bytes()[:200])
+    problems = store.verify()
+    assert problems and name in problems[0]
+
+
+def test_float16_overflow_is_refused(tmp_path):
+    store = FeatureStore.open(tmp_path / "cache", FP, create=True)
+    h, s, p = rows(2)
+    s[0, 0, 0, 0] = 70000.0
+    with pytest.raises(StoreError, match="--store-dtype float32"):
+        with store.writer() as w:
+            w.append(h, s, p)
+    assert len(store) == 0
+
+
+def test_float32_store_keeps_large_values(tmp_path):
+    store = FeatureStore.open(tmp_path / "cache", {**FP, "store_dtype": "float32"}, create=True)
+    h, s, p = rows(2)
+    s[0, 0, 0, 0] = 70000.0
+    with store.writer() as w:
+        w.append(h, s, p)
+    assert store.read(h)["spatial"][0, 0, 0, 0] == 70000.0
+
+
+def test_nan_features_are_refused(tmp_path):
+    store = FeatureStore.open(tmp_path / "cache", FP, create=True)
+    h, s, p = rows(2)
+    p[1, 1] = np.nan
+    with pytest.raises(StoreError, match="NaN"):
+        with store.writer() as w:
+            w.append(h, s, p)
+
+
+def test_many_tiny_values_warn(tmp_path):
+    store = FeatureStore.open(tmp_path / "cache", FP, create=True)
+    h, s, p = rows(3)
+    s *= 1e-6
+    p *= 1e-6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with store.writer() as w:
+            w.append(h, s, p)
+            w.warn_subnormal()
+    assert any("below float16's normal range" in str(c.message) for c in caught)
+
+
+def test_stream_batches_match_read(tmp_path):
+    store, expected = filled(tmp_path)
+    order = list(expected)
+    chunks = list(store.iter_batches(order, ("pooled",), batch_size=5))
+    assert [len(c["pooled"]) for c in chunks] == [5, 5, 2]
+    np.testing.assert_array_equal(np.concatenate([c["pooled"] for c in chunks]), store.read(order, ("pooled",))["pooled"])
+
+
+def test_provenance_is_in_hdf5_attributes(tmp_path):
+    store = FeatureStore.open(tmp_path / "cache", FP, create=True)
+    with store.writer({"device": "cpu"}) as w:
+        w.append(*rows(2))
+    attrs = store.provenance()
+    assert attrs["random_weights"] is True or attrs["random_weights"] == 1
+    assert "RANDOM WEIGHTS" in attrs["WARNING"]
+    assert json.loads(attrs["fingerprint"]) == FP
+    assert attrs["device"] == "cpu"
+
+
+def test_tampered_fingerprint_file_is_detected(tmp_path):
+    store, _ = filled(tmp_path)
+    meta = store.path / "fingerprint.json"
+    meta.write_text(json.dumps({**FP, "layer": "other"}))
+    with pytest.raises(StoreError, match="damaged"):
+        FeatureStore.open(tmp_path / "cache", FP)

@@ -1,0 +1,417 @@
+"""Reading X-ray pixels: PNG, JPEG and DICOM files to small uint8 arrays.
+
+Every backbone input and every pixel baseline comes through :func:`read_image`
+(or :func:`read_gray`), so the exact pixels a feature was computed from are
+defined here and versioned by :data:`DECODE_VERSION`.
+
+The rules, and why:
+
+* The whole image is squashed to ``size x size`` (aspect ratio not kept), as
+  Keras' ``flow_from_directory`` does, with PIL's antialiased BILINEAR resize.
+* 8-bit images keep their values. Images with more than 8 bits (16-bit PNG,
+  every DICOM) are mapped to 0..255 by their real range (min..max of the
+  full-resolution pixel values), because X-rays often use 10-14 of 16 bits: a
+  fixed ``/257`` would leave them dark, and clipping at 255 would destroy them.
+  The resize is done in float32 before this mapping, so no precision is lost.
+* Transparent pixels are composited over black; palettes are expanded; CMYK and
+  other colour modes become RGB; the EXIF orientation is applied.
+* JPEGs are decoded with ``draft`` (libjpeg's DCT scaling by 1/2, 1/4 or 1/8),
+  which never goes below the target size and is several times faster on large
+  radiographs.
+* DICOM: modality LUT (rescale slope/intercept), then the VOI LUT or window,
+  then MONOCHROME1 is inverted so that bone is bright, like MONOCHROME2; the
+  first frame of a multi-frame file is used. This is done silently (it is the
+  documented meaning of MONOCHROME1, not a problem with the file).
+* Width x height is checked from the header before any decoding (a guard
+  against decompression bombs); see :data:`DEFAULT_MAX_PIXELS`.
+* Every failure is an :class:`~xrayfeat.errors.ImageReadError` naming the file,
+  the reason and, where there is one, the fix. Truncated files are errors,
+  never silently padded.
+
+This module runs inside decoding worker processes: it imports only numpy and
+PIL (pydicom lazily, for DICOM files) and must never import Keras/TensorFlow.
+It changes no global state (PIL's own bomb check is bypassed by opening files
+with the PNG/JPEG plugin classes directly, and replaced by ours).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, JpegImagePlugin, PngImagePlugin
+
+from .errors import ImageReadError
+
+__all__ = [
+    "DECODE_VERSION",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS_ENV",
+    "probe",
+    "read_gray",
+    "read_image",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+"""File suffixes treated as images (compare ``Path.suffix.lower()``)."""
+
+DEFAULT_MAX_PIXELS = 150_000_000
+"""Largest width x height decoded; more is refused as a likely decompression
+bomb. Set the environment variable ``XRAYFEAT_MAX_PIXELS`` to change it."""
+
+MAX_PIXELS_ENV = "XRAYFEAT_MAX_PIXELS"
+
+DECODE_VERSION = "pil-draft-bilinear-v1"
+"""Identifies the decoding rules; part of the feature-cache fingerprint.
+Bump it whenever a change here alters decoded pixel values (resize filter,
+draft use, range scaling, alpha, DICOM LUTs...), so that stale features are
+never mixed with new ones. Pure refactors and new error messages keep it."""
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_OTHER_FORMATS = {  # magic bytes of formats people mistake for PNG/JPEG
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"RIFF": "WebP (or another RIFF)",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b"%PDF": "PDF",
+}
+_PIL_PLUGINS = {"PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.JpegImageFile}
+# What PIL raises on damaged files (Image.open catches the same family).
+_PIL_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+_HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_ORIENT = {  # EXIF orientation -> the numpy transform that displays it upright
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+_DAMAGED = "the file is damaged or incomplete: re-export or re-download it"
+
+
+def _why(exc: BaseException) -> str:
+    """A library exception's text on one line (the CLI prints one line per error)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode an image file to a C-contiguous ``uint8`` array ``(size, size, 3)``, RGB.
+
+    Grayscale images are repeated into the three channels. Raises
+    :class:`ImageReadError` for any file that cannot be decoded.
+    """
+    arr = _decode(path, size)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def read_gray(path: str | os.PathLike, size: int = 32) -> np.ndarray:
+    """Decode an image file to a C-contiguous ``uint8`` array ``(size, size)``, grayscale.
+
+    The same decoding as :func:`read_image` (colour becomes ITU-R 601 luma);
+    used by the 'pixels' sentinel baseline.
+    """
+    arr = _decode(path, size)
+    if arr.ndim == 3:
+        arr = np.asarray(Image.fromarray(arr).convert("L"))
+    return np.ascontiguousarray(arr)
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """Read only the header: ``{"format", "width", "height", "mode", "bit_depth"}``.
+
+    ``format`` is "PNG", "JPEG" or "DICOM"; ``mode`` the PIL mode or the DICOM
+    photometric interpretation; ``bit_depth`` bits per sample (PNG IHDR, JPEG
+    precision, DICOM BitsStored). Width and height are as stored (before any
+    EXIF rotation). Fast enough for thousands of files; the pixel limit is not
+    applied. Raises :class:`ImageReadError` for unreadable files.
+    """
+    path = os.fspath(path)
+    with _open(path) as f:
+        kind, head = _sniff(path, f)
+        if kind == "DICOM":
+            ds = _read_dicom(path, f, stop_before_pixels=True)
+            bits = ds.get("BitsStored", ds.get("BitsAllocated", 8))
+            return {
+                "format": "DICOM",
+                "width": int(ds.Columns),
+                "height": int(ds.Rows),
+                "mode": _photometric(ds),
+                "bit_depth": int(bits),
+            }
+        im = _open_pil(path, f, kind)
+        bits = head[24] if kind == "PNG" else getattr(im, "bits", 8)
+        return {"format": kind, "width": im.width, "height": im.height, "mode": im.mode, "bit_depth": int(bits)}
+
+
+def _decode(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode to ``uint8`` ``(size, size)`` or ``(size, size, 3)``; the shared path."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    size = int(size)
+    path = os.fspath(path)
+    with _open(path) as f:
+        kind, _ = _sniff(path, f)
+        if kind == "DICOM":
+            return _decode_dicom(path, f, size)
+        return _decode_pil(path, f, kind, size)
+
+
+def _open(path: str):
+    """Open for binary reading, turning OS errors into ImageReadError."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied: check the file's permissions") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open the file ({exc.strerror or exc})") from None
+
+
+def _sniff(path: str, f) -> tuple[str, bytes]:
+    """Identify the format from the content (not the suffix): PNG, JPEG or DICOM."""
+    try:
+        head = f.read(132)
+        f.seek(0)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    if not head:
+        raise ImageReadError(path, "file is empty (0 bytes): remove it or replace it with the original image")
+    for kind, magic in (("PNG", _PNG_MAGIC), ("JPEG", _JPEG_MAGIC)):
+        if head.startswith(magic) or magic.startswith(head):  # (a cut-off signature too)
+            return kind, head
+    if head[128:132] == b"DICM" or Path(path).suffix.lower() in (".dcm", ".dicom"):
+        return "DICOM", head
+    for magic, name in _OTHER_FORMATS.items():
+        if head.startswith(magic):
+            raise ImageReadError(path, f"this is a {name} file, not PNG, JPEG or DICOM: convert it to PNG")
+    raise ImageReadError(
+        path,
+        f"not an image: the content is not PNG, JPEG or DICOM (it starts with {head[:12]!r}); "
+        "remove it from the dataset or replace it with the real image",
+    )
+
+
+def _max_pixels(path: str) -> int:
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImageReadError(path, f"{MAX_PIXELS_ENV}={raw!r} is not a positive whole number: fix or unset it")
+    return value
+
+
+def _check_pixels(path: str, width: int, height: int) -> None:
+    """Refuse images over the pixel limit, from header sizes, before decoding."""
+    limit = _max_pixels(path)
+    pixels = int(width) * int(height)
+    if pixels > limit:
+        raise ImageReadError(
+            path,
+            f"image is {width}x{height} = {pixels:,} pixels, over the limit of {limit:,} "
+            f"(a guard against decompression bombs): if it is genuine, set {MAX_PIXELS_ENV}={pixels}",
+        )
+
+
+# -- PNG and JPEG (PIL) --------------------------------------------------------------
+
+
+def _open_pil(path: str, f, kind: str):
+    """Parse the PNG/JPEG header with the plugin class (skips PIL's global bomb check)."""
+    try:
+        return _PIL_PLUGINS[kind](f)
+    except _PIL_ERRORS as exc:
+        raise ImageReadError(path, f"cannot read the {kind} header ({_why(exc)}): {_DAMAGED}") from None
+
+
+def _decode_pil(path: str, f, kind: str, size: int) -> np.ndarray:
+    im = _open_pil(path, f, kind)
+    _check_pixels(path, *im.size)
+    if kind == "JPEG":
+        im.draft(im.mode, (size, size))  # DCT scaling; the result stays >= size
+    try:
+        pixels = _load_pixels(im, f)
+        orientation = _orientation(im)
+        if isinstance(pixels, np.ndarray):
+            out = _resize_stretch(pixels, size)
+        else:
+            out = np.asarray(pixels.resize((size, size), Image.Resampling.BILINEAR))
+    except _PIL_ERRORS as exc:
+        raise ImageReadError(path, f"cannot decode the {kind} pixel data ({_why(exc)}): {_DAMAGED}") from None
+    return _ORIENT.get(orientation, lambda a: a)(out)
+
+
+def _load_pixels(im, f) -> Image.Image | np.ndarray:
+    """Load ``im``: an 8-bit "L"/"RGB" image, or a float array for >8-bit data."""
+    rawmode = im.tile[0][3] if len(im.tile) == 1 else None  # (codec, extents, offset, args)
+    if im.format == "PNG" and rawmode in ("RGB;16B", "RGBA;16B"):
+        return _png16_color(im, f)
+    im.load()
+    if im.mode in _HIGH_BIT_MODES:
+        return np.asarray(im, dtype=np.float32)
+    if im.mode in ("P", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")  # palette (with its transparency) or premultiplied alpha
+    elif im.mode in ("L", "RGB") and "transparency" in im.info:
+        im = im.convert("LA" if im.mode == "L" else "RGBA")  # tRNS colour key
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode not in ("L", "RGB", "LA", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, ...
+    if im.mode in ("LA", "RGBA"):
+        color = im.convert(im.mode[:-1])
+        alpha = im.getchannel("A")
+        if alpha.getextrema()[0] < 255:  # composite over black, else just drop alpha
+            color = Image.composite(color, Image.new(color.mode, im.size), alpha)
+        im = color
+    return im
+
+
+def _png16_color(im, f) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as float, all 16 bits.
+
+    PIL has no 16-bit colour mode: it keeps the high byte of each sample. The
+    same zlib stream unpacked as little-endian ("...;16L") yields the low bytes,
+    so a second decode (about twice the time) recovers the full values. Alpha is
+    composited over black. (16-bit grey+alpha PNGs, which PIL opens as RGBA from
+    "LA;16B", have no such unpacker and keep PIL's 8-bit reduction.)
+    """
+    codec, extents, offset, rawmode = im.tile[0]
+    im.load()
+    f.seek(0)
+    low = PngImagePlugin.PngImageFile(f)
+    low.tile = [(codec, extents, offset, rawmode.replace(";16B", ";16L"))]
+    low.load()
+    arr = np.asarray(im, dtype=np.float32) * 256 + np.asarray(low)  # exact in float32
+    if arr.shape[2] == 4:
+        alpha = arr[:, :, 3]
+        arr = arr[:, :, :3] * (alpha / 65535)[:, :, None] if alpha.min() < 65535 else arr[:, :, :3]
+    return arr
+
+
+def _orientation(im) -> int:
+    """The EXIF (or XMP) orientation tag; 1 when absent or unreadable metadata."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except _PIL_ERRORS:  # damaged EXIF must not make the pixels unreadable
+        return 1
+
+
+def _resize_stretch(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize a float ``(H, W[, C])`` array per channel, then map its min..max to 0..255.
+
+    The range is taken from the full-resolution values (one range for all
+    channels, so colours keep their balance); the resize stays within it.
+    """
+    lo, hi = float(arr.min()), float(arr.max())
+    channels = arr[:, :, None] if arr.ndim == 2 else arr
+    out = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(channels[:, :, c], dtype=np.float32)).resize(
+                    (size, size), Image.Resampling.BILINEAR
+                )
+            )
+            for c in range(channels.shape[2])
+        ],
+        axis=2,
+    )
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0  # a constant image becomes black
+    out = np.clip(np.rint((out - lo) * scale), 0, 255).astype(np.uint8)
+    return out[:, :, 0] if arr.ndim == 2 else out
+
+
+# -- DICOM (pydicom, imported lazily) -------------------------------------------------
+
+
+def _dicom_errors() -> tuple[type[BaseException], ...]:
+    from pydicom.errors import InvalidDicomError
+
+    return (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, IndexError, struct.error)
+
+
+def _read_dicom(path: str, f, stop_before_pixels: bool):
+    """Read a DICOM dataset (``force`` so files without the preamble work too)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(f, force=True, stop_before_pixels=stop_before_pixels)
+        rows, cols = ds.get("Rows"), ds.get("Columns")
+    except _dicom_errors() as exc:
+        raise ImageReadError(path, f"cannot read the DICOM file ({_why(exc)}): {_DAMAGED}") from None
+    if not rows or not cols:
+        raise ImageReadError(
+            path, "no image in this DICOM file (no Rows/Columns; a report, DICOMDIR or not DICOM at all?)"
+        )
+    return ds
+
+
+def _photometric(ds) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+
+
+def _decode_dicom(path: str, f, size: int) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+    ds = _read_dicom(path, f, stop_before_pixels=False)
+    _check_pixels(path, ds.Columns, ds.Rows)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageReadError(path, "this DICOM file has no pixel data")
+    photometric = _photometric(ds)
+    try:
+        arr = pixel_array(ds, index=0)  # first frame only; YBR becomes RGB
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+        elif photometric.startswith("MONOCHROME"):
+            arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+    except (*_dicom_errors(), NotImplementedError, RuntimeError) as exc:
+        raise _dicom_decode_error(path, ds, exc) from None
+    arr = np.asarray(arr, dtype=np.float32)
+    if photometric == "MONOCHROME1":
+        arr = -arr  # low values are white; the range mapping then makes them 255
+    return _resize_stretch(arr, size)
+
+
+def _dicom_decode_error(path: str, ds, exc: BaseException) -> ImageReadError:
+    """Name the missing decoder package when the transfer syntax is compressed."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None or not uid.is_compressed:
+        return ImageReadError(path, f"cannot decode the DICOM pixel data ({_why(exc)}): {_DAMAGED}")
+    name = uid.name
+    if "JPEG-LS" in name:
+        fix = "pip install pyjpegls"
+    elif "2000" in name or "High-Throughput" in name:
+        fix = "pip install pylibjpeg pylibjpeg-openjpeg"
+    elif "JPEG" in name:
+        fix = "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)"
+    else:
+        fix = "pip install python-gdcm"
+    return ImageReadError(
+        path, f"pixel data is compressed as '{name}' ({uid}) and could not be decoded ({_why(exc)}); "
+        f"if the file is intact, install a decoder for it: {fix}"
+    )
