@@ -366,3 +366,10 @@ def feature_shape(spec: BackboneSpec, image_size: int | None = None, layer: str 
         include_top=False, weights=None, input_shape=(size, size, 3)
     )
     return tuple(int(d) for d in model.get_layer(cut).output.shape[1:])
+
+
+def replace_md5(spec: BackboneSpec, md5: str) -> BackboneSpec:
+    """A copy of ``spec`` expecting another weights md5 (tests use it with weight files they write)."""
+    from dataclasses import replace
+
+    return replace(spec, weights_md5=md5)

@@ -356,12 +356,14 @@ def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
     Example:
       xrayfeat extract ../shared/data/cxr-sample/all --backbone inception_v3 --weights none
     """
-    from .extract import RunOptions
+    from .extract import RunOptions, resolve
     from .extract import extract as run_extract
 
     if cluster:
         raise XrayfeatError("--cluster is not implemented yet; run without it (one machine)")
     features = _feature_list(kw)
+    for feature in features:  # fail on options and weights before scanning a large dataset
+        resolve(feature, kw["device"])
     dataset = _dataset(data, kw["classes"], kw["cache_dir"])
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)

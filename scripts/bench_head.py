@@ -1,0 +1,201 @@
+"""Benchmark: the head trained by ``heads.train_head`` vs bare Keras ``fit`` on arrays.
+
+Both train the same seed head (BatchNormalization → Flatten → Dense(256) →
+Dropout → Dense(K)) on random cached features of one backbone's shape, with
+batch 10 and 10 steps per epoch, and time each training step the same way (a
+callback; the first epoch, which compiles, is left out). Repetitions are
+interleaved (bare, head, bare, head, ...) so that load from other processes
+hits both alike; each figure is the median over rounds.
+
+    python scripts/bench_head.py --backbone inception_v3 --classes 4
+    KERAS_BACKEND=jax python scripts/bench_head.py --backbone inception_v3
+    python scripts/bench_head.py --jit 0          # TensorFlow without XLA
+
+``--compare-backends`` runs this script again in child processes, interleaved
+round by round, for TensorFlow without XLA, TensorFlow with XLA and JAX, and
+compares their train_head step times (a backend is fixed per process).
+
+The last line holds the key=value figures, ratios first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {"inception_v3": (5, 5, 2048), "vgg16": (7, 7, 512)}
+JIT = {"auto": "auto", "0": False, "1": True}
+
+
+def _features(n: int, shape, classes: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *shape), dtype="float32")
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def _bare(x, y, args, jit):
+    """Bare Keras: the same head, ``model.fit`` on in-memory numpy arrays."""
+    import keras
+
+    from xrayfeat import heads
+
+    keras.utils.set_random_seed(0)
+    model = heads.build_head(x.shape[1:], args.classes, units=256, dropout=0.3, l2=1e-3)
+    binary = args.classes == 2
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit,
+    )
+    timing = heads._timing_callback()
+    target = y.reshape(-1, 1).astype("float32") if binary else y
+    model.fit(
+        x, target, batch_size=10, steps_per_epoch=10, epochs=args.epochs, callbacks=[timing], verbose=0
+    )
+    return timing.mean_step(), timing.train_end - timing.train_start
+
+
+def _head(x, y, args, jit):
+    from xrayfeat import heads
+
+    trained = heads.train_head(
+        x, y, n_classes=args.classes, epochs=args.epochs, batch_size=10, steps_per_epoch=10,
+        seed=0, jit_compile=jit,
+    )
+    return trained.step_seconds, trained.seconds
+
+
+def bench(args) -> dict:
+    import keras
+
+    from xrayfeat import heads
+
+    jit = heads.resolve_jit_compile(JIT[args.jit])
+    shape = SHAPES[args.backbone]
+    x, y = _features(args.n, shape, args.classes)
+    runs = {"bare": [], "head": []}
+    fits = {"bare": [], "head": []}
+    for r in range(args.rounds):
+        order = ("bare", "head") if r % 2 == 0 else ("head", "bare")
+        for name in order:
+            step, fit = (_bare if name == "bare" else _head)(x, y, args, jit)
+            runs[name].append(step)
+            fits[name].append(fit)
+            print(f"round {r + 1}/{args.rounds} {name:4s}: {step * 1e3:7.1f} ms/step  fit {fit:6.1f} s",
+                  file=sys.stderr, flush=True)
+    bare_ms = statistics.median(runs["bare"]) * 1e3
+    head_ms = statistics.median(runs["head"]) * 1e3
+    ratios = [h / b for h, b in zip(runs["head"], runs["bare"])]
+    return {
+        "ratio_step": statistics.median(ratios),
+        "head_ms": head_ms,
+        "bare_ms": bare_ms,
+        "head_fit_s": statistics.median(fits["head"]),
+        "bare_fit_s": statistics.median(fits["bare"]),
+        "backend": keras.backend.backend(),
+        "jit": int(jit),
+        "backbone": args.backbone,
+        "shape": "x".join(map(str, shape)),
+        "classes": args.classes,
+        "n": args.n,
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "params": heads.count_params(heads.build_head(shape, args.classes))["total"],
+    }
+
+
+def _line(figures: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+
+
+def _parse(line: str) -> dict:
+    return dict(item.split("=", 1) for item in line.split())
+
+
+def compare_backends(args) -> dict:
+    """Child processes per (backend, jit), interleaved round by round; one round each."""
+    configs = [("tensorflow", "0", "tf"), ("tensorflow", "1", "tf_xla"), ("jax", "1", "jax")]
+    times = {label: [] for _, _, label in configs}
+    for r in range(args.rounds):
+        order = configs if r % 2 == 0 else configs[::-1]
+        for backend, jit, label in order:
+            cmd = [sys.executable, __file__, "--backbone", args.backbone, "--classes", str(args.classes),
+                   "--epochs", str(args.epochs), "--n", str(args.n), "--jit", jit, "--rounds", "1",
+                   "--head-only"]
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            figures = _parse(out.strip().splitlines()[-1])
+            times[label].append(float(figures["head_ms"]))
+            print(f"round {r + 1}/{args.rounds} {label:6s}: {times[label][-1]:7.1f} ms/step",
+                  file=sys.stderr, flush=True)
+    ms = {label: statistics.median(v) for label, v in times.items()}
+    return {
+        "ratio_tf_jax": ms["tf"] / ms["jax"],
+        "ratio_xla_jax": ms["tf_xla"] / ms["jax"],
+        "ratio_tf_xla": ms["tf"] / ms["tf_xla"],
+        "jax_ms": ms["jax"],
+        "tf_xla_ms": ms["tf_xla"],
+        "tf_ms": ms["tf"],
+        "backbone": args.backbone,
+        "classes": args.classes,
+        "n": args.n,
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", choices=sorted(SHAPES), default="inception_v3")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6, help="per fit; the first (compile) is not timed")
+    parser.add_argument("--n", type=int, default=160, help="training samples (random features)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--jit", choices=sorted(JIT), default="auto",
+                        help="jit_compile for both: auto (train_head's choice), 0 or 1")
+    parser.add_argument("--compare-backends", action="store_true",
+                        help="compare train_head on TensorFlow, TensorFlow+XLA and JAX (child processes)")
+    parser.add_argument("--head-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch compiles and is not timed")
+
+    start = time.perf_counter()
+    if args.compare_backends:
+        figures = compare_backends(args)
+        print(f"\ntrain_head, {args.backbone} {args.classes}-class head, n={args.n}, batch 10, "
+              f"median ms/step over {args.rounds} interleaved rounds")
+        for label in ("tf", "tf_xla", "jax"):
+            print(f"  {label:7s} {figures[label + '_ms']:8.1f} ms/step")
+    elif args.head_only:
+        import keras
+
+        from xrayfeat import heads
+
+        x, y = _features(args.n, SHAPES[args.backbone], args.classes)
+        step, fit = _head(x, y, args, heads.resolve_jit_compile(JIT[args.jit]))
+        figures = {"head_ms": step * 1e3, "head_fit_s": fit, "backend": keras.backend.backend()}
+    else:
+        figures = bench(args)
+        print(f"\n{args.backbone} {args.classes}-class head ({figures['params']:,} parameters), "
+              f"n={args.n}, batch 10, 10 steps/epoch, {args.epochs} epochs, backend "
+              f"{figures['backend']}, jit_compile={bool(figures['jit'])}")
+        print(f"  {'':22s} {'ms/step':>8s} {'fit s':>8s}")
+        print(f"  {'bare model.fit':22s} {figures['bare_ms']:8.1f} {figures['bare_fit_s']:8.1f}")
+        print(f"  {'heads.train_head':22s} {figures['head_ms']:8.1f} {figures['head_fit_s']:8.1f}")
+        print(f"  ratio train_head/bare per step (median of per-round ratios): {figures['ratio_step']:.3f}")
+    figures["wall_s"] = time.perf_counter() - start
+    print(_line(figures), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
