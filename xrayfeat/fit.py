@@ -253,7 +253,10 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
         "extraction_seconds": round(extract_seconds, 3),
         "extracted_images": extraction.extracted,
         "head_seconds": round(trained.seconds, 3),
-        "seconds_per_epoch": round(float(np.mean(trained.epoch_seconds)), 4) if trained.epoch_seconds else None,
+        # steady state: the first epoch holds graph tracing/compilation, reported apart
+        "seconds_per_epoch": round(float(np.median(trained.epoch_seconds[1:] or trained.epoch_seconds)), 4)
+        if trained.epoch_seconds else None,
+        "first_epoch_seconds": round(trained.epoch_seconds[0], 4) if trained.epoch_seconds else None,
         "seconds_per_step": trained.step_seconds,
         "baselines_seconds": round(baselines_seconds, 3),
         "total_seconds": round(time.perf_counter() - started, 3),

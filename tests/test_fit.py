@@ -1,0 +1,155 @@
+"""fit-head end to end: run records, recomputable metrics, determinism, bad combinations."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_tiny_dataset
+from xrayfeat import metrics
+from xrayfeat.datasets import discover
+from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.extract import FeatureOptions, RunOptions
+from xrayfeat.fit import HeadOptions, fit_head
+
+QUICK = HeadOptions(epochs=3, steps_per_epoch=4, units=16, baselines=("logreg", "pixels"), n_boot=200)
+
+
+def quick_fit(data, tmp_path, name="run", features=None, head=QUICK, **kw):
+    features = features or FeatureOptions("vgg16", weights="none", image_size=32)
+    run = RunOptions(cache_dir=tmp_path / "cache", workers=0, batch_size=8)
+    return fit_head(discover(data, **kw), features, head, run, out=tmp_path / name)
+
+
+def read_predictions(path):
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return rows
+
+
+def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_data):
+    result = quick_fit(tiny_data, tmp_path)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.json", "history.csv", "predictions.csv", "head.keras",
+                 "curves.png", "confusion.png", "roc.png", "baselines/logreg.joblib", "baselines/pixels.joblib"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["weights"]["random"] is True
+    assert config["store"]["fingerprint"]["backbone"] == "vgg16"
+    assert config["params"]["total"] > config["params"]["trainable"] > 0
+    assert config["files"]["baselines"]["logreg"]["sha256"]
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 3
+
+    rows = read_predictions(run / "predictions.csv")
+    assert len(rows) == 6
+    y = np.array([int(r["y_true"]) for r in rows])
+    saved = json.loads((run / "metrics.json").read_text())
+    for model in ("head", "logreg", "pixels"):
+        proba = np.array([[float(r[f"{model}:{c}"]) for c in ("a", "b")] for r in rows])
+        again = metrics.evaluate(y, proba, ["a", "b"], n_boot=0)
+        recorded = saved["head"] if model == "head" else saved["baselines"][model]
+        assert again["accuracy"] == recorded["accuracy"]
+        assert again["loss"] == pytest.approx(recorded["loss"], rel=1e-5)
+    assert result.test["accuracy"] == saved["head"]["accuracy"]
+    assert any("RANDOM" in w for w in result.warnings)
+
+
+def test_same_seed_same_results_on_cpu(tmp_path, tiny_data):
+    a = quick_fit(tiny_data, tmp_path, "a", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_boot=50))
+    b = quick_fit(tiny_data, tmp_path, "b", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_boot=50))
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+    assert a.test == b.test
+
+
+def test_patient_groups_keep_validation_apart(tmp_path):
+    from xrayfeat.fit import groups_of, split_validation
+
+    data = write_tiny_dataset(tmp_path / "d", per_split=(("train", 12), ("test", 2)))
+    dataset = discover(data)
+    train = [i for i in dataset.items if i.split == "train"]
+    # two images per patient
+    from dataclasses import replace
+
+    train = [replace(item, patient_id=f"{item.label}-{k // 2}") for k, item in enumerate(train)]
+    y = np.array([dataset.classes.index(i.label) for i in train])
+    fit_idx, val_idx = split_validation(train, y, 0.25, seed=0)
+    groups = groups_of(train)
+    assert not set(groups[fit_idx]) & set(groups[val_idx])
+    assert set(y[val_idx]) == {0, 1}
+
+
+def test_train_tail_without_cut_point_is_one_line(tmp_path, tiny_data):
+    with pytest.raises(XrayfeatError, match="--train-tail needs features stored at a cut point; add --layer vgg16:block4_pool"):
+        quick_fit(tiny_data, tmp_path, head=HeadOptions(train_tail=True))
+
+
+@pytest.mark.parametrize("backbone,size,layer", [("vgg16", 32, "block4_pool"), ("inception_v3", 75, "mixed9")])
+def test_train_tail_runs_and_records_counts(tmp_path, tiny_data, backbone, size, layer):
+    features = FeatureOptions(backbone, weights="none", image_size=size, layer=layer)
+    head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=(), train_tail=True, n_boot=20)
+    quick_fit(tiny_data, tmp_path, features=features, head=head)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["params"]["tail"]["trainable"] > 0
+    assert config["head"]["train_tail"] is True
+
+
+def test_single_class_dataset_is_refused(tmp_path):
+    data = write_tiny_dataset(tmp_path / "d", classes=("only",))
+    with pytest.raises(DatasetError, match="only one class"):
+        quick_fit(data, tmp_path)
+
+
+def test_test_class_absent_from_train_is_refused(tmp_path):
+    data = write_tiny_dataset(tmp_path / "d", per_split=(("train", 4), ("test", 2)))
+    extra = data / "test" / "c"
+    extra.mkdir()
+    (data / "test" / "a" / "a_test_0.png").rename(extra / "c0.png")
+    with pytest.raises(DatasetError, match=r"test has classes absent from train \(c\)"):
+        quick_fit(data, tmp_path)
+
+
+def test_cli_json_and_bad_combination(tmp_path, tiny_data):
+    args = ["fit-head", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
+            "--steps-per-epoch", "2", "--units", "8", "--baselines", "logreg", "--bootstrap", "50",
+            "--cache-dir", tmp_path / "cache"]
+    proc = run_cli(*args, "--out", tmp_path / "cli", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) >= {"run", "test", "baselines"} and set(data["baselines"]) == {"logreg"}
+    assert 0 <= data["test"]["accuracy"] <= 1
+    bad = run_cli(*args, "--train-tail", "--out", tmp_path / "bad")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("xrayfeat: error: --train-tail needs")
+    again = run_cli(*args, "--out", tmp_path / "cli")
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
+    from xrayfeat.phantoms import write_phantoms
+
+    write_phantoms(tmp_path / "ph", task="four", per_class=60, size=128, seed=0)
+    features = FeatureOptions("vgg16", weights="none", image_size=128)
+    head = HeadOptions(epochs=40, baselines=("logreg", "svm"), n_boot=200)
+    result = fit_head(discover(tmp_path / "ph"), features, head,
+                      RunOptions(cache_dir=tmp_path / "cache", workers=0), out=tmp_path / "run")
+    best = max([result.test["accuracy"]] + [m["accuracy"] for m in result.baselines.values()])
+    assert best >= 0.75, (result.test, result.baselines)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_sample_runs_to_the_end(tmp_path, real_sample):
+    proc = run_cli("fit-head", real_sample, "-b", "inception_v3", "--weights", "none", "--image-size", "96",
+                   "--epochs", "5", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data["baselines"]) == {"logreg", "svm", "pixels"}
+    assert any("pixels" in w or "32x32" in w for w in data["warnings"]) or data["baselines"]["pixels"]["accuracy"] < 0.8
+    for name in ("config.json", "metrics.json", "history.csv", "predictions.csv", "head.keras", "curves.png",
+                 "confusion.png", "roc.png"):
+        assert (tmp_path / "real" / name).is_file()
+    assert len(read_predictions(tmp_path / "real" / "predictions.csv")) == 124

@@ -1,0 +1,334 @@
+"""xrayfeat.report: tables per task, warnings gathered, a self-contained and escaped HTML file.
+
+Run folders are faked in tmp_path with the files fit-head writes (config.json,
+metrics.json, history.csv, PNG figures); no model is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.report import write_report
+
+RANDOM = "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer"
+TINY = "test set has 20 images: accuracy ±0.2 at 95%; treat differences below that as noise"
+
+
+def _metrics(classes, accuracy, n=20, by_source=None):
+    k = len(classes)
+    per = n // k
+    m = {
+        "n": n, "accuracy": accuracy, "loss": 0.5, "balanced_accuracy": accuracy - 0.01,
+        "per_class": {c: {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": per} for c in classes},
+        "roc_auc": 0.9, "roc_auc_per_class": {c: 0.9 for c in classes},
+        "confusion": [[per if i == j else 0 for j in range(k)] for i in range(k)],
+        "ci": {"accuracy": [accuracy - 0.1, min(1.0, accuracy + 0.1)], "balanced_accuracy": [0.6, 0.9],
+               "roc_auc": [0.8, 0.95]},
+        "ci_method": "bootstrap over images, 1000 resamples", "ci_level": 0.95,
+    }
+    if by_source:
+        m["by_source"] = by_source
+    return m
+
+
+def make_run(root: Path, name: str, *, classes=("normal", "pneumonia"), backbone="vgg16", weights="imagenet",
+             baselines=("logreg", "pixels"), warnings=(), accuracy=0.8, by_source=None, figures=True,
+             embed=False, layer="block5_pool") -> Path:
+    """A run folder with the files fit-head writes, small but shaped like the real ones."""
+    run = root / name
+    run.mkdir(parents=True)
+    classes = list(classes)
+    random = weights == "none"
+    identity = "none:seed=0" if random else f"{weights}:md5=0123abcd"
+    fingerprint = {"backbone": backbone, "backend": "tensorflow", "image_size": 64, "keras": "3.15.1",
+                   "layer": layer, "precision": "float32", "preprocess": "caffe", "store_dtype": "float16",
+                   "weights": identity}
+    config = {
+        "xrayfeat": "0.1.0", "created": "2026-11-26T07:31:04Z", "data": "/data/cxr",
+        "task": "binary" if len(classes) == 2 else f"{len(classes)}class", "classes": classes,
+        "counts": {"train": 64, "val": 16, "test": 20, "skipped": 0}, "validation": "20% of train, stratified",
+        "features": {"backbone": backbone, "weights": weights, "image_size": 64, "layer": None,
+                     "precision": "auto", "store_dtype": "float16", "seed": 0},
+        "head": {"epochs": 3, "batch_size": 10, "steps_per_epoch": 10, "validation_steps": 2, "lr": 0.001,
+                 "units": 256, "dropout": 0.3, "l2": 0.001, "train_tail": False, "val_fraction": 0.2,
+                 "baselines": list(baselines), "seed": 0, "n_boot": 1000, "n_jobs": None},
+        "run": {"device": "auto", "batch_size": 32, "cache_dir": "cache"},
+        "store": {"path": f"cache/{backbone}-{layer}-64", "fingerprint": fingerprint, "fingerprint_id": "74d7cb09ce8676a1"},
+        "weights": {"kind": weights, "identity": identity, "path": None, "random": random},
+        "params": {"total": 527620, "trainable": 526596, "non_trainable": 1024},
+        "timings": {"extraction_seconds": 32.6, "extracted_images": 100, "head_seconds": 13.5,
+                    "seconds_per_epoch": 4.49, "baselines_seconds": 20.0, "total_seconds": 70.0},
+        "baselines": {b: {"name": b, "cv_accuracy": 0.7, "cv_accuracy_std": 0.05} for b in baselines},
+        "versions": {"python": "3.11.7", "keras": "3.15.1", "keras_backend": "tensorflow"},
+        "warnings": list(warnings),
+    }
+    metrics = {"head": _metrics(classes, accuracy, by_source=by_source),
+               "baselines": {b: _metrics(classes, 0.7) for b in baselines}}
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run / "history.csv").write_text(
+        "epoch,accuracy,loss,val_accuracy,val_loss,seconds\n"
+        "1,0.5,1.2,0.55,1.1,9.5\n2,0.7,0.8,0.65,0.9,0.4\n3,0.8,0.6,0.7,0.8,0.3\n")
+    if figures:
+        rng = np.random.default_rng(0)
+        for fname, size in (("curves.png", (60, 24)), ("confusion.png", (30, 30)), ("roc.png", (30, 30))):
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(run / fname)
+        if embed:
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(run / "embed-tsne.png")
+            np.savez(run / "embed-tsne.png.coords.npz", xy=np.zeros((4, 2)))
+    return run
+
+
+class _Refs(HTMLParser):
+    """Every tag and its src/href, plus url(...) inside style."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.style = ""
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.style += data
+
+
+def _parse(path) -> _Refs:
+    parser = _Refs()
+    parser.feed(Path(path).read_text(encoding="utf-8"))
+    return parser
+
+
+def _tables_md(md: str) -> list[list[str]]:
+    """Markdown tables as lists of lines (header first)."""
+    tables, current = [], []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    if current:
+        tables.append(current)
+    return tables
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    root = tmp_path / "runs"
+    a = make_run(root, "bin-vgg", baselines=("logreg",), warnings=[TINY])
+    b = make_run(root, "bin-rand", weights="none", baselines=("svm", "pixels"), warnings=[RANDOM, TINY], embed=True)
+    c = make_run(root, "four-inc", classes=("covid", "normal", "bac", "vir"), backbone="inception_v3",
+                 baselines=(), layer="mixed10")
+    return [a, b, c]
+
+
+def test_returns_paths_and_counts(two_tasks, tmp_path):
+    out = tmp_path / "nested" / "report"  # created when missing
+    result = write_report(two_tasks, out)
+    assert result == {"markdown": str(out / "report.md"), "html": str(out / "report.html"), "runs": 3, "tables": 2}
+    assert Path(result["markdown"]).is_file() and Path(result["html"]).is_file()
+
+
+def test_two_tasks_two_tables_with_union_of_baselines(two_tasks, tmp_path):
+    result = write_report(two_tasks, tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    compare = [t for t in _tables_md(md) if t[0].startswith("| Run |")]
+    assert len(compare) == 2
+    binary, four = compare
+    assert "Task binary: normal, pneumonia (2 runs)" in md
+    assert "Task 4class: covid, normal, bac, vir (1 run)" in md
+    header = binary[0]
+    # union of the two runs' baselines, the pixels sentinel last
+    assert header.index("logreg acc.") < header.index("svm acc.") < header.index("pixels acc. (sentinel)")
+    rows = binary[2:]
+    assert len(rows) == 2
+    vgg = next(r for r in rows if "bin-vgg" in r)
+    cells = [c.strip() for c in vgg.strip("|").split(" | ")]
+    assert cells[-3:] == ["0.700", "—", "—"]  # logreg only
+    assert "acc." not in four[0].split("ROC-AUC")[1]  # no baseline columns for a run without baselines
+    assert "inception_v3" in four[2] and "mixed10" in four[2]
+    # the accuracy with its interval
+    assert "0.800 [0.700, 0.900]" in vgg
+
+
+def test_random_flag(two_tasks, tmp_path):
+    result = write_report(two_tasks, tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    compare = [t for t in _tables_md(md) if t[0].startswith("| Run |")][0]
+    rand = next(r for r in compare if "bin-rand" in r)
+    vgg = next(r for r in compare if "bin-vgg" in r)
+    assert "**RANDOM**" in rand and "RANDOM" not in vgg and "imagenet" in vgg
+    page = Path(result["html"]).read_text()
+    assert re.search(r'<span class="flag">RANDOM</span>', page)
+
+
+def test_random_flag_from_record_even_without_warning(tmp_path):
+    run = make_run(tmp_path, "r", weights="none", warnings=[])
+    result = write_report([run], tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    warnings = md.split("## Warnings", 1)[1].split("## Run", 1)[0]
+    assert RANDOM in warnings
+
+
+def test_warnings_collected_deduplicated_and_attributed(two_tasks, tmp_path):
+    result = write_report(two_tasks, tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    section = md.split("## Warnings\n", 1)[1].split("\n## ", 1)[0]
+    items = [line for line in section.splitlines() if line.startswith("- ")]
+    assert len(items) == 2  # TINY raised by two runs appears once
+    assert items[0].startswith("- **Random weights:**")  # most serious first
+    tiny = next(i for i in items if "test set has 20 images" in i)
+    assert "[bin-vgg](#run-bin-vgg)" in tiny and "[bin-rand](#run-bin-rand)" in tiny
+    assert "four-inc" not in section
+    # each run section lists its own warnings; a run without any says so
+    four = md.split("## Run four-inc", 1)[1]
+    assert "### Warnings\n\nNone." in four
+
+
+def test_every_kind_of_warning_is_sorted_and_labelled(tmp_path):
+    texts = [
+        "accuracy differs by source beyond the intervals: a 0.90 [0.80, 0.95] (n=40) vs b 0.50 [0.40, 0.60] (n=40): x",
+        TINY,
+        "a logistic regression on 32x32 grayscale pixels scores 0.8, above the deep model (0.7): the data",
+        "patients in both train and test: 2 (p1, p2): split by patient_id",
+        "3 images in test are byte-identical to images in train: test accuracy is optimistic",
+        RANDOM,
+    ]
+    run = make_run(tmp_path, "r", weights="none", warnings=texts)
+    md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
+    section = md.split("## Warnings\n", 1)[1].split("\n## ", 1)[0]
+    labels = re.findall(r"^- \*\*([^*]+):\*\*", section, flags=re.M)
+    assert labels == ["Random weights", "Leakage", "Leakage", "Shortcut sentinel", "Source gap", "Small test set"]
+
+
+def test_html_is_self_contained(two_tasks, tmp_path):
+    result = write_report(two_tasks, tmp_path / "out")
+    refs = _parse(result["html"])
+    imgs = [attrs for tag, attrs in refs.tags if tag == "img"]
+    assert len(imgs) == 3 + 4 + 3  # three runs' figures, one embedding
+    for attrs in imgs:
+        assert attrs["src"].startswith("data:image/png;base64,")
+    for tag, attrs in refs.tags:
+        for key in ("src", "href"):
+            value = attrs.get(key)
+            if value is not None:
+                assert value.startswith(("data:", "#")), (tag, key, value[:60])
+        assert tag not in ("link", "script", "iframe", "object", "embed")
+    assert "url(" not in refs.style and "@import" not in refs.style
+    assert not re.search(r"(https?|file):", Path(result["html"]).read_text().split("<main>")[0])
+    # internal links point at ids that exist
+    ids = {attrs["id"] for _, attrs in refs.tags if "id" in attrs}
+    for _, attrs in refs.tags:
+        if attrs.get("href", "").startswith("#"):
+            assert attrs["href"][1:] in ids
+
+
+def test_markdown_image_links_exist(two_tasks, tmp_path):
+    out = tmp_path / "out"
+    md = Path(write_report(two_tasks, out)["markdown"]).read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 10
+    for link in links:
+        assert not Path(link).is_absolute() and link.startswith("figures/")
+        assert (out / link).is_file()
+    assert "figures/bin-rand-embed-tsne.png" in links
+    assert not list((out / "figures").glob("*.npz"))
+
+
+def test_text_from_records_is_escaped(tmp_path):
+    run = make_run(tmp_path, "r", classes=("<b>", "a&b"),
+                   warnings=['<script>alert("x")</script> in test'], by_source={
+                       "<i>site</i>": {"n": 10, "accuracy": 0.8, "balanced_accuracy": 0.8, "ci_accuracy": [0.6, 0.9]}})
+    result = write_report([run], tmp_path / "out")
+    page = Path(result["html"]).read_text()
+    assert "&lt;b&gt;" in page and "<b>" not in page
+    assert "a&amp;b" in page
+    assert "&lt;script&gt;" in page and "<script" not in page
+    assert "&lt;i&gt;site&lt;/i&gt;" in page and "<i>" not in page
+    tags = {tag for tag, _ in _parse(result["html"]).tags}
+    assert not tags & {"b", "i", "script"}
+    md = Path(result["markdown"]).read_text()
+    assert "<b>" not in md and "&lt;b>" in md
+
+
+def test_by_source_table(tmp_path):
+    src = {"hospA": {"n": 10, "accuracy": 0.9, "balanced_accuracy": 0.9, "ci_accuracy": [0.7, 1.0]},
+           "hospB": {"n": 10, "accuracy": 0.5, "balanced_accuracy": 0.5, "ci_accuracy": [0.2, 0.8]}}
+    run = make_run(tmp_path, "r", by_source=src)
+    md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
+    assert "### By source" in md
+    assert "| hospA | 10 | 0.900 [0.700, 1.000] | 0.900 |" in md
+    other = make_run(tmp_path, "s")
+    assert "By source" not in Path(write_report([other], tmp_path / "out2")["markdown"]).read_text()
+
+
+def test_run_section_summarises_config(two_tasks, tmp_path):
+    md = Path(write_report(two_tasks, tmp_path / "out")["markdown"]).read_text()
+    run = md.split("## Run bin-vgg", 1)[1].split("\n## ", 1)[0]
+    for expected in ("/data/cxr", "train 64 · val 16 · test 20", "20% of train, stratified", "epochs 3",
+                     "batch 10", "steps/epoch 10", "| **Seed** | 0 |", "`74d7cb09ce8676a1`", "keras 3.15.1",
+                     "### Per class (head)", "| normal | 0.800 | 0.700 | 0.750 | 0.900 | 10 |",
+                     "best validation accuracy 0.700 at epoch 3"):
+        assert expected in run, expected
+
+
+def test_missing_figures_and_same_names(tmp_path):
+    a = make_run(tmp_path / "x", "r1", figures=False)
+    b = make_run(tmp_path / "y", "r1")
+    result = write_report([a, b], tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    assert result["runs"] == 2
+    assert "## Run r1" in md and "## Run y-r1" in md
+    assert "No figures in the run folder." in md
+    assert (tmp_path / "out" / "figures" / "y-r1-curves.png").is_file()
+
+
+def test_not_a_run_names_the_folder(tmp_path):
+    good = make_run(tmp_path, "good")
+    bad = tmp_path / "empty"
+    bad.mkdir()
+    with pytest.raises(XrayfeatError, match="empty: not a run folder") as info:
+        write_report([good, bad], tmp_path / "out")
+    assert "\n" not in str(info.value)
+    with pytest.raises(XrayfeatError, match="missing: not a run folder"):
+        write_report([tmp_path / "missing"], tmp_path / "out")
+    with pytest.raises(XrayfeatError, match="config.json: not a run folder"):
+        write_report([good / "config.json"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_record_and_no_runs(tmp_path):
+    run = make_run(tmp_path, "r")
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(XrayfeatError, match="damaged"):
+        write_report([run], tmp_path / "out")
+    with pytest.raises(XrayfeatError, match="no runs"):
+        write_report([], tmp_path / "out")
+
+
+def test_runs_on_different_test_sets_are_noted(tmp_path):
+    a = make_run(tmp_path, "a")
+    b = make_run(tmp_path, "b")
+    config = json.loads((b / "config.json").read_text())
+    config["data"] = "/data/other"
+    (b / "config.json").write_text(json.dumps(config))
+    md = Path(write_report([a, b], tmp_path / "out")["markdown"]).read_text()
+    assert "tested on different data or test sets" in md
+    md = Path(write_report([a], tmp_path / "out1")["markdown"]).read_text()
+    assert "tested on different data" not in md
