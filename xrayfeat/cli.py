@@ -459,6 +459,27 @@ def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr
     emit(result.as_json(), as_json, human)
 
 
+# --------------------------------------------------------------------------- report
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", default="report", show_default=True, help="Output folder for report.md, report.html, figures/.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def report(runs, out, as_json):
+    """Compare runs: one table per task, then each run's figures and warnings (Markdown + HTML).
+
+    \b
+    Example:
+      xrayfeat report runs/binary-vgg16-* runs/4class-* --out report
+    """
+    from .report import write_report
+
+    result = write_report(list(runs), out)
+    emit(result, as_json, lambda err: click.echo(f"wrote {result['markdown']} and {result['html']}", err=err))
+
+
 # --------------------------------------------------------------------------- cache
 
 

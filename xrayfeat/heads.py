@@ -8,6 +8,22 @@ cached cut-point activations through that block, which is trained too.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+
+__all__ = [
+    "TrainedHead",
+    "build_head",
+    "build_seed_model",
+    "count_params",
+    "load_head",
+    "output_units",
+    "resolve_jit_compile",
+    "train_head",
+]
+
+_logger = logging.getLogger(__name__)
+
 
 def output_units(n_classes: int) -> int:
     """The seed used one sigmoid unit for two classes, K softmax units otherwise."""
@@ -79,3 +95,417 @@ def count_params(model) -> dict:
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     frozen = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
     return {"total": trainable + frozen, "trainable": trainable, "non_trainable": frozen}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _batch_stream(n: int, batch_size: int, rng):
+    """Endless index batches of ``batch_size`` from a shuffled stream of ``n`` samples.
+
+    The seed's Keras generators drew every batch from one stream that runs on
+    across epochs and is reshuffled at each pass over the data; this is that
+    stream. Every pass is a fresh permutation, so each sample appears exactly
+    once per pass. Batches are always full (a batch at a pass boundary takes the
+    end of one permutation and the start of the next) so that the compiled step
+    sees one shape; the samples already in such a straddling batch are moved to
+    the back of the next permutation so that no batch holds a sample twice.
+    """
+    import numpy as np
+
+    pending = np.empty(0, dtype=np.int64)
+    while True:
+        perm = rng.permutation(n)
+        if len(pending):
+            clash = np.isin(perm, pending)
+            perm = np.concatenate([perm[~clash], perm[clash]])
+        stream = np.concatenate([pending, perm])
+        full = len(stream) // batch_size * batch_size
+        for start in range(0, full, batch_size):
+            yield stream[start : start + batch_size]
+        pending = stream[full:]
+
+
+def _batches(x, y, batch_size: int, seed: int):
+    """``(x, y)`` batches from :func:`_batch_stream`, for ``model.fit``.
+
+    Rows are gathered in increasing index order (the order inside a batch does
+    not matter to the loss), which also suits h5py datasets, and cast to float32
+    one batch at a time, so float16 features from the store are never widened as
+    a whole.
+    """
+    import numpy as np
+
+    for idx in _batch_stream(len(x), batch_size, np.random.default_rng(seed)):
+        idx = np.sort(idx)
+        yield np.asarray(x[idx], dtype="float32"), y[idx]
+
+
+def _features(x, name: str):
+    """Features as given when they can be indexed by row (no copy), else a float32 array."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        return x
+    if not isinstance(x, np.ndarray) and hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "__getitem__"):
+        return x  # e.g. an h5py dataset or a memmap: read batch by batch
+    try:
+        return np.asarray(x, dtype="float32")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: features must be a float array; got {type(x).__name__} ({exc})") from None
+
+
+def _check_xy(x, y, n_classes: int, name: str):
+    import numpy as np
+
+    x = _features(x, name)
+    y = np.asarray(y)
+    if len(x.shape) < 2:
+        raise ValueError(f"{name}: features must have shape (n, ...); got shape {tuple(x.shape)}")
+    if y.shape != (len(x),):
+        raise ValueError(
+            f"{name}: labels must have shape ({len(x)},) to match the features; got shape {y.shape}"
+        )
+    if len(x) == 0:
+        raise ValueError(f"{name}: no samples")
+    if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0):
+        raise ValueError(f"{name}: labels must be integer class indices; got {y.dtype} values")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(
+            f"{name}: labels must lie in [0, {n_classes - 1}] for n_classes={n_classes}; "
+            f"got values from {y.min()} to {y.max()}"
+        )
+    # Binary: one sigmoid unit, float targets of shape (n, 1); K classes: int indices.
+    y = y.astype("float32").reshape(-1, 1) if n_classes == 2 else y.astype("int32")
+    return x, y
+
+
+def resolve_jit_compile(jit_compile="auto") -> bool:
+    """Resolve ``jit_compile="auto"`` for the current Keras backend.
+
+    Keras' own ``"auto"`` turns XLA off on CPU-only TensorFlow, but for this head
+    XLA is the faster choice there: each step is memory-bound on the large Dense
+    kernel, and XLA fuses the L2 penalty and Adam's element-wise update into far
+    fewer passes over it (measured in ``scripts/bench_head.py``). So ``"auto"``
+    means XLA on TensorFlow (CPU or GPU) and ``jax.jit`` on JAX (without it JAX
+    runs op by op), and eager on torch (``torch.compile`` costs more than it
+    saves for a few hundred small steps).
+    """
+    import keras
+
+    if jit_compile == "auto":
+        return keras.backend.backend() != "torch"
+    if not isinstance(jit_compile, bool):
+        raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}")
+    return jit_compile
+
+
+def _freeze_tail_batchnorm(tail, freeze: bool):
+    """Make the tail trainable, with its BatchNormalization layers frozen when ``freeze``.
+
+    Setting ``trainable`` on every layer (not only on the tail model) is needed:
+    a model cut out of a frozen backbone keeps its layers frozen when only the
+    outer model is marked trainable. A frozen BatchNormalization layer runs in
+    inference mode in Keras 3 (moving statistics, fixed beta), which is what
+    fine-tuning wants: batch statistics from batches of 10 are noise, and they
+    would overwrite the statistics the backbone was trained with.
+    """
+    import keras
+
+    def layers(model):
+        for layer in model.layers:
+            yield layer
+            if hasattr(layer, "layers"):
+                yield from layers(layer)
+
+    tail.trainable = True
+    frozen = 0
+    for layer in layers(tail):
+        bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = not (bn and freeze)
+        frozen += bn and freeze
+    return frozen
+
+
+def _timing_callback():
+    """A callback recording wall time per epoch and per training step.
+
+    It implements ``on_train_batch_end``, which makes Keras dispatch batch
+    callbacks synchronously (the step's logs are read back, so the step has
+    finished when its time is taken), the same for every backend.
+    """
+    import time
+
+    import keras
+
+    class _Timing(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch_seconds = []
+            self.step_seconds = []  # wall time, one list per epoch
+            self.step_cpu_seconds = []  # this process' CPU time (all threads), same layout
+            self.train_start = None
+            self.train_end = None
+
+        def on_train_begin(self, logs=None):
+            self.train_start = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_start = self._last = time.perf_counter()
+            self._last_cpu = time.process_time()
+            self.step_seconds.append([])
+            self.step_cpu_seconds.append([])
+
+        def on_train_batch_end(self, batch, logs=None):
+            now, cpu = time.perf_counter(), time.process_time()
+            self.step_seconds[-1].append(now - self._last)
+            self.step_cpu_seconds[-1].append(cpu - self._last_cpu)
+            self._last, self._last_cpu = now, cpu
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+
+        def on_train_end(self, logs=None):
+            self.train_end = time.perf_counter()
+
+        def mean_step(self, cpu: bool = False) -> float:
+            """Mean step time, leaving out the first epoch (it holds the compilation)."""
+            steps = self.step_cpu_seconds if cpu else self.step_seconds
+            later = [s for epoch in steps[1:] for s in epoch]
+            if not later and steps:
+                later = steps[0][1:]  # one epoch only: drop its first step
+            return float(sum(later) / len(later)) if later else float("nan")
+
+    return _Timing()
+
+
+def train_head(
+    x_train,
+    y_train,
+    x_val=None,
+    y_val=None,
+    *,
+    n_classes: int,
+    epochs: int = 40,
+    batch_size: int = 10,
+    steps_per_epoch: int | None = 10,
+    validation_steps: int | None = None,
+    lr: float = 1e-3,
+    units: int = 256,
+    dropout: float = 0.3,
+    l2: float = 1e-3,
+    seed: int = 0,
+    tail=None,
+    callbacks=None,
+    freeze_tail_bn: bool = True,
+    jit_compile="auto",
+    verbose: int = 0,
+) -> TrainedHead:
+    """Train the seed's head (optionally behind a trainable backbone tail) on cached features.
+
+    ``x_*``: features of shape (n, ...), e.g. (n, 7, 7, 512) VGG16 block5_pool or
+    (n, 5, 5, 2048) InceptionV3 mixed10; float32 or float16 (as the store keeps
+    them; cast to float32 one batch at a time), or anything indexable by sorted
+    row indices, like an h5py dataset. ``y_*``: integer class indices in
+    ``[0, n_classes)``.
+
+    What it reproduces: the seed trained with Keras generators, ``batch_size`` 10
+    and ``steps_per_epoch`` 10, so an "epoch" was 10 batches drawn from one
+    shuffled stream that runs on across epochs and is reshuffled at every pass
+    over the data (see :func:`_batch_stream`; batches are always full).
+    ``steps_per_epoch=None`` makes an epoch ``ceil(n / batch_size)`` batches, one
+    pass' worth. Validation: ``validation_steps=None`` evaluates the whole
+    validation set each epoch in batches of ``batch_size``; an integer draws that
+    many batches per epoch from a continuing shuffled stream of the validation
+    set, as the seed's validation generator did (2 batches binary, 5 for 4
+    classes). ``x_val=None`` trains without validation.
+
+    Loss follows the output: one sigmoid unit with binary cross-entropy for two
+    classes, K softmax units with sparse categorical cross-entropy (categorical
+    cross-entropy on integer labels) otherwise; Adam at ``lr``.
+
+    ``tail``: a model of the backbone after the cut (``backbones.build_tail``);
+    ``x`` are then the cut-point activations and the tail trains with the head.
+    The tail is modified in place: its layers are made trainable, except its
+    BatchNormalization layers, which stay frozen and in inference mode when
+    ``freeze_tail_bn`` (the usual fine-tuning practice: statistics of 10-image
+    batches are noise, and training them would overwrite the backbone's).
+
+    ``jit_compile="auto"`` is resolved by :func:`resolve_jit_compile` (XLA on
+    TensorFlow, also on CPU, where it is markedly faster for this head) and logged.
+
+    Timing: an internal callback reads each step's logs back, so batch callbacks
+    run synchronously; ``step_seconds`` is then the real time of a finished step.
+
+    Determinism: with the same inputs and seed on CPU, the history and weights
+    are identical. To get there it changes global state, inside this call only:
+    ``keras.utils.set_random_seed(seed)`` reseeds Python's ``random``, NumPy's
+    global generator, TensorFlow's global seed (when TensorFlow is installed),
+    the torch seed on torch, and resets Keras' global seed generator. Batches are
+    drawn from a private ``numpy.random.default_rng(seed)``.
+    """
+    import math
+
+    import keras
+    import numpy as np
+
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2; got {n_classes}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+        if value is not None and int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+    if (x_val is None) != (y_val is None):
+        raise ValueError("x_val and y_val must be given together (or both left None)")
+
+    x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
+    if tail is not None and tuple(x_train.shape[1:]) != tuple(tail.input_shape[1:]):
+        raise ValueError(
+            f"x_train has feature shape {tuple(x_train.shape[1:])} but the tail expects "
+            f"{tuple(tail.input_shape[1:])}: store features at the tail's cut layer"
+        )
+    batch = min(int(batch_size), len(x_train))
+    steps = int(steps_per_epoch) if steps_per_epoch else math.ceil(len(x_train) / batch)
+
+    validation = {}
+    if x_val is not None:
+        x_val, y_val = _check_xy(x_val, y_val, n_classes, "x_val/y_val")
+        if tuple(x_val.shape[1:]) != tuple(x_train.shape[1:]):
+            raise ValueError(
+                f"x_val has feature shape {tuple(x_val.shape[1:])}, x_train {tuple(x_train.shape[1:])}"
+            )
+        if validation_steps is None:
+            x_val = np.asarray(x_val[:], dtype="float32")  # Keras slices in-memory arrays itself
+            validation = {"validation_data": (x_val, y_val), "validation_batch_size": batch_size}
+        else:
+            val_batch = min(int(batch_size), len(x_val))
+            validation = {
+                "validation_data": _batches(x_val, y_val, val_batch, seed + 1),
+                "validation_steps": int(validation_steps),
+            }
+
+    jit = resolve_jit_compile(jit_compile)
+    _logger.info("train_head: jit_compile=%r resolved to %s on %s", jit_compile, jit, keras.backend.backend())
+
+    keras.utils.set_random_seed(int(seed))
+    frozen_bn = _freeze_tail_batchnorm(tail, freeze_tail_bn) if tail is not None else 0
+    if frozen_bn:
+        _logger.info("train_head: %d BatchNormalization layers of the tail kept frozen (inference mode)", frozen_bn)
+    model = build_head(x_train.shape[1:], n_classes, units=units, dropout=dropout, l2=l2, tail=tail)
+    binary = n_classes == 2
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit,
+    )
+    timing = _timing_callback()
+    history = model.fit(
+        _batches(x_train, y_train, batch, seed),
+        epochs=int(epochs),
+        steps_per_epoch=steps,
+        shuffle=False,  # the stream is shuffled already
+        callbacks=[timing, *(callbacks or [])],
+        verbose=verbose,
+        **validation,
+    )
+    params = count_params(model)
+    if tail is not None:
+        params["tail"] = count_params(tail)
+    return TrainedHead(
+        model=model,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        epoch_seconds=[float(s) for s in timing.epoch_seconds],
+        seconds=float(timing.train_end - timing.train_start),
+        step_seconds=timing.mean_step(),
+        params=params,
+        settings={
+            "n_classes": n_classes,
+            "epochs": int(epochs),
+            "batch_size": batch,
+            "steps_per_epoch": steps,
+            "validation_steps": validation_steps,
+            "lr": lr,
+            "units": units,
+            "dropout": dropout,
+            "l2": l2,
+            "seed": int(seed),
+            "tail": None if tail is None else tail.name,
+            "freeze_tail_bn": bool(freeze_tail_bn) if tail is not None else None,
+            "jit_compile": jit,
+            "backend": keras.backend.backend(),
+        },
+    )
+
+
+@dataclass
+class TrainedHead:
+    """A trained head and what its training recorded.
+
+    ``history``: per-epoch lists (``loss``, ``accuracy`` and, with validation,
+    ``val_loss``, ``val_accuracy``). ``epoch_seconds``: wall time per epoch,
+    validation included. ``seconds``: the whole ``fit``. ``step_seconds``: mean
+    time of one training step after the first epoch (which holds compilation).
+    ``params``: ``total``/``trainable``/``non_trainable`` of the whole model, and
+    under ``tail`` the same for the backbone tail. ``settings``: the resolved
+    training settings (batch size, steps, jit_compile, backend...).
+    """
+
+    model: object
+    history: dict = field(default_factory=dict)
+    epoch_seconds: list = field(default_factory=list)
+    seconds: float = float("nan")
+    step_seconds: float = float("nan")
+    params: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        units = int(self.model.output_shape[-1])
+        return 2 if units == 1 else units
+
+    def predict_proba(self, x, batch_size: int = 256):
+        """Class probabilities, shape (n, K); for two classes the columns are [1 - p, p]."""
+        import numpy as np
+
+        p = np.asarray(self.model.predict(np.asarray(x, "float32"), batch_size=batch_size, verbose=0))
+        if p.shape[-1] == 1:
+            p = np.concatenate([1.0 - p, p], axis=1)
+        return p
+
+    def predict(self, x, batch_size: int = 256):
+        """The most probable class index for each row."""
+        return self.predict_proba(x, batch_size=batch_size).argmax(axis=1)
+
+    def embed(self, x, batch_size: int = 256):
+        """The penultimate activations (the Dense(units) layer after its ReLU), shape (n, units).
+
+        What ``embed --from-run`` projects: the representation the classifier reads.
+        """
+        import keras
+        import numpy as np
+
+        sub = keras.Model(self.model.inputs, self.model.get_layer("head_dense").output)
+        return np.asarray(sub.predict(np.asarray(x, "float32"), batch_size=batch_size, verbose=0))
+
+    def save(self, path) -> str:
+        """Write the model (architecture, weights, optimizer state) as a ``.keras`` file."""
+        path = str(path)
+        if not path.endswith(".keras"):
+            raise ValueError(f"save path must end in .keras; got {path!r}")
+        self.model.save(path)
+        return path
+
+
+def load_head(path) -> TrainedHead:
+    """Load a head written by :meth:`TrainedHead.save`, ready to predict and embed.
+
+    Only the model is stored in the file; history and timings stay with the run
+    that produced it, so they come back empty. The model is loaded uncompiled.
+    """
+    import keras
+
+    model = keras.saving.load_model(str(path), compile=False)
+    return TrainedHead(model=model, params=count_params(model))
