@@ -35,9 +35,6 @@ for backbone in ("vgg16", "inception_v3"):
         from xrayfeat.backbones import get_spec, WeightsInfo, build_extractor
         model, _ = build_extractor(get_spec(backbone), WeightsInfo("none", seed=0), image_size=224, precision=precision)
         x = jax.device_put(np.random.default_rng(0).integers(0, 255, (128, 224, 224, 3), dtype=np.uint8))
-        fn = jax.jit(lambda v, a: model.stateless_call(v, [], a)[0])
-        variables = [v.value for v in model.trainable_variables + model.non_trainable_variables]
-        variables = [v.value for v in model.variables]
         jax.block_until_ready(model.predict_on_batch(np.asarray(x)))
         call = jax.jit(lambda a: model(a, training=False))
         jax.block_until_ready(call(x))
