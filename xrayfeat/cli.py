@@ -459,6 +459,95 @@ def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr
     emit(result.as_json(), as_json, human)
 
 
+# --------------------------------------------------------------------------- embed
+
+
+def _embed_map(dataset, features, method, out, *, from_run=None, seed=0, cache_dir="data_cache", device="auto",
+               title=""):
+    """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates)."""
+    from .embed import embed_cached
+    from .extract import RunOptions, extract, open_store
+
+    if from_run:
+        from .runs import load_run_head, run_feature_options
+
+        record, head = load_run_head(from_run)
+        features = run_feature_options(record)
+        trained_classes = record["config"]["classes"]
+        if list(dataset.classes) != trained_classes:
+            raise XrayfeatError(f"{from_run} was trained on classes {trained_classes}, DATA has {list(dataset.classes)}; "
+                                f"pass --classes {','.join(trained_classes)}")
+    extract(dataset, features, RunOptions(cache_dir=cache_dir, device=device, progress=True))
+    store = open_store(features, cache_dir, device)
+    if from_run:
+        values = head.embed(store.read(dataset.hashes, ("spatial",))["spatial"])
+        source = f"head penultimate layer ({Path(from_run).name})"
+    else:
+        values = store.read(dataset.hashes, ("pooled",))["pooled"]
+        source = f"{features.backbone} pooled features"
+    result = embed_cached(values, dataset.labels, out, method=method, seed=seed, classes=list(dataset.classes),
+                          splits=[item.split for item in dataset.items], title=title or f"{method.upper()} of {source}")
+    return result, source
+
+
+@main.command()
+@click.argument("data")
+@click.option("--backbone", "-b", default=None, help="Backbone of the features (not needed with --from-run).")
+@click.option("--weights", default="imagenet", show_default=True)
+@click.option("--image-size", type=int, default=None)
+@click.option("--layer", default=None)
+@click.option("--precision", default="auto", show_default=True)
+@click.option("--store-dtype", default="float16", show_default=True)
+@click.option("--method", type=click.Choice(["tsne", "umap"]), default="tsne", show_default=True)
+@click.option("--from-run", default=None, help="Embed a trained head's penultimate (Dense) activations instead of pooled features.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--classes", default=None, help="Keep only these classes, comma-separated.")
+@click.option("--cache-dir", default="data_cache", show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]))
+@click.option("--out", default=None, help="Output PNG (default: RUN/embed-METHOD.png or embeddings/<backbone>-METHOD.png).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def embed(data, backbone, weights, image_size, layer, precision, store_dtype, method, from_run, seed, classes,
+          cache_dir, device, out, as_json):
+    """Draw a 2-D map (PCA, then t-SNE or UMAP) of cached features, coloured by class.
+
+    Coordinates are saved beside the PNG and reused when asked again with the same
+    inputs; a neighbourhood-preservation score (k-NN class agreement in 2-D and in
+    feature space, trustworthiness) is printed.
+
+    \b
+    Examples:
+      xrayfeat embed demo_data --backbone vgg16 --weights none --method umap
+      xrayfeat embed demo_data --from-run runs/4class-vgg16-20261126-101500 --method tsne
+    """
+    from .extract import FeatureOptions
+
+    if not backbone and not from_run:
+        raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
+    features = None
+    if not from_run:
+        features = _single_feature({"backbone": backbone, "weights": weights, "image_size": image_size, "layer": layer,
+                                    "precision": precision, "store_dtype": store_dtype, "seed": 0})
+        FeatureOptions.validate(features)
+    dataset = _dataset(data, classes, cache_dir)
+    if out is None:
+        out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result, source = _embed_map(dataset, features, method, out, from_run=from_run, seed=seed, cache_dir=cache_dir,
+                                device=device)
+    data_out = {"out": str(result.plot_path), "coords": str(result.coords_path), "method": method, "source": source,
+                "reused": result.reused, "seconds": round(result.seconds, 3), "scores": result.scores}
+
+    def human(err):
+        s = result.scores
+        click.echo(f"{result.plot_path}: {method} of {source}, {len(dataset)} images"
+                   f"{' (coordinates reused)' if result.reused else ''} in {result.seconds:.1f} s", err=err)
+        click.echo(f"k-NN class agreement: 2-D {s['knn_agreement_2d']:.3f} vs features {s['knn_agreement_features']:.3f}; "
+                   f"trustworthiness {s['trustworthiness']:.3f}", err=err)
+
+    emit(data_out, as_json, human)
+
+
 # --------------------------------------------------------------------------- report
 
 

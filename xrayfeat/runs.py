@@ -107,3 +107,24 @@ def load_run(path: str | os.PathLike) -> dict:
     except ValueError as exc:
         raise XrayfeatError(f"{path}: run record is damaged ({exc})") from None
     return {"path": str(path), "config": config, "metrics": metrics}
+
+
+def load_run_head(path: str | os.PathLike):
+    """The trained head of a run, loaded only after its sha256 matches the one the run recorded."""
+    from .heads import load_head
+
+    record = load_run(path)
+    entry = record["config"].get("files", {}).get("head", {})
+    head_file = Path(path) / entry.get("file", "head.keras")
+    if not head_file.is_file():
+        raise XrayfeatError(f"{head_file}: missing; the run folder is incomplete")
+    if file_sha256(head_file) != entry.get("sha256"):
+        raise XrayfeatError(f"{head_file}: sha256 differs from the one recorded in config.json; refusing to load it")
+    return record, load_head(head_file)
+
+
+def run_feature_options(record: dict):
+    """The FeatureOptions a run was trained on (to read the same store)."""
+    from .extract import FeatureOptions
+
+    return FeatureOptions(**record["config"]["features"])

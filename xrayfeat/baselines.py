@@ -1,0 +1,632 @@
+"""scikit-learn baselines beside the Keras head.
+
+Why baselines at all: a deep head that scores 0.85 means little until we know
+what a linear model on the same cached features scores, and what a linear model
+on the raw pixels scores. The last one, ``pixels``, is a *sentinel*: logistic
+regression on the images downsampled to 32x32 grayscale. When it does as well
+as the backbone, the data (a shortcut such as a hospital's marker, an age
+difference between the classes) and not the model is doing the work.
+
+Three baselines, each a :class:`~sklearn.pipeline.Pipeline` with steps named
+``scale``, ``pca`` and ``clf`` and a small hyper-parameter grid searched by
+cross-validation on the training split only:
+
+``logreg``
+    ``StandardScaler -> [PCA] -> LogisticRegression`` on pooled features.
+    Grid: 5 values of ``C`` (1e-4 .. 1), times PCA on/off when there are many
+    features per sample (``n_features > n_samples / 2``), where truncating to
+    the top components is a useful extra regulariser. At most 10 candidates.
+``svm``
+    ``StandardScaler -> PCA -> SVC(kernel="rbf")`` on pooled features.
+    Grid: ``C`` in {0.1, 1, 10} times ``gamma`` in {"scale" and about 4x on
+    either side}: 9 candidates. PCA to at most 128 components is always applied
+    when there are more features than that, because libsvm's cost is
+    proportional to the feature count (one fit on 10,000 x 2048 took 3-4.5
+    minutes, on 128 components about 10 s), and an RBF distance is dominated
+    by the high-variance directions PCA keeps. An SVC also costs about
+    n_samples**2, so above 2,000 training images the search runs on a
+    stratified random subsample of 2,000 (``n_search_samples_``); the chosen
+    SVC is calibrated and refitted on all images.
+``pixels``
+    ``StandardScaler -> PCA(<= 50) -> LogisticRegression`` on flattened 32x32
+    pixels. Grid: 5 values of ``C`` (1e-3 .. 10).
+
+Choosing the scoring
+    Candidates are *selected* by cross-validated log-loss (``neg_log_loss``)
+    for the two logistic models: it is a proper scoring rule, so it picks the
+    regularisation that gives honest probabilities (which the run record's
+    log-loss and ROC curves need), and it is continuous, whereas accuracy on a
+    fold of ~60 images moves in steps of 1/60 and ties between candidates are
+    common. The SVM is selected by accuracy, because an SVC has no probabilities
+    without an extra internal cross-validation (Platt scaling), which would make
+    every candidate fit about 6x dearer. The score *reported* (``cv_score_``)
+    is always the mean cross-validated accuracy of the chosen candidate, so the
+    three baselines and the head can be compared on one scale.
+
+SVM probabilities
+    ``SVC(probability=True)`` is deprecated in scikit-learn 1.9 in favour of
+    ``CalibratedClassifierCV(SVC(), ensemble=False)``, which does the same
+    thing (sigmoid/Platt calibration of the decision function on
+    cross-validated predictions, then one fit on all data) at the same cost,
+    about 5-6 plain fits (measured on 4,000 x 128: 1.6 s plain, 9.4 s
+    ``probability=True``, 8.3 s calibrated). So the search picks ``C`` and
+    ``gamma`` with plain SVCs, and the calibration is done once, for the chosen
+    candidate, on the same folds. Inside every candidate it would have made
+    the search about 6x dearer.
+
+Cost (one core's CPU time; 4 classes, 2048 features, hard synthetic data)
+    300 images: about 3 s each for ``logreg`` (50 fits) and ``svm``.
+    10,000 images: about 40 s for ``logreg`` and 105 s for ``svm``, of which
+    the 2,000-image search is under a quarter and the calibration and refit on
+    all 10,000 the rest. Searching on all 10,000 would take about 45 fits x 5 s
+    = 4 CPU-minutes more, and Platt scaling inside every candidate about 25.
+
+Cross-validation
+    :func:`cv_splitter` gives stratified folds, grouped by patient when patient
+    ids are known (images of one patient in both the fitting and the validation
+    fold would reward memorising patients). The folds are computed once and
+    shared by the search and the calibration, so everything is deterministic
+    for a seed. Parallelism is ``n_jobs`` of :class:`GridSearchCV` (joblib).
+    During the search the scaler and PCA are cached per fold (a joblib
+    ``Memory`` in a temporary folder), so PCA is fitted once per fold, not once
+    per candidate.
+
+Saved models are joblib pickles. Unpickling runs code, so :func:`load_baseline`
+loads only a file whose SHA-256 matches the one :func:`save_baseline` returned
+and the run record stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import joblib
+import numpy as np
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, make_scorer
+from sklearn.model_selection import GridSearchCV, ParameterGrid, PredefinedSplit, StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from .errors import XrayfeatError
+
+__all__ = [
+    "BASELINES",
+    "FittedBaseline",
+    "cv_splitter",
+    "fit_baseline",
+    "fit_baselines",
+    "load_baseline",
+    "make_search",
+    "parse_baselines",
+    "save_baseline",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The baselines this module knows, in the order reports list them.
+BASELINES: tuple[str, ...] = ("logreg", "svm", "pixels")
+
+#: Which training array each baseline reads (the argument name of :func:`fit_baselines`).
+_INPUTS = {"logreg": "pooled_train", "svm": "pooled_train", "pixels": "pixels_train"}
+
+_MAX_SPLITS = 5
+_LOGREG_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_PIXELS_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+_SVM_CS = (0.1, 1.0, 10.0)
+_SVM_GAMMA_FACTORS = (0.25, 4.0)  # around "scale" (~1/n_features after StandardScaler)
+_FEATURES_PCA = 128  # components for pooled features (svm always, logreg as an option)
+_PIXELS_PCA = 50
+_LOGREG_MAX_ITER = 5000
+_SVM_CACHE_MB = 500
+#: Above this many training images the SVM's search runs on a subsample of this size.
+_SVM_SEARCH_MAX = 2000
+
+
+def _choices(names: Iterable[str]) -> str:
+    return "{" + ", ".join(names) + "}"
+
+
+def parse_baselines(text: str) -> tuple[str, ...]:
+    """Parse the CLI option ``--baselines logreg,svm,pixels|none``.
+
+    Order is kept, duplicates are dropped, names are case-insensitive and may
+    have spaces around them; ``"none"`` gives ``()``. Anything else (an unknown
+    name, an empty item, ``none`` mixed with names) raises
+    :class:`~xrayfeat.errors.XrayfeatError` quoting what was passed.
+    """
+    error = XrayfeatError(
+        f"The 'baselines' option must be a comma-separated subset of {_choices(BASELINES)} "
+        f"or 'none'. Got {text!r} instead."
+    )
+    if not isinstance(text, str):
+        raise error
+    items = [item.strip().lower() for item in text.split(",")]
+    if items == ["none"]:
+        return ()
+    out: list[str] = []
+    for item in items:
+        if item not in BASELINES:
+            raise error
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _check_name(name: Any, where: str) -> str:
+    if name not in BASELINES:
+        raise XrayfeatError(
+            f"The 'name' parameter of {where} must be one of {_choices(BASELINES)}. Got {name!r} instead."
+        )
+    return name
+
+
+def _positive_int(value: Any, param: str, where: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise XrayfeatError(
+            f"The '{param}' parameter of {where} must be a positive int. Got {value!r} instead."
+        )
+    return int(value)
+
+
+def _pca_components(cap: int, n_features: int, n_samples: int) -> int:
+    # A training fold holds at least about half the samples (>= 2 folds), and PCA
+    # needs n_components <= min(fold size, n_features).
+    return max(1, min(cap, n_features, n_samples // 2))
+
+
+def make_search(
+    name: str,
+    *,
+    n_features: int,
+    n_samples: int,
+    seed: int = 0,
+    cv: Any,
+    n_jobs: int | None = None,
+    classes: Any = None,
+    memory: Any = None,
+) -> GridSearchCV:
+    """Build the (unfitted) hyper-parameter search for one baseline.
+
+    ``n_features`` and ``n_samples`` (of the training data) size the PCA and decide
+    whether PCA is offered; ``cv`` is anything :class:`GridSearchCV` accepts
+    (see :func:`cv_splitter`). ``classes``, when given, are passed to the
+    log-loss scorer so that a validation fold missing a class still scores.
+    ``memory`` caches the scaler/PCA per fold (see :class:`Pipeline`).
+
+    The search scores every candidate by accuracy and, for ``logreg`` and
+    ``pixels``, log-loss; ``refit`` names the selection metric (``neg_log_loss``
+    or ``accuracy``, see the module docstring). For ``svm`` the refitted
+    ``best_estimator_`` is a plain SVC pipeline without probabilities;
+    :func:`fit_baseline` adds the calibration.
+    """
+    where = "make_search"
+    _check_name(name, where)
+    n_features = _positive_int(n_features, "n_features", where)
+    n_samples = _positive_int(n_samples, "n_samples", where)
+
+    scoring: dict[str, Any] = {"accuracy": "accuracy"}
+    if name == "svm":
+        refit = "accuracy"
+    else:
+        labels = None if classes is None else np.asarray(classes)
+        scoring["neg_log_loss"] = make_scorer(
+            log_loss, greater_is_better=False, response_method="predict_proba", labels=labels
+        )
+        refit = "neg_log_loss"
+
+    def logistic() -> LogisticRegression:
+        return LogisticRegression(max_iter=_LOGREG_MAX_ITER, random_state=seed)
+
+    grid: dict[str, list[Any]]
+    if name == "logreg":
+        pca: Any = "passthrough"
+        grid = {"clf__C": list(_LOGREG_CS)}
+        if n_features > n_samples / 2:
+            k = _pca_components(_FEATURES_PCA, n_features, n_samples)
+            if k < n_features:
+                grid["pca"] = ["passthrough", PCA(n_components=k, random_state=seed)]
+        clf: Any = logistic()
+    elif name == "svm":
+        k = _pca_components(_FEATURES_PCA, n_features, n_samples)
+        pca = PCA(n_components=k, random_state=seed) if k < n_features else "passthrough"
+        # After StandardScaler the total variance is n_features, so gamma="scale"
+        # is about 1/n_features (a little more when PCA drops some variance).
+        scale = 1.0 / n_features
+        gammas = [_SVM_GAMMA_FACTORS[0] * scale, "scale", _SVM_GAMMA_FACTORS[1] * scale]
+        grid = {"clf__C": list(_SVM_CS), "clf__gamma": gammas}
+        clf = SVC(kernel="rbf", cache_size=_SVM_CACHE_MB, random_state=seed)
+    else:  # pixels
+        k = _pca_components(_PIXELS_PCA, n_features, n_samples)
+        pca = PCA(n_components=k, random_state=seed)
+        grid = {"clf__C": list(_PIXELS_CS)}
+        clf = logistic()
+
+    pipeline = Pipeline([("scale", StandardScaler()), ("pca", pca), ("clf", clf)], memory=memory)
+    return GridSearchCV(
+        pipeline,
+        grid,
+        scoring=scoring,
+        refit=refit,
+        cv=cv,
+        n_jobs=n_jobs,
+        error_score="raise",
+    )
+
+
+def cv_splitter(y: Any, groups: Any = None, seed: int = 0) -> StratifiedKFold | StratifiedGroupKFold:
+    """Stratified folds for ``y``, grouped by ``groups`` (patient ids) when given.
+
+    ``n_splits`` is ``min(5, smallest class count)``, the count being images per
+    class, or distinct patients per class when grouped, so that every class can
+    be in every training fold. Folds are shuffled with ``seed``. A class with
+    fewer than 2 images (patients) cannot be cross-validated and raises
+    :class:`~xrayfeat.errors.XrayfeatError`.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or y.size == 0:
+        raise XrayfeatError(f"Cannot cross-validate: labels must be a non-empty 1-D array; got shape {y.shape}.")
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise XrayfeatError(
+            f"Cannot cross-validate: the training data has only one class ({_label(classes[0])!r}); at least 2 are needed."
+        )
+    if groups is None:
+        counts = np.bincount(y_idx)
+        unit = "image"
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != y.shape:
+            raise XrayfeatError(
+                f"Cannot cross-validate: groups (patient ids) must have one entry per label; "
+                f"got {groups.shape[0] if groups.ndim else 0} for {y.shape[0]} labels."
+            )
+        counts = np.array([np.unique(groups[y_idx == c]).size for c in range(classes.size)])
+        unit = "patient"
+    smallest = int(counts.min())
+    if smallest < 2:
+        worst = _label(classes[int(counts.argmin())])
+        raise XrayfeatError(
+            f"Cannot cross-validate: class {worst!r} has {smallest} {unit} in the training data; "
+            f"every class needs at least 2 {unit}s."
+        )
+    n_splits = min(_MAX_SPLITS, smallest)
+    if groups is None:
+        return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+@dataclass
+class FittedBaseline:
+    """One fitted baseline: the refitted best pipeline and how it was chosen.
+
+    ``estimator_`` is a :class:`Pipeline` (``scale``, ``pca``, ``clf``) fitted on
+    all training data with ``best_params_``; for ``svm`` the ``clf`` step is a
+    :class:`CalibratedClassifierCV` around the chosen SVC. ``cv_score_`` is the
+    mean cross-validated accuracy of that choice, ``cv_std_`` its standard
+    deviation over folds, ``selection_metric_`` what picked it.
+    """
+
+    name: str
+    estimator_: Pipeline
+    best_params_: dict[str, Any]
+    cv_score_: float
+    fit_seconds_: float
+    cv_std_: float = float("nan")
+    selection_metric_: str = "accuracy"
+    n_splits_: int = 0
+    n_candidates_: int = 0
+    n_search_samples_: int = 0
+    cv_log_loss_: float | None = None
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """Class labels in the column order of :meth:`predict_proba`."""
+        return self.estimator_.classes_
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape ``(n, K)``, rows summing to 1, columns in ``classes_`` order."""
+        return self.estimator_.predict_proba(_as_matrix(X, self.name, "X"))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row (argmax of :meth:`predict_proba`)."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serialisable description for the run record."""
+        return {
+            "name": self.name,
+            "cv_accuracy": self.cv_score_,
+            "cv_accuracy_std": self.cv_std_,
+            "cv_log_loss": self.cv_log_loss_,
+            "selection_metric": self.selection_metric_,
+            "n_splits": self.n_splits_,
+            "n_candidates": self.n_candidates_,
+            "n_search_samples": self.n_search_samples_,
+            "best_params": {k: _jsonable(v) for k, v in self.best_params_.items()},
+            "fit_seconds": self.fit_seconds_,
+        }
+
+
+def _label(value: Any) -> Any:
+    """A class label or group id as a plain Python value, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _as_matrix(X: Any, name: str, param: str) -> np.ndarray:
+    """Rows of float64 features; pixel images ``(n, h, w)`` are flattened."""
+    if X is None:
+        raise XrayfeatError(f"The '{name}' baseline needs {param}; got None.")
+    X = np.asarray(X)
+    if X.ndim > 2 and name == "pixels":
+        X = X.reshape(X.shape[0], -1)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise XrayfeatError(
+            f"The '{name}' baseline needs {param} as a non-empty 2-D array (n_samples, n_features); "
+            f"got shape {X.shape}."
+        )
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
+        raise XrayfeatError(f"The '{name}' baseline needs numeric {param}; got dtype {X.dtype}.")
+    # float16 (the feature store's dtype) is too coarse for StandardScaler's sums.
+    X = X.astype(np.float64, copy=False)
+    if not np.isfinite(X).all():
+        raise XrayfeatError(f"The '{name}' baseline got {param} with NaN or infinite values.")
+    return X
+
+
+def _folds(name: str, y: np.ndarray, groups: np.ndarray | None, seed: int) -> PredefinedSplit:
+    """The cross-validation folds, fixed once (so search and calibration share them)."""
+    splitter = cv_splitter(y, groups, seed)
+    classes = np.unique(y)
+    test_fold = np.full(y.shape[0], -1, dtype=np.int64)
+    splits = list(splitter.split(np.zeros((y.shape[0], 1)), y, groups))
+    for i, (train, test) in enumerate(splits):
+        missing = np.setdiff1d(classes, y[train])
+        if missing.size:
+            raise XrayfeatError(
+                f"Cannot cross-validate the '{name}' baseline: fold {i + 1} of {len(splits)} has no training "
+                f"example of class {_label(missing[0])!r} (too few patients of that class)."
+            )
+        test_fold[test] = i
+    return PredefinedSplit(test_fold)
+
+
+def _search_rows(name: str, y: np.ndarray, groups: np.ndarray | None, seed: int, n_splits: int) -> np.ndarray:
+    """The rows the hyper-parameter search uses: all of them, except for a large SVM.
+
+    An RBF SVC costs about n_samples**2, and the search fits it
+    ``n_candidates x n_folds`` = 45 times, so for ``svm`` on more than
+    :data:`_SVM_SEARCH_MAX` images the search runs on a stratified random
+    subsample of that size (classes with fewer than 50 images are kept whole);
+    the chosen SVC is then calibrated and refitted on every image. If the
+    subsample could not be cross-validated as finely as the full data, all rows
+    are used.
+    """
+    n = y.shape[0]
+    if name != "svm" or n <= _SVM_SEARCH_MAX:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        take = min(members.size, max(round(_SVM_SEARCH_MAX * members.size / n), 50))
+        rows.append(rng.choice(members, size=take, replace=False))
+    rows = np.sort(np.concatenate(rows))
+    try:
+        sub_splits = cv_splitter(y[rows], None if groups is None else groups[rows], seed).get_n_splits()
+    except XrayfeatError:
+        sub_splits = 0
+    if sub_splits < n_splits:
+        logger.info("baseline %s: the subsample would allow only %d folds; searching on all %d rows", name, sub_splits, n)
+        return np.arange(n)
+    return rows
+
+
+def fit_baseline(
+    name: str,
+    X_train: Any,
+    y_train: Any,
+    *,
+    groups: Any = None,
+    seed: int = 0,
+    n_jobs: int | None = None,
+) -> FittedBaseline:
+    """Choose hyper-parameters by cross-validation on the training data, then refit on all of it.
+
+    ``X_train`` is pooled features ``(n, C)`` for ``logreg``/``svm`` and pixels
+    ``(n, 32, 32)`` or ``(n, 1024)`` for ``pixels``. ``groups`` are patient ids
+    (folds never split a patient). ``n_jobs`` runs candidates in parallel through
+    joblib. The result depends only on the data and ``seed``.
+
+    For ``svm`` on more than :data:`_SVM_SEARCH_MAX` images the search runs on a
+    stratified subsample (see :func:`_search_rows`); ``n_search_samples_`` says
+    how many rows it used.
+    """
+    start = time.perf_counter()
+    where = "fit_baseline"
+    _check_name(name, where)
+    X = _as_matrix(X_train, name, "X_train")
+    y = np.asarray(y_train)
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise XrayfeatError(
+            f"The '{name}' baseline needs one label per row: X_train has {X.shape[0]} rows, "
+            f"y_train has shape {y.shape}."
+        )
+    if groups is not None:
+        groups = np.asarray(groups)
+    cv = _folds(name, y, groups, seed)
+    n_splits = cv.get_n_splits()
+    rows = _search_rows(name, y, groups, seed, n_splits)
+    subsampled = rows.size < y.shape[0]
+    search_cv = _folds(name, y[rows], None if groups is None else groups[rows], seed) if subsampled else cv
+    X_search, y_search = (X[rows], y[rows]) if subsampled else (X, y)
+
+    with tempfile.TemporaryDirectory(prefix="xrayfeat-baseline-") as cache_dir:
+        search = make_search(
+            name,
+            n_features=X.shape[1],
+            n_samples=rows.size,
+            seed=seed,
+            cv=search_cv,
+            n_jobs=n_jobs,
+            classes=np.unique(y),
+            memory=joblib.Memory(cache_dir, verbose=0),
+        )
+        metric = search.refit
+        # The refit is done below, without the cache (and with calibration for svm).
+        search.set_params(refit=False)
+        n_candidates = len(ParameterGrid(search.param_grid))
+        logger.info(
+            "baseline %s: %d candidates x %d folds on %d x %d%s",
+            name, n_candidates, n_splits, rows.size, X.shape[1],
+            " (grouped by patient)" if groups is not None else "",
+        )
+        search.fit(X_search, y_search)
+        base = clone(search.estimator)
+    search_seconds = time.perf_counter() - start
+    results = search.cv_results_
+    # Ties go to the first candidate in grid order: the smallest C (and gamma).
+    best = int(np.argmin(results[f"rank_test_{metric}"]))
+    best_params = dict(results["params"][best])
+
+    # Clone the values: the grid's PCA object must stay unfitted in best_params_.
+    estimator = base.set_params(memory=None, **clone(best_params, safe=False))
+    if name == "svm":
+        estimator.set_params(
+            clf=CalibratedClassifierCV(estimator.named_steps["clf"], method="sigmoid", cv=cv, ensemble=False, n_jobs=n_jobs)
+        )
+    estimator.fit(X, y)
+
+    fitted = FittedBaseline(
+        name=name,
+        estimator_=estimator,
+        best_params_=best_params,
+        cv_score_=float(results["mean_test_accuracy"][best]),
+        cv_std_=float(results["std_test_accuracy"][best]),
+        fit_seconds_=time.perf_counter() - start,
+        selection_metric_=metric,
+        n_splits_=n_splits,
+        n_candidates_=n_candidates,
+        n_search_samples_=int(rows.size),
+        cv_log_loss_=None if name == "svm" else float(-results["mean_test_neg_log_loss"][best]),
+    )
+    logger.info(
+        "baseline %s: chose %s, cv accuracy %.3f +/- %.3f, %.1f s (search %.1f s, refit %.1f s)",
+        name, {k: _jsonable(v) for k, v in best_params.items()}, fitted.cv_score_, fitted.cv_std_,
+        fitted.fit_seconds_, search_seconds, fitted.fit_seconds_ - search_seconds,
+    )
+    return fitted
+
+
+def fit_baselines(
+    names: Iterable[str],
+    *,
+    pooled_train: Any = None,
+    pixels_train: Any = None,
+    y_train: Any,
+    groups: Any = None,
+    seed: int = 0,
+    n_jobs: int | None = None,
+) -> dict[str, FittedBaseline]:
+    """Fit each named baseline on its input; ``names`` may also be the CLI text (see :func:`parse_baselines`).
+
+    ``logreg`` and ``svm`` read ``pooled_train`` ``(n, C)``; ``pixels`` reads
+    ``pixels_train`` ``(n, 32, 32)`` uint8 (flattened here). Every requested
+    baseline's input is checked before anything is fitted, so a missing array
+    fails at once, not after minutes of fitting.
+    """
+    names = parse_baselines(names) if isinstance(names, str) else tuple(names)
+    for name in names:
+        _check_name(name, "fit_baselines")
+    arrays: Mapping[str, Any] = {"pooled_train": pooled_train, "pixels_train": pixels_train}
+    inputs = {}
+    for name in names:
+        param = _INPUTS[name]
+        what = "pooled backbone features (n, C)" if param == "pooled_train" else "32x32 grayscale pixels (n, 32, 32)"
+        if arrays[param] is None:
+            raise XrayfeatError(f"The '{name}' baseline needs {param} ({what}); got None.")
+        inputs[name] = _as_matrix(arrays[param], name, param)
+    return {
+        name: fit_baseline(name, inputs[name], y_train, groups=groups, seed=seed, n_jobs=n_jobs)
+        for name in dict.fromkeys(names)
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_baseline(fitted: FittedBaseline, path: str | os.PathLike) -> str:
+    """Write ``fitted`` with joblib and return the SHA-256 (hex) of the file written.
+
+    The file is written to a temporary name beside ``path`` and renamed into
+    place, so a crash never leaves a half-written model under the real name.
+    Store the returned hash in the run record; :func:`load_baseline` needs it.
+    """
+    if not isinstance(fitted, FittedBaseline):
+        raise XrayfeatError(
+            f"The 'fitted' parameter of save_baseline must be a FittedBaseline. Got {type(fitted).__name__} instead."
+        )
+    path = os.fspath(path)
+    buffer = io.BytesIO()
+    joblib.dump(fitted, buffer)
+    data = buffer.getvalue()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".joblib", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return _sha256(data)
+
+
+def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseline:
+    """Load a baseline written by :func:`save_baseline`, refusing any other file.
+
+    The file is read once, hashed, and unpickled from those same bytes only if
+    the SHA-256 equals ``expected_sha256`` (a pickle can run arbitrary code, so
+    only files this tool wrote, as recorded in the run record, are loaded).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise XrayfeatError(f"{path}: cannot read baseline model ({exc.strerror or exc}).") from exc
+    actual = _sha256(data)
+    expected = str(expected_sha256).strip().lower()
+    if actual != expected:
+        raise XrayfeatError(
+            f"{path}: SHA-256 {actual[:16]}... does not match the run record ({expected[:16]}...); "
+            f"refusing to unpickle a file xrayfeat did not write."
+        )
+    fitted = joblib.load(io.BytesIO(data))
+    if not isinstance(fitted, FittedBaseline):
+        raise XrayfeatError(f"{path}: not a saved xrayfeat baseline (found {type(fitted).__name__}).")
+    return fitted
