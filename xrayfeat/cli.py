@@ -569,6 +569,87 @@ def report(runs, out, as_json):
     emit(result, as_json, lambda err: click.echo(f"wrote {result['markdown']} and {result['html']}", err=err))
 
 
+# --------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--out", default="demo_out", show_default=True, help="Folder for the phantoms, cache, runs and report.")
+@click.option("--per-class", type=int, default=60, show_default=True, help="Phantom images per class.")
+@click.option("--quick", is_flag=True, help="A smoke run: tiny images, few epochs (for tests).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def demo(out, per_class, quick, as_json):
+    """The whole study in one command: phantoms → extract (both backbones) → heads → maps → report.
+
+    Task 1: COVID-19 vs normal with VGG16 (seed: 40 epochs). Task 2: four classes with
+    InceptionV3 and VGG16 (seed: 100 epochs). Each with logistic-regression, SVM and
+    pixels baselines, t-SNE and UMAP maps of the head's features, and one report.
+    Uses ImageNet weights when installed, else says loudly that weights are random.
+
+    \b
+    Example:
+      xrayfeat demo --out demo_out
+    """
+    import time
+
+    from .backbones import REGISTRY, weights_status
+    from .datasets import discover
+    from .extract import FeatureOptions, RunOptions
+    from .extract import extract as run_extract
+    from .fit import HeadOptions, fit_head
+    from .phantoms import write_phantoms
+    from .report import write_report
+
+    started = time.perf_counter()
+    root = Path(out)
+    if root.exists() and any(p.name in ("runs", "report") for p in root.iterdir()):
+        raise XrayfeatError(f"{root}: holds an earlier demo; pass another --out or delete it")
+    installed = all(r["verified"] for r in weights_status())
+    weights = "imagenet" if installed else "none"
+    if not installed:
+        log.warning("ImageNet weights are not installed (see `xrayfeat weights status`): the demo runs with RANDOM "
+                    "weights; every figure is a random-feature baseline and the report says so")
+    size, png, epochs_binary, epochs_four = (80, 96, 3, 3) if quick else (224, 256, 40, 100)
+    data = root / "data"
+    if not data.exists():
+        write_phantoms(data, task="four", per_class=per_class, size=png, seed=0)
+    cache = root / "cache"
+    dataset = discover(data, hash_cache=None)
+    run = RunOptions(cache_dir=cache, progress=not as_json)
+    features = {b: FeatureOptions(b, weights=weights, image_size=size) for b in REGISTRY}
+    click.echo(f"demo: extracting {len(dataset)} phantom X-rays with {' and '.join(features)} (one decoding pass)", err=True)
+    run_extract(dataset, list(features.values()), run)
+
+    studies = [("binary", "vgg16", ["covid", "normal"], epochs_binary),
+               ("four", "inception_v3", None, epochs_four),
+               ("four", "vgg16", None, epochs_four)]
+    summary = []
+    for task, backbone, classes, epochs in studies:
+        subset = dataset.select_classes(classes) if classes else dataset
+        click.echo(f"demo: {task} task, {backbone} head, {epochs} epochs, baselines, t-SNE and UMAP maps", err=True)
+        head = HeadOptions(epochs=epochs, n_boot=1000 if not quick else 100,
+                           baselines=("logreg", "svm", "pixels") if not quick else ("logreg", "pixels"))
+        result = fit_head(subset, features[backbone], head, run, out=root / "runs" / f"{task}-{backbone}")
+        for method in ("tsne", "umap"):
+            _embed_map(subset, None, method, Path(result.run) / f"embed-{method}.png", from_run=result.run,
+                       cache_dir=cache, title=f"{method.upper()} of the {backbone} head's features ({task})")
+        summary.append({"task": task, "backbone": backbone, "run": result.run, "test": result.test,
+                        "baselines": result.baselines})
+    report = write_report([s["run"] for s in summary], root / "report")
+    seconds = time.perf_counter() - started
+    payload = {"report": report["html"], "markdown": report["markdown"], "weights": weights, "runs": summary,
+               "seconds": round(seconds, 1)}
+
+    def human(err):
+        for s in summary:
+            base = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in s["baselines"].items())
+            click.echo(f"{s['task']:6} {s['backbone']:12} head test accuracy {s['test']['accuracy']:.3f}  ({base})", err=err)
+        click.echo(f"demo finished in {seconds:.0f} s{' with RANDOM weights' if weights == 'none' else ''}", err=err)
+        click.echo(f"report: {report['html']}", err=err)
+
+    emit(payload, as_json, human)
+
+
 # --------------------------------------------------------------------------- cache
 
 

@@ -32,6 +32,7 @@ from .store import STORE_DTYPES, FeatureStore
 log = logging.getLogger("xrayfeat")
 
 DEVICES = ("auto", "cpu", "gpu")
+_WARNED_RANDOM: set = set()  # say it once per process and backbone, not on every call
 ON_ERROR = ("fail", "skip")
 
 
@@ -283,7 +284,8 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
     if len(sizes) > 1:
         raise XrayfeatError("backbones extracted together must share --image-size; run them separately")
     for config in configs:
-        if config.weights.random:
+        if config.weights.random and (config.options.backbone, config.weights.seed) not in _WARNED_RANDOM:
+            _WARNED_RANDOM.add((config.options.backbone, config.weights.seed))
             log.warning(
                 "%s runs with RANDOM weights (--weights none, seed %s): features carry no ImageNet "
                 "knowledge; the store is flagged random_weights", config.options.backbone, config.weights.seed,
