@@ -191,3 +191,37 @@ def test_inspect_counts_the_real_sample(real_sample):
     assert data["counts"]["train"] == {"covid": 40, "normal": 40, "pneumonia_bac": 40, "pneumonia_vir": 40}
     assert data["counts"]["test"] == {"covid": 31, "normal": 31, "pneumonia_bac": 31, "pneumonia_vir": 31}
     assert data["unreadable"] == []
+
+
+# --------------------------------------------------------------------------- embed, report, demo
+
+
+def test_embed_pooled_then_reused(tmp_path, tiny_data):
+    args = ["embed", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--method", "tsne",
+            "--cache-dir", tmp_path / "cache", "--out", tmp_path / "map.png", "--json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["reused"] is False and (tmp_path / "map.png").is_file() and (tmp_path / "map.coords.npz").is_file()
+    assert 0 <= data["scores"]["knn_agreement_2d"] <= 1
+    again = json.loads(run_cli(*args).stdout)
+    assert again["reused"] is True
+    coords = np.load(tmp_path / "map.coords.npz")["coords"]
+    assert coords.shape == (18, 2)
+
+
+def test_embed_needs_a_source(tmp_path, tiny_data):
+    proc = run_cli("embed", tiny_data)
+    assert proc.returncode == 2 and "--backbone" in proc.stderr and "--from-run" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path):
+    proc = run_cli("demo", "--out", tmp_path / "demo", "--quick", "--per-class", "8", "--json", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["weights"] in ("none", "imagenet") and len(data["runs"]) == 3
+    html = (tmp_path / "demo" / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 3 * 5  # curves, confusion, ROC, t-SNE, UMAP per run
+    if data["weights"] == "none":
+        assert "RANDOM" in html
