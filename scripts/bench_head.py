@@ -127,7 +127,7 @@ def bench(args) -> dict:
 
 
 def _line(figures: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
 
 
 def _parse(line: str) -> dict:
@@ -163,6 +163,10 @@ def compare_backends(args) -> dict:
         "ratio_tf_jax": ratio("tf", "jax"),
         "ratio_xla_jax": ratio("tf_xla", "jax"),
         "ratio_tf_xla": ratio("tf", "tf_xla"),
+        # CPU time per step: steadier than wall time when other processes share the cores.
+        "ratio_cpu_tf_jax": ratio("tf", "jax", "head_cpu_ms"),
+        "ratio_cpu_xla_jax": ratio("tf_xla", "jax", "head_cpu_ms"),
+        "ratio_cpu_tf_xla": ratio("tf", "tf_xla", "head_cpu_ms"),
     }
     for label in rows:
         figures[f"{label}_ms"] = med(label, "head_ms")

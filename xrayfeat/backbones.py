@@ -353,6 +353,8 @@ def build_tail(spec: BackboneSpec, weights: WeightsInfo, *, image_size: int | No
         )
     tail = keras.Model(backbone.get_layer(cut).output, backbone.output, name=f"{spec.name}_tail")
     tail.trainable = True
+    for layer in tail.layers:  # the backbone was frozen layer by layer; unfreeze the tail's layers
+        layer.trainable = True
     return tail
 
 

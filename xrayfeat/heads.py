@@ -454,8 +454,8 @@ class TrainedHead:
     """
 
     model: object
-    history: dict = field(default_factory=dict)
-    epoch_seconds: list = field(default_factory=list)
+    history: dict = field(default_factory=dict, repr=False)
+    epoch_seconds: list = field(default_factory=list, repr=False)
     seconds: float = float("nan")
     step_seconds: float = float("nan")
     params: dict = field(default_factory=dict)
@@ -508,4 +508,8 @@ def load_head(path) -> TrainedHead:
     import keras
 
     model = keras.saving.load_model(str(path), compile=False)
-    return TrainedHead(model=model, params=count_params(model))
+    params = count_params(model)
+    tails = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if tails:
+        params["tail"] = count_params(tails[0])
+    return TrainedHead(model=model, params=params)
