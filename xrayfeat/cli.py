@@ -74,6 +74,13 @@ def handle_errors(func):
         except (MemoryError, OSError) as exc:
             click.echo(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
+            if os.environ.get("XRAYFEAT_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"xrayfeat: internal error: {type(exc).__name__}: {first} "
+                       f"(rerun with XRAYFEAT_DEBUG=1 for the traceback, and please report it)", err=True)
+            sys.exit(1)
 
     return wrapper
 
