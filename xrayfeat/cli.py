@@ -55,7 +55,8 @@ def _setup_logging(verbose: bool) -> None:
 def _quiet_frameworks() -> None:
     """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_HOME_QUIET", "1")
+    # tf.function retracing notices (predictions on train, val and test of different sizes) are not the user's problem
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def handle_errors(func):
