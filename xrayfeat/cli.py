@@ -26,6 +26,7 @@ from .errors import XrayfeatError
 log = logging.getLogger("xrayfeat")
 
 BACKBONE_CHOICES = ("vgg16", "inception_v3")
+_METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -494,7 +495,7 @@ def _embed_map(dataset, features, method, out, *, from_run=None, seed=0, cache_d
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
         source = f"{features.backbone} pooled features"
     result = embed_cached(values, dataset.labels, out, method=method, seed=seed, classes=list(dataset.classes),
-                          splits=[item.split for item in dataset.items], title=title or f"{method.upper()} of {source}")
+                          splits=[item.split for item in dataset.items], title=title or f"{_METHOD_NAMES[method]} of {source}")
     return result, source
 
 
@@ -640,7 +641,7 @@ def demo(out, per_class, quick, as_json):
         result = fit_head(subset, features[backbone], head, run, out=root / "runs" / f"{task}-{backbone}")
         for method in ("tsne", "umap"):
             _embed_map(subset, None, method, Path(result.run) / f"embed-{method}.png", from_run=result.run,
-                       cache_dir=cache, title=f"{method.upper()} of the {backbone} head's features ({task})")
+                       cache_dir=cache, title=f"{_METHOD_NAMES[method]} of the {backbone} head's features ({task} task)")
         summary.append({"task": task, "backbone": backbone, "run": result.run, "test": result.test,
                         "baselines": result.baselines})
     report = write_report([s["run"] for s in summary], root / "report")
