@@ -153,3 +153,19 @@ def test_real_sample_runs_to_the_end(tmp_path, real_sample):
                  "confusion.png", "roc.png"):
         assert (tmp_path / "real" / name).is_file()
     assert len(read_predictions(tmp_path / "real" / "predictions.csv")) == 124
+
+
+def test_few_patients_still_split_or_say_why(tmp_path):
+    from dataclasses import replace
+
+    from xrayfeat.fit import split_validation
+
+    dataset = discover(write_tiny_dataset(tmp_path / "d", per_split=(("train", 3), ("test", 1))))
+    train = [i for i in dataset.items if i.split == "train"]
+    y = np.array([dataset.classes.index(i.label) for i in train])
+    with_patients = [replace(item, patient_id=f"{item.label}-{k}") for k, item in enumerate(train)]
+    fit_idx, val_idx = split_validation(with_patients, y, 0.2, seed=0)  # 3 patients per class: 3 folds
+    assert len(val_idx) == 2 and set(y[val_idx]) == {0, 1}
+    one_patient = [replace(item, patient_id=item.label) for item in train]
+    with pytest.raises(DatasetError, match="fewer than 2 training patients"):
+        split_validation(one_patient, y, 0.2, seed=0)

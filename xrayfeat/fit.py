@@ -105,7 +105,16 @@ def split_validation(train_items, y, val_fraction: float, seed: int):
 
     groups = groups_of(train_items)
     if groups is not None:
-        n_splits = max(2, round(1 / val_fraction))
+        # each class needs a patient in every fold; with few patients the validation share grows
+        patients_per_class = min(len(set(groups[y == k])) for k in np.unique(y))
+        if patients_per_class < 2:
+            raise DatasetError(
+                f"{train_items[0].path.parent.parent.parent}: a class has fewer than 2 training patients, so no "
+                f"validation split by patient is possible; add images or a val split"
+            )
+        n_splits = min(max(2, round(1 / val_fraction)), patients_per_class)
+        if n_splits < round(1 / val_fraction):
+            log.warning("only %d patients in the smallest class: validation takes 1/%d of train", patients_per_class, n_splits)
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         fit_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, groups))
     else:
