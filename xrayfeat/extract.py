@@ -298,6 +298,9 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
 
     # cold path: the framework is loaded from here on
     device = confirm_device(run.device)
+    if device != configs[0].device:
+        log.warning("--device %s: a GPU driver is present but the %s backend sees no GPU; computing on the CPU "
+                    "(recorded in the store's provenance)", run.device, configs[0].fingerprint["backend"])
     if device != configs[0].device and any(f.precision == "auto" for f in features):
         log.info("device resolved to %s; precision auto follows it", device)
         configs = [resolve(f, device) for f in features]
