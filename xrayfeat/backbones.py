@@ -135,7 +135,19 @@ def weights_dir() -> Path:
     return keras_home() / "models"
 
 
+_MD5_SEEN: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> md5, for this process
+
+
 def file_md5(path: str | os.PathLike) -> str:
+    """md5 of a file; remembered per file version, since one command resolves weights several times."""
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _MD5_SEEN:
+        _MD5_SEEN[key] = _md5_of(path)
+    return _MD5_SEEN[key]
+
+
+def _md5_of(path: str | os.PathLike) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -356,18 +368,6 @@ def build_tail(spec: BackboneSpec, weights: WeightsInfo, *, image_size: int | No
     for layer in tail.layers:  # the backbone was frozen layer by layer; unfreeze the tail's layers
         layer.trainable = True
     return tail
-
-
-def feature_shape(spec: BackboneSpec, image_size: int | None = None, layer: str | None = None):
-    """Shape of one stored spatial map, computed without weights (symbolically)."""
-    import keras
-
-    size = image_size or spec.input_size
-    cut = spec.layer(layer)
-    model = getattr(keras.applications, spec.constructor)(
-        include_top=False, weights=None, input_shape=(size, size, 3)
-    )
-    return tuple(int(d) for d in model.get_layer(cut).output.shape[1:])
 
 
 def replace_md5(spec: BackboneSpec, md5: str) -> BackboneSpec:

@@ -475,7 +475,8 @@ def _embed_map(dataset, features, method, out, *, from_run=None, seed=0, cache_d
                title=""):
     """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates)."""
     from .embed import embed_cached
-    from .extract import RunOptions, extract, open_store
+    from .extract import RunOptions, extract
+    from .store import FeatureStore
 
     if from_run:
         from .runs import load_run_head, run_feature_options
@@ -486,8 +487,8 @@ def _embed_map(dataset, features, method, out, *, from_run=None, seed=0, cache_d
         if list(dataset.classes) != trained_classes:
             raise XrayfeatError(f"{from_run} was trained on classes {trained_classes}, DATA has {list(dataset.classes)}; "
                                 f"pass --classes {','.join(trained_classes)}")
-    extract(dataset, features, RunOptions(cache_dir=cache_dir, device=device, progress=True))
-    store = open_store(features, cache_dir, device)
+    [extraction] = extract(dataset, features, RunOptions(cache_dir=cache_dir, device=device, progress=True))
+    store = FeatureStore.at(extraction.store)
     if from_run:
         values = head.embed(store.read(dataset.hashes, ("spatial",))["spatial"])
         source = f"head penultimate layer ({Path(from_run).name})"

@@ -470,6 +470,3 @@ def open_store(options: FeatureOptions, cache_dir, device: str = "auto") -> Feat
             f"with the same feature options first"
         ) from None
 
-
-def with_options(options: FeatureOptions, **changes) -> FeatureOptions:
-    return replace(options, **changes)

@@ -27,7 +27,8 @@ import numpy as np
 from . import __version__, metrics, plots, runs
 from .backbones import get_spec
 from .errors import DatasetError, XrayfeatError
-from .extract import FeatureOptions, RunOptions, extract, open_store, resolve
+from .extract import FeatureOptions, RunOptions, extract, resolve
+from .store import FeatureStore
 
 log = logging.getLogger("xrayfeat")
 
@@ -179,7 +180,7 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
     t = time.perf_counter()
     [extraction] = extract(dataset, features, run)
     extract_seconds = time.perf_counter() - t
-    store = open_store(features, run.cache_dir, run.device)
+    store = FeatureStore.at(extraction.store)
     skipped = {line.split(": ")[0] for line in extraction.skipped_files}
     items = [item for item in dataset.items if str(item.path) not in skipped]
     train = [item for item in items if item.split in ("train", "val")]

@@ -102,13 +102,6 @@ class _Digest:
         return hashlib.sha256("".join(d.hexdigest() for d in self._parts).encode()).hexdigest()
 
 
-def content_digest(hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray) -> str:
-    """Checksum of a shard's data, stored in the shard and re-checked by ``verify``."""
-    digest = _Digest()
-    digest.update(hashes, spatial, pooled)
-    return digest.hexdigest()
-
-
 def check_storable(values: np.ndarray, store_dtype: str) -> float:
     """Refuse values the storage dtype cannot hold; return the share of float16-subnormal values."""
     if not np.all(np.isfinite(values)):
