@@ -74,7 +74,7 @@ def _head(x, y, args, jit):
     timing = heads._timing_callback()  # the same clock as bare's
     heads.train_head(
         x, y, n_classes=args.classes, epochs=args.epochs, batch_size=10, steps_per_epoch=10,
-        seed=0, jit_compile=jit, callbacks=[timing],
+        seed=0, jit_compile=jit, callbacks=[timing], step_timing=True,
     )
     return timing
 

@@ -410,6 +410,9 @@ def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Validation share of train when there is no val split (stratified, grouped by patient).")
 @click.option("--baselines", default="logreg,svm,pixels", show_default=True, help="Comma-separated subset of logreg,svm,pixels, or none.")
+@click.option("--head-backend", type=click.Choice(["auto", "tensorflow", "jax", "torch"]), default="auto", show_default=True,
+              help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
+                   "features stay in the extraction backend's store).")
 @click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for confidence intervals.")
 @click.option("--extract-batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=None, help="Decoding processes for extraction (default: all cores).")
@@ -418,7 +421,7 @@ def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr, units, dropout, l2, train_tail,
-                 val_fraction, baselines, n_boot, extract_batch_size, workers, on_error, out, as_json, **kw):
+                 val_fraction, baselines, head_backend, n_boot, extract_batch_size, workers, on_error, out, as_json, **kw):
     """Train the seed's head on cached features, beside scikit-learn baselines; write a run record.
 
     Extracts whatever the cache lacks first. Reports test accuracy, loss, balanced
@@ -439,7 +442,7 @@ def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr
         epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch or None,
         validation_steps=None if validation_steps is None else (validation_steps or None),
         lr=lr, units=units, dropout=dropout, l2=l2, train_tail=train_tail, val_fraction=val_fraction,
-        baselines=parse_baselines(baselines), seed=kw["seed"], n_boot=n_boot,
+        baselines=parse_baselines(baselines), seed=kw["seed"], n_boot=n_boot, backend=head_backend,
     )
     head.validate()
     dataset = _dataset(data, kw["classes"], kw["cache_dir"])

@@ -51,6 +51,7 @@ class HeadOptions:
     seed: int = 0
     n_boot: int = 1000
     n_jobs: int | None = None
+    backend: str = "auto"  # the head's Keras backend; see xrayfeat.headproc
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "units"):
@@ -174,7 +175,13 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
             f"--train-tail needs features stored at a cut point; add --layer {spec.layer_choices()[0]} "
             f"(the last block is then trained on the cached activations)"
         )
+    from .headproc import resolve_head_backend, start_child
+
+    head_backend, backend_reason = resolve_head_backend(head.backend, device=config.device, train_tail=head.train_tail)
     run_dir = runs.new_run_dir(out, runs.task_name(dataset.classes), features.backbone, runs_root)
+    # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
+    # (if this function fails before training, the child sees its input close and exits)
+    child = start_child(head_backend)
 
     # 1. features (computed only where missing)
     t = time.perf_counter()
@@ -202,23 +209,27 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
     train_arrays = store.read([i.sha256 for i in train], ("spatial", "pooled"))
     test_arrays = store.read([i.sha256 for i in test], ("spatial", "pooled"))
 
-    # 3. the head
-    from .heads import train_head
+    # 3. the head, on its own backend (jax on a CPU when installed; see xrayfeat.headproc)
+    from .headproc import train_and_predict
 
+    log.info("head backend: %s (%s)", head_backend, backend_reason)
     tail = None
     if head.train_tail:
         from .backbones import build_tail
 
         tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])
     validation_steps = head.validation_steps if head.validation_steps is not None else (2 if len(dataset.classes) == 2 else 5)
-    trained = train_head(
+    head_file = run_dir / "head.keras"
+    trained = train_and_predict(
+        head_backend,
         train_arrays["spatial"][fit_idx], y_train_all[fit_idx],
         train_arrays["spatial"][val_idx], y_train_all[val_idx],
+        test_arrays["spatial"], head_file=head_file, tail=tail, child=child,
         n_classes=len(dataset.classes), epochs=head.epochs, batch_size=head.batch_size,
         steps_per_epoch=head.steps_per_epoch, validation_steps=validation_steps, lr=head.lr,
-        units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed, tail=tail,
+        units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
     )
-    head_proba = trained.predict_proba(test_arrays["spatial"])
+    head_proba = trained.proba_test
     groups_test = groups_of(test)
     sources_test = [i.source for i in test] if any(i.source for i in test) else None
     evaluate = lambda proba: metrics.evaluate(  # noqa: E731
@@ -257,12 +268,11 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
         log.warning("%s", text)
 
     # 6. the record
-    head_file = run_dir / "head.keras"
-    trained.save(head_file)
     timings = {
         "extraction_seconds": round(extract_seconds, 3),
         "extracted_images": extraction.extracted,
         "head_seconds": round(trained.seconds, 3),
+        "head_process_seconds": round(trained.process_seconds, 3),  # with the child's start-up and saving
         # steady state: the first epoch holds graph tracing/compilation, reported apart
         "seconds_per_epoch": round(float(np.median(trained.epoch_seconds[1:] or trained.epoch_seconds)), 4)
         if trained.epoch_seconds else None,
@@ -286,7 +296,8 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
         "weights": {"kind": config.weights.kind, "identity": config.weights.identity, "path": config.weights.path,
                     "random": config.weights.random},
         "params": trained.params,
-        "training": trained.settings,
+        "training": {**trained.settings, "backend_requested": head.backend, "backend_reason": backend_reason,
+                     "process": trained.process},
         "timings": timings,
         "files": {"head": {"file": "head.keras", "sha256": runs.file_sha256(head_file)}, "baselines": baseline_files},
         "baselines": baseline_info,

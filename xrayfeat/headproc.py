@@ -1,0 +1,246 @@
+"""Train the head on a Keras backend of its own, in a child process when it differs from this process'.
+
+Why: Keras fixes its backend once per process, and the two halves of the study
+want different ones on a CPU. Extraction runs InceptionV3 at 21.5 img/s on
+TensorFlow and 9.8 img/s on jax (224 px, batch 32, 2 cores); the head
+(13.1 M parameters, batch 10) trains in about half the time per step on jax
+(``scripts/bench_head.py --compare-backends``; see BENCHMARKS.md). The store's
+fingerprint names the *extraction* backend and stays as it is; the head's
+backend only decides how the head is trained, and the run record says which
+was used and why.
+
+How: the features go to a temporary folder as ``.npy`` files, ``python -m
+xrayfeat.headproc DIR`` runs :func:`xrayfeat.heads.train_head` there with
+``KERAS_BACKEND`` set, saves ``head.keras`` where the caller asked, and writes
+the test-set probabilities and what training recorded back into the folder.
+A ``.keras`` file is backend-neutral, so the head loads anywhere afterwards.
+
+The child also gets glibc malloc settings that keep freed memory for reuse
+(:data:`MALLOC_TUNABLES`): every training step allocates ~52 MB gradient and
+update buffers, and by default glibc returns each to the kernel, which then
+faults and zeroes the pages again on the next step. Measured on 2 cores (jax,
+the 4-class InceptionV3 head): 64.7 → 44.1 ms per step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import XrayfeatError
+
+log = logging.getLogger("xrayfeat")
+
+BACKENDS = ("tensorflow", "jax", "torch")
+_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+# 2 GiB mmap threshold (large buffers come from the heap) and 4 GiB trim threshold (the heap is not
+# handed back after every step); only read by glibc when a process starts, so only set for the child
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
+
+
+def process_backend() -> str:
+    """The Keras backend of this process: the imported one, else the one Keras will pick."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    from .extract import keras_backend_name
+
+    return keras_backend_name()
+
+
+def _installed(backend: str) -> bool:
+    return importlib.util.find_spec(_MODULES[backend]) is not None
+
+
+def resolve_head_backend(requested: str = "auto", *, device: str = "cpu", train_tail: bool = False) -> tuple[str, str]:
+    """The backend the head trains on, and why, for ``--head-backend`` (logged and recorded by the caller).
+
+    ``auto``: jax on a CPU when jax is installed (the fastest measured for this
+    head); otherwise this process' backend. The head stays on this process'
+    backend with ``train_tail`` (the tail's random weights are backend-specific,
+    so it must match the store's) and on a GPU (the extraction backend is the one
+    known to see it). An explicit backend must be installed.
+    """
+    current = process_backend()
+    if requested not in ("auto", *BACKENDS):
+        raise XrayfeatError(f"--head-backend must be one of auto, {', '.join(BACKENDS)}; got {requested!r}")
+    if requested != "auto":
+        if train_tail and requested != current:
+            raise XrayfeatError(
+                f"--train-tail trains the backbone's tail, which must run on the extraction backend ({current}); "
+                f"drop --head-backend {requested} or set KERAS_BACKEND={requested} for the whole run"
+            )
+        if requested != current and not _installed(requested):
+            raise XrayfeatError(f"--head-backend {requested}: {requested} is not installed; pip install {requested}, or use --head-backend auto")
+        return requested, "requested"
+    if train_tail:
+        return current, "the tail trains on the extraction backend"
+    if device == "gpu":
+        return current, "GPU run: the head stays on the extraction backend"
+    if current != "jax" and _installed("jax"):
+        return "jax", "auto: jax trains this head fastest on a CPU"
+    return current, "auto: the extraction backend"
+
+
+@dataclass
+class HeadOutcome:
+    """What training the head produced: the :class:`~xrayfeat.heads.TrainedHead` record, test probabilities, and where it ran."""
+
+    history: dict
+    epoch_seconds: list
+    seconds: float
+    step_seconds: float
+    params: dict
+    settings: dict
+    proba_test: np.ndarray
+    process: str = "in-process"
+    process_seconds: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+
+class HeadChild:
+    """A child process started ahead of time: it imports Keras on ``backend`` while this process works.
+
+    Start it before extraction and hand it to :func:`train_and_predict`; its
+    import (about 4 s for Keras on jax) then overlaps with the work here. It waits
+    for one job on its stdin; closing stdin, or this process ending, makes it exit.
+    """
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xrayfeat.headproc", "--wait"], env=_child_env(backend),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(self, folder: Path) -> tuple[int, str]:
+        """Hand the child its job folder and wait for it: (exit status, stderr)."""
+        try:
+            _, err = self.proc.communicate(f"{folder}\n")
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        return self.proc.returncode, err
+
+    def close(self) -> None:
+        """Let an unused child go (it exits on end of input)."""
+        if self.proc.poll() is None:
+            self.proc.communicate("")
+
+
+def start_child(backend: str) -> HeadChild | None:
+    """A :class:`HeadChild` for ``backend`` when the head will train outside this process, else None."""
+    return None if backend == process_backend() else HeadChild(backend)
+
+
+def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
+                      child: HeadChild | None = None, **train_kwargs) -> HeadOutcome:
+    """Train the head on ``backend``, predict ``x_test``, save the model to ``head_file``.
+
+    Runs here when ``backend`` is this process' backend, else in a child process
+    (``child`` if one was started with :func:`start_child`; see the module
+    docstring). ``train_kwargs`` go to :func:`xrayfeat.heads.train_head` and must
+    be JSON-serialisable.
+    """
+    started = time.perf_counter()
+    if backend == process_backend():
+        from .heads import train_head
+
+        trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train_kwargs)
+        proba = trained.predict_proba(x_test)
+        trained.save(head_file)
+        return HeadOutcome(trained.history, trained.epoch_seconds, trained.seconds, trained.step_seconds,
+                           trained.params, trained.settings, proba, "in-process", time.perf_counter() - started)
+    if tail is not None:
+        raise XrayfeatError("a backbone tail can only be trained on the extraction backend; use --head-backend auto")
+    with tempfile.TemporaryDirectory(prefix="xrayfeat-head-") as tmp:
+        folder = Path(tmp)
+        arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test}
+        for name, value in arrays.items():
+            if value is not None:
+                np.save(folder / f"{name}.npy", np.asarray(value))
+        (folder / "job.json").write_text(json.dumps({"head_file": str(Path(head_file).resolve()), "train": train_kwargs}))
+        _run_child(folder, child or HeadChild(backend))
+        result = json.loads((folder / "result.json").read_text())
+        proba = np.load(folder / "proba_test.npy")
+    return HeadOutcome(result["history"], result["epoch_seconds"], result["seconds"], result["step_seconds"],
+                       result["params"], result["settings"], proba, "child process", time.perf_counter() - started)
+
+
+def _child_env(backend: str) -> dict:
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
+    if backend == "jax":
+        env.setdefault("JAX_PLATFORMS", "cpu")  # the child route is only taken for CPU runs
+    return env
+
+
+def _run_child(folder: Path, child: HeadChild) -> None:
+    log.info("training the head on %s in a child process", child.backend)
+    status, err = child.run(folder)
+    if os.environ.get("XRAYFEAT_DEBUG"):
+        sys.stderr.write(err)
+    for line in err.splitlines():
+        log.debug("head child: %s", line)
+    if status != 0 or not (folder / "result.json").exists():
+        lines = [line for line in err.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {status}"
+        raise XrayfeatError(
+            f"training the head on {child.backend} failed: {reason}; rerun with --head-backend {process_backend()} "
+            f"to train in this process, or XRAYFEAT_DEBUG=1 for the child's traceback"
+        )
+
+
+def _child_main(folder: Path) -> int:
+    """Entry point of the child: train, predict, save; one line on stderr and status 1 on failure."""
+    try:
+        job = json.loads((folder / "job.json").read_text())
+
+        def load(name):
+            path = folder / f"{name}.npy"
+            return np.load(path, mmap_mode="r") if path.exists() else None
+
+        from .heads import train_head
+
+        trained = train_head(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), **job["train"])
+        np.save(folder / "proba_test.npy", trained.predict_proba(load("x_test")))
+        trained.save(job["head_file"])
+        result = {"history": trained.history, "epoch_seconds": trained.epoch_seconds, "seconds": trained.seconds,
+                  "step_seconds": trained.step_seconds, "params": trained.params, "settings": trained.settings}
+        (folder / "result.json").write_text(json.dumps(result))
+        return 0
+    except Exception as error:  # reported to the parent as one line
+        if os.environ.get("XRAYFEAT_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        print(f"{type(error).__name__}: {error}".replace("\n", " "), file=sys.stderr)
+        return 1
+
+
+def _wait_main() -> int:
+    """``--wait``: import Keras and the trainer now, then run the job whose folder arrives on stdin."""
+    import keras  # noqa: F401  (the slow part, done while the parent works)
+
+    from . import heads  # noqa: F401
+
+    line = sys.stdin.readline().strip()
+    return _child_main(Path(line)) if line else 0
+
+
+if __name__ == "__main__":
+    if os.environ.get("KERAS_BACKEND") not in (None, "tensorflow"):
+        # keep TensorFlow out of a jax or torch child: Keras would import it (4 s) only to seed it
+        sys.modules["tensorflow"] = None
+    sys.exit(_wait_main() if sys.argv[1:] == ["--wait"] else _child_main(Path(sys.argv[1])))
