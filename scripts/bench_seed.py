@@ -215,10 +215,12 @@ def child_handwritten(data: Path, backbone: str, epochs: int, seed: int, jit_com
     k = len(classes)
     base = _backbone(backbone, seed)
 
+    on_tf = keras.backend.backend() == "tensorflow"
+
     def features(ds):
         xs, ys = [], []
         for x, y in ds:
-            xs.append(np.asarray(base.predict_on_batch(x)))
+            xs.append(np.asarray(base.predict_on_batch(x if on_tf else x.numpy())))
             ys.append(y.numpy())
         return np.concatenate(xs), np.concatenate(ys)
 
