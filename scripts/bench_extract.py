@@ -3,6 +3,7 @@
 
     python scripts/bench_extract.py --n 1000 --backbone inception_v3
     python scripts/bench_extract.py --n 200 --rss-scale 10 --rss-size 64    # memory at N and 10·N
+    python scripts/bench_extract.py --compare-backends --n 128              # the model on TensorFlow vs jax
 
 Phantom PNGs are written first (not timed). Each measurement runs in a fresh
 subprocess, as a user would run it, so imports and start-up are counted where a
@@ -77,6 +78,20 @@ for _ in range(-(-n // batch)):
 print(n, time.perf_counter() - t)
 """
 
+# the extractor's steady speed: one batch to compile, then timed batches (for --compare-backends)
+MODEL_STEADY = """
+import sys, time, numpy as np
+from xrayfeat.backbones import get_spec, WeightsInfo, build_extractor
+size, batch, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model, _ = build_extractor(get_spec(sys.argv[1]), WeightsInfo("none", seed=0), image_size=size)
+x = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+model.predict_on_batch(x)
+t = time.perf_counter()
+for _ in range(-(-n // batch)):
+    model.predict_on_batch(x)
+print(n, time.perf_counter() - t)
+"""
+
 RSS = """
 import resource, sys
 from xrayfeat.cli import main
@@ -88,6 +103,24 @@ self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print("RSS", self_kb, child_kb, code)
 """
+
+
+def compare_backends(args) -> None:
+    """The extractor on pre-decoded uint8 batches, steady state, on TensorFlow and on jax: which extracts faster."""
+    import statistics
+
+    seconds = {"tensorflow": [], "jax": []}
+    for r in range(args.rounds):
+        for backend in (("tensorflow", "jax") if r % 2 == 0 else ("jax", "tensorflow")):
+            _, out = sh([sys.executable, "-c", MODEL_STEADY, args.backbone, args.size, args.batch, args.n],
+                        env={"KERAS_BACKEND": backend})
+            seconds[backend].append(float(out.split()[1]))
+            print(f"round {r + 1}/{args.rounds} {backend:10s}: {args.n / seconds[backend][-1]:6.1f} img/s", file=sys.stderr)
+    tf_s, jax_s = statistics.median(seconds["tensorflow"]), statistics.median(seconds["jax"])
+    print(f"{args.backbone} at {args.size} px, batch {args.batch}, random weights, {args.n} images after one "
+          f"compiling batch, median of {args.rounds}: TensorFlow {args.n / tf_s:.1f} img/s, jax {args.n / jax_s:.1f} img/s")
+    print(f"ratio_jax_vs_tf_seconds={jax_s / tf_s:.3f} tf_img_s={args.n / tf_s:.2f} jax_img_s={args.n / jax_s:.2f} "
+          f"n={args.n} backbone={args.backbone} size={args.size} batch={args.batch} rounds={args.rounds}")
 
 
 def extract_args(data, cache, backbone, size, batch):
@@ -105,7 +138,13 @@ def main() -> None:
     parser.add_argument("--rss-scale", type=int, default=10, help="peak RSS at N and at this many times N (0: skip)")
     parser.add_argument("--rss-size", type=int, default=64, help="model input size for the RSS runs (memory, not speed)")
     parser.add_argument("--work", default=None, help="folder for phantoms and caches (default: a temp folder)")
+    parser.add_argument("--compare-backends", action="store_true",
+                        help="only the model's steady speed on TensorFlow vs jax (child processes, interleaved)")
+    parser.add_argument("--rounds", type=int, default=2, help="--compare-backends: interleaved rounds")
     args = parser.parse_args()
+    if args.compare_backends:
+        compare_backends(args)
+        return
 
     work = Path(args.work or tempfile.mkdtemp(prefix="xrayfeat-bench-"))
     data = phantoms(work / f"phantoms-{args.n}-{args.png_size}", args.n, args.png_size)

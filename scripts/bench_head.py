@@ -12,8 +12,10 @@ hits both alike; each figure is the median over rounds.
     python scripts/bench_head.py --jit 0          # TensorFlow without XLA
 
 ``--compare-backends`` runs this script again in child processes, interleaved
-round by round, for TensorFlow without XLA, TensorFlow with XLA and JAX, and
-compares their train_head step times (a backend is fixed per process).
+round by round, for TensorFlow without XLA, TensorFlow with XLA, JAX, and JAX
+with the glibc malloc settings fit-head gives its head's child process
+(``xrayfeat.headproc.MALLOC_TUNABLES``), and compares their train_head step
+times (a backend is fixed per process).
 
 The last line holds the key=value figures, ratios first.
 """
@@ -134,9 +136,17 @@ def _parse(line: str) -> dict:
     return dict(item.split("=", 1) for item in line.split())
 
 
+REGION_FLAG = "--xla_cpu_copy_insertion_use_region_analysis=true"
+
+
 def compare_backends(args) -> dict:
     """Child processes per (backend, jit), interleaved round by round; one fit each."""
-    configs = [("tensorflow", "0", "tf"), ("tensorflow", "1", "tf_xla"), ("jax", "1", "jax")]
+    from xrayfeat.headproc import MALLOC_TUNABLES
+
+    # the last: jax with glibc malloc keeping freed memory, as fit-head's head child runs (xrayfeat/headproc.py)
+    # and the same with XLA's region analysis in copy insertion (drops a copy of the 52 MB kernel per step)
+    configs = [("tensorflow", "0", "tf"), ("tensorflow", "1", "tf_xla"), ("jax", "1", "jax"), ("jax", "1", "jax_malloc"),
+               ("jax", "1", "jax_region")]
     rows = {label: [] for _, _, label in configs}
     for r in range(args.rounds):
         order = configs if r % 2 == 0 else configs[::-1]
@@ -145,6 +155,11 @@ def compare_backends(args) -> dict:
                    "--epochs", str(args.epochs), "--n", str(args.n), "--jit", jit, "--rounds", "1",
                    "--head-only"]
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            env.pop("GLIBC_TUNABLES", None)
+            if label in ("jax_malloc", "jax_region"):
+                env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+            if label == "jax_region":
+                env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + REGION_FLAG).strip()
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             figures = _parse(out.strip().splitlines()[-1])
             rows[label].append({k: float(figures[k]) for k in ("head_ms", "head_cpu_ms", "head_first_s")})
@@ -163,10 +178,13 @@ def compare_backends(args) -> dict:
         "ratio_tf_jax": ratio("tf", "jax"),
         "ratio_xla_jax": ratio("tf_xla", "jax"),
         "ratio_tf_xla": ratio("tf", "tf_xla"),
+        "ratio_jax_malloc": ratio("jax", "jax_malloc"),
+        "ratio_jax_region": ratio("jax_malloc", "jax_region"),
         # CPU time per step: steadier than wall time when other processes share the cores.
         "ratio_cpu_tf_jax": ratio("tf", "jax", "head_cpu_ms"),
         "ratio_cpu_xla_jax": ratio("tf_xla", "jax", "head_cpu_ms"),
         "ratio_cpu_tf_xla": ratio("tf", "tf_xla", "head_cpu_ms"),
+        "ratio_cpu_jax_malloc": ratio("jax", "jax_malloc", "head_cpu_ms"),
     }
     for label in rows:
         figures[f"{label}_ms"] = med(label, "head_ms")
@@ -188,7 +206,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jit", choices=sorted(JIT), default="auto",
                         help="jit_compile for both: auto (train_head's choice), 0 or 1")
     parser.add_argument("--compare-backends", action="store_true",
-                        help="compare train_head on TensorFlow, TensorFlow+XLA and JAX (child processes)")
+                        help="compare train_head on TensorFlow, TensorFlow+XLA, JAX, and JAX with fit-head's malloc "
+                             "settings (child processes)")
     parser.add_argument("--head-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -200,7 +219,7 @@ def main(argv=None) -> int:
         print(f"\ntrain_head, {args.backbone} {args.classes}-class head, n={args.n}, batch 10, "
               f"median ms/step over {args.rounds} interleaved rounds")
         print(f"  {'':8s} {'ms/step':>8s} {'cpu ms/step':>12s} {'1st epoch s':>12s}")
-        for label in ("tf", "tf_xla", "jax"):
+        for label in ("tf", "tf_xla", "jax", "jax_malloc", "jax_region"):
             print(f"  {label:8s} {figures[label + '_ms']:8.1f} {figures[label + '_cpu_ms']:12.1f} "
                   f"{figures[label + '_first_s']:12.1f}")
     elif args.head_only:

@@ -132,3 +132,18 @@ def test_cli_records_where_the_head_trained(tmp_path, tiny_data):
         assert training["backend"] == backend
         assert training["process"] == ("child process" if backend == "jax" else "in-process")
         assert training["backend_requested"] == backend
+
+
+def test_child_environment(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(headproc, "_jaxlib_version", lambda: (0, 10))
+    env = headproc._child_env("jax")
+    assert env["KERAS_BACKEND"] == "jax" and env["JAX_PLATFORMS"] == "cpu"
+    assert env["XLA_FLAGS"] == headproc.XLA_REGION_FLAG
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_copy_insertion_use_region_analysis=false")
+    assert headproc._child_env("jax")["XLA_FLAGS"] == "--xla_cpu_copy_insertion_use_region_analysis=false"  # the user's wins
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(headproc, "_jaxlib_version", lambda: (0, 4))
+    assert "XLA_FLAGS" not in headproc._child_env("jax")  # an older XLA might not know the flag, and would abort
+    assert "XLA_FLAGS" not in headproc._child_env("tensorflow")
