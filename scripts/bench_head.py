@@ -144,7 +144,8 @@ def compare_backends(args) -> dict:
     from xrayfeat.headproc import MALLOC_TUNABLES
 
     # the last: jax with glibc malloc keeping freed memory, as fit-head's head child runs (xrayfeat/headproc.py)
-    # and the same with XLA's region analysis in copy insertion (drops a copy of the 52 MB kernel per step)
+    # and the same with XLA's region analysis in copy insertion (drops a copy of the 52 MB kernel per step; not used by
+    # fit-head: in fit-head's own path an interleaved A/B did not show the gain, see BENCHMARKS.md)
     configs = [("tensorflow", "0", "tf"), ("tensorflow", "1", "tf_xla"), ("jax", "1", "jax"), ("jax", "1", "jax_malloc"),
                ("jax", "1", "jax_region")]
     rows = {label: [] for _, _, label in configs}

@@ -18,11 +18,9 @@ A ``.keras`` file is backend-neutral, so the head loads anywhere afterwards.
 The child also gets glibc malloc settings that keep freed memory for reuse
 (:data:`MALLOC_TUNABLES`): every training step allocates ~52 MB gradient and
 update buffers, and by default glibc returns each to the kernel, which then
-faults and zeroes the pages again on the next step. On jax it also turns on
-XLA's region analysis in copy insertion (:data:`XLA_REGION_FLAG`), which drops
-a per-step copy of the Dense kernel. Measured on 2 cores, 4-class InceptionV3
-head, ``scripts/bench_head.py --compare-backends`` (one run, interleaved):
-malloc 1.57× and then the flag 1.21× faster per step (BENCHMARKS.md).
+faults and zeroes the pages again on the next step. Measured on 2 cores,
+4-class InceptionV3 head, ``scripts/bench_head.py --compare-backends`` (one
+run, interleaved): 1.57× faster per step (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -49,11 +47,7 @@ _MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 # 2 GiB mmap threshold (large buffers come from the heap) and 4 GiB trim threshold (the heap is not
 # handed back after every step); only read by glibc when a process starts, so only set for the child
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
-# XLA (jax) on CPU copies the 52 MB kernel every step before updating it in place; region analysis in copy
-# insertion drops that copy. Same results; 1.21x faster per step in scripts/bench_head.py --compare-backends.
-# XLA aborts on flags it does not know, so it is only given to the jaxlib versions it was measured with.
-XLA_REGION_FLAG = "--xla_cpu_copy_insertion_use_region_analysis=true"
-XLA_REGION_MIN_JAXLIB = (0, 10)
+
 
 
 def process_backend() -> str:
@@ -191,18 +185,7 @@ def _child_env(backend: str) -> dict:
         env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
     if backend == "jax":
         env.setdefault("JAX_PLATFORMS", "cpu")  # the child route is only taken for CPU runs
-        if _jaxlib_version() >= XLA_REGION_MIN_JAXLIB and XLA_REGION_FLAG.split("=")[0] not in env.get("XLA_FLAGS", ""):
-            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {XLA_REGION_FLAG}".strip()
     return env
-
-
-def _jaxlib_version() -> tuple[int, ...]:
-    import importlib.metadata as md
-
-    try:
-        return tuple(int(part) for part in md.version("jaxlib").split(".")[:2])
-    except (md.PackageNotFoundError, ValueError):
-        return (0,)
 
 
 def _run_child(folder: Path, child: HeadChild) -> None:
