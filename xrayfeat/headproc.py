@@ -1,10 +1,11 @@
 """Train the head on a Keras backend of its own, in a child process when it differs from this process'.
 
 Why: Keras fixes its backend once per process, and the two halves of the study
-want different ones on a CPU. Extraction runs InceptionV3 at 21.5 img/s on
-TensorFlow and 9.8 img/s on jax (224 px, batch 32, 2 cores); the head
-(13.1 M parameters, batch 10) trains in about half the time per step on jax
-(``scripts/bench_head.py --compare-backends``; see BENCHMARKS.md). The store's
+want different ones on a CPU. TensorFlow extracts InceptionV3 1.7× faster than
+jax (``scripts/bench_extract.py --compare-backends``), and the head (13.1 M
+parameters, batch 10) trains about 1.8× faster per step on jax than on
+TensorFlow with XLA (``scripts/bench_head.py --compare-backends``; both in
+BENCHMARKS.md). The store's
 fingerprint names the *extraction* backend and stays as it is; the head's
 backend only decides how the head is trained, and the run record says which
 was used and why.
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,10 @@ from .errors import XrayfeatError
 
 log = logging.getLogger("xrayfeat")
 
-BACKENDS = ("tensorflow", "jax", "torch")
-_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+BACKENDS = ("tensorflow", "jax", "torch")  # each is also the name of the module that provides it
 # 2 GiB mmap threshold (large buffers come from the heap) and 4 GiB trim threshold (the heap is not
 # handed back after every step); only read by glibc when a process starts, so only set for the child
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
-
 
 
 def process_backend() -> str:
@@ -61,7 +60,7 @@ def process_backend() -> str:
 
 
 def _installed(backend: str) -> bool:
-    return importlib.util.find_spec(_MODULES[backend]) is not None
+    return importlib.util.find_spec(backend) is not None
 
 
 def resolve_head_backend(requested: str = "auto", *, device: str = "cpu", train_tail: bool = False) -> tuple[str, str]:
@@ -107,7 +106,12 @@ class HeadOutcome:
     proba_test: np.ndarray
     process: str = "in-process"
     process_seconds: float = float("nan")
-    extra: dict = field(default_factory=dict)
+
+
+def _record(trained) -> dict:
+    """What a :class:`~xrayfeat.heads.TrainedHead` recorded, as JSON-ready fields of :class:`HeadOutcome`."""
+    return {"history": trained.history, "epoch_seconds": trained.epoch_seconds, "seconds": trained.seconds,
+            "step_seconds": trained.step_seconds, "params": trained.params, "settings": trained.settings}
 
 
 class HeadChild:
@@ -161,8 +165,8 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train_kwargs)
         proba = trained.predict_proba(x_test)
         trained.save(head_file)
-        return HeadOutcome(trained.history, trained.epoch_seconds, trained.seconds, trained.step_seconds,
-                           trained.params, trained.settings, proba, "in-process", time.perf_counter() - started)
+        return HeadOutcome(**_record(trained), proba_test=proba, process="in-process",
+                           process_seconds=time.perf_counter() - started)
     if tail is not None:
         raise XrayfeatError("a backbone tail can only be trained on the extraction backend; use --head-backend auto")
     with tempfile.TemporaryDirectory(prefix="xrayfeat-head-") as tmp:
@@ -175,8 +179,7 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         _run_child(folder, child or HeadChild(backend))
         result = json.loads((folder / "result.json").read_text())
         proba = np.load(folder / "proba_test.npy")
-    return HeadOutcome(result["history"], result["epoch_seconds"], result["seconds"], result["step_seconds"],
-                       result["params"], result["settings"], proba, "child process", time.perf_counter() - started)
+    return HeadOutcome(**result, proba_test=proba, process="child process", process_seconds=time.perf_counter() - started)
 
 
 def _child_env(backend: str) -> dict:
@@ -218,9 +221,7 @@ def _child_main(folder: Path) -> int:
         trained = train_head(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), **job["train"])
         np.save(folder / "proba_test.npy", trained.predict_proba(load("x_test")))
         trained.save(job["head_file"])
-        result = {"history": trained.history, "epoch_seconds": trained.epoch_seconds, "seconds": trained.seconds,
-                  "step_seconds": trained.step_seconds, "params": trained.params, "settings": trained.settings}
-        (folder / "result.json").write_text(json.dumps(result))
+        (folder / "result.json").write_text(json.dumps(_record(trained)))
         return 0
     except Exception as error:  # reported to the parent as one line
         if os.environ.get("XRAYFEAT_DEBUG"):

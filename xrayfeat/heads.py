@@ -233,9 +233,9 @@ def _timing_callback(step_timing: bool = True):
     Per-step timing implements ``on_train_batch_end``, which makes Keras dispatch
     batch callbacks synchronously (the step's logs are read back, so the step has
     finished when its time is taken), the same for every backend. Without it, Keras
-    may queue the next step while one runs (asynchronous dispatch, 10-15% faster per
-    epoch for the seed's head on jax on 2 cores), and only epochs are timed; an epoch
-    always ends synchronised, because its logs are read.
+    may queue the next step while one runs (asynchronous dispatch; in noisy runs on 2
+    cores no clear speed difference was measured), and only epochs are timed; an
+    epoch always ends synchronised, because its logs are read.
     """
     import time
 
@@ -342,7 +342,7 @@ def train_head(
     Timing: epochs are always timed. ``step_timing=True`` also times each step,
     reading its logs back, so steps run synchronously and ``step_seconds`` is the
     real time of a finished step (what ``scripts/bench_head.py`` compares). By
-    default steps are dispatched asynchronously (faster), and ``step_seconds`` is
+    default steps are dispatched asynchronously, and ``step_seconds`` is
     the median later epoch divided by its steps, so it includes the validation.
 
     Determinism: with the same inputs and seed on CPU, the history and weights
