@@ -144,3 +144,5 @@ def test_child_environment(monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     assert headproc._child_env("jax")["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"  # the user's setting wins
     assert "JAX_PLATFORMS" not in headproc._child_env("tensorflow")
+    # on a GPU run an explicit jax head may use the GPU: jax is not pinned to the CPU there
+    assert "JAX_PLATFORMS" not in headproc._child_env("jax", "gpu")

@@ -181,7 +181,7 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
     run_dir = runs.new_run_dir(out, runs.task_name(dataset.classes), features.backbone, runs_root)
     # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
     # (if this function fails before training, the child sees its input close and exits)
-    child = start_child(head_backend)
+    child = start_child(head_backend, config.device)
 
     # 1. features (computed only where missing)
     t = time.perf_counter()
@@ -224,12 +224,16 @@ def fit_head(dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(
         head_backend,
         train_arrays["spatial"][fit_idx], y_train_all[fit_idx],
         train_arrays["spatial"][val_idx], y_train_all[val_idx],
-        test_arrays["spatial"], head_file=head_file, tail=tail, child=child,
+        test_arrays["spatial"], head_file=head_file, tail=tail, child=child, device=config.device,
         n_classes=len(dataset.classes), epochs=head.epochs, batch_size=head.batch_size,
         steps_per_epoch=head.steps_per_epoch, validation_steps=validation_steps, lr=head.lr,
         units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
     )
     head_proba = trained.proba_test
+    trained_on = trained.settings.get("device")
+    if trained_on and trained_on != config.device:
+        log.warning("the head trained on the %s, not the %s this run asked for (--head-backend %s found no %s); "
+                    "recorded in config.json", trained_on.upper(), config.device.upper(), head_backend, config.device.upper())
     groups_test = groups_of(test)
     sources_test = [i.source for i in test] if any(i.source for i in test) else None
     evaluate = lambda proba: metrics.evaluate(  # noqa: E731

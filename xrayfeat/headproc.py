@@ -122,10 +122,10 @@ class HeadChild:
     for one job on its stdin; closing stdin, or this process ending, makes it exit.
     """
 
-    def __init__(self, backend: str):
+    def __init__(self, backend: str, device: str = "cpu"):
         self.backend = backend
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xrayfeat.headproc", "--wait"], env=_child_env(backend),
+            [sys.executable, "-m", "xrayfeat.headproc", "--wait"], env=_child_env(backend, device),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(self, folder: Path) -> tuple[int, str]:
@@ -144,13 +144,13 @@ class HeadChild:
             self.proc.communicate("")
 
 
-def start_child(backend: str) -> HeadChild | None:
+def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
     """A :class:`HeadChild` for ``backend`` when the head will train outside this process, else None."""
-    return None if backend == process_backend() else HeadChild(backend)
+    return None if backend == process_backend() else HeadChild(backend, device)
 
 
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
-                      child: HeadChild | None = None, **train_kwargs) -> HeadOutcome:
+                      child: HeadChild | None = None, device: str = "cpu", **train_kwargs) -> HeadOutcome:
     """Train the head on ``backend``, predict ``x_test``, save the model to ``head_file``.
 
     Runs here when ``backend`` is this process' backend, else in a child process
@@ -176,18 +176,24 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
             if value is not None:
                 np.save(folder / f"{name}.npy", np.asarray(value))
         (folder / "job.json").write_text(json.dumps({"head_file": str(Path(head_file).resolve()), "train": train_kwargs}))
-        _run_child(folder, child or HeadChild(backend))
+        _run_child(folder, child or HeadChild(backend, device))
         result = json.loads((folder / "result.json").read_text())
         proba = np.load(folder / "proba_test.npy")
     return HeadOutcome(**result, proba_test=proba, process="child process", process_seconds=time.perf_counter() - started)
 
 
-def _child_env(backend: str) -> dict:
+def _child_env(backend: str, device: str = "cpu") -> dict:
+    """The child's environment: its Keras backend, glibc malloc settings, and jax kept off accelerators on a CPU run.
+
+    On a GPU run (only with an explicit ``--head-backend``) jax picks its device
+    itself; the device it trained on is recorded (``settings["device"]``) and
+    ``fit-head`` warns when it is not the GPU asked for.
+    """
     env = dict(os.environ, KERAS_BACKEND=backend)
     if sys.platform.startswith("linux"):
         env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
-    if backend == "jax":
-        env.setdefault("JAX_PLATFORMS", "cpu")  # the child route is only taken for CPU runs
+    if backend == "jax" and device == "cpu":
+        env.setdefault("JAX_PLATFORMS", "cpu")
     return env
 
 

@@ -410,21 +410,33 @@ def train_head(
         jit_compile=jit,
     )
     timing = _timing_callback(step_timing)
-    history = model.fit(
-        _batches(x_train, y_train, batch, seed),
-        epochs=int(epochs),
-        steps_per_epoch=steps,
-        shuffle=False,  # the stream is shuffled already
-        callbacks=[timing, *(callbacks or [])],
-        verbose=verbose,
-        **validation,
-    )
+    loop = "jax" if jit and keras.backend.backend() == "jax" else "keras-fit"
+    if loop == "jax":
+        history = _fit_jax(
+            model,
+            _batches(x_train, y_train, batch, seed),
+            epochs=int(epochs),
+            steps=steps,
+            validation=validation,
+            callbacks=[timing, *(callbacks or [])],
+            verbose=verbose,
+        )
+    else:
+        history = model.fit(
+            _batches(x_train, y_train, batch, seed),
+            epochs=int(epochs),
+            steps_per_epoch=steps,
+            shuffle=False,  # the stream is shuffled already
+            callbacks=[timing, *(callbacks or [])],
+            verbose=verbose,
+            **validation,
+        ).history
     params = count_params(model)
     if tail is not None:
         params["tail"] = count_params(tail)
     return TrainedHead(
         model=model,
-        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        history={k: [float(v) for v in vals] for k, vals in history.items()},
         epoch_seconds=[float(s) for s in timing.epoch_seconds],
         seconds=float(timing.train_end - timing.train_start),
         step_seconds=timing.mean_step() if step_timing else _step_from_epochs(timing.epoch_seconds, steps),
@@ -443,10 +455,153 @@ def train_head(
             "tail": None if tail is None else tail.name,
             "freeze_tail_bn": bool(freeze_tail_bn) if tail is not None else None,
             "jit_compile": jit,
+            "loop": loop,
             "step_seconds_from": "timed steps" if step_timing else "median epoch / steps (validation included)",
             "backend": keras.backend.backend(),
+            "device": training_device(),
         },
     )
+
+
+# Given to XLA for the jax training step only, on a CPU: without it XLA copies the 52 MB Dense
+# kernel every step before updating it in place (seen in the optimised HLO); the results are
+# bit-identical either way (tests/test_heads.py compares them with Keras' fit).
+CPU_STEP_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def _fit_jax(model, batches, *, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int) -> dict:
+    """Keras' own jax ``train_step``/``test_step``, jitted and looped here instead of by ``model.fit``.
+
+    Why not ``fit``: the loop lets the training step be compiled with
+    :data:`CPU_STEP_COMPILER_OPTIONS`, and it draws exactly ``validation_steps``
+    batches per epoch from the validation stream (``fit``'s generator adapter
+    reads ahead and drops batches). The steps themselves are Keras' (same loss,
+    metrics, optimizer, random state), so the training history equals ``fit``'s;
+    callbacks get the same hooks and logs; the trained state is written back to
+    the model's variables at the end of every epoch, as ``fit`` does.
+    """
+    import itertools
+
+    import jax
+    import keras
+
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    model._symbolic_build(data_batch=first)  # builds the optimizer and the compiled metrics, as fit does
+    state = _jax_state(model, optimizer=True)
+    train_step = jax.jit(model.train_step, donate_argnums=0)
+    if jax.devices()[0].platform == "cpu":
+        train_step = train_step.lower(state, first).compile(compiler_options=CPU_STEP_COMPILER_OPTIONS)
+    test_step = jax.jit(model.test_step, donate_argnums=0)
+    val_batches, val_steps = _validation_batches(validation)
+
+    callbacks = keras.callbacks.CallbackList(
+        callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
+    )
+    history: dict = {}
+    model.stop_training = False
+    callbacks.on_train_begin()
+    for epoch in range(epochs):
+        model.reset_metrics()
+        state = (*state[:3], [v.value for v in model.metrics_variables])
+        callbacks.on_epoch_begin(epoch)
+        for step in range(steps):
+            callbacks.on_train_batch_begin(step)
+            logs, state = train_step(state, next(batches))
+            callbacks.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        _write_back(model, state)
+        epoch_logs = {k: float(v) for k, v in logs.items()}
+        if val_batches is not None:
+            epoch_logs.update(_evaluate(model, test_step, val_batches, val_steps, callbacks))
+            state = _jax_state(model, optimizer=True)
+        for key, value in epoch_logs.items():
+            history.setdefault(key, []).append(value)
+        callbacks.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    callbacks.on_train_end(epoch_logs)
+    return history
+
+
+def _jax_state(model, optimizer: bool):
+    """The model's variables as the state tuple Keras' jax ``train_step``/``test_step`` take."""
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+    metrics = [v.value for v in model.metrics_variables]
+    if optimizer:
+        return trainable, frozen, [v.value for v in model.optimizer.variables], metrics
+    return trainable, frozen, metrics
+
+
+def _write_back(model, state):
+    """Assign a train-step state to the model's variables (the buffers passed in were donated)."""
+    variables = [model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables]
+    for refs, values in zip(variables, state):
+        for ref, value in zip(refs, values):
+            ref.assign(value)
+
+
+def _validation_batches(validation: dict):
+    """(batch iterator, batches per evaluation) for the validation settings ``train_head`` built, or (None, 0)."""
+    import math
+
+    if not validation:
+        return None, 0
+    if "validation_steps" in validation:
+        return validation["validation_data"], validation["validation_steps"]
+    x_val, y_val = validation["validation_data"]
+    size = validation["validation_batch_size"]
+    return _whole_set_batches(x_val, y_val, size), math.ceil(len(x_val) / size)
+
+
+def _whole_set_batches(x, y, size: int):
+    """The whole validation set in order, in batches of ``size``, over and over (one pass per evaluation)."""
+    while True:
+        for start in range(0, len(x), size):
+            yield x[start : start + size], y[start : start + size]
+
+
+def _evaluate(model, test_step, batches, n: int, callbacks) -> dict:
+    """``n`` validation batches through Keras' ``test_step``; the ``val_`` logs, as ``fit`` reports them."""
+    model.reset_metrics()
+    state = _jax_state(model, optimizer=False)
+    callbacks.on_test_begin()
+    for step in range(n):
+        callbacks.on_test_batch_begin(step)
+        logs, state = test_step(state, next(batches))
+        callbacks.on_test_batch_end(step, logs)
+    logs = {k: float(v) for k, v in logs.items()}
+    callbacks.on_test_end(logs)
+    for ref, value in zip(model.metrics_variables, state[2]):
+        ref.assign(value)
+    # trainable and non-trainable values came back through the donated call: reattach them
+    for ref, value in zip(model.trainable_variables, state[0]):
+        ref.assign(value)
+    for ref, value in zip(model.non_trainable_variables, state[1]):
+        ref.assign(value)
+    return {f"val_{k}": v for k, v in logs.items()}
+
+
+def training_device() -> str:
+    """``"gpu"`` or ``"cpu"``: where this process' Keras backend runs its computations."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "cpu"
 
 
 def _step_from_epochs(epoch_seconds: list, steps: int) -> float:

@@ -1,0 +1,112 @@
+"""train_head's own jax loop (heads._fit_jax) against Keras' fit, in a jax process.
+
+Keras fixes its backend once per process and this suite runs on TensorFlow, so
+the check runs in a child process with KERAS_BACKEND=jax and reports back as
+JSON. The loop runs Keras' own train_step, so its training history and weights
+must equal fit's on the same batch stream (the XLA option it adds must not
+change a bit); its validation must take exactly validation_steps consecutive
+batches per epoch from the validation stream.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed; the jax loop only runs on the jax backend"
+)
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import keras, numpy as np
+    from xrayfeat import heads
+
+    class Counter(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.train, self.val = [], []
+        def on_epoch_begin(self, epoch, logs=None):
+            self.train.append(0)
+        def on_train_batch_end(self, batch, logs=None):
+            self.train[-1] += 1
+        def on_test_begin(self, logs=None):
+            self.val.append(0)
+        def on_test_batch_end(self, batch, logs=None):
+            self.val[-1] += 1
+
+    k, val_steps = int(sys.argv[1]), (None if sys.argv[2] == "all" else int(sys.argv[2]))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3, 3, 8)).astype("float32"); y = np.arange(60) % k
+    xv = rng.normal(size=(25, 3, 3, 8)).astype("float32"); yv = np.arange(25) % k
+    args = dict(n_classes=k, epochs=3, batch_size=10, steps_per_epoch=4, units=16, seed=3)
+    counter = Counter()
+    loop = heads.train_head(x, y, xv, yv, validation_steps=val_steps, callbacks=[counter], **args)
+
+    # Keras' fit on the same model, seed and training stream
+    keras.utils.set_random_seed(3)
+    model = heads.build_head(x.shape[1:], k, units=16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss="binary_crossentropy" if k == 2 else "sparse_categorical_crossentropy", metrics=["accuracy"])
+    fit = model.fit(heads._batches(x, y, 10, 3), epochs=3, steps_per_epoch=4, shuffle=False, verbose=0).history
+
+    # the validation loss of the last epoch, recomputed from the batches the loop should have used
+    if val_steps is None:
+        drawn = [(xv[s:s + 10], yv[s:s + 10]) for s in range(0, 25, 10)]
+    else:
+        stream = heads._batches(xv, yv, 10, 4)
+        drawn = [next(stream) for _ in range(3 * val_steps)][-val_steps:]
+    xs = np.concatenate([b[0] for b in drawn]); ys = np.concatenate([b[1] for b in drawn])
+    proba = loop.predict_proba(xs)
+    loss = -np.log(np.clip(proba[np.arange(len(ys)), ys], 1e-7, 1)).mean()
+    l2 = 1e-3 * float((loop.model.get_layer("head_dense").kernel.numpy() ** 2).sum())
+    print(json.dumps({
+        "loop": loop.history, "fit": fit, "counter": [counter.train, counter.val], "settings": loop.settings,
+        "weights_equal": all(np.array_equal(a, b) for a, b in zip(loop.model.get_weights(), model.get_weights())),
+        "val_loss_recomputed": float(loss + l2),
+    }))
+    """
+)
+
+
+def run_child(k: int, val_steps: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(k), val_steps], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", params=[(2, "2"), (4, "all")], ids=["binary-2-val-steps", "4class-whole-val"])
+def child(request):
+    return request.param, run_child(*request.param)
+
+
+def test_training_equals_keras_fit(child):
+    _, result = child
+    assert result["settings"]["loop"] == "jax"
+    for key in ("loss", "accuracy"):
+        assert result["loop"][key] == result["fit"][key]
+    assert result["weights_equal"]
+
+
+def test_hooks_and_validation_batches(child):
+    (k, val_steps), result = child
+    train, val = result["counter"]
+    assert train == [4, 4, 4]
+    assert val == [2 if val_steps == "2" else 3] * 3  # exactly validation_steps, or the whole set (25 in 10s)
+    assert set(result["loop"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in result["loop"].values())
+
+
+def test_validation_uses_the_next_consecutive_batches(child):
+    _, result = child
+    # the final weights evaluated on the batches epoch 3 should have drawn: the same loss, up to float32 rounding
+    assert result["loop"]["val_loss"][-1] == pytest.approx(result["val_loss_recomputed"], rel=1e-4)
