@@ -147,13 +147,16 @@ BAD_INPUT = [
     (["cache", "export", "{data}", "-b", "vgg16", "--weights", "none", "--out", "{tmp}/x.npz"], "run `xrayfeat extract"),
     (["weights", "install", "{tmp}/nope.h5"], "nope.h5: no such file"),
     (["describe", "-b", "vgg16", "--classes", "1"], "--classes must be at least 2"),
+    # fit-head: a missing folder and a bad --baselines value, before any work
+    (["fit-head", "{tmp}/nope", "-b", "vgg16", "--weights", "none"], "nope: no such folder"),
+    (["fit-head", "{data}", "-b", "vgg16", "--weights", "none", "--baselines", "knn"], "Got 'knn' instead"),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUT, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(BAD_INPUT)])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_data, args, message):
     args = [a.format(tmp=tmp_path, data=tiny_data) for a in args]
-    proc = run_cli(*args, "--cache-dir", tmp_path / "cache") if args[0] in ("extract",) or args[:2] == ["cache", "export"] \
+    proc = run_cli(*args, "--cache-dir", tmp_path / "cache") if args[0] in ("extract", "fit-head") or args[:2] == ["cache", "export"] \
         else run_cli(*args)
     assert proc.returncode in (1, 2), proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

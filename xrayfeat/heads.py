@@ -338,6 +338,12 @@ def train_head(
 
     ``jit_compile="auto"`` is resolved by :func:`resolve_jit_compile` (XLA on
     TensorFlow, also on CPU, where it is markedly faster for this head) and logged.
+    Compiled on jax, the steps are Keras' own ``train_step``/``test_step`` run by
+    :func:`_fit_jax` rather than by ``model.fit`` (``settings["loop"]``): the
+    same history and weights, a training step compiled without a per-step copy
+    of the Dense kernel, and exactly ``validation_steps`` validation batches per
+    epoch. Callbacks get fit's hooks; the model's variables are current at epoch
+    ends (during an epoch the state lives in the loop, as in ``fit`` on jax).
 
     Timing: epochs are always timed. ``step_timing=True`` also times each step,
     reading its logs back, so steps run synchronously and ``step_seconds`` is the
