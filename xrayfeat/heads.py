@@ -471,7 +471,7 @@ def train_head(
 
 # Given to XLA for the jax training step only, on a CPU: without it XLA copies the 52 MB Dense
 # kernel every step before updating it in place (seen in the optimised HLO); the results are
-# bit-identical either way (tests/test_heads.py compares them with Keras' fit).
+# bit-identical either way (tests/test_heads_jax.py compares them with Keras' fit).
 CPU_STEP_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
@@ -494,10 +494,10 @@ def _fit_jax(model, batches, *, epochs: int, steps: int, validation: dict, callb
     first = next(batches)
     batches = itertools.chain([first], batches)
     model._symbolic_build(data_batch=first)  # builds the optimizer and the compiled metrics, as fit does
-    state = _jax_state(model, optimizer=True)
     train_step = jax.jit(model.train_step, donate_argnums=0)
     if jax.devices()[0].platform == "cpu":
-        train_step = train_step.lower(state, first).compile(compiler_options=CPU_STEP_COMPILER_OPTIONS)
+        shapes = _jax_state(model, optimizer=True)  # lowering reads shapes only; nothing is donated
+        train_step = train_step.lower(shapes, first).compile(compiler_options=CPU_STEP_COMPILER_OPTIONS)
     test_step = jax.jit(model.test_step, donate_argnums=0)
     val_batches, val_steps = _validation_batches(validation)
 
@@ -509,7 +509,7 @@ def _fit_jax(model, batches, *, epochs: int, steps: int, validation: dict, callb
     callbacks.on_train_begin()
     for epoch in range(epochs):
         model.reset_metrics()
-        state = (*state[:3], [v.value for v in model.metrics_variables])
+        state = _jax_state(model, optimizer=True)  # the variables are current at every epoch start
         callbacks.on_epoch_begin(epoch)
         for step in range(steps):
             callbacks.on_train_batch_begin(step)
@@ -517,11 +517,10 @@ def _fit_jax(model, batches, *, epochs: int, steps: int, validation: dict, callb
             callbacks.on_train_batch_end(step, logs)
             if model.stop_training:
                 break
-        _write_back(model, state)
+        _write_back(model, state, optimizer=True)
         epoch_logs = {k: float(v) for k, v in logs.items()}
         if val_batches is not None:
             epoch_logs.update(_evaluate(model, test_step, val_batches, val_steps, callbacks))
-            state = _jax_state(model, optimizer=True)
         for key, value in epoch_logs.items():
             history.setdefault(key, []).append(value)
         callbacks.on_epoch_end(epoch, epoch_logs)
@@ -531,20 +530,23 @@ def _fit_jax(model, batches, *, epochs: int, steps: int, validation: dict, callb
     return history
 
 
-def _jax_state(model, optimizer: bool):
-    """The model's variables as the state tuple Keras' jax ``train_step``/``test_step`` take."""
-    trainable = [v.value for v in model.trainable_variables]
-    frozen = [v.value for v in model.non_trainable_variables]
-    metrics = [v.value for v in model.metrics_variables]
+def _state_variables(model, optimizer: bool) -> list:
+    """The model's variable lists in the order of the state tuple Keras' jax ``train_step`` (with
+    ``optimizer``) or ``test_step`` (without) takes and returns."""
+    groups = [model.trainable_variables, model.non_trainable_variables, model.metrics_variables]
     if optimizer:
-        return trainable, frozen, [v.value for v in model.optimizer.variables], metrics
-    return trainable, frozen, metrics
+        groups.insert(2, model.optimizer.variables)
+    return groups
 
 
-def _write_back(model, state):
-    """Assign a train-step state to the model's variables (the buffers passed in were donated)."""
-    variables = [model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables]
-    for refs, values in zip(variables, state):
+def _jax_state(model, optimizer: bool):
+    """The model's current values as that state tuple."""
+    return tuple([v.value for v in group] for group in _state_variables(model, optimizer))
+
+
+def _write_back(model, state, optimizer: bool):
+    """Assign a state returned by a step to the model's variables (the buffers passed in were donated)."""
+    for refs, values in zip(_state_variables(model, optimizer), state):
         for ref, value in zip(refs, values):
             ref.assign(value)
 
@@ -580,13 +582,7 @@ def _evaluate(model, test_step, batches, n: int, callbacks) -> dict:
         callbacks.on_test_batch_end(step, logs)
     logs = {k: float(v) for k, v in logs.items()}
     callbacks.on_test_end(logs)
-    for ref, value in zip(model.metrics_variables, state[2]):
-        ref.assign(value)
-    # trainable and non-trainable values came back through the donated call: reattach them
-    for ref, value in zip(model.trainable_variables, state[0]):
-        ref.assign(value)
-    for ref, value in zip(model.non_trainable_variables, state[1]):
-        ref.assign(value)
+    _write_back(model, state, optimizer=False)
     return {f"val_{k}": v for k, v in logs.items()}
 
 
