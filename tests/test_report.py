@@ -1,7 +1,9 @@
-"""xrayfeat.report: tables per task, warnings gathered, a self-contained and escaped HTML file.
+"""xrayfeat.report: tables per task, warnings grouped by kind, a self-contained and escaped HTML file.
 
-Run folders are faked in tmp_path with the files fit-head writes (config.json,
-metrics.json, history.csv, PNG figures); no model is trained.
+Run folders are faked in tmp_path with the files fit-head writes: a
+:class:`~xrayfeat.runs.RunRecord` written by :func:`~xrayfeat.runs.write_record`,
+metrics.json, history.csv and PNG figures recorded as artifacts with their
+sha256 (and one folder in the first, schema-less layout); no model is trained.
 """
 
 from __future__ import annotations
@@ -15,11 +17,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xrayfeat import runs
 from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import atomic_write, write_json
 from xrayfeat.report import write_report
+from xrayfeat.runs import WARNING_KINDS, RunError, RunWarning
 
-RANDOM = "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer"
-TINY = "test set has 20 images: accuracy ±0.2 at 95%; treat differences below that as noise"
+RANDOM = RunWarning("random_weights",
+                    "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer")
+TINY = RunWarning("small_test", "test set has 20 images: accuracy ±0.2 at 95%; treat differences below that as noise")
+# One message per kind, as fit-head words them.
+BY_KIND = {
+    "random_weights": RANDOM.message,
+    "leakage": "3 images in test are byte-identical to images in train: test accuracy is optimistic",
+    "shortcut": "a logistic regression on 32x32 grayscale pixels scores 0.8, above the deep model (0.7): the data",
+    "source_gap": "accuracy differs by source beyond the intervals: a 0.90 [0.80, 0.95] (n=40) vs b 0.50 (n=40)",
+    "small_test": TINY.message,
+    "device": "trained on the CPU although a GPU was requested: timings are not comparable",
+    "other": "something a study noticed",
+}
 
 
 def _metrics(classes, accuracy, n=20, by_source=None):
@@ -41,8 +57,8 @@ def _metrics(classes, accuracy, n=20, by_source=None):
 
 def make_run(root: Path, name: str, *, classes=("normal", "pneumonia"), backbone="vgg16", weights="imagenet",
              baselines=("logreg", "pixels"), warnings=(), accuracy=0.8, by_source=None, figures=True,
-             embed=False, layer="block5_pool") -> Path:
-    """A run folder with the files fit-head writes, small but shaped like the real ones."""
+             embed=False, layer="block5_pool", data="/data/cxr") -> Path:
+    """A run folder as fit-head writes it, small but shaped like the real ones: artifacts first, the record last."""
     run = root / name
     run.mkdir(parents=True)
     classes = list(classes)
@@ -51,39 +67,55 @@ def make_run(root: Path, name: str, *, classes=("normal", "pneumonia"), backbone
     fingerprint = {"backbone": backbone, "backend": "tensorflow", "image_size": 64, "keras": "3.15.1",
                    "layer": layer, "precision": "float32", "preprocess": "caffe", "store_dtype": "float16",
                    "weights": identity}
-    config = {
-        "xrayfeat": "0.1.0", "created": "2026-11-26T07:31:04Z", "data": "/data/cxr",
-        "task": "binary" if len(classes) == 2 else f"{len(classes)}class", "classes": classes,
-        "counts": {"train": 64, "val": 16, "test": 20, "skipped": 0}, "validation": "20% of train, stratified",
-        "features": {"backbone": backbone, "weights": weights, "image_size": 64, "layer": None,
-                     "precision": "auto", "store_dtype": "float16", "seed": 0},
-        "head": {"epochs": 3, "batch_size": 10, "steps_per_epoch": 10, "validation_steps": 2, "lr": 0.001,
-                 "units": 256, "dropout": 0.3, "l2": 0.001, "train_tail": False, "val_fraction": 0.2,
-                 "baselines": list(baselines), "seed": 0, "n_boot": 1000, "n_jobs": None},
-        "run": {"device": "auto", "batch_size": 32, "cache_dir": "cache"},
-        "store": {"path": f"cache/{backbone}-{layer}-64", "fingerprint": fingerprint, "fingerprint_id": "74d7cb09ce8676a1"},
-        "weights": {"kind": weights, "identity": identity, "path": None, "random": random},
-        "params": {"total": 527620, "trainable": 526596, "non_trainable": 1024},
-        "timings": {"extraction_seconds": 32.6, "extracted_images": 100, "head_seconds": 13.5,
-                    "seconds_per_epoch": 4.49, "baselines_seconds": 20.0, "total_seconds": 70.0},
-        "baselines": {b: {"name": b, "cv_accuracy": 0.7, "cv_accuracy_std": 0.05} for b in baselines},
-        "versions": {"python": "3.11.7", "keras": "3.15.1", "keras_backend": "tensorflow"},
-        "warnings": list(warnings),
-    }
-    metrics = {"head": _metrics(classes, accuracy, by_source=by_source),
-               "baselines": {b: _metrics(classes, 0.7) for b in baselines}}
-    (run / "config.json").write_text(json.dumps(config, indent=2))
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run / "history.csv").write_text(
-        "epoch,accuracy,loss,val_accuracy,val_loss,seconds\n"
-        "1,0.5,1.2,0.55,1.1,9.5\n2,0.7,0.8,0.65,0.9,0.4\n3,0.8,0.6,0.7,0.8,0.3\n")
+    write_json(run / "metrics.json", {"head": _metrics(classes, accuracy, by_source=by_source),
+                                      "baselines": {b: _metrics(classes, 0.7) for b in baselines}})
+    atomic_write(run / "history.csv", "epoch,accuracy,loss,val_accuracy,val_loss,seconds\n"
+                                      "1,0.5,1.2,0.55,1.1,9.5\n2,0.7,0.8,0.65,0.9,0.4\n3,0.8,0.6,0.7,0.8,0.3\n")
+    artifacts = [runs.artifact(run, "metrics", "metrics.json"), runs.artifact(run, "history", "history.csv")]
     if figures:
         rng = np.random.default_rng(0)
         for fname, size in (("curves.png", (60, 24)), ("confusion.png", (30, 30)), ("roc.png", (30, 30))):
             Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(run / fname)
-        if embed:
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(run / "embed-tsne.png")
-            np.savez(run / "embed-tsne.png.coords.npz", xy=np.zeros((4, 2)))
+            artifacts.append(runs.artifact(run, fname[:-len(".png")], fname))
+    record = runs.RunRecord(
+        xrayfeat="0.1.0", created="2026-11-26T07:31:04Z", data=data,
+        task=runs.task_name(classes), classes=classes,
+        counts={"train": 64, "val": 16, "test": 20, "skipped": 0}, validation="20% of train, stratified",
+        features={"backbone": backbone, "weights": weights, "image_size": 64, "layer": None,
+                  "precision": "auto", "store_dtype": "float16", "seed": 0},
+        head={"epochs": 3, "batch_size": 10, "steps_per_epoch": 10, "validation_steps": 2, "lr": 0.001,
+              "units": 256, "dropout": 0.3, "l2": 0.001, "train_tail": False, "val_fraction": 0.2,
+              "baselines": list(baselines), "seed": 0, "n_boot": 1000, "n_jobs": None},
+        run={"device": "auto", "batch_size": 32, "cache_dir": "cache"},
+        store={"path": f"cache/{backbone}-{layer}-64", "fingerprint": fingerprint,
+               "fingerprint_id": "74d7cb09ce8676a1"},
+        weights={"kind": weights, "identity": identity, "path": None, "random": random},
+        params={"total": 527620, "trainable": 526596, "non_trainable": 1024},
+        training={"backend": "tensorflow", "device": "cpu"},
+        timings={"extraction_seconds": 32.6, "extracted_images": 100, "head_seconds": 13.5,
+                 "seconds_per_epoch": 4.49, "baselines_seconds": 20.0, "total_seconds": 70.0},
+        baselines={b: {"name": b, "cv_accuracy": 0.7, "cv_accuracy_std": 0.05} for b in baselines},
+        versions={"python": "3.11.7", "keras": "3.15.1", "keras_backend": "tensorflow"},
+        artifacts=dict(artifacts),
+        warnings=list(warnings),
+    )
+    if embed:  # drawn later by `xrayfeat embed --from-run`: in the folder, not in the record
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(run / "embed-tsne.png")
+        np.savez(run / "embed-tsne.png.coords.npz", xy=np.zeros((4, 2)))
+    runs.write_record(record, run)
+    return run
+
+
+def make_legacy_run(root: Path, name: str, **kwargs) -> Path:
+    """A run in the first config.json layout: no schema, warnings as strings, files.head/files.baselines."""
+    run = make_run(root, name, **kwargs)
+    config = runs.read_record(run).to_json()
+    del config["schema"]
+    config.pop("artifacts")
+    config["warnings"] = [w["message"] for w in config["warnings"]]
+    config["files"] = {"head": {"file": "head.keras", "sha256": "0" * 64}, "baselines": {}}
+    (run / "config.json").write_text(json.dumps(config, indent=2))
     return run
 
 
@@ -178,43 +210,77 @@ def test_random_flag(two_tasks, tmp_path):
     assert re.search(r'<span class="flag">RANDOM</span>', page)
 
 
+def _warnings_section(md: str) -> str:
+    return md.split("## Warnings\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _labels(section: str) -> list[str]:
+    return re.findall(r"^- \*\*([^*]+):\*\*", section, flags=re.M)
+
+
 def test_random_flag_from_record_even_without_warning(tmp_path):
     run = make_run(tmp_path, "r", weights="none", warnings=[])
     result = write_report([run], tmp_path / "out")
-    md = Path(result["markdown"]).read_text()
-    warnings = md.split("## Warnings", 1)[1].split("## Run", 1)[0]
-    assert RANDOM in warnings
+    section = _warnings_section(Path(result["markdown"]).read_text())
+    assert f"- **Random weights:** {RANDOM.message}" in section
 
 
 def test_warnings_collected_deduplicated_and_attributed(two_tasks, tmp_path):
     result = write_report(two_tasks, tmp_path / "out")
     md = Path(result["markdown"]).read_text()
-    section = md.split("## Warnings\n", 1)[1].split("\n## ", 1)[0]
+    section = _warnings_section(md)
     items = [line for line in section.splitlines() if line.startswith("- ")]
     assert len(items) == 2  # TINY raised by two runs appears once
     assert items[0].startswith("- **Random weights:**")  # most serious first
-    tiny = next(i for i in items if "test set has 20 images" in i)
+    tiny = next(i for i in items if TINY.message in i)
+    assert tiny.startswith("- **Small test set:**")
     assert "[bin-vgg](#run-bin-vgg)" in tiny and "[bin-rand](#run-bin-rand)" in tiny
     assert "four-inc" not in section
+    assert "2 distinct warnings" in md
     # each run section lists its own warnings; a run without any says so
     four = md.split("## Run four-inc", 1)[1]
     assert "### Warnings\n\nNone." in four
 
 
-def test_every_kind_of_warning_is_sorted_and_labelled(tmp_path):
-    texts = [
-        "accuracy differs by source beyond the intervals: a 0.90 [0.80, 0.95] (n=40) vs b 0.50 [0.40, 0.60] (n=40): x",
-        TINY,
-        "a logistic regression on 32x32 grayscale pixels scores 0.8, above the deep model (0.7): the data",
-        "patients in both train and test: 2 (p1, p2): split by patient_id",
-        "3 images in test are byte-identical to images in train: test accuracy is optimistic",
-        RANDOM,
-    ]
-    run = make_run(tmp_path, "r", weights="none", warnings=texts)
+def test_every_kind_is_sorted_and_headed_by_its_recorded_kind(tmp_path):
+    warnings = [RunWarning(kind, text) for kind, text in reversed(BY_KIND.items())]
+    warnings.append(RunWarning("device", "patients in both train and test: 2"))  # the kind decides, not the words
+    run = make_run(tmp_path, "r", weights="none", warnings=warnings)
     md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
-    section = md.split("## Warnings\n", 1)[1].split("\n## ", 1)[0]
-    labels = re.findall(r"^- \*\*([^*]+):\*\*", section, flags=re.M)
-    assert labels == ["Random weights", "Leakage", "Leakage", "Shortcut sentinel", "Source gap", "Small test set"]
+    expected = [heading for kind, heading in WARNING_KINDS.items() for _ in range(2 if kind == "device" else 1)]
+    assert _labels(_warnings_section(md)) == expected
+    assert _labels(md.split("## Run r", 1)[1]) == expected  # the run's own list too
+    assert "- **Device:** patients in both train and test: 2" in md
+
+
+def test_warnings_of_two_runs_grouped_by_kind(tmp_path):
+    gap = RunWarning("source_gap", BY_KIND["source_gap"])
+    leak = RunWarning("leakage", BY_KIND["leakage"])
+    a = make_run(tmp_path, "a", warnings=[TINY, gap])
+    b = make_run(tmp_path, "b", warnings=[TINY, leak])
+    md = Path(write_report([a, b], tmp_path / "out")["markdown"]).read_text()
+    section = _warnings_section(md)
+    assert _labels(section) == [WARNING_KINDS[k] for k in ("leakage", "source_gap", "small_test")]
+    items = [line for line in section.splitlines() if line.startswith("- ")]
+    assert items[0].endswith("— run: [b](#run-b)")
+    assert items[1].endswith("— run: [a](#run-a)")
+    assert items[2].endswith("— runs: [a](#run-a), [b](#run-b)")
+
+
+def test_legacy_record_still_reports(tmp_path):
+    """A config.json of the first layout (no schema, warnings as plain strings): its warnings go under Other."""
+    run = make_legacy_run(tmp_path, "old", weights="none", warnings=[RANDOM, TINY])
+    assert "schema" not in json.loads((run / "config.json").read_text())
+    result = write_report([run], tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    section = _warnings_section(md)
+    # the random-weights warning comes from the record's weights, once; the rest has no recorded kind
+    assert _labels(section) == ["Random weights", "Other"]
+    assert f"- **Other:** {TINY.message}" in section
+    assert section.count(RANDOM.message) == 1
+    assert "**RANDOM**" in md and "0.800 [0.700, 0.900]" in md
+    assert "best validation accuracy 0.700 at epoch 3" in md
+    assert len(re.findall(r"!\[[^\]]*\]\(figures/", md)) == 3  # figures the old layout did not record
 
 
 def test_html_is_self_contained(two_tasks, tmp_path):
@@ -253,7 +319,7 @@ def test_markdown_image_links_exist(two_tasks, tmp_path):
 
 def test_text_from_records_is_escaped(tmp_path):
     run = make_run(tmp_path, "r", classes=("<b>", "a&b"),
-                   warnings=['<script>alert("x")</script> in test'], by_source={
+                   warnings=[RunWarning("other", '<script>alert("x")</script> in test')], by_source={
                        "<i>site</i>": {"n": 10, "accuracy": 0.8, "balanced_accuracy": 0.8, "ci_accuracy": [0.6, 0.9]}})
     result = write_report([run], tmp_path / "out")
     page = Path(result["html"]).read_text()
@@ -315,19 +381,29 @@ def test_not_a_run_names_the_folder(tmp_path):
 
 def test_damaged_record_and_no_runs(tmp_path):
     run = make_run(tmp_path, "r")
-    (run / "metrics.json").write_text("{not json")
-    with pytest.raises(XrayfeatError, match="damaged"):
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(RunError, match="config.json: run record is damaged") as info:
         write_report([run], tmp_path / "out")
+    assert "\n" not in str(info.value)
     with pytest.raises(XrayfeatError, match="no runs"):
         write_report([], tmp_path / "out")
 
 
+@pytest.mark.parametrize("file", ["metrics.json", "history.csv", "curves.png"])
+def test_tampered_artifact_is_one_line_run_error(tmp_path, file):
+    run = make_run(tmp_path, "r")
+    with open(run / file, "ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(RunError, match="sha256 differs") as info:
+        write_report([run], tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(run / file))
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
 def test_runs_on_different_test_sets_are_noted(tmp_path):
     a = make_run(tmp_path, "a")
-    b = make_run(tmp_path, "b")
-    config = json.loads((b / "config.json").read_text())
-    config["data"] = "/data/other"
-    (b / "config.json").write_text(json.dumps(config))
+    b = make_run(tmp_path, "b", data="/data/other")
     md = Path(write_report([a, b], tmp_path / "out")["markdown"]).read_text()
     assert "tested on different data or test sets" in md
     md = Path(write_report([a], tmp_path / "out1")["markdown"]).read_text()

@@ -1,0 +1,279 @@
+"""The report's document model and its two renderers: Markdown and one self-contained HTML file.
+
+A report is built once as a list of blocks (:class:`Heading`, :class:`Para`,
+:class:`Table`, :class:`List`, :class:`Figures`) and rendered twice, so the
+two outputs always say the same thing. Inline content is a ``str``, a
+:class:`Span`, or a list of those.
+
+:func:`render_markdown` refers to figures by their relative ``md_path``;
+:func:`render_html` embeds every figure as a ``data:`` URI and carries its own
+CSS (screen and print), so the page opens offline and loads nothing from
+anywhere. Every string is escaped by both renderers: text from a run record is
+data, not markup.
+
+What the blocks say (which tables, which sections) is :mod:`xrayfeat.report`'s
+business; this module knows nothing of runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import struct
+from dataclasses import dataclass, field
+
+__all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "png_size",
+           "render_markdown", "render_html"]
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A figure at least this much wider than tall gets the full page width.
+_WIDE_ASPECT = 1.8
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Span:
+    """Inline text with a role.
+
+    ``flag`` (RANDOM), ``muted``, ``sub`` (secondary detail: its own small line in
+    HTML table cells, inline in Markdown), ``code``, ``strong`` or ``link`` (to the
+    anchor ``target``).
+    """
+
+    text: str
+    role: str = ""
+    target: str = ""
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+    anchor: str = ""
+    cls: str = ""
+
+
+@dataclass
+class Para:
+    content: object
+    cls: str = ""
+
+
+@dataclass
+class Table:
+    header: list
+    rows: list
+    numeric: set = field(default_factory=set)  # column indices aligned right
+    cls: str = ""  # "kv": a settings list, rendered without a header row in HTML
+
+
+@dataclass
+class List:
+    items: list
+    cls: str = ""
+
+
+@dataclass
+class Figure:
+    """A PNG figure: embedded in the HTML, referred to by ``md_path`` (relative to the report) in the Markdown."""
+
+    caption: str
+    data: bytes
+    md_path: str
+
+    @property
+    def wide(self) -> bool:
+        """Wide figures (training curves) get the full page width."""
+        size = png_size(self.data)
+        return bool(size) and size[1] > 0 and size[0] / size[1] >= _WIDE_ASPECT
+
+
+@dataclass
+class Figures:
+    figures: list
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk; None when ``data`` is not a PNG."""
+    if len(data) < 24 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _md_text(text: str) -> str:
+    """Escape what would break a table or turn record text into markup."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+            .replace("\r", " ").replace("\n", " "))
+
+
+def _md_inline(content) -> str:
+    if isinstance(content, list):
+        return "".join(_md_inline(c) for c in content)
+    if isinstance(content, Span):
+        text = _md_text(content.text)
+        if content.role in ("flag", "strong"):
+            stripped = text.strip()
+            return text.replace(stripped, f"**{stripped}**") if stripped else text
+        if content.role == "code":
+            return "`" + str(content.text).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+        if content.role == "link":
+            return f"[{text.replace('[', '(').replace(']', ')')}](#{content.target})"
+        return text
+    return _md_text(content)
+
+
+def render_markdown(blocks) -> str:
+    """The blocks as Markdown (GitHub flavour: pipe tables); figures by their ``md_path``."""
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append("#" * b.level + " " + _md_text(b.text))
+        elif isinstance(b, Para):
+            text = _md_inline(b.content)
+            out.append(f"*{text}*" if b.cls == "note" and not text.startswith("`") else text)
+        elif isinstance(b, List):
+            out.append("\n".join("- " + _md_inline(item) for item in b.items))
+        elif isinstance(b, Table):
+            lines = ["| " + " | ".join(_md_text(h) for h in b.header) + " |",
+                     "|" + "|".join("---:" if i in b.numeric else "---" for i in range(len(b.header))) + "|"]
+            lines += ["| " + " | ".join(_md_inline(c) for c in row) + " |" for row in b.rows]
+            out.append("\n".join(lines))
+        elif isinstance(b, Figures):
+            out.append("\n\n".join(
+                f"![{_md_text(f.caption).replace('[', '(').replace(']', ')')}]({f.md_path})  \n*{_md_text(f.caption)}*"
+                for f in b.figures))
+    return "\n\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+:root { color-scheme: light; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #fff; color: #1f2328;
+  font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 28px 32px 56px; }
+h1 { font-size: 26px; margin: 0 0 6px; }
+h2 { font-size: 20px; margin: 36px 0 10px; padding-bottom: 5px; border-bottom: 2px solid #d8dee4; }
+h3 { font-size: 15.5px; margin: 22px 0 8px; }
+p { margin: 6px 0 10px; }
+p.lead { color: #424a53; }
+p.note { color: #57606a; font-size: 12.5px; max-width: 78em; }
+a { color: #0550ae; text-decoration: none; }
+a:hover { text-decoration: underline; }
+code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace;
+  background: #f3f4f6; padding: 1px 4px; border-radius: 3px; word-break: break-all; }
+ul.toc { list-style: none; padding: 0; margin: 8px 0 0; display: flex; flex-wrap: wrap; gap: 4px 18px; }
+ul.warnings { padding-left: 20px; }
+ul.warnings li { margin: 4px 0; }
+h2 + ul.warnings { border-left: 4px solid #bf8700; background: #fff8c5; padding: 8px 12px 8px 30px; }
+.scroll { overflow-x: auto; margin: 4px 0 8px; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { padding: 5px 9px; border-bottom: 1px solid #d8dee4; text-align: left; vertical-align: top; }
+thead th { background: #f6f8fa; border-bottom: 1px solid #afb8c1; font-weight: 600; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+.sub { color: #6e7781; }
+td .sub { display: block; font-size: 11.5px; }
+table.compare { font-size: 12.5px; }
+table.compare thead th { vertical-align: bottom; }
+table.compare td:first-child { white-space: nowrap; }
+table.kv { width: 100%; }
+table.kv td:first-child { width: 11em; color: #424a53; white-space: nowrap; }
+table.kv tbody tr:nth-child(even) { background: none; }
+.muted { color: #6e7781; }
+.flag { display: inline-block; background: #cf222e; color: #fff; font-weight: 700; font-size: 11.5px;
+  letter-spacing: .04em; padding: 0 6px; border-radius: 3px; line-height: 1.6; }
+.figs { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+figure { margin: 0; max-width: calc(50% - 7px); border: 1px solid #d8dee4; border-radius: 4px; padding: 6px; }
+figure.wide { max-width: 100%; }
+figure img { display: block; max-width: 100%; height: auto; }
+figcaption { font-size: 12px; color: #57606a; margin-top: 4px; }
+@media (max-width: 800px) { figure { max-width: 100%; } main { padding: 16px; } }
+@media print {
+  body { font-size: 11px; }
+  main { max-width: none; padding: 0; }
+  h2.run { break-before: page; }
+  h2, h3 { break-after: avoid; }
+  figure, tr, ul.warnings li { break-inside: avoid; }
+  .scroll { overflow: visible; }
+  table, table.compare { font-size: 9.5px; }
+  td .sub { font-size: 8.5px; }
+  th, td { padding: 3px 3px; }
+  p.note, figcaption { font-size: 9.5px; }
+  .flag { font-size: 8.5px; padding: 0 3px; }
+  h1 { font-size: 20px; } h2 { font-size: 16px; } h3 { font-size: 13px; }
+  figure { max-width: calc(50% - 7px); }
+  figure.wide { max-width: 100%; }
+  a { color: inherit; }
+  ul.toc { display: none; }
+  .flag, h2 + ul.warnings, thead th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
+"""
+
+
+def _esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_inline(content) -> str:
+    if isinstance(content, list):
+        return "".join(_html_inline(c) for c in content)
+    if isinstance(content, Span):
+        text = _esc(content.text)
+        if content.role == "link":
+            return f'<a href="#{_esc(content.target)}">{text}</a>'
+        if content.role == "code":
+            return f"<code>{text}</code>"
+        if content.role == "strong":
+            return f"<strong>{text}</strong>"
+        if content.role in ("flag", "muted", "sub"):
+            return f'<span class="{content.role}">{text}</span>'
+        return text
+    return _esc(content)
+
+
+def _cls(name: str) -> str:
+    return f' class="{_esc(name)}"' if name else ""
+
+
+def render_html(blocks, title: str) -> str:
+    """The blocks as one HTML page with its CSS and every figure inline; it loads nothing."""
+    body: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            anchor = f' id="{_esc(b.anchor)}"' if b.anchor else ""
+            body.append(f"<h{b.level}{anchor}{_cls(b.cls)}>{_esc(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            body.append(f"<p{_cls(b.cls)}>{_html_inline(b.content)}</p>")
+        elif isinstance(b, List):
+            items = "".join(f"<li>{_html_inline(item)}</li>" for item in b.items)
+            body.append(f"<ul{_cls(b.cls)}>{items}</ul>")
+        elif isinstance(b, Table):
+            def cell(tag, i, content):
+                return f"<{tag}{_cls('num' if i in b.numeric else '')}>{_html_inline(content)}</{tag}>"
+
+            head = "".join(cell("th", i, h) for i, h in enumerate(b.header))
+            rows = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in b.rows)
+            if b.cls == "kv":  # a settings list: no header row
+                body.append(f'<div class="scroll"><table class="kv"><tbody>{rows}</tbody></table></div>')
+            else:
+                body.append(f'<div class="scroll"><table{_cls(b.cls)}><thead><tr>{head}</tr></thead>'
+                            f"<tbody>{rows}</tbody></table></div>")
+        elif isinstance(b, Figures):
+            figs = []
+            for f in b.figures:
+                uri = "data:image/png;base64," + base64.b64encode(f.data).decode("ascii")
+                figs.append(f'<figure{_cls("wide" if f.wide else "")}><img src="{uri}" alt="{_esc(f.caption)}">'
+                            f"<figcaption>{_esc(f.caption)}</figcaption></figure>")
+            body.append('<div class="figs">' + "".join(figs) + "</div>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+            + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
