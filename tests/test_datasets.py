@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrayfeat import datasets
-from xrayfeat.datasets import SPLITS, Dataset, Item, discover, summarize
+from xrayfeat import filehashes
+from xrayfeat.datasets import SPLITS, Dataset, Item, discover
 from xrayfeat.errors import DatasetError
+from xrayfeat.summary import summarize
 
 _counter = itertools.count(1)
 
@@ -54,13 +55,13 @@ def sha256(path: Path) -> str:
 def count_hashing(monkeypatch):
     """Record every file whose contents discover() reads."""
     calls: list[str] = []
-    real = datasets._sha256_file
+    real = filehashes.file_digest
 
-    def counting(path):
+    def counting(path, algorithm="sha256"):
         calls.append(os.fspath(path))
-        return real(path)
+        return real(path, algorithm)
 
-    monkeypatch.setattr(datasets, "_sha256_file", counting)
+    monkeypatch.setattr(filehashes, "file_digest", counting)
     return calls
 
 
@@ -268,16 +269,16 @@ def test_sha256_and_sizes(tmp_path):
         assert item.nbytes == item.path.stat().st_size
 
 
-def test_sha256_of_file_larger_than_a_chunk(tmp_path):
+def test_sha256_of_file_larger_than_a_read_buffer(tmp_path):
     big = tmp_path / "covid" / "big.png"
     big.parent.mkdir()
-    big.write_bytes(os.urandom(datasets._CHUNK * 2 + 123))
+    big.write_bytes(os.urandom((3 << 20) + 123))
     assert discover(tmp_path).items[0].sha256 == sha256(big)
 
 
 def test_thread_pool_hashing_matches(tmp_path, monkeypatch, count_hashing):
     root = make_tree(tmp_path, [f"c{i % 3}/{i}.png" for i in range(40)])
-    monkeypatch.setattr(datasets, "_THREADS_FROM_BYTES", 0)
+    monkeypatch.setattr(filehashes, "_THREADS_FROM_BYTES", 0)
     ds = discover(root)
     assert len(count_hashing) == 40
     assert ds.hashes == [sha256(item.path) for item in ds]

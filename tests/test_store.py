@@ -10,14 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
+from xrayfeat import shards
 from xrayfeat.errors import StoreError
-from xrayfeat.store import (
-    FINGERPRINT_FIELDS,
-    FeatureStore,
-    fingerprint_id,
-    list_stores,
-    store_dirname,
-)
+from xrayfeat.fingerprint import FINGERPRINT_FIELDS, fingerprint_id, store_dirname
+from xrayfeat.store import FeatureStore, list_stores
 
 FP = {
     "backbone": "vgg16", "weights": "none:seed=0", "image_size": 32, "preprocess": "caffe",
@@ -105,16 +101,55 @@ def test_other_fingerprint_is_another_store(tmp_path):
     assert len(list_stores(tmp_path / "cache")) == 2
 
 
-def test_half_written_shard_is_invisible_and_gc_removes_it(tmp_path):
+@pytest.mark.parametrize("where, name", [
+    ("shards", ".99999999999999999999-deadbeef.h5.k3j4l5.tmp"),  # fileio.atomic_path's temporary
+    ("shards", ".tmp-99999999999999999999-deadbeef.h5"),  # left by versions before fileio
+    (".", ".index.npz.k3j4l5.tmp.npz"),
+    (".", ".fingerprint.json.k3j4l5.tmp"),
+    (".", ".index.0123456789abcdef.tmp.npz"),  # left by versions before fileio
+    (".", ".fingerprint.0123456789abcdef.tmp"),  # left by versions before fileio
+])
+def test_half_written_file_is_invisible_and_gc_removes_it(tmp_path, where, name):
     store, expected = filled(tmp_path)
-    tmp = store.path / "shards" / ".tmp-99999999999999999999-deadbeef.h5"
+    tmp = store.path / where / name
     tmp.write_bytes(b"\x89HDF half written")
     store.refresh()
     assert len(store) == len(expected)
     assert store.verify() == []
     result = store.gc()
-    assert tmp.name in result["removed_temp_files"]
+    assert result["removed_temp_files"] == [tmp.name]
     assert not tmp.exists()
+    assert len(store) == len(expected) and store.verify() == []
+
+
+def test_gc_spares_temporary_files_younger_than_min_age(tmp_path):
+    store, _ = filled(tmp_path)
+    tmp = store.path / "shards" / ".x.h5.abc.tmp"
+    tmp.write_bytes(b"being written")
+    assert store.gc(min_age_s=3600)["removed_temp_files"] == []
+    assert tmp.exists()
+
+
+def test_failed_shard_write_leaves_nothing(tmp_path):
+    store, expected = filled(tmp_path)
+    before = sorted((store.path / "shards").iterdir())
+    h, s, p = rows(2, start=50)
+    with pytest.raises(StoreError, match="shard got 2 rows, expected 3"):
+        with shards.write_shard(store.path / "shards", 3, s.shape[1:], p.shape[1:], np.float16, {}) as shard:
+            shard.write(np.asarray(h, "S64"), s, p)
+    with pytest.raises(KeyError):
+        with shards.write_shard(store.path / "shards", 2, s.shape[1:], p.shape[1:], np.float16, {}) as shard:
+            raise KeyError("killed")
+    assert sorted((store.path / "shards").iterdir()) == before
+    store.refresh()
+    assert len(store) == len(expected)
+
+
+def test_writing_leaves_no_temporary_files_and_a_real_index(tmp_path):
+    store, _ = filled(tmp_path)
+    assert [p.name for p in store.path.rglob(".*")] == []
+    with np.load(store.path / "index.npz") as npz:  # the data, not an empty file beside a stray .npz
+        assert len(npz["hashes"]) == len(store)
 
 
 def test_stale_or_broken_index_is_rebuilt(tmp_path):

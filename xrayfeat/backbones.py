@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import WeightsError, XrayfeatError
+from .fileio import atomic_path, file_digest
 
 #: Per-channel means that Keras' "caffe" preprocessing subtracts, in BGR order.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -143,16 +144,8 @@ def file_md5(path: str | os.PathLike) -> str:
     st = os.stat(path)
     key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _MD5_SEEN:
-        _MD5_SEEN[key] = _md5_of(path)
+        _MD5_SEEN[key] = file_digest(path, "md5")
     return _MD5_SEEN[key]
-
-
-def _md5_of(path: str | os.PathLike) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> WeightsInfo:
@@ -225,9 +218,8 @@ def install_weights(source: str | os.PathLike) -> dict:
     spec = matches[0]
     target = weights_dir() / spec.weights_file
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
     return {"backbone": spec.name, "file": str(target), "md5": md5}
 
 

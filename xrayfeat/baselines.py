@@ -100,6 +100,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from .errors import XrayfeatError
+from .fileio import atomic_path, file_digest
 
 __all__ = [
     "BASELINES",
@@ -587,23 +588,10 @@ def save_baseline(fitted: FittedBaseline, path: str | os.PathLike) -> str:
         raise XrayfeatError(
             f"The 'fitted' parameter of save_baseline must be a FittedBaseline. Got {type(fitted).__name__} instead."
         )
-    path = os.fspath(path)
-    buffer = io.BytesIO()
-    joblib.dump(fitted, buffer)
-    data = buffer.getvalue()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".joblib", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return _sha256(data)
+    with atomic_path(path) as tmp:
+        joblib.dump(fitted, tmp)
+        digest = file_digest(tmp)
+    return digest
 
 
 def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseline:

@@ -14,11 +14,11 @@ A :class:`Dataset` is the list of labelled image files that every later step
 
 Every item carries the SHA-256 of its file's bytes, because the feature store is
 keyed by content, not by path: the same image in two datasets is extracted once,
-and a duplicate file shared by train and test shows up in :func:`summarize`.
-Hashing a large folder is the slow part of discovery, so a JSON cache
-(``hash_cache=``) remembers each file's hash together with its size,
-modification time and inode; an unchanged folder is then discovered at the cost
-of one ``stat`` per file.
+and a duplicate file shared by train and test shows up in
+:func:`xrayfeat.summary.summarize`. Hashing a large folder is the slow part of
+discovery, so a JSON cache (``hash_cache=``, see :mod:`xrayfeat.filehashes`)
+remembers each file's hash together with its size, modification time and inode;
+an unchanged folder is then discovered at the cost of one ``stat`` per file.
 
 Class names are sorted with plain ``sorted()``, which is the order Keras'
 ``flow_from_directory`` gives its class indices (upper case before lower case),
@@ -29,14 +29,10 @@ a stable order: by split (``train``, ``val``, ``test``), then label, then path.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import os
 import posixpath
-import tempfile
-from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -44,9 +40,10 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from xrayfeat import images
-from xrayfeat.errors import DatasetError, ImageReadError
+from xrayfeat.errors import DatasetError
+from xrayfeat.filehashes import HashCache, hash_files
 
-__all__ = ["SPLITS", "LAYOUTS", "Item", "Dataset", "discover", "summarize"]
+__all__ = ["SPLITS", "LAYOUTS", "Item", "Dataset", "discover"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +57,6 @@ MANIFEST_NAME = "manifest.csv"
 """A manifest with this name inside a folder dataset annotates its items."""
 
 _SPLIT_ORDER = {name: i for i, name in enumerate(SPLITS)}
-_CHUNK = 1 << 20  # read files in 1 MiB chunks when hashing
-_THREADS_FROM_BYTES = 16 << 20  # hash in a thread pool when this much data needs hashing
 _ROOT_DOCS = ("manifest.csv", "source.md")  # besides README*, skipped at the root
 _JUNK = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})  # OS artefacts, skipped everywhere
 _REQUIRED_COLUMNS = ("path", "label")
@@ -234,8 +229,8 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     all_classes = sorted({f.label for f in found})
     if not all_classes:
         raise DatasetError(f"{shown_root}: no classes found; expected DATA/<class>/<image>, DATA/<split>/<class>/<image> or a CSV manifest")
-    cache = _HashCache(hash_cache)
-    items = _hash_found(found, cache)
+    cache = HashCache(hash_cache)
+    items = _hash(found, cache)
     cache.save()
     items.sort(key=lambda item: (_SPLIT_ORDER[item.split], item.label, item.relpath))
     return Dataset(root=Path(root), items=tuple(items), classes=tuple(all_classes), layout=layout)
@@ -505,52 +500,12 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str]) -> l
     return found
 
 
-def _sha256_file(path: str) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (the only place file contents are read)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            n = handle.readinto(buffer)
-            if not n:
-                break
-            digest.update(view[:n])
-    return digest.hexdigest()
+def _hash(found: list[_Found], cache: HashCache) -> list[Item]:
+    """Items for the found files, with their sizes and SHA-256 (from ``cache`` where it is current)."""
+    def error(i: int, reason: str) -> DatasetError:
+        return DatasetError(_one_line(f"{found[i].shown}: {reason}"))
 
-
-def _hash_found(found: list[_Found], cache: _HashCache) -> list[Item]:
-    """Stat every file, reuse cached hashes where size, mtime and inode match, hash the rest."""
-    stats: list[os.stat_result] = []
-    digests: list[str | None] = []
-    for f in found:
-        try:
-            st = os.stat(f.path)
-        except OSError as error:
-            raise DatasetError(_one_line(f"{f.shown}: cannot read ({error.strerror}); check the file")) from error
-        if st.st_size == 0:
-            raise DatasetError(_one_line(f"{f.shown}: is empty (0 bytes): remove or replace it"))
-        stats.append(st)
-        digests.append(cache.lookup(f.path, st))
-    todo = [i for i, digest in enumerate(digests) if digest is None]
-
-    def work(i: int) -> tuple[int, str]:
-        try:
-            return i, _sha256_file(found[i].path)
-        except OSError as error:
-            raise DatasetError(_one_line(f"{found[i].shown}: cannot read ({error.strerror}); check the file")) from error
-
-    if len(todo) > 1 and sum(stats[i].st_size for i in todo) >= _THREADS_FROM_BYTES:
-        # hashlib releases the GIL on large buffers, so threads overlap reading and
-        # hashing across cores; on many tiny files they only add overhead.
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            fresh = list(pool.map(work, todo))
-    else:
-        fresh = [work(i) for i in todo]
-    for i, digest in fresh:
-        digests[i] = digest
-        cache.store(found[i].path, stats[i], digest)
-
+    stats, digests = hash_files([f.path for f in found], cache, error)
     folders: dict[str, Path] = {}  # one Path per folder, then a cheap join per file
     items = []
     for f, st, digest in zip(found, stats, digests):
@@ -560,152 +515,3 @@ def _hash_found(found: list[_Found], cache: _HashCache) -> list[Item]:
             parent = folders[folder] = Path(folder)
         items.append(Item(parent / name, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size))
     return items
-
-
-class _HashCache:
-    """File hashes remembered across runs: absolute path -> [size, mtime_ns, inode, sha256].
-
-    An entry is trusted only when size, mtime_ns and inode all equal the file's
-    current ``stat``; anything else means the file may have changed and is hashed
-    again. An unreadable or corrupt cache file is treated as empty, never as an
-    error: it is only a shortcut. Entries of files outside the current dataset
-    are kept, so datasets sharing one cache directory do not evict each other.
-    The file is written (atomically) only when an entry changed; when two runs
-    save at once the last one wins, which costs only re-hashing, never a wrong hash.
-    """
-
-    def __init__(self, path: str | os.PathLike | None):
-        self.path = None if path is None else os.path.abspath(os.fspath(path))
-        self.entries: dict = self._load(self.path) if self.path else {}
-        self.changed = False
-
-    @staticmethod
-    def _load(path: str) -> dict:
-        try:
-            with open(path, "rb") as handle:
-                data = json.load(handle)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as error:
-            logger.warning("ignoring unreadable hash cache %s (%s); files will be hashed again", path, error)
-            return {}
-        if not isinstance(data, dict):
-            logger.warning("ignoring hash cache %s: not a JSON object; files will be hashed again", path)
-            return {}
-        return data
-
-    def lookup(self, key: str, st: os.stat_result) -> str | None:
-        entry = self.entries.get(key)
-        if (type(entry) is list and len(entry) == 4 and entry[0] == st.st_size
-                and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino
-                and type(entry[3]) is str and len(entry[3]) == 64):
-            return entry[3]
-        return None
-
-    def store(self, key: str, st: os.stat_result, digest: str) -> None:
-        entry = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
-        if self.entries.get(key) != entry:
-            self.entries[key] = entry
-            self.changed = True
-
-    def save(self) -> None:
-        if self.path is None or not self.changed:
-            return
-        folder = os.path.dirname(self.path)
-        tmp = None
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".file-hashes-", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.entries, handle, separators=(",", ":"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            self.changed = False
-        except OSError as error:
-            logger.warning("could not save hash cache %s (%s); files will be hashed again next time", self.path, error)
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-
-
-def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
-    """The facts ``xrayfeat inspect`` shows about a dataset, as a JSON-serialisable dict.
-
-    Counts per split and class, total bytes, exact duplicate files (same SHA-256;
-    ``cross_split`` marks leakage between splits), patients found in several
-    splits, and, when ``probe_images``, image formats, modes, bit depths and the
-    width/height range read from file headers (no pixels are decoded). Files
-    whose header cannot be read are listed under ``unreadable`` rather than
-    raising: inspection reports problems, extraction is where they fail.
-    """
-    counts = {split: {name: 0 for name in dataset.classes} for split in dataset.splits}
-    by_hash: dict[str, list[Item]] = defaultdict(list)
-    patient_splits: dict[str, set[str]] = defaultdict(set)
-    for item in dataset.items:
-        counts[item.split][item.label] += 1
-        by_hash[item.sha256].append(item)
-        if item.patient_id is not None:
-            patient_splits[item.patient_id].add(item.split)
-
-    def in_order(splits: Iterable[str]) -> list[str]:
-        return sorted(set(splits), key=_SPLIT_ORDER.__getitem__)
-
-    duplicates = [
-        {
-            "sha256": digest,
-            "paths": [item.relpath for item in group],
-            "splits": in_order(item.split for item in group),
-            "labels": sorted({item.label for item in group}),
-            "cross_split": len({item.split for item in group}) > 1,
-        }
-        for digest, group in by_hash.items() if len(group) > 1
-    ]
-    patients = [
-        {"patient_id": pid, "splits": in_order(splits)}
-        for pid, splits in sorted(patient_splits.items()) if len(splits) > 1
-    ]
-
-    formats: Counter = Counter()
-    modes: Counter = Counter()
-    bit_depths: Counter = Counter()
-    widths: list[int] = []
-    heights: list[int] = []
-    unreadable = []
-    if probe_images:
-        for item in dataset.items:
-            try:
-                info = images.probe(item.path)
-            except ImageReadError as error:
-                unreadable.append({"path": item.relpath, "reason": error.reason})
-                continue
-            except OSError as error:
-                unreadable.append({"path": item.relpath, "reason": error.strerror or str(error)})
-                continue
-            formats[str(info["format"])] += 1
-            modes[str(info["mode"])] += 1
-            bit_depths[str(info["bit_depth"])] += 1
-            widths.append(int(info["width"]))
-            heights.append(int(info["height"]))
-
-    return {
-        "root": str(dataset.root),
-        "layout": dataset.layout,
-        "classes": list(dataset.classes),
-        "images": len(dataset),
-        "counts": counts,
-        "probed": probe_images,
-        "formats": dict(sorted(formats.items())),
-        "modes": dict(sorted(modes.items())),
-        "bit_depths": dict(sorted(bit_depths.items(), key=lambda kv: (len(kv[0]), kv[0]))),
-        "width": [min(widths), max(widths)] if widths else None,
-        "height": [min(heights), max(heights)] if heights else None,
-        "bytes": sum(item.nbytes for item in dataset.items),
-        "duplicates": duplicates,
-        "patients_in_several_splits": patients,
-        "unreadable": unreadable,
-    }

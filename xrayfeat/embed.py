@@ -64,6 +64,7 @@ import numpy as np
 
 from . import __version__
 from .errors import XrayfeatError
+from .fileio import atomic_path
 
 __all__ = [
     "METHODS",
@@ -493,20 +494,15 @@ def _load(path: Path, key: str, n: int):
 
 def _save(path: Path, *, coords, key, method, params, scores, scores_key, seconds) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh, coords=coords, key=np.array(key), method=np.array(method),
-                params=np.array(json.dumps(params, sort_keys=True)),
-                scores=np.array(json.dumps(scores, sort_keys=True)), scores_key=np.array(scores_key),
-                versions=np.array(json.dumps(_versions(method, params), sort_keys=True)),
-                compute_seconds=np.array(float(seconds)),
-            )
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # readers see the old file or the new one, never half of one
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh, coords=coords, key=np.array(key), method=np.array(method),
+            params=np.array(json.dumps(params, sort_keys=True)),
+            scores=np.array(json.dumps(scores, sort_keys=True)), scores_key=np.array(scores_key),
+            versions=np.array(json.dumps(_versions(method, params), sort_keys=True)),
+            compute_seconds=np.array(float(seconds)),
+        )
 
 
 def _subtitle(method: str, params: dict, scores: dict) -> str:

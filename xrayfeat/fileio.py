@@ -4,7 +4,7 @@
 two processes writing the same file never share a temporary); when the block
 ends the file is fsync-ed, renamed over the target and the folder fsync-ed. A
 reader sees the old file or the new one, never half of one; a writer killed in
-the block leaves only a ``.<name>.*.tmp`` file that ``cache gc`` removes. When
+the block leaves only a ``.<name>.<random>.tmp[suffix]`` file that ``cache gc`` removes. When
 two processes write the same target at once, the last rename wins and the file
 is always one of the two complete versions.
 
@@ -18,11 +18,11 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
-TEMP_GLOB = ".*.tmp"  # what a killed writer leaves behind (see atomic_path)
+TEMP_GLOB = ".*.tmp*"  # what a killed writer leaves behind (see atomic_path)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -43,14 +43,14 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a unique temporary path beside ``target``; on success it replaces ``target`` atomically.
 
-    ``suffix`` is appended to the temporary name for writers that insist on an
-    extension (``numpy.savez`` adds ``.npz`` otherwise). On an exception the
+    ``suffix`` ends the temporary name, for writers that insist on an extension
+    (``numpy.savez`` appends ``.npz`` to any other name). On an exception the
     temporary file is removed and ``target`` is left as it was.
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f"{suffix}.tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    # O_EXCL: never share a temporary; mode 0o666 less the umask, as open() gives (mkstemp would give 0600)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

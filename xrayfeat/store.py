@@ -2,19 +2,22 @@
 
 A frozen backbone is a pure function of (pixels, backbone, weights, preprocessing,
 input size, cut layer, precision). One store holds the outputs of one such
-function — its *fingerprint* — keyed by the SHA-256 of each image file's bytes,
-so an image is computed once whatever folder or experiment it appears in.
+function — its *fingerprint* (:mod:`xrayfeat.fingerprint`) — keyed by the SHA-256
+of each image file's bytes, so an image is computed once whatever folder or
+experiment it appears in.
 
 Layout of one store (``<cache-dir>/<backbone>-<layer>-<size>-<precision>-<id>/``)::
 
     fingerprint.json        the fields that define every value in the store
     shards/<name>.h5        immutable HDF5 files: sha256 (n,), spatial (n,H,W,C), pooled (n,C)
-    shards/.tmp-*.h5        a shard being written; never read; removed by ``gc``
+    shards/.<name>.*.tmp    a shard being written; never read; removed by ``gc``
     index.npz               hash → (shard, row), a cache of what the shards say
     write.lock, read.lock   fcntl locks
 
 Crash safety: a shard is written completely under a temporary name, flushed,
-fsync-ed and renamed into place, so a reader sees a whole shard or none. Shards
+fsync-ed and renamed into place (:mod:`xrayfeat.shards`, through
+:func:`xrayfeat.fileio.atomic_path`), so a reader sees a whole shard or none;
+``fingerprint.json`` and ``index.npz`` are replaced the same way. Shards
 are never modified; compaction writes a new shard and only then deletes the
 ones it replaces (a reader tolerates the brief duplicates). The index is
 derived data: whenever it disagrees with the shard list it is rebuilt from the
@@ -30,95 +33,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, shards
 from .errors import StoreError
+from .fileio import TEMP_GLOB, atomic_path, atomic_write
+from .fingerprint import FINGERPRINT_FIELDS, FLOAT16_TINY, check_storable, fingerprint_id, store_dirname
 
-#: Fields that make up a fingerprint; anything that changes a feature value is here.
-FINGERPRINT_FIELDS = (
-    "backbone",
-    "weights",
-    "image_size",
-    "preprocess",
-    "decode",
-    "layer",
-    "precision",
-    "store_dtype",
-    "keras",
-    "backend",
-)
-STORE_DTYPES = ("float16", "float32")
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-FLOAT16_TINY = float(np.finfo(np.float16).tiny)
+__all__ = ["FeatureStore", "list_stores", "COMPACT_BYTES"]
+
 #: Compaction merges small shards into shards of about this many bytes.
 COMPACT_BYTES = 256 << 20
-#: Rows read at once when streaming a shard (compaction, verify).
-_COPY_ROWS = 256
-
-
-def fingerprint_id(fingerprint: dict) -> str:
-    """A short stable id of a fingerprint (sha256 of its canonical JSON)."""
-    missing = [f for f in FINGERPRINT_FIELDS if f not in fingerprint]
-    if missing:
-        raise ValueError(f"fingerprint lacks {missing}")
-    canonical = json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def store_dirname(fingerprint: dict) -> str:
-    short = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
-    precision = short.get(fingerprint["precision"], fingerprint["precision"])
-    return (
-        f"{fingerprint['backbone']}-{fingerprint['layer']}-{fingerprint['image_size']}"
-        f"-{precision}-{fingerprint_id(fingerprint)}"
-    )
-
-
-class _Digest:
-    """Checksum of a shard's data, fed row block by row block (so shards can be streamed).
-
-    Hashes, spatial maps and pooled vectors are digested separately and combined,
-    so the result only depends on the rows and their order, not on block sizes.
-    """
-
-    def __init__(self):
-        self._parts = [hashlib.sha256() for _ in range(3)]
-
-    def update(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray) -> None:
-        for digest, array in zip(self._parts, (hashes, spatial, pooled)):
-            digest.update(np.ascontiguousarray(array).tobytes())
-
-    def hexdigest(self) -> str:
-        return hashlib.sha256("".join(d.hexdigest() for d in self._parts).encode()).hexdigest()
-
-
-def check_storable(values: np.ndarray, store_dtype: str) -> float:
-    """Refuse values the storage dtype cannot hold; return the share of float16-subnormal values."""
-    if not np.all(np.isfinite(values)):
-        raise StoreError("the backbone produced NaN or infinite features; check the weights and --precision")
-    if store_dtype != "float16":
-        return 0.0
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
-    if peak > FLOAT16_MAX:
-        raise StoreError(
-            f"feature values up to {peak:.3g} overflow float16 (max {FLOAT16_MAX:.0f}); "
-            f"rerun with --store-dtype float32"
-        )
-    magnitude = np.abs(values)
-    nonzero = np.count_nonzero(magnitude)
-    if not nonzero:
-        return 0.0
-    return float(np.count_nonzero((magnitude > 0) & (magnitude < FLOAT16_TINY)) / nonzero)
+#: What a killed writer leaves in the store folder: fileio's temporaries, and those of versions before it.
+_TEMP_GLOBS = (TEMP_GLOB, ".fingerprint.*.tmp", ".index.*.tmp.npz")
 
 
 @contextlib.contextmanager
@@ -136,14 +70,6 @@ def _flock(path: Path, mode: int, *, on_wait=None):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -192,9 +118,7 @@ class FeatureStore:
         if not create:
             raise StoreError(f"no feature store for this fingerprint in {cache_dir} (looked for {path.name})")
         (path / "shards").mkdir(parents=True, exist_ok=True)
-        tmp = path / f".fingerprint.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, indent=1, sort_keys=True))
-        os.replace(tmp, meta)
+        atomic_write(meta, json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, indent=1, sort_keys=True))
         return cls(path, fingerprint)
 
     @classmethod
@@ -208,13 +132,10 @@ class FeatureStore:
 
     def provenance(self) -> dict:
         """The HDF5 attributes of the oldest shard (empty for an empty store)."""
-        import h5py
-
         names = self.shard_names()
         if not names:
             return {}
-        with h5py.File(self.path / "shards" / names[0], "r") as f:
-            return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        return shards.read_attrs(self.path / "shards" / names[0])
 
     @property
     def random_weights(self) -> bool:
@@ -241,8 +162,6 @@ class FeatureStore:
         return self._build_index(names, cached)
 
     def _build_index(self, names: list[str], cached: _Index | None) -> _Index:
-        import h5py
-
         known = {}
         if cached is not None:
             # reuse what the old index says about shards that still exist
@@ -255,8 +174,7 @@ class FeatureStore:
                 h, rows = known[name]
             else:
                 try:
-                    with h5py.File(self.path / "shards" / name, "r") as f:
-                        h = f["sha256"][:]
+                    h = shards.read_hashes(self.path / "shards" / name)
                 except (OSError, KeyError) as exc:
                     raise StoreError(f"{self.path / 'shards' / name}: unreadable shard ({exc}); run `xrayfeat cache verify`") from None
                 rows = np.arange(len(h), dtype=np.int32)
@@ -277,10 +195,9 @@ class FeatureStore:
         return _Index(names, all_h, all_s, all_r)
 
     def _save_index(self, index: _Index) -> None:
-        tmp = self.path / f".index.{uuid.uuid4().hex}.tmp.npz"
-        np.savez(tmp, shards=np.array(index.shards, dtype="U"), hashes=index.hashes,
-                 shard_of=index.shard_of, row_of=index.row_of)
-        os.replace(tmp, self.path / "index.npz")
+        with atomic_path(self.path / "index.npz", suffix=".npz") as tmp:
+            np.savez(tmp, shards=np.array(index.shards, dtype="U"), hashes=index.hashes,
+                     shard_of=index.shard_of, row_of=index.row_of)
 
     def refresh(self) -> None:
         """Forget the in-memory index (another process may have added rows)."""
@@ -380,14 +297,12 @@ class FeatureStore:
             yield session
             self.compact()
 
-    def _new_shard(self, rows: int, spatial_shape, pooled_shape, dtype, attrs: dict) -> _ShardWriter:
-        return _ShardWriter(self.path / "shards", rows, spatial_shape, pooled_shape, dtype, attrs)
-
     def _commit(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray, attrs: dict) -> str:
         """Write one immutable shard in one go. Returns its name."""
-        shard = self._new_shard(len(hashes), spatial.shape[1:], pooled.shape[1:], spatial.dtype, attrs)
-        shard.write(hashes, spatial, pooled)
-        return shard.close()
+        with shards.write_shard(self.path / "shards", len(hashes), spatial.shape[1:], pooled.shape[1:],
+                                spatial.dtype, attrs) as shard:
+            shard.write(hashes, spatial, pooled)
+        return shard.name
 
     def compact(self) -> int:
         """Merge small shards into shards of about :data:`COMPACT_BYTES`; returns how many were merged.
@@ -395,13 +310,10 @@ class FeatureStore:
         Streams rows shard by shard, so memory stays at one small shard whatever
         the store's size. The caller holds the write lock.
         """
-        import h5py
-
         index = self._read_index()
         groups, group, group_bytes = [], [], 0
         for name in index.shards:
-            with h5py.File(self.path / "shards" / name, "r") as f:
-                nbytes = sum(f[k].id.get_storage_size() for k in ("sha256", "spatial", "pooled"))
+            nbytes = shards.storage_bytes(self.path / "shards" / name)
             if nbytes >= COMPACT_BYTES // 2:
                 continue
             if group and group_bytes + nbytes > COMPACT_BYTES:
@@ -420,25 +332,18 @@ class FeatureStore:
 
     def _merge(self, names: list[str], index: _Index) -> None:
         """Copy the rows the index points to in ``names`` into one new shard, then delete ``names``."""
-        import h5py
-
         numbers = {n: i for i, n in enumerate(index.shards)}
         plan = []  # (name, rows to keep in increasing order)
         for name in names:
             rows = np.sort(index.row_of[index.shard_of == numbers[name]])
             plan.append((name, rows))
         total = sum(len(rows) for _, rows in plan)
-        with h5py.File(self.path / "shards" / names[0], "r") as f:
-            attrs = {k: v for k, v in f.attrs.items() if k not in ("content_sha256", "rows")}
-            shapes = f["spatial"].shape[1:], f["pooled"].shape[1:], f["spatial"].dtype
+        spatial_shape, pooled_shape, dtype, attrs = shards.shard_layout(self.path / "shards" / names[0])
         attrs["compacted_from"] = len(names)
-        shard = self._new_shard(total, *shapes, attrs)
-        for name, rows in plan:
-            with h5py.File(self.path / "shards" / name, "r") as f:
-                for start in range(0, len(rows), _COPY_ROWS):
-                    sel = rows[start : start + _COPY_ROWS]
-                    shard.write(f["sha256"][sel], f["spatial"][sel], f["pooled"][sel])
-        shard.close()
+        with shards.write_shard(self.path / "shards", total, spatial_shape, pooled_shape, dtype, attrs) as shard:
+            for name, rows in plan:
+                for block in shards.iter_rows(self.path / "shards" / name, rows):
+                    shard.write(*block)
         with _flock(self.path / "read.lock", fcntl.LOCK_EX):
             for name in names:
                 (self.path / "shards" / name).unlink()
@@ -446,45 +351,29 @@ class FeatureStore:
     # ------------------------------------------------------------------ maintenance
 
     def info(self) -> dict:
-        shards = self.shard_names()
+        names = self.shard_names()
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         return {
             "path": str(self.path),
             "fingerprint_id": self.fingerprint_id,
             "fingerprint": self.fingerprint,
             "rows": len(self),
-            "shards": len(shards),
+            "shards": len(names),
             "bytes": size,
             "random_weights": self.random_weights,
         }
 
     def verify(self) -> list[str]:
         """Check every shard's checksum, shapes and fingerprint, and the index; return the problems."""
-        import h5py
-
         problems = []
         shapes = set()
         rows_total = 0
         for name in self.shard_names():
-            path = self.path / "shards" / name
-            try:
-                with h5py.File(path, "r") as f:
-                    h, s, p = f["sha256"], f["spatial"], f["pooled"]
-                    if not (len(h) == len(s) == len(p) == int(f.attrs.get("rows", -1))):
-                        problems.append(f"{path}: datasets have different row counts")
-                        continue
-                    digest = _Digest()
-                    for start in range(0, len(h), _COPY_ROWS):
-                        end = start + _COPY_ROWS
-                        digest.update(h[start:end], s[start:end], p[start:end])
-                    if f.attrs.get("fingerprint_id") != self.fingerprint_id:
-                        problems.append(f"{path}: belongs to fingerprint {f.attrs.get('fingerprint_id')}, not {self.fingerprint_id}")
-                    if f.attrs.get("content_sha256") != digest.hexdigest():
-                        problems.append(f"{path}: checksum mismatch (data damaged)")
-                    shapes.add((s.shape[1:], p.shape[1:], str(s.dtype)))
-                    rows_total += len(h)
-            except (OSError, KeyError) as exc:
-                problems.append(f"{path}: unreadable ({str(exc).splitlines()[0]})")
+            check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id)
+            problems.extend(check.problems)
+            if check.shapes is not None:
+                shapes.add(check.shapes)
+            rows_total += check.rows
         if len(shapes) > 1:
             problems.append(f"{self.path}: shards disagree on feature shapes {sorted(map(str, shapes))}")
         if not problems:
@@ -502,26 +391,35 @@ class FeatureStore:
         return problems
 
     def gc(self, *, min_age_s: float = 0.0) -> dict:
-        """Remove orphaned temporary files and compact shards (takes the write lock)."""
+        """Remove temporary files left by killed writers and compact shards (takes the write lock).
+
+        Temporary files are those of :func:`xrayfeat.fileio.atomic_path`
+        (``.<name>.<random>.tmp[suffix]``) and of older versions
+        (``.fingerprint.*.tmp``, ``.index.*.tmp.npz``, ``shards/.tmp-*``);
+        ``min_age_s`` spares younger ones.
+        """
         removed = []
         with _flock(self.path / "write.lock", fcntl.LOCK_EX):
             now = time.time()
-            for tmp in [*self.path.glob(".*.tmp*"), *(self.path / "shards").glob(".tmp-*")]:
-                if now - tmp.stat().st_mtime >= min_age_s:
-                    tmp.unlink()
-                    removed.append(tmp.name)
+            temps = set()
+            for pattern in _TEMP_GLOBS:
+                temps.update(self.path.glob(pattern))
+            for pattern in shards.TEMP_GLOBS:
+                temps.update((self.path / "shards").glob(pattern))
+            for tmp in sorted(temps):
+                with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+                    if now - tmp.stat().st_mtime >= min_age_s:
+                        tmp.unlink()
+                        removed.append(tmp.name)
             duplicates = self._drop_duplicates(self._read_index())
             merged = self.compact()
         return {"store": str(self.path), "removed_temp_files": removed, "merged_shards": merged, "dropped_duplicates": duplicates}
 
     def _drop_duplicates(self, index: _Index) -> int:
         """Rewrite any shard holding rows the index does not point to (left by an interrupted merge)."""
-        import h5py
-
         dropped = 0
         for number, name in enumerate(index.shards):
-            with h5py.File(self.path / "shards" / name, "r") as f:
-                stored = int(f.attrs.get("rows", len(f["sha256"])))
+            stored = shards.stored_rows(self.path / "shards" / name)
             referenced = int(np.count_nonzero(index.shard_of == number))
             if referenced == stored:
                 continue
@@ -535,48 +433,6 @@ class FeatureStore:
             self.refresh()
             self._save_index(self._read_index())
         return dropped
-
-
-class _ShardWriter:
-    """Writes one shard under a temporary name; ``close`` checksums, fsyncs and renames it into place."""
-
-    def __init__(self, folder: Path, rows: int, spatial_shape, pooled_shape, dtype, attrs: dict):
-        import h5py
-
-        self.folder = folder
-        self.name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
-        self.tmp = folder / f".tmp-{self.name}"
-        self.rows = rows
-        self.filled = 0
-        self.digest = _Digest()
-        self.file = h5py.File(self.tmp, "w")
-        self.file.create_dataset("sha256", (rows,), dtype="S64")
-        self.file.create_dataset("spatial", (rows, *spatial_shape), dtype=dtype, chunks=(1, *spatial_shape))
-        self.file.create_dataset("pooled", (rows, *pooled_shape), dtype=dtype)
-        for key, value in attrs.items():
-            self.file.attrs[key] = value
-
-    def write(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray) -> None:
-        end = self.filled + len(hashes)
-        self.file["sha256"][self.filled : end] = hashes
-        self.file["spatial"][self.filled : end] = spatial
-        self.file["pooled"][self.filled : end] = pooled
-        self.digest.update(np.asarray(hashes, "S64"), spatial, pooled)
-        self.filled = end
-
-    def close(self) -> str:
-        if self.filled != self.rows:
-            self.file.close()
-            self.tmp.unlink()
-            raise StoreError(f"{self.tmp}: shard got {self.filled} rows, expected {self.rows}")
-        self.file.attrs["content_sha256"] = self.digest.hexdigest()
-        self.file.attrs["rows"] = self.rows
-        self.file.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.folder / self.name)
-        _fsync_dir(self.folder)
-        return self.name
 
 
 class _Writer:

@@ -1,0 +1,96 @@
+"""What ``xrayfeat inspect`` shows about a dataset: counts, duplicates, leakage, image formats.
+
+:func:`summarize` works from what discovery found (labels, splits, hashes,
+sizes) and, optionally, each image file's header; it never decodes pixels.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Iterable
+
+from xrayfeat import images
+from xrayfeat.datasets import SPLITS, Dataset, Item
+from xrayfeat.errors import ImageReadError
+
+__all__ = ["summarize"]
+
+_SPLIT_ORDER = {name: i for i, name in enumerate(SPLITS)}
+
+
+def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
+    """The facts ``xrayfeat inspect`` shows about a dataset, as a JSON-serialisable dict.
+
+    Counts per split and class, total bytes, exact duplicate files (same SHA-256;
+    ``cross_split`` marks leakage between splits), patients found in several
+    splits, and, when ``probe_images``, image formats, modes, bit depths and the
+    width/height range read from file headers (no pixels are decoded). Files
+    whose header cannot be read are listed under ``unreadable`` rather than
+    raising: inspection reports problems, extraction is where they fail.
+    """
+    counts = {split: {name: 0 for name in dataset.classes} for split in dataset.splits}
+    by_hash: dict[str, list[Item]] = defaultdict(list)
+    patient_splits: dict[str, set[str]] = defaultdict(set)
+    for item in dataset.items:
+        counts[item.split][item.label] += 1
+        by_hash[item.sha256].append(item)
+        if item.patient_id is not None:
+            patient_splits[item.patient_id].add(item.split)
+
+    def in_order(splits: Iterable[str]) -> list[str]:
+        return sorted(set(splits), key=_SPLIT_ORDER.__getitem__)
+
+    duplicates = [
+        {
+            "sha256": digest,
+            "paths": [item.relpath for item in group],
+            "splits": in_order(item.split for item in group),
+            "labels": sorted({item.label for item in group}),
+            "cross_split": len({item.split for item in group}) > 1,
+        }
+        for digest, group in by_hash.items() if len(group) > 1
+    ]
+    patients = [
+        {"patient_id": pid, "splits": in_order(splits)}
+        for pid, splits in sorted(patient_splits.items()) if len(splits) > 1
+    ]
+
+    formats: Counter = Counter()
+    modes: Counter = Counter()
+    bit_depths: Counter = Counter()
+    widths: list[int] = []
+    heights: list[int] = []
+    unreadable = []
+    if probe_images:
+        for item in dataset.items:
+            try:
+                info = images.probe(item.path)
+            except ImageReadError as error:
+                unreadable.append({"path": item.relpath, "reason": error.reason})
+                continue
+            except OSError as error:
+                unreadable.append({"path": item.relpath, "reason": error.strerror or str(error)})
+                continue
+            formats[str(info["format"])] += 1
+            modes[str(info["mode"])] += 1
+            bit_depths[str(info["bit_depth"])] += 1
+            widths.append(int(info["width"]))
+            heights.append(int(info["height"]))
+
+    return {
+        "root": str(dataset.root),
+        "layout": dataset.layout,
+        "classes": list(dataset.classes),
+        "images": len(dataset),
+        "counts": counts,
+        "probed": probe_images,
+        "formats": dict(sorted(formats.items())),
+        "modes": dict(sorted(modes.items())),
+        "bit_depths": dict(sorted(bit_depths.items(), key=lambda kv: (len(kv[0]), kv[0]))),
+        "width": [min(widths), max(widths)] if widths else None,
+        "height": [min(heights), max(heights)] if heights else None,
+        "bytes": sum(item.nbytes for item in dataset.items),
+        "duplicates": duplicates,
+        "patients_in_several_splits": patients,
+        "unreadable": unreadable,
+    }
