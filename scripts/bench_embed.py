@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                     help="also time plain UMAP (its own NN-descent search) in a fresh subprocess")
     args = ap.parse_args(argv)
 
-    from xrayfeat import embed as E
+    from xrayfeat import embedding as E
 
     jobs = E._resolve_n_jobs(args.n_jobs)
     print(f"bench_embed: n={args.n} dim={args.dim} seed={args.seed} threads={jobs} cores={os.cpu_count()} "

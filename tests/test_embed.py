@@ -1,4 +1,4 @@
-"""xrayfeat.embed: shapes, determinism, neighbourhood scores (property tests), caching, errors.
+"""xrayfeat.embedding: shapes, determinism, neighbourhood scores (property tests), caching, errors.
 
 Embeddings are checked openTSNE-style, by the class structure they preserve,
 never by exact coordinates. Real layouts run on ~200 points with one thread;
@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pytest
 
-from xrayfeat import embed as E
+from xrayfeat import embedding as E
 from xrayfeat.errors import XrayfeatError
 
 N = 200
@@ -119,7 +119,7 @@ def test_scores_on_random_points_are_chance_like_and_subsample_trustworthiness()
 @pytest.mark.parametrize("method", E.METHODS)
 def test_tiny_sets_are_embedded_with_adjusted_parameters(method, caplog):
     x, _ = clusters(n=E.MIN_POINTS, d=10, k=2, seed=2)
-    with caplog.at_level(logging.WARNING, logger="xrayfeat.embed"):
+    with caplog.at_level(logging.WARNING, logger="xrayfeat.embedding"):
         coords = E.embed(x, method=method, n_jobs=1)
     assert coords.shape == (E.MIN_POINTS, 2) and np.isfinite(coords).all()
     word = "perplexity" if method == "tsne" else "n_neighbors"
@@ -269,7 +269,7 @@ def test_damaged_cache_file_is_recomputed(tmp_path, data, layout_calls, caplog):
     out = tmp_path / "emb.png"
     E.embed_cached(x, y, out, plot=False)
     E.coords_path_for(out).write_bytes(b"not an npz")
-    with caplog.at_level(logging.WARNING, logger="xrayfeat.embed"):
+    with caplog.at_level(logging.WARNING, logger="xrayfeat.embedding"):
         r = E.embed_cached(x, y, out, plot=False)
     assert not r.reused and len(layout_calls) == 2
     assert any("unreadable" in rec.getMessage() for rec in caplog.records)

@@ -18,7 +18,7 @@ from xrayfeat import images
 from xrayfeat.backbones import REGISTRY
 from xrayfeat.datasets import discover
 from xrayfeat.errors import DeviceError, ImageReadError
-from xrayfeat.extract import FeatureOptions, RunOptions, extract, open_store
+from xrayfeat.extraction import FeatureOptions, RunOptions, extract, open_store
 
 # small inputs: shape and arithmetic are what matter here, not accuracy
 SIZES = {"vgg16": 32, "inception_v3": 75}
@@ -116,7 +116,7 @@ def test_fingerprint_separates_precision_and_layer(tmp_path, tiny_data):
 
 
 def test_gpu_requested_without_gpu_is_one_clear_error(tmp_path, tiny_data):
-    from xrayfeat.extract import gpu_available
+    from xrayfeat.devices import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is visible here")
@@ -176,7 +176,7 @@ def test_kill_9_then_rerun_gives_the_same_export(tmp_path, tiny_data, reference_
     deadline = time.time() + 300
     shards = None
     while time.time() < deadline and proc.poll() is None:
-        found = list(cache.glob("*/shards/*.h5")) + list(cache.glob("*/shards/.tmp-*"))
+        found = list(cache.glob("*/shards/*.h5")) + list(cache.glob("*/shards/.*.tmp*"))
         if len(found) >= wait_shards:
             shards = found
             break

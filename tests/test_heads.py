@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -197,6 +200,54 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
     x_val = kwargs.pop("x_val", None)
     with pytest.raises(ValueError, match=match):
         heads.train_head(x, y, x_val, None, **kwargs)
+
+
+class RaiseAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        raise RuntimeError("stop here")
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+def test_leaves_the_global_random_state_as_it_found_it(fails):
+    x, y = blobs(20, 2, seed=0)
+    random.seed(123)
+    np.random.seed(123)
+    expected = (random.random(), np.random.random())
+    random.seed(123)
+    np.random.seed(123)
+    args = dict(n_classes=2, epochs=1, steps_per_epoch=1, seed=0, **FAST)
+    if fails:
+        with pytest.raises(RuntimeError, match="stop here"):
+            heads.train_head(x, y, callbacks=[RaiseAtStart()], **args)
+    else:
+        heads.train_head(x, y, **args)
+    assert (random.random(), np.random.random()) == expected  # set_random_seed(0) would give other draws
+
+
+@pytest.mark.parametrize(
+    "n,batch_size,steps_per_epoch,expected",
+    [(45, 10, 10, (10, 10)), (45, 10, None, (10, 5)), (7, 10, None, (7, 1)), (7, 10, 3, (7, 3))],
+)
+def test_batch_and_steps(n, batch_size, steps_per_epoch, expected):
+    assert heads._batch_and_steps(n, batch_size, steps_per_epoch) == expected
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="on jax the check passes (tests/test_heads_jax.py)")
+def test_jax_loop_check_names_the_backend():
+    from xrayfeat import heads_jax
+
+    model = heads.build_head(SHAPE, 2, units=UNITS)
+    batch = (np.zeros((2, *SHAPE), "float32"), np.zeros((2, 1), "float32"))
+    assert heads_jax.missing_internals(model, batch) == [f"the Keras backend is {keras.backend.backend()}, not jax"]
+
+
+def test_jax_loop_and_devices_import_no_framework():
+    code = (
+        "import sys; import xrayfeat.heads_jax, xrayfeat.devices; "
+        "print(sorted(m for m in ('keras', 'jax', 'tensorflow', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- train-tail

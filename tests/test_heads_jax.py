@@ -1,11 +1,13 @@
-"""train_head's own jax loop (heads._fit_jax) against Keras' fit, in a jax process.
+"""train_head's own jax loop (heads_jax.fit) against Keras' fit, in a jax process.
 
 Keras fixes its backend once per process and this suite runs on TensorFlow, so
 the check runs in a child process with KERAS_BACKEND=jax and reports back as
 JSON. The loop runs Keras' own train_step, so its training history and weights
 must equal fit's on the same batch stream (the XLA option it adds must not
 change a bit); its validation must take exactly validation_steps consecutive
-batches per epoch from the validation stream.
+batches per epoch from the validation stream. When heads_jax.missing_internals
+reports a Keras internal missing, train_head must say so once and train with
+fit, to the same history and weights.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ pytestmark = pytest.mark.skipif(
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, logging, sys
     import keras, numpy as np
-    from xrayfeat import heads
+    from xrayfeat import heads, heads_jax
 
     class Counter(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -66,10 +68,32 @@ CHILD = textwrap.dedent(
     proba = loop.predict_proba(xs)
     loss = -np.log(np.clip(proba[np.arange(len(ys)), ys], 1e-7, 1)).mean()
     l2 = 1e-3 * float((loop.model.get_layer("head_dense").kernel.numpy() ** 2).sum())
+
+    # the check passes on this Keras, and sees a step that takes the state groups in another order
+    batch = next(heads._batches(x, y, 10, 3))
+    check = heads_jax.missing_internals(model, batch)
+    train_step = model.train_step
+    model.train_step = lambda state, data: train_step((state[0], state[2], state[1], state[3]), data)
+    swapped = heads_jax.missing_internals(model, batch)
+
+    # the same training with one internal reported missing (after the real check ran): a notice, then fit
+    notices = []
+    class Notices(logging.Handler):
+        def emit(self, record):
+            notices.append(record.getMessage())
+    logging.getLogger("xrayfeat").addHandler(Notices(logging.WARNING))
+    real = heads_jax.missing_internals
+    heads_jax.missing_internals = lambda model, batch: [*real(model, batch), "model._symbolic_build (test)"]
+    fallback = heads.train_head(x, y, xv, yv, validation_steps=val_steps, **args)
+    heads_jax.missing_internals = real
     print(json.dumps({
         "loop": loop.history, "fit": fit, "counter": [counter.train, counter.val], "settings": loop.settings,
         "weights_equal": all(np.array_equal(a, b) for a, b in zip(loop.model.get_weights(), model.get_weights())),
         "val_loss_recomputed": float(loss + l2),
+        "check": check, "swapped": swapped,
+        "fallback": fallback.history, "fallback_settings": fallback.settings, "notices": notices,
+        "fallback_weights_equal": all(
+            np.array_equal(a, b) for a, b in zip(loop.model.get_weights(), fallback.model.get_weights())),
     }))
     """
 )
@@ -110,3 +134,23 @@ def test_validation_uses_the_next_consecutive_batches(child):
     _, result = child
     # the final weights evaluated on the batches epoch 3 should have drawn: the same loss, up to float32 rounding
     assert result["loop"]["val_loss"][-1] == pytest.approx(result["val_loss_recomputed"], rel=1e-4)
+
+
+def test_check_passes_here_and_sees_another_state_layout(child):
+    _, result = child
+    assert result["check"] == []
+    assert result["swapped"] and "model.train_step" in result["swapped"][0]
+
+
+def test_fallback_to_fit_when_an_internal_is_missing(child):
+    (k, val_steps), result = child
+    assert result["fallback_settings"]["loop"] == "keras-fit"
+    assert len(result["notices"]) == 1
+    assert "unavailable" in result["notices"][0] and "model._symbolic_build (test)" in result["notices"][0]
+    assert "model.fit" in result["notices"][0]
+    for key in ("loss", "accuracy"):
+        assert result["fallback"][key] == result["loop"][key]
+    assert result["fallback_weights_equal"]
+    if val_steps == "all":  # with validation_steps, fit's generator adapter reads ahead: other validation batches
+        for key in ("val_loss", "val_accuracy"):
+            assert result["fallback"][key] == pytest.approx(result["loop"][key], rel=1e-4)

@@ -18,10 +18,10 @@ LAYERS = [
     "errors", "fileio", "params", "backbones", "devices", "options",
     # data flow
     "images", "filehashes", "datasets", "summary", "phantoms",
-    "fingerprint", "shards", "store", "extract",
-    "heads_jax", "heads", "headproc", "baselines", "metrics", "plots", "embed",
+    "fingerprint", "shards", "store", "extraction",
+    "heads_jax", "heads", "headproc", "baselines", "metrics", "plots", "embedding",
     # records and their use
-    "runs", "trained", "study", "demo", "report_doc", "report",
+    "runs", "trained", "study", "report_doc", "report", "demo",
     # faces
     "api", "cli",
 ]

@@ -21,12 +21,11 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import XrayfeatError
+from .errors import StoreError, XrayfeatError
+from .options import BACKBONES, BASELINES, EmbedOptions, FeatureOptions, HeadOptions, RunOptions, parse_list
+from .params import Choice, Interval, declaration
 
 log = logging.getLogger("xrayfeat")
-
-BACKBONE_CHOICES = ("vgg16", "inception_v3")
-_METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -102,56 +101,75 @@ def _console(err: bool):
     return Console(stderr=err, highlight=False, soft_wrap=True)
 
 
-def feature_options(func):
-    """The options that select a feature store, shared by extract, fit-head, embed and cache export."""
-    options = [
-        click.option("--backbone", "-b", required=True, multiple=False,
-                     help="Backbone: vgg16 or inception_v3 (extract accepts a comma-separated list)."),
-        click.option("--weights", default="imagenet", show_default=True,
-                     help="imagenet (from $KERAS_HOME/models, md5-checked), none (random, seeded) or a weights file."),
-        click.option("--image-size", type=int, default=None, help="Input size in pixels (default: the backbone's, 224)."),
-        click.option("--layer", default=None, help="Cut point, e.g. inception_v3:mixed9 or vgg16:block4_pool (default: last layer)."),
-        click.option("--precision", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "mixed_bfloat16", "mixed_float16"]),
-                     help="auto: float32 on CPU, mixed_bfloat16 on GPU. Part of the fingerprint."),
-        click.option("--store-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"])),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed (random weights, splits, training)."),
-        click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
-        click.option("--cache-dir", default="data_cache", show_default=True, type=click.Path(file_okay=False)),
-        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"])),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def declared(cls, name: str, *flags: str, param: str | None = None, **overrides):
+    """A click option for field ``name`` of option class ``cls``: type, default and help from its declaration.
+
+    The option's parameter is ``param`` (default ``name``); ``flags`` replace the
+    flag (default the declaration's ``flag``, else ``--field-name``).
+    """
+    d = declaration(cls, name)
+    check = d["check"]
+    kwargs = {"default": d["default"], "help": d["help"], "show_default": d["default"] is not None}
+    if isinstance(check, Choice):
+        kwargs["type"] = click.Choice(check.values)
+    elif isinstance(check, Interval) and check.integer:
+        kwargs["type"] = click.IntRange(check.low, check.high)
+    elif isinstance(check, Interval):
+        kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
+    elif d["default"] is False:
+        kwargs.update(is_flag=True, show_default=False)
+    flags = flags or (d["flag"] or "--" + name.replace("_", "-"),)
+    return click.option(*flags, param or name, **{**kwargs, **overrides})
 
 
-def _feature_list(kw) -> list:
-    from .extract import FeatureOptions
+def _stack(*options):
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
 
-    names = [b.strip() for b in kw["backbone"].split(",") if b.strip()]
-    unknown = [b for b in names if b not in BACKBONE_CHOICES]
-    if unknown or not names:
-        raise XrayfeatError(f"--backbone {kw['backbone']!r}: choose from {', '.join(BACKBONE_CHOICES)}")
-    return [
-        FeatureOptions(backbone=b, weights=kw["weights"], image_size=kw["image_size"], layer=kw["layer"],
-                       precision=kw["precision"], store_dtype=kw["store_dtype"], seed=kw["seed"])
-        for b in names
-    ]
+    return apply
 
 
-def _single_feature(kw):
+#: The options that select a feature store (extract, fit-head, embed, cache export), and where to find it.
+feature_options = _stack(
+    click.option("--backbone", "-b", "backbone", required=True,
+                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list)."),
+    declared(FeatureOptions, "weights"),
+    declared(FeatureOptions, "image_size"),
+    declared(FeatureOptions, "layer"),
+    declared(FeatureOptions, "precision"),
+    declared(FeatureOptions, "store_dtype"),
+    declared(FeatureOptions, "seed"),
+    click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
+    declared(RunOptions, "cache_dir", type=click.Path(file_okay=False)),
+    declared(RunOptions, "device"),
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (human text on stderr).")
+
+
+def _feature_list(kw) -> list[FeatureOptions]:
+    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list)."""
+    names = parse_list(kw["backbone"], BACKBONES, "backbone")
+    fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed")
+    return [FeatureOptions(backbone=b, **{k: kw[k] for k in fields}) for b in names]
+
+
+def _single_feature(kw) -> FeatureOptions:
     features = _feature_list(kw)
     if len(features) != 1:
-        raise XrayfeatError("--backbone takes one backbone here; got " + kw["backbone"])
+        raise XrayfeatError(f"--backbone takes one backbone here; got {kw['backbone']}")
     return features[0]
 
 
-def _dataset(data: str, classes: str | None, cache_dir: str):
-    from .datasets import discover
+def _classes(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
-    chosen = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return discover(data, classes=chosen, hash_cache=Path(cache_dir) / "file-hashes.json")
+
+def _dataset(data: str, classes: str | None, cache_dir):
+    from .api import discover
+
+    return discover(data, classes=_classes(classes), cache_dir=cache_dir)
 
 
 class _Group(click.Group):
@@ -181,7 +199,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("data")
 @click.option("--classes", default=None, help="Keep only these classes, comma-separated.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @handle_errors
 def inspect(data, classes, as_json):
     """Count images per split and class; show formats, sizes, duplicates and patient overlap.
@@ -190,7 +208,8 @@ def inspect(data, classes, as_json):
     Example:
       xrayfeat inspect ../shared/data/cxr-sample/all
     """
-    from .datasets import discover, summarize
+    from .datasets import discover
+    from .summary import summarize
 
     chosen = [c.strip() for c in classes.split(",")] if classes else None
     summary = summarize(discover(data, classes=chosen))
@@ -230,13 +249,14 @@ def inspect(data, classes, as_json):
 
 
 @main.command()
-@click.option("--backbone", "-b", required=True, type=click.Choice(BACKBONE_CHOICES))
-@click.option("--classes", "n_classes", type=int, required=True, help="Number of classes (2 → one sigmoid unit).")
-@click.option("--image-size", type=int, default=None)
-@click.option("--units", type=int, default=256, show_default=True)
-@click.option("--dropout", type=float, default=0.3, show_default=True)
-@click.option("--l2", type=float, default=1e-3, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--backbone", "-b", required=True, type=click.Choice(BACKBONES))
+@click.option("--classes", "n_classes", type=click.IntRange(2, None), required=True,
+              help="Number of classes (2 → one sigmoid unit).")
+@declared(FeatureOptions, "image_size")
+@declared(HeadOptions, "units")
+@declared(HeadOptions, "dropout")
+@declared(HeadOptions, "l2")
+@json_option
 @handle_errors
 def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
     """Print the seed's full model (frozen backbone + head) and its parameter counts.
@@ -248,8 +268,6 @@ def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
     from .backbones import WeightsInfo, build_backbone, get_spec
     from .heads import build_seed_model, count_params
 
-    if n_classes < 2:
-        raise XrayfeatError(f"--classes must be at least 2; got {n_classes}")
     spec = get_spec(backbone)
     model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
                              units=units, dropout=dropout, l2=l2)
@@ -276,7 +294,7 @@ def weights():
 
 
 @weights.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def weights_status_cmd(as_json):
     """List the ImageNet weight files xrayfeat looks for and whether their md5 checks out.
@@ -301,7 +319,7 @@ def weights_status_cmd(as_json):
 
 @weights.command("install")
 @click.argument("file")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def weights_install_cmd(file, as_json):
     """Verify a downloaded ImageNet weight file's md5 and copy it into $KERAS_HOME/models.
@@ -325,7 +343,7 @@ def weights_install_cmd(file, as_json):
 @click.option("--per-class", type=int, default=60, show_default=True, help="Images per class (train + test).")
 @click.option("--size", type=int, default=256, show_default=True, help="Image size in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def phantoms(out, task, per_class, size, seed, as_json):
     """Write built-in synthetic chest X-rays (OUT/{train,test}/<class>/*.png + manifest.csv).
@@ -347,14 +365,12 @@ def phantoms(out, task, per_class, size, seed, as_json):
 @main.command()
 @click.argument("data")
 @feature_options
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: all cores; 0: in-process).")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="An undecodable image stops the run (fail) or is left out and reported (skip).")
-@click.option("--cluster", default=None, help="Not available in this version; extraction runs on this machine.")
-@click.option("--json", "as_json", is_flag=True)
+@declared(RunOptions, "batch_size")
+@declared(RunOptions, "workers")
+@declared(RunOptions, "on_error")
+@json_option
 @handle_errors
-def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
+def extract(data, batch_size, workers, on_error, as_json, **kw):
     """Run a frozen backbone once over every image and keep the features in the HDF5 cache.
 
     Only images whose content hash has no row yet are decoded and computed; a
@@ -365,18 +381,16 @@ def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
     Example:
       xrayfeat extract ../shared/data/cxr-sample/all --backbone inception_v3 --weights none
     """
-    from .extract import RunOptions, resolve
-    from .extract import extract as run_extract
+    from .extraction import extract as run_extract
+    from .extraction import resolve
 
-    if cluster:
-        raise XrayfeatError("--cluster is not implemented yet; run without it (one machine)")
     features = _feature_list(kw)
     for feature in features:  # fail on options and weights before scanning a large dataset
         resolve(feature, kw["device"])
-    dataset = _dataset(data, kw["classes"], kw["cache_dir"])
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)
-    results = run_extract(dataset, features, run)
+    run.validate()
+    results = run_extract(_dataset(data, kw["classes"], kw["cache_dir"]), features, run)
     payload = results[0].as_json() if len(results) == 1 else {"stores": [r.as_json() for r in results]}
 
     def human(err):
@@ -393,35 +407,23 @@ def extract(data, batch_size, workers, on_error, cluster, as_json, **kw):
 
 # --------------------------------------------------------------------------- fit-head
 
+_HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "lr", "units", "dropout", "l2",
+                "train_tail", "val_fraction", "n_boot", "backend")
+
 
 @main.command("fit-head")
 @click.argument("data")
 @feature_options
-@click.option("--epochs", type=int, default=40, show_default=True)
-@click.option("--batch-size", type=int, default=10, show_default=True, help="Head training batch size (the seed's 10).")
-@click.option("--steps-per-epoch", type=int, default=10, show_default=True,
-              help="Batches per epoch, drawn from a continuing shuffled stream (0: one pass over train).")
-@click.option("--validation-steps", type=int, default=None, help="Validation batches per epoch (default: the seed's 2 binary, 5 otherwise; 0: all).")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--units", type=int, default=256, show_default=True)
-@click.option("--dropout", type=float, default=0.3, show_default=True)
-@click.option("--l2", type=float, default=1e-3, show_default=True)
-@click.option("--train-tail", is_flag=True, help="Also train the backbone after the cut point (needs --layer).")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Validation share of train when there is no val split (stratified, grouped by patient).")
-@click.option("--baselines", default="logreg,svm,pixels", show_default=True, help="Comma-separated subset of logreg,svm,pixels, or none.")
-@click.option("--head-backend", type=click.Choice(["auto", "tensorflow", "jax", "torch"]), default="auto", show_default=True,
-              help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
-                   "features stay in the extraction backend's store).")
-@click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for confidence intervals.")
-@click.option("--extract-batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding processes for extraction (default: all cores).")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@_stack(*(declared(HeadOptions, name) for name in _HEAD_FIELDS))
+@click.option("--baselines", default=",".join(BASELINES), show_default=True,
+              help=declaration(HeadOptions, "baselines")["help"])
+@declared(RunOptions, "batch_size", "--extract-batch-size", param="extract_batch_size")
+@declared(RunOptions, "workers", help="Decoding processes for extraction (default: all cores; 0: in-process).")
+@declared(RunOptions, "on_error")
 @click.option("--out", default=None, help="Run folder (default: runs/<task>-<backbone>-<time>).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
-def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr, units, dropout, l2, train_tail,
-                 val_fraction, baselines, head_backend, n_boot, extract_batch_size, workers, on_error, out, as_json, **kw):
+def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as_json, **kw):
     """Train the seed's head on cached features, beside scikit-learn baselines; write a run record.
 
     Extracts whatever the cache lacks first. Reports test accuracy, loss, balanced
@@ -432,23 +434,17 @@ def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr
     Example (the seed's task 2 on the real sample, random weights):
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
     """
-    from .baselines import parse_baselines
-    from .extract import RunOptions, resolve
-    from .fit import HeadOptions, fit_head
+    from .extraction import resolve
+    from .study import fit_head
 
     features = _single_feature(kw)
     resolve(features, kw["device"])
-    head = HeadOptions(
-        epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch or None,
-        validation_steps=None if validation_steps is None else (validation_steps or None),
-        lr=lr, units=units, dropout=dropout, l2=l2, train_tail=train_tail, val_fraction=val_fraction,
-        baselines=parse_baselines(baselines), seed=kw["seed"], n_boot=n_boot, backend=head_backend,
-    )
+    head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
+                       **{name: kw[name] for name in _HEAD_FIELDS})
     head.validate()
-    dataset = _dataset(data, kw["classes"], kw["cache_dir"])
     run = RunOptions(device=kw["device"], batch_size=extract_batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)
-    result = fit_head(dataset, features, head, run, out=out)
+    result = fit_head(_dataset(data, kw["classes"], kw["cache_dir"]), features, head, run, out=out)
 
     def human(err):
         from rich.table import Table
@@ -474,54 +470,21 @@ def fit_head_cmd(data, epochs, batch_size, steps_per_epoch, validation_steps, lr
 # --------------------------------------------------------------------------- embed
 
 
-def _embed_map(dataset, features, method, out, *, from_run=None, seed=0, cache_dir="data_cache", device="auto",
-               title=""):
-    """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates)."""
-    from .embed import embed_cached
-    from .extract import RunOptions, extract
-    from .store import FeatureStore
-
-    if from_run:
-        from .runs import load_run_head, run_feature_options
-
-        record, head = load_run_head(from_run)
-        features = run_feature_options(record)
-        trained_classes = record["config"]["classes"]
-        if list(dataset.classes) != trained_classes:
-            raise XrayfeatError(f"{from_run} was trained on classes {trained_classes}, DATA has {list(dataset.classes)}; "
-                                f"pass --classes {','.join(trained_classes)}")
-    [extraction] = extract(dataset, features, RunOptions(cache_dir=cache_dir, device=device, progress=True))
-    store = FeatureStore.at(extraction.store)
-    if from_run:
-        values = head.embed(store.read(dataset.hashes, ("spatial",))["spatial"])
-        source = f"head penultimate layer ({Path(from_run).name})"
-    else:
-        values = store.read(dataset.hashes, ("pooled",))["pooled"]
-        source = f"{features.backbone} pooled features"
-    result = embed_cached(values, dataset.labels, out, method=method, seed=seed, classes=list(dataset.classes),
-                          splits=[item.split for item in dataset.items], title=title or f"{_METHOD_NAMES[method]} of {source}")
-    return result, source
-
-
 @main.command()
 @click.argument("data")
-@click.option("--backbone", "-b", default=None, help="Backbone of the features (not needed with --from-run).")
-@click.option("--weights", default="imagenet", show_default=True)
-@click.option("--image-size", type=int, default=None)
-@click.option("--layer", default=None)
-@click.option("--precision", default="auto", show_default=True)
-@click.option("--store-dtype", default="float16", show_default=True)
-@click.option("--method", type=click.Choice(["tsne", "umap"]), default="tsne", show_default=True)
+@click.option("--backbone", "-b", default=None, type=click.Choice(BACKBONES),
+              help="Backbone of the features (not needed with --from-run).")
+@_stack(*(declared(FeatureOptions, name) for name in ("weights", "image_size", "layer", "precision", "store_dtype")))
+@declared(EmbedOptions, "method")
 @click.option("--from-run", default=None, help="Embed a trained head's penultimate (Dense) activations instead of pooled features.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@declared(FeatureOptions, "seed", help="Seed of the map, and of the random weights with --weights none.")
 @click.option("--classes", default=None, help="Keep only these classes, comma-separated.")
-@click.option("--cache-dir", default="data_cache", show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]))
+@declared(RunOptions, "cache_dir")
+@declared(RunOptions, "device")
 @click.option("--out", default=None, help="Output PNG (default: RUN/embed-METHOD.png or embeddings/<backbone>-METHOD.png).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
-def embed(data, backbone, weights, image_size, layer, precision, store_dtype, method, from_run, seed, classes,
-          cache_dir, device, out, as_json):
+def embed(data, backbone, method, from_run, seed, classes, cache_dir, device, out, as_json, **kw):
     """Draw a 2-D map (PCA, then t-SNE or UMAP) of cached features, coloured by class.
 
     Coordinates are saved beside the PNG and reused when asked again with the same
@@ -533,32 +496,28 @@ def embed(data, backbone, weights, image_size, layer, precision, store_dtype, me
       xrayfeat embed demo_data --backbone vgg16 --weights none --method umap
       xrayfeat embed demo_data --from-run runs/4class-vgg16-20261126-101500 --method tsne
     """
-    from .extract import FeatureOptions
+    from .study import embed_map
 
     if not backbone and not from_run:
         raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
-    features = None
-    if not from_run:
-        features = _single_feature({"backbone": backbone, "weights": weights, "image_size": image_size, "layer": layer,
-                                    "precision": precision, "store_dtype": store_dtype, "seed": 0})
-        FeatureOptions.validate(features)
-    dataset = _dataset(data, classes, cache_dir)
+    features = None if from_run else FeatureOptions(backbone=backbone, seed=seed, **kw)
+    if features is not None:
+        features.validate()
     if out is None:
         out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result, source = _embed_map(dataset, features, method, out, from_run=from_run, seed=seed, cache_dir=cache_dir,
-                                device=device)
-    data_out = {"out": str(result.plot_path), "coords": str(result.coords_path), "method": method, "source": source,
-                "reused": result.reused, "seconds": round(result.seconds, 3), "scores": result.scores}
+    dataset = _dataset(data, classes, cache_dir)
+    outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed), from_run=from_run,
+                        run=RunOptions(cache_dir=cache_dir, device=device, progress=True))
+    result = outcome.result
 
     def human(err):
         s = result.scores
-        click.echo(f"{result.plot_path}: {method} of {source}, {len(dataset)} images"
+        click.echo(f"{result.plot_path}: {method} of {outcome.source}, {outcome.images} images"
                    f"{' (coordinates reused)' if result.reused else ''} in {result.seconds:.1f} s", err=err)
         click.echo(f"k-NN class agreement: 2-D {s['knn_agreement_2d']:.3f} vs features {s['knn_agreement_features']:.3f}; "
                    f"trustworthiness {s['trustworthiness']:.3f}", err=err)
 
-    emit(data_out, as_json, human)
+    emit(outcome.as_json(), as_json, human)
 
 
 # --------------------------------------------------------------------------- report
@@ -567,7 +526,7 @@ def embed(data, backbone, weights, image_size, layer, precision, store_dtype, me
 @main.command()
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", default="report", show_default=True, help="Output folder for report.md, report.html, figures/.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def report(runs, out, as_json):
     """Compare runs: one table per task, then each run's figures and warnings (Markdown + HTML).
@@ -587,9 +546,9 @@ def report(runs, out, as_json):
 
 @main.command()
 @click.option("--out", default="demo_out", show_default=True, help="Folder for the phantoms, cache, runs and report.")
-@click.option("--per-class", type=int, default=60, show_default=True, help="Phantom images per class.")
+@click.option("--per-class", type=click.IntRange(4, None), default=60, show_default=True, help="Phantom images per class.")
 @click.option("--quick", is_flag=True, help="A smoke run: tiny images, few epochs (for tests).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def demo(out, per_class, quick, as_json):
     """The whole study in one command: phantoms → extract (both backbones) → heads → maps → report.
@@ -603,64 +562,20 @@ def demo(out, per_class, quick, as_json):
     Example:
       xrayfeat demo --out demo_out
     """
-    import time
+    from .demo import run_demo
 
-    from .backbones import REGISTRY, weights_status
-    from .datasets import discover
-    from .extract import FeatureOptions, RunOptions
-    from .extract import extract as run_extract
-    from .fit import HeadOptions, fit_head
-    from .phantoms import write_phantoms
-    from .report import write_report
-
-    started = time.perf_counter()
-    root = Path(out)
-    if root.exists() and any(p.name in ("runs", "report") for p in root.iterdir()):
-        raise XrayfeatError(f"{root}: holds an earlier demo; pass another --out or delete it")
-    installed = all(r["verified"] for r in weights_status())
-    weights = "imagenet" if installed else "none"
-    if not installed:
-        log.warning("ImageNet weights are not installed (see `xrayfeat weights status`): the demo runs with RANDOM "
-                    "weights; every figure is a random-feature baseline and the report says so")
-    size, png, epochs_binary, epochs_four = (80, 96, 3, 3) if quick else (224, 256, 40, 100)
-    data = root / "data"
-    if not data.exists():
-        write_phantoms(data, task="four", per_class=per_class, size=png, seed=0)
-    cache = root / "cache"
-    dataset = discover(data, hash_cache=None)
-    run = RunOptions(cache_dir=cache, progress=not as_json)
-    features = {b: FeatureOptions(b, weights=weights, image_size=size) for b in REGISTRY}
-    click.echo(f"demo: extracting {len(dataset)} phantom X-rays with {' and '.join(features)} (one decoding pass)", err=True)
-    run_extract(dataset, list(features.values()), run)
-
-    studies = [("binary", "vgg16", ["covid", "normal"], epochs_binary),
-               ("four", "inception_v3", None, epochs_four),
-               ("four", "vgg16", None, epochs_four)]
-    summary = []
-    for task, backbone, classes, epochs in studies:
-        subset = dataset.select_classes(classes) if classes else dataset
-        click.echo(f"demo: {task} task, {backbone} head, {epochs} epochs, baselines, t-SNE and UMAP maps", err=True)
-        head = HeadOptions(epochs=epochs, n_boot=1000 if not quick else 100,
-                           baselines=("logreg", "svm", "pixels") if not quick else ("logreg", "pixels"))
-        result = fit_head(subset, features[backbone], head, run, out=root / "runs" / f"{task}-{backbone}")
-        for method in ("tsne", "umap"):
-            _embed_map(subset, None, method, Path(result.run) / f"embed-{method}.png", from_run=result.run,
-                       cache_dir=cache, title=f"{_METHOD_NAMES[method]} of the {backbone} head's features ({task} task)")
-        summary.append({"task": task, "backbone": backbone, "run": result.run, "test": result.test,
-                        "baselines": result.baselines})
-    report = write_report([s["run"] for s in summary], root / "report")
-    seconds = time.perf_counter() - started
-    payload = {"report": report["html"], "markdown": report["markdown"], "weights": weights, "runs": summary,
-               "seconds": round(seconds, 1)}
+    result = run_demo(out, per_class=per_class, quick=quick, progress=not as_json,
+                      say=lambda line: click.echo(line, err=True))
 
     def human(err):
-        for s in summary:
+        for s in result.runs:
             base = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in s["baselines"].items())
             click.echo(f"{s['task']:6} {s['backbone']:12} head test accuracy {s['test']['accuracy']:.3f}  ({base})", err=err)
-        click.echo(f"demo finished in {seconds:.0f} s{' with RANDOM weights' if weights == 'none' else ''}", err=err)
-        click.echo(f"report: {report['html']}", err=err)
+        click.echo(f"demo finished in {result.seconds:.0f} s{' with RANDOM weights' if result.weights == 'none' else ''}",
+                   err=err)
+        click.echo(f"report: {result.report}", err=err)
 
-    emit(payload, as_json, human)
+    emit(result.as_json(), as_json, human)
 
 
 # --------------------------------------------------------------------------- cache
@@ -673,7 +588,7 @@ def cache():
 
 @cache.command("ls")
 @click.option("--cache-dir", default="data_cache", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def cache_ls(cache_dir, as_json):
     """List the feature stores, their fingerprints, rows and size.
@@ -704,7 +619,7 @@ def cache_ls(cache_dir, as_json):
 
 @cache.command("verify")
 @click.option("--cache-dir", default="data_cache", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def cache_verify(cache_dir, as_json):
     """Check every shard's checksum and every index; exit 1 naming what is damaged.
@@ -730,13 +645,13 @@ def cache_verify(cache_dir, as_json):
 
     emit({"ok": not problems, "stores": report}, as_json, human)
     if problems:
-        click.echo(f"xrayfeat: error: {len(problems)} problem(s) found; first: {problems[0]}", err=True)
-        sys.exit(1)
+        raise StoreError(f"{len(problems)} problem(s) found; first: {problems[0]} (rerun the extraction that wrote "
+                         f"it, or delete the store)")
 
 
 @cache.command("gc")
 @click.option("--cache-dir", default="data_cache", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def cache_gc(cache_dir, as_json):
     """Remove orphaned temporary files (from killed runs) and compact small shards.
@@ -761,7 +676,7 @@ def cache_gc(cache_dir, as_json):
 @click.argument("data")
 @feature_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def cache_export(data, out, as_json, **kw):
     """Write a dataset's cached features to one .npz (sha256, path, label, split, pooled, spatial).
@@ -773,28 +688,12 @@ def cache_export(data, out, as_json, **kw):
     Example:
       xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
     """
-    import numpy as np
-
-    from .extract import open_store
+    from .study import export_features
 
     features = _single_feature(kw)
-    dataset = _dataset(data, kw["classes"], kw["cache_dir"])
-    store = open_store(features, kw["cache_dir"], kw["device"])
-    arrays = store.read(dataset.hashes, ("pooled", "spatial"))
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp.npz")
-    np.savez(
-        tmp,
-        sha256=np.array(dataset.hashes),
-        path=np.array([item.relpath for item in dataset.items]),
-        label=np.array([item.label for item in dataset.items]),
-        split=np.array([item.split for item in dataset.items]),
-        pooled=arrays["pooled"],
-        spatial=arrays["spatial"],
-    )
-    os.replace(tmp, out)
-    data_out = {"out": str(out), "rows": len(dataset), "store": str(store.path),
-                "pooled": list(arrays["pooled"].shape), "spatial": list(arrays["spatial"].shape)}
-    emit(data_out, as_json, lambda err: click.echo(f"wrote {len(dataset)} rows to {out}", err=err))
+    result = export_features(_dataset(data, kw["classes"], kw["cache_dir"]), features, out,
+                             cache_dir=kw["cache_dir"], device=kw["device"])
+    emit(result.as_json(), as_json, lambda err: click.echo(f"wrote {result.rows} rows to {result.out}", err=err))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import keras_backend_name
 from .errors import XrayfeatError
 
 log = logging.getLogger("xrayfeat")
@@ -54,8 +55,6 @@ def process_backend() -> str:
     keras = sys.modules.get("keras")
     if keras is not None and hasattr(keras, "backend"):
         return keras.backend.backend()
-    from .extract import keras_backend_name
-
     return keras_backend_name()
 
 

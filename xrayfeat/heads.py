@@ -4,12 +4,16 @@ Head: BatchNormalization → Flatten → Dense(units, ReLU, L2 on the kernel) �
 Dropout → Dense(1, sigmoid) for two classes or Dense(K, softmax) for K.
 With ``tail`` (a model of the backbone's last block), the head first runs the
 cached cut-point activations through that block, which is trained too.
+Compiled on jax, the head trains in the loop of :mod:`xrayfeat.heads_jax` when
+the Keras internals it needs are there, else with ``model.fit``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+
+from . import heads_jax
 
 __all__ = [
     "TrainedHead",
@@ -339,11 +343,17 @@ def train_head(
     ``jit_compile="auto"`` is resolved by :func:`resolve_jit_compile` (XLA on
     TensorFlow, also on CPU, where it is markedly faster for this head) and logged.
     Compiled on jax, the steps are Keras' own ``train_step``/``test_step`` run by
-    :func:`_fit_jax` rather than by ``model.fit`` (``settings["loop"]``): the
-    same history and weights, a training step compiled without a per-step copy
-    of the Dense kernel, and exactly ``validation_steps`` validation batches per
-    epoch. Callbacks get fit's hooks; the model's variables are current at epoch
-    ends (during an epoch the state lives in the loop, as in ``fit`` on jax).
+    :func:`xrayfeat.heads_jax.fit` rather than by ``model.fit``
+    (``settings["loop"] == "jax"``): the same history and weights, a training
+    step compiled without a per-step copy of the Dense kernel, and exactly
+    ``validation_steps`` validation batches per epoch. Callbacks get fit's hooks;
+    the model's variables are current at epoch ends (during an epoch the state
+    lives in the loop, as in ``fit`` on jax). That loop relies on Keras
+    internals, which :func:`xrayfeat.heads_jax.missing_internals` checks first;
+    when one is missing, one warning on the ``"xrayfeat"`` logger says which, and
+    the head trains with ``model.fit`` (``settings["loop"] == "keras-fit"``, as on
+    the other backends): the same training history and weights, with validation
+    as ``fit`` draws it.
 
     Timing: epochs are always timed. ``step_timing=True`` also times each step,
     reading its logs back, so steps run synchronously and ``step_seconds`` is the
@@ -352,17 +362,68 @@ def train_head(
     the median later epoch divided by its steps, so it includes the validation.
 
     Determinism: with the same inputs and seed on CPU, the history and weights
-    are identical. To get there it changes global state, inside this call only:
-    ``keras.utils.set_random_seed(seed)`` reseeds Python's ``random``, NumPy's
-    global generator, TensorFlow's global seed (when TensorFlow is installed),
-    the torch seed on torch, and resets Keras' global seed generator. Batches are
-    drawn from a private ``numpy.random.default_rng(seed)``.
+    are identical. To get there it calls ``keras.utils.set_random_seed(seed)``,
+    which reseeds Python's ``random``, NumPy's global generator, TensorFlow's
+    global seed (when TensorFlow is installed), the torch seed on torch, and
+    resets Keras' global seed generator. The states of Python's ``random`` and
+    NumPy's global generator are saved first and restored when this call returns
+    or raises, so the caller's draws from them continue as if it had not run;
+    the backend's seeds stay as ``set_random_seed`` left them. Batches are drawn
+    from a private ``numpy.random.default_rng(seed)``.
     """
-    import math
+    import random
 
-    import keras
     import numpy as np
 
+    _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_steps, x_val, y_val)
+    x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
+    _check_tail_input(x_train, tail)
+    batch, steps = _batch_and_steps(len(x_train), batch_size, steps_per_epoch)
+    validation = _validation(x_val, y_val, x_train, n_classes, batch_size, validation_steps, seed)
+    jit = _resolve_and_log_jit(jit_compile)
+
+    saved = random.getstate(), np.random.get_state()
+    try:
+        model = _build_and_compile(
+            x_train.shape[1:], n_classes, units=units, dropout=dropout, l2=l2, lr=lr, seed=seed, jit=jit,
+            tail=tail, freeze_tail_bn=freeze_tail_bn,
+        )
+        timing = _timing_callback(step_timing)
+        history, loop = _run_loop(
+            model,
+            _batches(x_train, y_train, batch, seed),
+            jit=jit,
+            epochs=int(epochs),
+            steps=steps,
+            validation=validation,
+            callbacks=[timing, *(callbacks or [])],
+            verbose=verbose,
+        )
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+    settings = {
+        "n_classes": n_classes,
+        "epochs": int(epochs),
+        "batch_size": batch,
+        "steps_per_epoch": steps,
+        "validation_steps": validation_steps,
+        "lr": lr,
+        "units": units,
+        "dropout": dropout,
+        "l2": l2,
+        "seed": int(seed),
+        "tail": None if tail is None else tail.name,
+        "freeze_tail_bn": bool(freeze_tail_bn) if tail is not None else None,
+        "jit_compile": jit,
+        "loop": loop,
+    }
+    return _result(model, history, timing, tail=tail, steps=steps, step_timing=step_timing, settings=settings)
+
+
+def _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_steps, x_val, y_val) -> None:
+    """Reject bad scalar settings before any data is read, naming the parameter and the value given."""
     if n_classes < 2:
         raise ValueError(f"n_classes must be at least 2; got {n_classes}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -374,69 +435,132 @@ def train_head(
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val must be given together (or both left None)")
 
-    x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
+
+def _check_tail_input(x_train, tail) -> None:
+    """With a tail, the features must be the tail's input: activations stored at its cut layer."""
     if tail is not None and tuple(x_train.shape[1:]) != tuple(tail.input_shape[1:]):
         raise ValueError(
             f"x_train has feature shape {tuple(x_train.shape[1:])} but the tail expects "
             f"{tuple(tail.input_shape[1:])}: store features at the tail's cut layer"
         )
-    batch = min(int(batch_size), len(x_train))
-    steps = int(steps_per_epoch) if steps_per_epoch else math.ceil(len(x_train) / batch)
 
-    validation = {}
-    if x_val is not None:
-        x_val, y_val = _check_xy(x_val, y_val, n_classes, "x_val/y_val")
-        if tuple(x_val.shape[1:]) != tuple(x_train.shape[1:]):
-            raise ValueError(
-                f"x_val has feature shape {tuple(x_val.shape[1:])}, x_train {tuple(x_train.shape[1:])}"
-            )
-        if validation_steps is None:
-            x_val = np.asarray(x_val[:], dtype="float32")  # Keras slices in-memory arrays itself
-            validation = {"validation_data": (x_val, y_val), "validation_batch_size": batch_size}
-        else:
-            val_batch = min(int(batch_size), len(x_val))
-            validation = {
-                "validation_data": _batches(x_val, y_val, val_batch, seed + 1),
-                "validation_steps": int(validation_steps),
-            }
+
+def _batch_and_steps(n: int, batch_size: int, steps_per_epoch: int | None) -> tuple[int, int]:
+    """The batch size (at most ``n``, so batches are always full) and the training steps per epoch.
+
+    ``steps_per_epoch=None`` means one pass' worth of batches, ``ceil(n / batch)``.
+    """
+    import math
+
+    batch = min(int(batch_size), n)
+    steps = int(steps_per_epoch) if steps_per_epoch else math.ceil(n / batch)
+    return batch, steps
+
+
+def _validation(x_val, y_val, x_train, n_classes: int, batch_size: int, validation_steps, seed: int) -> dict:
+    """The validation arguments for ``model.fit`` (and the jax loop, which reads the same dict); {} without.
+
+    ``validation_steps=None``: the whole set, in memory as float32, evaluated in
+    batches of ``batch_size``. An integer: that many batches per epoch from a
+    continuing shuffled stream seeded with ``seed + 1``, so it never follows the
+    training stream.
+    """
+    import numpy as np
+
+    if x_val is None:
+        return {}
+    x_val, y_val = _check_xy(x_val, y_val, n_classes, "x_val/y_val")
+    if tuple(x_val.shape[1:]) != tuple(x_train.shape[1:]):
+        raise ValueError(f"x_val has feature shape {tuple(x_val.shape[1:])}, x_train {tuple(x_train.shape[1:])}")
+    if validation_steps is None:
+        x_val = np.asarray(x_val[:], dtype="float32")  # Keras slices in-memory arrays itself
+        return {"validation_data": (x_val, y_val), "validation_batch_size": batch_size}
+    val_batch = min(int(batch_size), len(x_val))
+    return {"validation_data": _batches(x_val, y_val, val_batch, seed + 1), "validation_steps": int(validation_steps)}
+
+
+def _resolve_and_log_jit(jit_compile) -> bool:
+    """:func:`resolve_jit_compile`, with what ``"auto"`` (or the given value) became logged."""
+    import keras
 
     jit = resolve_jit_compile(jit_compile)
     _logger.info("train_head: jit_compile=%r resolved to %s on %s", jit_compile, jit, keras.backend.backend())
+    return jit
+
+
+def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, lr, seed, jit, tail, freeze_tail_bn):
+    """Seed every generator, prepare the tail, build the head and compile it with its loss, Adam and accuracy.
+
+    Seeding comes first: the initial weights are drawn when the layers are
+    built, from the generators ``keras.utils.set_random_seed`` resets (the caller
+    restores Python's and NumPy's global state afterwards).
+    """
+    import keras
 
     keras.utils.set_random_seed(int(seed))
     frozen_bn = _freeze_tail_batchnorm(tail, freeze_tail_bn) if tail is not None else 0
     if frozen_bn:
         _logger.info("train_head: %d BatchNormalization layers of the tail kept frozen (inference mode)", frozen_bn)
-    model = build_head(x_train.shape[1:], n_classes, units=units, dropout=dropout, l2=l2, tail=tail)
-    binary = n_classes == 2
+    model = build_head(input_shape, n_classes, units=units, dropout=dropout, l2=l2, tail=tail)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit,
     )
-    timing = _timing_callback(step_timing)
-    loop = "jax" if jit and keras.backend.backend() == "jax" else "keras-fit"
-    if loop == "jax":
-        history = _fit_jax(
-            model,
-            _batches(x_train, y_train, batch, seed),
-            epochs=int(epochs),
-            steps=steps,
-            validation=validation,
-            callbacks=[timing, *(callbacks or [])],
-            verbose=verbose,
+    return model
+
+
+def _run_loop(model, batches, *, jit: bool, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int):
+    """Train: ``(history, loop)``, where ``loop`` is ``"jax"`` (:func:`xrayfeat.heads_jax.fit`) or ``"keras-fit"``.
+
+    The jax loop is tried only where it applies (compiled, on jax) and runs only
+    when :func:`xrayfeat.heads_jax.missing_internals` finds every Keras internal
+    it needs; otherwise one warning says why, and the public ``model.fit`` trains
+    on the same batch stream (the same training history and weights).
+    """
+    import keras
+
+    if jit and keras.backend.backend() == "jax":
+        first = next(batches)
+        batches = _prepend(first, batches)
+        missing = heads_jax.missing_internals(model, first)
+        if not missing:
+            history = heads_jax.fit(
+                model, batches, epochs=epochs, steps=steps, validation=validation, callbacks=callbacks, verbose=verbose
+            )
+            return history, "jax"
+        logging.getLogger("xrayfeat").warning(
+            "train_head: the fast jax training loop is unavailable with Keras %s (%s); "
+            "training with Keras' model.fit instead, which gives the same training history and weights",
+            keras.__version__,
+            "; ".join(missing),
         )
-    else:
-        history = model.fit(
-            _batches(x_train, y_train, batch, seed),
-            epochs=int(epochs),
-            steps_per_epoch=steps,
-            shuffle=False,  # the stream is shuffled already
-            callbacks=[timing, *(callbacks or [])],
-            verbose=verbose,
-            **validation,
-        ).history
+    history = model.fit(
+        batches,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        shuffle=False,  # the stream is shuffled already
+        callbacks=callbacks,
+        verbose=verbose,
+        **validation,
+    ).history
+    return history, "keras-fit"
+
+
+def _prepend(first, rest):
+    """``first``, then everything ``rest`` yields: a generator again, as ``model.fit`` requires."""
+    yield first
+    yield from rest
+
+
+def _result(model, history: dict, timing, *, tail, steps: int, step_timing: bool, settings: dict) -> TrainedHead:
+    """The :class:`TrainedHead` record: floats for the history and timings, parameter counts, the settings.
+
+    ``settings`` gets how ``step_seconds`` was measured, the backend and the device added.
+    """
+    import keras
+
     params = count_params(model)
     if tail is not None:
         params["tail"] = count_params(tail)
@@ -448,142 +572,12 @@ def train_head(
         step_seconds=timing.mean_step() if step_timing else _step_from_epochs(timing.epoch_seconds, steps),
         params=params,
         settings={
-            "n_classes": n_classes,
-            "epochs": int(epochs),
-            "batch_size": batch,
-            "steps_per_epoch": steps,
-            "validation_steps": validation_steps,
-            "lr": lr,
-            "units": units,
-            "dropout": dropout,
-            "l2": l2,
-            "seed": int(seed),
-            "tail": None if tail is None else tail.name,
-            "freeze_tail_bn": bool(freeze_tail_bn) if tail is not None else None,
-            "jit_compile": jit,
-            "loop": loop,
+            **settings,
             "step_seconds_from": "timed steps" if step_timing else "median epoch / steps (validation included)",
             "backend": keras.backend.backend(),
             "device": training_device(),
         },
     )
-
-
-# Given to XLA for the jax training step only, on a CPU: without it XLA copies the 52 MB Dense
-# kernel every step before updating it in place (seen in the optimised HLO); the results are
-# bit-identical either way (tests/test_heads_jax.py compares them with Keras' fit).
-CPU_STEP_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
-
-
-def _fit_jax(model, batches, *, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int) -> dict:
-    """Keras' own jax ``train_step``/``test_step``, jitted and looped here instead of by ``model.fit``.
-
-    Why not ``fit``: the loop lets the training step be compiled with
-    :data:`CPU_STEP_COMPILER_OPTIONS`, and it draws exactly ``validation_steps``
-    batches per epoch from the validation stream (``fit``'s generator adapter
-    reads ahead and drops batches). The steps themselves are Keras' (same loss,
-    metrics, optimizer, random state), so the training history equals ``fit``'s;
-    callbacks get the same hooks and logs; the trained state is written back to
-    the model's variables at the end of every epoch, as ``fit`` does.
-    """
-    import itertools
-
-    import jax
-    import keras
-
-    first = next(batches)
-    batches = itertools.chain([first], batches)
-    model._symbolic_build(data_batch=first)  # builds the optimizer and the compiled metrics, as fit does
-    train_step = jax.jit(model.train_step, donate_argnums=0)
-    if jax.devices()[0].platform == "cpu":
-        shapes = _jax_state(model, optimizer=True)  # lowering reads shapes only; nothing is donated
-        train_step = train_step.lower(shapes, first).compile(compiler_options=CPU_STEP_COMPILER_OPTIONS)
-    test_step = jax.jit(model.test_step, donate_argnums=0)
-    val_batches, val_steps = _validation_batches(validation)
-
-    callbacks = keras.callbacks.CallbackList(
-        callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
-    )
-    history: dict = {}
-    model.stop_training = False
-    callbacks.on_train_begin()
-    for epoch in range(epochs):
-        model.reset_metrics()
-        state = _jax_state(model, optimizer=True)  # the variables are current at every epoch start
-        callbacks.on_epoch_begin(epoch)
-        for step in range(steps):
-            callbacks.on_train_batch_begin(step)
-            logs, state = train_step(state, next(batches))
-            callbacks.on_train_batch_end(step, logs)
-            if model.stop_training:
-                break
-        _write_back(model, state, optimizer=True)
-        epoch_logs = {k: float(v) for k, v in logs.items()}
-        if val_batches is not None:
-            epoch_logs.update(_evaluate(model, test_step, val_batches, val_steps, callbacks))
-        for key, value in epoch_logs.items():
-            history.setdefault(key, []).append(value)
-        callbacks.on_epoch_end(epoch, epoch_logs)
-        if model.stop_training:
-            break
-    callbacks.on_train_end(epoch_logs)
-    return history
-
-
-def _state_variables(model, optimizer: bool) -> list:
-    """The model's variable lists in the order of the state tuple Keras' jax ``train_step`` (with
-    ``optimizer``) or ``test_step`` (without) takes and returns."""
-    groups = [model.trainable_variables, model.non_trainable_variables, model.metrics_variables]
-    if optimizer:
-        groups.insert(2, model.optimizer.variables)
-    return groups
-
-
-def _jax_state(model, optimizer: bool):
-    """The model's current values as that state tuple."""
-    return tuple([v.value for v in group] for group in _state_variables(model, optimizer))
-
-
-def _write_back(model, state, optimizer: bool):
-    """Assign a state returned by a step to the model's variables (the buffers passed in were donated)."""
-    for refs, values in zip(_state_variables(model, optimizer), state):
-        for ref, value in zip(refs, values):
-            ref.assign(value)
-
-
-def _validation_batches(validation: dict):
-    """(batch iterator, batches per evaluation) for the validation settings ``train_head`` built, or (None, 0)."""
-    import math
-
-    if not validation:
-        return None, 0
-    if "validation_steps" in validation:
-        return validation["validation_data"], validation["validation_steps"]
-    x_val, y_val = validation["validation_data"]
-    size = validation["validation_batch_size"]
-    return _whole_set_batches(x_val, y_val, size), math.ceil(len(x_val) / size)
-
-
-def _whole_set_batches(x, y, size: int):
-    """The whole validation set in order, in batches of ``size``, over and over (one pass per evaluation)."""
-    while True:
-        for start in range(0, len(x), size):
-            yield x[start : start + size], y[start : start + size]
-
-
-def _evaluate(model, test_step, batches, n: int, callbacks) -> dict:
-    """``n`` validation batches through Keras' ``test_step``; the ``val_`` logs, as ``fit`` reports them."""
-    model.reset_metrics()
-    state = _jax_state(model, optimizer=False)
-    callbacks.on_test_begin()
-    for step in range(n):
-        callbacks.on_test_batch_begin(step)
-        logs, state = test_step(state, next(batches))
-        callbacks.on_test_batch_end(step, logs)
-    logs = {k: float(v) for k, v in logs.items()}
-    callbacks.on_test_end(logs)
-    _write_back(model, state, optimizer=False)
-    return {f"val_{k}": v for k, v in logs.items()}
 
 
 def training_device() -> str:

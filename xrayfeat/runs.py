@@ -1,27 +1,259 @@
-"""Run directories: where one experiment's record lives, and how it is read back.
+"""The run record: one typed, versioned description of one experiment, and its folder.
 
-``runs/<name>/`` holds ``config.json`` (every option, the store fingerprint,
-versions, weights identity, file checksums), ``metrics.json`` (head and each
-baseline on test), ``history.csv``, ``predictions.csv`` (every test image with
-each model's class probabilities, so metrics can be recomputed), ``head.keras``,
-``baselines/<name>.joblib`` and the plots. Files are written under a temporary
-name and renamed, so a record never holds half a file.
+``runs/<name>/`` holds
+
+* ``config.json``: the :class:`RunRecord` (schema :data:`SCHEMA_VERSION`): every
+  option, the store fingerprint, versions, weights identity, timings, warnings
+  (each a :class:`RunWarning` with a kind) and the sha256 of every artifact;
+* ``metrics.json``: head and each baseline on test (an artifact of the record);
+* ``history.csv``, ``predictions.csv`` (every test image with each model's class
+  probabilities, so metrics can be recomputed), ``head.keras``,
+  ``baselines/<name>.joblib`` and the plots: artifacts too.
+
+``config.json`` is written last, so a folder without it is not a run. Every
+file is written atomically (:mod:`xrayfeat.fileio`).
+
+Reading goes through :func:`read_record` and :meth:`RunRecord.verified`, the
+one place where an artifact's sha256 is checked before anything parses,
+unpickles or deserialises it. Runs written before the schema existed (the
+first ``config.json`` layout) are read and upgraded in memory; their warnings
+have no recorded kind and are shown as ``other``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
 import os
 import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import XrayfeatError
+from .fileio import atomic_write, file_digest, write_json
+
+#: Version of the config.json layout written by this xrayfeat.
+SCHEMA_VERSION = 2
+
+#: Warning kinds, most serious first, with the heading a report gives them.
+WARNING_KINDS: dict[str, str] = {
+    "random_weights": "Random weights",
+    "leakage": "Leakage",
+    "shortcut": "Shortcut sentinel",
+    "source_gap": "Source gap",
+    "small_test": "Small test set",
+    "device": "Device",
+    "other": "Other",
+}
+
+
+class RunError(XrayfeatError):
+    """A folder is not a run, or a run's record or artifact is missing or damaged."""
+
+
+@dataclass(frozen=True)
+class RunWarning:
+    """One warning a study raised: its kind (a key of :data:`WARNING_KINDS`) and the sentence shown."""
+
+    kind: str
+    message: str
+
+    def __post_init__(self):
+        if self.kind not in WARNING_KINDS:
+            raise ValueError(f"The 'kind' of RunWarning must be one of {sorted(WARNING_KINDS)}. Got {self.kind!r} instead.")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file of the run (path relative to the run folder) and the sha256 it had when written."""
+
+    file: str
+    sha256: str
+
+
+@dataclass
+class RunRecord:
+    """What ``fit-head`` did and produced; see the module docstring for the folder it describes."""
+
+    xrayfeat: str
+    created: str
+    data: str
+    task: str
+    classes: list[str]
+    counts: dict
+    validation: str
+    features: dict  # FeatureOptions as a dict
+    head: dict  # HeadOptions as a dict, validation_steps resolved
+    run: dict
+    store: dict  # path, fingerprint, fingerprint_id
+    weights: dict  # kind, identity, path, random
+    params: dict
+    training: dict
+    timings: dict
+    baselines: dict  # each baseline's summary (search grid, best parameters)
+    versions: dict
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    warnings: list[RunWarning] = field(default_factory=list)
+    schema: int = SCHEMA_VERSION
+    path: Path | None = None  # the folder it was read from or written to; not stored
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else ""
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.weights.get("random")) or str(self.store.get("fingerprint", {}).get("weights", "")).startswith("none")
+
+    @property
+    def backbone(self) -> str:
+        return self.features["backbone"]
+
+    @property
+    def baseline_names(self) -> list[str]:
+        return [name.split("/", 1)[1] for name in self.artifacts if name.startswith("baseline/")]
+
+    # ------------------------------------------------------------------ artifacts
+
+    def verified(self, name: str) -> Path:
+        """The path of artifact ``name`` after checking its sha256; :class:`RunError` when it differs.
+
+        Names: ``head``, ``metrics``, ``history``, ``predictions``, ``baseline/<name>``
+        and the figures (``curves``, ``confusion``, ``roc``).
+        """
+        if self.path is None:
+            raise ValueError("this RunRecord has no folder (path is None)")
+        entry = self.artifacts.get(name)
+        if entry is None:
+            raise RunError(f"{self.path}: the run records no artifact {name!r} (it has: {', '.join(self.artifacts)})")
+        target = self.path / entry.file
+        if not target.is_file():
+            raise RunError(f"{target}: missing; the run folder is incomplete (re-run fit-head)")
+        if file_digest(target) != entry.sha256:
+            raise RunError(f"{target}: sha256 differs from the one recorded in config.json; refusing to read it "
+                           f"(restore the file or re-run fit-head)")
+        return target
+
+    def read_bytes(self, name: str) -> bytes:
+        """An artifact's bytes, read once and checked against its recorded sha256 (nothing can change in between)."""
+        import hashlib
+
+        path = self.verified(name)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.artifacts[name].sha256:
+            raise RunError(f"{path}: changed while being read; try again")
+        return data
+
+    def metrics(self) -> dict:
+        """``{"head": {...}, "baselines": {name: {...}}}`` from the checked ``metrics.json``."""
+        try:
+            data = json.loads(self.read_bytes("metrics"))
+        except ValueError as exc:
+            raise RunError(f"{self.path / 'metrics.json'}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("head"), dict):
+            raise RunError(f"{self.path / 'metrics.json'}: has no head metrics; re-run fit-head")
+        data.setdefault("baselines", {})
+        return data
+
+    def history(self) -> list[dict]:
+        """``history.csv`` as rows of {column: float or None}."""
+        rows = list(csv.DictReader(io.StringIO(self.read_bytes("history").decode())))
+        return [{k: _float(v) for k, v in row.items() if k} for row in rows]
+
+    def predictions_csv(self) -> str:
+        return self.read_bytes("predictions").decode()
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        data["artifacts"] = {k: asdict(v) for k, v in self.artifacts.items()}
+        data["warnings"] = [asdict(w) for w in self.warnings]
+        return {"schema": self.schema, **{k: v for k, v in data.items() if k != "schema"}}
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path | None = None) -> RunRecord:
+        data = dict(data)
+        schema = data.get("schema", 1)
+        if schema == 1:
+            data = _upgrade_v1(data)
+        elif schema != SCHEMA_VERSION:
+            raise RunError(f"{path}: run record schema {schema} is newer than this xrayfeat reads ({SCHEMA_VERSION}); "
+                           f"upgrade xrayfeat")
+        known = {f.name for f in fields(cls)} - {"path"}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise RunError(f"{path}: run record lacks {', '.join(missing)}; re-run fit-head")
+        record = cls(**{k: v for k, v in data.items() if k in known}, path=path)
+        record.artifacts = {k: Artifact(**v) for k, v in (data.get("artifacts") or {}).items()}
+        record.warnings = [RunWarning(**w) for w in data.get("warnings") or []]
+        return record
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """The first config.json layout (no schema; warnings as strings; files.head/files.baselines)."""
+    files = data.pop("files", {}) or {}
+    artifacts = {}
+    if files.get("head"):
+        artifacts["head"] = files["head"]
+    for name, entry in (files.get("baselines") or {}).items():
+        artifacts[f"baseline/{name}"] = entry
+    data["artifacts"] = artifacts
+    data["warnings"] = [{"kind": "other", "message": str(w)} for w in data.get("warnings") or []]
+    data["schema"] = SCHEMA_VERSION
+    data.setdefault("baselines", {})
+    return data
+
+
+def _float(value) -> float | None:
+    import math
+
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_record(path: str | os.PathLike) -> RunRecord:
+    """The run record of a folder; one clear line when the folder is not a run or its record is damaged."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file"
+        raise RunError(f"{path}: not a run folder ({what}); pass a folder made by fit-head")
+    try:
+        data = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not a run folder (no config.json); pass a folder made by fit-head") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path / 'config.json'}: run record is damaged ({exc}); re-run fit-head") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path / 'config.json'}: run record is damaged (not a JSON object); re-run fit-head")
+    legacy = data.get("schema") is None
+    record = RunRecord.from_json(data, path)
+    if legacy and (path / "metrics.json").is_file():  # the first layout did not checksum its metrics
+        record.artifacts.setdefault("metrics", Artifact("metrics.json", file_digest(path / "metrics.json")))
+        for name, file in (("history", "history.csv"), ("predictions", "predictions.csv")):
+            if (path / file).is_file():
+                record.artifacts.setdefault(name, Artifact(file, file_digest(path / file)))
+    return record
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def default_name(task: str, backbone: str) -> str:
-    """``<task>-<backbone>-<UTC time>``, e.g. ``four-inception_v3-20261126-071502``."""
+    """``<task>-<backbone>-<UTC time>``, e.g. ``4class-inception_v3-20261126-071502``."""
     return f"{task}-{backbone}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
@@ -30,37 +262,34 @@ def task_name(classes) -> str:
     return "binary" if len(classes) == 2 else f"{len(classes)}class"
 
 
-def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root="runs") -> Path:
+def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: str | os.PathLike = "runs") -> Path:
+    """A new, empty run folder (``root/<task>-<backbone>-<time>`` unless ``out`` is given)."""
     path = Path(out) if out else Path(root) / default_name(task, backbone)
-    if path.exists() and any(path.iterdir()):
-        raise XrayfeatError(f"{path}: run folder exists and is not empty; pass another --out or delete it")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunError(f"{path}: run folder exists and is not empty; pass another --out or delete it")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def artifact(run_dir: Path, name: str, file: str) -> tuple[str, Artifact]:
+    """``(name, Artifact)`` for a file already written in ``run_dir``, with its sha256."""
+    return name, Artifact(file, file_digest(run_dir / file))
 
 
-def write_json(path: Path, data) -> None:
-    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_record(record: RunRecord, run_dir: Path) -> Path:
+    """Write ``config.json`` last, so that a folder holding it is a complete run."""
+    target = Path(run_dir) / "config.json"
+    write_json(target, record.to_json())
+    record.path = Path(run_dir)
+    return target
 
 
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def write_metrics(path: Path, metrics: dict) -> None:
+    write_json(path, metrics)
 
 
 def write_history(path: Path, history: dict, epoch_seconds) -> None:
+    """One row per epoch: every logged metric, then the epoch's seconds."""
     keys = list(history)
     rows = ["epoch," + ",".join(keys) + ",seconds"]
     n = max((len(v) for v in history.values()), default=0)
@@ -68,63 +297,20 @@ def write_history(path: Path, history: dict, epoch_seconds) -> None:
         values = [f"{history[k][i]:.6g}" if i < len(history[k]) else "" for k in keys]
         seconds = f"{epoch_seconds[i]:.4f}" if i < len(epoch_seconds) else ""
         rows.append(",".join([str(i + 1), *values, seconds]))
-    _atomic_write(path, "\n".join(rows) + "\n")
+    atomic_write(path, "\n".join(rows) + "\n")
 
 
 def write_predictions(path: Path, items, y_true, classes, probabilities: dict) -> None:
     """One row per test image: path, sha256, patient, source, true label, then P(class) per model."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        header = ["path", "sha256", "patient_id", "source", "label", "y_true"]
-        for model in probabilities:
-            header += [f"{model}:{c}" for c in classes]
-        writer.writerow(header)
-        for i, item in enumerate(items):
-            row = [item.relpath, item.sha256, item.patient_id or "", item.source or "", item.label, int(y_true[i])]
-            for proba in probabilities.values():
-                row += [f"{p:.6g}" for p in proba[i]]
-            writer.writerow(row)
-    os.replace(tmp, path)
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_run(path: str | os.PathLike) -> dict:
-    """A run's config and metrics (what ``report`` needs); a clear error when it is not a run."""
-    path = Path(path)
-    try:
-        config = json.loads((path / "config.json").read_text())
-        metrics = json.loads((path / "metrics.json").read_text())
-    except FileNotFoundError:
-        raise XrayfeatError(f"{path}: not a run folder (no config.json/metrics.json); pass a folder made by fit-head") from None
-    except ValueError as exc:
-        raise XrayfeatError(f"{path}: run record is damaged ({exc})") from None
-    return {"path": str(path), "config": config, "metrics": metrics}
-
-
-def load_run_head(path: str | os.PathLike):
-    """The trained head of a run, loaded only after its sha256 matches the one the run recorded."""
-    from .heads import load_head
-
-    record = load_run(path)
-    entry = record["config"].get("files", {}).get("head", {})
-    head_file = Path(path) / entry.get("file", "head.keras")
-    if not head_file.is_file():
-        raise XrayfeatError(f"{head_file}: missing; the run folder is incomplete")
-    if file_sha256(head_file) != entry.get("sha256"):
-        raise XrayfeatError(f"{head_file}: sha256 differs from the one recorded in config.json; refusing to load it")
-    return record, load_head(head_file)
-
-
-def run_feature_options(record: dict):
-    """The FeatureOptions a run was trained on (to read the same store)."""
-    from .extract import FeatureOptions
-
-    return FeatureOptions(**record["config"]["features"])
+    out = io.StringIO()
+    writer = csv.writer(out)
+    header = ["path", "sha256", "patient_id", "source", "label", "y_true"]
+    for model in probabilities:
+        header += [f"{model}:{c}" for c in classes]
+    writer.writerow(header)
+    for i, item in enumerate(items):
+        row = [item.relpath, item.sha256, item.patient_id or "", item.source or "", item.label, int(y_true[i])]
+        for proba in probabilities.values():
+            row += [f"{p:.6g}" for p in proba[i]]
+        writer.writerow(row)
+    atomic_write(path, out.getvalue())

@@ -13,71 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import logging
 import os
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
 from . import images
-from .backbones import PRECISIONS, WeightsInfo, get_spec, resolve_weights
-from .errors import DeviceError, ImageReadError, StoreError, XrayfeatError
-from .store import STORE_DTYPES, FeatureStore
+from .backbones import WeightsInfo, get_spec, resolve_weights
+from .devices import confirm_device, device_scope, gpu_available, gpu_likely, keras_backend_name  # noqa: F401 (re-exports gpu_available)
+from .errors import ImageReadError, StoreError, XrayfeatError
+from .options import FeatureOptions, RunOptions
+from .store import FeatureStore
 
 log = logging.getLogger("xrayfeat")
 
-DEVICES = ("auto", "cpu", "gpu")
 _WARNED_RANDOM: set = set()  # say it once per process and backbone, not on every call
-ON_ERROR = ("fail", "skip")
-
-
-@dataclass(frozen=True)
-class FeatureOptions:
-    """Everything that selects a feature store (the CLI's feature options)."""
-
-    backbone: str
-    weights: str = "imagenet"
-    image_size: int | None = None
-    layer: str | None = None
-    precision: str = "auto"
-    store_dtype: str = "float16"
-    seed: int = 0  # only used by --weights none
-
-    def validate(self) -> None:
-        get_spec(self.backbone)
-        if self.precision not in ("auto", *PRECISIONS):
-            raise XrayfeatError(
-                f"--precision must be one of auto, {', '.join(PRECISIONS)}; got {self.precision!r}"
-            )
-        if self.store_dtype not in STORE_DTYPES:
-            raise XrayfeatError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}; got {self.store_dtype!r}")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run an extraction; none of these change a feature value."""
-
-    device: str = "auto"
-    batch_size: int = 32
-    workers: int | None = None  # None: all cores; 0: decode in this process
-    cache_dir: str | os.PathLike = "data_cache"
-    on_error: str = "fail"
-    progress: bool = False
-
-    def validate(self) -> None:
-        if self.device not in DEVICES:
-            raise XrayfeatError(f"--device must be one of {', '.join(DEVICES)}; got {self.device!r}")
-        if self.on_error not in ON_ERROR:
-            raise XrayfeatError(f"--on-error must be one of {', '.join(ON_ERROR)}; got {self.on_error!r}")
-        if self.batch_size < 1:
-            raise XrayfeatError(f"--batch-size must be at least 1; got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise XrayfeatError(f"--workers must be 0 or more; got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -113,25 +67,6 @@ class ExtractResult:
 # --------------------------------------------------------------------------- resolution (no framework import)
 
 
-def keras_backend_name() -> str:
-    """The backend Keras will use, read the way Keras reads it, without importing Keras."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
-    try:
-        return json.loads(config.read_text()).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
-
-
-def _gpu_likely() -> bool:
-    """A cheap guess (no framework import) whether a GPU is usable; confirmed before computing."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
-
-
 def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None = None) -> FeatureConfig:
     """Weights, device, precision and the fingerprint, without loading the framework.
 
@@ -142,7 +77,7 @@ def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None =
     spec = get_spec(options.backbone)
     weights = resolve_weights(spec, options.weights, options.seed)
     if device == "auto":
-        device = "gpu" if (gpu if gpu is not None else _gpu_likely()) else "cpu"
+        device = "gpu" if (gpu if gpu is not None else gpu_likely()) else "cpu"
     precision = options.precision
     if precision == "auto":
         precision = "mixed_bfloat16" if device == "gpu" else "float32"
@@ -159,50 +94,6 @@ def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None =
         "backend": keras_backend_name(),
     }
     return FeatureConfig(options, weights, fingerprint, device)
-
-
-# --------------------------------------------------------------------------- devices
-
-
-def gpu_available() -> bool:
-    """Whether the active Keras backend sees a GPU (imports the framework)."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
-    if backend == "torch":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    return False
-
-
-def confirm_device(requested: str) -> str:
-    """Turn ``--device`` into "cpu" or "gpu" using what the backend really sees."""
-    has_gpu = gpu_available()
-    if requested == "gpu" and not has_gpu:
-        import keras
-
-        raise DeviceError(
-            f"--device gpu: the {keras.backend.backend()} backend sees no GPU on this machine; "
-            f"use --device cpu (or auto), or install a GPU build of the backend"
-        )
-    if requested == "cpu":
-        return "cpu"
-    return "gpu" if has_gpu else "cpu"
-
-
-def _device_scope(device: str):
-    import keras
-
-    return keras.device("gpu:0" if device == "gpu" else "cpu:0")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -332,7 +223,7 @@ def _build(config: FeatureConfig, writer, device: str):
     """The compiled extractor; checks random weights match those already in the store."""
     from .backbones import build_extractor, weights_digest
 
-    with _device_scope(device):
+    with device_scope(device):
         model, backbone = build_extractor(
             get_spec(config.options.backbone), config.weights,
             image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"],
@@ -364,7 +255,7 @@ def _run_batches(todo, writers, wanted, models, run: RunOptions, device: str, si
 
     def flush():
         n = len(batch_hashes)
-        with _device_scope(device):
+        with device_scope(device):
             for (writer, _), missing, model in zip(writers, wanted, models):
                 keep = [i for i, h in enumerate(batch_hashes) if h in missing]
                 if not keep:

@@ -1,0 +1,80 @@
+"""The Python API: cheap to import, the same results as the CLI, misuse raises ValueError/TypeError."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import xrayfeat as xf
+from tests.conftest import run_cli
+
+HEAVY = ("keras", "tensorflow", "jax", "torch", "sklearn", "h5py", "pandas", "matplotlib")
+
+
+def test_import_xrayfeat_loads_nothing_heavy():
+    code = ("import sys, xrayfeat as xf; xf.FeatureOptions; xf.HeadOptions; "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_face_lists_the_library():
+    for name in ("discover", "extract", "features", "fit_head", "embed", "load_run", "FeatureStore",
+                 "FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "RunRecord", "XrayfeatError"):
+        assert name in dir(xf)
+    with pytest.raises(AttributeError):
+        xf.no_such_thing  # noqa: B018
+
+
+def test_functions_stay_functions_after_their_modules_are_imported():
+    """``xf.extract``/``xf.embed`` are the API's functions even once the pipeline modules are loaded."""
+    import importlib
+
+    for module in ("extraction", "embedding", "study"):
+        importlib.import_module(f"xrayfeat.{module}")
+    assert callable(xf.extract) and callable(xf.embed) and callable(xf.features)
+
+
+def test_option_misuse_raises_value_and_type_errors(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="'precision' parameter of FeatureOptions"):
+        xf.FeatureOptions("vgg16", precision="float8").validate()
+    with pytest.raises(TypeError, match="'epochs' parameter of HeadOptions must be an int"):
+        xf.HeadOptions(epochs="forty").validate()
+    with pytest.raises(TypeError, match="unexpected keyword argument.*epochz"):
+        xf.fit_head(tiny_data, "vgg16", epochz=3, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="'part' parameter of features"):
+        xf.features(tiny_data, "vgg16", part="both", cache_dir=tmp_path / "cache")
+    with pytest.raises(TypeError, match="backbone"):
+        xf.features(tiny_data, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_features_equal_what_the_cli_exports(tiny_data, tmp_path):
+    cache = tmp_path / "cache"
+    X, y, meta = xf.features(tiny_data, "vgg16", weights="none", image_size=32, cache_dir=cache, seed=2)
+    out = tmp_path / "export.npz"
+    run_cli("cache", "export", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--seed", "2",
+            "--cache-dir", cache, "--out", out, check=True)
+    exported = np.load(out)
+    np.testing.assert_array_equal(X, exported["pooled"].astype(np.float32))
+    assert list(meta.sha256) == list(exported["sha256"])
+    assert list(meta.label) == list(exported["label"]) and list(meta.split) == list(exported["split"])
+    assert [meta.attrs["classes"][k] for k in y] == list(exported["label"])
+
+
+@pytest.mark.slow
+def test_fit_head_equals_the_cli_on_the_same_data(tiny_data, tmp_path):
+    cache = tmp_path / "cache"
+    options = dict(weights="none", image_size=32, epochs=3, baselines=("logreg",), n_boot=50, cache_dir=cache)
+    run = xf.fit_head(tiny_data, "vgg16", out=tmp_path / "api-run", **options)
+    proc = run_cli("fit-head", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "3",
+                   "--baselines", "logreg", "--bootstrap", "50", "--cache-dir", cache, "--out", tmp_path / "cli-run",
+                   "--json", check=True)
+    cli_run = xf.load_run(json.loads(proc.stdout)["run"])
+    assert cli_run.metrics == run.metrics
+    assert cli_run.predictions().equals(run.predictions())
+    assert cli_run.record.head == run.record.head and cli_run.record.features == run.record.features

@@ -1,0 +1,177 @@
+"""The notebook face of xrayfeat: a folder (or manifest, or Dataset) in, arrays, runs and maps out.
+
+Every function takes the data as a folder, a CSV manifest or a
+:class:`~xrayfeat.datasets.Dataset`, and options either as keyword arguments
+(the field names of :class:`~xrayfeat.options.FeatureOptions`,
+:class:`~xrayfeat.options.RunOptions`, :class:`~xrayfeat.options.HeadOptions`)
+or as those dataclasses. Each CLI command is one of these calls (or the study
+function it wraps), so a notebook can do everything the command line does.
+See ``docs/python-api.md`` for a walk from a folder of X-rays to a trained run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import Dataset
+from .datasets import discover as _discover
+from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from .params import OptionError
+
+#: Feature parts a caller can ask for.
+PARTS = ("pooled", "spatial")
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _pop(cls, kwargs: dict, *, skip=()) -> dict:
+    """Remove and return the keyword arguments that are fields of option class ``cls`` (except ``skip``)."""
+    return {name: kwargs.pop(name) for name in sorted(_field_names(cls) - set(skip)) if name in kwargs}
+
+
+def _given(cls, value, built: dict):
+    """``value`` when the caller passed an options object (then no loose keywords for it), else ``cls(**built)``."""
+    if value is None:
+        return cls(**built)
+    if not isinstance(value, cls):
+        raise TypeError(f"expected a {cls.__name__}, got {type(value).__name__}")
+    if built:
+        raise TypeError(f"pass either a {cls.__name__} or its fields as keywords, not both ({', '.join(built)})")
+    return value
+
+
+def _no_leftovers(kwargs: dict, where: str) -> None:
+    if kwargs:
+        raise TypeError(f"{where}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+
+
+def _features(backbone, given: FeatureOptions | None, kwargs: dict) -> FeatureOptions:
+    """The FeatureOptions given, or built from ``backbone`` and the feature keywords in ``kwargs`` (popped)."""
+    built = _pop(FeatureOptions, kwargs, skip=("backbone",))
+    if given is not None:
+        return _given(FeatureOptions, given, built)
+    if backbone is None:
+        raise TypeError("pass a backbone (e.g. 'vgg16') or features=FeatureOptions(...)")
+    return FeatureOptions(backbone=backbone, **built)
+
+
+def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_cache") -> Dataset:
+    """The labelled images of a folder or manifest (``Dataset``); ``Dataset`` in, the same out.
+
+    Layouts: ``DATA/<split>/<class>/*``, ``DATA/<class>/*`` or a CSV manifest
+    (``path,label[,split][,patient_id][,source]``). File hashes are remembered in
+    ``cache_dir/file-hashes.json`` (``cache_dir=None``: not remembered).
+    """
+    if isinstance(data, Dataset):
+        return data.select_classes(classes) if classes else data
+    hash_cache = None
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        hash_cache = Path(cache_dir) / "file-hashes.json"
+    return _discover(data, classes=list(classes) if classes else None, hash_cache=hash_cache)
+
+
+def extract(data, backbone=None, *, features: FeatureOptions | None = None, run: RunOptions | None = None,
+            classes=None, **options):
+    """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.extraction.ExtractResult`.
+
+    ``backbone`` may also be a list (several backbones of one input size share a
+    decoding pass); the result is then a list. Keyword options: the fields of
+    FeatureOptions and RunOptions (``weights="none"``, ``image_size=64``,
+    ``cache_dir=...``, ``device="cpu"``...).
+    """
+    from .extraction import extract as _extract
+
+    run = _given(RunOptions, run, _pop(RunOptions, options))
+    feature_kw = _pop(FeatureOptions, options, skip=("backbone",))
+    _no_leftovers(options, "extract")
+    if features is not None:
+        feature_list = [_given(FeatureOptions, features, feature_kw)]
+    else:
+        names = [backbone] if isinstance(backbone, str) or backbone is None else list(backbone)
+        feature_list = [FeatureOptions(backbone=b, **feature_kw) for b in names]
+    results = _extract(discover(data, classes=classes, cache_dir=run.cache_dir), feature_list, run)
+    return results[0] if len(results) == 1 else results
+
+
+def features(data, backbone=None, *, part: str = "pooled", features: FeatureOptions | None = None,
+             run: RunOptions | None = None, classes=None, **options):
+    """``X, y, meta``: cached features of every image of ``data``, extracting only what is missing.
+
+    ``part``: ``"pooled"`` (n, C) or ``"spatial"`` (n, H, W, C), as float32.
+    ``y``: class indices into ``meta.attrs["classes"]`` (sorted class names).
+    ``meta``: a pandas DataFrame, one row per image in the dataset's order, with
+    path, sha256, label, split, patient_id and source. Images skipped by
+    ``on_error="skip"`` are left out of all three.
+    """
+    import pandas as pd
+
+    from .extraction import extract as _extract
+    from .store import FeatureStore
+
+    if part not in PARTS:
+        raise OptionError(f"The 'part' parameter of features must be one of {set(PARTS)}. Got {part!r} instead.")
+    run = _given(RunOptions, run, _pop(RunOptions, options))
+    features = _features(backbone, features, options)
+    _no_leftovers(options, "features")
+    dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    [result] = _extract(dataset, features, run)
+    skipped = {line.split(": ")[0] for line in result.skipped_files}
+    items = [item for item in dataset.items if str(item.path) not in skipped]
+    X = FeatureStore.at(result.store).read([i.sha256 for i in items], (part,))[part].astype(np.float32)
+    index = {c: i for i, c in enumerate(dataset.classes)}
+    y = np.array([index[i.label] for i in items], dtype=np.int64)
+    meta = pd.DataFrame({
+        "path": [str(i.path) for i in items], "sha256": [i.sha256 for i in items],
+        "label": [i.label for i in items], "split": [i.split for i in items],
+        "patient_id": [i.patient_id for i in items], "source": [i.source for i in items],
+    })
+    meta.attrs["classes"] = list(dataset.classes)
+    meta.attrs["store"] = str(result.store)
+    return X, y, meta
+
+
+def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
+             run: RunOptions | None = None, classes=None, out=None, runs_root="runs", extract_batch_size=None,
+             **options):
+    """Train the seed's head and the baselines on cached features; the written run as a :class:`~xrayfeat.trained.Run`.
+
+    Keyword options: fields of FeatureOptions, HeadOptions and RunOptions.
+    ``seed`` seeds both the random weights and the study; ``batch_size`` is the
+    head's (``extract_batch_size`` the backbone's).
+    """
+    from .study import fit_head as _fit_head
+    from .trained import load_run
+
+    run_kw = _pop(RunOptions, options, skip=("batch_size",))
+    if extract_batch_size is not None:
+        run_kw["batch_size"] = extract_batch_size
+    run = _given(RunOptions, run, run_kw)
+    seed = options.get("seed", 0)  # one seed for the random weights and the study, as on the command line
+    feature_kw = _pop(FeatureOptions, options, skip=("backbone", "seed"))
+    if features is None:
+        feature_kw["seed"] = seed
+    features = _features(backbone, features, feature_kw)
+    head = _given(HeadOptions, head, _pop(HeadOptions, options))
+    _no_leftovers(options, "fit_head")
+    dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    result = _fit_head(dataset, features, head, run, out=out, runs_root=runs_root)
+    return load_run(result.run)
+
+
+def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from_run=None,
+          features: FeatureOptions | None = None, run: RunOptions | None = None, classes=None, **options):
+    """A 2-D map (PCA, then t-SNE or UMAP) of pooled features, or of a run head's penultimate layer, saved to ``out``."""
+    from .study import embed_map
+
+    run = _given(RunOptions, run, _pop(RunOptions, options))
+    features = None if from_run is not None else _features(backbone, features, options)
+    _no_leftovers(options, "embed")
+    dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    return embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed), from_run=from_run, run=run)

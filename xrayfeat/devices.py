@@ -1,0 +1,78 @@
+"""Which Keras backend and which device: cheap guesses first, the framework's word when it is loaded.
+
+:func:`keras_backend_name` and :func:`gpu_likely` never import the framework,
+so they can decide things (the store's fingerprint, ``--device auto``) before
+anything heavy is loaded; :func:`gpu_available`, :func:`confirm_device` and
+:func:`device_scope` import Keras and ask the backend itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import DeviceError
+
+__all__ = ["confirm_device", "device_scope", "gpu_available", "gpu_likely", "keras_backend_name"]
+
+
+def keras_backend_name() -> str:
+    """The backend Keras will use, read the way Keras reads it, without importing Keras."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    try:
+        return json.loads(config.read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def gpu_likely() -> bool:
+    """A cheap guess (no framework import) whether a GPU is usable; confirmed before computing."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU (imports the framework)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def confirm_device(requested: str) -> str:
+    """Turn ``--device`` into "cpu" or "gpu" using what the backend really sees."""
+    has_gpu = gpu_available()
+    if requested == "gpu" and not has_gpu:
+        import keras
+
+        raise DeviceError(
+            f"--device gpu: the {keras.backend.backend()} backend sees no GPU on this machine; "
+            f"use --device cpu (or auto), or install a GPU build of the backend"
+        )
+    if requested == "cpu":
+        return "cpu"
+    return "gpu" if has_gpu else "cpu"
+
+
+def device_scope(device: str):
+    """The Keras device scope for a resolved device ("cpu" or "gpu"): the first device of that kind."""
+    import keras
+
+    return keras.device("gpu:0" if device == "gpu" else "cpu:0")

@@ -1,0 +1,141 @@
+"""Every option of xrayfeat, declared once: allowed values, default, help.
+
+The dataclasses here are what the Python API takes and what the CLI builds from
+its flags; the CLI derives its choices, defaults and help from these
+declarations (see :mod:`xrayfeat.params`), so they are never spelled twice.
+Each ``validate()`` raises :class:`~xrayfeat.params.OptionError` (a
+``ValueError``) naming the parameter, what is allowed and what was passed.
+
+* :class:`FeatureOptions` selects a feature store (what a feature value depends on);
+* :class:`RunOptions` says how to run an extraction (nothing here changes a value);
+* :class:`HeadOptions` are the seed's head hyper-parameters and the study's options;
+* :class:`EmbedOptions` choose the map method and its seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .backbones import PRECISIONS, REGISTRY
+from .params import Choice, Interval, Is, OptionError, Subset, option, validate
+
+#: Backbone names, in the registry's order.
+BACKBONES: tuple[str, ...] = tuple(REGISTRY)
+STORE_DTYPES: tuple[str, ...] = ("float16", "float32")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+ON_ERROR: tuple[str, ...] = ("fail", "skip")
+#: Keras backends a head can train on; each is also the name of the module that provides it.
+HEAD_BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
+#: The baselines fit-head knows, in the order reports list them.
+BASELINES: tuple[str, ...] = ("logreg", "svm", "pixels")
+METHODS: tuple[str, ...] = ("tsne", "umap")
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Everything that selects a feature store; changing any field changes the features."""
+
+    backbone: str = option(check=Choice(BACKBONES), help="Backbone (extract accepts a comma-separated list).")
+    weights: str = option("imagenet", check=Is((str,)),
+                          help="imagenet (from $KERAS_HOME/models, md5-checked), none (random, seeded) or a weights file.")
+    image_size: int | None = option(None, check=Interval(32, 2048, integer=True), none=True,
+                                    help="Input size in pixels (default: the backbone's, 224 for VGG16, 299 for InceptionV3).")
+    layer: str | None = option(None, check=Is((str,)), none=True,
+                               help="Cut point, e.g. inception_v3:mixed9 or vgg16:block4_pool (default: the last layer).")
+    precision: str = option("auto", check=Choice(("auto", *PRECISIONS)),
+                            help="auto: float32 on CPU, mixed_bfloat16 on GPU. Part of the fingerprint.")
+    store_dtype: str = option("float16", check=Choice(STORE_DTYPES), help="How features are stored.")
+    seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (random weights, splits, training).")
+
+    def validate(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run an extraction; none of these change a feature value."""
+
+    device: str = option("auto", check=Choice(DEVICES), help="auto: the GPU when one is visible, else the CPU.")
+    batch_size: int = option(32, check=Interval(1, None, integer=True), flag="--batch-size",
+                             help="Images per backbone batch.")
+    workers: int | None = option(None, check=Interval(0, None, integer=True), none=True,
+                                 help="Decoding processes (default: all cores; 0: in-process).")
+    cache_dir: str | os.PathLike = option("data_cache", check=Is((str, os.PathLike)), help="Feature cache folder.")
+    on_error: str = option("fail", check=Choice(ON_ERROR),
+                           help="An undecodable image stops the run (fail) or is left out and reported (skip).")
+    progress: bool = option(False, check=Is((bool,)), help="Show a progress bar on stderr.")
+
+    def validate(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """The seed's hyper-parameters (its values are the defaults) and the study's options."""
+
+    epochs: int = option(40, check=Interval(1, None, integer=True), help="Training epochs (the seed's 40; 100 for 4 classes).")
+    batch_size: int = option(10, check=Interval(1, None, integer=True), help="Head training batch size (the seed's 10).")
+    steps_per_epoch: int = option(10, check=Interval(0, None, integer=True),
+                                  help="Batches per epoch, drawn from a continuing shuffled stream (0: one pass over train).")
+    validation_steps: int | None = option(None, check=Interval(0, None, integer=True), none=True,
+                                          help="Validation batches per epoch (default: the seed's 2 binary, 5 otherwise; "
+                                               "0: the whole validation set).")
+    lr: float = option(1e-3, check=Interval(0, None, low_open=True), help="Adam learning rate.")
+    units: int = option(256, check=Interval(1, None, integer=True), help="Units of the hidden Dense layer.")
+    dropout: float = option(0.3, check=Interval(0, 1, high_open=True), help="Dropout after the hidden layer.")
+    l2: float = option(1e-3, check=Interval(0, None), help="L2 penalty on the hidden layer's kernel.")
+    train_tail: bool = option(False, check=Is((bool,)),
+                              help="Also train the backbone after the cut point (needs --layer).")
+    val_fraction: float = option(0.2, check=Interval(0, 1, low_open=True, high_open=True),
+                                 help="Validation share of train when there is no val split (stratified, grouped by patient).")
+    baselines: tuple[str, ...] = option(BASELINES, check=Subset(BASELINES),
+                                        help="Comma-separated subset of logreg,svm,pixels, or none.")
+    seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (splits, training, bootstrap).")
+    n_boot: int = option(1000, check=Interval(0, None, integer=True), flag="--bootstrap",
+                         help="Bootstrap resamples for confidence intervals.")
+    n_jobs: int | None = option(None, check=Interval(None, None, integer=True), none=True,
+                                help="Parallel jobs for baselines (default: all cores).")
+    backend: str = option("auto", check=Choice(("auto", *HEAD_BACKENDS)), flag="--head-backend",
+                          help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
+                               "features stay in the extraction backend's store).")
+
+    def validate(self) -> None:
+        validate(self)
+
+    def seed_validation_steps(self, n_classes: int) -> int | None:
+        """Validation batches per epoch for ``train_head``: None means the whole validation set."""
+        if self.validation_steps is None:
+            return 2 if n_classes == 2 else 5
+        return self.validation_steps or None
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """A 2-D map of features: the method and its seed."""
+
+    method: str = option("tsne", check=Choice(METHODS), help="Map method: t-SNE (openTSNE) or UMAP.")
+    seed: int = option(0, check=Interval(0, None, integer=True), help="Seed of the map.")
+
+    def validate(self) -> None:
+        validate(self)
+
+
+def parse_list(text: str, allowed: tuple[str, ...], name: str, *, none: bool = False) -> tuple[str, ...]:
+    """``"a,b"`` → ``("a", "b")``: order kept, duplicates dropped, case and spaces ignored.
+
+    With ``none``, the word ``none`` gives ``()``. Anything else outside
+    ``allowed`` raises :class:`OptionError` quoting what was passed.
+    """
+    items = [item.strip().lower() for item in str(text).split(",")]
+    if none and items == ["none"]:
+        return ()
+    if not items or any(item not in allowed for item in items):
+        extra = " or 'none'" if none else ""
+        raise OptionError(f"The {name!r} option must be a comma-separated subset of "
+                          f"{{{', '.join(allowed)}}}{extra}. Got {text!r} instead.")
+    return tuple(dict.fromkeys(items))
+
+
+__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "parse_list",
+           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS"]

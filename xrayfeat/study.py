@@ -1,0 +1,500 @@
+"""The pipelines behind the commands: the fit-head study, maps of cached features, and feature export.
+
+:func:`fit_head` does the seed's study on cached features, one step per function:
+
+1. :func:`check_task`: the dataset makes an honest classification task (train
+   and test splits, every test class seen in train, at least two classes);
+2. :func:`_extract_split`: extracts whatever the store lacks (usually nothing)
+   and reads the train and test rows;
+3. :func:`_validation`: takes validation from the ``val`` split, else a
+   stratified ``val_fraction`` of train, grouped by patient when the dataset
+   knows patients (:func:`split_validation`);
+4. :func:`_train`: the seed's Keras head (and, with ``train_tail``, the
+   backbone's last block) on the cached features, on its own backend;
+5. :func:`_baselines`: the scikit-learn baselines on pooled features and the
+   pixels sentinel;
+6. :func:`study_warnings`: what this field must be told (random weights,
+   leakage, tiny test sets, shortcuts, source gaps);
+7. :func:`_write_run`: metrics with bootstrap intervals, predictions, history,
+   figures and the :class:`~xrayfeat.runs.RunRecord`.
+
+:func:`embed_map` draws a map of pooled features or of a run head's
+penultimate layer; :func:`export_features` writes a dataset's cached features
+to one ``.npz``. Each returns a record the CLI prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, metrics, plots, runs
+from .backbones import get_spec
+from .datasets import Dataset
+from .devices import keras_backend_name
+from .errors import DatasetError, XrayfeatError
+from .extraction import extract, resolve
+from .fileio import atomic_path
+from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from .runs import RunWarning
+from .store import FeatureStore
+
+log = logging.getLogger("xrayfeat")
+
+#: Display names of the map methods.
+METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
+
+
+# --------------------------------------------------------------------------- checks and splits
+
+
+def check_task(dataset: Dataset) -> None:
+    """Stop early, in one line, on datasets that cannot make an honest classification study."""
+    root = dataset.root
+    if len(dataset.classes) < 2:
+        raise DatasetError(f"{root}: only one class ({', '.join(dataset.classes)}); a classifier needs at least two")
+    splits = set(dataset.splits)
+    if "train" not in splits or "test" not in splits:
+        raise DatasetError(
+            f"{root}: fit-head needs a train and a test split (found: {', '.join(sorted(splits)) or 'none'}); "
+            f"use DATA/train/<class>/ and DATA/test/<class>/ or a manifest with a split column"
+        )
+    train_counts = {c: 0 for c in dataset.classes}
+    test_classes = set()
+    for item in dataset.items:
+        if item.split == "train":
+            train_counts[item.label] += 1
+        elif item.split == "test":
+            test_classes.add(item.label)
+    unseen = sorted(c for c in test_classes if train_counts[c] == 0)
+    if unseen:
+        raise DatasetError(f"{root}: test has classes absent from train ({', '.join(unseen)}); add training images for them")
+    few = sorted(c for c, n in train_counts.items() if n < 2)
+    if few:
+        raise DatasetError(f"{root}: classes with fewer than 2 training images ({', '.join(few)}); add images or drop the class with --classes")
+
+
+def groups_of(items) -> np.ndarray | None:
+    """Patient ids where known (an image without one is its own patient); None if no patient is known."""
+    if not any(item.patient_id for item in items):
+        return None
+    return np.array([item.patient_id or f"image:{item.sha256}" for item in items])
+
+
+def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DATA"):
+    """Indices (fit, val) of a stratified split of train, grouped by patient when known.
+
+    ``root`` is the dataset (folder or manifest) named in the error when no
+    patient-grouped split is possible.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
+    groups = groups_of(train_items)
+    if groups is None:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+        fit_idx, val_idx = next(splitter.split(np.zeros(len(y)), y))
+        return np.sort(fit_idx), np.sort(val_idx)
+    # each class needs a patient in every fold; with few patients the validation share grows
+    patients_per_class = min(len(set(groups[y == k])) for k in np.unique(y))
+    if patients_per_class < 2:
+        raise DatasetError(
+            f"{root}: a class has fewer than 2 training patients, so no validation split by patient is possible; "
+            f"add images or a val split"
+        )
+    n_splits = min(max(2, round(1 / val_fraction)), patients_per_class)
+    if n_splits < round(1 / val_fraction):
+        log.warning("only %d patients in the smallest class: validation takes 1/%d of train", patients_per_class, n_splits)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fit_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, groups))
+    return np.sort(fit_idx), np.sort(val_idx)
+
+
+def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
+    """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone)."""
+    from joblib import Parallel, delayed
+
+    from .images import read_gray
+
+    paths = [str(item.path) for item in items]
+    if len(paths) < 64:
+        return np.stack([read_gray(p, size) for p in paths])
+    arrays = Parallel(n_jobs=n_jobs or -1, batch_size=16)(delayed(read_gray)(p, size) for p in paths)
+    return np.stack(arrays)
+
+
+# --------------------------------------------------------------------------- the fit-head study
+
+
+@dataclass
+class FitResult:
+    """What fit-head prints: the run folder, the head's and baselines' headline test figures, warnings, timings."""
+
+    run: str
+    test: dict
+    baselines: dict
+    warnings: list[RunWarning] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"run": self.run, "test": self.test, "baselines": self.baselines,
+                "warnings": [asdict(w) for w in self.warnings], "timings": self.timings}
+
+
+@dataclass
+class _Split:
+    """The study's rows: train (with val) and test items, their labels, and the store they are read from."""
+
+    extraction: object
+    store: FeatureStore
+    train: list
+    test: list
+    y_train: np.ndarray
+    y_test: np.ndarray
+    train_arrays: dict
+    test_arrays: dict
+    seconds: float
+
+
+def _brief(m: dict) -> dict:
+    """The headline figures of a :func:`metrics.evaluate` result."""
+    return {
+        "accuracy": m["accuracy"], "accuracy_ci": m["ci"]["accuracy"], "loss": m["loss"],
+        "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "n": m["n"],
+    }
+
+
+def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: RunOptions):
+    """Validate the options against each other and the dataset; the resolved feature config."""
+    for options in (features, head, run):
+        options.validate()
+    check_task(dataset)
+    config = resolve(features, run.device)
+    spec = get_spec(features.backbone)
+    if head.train_tail and config.fingerprint["layer"] == spec.final_layer:
+        raise XrayfeatError(
+            f"--train-tail needs features stored at a cut point; add --layer {spec.layer_choices()[0]} "
+            f"(the last block is then trained on the cached activations)"
+        )
+    return config
+
+
+def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split:
+    """Extract what the store lacks, drop skipped images, read train (with val) and test rows."""
+    t = time.perf_counter()
+    [extraction] = extract(dataset, features, run)
+    seconds = time.perf_counter() - t
+    store = FeatureStore.at(extraction.store)
+    skipped = {line.split(": ")[0] for line in extraction.skipped_files}
+    items = [item for item in dataset.items if str(item.path) not in skipped]
+    train = [item for item in items if item.split in ("train", "val")]
+    test = [item for item in items if item.split == "test"]
+    class_index = {c: i for i, c in enumerate(dataset.classes)}
+    return _Split(
+        extraction=extraction, store=store, train=train, test=test,
+        y_train=np.array([class_index[i.label] for i in train]), y_test=np.array([class_index[i.label] for i in test]),
+        train_arrays=store.read([i.sha256 for i in train], ("spatial", "pooled")),
+        test_arrays=store.read([i.sha256 for i in test], ("spatial", "pooled")), seconds=seconds,
+    )
+
+
+def _validation(dataset, split: _Split, head: HeadOptions):
+    """(fit indices, val indices, a sentence saying where validation came from) into ``split.train``."""
+    if any(i.split == "val" for i in split.train):
+        fit_idx = np.array([k for k, i in enumerate(split.train) if i.split == "train"])
+        val_idx = np.array([k for k, i in enumerate(split.train) if i.split == "val"])
+        return fit_idx, val_idx, "val split"
+    fit_idx, val_idx = split_validation(split.train, split.y_train, head.val_fraction, head.seed, root=dataset.root)
+    grouped = ", grouped by patient" if groups_of(split.train) is not None else ""
+    return fit_idx, val_idx, f"{head.val_fraction:.0%} of train, stratified{grouped}"
+
+
+def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes: int, head_file: Path,
+           backend: str, child):
+    """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.headproc`."""
+    from .headproc import train_and_predict
+
+    tail = None
+    if head.train_tail:
+        from .backbones import build_tail
+
+        spec = get_spec(config.options.backbone)
+        tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])
+    x, y = split.train_arrays["spatial"], split.y_train
+    return train_and_predict(
+        backend, x[fit_idx], y[fit_idx], x[val_idx], y[val_idx], split.test_arrays["spatial"],
+        head_file=head_file, tail=tail, child=child, device=config.device,
+        n_classes=n_classes, epochs=head.epochs, batch_size=head.batch_size,
+        steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
+        lr=head.lr, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
+    )
+
+
+def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path):
+    """Fit the baselines on train, predict test, save each; (probabilities, artifacts, summaries)."""
+    from .baselines import fit_baselines, save_baseline
+
+    if not head.baselines:
+        return {}, {}, {}
+    needs_pixels = "pixels" in head.baselines
+    fitted = fit_baselines(
+        head.baselines,
+        pooled_train=split.train_arrays["pooled"],
+        pixels_train=read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None,
+        y_train=split.y_train, groups=groups_of(split.train), seed=head.seed, n_jobs=head.n_jobs,
+    )
+    pixels_test = read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None
+    (run_dir / "baselines").mkdir(exist_ok=True)
+    probabilities, artifacts, summaries = {}, {}, {}
+    for name, model in fitted.items():
+        x = pixels_test.reshape(len(split.test), -1).astype(np.float32) if name == "pixels" else split.test_arrays["pooled"]
+        probabilities[name] = _columns_for(model, model.predict_proba(x), n_classes)
+        file = f"baselines/{name}.joblib"
+        artifacts[f"baseline/{name}"] = runs.Artifact(file, save_baseline(model, run_dir / file))
+        summaries[name] = model.summary()
+    return probabilities, artifacts, summaries
+
+
+def _columns_for(model, proba: np.ndarray, n_classes: int) -> np.ndarray:
+    """Put a baseline's probability columns in class-index order (all classes are in train)."""
+    out = np.zeros((len(proba), n_classes))
+    out[:, np.asarray(model.classes_, dtype=int)] = proba
+    return out
+
+
+def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
+    """The warnings this field needs, each with its kind (see :data:`xrayfeat.runs.WARNING_KINDS`)."""
+    found = []
+    if random_weights:
+        found.append(RunWarning("random_weights", "RANDOM backbone weights (--weights none): results say nothing "
+                                                  "about ImageNet transfer"))
+    overlap = metrics.split_overlap(
+        [i.sha256 for i in train], [i.sha256 for i in test],
+        [i.patient_id for i in train if i.patient_id], [i.patient_id for i in test if i.patient_id],
+    )
+    found += [RunWarning("leakage", text) for text in metrics.overlap_warnings(overlap)]
+    tiny = metrics.tiny_test_warning(len(test), head_metrics["accuracy"])
+    if tiny:
+        found.append(RunWarning("small_test", tiny))
+    if "pixels" in baseline_metrics:
+        deep = max([head_metrics["accuracy"]] + [m["accuracy"] for n, m in baseline_metrics.items() if n != "pixels"])
+        sentinel = metrics.sentinel_warning(deep, baseline_metrics["pixels"]["accuracy"])
+        if sentinel:
+            found.append(RunWarning("shortcut", sentinel))
+    if head_metrics.get("by_source"):
+        gap = metrics.source_gap_warning(head_metrics["by_source"])
+        if gap:
+            found.append(RunWarning("source_gap", gap))
+    return found
+
+
+def _timings(split: _Split, trained, baselines_seconds: float, started: float) -> dict:
+    epochs = trained.epoch_seconds
+    return {
+        "extraction_seconds": round(split.seconds, 3),
+        "extracted_images": split.extraction.extracted,
+        "head_seconds": round(trained.seconds, 3),
+        "head_process_seconds": round(trained.process_seconds, 3),  # with the child's start-up and saving
+        # steady state: the first epoch holds graph tracing/compilation, reported apart
+        "seconds_per_epoch": round(float(np.median(epochs[1:] or epochs)), 4) if epochs else None,
+        "first_epoch_seconds": round(epochs[0], 4) if epochs else None,
+        "seconds_per_step": trained.step_seconds,
+        "baselines_seconds": round(baselines_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("keras", "tensorflow-cpu", "tensorflow", "jax", "torch", "numpy", "scikit-learn", "h5py"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    out["keras_backend"] = keras_backend_name()
+    return out
+
+
+def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
+             run: RunOptions = RunOptions(), *, out=None, runs_root="runs") -> FitResult:
+    """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring."""
+    from .headproc import resolve_head_backend, start_child
+
+    started = time.perf_counter()
+    config = _check_options(dataset, features, head, run)
+    head_backend, backend_reason = resolve_head_backend(head.backend, device=config.device, train_tail=head.train_tail)
+    run_dir = runs.new_run_dir(out, runs.task_name(dataset.classes), features.backbone, runs_root)
+    # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
+    # (if this function fails before training, the child sees its input close and exits)
+    child = start_child(head_backend, config.device)
+    try:
+        split = _extract_split(dataset, features, run)
+        fit_idx, val_idx, val_source = _validation(dataset, split, head)
+    except BaseException:
+        if child is not None:
+            child.close()
+        raise
+    log.info("validation: %s (%d images)", val_source, len(val_idx))
+    log.info("head backend: %s (%s)", head_backend, backend_reason)
+    n_classes = len(dataset.classes)
+    trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child)
+    found = []
+    trained_on = trained.settings.get("device")
+    if trained_on and trained_on != config.device:
+        found.append(RunWarning("device", f"the head trained on the {trained_on.upper()}, not the {config.device.upper()} "
+                                          f"this run asked for (--head-backend {head_backend} found no {config.device.upper()})"))
+
+    t = time.perf_counter()
+    probabilities, baseline_artifacts, baseline_info = _baselines(split, head, n_classes, run_dir)
+    baselines_seconds = time.perf_counter() - t
+    probabilities = {"head": trained.proba_test, **probabilities}
+    groups_test = groups_of(split.test)
+    sources_test = [i.source for i in split.test] if any(i.source for i in split.test) else None
+    scored = {name: metrics.evaluate(split.y_test, proba, list(dataset.classes), groups=groups_test,
+                                     sources=sources_test, n_boot=head.n_boot, seed=head.seed)
+              for name, proba in probabilities.items()}
+    head_metrics = scored.pop("head")
+    found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights)
+    for warning in found:
+        log.warning("%s", warning.message)
+
+    record = runs.RunRecord(
+        xrayfeat=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), data=str(dataset.root),
+        task=runs.task_name(dataset.classes), classes=list(dataset.classes),
+        counts={"train": len(fit_idx), "val": len(val_idx), "test": len(split.test), "skipped": split.extraction.skipped},
+        validation=val_source, features=asdict(features),
+        head={**asdict(head), "validation_steps": head.seed_validation_steps(n_classes), "baselines": list(head.baselines)},
+        run={"device": run.device, "batch_size": run.batch_size, "cache_dir": str(run.cache_dir)},
+        store={"path": str(split.store.path), "fingerprint": split.store.fingerprint,
+               "fingerprint_id": split.store.fingerprint_id},
+        weights={"kind": config.weights.kind, "identity": config.weights.identity, "path": config.weights.path,
+                 "random": config.weights.random},
+        params=trained.params,
+        training={**trained.settings, "backend_requested": head.backend, "backend_reason": backend_reason,
+                  "process": trained.process},
+        timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=_versions(),
+        warnings=found,
+    )
+    _write_run(record, run_dir, split, trained, head_metrics, scored, probabilities, baseline_artifacts, dataset.classes)
+    return FitResult(run=str(run_dir), test=_brief(head_metrics), baselines={n: _brief(m) for n, m in scored.items()},
+                     warnings=found, timings=record.timings)
+
+
+def _write_run(record, run_dir: Path, split: _Split, trained, head_metrics, baseline_metrics, probabilities,
+               baseline_artifacts, classes) -> None:
+    """Every artifact, then the record naming each with its sha256 (written last: its presence means complete)."""
+    runs.write_metrics(run_dir / "metrics.json", {"head": head_metrics, "baselines": baseline_metrics})
+    runs.write_history(run_dir / "history.csv", trained.history, trained.epoch_seconds)
+    runs.write_predictions(run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
+    title = f"{record.task} · {record.backbone}" + (" · RANDOM weights" if record.weights["random"] else "")
+    plots.plot_curves(trained.history, run_dir / "curves.png", title=title)
+    plots.plot_confusion(head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
+    plots.plot_roc(split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
+    files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
+             "predictions": "predictions.csv", "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png"}
+    record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
+    record.artifacts.update(baseline_artifacts)
+    runs.write_record(record, run_dir)
+
+
+# --------------------------------------------------------------------------- maps
+
+
+@dataclass
+class EmbedOutcome:
+    """A map: the embed result (coordinates, scores, files) and what was projected."""
+
+    result: object
+    method: str
+    source: str
+    images: int
+
+    def as_json(self) -> dict:
+        r = self.result
+        return {"out": str(r.plot_path), "coords": str(r.coords_path), "method": self.method,
+                "source": self.source, "reused": r.reused, "seconds": round(r.seconds, 3), "scores": r.scores}
+
+
+def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: EmbedOptions = EmbedOptions(), *,
+              from_run=None, run: RunOptions = RunOptions(), title: str = "") -> EmbedOutcome:
+    """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates).
+
+    With ``from_run`` the run's own feature options select the store and its
+    head (loaded after its sha256 is checked) projects the spatial maps;
+    ``features`` is then ignored.
+    """
+    from .embedding import embed_cached
+
+    embed.validate()
+    head = None
+    if from_run is not None:
+        from .trained import load_run
+
+        trained = load_run(from_run)
+        if list(dataset.classes) != trained.classes:
+            raise DatasetError(f"{from_run} was trained on classes {trained.classes}, {dataset.root} has "
+                               f"{list(dataset.classes)}; pass --classes {','.join(trained.classes)}")
+        features, head = trained.feature_options(), trained.head()
+    elif features is None:
+        raise ValueError("embed_map needs features (a FeatureOptions) or from_run")
+    [extraction] = extract(dataset, features, run)
+    store = FeatureStore.at(extraction.store)
+    if head is not None:
+        values = head.embed(store.read(dataset.hashes, ("spatial",))["spatial"])
+        source = f"head penultimate layer ({Path(from_run).name})"
+    else:
+        values = store.read(dataset.hashes, ("pooled",))["pooled"]
+        source = f"{features.backbone} pooled features"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result = embed_cached(values, dataset.labels, out, method=embed.method, seed=embed.seed, classes=list(dataset.classes),
+                          splits=[item.split for item in dataset.items],
+                          title=title or f"{METHOD_NAMES[embed.method]} of {source}")
+    return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    out: str
+    rows: int
+    store: str
+    pooled: list
+    spatial: list
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_dir="data_cache",
+                    device: str = "auto") -> ExportResult:
+    """Write a dataset's cached features to one ``.npz`` in the dataset's order; computes nothing.
+
+    Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C).
+    Missing rows are a :class:`~xrayfeat.errors.StoreError` naming the extract
+    command to run.
+    """
+    from .extraction import open_store
+
+    features.validate()
+    store = open_store(features, cache_dir, device)
+    arrays = store.read(dataset.hashes, ("pooled", "spatial"))
+    with atomic_path(out, suffix=".npz") as tmp:
+        np.savez(
+            tmp,
+            sha256=np.array(dataset.hashes),
+            path=np.array([item.relpath for item in dataset.items]),
+            label=np.array([item.label for item in dataset.items]),
+            split=np.array([item.split for item in dataset.items]),
+            pooled=arrays["pooled"],
+            spatial=arrays["spatial"],
+        )
+    return ExportResult(out=str(out), rows=len(dataset), store=str(store.path),
+                        pooled=list(arrays["pooled"].shape), spatial=list(arrays["spatial"].shape))

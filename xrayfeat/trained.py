@@ -1,0 +1,119 @@
+"""A trained run, loaded: what a notebook user holds after ``xf.load_run(path)`` or ``xf.fit_head(...)``.
+
+:class:`Run` wraps a :class:`~xrayfeat.runs.RunRecord` with what a user does
+with a run: its test metrics as a table, the per-image test predictions, the
+training history, the figures, the head and baseline models (each loaded only
+after its sha256 matches the record), and the feature options that select the
+run's store. Nothing is loaded until asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from .options import FeatureOptions
+from .runs import RunRecord, read_record
+
+#: The figures fit-head draws, by name.
+FIGURES = ("curves", "confusion", "roc")
+
+
+class Run:
+    """One run folder. ``Run(path)`` or :func:`load_run`; see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.record: RunRecord = read_record(path)
+        self.path = Path(path)
+        self._metrics = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, task={self.task!r}, backbone={self.backbone!r}, classes={self.classes})"
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.record.classes)
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+    @property
+    def backbone(self) -> str:
+        return self.record.backbone
+
+    @property
+    def warnings(self):
+        """The study's warnings, each a :class:`~xrayfeat.runs.RunWarning` (kind, message)."""
+        return list(self.record.warnings)
+
+    @property
+    def metrics(self) -> dict:
+        """``{"head": {...}, "baselines": {name: {...}}}``: every test figure fit-head computed."""
+        if self._metrics is None:
+            self._metrics = self.record.metrics()
+        return self._metrics
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        """The run's figures by name (``curves``, ``confusion``, ``roc``, and ``embed-*`` maps drawn later)."""
+        found = {name: self.record.verified(name) for name in FIGURES if name in self.record.artifacts}
+        found.update({p.stem: p for p in sorted(self.path.glob("embed-*.png"))})
+        return found
+
+    def feature_options(self) -> FeatureOptions:
+        """The options that select the store this run was trained on."""
+        return FeatureOptions(**self.record.features)
+
+    # ------------------------------------------------------------------ tables
+
+    def summary(self):
+        """One row per model (head, then baselines): accuracy with its CI, balanced accuracy, ROC-AUC, log-loss, n."""
+        import pandas as pd
+
+        rows = []
+        for name, m in [("head", self.metrics["head"]), *self.metrics["baselines"].items()]:
+            ci = (m.get("ci") or {}).get("accuracy") or [None, None]
+            rows.append({"model": name, "accuracy": m["accuracy"], "accuracy_low": ci[0], "accuracy_high": ci[1],
+                         "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "loss": m["loss"],
+                         "n": m["n"]})
+        return pd.DataFrame(rows).set_index("model")
+
+    def predictions(self):
+        """The test predictions: path, sha256, patient_id, source, label, y_true, then ``<model>:<class>`` probabilities."""
+        import pandas as pd
+
+        return pd.read_csv(io.StringIO(self.record.predictions_csv()), keep_default_na=False,
+                           dtype={"patient_id": str, "source": str})
+
+    def history(self):
+        """Training history: one row per epoch (loss, accuracy, val_loss, val_accuracy, seconds)."""
+        import pandas as pd
+
+        table = pd.DataFrame(self.record.history())
+        return table.astype({"epoch": int}).set_index("epoch")
+
+    # ------------------------------------------------------------------ models
+
+    def head(self):
+        """The trained head (:class:`~xrayfeat.heads.TrainedHead`), loaded after its sha256 is checked."""
+        from .heads import load_head
+
+        return load_head(self.record.verified("head"))
+
+    def baseline(self, name: str):
+        """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches."""
+        from .baselines import load_baseline
+
+        key = f"baseline/{name}"
+        if key not in self.record.artifacts:
+            raise KeyError(f"{self.path} has no baseline {name!r}; it has {self.record.baseline_names}")
+        return load_baseline(self.record.verified(key), self.record.artifacts[key].sha256)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """The run in folder ``path`` (a :class:`Run`); one clear error when it is not a run or is damaged."""
+    return Run(path)
