@@ -79,9 +79,10 @@ def test_imagenet_path_installs_verifies_and_loads_a_weight_file(tmp_path, monke
     source = tmp_path / "downloaded.h5"
     original = write_legacy_weights(source)
     md5 = backbones.file_md5(source)
-    # the real file can't be downloaded here: pretend ours is the published one
+    # tests never download (see test_weights.py for that): pretend ours is the published one, and stay offline
     monkeypatch.setitem(backbones.REGISTRY, "vgg16", backbones.replace_md5(backbones.REGISTRY["vgg16"], md5))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("XRAYFEAT_OFFLINE", "1")
 
     missing = invoke("extract", tmp_path, "-b", "vgg16")
     assert missing.exit_code == 2 and "xrayfeat weights install FILE" in missing.stderr
@@ -139,12 +140,11 @@ def test_weights_for_another_backbone_are_one_clear_error(tmp_path):
 BAD_INPUT = [
     (["inspect", "{tmp}/nope"], "nope: no such folder"),
     (["extract", "{tmp}/nope", "-b", "vgg16", "--weights", "none"], "nope: no such folder"),
-    (["extract", "{data}", "-b", "resnet50", "--weights", "none"], "choose from vgg16, inception_v3"),
+    (["extract", "{data}", "-b", "resnet50", "--weights", "none"], ("'resnet50'", "vgg16, inception_v3")),
     (["extract", "{data}", "-b", "vgg16", "--weights", "{tmp}/missing.h5"], "missing.h5"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--layer", "mixed9"], "not a known cut point"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--layer", "inception_v3:mixed9"], "names backbone"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--classes", "covid"], "covid"),
-    (["cache", "export", "{data}", "-b", "vgg16", "--weights", "none", "--out", "{tmp}/x.npz"], "run `xrayfeat extract"),
     (["weights", "install", "{tmp}/nope.h5"], "nope.h5: no such file"),
     (["describe", "-b", "vgg16", "--classes", "1"], "--classes must be at least 2"),
     # fit-head: a missing folder and a bad --baselines value, before any work
@@ -153,16 +153,22 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD_INPUT, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(BAD_INPUT)])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_data, args, message):
+def run_expecting_one_error_line(tmp_path, tiny_data, args, message, exit_code):
     args = [a.format(tmp=tmp_path, data=tiny_data) for a in args]
     proc = run_cli(*args, "--cache-dir", tmp_path / "cache") if args[0] in ("extract", "fit-head") or args[:2] == ["cache", "export"] \
         else run_cli(*args)
-    assert proc.returncode in (1, 2), proc.stderr
+    assert proc.returncode == exit_code, (proc.returncode, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("xrayfeat: error:") and message in lines[0]
+    assert lines[0].startswith("xrayfeat: error:"), proc.stderr
+    for part in (message,) if isinstance(message, str) else message:
+        assert part in lines[0], (part, lines[0])
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(BAD_INPUT)])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_data, args, message):
+    run_expecting_one_error_line(tmp_path, tiny_data, args, message, exit_code=2)
 
 
 def test_corrupt_image_is_named_with_the_fix(tmp_path, tiny_data):
@@ -228,3 +234,11 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert html.count("data:image/png;base64") >= 3 * 5  # curves, confusion, ROC, t-SNE, UMAP per run
     if data["weights"] == "none":
         assert "RANDOM" in html
+
+
+def test_export_before_extract_is_one_line_and_exit_1(tmp_path, tiny_data):
+    # Not bad input: DATA and every option are valid, and the same command succeeds once
+    # `xrayfeat extract` has filled the store. The store lacking those features is a StoreError,
+    # which the contract (errors.py) maps to 1, "any other failure".
+    args = ["cache", "export", "{data}", "-b", "vgg16", "--weights", "none", "--out", "{tmp}/x.npz"]
+    run_expecting_one_error_line(tmp_path, tiny_data, args, "run `xrayfeat extract", exit_code=1)

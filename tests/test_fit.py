@@ -12,8 +12,8 @@ from conftest import run_cli, write_tiny_dataset
 from xrayfeat import metrics
 from xrayfeat.datasets import discover
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.extract import FeatureOptions, RunOptions
-from xrayfeat.fit import HeadOptions, fit_head
+from xrayfeat.extraction import FeatureOptions, RunOptions
+from xrayfeat.study import HeadOptions, fit_head
 
 QUICK = HeadOptions(epochs=3, steps_per_epoch=4, units=16, baselines=("logreg", "pixels"), n_boot=200)
 
@@ -30,6 +30,24 @@ def read_predictions(path):
     return rows
 
 
+def sentinel_messages(warnings) -> list[str]:
+    """The messages of the pixels-sentinel warnings among RunWarnings or their JSON dicts."""
+    as_dicts = [w if isinstance(w, dict) else {"kind": w.kind, "message": w.message} for w in warnings]
+    return [w["message"] for w in as_dicts if w["kind"] == "shortcut"]
+
+
+def has_sentinel(warnings) -> bool:
+    return bool(sentinel_messages(warnings))
+
+
+def sentinel_expected(head, baselines, margin=0.05) -> bool:
+    """The rule, restated: pixels within ``margin`` of (or above) the best deep model warns."""
+    if "pixels" not in baselines:
+        return False
+    deep = max([head["accuracy"]] + [m["accuracy"] for name, m in baselines.items() if name != "pixels"])
+    return baselines["pixels"]["accuracy"] >= deep - margin
+
+
 def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_data):
     result = quick_fit(tiny_data, tmp_path)
     run = tmp_path / "run"
@@ -40,7 +58,7 @@ def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_da
     assert config["weights"]["random"] is True
     assert config["store"]["fingerprint"]["backbone"] == "vgg16"
     assert config["params"]["total"] > config["params"]["trainable"] > 0
-    assert config["files"]["baselines"]["logreg"]["sha256"]
+    assert config["artifacts"]["baseline/logreg"]["sha256"]
     assert len((run / "history.csv").read_text().splitlines()) == 1 + 3
 
     rows = read_predictions(run / "predictions.csv")
@@ -54,7 +72,8 @@ def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_da
         assert again["accuracy"] == recorded["accuracy"]
         assert again["loss"] == pytest.approx(recorded["loss"], rel=1e-5)
     assert result.test["accuracy"] == saved["head"]["accuracy"]
-    assert any("RANDOM" in w for w in result.warnings)
+    assert any("RANDOM" in str(w) for w in result.warnings)
+    assert has_sentinel(result.warnings) == sentinel_expected(result.test, result.baselines)
 
 
 def test_same_seed_same_results_on_cpu(tmp_path, tiny_data):
@@ -65,7 +84,7 @@ def test_same_seed_same_results_on_cpu(tmp_path, tiny_data):
 
 
 def test_patient_groups_keep_validation_apart(tmp_path):
-    from xrayfeat.fit import groups_of, split_validation
+    from xrayfeat.study import groups_of, split_validation
 
     data = write_tiny_dataset(tmp_path / "d", per_split=(("train", 12), ("test", 2)))
     dataset = discover(data)
@@ -148,7 +167,7 @@ def test_real_sample_runs_to_the_end(tmp_path, real_sample):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data["baselines"]) == {"logreg", "svm", "pixels"}
-    assert any("pixels" in w or "32x32" in w for w in data["warnings"]) or data["baselines"]["pixels"]["accuracy"] < 0.8
+    assert has_sentinel(data["warnings"]) == sentinel_expected(data["test"], data["baselines"]), data
     for name in ("config.json", "metrics.json", "history.csv", "predictions.csv", "head.keras", "curves.png",
                  "confusion.png", "roc.png"):
         assert (tmp_path / "real" / name).is_file()
@@ -158,7 +177,7 @@ def test_real_sample_runs_to_the_end(tmp_path, real_sample):
 def test_few_patients_still_split_or_say_why(tmp_path):
     from dataclasses import replace
 
-    from xrayfeat.fit import split_validation
+    from xrayfeat.study import split_validation
 
     dataset = discover(write_tiny_dataset(tmp_path / "d", per_split=(("train", 3), ("test", 1))))
     train = [i for i in dataset.items if i.split == "train"]
@@ -169,3 +188,36 @@ def test_few_patients_still_split_or_say_why(tmp_path):
     one_patient = [replace(item, patient_id=item.label) for item in train]
     with pytest.raises(DatasetError, match="fewer than 2 training patients"):
         split_validation(one_patient, y, 0.2, seed=0)
+
+
+# the pixels sentinel, on the warning function fit-head calls, with accuracies chosen by hand
+SENTINEL_CASES = [
+    # (head accuracy, {baseline: accuracy}, warns)
+    (0.80, {"logreg": 0.78, "pixels": 0.80}, True),   # pixels as good as the best deep model
+    (0.80, {"logreg": 0.70, "pixels": 0.90}, True),   # pixels above it
+    (0.80, {"logreg": 0.70, "pixels": 0.77}, True),   # within the 0.05 margin
+    (0.50, {"svm": 0.90, "pixels": 0.88}, True),      # the best deep model is a baseline, not the head
+    (0.80, {"logreg": 0.78, "pixels": 0.60}, False),  # pixels clearly worse
+    (0.95, {"logreg": 0.60, "pixels": 0.70}, False),  # beats logreg, but the head is clearly ahead
+    (0.50, {"svm": 0.95, "pixels": 0.70}, False),     # beats the head, but a deep baseline is clearly ahead
+    (0.60, {"logreg": 0.60}, False),                  # no sentinel run, no sentinel warning
+]
+
+
+@pytest.mark.parametrize("head,baselines,warns", SENTINEL_CASES,
+                         ids=[f"head{h}-" + "-".join(f"{n}{a}" for n, a in b.items()) for h, b, _ in SENTINEL_CASES])
+def test_pixels_sentinel_warns_only_when_pixels_keep_up(head, baselines, warns):
+    from types import SimpleNamespace
+
+    from xrayfeat.study import study_warnings
+
+    train = [SimpleNamespace(sha256=f"train{i}", patient_id=None) for i in range(400)]
+    test = [SimpleNamespace(sha256=f"test{i}", patient_id=None) for i in range(400)]
+    head_metrics = {"accuracy": head}
+    baseline_metrics = {name: {"accuracy": acc} for name, acc in baselines.items()}
+    found = study_warnings(train, test, head_metrics, baseline_metrics, random_weights=False)
+    sentinel = sentinel_messages(found)
+    assert len(sentinel) == int(warns), found
+    assert warns == sentinel_expected(head_metrics, baseline_metrics)  # the table agrees with the rule it states
+    if warns:
+        assert f"pixels scores {baselines['pixels']:.3g}" in sentinel[0] and "32x32 grayscale" in sentinel[0]
