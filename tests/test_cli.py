@@ -146,7 +146,7 @@ BAD_INPUT = [
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--layer", "inception_v3:mixed9"], "names backbone"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--classes", "covid"], "covid"),
     (["weights", "install", "{tmp}/nope.h5"], "nope.h5: no such file"),
-    (["describe", "-b", "vgg16", "--classes", "1"], "--classes must be at least 2"),
+    (["describe", "-b", "vgg16", "--classes", "1"], "Invalid value for '--classes': 1 is not in the range x>=2"),
     # fit-head: a missing folder and a bad --baselines value, before any work
     (["fit-head", "{tmp}/nope", "-b", "vgg16", "--weights", "none"], "nope: no such folder"),
     (["fit-head", "{data}", "-b", "vgg16", "--weights", "none", "--baselines", "knn"], "Got 'knn' instead"),

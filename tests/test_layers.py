@@ -21,7 +21,7 @@ LAYERS = [
     "fingerprint", "shards", "store", "extraction",
     "heads_jax", "heads", "headproc", "baselines", "metrics", "plots", "embedding",
     # records and their use
-    "runs", "trained", "study", "report_doc", "report", "demo",
+    "runs", "study", "prediction", "external", "trained", "report_doc", "report", "export", "demo",
     # faces
     "api", "cli",
 ]

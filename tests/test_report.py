@@ -33,6 +33,8 @@ BY_KIND = {
     "shortcut": "a logistic regression on 32x32 grayscale pixels scores 0.8, above the deep model (0.7): the data",
     "source_gap": "accuracy differs by source beyond the intervals: a 0.90 [0.80, 0.95] (n=40) vs b 0.50 (n=40)",
     "small_test": TINY.message,
+    "overlap": "3 of 120 images of /data/hosp_b are byte-identical to the run's training or validation images",
+    "missing_class": "covid absent from /data/hosp_b: per-class figures for it and the macro ROC-AUC are undefined",
     "device": "trained on the CPU although a GPU was requested: timings are not comparable",
     "other": "something a study noticed",
 }
@@ -105,6 +107,33 @@ def make_run(root: Path, name: str, *, classes=("normal", "pneumonia"), backbone
         np.savez(run / "embed-tsne.png.coords.npz", xy=np.zeros((4, 2)))
     runs.write_record(record, run)
     return run
+
+
+def add_external(run: Path, name: str, *, head: dict, baselines: dict | None = None, n=120, excluded=3,
+                 classes=None, warnings=(), figures=True) -> Path:
+    """An external result recorded as ``xrayfeat evaluate`` (external._write) records it: files, artifacts, record."""
+    record = runs.read_record(run)
+    folder = run / "external" / name
+    folder.mkdir(parents=True)
+    write_json(folder / "metrics.json", {"head": head, "baselines": baselines or {}})
+    atomic_write(folder / "predictions.csv", "path,sha256,patient_id,source,label,y_true,head:normal,head:pneumonia\n"
+                                             "a.png,00,,,normal,0,0.6,0.4\n")
+    parts = [("metrics", "metrics.json"), ("predictions", "predictions.csv")]
+    if figures:
+        rng = np.random.default_rng(2)
+        for part in ("confusion", "roc"):
+            Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(folder / f"{part}.png")
+            parts.append((part, f"{part}.png"))
+    for part, file in parts:
+        key, artifact = runs.artifact(run, f"external/{name}/{part}", f"external/{name}/{file}")
+        record.artifacts[key] = artifact
+    record.external[name] = {
+        "data": f"/data/{name}", "created": "2026-12-01T10:00:00Z", "n": n, "excluded": excluded,
+        "classes": list(record.classes if classes is None else classes),
+        "warnings": [{"kind": w.kind, "message": w.message} for w in warnings],
+    }
+    runs.write_record(record, run)
+    return folder
 
 
 def make_legacy_run(root: Path, name: str, **kwargs) -> Path:
@@ -408,3 +437,202 @@ def test_runs_on_different_test_sets_are_noted(tmp_path):
     assert "tested on different data or test sets" in md
     md = Path(write_report([a], tmp_path / "out1")["markdown"]).read_text()
     assert "tested on different data" not in md
+
+
+# --------------------------------------------------------------------------- external validation
+
+OVERLAP = RunWarning("overlap", BY_KIND["overlap"])
+MISSING = RunWarning("missing_class", BY_KIND["missing_class"])
+
+
+def _external(accuracy, ci, *, classes=("normal", "pneumonia"), roc_auc=0.61, present=None, n=120):
+    """External metrics as evaluate records them (with roc_auc_present), accuracy interval given."""
+    m = _metrics(list(classes), accuracy, n=n)
+    m["ci"]["accuracy"] = list(ci)
+    m["roc_auc"] = roc_auc
+    m["roc_auc_present"] = roc_auc if roc_auc is not None else present
+    return m
+
+
+def _block(md: str, start: str) -> str:
+    """From the heading ``start`` to the next heading of the same or a higher level."""
+    level = start.split(" ", 1)[0]
+    rest = md.split(start + "\n", 1)[1]
+    return re.split(rf"\n#{{1,{len(level)}}} ", rest, maxsplit=1)[0]
+
+
+@pytest.fixture
+def shifted(tmp_path):
+    """bin-vgg (internal head 0.800, AUC 0.900) scored on hosp_b: head falls to chance, logreg holds."""
+    run = make_run(tmp_path / "runs", "bin-vgg", warnings=[TINY])
+    add_external(run, "hosp_b", head=_external(0.488, (0.41, 0.57)),
+                 baselines={"logreg": _external(0.72, (0.63, 0.8), roc_auc=0.95),
+                            "pixels": _external(0.5, (0.41, 0.59), roc_auc=0.5)},
+                 warnings=[OVERLAP, TINY])
+    return run
+
+
+def test_internal_vs_external_rows_and_signs(shifted, tmp_path):
+    md = Path(write_report([shifted], tmp_path / "out")["markdown"]).read_text()
+    section = _block(md, "### Internal vs external")
+    table = _tables_md(section)[0]
+    assert table[0] == ("| Model | Internal acc. [95% CI] | hosp_b acc. [95% CI] | hosp_b Δ acc. | Internal ROC-AUC "
+                        "| hosp_b ROC-AUC | hosp_b Δ AUC |")
+    assert table[2:] == [
+        "| head | 0.800 [0.700, 0.900] | 0.488 [0.410, 0.570] | −0.312 | 0.900 | 0.610 | −0.290 |",
+        "| logreg | 0.700 [0.600, 0.800] | 0.720 [0.630, 0.800] | +0.020 | 0.900 | 0.950 | +0.050 |",
+        "| pixels (sentinel) | 0.700 [0.600, 0.800] | 0.500 [0.410, 0.590] | −0.200 | 0.900 | 0.500 | −0.400 |",
+    ]
+    run = md.split("## Run bin-vgg", 1)[1]
+    assert run.index("### Test results") < run.index("### Internal vs external") < run.index("### Per class (head)")
+    assert ("Data `/data/hosp_b` · 120 images scored as test data · 3 left out as byte-identical to training or "
+            "validation images · classes normal, pneumonia · evaluated 2026-12-01T10:00:00Z") in section
+
+
+def test_external_overview_after_comparison(shifted, tmp_path):
+    md = Path(write_report([shifted], tmp_path / "out")["markdown"]).read_text()
+    assert md.index("## Comparison") < md.index("## External validation") < md.index("## Warnings")
+    assert "- [External validation](#external)" in md
+    assert "1 run in 1 task; 2 distinct warnings; 1 external evaluation. Generated" in md
+    table = _tables_md(_block(md, "## External validation"))[0]
+    assert table[0] == ("| Run | External data | n | Excluded | Head acc. internal → external | Δ acc. "
+                        "| Head ROC-AUC internal → external | Δ AUC |")
+    assert table[2:] == ["| [bin-vgg](#run-bin-vgg) | [hosp_b](#run-bin-vgg-external-hosp_b) | 120 | 3 "
+                         "| 0.800 → 0.488 [0.410, 0.570] | −0.312 | 0.900 → 0.610 | −0.290 |"]
+
+
+NOTE_CASES = [
+    # internal head accuracy, external accuracy and interval, classes, the sentence (None: no note)
+    (0.8, 0.488, (0.41, 0.57), 2,
+     "Head accuracy on hosp_b is 0.488: its 95% interval [0.410, 0.570] includes chance (1/2 = 0.500) and it is "
+     "0.312 below the internal 0.800; the internal result does not carry to hosp_b."),
+    (0.6, 0.55, (0.45, 0.65), 2,
+     "Head accuracy on hosp_b is 0.550: its 95% interval [0.450, 0.650] includes chance (1/2 = 0.500); "
+     "the internal result does not carry to hosp_b."),
+    (0.9, 0.75, (0.66, 0.83), 2,
+     "Head accuracy on hosp_b is 0.750: it is 0.150 below the internal 0.900; the internal result does not carry "
+     "to hosp_b."),
+    (0.4, 0.3, (0.22, 0.38), 4,
+     "Head accuracy on hosp_b is 0.300: its 95% interval [0.220, 0.380] includes chance (1/4 = 0.250); "
+     "the internal result does not carry to hosp_b."),
+    (0.8, 0.75, (0.66, 0.83), 2, None),
+    (0.8, 0.7, (0.61, 0.79), 2, None),  # a drop of exactly 0.1 does not exceed it
+    (0.6, 0.45, (0.26, 0.49), 4, "Head accuracy on hosp_b is 0.450: it is 0.150 below the internal 0.600; "
+                                 "the internal result does not carry to hosp_b."),
+]
+
+
+@pytest.mark.parametrize("internal, accuracy, ci, k, note", NOTE_CASES)
+def test_chance_or_drop_note(tmp_path, internal, accuracy, ci, k, note):
+    classes = ("normal", "pneumonia", "covid", "tb")[:k]
+    run = make_run(tmp_path, "r", classes=classes, accuracy=internal)
+    add_external(run, "hosp_b", head=_external(accuracy, ci, classes=classes))
+    md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
+    run_part = _block(md, "### Internal vs external")
+    overview = _block(md, "## External validation")
+    if note is None:
+        assert "does not carry" not in md
+    else:
+        assert f"\n\n{note}\n\n" in run_part
+        assert f"- [r](#run-r): {note}" in overview
+        assert md.count("does not carry") == 2
+
+
+def test_auc_over_present_classes_is_marked(tmp_path):
+    run = make_run(tmp_path, "r", baselines=())
+    add_external(run, "hosp_c", head=_external(0.75, (0.66, 0.83), roc_auc=None, present=0.64), classes=["normal"],
+                 warnings=[MISSING])
+    md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
+    section = _block(md, "### Internal vs external")
+    assert ("| head | 0.800 [0.700, 0.900] | 0.750 [0.660, 0.830] | −0.050 | 0.900 | 0.640† | −0.260† |"
+            in section)
+    footnote = ("*† Mean one-vs-rest ROC-AUC over the classes present: the macro ROC-AUC is undefined when a class "
+                "is absent (absent from hosp_c: pneumonia).*")
+    assert footnote in section and footnote in _block(md, "## External validation")
+    assert "| 0.900 → 0.640† | −0.260† |" in md
+    assert "classes normal · absent: pneumonia" in section
+    # no external AUC at all: a dash, not a number
+    other = make_run(tmp_path, "s", baselines=())
+    add_external(other, "hosp_c", head=_external(0.75, (0.66, 0.83), roc_auc=None, present=None))
+    md = Path(write_report([other], tmp_path / "out2")["markdown"]).read_text()
+    assert "| head | 0.800 [0.700, 0.900] | 0.750 [0.660, 0.830] | −0.050 | 0.900 | — | — |" in md
+    assert "†" not in md
+
+
+def test_external_warnings_grouped_by_kind_and_attributed(tmp_path):
+    a = make_run(tmp_path, "a", warnings=[TINY])
+    add_external(a, "hosp_b", head=_external(0.78, (0.7, 0.85)), warnings=[MISSING, OVERLAP, TINY])
+    b = make_run(tmp_path, "b", warnings=[RunWarning("leakage", BY_KIND["leakage"])])
+    md = Path(write_report([a, b], tmp_path / "out")["markdown"]).read_text()
+    section = _warnings_section(md)
+    assert _labels(section) == [WARNING_KINDS[k] for k in ("leakage", "small_test", "overlap", "missing_class")]
+    items = [line for line in section.splitlines() if line.startswith("- ")]
+    assert items[1] == (f"- **Small test set:** {TINY.message} — runs: [a](#run-a), "
+                        f"[a (external: hosp_b)](#run-a-external-hosp_b)")
+    assert items[2] == (f"- **External data overlaps training:** {OVERLAP.message} — "
+                        f"run: [a (external: hosp_b)](#run-a-external-hosp_b)")
+    assert items[3].endswith("— run: [a (external: hosp_b)](#run-a-external-hosp_b)")
+    assert "4 distinct warnings" in md
+    # under the external heading, most serious first; the run's own list keeps its own
+    external = _block(md, "#### External: hosp_b")
+    assert _labels(external) == [WARNING_KINDS[k] for k in ("small_test", "overlap", "missing_class")]
+    assert _labels(_block(md, "## Run a").split("\n### Warnings\n", 1)[1]) == ["Small test set"]
+    # every link points at an id of the page
+    refs = _parse(Path(tmp_path / "out" / "report.html"))
+    ids = {attrs["id"] for _, attrs in refs.tags if "id" in attrs}
+    assert "run-a-external-hosp_b" in ids and "external" in ids
+    for _, attrs in refs.tags:
+        if attrs.get("href", "").startswith("#"):
+            assert attrs["href"][1:] in ids
+
+
+def test_external_figures_in_markdown_and_html(shifted, tmp_path):
+    out = tmp_path / "out"
+    result = write_report([shifted], out)
+    md = Path(result["markdown"]).read_text()
+    external = _block(md, "#### External: hosp_b")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", external)
+    assert links == ["figures/bin-vgg-external-hosp_b-confusion.png", "figures/bin-vgg-external-hosp_b-roc.png"]
+    for link, part in zip(links, ("confusion", "roc")):
+        assert (out / link).read_bytes() == (shifted / "external" / "hosp_b" / f"{part}.png").read_bytes()
+    assert "*confusion matrix (head, external: hosp_b)*" in external
+    imgs = [attrs for tag, attrs in _parse(result["html"]).tags if tag == "img"]
+    assert len(imgs) == 3 + 2
+    assert all(attrs["src"].startswith("data:image/png;base64,") for attrs in imgs)
+    assert 'alt="ROC curves (head, external: hosp_b)"' in Path(result["html"]).read_text()
+
+
+@pytest.mark.parametrize("file", ["metrics.json", "confusion.png"])
+def test_tampered_external_artifact_is_one_line_run_error(shifted, tmp_path, file):
+    target = shifted / "external" / "hosp_b" / file
+    with open(target, "ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(RunError, match="sha256 differs") as info:
+        write_report([shifted], tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(target))
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_external_metrics_not_json_is_one_line_run_error(tmp_path):
+    run = make_run(tmp_path, "r")
+    add_external(run, "hosp_b", head=_external(0.7, (0.6, 0.8)))
+    target = run / "external" / "hosp_b" / "metrics.json"
+    target.write_text("{not json")
+    record = runs.read_record(run)
+    record.artifacts.update([runs.artifact(run, "external/hosp_b/metrics", "external/hosp_b/metrics.json")])
+    runs.write_record(record, run)
+    with pytest.raises(RunError, match=r"metrics.json: not valid JSON .*re-run xrayfeat evaluate") as info:
+        write_report([run], tmp_path / "out")
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(target))
+
+
+def test_runs_without_external_results_are_unchanged(shifted, tmp_path):
+    plain = make_run(tmp_path / "runs", "plain")
+    md = Path(write_report([plain], tmp_path / "alone")["markdown"]).read_text()
+    assert "External" not in md and "Internal vs external" not in md and "does not carry" not in md
+    assert "\n- [Comparison](#comparison)\n- [Warnings](#warnings)\n- [Run plain](#run-plain)\n" in md
+    assert "1 run in 1 task; 0 distinct warnings. Generated" in md
+    both = Path(write_report([shifted, plain], tmp_path / "both")["markdown"]).read_text()
+    own = both.split("## Run plain\n", 1)[1]
+    assert own == md.split("## Run plain\n", 1)[1]  # its section is the same with another run's externals beside it

@@ -21,6 +21,7 @@ from .datasets import Dataset
 from .datasets import discover as _discover
 from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from .params import OptionError
+from .trained import Run, load_run
 
 #: Feature parts a caller can ask for.
 PARTS = ("pooled", "spatial")
@@ -147,7 +148,6 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     head's (``extract_batch_size`` the backbone's).
     """
     from .study import fit_head as _fit_head
-    from .trained import load_run
 
     run_kw = _pop(RunOptions, options, skip=("batch_size",))
     if extract_batch_size is not None:
@@ -174,4 +174,16 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
     features = None if from_run is not None else _features(backbone, features, options)
     _no_leftovers(options, "embed")
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    if from_run is not None and not isinstance(from_run, Run):
+        from_run = load_run(from_run)
     return embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed), from_run=from_run, run=run)
+
+
+def predict(run, inputs, **options):
+    """Classify new images with a trained run (a :class:`~xrayfeat.trained.Run` or its folder); see ``Run.predict``."""
+    return (run if isinstance(run, Run) else load_run(run)).predict(inputs, **options)
+
+
+def evaluate(run, data, **options):
+    """Score a trained run on another site's labelled data; see ``Run.evaluate``."""
+    return (run if isinstance(run, Run) else load_run(run)).evaluate(data, **options)

@@ -172,15 +172,41 @@ def _dataset(data: str, classes: str | None, cache_dir):
     return discover(data, classes=_classes(classes), cache_dir=cache_dir)
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 class _Group(click.Group):
+    """Commands in the order they are defined; click's own usage errors as one line, like every other error."""
+
     def list_commands(self, ctx):
         return list(self.commands)
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS as exc:  # plain `xrayfeat`: the help, as click prints it
+            click.echo(exc.format_message())
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            click.echo(f"xrayfeat: error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"xrayfeat: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("xrayfeat: aborted", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="xrayfeat")
 @click.option("--verbose", "-v", is_flag=True, help="Log what is resolved and done (device, precision, stores).")
-def main(verbose: bool) -> None:
+@click.option("--offline", is_flag=True,
+              help="Never touch the network: missing ImageNet weights are an error, not a download "
+                   "(same as XRAYFEAT_OFFLINE=1).")
+def main(verbose: bool, offline: bool) -> None:
     """Chest X-ray classification by transfer learning, on a content-addressed HDF5 feature cache.
 
     \b
@@ -191,6 +217,8 @@ def main(verbose: bool) -> None:
     """
     _quiet_frameworks()
     _setup_logging(verbose)
+    if offline:  # read by the library at call time, and inherited by child processes
+        os.environ["XRAYFEAT_OFFLINE"] = "1"
 
 
 # --------------------------------------------------------------------------- inspect
@@ -290,7 +318,12 @@ def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
 
 @main.group()
 def weights():
-    """ImageNet weight files: what is installed, and installing a downloaded one."""
+    """ImageNet weight files: what is installed, downloading them, installing a downloaded one.
+
+    \b
+    Example:
+      xrayfeat weights download
+    """
 
 
 @weights.command("status")
@@ -312,7 +345,8 @@ def weights_status_cmd(as_json):
             state = "ok" if r["verified"] else ("WRONG MD5" if r["present"] else "missing")
             click.echo(f"{r['backbone']:13} {state:9} {r['file']}", err=err)
         if not all(r["verified"] for r in rows):
-            click.echo(f"install a downloaded file with: xrayfeat weights install FILE  (into {weights_dir()})", err=err)
+            click.echo(f"get them with: xrayfeat weights download  (or, from a file you downloaded: "
+                       f"xrayfeat weights install FILE; into {weights_dir()})", err=err)
 
     emit({"weights": rows}, as_json, human)
 
@@ -332,6 +366,36 @@ def weights_install_cmd(file, as_json):
 
     result = install_weights(file)
     emit(result, as_json, lambda err: click.echo(f"installed {result['backbone']} weights: {result['file']}", err=err))
+
+
+@weights.command("download")
+@click.argument("backbone_names", metavar="[BACKBONE]...", nargs=-1, type=click.Choice(BACKBONES))
+@click.option("--base-url", default=None, metavar="URL",
+              help="Folder URL to download from (a mirror; the file name is appended). "
+                   "Default: $XRAYFEAT_WEIGHTS_URL, else Keras' official location.")
+@json_option
+@handle_errors
+def weights_download_cmd(backbone_names, base_url, as_json):
+    """Download ImageNet weight files into $KERAS_HOME/models (all backbones when none is named), md5-checked.
+
+    Files already there with the right md5 are kept; a failed or wrong download
+    leaves nothing behind. Without network access, use `xrayfeat weights install FILE`.
+
+    \b
+    Example:
+      xrayfeat weights download vgg16
+      xrayfeat weights download --base-url https://mirror.example.org/keras-weights
+    """
+    from .backbones import ensure_weights
+
+    rows = ensure_weights(backbone_names or None, base_url=base_url)
+
+    def human(err):
+        for r in rows:
+            state = "downloaded" if r["action"] == "downloaded" else "ok"
+            click.echo(f"{r['backbone']:13} {state:10} {r['file']}", err=err)
+
+    emit({"weights": rows}, as_json, human)
 
 
 # --------------------------------------------------------------------------- phantoms
@@ -467,6 +531,110 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
     emit(result.as_json(), as_json, human)
 
 
+# --------------------------------------------------------------------------- predict, evaluate
+
+
+def _run_options(func):
+    """Where features are computed when a run is used on new images."""
+    return _stack(
+        click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                     help="Feature cache (default: the folder holding the run's store); missing rows are computed into it."),
+        declared(RunOptions, "device"),
+        declared(RunOptions, "batch_size"),
+        declared(RunOptions, "workers"),
+    )(func)
+
+
+@main.command()
+@click.argument("run")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV: path, sha256, then per model its predicted class and a probability per class.")
+@_run_options
+@json_option
+@handle_errors
+def predict(run, inputs, out, cache_dir, device, batch_size, workers, as_json):
+    """Classify new X-rays with a trained run: its head and every saved baseline.
+
+    INPUTS are image files, folders (searched recursively; no class folders
+    needed) or CSV files with a path column. Features are the run's own (same
+    backbone, weights, size, cut layer, precision), read from the cache or
+    computed into it, so predicting twice computes nothing. Refuses, in one line,
+    a run whose files changed, missing weights, or features this installation
+    cannot reproduce.
+
+    \b
+    Example:
+      xrayfeat predict runs/4class-vgg16-20261126-101500 new_xrays/ --out predictions.csv
+    """
+    from .prediction import predict as run_predict
+    from .trained import load_run
+
+    result = run_predict(load_run(run), list(inputs), out=out, cache_dir=cache_dir, device=device,
+                         batch_size=batch_size, workers=workers, progress=True)
+
+    def human(err):
+        click.echo(f"{result.out}: {result.images} images ({result.extracted} computed, {result.reused} from the "
+                   f"cache), models: {', '.join(result.models)}", err=err)
+        for model, counts in result.counts.items():
+            click.echo(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()), err=err)
+
+    emit(result.as_json(), as_json, human)
+
+
+@main.command()
+@click.argument("run")
+@click.argument("data")
+@click.option("--name", default=None, help="Name of this external dataset (default: DATA's folder name); "
+                                            "results go to RUN/external/NAME/ and replace an earlier one of that name.")
+@click.option("--classes", default=None, help="Keep only these classes of DATA, comma-separated.")
+@_run_options
+@json_option
+@handle_errors
+def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, as_json):
+    """Score a trained run on another site's labelled X-rays (external validation).
+
+    Every image of DATA (any layout) is test data; images the run trained or
+    validated on are left out and counted. Same metrics, bootstrap intervals,
+    per-source breakdown and warnings as fit-head; the table shows the internal
+    result beside the external one, and `report` shows both.
+
+    \b
+    Example:
+      xrayfeat evaluate runs/4class-vgg16-20261126-101500 other_hospital/ --name hospital_b
+    """
+    from .external import evaluate as run_evaluate
+    from .prediction import run_cache_dir
+    from .trained import load_run
+
+    trained = load_run(run)
+    dataset = _dataset(data, classes, run_cache_dir(trained, cache_dir))
+    result = run_evaluate(trained, dataset, name=name, cache_dir=cache_dir, device=device, batch_size=batch_size,
+                          workers=workers, progress=True)
+
+    def human(err):
+        from rich.table import Table
+
+        table = Table(title=f"{result.name}: {result.n} external images ({result.excluded} left out) — {result.run}")
+        for col in ("model", "internal acc.", "external acc.", "95% CI", "drop", "internal AUC", "external AUC"):
+            table.add_column(col, justify="right" if col != "model" else "left")
+        for model, ext in result.external.items():
+            inside = result.internal.get(model, {})
+            ci = ext["accuracy_ci"]
+            table.add_row(model, _fmt(inside.get("accuracy")), _fmt(ext["accuracy"]),
+                          f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+                          _fmt(None if inside.get("accuracy") is None else ext["accuracy"] - inside["accuracy"], sign=True),
+                          _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]))
+        _console(err).print(table)
+        click.echo(f"written to {result.folder}", err=err)
+
+    emit(result.as_json(), as_json, human)
+
+
+def _fmt(value, sign: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.3f}" if sign else f"{value:.3f}")
+
+
 # --------------------------------------------------------------------------- embed
 
 
@@ -497,6 +665,7 @@ def embed(data, backbone, method, from_run, seed, classes, cache_dir, device, ou
       xrayfeat embed demo_data --from-run runs/4class-vgg16-20261126-101500 --method tsne
     """
     from .study import embed_map
+    from .trained import load_run
 
     if not backbone and not from_run:
         raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
@@ -506,7 +675,8 @@ def embed(data, backbone, method, from_run, seed, classes, cache_dir, device, ou
     if out is None:
         out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
     dataset = _dataset(data, classes, cache_dir)
-    outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed), from_run=from_run,
+    outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed),
+                        from_run=load_run(from_run) if from_run else None,
                         run=RunOptions(cache_dir=cache_dir, device=device, progress=True))
     result = outcome.result
 
@@ -539,6 +709,41 @@ def report(runs, out, as_json):
 
     result = write_report(list(runs), out)
     emit(result, as_json, lambda err: click.echo(f"wrote {result['markdown']} and {result['html']}", err=err))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@main.command("export")
+@click.argument("run")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: model.keras or savedmodel/, and export.json.")
+@click.option("--format", "format_", type=click.Choice(["keras", "savedmodel"]), default="keras", show_default=True,
+              help="keras: one .keras file (any Keras 3 backend); savedmodel: a TF SavedModel (TensorFlow backend).")
+@json_option
+@handle_errors
+def export_cmd(run, out, format_, as_json):
+    """Write a run's deployable model: uint8 RGB pixels (S x S) in, class probabilities out.
+
+    One Keras model holds the preprocessing, the backbone up to the run's cut
+    layer with the run's weights, and the trained head, without optimizer state.
+    Inputs must already be decoded and resized as xrayfeat does
+    (xrayfeat.images.read_image); export.json says the size, classes and weights.
+
+    \b
+    Example:
+      xrayfeat export runs/binary-vgg16-20261126-101500 --out deploy/binary-vgg16
+    """
+    from .export import export_run
+
+    result = export_run(run, out, format=format_)
+
+    def human(err):
+        click.echo(f"exported {run} to {result.model} ({result.bytes / 1e6:.1f} MB, {len(result.classes)} classes, "
+                   f"{result.image_size} px {result.input_dtype} input)"
+                   + ("  [RANDOM WEIGHTS]" if result.random_weights else ""), err=err)
+
+    emit(result.as_json(), as_json, human)
 
 
 # --------------------------------------------------------------------------- demo
@@ -697,4 +902,4 @@ def cache_export(data, out, as_json, **kw):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="xrayfeat")

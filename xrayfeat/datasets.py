@@ -515,3 +515,65 @@ def _hash(found: list[_Found], cache: HashCache) -> list[Item]:
             parent = folders[folder] = Path(folder)
         items.append(Item(parent / name, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size))
     return items
+
+
+def gather_images(inputs: Iterable[str | os.PathLike], *, hash_cache: str | os.PathLike | None = None) -> Dataset:
+    """Unlabelled images to classify: image files, folders (searched recursively) and CSV files with a ``path`` column.
+
+    No class folders are needed; every item has ``label=""`` and ``split=""``.
+    Paths in a CSV are relative to the CSV. Order: inputs in the order given,
+    files within a folder sorted; a file named twice is kept once. Raises
+    :class:`~xrayfeat.errors.DatasetError` (one line) for a missing input, a
+    file that is not an image, a CSV without a ``path`` column, or no images at all.
+    """
+    suffixes = images.IMAGE_SUFFIXES
+    found: list[_Found] = []
+    seen: set[str] = set()
+    shown_inputs = [os.fspath(p) for p in inputs]
+    for shown in shown_inputs:
+        absolute = os.path.abspath(shown)
+        if os.path.isdir(absolute):
+            paths = sorted(os.path.join(folder, name) for folder, dirs, names in os.walk(absolute)
+                           for name in names if _suffix(name) in suffixes and not _is_skipped(name)
+                           and not any(_is_skipped(part) for part in os.path.relpath(folder, absolute).split(os.sep)
+                                       if part != "."))
+            pairs = [(p, shown, os.path.relpath(p, absolute)) for p in paths]
+        elif os.path.isfile(absolute) and _suffix(absolute) == ".csv":
+            pairs = [(p, os.path.dirname(shown), rel) for p, rel in _csv_paths(absolute, shown)]
+        elif os.path.isfile(absolute):
+            if _suffix(absolute) not in suffixes:
+                raise DatasetError(f"{shown}: not an image file (expected one of {', '.join(sorted(suffixes))}) "
+                                   f"or a CSV of paths; pass images, folders or a CSV")
+            pairs = [(absolute, os.path.dirname(shown), os.path.basename(shown))]
+        else:
+            raise DatasetError(f"{shown}: no such file or folder")
+        for path, base, tail in pairs:  # (absolute path, how the user named its folder, the rest)
+            if path not in seen:
+                seen.add(path)
+                found.append(_Found(path, base, tail, posixpath.join(*Path(tail).parts), "", ""))
+    if not found:
+        raise DatasetError(f"{', '.join(shown_inputs) or '(nothing)'}: no images found "
+                           f"({', '.join(sorted(suffixes))}); pass image files, folders or a CSV with a path column")
+    cache = HashCache(hash_cache)
+    items = _hash(found, cache)
+    cache.save()
+    root = os.path.commonpath([os.path.dirname(f.path) for f in found])
+    return Dataset(root=Path(root), items=tuple(items), classes=(), layout="images")
+
+
+def _csv_paths(csv_path: str, shown: str) -> list[tuple[str, str]]:
+    """(absolute path, path as written) of each row of a CSV with a ``path`` column, relative to the CSV."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{shown}: cannot read this CSV ({exc}); save it as UTF-8 CSV") from None
+    if not rows or "path" not in rows[0]:
+        raise DatasetError(f"{shown}: a CSV of images needs a 'path' column (one image path per row)")
+    folder = os.path.dirname(csv_path)
+    out = []
+    for row in rows:
+        value = (row.get("path") or "").strip()
+        if value:
+            out.append((os.path.normpath(os.path.join(folder, value)), value))
+    return out

@@ -21,6 +21,7 @@ from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from .phantoms import write_phantoms
 from .report import write_report
 from .study import METHOD_NAMES, embed_map, fit_head
+from .trained import load_run
 
 log = logging.getLogger("xrayfeat")
 
@@ -78,7 +79,7 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
         result = fit_head(subset, features[backbone], head, run, out=root / "runs" / f"{task}-{backbone}")
         for method in ("tsne", "umap"):
             embed_map(subset, None, Path(result.run) / f"embed-{method}.png", EmbedOptions(method=method),
-                      from_run=result.run, run=RunOptions(cache_dir=run.cache_dir),
+                      from_run=load_run(result.run), run=RunOptions(cache_dir=run.cache_dir),
                       title=f"{METHOD_NAMES[method]} of the {backbone} head's features ({task} task)")
         summary.append({"task": task, "backbone": backbone, "run": result.run, "test": result.test,
                         "baselines": result.baselines})

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import images
 from .backbones import WeightsInfo, get_spec, resolve_weights
-from .devices import confirm_device, device_scope, gpu_available, gpu_likely, keras_backend_name  # noqa: F401 (re-exports gpu_available)
+from .devices import confirm_device, device_scope, gpu_likely, keras_backend_name
 from .errors import ImageReadError, StoreError, XrayfeatError
 from .options import FeatureOptions, RunOptions
 from .store import FeatureStore

@@ -9,11 +9,24 @@ after their sha256 matches the record) and renders
   backbone, cut layer, weights (RANDOM flagged), parameters, time per epoch,
   head and extraction time, test loss, accuracy with its bootstrap interval,
   balanced accuracy, ROC-AUC and the test accuracy of every baseline;
-* a "Warnings" section that gathers every run's warnings, de-duplicated,
-  grouped by their recorded kind (most serious first, headed as in
-  :data:`xrayfeat.runs.WARNING_KINDS`) and attributed to the runs that raised them;
-* per run: a configuration summary, each model's test results, per-class and
-  per-source tables, the training history, the figures and the run's warnings.
+* when a run was scored on another site's data (``xrayfeat evaluate``), an
+  "External validation" table: every (run, external dataset) with the head's
+  accuracy and ROC-AUC internal → external, the change, n and the images left
+  out, and a sentence for each result that does not carry;
+* a "Warnings" section that gathers every run's warnings and those of its
+  external evaluations, de-duplicated, grouped by their recorded kind (most
+  serious first, headed as in :data:`xrayfeat.runs.WARNING_KINDS`) and attributed
+  to the runs that raised them (``run (external: name)`` for an evaluation);
+* per run: a configuration summary, each model's test results, "Internal vs
+  external" when the run has external results (each model's accuracy and
+  ROC-AUC on its own test split beside each external dataset, with the change,
+  then each dataset's figures and warnings), per-class and per-source tables,
+  the training history, the figures and the run's warnings.
+
+Internal accuracy in this field is often a source shortcut that another
+hospital's X-rays expose, so the external figures are shown beside the internal
+ones and never in their place. A run without external results renders as it
+did before they existed.
 
 The document model and its Markdown and HTML renderers live in
 :mod:`xrayfeat.report_doc`; this module decides what the report says. The
@@ -27,19 +40,20 @@ Only the standard library is used; no model is loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .errors import XrayfeatError
 from .fileio import atomic_write
 from .report_doc import Figure, Figures, Heading, List, Para, Span, Table, png_size, render_html, render_markdown
-from .runs import WARNING_KINDS, RunRecord, RunWarning, read_record
+from .runs import WARNING_KINDS, RunError, RunRecord, RunWarning, read_record
 
 __all__ = ["write_report", "FIGURES"]
 
@@ -50,12 +64,36 @@ FIGURES = (("curves.png", "training curves"), ("confusion.png", "confusion matri
            ("roc.png", "ROC curves (head, test)"))
 
 _DASH = "—"
+_MINUS = "\u2212"  # a true minus sign, as wide as the plus
+_PRESENT = "\u2020"  # marks an AUC averaged over the classes present (the macro AUC is undefined)
+#: A head whose external accuracy falls more than this below its internal one does not carry.
+DROP_LIMIT = 0.1
 _SEVERITY = {kind: i for i, kind in enumerate(WARNING_KINDS)}  # WARNING_KINDS is ordered most serious first
 # The sentence fit-head records for random weights, added when a random-weights run lacks that warning.
 _RANDOM_WARNING = "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer"
 
 
 # --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _External:
+    """One external evaluation of a run (``xrayfeat evaluate``): its record entry, checked metrics and warnings."""
+
+    name: str
+    slug: str  # safe in file names and HTML ids
+    anchor: str
+    info: dict  # the record's external[name]: data, created, n, excluded, classes, warnings
+    metrics: dict
+    warnings: list[RunWarning]
+
+    @property
+    def head(self) -> dict:
+        return self.metrics["head"]
+
+    @property
+    def baselines(self) -> dict:
+        return self.metrics["baselines"]
 
 
 @dataclass
@@ -68,6 +106,7 @@ class _Run:
     metrics: dict
     history: list
     warnings: list[RunWarning]
+    external: list[_External] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -99,6 +138,45 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "run"
 
 
+def _external_metrics(record: RunRecord, name: str) -> dict:
+    """``{"head": {...}, "baselines": {...}}`` of ``external/<name>/metrics``, read after its sha256 matches."""
+    key = f"external/{name}/metrics"
+    data = record.read_bytes(key)  # RunError (one line) when not recorded, missing or changed
+    where = record.path / record.artifacts[key].file
+    try:
+        metrics = json.loads(data)
+    except ValueError as exc:
+        raise RunError(f"{where}: not valid JSON ({exc}); re-run xrayfeat evaluate") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("head"), dict):
+        raise RunError(f"{where}: has no head metrics; re-run xrayfeat evaluate")
+    baselines = metrics.get("baselines") or {}
+    if not isinstance(baselines, dict):
+        raise RunError(f"{where}: its baselines are not a mapping of name to metrics; re-run xrayfeat evaluate")
+    return {"head": metrics["head"], "baselines": baselines}
+
+
+def _external_warnings(info: dict) -> list[RunWarning]:
+    """The warnings ``evaluate`` recorded, as :class:`RunWarning`; a kind this xrayfeat does not know is ``other``."""
+    found = []
+    for w in info.get("warnings") or []:
+        kind, message = (w.get("kind"), w.get("message")) if isinstance(w, dict) else ("other", w)
+        found.append(RunWarning(kind if kind in WARNING_KINDS else "other", str(message)))
+    return list(dict.fromkeys(found))
+
+
+def _load_external(record: RunRecord, anchor: str) -> list[_External]:
+    """The run's external evaluations in the order the record holds them, their metrics checked."""
+    found = []
+    for name, info in (record.external or {}).items():
+        if not isinstance(info, dict):
+            raise RunError(f"{record.path / 'config.json'}: external result {name!r} is damaged (not a JSON object); "
+                           f"re-run xrayfeat evaluate")
+        slug = _slug(str(name))
+        found.append(_External(name=str(name), slug=slug, anchor=f"{anchor}-external-{slug}", info=info,
+                               metrics=_external_metrics(record, name), warnings=_external_warnings(info)))
+    return found
+
+
 def _load_runs(paths) -> list[_Run]:
     """Read each run folder; :class:`~xrayfeat.runs.RunError` (one line) for anything that is not a sound run."""
     loaded: list[_Run] = []
@@ -125,7 +203,7 @@ def _load_runs(paths) -> list[_Run]:
         slugs.add(slug)
         history = record.history() if "history" in record.artifacts else []
         loaded.append(_Run(record=record, name=name, slug=slug, metrics=record.metrics(), history=history,
-                           warnings=_warnings(record)))
+                           warnings=_warnings(record), external=_load_external(record, f"run-{slug}")))
     return loaded
 
 
@@ -154,6 +232,39 @@ def _seconds(x) -> str:
 
 def _int(x) -> str:
     return _DASH if x is None else f"{int(x):,}"
+
+
+def _signed(x) -> str:
+    """``−0.312``, ``+0.020`` (a true minus sign); ``0.000`` when it rounds to nothing."""
+    x = _float(x)
+    if x is None:
+        return _DASH
+    text = f"{abs(x):.3f}"
+    if text == f"{0:.3f}":
+        return text
+    return (_MINUS if x < 0 else "+") + text
+
+
+def _change(internal, external) -> float | None:
+    """external − internal; None when either is missing."""
+    internal, external = _float(internal), _float(external)
+    return None if internal is None or external is None else external - internal
+
+
+def _auc(m: dict | None) -> tuple[float | None, bool]:
+    """The macro ROC-AUC or, when a class is absent (macro undefined), the mean over the classes present; and which."""
+    if m is None:
+        return None, False
+    macro = _float(m.get("roc_auc"))
+    if macro is not None:
+        return macro, False
+    present = _float(m.get("roc_auc_present"))
+    return present, present is not None
+
+
+def _marked(x, present: bool, signed: bool = False) -> str:
+    text = _signed(x) if signed else _num(x)
+    return text + _PRESENT if present and text != _DASH else text
 
 
 def _with_ci(value, ci, role: str = "muted") -> list:
@@ -259,19 +370,23 @@ def _comparison_note(runs: list[_Run]) -> Para:
     return Para(text, cls="note")
 
 
-def _gathered_warnings(runs: list[_Run]) -> list[tuple[str, str, list[_Run]]]:
-    """(kind, message, runs) for each distinct message, most serious kind first (stable within a kind).
+def _gathered_warnings(runs: list[_Run]) -> list[tuple[str, str, list[tuple[_Run, _External | None]]]]:
+    """(kind, message, owners) for each distinct message, most serious kind first (stable within a kind).
 
-    A message recorded with several kinds (an old run's ``other`` and a new run's
-    kind) is shown once, under the most serious of them.
+    An owner is ``(run, None)`` for the run's own warning and ``(run, external)``
+    for one its evaluation on external data recorded. A message recorded with
+    several kinds (an old run's ``other`` and a new run's kind) is shown once,
+    under the most serious of them.
     """
-    by_text: dict[str, tuple[str, list[_Run]]] = {}
+    by_text: dict[str, tuple[str, list]] = {}
     for r in runs:
-        for w in r.warnings:
-            kind, owners = by_text.get(w.message, (w.kind, []))
-            if r not in owners:
-                owners.append(r)
-            by_text[w.message] = (min(kind, w.kind, key=_SEVERITY.__getitem__), owners)
+        sources = [(None, r.warnings)] + [(e, e.warnings) for e in r.external]
+        for ext, warnings in sources:
+            for w in warnings:
+                kind, owners = by_text.get(w.message, (w.kind, []))
+                if not any(o is r and e is ext for o, e in owners):
+                    owners.append((r, ext))
+                by_text[w.message] = (min(kind, w.kind, key=_SEVERITY.__getitem__), owners)
     gathered = [(kind, text, owners) for text, (kind, owners) in by_text.items()]
     return sorted(gathered, key=lambda item: _SEVERITY[item[0]])
 
@@ -287,12 +402,154 @@ def _warnings_section(runs: list[_Run]) -> list:
     for kind, text, owners in gathered:
         item: list = [_warning_label(kind), text, Span(" — ", "muted"),
                       Span("runs: " if len(owners) > 1 else "run: ", "muted")]
-        for i, r in enumerate(owners):
+        for i, (r, ext) in enumerate(owners):
             if i:
                 item.append(", ")
-            item.append(Span(r.name, "link", r.anchor))
+            item.append(Span(r.name, "link", r.anchor) if ext is None
+                        else Span(f"{r.name} (external: {ext.name})", "link", ext.anchor))
         items.append(item)
     blocks.append(List(items, cls="warnings"))
+    return blocks
+
+
+# --------------------------------------------------------------------------- external validation
+
+
+def _absent(r: _Run, e: _External) -> list[str]:
+    """The run's classes that the external data lacks (their per-class figures and the macro AUC are undefined)."""
+    present = e.info.get("classes")
+    return [] if present is None else [c for c in r.record.classes if c not in present]
+
+
+def _carry_note(r: _Run, e: _External) -> str | None:
+    """One sentence when the head's accuracy does not carry to ``e``: chance inside the external interval, or a
+    fall of more than :data:`DROP_LIMIT`; None otherwise."""
+    reasons = []
+    k = len(r.record.classes)
+    ci = (e.head.get("ci") or {}).get("accuracy")
+    if k and ci is not None and ci[0] <= 1 / k <= ci[1]:
+        reasons.append(f"its {_ci_level([e])} interval [{ci[0]:.3f}, {ci[1]:.3f}] includes chance "
+                       f"(1/{k} = {1 / k:.3f})")
+    change = _change(r.head["accuracy"], e.head.get("accuracy"))
+    if change is not None and round(-change, 9) > DROP_LIMIT:
+        reasons.append(f"it is {-change:.3f} below the internal {_num(r.head['accuracy'])}")
+    if not reasons:
+        return None
+    return (f"Head accuracy on {e.name} is {_num(e.head.get('accuracy'))}: {' and '.join(reasons)}; "
+            f"the internal result does not carry to {e.name}.")
+
+
+def _present_note(marked: list[tuple[_Run, _External]]) -> Para:
+    """The footnote for AUCs averaged over the classes present."""
+    where = "; ".join(f"{e.name}: {', '.join(_absent(r, e)) or 'not recorded'}" for r, e in marked)
+    return Para(f"{_PRESENT} Mean one-vs-rest ROC-AUC over the classes present: the macro ROC-AUC is undefined "
+                f"when a class is absent (absent from {where}).", cls="note")
+
+
+def _auc_cells(inside: dict | None, outside: dict | None) -> tuple[str, str, str, bool]:
+    """Internal AUC, external AUC and their change as text, and whether any is marked as over the classes present."""
+    int_auc, int_present = _auc(inside)
+    ext_auc, ext_present = _auc(outside)
+    present = int_present or ext_present
+    return (_marked(int_auc, int_present), _marked(ext_auc, ext_present),
+            _marked(_change(int_auc, ext_auc), present, signed=True), present)
+
+
+def _external_overview(runs: list[_Run]) -> list:
+    """The cross-run "External validation" table: every (run, external dataset), head internal → external."""
+    pairs = [(r, e) for r in runs for e in r.external]
+    if not pairs:
+        return []
+    header = ["Run", "External data", "n", "Excluded", "Head acc. internal → external", "Δ acc.",
+              "Head ROC-AUC internal → external", "Δ AUC"]
+    rows, marked, notes = [], [], []
+    for r, e in pairs:
+        int_auc, ext_auc, auc_change, present = _auc_cells(r.head, e.head)
+        ext_ci = (e.head.get("ci") or {}).get("accuracy")
+        rows.append([
+            Span(r.name, "link", r.anchor), Span(e.name, "link", e.anchor),
+            _int(e.info.get("n", e.head.get("n"))), _int(e.info.get("excluded")),
+            [f"{_num(r.head['accuracy'])} → ", *_with_ci(e.head.get("accuracy"), ext_ci, "sub")],
+            _signed(_change(r.head["accuracy"], e.head.get("accuracy"))),
+            f"{int_auc} → {ext_auc}", auc_change,
+        ])
+        if present:
+            marked.append((r, e))
+        note = _carry_note(r, e)
+        if note:
+            notes.append([Span(r.name, "link", r.anchor), ": ", note])
+    blocks: list = [Heading(2, "External validation", "external"), Table(header, rows, set(range(2, len(header))))]
+    if notes:
+        blocks.append(List(notes))
+    blocks.append(Para("Each run scored on another site's labelled X-rays (xrayfeat evaluate), all of them test data. "
+                       "Δ is external − internal: negative means worse on the external data. Excluded counts images "
+                       "byte-identical to the run's training or validation images, left out. A model that learned its "
+                       "sources rather than the disease scores well internally and near chance elsewhere.", cls="note"))
+    if marked:
+        blocks.append(_present_note(marked))
+    return blocks
+
+
+def _external_table(r: _Run) -> tuple[Table, bool]:
+    """Per model (head, then baselines): internal accuracy and AUC beside each external dataset's, and the change."""
+    level = _ci_level([r])
+    models = ["head", *r.baselines]
+    models += [m for e in r.external for m in e.baselines if m not in models]
+    header = ["Model", f"Internal acc. [{level} CI]"]
+    for e in r.external:
+        header += [f"{e.name} acc. [{level} CI]", f"{e.name} Δ acc."]
+    header.append("Internal ROC-AUC")
+    for e in r.external:
+        header += [f"{e.name} ROC-AUC", f"{e.name} Δ AUC"]
+    rows, any_present = [], False
+    for model in models:
+        inside = r.head if model == "head" else r.baselines.get(model)
+        outside = [e.head if model == "head" else e.baselines.get(model) for e in r.external]
+        row: list = [model + (" (sentinel)" if model == "pixels" else "")]
+        row.append(_with_ci(inside["accuracy"], inside["ci"]["accuracy"]) if inside else _DASH)
+        for m in outside:
+            row.append(_with_ci(m.get("accuracy"), (m.get("ci") or {}).get("accuracy")) if m else _DASH)
+            row.append(_signed(_change(inside and inside["accuracy"], m and m.get("accuracy"))))
+        aucs = [_auc_cells(inside, m) for m in outside]
+        row.append(aucs[0][0])
+        for _, ext_auc, auc_change, present in aucs:
+            row += [ext_auc, auc_change]
+            any_present = any_present or present
+        rows.append(row)
+    return Table(header, rows, set(range(1, len(header)))), any_present
+
+
+def _external_section(r: _Run, out: Path) -> list:
+    """"Internal vs external" in a run's section: the table, what does not carry, then each dataset's details."""
+    if not r.external:
+        return []
+    table, present = _external_table(r)
+    blocks: list = [Heading(3, "Internal vs external"), table]
+    blocks += [Para(note) for note in (_carry_note(r, e) for e in r.external) if note]
+    blocks.append(Para("Internal: the run's own test split. Δ is external − internal: negative means worse on the "
+                       "external data.", cls="note"))
+    if present:
+        blocks.append(_present_note([(r, e) for e in r.external if _auc(e.head)[1]
+                                     or any(_auc(m)[1] for m in e.baselines.values())]))
+    for e in r.external:
+        info = e.info
+        parts = [f"{_int(info.get('n', e.head.get('n')))} images scored as test data"]
+        if info.get("excluded") is not None:
+            parts.append(f"{_int(info['excluded'])} left out as byte-identical to training or validation images")
+        if info.get("classes") is not None:
+            parts.append("classes " + (", ".join(info["classes"]) or _DASH))
+        if _absent(r, e):
+            parts.append("absent: " + ", ".join(_absent(r, e)))
+        if info.get("created"):
+            parts.append(f"evaluated {info['created']}")
+        blocks += [Heading(4, f"External: {e.name}", e.anchor),
+                   Para(["Data ", Span(str(info.get("data", _DASH)), "code"), " · " + " · ".join(parts)], cls="note")]
+        figures = _external_figures(r, e, out)
+        if figures:
+            blocks.append(Figures(figures))
+        ranked = sorted(e.warnings, key=lambda w: _SEVERITY[w.kind])
+        blocks.append(List([[_warning_label(w.kind), w.message] for w in ranked], cls="warnings") if ranked
+                      else Para("No warnings.", cls="note"))
     return blocks
 
 
@@ -430,14 +687,37 @@ def _figures(r: _Run, out: Path) -> list[Figure]:
             data = (r.path / file).read_bytes()
         else:
             continue
-        if png_size(data) is None:
-            log.warning("%s: not a PNG; left out of the report", r.path / file)
-            continue
-        name = f"{r.slug}-{file}"
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "figures" / name, data)
-        figures.append(Figure(caption, data, f"figures/{name}"))
+        figure = _figure(r, data, r.path / file, file, caption, out)
+        if figure:
+            figures.append(figure)
     return figures
+
+
+def _external_figures(r: _Run, e: _External, out: Path) -> list[Figure]:
+    """The external confusion matrix and ROC curves the record lists, checked, copied to
+    ``out/figures/<run>-external-<name>-<part>.png``."""
+    figures = []
+    for part, caption in (("confusion", "confusion matrix"), ("roc", "ROC curves")):
+        key = f"external/{e.name}/{part}"
+        if key not in r.record.artifacts:
+            continue
+        data = r.record.read_bytes(key)
+        figure = _figure(r, data, r.path / r.record.artifacts[key].file, f"external-{e.slug}-{part}.png",
+                         f"{caption} (head, external: {e.name})", out)
+        if figure:
+            figures.append(figure)
+    return figures
+
+
+def _figure(r: _Run, data: bytes, source: Path, file: str, caption: str, out: Path) -> Figure | None:
+    """A PNG copied to ``out/figures/<run>-<file>``; None (and a logged warning) when ``data`` is not a PNG."""
+    if png_size(data) is None:
+        log.warning("%s: not a PNG; left out of the report", source)
+        return None
+    name = f"{r.slug}-{file}"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "figures" / name, data)
+    return Figure(caption, data, f"figures/{name}")
 
 
 def _run_section(r: _Run, out: Path) -> list:
@@ -445,6 +725,7 @@ def _run_section(r: _Run, out: Path) -> list:
                     Para([Span(str(r.path), "code")], cls="note")]
     blocks += [Heading(3, "Configuration"), Table(["Setting", "Value"], _config_rows(r), cls="kv")]
     blocks += [Heading(3, "Test results"), _results_table(r)]
+    blocks += _external_section(r, out)
     per_class = _per_class_table(r)
     if per_class:
         blocks += [Heading(3, "Per class (head)"), per_class]
@@ -466,16 +747,22 @@ def _run_section(r: _Run, out: Path) -> list:
 def _document(runs: list[_Run], out: Path) -> tuple[list, int]:
     groups = _groups(runs)
     n_warn = len(_gathered_warnings(runs))
+    n_ext = sum(len(r.external) for r in runs)
     summary = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {len(groups)} task"
-               f"{'s' if len(groups) != 1 else ''}; {n_warn} distinct warning{'s' if n_warn != 1 else ''}. "
+               f"{'s' if len(groups) != 1 else ''}; {n_warn} distinct warning{'s' if n_warn != 1 else ''}"
+               + (f"; {n_ext} external evaluation{'s' if n_ext != 1 else ''}" if n_ext else "") + ". "
                f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by xrayfeat {__version__}.")
-    contents: list = [[Span("Comparison", "link", "comparison")], [Span("Warnings", "link", "warnings")]]
+    contents: list = [[Span("Comparison", "link", "comparison")]]
+    if n_ext:
+        contents.append([Span("External validation", "link", "external")])
+    contents.append([Span("Warnings", "link", "warnings")])
     contents += [[Span(f"Run {r.name}", "link", r.anchor)] for r in runs]
     blocks: list = [Heading(1, "xrayfeat report"), Para(summary, cls="lead"), List(contents, cls="toc"),
                     Heading(2, "Comparison", "comparison")]
     for task, classes, members in groups:
         blocks += _comparison(task, classes, members)
     blocks.append(_comparison_note(runs))
+    blocks += _external_overview(runs)
     blocks += _warnings_section(runs)
     for r in runs:
         blocks += _run_section(r, out)
@@ -490,7 +777,8 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
 
     ``runs`` are run folders written by ``fit-head``; each is read through
     :func:`xrayfeat.runs.read_record` (its ``metrics.json``, ``history.csv`` and
-    recorded figures checked against their sha256). Runs are grouped into one
+    recorded figures checked against their sha256, and so are the metrics and
+    figures of each external evaluation the record lists). Runs are grouped into one
     comparison table per task (task name and class list), so runs of different
     tasks or feature fingerprints can share a report. ``OUT`` is created when
     missing; the figures are copied to ``OUT/figures/<run>-<file>.png`` for the

@@ -161,6 +161,7 @@ main { max-width: 1200px; margin: 0 auto; padding: 28px 32px 56px; }
 h1 { font-size: 26px; margin: 0 0 6px; }
 h2 { font-size: 20px; margin: 36px 0 10px; padding-bottom: 5px; border-bottom: 2px solid #d8dee4; }
 h3 { font-size: 15.5px; margin: 22px 0 8px; }
+h4 { font-size: 14px; margin: 18px 0 6px; color: #424a53; }
 p { margin: 6px 0 10px; }
 p.lead { color: #424a53; }
 p.note { color: #57606a; font-size: 12.5px; max-width: 78em; }
@@ -200,7 +201,7 @@ figcaption { font-size: 12px; color: #57606a; margin-top: 4px; }
   body { font-size: 11px; }
   main { max-width: none; padding: 0; }
   h2.run { break-before: page; }
-  h2, h3 { break-after: avoid; }
+  h2, h3, h4 { break-after: avoid; }
   figure, tr, ul.warnings li { break-inside: avoid; }
   .scroll { overflow: visible; }
   table, table.compare { font-size: 9.5px; }
@@ -208,7 +209,7 @@ figcaption { font-size: 12px; color: #57606a; margin-top: 4px; }
   th, td { padding: 3px 3px; }
   p.note, figcaption { font-size: 9.5px; }
   .flag { font-size: 8.5px; padding: 0 3px; }
-  h1 { font-size: 20px; } h2 { font-size: 16px; } h3 { font-size: 13px; }
+  h1 { font-size: 20px; } h2 { font-size: 16px; } h3 { font-size: 13px; } h4 { font-size: 12px; }
   figure { max-width: calc(50% - 7px); }
   figure.wide { max-width: 100%; }
   a { color: inherit; }

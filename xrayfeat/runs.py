@@ -7,7 +7,8 @@
   (each a :class:`RunWarning` with a kind) and the sha256 of every artifact;
 * ``metrics.json``: head and each baseline on test (an artifact of the record);
 * ``history.csv``, ``predictions.csv`` (every test image with each model's class
-  probabilities, so metrics can be recomputed), ``head.keras``,
+  probabilities, so metrics can be recomputed), ``splits.csv`` (every image used
+  and its role: train, val or test), ``head.keras``,
   ``baselines/<name>.joblib`` and the plots: artifacts too.
 
 ``config.json`` is written last, so a folder without it is not a run. Every
@@ -43,6 +44,8 @@ WARNING_KINDS: dict[str, str] = {
     "shortcut": "Shortcut sentinel",
     "source_gap": "Source gap",
     "small_test": "Small test set",
+    "overlap": "External data overlaps training",
+    "missing_class": "Classes missing from external data",
     "device": "Device",
     "other": "Other",
 }
@@ -98,6 +101,7 @@ class RunRecord:
     versions: dict
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     warnings: list[RunWarning] = field(default_factory=list)
+    external: dict = field(default_factory=dict)  # name -> what `evaluate` found on another site's data
     schema: int = SCHEMA_VERSION
     path: Path | None = None  # the folder it was read from or written to; not stored
 
@@ -133,11 +137,12 @@ class RunRecord:
         if entry is None:
             raise RunError(f"{self.path}: the run records no artifact {name!r} (it has: {', '.join(self.artifacts)})")
         target = self.path / entry.file
+        again = "xrayfeat evaluate" if name.startswith("external/") else "fit-head"
         if not target.is_file():
-            raise RunError(f"{target}: missing; the run folder is incomplete (re-run fit-head)")
+            raise RunError(f"{target}: missing; the run folder is incomplete (re-run {again})")
         if file_digest(target) != entry.sha256:
             raise RunError(f"{target}: sha256 differs from the one recorded in config.json; refusing to read it "
-                           f"(restore the file or re-run fit-head)")
+                           f"(restore the file or re-run {again})")
         return target
 
     def read_bytes(self, name: str) -> bytes:
@@ -168,6 +173,13 @@ class RunRecord:
 
     def predictions_csv(self) -> str:
         return self.read_bytes("predictions").decode()
+
+    def split_hashes(self) -> dict[str, str] | None:
+        """sha256 → role (train, val, test) of every image the study used; None for runs that did not record it."""
+        if "splits" not in self.artifacts:
+            return None
+        rows = csv.DictReader(io.StringIO(self.read_bytes("splits").decode()))
+        return {row["sha256"]: row["split"] for row in rows}
 
     # ------------------------------------------------------------------ serialisation
 
@@ -298,6 +310,16 @@ def write_history(path: Path, history: dict, epoch_seconds) -> None:
         seconds = f"{epoch_seconds[i]:.4f}" if i < len(epoch_seconds) else ""
         rows.append(",".join([str(i + 1), *values, seconds]))
     atomic_write(path, "\n".join(rows) + "\n")
+
+
+def write_splits(path: Path, used) -> None:
+    """Every image the study used and its role (train, val, test): what ``evaluate`` must not count as external."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["sha256", "split", "label", "path"])
+    for item, role in used:
+        writer.writerow([item.sha256, role, item.label, item.relpath])
+    atomic_write(path, out.getvalue())
 
 
 def write_predictions(path: Path, items, y_true, classes, probabilities: dict) -> None:

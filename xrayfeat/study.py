@@ -381,6 +381,10 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
         timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=_versions(),
         warnings=found,
     )
+    roles = np.array(["train"] * len(split.train), dtype=object)
+    roles[val_idx] = "val"
+    used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
+    runs.write_splits(run_dir / "splits.csv", used)
     _write_run(record, run_dir, split, trained, head_metrics, scored, probabilities, baseline_artifacts, dataset.classes)
     return FitResult(run=str(run_dir), test=_brief(head_metrics), baselines={n: _brief(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings)
@@ -397,7 +401,7 @@ def _write_run(record, run_dir: Path, split: _Split, trained, head_metrics, base
     plots.plot_confusion(head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
     plots.plot_roc(split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
-             "predictions": "predictions.csv", "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png"}
+             "predictions": "predictions.csv", "splits": "splits.csv", "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png"}
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
     runs.write_record(record, run_dir)
@@ -425,29 +429,26 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
               from_run=None, run: RunOptions = RunOptions(), title: str = "") -> EmbedOutcome:
     """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates).
 
-    With ``from_run`` the run's own feature options select the store and its
-    head (loaded after its sha256 is checked) projects the spatial maps;
-    ``features`` is then ignored.
+    With ``from_run`` (a loaded :class:`~xrayfeat.trained.Run`) the run's own
+    feature options select the store and its head (loaded after its sha256 is
+    checked) projects the spatial maps; ``features`` is then ignored.
     """
     from .embedding import embed_cached
 
     embed.validate()
     head = None
     if from_run is not None:
-        from .trained import load_run
-
-        trained = load_run(from_run)
-        if list(dataset.classes) != trained.classes:
-            raise DatasetError(f"{from_run} was trained on classes {trained.classes}, {dataset.root} has "
-                               f"{list(dataset.classes)}; pass --classes {','.join(trained.classes)}")
-        features, head = trained.feature_options(), trained.head()
+        if list(dataset.classes) != from_run.classes:
+            raise DatasetError(f"{from_run.path} was trained on classes {from_run.classes}, {dataset.root} has "
+                               f"{list(dataset.classes)}; pass --classes {','.join(from_run.classes)}")
+        features, head = from_run.feature_options(), from_run.head()
     elif features is None:
         raise ValueError("embed_map needs features (a FeatureOptions) or from_run")
     [extraction] = extract(dataset, features, run)
     store = FeatureStore.at(extraction.store)
     if head is not None:
         values = head.embed(store.read(dataset.hashes, ("spatial",))["spatial"])
-        source = f"head penultimate layer ({Path(from_run).name})"
+        source = f"head penultimate layer ({from_run.path.name})"
     else:
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
         source = f"{features.backbone} pooled features"

@@ -114,6 +114,31 @@ class Run:
         return load_baseline(self.record.verified(key), self.record.artifacts[key].sha256)
 
 
+    # ------------------------------------------------------------------ use
+
+    def predict(self, inputs, *, out=None, cache_dir=None, device: str = "auto", progress: bool = False, **options):
+        """Classify new images (files, folders, CSVs of paths): a table with each model's class and probabilities.
+
+        See :func:`xrayfeat.prediction.predict`; the table is ``result.table``.
+        """
+        from .prediction import predict
+
+        return predict(self, inputs, out=out, cache_dir=cache_dir, device=device, progress=progress, **options)
+
+    def evaluate(self, data, *, name: str | None = None, cache_dir=None, device: str = "auto", classes=None,
+                 progress: bool = False, **options):
+        """Score the run on another site's labelled data (a folder or manifest), recorded under ``external/<name>``.
+
+        See :func:`xrayfeat.external.evaluate`.
+        """
+        from .datasets import Dataset, discover
+        from .external import evaluate
+
+        dataset = data if isinstance(data, Dataset) else discover(data, classes=classes)
+        self.record = read_record(self.path)  # another evaluate may have added to the record since
+        return evaluate(self, dataset, name=name, cache_dir=cache_dir, device=device, progress=progress, **options)
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """The run in folder ``path`` (a :class:`Run`); one clear error when it is not a run or is damaged."""
     return Run(path)

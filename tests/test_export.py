@@ -1,0 +1,246 @@
+"""``xrayfeat export``: one model from uint8 pixels to the run's probabilities, loadable with Keras alone.
+
+The slow tests share one tiny run (VGG16, random weights, 32 px) and check the
+exported model in fresh processes that import only keras and numpy (or
+TensorFlow for the SavedModel), on the pixels xrayfeat's own decoder produces.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_tiny_dataset
+
+SIZE = 32
+# The store keeps features as float16; the run's predictions.csv (6 significant
+# digits) came from the head on those rounded features, the export feeds it the
+# float32 map. Measured: largest difference 8.6e-6 (VGG16, random weights, 32 px);
+# the tolerance sits just above it.
+ATOL = 2e-5
+
+# Runs in a fresh interpreter: keras and numpy only. argv: model, pixels.npy, out.npy.
+KERAS_CHILD = """
+import json, sys
+import numpy as np
+import keras
+model = keras.saving.load_model(sys.argv[1], compile=False)
+np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]), verbose=0)))
+print(json.dumps({
+    "backend": keras.backend.backend(),
+    "optimizer": repr(getattr(model, "optimizer", None)),
+    "input_dtype": str(model.inputs[0].dtype),
+    "input_shape": list(model.inputs[0].shape),
+    "output_shape": list(model.outputs[0].shape),
+    "xrayfeat_imported": sorted(m for m in sys.modules if m.startswith("xrayfeat")),
+}))
+"""
+
+# Runs in a fresh interpreter: TensorFlow and numpy only. argv: folder, pixels.npy, out.npy.
+SAVEDMODEL_CHILD = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+np.save(sys.argv[3], loaded.serve(tf.constant(np.load(sys.argv[2])))["probabilities"].numpy())
+signature = loaded.signatures["serving_default"]
+print(json.dumps({
+    "inputs": {k: [str(v.dtype.name), v.shape.as_list()] for k, v in signature.structured_input_signature[1].items()},
+    "outputs": sorted(signature.structured_outputs),
+    "xrayfeat_imported": sorted(m for m in sys.modules if m.startswith("xrayfeat")),
+}))
+"""
+
+
+def _child(code: str, *args, env=None) -> dict:
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=600, cwd=os.path.dirname(str(args[0])))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A trained binary run, the test pixels decoded as xrayfeat decodes them, and the run's probabilities."""
+    import xrayfeat as xf
+    from xrayfeat.images import read_image
+
+    root = tmp_path_factory.mktemp("export")
+    data = write_tiny_dataset(root / "data")
+    run = xf.fit_head(data, "vgg16", weights="none", image_size=SIZE, epochs=2, baselines=(), n_boot=20,
+                      cache_dir=root / "cache", out=root / "run")
+    predictions = run.predictions()
+    pixels = np.stack([read_image(data / path, SIZE) for path in predictions["path"]])
+    np.save(root / "pixels.npy", pixels)
+    expected = predictions[[f"head:{c}" for c in run.classes]].to_numpy(dtype=np.float64)
+    return {"root": root, "run": run, "pixels": root / "pixels.npy", "expected": expected}
+
+
+def _export(run, out, *extra) -> dict:
+    proc = run_cli("export", run.path, "--out", out, *extra, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _h5_groups(keras_file) -> set[str]:
+    """Top-level groups of the weights inside a .keras archive (``optimizer`` when one was saved)."""
+    import h5py
+
+    with zipfile.ZipFile(keras_file) as archive:
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+            return set(weights.keys())
+
+
+@pytest.mark.slow
+def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run):
+    run, root = tiny_run["run"], tiny_run["root"]
+    out = root / "deploy"
+    result = _export(run, out)
+    model_file = out / "model.keras"
+    assert result["model"] == str(model_file) and model_file.is_file()
+    assert result["classes"] == ["a", "b"] and result["image_size"] == SIZE and result["input_dtype"] == "uint8"
+    assert result["random_weights"] is True and result["weights"] == "none:seed=0"
+
+    info = json.loads((out / "export.json").read_text())
+    from xrayfeat.fileio import file_digest
+
+    assert info["sha256"] == {"model.keras": file_digest(model_file)}
+    assert info["input"].startswith(f"uint8 RGB {SIZE}x{SIZE}, resized as xrayfeat.images does")
+    assert info["input_shape"] == [None, SIZE, SIZE, 3] and info["input_dtype"] == "uint8"
+    assert info["classes"] == run.classes and info["output_shape"] == [None, 2]
+    assert (info["backbone"], info["layer"], info["preprocess"]) == ("vgg16", "block5_pool", "caffe")
+    assert info["weights"]["identity"] == "none:seed=0"
+    assert info["run"]["head_sha256"] == run.record.artifacts["head"].sha256
+    assert info["xrayfeat"] == __import__("xrayfeat").__version__
+
+    # the .keras file is backend-neutral: load it on both backends, with nothing of xrayfeat
+    for backend in ("tensorflow", "jax"):
+        probs = root / f"probs-{backend}.npy"
+        seen = _child(KERAS_CHILD, model_file, tiny_run["pixels"], probs,
+                      env={"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"})
+        assert seen["backend"] == backend
+        assert seen["xrayfeat_imported"] == []
+        assert seen["optimizer"] == "None"
+        assert seen["input_dtype"] == "uint8" and seen["input_shape"] == [None, SIZE, SIZE, 3]
+        assert seen["output_shape"] == [None, 2]
+        got = np.load(probs)
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(got, tiny_run["expected"], rtol=0, atol=ATOL)
+
+    # no optimizer state: head.keras carries Adam's moments, the export does not, and its size is its weights
+    head_file = run.path / "head.keras"
+    assert "optimizer" in _h5_groups(head_file)
+    assert "optimizer" not in _h5_groups(model_file)
+    size = model_file.stat().st_size
+    assert size == result["bytes"]
+    assert size <= 4 * result["params"] * 1.005 + 65536, (size, result["params"])
+    backbone_bytes = 4 * (result["params"] - run.head().params["total"])
+    assert size < head_file.stat().st_size + backbone_bytes
+
+
+@pytest.mark.slow
+def test_savedmodel_export_serves_the_same_probabilities(tiny_run):
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"--format savedmodel needs the TensorFlow backend; this run uses {keras.backend.backend()}")
+    run, root = tiny_run["run"], tiny_run["root"]
+    out = root / "deploy-sm"
+    result = _export(run, out, "--format", "savedmodel")
+    folder = out / "savedmodel"
+    assert result["model"] == str(folder) and (folder / "saved_model.pb").is_file()
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "savedmodel" and "savedmodel/saved_model.pb" in info["sha256"]
+
+    probs = root / "probs-savedmodel.npy"
+    seen = _child(SAVEDMODEL_CHILD, folder, tiny_run["pixels"], probs)
+    assert seen["xrayfeat_imported"] == []
+    assert seen["inputs"] == {"pixels": ["uint8", [None, SIZE, SIZE, 3]]}
+    assert seen["outputs"] == ["probabilities"]
+    np.testing.assert_allclose(np.load(probs), tiny_run["expected"], rtol=0, atol=ATOL)
+    # every weight stored once (model.export would store each twice: keras-team/keras#23553)
+    assert result["bytes"] <= 4 * result["params"] * 1.01 + 1_000_000, (result["bytes"], result["params"])
+
+
+@pytest.mark.slow
+def test_a_previous_export_is_replaced_and_a_foreign_folder_is_refused(tiny_run):
+    import keras
+
+    from xrayfeat.export import ExportError, export_run
+
+    run, root = tiny_run["run"], tiny_run["root"]
+    out = root / "again"
+    export_run(run, out, format="savedmodel" if keras.backend.backend() == "tensorflow" else "keras")
+    second = export_run(run, out)
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.keras"]
+    assert json.loads((out / "export.json").read_text())["sha256"] == second.sha256
+    assert not [p for p in root.iterdir() if p.name.startswith(".again.")]  # no temporary folder left
+
+    foreign = root / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="holds other files"):
+        export_run(run, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,message", [
+    (("--format", "savedmodel"), "KERAS_BACKEND=tensorflow"),  # SavedModel on jax
+    ((), "KERAS_BACKEND=tensorflow"),  # random weights drawn by another backend than the store's
+])
+def test_refusals_on_another_backend_are_one_line(tiny_run, extra, message):
+    if tiny_run["run"].record.store["fingerprint"]["backend"] != "tensorflow":
+        pytest.skip("this check needs a store extracted on TensorFlow")
+    out = tiny_run["root"] / "jax-out"
+    proc = run_cli("export", tiny_run["run"].path, "--out", out, *extra, env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_weights_other_than_the_stores_are_refused(tiny_run, tmp_path, monkeypatch):
+    from xrayfeat import errors, export
+
+    monkeypatch.setattr(export, "_stored_digest", lambda record: "0" * 64)
+    with pytest.raises(errors.WeightsError, match="weights digest"):
+        export.export_run(tiny_run["run"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_exporting_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "missing", tmp_path / "empty"):
+        proc = run_cli("export", target, "--out", tmp_path / "out")
+        assert proc.returncode == 2
+        assert proc.stderr.strip().count("\n") == 0
+        assert proc.stderr.startswith("xrayfeat: error:") and "not a run folder" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf"])
+def test_portable_preprocessing_is_bit_identical_to_extraction(mode):
+    import keras
+
+    from xrayfeat.backbones import _preprocess_layer
+    from xrayfeat.export import portable_preprocess
+
+    pixels = np.arange(256 * 3, dtype=np.int64).reshape(1, 16, 16, 3) % 256
+    pixels = np.concatenate([pixels, pixels[:, ::-1]]).astype(np.uint8)  # every value in every channel
+    inputs = keras.Input((16, 16, 3), dtype="uint8")
+    x = inputs
+    for layer in portable_preprocess(mode):
+        x = layer(x)
+    got = np.asarray(keras.Model(inputs, x)(pixels))
+    want = np.asarray(_preprocess_layer(mode)(pixels))
+    assert got.dtype == want.dtype == np.float32
+    assert np.array_equal(got, want)

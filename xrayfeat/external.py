@@ -1,0 +1,167 @@
+"""External validation: a trained run scored on another site's labelled X-rays.
+
+Internal accuracy in chest X-ray classification is mostly a source shortcut: a
+model that scores 0.8 on its own test split can score chance on another
+hospital's images. :func:`evaluate` scores every model of a run on a labelled
+dataset in any supported layout, treating all of its images as test data, with
+the same metrics, bootstrap intervals, per-source breakdown and warnings as
+``fit-head``, and records the result in the run (``RUN/external/<name>/`` and the
+run record's ``external``), where ``report`` puts it beside the internal one.
+
+Images whose sha256 is among the run's training or validation images are left
+out and counted (their scores would not be external). A class the run does not
+know is an error; a class of the run missing from the data is a warning (its
+per-class figures are then undefined).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics, plots, runs
+from .datasets import Dataset
+from .errors import DatasetError
+from .prediction import run_cache_dir, score
+from .runs import RunWarning
+from .study import _brief, groups_of
+
+
+@dataclass
+class EvaluateResult:
+    """What :func:`evaluate` found: the headline figures per model, beside the run's internal ones."""
+
+    run: str
+    name: str
+    folder: str
+    n: int
+    excluded: int
+    external: dict  # model -> brief metrics on the external data
+    internal: dict  # model -> brief metrics on the run's own test split
+    warnings: list[RunWarning] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"run": self.run, "name": self.name, "folder": self.folder, "n": self.n, "excluded": self.excluded,
+                "external": self.external, "internal": self.internal,
+                "warnings": [{"kind": w.kind, "message": w.message} for w in self.warnings]}
+
+
+def default_name(dataset: Dataset) -> str:
+    """A folder-safe name for the external dataset: its folder (or manifest) name."""
+    base = dataset.root.name if dataset.layout != "manifest" else dataset.root.name or "external"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-") or "external"
+
+
+def _check_classes(run, dataset: Dataset) -> list[RunWarning]:
+    unknown = sorted(set(dataset.classes) - set(run.classes))
+    if unknown:
+        raise DatasetError(f"{dataset.root}: class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} unknown to "
+                           f"{run.path} (trained on {', '.join(run.classes)}); pass --classes to keep the known ones")
+    missing = [c for c in run.classes if c not in dataset.classes]
+    if not missing:
+        return []
+    return [RunWarning("missing_class", f"{', '.join(missing)} absent from {dataset.root}: per-class figures for "
+                                        f"{'them' if len(missing) > 1 else 'it'} and the macro ROC-AUC are undefined")]
+
+
+def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarning]]:
+    """The dataset without the run's training and validation images, how many were dropped, and what to say."""
+    roles = run.record.split_hashes()
+    if roles is None:
+        return dataset, 0, [RunWarning("overlap", f"{run.path} does not record its training images (written by an "
+                                                  f"earlier xrayfeat): overlap with them is not checked; re-run fit-head to check it")]
+    kept = tuple(item for item in dataset.items if roles.get(item.sha256) not in ("train", "val"))
+    dropped = len(dataset) - len(kept)
+    found = []
+    if dropped:
+        found.append(RunWarning("overlap", f"{dropped} of {len(dataset)} images of {dataset.root} are byte-identical "
+                                           f"to the run's training or validation images and were left out"))
+    if not kept:
+        raise DatasetError(f"{dataset.root}: every image is one the run trained or validated on; "
+                           f"pass data the run has not seen")
+    return Dataset(root=dataset.root, items=kept, classes=dataset.classes, layout=dataset.layout), dropped, found
+
+
+def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, device: str = "auto",
+             batch_size: int = 32, workers: int | None = None, progress: bool = False) -> EvaluateResult:
+    """Score ``run`` (a loaded :class:`~xrayfeat.trained.Run`) on the labelled ``dataset`` (all of it test data).
+
+    The result is recorded under ``RUN/external/<name>/`` and in the run record.
+
+    Re-evaluating under an existing name replaces that result.
+    """
+    name = name or default_name(dataset)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"The 'name' of an external evaluation must be a plain folder name. Got {name!r} instead.")
+    found = _check_classes(run, dataset)
+    dataset, excluded, overlap = _exclude_training(run, dataset)
+    found += overlap
+    scored = score(run, dataset, cache_dir=run_cache_dir(run, cache_dir), device=device, batch_size=batch_size,
+                   workers=workers, progress=progress)
+    index = {c: k for k, c in enumerate(run.classes)}
+    y = np.array([index[item.label] for item in dataset.items])
+    sources = [i.source for i in dataset.items] if dataset.has_sources else None
+    seed, n_boot = run.record.head.get("seed", 0), run.record.head.get("n_boot", 1000)
+    results = {model: _with_present_auc(metrics.evaluate(y, proba, run.classes, groups=groups_of(dataset.items),
+                                                         sources=sources, n_boot=n_boot, seed=seed))
+               for model, proba in scored.probabilities.items()}
+    found += _warnings(run, dataset, results)
+    folder = _write(run, name, dataset, y, scored, results, excluded, found)
+    internal = run.metrics
+    return EvaluateResult(
+        run=str(run.path), name=name, folder=str(folder), n=len(dataset), excluded=excluded,
+        external={m: _brief(r) for m, r in results.items()},
+        internal={"head": _brief(internal["head"]), **{m: _brief(r) for m, r in internal["baselines"].items()}},
+        warnings=found,
+    )
+
+
+def _with_present_auc(result: dict) -> dict:
+    """Add ``roc_auc_present``: the mean one-vs-rest AUC over the classes present (the macro AUC needs them all)."""
+    per_class = result.get("roc_auc_per_class") or {}
+    values = [a for a in (per_class.values() if isinstance(per_class, dict) else per_class) if a is not None]
+    result["roc_auc_present"] = result["roc_auc"] if result["roc_auc"] is not None else (
+        float(np.mean(values)) if values else None)
+    return result
+
+
+def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
+    found = []
+    if run.record.random_weights:
+        found.append(RunWarning("random_weights", "RANDOM backbone weights (--weights none): results say nothing "
+                                                  "about ImageNet transfer"))
+    tiny = metrics.tiny_test_warning(len(dataset), results["head"]["accuracy"])
+    if tiny:
+        found.append(RunWarning("small_test", tiny))
+    gap = metrics.source_gap_warning(results["head"].get("by_source"))
+    if gap:
+        found.append(RunWarning("source_gap", gap))
+    return found
+
+
+def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded: int, found) -> Path:
+    """``RUN/external/<name>/`` (metrics, predictions, figures), then the run record naming them with their sha256."""
+    folder = run.path / "external" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    head = results["head"]
+    runs.write_metrics(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
+    runs.write_predictions(folder / "predictions.csv", dataset.items, y, run.classes, scored.probabilities)
+    title = f"{run.task} · {run.backbone} · external: {name}"
+    plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)
+    plots.plot_roc(y, scored.probabilities["head"], run.classes, folder / "roc.png", title=title)
+    record = run.record
+    for part, file in (("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("confusion", "confusion.png"),
+                       ("roc", "roc.png")):
+        key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
+        record.artifacts[key] = artifact
+    record.external[name] = {
+        "data": str(dataset.root), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n": len(dataset), "excluded": excluded, "classes": list(dataset.classes),
+        "warnings": [{"kind": w.kind, "message": w.message} for w in found],
+    }
+    runs.write_record(record, run.path)
+    return folder

@@ -1,0 +1,169 @@
+"""Using a trained run on new images: the run's own features, its head and every saved baseline.
+
+:func:`predict` takes image files, folders (no class folders needed) or CSVs of
+paths, computes the run's own features (the store fingerprint the run was
+trained on: same backbone, weights, input size, cut layer and precision) into
+the run's cache folder or another one, and returns one row per image with each
+model's predicted class and class probabilities. Images already in the cache
+are not computed again, so predicting twice costs only the models.
+
+Before anything is computed it refuses, in one line, what would give wrong
+numbers: a run whose artifacts changed since they were written (sha256), weights
+that are not installed, or a feature fingerprint this installation cannot
+reproduce (another Keras version or backend changes feature values).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import XrayfeatError
+from .extraction import extract, resolve
+from .fileio import atomic_write
+from .options import FeatureOptions, RunOptions
+from .store import FeatureStore
+from .study import _columns_for, read_pixels
+
+log = logging.getLogger("xrayfeat")
+
+
+class ReproduceError(XrayfeatError):
+    """This installation would compute features other than those the run was trained on."""
+
+
+@dataclass
+class Scored:
+    """Every model's class probabilities for a set of images (rows in the dataset's order)."""
+
+    dataset: object
+    probabilities: dict  # model name -> (n, K)
+    extracted: int
+    reused: int
+    store: str
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` produced: the table, and the file it was written to (if any)."""
+
+    table: object  # pandas DataFrame
+    out: str | None
+    images: int
+    extracted: int
+    reused: int
+    models: list[str]
+    counts: dict = field(default_factory=dict)  # model -> {class: images predicted as it}
+
+    def as_json(self) -> dict:
+        return {"out": self.out, "images": self.images, "extracted": self.extracted, "reused": self.reused,
+                "models": self.models, "counts": self.counts}
+
+
+def feature_options(run) -> FeatureOptions:
+    """The run's feature options with everything "auto" pinned to what the run's store holds."""
+    fingerprint = run.record.store["fingerprint"]
+    return replace(run.feature_options(), precision=fingerprint["precision"], image_size=fingerprint["image_size"],
+                   layer=fingerprint["layer"].split(":")[-1] if fingerprint.get("layer") else None)
+
+
+def check_reproducible(run, options: FeatureOptions, device: str = "auto") -> None:
+    """Refuse when resolving the run's options here gives another fingerprint than the one it was trained on."""
+    recorded = run.record.store["fingerprint"]
+    here = resolve(options, device).fingerprint
+    differs = [key for key in recorded if here.get(key) != recorded[key]]
+    if not differs:
+        return
+    fixes = {"keras": "install the Keras version it names", "backend": "set KERAS_BACKEND to the backend it names",
+             "weights": "install the weights file the run used", "decode": "use the xrayfeat version that trained it"}
+    details = "; ".join(f"{key}: run {recorded[key]!r}, here {here.get(key)!r}" for key in differs)
+    fix = "; ".join(dict.fromkeys(fixes.get(key, "re-run fit-head here") for key in differs))
+    raise ReproduceError(f"{run.path}: this installation cannot reproduce the run's features ({details}); {fix}")
+
+
+def run_cache_dir(run, cache_dir=None) -> Path:
+    """Where the run's features live: ``cache_dir`` if given, else the folder holding the run's store."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    folder = Path(run.record.store["path"]).parent
+    if not folder.is_dir():
+        raise XrayfeatError(f"{run.path}: its cache folder {folder} is not found from here; pass --cache-dir "
+                            f"(the run's features are computed into it if missing)")
+    return folder
+
+
+def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
+          workers: int | None = None, progress: bool = False, models=None) -> Scored:
+    """Every model of ``run`` (head and saved baselines, or ``models``) on every image of ``dataset``.
+
+    Checks first (sha256 of each model file, weights, fingerprint), then
+    extracts what the cache lacks, then predicts.
+    """
+    names = ["head", *run.record.baseline_names] if models is None else list(models)
+    unknown = [m for m in names if m != "head" and m not in run.record.baseline_names]
+    if unknown:
+        raise ValueError(f"{run.path} has no model(s) {unknown}; it has head and {run.record.baseline_names}")
+    loaded = {name: run.head() if name == "head" else run.baseline(name) for name in names}  # sha256 checked here
+    options = feature_options(run)
+    check_reproducible(run, options, device)
+    run_options = RunOptions(device=device, batch_size=batch_size, workers=workers,
+                             cache_dir=run_cache_dir(run, cache_dir), progress=progress)
+    [result] = extract(dataset, options, run_options)
+    store = FeatureStore.at(result.store)
+    parts = store.read(dataset.hashes, ("spatial", "pooled"))
+    n_classes = len(run.classes)
+    probabilities = {}
+    for name, model in loaded.items():
+        if name == "head":
+            probabilities[name] = np.asarray(model.predict_proba(parts["spatial"]), dtype=np.float64)
+        elif name == "pixels":
+            x = read_pixels(dataset.items).reshape(len(dataset), -1).astype(np.float32)
+            probabilities[name] = _columns_for(model, model.predict_proba(x), n_classes)
+        else:
+            probabilities[name] = _columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
+    return Scored(dataset=dataset, probabilities=probabilities, extracted=result.extracted, reused=result.reused,
+                  store=str(store.path))
+
+
+def predictions_table(scored: Scored, classes):
+    """One row per image: path, sha256, then per model its predicted class and ``<model>:<class>`` probabilities."""
+    import pandas as pd
+
+    columns = {"path": [str(item.path) for item in scored.dataset.items],
+               "sha256": [item.sha256 for item in scored.dataset.items]}
+    for name, proba in scored.probabilities.items():
+        columns[f"{name}:predicted"] = [classes[k] for k in proba.argmax(axis=1)]
+        for k, c in enumerate(classes):
+            columns[f"{name}:{c}"] = proba[:, k]
+    return pd.DataFrame(columns)
+
+
+def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
+            workers: int | None = None, progress: bool = False, models=None) -> PredictResult:
+    """Classify new images with a trained run; see the module docstring.
+
+    ``run``: a loaded :class:`~xrayfeat.trained.Run` (``xf.load_run``). ``inputs``: image
+    files, folders or CSVs with a ``path`` column (a single path is fine).
+    ``out``: a CSV to write (atomically), or None.
+    """
+    from .datasets import gather_images
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    folder = run_cache_dir(run, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = gather_images(inputs, hash_cache=folder / "file-hashes.json")
+    scored = score(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
+                   progress=progress, models=models)
+    table = predictions_table(scored, run.classes)
+    if out is not None:
+        atomic_write(out, table.to_csv(index=False, float_format="%.6g"))
+    counts = {name: {c: int((table[f"{name}:predicted"] == c).sum()) for c in run.classes}
+              for name in scored.probabilities}
+    return PredictResult(table=table, out=None if out is None else str(out), images=len(dataset),
+                         extracted=scored.extracted, reused=scored.reused, models=list(scored.probabilities),
+                         counts=counts)
