@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from xrayfeat import filehashes
-from xrayfeat.datasets import SPLITS, Dataset, Item, discover
+from xrayfeat.datasets import Item, discover
 from xrayfeat.errors import DatasetError
 from xrayfeat.summary import summarize
 

@@ -23,7 +23,7 @@ LAYERS = [
     # records and their use
     "runs", "study", "prediction", "external", "trained", "report_doc", "report", "export", "demo",
     # faces
-    "api", "cli",
+    "api", "clikit", "cli",
 ]
 
 

@@ -10,197 +10,45 @@ cache hit stay fast.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .clikit import (
+    Group,
+    console,
+    dataset_of,
+    declared,
+    emit,
+    feature_list,
+    feature_options,
+    handle_errors,
+    json_option,
+    quiet_frameworks,
+    setup_logging,
+    single_feature,
+    stack,
+)
 from .errors import StoreError, XrayfeatError
-from .options import BACKBONES, BASELINES, EmbedOptions, FeatureOptions, HeadOptions, RunOptions, parse_list
-from .params import Choice, Interval, declaration
+from .options import (
+    BACKBONES,
+    BASELINES,
+    EmbedOptions,
+    FeatureOptions,
+    HeadOptions,
+    RunOptions,
+    parse_list,
+)
+from .params import declaration
 
 log = logging.getLogger("xrayfeat")
 
 
-# --------------------------------------------------------------------------- plumbing
-
-
-class _OneLineHandler(logging.Handler):
-    """``xrayfeat: warning: ...`` lines on stderr."""
-
-    def emit(self, record):
-        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        click.echo(f"xrayfeat: {level}{record.getMessage()}", err=True)
-
-
-def _setup_logging(verbose: bool) -> None:
-    root = logging.getLogger("xrayfeat")
-    if not any(isinstance(h, _OneLineHandler) for h in root.handlers):
-        root.addHandler(_OneLineHandler())
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    root.propagate = False
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        log.warning("%s", message)
-
-    warnings.showwarning = showwarning
-
-
-def _quiet_frameworks() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # tf.function retracing notices (predictions on train, val and test of different sizes) are not the user's problem
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
-def handle_errors(func):
-    """Turn library errors into one line and the contract's exit codes."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except XrayfeatError as exc:
-            click.echo(f"xrayfeat: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
-            sys.exit(130)
-        except (MemoryError, OSError) as exc:
-            click.echo(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
-            sys.exit(1)
-        except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
-            if os.environ.get("XRAYFEAT_DEBUG"):
-                raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(f"xrayfeat: internal error: {type(exc).__name__}: {first} "
-                       f"(rerun with XRAYFEAT_DEBUG=1 for the traceback, and please report it)", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def emit(data: dict, as_json: bool, human) -> None:
-    """``--json``: the object on stdout and the human text on stderr; otherwise the text on stdout."""
-    if as_json:
-        human(err=True)
-        click.echo(json.dumps(data, indent=None, default=str))
-    else:
-        human(err=False)
-
-
-def _console(err: bool):
-    from rich.console import Console
-
-    return Console(stderr=err, highlight=False, soft_wrap=True)
-
-
-def declared(cls, name: str, *flags: str, param: str | None = None, **overrides):
-    """A click option for field ``name`` of option class ``cls``: type, default and help from its declaration.
-
-    The option's parameter is ``param`` (default ``name``); ``flags`` replace the
-    flag (default the declaration's ``flag``, else ``--field-name``).
-    """
-    d = declaration(cls, name)
-    check = d["check"]
-    kwargs = {"default": d["default"], "help": d["help"], "show_default": d["default"] is not None}
-    if isinstance(check, Choice):
-        kwargs["type"] = click.Choice(check.values)
-    elif isinstance(check, Interval) and check.integer:
-        kwargs["type"] = click.IntRange(check.low, check.high)
-    elif isinstance(check, Interval):
-        kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
-    elif d["default"] is False:
-        kwargs.update(is_flag=True, show_default=False)
-    flags = flags or (d["flag"] or "--" + name.replace("_", "-"),)
-    return click.option(*flags, param or name, **{**kwargs, **overrides})
-
-
-def _stack(*options):
-    def apply(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return apply
-
-
-#: The options that select a feature store (extract, fit-head, embed, cache export), and where to find it.
-feature_options = _stack(
-    click.option("--backbone", "-b", "backbone", required=True,
-                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list)."),
-    declared(FeatureOptions, "weights"),
-    declared(FeatureOptions, "image_size"),
-    declared(FeatureOptions, "layer"),
-    declared(FeatureOptions, "precision"),
-    declared(FeatureOptions, "store_dtype"),
-    declared(FeatureOptions, "seed"),
-    click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
-    declared(RunOptions, "cache_dir", type=click.Path(file_okay=False)),
-    declared(RunOptions, "device"),
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (human text on stderr).")
-
-
-def _feature_list(kw) -> list[FeatureOptions]:
-    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list)."""
-    names = parse_list(kw["backbone"], BACKBONES, "backbone")
-    fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed")
-    return [FeatureOptions(backbone=b, **{k: kw[k] for k in fields}) for b in names]
-
-
-def _single_feature(kw) -> FeatureOptions:
-    features = _feature_list(kw)
-    if len(features) != 1:
-        raise XrayfeatError(f"--backbone takes one backbone here; got {kw['backbone']}")
-    return features[0]
-
-
-def _classes(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else None
-
-
-def _dataset(data: str, classes: str | None, cache_dir):
-    from .api import discover
-
-    return discover(data, classes=_classes(classes), cache_dir=cache_dir)
-
-
-_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
-
-
-class _Group(click.Group):
-    """Commands in the order they are defined; click's own usage errors as one line, like every other error."""
-
-    def list_commands(self, ctx):
-        return list(self.commands)
-
-    def main(self, *args, **kwargs):
-        kwargs.pop("standalone_mode", None)
-        try:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        except _NO_ARGS as exc:  # plain `xrayfeat`: the help, as click prints it
-            click.echo(exc.format_message())
-            sys.exit(0)
-        except click.UsageError as exc:
-            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-            click.echo(f"xrayfeat: error: {exc.format_message()}{where}", err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            click.echo(f"xrayfeat: error: {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("xrayfeat: aborted", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="xrayfeat")
 @click.option("--verbose", "-v", is_flag=True, help="Log what is resolved and done (device, precision, stores).")
 @click.option("--offline", is_flag=True,
@@ -215,8 +63,8 @@ def main(verbose: bool, offline: bool) -> None:
       xrayfeat extract demo_data --backbone vgg16 --weights none
       xrayfeat cache ls
     """
-    _quiet_frameworks()
-    _setup_logging(verbose)
+    quiet_frameworks()
+    setup_logging(verbose)
     if offline:  # read by the library at call time, and inherited by child processes
         os.environ["XRAYFEAT_OFFLINE"] = "1"
 
@@ -245,7 +93,7 @@ def inspect(data, classes, as_json):
     def human(err):
         from rich.table import Table
 
-        console = _console(err)
+        out = console(err)
         table = Table(title=f"{summary['root']} ({summary['layout']}, {summary['images']} images)")
         table.add_column("split")
         for name in summary["classes"]:
@@ -253,22 +101,22 @@ def inspect(data, classes, as_json):
         table.add_column("total", justify="right")
         for split, counts in summary["counts"].items():
             table.add_row(split, *[str(counts[c]) for c in summary["classes"]], str(sum(counts.values())))
-        console.print(table)
-        console.print(f"formats: {summary['formats']}  modes: {summary['modes']}  bit depths: {summary['bit_depths']}")
+        out.print(table)
+        out.print(f"formats: {summary['formats']}  modes: {summary['modes']}  bit depths: {summary['bit_depths']}")
         if summary["width"]:
-            console.print(f"width {summary['width'][0]}–{summary['width'][1]} px, height "
+            out.print(f"width {summary['width'][0]}–{summary['width'][1]} px, height "
                           f"{summary['height'][0]}–{summary['height'][1]} px, {summary['bytes'] / 1e6:.1f} MB")
         dups = summary["duplicates"]
         cross = [d for d in dups if d["cross_split"]]
-        console.print(f"duplicate files: {len(dups)} groups ({len(cross)} across splits)")
+        out.print(f"duplicate files: {len(dups)} groups ({len(cross)} across splits)")
         for d in dups[:10]:
-            console.print(f"  {'ACROSS SPLITS ' if d['cross_split'] else ''}{', '.join(d['paths'])}")
+            out.print(f"  {'ACROSS SPLITS ' if d['cross_split'] else ''}{', '.join(d['paths'])}")
         patients = summary["patients_in_several_splits"]
-        console.print(f"patients in several splits: {len(patients)}")
+        out.print(f"patients in several splits: {len(patients)}")
         for p in patients[:10]:
-            console.print(f"  {p['patient_id']}: {', '.join(p['splits'])}")
+            out.print(f"  {p['patient_id']}: {', '.join(p['splits'])}")
         for u in summary["unreadable"]:
-            console.print(f"  unreadable: {u['path']}: {u['reason']}")
+            out.print(f"  unreadable: {u['path']}: {u['reason']}")
 
     emit(summary, as_json, human)
 
@@ -448,13 +296,13 @@ def extract(data, batch_size, workers, on_error, as_json, **kw):
     from .extraction import extract as run_extract
     from .extraction import resolve
 
-    features = _feature_list(kw)
+    features = feature_list(kw)
     for feature in features:  # fail on options and weights before scanning a large dataset
         resolve(feature, kw["device"])
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)
     run.validate()
-    results = run_extract(_dataset(data, kw["classes"], kw["cache_dir"]), features, run)
+    results = run_extract(dataset_of(data, kw["classes"], kw["cache_dir"]), features, run)
     payload = results[0].as_json() if len(results) == 1 else {"stores": [r.as_json() for r in results]}
 
     def human(err):
@@ -478,7 +326,7 @@ _HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "
 @main.command("fit-head")
 @click.argument("data")
 @feature_options
-@_stack(*(declared(HeadOptions, name) for name in _HEAD_FIELDS))
+@stack(*(declared(HeadOptions, name) for name in _HEAD_FIELDS))
 @click.option("--baselines", default=",".join(BASELINES), show_default=True,
               help=declaration(HeadOptions, "baselines")["help"])
 @declared(RunOptions, "batch_size", "--extract-batch-size", param="extract_batch_size")
@@ -501,14 +349,14 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
     from .extraction import resolve
     from .study import fit_head
 
-    features = _single_feature(kw)
+    features = single_feature(kw)
     resolve(features, kw["device"])
     head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
                        **{name: kw[name] for name in _HEAD_FIELDS})
     head.validate()
     run = RunOptions(device=kw["device"], batch_size=extract_batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)
-    result = fit_head(_dataset(data, kw["classes"], kw["cache_dir"]), features, head, run, out=out)
+    result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"]), features, head, run, out=out)
 
     def human(err):
         from rich.table import Table
@@ -521,10 +369,10 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
             table.add_row(name, f"{m['accuracy']:.3f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
                           f"{m['balanced_accuracy']:.3f}", f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-",
                           f"{m['loss']:.3f}")
-        console = _console(err)
-        console.print(table)
+        out = console(err)
+        out.print(table)
         t = result.timings
-        console.print(f"extraction {t['extraction_seconds']:.1f} s ({t['extracted_images']} images computed), head "
+        out.print(f"extraction {t['extraction_seconds']:.1f} s ({t['extracted_images']} images computed), head "
                       f"{t['head_seconds']:.1f} s ({t['seconds_per_epoch']:.3f} s/epoch), baselines "
                       f"{t['baselines_seconds']:.1f} s, total {t['total_seconds']:.1f} s")
 
@@ -536,7 +384,7 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
 
 def _run_options(func):
     """Where features are computed when a run is used on new images."""
-    return _stack(
+    return stack(
         click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
                      help="Feature cache (default: the folder holding the run's store); missing rows are computed into it."),
         declared(RunOptions, "device"),
@@ -608,7 +456,7 @@ def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, a
     from .trained import load_run
 
     trained = load_run(run)
-    dataset = _dataset(data, classes, run_cache_dir(trained, cache_dir))
+    dataset = dataset_of(data, classes, run_cache_dir(trained, cache_dir))
     result = run_evaluate(trained, dataset, name=name, cache_dir=cache_dir, device=device, batch_size=batch_size,
                           workers=workers, progress=True)
 
@@ -625,7 +473,7 @@ def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, a
                           f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
                           _fmt(None if inside.get("accuracy") is None else ext["accuracy"] - inside["accuracy"], sign=True),
                           _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]))
-        _console(err).print(table)
+        console(err).print(table)
         click.echo(f"written to {result.folder}", err=err)
 
     emit(result.as_json(), as_json, human)
@@ -642,7 +490,7 @@ def _fmt(value, sign: bool = False) -> str:
 @click.argument("data")
 @click.option("--backbone", "-b", default=None, type=click.Choice(BACKBONES),
               help="Backbone of the features (not needed with --from-run).")
-@_stack(*(declared(FeatureOptions, name) for name in ("weights", "image_size", "layer", "precision", "store_dtype")))
+@stack(*(declared(FeatureOptions, name) for name in ("weights", "image_size", "layer", "precision", "store_dtype")))
 @declared(EmbedOptions, "method")
 @click.option("--from-run", default=None, help="Embed a trained head's penultimate (Dense) activations instead of pooled features.")
 @declared(FeatureOptions, "seed", help="Seed of the map, and of the random weights with --weights none.")
@@ -674,7 +522,7 @@ def embed(data, backbone, method, from_run, seed, classes, cache_dir, device, ou
         features.validate()
     if out is None:
         out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
-    dataset = _dataset(data, classes, cache_dir)
+    dataset = dataset_of(data, classes, cache_dir)
     outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed),
                         from_run=load_run(from_run) if from_run else None,
                         run=RunOptions(cache_dir=cache_dir, device=device, progress=True))
@@ -817,7 +665,7 @@ def cache_ls(cache_dir, as_json):
             table.add_row(Path(i["path"]).name, fp["backbone"], fp["layer"], str(fp["image_size"]), fp["precision"],
                           fp["weights"] + (" (RANDOM)" if i["random_weights"] else ""), str(i["rows"]),
                           f"{i['bytes'] / 1e6:.1f}")
-        _console(err).print(table)
+        console(err).print(table)
 
     emit({"cache_dir": str(cache_dir), "stores": infos}, as_json, human)
 
@@ -895,8 +743,8 @@ def cache_export(data, out, as_json, **kw):
     """
     from .study import export_features
 
-    features = _single_feature(kw)
-    result = export_features(_dataset(data, kw["classes"], kw["cache_dir"]), features, out,
+    features = single_feature(kw)
+    result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,
                              cache_dir=kw["cache_dir"], device=kw["device"])
     emit(result.as_json(), as_json, lambda err: click.echo(f"wrote {result.rows} rows to {result.out}", err=err))
 

@@ -1,0 +1,197 @@
+"""How every xrayfeat command behaves: one-line errors, exit codes, --json output, options derived from declarations.
+
+:func:`handle_errors` turns library errors into one line on stderr and the
+contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
+same for click's own usage errors. :func:`emit` prints ``--json`` output on
+stdout and human text on stderr. :func:`declared` makes a click option from a
+field of an option dataclass (:mod:`xrayfeat.options`), so choices, defaults
+and help are written once. The commands themselves are in :mod:`xrayfeat.cli`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import warnings
+
+import click
+
+from .errors import XrayfeatError
+from .options import BACKBONES, FeatureOptions, RunOptions, parse_list
+from .params import Choice, Interval, declaration
+
+log = logging.getLogger("xrayfeat")
+
+
+class _OneLineHandler(logging.Handler):
+    """``xrayfeat: warning: ...`` lines on stderr."""
+
+    def emit(self, record):
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        click.echo(f"xrayfeat: {level}{record.getMessage()}", err=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("xrayfeat")
+    if not any(isinstance(h, _OneLineHandler) for h in root.handlers):
+        root.addHandler(_OneLineHandler())
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        log.warning("%s", message)
+
+    warnings.showwarning = showwarning
+
+
+def quiet_frameworks() -> None:
+    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tf.function retracing notices (predictions on train, val and test of different sizes) are not the user's problem
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def handle_errors(func):
+    """Turn library errors into one line and the contract's exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except XrayfeatError as exc:
+            click.echo(f"xrayfeat: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
+            sys.exit(130)
+        except (MemoryError, OSError) as exc:
+            click.echo(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
+            if os.environ.get("XRAYFEAT_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"xrayfeat: internal error: {type(exc).__name__}: {first} "
+                       f"(rerun with XRAYFEAT_DEBUG=1 for the traceback, and please report it)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def emit(data: dict, as_json: bool, human) -> None:
+    """``--json``: the object on stdout and the human text on stderr; otherwise the text on stdout."""
+    if as_json:
+        human(err=True)
+        click.echo(json.dumps(data, indent=None, default=str))
+    else:
+        human(err=False)
+
+
+def console(err: bool):
+    from rich.console import Console
+
+    return Console(stderr=err, highlight=False, soft_wrap=True)
+
+
+def declared(cls, name: str, *flags: str, param: str | None = None, **overrides):
+    """A click option for field ``name`` of option class ``cls``: type, default and help from its declaration.
+
+    The option's parameter is ``param`` (default ``name``); ``flags`` replace the
+    flag (default the declaration's ``flag``, else ``--field-name``).
+    """
+    d = declaration(cls, name)
+    check = d["check"]
+    kwargs = {"default": d["default"], "help": d["help"], "show_default": d["default"] is not None}
+    if isinstance(check, Choice):
+        kwargs["type"] = click.Choice(check.values)
+    elif isinstance(check, Interval) and check.integer:
+        kwargs["type"] = click.IntRange(check.low, check.high)
+    elif isinstance(check, Interval):
+        kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
+    elif d["default"] is False:
+        kwargs.update(is_flag=True, show_default=False)
+    flags = flags or (d["flag"] or "--" + name.replace("_", "-"),)
+    return click.option(*flags, param or name, **{**kwargs, **overrides})
+
+
+def stack(*options):
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+#: The options that select a feature store (extract, fit-head, embed, cache export), and where to find it.
+feature_options = stack(
+    click.option("--backbone", "-b", "backbone", required=True,
+                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list)."),
+    declared(FeatureOptions, "weights"),
+    declared(FeatureOptions, "image_size"),
+    declared(FeatureOptions, "layer"),
+    declared(FeatureOptions, "precision"),
+    declared(FeatureOptions, "store_dtype"),
+    declared(FeatureOptions, "seed"),
+    click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
+    declared(RunOptions, "cache_dir", type=click.Path(file_okay=False)),
+    declared(RunOptions, "device"),
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (human text on stderr).")
+
+
+def feature_list(kw) -> list[FeatureOptions]:
+    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list)."""
+    names = parse_list(kw["backbone"], BACKBONES, "backbone")
+    fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed")
+    return [FeatureOptions(backbone=b, **{k: kw[k] for k in fields}) for b in names]
+
+
+def single_feature(kw) -> FeatureOptions:
+    features = feature_list(kw)
+    if len(features) != 1:
+        raise XrayfeatError(f"--backbone takes one backbone here; got {kw['backbone']}")
+    return features[0]
+
+
+def classes_of(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def dataset_of(data: str, classes: str | None, cache_dir):
+    from .api import discover
+
+    return discover(data, classes=classes_of(classes), cache_dir=cache_dir)
+
+
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class Group(click.Group):
+    """Commands in the order they are defined; click's own usage errors as one line, like every other error."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS as exc:  # plain `xrayfeat`: the help, as click prints it
+            click.echo(exc.format_message())
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            click.echo(f"xrayfeat: error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"xrayfeat: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("xrayfeat: aborted", err=True)
+            sys.exit(1)
+
+
