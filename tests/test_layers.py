@@ -19,7 +19,7 @@ LAYERS = [
     # data flow
     "images", "filehashes", "datasets", "summary", "phantoms",
     "fingerprint", "shards", "store", "extraction",
-    "heads_jax", "heads", "headproc", "baselines", "metrics", "plots", "embedding",
+    "heads_jax", "head_numpy", "heads", "headproc", "baselines", "metrics", "plots", "embedding",
     # records and their use
     "runs", "study", "prediction", "external", "trained", "report_doc", "report", "export", "demo",
     # faces

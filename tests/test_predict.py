@@ -135,3 +135,17 @@ def test_evaluate_refuses_a_class_the_run_does_not_know(trained, tmp_path):
     assert proc.returncode == 2
     assert "zebra unknown to" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (copy.path / "external").exists()
+
+
+def test_predicting_cached_images_imports_no_deep_learning_framework(trained):
+    """The plain head runs in numpy: a warm predict, like a warm extract, never starts TensorFlow."""
+    import subprocess
+    import sys
+
+    run, data, root = trained
+    assert "head_arrays" in run.record.artifacts
+    code = (f"import sys, xrayfeat as xf; r = xf.load_run({str(run.path)!r}).predict({str(data / 'test')!r}); "
+            "assert r.extracted == 0; "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -104,6 +104,8 @@ from .fileio import atomic_path, file_digest
 
 __all__ = [
     "BASELINES",
+    "columns_for",
+    "read_pixels",
     "FittedBaseline",
     "cv_splitter",
     "fit_baseline",
@@ -618,3 +620,23 @@ def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseli
     if not isinstance(fitted, FittedBaseline):
         raise XrayfeatError(f"{path}: not a saved xrayfeat baseline (found {type(fitted).__name__}).")
     return fitted
+
+
+def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
+    """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone)."""
+    from joblib import Parallel, delayed
+
+    from .images import read_gray
+
+    paths = [str(item.path) for item in items]
+    if len(paths) < 64:
+        return np.stack([read_gray(p, size) for p in paths])
+    arrays = Parallel(n_jobs=n_jobs or -1, batch_size=16)(delayed(read_gray)(p, size) for p in paths)
+    return np.stack(arrays)
+
+
+def columns_for(model, proba: np.ndarray, n_classes: int) -> np.ndarray:
+    """Put a baseline's probability columns in class-index order (all classes are in train)."""
+    out = np.zeros((len(proba), n_classes))
+    out[:, np.asarray(model.classes_, dtype=int)] = proba
+    return out

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .devices import keras_backend_name
+from . import head_numpy
 from .errors import XrayfeatError
 
 log = logging.getLogger("xrayfeat")
@@ -164,6 +165,7 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train_kwargs)
         proba = trained.predict_proba(x_test)
         trained.save(head_file)
+        head_numpy.save(trained.model, Path(head_file).with_suffix(".npz"))
         return HeadOutcome(**_record(trained), proba_test=proba, process="in-process",
                            process_seconds=time.perf_counter() - started)
     if tail is not None:
@@ -226,6 +228,7 @@ def _child_main(folder: Path) -> int:
         trained = train_head(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), **job["train"])
         np.save(folder / "proba_test.npy", trained.predict_proba(load("x_test")))
         trained.save(job["head_file"])
+        head_numpy.save(trained.model, Path(job["head_file"]).with_suffix(".npz"))
         (folder / "result.json").write_text(json.dumps(_record(trained)))
         return 0
     except Exception as error:  # reported to the parent as one line

@@ -27,7 +27,7 @@ from .extraction import extract, resolve
 from .fileio import atomic_write
 from .options import FeatureOptions, RunOptions
 from .store import FeatureStore
-from .study import _columns_for, read_pixels
+from .baselines import columns_for, read_pixels
 
 log = logging.getLogger("xrayfeat")
 
@@ -107,7 +107,9 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
     unknown = [m for m in names if m != "head" and m not in run.record.baseline_names]
     if unknown:
         raise ValueError(f"{run.path} has no model(s) {unknown}; it has head and {run.record.baseline_names}")
-    loaded = {name: run.head() if name == "head" else run.baseline(name) for name in names}  # sha256 checked here
+    # sha256 checked here; the plain head runs in numpy (no Keras import), a head with a tail in Keras
+    run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
+    loaded = {name: (run.head_arrays() or run.head()) if name == "head" else run.baseline(name) for name in names}
     options = feature_options(run)
     check_reproducible(run, options, device)
     run_options = RunOptions(device=device, batch_size=batch_size, workers=workers,
@@ -122,9 +124,9 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
             probabilities[name] = np.asarray(model.predict_proba(parts["spatial"]), dtype=np.float64)
         elif name == "pixels":
             x = read_pixels(dataset.items).reshape(len(dataset), -1).astype(np.float32)
-            probabilities[name] = _columns_for(model, model.predict_proba(x), n_classes)
+            probabilities[name] = columns_for(model, model.predict_proba(x), n_classes)
         else:
-            probabilities[name] = _columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
+            probabilities[name] = columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
     return Scored(dataset=dataset, probabilities=probabilities, extracted=result.extracted, reused=result.reused,
                   store=str(store.path))
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -53,7 +52,7 @@ from . import __version__
 from .errors import XrayfeatError
 from .fileio import atomic_write
 from .report_doc import Figure, Figures, Heading, List, Para, Span, Table, png_size, render_html, render_markdown
-from .runs import WARNING_KINDS, RunError, RunRecord, RunWarning, read_record
+from .runs import WARNING_KINDS, RunError, RunRecord, RunWarning, finite_float, read_record
 
 __all__ = ["write_report", "FIGURES"]
 
@@ -210,21 +209,13 @@ def _load_runs(paths) -> list[_Run]:
 # --------------------------------------------------------------------------- values
 
 
-def _float(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _num(x, digits: int = 3) -> str:
-    x = _float(x)
+    x = finite_float(x)
     return _DASH if x is None else f"{x:.{digits}f}"
 
 
 def _seconds(x) -> str:
-    x = _float(x)
+    x = finite_float(x)
     if x is None:
         return _DASH
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
@@ -236,7 +227,7 @@ def _int(x) -> str:
 
 def _signed(x) -> str:
     """``−0.312``, ``+0.020`` (a true minus sign); ``0.000`` when it rounds to nothing."""
-    x = _float(x)
+    x = finite_float(x)
     if x is None:
         return _DASH
     text = f"{abs(x):.3f}"
@@ -247,7 +238,7 @@ def _signed(x) -> str:
 
 def _change(internal, external) -> float | None:
     """external − internal; None when either is missing."""
-    internal, external = _float(internal), _float(external)
+    internal, external = finite_float(internal), finite_float(external)
     return None if internal is None or external is None else external - internal
 
 
@@ -255,10 +246,10 @@ def _auc(m: dict | None) -> tuple[float | None, bool]:
     """The macro ROC-AUC or, when a class is absent (macro undefined), the mean over the classes present; and which."""
     if m is None:
         return None, False
-    macro = _float(m.get("roc_auc"))
+    macro = finite_float(m.get("roc_auc"))
     if macro is not None:
         return macro, False
-    present = _float(m.get("roc_auc_present"))
+    present = finite_float(m.get("roc_auc_present"))
     return present, present is not None
 
 
@@ -277,7 +268,7 @@ def _with_ci(value, ci, role: str = "muted") -> list:
 
 
 def _ci_level(runs) -> str:
-    levels = {_float(r.head["ci_level"]) for r in runs} - {None}
+    levels = {finite_float(r.head["ci_level"]) for r in runs} - {None}
     return f"{100 * levels.pop():g}%" if len(levels) == 1 else "95%"
 
 
@@ -606,9 +597,9 @@ def _results_table(r: _Run) -> Table:
     for name, m in [("head", r.head), *r.baselines.items()]:
         cv = r.record.baselines.get(name, {})  # the head has no cross-validation; old runs lack summaries
         cv_text = _DASH
-        if _float(cv.get("cv_accuracy")) is not None:
+        if finite_float(cv.get("cv_accuracy")) is not None:
             cv_text = _num(cv["cv_accuracy"])
-            if _float(cv.get("cv_accuracy_std")) is not None:
+            if finite_float(cv.get("cv_accuracy_std")) is not None:
                 cv_text += f" ± {_num(cv['cv_accuracy_std'])}"
         label = name + (" (sentinel)" if name == "pixels" else "")
         ci = m["ci"]

@@ -169,7 +169,7 @@ class RunRecord:
     def history(self) -> list[dict]:
         """``history.csv`` as rows of {column: float or None}."""
         rows = list(csv.DictReader(io.StringIO(self.read_bytes("history").decode())))
-        return [{k: _float(v) for k, v in row.items() if k} for row in rows]
+        return [{k: finite_float(v) for k, v in row.items() if k} for row in rows]
 
     def predictions_csv(self) -> str:
         return self.read_bytes("predictions").decode()
@@ -224,7 +224,8 @@ def _upgrade_v1(data: dict) -> dict:
     return data
 
 
-def _float(value) -> float | None:
+def finite_float(value) -> float | None:
+    """``float(value)`` when that is a finite number, else None (how history cells and report values are read)."""
     import math
 
     try:

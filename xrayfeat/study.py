@@ -114,19 +114,6 @@ def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DA
     return np.sort(fit_idx), np.sort(val_idx)
 
 
-def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
-    """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone)."""
-    from joblib import Parallel, delayed
-
-    from .images import read_gray
-
-    paths = [str(item.path) for item in items]
-    if len(paths) < 64:
-        return np.stack([read_gray(p, size) for p in paths])
-    arrays = Parallel(n_jobs=n_jobs or -1, batch_size=16)(delayed(read_gray)(p, size) for p in paths)
-    return np.stack(arrays)
-
-
 # --------------------------------------------------------------------------- the fit-head study
 
 
@@ -236,7 +223,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
 
 def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path):
     """Fit the baselines on train, predict test, save each; (probabilities, artifacts, summaries)."""
-    from .baselines import fit_baselines, save_baseline
+    from .baselines import columns_for, fit_baselines, read_pixels, save_baseline
 
     if not head.baselines:
         return {}, {}, {}
@@ -252,18 +239,11 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path):
     probabilities, artifacts, summaries = {}, {}, {}
     for name, model in fitted.items():
         x = pixels_test.reshape(len(split.test), -1).astype(np.float32) if name == "pixels" else split.test_arrays["pooled"]
-        probabilities[name] = _columns_for(model, model.predict_proba(x), n_classes)
+        probabilities[name] = columns_for(model, model.predict_proba(x), n_classes)
         file = f"baselines/{name}.joblib"
         artifacts[f"baseline/{name}"] = runs.Artifact(file, save_baseline(model, run_dir / file))
         summaries[name] = model.summary()
     return probabilities, artifacts, summaries
-
-
-def _columns_for(model, proba: np.ndarray, n_classes: int) -> np.ndarray:
-    """Put a baseline's probability columns in class-index order (all classes are in train)."""
-    out = np.zeros((len(proba), n_classes))
-    out[:, np.asarray(model.classes_, dtype=int)] = proba
-    return out
 
 
 def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
@@ -402,6 +382,8 @@ def _write_run(record, run_dir: Path, split: _Split, trained, head_metrics, base
     plots.plot_roc(split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
              "predictions": "predictions.csv", "splits": "splits.csv", "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png"}
+    if (run_dir / "head.npz").is_file():  # the plain seed head's arrays, for inference without Keras
+        files["head_arrays"] = "head.npz"
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
     runs.write_record(record, run_dir)

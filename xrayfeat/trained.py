@@ -104,6 +104,15 @@ class Run:
 
         return load_head(self.record.verified("head"))
 
+    def head_arrays(self):
+        """The head as numpy arrays (:class:`~xrayfeat.head_numpy.NumpyHead`: inference without Keras), or None.
+
+        None for runs whose head has a trained backbone tail, or that were written before heads were saved so.
+        """
+        from .head_numpy import NumpyHead
+
+        return NumpyHead(self.record.verified("head_arrays")) if "head_arrays" in self.record.artifacts else None
+
     def baseline(self, name: str):
         """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches."""
         from .baselines import load_baseline
