@@ -12,7 +12,7 @@ Steps, all in one run on the same images and machine:
 3. **extract cold**: ``xrayfeat extract`` of the N images into an empty cache
    (the subprocess a user would run, start-up included);
 4. **head inference**: the run's head loaded and applied to the N cached spatial
-   maps, in-process;
+   maps, in-process, as predict runs it (numpy for the plain seed head);
 5. **predict cold**: ``xrayfeat predict RUN NEW`` into another empty cache
    (extraction + every model + the CSV);
 6. **predict warm**: the same command again, every feature now cached.
@@ -73,7 +73,8 @@ def main() -> None:
         spatial, _, _ = xf.features(work / "new", args.backbone, part="spatial", weights="none",
                                     image_size=args.image_size, cache_dir=work / "cache-extract")
         start = time.perf_counter()
-        proba = run.head().predict_proba(spatial)
+        head = run.head_arrays() or run.head()  # what predict runs: the numpy head, or Keras for a head with a tail
+        proba = head.predict_proba(spatial)
         head_s = time.perf_counter() - start
         assert proba.shape == (n, 4)
 
