@@ -179,7 +179,8 @@ class Group(click.Group):
     def main(self, *args, **kwargs):
         kwargs.pop("standalone_mode", None)
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            status = super().main(*args, standalone_mode=False, **kwargs)
+            sys.exit(status if isinstance(status, int) else 0)  # as click's standalone mode ends
         except _NO_ARGS as exc:  # plain `xrayfeat`: the help, as click prints it
             click.echo(exc.format_message())
             sys.exit(0)
