@@ -463,24 +463,31 @@ def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, a
     def human(err):
         from rich.table import Table
 
-        table = Table(title=f"{result.name}: {result.n} external images ({result.excluded} left out) — {result.run}")
-        for col in ("model", "internal acc.", "external acc.", "95% CI", "drop", "internal AUC", "external AUC"):
-            table.add_column(col, justify="right" if col != "model" else "left")
+        from rich import box
+
+        table = Table(title=f"{result.run} on {result.name}: {result.n} external images ({result.excluded} left out)",
+                      box=box.SIMPLE_HEAD)
+        for col in ("model", "acc. int", "acc. ext", "95% CI", "Δ acc", "AUC int", "AUC ext", "Δ AUC"):
+            table.add_column(col, justify="right" if col != "model" else "left", no_wrap=col == "95% CI")
         for model, ext in result.external.items():
             inside = result.internal.get(model, {})
             ci = ext["accuracy_ci"]
             table.add_row(model, _fmt(inside.get("accuracy")), _fmt(ext["accuracy"]),
-                          f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
-                          _fmt(None if inside.get("accuracy") is None else ext["accuracy"] - inside["accuracy"], sign=True),
-                          _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]))
+                          f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _delta(ext["accuracy"], inside.get("accuracy")),
+                          _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]), _delta(ext["roc_auc"], inside.get("roc_auc")))
         console(err).print(table)
+        click.echo("Δ: external − internal (negative: worse on the external data)", err=err)
         click.echo(f"written to {result.folder}", err=err)
 
     emit(result.as_json(), as_json, human)
 
 
-def _fmt(value, sign: bool = False) -> str:
-    return "-" if value is None else (f"{value:+.3f}" if sign else f"{value:.3f}")
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _delta(external, internal) -> str:
+    return "-" if external is None or internal is None else f"{external - internal:+.3f}"
 
 
 # --------------------------------------------------------------------------- embed
