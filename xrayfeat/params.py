@@ -124,8 +124,10 @@ def check_value(owner: str, name: str, value, check, none: bool = False) -> None
         return
     allowed = check.describe() + (" or None" if none else "")
     message = f"The {name!r} parameter of {owner} must be {allowed}. Got {value!r} instead."
-    wrong_type = isinstance(check, Interval) and (isinstance(value, bool) or not isinstance(value, (int, float)))
-    wrong_type = wrong_type or (isinstance(check, Choice) and not isinstance(value, str))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    wrong_type = (isinstance(check, Interval) and (not number or (check.integer and not isinstance(value, int)))
+                  or isinstance(check, (Choice, Subset)) and not isinstance(value, (str, tuple))
+                  or isinstance(check, Is))
     raise (OptionTypeError if wrong_type else OptionError)(message)
 
 
