@@ -75,16 +75,10 @@ _RANDOM_WARNING = "RANDOM backbone weights (--weights none): results say nothing
 # --------------------------------------------------------------------------- loading
 
 
-@dataclass
-class _External:
-    """One external evaluation of a run (``xrayfeat evaluate``): its record entry, checked metrics and warnings."""
+class _Scores:
+    """The head's and the baselines' metrics of a ``metrics.json`` (``self.metrics``)."""
 
-    name: str
-    slug: str  # safe in file names and HTML ids
-    anchor: str
-    info: dict  # the record's external[name]: data, created, n, excluded, classes, warnings
     metrics: dict
-    warnings: list[RunWarning]
 
     @property
     def head(self) -> dict:
@@ -96,7 +90,19 @@ class _External:
 
 
 @dataclass
-class _Run:
+class _External(_Scores):
+    """One external evaluation of a run (``xrayfeat evaluate``): its record entry, checked metrics and warnings."""
+
+    name: str
+    slug: str  # safe in file names and HTML ids
+    anchor: str
+    info: dict  # the record's external[name]: data, created, n, excluded, classes, warnings
+    metrics: dict
+    warnings: list[RunWarning]
+
+
+@dataclass
+class _Run(_Scores):
     """One run record, its checked metrics and history, and the names the report gives it."""
 
     record: RunRecord
@@ -114,14 +120,6 @@ class _Run:
     @property
     def anchor(self) -> str:
         return f"run-{self.slug}"
-
-    @property
-    def head(self) -> dict:
-        return self.metrics["head"]
-
-    @property
-    def baselines(self) -> dict:
-        return self.metrics["baselines"]
 
 
 def _warnings(record: RunRecord) -> list[RunWarning]:
