@@ -117,7 +117,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     from .store import FeatureStore
 
     if part not in PARTS:
-        raise OptionError(f"The 'part' parameter of features must be one of {set(PARTS)}. Got {part!r} instead.")
+        raise OptionError(f"The 'part' parameter of features must be one of {{'pooled', 'spatial'}}. Got {part!r} instead.")
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = _features(backbone, features, options)
     _no_leftovers(options, "features")
