@@ -123,7 +123,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     _no_leftovers(options, "features")
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
     [result] = _extract(dataset, features, run)
-    skipped = {line.split(": ")[0] for line in result.skipped_files}
+    skipped = result.skipped_paths
     items = [item for item in dataset.items if str(item.path) not in skipped]
     X = FeatureStore.at(result.store).read([i.sha256 for i in items], (part,))[part].astype(np.float32)
     index = {c: i for i, c in enumerate(dataset.classes)}

@@ -101,6 +101,7 @@ from sklearn.svm import SVC
 
 from .errors import XrayfeatError
 from .fileio import atomic_path, file_digest
+from .options import BASELINES, parse_list
 
 __all__ = [
     "BASELINES",
@@ -110,6 +111,7 @@ __all__ = [
     "cv_splitter",
     "fit_baseline",
     "fit_baselines",
+    "baseline_from_bytes",
     "load_baseline",
     "make_search",
     "parse_baselines",
@@ -118,8 +120,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The baselines this module knows, in the order reports list them.
-BASELINES: tuple[str, ...] = ("logreg", "svm", "pixels")
 
 #: Which training array each baseline reads (the argument name of :func:`fit_baselines`).
 _INPUTS = {"logreg": "pooled_train", "svm": "pooled_train", "pixels": "pixels_train"}
@@ -142,29 +142,14 @@ def _choices(names: Iterable[str]) -> str:
 
 
 def parse_baselines(text: str) -> tuple[str, ...]:
-    """Parse the CLI option ``--baselines logreg,svm,pixels|none``.
+    """Parse the CLI option ``--baselines logreg,svm,pixels|none`` (see :func:`xrayfeat.options.parse_list`).
 
     Order is kept, duplicates are dropped, names are case-insensitive and may
     have spaces around them; ``"none"`` gives ``()``. Anything else (an unknown
-    name, an empty item, ``none`` mixed with names) raises
+    name, an empty item, ``none`` mixed with names, not a string) raises
     :class:`~xrayfeat.errors.XrayfeatError` quoting what was passed.
     """
-    error = XrayfeatError(
-        f"The 'baselines' option must be a comma-separated subset of {_choices(BASELINES)} "
-        f"or 'none'. Got {text!r} instead."
-    )
-    if not isinstance(text, str):
-        raise error
-    items = [item.strip().lower() for item in text.split(",")]
-    if items == ["none"]:
-        return ()
-    out: list[str] = []
-    for item in items:
-        if item not in BASELINES:
-            raise error
-        if item not in out:
-            out.append(item)
-    return tuple(out)
+    return parse_list(text, BASELINES, "baselines", none=True)
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -616,9 +601,14 @@ def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseli
             f"{path}: SHA-256 {actual[:16]}... does not match the run record ({expected[:16]}...); "
             f"refusing to unpickle a file xrayfeat did not write."
         )
+    return baseline_from_bytes(data, path)
+
+
+def baseline_from_bytes(data: bytes, source: str | os.PathLike) -> FittedBaseline:
+    """Unpickle a baseline from bytes whose sha256 the caller has already checked (``source`` names them in errors)."""
     fitted = joblib.load(io.BytesIO(data))
     if not isinstance(fitted, FittedBaseline):
-        raise XrayfeatError(f"{path}: not a saved xrayfeat baseline (found {type(fitted).__name__}).")
+        raise XrayfeatError(f"{os.fspath(source)}: not a saved xrayfeat baseline (found {type(fitted).__name__}).")
     return fitted
 
 

@@ -65,6 +65,7 @@ import numpy as np
 from . import __version__
 from .errors import XrayfeatError
 from .fileio import atomic_path
+from .options import METHODS
 
 __all__ = [
     "METHODS",
@@ -84,7 +85,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The embedding methods :func:`embed` accepts.
-METHODS = ("tsne", "umap")
 
 #: Bumped whenever a change here changes the coordinates for the same inputs; part of every cache key.
 EMBED_VERSION = 1

@@ -26,9 +26,10 @@ import numpy as np
 from . import metrics, plots, runs
 from .datasets import Dataset
 from .errors import DatasetError
-from .prediction import run_cache_dir, score
+from .fileio import write_json
+from .prediction import score
 from .runs import RunWarning
-from .study import _brief, groups_of
+from .study import evaluate_models, headline
 
 
 @dataclass
@@ -100,22 +101,20 @@ def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, 
     found = _check_classes(run, dataset)
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap
-    scored = score(run, dataset, cache_dir=run_cache_dir(run, cache_dir), device=device, batch_size=batch_size,
+    scored = score(run, dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
                    workers=workers, progress=progress)
     index = {c: k for k, c in enumerate(run.classes)}
     y = np.array([index[item.label] for item in dataset.items])
-    sources = [i.source for i in dataset.items] if dataset.has_sources else None
-    seed, n_boot = run.record.head.get("seed", 0), run.record.head.get("n_boot", 1000)
-    results = {model: _with_present_auc(metrics.evaluate(y, proba, run.classes, groups=groups_of(dataset.items),
-                                                         sources=sources, n_boot=n_boot, seed=seed))
-               for model, proba in scored.probabilities.items()}
+    results = evaluate_models(scored.probabilities, y, run.classes, dataset.items,
+                              n_boot=run.record.head.get("n_boot", 1000), seed=run.record.head.get("seed", 0))
+    results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)
     folder = _write(run, name, dataset, y, scored, results, excluded, found)
     internal = run.metrics
     return EvaluateResult(
         run=str(run.path), name=name, folder=str(folder), n=len(dataset), excluded=excluded,
-        external={m: _brief(r) for m, r in results.items()},
-        internal={"head": _brief(internal["head"]), **{m: _brief(r) for m, r in internal["baselines"].items()}},
+        external={m: headline(r) for m, r in results.items()},
+        internal={"head": headline(internal["head"]), **{m: headline(r) for m, r in internal["baselines"].items()}},
         warnings=found,
     )
 
@@ -132,8 +131,7 @@ def _with_present_auc(result: dict) -> dict:
 def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
     found = []
     if run.record.random_weights:
-        found.append(RunWarning("random_weights", "RANDOM backbone weights (--weights none): results say nothing "
-                                                  "about ImageNet transfer"))
+        found.append(runs.RANDOM_WEIGHTS_WARNING)
     tiny = metrics.tiny_test_warning(len(dataset), results["head"]["accuracy"])
     if tiny:
         found.append(RunWarning("small_test", tiny))
@@ -148,7 +146,7 @@ def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded:
     folder = run.path / "external" / name
     folder.mkdir(parents=True, exist_ok=True)
     head = results["head"]
-    runs.write_metrics(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
+    write_json(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
     runs.write_predictions(folder / "predictions.csv", dataset.items, y, run.classes, scored.probabilities)
     title = f"{run.task} · {run.backbone} · external: {name}"
     plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)

@@ -53,8 +53,13 @@ class ExtractResult:
     skipped: int
     seconds: float
     images_per_s: float
-    skipped_files: list = field(default_factory=list)
+    skipped_files: list = field(default_factory=list)  # "path: reason", one per image left out
     random_weights: bool = False
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        """The paths of the images left out by ``on_error="skip"``."""
+        return {line.split(": ")[0] for line in self.skipped_files}
 
     def as_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("store", "images", "extracted", "reused", "skipped", "seconds", "images_per_s")}

@@ -42,10 +42,10 @@ import numpy as np
 from .devices import keras_backend_name
 from . import head_numpy
 from .errors import XrayfeatError
+from .options import HEAD_BACKENDS
 
 log = logging.getLogger("xrayfeat")
 
-BACKENDS = ("tensorflow", "jax", "torch")  # each is also the name of the module that provides it
 # 2 GiB mmap threshold (large buffers come from the heap) and 4 GiB trim threshold (the heap is not
 # handed back after every step); only read by glibc when a process starts, so only set for the child
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
@@ -73,8 +73,8 @@ def resolve_head_backend(requested: str = "auto", *, device: str = "cpu", train_
     known to see it). An explicit backend must be installed.
     """
     current = process_backend()
-    if requested not in ("auto", *BACKENDS):
-        raise XrayfeatError(f"--head-backend must be one of auto, {', '.join(BACKENDS)}; got {requested!r}")
+    if requested not in ("auto", *HEAD_BACKENDS):
+        raise XrayfeatError(f"--head-backend must be one of auto, {', '.join(HEAD_BACKENDS)}; got {requested!r}")
     if requested != "auto":
         if train_tail and requested != current:
             raise XrayfeatError(
@@ -164,8 +164,7 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
 
         trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train_kwargs)
         proba = trained.predict_proba(x_test)
-        trained.save(head_file)
-        head_numpy.save(trained.model, Path(head_file).with_suffix(".npz"))
+        _save(trained, head_file)
         return HeadOutcome(**_record(trained), proba_test=proba, process="in-process",
                            process_seconds=time.perf_counter() - started)
     if tail is not None:
@@ -181,6 +180,12 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         result = json.loads((folder / "result.json").read_text())
         proba = np.load(folder / "proba_test.npy")
     return HeadOutcome(**result, proba_test=proba, process="child process", process_seconds=time.perf_counter() - started)
+
+
+def _save(trained, head_file) -> None:
+    """``head.keras``, and beside it ``head.npz`` (the plain head's arrays, for inference without Keras)."""
+    trained.save(head_file)
+    head_numpy.save(trained.model, Path(head_file).with_suffix(".npz"))
 
 
 def _child_env(backend: str, device: str = "cpu") -> dict:
@@ -227,8 +232,7 @@ def _child_main(folder: Path) -> int:
 
         trained = train_head(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), **job["train"])
         np.save(folder / "proba_test.npy", trained.predict_proba(load("x_test")))
-        trained.save(job["head_file"])
-        head_numpy.save(trained.model, Path(job["head_file"]).with_suffix(".npz"))
+        _save(trained, job["head_file"])
         (folder / "result.json").write_text(json.dumps(_record(trained)))
         return 0
     except Exception as error:  # reported to the parent as one line

@@ -127,13 +127,15 @@ def parse_list(text: str, allowed: tuple[str, ...], name: str, *, none: bool = F
     With ``none``, the word ``none`` gives ``()``. Anything else outside
     ``allowed`` raises :class:`OptionError` quoting what was passed.
     """
-    items = [item.strip().lower() for item in str(text).split(",")]
+    error = OptionError(f"The {name!r} option must be a comma-separated subset of {{{', '.join(allowed)}}}"
+                        f"{' or ' + repr('none') if none else ''}. Got {text!r} instead.")
+    if not isinstance(text, str):
+        raise error
+    items = [item.strip().lower() for item in text.split(",")]
     if none and items == ["none"]:
         return ()
-    if not items or any(item not in allowed for item in items):
-        extra = " or 'none'" if none else ""
-        raise OptionError(f"The {name!r} option must be a comma-separated subset of "
-                          f"{{{', '.join(allowed)}}}{extra}. Got {text!r} instead.")
+    if any(item not in allowed for item in items):
+        raise error
     return tuple(dict.fromkeys(items))
 
 

@@ -52,7 +52,7 @@ from . import __version__
 from .errors import XrayfeatError
 from .fileio import atomic_write
 from .report_doc import Figure, Figures, Heading, List, Para, Span, Table, png_size, render_html, render_markdown
-from .runs import WARNING_KINDS, RunError, RunRecord, RunWarning, finite_float, read_record
+from .runs import RANDOM_WEIGHTS_WARNING, WARNING_KINDS, RunError, RunRecord, RunWarning, finite_float, read_record
 
 __all__ = ["write_report", "FIGURES"]
 
@@ -68,8 +68,6 @@ _PRESENT = "\u2020"  # marks an AUC averaged over the classes present (the macro
 #: A head whose external accuracy falls more than this below its internal one does not carry.
 DROP_LIMIT = 0.1
 _SEVERITY = {kind: i for i, kind in enumerate(WARNING_KINDS)}  # WARNING_KINDS is ordered most serious first
-# The sentence fit-head records for random weights, added when a random-weights run lacks that warning.
-_RANDOM_WARNING = "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer"
 
 
 # --------------------------------------------------------------------------- loading
@@ -127,7 +125,7 @@ def _warnings(record: RunRecord) -> list[RunWarning]:
     found = list(record.warnings)
     if record.random_weights and not any(w.kind == "random_weights" for w in found):
         # a legacy record holds the same sentence as kind "other": the recorded kind replaces it
-        found = [RunWarning("random_weights", _RANDOM_WARNING)] + [w for w in found if w.message != _RANDOM_WARNING]
+        found = [RANDOM_WEIGHTS_WARNING] + [w for w in found if w.message != RANDOM_WEIGHTS_WARNING.message]
     return list(dict.fromkeys(found))
 
 

@@ -70,6 +70,11 @@ class RunWarning:
         return self.message
 
 
+#: The warning every study on random backbone weights carries (fit-head, evaluate, and report for older runs).
+RANDOM_WEIGHTS_WARNING = RunWarning("random_weights", "RANDOM backbone weights (--weights none): results say nothing "
+                                                      "about ImageNet transfer")
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A file of the run (path relative to the run folder) and the sha256 it had when written."""
@@ -128,32 +133,40 @@ class RunRecord:
     def verified(self, name: str) -> Path:
         """The path of artifact ``name`` after checking its sha256; :class:`RunError` when it differs.
 
-        Names: ``head``, ``metrics``, ``history``, ``predictions``, ``baseline/<name>``
-        and the figures (``curves``, ``confusion``, ``roc``).
+        For readers that need a path (Keras loads a file); the others use
+        :meth:`read_bytes`. Names: ``head``, ``head_arrays``, ``metrics``,
+        ``history``, ``predictions``, ``splits``, ``baseline/<name>``, the figures
+        (``curves``, ``confusion``, ``roc``) and ``external/<name>/<part>``.
         """
+        target, entry = self._locate(name)
+        self._check(name, target, file_digest(target), entry)
+        return target
+
+    def read_bytes(self, name: str) -> bytes:
+        """An artifact's bytes, read once and checked against its recorded sha256: what is checked is what is used."""
+        import hashlib
+
+        target, entry = self._locate(name)
+        data = target.read_bytes()
+        self._check(name, target, hashlib.sha256(data).hexdigest(), entry)
+        return data
+
+    def _locate(self, name: str) -> tuple[Path, Artifact]:
         if self.path is None:
             raise ValueError("this RunRecord has no folder (path is None)")
         entry = self.artifacts.get(name)
         if entry is None:
             raise RunError(f"{self.path}: the run records no artifact {name!r} (it has: {', '.join(self.artifacts)})")
         target = self.path / entry.file
-        again = "xrayfeat evaluate" if name.startswith("external/") else "fit-head"
         if not target.is_file():
-            raise RunError(f"{target}: missing; the run folder is incomplete (re-run {again})")
-        if file_digest(target) != entry.sha256:
+            raise RunError(f"{target}: missing; the run folder is incomplete (re-run {_writer_of(name)})")
+        return target, entry
+
+    @staticmethod
+    def _check(name: str, target: Path, digest: str, entry: Artifact) -> None:
+        if digest != entry.sha256:
             raise RunError(f"{target}: sha256 differs from the one recorded in config.json; refusing to read it "
-                           f"(restore the file or re-run {again})")
-        return target
-
-    def read_bytes(self, name: str) -> bytes:
-        """An artifact's bytes, read once and checked against its recorded sha256 (nothing can change in between)."""
-        import hashlib
-
-        path = self.verified(name)
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.artifacts[name].sha256:
-            raise RunError(f"{path}: changed while being read; try again")
-        return data
+                           f"(restore the file or re-run {_writer_of(name)})")
 
     def metrics(self) -> dict:
         """``{"head": {...}, "baselines": {name: {...}}}`` from the checked ``metrics.json``."""
@@ -207,6 +220,11 @@ class RunRecord:
         record.artifacts = {k: Artifact(**v) for k, v in (data.get("artifacts") or {}).items()}
         record.warnings = [RunWarning(**w) for w in data.get("warnings") or []]
         return record
+
+
+def _writer_of(artifact: str) -> str:
+    """The command that writes an artifact (what to re-run when it is missing or changed)."""
+    return "xrayfeat evaluate" if artifact.startswith("external/") else "fit-head"
 
 
 def _upgrade_v1(data: dict) -> dict:
@@ -295,10 +313,6 @@ def write_record(record: RunRecord, run_dir: Path) -> Path:
     write_json(target, record.to_json())
     record.path = Path(run_dir)
     return target
-
-
-def write_metrics(path: Path, metrics: dict) -> None:
-    write_json(path, metrics)
 
 
 def write_history(path: Path, history: dict, epoch_seconds) -> None:

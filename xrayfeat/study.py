@@ -39,7 +39,7 @@ from .datasets import Dataset
 from .devices import keras_backend_name
 from .errors import DatasetError, XrayfeatError
 from .extraction import extract, resolve
-from .fileio import atomic_path
+from .fileio import atomic_path, write_json
 from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from .runs import RunWarning
 from .store import FeatureStore
@@ -147,7 +147,15 @@ class _Split:
     seconds: float
 
 
-def _brief(m: dict) -> dict:
+def evaluate_models(probabilities: dict, y, classes, items, *, n_boot: int, seed: int) -> dict:
+    """:func:`metrics.evaluate` for each model's probabilities on ``items``: patients resampled, sources broken down."""
+    groups = groups_of(items)
+    sources = [i.source for i in items] if any(i.source for i in items) else None
+    return {name: metrics.evaluate(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed)
+            for name, proba in probabilities.items()}
+
+
+def headline(m: dict) -> dict:
     """The headline figures of a :func:`metrics.evaluate` result."""
     return {
         "accuracy": m["accuracy"], "accuracy_ci": m["ci"]["accuracy"], "loss": m["loss"],
@@ -176,7 +184,7 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split
     [extraction] = extract(dataset, features, run)
     seconds = time.perf_counter() - t
     store = FeatureStore.at(extraction.store)
-    skipped = {line.split(": ")[0] for line in extraction.skipped_files}
+    skipped = extraction.skipped_paths
     items = [item for item in dataset.items if str(item.path) not in skipped]
     train = [item for item in items if item.split in ("train", "val")]
     test = [item for item in items if item.split == "test"]
@@ -250,8 +258,7 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
     """The warnings this field needs, each with its kind (see :data:`xrayfeat.runs.WARNING_KINDS`)."""
     found = []
     if random_weights:
-        found.append(RunWarning("random_weights", "RANDOM backbone weights (--weights none): results say nothing "
-                                                  "about ImageNet transfer"))
+        found.append(runs.RANDOM_WEIGHTS_WARNING)
     overlap = metrics.split_overlap(
         [i.sha256 for i in train], [i.sha256 for i in test],
         [i.patient_id for i in train if i.patient_id], [i.patient_id for i in test if i.patient_id],
@@ -334,11 +341,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     probabilities, baseline_artifacts, baseline_info = _baselines(split, head, n_classes, run_dir)
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
-    groups_test = groups_of(split.test)
-    sources_test = [i.source for i in split.test] if any(i.source for i in split.test) else None
-    scored = {name: metrics.evaluate(split.y_test, proba, list(dataset.classes), groups=groups_test,
-                                     sources=sources_test, n_boot=head.n_boot, seed=head.seed)
-              for name, proba in probabilities.items()}
+    scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_boot, seed=head.seed)
     head_metrics = scored.pop("head")
     found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights)
     for warning in found:
@@ -366,14 +369,14 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
     runs.write_splits(run_dir / "splits.csv", used)
     _write_run(record, run_dir, split, trained, head_metrics, scored, probabilities, baseline_artifacts, dataset.classes)
-    return FitResult(run=str(run_dir), test=_brief(head_metrics), baselines={n: _brief(m) for n, m in scored.items()},
+    return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings)
 
 
 def _write_run(record, run_dir: Path, split: _Split, trained, head_metrics, baseline_metrics, probabilities,
                baseline_artifacts, classes) -> None:
     """Every artifact, then the record naming each with its sha256 (written last: its presence means complete)."""
-    runs.write_metrics(run_dir / "metrics.json", {"head": head_metrics, "baselines": baseline_metrics})
+    write_json(run_dir / "metrics.json", {"head": head_metrics, "baselines": baseline_metrics})
     runs.write_history(run_dir / "history.csv", trained.history, trained.epoch_seconds)
     runs.write_predictions(run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
     title = f"{record.task} · {record.backbone}" + (" · RANDOM weights" if record.weights["random"] else "")

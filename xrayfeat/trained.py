@@ -115,12 +115,12 @@ class Run:
 
     def baseline(self, name: str):
         """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches."""
-        from .baselines import load_baseline
+        from .baselines import baseline_from_bytes
 
         key = f"baseline/{name}"
         if key not in self.record.artifacts:
             raise KeyError(f"{self.path} has no baseline {name!r}; it has {self.record.baseline_names}")
-        return load_baseline(self.record.verified(key), self.record.artifacts[key].sha256)
+        return baseline_from_bytes(self.record.read_bytes(key), self.path / self.record.artifacts[key].file)
 
 
     # ------------------------------------------------------------------ use
