@@ -62,12 +62,15 @@ def _features(backbone, given: FeatureOptions | None, kwargs: dict) -> FeatureOp
     return FeatureOptions(backbone=backbone, **built)
 
 
-def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_cache") -> Dataset:
+def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_cache",
+             on_error: str = "fail") -> Dataset:
     """The labelled images of a folder or manifest (``Dataset``); ``Dataset`` in, the same out.
 
     Layouts: ``DATA/<split>/<class>/*``, ``DATA/<class>/*`` or a CSV manifest
     (``path,label[,split][,patient_id][,source]``). File hashes are remembered in
     ``cache_dir/file-hashes.json`` (``cache_dir=None``: not remembered).
+    ``on_error="skip"`` leaves out files that cannot be images (empty, unreadable,
+    a text file in a class folder), each listed in ``Dataset.skipped`` with why.
     """
     if isinstance(data, Dataset):
         return data.select_classes(classes) if classes else data
@@ -75,7 +78,7 @@ def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         hash_cache = Path(cache_dir) / "file-hashes.json"
-    return _discover(data, classes=list(classes) if classes else None, hash_cache=hash_cache)
+    return _discover(data, classes=list(classes) if classes else None, hash_cache=hash_cache, on_error=on_error)
 
 
 def extract(data, backbone=None, *, features: FeatureOptions | None = None, run: RunOptions | None = None,
@@ -97,7 +100,7 @@ def extract(data, backbone=None, *, features: FeatureOptions | None = None, run:
     else:
         names = [backbone] if isinstance(backbone, str) or backbone is None else list(backbone)
         feature_list = [FeatureOptions(backbone=b, **feature_kw) for b in names]
-    results = _extract(discover(data, classes=classes, cache_dir=run.cache_dir), feature_list, run)
+    results = _extract(discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error), feature_list, run)
     return results[0] if len(results) == 1 else results
 
 
@@ -121,7 +124,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = _features(backbone, features, options)
     _no_leftovers(options, "features")
-    dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     [result] = _extract(dataset, features, run)
     skipped = result.skipped_paths
     items = [item for item in dataset.items if str(item.path) not in skipped]
@@ -160,7 +163,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     features = _features(backbone, features, feature_kw)
     head = _given(HeadOptions, head, _pop(HeadOptions, options))
     _no_leftovers(options, "fit_head")
-    dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     result = _fit_head(dataset, features, head, run, out=out, runs_root=runs_root)
     return load_run(result.run)
 
@@ -173,7 +176,7 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = None if from_run is not None else _features(backbone, features, options)
     _no_leftovers(options, "embed")
-    dataset = discover(data, classes=classes, cache_dir=run.cache_dir)
+    dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     if from_run is not None and not isinstance(from_run, Run):
         from_run = load_run(from_run)
     return embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed), from_run=from_run, run=run)
@@ -182,6 +185,11 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
 def predict(run, inputs, **options):
     """Classify new images with a trained run (a :class:`~xrayfeat.trained.Run` or its folder); see ``Run.predict``."""
     return (run if isinstance(run, Run) else load_run(run)).predict(inputs, **options)
+
+
+def explain(run, inputs, out, **options):
+    """Grad-CAM overlays of a trained run's head on images, written to the folder ``out``; see ``Run.explain``."""
+    return (run if isinstance(run, Run) else load_run(run)).explain(inputs, out, **options)
 
 
 def evaluate(run, data, **options):

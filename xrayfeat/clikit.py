@@ -48,8 +48,18 @@ def setup_logging(verbose: bool) -> None:
 
 
 def quiet_frameworks() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported).
+
+    Level 3 hides its C++ log lines of every severity: at level 2, the error-level
+    lines of a start-up on a machine without CUDA ("Unable to register cuDNN
+    factory", "failed call to cuInit") still print, with absl's "All log messages
+    before absl::InitializeLog()" banner, around xrayfeat's own one-line error.
+    Real failures still reach the user: they are Python exceptions, which the CLI
+    reports in one line. A level the user set is kept, and ``XRAYFEAT_DEBUG=1``
+    leaves TensorFlow's own default (everything shown).
+    """
+    if not os.environ.get("XRAYFEAT_DEBUG"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # tf.function retracing notices (predictions on train, val and test of different sizes) are not the user's problem
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
@@ -161,10 +171,10 @@ def classes_of(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
-def dataset_of(data: str, classes: str | None, cache_dir):
+def dataset_of(data: str, classes: str | None, cache_dir, on_error: str = "fail"):
     from .api import discover
 
-    return discover(data, classes=classes_of(classes), cache_dir=cache_dir)
+    return discover(data, classes=classes_of(classes), cache_dir=cache_dir, on_error=on_error)
 
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2

@@ -10,7 +10,8 @@ A :class:`Dataset` is the list of labelled image files that every later step
     ``DATA/<class>/<image>``; every image is in the ``train`` split.
 ``manifest``
     a CSV file with the columns ``path,label[,split][,patient_id][,source]``;
-    paths are relative to the CSV's folder, the split defaults to ``train``.
+    paths are relative to the CSV's folder and stay inside it, the split defaults
+    to ``train``.
 
 Every item carries the SHA-256 of its file's bytes, because the feature store is
 keyed by content, not by path: the same image in two datasets is extracted once,
@@ -19,6 +20,12 @@ and a duplicate file shared by train and test shows up in
 discovery, so a JSON cache (``hash_cache=``, see :mod:`xrayfeat.filehashes`)
 remembers each file's hash together with its size, modification time and inode;
 an unchanged folder is then discovered at the cost of one ``stat`` per file.
+
+A file that cannot be an image (empty, unreadable, a link loop, a text file in
+a class folder, a manifest row whose file is missing) stops discovery with one
+line naming it, or, with ``on_error="skip"``, is left out and listed in
+:attr:`Dataset.skipped` for extraction to report. Problems with the dataset as a
+whole (an empty class folder, a manifest without its columns) always stop it.
 
 Class names are sorted with plain ``sorted()``, which is the order Keras'
 ``flow_from_directory`` gives its class indices (upper case before lower case),
@@ -42,8 +49,10 @@ import numpy as np
 from xrayfeat import images
 from xrayfeat.errors import DatasetError
 from xrayfeat.filehashes import HashCache, hash_files
+from xrayfeat.options import ON_ERROR
+from xrayfeat.params import Choice, OptionError
 
-__all__ = ["SPLITS", "LAYOUTS", "Item", "Dataset", "discover"]
+__all__ = ["SPLITS", "LAYOUTS", "Item", "Skipped", "Dataset", "discover", "printable"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +95,37 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A file of the dataset that discovery left out (``on_error="skip"``), and why.
+
+    ``path``, ``relpath``, ``label`` and ``split`` are those the file would have
+    had as an :class:`Item`; ``reason`` says what is wrong and how to fix it.
+    """
+
+    path: Path
+    relpath: str
+    label: str
+    split: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Dataset:
     """An ordered, immutable collection of labelled images.
 
     ``classes`` are the class names in ``sorted()`` order; an item's label index
     (see :attr:`labels`) is its position there. Views made by :meth:`subset`
     keep the same ``classes`` so label indices stay comparable across splits;
-    :meth:`select_classes` makes a new task and renumbers them.
+    :meth:`select_classes` makes a new task and renumbers them. ``skipped``
+    lists the files that discovery left out with ``on_error="skip"`` (empty,
+    unreadable, not an image); they are not items, but extraction reports them.
     """
 
     root: Path
     items: tuple[Item, ...]
     classes: tuple[str, ...]
     layout: str
+    skipped: tuple[Skipped, ...] = ()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -143,7 +170,8 @@ class Dataset:
         if split not in _SPLIT_ORDER:
             raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
         items = tuple(item for item in self.items if item.split == split)
-        return Dataset(root=self.root, items=items, classes=self.classes, layout=self.layout)
+        skipped = tuple(s for s in self.skipped if s.split == split)
+        return Dataset(root=self.root, items=items, classes=self.classes, layout=self.layout, skipped=skipped)
 
     def select_classes(self, names: Iterable[str]) -> Dataset:
         """Keep only the named classes, e.g. covid and normal out of a four-class folder.
@@ -161,7 +189,8 @@ class Dataset:
                 f"{', '.join(map(repr, unknown))}; available: {', '.join(self.classes)}"
             )
         items = tuple(item for item in self.items if item.label in wanted)
-        return Dataset(root=self.root, items=items, classes=tuple(sorted(wanted)), layout=self.layout)
+        skipped = tuple(s for s in self.skipped if s.label in wanted)
+        return Dataset(root=self.root, items=items, classes=tuple(sorted(wanted)), layout=self.layout, skipped=skipped)
 
 
 class _Found(NamedTuple):
@@ -182,8 +211,33 @@ class _Found(NamedTuple):
         return os.path.join(self.shown_base, self.shown_tail)
 
 
+class _Problems:
+    """Problems with single files: the first stops discovery (``on_error="fail"``), or each is kept (``"skip"``).
+
+    Problems with the dataset as a whole (no classes, an empty class folder, a
+    manifest without its columns) always stop it: skipping them would change the task.
+    """
+
+    def __init__(self, on_error: str):
+        self.skip = on_error == "skip"
+        self.skipped: list[Skipped] = []
+
+    def error(self, found: _Found, reason: str) -> DatasetError | None:
+        """The error to raise for this file, or None once it is recorded as skipped."""
+        if not self.skip:
+            return DatasetError(_one_line(f"{found.shown}: {reason}"))
+        self.skipped.append(Skipped(Path(found.path), found.relpath, found.label, found.split, _one_line(reason)))
+        return None
+
+    def report(self, found: _Found, reason: str) -> None:
+        """Stop discovery on this file, or record it as skipped."""
+        error = self.error(found, reason)
+        if error is not None:
+            raise error
+
+
 def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
-             hash_cache: str | os.PathLike | None = None) -> Dataset:
+             hash_cache: str | os.PathLike | None = None, on_error: str = "fail") -> Dataset:
     """Find the labelled images in a folder or CSV manifest and hash them.
 
     ``data`` is a folder (``DATA/<split>/<class>/*`` or ``DATA/<class>/*``, decided
@@ -196,15 +250,24 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     files of other classes are neither checked nor hashed. ``hash_cache`` is a
     JSON file reused across runs so unchanged files are not read again.
 
+    ``on_error="skip"`` leaves out, instead of stopping at, single files that
+    cannot be images: empty, unreadable, a link loop, a name without an image
+    suffix inside a class folder, a manifest row whose file is missing. They are
+    listed in :attr:`Dataset.skipped`, so extraction can report each one.
+
     Raises :class:`~xrayfeat.errors.DatasetError` with a one-line message naming
     the offending file or folder and the fix.
     """
+    check = Choice(ON_ERROR)
+    if not check.accepts(on_error):
+        raise OptionError(f"The 'on_error' parameter of discover must be {check.describe()}. Got {on_error!r} instead.")
+    problems = _Problems(on_error)
     suffixes = images.IMAGE_SUFFIXES
     shown_root = os.fspath(data)
     wanted = None if classes is None else ({classes} if isinstance(classes, str) else set(classes))
     absolute = os.path.abspath(shown_root)
     if os.path.isdir(absolute):
-        layout, found = _scan_folders(absolute, shown_root, suffixes, wanted)
+        layout, found = _scan_folders(absolute, shown_root, suffixes, wanted, problems)
         root = absolute
         annotations = _read_annotations(os.path.join(absolute, MANIFEST_NAME))
         if annotations:
@@ -216,29 +279,48 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     elif os.path.isfile(absolute) and absolute.lower().endswith(".csv"):
         layout = "manifest"
         root = os.path.dirname(absolute)
-        found = _read_manifest(absolute, shown_root, suffixes)
-        labels = {f.label for f in found}
+        found = _read_manifest(absolute, shown_root, suffixes, problems)
+        labels = {f.label for f in found} | {s.label for s in problems.skipped}
         _check_wanted(wanted, labels, shown_root)
         if wanted is not None:
             found = [f for f in found if f.label in wanted]
+            problems.skipped = [s for s in problems.skipped if s.label in wanted]
     elif os.path.exists(absolute):
         raise DatasetError(f"{shown_root}: is neither a folder nor a .csv manifest; pass a dataset folder or a CSV file")
     else:
         raise DatasetError(f"{shown_root}: no such folder or CSV file")
 
-    all_classes = sorted({f.label for f in found})
+    all_classes = sorted({f.label for f in found} | {s.label for s in problems.skipped})
     if not all_classes:
         raise DatasetError(f"{shown_root}: no classes found; expected DATA/<class>/<image>, DATA/<split>/<class>/<image> or a CSV manifest")
     cache = HashCache(hash_cache)
-    items = _hash(found, cache)
+    items = _hash(found, cache, problems)
     cache.save()
-    items.sort(key=lambda item: (_SPLIT_ORDER[item.split], item.label, item.relpath))
-    return Dataset(root=Path(root), items=tuple(items), classes=tuple(all_classes), layout=layout)
+    return Dataset(root=Path(root), items=tuple(sorted(items, key=_order)), classes=tuple(all_classes), layout=layout,
+                   skipped=tuple(sorted(problems.skipped, key=_order)))
+
+
+def _order(entry: Item | Skipped) -> tuple[int, str, str]:
+    """The stable order of a dataset: by split (train, val, test), then label, then path."""
+    return _SPLIT_ORDER[entry.split], entry.label, entry.relpath
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print and to store as UTF-8: bytes of a non-UTF-8 file name shown as ``\\xNN``.
+
+    Python reads such names as lone surrogates ("surrogateescape"), which a
+    terminal shows as noise and a UTF-8 JSON or CSV writer refuses.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name produces
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _one_line(text: str) -> str:
-    """Keep an error message on one line even when a file name holds a newline."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """Keep an error message on one printable line even when a file name holds a newline or non-UTF-8 bytes."""
+    return printable(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _suffix(name: str) -> str:
@@ -259,9 +341,30 @@ def _list(folder: str, shown: str) -> tuple[list[os.DirEntry], list[os.DirEntry]
     except OSError as error:
         raise DatasetError(_one_line(f"{shown}: cannot list folder ({error.strerror}); check its permissions")) from error
     entries.sort(key=lambda entry: entry.name)
-    dirs = [entry for entry in entries if entry.is_dir()]
-    others = [entry for entry in entries if not entry.is_dir()]
+    dirs = [entry for entry in entries if _is_dir(entry)]
+    others = [entry for entry in entries if not _is_dir(entry)]
     return dirs, others
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether the entry is a folder (following links); a link loop or an unreadable entry is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _file_problem(entry: os.DirEntry, suffixes: frozenset[str]) -> str | None:
+    """Why a file in a class folder cannot be one of its images; None when it can."""
+    if _suffix(entry.name) not in suffixes:
+        return f"not an image (allowed: {', '.join(sorted(suffixes))}); move it out of the class folder"
+    try:
+        regular = entry.is_file()
+    except OSError as error:  # e.g. a symbolic link that points to itself
+        return f"cannot be opened ({error.strerror or error}); replace it with the image file"
+    if not regular:
+        return "not a regular file (a broken link?); replace it with the image file"
+    return None
 
 
 def _check_wanted(wanted: set[str] | None, available: Iterable[str], shown_root: str) -> None:
@@ -293,7 +396,7 @@ def _check_loose_files(entries: list[os.DirEntry], shown: str, suffixes: frozens
 
 
 def _scan_folders(root: str, shown_root: str, suffixes: frozenset[str],
-                  wanted: set[str] | None) -> tuple[str, list[_Found]]:
+                  wanted: set[str] | None, problems: _Problems) -> tuple[str, list[_Found]]:
     """Decide the folder layout and list the image files of the wanted classes."""
     subdirs, others = _list(root, shown_root)
     by_split: dict[str, list[str]] = defaultdict(list)
@@ -343,13 +446,13 @@ def _scan_folders(root: str, shown_root: str, suffixes: frozenset[str],
     for split, label, rel_dir in class_dirs:
         if wanted is not None and label not in wanted:
             continue
-        found.extend(_scan_class(root, shown_root, rel_dir, label, split, suffixes))
+        found.extend(_scan_class(root, shown_root, rel_dir, label, split, suffixes, problems))
     return layout, found
 
 
 def _scan_class(root: str, shown_root: str, rel_dir: str, label: str, split: str,
-                suffixes: frozenset[str]) -> list[_Found]:
-    """List one class folder; anything but image files in it is an error."""
+                suffixes: frozenset[str], problems: _Problems) -> list[_Found]:
+    """List one class folder; anything but image files in it is a problem (see :class:`_Problems`)."""
     folder = os.path.join(root, rel_dir)
     shown_dir = os.path.join(shown_root, rel_dir)
     dirs, files = _list(folder, shown_dir)
@@ -369,19 +472,15 @@ def _scan_class(root: str, shown_root: str, rel_dir: str, label: str, split: str
         raise DatasetError(_one_line(
             f"{shown_dir}: class folder is empty; add images or remove the folder"
         ))
-    allowed = ", ".join(sorted(suffixes))
     found = []
     for entry in files:
-        if _suffix(entry.name) not in suffixes:
-            raise DatasetError(_one_line(
-                f"{os.path.join(shown_dir, entry.name)}: not an image (allowed: {allowed}); move it out of the class folder"
-            ))
-        if not entry.is_file():
-            raise DatasetError(_one_line(
-                f"{os.path.join(shown_dir, entry.name)}: not a regular file (a broken link?); replace it with the image file"
-            ))
         relpath = f"{rel_dir}/{entry.name}"
-        found.append(_Found(entry.path, shown_root, relpath, relpath, label, split))
+        file = _Found(entry.path, shown_root, relpath, relpath, label, split)
+        problem = _file_problem(entry, suffixes)
+        if problem is None:
+            found.append(file)
+        else:
+            problems.report(file, problem)
     return found
 
 
@@ -425,8 +524,12 @@ def _cell(row: list[str], index: int | None) -> str | None:
     return value or None
 
 
-def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str]) -> list[_Found]:
-    """Parse a CSV manifest into found files, checking columns, splits and that files exist."""
+def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], problems: _Problems) -> list[_Found]:
+    """Parse a CSV manifest into found files, checking columns, splits and that files exist.
+
+    Its values are only ever data: paths are joined to the manifest's folder and
+    must stay inside it; nothing is evaluated or handed to a shell.
+    """
     base = os.path.dirname(csv_path)
     shown_base = os.path.dirname(shown_csv)
     try:
@@ -468,21 +571,29 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str]) -> l
         split = split.lower()
         path = os.path.normpath(os.path.join(base, value))
         relpath = Path(os.path.relpath(path, base)).as_posix()
+        if relpath == ".." or relpath.startswith("../"):
+            raise DatasetError(_one_line(
+                f"{shown_csv}: line {line} path {value} leaves the manifest's folder {shown_base or '.'}; "
+                f"list only files inside it (or move the manifest up to a folder that holds every image)"
+            ))
         if path in seen:
             raise DatasetError(_one_line(
                 f"{shown_csv}: {value} is listed twice (lines {seen[path]} and {line}); keep one row per image"
             ))
         seen[path] = line
-        shown = os.path.join(shown_base, value)
+        file = _Found(path, shown_base, value, relpath, label, split,
+                      _cell(row, col.get("patient_id")), _cell(row, col.get("source")))
         if _suffix(value) not in suffixes:
-            raise DatasetError(_one_line(f"{shown}: not an image (allowed: {allowed}); fix line {line} of {shown_csv}"))
-        if not os.path.exists(path):
-            missing_files.append(value)
-            continue
-        if not os.path.isfile(path):
-            raise DatasetError(_one_line(f"{shown}: not a regular file; fix line {line} of {shown_csv}"))
-        found.append(_Found(path, shown_base, value, relpath, label, split,
-                            _cell(row, col.get("patient_id")), _cell(row, col.get("source"))))
+            problems.report(file, f"not an image (allowed: {allowed}); fix line {line} of {shown_csv}")
+        elif not os.path.exists(path) and not problems.skip:
+            missing_files.append(value)  # named together below
+        elif not os.path.exists(path):
+            problems.report(file, f"does not exist; fix line {line} of {shown_csv} "
+                                  f"(paths are relative to {shown_base or '.'})")
+        elif not os.path.isfile(path):
+            problems.report(file, f"not a regular file; fix line {line} of {shown_csv}")
+        else:
+            found.append(file)
     if bad_splits:
         listed = ", ".join(f"{value!r} (line {line})" for value, line in bad_splits.items())
         raise DatasetError(_one_line(
@@ -495,20 +606,22 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str]) -> l
             f"{shown_csv}: {len(missing_files)} listed file{'s do' if len(missing_files) > 1 else ' does'} not exist: "
             f"{shown_few}{f' and {more} more' if more > 0 else ''}; paths are relative to {shown_base or '.'}"
         ))
-    if not found:
+    if not found and not problems.skipped:
         raise DatasetError(f"{shown_csv}: manifest has a header but no rows; add one row per image")
     return found
 
 
-def _hash(found: list[_Found], cache: HashCache) -> list[Item]:
-    """Items for the found files, with their sizes and SHA-256 (from ``cache`` where it is current)."""
-    def error(i: int, reason: str) -> DatasetError:
-        return DatasetError(_one_line(f"{found[i].shown}: {reason}"))
+def _hash(found: list[_Found], cache: HashCache, problems: _Problems) -> list[Item]:
+    """Items for the found files, with their sizes and SHA-256 (from ``cache`` where it is current).
 
-    stats, digests = hash_files([f.path for f in found], cache, error)
+    An empty or unreadable file stops here, or is left out (see :class:`_Problems`).
+    """
+    stats, digests = hash_files([f.path for f in found], cache, lambda i, reason: problems.error(found[i], reason))
     folders: dict[str, Path] = {}  # one Path per folder, then a cheap join per file
     items = []
     for f, st, digest in zip(found, stats, digests):
+        if digest is None:
+            continue
         folder, name = os.path.split(f.path)
         parent = folders.get(folder)
         if parent is None:
@@ -555,7 +668,7 @@ def gather_images(inputs: Iterable[str | os.PathLike], *, hash_cache: str | os.P
         raise DatasetError(f"{', '.join(shown_inputs) or '(nothing)'}: no images found "
                            f"({', '.join(sorted(suffixes))}); pass image files, folders or a CSV with a path column")
     cache = HashCache(hash_cache)
-    items = _hash(found, cache)
+    items = _hash(found, cache, _Problems("fail"))
     cache.save()
     root = os.path.commonpath([os.path.dirname(f.path) for f in found])
     return Dataset(root=Path(root), items=tuple(items), classes=(), layout="images")
@@ -572,8 +685,15 @@ def _csv_paths(csv_path: str, shown: str) -> list[tuple[str, str]]:
         raise DatasetError(f"{shown}: a CSV of images needs a 'path' column (one image path per row)")
     folder = os.path.dirname(csv_path)
     out = []
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         value = (row.get("path") or "").strip()
-        if value:
-            out.append((os.path.normpath(os.path.join(folder, value)), value))
+        if not value:
+            continue
+        if "\0" in value:
+            raise DatasetError(f"{shown}: line {line}: the path holds a NUL byte; write the image's file path there")
+        path = os.path.normpath(os.path.join(folder, value))
+        if os.path.isdir(path) or not Path(value).name or Path(value).name in (".", ".."):
+            raise DatasetError(f"{shown}: line {line}: {value!r} names a folder, not an image file; "
+                               f"list one image file per row")
+        out.append((path, value))
     return out

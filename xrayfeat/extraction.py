@@ -19,19 +19,24 @@ import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import images
 from .backbones import WeightsInfo, get_spec, resolve_weights
+from .datasets import printable
 from .devices import confirm_device, device_scope, gpu_likely, keras_backend_name
-from .errors import ImageReadError, StoreError, XrayfeatError
+from .errors import DatasetError, ImageReadError, StoreError, XrayfeatError
+from .fingerprint import store_dirname
 from .options import FeatureOptions, RunOptions
 from .store import FeatureStore
 
 log = logging.getLogger("xrayfeat")
 
 _WARNED_RANDOM: set = set()  # say it once per process and backbone, not on every call
+_SHOW_SKIPPED = 20  # skipped files named on stderr; --json and the result list them all
+_SKIP_HINT = "(or pass --on-error skip to leave such files out)"
 
 
 @dataclass(frozen=True)
@@ -46,20 +51,37 @@ class FeatureConfig:
 
 @dataclass
 class ExtractResult:
+    """What one extraction did for one feature store.
+
+    ``images`` counts every image file of the dataset, including those left
+    out: ``images == extracted + reused + skipped``. ``skipped_reasons`` maps
+    the absolute path of each file left out by ``on_error="skip"`` (at discovery
+    or at decoding) to why; two paths with the same broken bytes are two entries.
+    """
+
     store: str
     images: int
     extracted: int
     reused: int
-    skipped: int
     seconds: float
     images_per_s: float
-    skipped_files: list = field(default_factory=list)  # "path: reason", one per image left out
+    skipped_reasons: dict = field(default_factory=dict)
     random_weights: bool = False
 
     @property
+    def skipped(self) -> int:
+        """How many image files were left out."""
+        return len(self.skipped_reasons)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Each file left out as "path: reason", sorted, printable (non-UTF-8 bytes as ``\\xNN``)."""
+        return [printable(f"{path}: {reason}") for path, reason in sorted(self.skipped_reasons.items())]
+
+    @property
     def skipped_paths(self) -> set[str]:
-        """The paths of the images left out by ``on_error="skip"``."""
-        return {line.split(": ")[0] for line in self.skipped_files}
+        """The absolute paths of the files left out, as ``str(item.path)`` gives them."""
+        return set(self.skipped_reasons)
 
     def as_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("store", "images", "extracted", "reused", "skipped", "seconds", "images_per_s")}
@@ -174,6 +196,9 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
     if isinstance(features, FeatureOptions):
         features = [features]
     run.validate()
+    if dataset.skipped and run.on_error == "fail":  # discovered with on_error="skip"
+        first = dataset.skipped[0]
+        raise DatasetError(printable(f"{first.path}: {first.reason} {_SKIP_HINT}"))
     started = time.perf_counter()
     configs = [resolve(f, run.device) for f in features]
     sizes = {c.fingerprint["image_size"] for c in configs}
@@ -248,7 +273,8 @@ def _build(config: FeatureConfig, writer, device: str):
 def _run_batches(todo, writers, wanted, models, run: RunOptions, device: str, size: int):
     """Decode → batch → every model → every store that lacks the rows.
 
-    Returns (computed hashes, skipped {hash: reason}).
+    Returns (computed hashes, skipped {hash: reason}); a hash that fails once is
+    not decoded again from another path with the same bytes.
     """
     workers = default_workers(len(todo), run.batch_size) if run.workers is None else run.workers
     paths = [path for _, path in todo]
@@ -275,10 +301,9 @@ def _run_batches(todo, writers, wanted, models, run: RunOptions, device: str, si
     with progress:
         for (sha, path), (pixels, error) in zip(todo, decoded(paths, size, workers)):
             if error is not None:
-                if run.on_error == "fail":
-                    raise ImageReadError(path, f"{error} (or pass --on-error skip to leave such files out)")
-                log.warning("skipped %s: %s", path, error)
-                skipped[sha] = f"{path}: {error}"
+                if run.on_error == "fail":  # the path as it can be printed: its message is the CLI's one line
+                    raise ImageReadError(printable(path), f"{error} {_SKIP_HINT}")
+                skipped[sha] = error
                 progress.advance(1)
                 continue
             batch[len(batch_hashes)] = pixels
@@ -303,16 +328,15 @@ class _NoProgress:
 
 
 class _RichProgress:
-    """A rich progress bar on stderr with images per second."""
+    """A rich progress bar on stderr with images per second; gone when the run ends (transient)."""
 
-    def __init__(self, total: int):
-        from rich.console import Console
+    def __init__(self, total: int, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("extract"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console, transient=True,
         )
         self._task = self._progress.add_task("extract", total=total, rate="-")
         self._start = time.perf_counter()
@@ -332,31 +356,55 @@ class _RichProgress:
 
 
 def _progress(enabled: bool, total: int):
-    return _RichProgress(total) if enabled else _NoProgress()
+    """A progress bar only where someone watches it: on a terminal, never in a pipe or a log file."""
+    if enabled:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if console.is_terminal:
+            return _RichProgress(total, console)
+    return _NoProgress()
 
 
 def _results(dataset, stores, configs, computed, skipped, seconds) -> list[ExtractResult]:
-    results = []
+    """One result per store, after a warning per file left out.
+
+    ``skipped`` maps the hashes that failed to decode to why.
+    """
+    reasons = {str(s.path): s.reason for s in dataset.skipped}
+    reasons.update((str(item.path), skipped[item.sha256]) for item in dataset.items if item.sha256 in skipped)
+    _warn_skipped(reasons)
     n_computed = sum(1 for item in dataset.items if item.sha256 in computed)
-    n_skipped = sum(1 for item in dataset.items if item.sha256 in skipped)
-    for store, config in zip(stores, configs):
-        results.append(ExtractResult(
+    images = len(dataset.items) + len(dataset.skipped)
+    return [
+        ExtractResult(
             store=str(store.path),
-            images=len(dataset.items),
+            images=images,
             extracted=n_computed,
-            reused=len(dataset.items) - n_computed - n_skipped,
-            skipped=n_skipped,
+            reused=images - n_computed - len(reasons),
             seconds=round(seconds, 3),
             images_per_s=round(n_computed / seconds, 2) if n_computed and seconds > 0 else 0.0,
-            skipped_files=sorted(skipped.values()),
+            skipped_reasons=dict(reasons),
             random_weights=config.weights.random,
-        ))
-    return results
+        )
+        for store, config in zip(stores, configs)
+    ]
+
+
+def _warn_skipped(reasons: dict[str, str]) -> None:
+    """One warning per file left out, up to a few; the rest are counted (the result lists them all)."""
+    lines = sorted(reasons.items())
+    for path, reason in lines[:_SHOW_SKIPPED]:
+        log.warning("%s", printable(f"skipped {path}: {reason}"))
+    if len(lines) > _SHOW_SKIPPED:
+        log.warning("skipped %d more files (see skipped_files in --json output)", len(lines) - _SHOW_SKIPPED)
 
 
 def open_store(options: FeatureOptions, cache_dir, device: str = "auto") -> FeatureStore:
     """The existing store for these feature options; a clear error says what to run when absent."""
     config = resolve(options, device)
+    if (Path(cache_dir) / store_dirname(config.fingerprint)).is_dir():
+        return FeatureStore.open(cache_dir, config.fingerprint)  # a damaged or foreign store says so itself
     try:
         return FeatureStore.open(cache_dir, config.fingerprint)
     except StoreError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -85,31 +86,30 @@ class HashCache:
 
 
 def hash_files(paths: Sequence[str], cache: HashCache,
-               error: Callable[[int, str], Exception]) -> tuple[list[os.stat_result], list[str]]:
+               error: Callable[[int, str], Exception | None]) -> tuple[list[os.stat_result | None], list[str | None]]:
     """The ``stat`` and hex SHA-256 of each file, reusing cached hashes where size, mtime and inode match.
 
     ``paths`` are absolute. Fresh hashes are added to ``cache`` (not saved).
-    A file that cannot be read, or is empty, raises ``error(i, reason)``: the
-    caller names ``paths[i]`` the way its user wrote it.
+    A file that cannot be read, is empty or is not a regular file calls ``error(i, reason)``: the
+    caller names ``paths[i]`` the way its user wrote it and returns the
+    exception to raise, or ``None`` to leave the file out, whose stat and
+    digest are then ``None`` (``--on-error skip``: one bad file does not stop
+    the discovery of the others).
     """
-    stats: list[os.stat_result] = []
+    stats: list[os.stat_result | None] = []
     digests: list[str | None] = []
     for i, path in enumerate(paths):
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise error(i, f"cannot read ({exc.strerror}); check the file") from exc
-        if st.st_size == 0:
-            raise error(i, "is empty (0 bytes): remove or replace it")
+        st = _stat(i, path, error)
         stats.append(st)
-        digests.append(cache.lookup(path, st))
-    todo = [i for i, digest in enumerate(digests) if digest is None]
+        digests.append(None if st is None else cache.lookup(path, st))
+    todo = [i for i, (st, digest) in enumerate(zip(stats, digests)) if st is not None and digest is None]
 
-    def work(i: int) -> tuple[int, str]:
+    def work(i: int) -> tuple[int, str | None]:
         try:
             return i, file_digest(paths[i])
         except OSError as exc:
-            raise error(i, f"cannot read ({exc.strerror}); check the file") from exc
+            _refuse(error(i, f"cannot read ({exc.strerror or exc}); check the file"), exc)
+            return i, None
 
     if len(todo) > 1 and sum(stats[i].st_size for i in todo) >= _THREADS_FROM_BYTES:
         # hashlib releases the GIL on large buffers, so threads overlap reading and
@@ -119,6 +119,34 @@ def hash_files(paths: Sequence[str], cache: HashCache,
     else:
         fresh = [work(i) for i in todo]
     for i, digest in fresh:
+        if digest is None:
+            stats[i] = None
+            continue
         digests[i] = digest
         cache.store(paths[i], stats[i], digest)
     return stats, digests
+
+
+def _stat(i: int, path: str, error: Callable[[int, str], Exception | None]) -> os.stat_result | None:
+    """The file's ``stat``, or ``None`` when ``error`` leaves an unreadable or empty file out."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        _refuse(error(i, f"cannot read ({exc.strerror or exc}); check the file"), exc)
+        return None
+    except ValueError:  # a NUL byte in the name: no file can have it
+        _refuse(error(i, "the name holds a NUL byte, which no file name can; fix the path"), None)
+        return None
+    if not stat.S_ISREG(st.st_mode):  # reading a pipe or a device could wait forever
+        _refuse(error(i, "not a regular file (a folder, pipe or device); replace it with the image file"), None)
+        return None
+    if st.st_size == 0:
+        _refuse(error(i, "is empty (0 bytes): remove or replace it"), None)
+        return None
+    return st
+
+
+def _refuse(exc: Exception | None, cause: BaseException | None) -> None:
+    """Raise ``exc`` (from ``cause``) when the caller wants the file to stop discovery; else nothing."""
+    if exc is not None:
+        raise exc from cause

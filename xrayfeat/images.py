@@ -26,7 +26,11 @@ The rules, and why:
   against decompression bombs); see :data:`DEFAULT_MAX_PIXELS`.
 * Every failure is an :class:`~xrayfeat.errors.ImageReadError` naming the file,
   the reason and, where there is one, the fix. Truncated files are errors,
-  never silently padded.
+  never silently padded; running out of memory is one too, never a MemoryError.
+* Decoders' warnings about a file's metadata (pydicom on invalid values, which
+  real DICOM files often have; Pillow on corrupt EXIF) are not shown: the file
+  then decodes, or fails with its reason. ``warnings.catch_warnings`` is
+  process-wide before Python 3.14, so decode from processes, not threads.
 
 This module runs inside decoding worker processes: it imports only numpy and
 PIL (pydicom lazily, for DICOM files) and must never import Keras/TensorFlow.
@@ -38,7 +42,9 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
@@ -145,18 +151,13 @@ def probe(path: str | os.PathLike) -> dict:
     applied. Raises :class:`ImageReadError` for unreadable files.
     """
     path = os.fspath(path)
-    with _open(path) as f:
+    with _open(path) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # see _decode
         kind, head = _sniff(path, f)
         if kind == "DICOM":
-            ds = _read_dicom(path, f, stop_before_pixels=True)
-            bits = ds.get("BitsStored", ds.get("BitsAllocated", 8))
-            return {
-                "format": "DICOM",
-                "width": int(ds.Columns),
-                "height": int(ds.Rows),
-                "mode": _photometric(ds),
-                "bit_depth": int(bits),
-            }
+            _, header = _read_dicom(path, f, stop_before_pixels=True)
+            return {"format": "DICOM", "width": header.columns, "height": header.rows,
+                    "mode": header.photometric, "bit_depth": header.bits}
         im = _open_pil(path, f, kind)
         bits = head[24] if kind == "PNG" else getattr(im, "bits", 8)
         return {"format": kind, "width": im.width, "height": im.height, "mode": im.mode, "bit_depth": int(bits)}
@@ -168,11 +169,18 @@ def _decode(path: str | os.PathLike, size: int) -> np.ndarray:
         raise ValueError(f"size must be a positive int, got {size!r}")
     size = int(size)
     path = os.fspath(path)
-    with _open(path) as f:
+    # Decoders warn about odd metadata (invalid DICOM values, corrupt EXIF); the file
+    # then either decodes or fails with its reason, so the warnings are not shown.
+    with _open(path) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         kind, _ = _sniff(path, f)
-        if kind == "DICOM":
-            return _decode_dicom(path, f, size)
-        return _decode_pil(path, f, kind, size)
+        try:
+            if kind == "DICOM":
+                return _decode_dicom(path, f, size)
+            return _decode_pil(path, f, kind, size)
+        except MemoryError:
+            raise ImageReadError(path, f"not enough memory to decode it: free memory, "
+                                       f"or set {MAX_PIXELS_ENV} lower to refuse images this large") from None
 
 
 def _open(path: str):
@@ -348,60 +356,85 @@ def _resize_stretch(arr: np.ndarray, size: int) -> np.ndarray:
 # -- DICOM (pydicom, imported lazily) -------------------------------------------------
 
 
-def _dicom_errors() -> tuple[type[BaseException], ...]:
-    from pydicom.errors import InvalidDicomError
+class _DicomHeader(NamedTuple):
+    """What decoding needs from a DICOM header, read once where errors are caught."""
 
-    return (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, IndexError, struct.error)
+    rows: int
+    columns: int
+    photometric: str
+    bits: int
+    has_pixels: bool
+
+
+def _dicom_errors() -> tuple[type[BaseException], ...]:
+    """What pydicom raises on damaged files: its own errors, and plain ones from parsing garbage lazily."""
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (InvalidDicomError, BytesLengthException, OSError, ValueError, TypeError, EOFError, KeyError,
+            AttributeError, IndexError, NotImplementedError, RuntimeError, OverflowError, struct.error)
 
 
 def _read_dicom(path: str, f, stop_before_pixels: bool):
-    """Read a DICOM dataset (``force`` so files without the preamble work too)."""
+    """Read a DICOM dataset and its :class:`_DicomHeader` (``force``, so files without the preamble work too).
+
+    pydicom parses elements when they are first used, so every header value is
+    read here, inside the one place that turns a damaged file into its error.
+    """
     import pydicom
 
     try:
         ds = pydicom.dcmread(f, force=True, stop_before_pixels=stop_before_pixels)
         rows, cols = ds.get("Rows"), ds.get("Columns")
+        if not rows or not cols:
+            raise ImageReadError(
+                path, "no image in this DICOM file (no Rows/Columns; a report, DICOMDIR or not DICOM at all?): "
+                "export the image itself from the PACS or viewer"
+            )
+        header = _DicomHeader(
+            rows=int(rows), columns=int(cols),
+            photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
+            bits=int(ds.get("BitsStored", ds.get("BitsAllocated", 8))),
+            has_pixels=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+        )
     except _dicom_errors() as exc:
         raise ImageReadError(path, f"cannot read the DICOM file ({_why(exc)}): {_DAMAGED}") from None
-    if not rows or not cols:
-        raise ImageReadError(
-            path, "no image in this DICOM file (no Rows/Columns; a report, DICOMDIR or not DICOM at all?)"
-        )
-    return ds
-
-
-def _photometric(ds) -> str:
-    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    return ds, header
 
 
 def _decode_dicom(path: str, f, size: int) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
-    ds = _read_dicom(path, f, stop_before_pixels=False)
-    _check_pixels(path, ds.Columns, ds.Rows)
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageReadError(path, "this DICOM file has no pixel data")
-    photometric = _photometric(ds)
+    ds, header = _read_dicom(path, f, stop_before_pixels=False)
+    _check_pixels(path, header.columns, header.rows)
+    if not header.has_pixels:
+        raise ImageReadError(
+            path, "this DICOM file has no pixel data (only a header): export the image itself from the PACS or viewer"
+        )
     try:
         arr = pixel_array(ds, index=0)  # first frame only; YBR becomes RGB
-        if photometric == "PALETTE COLOR":
+        if header.photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
-        elif photometric.startswith("MONOCHROME"):
+        elif header.photometric.startswith("MONOCHROME"):
             arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
-    except (*_dicom_errors(), NotImplementedError, RuntimeError) as exc:
+        arr = np.asarray(arr, dtype=np.float32)
+    except _dicom_errors() as exc:
         raise _dicom_decode_error(path, ds, exc) from None
-    arr = np.asarray(arr, dtype=np.float32)
-    if photometric == "MONOCHROME1":
+    if header.photometric == "MONOCHROME1":
         arr = -arr  # low values are white; the range mapping then makes them 255
     return _resize_stretch(arr, size)
 
 
 def _dicom_decode_error(path: str, ds, exc: BaseException) -> ImageReadError:
     """Name the missing decoder package when the transfer syntax is compressed."""
+    damaged = ImageReadError(path, f"cannot decode the DICOM pixel data ({_why(exc)}): {_DAMAGED}")
     meta = getattr(ds, "file_meta", None)
-    uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    if uid is None or not uid.is_compressed:
-        return ImageReadError(path, f"cannot decode the DICOM pixel data ({_why(exc)}): {_DAMAGED}")
+    try:
+        uid = meta.get("TransferSyntaxUID") if meta is not None else None
+        compressed = uid is not None and uid.is_compressed
+    except _dicom_errors():  # a damaged or unknown transfer syntax UID
+        return damaged
+    if not compressed:
+        return damaged
     name = uid.name
     if "JPEG-LS" in name:
         fix = "pip install pyjpegls"
