@@ -152,13 +152,16 @@ def test_writing_leaves_no_temporary_files_and_a_real_index(tmp_path):
         assert len(npz["hashes"]) == len(store)
 
 
-def test_stale_or_broken_index_is_rebuilt(tmp_path):
+def test_broken_index_is_refused_until_gc_rebuilds_it(tmp_path):
     store, expected = filled(tmp_path)
     (store.path / "index.npz").write_bytes(b"not an npz")
     store.refresh()
-    assert len(store) == len(expected)
+    with pytest.raises(StoreError, match=r"index.npz: does not match its checksum; .*run `xrayfeat cache gc --cache-dir "):
+        store.read(list(expected))
+    assert store.gc()["rebuilt_index"] is True
+    store.refresh()
     out = store.read(list(expected))
-    assert out["pooled"].shape == (len(expected), 3)
+    assert out["pooled"].shape == (len(expected), 3) and store.verify() == []
 
 
 def test_index_follows_shards_added_by_another_writer(tmp_path):
@@ -179,19 +182,23 @@ def test_interrupted_compaction_duplicates_are_harmless_and_gc_fixes_them(tmp_pa
     copy.write_bytes((store.path / "shards" / name).read_bytes())
     store.refresh()
     assert len(store) == len(expected)
-    assert any("stored twice" in p for p in store.verify())
-    store.gc()
-    assert store.verify() == []
-    assert len(store) == len(expected)
+    assert store.verify() == []  # both copies are sound; the first shard's rows are read
+    assert store.gc()["dropped_duplicates"] == len(expected)
+    assert store.shard_names() == [name]
+    assert store.verify() == [] and len(store) == len(expected)
 
 
-def test_damaged_shard_is_named_by_verify(tmp_path):
-    store, _ = filled(tmp_path)
+def test_shard_edited_through_hdf5_is_named_by_verify_and_refused_by_readers(tmp_path):
+    store, expected = filled(tmp_path)
     [name] = store.shard_names()
-    with h5py.File(store.path / "shards" / name, "r+") as f:
+    with h5py.File(store.path / "shards" / name, "r+") as f:  # a valid HDF5 edit: HDF5's own checksums agree
+        key = f["sha256"][0].decode()
         f["pooled"][0, 0] = 1234.0
     problems = store.verify()
-    assert len(problems) == 1 and name in problems[0] and "checksum" in problems[0]
+    assert len(problems) == 1 and name in problems[0] and "1 of 12 rows do not match their checksums" in problems[0]
+    with pytest.raises(StoreError, match=rf"{name}: pooled of row 0 does not match its checksum; .*cache gc"):
+        store.read([key], ("pooled",))
+    assert store.read([key], ("spatial",))["spatial"].shape == (1, 2, 2, 3)  # the sound part still reads
 
 
 def test_truncated_shard_is_reported_not_raised(tmp_path):
@@ -267,5 +274,9 @@ def test_tampered_fingerprint_file_is_detected(tmp_path):
     store, _ = filled(tmp_path)
     meta = store.path / "fingerprint.json"
     meta.write_text(json.dumps({**FP, "layer": "other"}))
-    with pytest.raises(StoreError, match="damaged"):
+    with pytest.raises(StoreError, match=r"fingerprint.json: holds fingerprint \w+, not the \w+ its folder name "
+                                         r"promises .*rename the folder to vgg16-other-32-f32-"):
+        FeatureStore.open(tmp_path / "cache", FP)
+    meta.write_text("{not json")
+    with pytest.raises(StoreError, match="fingerprint.json: unreadable .*delete .* and re-run extract"):
         FeatureStore.open(tmp_path / "cache", FP)

@@ -1,15 +1,46 @@
-"""One shard file of the feature store: writing it, checksumming it, reading it.
+"""One shard file of the feature store: writing it, reading it with every row checked, checking it whole.
 
-A shard is an immutable HDF5 file ``shards/<time_ns>-<random>.h5`` with three
-datasets of equal length, ``sha256`` (n,) S64, ``spatial`` (n, H, W, C) and
-``pooled`` (n, C), and attributes that carry the fingerprint id, the provenance,
-the row count and ``content_sha256``, a checksum of the data (:class:`ShardDigest`).
+A shard is an immutable HDF5 file ``shards/<time_ns>-<random>.h5`` holding, for
+``n`` rows:
 
-:func:`write_shard` writes one through :func:`xrayfeat.fileio.atomic_path`: the
-file is filled under a temporary name, checksummed, fsync-ed and renamed into
-place, so a reader sees a whole shard or none. A writer killed on the way
-leaves a ``.<name>.<random>.tmp`` file (``.tmp-<name>`` before xrayfeat used fileio);
-:data:`TEMP_GLOBS` is how ``cache gc`` finds both.
+* ``sha256`` (n,) S64 — the key of each row (the image file's SHA-256, hex);
+* ``spatial`` (n, H, W, C) and ``pooled`` (n, C) — the features;
+* ``spatial_digest`` and ``pooled_digest`` (n, 32) uint8 — for each row and
+  part, the SHA-256 of the row's key followed by the row's bytes
+  (:func:`row_digests`);
+
+the attributes ``fingerprint_id``, the provenance, ``rows``, ``format``
+(:data:`FORMAT`) and ``keys_sha256``, the SHA-256 of the whole key column; and,
+in the HDF5 user block before the data (:data:`USERBLOCK` bytes HDF5 leaves to
+its users), the SHA-256 of every other byte of the file.
+
+Integrity, the promise being "a shard reads right or is refused":
+
+* every row a reader gets has been checked against its digest, which ties the
+  values to the key they were stored for (:class:`ShardReader`), so damage to
+  the data, to the digests, or an index that points at the wrong row is found
+  by reading the row; compaction copies rows only through the same check;
+* the key column is checked against ``keys_sha256`` whenever it is read whole
+  (:func:`read_hashes`, which is how the store's index is built);
+* the HDF5 structure and attributes are checksummed by HDF5 itself (files are
+  written with ``libver="v110"``, whose metadata blocks carry checksums), and a
+  truncated file fails HDF5's end-of-file check when it is opened;
+* the file digest covers every byte, unused ones included, so :func:`sealed`
+  finds any change to the file; readers do not pay for it (it reads the whole
+  file), :func:`check_shard` does;
+* :func:`check_shard` streams a whole shard through all of the above and says
+  which rows are sound, for ``cache verify`` and the repair in ``cache gc``.
+
+A failed check raises :class:`~xrayfeat.errors.StoreError` with one line naming
+the file, what is wrong and the repair (:func:`damaged`). Shards written before
+row digests existed (no ``format`` attribute) are refused the same way: they
+cannot be checked, and ``cache gc`` removes them so ``extract`` recomputes their rows.
+
+:func:`write_shard` writes a shard through :func:`xrayfeat.fileio.atomic_path`:
+the file is filled under a temporary name, flushed (so a full disk fails here),
+closed, sealed with its digest, fsync-ed and renamed into place, so a reader sees a whole shard or none. A
+writer killed on the way leaves a ``.<name>.<random>.tmp`` file (``.tmp-<name>``
+before xrayfeat used fileio); :data:`TEMP_GLOBS` is how ``cache gc`` finds both.
 
 h5py is imported only when a shard is opened.
 """
@@ -17,7 +48,10 @@ h5py is imported only when a shard is opened.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -29,34 +63,49 @@ from .errors import StoreError
 from .fileio import TEMP_GLOB, atomic_path
 
 __all__ = [
-    "COPY_ROWS", "TEMP_GLOBS", "ShardDigest", "ShardWriter", "ShardCheck",
-    "write_shard", "read_hashes", "read_attrs", "stored_rows", "storage_bytes",
-    "shard_layout", "iter_rows", "check_shard",
+    "BLOCK_BYTES", "FORMAT", "PARTS", "TEMP_GLOBS", "USERBLOCK", "ShardWriter", "ShardReader", "ShardCheck",
+    "write_shard", "row_digests", "damaged", "sealed", "read_hashes", "read_attrs", "stored_rows",
+    "storage_bytes", "shard_layout", "iter_rows", "check_shard",
 ]
 
-#: Rows read at once when streaming a shard (compaction, verify).
-COPY_ROWS = 256
+#: Bytes of feature rows read at once when streaming a shard (compaction, verify): memory stays near this.
+BLOCK_BYTES = 16 << 20
+#: The shard layout written by this version: row digests and ``keys_sha256``.
+FORMAT = 2
+#: The feature parts of a row, each with its digest column ``<part>_digest``.
+PARTS = ("spatial", "pooled")
 #: What a killed shard writer leaves in ``shards/``: fileio's temporary, and the older ``.tmp-<name>``.
 TEMP_GLOBS = (TEMP_GLOB, ".tmp-*")
-_DATASETS = ("sha256", "spatial", "pooled")
+#: Bytes before the HDF5 data (HDF5's "user block"), where the file's own digest is written.
+USERBLOCK = 512
+_DATASETS = ("sha256", *PARTS, *(f"{part}_digest" for part in PARTS))
+_SEAL = b"xrayfeat shard sha256 "  # then the file digest, 64 hex digits; the rest of the user block is zeros
+_SEALED = len(_SEAL) + 64
+# what h5py raises for a file it cannot make sense of
+_HDF5_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
 
 
-class ShardDigest:
-    """Checksum of a shard's data, fed row block by row block (so shards can be streamed).
+def row_digests(keys: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """(n, 32) uint8: SHA-256 of each row's key (S64) followed by the row's bytes."""
+    keys = np.asarray(keys, dtype="S64").tolist()
+    block = np.ascontiguousarray(block)
+    rows = block.reshape(len(keys), int(np.prod(block.shape[1:]))).view(np.uint8)
+    sha256 = hashlib.sha256
+    digests = b"".join(sha256(key + row.tobytes()).digest() for key, row in zip(keys, rows))
+    return np.frombuffer(digests, dtype=np.uint8).reshape(len(keys), 32)
 
-    Hashes, spatial maps and pooled vectors are digested separately and combined,
-    so the result only depends on the rows and their order, not on block sizes.
-    """
 
-    def __init__(self):
-        self._parts = [hashlib.sha256() for _ in range(3)]
+def damaged(path: Path, reason: str) -> StoreError:
+    """The one-line error for a shard that fails a check: the file, the reason, the repair."""
+    cache_dir = Path(path).parent.parent.parent
+    return StoreError(
+        f"{path}: {reason}; the shard is damaged: run `xrayfeat cache gc --cache-dir {cache_dir}` "
+        f"(it keeps the sound rows), then re-run `xrayfeat extract` to recompute the rest"
+    )
 
-    def update(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray) -> None:
-        for digest, array in zip(self._parts, (hashes, spatial, pooled)):
-            digest.update(np.ascontiguousarray(array).tobytes())
 
-    def hexdigest(self) -> str:
-        return hashlib.sha256("".join(d.hexdigest() for d in self._parts).encode()).hexdigest()
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------------- writing
@@ -72,36 +121,45 @@ class ShardWriter:
         self.path = path  # the temporary file being filled
         self.rows = rows
         self.filled = 0
-        self.digest = ShardDigest()
-        self.file = h5py.File(path, "w")
+        self._keys_digest = hashlib.sha256()
+        self.file = h5py.File(path, "w", libver="v110", userblock_size=USERBLOCK)  # checksummed metadata
         self.file.create_dataset("sha256", (rows,), dtype="S64")
         self.file.create_dataset("spatial", (rows, *spatial_shape), dtype=dtype, chunks=(1, *spatial_shape))
         self.file.create_dataset("pooled", (rows, *pooled_shape), dtype=dtype)
+        for part in PARTS:
+            self.file.create_dataset(f"{part}_digest", (rows, 32), dtype=np.uint8)
         for key, value in attrs.items():
             self.file.attrs[key] = value
 
     def write(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray) -> None:
+        hashes = np.asarray(hashes, dtype="S64")
         end = self.filled + len(hashes)
-        self.file["sha256"][self.filled : end] = hashes
-        self.file["spatial"][self.filled : end] = spatial
-        self.file["pooled"][self.filled : end] = pooled
-        self.digest.update(np.asarray(hashes, "S64"), spatial, pooled)
+        rows = slice(self.filled, end)
+        self.file["sha256"][rows] = hashes
+        for part, block in zip(PARTS, (spatial, pooled)):
+            block = np.asarray(block, dtype=self.file[part].dtype)
+            self.file[part][rows] = block
+            self.file[f"{part}_digest"][rows] = row_digests(hashes, block)
+        self._keys_digest.update(hashes.tobytes())
         self.filled = end
 
     def _finish(self) -> None:
         if self.filled != self.rows:
             raise StoreError(f"{self.path}: shard got {self.filled} rows, expected {self.rows}")
-        self.file.attrs["content_sha256"] = self.digest.hexdigest()
+        self.file.attrs["keys_sha256"] = self._keys_digest.hexdigest()
         self.file.attrs["rows"] = self.rows
+        self.file.attrs["format"] = FORMAT
+        self.file.flush()  # a full disk fails here, before the file can be renamed into place
 
 
 @contextlib.contextmanager
 def write_shard(folder: Path, rows: int, spatial_shape, pooled_shape, dtype, attrs: dict) -> Iterator[ShardWriter]:
     """Write one shard of exactly ``rows`` rows into ``folder``; it appears under ``writer.name`` at the end.
 
-    On a clean exit the checksum and row count are stored and the file is
-    fsync-ed and renamed into place; on an exception, or if fewer or more rows
-    were written (:class:`StoreError`), nothing is left behind.
+    On a clean exit the key digest, row count and format are stored and the file
+    is flushed, fsync-ed and renamed into place; on an exception (a full disk
+    included), or if fewer or more rows were written (:class:`StoreError`),
+    nothing is left behind.
     """
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
     with atomic_path(Path(folder) / name) as tmp:
@@ -109,97 +167,240 @@ def write_shard(folder: Path, rows: int, spatial_shape, pooled_shape, dtype, att
         try:
             yield shard
             shard._finish()
-        finally:
             shard.file.close()
+        except BaseException as exc:
+            with contextlib.suppress(*_HDF5_ERRORS):  # closing a file whose write failed fails again
+                shard.file.close()
+            if isinstance(exc, (OSError, RuntimeError)):
+                raise _os_error(exc) from None
+            raise
+        _seal(tmp)
+
+
+def _os_error(exc: OSError | RuntimeError) -> OSError:
+    """An HDF5 write failure as the OSError it was: h5py raises RuntimeError for some, the errno only in the text."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc
+    found = re.search(r"errno = (\d+)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code))
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a shard's bytes, the sealed head of its user block read as zeros."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(_SEALED)
+        digest.update(bytes(len(head)))
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seal(path: Path) -> None:
+    """Write the file's digest into its user block (HDF5 never reads it)."""
+    digest = _file_digest(path)
+    with open(path, "r+b") as fh:
+        fh.write(_SEAL + digest.encode())
+
+
+def sealed(path: Path) -> bool:
+    """Whether every byte of the shard file is as it was written (reads the whole file)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SEALED)
+        return head[: len(_SEAL)] == _SEAL and head[len(_SEAL) :] == _file_digest(path).encode()
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------- reading
 
 
-def read_hashes(path: Path) -> np.ndarray:
-    """The ``sha256`` column of a shard, in row order."""
+@contextlib.contextmanager
+def _open(path: Path, fingerprint_id: str | None = None):
+    """The shard open for reading; :func:`damaged` if HDF5 cannot read it, it is too old, or of another fingerprint."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        return f["sha256"][:]
+    try:
+        f = h5py.File(path, "r")
+    except _HDF5_ERRORS as exc:
+        raise damaged(path, f"unreadable ({_first_line(exc)})") from None
+    try:
+        if f.attrs.get("format") != FORMAT:
+            raise damaged(path, "written by an older xrayfeat without row checksums, so it cannot be checked")
+        owner = f.attrs.get("fingerprint_id")
+        if fingerprint_id is not None and owner != fingerprint_id:
+            raise damaged(path, f"belongs to fingerprint {owner}, not this store's {fingerprint_id} "
+                                f"(copied from another store?)")
+        yield f
+    except _HDF5_ERRORS as exc:
+        raise damaged(path, f"unreadable ({_first_line(exc)})") from None
+    finally:
+        with contextlib.suppress(*_HDF5_ERRORS):
+            f.close()
+
+
+def _keys_match(f, keys: np.ndarray) -> bool:
+    return hashlib.sha256(keys.astype("S64").tobytes()).hexdigest() == f.attrs.get("keys_sha256")
+
+
+def _checked_keys(path: Path, f) -> np.ndarray:
+    keys = f["sha256"][:]
+    if not _keys_match(f, keys):
+        raise damaged(path, "the key column does not match its checksum")
+    return keys
+
+
+def read_hashes(path: Path, fingerprint_id: str | None = None) -> np.ndarray:
+    """The ``sha256`` column of a shard, in row order, checked against ``keys_sha256``."""
+    with _open(path, fingerprint_id) as f:
+        return _checked_keys(path, f)
 
 
 def read_attrs(path: Path) -> dict:
     """A shard's HDF5 attributes as plain Python values."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
 
 
 def stored_rows(path: Path) -> int:
     """The row count a shard says it holds."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return int(f.attrs.get("rows", len(f["sha256"])))
+    with _open(path) as f:
+        return int(f.attrs["rows"])
 
 
 def storage_bytes(path: Path) -> int:
     """Bytes a shard's datasets take on disk (what compaction sizes shards by)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         return sum(f[k].id.get_storage_size() for k in _DATASETS)
 
 
 def shard_layout(path: Path) -> tuple[tuple, tuple, np.dtype, dict]:
     """(spatial shape, pooled shape, dtype, attributes) of a shard, to write another one like it.
 
-    The attributes leave out ``content_sha256`` and ``rows``, which belong to this shard's data.
+    The attributes leave out those that belong to this shard's data (rows, key digest, format).
     """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        attrs = {k: v for k, v in f.attrs.items() if k not in ("content_sha256", "rows")}
+    with _open(path) as f:
+        attrs = {k: v for k, v in f.attrs.items() if k not in ("keys_sha256", "rows", "format", "content_sha256")}
         return f["spatial"].shape[1:], f["pooled"].shape[1:], f["spatial"].dtype, attrs
 
 
-def iter_rows(path: Path, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (hashes, spatial, pooled) for ``rows`` (increasing, unique) in blocks of :data:`COPY_ROWS`."""
-    import h5py
+def _take(dataset, rows: np.ndarray) -> np.ndarray:
+    """``dataset[rows]``, row by row where each row is its own chunk (h5py's fancy indexing is ~10× slower there)."""
+    if not dataset.chunks or dataset.chunks[0] != 1:
+        return dataset[rows]
+    out = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+    for i, row in enumerate(rows.tolist()):
+        out[i] = dataset[row]
+    return out
 
-    with h5py.File(path, "r") as f:
-        for start in range(0, len(rows), COPY_ROWS):
-            sel = rows[start : start + COPY_ROWS]
-            yield f["sha256"][sel], f["spatial"][sel], f["pooled"][sel]
+
+class ShardReader:
+    """One shard open for reading; :meth:`read` returns rows only after checking their digests.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: Path, fingerprint_id: str | None = None):
+        self.path = Path(path)
+        self._context = _open(self.path, fingerprint_id)
+        self.file = self._context.__enter__()
+
+    def read(self, part: str, rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """``part`` at ``rows`` (increasing, unique), each checked to be the value stored for ``keys``."""
+        try:
+            block = _take(self.file[part], rows)
+            stored = self.file[f"{part}_digest"][rows]
+        except _HDF5_ERRORS as exc:
+            raise damaged(self.path, f"unreadable {part} rows ({_first_line(exc)})") from None
+        bad = np.nonzero(np.any(row_digests(keys, block) != stored, axis=1))[0]
+        if len(bad):
+            raise damaged(self.path, f"{part} of row {int(rows[bad[0]])} does not match its checksum"
+                                     + (f" ({len(bad)} rows of {len(rows)} read)" if len(bad) > 1 else ""))
+        return block
+
+    def keys(self, rows: np.ndarray) -> np.ndarray:
+        """The key column at ``rows`` (increasing, unique); checked through the row digests by :meth:`read`."""
+        try:
+            return self.file["sha256"][rows]
+        except _HDF5_ERRORS as exc:
+            raise damaged(self.path, f"unreadable keys ({_first_line(exc)})") from None
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_rows(path: Path, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield checked (hashes, spatial, pooled) for ``rows`` (increasing, unique) in blocks of :data:`BLOCK_BYTES`."""
+    with ShardReader(path) as shard:
+        step = _block_rows(shard.file)
+        for start in range(0, len(rows), step):
+            sel = rows[start : start + step]
+            keys = shard.keys(sel)
+            yield keys, shard.read("spatial", sel, keys), shard.read("pooled", sel, keys)
 
 
 class ShardCheck(NamedTuple):
-    """What :func:`check_shard` found: problems, ``(spatial shape, pooled shape, dtype)`` and rows.
+    """What :func:`check_shard` found.
 
-    ``shapes`` is None and ``rows`` 0 when the shard's row counts disagree or it cannot be read.
+    ``problems``: one line each; ``shapes``: ``(spatial shape, pooled shape, dtype)``;
+    ``rows``: the rows the shard holds; ``sound``: a boolean mask of the rows whose
+    key and values pass their checks. ``shapes`` is None, ``rows`` 0 and ``sound``
+    empty when the shard cannot be read or belongs to another fingerprint.
     """
 
     problems: list[str]
     shapes: tuple | None
     rows: int
+    sound: np.ndarray
 
 
 def check_shard(path: Path, fingerprint_id: str) -> ShardCheck:
-    """Check one shard's row counts, checksum and fingerprint, streaming its data."""
-    import h5py
-
-    problems: list[str] = []
+    """Check one shard's structure, fingerprint, key column and every row's digests, streaming its data."""
+    nothing = np.zeros(0, dtype=bool)
     try:
-        with h5py.File(path, "r") as f:
-            h, s, p = (f[k] for k in _DATASETS)
-            if not (len(h) == len(s) == len(p) == int(f.attrs.get("rows", -1))):
-                return ShardCheck([f"{path}: datasets have different row counts"], None, 0)
-            digest = ShardDigest()
-            for start in range(0, len(h), COPY_ROWS):
-                end = start + COPY_ROWS
-                digest.update(h[start:end], s[start:end], p[start:end])
-            if f.attrs.get("fingerprint_id") != fingerprint_id:
-                problems.append(f"{path}: belongs to fingerprint {f.attrs.get('fingerprint_id')}, not {fingerprint_id}")
-            if f.attrs.get("content_sha256") != digest.hexdigest():
-                problems.append(f"{path}: checksum mismatch (data damaged)")
-            return ShardCheck(problems, (s.shape[1:], p.shape[1:], str(s.dtype)), len(h))
-    except (OSError, KeyError) as exc:
-        problems.append(f"{path}: unreadable ({str(exc).splitlines()[0]})")
-        return ShardCheck(problems, None, 0)
+        with _open(path, fingerprint_id) as f:
+            n = int(f.attrs.get("rows", -1))
+            if any(len(f[k]) != n for k in _DATASETS):
+                return ShardCheck([str(damaged(path, "its datasets disagree on the row count"))], None, 0, nothing)
+            keys = f["sha256"][:]
+            sound = _sound_rows(f, keys)
+            reasons = [] if sealed(path) else ["its bytes do not match the file checksum"]
+            if not _keys_match(f, keys):
+                reasons.append("the key column does not match its checksum")
+            if not sound.all():
+                reasons.append(f"{np.count_nonzero(~sound)} of {n} rows do not match their checksums")
+            shapes = (f["spatial"].shape[1:], f["pooled"].shape[1:], str(f["spatial"].dtype))
+            return ShardCheck([str(damaged(path, " and ".join(reasons)))] if reasons else [], shapes, n, sound)
+    except StoreError as exc:
+        return ShardCheck([str(exc)], None, 0, nothing)
+
+
+def _block_rows(f) -> int:
+    """Rows per block so that a block of every part takes about :data:`BLOCK_BYTES`."""
+    row_bytes = sum(f[part].dtype.itemsize * int(np.prod(f[part].shape[1:])) for part in PARTS)
+    return max(1, BLOCK_BYTES // max(row_bytes, 1))
+
+
+def _sound_rows(f, keys: np.ndarray) -> np.ndarray:
+    """Mask of rows whose every part matches its digest (a block HDF5 cannot read counts as unsound)."""
+    sound = np.ones(len(keys), dtype=bool)
+    step = _block_rows(f)
+    datasets = [(f[part], f[f"{part}_digest"]) for part in PARTS]
+    for start in range(0, len(keys), step):
+        end = min(start + step, len(keys))
+        for values, digests in datasets:
+            try:
+                block, stored = values[start:end], digests[start:end]
+            except _HDF5_ERRORS:
+                sound[start:end] = False
+                continue
+            sound[start:end] &= np.all(row_digests(keys[start:end], block) == stored, axis=1)
+    return sound

@@ -9,30 +9,49 @@ experiment it appears in.
 Layout of one store (``<cache-dir>/<backbone>-<layer>-<size>-<precision>-<id>/``)::
 
     fingerprint.json        the fields that define every value in the store
-    shards/<name>.h5        immutable HDF5 files: sha256 (n,), spatial (n,H,W,C), pooled (n,C)
+    shards/<name>.h5        immutable HDF5 files: keys, spatial, pooled, a digest per row and part
     shards/.<name>.*.tmp    a shard being written; never read; removed by ``gc``
-    index.npz               hash → (shard, row), a cache of what the shards say
+    index.npz               hash → (shard, row), a cache of what the shards say, sealed by a digest
     write.lock, read.lock   fcntl locks
 
-Crash safety: a shard is written completely under a temporary name, flushed,
-fsync-ed and renamed into place (:mod:`xrayfeat.shards`, through
-:func:`xrayfeat.fileio.atomic_path`), so a reader sees a whole shard or none;
-``fingerprint.json`` and ``index.npz`` are replaced the same way. Shards
-are never modified; compaction writes a new shard and only then deletes the
-ones it replaces (a reader tolerates the brief duplicates). The index is
-derived data: whenever it disagrees with the shard list it is rebuilt from the
-shards, so a run killed at any moment leaves a store that reads correctly and
-lacks at most the batch in flight.
+The promises, after SQLite's and HDF5's: a crash, a full disk or a read-only
+folder never leaves a store that reads wrong, and damage is found, refused and
+repairable.
+
+* Crash safety: a shard is written completely under a temporary name, flushed,
+  fsync-ed and renamed into place (:mod:`xrayfeat.shards`, through
+  :func:`xrayfeat.fileio.atomic_path`), so a reader sees a whole shard or none;
+  ``fingerprint.json`` and ``index.npz`` are replaced the same way. Shards are
+  never modified; compaction writes a new shard and only then deletes the ones
+  it replaces (a reader tolerates the brief duplicates: the first shard wins).
+  The index is derived data: whenever it lists other shards than the folder
+  holds it is brought up to date from the shards, so a run killed at any moment
+  leaves a store that reads correctly and lacks at most the batch in flight.
+* Damage: every row read is checked against its digest, the key column against
+  its own when the index is built from it, and the index against the digest
+  saved with it (:mod:`xrayfeat.shards`). A damaged shard or index is refused by
+  every reader with one line naming the file and the repair; :meth:`FeatureStore.verify`
+  (``cache verify``) streams the whole store and names every damaged file;
+  :meth:`FeatureStore.gc` (``cache gc``) replaces a damaged shard by its sound
+  rows and rebuilds a damaged index, so re-running ``extract`` recomputes
+  exactly the rows that were lost.
+* A full disk or a read-only folder: the write fails before anything is renamed
+  into place, and the error is one :class:`StoreError` line naming the file, the
+  reason and the fix; the store is as it was. A read-only store can still be read.
 
 Concurrency: one writer at a time holds ``write.lock`` for a whole extraction
-(a second one waits, then finds the rows already there); readers take a shared
-``read.lock``, which compaction takes exclusively only to delete old shards.
+(a second one waits, then finds the rows already there; ``gc`` waits the same
+way); readers take a shared ``read.lock``, which compaction and repair take
+exclusively only to delete old shards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
 import time
@@ -44,7 +63,7 @@ import numpy as np
 
 from . import __version__, shards
 from .errors import StoreError
-from .fileio import TEMP_GLOB, atomic_path, atomic_write
+from .fileio import TEMP_GLOB, atomic_write
 from .fingerprint import FINGERPRINT_FIELDS, FLOAT16_TINY, check_storable, fingerprint_id, store_dirname
 
 __all__ = ["FeatureStore", "list_stores", "COMPACT_BYTES"]
@@ -53,13 +72,86 @@ __all__ = ["FeatureStore", "list_stores", "COMPACT_BYTES"]
 COMPACT_BYTES = 256 << 20
 #: What a killed writer leaves in the store folder: fileio's temporaries, and those of versions before it.
 _TEMP_GLOBS = (TEMP_GLOB, ".fingerprint.*.tmp", ".index.*.tmp.npz")
+_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _write_failure(exc: OSError, where: Path) -> StoreError:
+    """One line for an OS error while changing a store: the file, the reason, the fix."""
+    reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [type(exc).__name__])[0]
+    if exc.errno in _FULL:
+        fix = "free disk space (or raise the file size limit), then re-run"
+    elif exc.errno in _READ_ONLY:
+        fix = "the cache folder is read-only: make it writable, or pass another --cache-dir"
+    else:
+        fix = "check the cache folder, then re-run"
+    return StoreError(f"{where}: cannot write ({reason}); {fix}; the store is as it was")
 
 
 @contextlib.contextmanager
-def _flock(path: Path, mode: int, *, on_wait=None):
-    """Hold an fcntl lock on ``path``; call ``on_wait()`` once if we have to wait for it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+def _writing(where: Path):
+    """Turn an OS error raised while changing the store into :func:`_write_failure`'s line."""
+    try:
+        yield
+    except OSError as exc:
+        raise _write_failure(exc, where) from None
+
+
+def _seal(npz: bytes) -> bytes:
+    """The .npz with the SHA-256 of all its bytes before the archive comment written as that comment.
+
+    A zip archive ends with its end record, whose last field is the length of
+    the archive comment that follows it; numpy writes no comment, so the bytes
+    end with that zero length. The result is still an archive numpy reads.
+    """
+    body = npz[:-2]
+    digest = hashlib.sha256(body).hexdigest().encode()
+    return body + len(digest).to_bytes(2, "little") + digest
+
+
+def _intact(fh, size: int) -> bool:
+    """Whether every byte of a sealed file (``size`` bytes, read from ``fh``) is as :func:`_seal` wrote it.
+
+    Streams the file, so checking a large index costs no memory.
+    """
+    if size < 66:
+        return False
+    digest, left = hashlib.sha256(), size - 66
+    while left:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            return False
+        digest.update(chunk)
+        left -= len(chunk)
+    return fh.read(66) == (64).to_bytes(2, "little") + digest.hexdigest().encode()
+
+
+def _lock_file(path: Path, *, required: bool):
+    """The lock file opened for locking, or None where a read-only folder has none and ``required`` is false.
+
+    In a read-only folder an existing lock file is opened for reading: ``flock`` works on it all the same.
+    """
+    try:
+        return open(path, "a+")
+    except OSError as exc:
+        if exc.errno in _READ_ONLY and path.is_file():
+            return open(path)
+        if exc.errno in _READ_ONLY and not required:
+            return None
+        raise _write_failure(exc, path) from None
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int, *, on_wait=None, required: bool = True):
+    """Hold an fcntl lock on ``path``; call ``on_wait()`` once if we have to wait for it.
+
+    ``required=False`` (readers) reads without a lock where a read-only folder has no lock file to take.
+    """
+    fh = _lock_file(path, required=required)
+    if fh is None:
+        yield
+        return
+    with fh:
         try:
             fcntl.flock(fh, mode | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,19 +198,27 @@ class FeatureStore:
     def open(cls, cache_dir: str | os.PathLike, fingerprint: dict, *, create: bool = False) -> FeatureStore:
         """The store for ``fingerprint`` under ``cache_dir``; ``create`` makes it if absent.
 
-        Without ``create``, a missing store raises :class:`StoreError`.
+        Without ``create``, a missing store raises :class:`StoreError`; so does a
+        folder whose ``fingerprint.json`` holds another fingerprint than its name says.
         """
         path = Path(cache_dir) / store_dirname(fingerprint)
         meta = path / "fingerprint.json"
         if meta.is_file():
-            stored = json.loads(meta.read_text())
+            stored = _read_fingerprint(meta)
             if fingerprint_id(stored) != fingerprint_id(fingerprint):
-                raise StoreError(f"{meta}: fingerprint does not match its folder name; the store is damaged")
+                raise StoreError(
+                    f"{meta}: holds fingerprint {fingerprint_id(stored)}, not the {fingerprint_id(fingerprint)} its "
+                    f"folder name promises (a store renamed or copied by hand?): rename the folder to "
+                    f"{store_dirname(stored)}, or delete it and re-run extract"
+                )
             return cls(path, stored)
         if not create:
             raise StoreError(f"no feature store for this fingerprint in {cache_dir} (looked for {path.name})")
-        (path / "shards").mkdir(parents=True, exist_ok=True)
-        atomic_write(meta, json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, indent=1, sort_keys=True))
+        with _writing(Path(cache_dir)):
+            (path / "shards").mkdir(parents=True, exist_ok=True)
+            for lock in ("write.lock", "read.lock"):  # so that readers of a read-only copy find them
+                (path / lock).touch()
+            atomic_write(meta, json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, indent=1, sort_keys=True))
         return cls(path, fingerprint)
 
     @classmethod
@@ -128,7 +228,7 @@ class FeatureStore:
         meta = path / "fingerprint.json"
         if not meta.is_file():
             raise StoreError(f"{path}: not a feature store (no fingerprint.json)")
-        return cls(path, json.loads(meta.read_text()))
+        return cls(path, _read_fingerprint(meta))
 
     def provenance(self) -> dict:
         """The HDF5 attributes of the oldest shard (empty for an empty store)."""
@@ -141,25 +241,55 @@ class FeatureStore:
     def random_weights(self) -> bool:
         return str(self.fingerprint.get("weights", "")).startswith("none")
 
+    @property
+    def _repair_hint(self) -> str:
+        return f"run `xrayfeat cache gc --cache-dir {self.path.parent}`"
+
     # ------------------------------------------------------------------ index
 
     def shard_names(self) -> list[str]:
         return sorted(p.name for p in (self.path / "shards").glob("*.h5") if not p.name.startswith("."))
 
-    def _read_index(self) -> _Index:
-        """The index, rebuilt from the shards when it no longer matches them."""
+    def _load_index(self) -> _Index | None:
+        """The saved index, None if there is none; :class:`StoreError` if it is damaged.
+
+        Every byte is checked (:func:`_intact`) before numpy parses any of it.
+        """
+        path = self.path / "index.npz"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not _intact(io.BytesIO(data), len(data)):
+            raise self._damaged_index()
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return _Index(list(npz["shards"].astype(str)), npz["hashes"], npz["shard_of"], npz["row_of"])
+
+    def _damaged_index(self) -> StoreError:
+        return StoreError(f"{self.path / 'index.npz'}: does not match its checksum; the index is damaged: "
+                          f"{self._repair_hint} (it rebuilds the index from the shards)")
+
+    def _check_index(self) -> list[str]:
+        """The damaged-index line, if the saved index is damaged; streams it."""
+        path = self.path / "index.npz"
+        try:
+            with open(path, "rb") as fh:
+                return [] if _intact(fh, os.fstat(fh.fileno()).st_size) else [str(self._damaged_index())]
+        except FileNotFoundError:
+            return []
+
+    def _read_index(self, *, repair: bool = False) -> _Index:
+        """The index, brought up to date from the shards when it lists others; ``repair`` ignores a damaged one."""
         names = self.shard_names()
-        index_path = self.path / "index.npz"
-        cached = None
-        if index_path.is_file():
-            try:
-                with np.load(index_path, allow_pickle=False) as npz:
-                    cached = _Index(list(npz["shards"].astype(str)), npz["hashes"], npz["shard_of"], npz["row_of"])
-            except (OSError, ValueError, KeyError):
-                cached = None
-        if cached is not None and cached.shards == names:
-            return cached
-        return self._build_index(names, cached)
+        try:
+            saved = self._load_index()
+        except StoreError:
+            if not repair:
+                raise
+            saved = None
+        if saved is not None and saved.shards == names:
+            return saved
+        return self._build_index(names, saved)
 
     def _build_index(self, names: list[str], cached: _Index | None) -> _Index:
         known = {}
@@ -173,10 +303,7 @@ class FeatureStore:
             if name in known:
                 h, rows = known[name]
             else:
-                try:
-                    h = shards.read_hashes(self.path / "shards" / name)
-                except (OSError, KeyError) as exc:
-                    raise StoreError(f"{self.path / 'shards' / name}: unreadable shard ({exc}); run `xrayfeat cache verify`") from None
+                h = shards.read_hashes(self.path / "shards" / name, self.fingerprint_id)
                 rows = np.arange(len(h), dtype=np.int32)
             hashes.append(h.astype("S64"))
             shard_of.append(np.full(len(h), number, dtype=np.int32))
@@ -195,9 +322,17 @@ class FeatureStore:
         return _Index(names, all_h, all_s, all_r)
 
     def _save_index(self, index: _Index) -> None:
-        with atomic_path(self.path / "index.npz", suffix=".npz") as tmp:
-            np.savez(tmp, shards=np.array(index.shards, dtype="U"), hashes=index.hashes,
-                     shard_of=index.shard_of, row_of=index.row_of)
+        buffer = io.BytesIO()
+        np.savez(buffer, shards=np.array(index.shards, dtype="U"), hashes=index.hashes,
+                 shard_of=index.shard_of, row_of=index.row_of)
+        atomic_write(self.path / "index.npz", _seal(buffer.getvalue()))
+
+    def _save_index_if_stale(self) -> None:
+        """Save the index unless the saved one already lists the shards there are (a read-only store stays untouched)."""
+        index = self._read_index()
+        saved = self._load_index()
+        if saved is None or saved.shards != index.shards:
+            self._save_index(index)
 
     def refresh(self) -> None:
         """Forget the in-memory index (another process may have added rows)."""
@@ -236,49 +371,44 @@ class FeatureStore:
         """Yield dicts of float32 arrays for consecutive slices of ``hashes``.
 
         Memory stays at one batch, so datasets larger than RAM can be streamed.
+        Every row is checked against its digest; a damaged shard or index raises
+        :class:`StoreError` naming the file and the repair.
         """
-        import h5py
-
         hashes = list(hashes)
-        index, lookup = self._ensure_index()
-        absent = [h for h in hashes if h.encode() not in lookup]
-        if absent:
-            raise StoreError(
-                f"{len(absent)} of {len(hashes)} images have no features in {self.path} "
-                f"(e.g. {absent[0][:12]}); run `xrayfeat extract` with the same feature options first"
-            )
-        with _flock(self.path / "read.lock", fcntl.LOCK_SH):
-            files: dict[int, h5py.File] = {}
+        with _flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
+            if self._index is not None and self._index.shards != self.shard_names():
+                self.refresh()  # shards compacted or added since the index was read
+            index, lookup = self._ensure_index()
+            absent = [h for h in hashes if h.encode() not in lookup]
+            if absent:
+                raise StoreError(
+                    f"{len(absent)} of {len(hashes)} images have no features in {self.path} "
+                    f"(e.g. {absent[0][:12]}); run `xrayfeat extract` with the same feature options first"
+                )
+            readers: dict[int, shards.ShardReader] = {}
             try:
                 for start in range(0, max(len(hashes), 1), batch_size):
                     chunk = hashes[start : start + batch_size]
                     positions = np.array([lookup[h.encode()] for h in chunk], dtype=np.int64)
-                    out = {}
-                    for part in parts:
-                        out[part] = self._gather(files, index, positions, part)
-                    yield out
+                    yield {part: self._gather(readers, index, positions, part) for part in parts}
             finally:
-                for f in files.values():
-                    f.close()
+                for reader in readers.values():
+                    reader.close()
 
-    def _gather(self, files, index: _Index, positions: np.ndarray, part: str) -> np.ndarray:
-        import h5py
-
+    def _gather(self, readers, index: _Index, positions: np.ndarray, part: str) -> np.ndarray:
         shard_of = index.shard_of[positions]
         row_of = index.row_of[positions]
         result = None
         for number in np.unique(shard_of):
-            if number not in files:
-                files[number] = h5py.File(self.path / "shards" / index.shards[number], "r")
-            dataset = files[number][part]
-            if result is None:
-                result = np.empty((len(positions), *dataset.shape[1:]), dtype=np.float32)
+            if number not in readers:
+                readers[number] = shards.ShardReader(self.path / "shards" / index.shards[number], self.fingerprint_id)
             where = np.nonzero(shard_of == number)[0]
-            rows = row_of[where]
-            order = np.argsort(rows)
-            unique_rows, inverse = np.unique(rows[order], return_inverse=True)
-            block = dataset[unique_rows]  # h5py wants increasing, unique indices
-            result[where[order]] = block[inverse]
+            # h5py wants increasing, unique rows; each is checked against the key the index gives it
+            rows, first, inverse = np.unique(row_of[where], return_index=True, return_inverse=True)
+            block = readers[number].read(part, rows, index.hashes[positions[where[first]]])
+            if result is None:
+                result = np.empty((len(positions), *block.shape[1:]), dtype=np.float32)
+            result[where] = block[inverse]
         if result is None:
             raise StoreError(f"{self.path}: no rows to read")
         return result
@@ -299,51 +429,58 @@ class FeatureStore:
 
     def _commit(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray, attrs: dict) -> str:
         """Write one immutable shard in one go. Returns its name."""
-        with shards.write_shard(self.path / "shards", len(hashes), spatial.shape[1:], pooled.shape[1:],
-                                spatial.dtype, attrs) as shard:
-            shard.write(hashes, spatial, pooled)
+        with _writing(self.path / "shards"):
+            with shards.write_shard(self.path / "shards", len(hashes), spatial.shape[1:], pooled.shape[1:],
+                                    spatial.dtype, attrs) as shard:
+                shard.write(hashes, spatial, pooled)
         return shard.name
 
     def compact(self) -> int:
         """Merge small shards into shards of about :data:`COMPACT_BYTES`; returns how many were merged.
 
         Streams rows shard by shard, so memory stays at one small shard whatever
-        the store's size. The caller holds the write lock.
+        the store's size; rows are checked on the way. The caller holds the write lock.
         """
-        index = self._read_index()
-        groups, group, group_bytes = [], [], 0
-        for name in index.shards:
-            nbytes = shards.storage_bytes(self.path / "shards" / name)
-            if nbytes >= COMPACT_BYTES // 2:
-                continue
-            if group and group_bytes + nbytes > COMPACT_BYTES:
-                groups.append(group)
-                group, group_bytes = [], 0
-            group.append(name)
-            group_bytes += nbytes
-        groups.append(group)
-        merged = 0
-        for names in (g for g in groups if len(g) > 1):
-            self._merge(names, index)
-            merged += len(names)
-        self.refresh()
-        self._save_index(self._read_index())
+        with _writing(self.path):
+            index = self._read_index()
+            groups, group, group_bytes = [], [], 0
+            for name in index.shards:
+                nbytes = shards.storage_bytes(self.path / "shards" / name)
+                if nbytes >= COMPACT_BYTES // 2:
+                    continue
+                if group and group_bytes + nbytes > COMPACT_BYTES:
+                    groups.append(group)
+                    group, group_bytes = [], 0
+                group.append(name)
+                group_bytes += nbytes
+            groups.append(group)
+            merged = 0
+            for names in (g for g in groups if len(g) > 1):
+                self._merge(names, index)
+                merged += len(names)
+            self.refresh()
+            self._save_index_if_stale()
         return merged
 
     def _merge(self, names: list[str], index: _Index) -> None:
         """Copy the rows the index points to in ``names`` into one new shard, then delete ``names``."""
         numbers = {n: i for i, n in enumerate(index.shards)}
-        plan = []  # (name, rows to keep in increasing order)
-        for name in names:
-            rows = np.sort(index.row_of[index.shard_of == numbers[name]])
-            plan.append((name, rows))
+        plan = [(name, np.sort(index.row_of[index.shard_of == numbers[name]])) for name in names]
+        self._copy_rows(plan, {"compacted_from": len(names)})
+        self._delete(names)
+
+    def _copy_rows(self, plan: list[tuple[str, np.ndarray]], note: dict) -> None:
+        """Write the given rows (increasing) of the given shards into one new shard, checking each row."""
         total = sum(len(rows) for _, rows in plan)
-        spatial_shape, pooled_shape, dtype, attrs = shards.shard_layout(self.path / "shards" / names[0])
-        attrs["compacted_from"] = len(names)
-        with shards.write_shard(self.path / "shards", total, spatial_shape, pooled_shape, dtype, attrs) as shard:
+        spatial_shape, pooled_shape, dtype, attrs = shards.shard_layout(self.path / "shards" / plan[0][0])
+        with shards.write_shard(self.path / "shards", total, spatial_shape, pooled_shape, dtype,
+                                {**attrs, **note}) as shard:
             for name, rows in plan:
                 for block in shards.iter_rows(self.path / "shards" / name, rows):
                     shard.write(*block)
+
+    def _delete(self, names: list[str]) -> None:
+        """Delete shards once no reader is inside one."""
         with _flock(self.path / "read.lock", fcntl.LOCK_EX):
             for name in names:
                 (self.path / "shards" / name).unlink()
@@ -364,56 +501,87 @@ class FeatureStore:
         }
 
     def verify(self) -> list[str]:
-        """Check every shard's checksum, shapes and fingerprint, and the index; return the problems."""
+        """Check every shard (every byte, every row's digests, its fingerprint) and the index; one line per damaged file.
+
+        Streams each shard a block of rows at a time (:data:`xrayfeat.shards.BLOCK_BYTES`)
+        and the index file in chunks, so memory does not grow with the store.
+        Leftovers of killed runs (temporary files, rows stored twice by an
+        interrupted compaction) read correctly and are not problems; ``gc``
+        reclaims them.
+        """
         problems = []
-        shapes = set()
-        rows_total = 0
-        for name in self.shard_names():
-            check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id)
-            problems.extend(check.problems)
-            if check.shapes is not None:
-                shapes.add(check.shapes)
-            rows_total += check.rows
-        if len(shapes) > 1:
-            problems.append(f"{self.path}: shards disagree on feature shapes {sorted(map(str, shapes))}")
-        if not problems:
-            rebuilt = self._build_index(self.shard_names(), None)
-            saved = self._read_index()
-            if saved.shards == rebuilt.shards and not (
-                np.array_equal(saved.hashes, rebuilt.hashes)
-                and np.array_equal(saved.shard_of, rebuilt.shard_of)
-                and np.array_equal(saved.row_of, rebuilt.row_of)
-            ):
-                problems.append(f"{self.path / 'index.npz'}: index disagrees with the shards; run `xrayfeat cache gc`")
-            duplicates = rows_total - len(rebuilt.hashes)
-            if duplicates:
-                problems.append(f"{self.path}: {duplicates} rows stored twice (interrupted compaction); run `xrayfeat cache gc`")
+        with _flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
+            shapes = set()
+            for name in self.shard_names():
+                check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id)
+                problems.extend(check.problems)
+                if check.shapes is not None:
+                    shapes.add(check.shapes)
+            if len(shapes) > 1:
+                problems.append(f"{self.path}: shards disagree on feature shapes {sorted(map(str, shapes))}; "
+                                f"delete the store and re-run extract")
+            problems.extend(self._check_index())
         return problems
 
-    def gc(self, *, min_age_s: float = 0.0) -> dict:
-        """Remove temporary files left by killed writers and compact shards (takes the write lock).
+    def gc(self, *, min_age_s: float = 0.0, on_wait=None) -> dict:
+        """Repair and tidy the store (takes the write lock; ``on_wait`` is called once if it must wait).
 
-        Temporary files are those of :func:`xrayfeat.fileio.atomic_path`
+        In order: remove temporary files left by killed writers (``min_age_s``
+        spares younger ones); replace each damaged shard by a shard of its sound
+        rows and rebuild a damaged index (:meth:`_repair`), so that ``extract``
+        recomputes exactly the rows lost; drop rows stored twice; compact small
+        shards. Temporary files are those of :func:`xrayfeat.fileio.atomic_path`
         (``.<name>.<random>.tmp[suffix]``) and of older versions
-        (``.fingerprint.*.tmp``, ``.index.*.tmp.npz``, ``shards/.tmp-*``);
-        ``min_age_s`` spares younger ones.
+        (``.fingerprint.*.tmp``, ``.index.*.tmp.npz``, ``shards/.tmp-*``).
         """
+        with _writing(self.path):
+            with _flock(self.path / "write.lock", fcntl.LOCK_EX, on_wait=on_wait):
+                removed = self._remove_temps(min_age_s)
+                repaired = self._repair()
+                duplicates = self._drop_duplicates(self._read_index())
+                merged = self.compact()
+        return {"store": str(self.path), "removed_temp_files": removed, **repaired, "merged_shards": merged,
+                "dropped_duplicates": duplicates}
+
+    def _remove_temps(self, min_age_s: float) -> list[str]:
         removed = []
-        with _flock(self.path / "write.lock", fcntl.LOCK_EX):
-            now = time.time()
-            temps = set()
-            for pattern in _TEMP_GLOBS:
-                temps.update(self.path.glob(pattern))
-            for pattern in shards.TEMP_GLOBS:
-                temps.update((self.path / "shards").glob(pattern))
-            for tmp in sorted(temps):
-                with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
-                    if now - tmp.stat().st_mtime >= min_age_s:
-                        tmp.unlink()
-                        removed.append(tmp.name)
-            duplicates = self._drop_duplicates(self._read_index())
-            merged = self.compact()
-        return {"store": str(self.path), "removed_temp_files": removed, "merged_shards": merged, "dropped_duplicates": duplicates}
+        now = time.time()
+        temps = set()
+        for pattern in _TEMP_GLOBS:
+            temps.update(self.path.glob(pattern))
+        for pattern in shards.TEMP_GLOBS:
+            temps.update((self.path / "shards").glob(pattern))
+        for tmp in sorted(temps):
+            with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+                if now - tmp.stat().st_mtime >= min_age_s:
+                    tmp.unlink()
+                    removed.append(tmp.name)
+        return removed
+
+    def _repair(self) -> dict:
+        """Replace each damaged shard by one holding its sound rows; rebuild the index if it is damaged.
+
+        Returns ``damaged_shards`` (names), ``kept_rows`` (sound rows copied out of
+        them), ``lost_rows`` (rows they held that failed their checks; the rows of
+        a shard HDF5 cannot open at all are not counted) and ``rebuilt_index``.
+        """
+        rebuilt = bool(self._check_index())
+        damaged, kept, lost = [], 0, 0
+        for name in self.shard_names():
+            check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id)
+            if not check.problems:
+                continue
+            sound = np.nonzero(check.sound)[0]
+            if len(sound):
+                self._copy_rows([(name, sound)], {"repaired_from": name})
+            self._delete([name])
+            damaged.append(name)
+            kept += len(sound)
+            lost += check.rows - len(sound)
+        if damaged or rebuilt:
+            self.refresh()
+            self._save_index(self._read_index(repair=True))
+        return {"damaged_shards": damaged, "kept_rows": kept, "lost_rows": lost, "rebuilt_index": rebuilt}
 
     def _drop_duplicates(self, index: _Index) -> int:
         """Rewrite any shard holding rows the index does not point to (left by an interrupted merge)."""
@@ -427,12 +595,22 @@ class FeatureStore:
             if referenced:
                 self._merge([name], index)
             else:
-                with _flock(self.path / "read.lock", fcntl.LOCK_EX):
-                    (self.path / "shards" / name).unlink()
+                self._delete([name])
         if dropped:
             self.refresh()
             self._save_index(self._read_index())
         return dropped
+
+
+def _read_fingerprint(meta: Path) -> dict:
+    """A store's fingerprint.json; one line naming the file and the fix when it is damaged."""
+    try:
+        stored = json.loads(meta.read_text())
+        fingerprint_id(stored)
+    except (OSError, ValueError, TypeError) as exc:
+        raise StoreError(f"{meta}: unreadable ({type(exc).__name__}); the store's definition is damaged: delete "
+                         f"{meta.parent} and re-run extract") from None
+    return stored
 
 
 class _Writer:
