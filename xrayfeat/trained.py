@@ -3,8 +3,10 @@
 :class:`Run` wraps a :class:`~xrayfeat.runs.RunRecord` with what a user does
 with a run: its test metrics as a table, the per-image test predictions, the
 training history, the figures, the head and baseline models (each loaded only
-after its sha256 matches the record), and the feature options that select the
-run's store. Nothing is loaded until asked for.
+after its sha256 matches the record, checked before the library that loads it
+is imported; the head's arrays and the baselines are loaded from the very bytes
+checked), and the feature options that select the run's store. Nothing is
+loaded until asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .options import FeatureOptions
 from .runs import RunRecord, read_record
 
 #: The figures fit-head draws, by name.
-FIGURES = ("curves", "confusion", "roc")
+FIGURES = ("curves", "confusion", "roc", "calibration", "gradcam")
 
 
 class Run:
@@ -99,29 +101,39 @@ class Run:
     # ------------------------------------------------------------------ models
 
     def head(self):
-        """The trained head (:class:`~xrayfeat.heads.TrainedHead`), loaded after its sha256 is checked."""
+        """The trained head (:class:`~xrayfeat.heads.TrainedHead`), loaded after its sha256 is checked.
+
+        The check comes before Keras is imported: a changed file is refused at once.
+        """
+        path = self.record.verified("head")
         from .heads import load_head
 
-        return load_head(self.record.verified("head"))
+        return load_head(path)
 
     def head_arrays(self):
         """The head as numpy arrays (:class:`~xrayfeat.head_numpy.NumpyHead`: inference without Keras), or None.
 
         None for runs whose head has a trained backbone tail, or that were written before heads were saved so.
         """
+        if "head_arrays" not in self.record.artifacts:
+            return None
+        data = self.record.read_bytes("head_arrays")  # what is checked is what is loaded
         from .head_numpy import NumpyHead
 
-        return NumpyHead(self.record.verified("head_arrays")) if "head_arrays" in self.record.artifacts else None
+        return NumpyHead(io.BytesIO(data))
 
     def baseline(self, name: str):
-        """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches."""
-        from .baselines import baseline_from_bytes
+        """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches.
 
+        The check comes before scikit-learn is imported: a changed file is refused at once.
+        """
         key = f"baseline/{name}"
         if key not in self.record.artifacts:
             raise KeyError(f"{self.path} has no baseline {name!r}; it has {self.record.baseline_names}")
-        return baseline_from_bytes(self.record.read_bytes(key), self.path / self.record.artifacts[key].file)
+        data = self.record.read_bytes(key)
+        from .baselines import baseline_from_bytes
 
+        return baseline_from_bytes(data, self.path / self.record.artifacts[key].file)
 
     # ------------------------------------------------------------------ use
 
@@ -133,6 +145,17 @@ class Run:
         from .prediction import predict
 
         return predict(self, inputs, out=out, cache_dir=cache_dir, device=device, progress=progress, **options)
+
+    def explain(self, inputs, out, *, target_class: str | None = None, cache_dir=None, device: str = "auto",
+                progress: bool = False, **options):
+        """Grad-CAM overlays (``OUT/<image>.png``) and raw maps (``.npz``) of the head on images, from cached maps.
+
+        Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.explain.explain`.
+        """
+        from .explain import explain
+
+        return explain(self, inputs, out, target_class=target_class, cache_dir=cache_dir, device=device,
+                       progress=progress, **options)
 
     def evaluate(self, data, *, name: str | None = None, cache_dir=None, device: str = "auto", classes=None,
                  progress: bool = False, **options):
