@@ -191,6 +191,40 @@ def test_pca_offered_only_with_many_features_per_sample():
     assert pixels.estimator.named_steps["pca"].n_components == 20  # a fold holds >= half the samples
 
 
+@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("class_weight, expected", [("none", None), ("balanced", "balanced")])
+def test_class_weight_reaches_the_classifier(name, class_weight, expected):
+    search = make_search(name, n_features=64, n_samples=100, cv=3, class_weight=class_weight)
+    assert search.estimator.named_steps["clf"].class_weight == expected
+    assert make_search(name, n_features=64, n_samples=100, cv=3).estimator.named_steps["clf"].class_weight is None
+
+
+def test_balanced_svm_weighs_samples_instead():
+    """The chosen SVC gets the balanced weights per sample, so the Platt sigmoid sees them too, and not twice.
+
+    (Fitted unweighted, the sigmoid undoes the weighting: tests/test_imbalance.py fails then.)
+    """
+    X, _, _, _ = _pooled(2, 60, 0)
+    y = (np.arange(60) % 4 == 0).astype(int)  # 15 of class 1, 45 of class 0
+    fitted = fit_baseline("svm", X, y, class_weight="balanced")
+    assert fitted.summary()["class_weight"] == "balanced"
+    assert fitted.estimator_.named_steps["clf"].estimator.class_weight is None
+
+
+@pytest.mark.parametrize("where, call", [
+    ("make_search", lambda: make_search("logreg", n_features=4, n_samples=20, cv=2, class_weight="auto")),
+    ("fit_baseline", lambda: fit_baseline("logreg", np.zeros((4, 2)), np.array([0, 1, 0, 1]), class_weight="auto")),
+    ("fit_baselines", lambda: fit_baselines(["logreg"], pooled_train=np.zeros((4, 2)), y_train=[0, 1, 0, 1],
+                                            class_weight="auto")),
+])
+def test_class_weight_must_be_known(where, call):
+    with pytest.raises(XrayfeatError) as info:
+        call()
+    assert str(info.value) == (
+        f"The 'class_weight' parameter of {where} must be one of {{none, balanced}}. Got 'auto' instead."
+    )
+
+
 def test_make_search_rejects_unknown_name():
     with pytest.raises(XrayfeatError) as info:
         make_search("knn", n_features=10, n_samples=10, cv=2)
@@ -231,6 +265,7 @@ def test_fitted_attributes(four_class):
         assert set(f.best_params_) >= {"clf__C"}
         summary = f.summary()
         assert summary["name"] == name and summary["cv_accuracy"] == f.cv_score_
+        assert summary["class_weight"] == "none"
     assert fitted["svm"].selection_metric_ == "accuracy" and fitted["svm"].cv_log_loss_ is None
     assert fitted["logreg"].selection_metric_ == "neg_log_loss" and fitted["logreg"].cv_log_loss_ > 0
 

@@ -150,8 +150,8 @@ def test_cli_json_and_bad_combination(tmp_path, tiny_data):
 def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
     from xrayfeat.phantoms import write_phantoms
 
-    write_phantoms(tmp_path / "ph", task="four", per_class=60, size=128, seed=0)
-    features = FeatureOptions("vgg16", weights="none", image_size=128)
+    write_phantoms(tmp_path / "ph", task="four", per_class=40, size=96, seed=0)
+    features = FeatureOptions("vgg16", weights="none", image_size=96)
     head = HeadOptions(epochs=40, baselines=("logreg", "svm"), n_boot=200)
     result = fit_head(discover(tmp_path / "ph"), features, head,
                       RunOptions(cache_dir=tmp_path / "cache", workers=0), out=tmp_path / "run")
@@ -162,7 +162,7 @@ def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_sample_runs_to_the_end(tmp_path, real_sample):
-    proc = run_cli("fit-head", real_sample, "-b", "inception_v3", "--weights", "none", "--image-size", "96",
+    proc = run_cli("fit-head", real_sample, "-b", "vgg16", "--weights", "none", "--image-size", "64",
                    "--epochs", "5", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -211,8 +211,8 @@ def test_pixels_sentinel_warns_only_when_pixels_keep_up(head, baselines, warns):
 
     from xrayfeat.study import study_warnings
 
-    train = [SimpleNamespace(sha256=f"train{i}", patient_id=None) for i in range(400)]
-    test = [SimpleNamespace(sha256=f"test{i}", patient_id=None) for i in range(400)]
+    train = [SimpleNamespace(sha256=f"train{i}", patient_id=None, label="ab"[i % 2]) for i in range(400)]
+    test = [SimpleNamespace(sha256=f"test{i}", patient_id=None, label="ab"[i % 2]) for i in range(400)]
     head_metrics = {"accuracy": head}
     baseline_metrics = {name: {"accuracy": acc} for name, acc in baselines.items()}
     found = study_warnings(train, test, head_metrics, baseline_metrics, random_weights=False)
@@ -221,3 +221,20 @@ def test_pixels_sentinel_warns_only_when_pixels_keep_up(head, baselines, warns):
     assert warns == sentinel_expected(head_metrics, baseline_metrics)  # the table agrees with the rule it states
     if warns:
         assert f"pixels scores {baselines['pixels']:.3g}" in sentinel[0] and "32x32 grayscale" in sentinel[0]
+
+
+@pytest.mark.parametrize("per_class, warns", [((200, 200), False), ((200, 100), False), ((201, 100), True),
+                                              ((400, 100), True)])
+def test_imbalance_warns_past_twice_the_smallest_class(per_class, warns):
+    from types import SimpleNamespace
+
+    from xrayfeat.study import study_warnings
+
+    train = [SimpleNamespace(sha256=f"{c}{i}", patient_id=None, label=c)
+             for c, n in zip("ab", per_class) for i in range(n)]
+    test = [SimpleNamespace(sha256=f"test{i}", patient_id=None, label="ab"[i % 2]) for i in range(400)]
+    found = [w for w in study_warnings(train, test, {"accuracy": 0.8}, {}, random_weights=False) if w.kind == "imbalance"]
+    assert len(found) == int(warns), found
+    if warns:
+        assert found[0].message.startswith(f"train is imbalanced: a has {per_class[0]} images, "
+                                           f"{per_class[0] / per_class[1]:.1f}× the 100 of b")

@@ -70,36 +70,109 @@ def _arrays(seed=0):
 
 
 TRAIN = {"n_classes": 2, "epochs": 2, "steps_per_epoch": 3, "units": 8, "validation_steps": 2}
+# what fit-head's --class-weight, --restore-best and --repeats ask for
+REPEATED = {**TRAIN, "class_weight": "balanced", "restore_best": "val_loss", "repeat_seeds": (7,)}
+# in this process: XLA compilation costs seconds per head on TensorFlow and changes nothing tested here
+HERE = {"jit_compile": False if headproc.process_backend() == "tensorflow" else "auto"}
+
+
+def assert_repeat_differs(out, seed: int):
+    """One repeat, with its seed and best epoch, whose probabilities are not the first head's."""
+    assert [r["seed"] for r in out.repeats] == [seed]
+    repeat = out.repeats[0]
+    assert repeat["best_epoch"] in (1, 2)
+    assert repeat["proba_val"].shape == out.proba_val.shape and repeat["proba_test"].shape == out.proba_test.shape
+    assert not np.array_equal(repeat["proba_test"], out.proba_test)
+    assert not np.array_equal(repeat["proba_val"], out.proba_val)
+
+
+@pytest.fixture(scope="module")
+def jax_child(tmp_path_factory):
+    """(outcome, head file) of a head trained in a jax child, weighted and restored to its best epoch, no repeats."""
+    head_file = tmp_path_factory.mktemp("jax-child") / "head.keras"
+    out = headproc.train_and_predict("jax", *_arrays(), head_file=head_file, **{**REPEATED, "repeat_seeds": ()})
+    return out, head_file
 
 
 @needs_jax
-def test_child_trains_on_jax_and_its_head_loads_here(tmp_path):
+def test_child_trains_on_jax_and_its_head_loads_here(jax_child):
     """A head trained in a jax child comes back as a .keras file this (TensorFlow) process loads and agrees with."""
-    head_file = tmp_path / "head.keras"
-    x_fit, y_fit, x_val, y_val, x_test = _arrays()
-    out = headproc.train_and_predict("jax", x_fit, y_fit, x_val, y_val, x_test, head_file=head_file, **TRAIN)
+    out, head_file = jax_child
+    x_val, x_test = _arrays()[2], _arrays()[4]
     assert out.process == "child process"
     assert out.settings["backend"] == "jax"
     assert len(out.history["loss"]) == 2 and len(out.epoch_seconds) == 2
-    assert out.proba_test.shape == (8, 2)
+    assert out.proba_test.shape == (8, 2) and out.proba_val.shape == (8, 2)
     np.testing.assert_allclose(out.proba_test.sum(axis=1), 1.0, rtol=1e-6)
     loaded = load_head(head_file)
     np.testing.assert_allclose(loaded.predict_proba(x_test), out.proba_test, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict_proba(x_val), out.proba_val, atol=1e-5)
 
 
 @needs_jax
-def test_same_inputs_same_head_from_two_children(tmp_path):
+def test_same_inputs_same_head_from_two_children_with_or_without_repeats(jax_child, tmp_path):
+    """One child trains the head and its repeat; the head is the one a child without repeats trains."""
     arrays = _arrays()
-    a = headproc.train_and_predict("jax", *arrays, head_file=tmp_path / "a.keras", **TRAIN)
-    b = headproc.train_and_predict("jax", *arrays, head_file=tmp_path / "b.keras", **TRAIN)
+    a = jax_child[0]
+    b = headproc.train_and_predict("jax", *arrays, head_file=tmp_path / "b.keras", **REPEATED)
     np.testing.assert_array_equal(a.proba_test, b.proba_test)
-    assert a.history == b.history
+    np.testing.assert_array_equal(a.proba_val, b.proba_val)
+    assert a.history == b.history and a.repeats == []
+    assert b.settings["class_weight"] == "balanced" and b.settings["best_epoch"] in (1, 2)
+    assert_repeat_differs(b, 7)
+    # the saved head is the first one (a jax head predicting on TensorFlow: equal up to float rounding)
+    np.testing.assert_allclose(load_head(tmp_path / "b.keras").predict_proba(arrays[4]), b.proba_test, atol=1e-5)
 
 
-def test_in_process_when_the_backend_is_this_one(tmp_path):
-    out = headproc.train_and_predict(headproc.process_backend(), *_arrays(), head_file=tmp_path / "h.keras", **TRAIN)
-    assert out.process == "in-process"
-    assert (tmp_path / "h.keras").is_file()
+class ChildHere:
+    """A stand-in for HeadChild that runs the child's entry point in this process: the whole job protocol
+    (arrays and job.json in, proba.npz and result.json out) on this process' backend."""
+
+    backend = "this process' backend"
+
+    def run(self, folder):
+        return headproc._child_main(folder), ""
+
+
+def test_in_process_and_through_the_child_protocol(tmp_path, monkeypatch):
+    """The head, its validation probabilities and its repeats, here and through the child's job folder: the same."""
+    arrays = _arrays()
+    here = headproc.train_and_predict(headproc.process_backend(), *arrays, head_file=tmp_path / "h.keras",
+                                      **REPEATED, **HERE)
+    assert here.process == "in-process"
+    np.testing.assert_array_equal(load_head(tmp_path / "h.keras").predict_proba(arrays[2]), here.proba_val)
+    assert_repeat_differs(here, 7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.keras", "h.npz"]  # only the first head is saved
+
+    monkeypatch.setattr(headproc, "process_backend", lambda: "another backend")
+    there = headproc.train_and_predict("jax", *arrays, head_file=tmp_path / "c.keras", child=ChildHere(),
+                                       **REPEATED, **HERE)
+    assert there.process == "child process"
+    np.testing.assert_array_equal(there.proba_test, here.proba_test)
+    np.testing.assert_array_equal(there.proba_val, here.proba_val)
+    assert there.history == here.history and there.settings == here.settings
+    assert len(there.repeats) == 1
+    for key in ("seed", "best_epoch", "proba_val", "proba_test"):
+        np.testing.assert_array_equal(there.repeats[0][key], here.repeats[0][key])
+
+
+def test_the_child_answer_without_validation_data(tmp_path):
+    """Without x_val there are no validation probabilities, for the head or its repeats, and none come back."""
+    proba = np.full((3, 2), 0.5, dtype="float32")
+    repeats = [{"seed": 4, "proba_val": None, "proba_test": proba + 0.25, "best_epoch": None}]
+    sent = headproc.HeadOutcome({"loss": [0.5]}, [1.0], 1.0, 0.1, {"total": 3}, {"seed": 3}, proba, repeats=repeats)
+    headproc._write_outcome(tmp_path, sent)
+    back = headproc._read_outcome(tmp_path)
+    assert back.proba_val is None and back.repeats[0]["proba_val"] is None
+    np.testing.assert_array_equal(back.repeats[0]["proba_test"], proba + 0.25)
+    assert (back.history, back.settings, back.repeats[0]["seed"], back.repeats[0]["best_epoch"]) == (
+        {"loss": [0.5]}, {"seed": 3}, 4, None)
+
+
+@pytest.mark.parametrize("seeds", [3, "12", (1, 2.0), [True]])
+def test_repeat_seeds_must_be_ints(tmp_path, seeds):
+    with pytest.raises(TypeError, match=r"^The 'repeat_seeds' parameter must be a list or tuple of ints\. Got "):
+        headproc.train_and_predict("jax", *_arrays(), head_file=tmp_path / "h.keras", repeat_seeds=seeds, **TRAIN)
 
 
 @needs_jax

@@ -83,6 +83,8 @@ def test_history_and_timings(trained):
     assert result.seconds >= sum(result.epoch_seconds) * 0.99
     assert 0 < result.step_seconds < result.seconds
     assert result.settings["steps_per_epoch"] == 10 and result.settings["batch_size"] == 10
+    assert (result.settings["class_weight"], result.settings["restore_best"], result.settings["best_epoch"]) == (
+        "none", None, None)  # the seed's: unweighted, the last epoch's weights
 
 
 def test_params_match_the_model(trained):
@@ -121,6 +123,48 @@ def test_batches_cast_per_batch_and_read_rows_in_order():
     xb, yb = next(heads._batches(x, y, 5, seed=0))
     assert xb.dtype == np.float32 and xb.shape == (5, 1)
     assert list(yb) == sorted(yb) and np.array_equal(xb[:, 0], yb)
+
+
+def test_balanced_weights_are_sklearns_and_ride_in_the_batches():
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    y = np.r_[np.zeros(30, int), np.ones(6, int), np.full(12, 3)]  # class 2 absent, as it may be from a split
+    x = np.arange(len(y), dtype="float32").reshape(-1, 1)
+    assert heads._sample_weights(y, "none") is None
+    weights = heads._sample_weights(y, "balanced")
+    np.testing.assert_allclose(weights, compute_sample_weight("balanced", y), rtol=1e-6)
+    assert weights.dtype == np.float32 and weights.mean() == pytest.approx(1.0)
+    plain, weighted = heads._batches(x, y, 8, seed=0), heads._batches(x, y, 8, seed=0, sample_weight=weights)
+    for _ in range(12):  # two passes: the same rows in the same batches, with each row's weight
+        (xa, ya), (xb, yb, wb) = next(plain), next(weighted)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(wb, weights[xb[:, 0].astype(int)])
+
+
+class WeightsPerEpoch(keras.callbacks.Callback):
+    """The model's weights at every epoch end."""
+
+    def on_train_begin(self, logs=None):
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights())
+
+
+def test_restore_best_keeps_the_best_epochs_weights():
+    x, y = blobs(60, 2, seed=0)
+    xv, yv = blobs(20, 2, seed=1)
+    recorder = WeightsPerEpoch()
+    # validation labels flipped: the better the head learns, the worse its val_loss, so epoch 1 is the best
+    result = heads.train_head(x, y, xv, 1 - yv, n_classes=2, epochs=4, steps_per_epoch=3, seed=0,
+                              restore_best="val_loss", callbacks=[recorder], **FAST)
+    assert len(result.history["val_loss"]) == 4  # the history still has every epoch
+    assert result.settings["best_epoch"] == int(np.argmin(result.history["val_loss"])) + 1 == 1
+    assert result.settings["restore_best"] == "val_loss"
+    restored = result.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(restored, recorder.weights[0]))
+    assert not all(np.array_equal(a, b) for a, b in zip(restored, recorder.weights[-1]))
 
 
 @pytest.mark.parametrize("n,batch", [(45, 10), (23, 10), (12, 5), (7, 7)])
@@ -191,6 +235,11 @@ def test_save_load_round_trip(trained, tmp_path):
         ({"n_classes": 2, "y": [0, 1, 2, 0]}, r"labels must lie in \[0, 1\]"),
         ({"n_classes": 2, "y": [0, 1]}, "shape"),
         ({"n_classes": 2, "x_val": np.zeros((2, *SHAPE), "float32")}, "together"),
+        ({"n_classes": 2, "class_weight": "auto"},
+         r"^The 'class_weight' parameter of train_head must be one of 'none', 'balanced'\. Got 'auto' instead\.$"),
+        ({"n_classes": 2, "restore_best": "loss"}, r"^The 'restore_best' parameter of train_head must be None or one "
+         r"of 'val_loss', 'val_accuracy'\. Got 'loss' instead\.$"),
+        ({"n_classes": 2, "restore_best": "val_accuracy"}, "validation score: pass x_val and y_val"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, match):

@@ -7,7 +7,9 @@ must equal fit's on the same batch stream (the XLA option it adds must not
 change a bit); its validation must take exactly validation_steps consecutive
 batches per epoch from the validation stream. When heads_jax.missing_internals
 reports a Keras internal missing, train_head must say so once and train with
-fit, to the same history and weights.
+fit, to the same history and weights. The same holds with class weights (a
+third element in every training batch), and restore_best must leave the
+weights of the best epoch in either loop.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(
@@ -30,6 +33,20 @@ CHILD = textwrap.dedent(
     import json, logging, sys
     import keras, numpy as np
     from xrayfeat import heads, heads_jax
+
+    class WeightsPerEpoch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.weights = []
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights.append(self.model.get_weights())
+
+    def same(a, b):
+        return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+    def weighted_run(result, recorder):
+        best = result.settings["best_epoch"]
+        return {"loop": result.settings["loop"], "history": result.history, "best_epoch": best,
+                "restored": same(result.model.get_weights(), recorder.weights[best - 1])}
 
     class Counter(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -75,6 +92,17 @@ CHILD = textwrap.dedent(
     train_step = model.train_step
     model.train_step = lambda state, data: train_step((state[0], state[2], state[1], state[3]), data)
     swapped = heads_jax.missing_internals(model, batch)
+    del model.train_step
+    y_rare = np.minimum(np.arange(60) % 5, k - 1)  # imbalanced: 12 of class 0 and 48 of 1, or 12, 12, 12, 24
+    weighted_batch = next(heads._batches(x, y_rare, 10, 3, heads._sample_weights(y_rare, "balanced")))
+    weighted_check = heads_jax.missing_internals(model, weighted_batch)
+
+    # class weights and restore_best, in the loop and then in fit: on the 4-class head only (whole validation set,
+    # so both loops see the same validation scores), to keep the file fast
+    weigh = k == 4
+    weighted_args = dict(validation_steps=val_steps, class_weight="balanced", restore_best="val_accuracy", **args)
+    recorders = [WeightsPerEpoch(), WeightsPerEpoch()]
+    weighted = heads.train_head(x, y_rare, xv, yv, callbacks=[recorders[0]], **weighted_args) if weigh else None
 
     # the same training with one internal reported missing (after the real check ran): a notice, then fit
     notices = []
@@ -85,15 +113,22 @@ CHILD = textwrap.dedent(
     real = heads_jax.missing_internals
     heads_jax.missing_internals = lambda model, batch: [*real(model, batch), "model._symbolic_build (test)"]
     fallback = heads.train_head(x, y, xv, yv, validation_steps=val_steps, **args)
+    fallback_notices = list(notices)
+    weighted_fit = heads.train_head(x, y_rare, xv, yv, callbacks=[recorders[1]], **weighted_args) if weigh else None
     heads_jax.missing_internals = real
     print(json.dumps({
         "loop": loop.history, "fit": fit, "counter": [counter.train, counter.val], "settings": loop.settings,
         "weights_equal": all(np.array_equal(a, b) for a, b in zip(loop.model.get_weights(), model.get_weights())),
         "val_loss_recomputed": float(loss + l2),
         "check": check, "swapped": swapped,
-        "fallback": fallback.history, "fallback_settings": fallback.settings, "notices": notices,
+        "fallback": fallback.history, "fallback_settings": fallback.settings, "notices": fallback_notices,
         "fallback_weights_equal": all(
             np.array_equal(a, b) for a, b in zip(loop.model.get_weights(), fallback.model.get_weights())),
+        "weighted_check": weighted_check,
+        "weighted": weighted_run(weighted, recorders[0]) if weigh else None,
+        "weighted_fit": weighted_run(weighted_fit, recorders[1]) if weigh else None,
+        "weighted_epochs_equal": weigh and [same(a, b) for a, b in zip(recorders[0].weights, recorders[1].weights)],
+        "weighted_final_equal": weigh and same(weighted.model.get_weights(), weighted_fit.model.get_weights()),
     }))
     """
 )
@@ -154,3 +189,30 @@ def test_fallback_to_fit_when_an_internal_is_missing(child):
     if val_steps == "all":  # with validation_steps, fit's generator adapter reads ahead: other validation batches
         for key in ("val_loss", "val_accuracy"):
             assert result["fallback"][key] == pytest.approx(result["loop"][key], rel=1e-4)
+
+
+
+def test_class_weights_in_the_loop_equal_fit(child):
+    (k, _), result = child
+    assert result["weighted_check"] == []  # the state layout check passes with (x, y, sample_weight) batches
+    if k == 2:
+        pytest.skip("weighted training is compared on the 4-class head only, to keep the file fast")
+    loop, fit = result["weighted"], result["weighted_fit"]
+    assert (loop["loop"], fit["loop"]) == ("jax", "keras-fit")
+    for key in ("loss", "accuracy"):
+        assert loop["history"][key] == fit["history"][key]
+    assert loop["history"]["loss"] != result["loop"]["loss"]  # other labels, weighted: another training
+    assert result["weighted_epochs_equal"] == [True, True, True]  # the same weights at every epoch end
+    assert loop["best_epoch"] == fit["best_epoch"] and result["weighted_final_equal"]
+
+
+@pytest.mark.parametrize("run", ["weighted", "weighted_fit"], ids=["jax-loop", "keras-fit"])
+def test_restore_best_keeps_the_best_epoch_in_either_loop(child, run):
+    (k, _), result = child
+    if k == 2:
+        pytest.skip("restore_best is checked on the 4-class head only, to keep the file fast")
+    trained = result[run]
+    values = trained["history"]["val_accuracy"]
+    assert trained["best_epoch"] == int(np.argmax(values)) + 1  # the first of equal epochs
+    assert trained["restored"]  # the weights the epoch-end hook saw at the best epoch
+    assert len(values) == 3  # the history keeps every epoch

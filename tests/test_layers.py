@@ -19,9 +19,9 @@ LAYERS = [
     # data flow
     "images", "filehashes", "datasets", "summary", "phantoms",
     "fingerprint", "shards", "store", "extraction",
-    "heads_jax", "head_numpy", "heads", "headproc", "baselines", "metrics", "plots", "embedding",
+    "heads_jax", "head_numpy", "heads", "headproc", "baselines", "metrics", "plots", "gradcam", "embedding",
     # records and their use
-    "runs", "study", "prediction", "external", "trained", "report_doc", "report", "export", "demo",
+    "runs", "study", "prediction", "external", "explain", "trained", "report_doc", "report", "export", "demo",
     # faces
     "api", "clikit", "cli",
 ]

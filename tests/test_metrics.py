@@ -343,3 +343,189 @@ def test_source_gap_warning_from_evaluate():
     p = np.where(good == (y == 1), 0.8, 0.2)
     r = evaluate(y, p, ["n", "p"], sources=src, n_boot=200)
     assert "A 0.9" in source_gap_warning(r["by_source"])
+
+
+# --------------------------------------------------------------------------- thresholds
+
+BINARY = ["normal", "pneumonia"]
+# Ten validation images, five per class; p(pneumonia) by hand so that every rule's answer is known.
+YB = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+PB = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.35, 0.5, 0.7, 0.8, 0.9])
+
+
+@pytest.mark.parametrize(
+    "rule, want",
+    [
+        ("youden", 0.7),  # J = 0.6 at 0.35, 0.5 and 0.7: the largest wins
+        ("sens=0.95", 0.35),  # every positive must be called: the lowest positive score
+        ("sens=0.8", 0.5),  # 4 of 5 positives
+        ("spec=0.9", 0.7),  # all five negatives below it, 0.6 included
+        ("spec=0.6", 0.35),  # 3 of 5 negatives below it
+        ("0.3", 0.3),
+    ],
+)
+def test_choose_thresholds_binary_rules(rule, want):
+    got = metrics.choose_thresholds(YB, PB, BINARY, rule)
+    assert got == {"pneumonia": {"threshold": want, "note": None}}
+
+
+def test_choose_thresholds_other_positive_and_sigmoid_shapes():
+    # with 'normal' positive its score is 1 - p: J = 0.6 at 0.4, 0.6 and 0.7
+    got = metrics.choose_thresholds(YB, PB, BINARY, "youden", positive="normal")
+    assert list(got) == ["normal"] and got["normal"]["threshold"] == pytest.approx(0.7)
+    assert metrics.choose_thresholds(YB, np.column_stack([1 - PB, PB]), BINARY, "youden") == \
+        metrics.choose_thresholds(YB, PB, BINARY, "youden")
+
+
+def test_choose_thresholds_without_positives_or_negatives():
+    keep = Y4 != 3  # no 'viral' in the validation data
+    got = metrics.choose_thresholds(Y4[keep], P4[keep], CLASSES4, "sens=0.9")
+    assert list(got) == CLASSES4
+    assert got["viral"]["threshold"] is None
+    assert got["viral"]["note"] == "no images of 'viral' to choose the 'sens=0.9' threshold on: it needs both"
+    assert got["covid"] == {"threshold": 0.3, "note": None}  # lowest covid score
+    assert metrics.choose_thresholds(Y4[keep], P4[keep], CLASSES4, "0.25")["viral"] == {"threshold": 0.25, "note": None}
+    only = metrics.choose_thresholds([1, 1], [0.2, 0.9], BINARY, "youden")["pneumonia"]
+    assert only["threshold"] is None and only["note"].startswith("no images other than 'pneumonia'")
+    tied = metrics.choose_thresholds([0, 0, 1], [0.9, 0.9, 0.5], BINARY, "spec=0.6")["pneumonia"]
+    assert tied == {"threshold": None, "note": "no observed score reaches specificity 0.6 for 'pneumonia': "
+                                               "2 of its 2 negatives share the highest score"}
+
+
+def test_choose_thresholds_bad_arguments():
+    with pytest.raises(ValueError, match="The 'rule' parameter must be 'youden'.*Got 'median' instead"):
+        metrics.choose_thresholds(YB, PB, BINARY, "median")
+    with pytest.raises(ValueError, match="'positive' parameter"):
+        metrics.choose_thresholds(YB, PB, BINARY, "youden", positive="covid")
+
+
+# --------------------------------------------------------------------------- operating points
+
+
+def _counts(point):
+    return tuple(point[key] for key in ("tp", "fp", "tn", "fn"))
+
+
+def test_operating_points_binary_by_hand():
+    th = metrics.choose_thresholds(YB, PB, BINARY, "sens=0.95")
+    op = metrics.operating_points(YB, PB, BINARY, th, rule="sens=0.95", n_boot=0)
+    assert op["rule"] == "sens=0.95" and op["chosen_on"] == "validation" and list(op["classes"]) == ["pneumonia"]
+    entry = op["classes"]["pneumonia"]
+    assert entry["threshold"] == 0.35 and entry["note"] is None
+    at, arg = entry["at_threshold"], entry["argmax"]
+    assert _counts(at) == (5, 2, 3, 0)  # 0.4 and 0.6 are false positives
+    assert (at["sensitivity"], at["specificity"], at["npv"]) == (1.0, 0.6, 1.0)
+    assert at["ppv"] == pytest.approx(5 / 7) and at["f1"] == pytest.approx(10 / 12)
+    assert _counts(arg) == (3, 1, 4, 2)  # argmax: p > 0.5, 0.5 itself goes to 'normal'
+    assert arg["sensitivity"] == pytest.approx(0.6) and arg["specificity"] == pytest.approx(0.8)
+    assert arg["ppv"] == pytest.approx(0.75) and arg["npv"] == pytest.approx(4 / 6) and arg["f1"] == pytest.approx(6 / 9)
+    assert at["ci"] == arg["ci"] == dict.fromkeys(["sensitivity", "specificity", "ppv", "npv", "f1"])
+
+
+def test_operating_points_four_classes_by_hand():
+    th = metrics.choose_thresholds(Y4, P4, CLASSES4, "0.3")
+    op = metrics.operating_points(Y4, P4, CLASSES4, th, rule="0.3", n_boot=0)["classes"]
+    assert list(op) == CLASSES4
+    assert _counts(op["covid"]["argmax"]) == (1, 0, 6, 1)
+    assert _counts(op["covid"]["at_threshold"]) == (2, 0, 6, 0)  # 0.30 >= 0.3
+    assert _counts(op["normal"]["argmax"]) == _counts(op["normal"]["at_threshold"]) == (1, 1, 5, 1)
+    assert _counts(op["bacterial"]["argmax"]) == (2, 1, 5, 0)
+    assert _counts(op["bacterial"]["at_threshold"]) == (2, 2, 4, 0)
+    assert _counts(op["viral"]["at_threshold"]) == (2, 2, 4, 0)
+    b = op["bacterial"]["at_threshold"]
+    assert (b["sensitivity"], b["ppv"], b["npv"]) == (1.0, 0.5, 1.0)
+    assert b["specificity"] == pytest.approx(4 / 6) and b["f1"] == pytest.approx(2 / 3)
+
+
+def test_operating_points_undefined_rates_are_none():
+    keep = Y4 != 3  # no 'viral' in the truth, and nothing called 'viral'
+    y, p = Y4[keep], P4[keep]
+    th = {"viral": {"threshold": 0.9, "note": None}, "covid": {"threshold": None, "note": "why"}}
+    op = metrics.operating_points(y, p, CLASSES4, th, rule="0.9", n_boot=50)["classes"]
+    assert list(op) == ["covid", "viral"]  # class order
+    assert op["covid"]["at_threshold"] is None and op["covid"]["note"] == "why"
+    for where in ("argmax", "at_threshold"):
+        v = op["viral"][where]
+        assert _counts(v) == (0, 0, 6, 0)
+        assert (v["sensitivity"], v["specificity"], v["ppv"], v["npv"], v["f1"]) == (None, 1.0, None, 1.0, None)
+        assert v["ci"]["sensitivity"] is None and v["ci"]["specificity"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="'thresholds' must be keyed by names"):
+        metrics.operating_points(y, p, CLASSES4, {"flu": {"threshold": 0.5}}, rule="0.5")
+    with pytest.raises(ValueError, match="'thresholds' must map each class"):
+        metrics.operating_points(y, p, CLASSES4, {"covid": 0.5}, rule="0.5")
+
+
+def test_operating_point_intervals_contain_the_estimate():
+    y, p = _synthetic(300, k=4, signal=1.5, seed=6)
+    th = metrics.choose_thresholds(y, p, CLASSES4, "youden")
+    op = metrics.operating_points(y, p, CLASSES4, th, rule="youden", n_boot=300, seed=1)["classes"]
+    for entry in op.values():
+        for where in ("argmax", "at_threshold"):
+            point = entry[where]
+            for rate, (lo, hi) in point["ci"].items():
+                assert lo <= point[rate] <= hi and lo < hi, (where, rate)
+
+
+def test_operating_point_intervals_resample_patients():
+    # Every patient has two identical images: resampling patients must give exactly the
+    # intervals of one image per patient, and resampling images narrower ones.
+    y, p = _synthetic(60, seed=3)
+    th = metrics.choose_thresholds(y, p, ["a", "b"], "youden")
+    single = metrics.operating_points(y, p, ["a", "b"], th, rule="youden", n_boot=300, seed=2)
+    y2, p2, patients = np.repeat(y, 2), np.repeat(p, 2, axis=0), np.repeat(np.arange(60), 2)
+    by_patient = metrics.operating_points(y2, p2, ["a", "b"], th, rule="youden", groups=patients, n_boot=300, seed=2)
+    by_image = metrics.operating_points(y2, p2, ["a", "b"], th, rule="youden", n_boot=300, seed=2)
+    for where in ("argmax", "at_threshold"):
+        ci_patient = by_patient["classes"]["b"][where]["ci"]
+        assert ci_patient == single["classes"]["b"][where]["ci"]  # doubled counts, the same ratios
+        ci_image = by_image["classes"]["b"][where]["ci"]
+        for rate in ("sensitivity", "specificity", "f1"):
+            assert np.diff(ci_patient[rate])[0] > 1.15 * np.diff(ci_image[rate])[0], (where, rate)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_of_a_calibrated_model():
+    # confidence 0.75 with 3 of 4 right, confidence 0.9 with 9 of 10 right
+    y = np.array([1, 1, 1, 0] + [0] * 9 + [1])
+    p1 = np.array([0.75] * 4 + [0.1] * 10)
+    cal = metrics.calibration(y, p1, BINARY)
+    assert cal["ece"] == pytest.approx(0.0, abs=1e-12)
+    assert cal["brier"] == pytest.approx((3 * 0.25**2 + 0.75**2 + 9 * 0.1**2 + 0.9**2) / 14, rel=1e-12)
+    assert cal["n_bins"] == 10 and len(cal["curve"]) == 10
+    assert cal["curve"][7] == {"lo": 0.7, "hi": 0.8, "n": 4, "confidence": 0.75, "accuracy": 0.75}
+    assert cal["curve"][9]["n"] == 10 and cal["curve"][9]["accuracy"] == 0.9
+    assert cal["curve"][0] == {"lo": 0.0, "hi": 0.1, "n": 0, "confidence": None, "accuracy": None}
+    assert sum(b["n"] for b in cal["curve"]) == 14
+
+
+def test_calibration_of_an_overconfident_model_and_multiclass_brier():
+    over = metrics.calibration([0, 1] * 5, [0.9] * 10, BINARY)  # 90% sure, right half the time
+    assert over["ece"] == pytest.approx(0.4, rel=1e-12)
+    assert over["brier"] == pytest.approx(0.41, rel=1e-12)
+    p = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
+    cal = metrics.calibration([0, 2], p, ["a", "b", "c"], n_bins=4)
+    assert cal["brier"] == pytest.approx((0.09 + 0.04 + 0.01 + 0.04 + 0.25 + 0.49) / 2, rel=1e-12)
+    assert [b["n"] for b in cal["curve"]] == [0, 0, 2, 0]  # 0.5 on an edge goes up, to 0.7's bin
+    assert cal["ece"] == pytest.approx(abs(0.5 - 0.6), rel=1e-12)  # one bin: accuracy 1/2, confidence 0.6
+    assert metrics.calibration([0, 2], p, ["a", "b", "c"])["ece"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.5, rel=1e-12)
+    assert metrics.calibration([0], [[0.0, 1.0, 0.0]], ["a", "b", "c"], n_bins=4)["curve"][3]["n"] == 1
+    with pytest.raises(ValueError, match="'n_bins'"):
+        metrics.calibration([0], [[0.5, 0.5]], BINARY, n_bins=0)
+    with pytest.raises(TypeError, match="'n_bins'"):
+        metrics.calibration([0], [[0.5, 0.5]], BINARY, n_bins=2.5)
+
+
+def test_evaluate_adds_calibration_and_operating_points_only():
+    groups = list("aabbccdd")
+    th = metrics.choose_thresholds(Y4, P4, CLASSES4, "youden")
+    plain = evaluate(Y4, P4, CLASSES4, groups=groups, n_boot=100, seed=3)
+    full = evaluate(Y4, P4, CLASSES4, groups=groups, n_boot=100, seed=3, thresholds=th, threshold_rule="youden")
+    assert full.pop("operating_points") == metrics.operating_points(
+        Y4, P4, CLASSES4, th, rule="youden", groups=groups, n_boot=100, seed=3)
+    assert full == plain
+    assert plain["calibration"] == metrics.calibration(Y4, P4, CLASSES4)
+    assert json.loads(json.dumps(full)) == full
+    with pytest.raises(ValueError, match="'threshold_rule'"):
+        evaluate(Y4, P4, CLASSES4, n_boot=0, thresholds=th)

@@ -126,3 +126,59 @@ def test_plotting_leaves_global_matplotlib_state_alone(tmp_path):
     plots.plot_curves({"loss": [1.0, 0.5]}, tmp_path / "x.png")
     assert matplotlib.get_backend() == backend
     assert dict(matplotlib.rcParams) == rc
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The axes of each figure as it is saved: (legend texts, x of vertical lines, axis labels) per panel."""
+    saved = []
+    save = plots.save_figure
+
+    def spy(fig, path, **kw):
+        saved.append([
+            {
+                "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
+                "vlines": [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"
+                           and len(set(line.get_xdata())) == 1],
+                "labels": (ax.get_xlabel(), ax.get_ylabel()),
+            }
+            for ax in fig.axes
+        ])
+        return save(fig, path, **kw)
+
+    monkeypatch.setattr(plots, "save_figure", spy)
+    return saved
+
+
+HISTORY = {"accuracy": [0.5, 0.7, 0.8, 0.85], "val_accuracy": [0.5, 0.65, 0.7, 0.68],
+           "loss": [1.0, 0.6, 0.4, 0.3], "val_loss": [1.1, 0.8, 0.7, 0.75]}
+
+
+def test_curves_mark_the_kept_epoch(tmp_path, drawn):
+    plain = plots.plot_curves(HISTORY, tmp_path / "plain.png")
+    marked = plots.plot_curves(HISTORY, tmp_path / "marked.png", best_epoch=2)
+    _check_png(marked, min_w=700)
+    assert [panel["vlines"] for panel in drawn[0]] == [[], []]
+    assert [panel["vlines"] for panel in drawn[1]] == [[2], [2]]
+    assert all("kept: epoch 2" in panel["legend"] for panel in drawn[1])
+    assert plain.read_bytes() != marked.read_bytes()
+    with pytest.raises(ValueError, match="'best_epoch'"):
+        plots.plot_curves(HISTORY, tmp_path / "bad.png", best_epoch=0)
+
+
+def test_calibration_plot(tmp_path, drawn):
+    from xrayfeat.metrics import calibration
+
+    y, p = _data(FOUR)
+    curves = {"head": calibration(y, p, FOUR), "pixels": calibration(y, np.full_like(p, 0.25), FOUR)}
+    out = plots.plot_calibration(curves, tmp_path / "calibration.png", title="test")
+    assert out == tmp_path / "calibration.png"
+    _check_png(out)
+    reliability, counts = drawn[0]
+    head = curves["head"]
+    assert reliability["legend"] == [f"head (ECE {head['ece']:.3f}, Brier {head['brier']:.3f})",
+                                     "pixels (ECE 0.000, Brier 0.750)", "perfectly calibrated"]
+    assert reliability["labels"][1] == "accuracy"
+    assert counts["labels"] == ("confidence (top-label)", "images")
+    with pytest.raises(ValueError, match="'curves'"):
+        plots.plot_calibration({}, tmp_path / "empty.png")

@@ -36,6 +36,7 @@ BY_KIND = {
     "overlap": "3 of 120 images of /data/hosp_b are byte-identical to the run's training or validation images",
     "missing_class": "covid absent from /data/hosp_b: per-class figures for it and the macro ROC-AUC are undefined",
     "device": "trained on the CPU although a GPU was requested: timings are not comparable",
+    "imbalance": "train has 48 pneumonia and 16 normal images (3.0:1): consider --class-weight balanced",
     "other": "something a study noticed",
 }
 
@@ -110,7 +111,7 @@ def make_run(root: Path, name: str, *, classes=("normal", "pneumonia"), backbone
 
 
 def add_external(run: Path, name: str, *, head: dict, baselines: dict | None = None, n=120, excluded=3,
-                 classes=None, warnings=(), figures=True) -> Path:
+                 classes=None, warnings=(), figures=("confusion", "roc")) -> Path:
     """An external result recorded as ``xrayfeat evaluate`` (external._write) records it: files, artifacts, record."""
     record = runs.read_record(run)
     folder = run / "external" / name
@@ -119,11 +120,10 @@ def add_external(run: Path, name: str, *, head: dict, baselines: dict | None = N
     atomic_write(folder / "predictions.csv", "path,sha256,patient_id,source,label,y_true,head:normal,head:pneumonia\n"
                                              "a.png,00,,,normal,0,0.6,0.4\n")
     parts = [("metrics", "metrics.json"), ("predictions", "predictions.csv")]
-    if figures:
-        rng = np.random.default_rng(2)
-        for part in ("confusion", "roc"):
-            Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(folder / f"{part}.png")
-            parts.append((part, f"{part}.png"))
+    rng = np.random.default_rng(2)
+    for part in figures:
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(folder / f"{part}.png")
+        parts.append((part, f"{part}.png"))
     for part, file in parts:
         key, artifact = runs.artifact(run, f"external/{name}/{part}", f"external/{name}/{file}")
         record.artifacts[key] = artifact
@@ -134,6 +134,75 @@ def add_external(run: Path, name: str, *, head: dict, baselines: dict | None = N
     }
     runs.write_record(record, run)
     return folder
+
+
+def rewrite_metrics(run: Path, change) -> None:
+    """Let ``change`` edit the run's metrics.json, then record the file's new sha256 as fit-head would have."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    change(metrics)
+    write_json(run / "metrics.json", metrics)
+    record = runs.read_record(run)
+    record.artifacts.update([runs.artifact(run, "metrics", "metrics.json")])
+    runs.write_record(record, run)
+
+
+def point(sensitivity, specificity, ppv, npv, f1, counts, ci=0.1):
+    """One operating point as metrics.operating_points writes it, each interval ``ci`` either side (None: none)."""
+    rates = {"sensitivity": sensitivity, "specificity": specificity, "ppv": ppv, "npv": npv, "f1": f1}
+    return {**rates, **dict(zip(("tp", "fp", "tn", "fn"), counts)),
+            "ci": {k: None if ci is None or v is None else [round(v - ci, 3), round(min(1.0, v + ci), 3)]
+                   for k, v in rates.items()}}
+
+
+ARGMAX = point(0.7, 0.9, 0.875, 0.75, 0.778, (7, 1, 9, 3))
+AT_THRESHOLD = point(0.9, 0.6, 0.692, 0.857, 0.783, (9, 4, 6, 1))
+
+
+def operating_points(classes, threshold=0.312, rule="youden", argmax=ARGMAX, at=AT_THRESHOLD):
+    return {"rule": rule, "chosen_on": "validation",
+            "classes": {c: {"threshold": threshold, "note": None, "argmax": argmax, "at_threshold": at}
+                        for c in classes}}
+
+
+def calibration(brier, ece):
+    curve = [{"lo": k / 10, "hi": (k + 1) / 10, "n": 0, "confidence": None, "accuracy": None} for k in range(10)]
+    return {"brier": brier, "ece": ece, "n_bins": 10, "curve": curve}
+
+
+def spread(values):
+    """A ``repeats`` entry: mean, SD (ddof 1), min, max and the values."""
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "min": min(values),
+            "max": max(values), "values": list(values)}
+
+
+def add_figure(run: Path, name: str, size=(40, 20)) -> None:
+    """A PNG ``<name>.png`` recorded as artifact ``name`` (calibration, gradcam)."""
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(run / f"{name}.png")
+    record = runs.read_record(run)
+    record.artifacts.update([runs.artifact(run, name, f"{name}.png")])
+    runs.write_record(record, run)
+
+
+def enrich(run: Path, *, positive="pneumonia", accuracy_seeds=None) -> Path:
+    """What fit-head adds since issue 13: operating points and calibration per model, the positive class and
+    threshold rule, the calibration figure and, given the head's accuracy per seed, ``repeats``."""
+    def change(metrics):
+        classes = [positive] if positive else list(metrics["head"]["per_class"])
+        metrics["head"]["operating_points"] = operating_points(classes)
+        metrics["head"]["calibration"] = calibration(0.142, 0.061)
+        for m in metrics["baselines"].values():
+            m["operating_points"] = operating_points(classes, threshold=0.5, at=ARGMAX)
+            m["calibration"] = calibration(0.2, 0.1)
+        metrics.update(positive=positive, threshold_rule="youden")
+        if accuracy_seeds:
+            seeds = list(range(len(accuracy_seeds)))
+            metrics["repeats"] = {"seeds": seeds, "head": {
+                "accuracy": spread(accuracy_seeds), "balanced_accuracy": spread([a - 0.01 for a in accuracy_seeds]),
+                "roc_auc": spread([0.9] * len(seeds))}}
+    rewrite_metrics(run, change)
+    add_figure(run, "calibration", (30, 30))
+    return run
 
 
 def make_legacy_run(root: Path, name: str, **kwargs) -> Path:
@@ -350,8 +419,17 @@ def test_text_from_records_is_escaped(tmp_path):
     run = make_run(tmp_path, "r", classes=("<b>", "a&b"),
                    warnings=[RunWarning("other", '<script>alert("x")</script> in test')], by_source={
                        "<i>site</i>": {"n": 10, "accuracy": 0.8, "balanced_accuracy": 0.8, "ci_accuracy": [0.6, 0.9]}})
+    enrich(run, positive=None)  # the class names in the operating points tables too
+
+    def change(metrics):
+        metrics["head"]["operating_points"]["rule"] = "<i>rule</i>"
+        metrics["head"]["operating_points"]["classes"]["a&b"].update(threshold=None, note="<b>no</b> positives")
+
+    rewrite_metrics(run, change)
     result = write_report([run], tmp_path / "out")
     page = Path(result["html"]).read_text()
+    assert "(&lt;i&gt;rule&lt;/i&gt;)" in page and "&lt;b&gt;no&lt;/b&gt; positives" in page
+    assert page.count("<td>&lt;b&gt;</td>") == 2 + 2 + 1  # the head's two rows, two baselines, per class
     assert "&lt;b&gt;" in page and "<b>" not in page
     assert "a&amp;b" in page
     assert "&lt;script&gt;" in page and "<script" not in page
@@ -636,3 +714,178 @@ def test_runs_without_external_results_are_unchanged(shifted, tmp_path):
     both = Path(write_report([shifted, plain], tmp_path / "both")["markdown"]).read_text()
     own = both.split("## Run plain\n", 1)[1]
     assert own == md.split("## Run plain\n", 1)[1]  # its section is the same with another run's externals beside it
+
+
+# --------------------------------------------------------------------------- operating points, calibration, seeds
+
+EXTERNAL_AT = point(0.5, 0.7, 0.625, 0.583, 0.556, (30, 18, 42, 30))
+
+
+def _shifted_points(run: Path) -> Path:
+    """``run`` scored on hosp_b, where its validation threshold loses sensitivity (0.900 → 0.500)."""
+    head = _external(0.488, (0.41, 0.57))
+    head["operating_points"] = operating_points(["pneumonia"], at=EXTERNAL_AT)
+    head["calibration"] = calibration(0.31, 0.22)
+    add_external(run, "hosp_b", head=head, baselines={"logreg": _external(0.72, (0.63, 0.8))},
+                 figures=("confusion", "roc", "calibration"))
+    return run
+
+
+def test_operating_points_on_test_and_external_data(tmp_path):
+    run = _shifted_points(enrich(make_run(tmp_path, "r")))
+    result = write_report([run], tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    section = _block(md, "### Operating points")
+    assert ("Thresholds chosen on the validation split by the rule youden, never on the test split, then applied "
+            "unchanged to the test images. Positive class: pneumonia.") in section
+    head, baselines = _tables_md(section)
+    assert head[0] == "| Class | Decision | Sensitivity | Specificity | PPV | NPV | F1 | TP · FP · TN · FN |"
+    assert head[2:] == [
+        "| pneumonia | argmax | 0.700 [0.600, 0.800] | 0.900 [0.800, 1.000] | 0.875 [0.775, 0.975] "
+        "| 0.750 [0.650, 0.850] | 0.778 [0.678, 0.878] | 7 · 1 · 9 · 3 |",
+        "| pneumonia | P ≥ 0.312 (youden) | 0.900 [0.800, 1.000] | 0.600 [0.500, 0.700] | 0.692 [0.592, 0.792] "
+        "| 0.857 [0.757, 0.957] | 0.783 [0.683, 0.883] | 9 · 4 · 6 · 1 |",
+    ]
+    assert baselines[2:] == [
+        "| logreg | pneumonia | 0.500 | 0.700 → 0.700 | 0.900 → 0.900 | 0.875 → 0.875 | 0.750 → 0.750 "
+        "| 0.778 → 0.778 |",
+        "| pixels (sentinel) | pneumonia | 0.500 | 0.700 → 0.700 | 0.900 → 0.900 | 0.875 → 0.875 | 0.750 → 0.750 "
+        "| 0.778 → 0.778 |",
+    ]
+    # on the external data, the same threshold: the head's rows, and no baseline that lacks operating points
+    external = _block(md, "##### Operating points on hosp_b")
+    assert "The run's thresholds, chosen on its own validation split, applied unchanged to hosp_b" in external
+    (table,) = _tables_md(external)
+    assert table[3] == ("| pneumonia | P ≥ 0.312 (youden) | 0.500 [0.400, 0.600] | 0.700 [0.600, 0.800] "
+                        "| 0.625 [0.525, 0.725] | 0.583 [0.483, 0.683] | 0.556 [0.456, 0.656] | 30 · 18 · 42 · 30 |")
+    run_part = md.split("## Run r", 1)[1]
+    assert (run_part.index("### Test results") < run_part.index("### Operating points")
+            < run_part.index("### Internal vs external") < run_part.index("##### Operating points on hosp_b"))
+    # HTML: the baselines folded under their summary, the head's table open
+    page = Path(result["html"]).read_text()
+    folded = re.search(r"<details><summary>Baselines, each at its own validation threshold[^<]*</summary>(.*?)"
+                       r"</details>", page, re.S)
+    assert folded and "<td>logreg</td>" in folded.group(1) and "P ≥ 0.312" not in folded.group(1)
+    assert page.count("<details>") == 1
+
+
+def test_operating_point_without_threshold_and_one_vs_rest(tmp_path):
+    classes = ("covid", "normal", "pneumonia")
+    run = make_run(tmp_path, "r", classes=classes, baselines=())
+
+    def change(metrics):
+        points = operating_points(classes, threshold=0.41, rule="sens=0.95")
+        points["classes"]["covid"].update(threshold=None, at_threshold=None,
+                                          note="no images of 'covid' to choose the 'sens=0.95' threshold on")
+        metrics["head"]["operating_points"] = points
+        metrics.update(positive=None, threshold_rule="sens=0.95")
+
+    rewrite_metrics(run, change)
+    md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
+    section = _block(md, "### Operating points")
+    assert "by the rule sens=0.95" in section and "Each class against the rest." in section
+    (table,) = _tables_md(section)  # no baseline table when no baseline has operating points
+    assert [row.split(" | ")[:2] for row in table[2:]] == [
+        ["| covid", "argmax"], ["| covid", "no threshold (no images of 'covid' to choose the 'sens=0.95' threshold on)"],
+        ["| normal", "argmax"], ["| normal", "P ≥ 0.410 (sens=0.95)"],
+        ["| pneumonia", "argmax"], ["| pneumonia", "P ≥ 0.410 (sens=0.95)"]]
+    assert table[3].endswith("| — | — | — | — | — | — |")
+    assert "Baselines, each at its own validation threshold" not in md
+
+
+def test_calibration_table_and_figures(tmp_path):
+    run = _shifted_points(enrich(make_run(tmp_path, "r")))
+    out = tmp_path / "out"
+    result = write_report([run], out)
+    md = Path(result["markdown"]).read_text()
+    section = _block(md, "### Calibration")
+    assert _tables_md(section)[0] == [
+        "| Model | Brier | ECE | hosp_b Brier | hosp_b ECE |", "|---|---:|---:|---:|---:|",
+        "| head | 0.142 | 0.061 | 0.310 | 0.220 |",
+        "| logreg | 0.200 | 0.100 | — | — |",  # the external logreg has no calibration recorded
+        "| pixels (sentinel) | 0.200 | 0.100 | — | — |",
+    ]
+    assert "over 10 equal-width confidence bins" in section
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert "figures/r-calibration.png" in links and "figures/r-external-hosp_b-calibration.png" in links
+    assert (out / "figures" / "r-calibration.png").read_bytes() == (run / "calibration.png").read_bytes()
+    assert "*reliability diagram (one curve per model, external: hosp_b)*" in md
+    assert 'alt="reliability diagram (test, one curve per model)"' in Path(result["html"]).read_text()
+
+
+def test_tampered_calibration_figure_is_one_line_run_error(tmp_path):
+    run = enrich(make_run(tmp_path, "r"))
+    with open(run / "calibration.png", "ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(RunError, match="calibration.png: sha256 differs"):
+        write_report([run], tmp_path / "out")
+
+
+def test_seed_spread_in_comparison_and_run_section(tmp_path):
+    wide = enrich(make_run(tmp_path, "wide"), accuracy_seeds=[0.56, 0.66, 0.72, 0.8])  # 0.240 > the interval's 0.200
+    narrow = enrich(make_run(tmp_path, "narrow"), accuracy_seeds=[0.78, 0.8, 0.8, 0.82])
+    single = make_run(tmp_path, "single")
+    md = Path(write_report([wide, narrow, single], tmp_path / "out")["markdown"]).read_text()
+    compare = _tables_md(_block(md, "## Comparison"))[0]
+    header = [c.strip() for c in compare[0].strip("|").split(" | ")]
+    assert header.index("Accuracy [95% CI]") + 1 == header.index("Accuracy over seeds (mean ± SD)")
+    column = header.index("Accuracy over seeds (mean ± SD)")
+    cells = [[c.strip() for c in row.strip("|").split(" | ")][column] for row in compare[2:]]
+    assert cells == ["0.685 ± 0.101 [0.560–0.800] (4 seeds)", "0.800 ± 0.016 [0.780–0.820] (4 seeds)", "—"]
+    sentence = ("head accuracy over 4 seeds ranged from 0.560 to 0.800, a spread of 0.240 that the 95% bootstrap "
+                "interval of one run [0.700, 0.900] (width 0.200) does not show")
+    assert f"- [wide](#run-wide): {sentence}" in _block(md, "## Comparison")
+    assert md.count("does not show") == 2  # the comparison and wide's own section; narrow fits inside its interval
+    own = _block(md, "### Seed variance (head)")
+    assert _tables_md(own)[0][2:] == ["| Accuracy | 0.685 | 0.101 | 0.560 | 0.800 | 4 |",
+                                      "| Balanced accuracy | 0.675 | 0.101 | 0.550 | 0.790 | 4 |",
+                                      "| ROC-AUC | 0.900 | 0.000 | 0.900 | 0.900 | 4 |"]
+    assert "seeds 0, 1, 2, 3" in own and "H" + sentence[1:] in own
+    assert "Seed variance" not in _block(md, "## Run single")
+    alone = Path(write_report([single], tmp_path / "alone")["markdown"]).read_text()
+    assert "over seeds" not in alone  # no column when no run has repeats
+
+
+def test_gradcam_section_names_the_cut_layer(tmp_path):
+    run = make_run(tmp_path, "r", layer="block4_pool")
+    add_figure(run, "gradcam", (60, 60))
+    result = write_report([run, make_run(tmp_path, "plain")], tmp_path / "out")
+    md = Path(result["markdown"]).read_text()
+    section = _block(md, "### Grad-CAM (head, test)")
+    caption = ("Grad-CAM of the head on test images: per class, right and wrong predictions; map resolution is the "
+               "cut layer's (block4_pool)")
+    assert re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", section) == [(caption, "figures/r-gradcam.png")]
+    assert "Grad-CAM" not in md.split("## Run plain", 1)[1]
+    # the full page width although square: a grid of small images to be read
+    assert re.search(r'<figure class="wide"><img src="data:image/png;base64,[^"]+" alt="'
+                     + re.escape(caption.replace("'", "&#x27;")) + '"', Path(result["html"]).read_text())
+    run_part = _block(md, "## Run r")
+    assert run_part.index("### Figures") < run_part.index("### Grad-CAM") < run_part.index("### Warnings")
+
+
+def test_runs_before_issue_13_have_none_of_its_sections(tmp_path):
+    md = Path(write_report([make_run(tmp_path, "old")], tmp_path / "out")["markdown"]).read_text()
+    for absent in ("Operating points", "Calibration", "Seed variance", "Grad-CAM", "over seeds", "reliability"):
+        assert absent not in md, absent
+
+
+def test_head_options_in_configuration(tmp_path):
+    run = make_run(tmp_path, "r")
+    record = runs.read_record(run)
+    record.head.update(class_weight="balanced", restore_best="val_loss", repeats=4, threshold="sens=0.95",
+                       positive="pneumonia")
+    record.training.update(restore_best="val_loss", best_epoch=2)
+    runs.write_record(record, run)
+    md = Path(write_report([run], tmp_path / "out")["markdown"]).read_text()
+    assert ("l2 0.001 · class weight balanced · restore best val_loss · repeats 4 · threshold sens=0.95 · "
+            "positive class pneumonia |") in md
+    assert "best validation accuracy 0.700 at epoch 3; weights kept from epoch 2 (best val_loss);" in md
+
+
+def test_imbalance_warnings_grouped_and_attributed(tmp_path):
+    imbalance = RunWarning("imbalance", BY_KIND["imbalance"])
+    a = make_run(tmp_path, "a", warnings=[imbalance, TINY])
+    b = make_run(tmp_path, "b", warnings=[imbalance])
+    section = _warnings_section(Path(write_report([a, b], tmp_path / "out")["markdown"]).read_text())
+    assert _labels(section) == ["Small test set", "Class imbalance"]
+    assert f"- **Class imbalance:** {imbalance.message} — runs: [a](#run-a), [b](#run-b)" in section

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 #: Public name → module that defines it.
 _EXPORTS = {
     "discover": "api", "extract": "api", "features": "api", "fit_head": "api", "embed": "api",
-    "predict": "api", "evaluate": "api",
+    "predict": "api", "evaluate": "api", "explain": "api",
     "load_run": "trained", "Run": "trained",
     "RunRecord": "runs", "RunWarning": "runs",
     "FeatureStore": "store", "list_stores": "store",

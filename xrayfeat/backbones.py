@@ -72,7 +72,7 @@ REGISTRY: dict[str, BackboneSpec] = {
         min_input_size=32,
         preprocess="caffe",
         final_layer="block5_pool",
-        cut_points=("block4_pool",),
+        cut_points=("block4_pool", "block5_conv3"),  # block5_conv3: a 14×14 map at 224 px, finer Grad-CAM
         weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
         weights_md5="6d6bbae143d832006294945121d1f1fc",
         weights_url=f"{_KERAS_WEIGHTS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -551,6 +551,11 @@ def build_tail(spec: BackboneSpec, weights: WeightsInfo, *, image_size: int | No
     tail.trainable = True
     for layer in tail.layers:  # the backbone was frozen layer by layer; unfreeze the tail's layers
         layer.trainable = True
+    if not tail.trainable_weights:
+        raise XrayfeatError(
+            f"--train-tail from {spec.name}:{cut} has nothing to train (the layers after it have no weights); "
+            f"extract with --layer {spec.layer_choices()[0]}"
+        )
     return tail
 
 

@@ -61,6 +61,20 @@ Cost (one core's CPU time; 4 classes, 2048 features, hard synthetic data)
     all 10,000 the rest. Searching on all 10,000 would take about 45 fits x 5 s
     = 4 CPU-minutes more, and Platt scaling inside every candidate about 25.
 
+Class weights
+    ``class_weight="balanced"`` weights every class as if the classes were
+    equally frequent in the training data (scikit-learn's ``n / (K * count_k)``
+    for class k): it is passed as ``class_weight="balanced"`` to each
+    :class:`LogisticRegression` (``logreg``, ``pixels``) and to the SVCs the
+    search tries. The chosen SVM gets the same weights per sample instead,
+    because its Platt sigmoid must be fitted on weighted data too: fitted
+    unweighted, it learns the training data's class frequencies back and undoes
+    the weighting (on the 4:1 data of tests/test_imbalance.py it gave exactly
+    the unweighted SVM's predictions). Per-sample weights reach the SVC inside
+    as well, which scales each sample's C as the class weights would, so the
+    weights apply once. The default, ``"none"``, is the seed's. The scores the
+    search selects by stay unweighted.
+
 Cross-validation
     :func:`cv_splitter` gives stratified folds, grouped by patient when patient
     ids are known (images of one patient in both the fitting and the validation
@@ -98,10 +112,11 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, PredefinedSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_sample_weight
 
 from .errors import XrayfeatError
 from .fileio import atomic_path, file_digest
-from .options import BASELINES, parse_list
+from .options import BASELINES, CLASS_WEIGHTS, parse_list
 
 __all__ = [
     "BASELINES",
@@ -160,6 +175,15 @@ def _check_name(name: Any, where: str) -> str:
     return name
 
 
+def _check_class_weight(class_weight: Any, where: str) -> str:
+    if class_weight not in CLASS_WEIGHTS:
+        raise XrayfeatError(
+            f"The 'class_weight' parameter of {where} must be one of {_choices(CLASS_WEIGHTS)}. "
+            f"Got {class_weight!r} instead."
+        )
+    return class_weight
+
+
 def _positive_int(value: Any, param: str, where: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise XrayfeatError(
@@ -184,6 +208,7 @@ def make_search(
     n_jobs: int | None = None,
     classes: Any = None,
     memory: Any = None,
+    class_weight: str = "none",
 ) -> GridSearchCV:
     """Build the (unfitted) hyper-parameter search for one baseline.
 
@@ -192,6 +217,8 @@ def make_search(
     (see :func:`cv_splitter`). ``classes``, when given, are passed to the
     log-loss scorer so that a validation fold missing a class still scores.
     ``memory`` caches the scaler/PCA per fold (see :class:`Pipeline`).
+    ``class_weight="balanced"`` gives the classifier scikit-learn's balanced
+    class weights (see the module docstring).
 
     The search scores every candidate by accuracy and, for ``logreg`` and
     ``pixels``, log-loss; ``refit`` names the selection metric (``neg_log_loss``
@@ -201,6 +228,7 @@ def make_search(
     """
     where = "make_search"
     _check_name(name, where)
+    weights = None if _check_class_weight(class_weight, where) == "none" else "balanced"
     n_features = _positive_int(n_features, "n_features", where)
     n_samples = _positive_int(n_samples, "n_samples", where)
 
@@ -215,7 +243,7 @@ def make_search(
         refit = "neg_log_loss"
 
     def logistic() -> LogisticRegression:
-        return LogisticRegression(max_iter=_LOGREG_MAX_ITER, random_state=seed)
+        return LogisticRegression(max_iter=_LOGREG_MAX_ITER, random_state=seed, class_weight=weights)
 
     grid: dict[str, list[Any]]
     if name == "logreg":
@@ -234,7 +262,7 @@ def make_search(
         scale = 1.0 / n_features
         gammas = [_SVM_GAMMA_FACTORS[0] * scale, "scale", _SVM_GAMMA_FACTORS[1] * scale]
         grid = {"clf__C": list(_SVM_CS), "clf__gamma": gammas}
-        clf = SVC(kernel="rbf", cache_size=_SVM_CACHE_MB, random_state=seed)
+        clf = SVC(kernel="rbf", cache_size=_SVM_CACHE_MB, random_state=seed, class_weight=weights)
     else:  # pixels
         k = _pca_components(_PIXELS_PCA, n_features, n_samples)
         pca = PCA(n_components=k, random_state=seed)
@@ -303,7 +331,8 @@ class FittedBaseline:
     all training data with ``best_params_``; for ``svm`` the ``clf`` step is a
     :class:`CalibratedClassifierCV` around the chosen SVC. ``cv_score_`` is the
     mean cross-validated accuracy of that choice, ``cv_std_`` its standard
-    deviation over folds, ``selection_metric_`` what picked it.
+    deviation over folds, ``selection_metric_`` what picked it. ``class_weight``:
+    ``"none"`` or ``"balanced"``, as asked (see the module docstring).
     """
 
     name: str
@@ -317,6 +346,7 @@ class FittedBaseline:
     n_candidates_: int = 0
     n_search_samples_: int = 0
     cv_log_loss_: float | None = None
+    class_weight: str = "none"
 
     @property
     def classes_(self) -> np.ndarray:
@@ -344,6 +374,7 @@ class FittedBaseline:
             "n_candidates": self.n_candidates_,
             "n_search_samples": self.n_search_samples_,
             "best_params": {k: _jsonable(v) for k, v in self.best_params_.items()},
+            "class_weight": self.class_weight,
             "fit_seconds": self.fit_seconds_,
         }
 
@@ -438,13 +469,15 @@ def fit_baseline(
     groups: Any = None,
     seed: int = 0,
     n_jobs: int | None = None,
+    class_weight: str = "none",
 ) -> FittedBaseline:
     """Choose hyper-parameters by cross-validation on the training data, then refit on all of it.
 
     ``X_train`` is pooled features ``(n, C)`` for ``logreg``/``svm`` and pixels
     ``(n, 32, 32)`` or ``(n, 1024)`` for ``pixels``. ``groups`` are patient ids
     (folds never split a patient). ``n_jobs`` runs candidates in parallel through
-    joblib. The result depends only on the data and ``seed``.
+    joblib. The result depends only on the data and ``seed``. ``class_weight``:
+    ``"none"`` or ``"balanced"`` (see the module docstring).
 
     For ``svm`` on more than :data:`_SVM_SEARCH_MAX` images the search runs on a
     stratified subsample (see :func:`_search_rows`); ``n_search_samples_`` says
@@ -453,6 +486,7 @@ def fit_baseline(
     start = time.perf_counter()
     where = "fit_baseline"
     _check_name(name, where)
+    _check_class_weight(class_weight, where)
     X = _as_matrix(X_train, name, "X_train")
     y = np.asarray(y_train)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
@@ -479,6 +513,7 @@ def fit_baseline(
             n_jobs=n_jobs,
             classes=np.unique(y),
             memory=joblib.Memory(cache_dir, verbose=0),
+            class_weight=class_weight,
         )
         metric = search.refit
         # The refit is done below, without the cache (and with calibration for svm).
@@ -499,11 +534,8 @@ def fit_baseline(
 
     # Clone the values: the grid's PCA object must stay unfitted in best_params_.
     estimator = base.set_params(memory=None, **clone(best_params, safe=False))
-    if name == "svm":
-        estimator.set_params(
-            clf=CalibratedClassifierCV(estimator.named_steps["clf"], method="sigmoid", cv=cv, ensemble=False, n_jobs=n_jobs)
-        )
-    estimator.fit(X, y)
+    fit_params = _calibrate_svm(estimator, y, cv, n_jobs, class_weight) if name == "svm" else {}
+    estimator.fit(X, y, **fit_params)
 
     fitted = FittedBaseline(
         name=name,
@@ -517,6 +549,7 @@ def fit_baseline(
         n_candidates_=n_candidates,
         n_search_samples_=int(rows.size),
         cv_log_loss_=None if name == "svm" else float(-results["mean_test_neg_log_loss"][best]),
+        class_weight=class_weight,
     )
     logger.info(
         "baseline %s: chose %s, cv accuracy %.3f +/- %.3f, %.1f s (search %.1f s, refit %.1f s)",
@@ -524,6 +557,22 @@ def fit_baseline(
         fitted.fit_seconds_, search_seconds, fitted.fit_seconds_ - search_seconds,
     )
     return fitted
+
+
+def _calibrate_svm(estimator: Pipeline, y: np.ndarray, cv: Any, n_jobs: int | None, class_weight: str) -> dict:
+    """Wrap the chosen SVC in its calibration; the fit parameters that carry balanced weights, if asked.
+
+    With ``class_weight="balanced"`` the SVC's class weights become per-sample
+    weights of the whole calibrated step (the SVC and the Platt sigmoid both
+    see them; see the module docstring).
+    """
+    svc = estimator.named_steps["clf"]
+    fit_params = {}
+    if class_weight == "balanced":
+        svc.set_params(class_weight=None)
+        fit_params = {"clf__sample_weight": compute_sample_weight("balanced", y)}
+    estimator.set_params(clf=CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False, n_jobs=n_jobs))
+    return fit_params
 
 
 def fit_baselines(
@@ -535,17 +584,20 @@ def fit_baselines(
     groups: Any = None,
     seed: int = 0,
     n_jobs: int | None = None,
+    class_weight: str = "none",
 ) -> dict[str, FittedBaseline]:
     """Fit each named baseline on its input; ``names`` may also be the CLI text (see :func:`parse_baselines`).
 
     ``logreg`` and ``svm`` read ``pooled_train`` ``(n, C)``; ``pixels`` reads
     ``pixels_train`` ``(n, 32, 32)`` uint8 (flattened here). Every requested
     baseline's input is checked before anything is fitted, so a missing array
-    fails at once, not after minutes of fitting.
+    fails at once, not after minutes of fitting. ``class_weight="balanced"``
+    weights the classes of every baseline (see the module docstring).
     """
     names = parse_baselines(names) if isinstance(names, str) else tuple(names)
     for name in names:
         _check_name(name, "fit_baselines")
+    _check_class_weight(class_weight, "fit_baselines")
     arrays: Mapping[str, Any] = {"pooled_train": pooled_train, "pixels_train": pixels_train}
     inputs = {}
     for name in names:
@@ -555,7 +607,8 @@ def fit_baselines(
             raise XrayfeatError(f"The '{name}' baseline needs {param} ({what}); got None.")
         inputs[name] = _as_matrix(arrays[param], name, param)
     return {
-        name: fit_baseline(name, inputs[name], y_train, groups=groups, seed=seed, n_jobs=n_jobs)
+        name: fit_baseline(name, inputs[name], y_train, groups=groups, seed=seed, n_jobs=n_jobs,
+                           class_weight=class_weight)
         for name in dict.fromkeys(names)
     }
 

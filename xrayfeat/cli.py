@@ -119,6 +119,8 @@ def inspect(data, classes, as_json):
             out.print(f"  unreadable: {u['path']}: {u['reason']}")
 
     emit(summary, as_json, human)
+    if summary["imbalance"]:
+        log.warning("%s", summary["imbalance"])
 
 
 # --------------------------------------------------------------------------- describe, weights
@@ -302,7 +304,7 @@ def extract(data, batch_size, workers, on_error, as_json, **kw):
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)
     run.validate()
-    results = run_extract(dataset_of(data, kw["classes"], kw["cache_dir"]), features, run)
+    results = run_extract(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, run)
     payload = results[0].as_json() if len(results) == 1 else {"stores": [r.as_json() for r in results]}
 
     def human(err):
@@ -320,7 +322,8 @@ def extract(data, batch_size, workers, on_error, as_json, **kw):
 # --------------------------------------------------------------------------- fit-head
 
 _HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "lr", "units", "dropout", "l2",
-                "train_tail", "val_fraction", "n_boot", "backend")
+                "train_tail", "val_fraction", "n_boot", "backend", "class_weight", "restore_best", "repeats",
+                "threshold", "positive")
 
 
 @main.command("fit-head")
@@ -356,7 +359,7 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
     head.validate()
     run = RunOptions(device=kw["device"], batch_size=extract_batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True)
-    result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"]), features, head, run, out=out)
+    result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
 
     def human(err):
         from rich.table import Table
@@ -371,12 +374,54 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
                           f"{m['loss']:.3f}")
         out = console(err)
         out.print(table)
+        if result.operating:
+            out.print(_operating_table(result.operating, result.test["n"]))
+        if result.repeats:
+            out.print(_repeats_line(result.repeats))
         t = result.timings
         out.print(f"extraction {t['extraction_seconds']:.1f} s ({t['extracted_images']} images computed), head "
                       f"{t['head_seconds']:.1f} s ({t['seconds_per_epoch']:.3f} s/epoch), baselines "
                       f"{t['baselines_seconds']:.1f} s, total {t['total_seconds']:.1f} s")
 
     emit(result.as_json(), as_json, human)
+
+
+def _operating_table(operating: dict, n: int):
+    """The head's operating points: per class, at argmax and at the threshold chosen on validation."""
+    from rich.table import Table
+
+    table = Table(title=f"head operating points on test ({n} images; threshold: {operating['rule']}, "
+                        f"chosen on {operating['chosen_on']})")
+    for col in ("class", "at", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"):
+        table.add_column(col, justify="left" if col in ("class", "at") else "right")
+
+    def cell(point, key):
+        value = point.get(key)
+        ci = (point.get("ci") or {}).get(key)
+        text = "-" if value is None else f"{value:.3f}"
+        return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    for name, entry in operating["classes"].items():
+        rows = [("argmax", "-", entry["argmax"])]
+        t = entry["threshold"]
+        if entry.get("at_threshold"):
+            rows.append(("threshold", f"{t:.3f}", entry["at_threshold"]))
+        else:
+            rows.append(("threshold", "-", {"sensitivity": None}))
+        for k, (at, shown, point) in enumerate(rows):
+            table.add_row(name if k == 0 else "", at, shown,
+                          *[cell(point, key) for key in ("sensitivity", "specificity", "ppv", "npv", "f1")])
+        if entry.get("note"):
+            table.add_row("", "", "", entry["note"])
+    return table
+
+
+def _repeats_line(repeats: dict) -> str:
+    """The head's accuracy across seeds, beside the single run's bootstrap interval."""
+    acc = repeats["head"]["accuracy"]
+    seeds = repeats["seeds"]
+    return (f"head accuracy over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}): mean {acc['mean']:.3f}, "
+            f"SD {acc['sd']:.3f}, range {acc['min']:.3f}–{acc['max']:.3f}")
 
 
 # --------------------------------------------------------------------------- predict, evaluate
@@ -426,6 +471,52 @@ def predict(run, inputs, out, cache_dir, device, batch_size, workers, as_json):
                    f"cache), models: {', '.join(result.models)}", err=err)
         for model, counts in result.counts.items():
             click.echo(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()), err=err)
+
+    emit(result.as_json(), as_json, human)
+
+
+@main.command()
+@click.argument("run")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for <image>.png (overlay), <image>.npz (raw map) and explain.csv.")
+@click.option("--class", "target_class", default=None, metavar="CLASS",
+              help="Explain this class of the run for every image (default: each image's predicted class).")
+@_run_options
+@json_option
+@handle_errors
+def explain(run, inputs, out, target_class, cache_dir, device, batch_size, workers, as_json):
+    """Grad-CAM of a trained run's head on X-rays: where it looks for its predicted class.
+
+    INPUTS are image files, folders or CSV files with a path column, as for
+    predict. The map is computed from the image's cached spatial features and the
+    head alone (images not in the cache are extracted first). Each image gets
+    OUT/<name>.png (the map on the X-ray, predicted class and probability in the
+    title) and OUT/<name>.npz (the raw map); OUT/explain.csv lists them.
+
+    The map's resolution is the run's cut layer's: 7×7 for VGG16 block5_pool at
+    224 px. An earlier cut, chosen at extract/fit-head time (e.g. --layer
+    vgg16:block5_conv3), gives 14×14. Runs trained with --train-tail are refused.
+
+    \b
+    Example:
+      xrayfeat explain runs/4class-vgg16-20261126-101500 new_xrays/ --out explained/
+    """
+    from .explain import explain as run_explain
+    from .trained import load_run
+
+    result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,
+                         device=device, batch_size=batch_size, workers=workers, progress=True)
+
+    def human(err):
+        h, w = result.map_size
+        click.echo(f"{result.out}: {result.images} overlays ({result.extracted} computed, {result.reused} from the "
+                   f"cache); Grad-CAM at {result.layer}, {h}×{w} map; table {result.csv}", err=err)
+        for row in result.rows[:10]:
+            shown = "" if row["explained"] == row["predicted"] else f", map of {row['explained']}"
+            click.echo(f"  {Path(row['png']).name}: {row['predicted']} {row['probability']:.3f}{shown}", err=err)
+        if len(result.rows) > 10:
+            click.echo(f"  ... {len(result.rows) - 10} more in {result.csv}", err=err)
 
     emit(result.as_json(), as_json, human)
 
@@ -704,9 +795,8 @@ def cache_verify(cache_dir, as_json):
             click.echo(f"no feature stores in {cache_dir}", err=err)
 
     emit({"ok": not problems, "stores": report}, as_json, human)
-    if problems:
-        raise StoreError(f"{len(problems)} problem(s) found; first: {problems[0]} (rerun the extraction that wrote "
-                         f"it, or delete the store)")
+    if problems:  # each problem names the file, what is wrong and the repair
+        raise StoreError(f"{len(problems)} problem(s) found; first: {problems[0]}")
 
 
 @cache.command("gc")
@@ -714,7 +804,10 @@ def cache_verify(cache_dir, as_json):
 @json_option
 @handle_errors
 def cache_gc(cache_dir, as_json):
-    """Remove orphaned temporary files (from killed runs) and compact small shards.
+    """Repair damaged shards and indexes, remove temporary files left by killed runs, compact small shards.
+
+    A damaged shard is replaced by its sound rows; re-running extract then
+    recomputes exactly the rows that were lost. Waits for a running extraction.
 
     \b
     Example:
@@ -722,11 +815,19 @@ def cache_gc(cache_dir, as_json):
     """
     from .store import list_stores
 
-    results = [s.gc() for s in list_stores(cache_dir)]
+    def waiting(store):
+        click.echo(f"{store.path} is being written by another process; waiting for it", err=True)
+
+    results = [s.gc(on_wait=lambda s=s: waiting(s)) for s in list_stores(cache_dir)]
 
     def human(err):
         for r in results:
-            click.echo(f"{r['store']}: removed {len(r['removed_temp_files'])} temporary files, merged "
+            repaired = ""
+            if r["damaged_shards"]:
+                repaired = (f"replaced {len(r['damaged_shards'])} damaged shards by their {r['kept_rows']} sound rows "
+                            f"({r['lost_rows']} rows lost: re-run extract to recompute them), ")
+            click.echo(f"{r['store']}: removed {len(r['removed_temp_files'])} temporary files, {repaired}"
+                       f"{'rebuilt the damaged index, ' if r['rebuilt_index'] else ''}merged "
                        f"{r['merged_shards']} shards, dropped {r['dropped_duplicates']} duplicate rows", err=err)
 
     emit({"stores": results}, as_json, human)

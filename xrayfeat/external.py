@@ -105,8 +105,10 @@ def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, 
                    workers=workers, progress=progress)
     index = {c: k for k, c in enumerate(run.classes)}
     y = np.array([index[item.label] for item in dataset.items])
+    thresholds, rule = run_thresholds(run.metrics)
     results = evaluate_models(scored.probabilities, y, run.classes, dataset.items,
-                              n_boot=run.record.head.get("n_boot", 1000), seed=run.record.head.get("seed", 0))
+                              n_boot=run.record.head.get("n_boot", 1000), seed=run.record.head.get("seed", 0),
+                              thresholds=thresholds, rule=rule)
     results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)
     folder = _write(run, name, dataset, y, scored, results, excluded, found)
@@ -117,6 +119,22 @@ def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, 
         internal={"head": headline(internal["head"]), **{m: headline(r) for m, r in internal["baselines"].items()}},
         warnings=found,
     )
+
+
+def run_thresholds(run_metrics: dict) -> tuple[dict, str | None]:
+    """The thresholds each model's operating points use, as fit-head chose them on validation, and their rule.
+
+    External data never moves a threshold: applying the run's own is what shows
+    whether an operating point carries to another hospital. Runs written before
+    operating points existed give ``({}, None)``.
+    """
+    models = {"head": run_metrics["head"], **run_metrics.get("baselines", {})}
+    thresholds = {
+        name: {cls: {"threshold": entry["threshold"], "note": entry.get("note")}
+               for cls, entry in m["operating_points"]["classes"].items()}
+        for name, m in models.items() if m.get("operating_points")
+    }
+    return thresholds, run_metrics.get("threshold_rule") if thresholds else None
 
 
 def _with_present_auc(result: dict) -> dict:
@@ -151,9 +169,10 @@ def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded:
     title = f"{run.task} · {run.backbone} · external: {name}"
     plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)
     plots.plot_roc(y, scored.probabilities["head"], run.classes, folder / "roc.png", title=title)
+    plots.plot_calibration({m: r["calibration"] for m, r in results.items()}, folder / "calibration.png", title=title)
     record = run.record
     for part, file in (("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("confusion", "confusion.png"),
-                       ("roc", "roc.png")):
+                       ("roc", "roc.png"), ("calibration", "calibration.png")):
         key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
         record.artifacts[key] = artifact
     record.external[name] = {

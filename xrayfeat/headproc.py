@@ -13,8 +13,15 @@ was used and why.
 How: the features go to a temporary folder as ``.npy`` files, ``python -m
 xrayfeat.headproc DIR`` runs :func:`xrayfeat.heads.train_head` there with
 ``KERAS_BACKEND`` set, saves ``head.keras`` where the caller asked, and writes
-the test-set probabilities and what training recorded back into the folder.
-A ``.keras`` file is backend-neutral, so the head loads anywhere afterwards.
+the validation and test probabilities and what training recorded back into the
+folder. A ``.keras`` file is backend-neutral, so the head loads anywhere
+afterwards.
+
+Repeats: ``repeat_seeds`` trains the head again once per seed on the same data
+and settings (the spread over seeds says how much of a result is the seed's
+luck). They run where the head runs, one after the other in the same process
+(one child for all of them: each child pays the Keras import), and only their
+probabilities and best epochs come back; only the first head is saved.
 
 The child also gets glibc malloc settings that keep freed memory for reuse
 (:data:`MALLOC_TUNABLES`): every training step allocates ~52 MB gradient and
@@ -34,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +102,14 @@ def resolve_head_backend(requested: str = "auto", *, device: str = "cpu", train_
 
 @dataclass
 class HeadOutcome:
-    """What training the head produced: the :class:`~xrayfeat.heads.TrainedHead` record, test probabilities, and where it ran."""
+    """What training the head produced: the :class:`~xrayfeat.heads.TrainedHead` record, probabilities, where it ran.
+
+    ``proba_val``: the head's probabilities on ``x_val`` (None without it), for
+    choosing thresholds on validation data. ``repeats``: one dict per repeat
+    seed, in order, ``{"seed": int, "proba_val": array | None, "proba_test":
+    array, "best_epoch": int | None}`` (``best_epoch`` as in the head's
+    ``settings``).
+    """
 
     history: dict
     epoch_seconds: list
@@ -104,14 +118,19 @@ class HeadOutcome:
     params: dict
     settings: dict
     proba_test: np.ndarray
+    proba_val: np.ndarray | None = None
+    repeats: list = field(default_factory=list)
     process: str = "in-process"
     process_seconds: float = float("nan")
 
 
+#: The fields of :class:`HeadOutcome` that a :class:`~xrayfeat.heads.TrainedHead` records, all JSON-ready.
+_RECORD_FIELDS = ("history", "epoch_seconds", "seconds", "step_seconds", "params", "settings")
+
+
 def _record(trained) -> dict:
-    """What a :class:`~xrayfeat.heads.TrainedHead` recorded, as JSON-ready fields of :class:`HeadOutcome`."""
-    return {"history": trained.history, "epoch_seconds": trained.epoch_seconds, "seconds": trained.seconds,
-            "step_seconds": trained.step_seconds, "params": trained.params, "settings": trained.settings}
+    """What a :class:`~xrayfeat.heads.TrainedHead` (or a :class:`HeadOutcome`) recorded, as ``HeadOutcome`` fields."""
+    return {name: getattr(trained, name) for name in _RECORD_FIELDS}
 
 
 class HeadChild:
@@ -150,23 +169,24 @@ def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
 
 
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
-                      child: HeadChild | None = None, device: str = "cpu", **train_kwargs) -> HeadOutcome:
-    """Train the head on ``backend``, predict ``x_test``, save the model to ``head_file``.
+                      child: HeadChild | None = None, device: str = "cpu", repeat_seeds=(),
+                      **train_kwargs) -> HeadOutcome:
+    """Train the head on ``backend``, predict ``x_val`` and ``x_test``, save the model to ``head_file``.
 
     Runs here when ``backend`` is this process' backend, else in a child process
     (``child`` if one was started with :func:`start_child`; see the module
-    docstring). ``train_kwargs`` go to :func:`xrayfeat.heads.train_head` and must
-    be JSON-serialisable.
+    docstring). ``train_kwargs`` go to :func:`xrayfeat.heads.train_head` (e.g.
+    ``seed``, ``class_weight``, ``restore_best``) and must be JSON-serialisable.
+    ``repeat_seeds``: after the head, train it again with each of these seeds
+    and the same data and settings, in the same process; their probabilities
+    are in :attr:`HeadOutcome.repeats`, and only the first head is saved.
     """
     started = time.perf_counter()
+    seeds = _seeds(repeat_seeds)
     if backend == process_backend():
-        from .heads import train_head
-
-        trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train_kwargs)
-        proba = trained.predict_proba(x_test)
-        _save(trained, head_file)
-        return HeadOutcome(**_record(trained), proba_test=proba, process="in-process",
-                           process_seconds=time.perf_counter() - started)
+        outcome = _train_all(x_fit, y_fit, x_val, y_val, x_test, head_file=head_file, seeds=seeds, tail=tail,
+                             train=train_kwargs)
+        return replace(outcome, process="in-process", process_seconds=time.perf_counter() - started)
     if tail is not None:
         raise XrayfeatError("a backbone tail can only be trained on the extraction backend; use --head-backend auto")
     with tempfile.TemporaryDirectory(prefix="xrayfeat-head-") as tmp:
@@ -175,11 +195,73 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         for name, value in arrays.items():
             if value is not None:
                 np.save(folder / f"{name}.npy", np.asarray(value))
-        (folder / "job.json").write_text(json.dumps({"head_file": str(Path(head_file).resolve()), "train": train_kwargs}))
+        job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds}
+        (folder / "job.json").write_text(json.dumps(job))
         _run_child(folder, child or HeadChild(backend, device))
-        result = json.loads((folder / "result.json").read_text())
-        proba = np.load(folder / "proba_test.npy")
-    return HeadOutcome(**result, proba_test=proba, process="child process", process_seconds=time.perf_counter() - started)
+        outcome = _read_outcome(folder)
+    return replace(outcome, process="child process", process_seconds=time.perf_counter() - started)
+
+
+def _seeds(repeat_seeds) -> list[int]:
+    """``repeat_seeds`` as a list of ints (they travel to a child as JSON)."""
+    seeds = list(repeat_seeds) if isinstance(repeat_seeds, (list, tuple, range)) else None
+    if seeds is None or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
+        raise TypeError(f"The 'repeat_seeds' parameter must be a list or tuple of ints. Got {repeat_seeds!r} instead.")
+    return [int(s) for s in seeds]
+
+
+def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, tail, train: dict) -> HeadOutcome:
+    """Train the head, predict validation and test, save it; then train and predict once more per repeat seed.
+
+    With a tail (in-process only), every repeat fine-tunes it again from the
+    weights it had before the first training, as the first head did; the tail
+    is left as the last training left it.
+    """
+    from .heads import train_head
+
+    start_tail = tail.get_weights() if tail is not None and seeds else None
+    trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train)
+    proba_val, proba_test = _predict(trained, x_val, x_test)
+    _save(trained, head_file)
+    repeats = []
+    for seed in seeds:
+        if start_tail is not None:
+            tail.set_weights(start_tail)
+        again = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **{**train, "seed": seed})
+        val, test = _predict(again, x_val, x_test)
+        repeats.append({"seed": seed, "proba_val": val, "proba_test": test, "best_epoch": again.settings["best_epoch"]})
+    return HeadOutcome(**_record(trained), proba_test=proba_test, proba_val=proba_val, repeats=repeats)
+
+
+def _predict(trained, x_val, x_test) -> tuple:
+    """(validation probabilities or None, test probabilities) of a trained head."""
+    return (None if x_val is None else trained.predict_proba(x_val)), trained.predict_proba(x_test)
+
+
+def _write_outcome(folder: Path, outcome: HeadOutcome) -> None:
+    """The child's answer: every probability array in ``proba.npz``, then the rest in ``result.json``.
+
+    ``result.json`` is written last: the parent takes its presence as the sign that the child finished.
+    """
+    arrays = {"test": outcome.proba_test, "val": outcome.proba_val}
+    for i, repeat in enumerate(outcome.repeats):
+        arrays[f"repeat{i}_test"], arrays[f"repeat{i}_val"] = repeat["proba_test"], repeat["proba_val"]
+    np.savez(folder / "proba.npz", **{name: value for name, value in arrays.items() if value is not None})
+    repeats = [{"seed": r["seed"], "best_epoch": r["best_epoch"]} for r in outcome.repeats]
+    (folder / "result.json").write_text(json.dumps({**_record(outcome), "repeats": repeats}))
+
+
+def _read_outcome(folder: Path) -> HeadOutcome:
+    """The :class:`HeadOutcome` a child wrote with :func:`_write_outcome`."""
+    result = json.loads((folder / "result.json").read_text())
+    with np.load(folder / "proba.npz") as arrays:
+        proba = {name: arrays[name] for name in arrays.files}
+    repeats = [
+        {"seed": r["seed"], "proba_val": proba.get(f"repeat{i}_val"), "proba_test": proba[f"repeat{i}_test"],
+         "best_epoch": r["best_epoch"]}
+        for i, r in enumerate(result.pop("repeats"))
+    ]
+    return HeadOutcome(**result, proba_test=proba["test"], proba_val=proba.get("val"), repeats=repeats)
 
 
 def _save(trained, head_file) -> None:
@@ -220,7 +302,7 @@ def _run_child(folder: Path, child: HeadChild) -> None:
 
 
 def _child_main(folder: Path) -> int:
-    """Entry point of the child: train, predict, save; one line on stderr and status 1 on failure."""
+    """Entry point of the child: train, predict, save, then the repeats; one line on stderr and status 1 on failure."""
     try:
         job = json.loads((folder / "job.json").read_text())
 
@@ -228,12 +310,9 @@ def _child_main(folder: Path) -> int:
             path = folder / f"{name}.npy"
             return np.load(path, mmap_mode="r") if path.exists() else None
 
-        from .heads import train_head
-
-        trained = train_head(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), **job["train"])
-        np.save(folder / "proba_test.npy", trained.predict_proba(load("x_test")))
-        _save(trained, job["head_file"])
-        (folder / "result.json").write_text(json.dumps(_record(trained)))
+        outcome = _train_all(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), load("x_test"),
+                             head_file=job["head_file"], seeds=job["repeat_seeds"], tail=None, train=job["train"])
+        _write_outcome(folder, outcome)
         return 0
     except Exception as error:  # reported to the parent as one line
         if os.environ.get("XRAYFEAT_DEBUG"):

@@ -5,7 +5,9 @@ Dropout → Dense(1, sigmoid) for two classes or Dense(K, softmax) for K.
 With ``tail`` (a model of the backbone's last block), the head first runs the
 cached cut-point activations through that block, which is trained too.
 Compiled on jax, the head trains in the loop of :mod:`xrayfeat.heads_jax` when
-the Keras internals it needs are there, else with ``model.fit``.
+the Keras internals it needs are there, else with ``model.fit``. Options beyond
+the seed's: class weights for imbalanced training data (``class_weight``) and
+keeping the epoch with the best validation score (``restore_best``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 from . import heads_jax
+from .options import CLASS_WEIGHTS, RESTORE_BEST
 
 __all__ = [
     "TrainedHead",
@@ -130,19 +133,23 @@ def _batch_stream(n: int, batch_size: int, rng):
         pending = stream[full:]
 
 
-def _batches(x, y, batch_size: int, seed: int):
-    """``(x, y)`` batches from :func:`_batch_stream`, for ``model.fit``.
+def _batches(x, y, batch_size: int, seed: int, sample_weight=None):
+    """``(x, y)`` batches from :func:`_batch_stream`, for ``model.fit``; ``(x, y, w)`` with ``sample_weight``.
 
     Rows are gathered in increasing index order (the order inside a batch does
     not matter to the loss), which also suits h5py datasets, and cast to float32
     one batch at a time, so float16 features from the store are never widened as
-    a whole.
+    a whole. ``sample_weight`` (one weight per row) does not change which rows a
+    batch holds: weighted and unweighted training see the same stream.
     """
     import numpy as np
 
     for idx in _batch_stream(len(x), batch_size, np.random.default_rng(seed)):
         idx = np.sort(idx)
-        yield np.asarray(x[idx], dtype="float32"), y[idx]
+        if sample_weight is None:
+            yield np.asarray(x[idx], dtype="float32"), y[idx]
+        else:
+            yield np.asarray(x[idx], dtype="float32"), y[idx], sample_weight[idx]
 
 
 def _features(x, name: str):
@@ -287,6 +294,43 @@ def _timing_callback(step_timing: bool = True):
     return _StepTiming() if step_timing else _Timing()
 
 
+def _restore_best_callback(monitor: str):
+    """A callback that keeps the weights of the epoch with the best ``monitor`` and puts them back when training ends.
+
+    Lower is better for ``val_loss``, higher for ``val_accuracy``. The first
+    epoch is the best so far; a later one replaces it only when strictly better,
+    so the first of equal epochs wins, and a NaN never does. Epoch ends see the
+    model's current variables in both loops (:func:`xrayfeat.heads_jax.fit`
+    writes its state back before the epoch-end hooks, as ``fit`` on jax does),
+    and both call the train-end hooks after their last write, so the weights set
+    there stay. ``best_epoch`` is 1-based.
+    """
+    import math
+
+    import keras
+
+    sign = -1.0 if monitor == "val_loss" else 1.0
+
+    class _RestoreBest(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best_epoch = None
+            self._score = -math.inf
+            self._weights = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = float(logs[monitor])
+            score = -math.inf if math.isnan(value) else sign * value
+            if self.best_epoch is None or score > self._score:
+                self.best_epoch, self._score, self._weights = epoch + 1, score, self.model.get_weights()
+
+        def on_train_end(self, logs=None):
+            if self._weights is not None:
+                self.model.set_weights(self._weights)
+
+    return _RestoreBest()
+
+
 def train_head(
     x_train,
     y_train,
@@ -309,6 +353,8 @@ def train_head(
     jit_compile="auto",
     step_timing: bool = False,
     verbose: int = 0,
+    class_weight: str = "none",
+    restore_best: str | None = None,
 ) -> TrainedHead:
     """Train the seed's head (optionally behind a trainable backbone tail) on cached features.
 
@@ -332,6 +378,22 @@ def train_head(
     Loss follows the output: one sigmoid unit with binary cross-entropy for two
     classes, K softmax units with sparse categorical cross-entropy (categorical
     cross-entropy on integer labels) otherwise; Adam at ``lr``.
+
+    ``class_weight="balanced"`` weights each training sample by scikit-learn's
+    ``n / (K * count_k)`` for its class k (counted on ``y_train``), passed as the
+    third element of every training batch, so a rare class counts in the
+    training loss as much as a common one. The batches draw the same rows as
+    without weights. The ``accuracy`` metric and the validation loss and
+    accuracy stay unweighted (the validation batches carry no weights), so
+    ``val_loss`` compares between weighted and unweighted runs and
+    ``restore_best`` judges epochs on the data as it is. ``"none"`` (the seed's)
+    trains exactly as before the option existed.
+
+    ``restore_best="val_loss"`` or ``"val_accuracy"``: when training ends, the
+    model holds the weights of the epoch with the lowest validation loss or the
+    highest validation accuracy (the first of equal epochs); it needs validation
+    data. ``settings["best_epoch"]`` says which epoch (1-based; None without
+    ``restore_best``, meaning the last). The history still covers every epoch.
 
     ``tail``: a model of the backbone after the cut (``backbones.build_tail``);
     ``x`` are then the cut-point activations and the tail trains with the head.
@@ -376,11 +438,13 @@ def train_head(
     import numpy as np
 
     _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_steps, x_val, y_val)
+    _check_options(class_weight, restore_best, x_val)
     x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
     _check_tail_input(x_train, tail)
     batch, steps = _batch_and_steps(len(x_train), batch_size, steps_per_epoch)
     validation = _validation(x_val, y_val, x_train, n_classes, batch_size, validation_steps, seed)
     jit = _resolve_and_log_jit(jit_compile)
+    weights = _sample_weights(y_train, class_weight)
 
     saved = random.getstate(), np.random.get_state()
     try:
@@ -389,14 +453,15 @@ def train_head(
             tail=tail, freeze_tail_bn=freeze_tail_bn,
         )
         timing = _timing_callback(step_timing)
+        best = _restore_best_callback(restore_best) if restore_best else None
         history, loop = _run_loop(
             model,
-            _batches(x_train, y_train, batch, seed),
+            _batches(x_train, y_train, batch, seed, weights),
             jit=jit,
             epochs=int(epochs),
             steps=steps,
             validation=validation,
-            callbacks=[timing, *(callbacks or [])],
+            callbacks=[timing, *([best] if best else []), *(callbacks or [])],
             verbose=verbose,
         )
     finally:
@@ -418,6 +483,9 @@ def train_head(
         "freeze_tail_bn": bool(freeze_tail_bn) if tail is not None else None,
         "jit_compile": jit,
         "loop": loop,
+        "class_weight": class_weight,
+        "restore_best": restore_best,
+        "best_epoch": best.best_epoch if best else None,
     }
     return _result(model, history, timing, tail=tail, steps=steps, step_timing=step_timing, settings=settings)
 
@@ -434,6 +502,43 @@ def _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_s
             raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val must be given together (or both left None)")
+
+
+def _check_options(class_weight, restore_best, x_val) -> None:
+    """Reject an unknown ``class_weight`` or ``restore_best``, and ``restore_best`` without validation data."""
+    if class_weight not in CLASS_WEIGHTS:
+        raise ValueError(
+            f"The 'class_weight' parameter of train_head must be one of {', '.join(map(repr, CLASS_WEIGHTS))}. "
+            f"Got {class_weight!r} instead."
+        )
+    if restore_best is not None and restore_best not in RESTORE_BEST:
+        raise ValueError(
+            f"The 'restore_best' parameter of train_head must be None or one of "
+            f"{', '.join(map(repr, RESTORE_BEST))}. Got {restore_best!r} instead."
+        )
+    if restore_best is not None and x_val is None:
+        raise ValueError(f"restore_best={restore_best!r} picks an epoch by its validation score: pass x_val and y_val")
+
+
+def _sample_weights(y_train, class_weight: str):
+    """One training weight per sample for ``class_weight``, or None for ``"none"``; the class weights are logged.
+
+    ``"balanced"``: ``n / (K * count_k)`` for a sample of class k, K the classes
+    present in ``y_train`` (scikit-learn's formula). Each class then weighs in
+    the loss as if the classes were equally frequent, and the mean weight is 1,
+    so the loss keeps its scale.
+    """
+    import numpy as np
+
+    if class_weight == "none":
+        return None
+    labels = np.asarray(y_train).reshape(-1).astype("int64")
+    counts = np.bincount(labels)
+    present = np.flatnonzero(counts)
+    per_class = np.zeros(len(counts))
+    per_class[present] = len(labels) / (len(present) * counts[present])
+    _logger.info("train_head: balanced class weights %s", {int(k): round(float(per_class[k]), 4) for k in present})
+    return per_class[labels].astype("float32")
 
 
 def _check_tail_input(x_train, tail) -> None:
@@ -514,10 +619,12 @@ def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, lr, s
 def _run_loop(model, batches, *, jit: bool, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int):
     """Train: ``(history, loop)``, where ``loop`` is ``"jax"`` (:func:`xrayfeat.heads_jax.fit`) or ``"keras-fit"``.
 
+    ``batches``: ``(x, y)`` or, with class weights, ``(x, y, sample_weight)``.
     The jax loop is tried only where it applies (compiled, on jax) and runs only
     when :func:`xrayfeat.heads_jax.missing_internals` finds every Keras internal
-    it needs; otherwise one warning says why, and the public ``model.fit`` trains
-    on the same batch stream (the same training history and weights).
+    it needs (checked on the first batch, weights included); otherwise one
+    warning says why, and the public ``model.fit`` trains on the same batch
+    stream (the same training history and weights).
     """
     import keras
 
@@ -619,7 +726,9 @@ class TrainedHead:
     was measured is in ``settings["step_seconds_from"]`` (see :func:`train_head`).
     ``params``: ``total``/``trainable``/``non_trainable`` of the whole model, and
     under ``tail`` the same for the backbone tail. ``settings``: the resolved
-    training settings (batch size, steps, jit_compile, backend...).
+    training settings (batch size, steps, jit_compile, backend, class_weight,
+    restore_best and ``best_epoch``, the 1-based epoch whose weights the model
+    holds, None for the last...).
     """
 
     model: object
@@ -676,7 +785,7 @@ def load_head(path) -> TrainedHead:
     """
     import keras
 
-    model = keras.saving.load_model(str(path), compile=False)
+    model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     params = count_params(model)
     tails = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if tails:

@@ -32,7 +32,9 @@ _MODEL_ATTRIBUTES = ("trainable_variables", "non_trainable_variables", "metrics_
 def missing_internals(model, batch) -> list[str]:
     """What the fast loop needs and this Keras does not offer, one phrase each; empty when the loop can run.
 
-    ``model``: the compiled head; ``batch``: its first training batch ``(x, y)``.
+    ``model``: the compiled head; ``batch``: its first training batch, ``(x, y)``
+    or, with class weights, ``(x, y, sample_weight)`` (the steps are traced with
+    it, so a weighted batch is checked as the loop will run it).
     Checked in order, stopping at the first group that fails: the backend is jax;
     the model has ``_symbolic_build``, ``train_step(state, data)`` and
     ``test_step(state, data)``, an optimizer with ``variables``, and the variable
@@ -126,9 +128,12 @@ def fit(model, batches, *, epochs: int, steps: int, validation: dict, callbacks:
     :data:`CPU_STEP_COMPILER_OPTIONS`, and it draws exactly ``validation_steps``
     batches per epoch from the validation stream (``fit``'s generator adapter
     reads ahead and drops batches). The steps themselves are Keras' (same loss,
-    metrics, optimizer, random state), so the training history equals ``fit``'s;
+    metrics, optimizer, random state; a batch's third element weights its
+    samples' loss, as in ``fit``), so the training history equals ``fit``'s;
     callbacks get the same hooks and logs; the trained state is written back to
-    the model's variables at the end of every epoch, as ``fit`` does.
+    the model's variables at the end of every epoch, before the epoch-end hooks,
+    as ``fit`` does, and the train-end hooks run after the last write, so
+    weights a callback sets there (``train_head``'s ``restore_best``) stay.
 
     ``validation``: ``{}``, ``{"validation_data": (x, y), "validation_batch_size": n}``
     (the whole set each epoch) or ``{"validation_data": batches, "validation_steps": n}``

@@ -8,6 +8,14 @@ patient are correlated; resampling images would make the interval too narrow),
 and a per-source breakdown. The ``*_warning`` helpers turn the numbers into
 one-line sentences that say what is wrong and what to do about it.
 
+A probability is not yet a decision. :func:`choose_thresholds` picks an
+operating point per class by a rule (Youden's J, a target sensitivity or
+specificity, or a fixed probability) on the data it is given: the validation
+split, never the test split, or the test figures would be optimistic.
+:func:`operating_points` scores the argmax and those thresholds on test with the
+same patient bootstrap. :func:`calibration` says whether the probabilities can be
+read as probabilities (Brier score, top-label reliability curve, ECE).
+
 Everything returned is plain Python (floats, ints, lists, dicts, ``None``) so that
 it can be written to ``metrics.json`` as is. Only numpy and scikit-learn are used.
 """
@@ -20,9 +28,14 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from .params import Threshold, parse_threshold
+
 __all__ = [
     "as_proba",
     "evaluate",
+    "choose_thresholds",
+    "operating_points",
+    "calibration",
     "split_overlap",
     "overlap_warnings",
     "tiny_test_warning",
@@ -91,6 +104,34 @@ def _as_labels(y_true, n_classes: int) -> np.ndarray:
             f"Got values in [{y.min()}, {y.max()}] instead."
         )
     return y
+
+
+def _as_classes(classes: Sequence[str]) -> list[str]:
+    names = [str(c) for c in classes]
+    if len(names) < 2:
+        raise ValueError(f"'classes' must name at least two classes. Got {names!r} instead.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"'classes' must be unique. Got {names!r} instead.")
+    return names
+
+
+def _as_predictions(y_true, proba, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and (n, K) probabilities, validated, non-empty and of one length."""
+    p = as_proba(proba, n_classes)
+    y = _as_labels(y_true, n_classes)
+    if len(y) == 0:
+        raise ValueError("'y_true' is empty: nothing to evaluate.")
+    if p.shape[0] != len(y):
+        raise ValueError(f"'proba' has {p.shape[0]} rows but 'y_true' has {len(y)} labels.")
+    return y, p
+
+
+def _check_bootstrap(n_boot, ci) -> int:
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"'ci' must be in (0, 1). Got {ci!r} instead.")
+    if int(n_boot) < 0:
+        raise ValueError(f"'n_boot' must be >= 0. Got {n_boot!r} instead.")
+    return int(n_boot)
 
 
 def _as_keys(values, n: int, name: str) -> np.ndarray | None:
@@ -286,6 +327,8 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    thresholds: Mapping[str, Mapping] | None = None,
+    threshold_rule: str | None = None,
 ) -> dict:
     """Score predicted probabilities against true labels, with bootstrap intervals.
 
@@ -304,6 +347,10 @@ def evaluate(
     n_boot : bootstrap resamples; 0 turns intervals off (``ci`` values are None).
     seed : seeds the ``np.random.Generator``, so results are reproducible.
     ci : coverage of the percentile intervals.
+    thresholds : optional operating points from :func:`choose_thresholds` (chosen
+        on validation data); adds ``operating_points``.
+    threshold_rule : the rule text the thresholds were chosen by; required with
+        ``thresholds``.
 
     Returns
     -------
@@ -316,31 +363,23 @@ def evaluate(
     (K x K, rows = true class), ``ci`` ({accuracy, balanced_accuracy, roc_auc}:
     [lo, hi] or None), ``ci_method``, ``ci_level``, ``n_patients`` (when
     ``groups`` given) and ``by_source`` (when ``sources`` given:
-    {source: {n, accuracy, balanced_accuracy, ci_accuracy}}).
+    {source: {n, accuracy, balanced_accuracy, ci_accuracy}}), ``calibration``
+    (see :func:`calibration`) and ``operating_points`` (when ``thresholds`` given;
+    see :func:`operating_points`, bootstrapped with a generator of its own from
+    ``seed``, so that every other value is the same with or without it).
 
     Predictions are the argmax of ``proba`` (ties go to the lower index; for a
     sigmoid that is a 0.5 threshold with 0.5 itself predicting ``classes[0]``).
     Bootstrap resamples in which a class is missing are left out of the ROC-AUC
     interval; when more than half are, the interval is None.
     """
-    classes = [str(c) for c in classes]
+    classes = _as_classes(classes)
     k = len(classes)
-    if k < 2:
-        raise ValueError(f"'classes' must name at least two classes. Got {classes!r} instead.")
-    if len(set(classes)) != k:
-        raise ValueError(f"'classes' must be unique. Got {classes!r} instead.")
-    if not 0.0 < ci < 1.0:
-        raise ValueError(f"'ci' must be in (0, 1). Got {ci!r} instead.")
-    if int(n_boot) < 0:
-        raise ValueError(f"'n_boot' must be >= 0. Got {n_boot!r} instead.")
-    n_boot = int(n_boot)
-    p = as_proba(proba, k)
-    y = _as_labels(y_true, k)
+    n_boot = _check_bootstrap(n_boot, ci)
+    if thresholds is not None and threshold_rule is None:
+        raise ValueError("'threshold_rule' must be given with 'thresholds' (the rule text they were chosen by).")
+    y, p = _as_predictions(y_true, proba, k)
     n = len(y)
-    if n == 0:
-        raise ValueError("'y_true' is empty: nothing to evaluate.")
-    if p.shape[0] != n:
-        raise ValueError(f"'proba' has {p.shape[0]} rows but 'y_true' has {n} labels.")
     grp = _as_keys(groups, n, "groups")
     src = _as_keys(sources, n, "sources")
 
@@ -400,7 +439,266 @@ def evaluate(
                 entry["ci_accuracy"] = _interval(d["accuracy"], ci)
             by_source[name] = entry
         result["by_source"] = by_source
+
+    result["calibration"] = calibration(y, p, classes)
+    if thresholds is not None:
+        result["operating_points"] = operating_points(
+            y, p, classes, thresholds, rule=threshold_rule, groups=grp, n_boot=n_boot, seed=seed, ci=ci
+        )
     return result
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _scored_classes(classes: list[str], positive: str | None) -> list[int]:
+    """Indices of the classes that get an operating point: the positive one of two, else all."""
+    if positive is not None and positive not in classes:
+        raise ValueError(f"The 'positive' parameter must be one of {classes!r} or None. Got {positive!r} instead.")
+    if len(classes) > 2:
+        return list(range(len(classes)))
+    return [classes.index(positive) if positive is not None else 1]
+
+
+def _parse_rule(rule) -> tuple[str, float | None]:
+    try:
+        return parse_threshold(rule)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"The 'rule' parameter must be {Threshold().describe()}. Got {rule!r} instead.") from err
+
+
+def choose_thresholds(y_val, proba_val, classes: Sequence[str], rule: str, *,
+                      positive: str | None = None) -> dict[str, dict]:
+    """Pick each class's operating point by ``rule``, on the data given (validation, never test).
+
+    Two classes give one threshold, for ``positive`` (default ``classes[1]``);
+    more give one per class, one-vs-rest (``positive``, when given, must still
+    name a class). An image counts as positive when its probability of the class
+    is >= the threshold, and only observed scores are candidates. Rules
+    (:func:`xrayfeat.params.parse_threshold`):
+
+    - ``youden``: maximises sensitivity + specificity - 1; among equal values,
+      the largest threshold (the fewest false positives);
+    - ``sens=X``: the largest threshold whose sensitivity is >= X;
+    - ``spec=X``: the smallest threshold whose specificity is >= X;
+    - a number: that probability, whatever the data.
+
+    Returns ``{class: {"threshold": float | None, "note": str | None}}``. A
+    data-driven rule needs positives and negatives of the class; without them
+    (or when no observed score reaches the specificity) the threshold is None
+    and the note says why. The result depends on nothing but the arguments.
+    """
+    classes = _as_classes(classes)
+    kind, value = _parse_rule(rule)
+    which = _scored_classes(classes, positive)
+    y, p = _as_predictions(y_val, proba_val, len(classes))
+    return {classes[c]: _threshold(kind, value, p[:, c], y == c, classes[c], rule) for c in which}
+
+
+def _threshold(kind: str, value: float | None, score: np.ndarray, positive: np.ndarray, name: str, rule: str) -> dict:
+    """One class's threshold (see :func:`choose_thresholds`), from exact integer counts."""
+    if kind == "fixed":
+        return {"threshold": float(value), "note": None}
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        lacking = f"no images of {name!r}" if n_pos == 0 else f"no images other than {name!r}"
+        return {"threshold": None, "note": f"{lacking} to choose the {rule!r} threshold on: it needs both"}
+    candidates = np.unique(score)  # ascending
+    tp = n_pos - np.searchsorted(np.sort(score[positive]), candidates, side="left")
+    tn = np.searchsorted(np.sort(score[~positive]), candidates, side="left")
+    if kind == "youden":
+        j = tp * n_neg + tn * n_pos  # n_pos * n_neg * (J + 1), exact: ties are real ties
+        chosen = np.flatnonzero(j == j.max())[-1]
+    elif kind == "sensitivity":
+        chosen = np.flatnonzero(tp / n_pos >= value)[-1]  # the lowest score reaches sensitivity 1
+    else:
+        reaching = np.flatnonzero(tn / n_neg >= value)
+        if reaching.size == 0:
+            tied = n_neg - int(tn[-1])
+            return {"threshold": None, "note": f"no observed score reaches specificity {value:g} for {name!r}: "
+                                               f"{tied} of its {n_neg} negatives share the highest score"}
+        chosen = reaching[0]
+    return {"threshold": float(candidates[chosen]), "note": None}
+
+
+# --------------------------------------------------------------------------- operating points
+
+_RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+def _ratio(num, den) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _rates(tp, fp, tn, fn) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, PPV, NPV and F1 from counts (scalars or arrays); NaN for 0/0."""
+    return {
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def _cells(truth: np.ndarray, called: np.ndarray) -> np.ndarray:
+    """(n, 4) int indicators of tp, fp, tn, fn for one operating point."""
+    return np.column_stack([truth & called, ~truth & called, ~truth & ~called, truth & ~called]).astype(np.int64)
+
+
+def _count_distributions(cells: np.ndarray, cluster: np.ndarray, n_clusters: int, n_boot: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, m, 4) bootstrap counts for ``cells`` (n, m, 4): one product per block of resamples."""
+    n, m, _ = cells.shape
+    flat = cells.reshape(n, m * 4)
+    blocks = []
+    done = 0
+    while done < n_boot:
+        b = min(_BLOCK, n_boot - done)
+        w = _resample_weights(rng, b, cluster, n_clusters)
+        blocks.append((w @ flat).reshape(b, m, 4))
+        done += b
+    return np.concatenate(blocks)
+
+
+def _point(counts: np.ndarray, intervals: dict) -> dict:
+    tp, fp, tn, fn = (int(c) for c in counts)
+    rates = _rates(tp, fp, tn, fn)
+    out: dict = {name: (None if np.isnan(rates[name]) else float(rates[name])) for name in _RATES}
+    out.update(tp=tp, fp=fp, tn=tn, fn=fn, ci=intervals)
+    return out
+
+
+def _checked_thresholds(thresholds: Mapping[str, Mapping], classes: list[str]) -> list[tuple[int, dict]]:
+    """(class index, {"threshold", "note"}) in class order, validated."""
+    if not thresholds:
+        raise ValueError("'thresholds' must hold at least one class's threshold. Got an empty mapping instead.")
+    out = []
+    for name, entry in thresholds.items():
+        if name not in classes:
+            raise ValueError(f"'thresholds' must be keyed by names in {classes!r}. Got {name!r} instead.")
+        if not isinstance(entry, Mapping) or "threshold" not in entry:
+            raise ValueError(f"'thresholds' must map each class to {{'threshold': t, 'note': ...}} as "
+                             f"choose_thresholds returns. Got {entry!r} for {name!r} instead.")
+        t = entry["threshold"]
+        if t is not None and not math.isfinite(float(t)):
+            raise ValueError(f"The threshold of {name!r} must be a finite number or None. Got {t!r} instead.")
+        out.append((classes.index(name), {"threshold": None if t is None else float(t), "note": entry.get("note")}))
+    return sorted(out, key=lambda item: item[0])
+
+
+def operating_points(
+    y_true,
+    proba,
+    classes: Sequence[str],
+    thresholds: Mapping[str, Mapping],
+    *,
+    rule: str,
+    groups=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict:
+    """Sensitivity, specificity, PPV, NPV and F1 per class, at the argmax and at the thresholds.
+
+    ``thresholds`` is what :func:`choose_thresholds` returned on the validation
+    data (``{class: {"threshold": t | None, "note": ...}}``); its classes are the
+    ones scored, one-vs-rest. At ``argmax`` an image is called positive for a
+    class when that class has the highest probability; at ``at_threshold``
+    when its probability is >= the threshold (``at_threshold`` is None where
+    the threshold is). Rates are None where undefined (0/0).
+
+    Intervals come from the bootstrap of :func:`evaluate`: patients are
+    resampled when ``groups`` are given, and the thresholds stay fixed (they
+    were chosen on other data, so choosing them again per resample would
+    describe a different procedure). A rate's interval is None when it is
+    undefined in more than half the resamples; all are None when ``n_boot`` is 0.
+
+    Returns ``{"rule": rule, "chosen_on": "validation", "classes": {class:
+    {"threshold", "note", "argmax": P, "at_threshold": P | None}}}``, with
+    P = ``{sensitivity, specificity, ppv, npv, f1, tp, fp, tn, fn, ci: {rate: [lo, hi] | None}}``.
+    """
+    classes = _as_classes(classes)
+    _parse_rule(rule)
+    n_boot = _check_bootstrap(n_boot, ci)
+    y, p = _as_predictions(y_true, proba, len(classes))
+    chosen = _checked_thresholds(thresholds, classes)
+    grp = _as_keys(groups, len(y), "groups")
+
+    pred = np.argmax(p, axis=1)
+    points: list[tuple[str, str]] = []  # (class, "argmax" | "at_threshold"), one per column of cells
+    columns = []
+    for c, entry in chosen:
+        truth = y == c
+        points.append((classes[c], "argmax"))
+        columns.append(_cells(truth, pred == c))
+        if entry["threshold"] is not None:
+            points.append((classes[c], "at_threshold"))
+            columns.append(_cells(truth, p[:, c] >= entry["threshold"]))
+    cells = np.stack(columns, axis=1)  # (n, m, 4)
+
+    no_ci = dict.fromkeys(_RATES)
+    intervals = [no_ci] * len(points)
+    if n_boot > 0:
+        cluster, n_clusters = _clusters(grp, len(y))
+        counts = _count_distributions(cells, cluster, n_clusters, n_boot, np.random.default_rng(seed))
+        rates = _rates(*np.moveaxis(counts, -1, 0))  # each (n_boot, m)
+        intervals = [{name: _interval(rates[name][:, j], ci) for name in _RATES} for j in range(len(points))]
+
+    scored = {classes[c]: {**entry, "argmax": None, "at_threshold": None} for c, entry in chosen}
+    for j, (name, where) in enumerate(points):
+        scored[name][where] = _point(cells[:, j].sum(axis=0), dict(intervals[j]))
+    return {"rule": str(rule), "chosen_on": "validation", "classes": scored}
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibration(y_true, proba, classes: Sequence[str], n_bins: int = 10) -> dict:
+    """Can the probabilities be read as probabilities? Brier score and a top-label reliability curve.
+
+    Brier: for two classes the mean of (p(classes[1]) - y)^2; for more, the mean
+    over images of the sum over classes of (p_k - onehot_k)^2. The curve bins
+    the top-label confidence (the highest probability) into ``n_bins`` equal-width
+    bins of [0, 1] (a value on an edge goes to the upper bin, 1.0 to the last)
+    and compares it with the accuracy of the argmax in each bin; ECE is
+    Σ n_b / N · |accuracy_b - confidence_b|. Empty bins have n = 0 and None.
+
+    Returns ``{"brier", "ece", "n_bins", "curve": [{"lo", "hi", "n", "confidence", "accuracy"}, ...]}``.
+    """
+    classes = _as_classes(classes)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
+        raise TypeError(f"The 'n_bins' parameter must be an int. Got {n_bins!r} instead.")
+    if n_bins < 1:
+        raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins!r} instead.")
+    n_bins = int(n_bins)
+    k = len(classes)
+    y, p = _as_predictions(y_true, proba, k)
+    onehot = np.eye(k)[y]
+    if k == 2:
+        brier = np.mean((p[:, 1] - onehot[:, 1]) ** 2)
+    else:
+        brier = np.mean(np.sum((p - onehot) ** 2, axis=1))
+
+    confidence = p.max(axis=1)
+    correct = (np.argmax(p, axis=1) == y).astype(np.float64)
+    bins = np.clip(np.floor(confidence * n_bins), 0, n_bins - 1).astype(np.int64)
+    count = np.bincount(bins, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    hit_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    curve, ece = [], 0.0
+    for b in range(n_bins):
+        n_b = int(count[b])
+        conf = float(conf_sum[b] / n_b) if n_b else None
+        acc = float(hit_sum[b] / n_b) if n_b else None
+        if n_b:
+            ece += n_b / len(y) * abs(acc - conf)
+        curve.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "n": n_b, "confidence": conf, "accuracy": acc})
+    return {"brier": float(brier), "ece": float(ece), "n_bins": n_bins, "curve": curve}
 
 
 # --------------------------------------------------------------------------- leakage

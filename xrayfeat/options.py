@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 from .backbones import PRECISIONS, REGISTRY
-from .params import Choice, Interval, Is, OptionError, Subset, option, validate
+from .params import Choice, Interval, Is, OptionError, Subset, Threshold, option, validate
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
@@ -30,6 +30,9 @@ HEAD_BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 #: The baselines fit-head knows, in the order reports list them.
 BASELINES: tuple[str, ...] = ("logreg", "svm", "pixels")
 METHODS: tuple[str, ...] = ("tsne", "umap")
+CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+#: What ``--restore-best`` may monitor on the validation data.
+RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class FeatureOptions:
     image_size: int | None = option(None, check=Interval(32, 2048, integer=True), none=True,
                                     help="Input size in pixels (default: the backbone's, 224 for VGG16, 299 for InceptionV3).")
     layer: str | None = option(None, check=Is((str,)), none=True,
-                               help="Cut point, e.g. inception_v3:mixed9 or vgg16:block4_pool (default: the last layer).")
+                               help="Cut point, e.g. inception_v3:mixed9 or vgg16:block4_pool for --train-tail, "
+                                    "or vgg16:block5_conv3 for a 14×14 Grad-CAM map (default: the last layer).")
     precision: str = option("auto", check=Choice(("auto", *PRECISIONS)),
                             help="auto: float32 on CPU, mixed_bfloat16 on GPU. Part of the fingerprint.")
     store_dtype: str = option("float16", check=Choice(STORE_DTYPES), help="How features are stored.")
@@ -100,6 +104,22 @@ class HeadOptions:
                           help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
                                "features stay in the extraction backend's store).")
 
+    class_weight: str = option("none", check=Choice(CLASS_WEIGHTS),
+                               help="Weight classes by inverse frequency in train (balanced) for the head and the "
+                                    "baselines, or not (none, the seed's).")
+    restore_best: str | None = option(None, check=Choice(RESTORE_BEST), none=True,
+                                      help="Keep the head's weights from the epoch with the best val_loss or "
+                                           "val_accuracy (default: the last epoch, as the seed).")
+    repeats: int = option(1, check=Interval(1, None, integer=True),
+                          help="Train the head N times (seeds seed..seed+N-1) on the same features and split; "
+                               "report mean, SD and range across seeds.")
+    threshold: str = option("youden", check=Threshold(),
+                            help="Operating point chosen on the validation data, never on test: youden, sens=X, "
+                                 "spec=X, or a fixed probability.")
+    positive: str | None = option(None, check=Is((str,)), none=True,
+                                  help="The positive class of a binary task (default: the second class); "
+                                       "multiclass tasks report every class one-vs-rest.")
+
     def validate(self) -> None:
         validate(self)
 
@@ -140,4 +160,5 @@ def parse_list(text: str, allowed: tuple[str, ...], name: str, *, none: bool = F
 
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "parse_list",
-           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS"]
+           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS",
+           "CLASS_WEIGHTS", "RESTORE_BEST"]

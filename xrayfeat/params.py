@@ -107,6 +107,42 @@ class Subset:
         return "a tuple of distinct names from {" + ", ".join(repr(v) for v in self.values) + "}"
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """An operating-point rule: ``youden``, ``sens=X`` or ``spec=X`` (0 < X < 1), or a fixed probability in (0, 1)."""
+
+    def accepts(self, value) -> bool:
+        try:
+            parse_threshold(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "'youden', 'sens=X' or 'spec=X' with 0 < X < 1, or a probability in (0, 1)"
+
+
+def parse_threshold(text) -> tuple[str, float | None]:
+    """``"youden"`` → ``("youden", None)``; ``"sens=0.95"`` → ``("sensitivity", 0.95)``;
+    ``"spec=0.9"`` → ``("specificity", 0.9)``; ``"0.3"`` → ``("fixed", 0.3)``.
+
+    Raises ``ValueError`` (``TypeError`` for a non-string) on anything else.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a threshold rule is a string, not {type(text).__name__}")
+    rule = text.strip().lower()
+    if rule == "youden":
+        return "youden", None
+    kind, target = "fixed", rule
+    for prefix, name in (("sens=", "sensitivity"), ("spec=", "specificity")):
+        if rule.startswith(prefix):
+            kind, target = name, rule[len(prefix):]
+    value = float(target)
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise ValueError(f"{text!r}: the value must be between 0 and 1 (exclusive)")
+    return kind, value
+
+
 def option(default: Any = dataclasses.MISSING, *, check, help: str, none: bool = False, flag: str | None = None):
     """A dataclass field with its constraint (``check``), help, and whether ``None`` is allowed.
 

@@ -1,4 +1,4 @@
-"""Figures for runs and reports: training curves, confusion matrix, ROC, embedding.
+"""Figures for runs and reports: training curves, confusion matrix, ROC, calibration, embedding.
 
 Each function draws one figure, writes it as a PNG and returns the path. Figures
 are built with :class:`matplotlib.figure.Figure` on an Agg canvas, never through
@@ -21,7 +21,10 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-__all__ = ["plot_curves", "plot_confusion", "plot_roc", "plot_embedding", "class_colours", "PALETTE"]
+from .fileio import atomic_path
+
+__all__ = ["plot_curves", "plot_confusion", "plot_roc", "plot_calibration", "plot_embedding", "class_colours",
+           "PALETTE"]
 
 DPI = 110
 
@@ -56,18 +59,22 @@ def class_colours(n: int) -> list[str]:
     return PALETTE + extra
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure drawn off-screen (no pyplot state, safe in worker threads); write it with :func:`save_figure`."""
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path, *, tight_layout: bool = True) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically (a killed run never leaves half an image), then clear it."""
     out = Path(os.fspath(path))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight_layout:
+        fig.tight_layout()
     # "tight" also keeps legends placed outside the axes, and long tick labels, inside the image.
-    fig.savefig(out, format="png", dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.12)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.12)
     fig.clear()
     return out
 
@@ -89,20 +96,24 @@ def _series(history: Mapping[str, Sequence[float]], *names: str) -> np.ndarray |
     return None
 
 
-def plot_curves(history: Mapping[str, Sequence[float]], path, title: str = "") -> Path:
+def plot_curves(history: Mapping[str, Sequence[float]], path, title: str = "", best_epoch: int | None = None) -> Path:
     """Accuracy (left) and loss (right) per epoch, training against validation.
 
     ``history`` is a Keras-style dict (``accuracy``, ``val_accuracy``, ``loss``,
     ``val_loss``; ``acc``/``val_acc`` also read). Missing series are skipped and an
     empty panel says so. The best validation epoch is marked, since that is the
-    epoch early stopping would keep.
+    epoch early stopping would keep. ``best_epoch`` (1-based), when given, is the
+    epoch whose weights the run kept: a dashed vertical line on each panel with
+    data says so, since it may differ from the best of either panel.
     """
+    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int) or best_epoch < 1):
+        raise ValueError(f"The 'best_epoch' parameter must be an int >= 1 or None. Got {best_epoch!r} instead.")
     panels = [
         ("accuracy", ("accuracy", "acc"), ("val_accuracy", "val_acc"), np.nanargmax),
         ("loss", ("loss",), ("val_loss",), np.nanargmin),
     ]
     with _rc():
-        fig = _new_figure(10.0, 4.0)
+        fig = new_figure(10.0, 4.0)
         axes = fig.subplots(1, 2)
         for ax, (label, train_keys, val_keys, best_of) in zip(axes, panels):
             train = _series(history, *train_keys)
@@ -130,6 +141,8 @@ def plot_curves(history: Mapping[str, Sequence[float]], path, title: str = "") -
                 i = int(best_of(val))
                 ax.scatter([i + 1], [val[i]], s=90, facecolors="none", edgecolors="0.15", lw=1.3, zorder=5,
                            label=f"best validation: {val[i]:.3f} (epoch {i + 1})")
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="0.3", ls="--", lw=1.2, zorder=1, label=f"kept: epoch {best_epoch}")
             all_values = np.concatenate([s[np.isfinite(s)] for s in drawn])
             if label == "accuracy":
                 lo = max(0.0, float(all_values.min()) - 0.05)
@@ -137,12 +150,12 @@ def plot_curves(history: Mapping[str, Sequence[float]], path, title: str = "") -
             else:
                 hi = float(all_values.max())
                 ax.set_ylim(0.0, hi * 1.08 if hi > 0 else 1.0)
-            ax.set_xlim(0.5, longest + 0.5)
+            ax.set_xlim(0.5, max(longest, best_epoch or 0) + 0.5)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(loc="lower right" if label == "accuracy" else "upper right", frameon=False)
         if title:
             fig.suptitle(title, fontsize=12, fontweight="bold")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- confusion
@@ -165,7 +178,7 @@ def plot_confusion(confusion, classes: Sequence[str], path, title: str = "") -> 
     cell = 0.95 if k <= 6 else 0.7
     side = max(3.2, cell * k + 2.4)
     with _rc():
-        fig = _new_figure(side + 1.0, side)
+        fig = new_figure(side + 1.0, side)
         ax = fig.subplots()
         im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
         font = 10 if k <= 6 else (8 if k <= 10 else 6.5)
@@ -195,7 +208,7 @@ def plot_confusion(confusion, classes: Sequence[str], path, title: str = "") -> 
         cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         cbar.set_label("fraction of true class")
         cbar.outline.set_visible(False)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- ROC
@@ -221,7 +234,7 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
     which = [1] if k == 2 else list(range(k))
     colours = class_colours(k)
     with _rc():
-        fig = _new_figure(5.6, 5.2)
+        fig = new_figure(5.6, 5.2)
         ax = fig.subplots()
         ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance (0.500)")
         aucs = []
@@ -250,7 +263,53 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
                   fontsize=8.5 if k <= 6 else 7, title_fontsize=8.5)
         if title:
             ax.set_title(title, fontweight="bold")
-        return _save(fig, path)
+        return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def plot_calibration(curves: Mapping[str, Mapping], path, title: str = "") -> Path:
+    """Reliability diagram: accuracy against top-label confidence, one line per model.
+
+    ``curves`` maps a model's name to its :func:`xrayfeat.metrics.calibration`
+    result (``M["calibration"]``). Each point is a non-empty bin (its mean
+    confidence, its accuracy); on the dashed diagonal a model's confidence means
+    what it says, below it the model is overconfident. ECE and Brier score are in
+    the legend. The panel below counts the images in each bin, so that a point
+    resting on three images is not read like one resting on three hundred.
+    """
+    if not curves:
+        raise ValueError("'curves' must hold at least one model's calibration. Got an empty mapping instead.")
+    for name, cal in curves.items():
+        if not {"curve", "ece", "brier"} <= set(cal):
+            raise ValueError(f"'curves' must map names to metrics.calibration() results. "
+                             f"Got keys {sorted(cal)!r} for {name!r} instead.")
+    share = 0.9 / len(curves)  # of each bin's width, per model's bar
+    with _rc():
+        fig = new_figure(5.6, 6.4)
+        ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfectly calibrated")
+        for i, ((name, cal), colour) in enumerate(zip(curves.items(), class_colours(len(curves)))):
+            bins = cal["curve"]
+            filled = [b for b in bins if b["n"]]
+            ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], color=colour, marker="o",
+                    markersize=4, lw=1.8, label=f"{name} (ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f})")
+            counts.bar([b["lo"] + (b["hi"] - b["lo"]) * (0.05 + i * share) for b in bins], [b["n"] for b in bins],
+                       width=[(b["hi"] - b["lo"]) * share for b in bins], align="edge", color=colour, alpha=0.85)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_ylabel("accuracy")
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles[1:] + handles[:1], labels[1:] + labels[:1], loc="upper left", frameon=True,
+                  framealpha=0.9, fontsize=8.5)  # the diagonal last, as in the ROC legend
+        counts.set_xlabel("confidence (top-label)")
+        counts.set_ylabel("images")
+        counts.grid(True, axis="y", alpha=0.3)
+        if title:
+            ax.set_title(title, fontweight="bold")
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -304,7 +363,7 @@ def plot_embedding(
     present_splits += sorted(set(spl) - set(present_splits))
     others: dict[str, str] = {}
     with _rc():
-        fig = _new_figure(7.2, 6.0)
+        fig = new_figure(7.2, 6.0)
         ax = fig.subplots()
         # Draw train first so that the (usually fewer) test points sit on top.
         for split in present_splits:
@@ -343,4 +402,4 @@ def plot_embedding(
             fig.suptitle(title, fontsize=12, fontweight="bold", x=0.02, ha="left")
         if subtitle:
             ax.set_title(subtitle, fontsize=9, color="0.35", loc="left")
-        return _save(fig, path)
+        return save_figure(fig, path)

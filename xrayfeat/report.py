@@ -8,7 +8,9 @@ after their sha256 matches the record) and renders
   and class list, since accuracies on different label sets do not compare):
   backbone, cut layer, weights (RANDOM flagged), parameters, time per epoch,
   head and extraction time, test loss, accuracy with its bootstrap interval,
-  balanced accuracy, ROC-AUC and the test accuracy of every baseline;
+  the head's accuracy across seeds when it was trained under several
+  (``fit-head --repeats``: mean ± SD and [min–max] beside the one run's
+  interval), balanced accuracy, ROC-AUC and the test accuracy of every baseline;
 * when a run was scored on another site's data (``xrayfeat evaluate``), an
   "External validation" table: every (run, external dataset) with the head's
   accuracy and ROC-AUC internal → external, the change, n and the images left
@@ -17,11 +19,19 @@ after their sha256 matches the record) and renders
   external evaluations, de-duplicated, grouped by their recorded kind (most
   serious first, headed as in :data:`xrayfeat.runs.WARNING_KINDS`) and attributed
   to the runs that raised them (``run (external: name)`` for an evaluation);
-* per run: a configuration summary, each model's test results, "Internal vs
-  external" when the run has external results (each model's accuracy and
-  ROC-AUC on its own test split beside each external dataset, with the change,
-  then each dataset's figures and warnings), per-class and per-source tables,
-  the training history, the figures and the run's warnings.
+* per run: a configuration summary, each model's test results, the head's
+  spread across seeds (with a sentence when it is wider than the bootstrap
+  interval), the operating points (each class's threshold chosen on validation
+  and the argmax, with sensitivity, specificity, PPV, NPV and F1 on test),
+  calibration (Brier score and ECE), "Internal vs external" when the run has
+  external results (each model's accuracy and ROC-AUC on its own test split
+  beside each external dataset, with the change, then each dataset's operating
+  points under the run's own thresholds, figures and warnings), per-class and
+  per-source tables, the training history, the figures, the Grad-CAM grid and
+  the run's warnings.
+
+A section whose data a run lacks (runs written before operating points,
+calibration, repeats or Grad-CAM existed) is left out, not shown empty.
 
 Internal accuracy in this field is often a source shortcut that another
 hospital's X-rays expose, so the external figures are shown beside the internal
@@ -51,16 +61,20 @@ from pathlib import Path
 from . import __version__
 from .errors import XrayfeatError
 from .fileio import atomic_write
-from .report_doc import Figure, Figures, Heading, List, Para, Span, Table, png_size, render_html, render_markdown
+from .report_doc import (Figure, Figures, Folded, Heading, List, Para, Span, Table, png_size, render_html,
+                         render_markdown)
 from .runs import RANDOM_WEIGHTS_WARNING, WARNING_KINDS, RunError, RunRecord, RunWarning, finite_float, read_record
 
-__all__ = ["write_report", "FIGURES"]
+__all__ = ["write_report", "FIGURES", "GRADCAM"]
 
 log = logging.getLogger("xrayfeat")
 
 #: The fixed figures of a run, in the order they are shown; ``embed-*.png`` follow.
 FIGURES = (("curves.png", "training curves"), ("confusion.png", "confusion matrix (head, test)"),
-           ("roc.png", "ROC curves (head, test)"))
+           ("roc.png", "ROC curves (head, test)"),
+           ("calibration.png", "reliability diagram (test, one curve per model)"))
+#: The Grad-CAM grid fit-head draws for the seed's head: shown in a section of its own, with what it shows.
+GRADCAM = "gradcam.png"
 
 _DASH = "—"
 _MINUS = "\u2212"  # a true minus sign, as wide as the plus
@@ -68,6 +82,10 @@ _PRESENT = "\u2020"  # marks an AUC averaged over the classes present (the macro
 #: A head whose external accuracy falls more than this below its internal one does not carry.
 DROP_LIMIT = 0.1
 _SEVERITY = {kind: i for i, kind in enumerate(WARNING_KINDS)}  # WARNING_KINDS is ordered most serious first
+#: The rates of an operating point, in the order the tables show them.
+_RATES = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("ppv", "PPV"), ("npv", "NPV"), ("f1", "F1"))
+#: The head's metrics that ``fit-head --repeats`` spreads over seeds.
+_SPREAD = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -278,6 +296,18 @@ def _warning_label(kind: str) -> Span:
     return Span(WARNING_KINDS[kind] + ": ", "strong")
 
 
+def _model_label(name: str) -> str:
+    return name + (" (sentinel)" if name == "pixels" else "")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 # --------------------------------------------------------------------------- content
 
 
@@ -311,8 +341,11 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
     """One task's table (the seed's comparison) and the notes that make it readable."""
     baselines = _baseline_order(runs)
     level = _ci_level(runs)
+    seeds = any(_spread(r, "accuracy") for r in runs)  # the column only where a run was trained under several seeds
     header = ["Run", "Backbone", "Layer", "Weights", "Params", "s / epoch", "Head s",
-              "Extraction s", "Test loss", f"Accuracy [{level} CI]", "Balanced acc.", "ROC-AUC"]
+              "Extraction s", "Test loss", f"Accuracy [{level} CI]"]
+    header += ["Accuracy over seeds (mean ± SD)"] if seeds else []
+    header += ["Balanced acc.", "ROC-AUC"]
     header += [f"{name} acc." + (" (sentinel)" if name == "pixels" else "") for name in baselines]
     rows = []
     for r in runs:
@@ -326,8 +359,9 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
             [_int(params["total"]), Span(f" ({_int(params['trainable'])} trainable)", "sub")],
             _seconds(timings.get("seconds_per_epoch")), _seconds(timings.get("head_seconds")),
             extraction, _num(head["loss"]), _with_ci(head["accuracy"], head["ci"]["accuracy"], "sub"),
-            _num(head["balanced_accuracy"]), _num(head["roc_auc"]),
         ]
+        row += [_spread_cell(r)] if seeds else []
+        row += [_num(head["balanced_accuracy"]), _num(head["roc_auc"])]
         row += [_num(r.baselines[name]["accuracy"]) if name in r.baselines else _DASH for name in baselines]
         rows.append(row)
     numeric = set(range(5, len(header)))
@@ -336,6 +370,10 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
                    f" ({len(runs)} run{'s' if len(runs) != 1 else ''})"),
         Table(header, rows, numeric, cls="compare"),
     ]
+    wider = [[Span(r.name, "link", r.anchor), ": ", note] for r in runs
+             for note in [_wider_than_interval(r, "accuracy", "accuracy")] if note]
+    if wider:
+        blocks.append(List(wider))
     tested_on = {(r.record.data, r.record.counts["test"]) for r in runs}
     if len(tested_on) > 1:
         blocks.append(Para("These runs were tested on different data or test sets: compare them with care.",
@@ -351,10 +389,68 @@ def _comparison_note(runs: list[_Run]) -> Para:
             "Params count the trained model (the head, and the backbone tail when it is trained). "
             "s / epoch is the mean over epochs, the first of which includes compilation; extraction time "
             "covers only the features the cache lacked.")
+    if any(_spread(r, "accuracy") for r in runs):
+        text += (" Accuracy over seeds: the head trained again under the next seeds on the same features and split "
+                 "(baselines do not depend on the seed), mean ± SD and [min–max]; the bootstrap interval beside it "
+                 "resamples one run's test images and says nothing of the seed.")
     if any("pixels" in r.baselines for r in runs):
         text += (" The pixels sentinel is a logistic regression on 32×32 grayscale pixels: a deep result "
                  "close to it says the data, not the model, does the work.")
     return Para(text, cls="note")
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def _spread(r: _Run, metric: str) -> dict | None:
+    """The head's ``metric`` across seeds (mean, sd, min, max, values) from ``repeats``; None for a single seed."""
+    repeats = r.metrics.get("repeats")
+    spread = repeats.get("head", {}).get(metric) if isinstance(repeats, dict) else None
+    return spread if isinstance(spread, dict) and finite_float(spread.get("mean")) is not None else None
+
+
+def _n_seeds(r: _Run, spread: dict) -> int:
+    return len(spread.get("values") or r.metrics["repeats"].get("seeds") or [])
+
+
+def _spread_cell(r: _Run) -> list:
+    """``0.660 ± 0.083``, then ``[0.560–0.760]`` and ``(4 seeds)`` under it; a dash for a run under one seed."""
+    spread = _spread(r, "accuracy")
+    if spread is None:
+        return [_DASH]
+    return [f"{_num(spread['mean'])} ± {_num(spread['sd'])}",
+            Span(f" [{_num(spread['min'])}–{_num(spread['max'])}]", "sub"),
+            Span(f" ({_plural(_n_seeds(r, spread), 'seed')})", "sub")]
+
+
+def _wider_than_interval(r: _Run, metric: str, label: str) -> str | None:
+    """A sentence when the seeds' range of the head's ``metric`` is wider than one run's bootstrap interval."""
+    spread = _spread(r, metric)
+    ci = r.head["ci"].get(metric)
+    low, high = (finite_float(spread.get(k)) for k in ("min", "max")) if spread else (None, None)
+    if low is None or high is None or ci is None or round((high - low) - (ci[1] - ci[0]), 9) <= 0:
+        return None
+    return (f"head {label} over {_plural(_n_seeds(r, spread), 'seed')} ranged from {low:.3f} to {high:.3f}, a spread "
+            f"of {high - low:.3f} that the {_ci_level([r])} bootstrap interval of one run [{ci[0]:.3f}, {ci[1]:.3f}] "
+            f"(width {ci[1] - ci[0]:.3f}) does not show: the interval resamples the test images, not the training, "
+            "so differences between runs within the seed range are not evidence.")
+
+
+def _seeds_section(r: _Run) -> list:
+    """The head's accuracy, balanced accuracy and ROC-AUC across seeds, and what the bootstrap interval misses."""
+    rows = [[_capital(label), _num(s["mean"]), _num(s["sd"]), _num(s["min"]), _num(s["max"]), str(_n_seeds(r, s))]
+            for metric, label in _SPREAD for s in [_spread(r, metric)] if s]
+    if not rows:
+        return []
+    seeds = r.metrics["repeats"].get("seeds") or []
+    blocks: list = [Heading(3, "Seed variance (head)"),
+                    Table(["Metric", "Mean", "SD", "Min", "Max", "Seeds"], rows, {1, 2, 3, 4, 5}),
+                    Para(f"The head trained under seeds {', '.join(map(str, seeds)) or _DASH} on the same features "
+                         "and split, scored on the same test images (SD with ddof 1); the Test results above are the "
+                         "first seed's. Baselines are fitted once: they do not depend on the head's seed.", cls="note")]
+    blocks += [Para(_capital(note)) for note in (_wider_than_interval(r, metric, label) for metric, label in _SPREAD)
+               if note]
+    return blocks
 
 
 def _gathered_warnings(runs: list[_Run]) -> list[tuple[str, str, list[tuple[_Run, _External | None]]]]:
@@ -492,7 +588,7 @@ def _external_table(r: _Run) -> tuple[Table, bool]:
     for model in models:
         inside = r.head if model == "head" else r.baselines.get(model)
         outside = [e.head if model == "head" else e.baselines.get(model) for e in r.external]
-        row: list = [model + (" (sentinel)" if model == "pixels" else "")]
+        row: list = [_model_label(model)]
         row.append(_with_ci(inside["accuracy"], inside["ci"]["accuracy"]) if inside else _DASH)
         for m in outside:
             row.append(_with_ci(m.get("accuracy"), (m.get("ci") or {}).get("accuracy")) if m else _DASH)
@@ -531,6 +627,7 @@ def _external_section(r: _Run, out: Path) -> list:
             parts.append(f"evaluated {info['created']}")
         blocks += [Heading(4, f"External: {e.name}", e.anchor),
                    Para(["Data ", Span(str(info.get("data", _DASH)), "code"), " · " + " · ".join(parts)], cls="note")]
+        blocks += _external_points(e)
         figures = _external_figures(r, e, out)
         if figures:
             blocks.append(Figures(figures))
@@ -538,6 +635,122 @@ def _external_section(r: _Run, out: Path) -> list:
         blocks.append(List([[_warning_label(w.kind), w.message] for w in ranked], cls="warnings") if ranked
                       else Para("No warnings.", cls="note"))
     return blocks
+
+
+# --------------------------------------------------------------------------- operating points and calibration
+
+
+def _operating_points(m: dict | None) -> dict | None:
+    """A model's ``operating_points`` (thresholds chosen on validation); None for runs written before them."""
+    points = (m or {}).get("operating_points")
+    return points if isinstance(points, dict) and points.get("classes") else None
+
+
+def _decision(point: dict, rule) -> list:
+    """The threshold row's label: ``P ≥ 0.312`` and its rule, or why the class has no threshold."""
+    threshold = finite_float(point.get("threshold"))
+    if threshold is None:
+        return ["no threshold", Span(f" ({point.get('note') or 'none chosen'})", "sub")]
+    return [f"P ≥ {threshold:.3f}"] + ([Span(f" ({rule})", "sub")] if rule else [])
+
+
+def _point_cells(p: dict | None) -> list:
+    """Each rate with its interval (its own line in HTML), then the counts; dashes when there is no such point."""
+    if not p:
+        return [_DASH] * (len(_RATES) + 1)
+    ci = p.get("ci") or {}
+    counts = " · ".join(_int(p.get(k)) for k in ("tp", "fp", "tn", "fn"))
+    return [_with_ci(p.get(key), ci.get(key), "sub") for key, _ in _RATES] + [counts]
+
+
+def _head_points_table(points: dict) -> Table:
+    """Per class: the argmax, then the validation threshold, each with its rates on the data scored."""
+    header = ["Class", "Decision", *(label for _, label in _RATES), "TP · FP · TN · FN"]
+    rows = []
+    for cls, point in points["classes"].items():
+        rows.append([str(cls), "argmax", *_point_cells(point.get("argmax"))])
+        rows.append([str(cls), _decision(point, points.get("rule")), *_point_cells(point.get("at_threshold"))])
+    return Table(header, rows, set(range(2, len(header))))
+
+
+def _baseline_points_table(baselines: dict) -> Table | None:
+    """Per baseline and class, compact: the threshold, and each rate at the argmax → at the threshold."""
+    rows = []
+    for name, m in baselines.items():
+        points = _operating_points(m)
+        for cls, point in (points["classes"] if points else {}).items():
+            argmax, at = point.get("argmax") or {}, point.get("at_threshold") or {}
+            rows.append([_model_label(name), str(cls), _num(point.get("threshold")),
+                         *(f"{_num(argmax.get(key))} → {_num(at.get(key))}" for key, _ in _RATES)])
+    if not rows:
+        return None
+    return Table(["Model", "Class", "Threshold", *(f"{label} argmax → thr." for _, label in _RATES)], rows,
+                 set(range(2, len(_RATES) + 3)))
+
+
+def _points_blocks(scores: _Scores, note: str) -> list:
+    """``note``, the head's operating points in full and the baselines' folded in brief; nothing for older runs."""
+    points = _operating_points(scores.head)
+    baselines = _baseline_points_table(scores.baselines)
+    if not points and not baselines:
+        return []
+    blocks: list = [Para(note, cls="note")]
+    if points:
+        blocks.append(_head_points_table(points))
+    if baselines:
+        blocks.append(Folded("Baselines, each at its own validation threshold (argmax → threshold, without "
+                             "intervals)", [baselines]))
+    return blocks
+
+
+def _points_section(r: _Run) -> list:
+    points = _operating_points(r.head) or {}
+    rule, positive = points.get("rule") or r.metrics.get("threshold_rule"), r.metrics.get("positive")
+    note = (f"Thresholds chosen on the {points.get('chosen_on') or 'validation'} split"
+            f"{f' by the rule {rule}' if rule else ''}, never on the test split, then applied unchanged to the test "
+            "images. " + (f"Positive class: {positive}. " if positive is not None else "Each class against the rest. ")
+            + "argmax calls a class when it has the highest probability; P ≥ t when the class's probability reaches "
+            f"its threshold. {_ci_level([r])} intervals from the bootstrap of the other figures, the thresholds held "
+            "fixed.")
+    blocks = _points_blocks(r, note)
+    return [Heading(3, "Operating points"), *blocks] if blocks else []
+
+
+def _external_points(e: _External) -> list:
+    """The run's operating points on ``e``: whether a threshold chosen on the run's validation data carries."""
+    blocks = _points_blocks(e, f"The run's thresholds, chosen on its own validation split, applied unchanged to "
+                               f"{e.name}: beside the run's Operating points they show whether each one carries. "
+                               f"{_ci_level([e])} intervals.")
+    return [Heading(5, f"Operating points on {e.name}"), *blocks] if blocks else []
+
+
+def _calibration_cells(m: dict | None) -> list:
+    found = (m or {}).get("calibration") or {}
+    return [_num(found.get("brier")), _num(found.get("ece"))]
+
+
+def _calibration_section(r: _Run) -> list:
+    """Brier score and ECE per model on test, and on each external dataset; nothing for runs without them."""
+    models = [("head", r.head), *r.baselines.items()]
+    bins = {m["calibration"].get("n_bins") for _, m in models if isinstance(m.get("calibration"), dict)}
+    if not bins:
+        return []
+    header = ["Model", "Brier", "ECE"]
+    for e in r.external:
+        header += [f"{e.name} Brier", f"{e.name} ECE"]
+    rows = []
+    for name, m in models:
+        row = [_model_label(name), *_calibration_cells(m)]
+        for e in r.external:
+            row += _calibration_cells(e.head if name == "head" else e.baselines.get(name))
+        rows.append(row)
+    n_bins = " or ".join(str(b) for b in sorted(bins, key=str))
+    return [Heading(3, "Calibration"), Table(header, rows, set(range(1, len(header)))),
+            Para("Brier score: the mean squared gap between the predicted probabilities and the true labels (one-hot "
+                 "when there are more than two classes); 0 is perfect. ECE: the top label's expected calibration "
+                 f"error, |accuracy − confidence| over {n_bins} equal-width confidence bins weighted by their "
+                 "images; 0 means that predictions made with 0.8 are right 8 times in 10. The reliability diagram "
+                 "is under Figures.", cls="note")]
 
 
 def _config_rows(r: _Run) -> list:
@@ -559,7 +772,8 @@ def _config_rows(r: _Run) -> list:
     rows.append(("Weights", weights))
     keys = (("epochs", "epochs"), ("batch_size", "batch"), ("steps_per_epoch", "steps/epoch"),
             ("validation_steps", "validation steps"), ("lr", "lr"), ("units", "units"),
-            ("dropout", "dropout"), ("l2", "l2"))
+            ("dropout", "dropout"), ("l2", "l2"), ("class_weight", "class weight"), ("restore_best", "restore best"),
+            ("repeats", "repeats"), ("threshold", "threshold"), ("positive", "positive class"))
     head_text = " · ".join(f"{label} {head[k]}" for k, label in keys if head.get(k) is not None)
     if head["train_tail"]:
         head_text += " · trains the backbone tail"
@@ -597,9 +811,8 @@ def _results_table(r: _Run) -> Table:
             cv_text = _num(cv["cv_accuracy"])
             if finite_float(cv.get("cv_accuracy_std")) is not None:
                 cv_text += f" ± {_num(cv['cv_accuracy_std'])}"
-        label = name + (" (sentinel)" if name == "pixels" else "")
         ci = m["ci"]
-        rows.append([label, _with_ci(m["accuracy"], ci["accuracy"]),
+        rows.append([_model_label(name), _with_ci(m["accuracy"], ci["accuracy"]),
                      _with_ci(m["balanced_accuracy"], ci["balanced_accuracy"]),
                      _with_ci(m["roc_auc"], ci["roc_auc"]), _num(m["loss"]), _int(m["n"]), cv_text])
     return Table(header, rows, set(range(1, len(header))))
@@ -638,6 +851,9 @@ def _history_text(r: _Run) -> str | None:
     if val:
         best, i = max(val, key=lambda t: (t[0], -t[1]))
         parts.append(f"best validation accuracy {best:.3f} at epoch {i + 1}")
+    kept, monitor = r.record.training.get("best_epoch"), r.record.training.get("restore_best")
+    if kept is not None:  # None: the last epoch's weights, the seed's behaviour
+        parts.append(f"weights kept from epoch {kept}" + (f" (best {monitor})" if monitor else ""))
     last = rows[-1]
     if last.get("accuracy") is not None:
         parts.append(f"last training accuracy {last['accuracy']:.3f}")
@@ -660,43 +876,46 @@ def _figures(r: _Run, out: Path) -> list[Figure]:
     not list (a run from before figures were recorded, an ``embed-*.png`` that
     ``xrayfeat embed`` added later) is shown when present.
     """
-    record = r.record
-    recorded = {a.file: name for name, a in record.artifacts.items()}
     found = list(FIGURES)
     embeds = {p.name for p in r.path.glob("embed-*.png") if p.is_file()}
-    embeds |= {file for file in recorded if file.startswith("embed-") and file.endswith(".png")}
+    embeds |= {a.file for a in r.record.artifacts.values() if a.file.startswith("embed-") and a.file.endswith(".png")}
     found += [(file, "embedding " + file[len("embed-"):-len(".png")]) for file in sorted(embeds)]
-    figures = []
-    for file, caption in found:
-        if file in recorded:
-            data = record.read_bytes(recorded[file])
-        elif (r.path / file).is_file():
-            data = (r.path / file).read_bytes()
-        else:
-            continue
-        figure = _figure(r, data, r.path / file, file, caption, out)
-        if figure:
-            figures.append(figure)
-    return figures
+    figures = [_run_figure(r, file, caption, out) for file, caption in found]
+    return [f for f in figures if f]
+
+
+def _run_figure(r: _Run, file: str, caption: str, out: Path, full: bool = False) -> Figure | None:
+    """The run's figure ``file``: checked when the record lists it, taken as found when not; None when absent."""
+    recorded = {a.file: name for name, a in r.record.artifacts.items()}
+    if file in recorded:
+        data = r.record.read_bytes(recorded[file])
+    elif (r.path / file).is_file():
+        data = (r.path / file).read_bytes()
+    else:
+        return None
+    return _figure(r, data, r.path / file, file, caption, out, full)
 
 
 def _external_figures(r: _Run, e: _External, out: Path) -> list[Figure]:
-    """The external confusion matrix and ROC curves the record lists, checked, copied to
+    """The external confusion matrix, ROC curves and reliability diagram the record lists, checked, copied to
     ``out/figures/<run>-external-<name>-<part>.png``."""
     figures = []
-    for part, caption in (("confusion", "confusion matrix"), ("roc", "ROC curves")):
+    for part, caption in (("confusion", "confusion matrix"), ("roc", "ROC curves"),
+                          ("calibration", "reliability diagram")):
         key = f"external/{e.name}/{part}"
         if key not in r.record.artifacts:
             continue
         data = r.record.read_bytes(key)
+        whose = "one curve per model" if part == "calibration" else "head"
         figure = _figure(r, data, r.path / r.record.artifacts[key].file, f"external-{e.slug}-{part}.png",
-                         f"{caption} (head, external: {e.name})", out)
+                         f"{caption} ({whose}, external: {e.name})", out)
         if figure:
             figures.append(figure)
     return figures
 
 
-def _figure(r: _Run, data: bytes, source: Path, file: str, caption: str, out: Path) -> Figure | None:
+def _figure(r: _Run, data: bytes, source: Path, file: str, caption: str, out: Path,
+            full: bool = False) -> Figure | None:
     """A PNG copied to ``out/figures/<run>-<file>``; None (and a logged warning) when ``data`` is not a PNG."""
     if png_size(data) is None:
         log.warning("%s: not a PNG; left out of the report", source)
@@ -704,7 +923,22 @@ def _figure(r: _Run, data: bytes, source: Path, file: str, caption: str, out: Pa
     name = f"{r.slug}-{file}"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     atomic_write(out / "figures" / name, data)
-    return Figure(caption, data, f"figures/{name}")
+    return Figure(caption, data, f"figures/{name}", full)
+
+
+def _gradcam_section(r: _Run, out: Path) -> list:
+    """The Grad-CAM grid fit-head drew from the cached maps, and what it shows; nothing when the run has none."""
+    layer = r.record.store["fingerprint"]["layer"]
+    figure = _run_figure(r, GRADCAM, f"Grad-CAM of the head on test images: per class, right and wrong predictions; "
+                                     f"map resolution is the cut layer's ({layer})", out, full=True)
+    if figure is None:
+        return []
+    return [Heading(3, "Grad-CAM (head, test)"), Figures([figure]),
+            Para("Each row is a true class: test images the head got right, then ones it got wrong, the most "
+                 "confident first, each with the true and predicted class. The heat map weighs the cut layer's "
+                 "feature maps by the gradient of the class score, so it is as coarse as that layer's grid, "
+                 "upsampled onto the image. Heat on borders, text or markers rather than the lungs is a shortcut "
+                 "to look for.", cls="note")]
 
 
 def _run_section(r: _Run, out: Path) -> list:
@@ -712,6 +946,9 @@ def _run_section(r: _Run, out: Path) -> list:
                     Para([Span(str(r.path), "code")], cls="note")]
     blocks += [Heading(3, "Configuration"), Table(["Setting", "Value"], _config_rows(r), cls="kv")]
     blocks += [Heading(3, "Test results"), _results_table(r)]
+    blocks += _seeds_section(r)
+    blocks += _points_section(r)
+    blocks += _calibration_section(r)
     blocks += _external_section(r, out)
     per_class = _per_class_table(r)
     if per_class:
@@ -724,6 +961,7 @@ def _run_section(r: _Run, out: Path) -> list:
         blocks += [Heading(3, "Training"), Para(history)]
     figures = _figures(r, out)
     blocks += [Heading(3, "Figures"), Figures(figures) if figures else Para("No figures in the run folder.", "note")]
+    blocks += _gradcam_section(r, out)
     blocks.append(Heading(3, "Warnings"))
     ranked = sorted(r.warnings, key=lambda w: _SEVERITY[w.kind])
     items = [[_warning_label(w.kind), w.message] for w in ranked]

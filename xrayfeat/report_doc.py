@@ -1,15 +1,17 @@
 """The report's document model and its two renderers: Markdown and one self-contained HTML file.
 
 A report is built once as a list of blocks (:class:`Heading`, :class:`Para`,
-:class:`Table`, :class:`List`, :class:`Figures`) and rendered twice, so the
-two outputs always say the same thing. Inline content is a ``str``, a
-:class:`Span`, or a list of those.
+:class:`Table`, :class:`List`, :class:`Figures`, :class:`Folded`) and rendered
+twice, so the two outputs always say the same thing. Inline content is a
+``str``, a :class:`Span`, or a list of those.
 
 :func:`render_markdown` refers to figures by their relative ``md_path``;
 :func:`render_html` embeds every figure as a ``data:`` URI and carries its own
 CSS (screen and print), so the page opens offline and loads nothing from
 anywhere. Every string is escaped by both renderers: text from a run record is
-data, not markup.
+data, not markup. The page fits a laptop screen: every table sits in a box of
+the page's width that scrolls sideways when the table is wider, long words in
+text and headers wrap instead of widening the page, and figures scale down.
 
 What the blocks say (which tables, which sections) is :mod:`xrayfeat.report`'s
 business; this module knows nothing of runs.
@@ -22,7 +24,7 @@ import html
 import struct
 from dataclasses import dataclass, field
 
-__all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "png_size",
+__all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "Folded", "png_size",
            "render_markdown", "render_html"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -82,17 +84,26 @@ class Figure:
     caption: str
     data: bytes
     md_path: str
+    full: bool = False  # the full page width whatever its shape (a grid of small images to be read)
 
     @property
     def wide(self) -> bool:
-        """Wide figures (training curves) get the full page width."""
+        """Wide figures (training curves) and ``full`` ones get the full page width."""
         size = png_size(self.data)
-        return bool(size) and size[1] > 0 and size[0] / size[1] >= _WIDE_ASPECT
+        return self.full or (bool(size) and size[1] > 0 and size[0] / size[1] >= _WIDE_ASPECT)
 
 
 @dataclass
 class Figures:
     figures: list
+
+
+@dataclass
+class Folded:
+    """Blocks of detail under a one-line ``summary``: closed until clicked in HTML, shown in full in Markdown."""
+
+    summary: object
+    blocks: list
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
@@ -127,27 +138,31 @@ def _md_inline(content) -> str:
     return _md_text(content)
 
 
+def _md_block(b) -> str:
+    if isinstance(b, Heading):
+        return "#" * b.level + " " + _md_text(b.text)
+    if isinstance(b, Para):
+        text = _md_inline(b.content)
+        return f"*{text}*" if b.cls == "note" and not text.startswith("`") else text
+    if isinstance(b, List):
+        return "\n".join("- " + _md_inline(item) for item in b.items)
+    if isinstance(b, Table):
+        lines = ["| " + " | ".join(_md_text(h) for h in b.header) + " |",
+                 "|" + "|".join("---:" if i in b.numeric else "---" for i in range(len(b.header))) + "|"]
+        lines += ["| " + " | ".join(_md_inline(c) for c in row) + " |" for row in b.rows]
+        return "\n".join(lines)
+    if isinstance(b, Figures):
+        return "\n\n".join(
+            f"![{_md_text(f.caption).replace('[', '(').replace(']', ')')}]({f.md_path})  \n*{_md_text(f.caption)}*"
+            for f in b.figures)
+    if isinstance(b, Folded):  # Markdown has no folding: the summary, then everything
+        return "\n\n".join([_md_inline(b.summary), *(_md_block(inner) for inner in b.blocks)])
+    raise TypeError(f"A report block must be a Heading, Para, List, Table, Figures or Folded. Got {b!r} instead.")
+
+
 def render_markdown(blocks) -> str:
     """The blocks as Markdown (GitHub flavour: pipe tables); figures by their ``md_path``."""
-    out: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append("#" * b.level + " " + _md_text(b.text))
-        elif isinstance(b, Para):
-            text = _md_inline(b.content)
-            out.append(f"*{text}*" if b.cls == "note" and not text.startswith("`") else text)
-        elif isinstance(b, List):
-            out.append("\n".join("- " + _md_inline(item) for item in b.items))
-        elif isinstance(b, Table):
-            lines = ["| " + " | ".join(_md_text(h) for h in b.header) + " |",
-                     "|" + "|".join("---:" if i in b.numeric else "---" for i in range(len(b.header))) + "|"]
-            lines += ["| " + " | ".join(_md_inline(c) for c in row) + " |" for row in b.rows]
-            out.append("\n".join(lines))
-        elif isinstance(b, Figures):
-            out.append("\n\n".join(
-                f"![{_md_text(f.caption).replace('[', '(').replace(']', ')')}]({f.md_path})  \n*{_md_text(f.caption)}*"
-                for f in b.figures))
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(_md_block(b) for b in blocks) + "\n"
 
 
 # --------------------------------------------------------------------------- HTML
@@ -157,11 +172,13 @@ _CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; background: #fff; color: #1f2328;
   font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1200px; margin: 0 auto; padding: 28px 32px 56px; }
+main { max-width: 1320px; margin: 0 auto; padding: 24px 24px 56px; }
+h1, h2, h3, h4, h5, p, li, figcaption { overflow-wrap: anywhere; }
 h1 { font-size: 26px; margin: 0 0 6px; }
 h2 { font-size: 20px; margin: 36px 0 10px; padding-bottom: 5px; border-bottom: 2px solid #d8dee4; }
 h3 { font-size: 15.5px; margin: 22px 0 8px; }
 h4 { font-size: 14px; margin: 18px 0 6px; color: #424a53; }
+h5 { font-size: 13px; margin: 14px 0 4px; color: #424a53; }
 p { margin: 6px 0 10px; }
 p.lead { color: #424a53; }
 p.note { color: #57606a; font-size: 12.5px; max-width: 78em; }
@@ -173,18 +190,21 @@ ul.toc { list-style: none; padding: 0; margin: 8px 0 0; display: flex; flex-wrap
 ul.warnings { padding-left: 20px; }
 ul.warnings li { margin: 4px 0; }
 h2 + ul.warnings { border-left: 4px solid #bf8700; background: #fff8c5; padding: 8px 12px 8px 30px; }
-.scroll { overflow-x: auto; margin: 4px 0 8px; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 4px 0 8px; }
+details { margin: 4px 0 10px; }
+summary { cursor: pointer; color: #57606a; font-size: 12.5px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { padding: 5px 9px; border-bottom: 1px solid #d8dee4; text-align: left; vertical-align: top; }
-thead th { background: #f6f8fa; border-bottom: 1px solid #afb8c1; font-weight: 600; }
+thead th { background: #f6f8fa; border-bottom: 1px solid #afb8c1; font-weight: 600; overflow-wrap: break-word; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.num { white-space: nowrap; }
 .sub { color: #6e7781; }
 td .sub { display: block; font-size: 11.5px; }
 table.compare { font-size: 12.5px; }
+table.compare th, table.compare td { padding: 5px 6px; }
 table.compare thead th { vertical-align: bottom; }
-table.compare td:first-child { white-space: nowrap; }
+table.compare td:first-child { overflow-wrap: anywhere; min-width: 7em; }
 table.kv { width: 100%; }
 table.kv td:first-child { width: 11em; color: #424a53; white-space: nowrap; }
 table.kv tbody tr:nth-child(even) { background: none; }
@@ -201,12 +221,12 @@ figcaption { font-size: 12px; color: #57606a; margin-top: 4px; }
   body { font-size: 11px; }
   main { max-width: none; padding: 0; }
   h2.run { break-before: page; }
-  h2, h3, h4 { break-after: avoid; }
+  h2, h3, h4, h5 { break-after: avoid; }
   figure, tr, ul.warnings li { break-inside: avoid; }
   .scroll { overflow: visible; }
   table, table.compare { font-size: 9.5px; }
   td .sub { font-size: 8.5px; }
-  th, td { padding: 3px 3px; }
+  th, td, table.compare th, table.compare td { padding: 3px 3px; }
   p.note, figcaption { font-size: 9.5px; }
   .flag { font-size: 8.5px; padding: 0 3px; }
   h1 { font-size: 20px; } h2 { font-size: 16px; } h3 { font-size: 13px; } h4 { font-size: 12px; }
@@ -244,37 +264,49 @@ def _cls(name: str) -> str:
     return f' class="{_esc(name)}"' if name else ""
 
 
+def _html_table(b: Table) -> str:
+    """A table in its own sideways-scrolling box, so a wide one never widens the page."""
+    def cell(tag, i, content):
+        return f"<{tag}{_cls('num' if i in b.numeric else '')}>{_html_inline(content)}</{tag}>"
+
+    rows = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in b.rows)
+    if b.cls == "kv":  # a settings list: no header row
+        return f'<div class="scroll"><table class="kv"><tbody>{rows}</tbody></table></div>'
+    head = "".join(cell("th", i, h) for i, h in enumerate(b.header))
+    return f'<div class="scroll"><table{_cls(b.cls)}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _html_figures(b: Figures) -> str:
+    figs = []
+    for f in b.figures:
+        uri = "data:image/png;base64," + base64.b64encode(f.data).decode("ascii")
+        figs.append(f'<figure{_cls("wide" if f.wide else "")}><img src="{uri}" alt="{_esc(f.caption)}">'
+                    f"<figcaption>{_esc(f.caption)}</figcaption></figure>")
+    return '<div class="figs">' + "".join(figs) + "</div>"
+
+
+def _html_block(b) -> str:
+    if isinstance(b, Heading):
+        anchor = f' id="{_esc(b.anchor)}"' if b.anchor else ""
+        return f"<h{b.level}{anchor}{_cls(b.cls)}>{_esc(b.text)}</h{b.level}>"
+    if isinstance(b, Para):
+        return f"<p{_cls(b.cls)}>{_html_inline(b.content)}</p>"
+    if isinstance(b, List):
+        items = "".join(f"<li>{_html_inline(item)}</li>" for item in b.items)
+        return f"<ul{_cls(b.cls)}>{items}</ul>"
+    if isinstance(b, Table):
+        return _html_table(b)
+    if isinstance(b, Figures):
+        return _html_figures(b)
+    if isinstance(b, Folded):
+        inner = "\n".join(_html_block(inner) for inner in b.blocks)
+        return f"<details><summary>{_html_inline(b.summary)}</summary>\n{inner}\n</details>"
+    raise TypeError(f"A report block must be a Heading, Para, List, Table, Figures or Folded. Got {b!r} instead.")
+
+
 def render_html(blocks, title: str) -> str:
     """The blocks as one HTML page with its CSS and every figure inline; it loads nothing."""
-    body: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            anchor = f' id="{_esc(b.anchor)}"' if b.anchor else ""
-            body.append(f"<h{b.level}{anchor}{_cls(b.cls)}>{_esc(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            body.append(f"<p{_cls(b.cls)}>{_html_inline(b.content)}</p>")
-        elif isinstance(b, List):
-            items = "".join(f"<li>{_html_inline(item)}</li>" for item in b.items)
-            body.append(f"<ul{_cls(b.cls)}>{items}</ul>")
-        elif isinstance(b, Table):
-            def cell(tag, i, content):
-                return f"<{tag}{_cls('num' if i in b.numeric else '')}>{_html_inline(content)}</{tag}>"
-
-            head = "".join(cell("th", i, h) for i, h in enumerate(b.header))
-            rows = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in b.rows)
-            if b.cls == "kv":  # a settings list: no header row
-                body.append(f'<div class="scroll"><table class="kv"><tbody>{rows}</tbody></table></div>')
-            else:
-                body.append(f'<div class="scroll"><table{_cls(b.cls)}><thead><tr>{head}</tr></thead>'
-                            f"<tbody>{rows}</tbody></table></div>")
-        elif isinstance(b, Figures):
-            figs = []
-            for f in b.figures:
-                uri = "data:image/png;base64," + base64.b64encode(f.data).decode("ascii")
-                figs.append(f'<figure{_cls("wide" if f.wide else "")}><img src="{uri}" alt="{_esc(f.caption)}">'
-                            f"<figcaption>{_esc(f.caption)}</figcaption></figure>")
-            body.append('<div class="figs">' + "".join(figs) + "</div>")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+            + "\n".join(_html_block(b) for b in blocks) + "\n</main>\n</body>\n</html>\n")

@@ -10,13 +10,21 @@
    stratified ``val_fraction`` of train, grouped by patient when the dataset
    knows patients (:func:`split_validation`);
 4. :func:`_train`: the seed's Keras head (and, with ``train_tail``, the
-   backbone's last block) on the cached features, on its own backend;
+   backbone's last block) on the cached features, on its own backend; with
+   ``repeats`` the head again under the next seeds;
 5. :func:`_baselines`: the scikit-learn baselines on pooled features and the
-   pixels sentinel;
-6. :func:`study_warnings`: what this field must be told (random weights,
-   leakage, tiny test sets, shortcuts, source gaps);
-7. :func:`_write_run`: metrics with bootstrap intervals, predictions, history,
-   figures and the :class:`~xrayfeat.runs.RunRecord`.
+   pixels sentinel, fitted on the same training rows as the head;
+6. :func:`choose_thresholds`: each model's operating point, chosen on the
+   validation rows only (test labels never reach it);
+7. :func:`study_warnings`: what this field must be told (random weights,
+   leakage, tiny test sets, shortcuts, source gaps, class imbalance);
+8. :func:`_write_run`: metrics with bootstrap intervals, operating points and
+   calibration, predictions (test and validation), history, figures and the
+   :class:`~xrayfeat.runs.RunRecord`.
+
+Every figure and every metric is computed from ``predictions.csv`` (test) and
+``predictions-val.csv`` (validation, where thresholds come from), so anyone can
+recompute them from the run folder.
 
 :func:`embed_map` draws a map of pooled features or of a run head's
 penultimate layer; :func:`export_features` writes a dataset's cached features
@@ -41,8 +49,10 @@ from .errors import DatasetError, XrayfeatError
 from .extraction import extract, resolve
 from .fileio import atomic_path, write_json
 from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from .params import OptionError
 from .runs import RunWarning
 from .store import FeatureStore
+from .summary import imbalance_warning
 
 log = logging.getLogger("xrayfeat")
 
@@ -126,10 +136,14 @@ class FitResult:
     baselines: dict
     warnings: list[RunWarning] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    operating: dict | None = None  # the head's operating points on test (metrics.json's head.operating_points)
+    repeats: dict | None = None  # the head across seeds (metrics.json's repeats), with --repeats > 1
+    skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
 
     def as_json(self) -> dict:
-        return {"run": self.run, "test": self.test, "baselines": self.baselines,
-                "warnings": [asdict(w) for w in self.warnings], "timings": self.timings}
+        return {"run": self.run, "test": self.test, "baselines": self.baselines, "operating": self.operating,
+                "repeats": self.repeats, "warnings": [asdict(w) for w in self.warnings], "timings": self.timings,
+                "skipped_files": self.skipped_files}
 
 
 @dataclass
@@ -147,12 +161,59 @@ class _Split:
     seconds: float
 
 
-def evaluate_models(probabilities: dict, y, classes, items, *, n_boot: int, seed: int) -> dict:
-    """:func:`metrics.evaluate` for each model's probabilities on ``items``: patients resampled, sources broken down."""
+def evaluate_models(probabilities: dict, y, classes, items, *, n_boot: int, seed: int,
+                    thresholds: dict | None = None, rule: str | None = None) -> dict:
+    """:func:`metrics.evaluate` for each model's probabilities on ``items``: patients resampled, sources broken down.
+
+    ``thresholds`` ({model: {class: {"threshold", "note"}}}, chosen on validation
+    by :func:`choose_thresholds`) add each model's operating points under ``rule``.
+    """
     groups = groups_of(items)
     sources = [i.source for i in items] if any(i.source for i in items) else None
-    return {name: metrics.evaluate(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed)
+    thresholds = thresholds or {}
+    return {name: metrics.evaluate(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed,
+                                   thresholds=thresholds.get(name), threshold_rule=rule if name in thresholds else None)
             for name, proba in probabilities.items()}
+
+
+def positive_class(classes, positive: str | None) -> str | None:
+    """The positive class of a binary task (``positive``, default the second class); None for multiclass tasks."""
+    classes = list(classes)
+    if positive is not None and positive not in classes:
+        raise OptionError(f"--positive {positive!r} is not a class of this task ({', '.join(classes)})")
+    if len(classes) != 2:
+        if positive is not None:
+            raise OptionError(f"--positive applies to binary tasks; with {len(classes)} classes every class is "
+                              f"reported one-vs-rest, so leave it out")
+        return None
+    return positive or classes[1]
+
+
+def choose_thresholds(y_val, val_probabilities: dict, classes, rule: str, positive: str | None) -> dict:
+    """Each model's operating-point thresholds, chosen on the validation rows alone (never on test)."""
+    return {name: metrics.choose_thresholds(y_val, proba, list(classes), rule, positive=positive)
+            for name, proba in val_probabilities.items()}
+
+
+def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list[int]) -> dict | None:
+    """The head's accuracy, balanced accuracy and ROC-AUC across seeds: mean, SD (ddof=1), min, max, values.
+
+    ``primary`` is the first seed's test metrics; ``repeats`` the other seeds'
+    test probabilities (:class:`~xrayfeat.headproc.HeadOutcome` ``repeats``).
+    """
+    if not repeats:
+        return None
+    scored = [primary] + [metrics.evaluate(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
+    spread = {}
+    for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+        values = [m[key] for m in scored]
+        if any(v is None for v in values):
+            spread[key] = None
+            continue
+        values = np.array(values, dtype=float)
+        spread[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)), "min": float(values.min()),
+                       "max": float(values.max()), "values": [float(v) for v in values]}
+    return {"seeds": list(seeds), "head": spread}
 
 
 def headline(m: dict) -> dict:
@@ -168,6 +229,7 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
     for options in (features, head, run):
         options.validate()
     check_task(dataset)
+    positive_class(dataset.classes, head.positive)
     config = resolve(features, run.device)
     spec = get_spec(features.backbone)
     if head.train_tail and config.fingerprint["layer"] == spec.final_layer:
@@ -186,6 +248,8 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split
     store = FeatureStore.at(extraction.store)
     skipped = extraction.skipped_paths
     items = [item for item in dataset.items if str(item.path) not in skipped]
+    if skipped:  # a class whose images were all left out no longer makes an honest task
+        check_task(Dataset(root=dataset.root, items=items, classes=dataset.classes, layout=dataset.layout))
     train = [item for item in items if item.split in ("train", "val")]
     test = [item for item in items if item.split == "test"]
     class_index = {c: i for i, c in enumerate(dataset.classes)}
@@ -226,32 +290,47 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
         n_classes=n_classes, epochs=head.epochs, batch_size=head.batch_size,
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
         lr=head.lr, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
+        class_weight=head.class_weight, restore_best=head.restore_best,
+        repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)),
     )
 
 
-def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path):
-    """Fit the baselines on train, predict test, save each; (probabilities, artifacts, summaries)."""
+def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx):
+    """Fit the baselines on the head's training rows, predict validation and test, save each.
+
+    The validation rows are held out of the baselines as they are of the head,
+    so every model's threshold is chosen on images it never trained on.
+    Returns (test probabilities, validation probabilities, artifacts, summaries).
+    """
     from .baselines import columns_for, fit_baselines, read_pixels, save_baseline
 
     if not head.baselines:
-        return {}, {}, {}
+        return {}, {}, {}, {}
     needs_pixels = "pixels" in head.baselines
+    pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
+    fit_items = [split.train[k] for k in fit_idx]
     fitted = fit_baselines(
         head.baselines,
-        pooled_train=split.train_arrays["pooled"],
-        pixels_train=read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None,
-        y_train=split.y_train, groups=groups_of(split.train), seed=head.seed, n_jobs=head.n_jobs,
+        pooled_train=split.train_arrays["pooled"][fit_idx],
+        pixels_train=pixels_train[fit_idx] if needs_pixels else None,
+        y_train=split.y_train[fit_idx], groups=groups_of(fit_items), seed=head.seed, n_jobs=head.n_jobs,
+        class_weight=head.class_weight,
     )
-    pixels_test = read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None
+    inputs = {
+        "test": (split.test_arrays["pooled"], read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
+        "val": (split.train_arrays["pooled"][val_idx], pixels_train[val_idx] if needs_pixels else None),
+    }
     (run_dir / "baselines").mkdir(exist_ok=True)
-    probabilities, artifacts, summaries = {}, {}, {}
+    probabilities = {"test": {}, "val": {}}
+    artifacts, summaries = {}, {}
     for name, model in fitted.items():
-        x = pixels_test.reshape(len(split.test), -1).astype(np.float32) if name == "pixels" else split.test_arrays["pooled"]
-        probabilities[name] = columns_for(model, model.predict_proba(x), n_classes)
+        for role, (pooled, pixels) in inputs.items():
+            x = pixels.reshape(len(pixels), -1).astype(np.float32) if name == "pixels" else pooled
+            probabilities[role][name] = columns_for(model, model.predict_proba(x), n_classes)
         file = f"baselines/{name}.joblib"
         artifacts[f"baseline/{name}"] = runs.Artifact(file, save_baseline(model, run_dir / file))
         summaries[name] = model.summary()
-    return probabilities, artifacts, summaries
+    return probabilities["test"], probabilities["val"], artifacts, summaries
 
 
 def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
@@ -276,6 +355,10 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
         gap = metrics.source_gap_warning(head_metrics["by_source"])
         if gap:
             found.append(RunWarning("source_gap", gap))
+    labels = sorted({i.label for i in [*train, *test]})
+    imbalance = imbalance_warning({c: sum(1 for i in train if i.label == c) for c in labels})
+    if imbalance:
+        found.append(RunWarning("imbalance", imbalance))
     return found
 
 
@@ -311,12 +394,24 @@ def _versions() -> dict:
 def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
              run: RunOptions = RunOptions(), *, out=None, runs_root="runs") -> FitResult:
     """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring."""
-    from .headproc import resolve_head_backend, start_child
+    from .headproc import resolve_head_backend
 
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.backend, device=config.device, train_tail=head.train_tail)
     run_dir = runs.new_run_dir(out, runs.task_name(dataset.classes), features.backbone, runs_root)
+    try:
+        return _study(dataset, features, head, run, config, head_backend, backend_reason, run_dir, started)
+    except BaseException as exc:  # the folder says fit-head failed, or is given back when nothing was written
+        runs.abandon_run_dir(run_dir, exc)
+        raise
+
+
+def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path,
+           started: float) -> FitResult:
+    """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed."""
+    from .headproc import start_child
+
     # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
     # (if this function fails before training, the child sees its input close and exits)
     child = start_child(head_backend, config.device)
@@ -338,11 +433,18 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
                                           f"this run asked for (--head-backend {head_backend} found no {config.device.upper()})"))
 
     t = time.perf_counter()
-    probabilities, baseline_artifacts, baseline_info = _baselines(split, head, n_classes, run_dir)
+    probabilities, val_probabilities, baseline_artifacts, baseline_info = _baselines(
+        split, head, n_classes, run_dir, fit_idx, val_idx)
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
-    scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_boot, seed=head.seed)
+    val_probabilities = {"head": trained.proba_val, **val_probabilities}
+    positive = positive_class(dataset.classes, head.positive)
+    thresholds = choose_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive)
+    scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_boot, seed=head.seed,
+                             thresholds=thresholds, rule=head.threshold)
     head_metrics = scored.pop("head")
+    spread = seed_spread(head_metrics, trained.repeats, split.y_test, dataset.classes,
+                         list(range(head.seed, head.seed + head.repeats)))
     found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights)
     for warning in found:
         log.warning("%s", warning.message)
@@ -351,6 +453,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
         xrayfeat=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), data=str(dataset.root),
         task=runs.task_name(dataset.classes), classes=list(dataset.classes),
         counts={"train": len(fit_idx), "val": len(val_idx), "test": len(split.test), "skipped": split.extraction.skipped},
+        skipped_files=list(split.extraction.skipped_files),
         validation=val_source, features=asdict(features),
         head={**asdict(head), "validation_steps": head.seed_validation_steps(n_classes), "baselines": list(head.baselines)},
         run={"device": run.device, "batch_size": run.batch_size, "cache_dir": str(run.cache_dir)},
@@ -368,28 +471,54 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     roles[val_idx] = "val"
     used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
     runs.write_splits(run_dir / "splits.csv", used)
-    _write_run(record, run_dir, split, trained, head_metrics, scored, probabilities, baseline_artifacts, dataset.classes)
+    val_items = [split.train[k] for k in val_idx]
+    runs.write_predictions(run_dir / "predictions-val.csv", val_items, split.y_train[val_idx], dataset.classes,
+                           val_probabilities)
+    summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
+    if spread:
+        summary["repeats"] = spread
+    _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes)
     return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
-                     warnings=found, timings=record.timings)
+                     warnings=found, timings=record.timings, operating=head_metrics.get("operating_points"),
+                     repeats=spread, skipped_files=record.skipped_files)
 
 
-def _write_run(record, run_dir: Path, split: _Split, trained, head_metrics, baseline_metrics, probabilities,
-               baseline_artifacts, classes) -> None:
+def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, probabilities, baseline_artifacts,
+               classes) -> None:
     """Every artifact, then the record naming each with its sha256 (written last: its presence means complete)."""
-    write_json(run_dir / "metrics.json", {"head": head_metrics, "baselines": baseline_metrics})
+    head_metrics = summary["head"]
+    write_json(run_dir / "metrics.json", summary)
     runs.write_history(run_dir / "history.csv", trained.history, trained.epoch_seconds)
     runs.write_predictions(run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
     title = f"{record.task} · {record.backbone}" + (" · RANDOM weights" if record.weights["random"] else "")
-    plots.plot_curves(trained.history, run_dir / "curves.png", title=title)
+    plots.plot_curves(trained.history, run_dir / "curves.png", title=title, best_epoch=trained.settings.get("best_epoch"))
     plots.plot_confusion(head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
     plots.plot_roc(split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
+    models = {"head": head_metrics, **summary["baselines"]}
+    plots.plot_calibration({name: m["calibration"] for name, m in models.items()}, run_dir / "calibration.png",
+                           title=title)
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
-             "predictions": "predictions.csv", "splits": "splits.csv", "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png"}
+             "predictions": "predictions.csv", "predictions_val": "predictions-val.csv", "splits": "splits.csv",
+             "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png", "calibration": "calibration.png"}
     if (run_dir / "head.npz").is_file():  # the plain seed head's arrays, for inference without Keras
         files["head_arrays"] = "head.npz"
+        if _gradcam_grid(record, run_dir, split, trained, classes, title):
+            files["gradcam"] = "gradcam.png"
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
     runs.write_record(record, run_dir)
+
+
+def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title: str) -> bool:
+    """``gradcam.png``: Grad-CAM overlays of a few test images per class, right and wrong, from the cached maps."""
+    from . import gradcam, head_numpy
+
+    head = head_numpy.NumpyHead(run_dir / "head.npz").arrays
+    drawn = gradcam.example_grid(
+        [item.path for item in split.test], split.test_arrays["spatial"], head, split.y_test, trained.proba_test,
+        list(classes), run_dir / "gradcam.png",
+        image_size=record.features.get("image_size") or split.store.fingerprint["image_size"], title=title)
+    return drawn is not None
 
 
 # --------------------------------------------------------------------------- maps

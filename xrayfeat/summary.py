@@ -13,9 +13,32 @@ from xrayfeat import images
 from xrayfeat.datasets import SPLITS, Dataset, Item
 from xrayfeat.errors import ImageReadError
 
-__all__ = ["summarize"]
+__all__ = ["summarize", "imbalance_warning", "IMBALANCE_RATIO"]
+
+#: Train is called imbalanced when its largest class has more than this many times the images of its smallest.
+IMBALANCE_RATIO = 2.0
 
 _SPLIT_ORDER = {name: i for i, name in enumerate(SPLITS)}
+
+
+def imbalance_warning(counts: dict[str, int], where: str = "train") -> str | None:
+    """A sentence when the largest class in ``counts`` has more than :data:`IMBALANCE_RATIO` × the smallest's images.
+
+    Accuracy then rewards predicting the majority; the sentence points at the
+    balanced accuracy and at ``--class-weight balanced``. Classes with no images
+    at all are another problem (fit-head refuses them), not counted here.
+    """
+    present = {name: n for name, n in counts.items() if n > 0}
+    if len(present) < 2:
+        return None
+    large = max(present, key=present.get)
+    small = min(present, key=present.get)
+    ratio = present[large] / present[small]
+    if ratio <= IMBALANCE_RATIO:
+        return None
+    return (f"{where} is imbalanced: {large} has {present[large]} images, {ratio:.1f}× the {present[small]} of "
+            f"{small}; accuracy rewards the majority class, so read the balanced accuracy and per-class "
+            f"sensitivity, or train with --class-weight balanced")
 
 
 def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
@@ -93,4 +116,5 @@ def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
         "duplicates": duplicates,
         "patients_in_several_splits": patients,
         "unreadable": unreadable,
+        "imbalance": imbalance_warning(counts["train"]) if "train" in counts else None,
     }

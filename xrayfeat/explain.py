@@ -1,0 +1,172 @@
+"""Grad-CAM overlays for a trained run's predictions on any images, from the cached spatial maps.
+
+:func:`explain` takes the same inputs as :func:`xrayfeat.prediction.predict`
+(image files, folders, CSVs with a ``path`` column) and, for each image, draws
+where the run's head looks: Grad-CAM of the predicted class (or of one chosen
+class) at the run's cut layer. The map comes from the image's cached spatial
+features and the head's arrays alone (:mod:`xrayfeat.gradcam`), so an image
+already in the cache costs no backbone and no deep-learning framework; an image
+that is not is extracted first, into the same cache as ``predict`` uses.
+
+Written to ``OUT/``: ``<stem>.png`` (the map on the X-ray, with the predicted
+class and its probability in the title), ``<stem>.npz`` (the raw map at the cut
+layer's resolution, the explained class, the probabilities, the layer and the
+image's sha256) and ``explain.csv`` (one row per image). Two inputs with the
+same file stem get ``<stem>-2``, ``<stem>-3``... in input order.
+
+The map's resolution is the cut layer's: 7×7 for VGG16 ``block5_pool`` at
+224 px. A run trained at an earlier cut gives a finer one. Runs whose head is
+not the plain seed head (``--train-tail``) are refused: their map would feed
+backbone layers that the head's arrays do not describe.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, XrayfeatError
+from .extraction import extract
+from .fileio import atomic_path, atomic_write
+from .gradcam import grad_cam, plot_overlay
+from .images import read_image
+from .options import RunOptions
+from .prediction import check_reproducible, feature_options, run_cache_dir
+from .store import FeatureStore
+
+#: Images whose maps are computed and drawn together (bounds memory on large inputs).
+CHUNK = 64
+
+
+@dataclass
+class ExplainResult:
+    """What :func:`explain` wrote: one overlay and one map per image, and the table of them."""
+
+    out: str
+    csv: str
+    images: int
+    extracted: int
+    reused: int
+    layer: str  # e.g. "vgg16:block5_pool"
+    map_size: tuple[int, int]  # (H, W) of every map
+    target_class: str | None  # the class every map explains, or None: each image's predicted class
+    rows: list[dict] = field(default_factory=list)  # per image: path, sha256, predicted, probability, explained, png, npz
+
+    def as_json(self) -> dict:
+        return {"out": self.out, "csv": self.csv, "images": self.images, "extracted": self.extracted,
+                "reused": self.reused, "layer": self.layer, "map": list(self.map_size), "class": self.target_class,
+                "explained": self.rows}
+
+
+def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None, device: str = "auto",
+            batch_size: int = 32, workers: int | None = None, progress: bool = False) -> ExplainResult:
+    """Grad-CAM overlays of ``run``'s head on ``inputs``, written to the folder ``out``; see the module docstring.
+
+    ``run``: a loaded :class:`~xrayfeat.trained.Run`. ``target_class``: a class
+    of the run every map explains (default: each image's predicted class).
+    Features come from the run's cache (or ``cache_dir``), computed there first
+    for images it lacks.
+    """
+    from .datasets import gather_images
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    target = _target_index(run, target_class)
+    head = _head_arrays(run)
+    options = feature_options(run)
+    check_reproducible(run, options, device)
+    folder = run_cache_dir(run, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = gather_images(inputs, hash_cache=folder / "file-hashes.json")
+    [result] = extract(dataset, options, RunOptions(device=device, batch_size=batch_size, workers=workers,
+                                                    cache_dir=folder, progress=progress))
+    store = FeatureStore.at(result.store)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    layer = f"{run.backbone}:{store.fingerprint['layer']}"
+    size = int(store.fingerprint["image_size"])
+    stems = _stems(dataset.items)
+    rows, map_size = [], (0, 0)
+    for start in range(0, len(dataset), CHUNK):
+        items = dataset.items[start:start + CHUNK]
+        spatial = store.read([item.sha256 for item in items], ("spatial",))["spatial"]
+        map_size = spatial.shape[1:3]
+        cams = grad_cam(spatial, head, target)
+        for i, item in enumerate(items):
+            rows.append(_write_image(run, item, cams, i, out / stems[start + i], layer=layer, size=size))
+    table = out / "explain.csv"
+    _write_table(table, rows)
+    return ExplainResult(out=str(out), csv=str(table), images=len(dataset), extracted=result.extracted,
+                         reused=result.reused, layer=layer, map_size=tuple(int(s) for s in map_size),
+                         target_class=target_class, rows=rows)
+
+
+def _target_index(run, target_class: str | None) -> int | None:
+    if target_class is None:
+        return None
+    if target_class not in run.classes:
+        raise DatasetError(f"--class {target_class!r} is not a class of {run.path}; "
+                           f"its classes are {', '.join(run.classes)}")
+    return run.classes.index(target_class)
+
+
+def _head_arrays(run) -> dict:
+    """The plain seed head's arrays, read from bytes whose sha256 matches the record; one line when there are none."""
+    run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
+    if "head_arrays" not in run.record.artifacts:
+        why = ("its head has a trained backbone tail (fit-head --train-tail), which the cut-layer map would have "
+               "to pass through; explain needs the plain seed head: re-run fit-head without --train-tail"
+               if run.record.head.get("train_tail") else
+               "it has no head.npz (written by an earlier xrayfeat); re-run fit-head")
+        raise XrayfeatError(f"{run.path}: cannot explain this run: {why}")
+    with np.load(io.BytesIO(run.record.read_bytes("head_arrays")), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def _stems(items) -> list[str]:
+    """One output name per image: its file stem, then ``-2``, ``-3``... for stems already taken (case-insensitive)."""
+    taken: set[str] = set()
+    names = []
+    for item in items:
+        stem = Path(item.path).stem
+        name, n = stem, 2
+        while name.lower() in taken:
+            name, n = f"{stem}-{n}", n + 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int) -> dict:
+    """``base.png`` (the overlay) and ``base.npz`` (the raw map and what it explains) for one image; its table row."""
+    classes = run.classes
+    proba = cams.proba[i]
+    predicted, explained = int(proba.argmax()), int(cams.target[i])
+    cam = cams.maps[i]
+    npz = base.with_name(base.name + ".npz")
+    with atomic_path(npz, suffix=".npz") as tmp:
+        np.savez(tmp, cam=cam, channel_weights=cams.weights[i], explained=np.array(classes[explained]),
+                 explained_index=np.int64(explained), predicted=np.array(classes[predicted]),
+                 probabilities=proba, classes=np.array(classes), layer=np.array(layer),
+                 image_size=np.int64(size), sha256=np.array(item.sha256), path=np.array(str(item.path)))
+    title = f"predicted: {classes[predicted]} (p = {proba[predicted]:.3f})"
+    if explained != predicted:
+        title += f"\nGrad-CAM of {classes[explained]} (p = {proba[explained]:.3f})"
+    note = f"{cam.shape[0]}×{cam.shape[1]} map at {layer}, upsampled to {size} px · {item.relpath}"
+    png = plot_overlay(read_image(item.path, size), cam, base.with_name(base.name + ".png"), title=title, note=note)
+    return {"path": str(item.path), "sha256": item.sha256, "predicted": classes[predicted],
+            "probability": round(float(proba[predicted]), 6), "explained": classes[explained],
+            "png": str(png), "npz": str(npz)}
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["path", "sha256", "predicted", "probability", "explained", "png", "npz"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
