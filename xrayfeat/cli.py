@@ -390,30 +390,23 @@ def _operating_table(operating: dict, n: int):
     """The head's operating points: per class, at argmax and at the threshold chosen on validation."""
     from rich.table import Table
 
-    table = Table(title=f"head operating points on test ({n} images; threshold: {operating['rule']}, "
-                        f"chosen on {operating['chosen_on']})")
+    table = Table(title=f"head operating points on test ({n} images; threshold: {operating['rule']}, chosen on "
+                        f"{operating['chosen_on']}; 95% intervals in metrics.json and the report)")
     for col in ("class", "at", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"):
         table.add_column(col, justify="left" if col in ("class", "at") else "right")
-
-    def cell(point, key):
-        value = point.get(key)
-        ci = (point.get("ci") or {}).get(key)
-        text = "-" if value is None else f"{value:.3f}"
-        return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
+    keys = ("sensitivity", "specificity", "ppv", "npv", "f1")
     for name, entry in operating["classes"].items():
-        rows = [("argmax", "-", entry["argmax"])]
-        t = entry["threshold"]
-        if entry.get("at_threshold"):
-            rows.append(("threshold", f"{t:.3f}", entry["at_threshold"]))
-        else:
-            rows.append(("threshold", "-", {"sensitivity": None}))
-        for k, (at, shown, point) in enumerate(rows):
-            table.add_row(name if k == 0 else "", at, shown,
-                          *[cell(point, key) for key in ("sensitivity", "specificity", "ppv", "npv", "f1")])
+        argmax, at = entry["argmax"], entry.get("at_threshold")
+        table.add_row(name, "argmax", "-", *[_fraction(argmax.get(key)) for key in keys])
+        threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+        table.add_row("", "threshold", threshold, *[_fraction(at.get(key) if at else None) for key in keys])
         if entry.get("note"):
             table.add_row("", "", "", entry["note"])
     return table
+
+
+def _fraction(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _repeats_line(repeats: dict) -> str:
