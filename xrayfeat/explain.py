@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DatasetError, XrayfeatError
-from .extraction import extract
 from .fileio import atomic_path, atomic_write
 from .gradcam import grad_cam, plot_overlay
 from .images import read_image
-from .options import RunOptions
-from .prediction import check_reproducible, feature_options, run_cache_dir
-from .store import FeatureStore
+from .prediction import gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
 CHUNK = 64
@@ -72,20 +68,11 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
     Features come from the run's cache (or ``cache_dir``), computed there first
     for images it lacks.
     """
-    from .datasets import gather_images
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
     target = _target_index(run, target_class)
     head = _head_arrays(run)
-    options = feature_options(run)
-    check_reproducible(run, options, device)
-    folder = run_cache_dir(run, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset = gather_images(inputs, hash_cache=folder / "file-hashes.json")
-    [result] = extract(dataset, options, RunOptions(device=device, batch_size=batch_size, workers=workers,
-                                                    cache_dir=folder, progress=progress))
-    store = FeatureStore.at(result.store)
+    dataset, folder = gather_inputs(run, inputs, cache_dir)
+    result, store = run_features(run, dataset, cache_dir=folder, device=device, batch_size=batch_size,
+                                 workers=workers, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layer = f"{run.backbone}:{store.fingerprint['layer']}"
@@ -118,14 +105,14 @@ def _target_index(run, target_class: str | None) -> int | None:
 def _head_arrays(run) -> dict:
     """The plain seed head's arrays, read from bytes whose sha256 matches the record; one line when there are none."""
     run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
-    if "head_arrays" not in run.record.artifacts:
+    arrays = run.head_arrays()  # loaded from the bytes whose sha256 was checked
+    if arrays is None:
         why = ("its head has a trained backbone tail (fit-head --train-tail), which the cut-layer map would have "
                "to pass through; explain needs the plain seed head: re-run fit-head without --train-tail"
                if run.record.head.get("train_tail") else
                "it has no head.npz (written by an earlier xrayfeat); re-run fit-head")
         raise XrayfeatError(f"{run.path}: cannot explain this run: {why}")
-    with np.load(io.BytesIO(run.record.read_bytes("head_arrays")), allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    return arrays.arrays
 
 
 def _stems(items) -> list[str]:

@@ -403,14 +403,11 @@ def _warn_skipped(reasons: dict[str, str]) -> None:
 def open_store(options: FeatureOptions, cache_dir, device: str = "auto") -> FeatureStore:
     """The existing store for these feature options; a clear error says what to run when absent."""
     config = resolve(options, device)
-    if (Path(cache_dir) / store_dirname(config.fingerprint)).is_dir():
-        return FeatureStore.open(cache_dir, config.fingerprint)  # a damaged or foreign store says so itself
-    try:
-        return FeatureStore.open(cache_dir, config.fingerprint)
-    except StoreError:
+    if not (Path(cache_dir) / store_dirname(config.fingerprint)).is_dir():
         raise StoreError(
             f"no features for {options.backbone} ({config.fingerprint['layer']}, {config.fingerprint['precision']}, "
             f"weights {config.weights.identity}) in {cache_dir}; run `xrayfeat extract DATA --backbone {options.backbone}` "
             f"with the same feature options first"
-        ) from None
+        )
+    return FeatureStore.open(cache_dir, config.fingerprint)  # a damaged or foreign store says so itself
 

@@ -110,12 +110,8 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
     # sha256 checked here; the plain head runs in numpy (no Keras import), a head with a tail in Keras
     run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
     loaded = {name: (run.head_arrays() or run.head()) if name == "head" else run.baseline(name) for name in names}
-    options = feature_options(run)
-    check_reproducible(run, options, device)
-    run_options = RunOptions(device=device, batch_size=batch_size, workers=workers,
-                             cache_dir=run_cache_dir(run, cache_dir), progress=progress)
-    [result] = extract(dataset, options, run_options)
-    store = FeatureStore.at(result.store)
+    result, store = run_features(run, dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
+                                 workers=workers, progress=progress)
     parts = store.read(dataset.hashes, ("spatial", "pooled"))
     n_classes = len(run.classes)
     probabilities = {}
@@ -129,6 +125,31 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
             probabilities[name] = columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
     return Scored(dataset=dataset, probabilities=probabilities, extracted=result.extracted, reused=result.reused,
                   store=str(store.path))
+
+
+def gather_inputs(run, inputs, cache_dir=None):
+    """(the images of ``inputs``, the run's cache folder): files, folders or CSVs, hashed with that folder's memory."""
+    from .datasets import gather_images
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    folder = run_cache_dir(run, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return gather_images(inputs, hash_cache=folder / "file-hashes.json"), folder
+
+
+def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
+                 workers: int | None = None, progress: bool = False):
+    """(extraction result, store) of the run's own features for ``dataset``, computed where the cache lacks them.
+
+    Refuses first, in one line, features this installation cannot reproduce.
+    """
+    options = feature_options(run)
+    check_reproducible(run, options, device)
+    run_options = RunOptions(device=device, batch_size=batch_size, workers=workers,
+                             cache_dir=run_cache_dir(run, cache_dir), progress=progress)
+    [result] = extract(dataset, options, run_options)
+    return result, FeatureStore.at(result.store)
 
 
 def predictions_table(scored: Scored, classes):
@@ -152,13 +173,7 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
     files, folders or CSVs with a ``path`` column (a single path is fine).
     ``out``: a CSV to write (atomically), or None.
     """
-    from .datasets import gather_images
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    folder = run_cache_dir(run, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset = gather_images(inputs, hash_cache=folder / "file-hashes.json")
+    dataset, folder = gather_inputs(run, inputs, cache_dir)
     scored = score(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                    progress=progress, models=models)
     table = predictions_table(scored, run.classes)

@@ -329,10 +329,10 @@ class FeatureStore:
 
     def _save_index_if_stale(self) -> None:
         """Save the index unless the saved one already lists the shards there are (a read-only store stays untouched)."""
-        index = self._read_index()
-        saved = self._load_index()
-        if saved is None or saved.shards != index.shards:
-            self._save_index(index)
+        names = self.shard_names()
+        saved = self._load_index()  # read and checked once
+        if saved is None or saved.shards != names:
+            self._save_index(self._build_index(names, saved))
 
     def refresh(self) -> None:
         """Forget the in-memory index (another process may have added rows)."""
