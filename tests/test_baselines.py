@@ -221,7 +221,7 @@ def test_class_weight_must_be_known(where, call):
     with pytest.raises(XrayfeatError) as info:
         call()
     assert str(info.value) == (
-        f"The 'class_weight' parameter of {where} must be one of {{none, balanced}}. Got 'auto' instead."
+        f"The 'class_weight' parameter of {where} must be one of {{'none', 'balanced'}}. Got 'auto' instead."
     )
 
 

@@ -236,9 +236,9 @@ def test_save_load_round_trip(trained, tmp_path):
         ({"n_classes": 2, "y": [0, 1]}, "shape"),
         ({"n_classes": 2, "x_val": np.zeros((2, *SHAPE), "float32")}, "together"),
         ({"n_classes": 2, "class_weight": "auto"},
-         r"^The 'class_weight' parameter of train_head must be one of 'none', 'balanced'\. Got 'auto' instead\.$"),
-        ({"n_classes": 2, "restore_best": "loss"}, r"^The 'restore_best' parameter of train_head must be None or one "
-         r"of 'val_loss', 'val_accuracy'\. Got 'loss' instead\.$"),
+         r"^The 'class_weight' parameter of train_head must be one of \{'none', 'balanced'\}\. Got 'auto' instead\.$"),
+        ({"n_classes": 2, "restore_best": "loss"}, r"^The 'restore_best' parameter of train_head must be one of "
+         r"\{'val_loss', 'val_accuracy'\} or None\. Got 'loss' instead\.$"),
         ({"n_classes": 2, "restore_best": "val_accuracy"}, "validation score: pass x_val and y_val"),
     ],
 )

@@ -117,6 +117,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from .errors import XrayfeatError
 from .fileio import atomic_path, file_digest
 from .options import BASELINES, CLASS_WEIGHTS, parse_list
+from .params import Choice, check_value
 
 __all__ = [
     "BASELINES",
@@ -176,11 +177,7 @@ def _check_name(name: Any, where: str) -> str:
 
 
 def _check_class_weight(class_weight: Any, where: str) -> str:
-    if class_weight not in CLASS_WEIGHTS:
-        raise XrayfeatError(
-            f"The 'class_weight' parameter of {where} must be one of {_choices(CLASS_WEIGHTS)}. "
-            f"Got {class_weight!r} instead."
-        )
+    check_value(where, "class_weight", class_weight, Choice(CLASS_WEIGHTS))
     return class_weight
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import heads_jax
 from .options import CLASS_WEIGHTS, RESTORE_BEST
+from .params import Choice, check_value
 
 __all__ = [
     "TrainedHead",
@@ -506,16 +507,8 @@ def _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_s
 
 def _check_options(class_weight, restore_best, x_val) -> None:
     """Reject an unknown ``class_weight`` or ``restore_best``, and ``restore_best`` without validation data."""
-    if class_weight not in CLASS_WEIGHTS:
-        raise ValueError(
-            f"The 'class_weight' parameter of train_head must be one of {', '.join(map(repr, CLASS_WEIGHTS))}. "
-            f"Got {class_weight!r} instead."
-        )
-    if restore_best is not None and restore_best not in RESTORE_BEST:
-        raise ValueError(
-            f"The 'restore_best' parameter of train_head must be None or one of "
-            f"{', '.join(map(repr, RESTORE_BEST))}. Got {restore_best!r} instead."
-        )
+    check_value("train_head", "class_weight", class_weight, Choice(CLASS_WEIGHTS))
+    check_value("train_head", "restore_best", restore_best, Choice(RESTORE_BEST), none=True)
     if restore_best is not None and x_val is None:
         raise ValueError(f"restore_best={restore_best!r} picks an epoch by its validation score: pass x_val and y_val")
 
