@@ -255,6 +255,15 @@ def _resample_weights(rng: np.random.Generator, b: int, cluster: np.ndarray, n_c
     return counts[:, cluster]
 
 
+def _weight_blocks(rng: np.random.Generator, n_boot: int, cluster: np.ndarray, n_clusters: int):
+    """The ``n_boot`` resamples' weights, in blocks of at most :data:`_BLOCK` rows (bounds memory)."""
+    done = 0
+    while done < n_boot:
+        b = min(_BLOCK, n_boot - done)
+        yield _resample_weights(rng, b, cluster, n_clusters)
+        done += b
+
+
 def _bootstrap(
     y: np.ndarray,
     p: np.ndarray,
@@ -275,10 +284,7 @@ def _bootstrap(
     auc_classes = [1] if n_classes == 2 else list(range(n_classes))
     plans = [_AucPlan(p[:, k], y == k) for k in auc_classes] if with_auc else []
     acc, bal, auc = [], [], []
-    done = 0
-    while done < n_boot:
-        b = min(_BLOCK, n_boot - done)
-        w = _resample_weights(rng, b, cluster, n_clusters)
+    for w in _weight_blocks(rng, n_boot, cluster, n_clusters):
         total = w.sum(axis=1)
         acc.append(w @ correct / total)
         support = w @ onehot
@@ -288,7 +294,6 @@ def _bootstrap(
         if with_auc:
             per = np.stack([_weighted_auc(w, plan) for plan in plans], axis=1)
             auc.append(per.mean(axis=1))  # NaN if any class is undefined in this resample
-        done += b
     out = {"accuracy": np.concatenate(acc), "balanced_accuracy": np.concatenate(bal)}
     if with_auc:
         out["roc_auc"] = np.concatenate(auc)
@@ -555,14 +560,7 @@ def _count_distributions(cells: np.ndarray, cluster: np.ndarray, n_clusters: int
     """(n_boot, m, 4) bootstrap counts for ``cells`` (n, m, 4): one product per block of resamples."""
     n, m, _ = cells.shape
     flat = cells.reshape(n, m * 4)
-    blocks = []
-    done = 0
-    while done < n_boot:
-        b = min(_BLOCK, n_boot - done)
-        w = _resample_weights(rng, b, cluster, n_clusters)
-        blocks.append((w @ flat).reshape(b, m, 4))
-        done += b
-    return np.concatenate(blocks)
+    return np.concatenate([(w @ flat).reshape(len(w), m, 4) for w in _weight_blocks(rng, n_boot, cluster, n_clusters)])
 
 
 def _point(counts: np.ndarray, intervals: dict) -> dict:
