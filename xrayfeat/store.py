@@ -11,6 +11,7 @@ Layout of one store (``<cache-dir>/<backbone>-<layer>-<size>-<precision>-<id>/``
     fingerprint.json        the fields that define every value in the store
     shards/<name>.h5        immutable HDF5 files: keys, spatial, pooled, a digest per row and part
     shards/.<name>.*.tmp    a shard being written; never read; removed by ``gc``
+    incoming/<name>.h5      complete shards of Dask workers, until the writer moves them into shards/
     index.npz               hash → (shard, row), a cache of what the shards say, sealed by a digest
     write.lock, read.lock   fcntl locks
 
@@ -63,7 +64,7 @@ import numpy as np
 
 from . import __version__, shards
 from .errors import StoreError
-from .fileio import TEMP_GLOB, atomic_write
+from .fileio import TEMP_GLOB, atomic_write, fsync_dir
 from .fingerprint import FINGERPRINT_FIELDS, FLOAT16_TINY, check_storable, fingerprint_id, store_dirname
 
 __all__ = ["FeatureStore", "list_stores", "COMPACT_BYTES"]
@@ -427,13 +428,83 @@ class FeatureStore:
             yield session
             self.compact()
 
-    def _commit(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray, attrs: dict) -> str:
-        """Write one immutable shard in one go. Returns its name."""
-        with _writing(self.path / "shards"):
-            with shards.write_shard(self.path / "shards", len(hashes), spatial.shape[1:], pooled.shape[1:],
-                                    spatial.dtype, attrs) as shard:
-                shard.write(hashes, spatial, pooled)
-        return shard.name
+    def write_rows(self, hashes, spatial: np.ndarray, pooled: np.ndarray, provenance: dict, *,
+                   folder: Path | None = None) -> tuple[Path, float]:
+        """Write one immutable shard of these rows; ``(its path, share of float16-subnormal values)``.
+
+        Float32 in, stored as the store's dtype; values the dtype cannot hold are
+        refused (:func:`~xrayfeat.fingerprint.check_storable`). The shard goes to
+        ``shards/``, where readers see it at once, or to ``folder``: a Dask
+        worker writes its chunk to :meth:`staging_dir` and the process that holds
+        the write lock moves it in with :meth:`adopt`. Needs no lock itself.
+        """
+        dtype = self.fingerprint["store_dtype"]
+        share = max(check_storable(spatial, dtype), check_storable(pooled, dtype))
+        hashes = np.asarray(hashes, dtype="S64")
+        target = Path(folder) if folder is not None else self.path / "shards"
+        with _writing(target):
+            with shards.write_shard(target, len(hashes), spatial.shape[1:], pooled.shape[1:], np.dtype(dtype),
+                                    self._shard_attrs(provenance)) as shard:
+                shard.write(hashes, spatial.astype(dtype), pooled.astype(dtype))
+        return target / shard.name, share
+
+    def _shard_attrs(self, provenance: dict) -> dict:
+        """The HDF5 attributes of a new shard: the fingerprint, the version, the time and the provenance."""
+        attrs = {
+            "fingerprint_id": self.fingerprint_id,
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "xrayfeat_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "random_weights": bool(self.random_weights),
+            **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in provenance.items()},
+        }
+        if self.random_weights:
+            attrs["WARNING"] = "RANDOM WEIGHTS: these features were computed without ImageNet weights"
+        return attrs
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where workers of a cluster run write complete shards before :meth:`adopt` moves them in.
+
+        Anything left there belongs to no run: the process that holds the write
+        lock clears it (:meth:`clear_staging`), and so does ``gc``.
+        """
+        return self.path / "incoming"
+
+    def adopt(self, staged: Path, hashes) -> str:
+        """Move a complete shard from :meth:`staging_dir` into ``shards/``; the caller holds the write lock.
+
+        The shard must belong to this store and hold exactly ``hashes`` (its key
+        column is checked against its digest on the way), so a shard written for
+        another chunk, or damaged in transit, is refused with one line. The
+        rename is the commit: readers see the whole shard from then on.
+        """
+        staged = Path(staged)
+        keys = shards.read_hashes(staged, self.fingerprint_id)
+        if keys.tolist() != np.asarray(hashes, dtype="S64").tolist():
+            raise StoreError(f"{staged}: holds other rows than the chunk it was written for; "
+                             f"{self._repair_hint} and re-run")
+        target = self.path / "shards" / staged.name
+        with _writing(target):
+            os.replace(staged, target)
+            fsync_dir(target.parent)
+        return staged.name
+
+    def clear_staging(self, min_age_s: float = 0.0) -> list[str]:
+        """Delete what killed or duplicated workers left in :meth:`staging_dir`; the caller holds the write lock."""
+        removed, now = [], time.time()
+        for leftover in sorted(self.staging_dir.glob("*")) if self.staging_dir.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):
+                if now - leftover.stat().st_mtime >= min_age_s:
+                    leftover.unlink()
+                    removed.append(f"incoming/{leftover.name}")
+        return removed
+
+    def save_index(self) -> None:
+        """Bring ``index.npz`` up to date with the shards (readers rebuild it themselves; this saves them the work)."""
+        with _writing(self.path):
+            self.refresh()
+            self._save_index_if_stale()
 
     def compact(self) -> int:
         """Merge small shards into shards of about :data:`COMPACT_BYTES`; returns how many were merged.
@@ -536,7 +607,7 @@ class FeatureStore:
         """
         with _writing(self.path):
             with _flock(self.path / "write.lock", fcntl.LOCK_EX, on_wait=on_wait):
-                removed = self._remove_temps(min_age_s)
+                removed = self._remove_temps(min_age_s) + self.clear_staging(min_age_s)
                 repaired = self._repair()
                 duplicates = self._drop_duplicates(self._read_index())
                 merged = self.compact()
@@ -629,23 +700,14 @@ class _Writer:
 
     def append(self, hashes, spatial: np.ndarray, pooled: np.ndarray) -> str:
         """Commit one batch of rows (float32 in, stored as the store dtype)."""
-        dtype = self.store.fingerprint["store_dtype"]
-        share = max(check_storable(spatial, dtype), check_storable(pooled, dtype))
+        path, share = self.store.write_rows(hashes, spatial, pooled, self.provenance)
         self.subnormal_share = max(self.subnormal_share, share)
-        hashes = np.asarray(hashes, dtype="S64")
-        attrs = {
-            "fingerprint_id": self.store.fingerprint_id,
-            "fingerprint": json.dumps(self.store.fingerprint, sort_keys=True),
-            "xrayfeat_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "random_weights": bool(self.store.random_weights),
-            **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in self.provenance.items()},
-        }
-        if self.store.random_weights:
-            attrs["WARNING"] = "RANDOM WEIGHTS: these features were computed without ImageNet weights"
-        name = self.store._commit(hashes, spatial.astype(dtype), pooled.astype(dtype), attrs)
         self.rows_written += len(hashes)
-        return name
+        return path.name
+
+    def note_subnormal(self, share: float) -> None:
+        """Count a shard written elsewhere (a Dask worker) towards :meth:`warn_subnormal`."""
+        self.subnormal_share = max(self.subnormal_share, share)
 
     def warn_subnormal(self) -> None:
         if self.subnormal_share > 0.05:
