@@ -85,6 +85,18 @@ Cross-validation
     ``Memory`` in a temporary folder), so PCA is fitted once per fold, not once
     per candidate.
 
+Memory
+    A baseline is fitted on its whole training matrix as float64. When that
+    matrix would exceed the memory budget (``--memory-budget``),
+    :func:`fit_baselines_within` fits the baselines reading it on a stratified
+    random sample of the rows that fits (:func:`sample_rows`, seeded; every
+    class keeps at least 2 rows, so it can still be cross-validated) and says
+    so (:class:`Subsample`: a log line here, a run warning in fit-head); the
+    models stay the same kind, and the search and its scores are as above, on
+    the sample. Pooled features may then be a :class:`~xrayfeat.rows.StoreRows`,
+    of which only the sampled rows are read. :func:`predict_rows` predicts a
+    block of rows at a time when the rows to predict exceed the budget.
+
 Saved models are joblib pickles. Unpickling runs code, so :func:`load_baseline`
 loads only a file whose SHA-256 matches the one :func:`save_baseline` returned
 and the run record stored.
@@ -118,6 +130,7 @@ from .errors import XrayfeatError
 from .fileio import atomic_path, file_digest
 from .options import BASELINES, CLASS_WEIGHTS, parse_list
 from .params import Choice, check_value
+from .rows import StoreRows, human_bytes
 
 __all__ = [
     "BASELINES",
@@ -127,6 +140,10 @@ __all__ = [
     "cv_splitter",
     "fit_baseline",
     "fit_baselines",
+    "fit_baselines_within",
+    "predict_rows",
+    "sample_rows",
+    "Subsample",
     "baseline_from_bytes",
     "load_baseline",
     "make_search",
@@ -151,6 +168,8 @@ _LOGREG_MAX_ITER = 5000
 _SVM_CACHE_MB = 500
 #: Above this many training images the SVM's search runs on a subsample of this size.
 _SVM_SEARCH_MAX = 2000
+#: Bytes per value of the matrix a baseline is fitted on (:func:`_as_matrix` widens to float64).
+_MATRIX_ITEMSIZE = 8
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -591,23 +610,128 @@ def fit_baselines(
     fails at once, not after minutes of fitting. ``class_weight="balanced"``
     weights the classes of every baseline (see the module docstring).
     """
-    names = parse_baselines(names) if isinstance(names, str) else tuple(names)
-    for name in names:
-        _check_name(name, "fit_baselines")
-    _check_class_weight(class_weight, "fit_baselines")
-    arrays: Mapping[str, Any] = {"pooled_train": pooled_train, "pixels_train": pixels_train}
-    inputs = {}
-    for name in names:
-        param = _INPUTS[name]
-        what = "pooled backbone features (n, C)" if param == "pooled_train" else "32x32 grayscale pixels (n, 32, 32)"
-        if arrays[param] is None:
-            raise XrayfeatError(f"The '{name}' baseline needs {param} ({what}); got None.")
-        inputs[name] = _as_matrix(arrays[param], name, param)
+    names = _checked_names(names, class_weight, "fit_baselines")
+    arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
+    inputs = {name: _as_matrix(arrays[_INPUTS[name]], name, _INPUTS[name]) for name in names}
     return {
         name: fit_baseline(name, inputs[name], y_train, groups=groups, seed=seed, n_jobs=n_jobs,
                            class_weight=class_weight)
         for name in dict.fromkeys(names)
     }
+
+
+def _checked_names(names: Iterable[str] | str, class_weight: Any, where: str) -> tuple[str, ...]:
+    """The baseline names (``names`` may be the CLI text), each checked, and ``class_weight`` checked."""
+    names = parse_baselines(names) if isinstance(names, str) else tuple(names)
+    for name in names:
+        _check_name(name, where)
+    _check_class_weight(class_weight, where)
+    return names
+
+
+def _present_inputs(names: tuple[str, ...], arrays: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``arrays`` once every input a named baseline reads is there; one line naming the first that is not."""
+    for name in names:
+        param = _INPUTS[name]
+        what = "pooled backbone features (n, C)" if param == "pooled_train" else "32x32 grayscale pixels (n, 32, 32)"
+        if arrays[param] is None:
+            raise XrayfeatError(f"The '{name}' baseline needs {param} ({what}); got None.")
+    return arrays
+
+
+@dataclass(frozen=True)
+class Subsample:
+    """Baselines fitted on ``rows`` of their ``of`` training rows: the whole matrix (``matrix_bytes``) exceeded the budget."""
+
+    names: tuple[str, ...]
+    rows: int
+    of: int
+    matrix_bytes: int
+    budget_bytes: int
+
+    @property
+    def message(self) -> str:
+        return (f"baselines {', '.join(self.names)} fitted on a stratified random sample of {self.rows} of {self.of} "
+                f"training images: all of them ({human_bytes(self.matrix_bytes)} as float64) exceed the memory "
+                f"budget ({human_bytes(self.budget_bytes)}); raise --memory-budget to fit them on every image")
+
+
+def sample_rows(y: Any, n_features: int, budget_bytes: int, seed: int = 0, *,
+                names: tuple[str, ...] = ()) -> np.ndarray | None:
+    """None when the float64 matrix of all rows fits ``budget_bytes``; else the sorted rows of a sample that fits.
+
+    The sample is stratified (each class in proportion, at least 2 rows each so
+    it can be cross-validated) and drawn with ``numpy.random.default_rng(seed)``.
+    A budget below 2 rows per class raises :class:`~xrayfeat.errors.XrayfeatError`
+    naming the baselines (``names``).
+    """
+    y = np.asarray(y)
+    row_bytes = _MATRIX_ITEMSIZE * int(n_features)
+    fit = int(budget_bytes) // row_bytes
+    if fit >= len(y):
+        return None
+    labels, counts = np.unique(y, return_counts=True)
+    if fit < 2 * len(labels):
+        raise XrayfeatError(
+            f"the memory budget ({human_bytes(budget_bytes)}) holds {fit} rows of {n_features} features for the "
+            f"baselines {', '.join(names)}; cross-validating {len(labels)} classes needs at least {2 * len(labels)}: "
+            f"raise --memory-budget, or leave them out with --baselines")
+    take = np.minimum(counts, np.maximum(2, fit * counts // len(y)))
+    while take.sum() > fit:  # the minimum of 2 per class took rows from the larger classes
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == label), size=k, replace=False)
+                                   for label, k in zip(labels, take)]))
+
+
+def fit_baselines_within(
+    names: Iterable[str] | str,
+    budget_bytes: int,
+    *,
+    pooled_train: Any = None,
+    pixels_train: Any = None,
+    y_train: Any,
+    groups: Any = None,
+    seed: int = 0,
+    n_jobs: int | None = None,
+    class_weight: str = "none",
+) -> tuple[dict[str, FittedBaseline], list[Subsample]]:
+    """:func:`fit_baselines` with each input's training matrix kept within ``budget_bytes``.
+
+    The baselines reading one input (``pooled_train``, an array or a
+    :class:`~xrayfeat.rows.StoreRows`; ``pixels_train``) are fitted on all its
+    rows when their float64 matrix fits, else on the rows :func:`sample_rows`
+    draws; each sample is logged and returned as a :class:`Subsample`.
+    """
+    names = _checked_names(names, class_weight, "fit_baselines_within")
+    arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
+    y, groups = np.asarray(y_train), None if groups is None else np.asarray(groups)
+    fitted, samples = {}, []
+    for param in dict.fromkeys(_INPUTS[name] for name in names):
+        group = tuple(name for name in names if _INPUTS[name] == param)
+        source, n_features = arrays[param], int(np.prod(arrays[param].shape[1:]))
+        rows = sample_rows(y, n_features, budget_bytes, seed, names=group)
+        if rows is None:
+            x, y_fit, g = source[:], y, groups
+        else:
+            x, y_fit, g = source[rows], y[rows], None if groups is None else groups[rows]
+            samples.append(Subsample(group, len(rows), len(y), _MATRIX_ITEMSIZE * n_features * len(y), int(budget_bytes)))
+            logger.info("%s", samples[-1].message)
+        fitted.update(fit_baselines(group, **{param: x}, y_train=y_fit, groups=g, seed=seed, n_jobs=n_jobs,
+                                    class_weight=class_weight))
+    return {name: fitted[name] for name in names}, samples
+
+
+def predict_rows(model: FittedBaseline, x: Any, budget_bytes: int) -> np.ndarray:
+    """``model.predict_proba(x)``, a block of rows at a time when the float64 rows exceed ``budget_bytes``.
+
+    ``x``: an array, or a :class:`~xrayfeat.rows.StoreRows` (always read a block at a time).
+    """
+    block = max(1, int(budget_bytes) // (_MATRIX_ITEMSIZE * int(np.prod(x.shape[1:]))))
+    if not isinstance(x, StoreRows) and len(x) <= block:
+        return model.predict_proba(x)
+    blocks = x.batches(block) if isinstance(x, StoreRows) else (x[i:i + block] for i in range(0, len(x), block))
+    return np.concatenate([model.predict_proba(b) for b in blocks])
 
 
 def _sha256(data: bytes) -> str:

@@ -10,8 +10,10 @@ fingerprint names the *extraction* backend and stays as it is; the head's
 backend only decides how the head is trained, and the run record says which
 was used and why.
 
-How: the features go to a temporary folder as ``.npy`` files, ``python -m
-xrayfeat.headproc DIR`` runs :func:`xrayfeat.heads.train_head` there with
+How: the features go to a temporary folder as ``.npy`` files (features
+streamed from the store, :class:`~xrayfeat.rows.StoreRows`, go as the store's
+folder and the rows' keys in ``job.json``, and the child reads them from the
+store itself), ``python -m xrayfeat.headproc DIR`` runs :func:`xrayfeat.heads.train_head` there with
 ``KERAS_BACKEND`` set, saves ``head.keras`` where the caller asked, and writes
 the validation and test probabilities and what training recorded back into the
 folder. A ``.keras`` file is backend-neutral, so the head loads anywhere
@@ -50,8 +52,13 @@ from .devices import keras_backend_name
 from . import head_numpy
 from .errors import XrayfeatError
 from .options import HEAD_BACKENDS
+from .rows import StoreRows
 
 log = logging.getLogger("xrayfeat")
+
+#: Rows predicted at a time from a :class:`~xrayfeat.rows.StoreRows`: a multiple of the prediction batch (256), so
+#: every prediction batch holds the rows it would hold on the whole array, and the probabilities are the same.
+PREDICT_ROWS = 4 * 256
 
 # 2 GiB mmap threshold (large buffers come from the heap) and 4 GiB trim threshold (the heap is not
 # handed back after every step); only read by glibc when a process starts, so only set for the child
@@ -193,9 +200,10 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         folder = Path(tmp)
         arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test}
         for name, value in arrays.items():
-            if value is not None:
+            if value is not None and not isinstance(value, StoreRows):
                 np.save(folder / f"{name}.npy", np.asarray(value))
-        job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds}
+        rows = {name: value.spec() for name, value in arrays.items() if isinstance(value, StoreRows)}
+        job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds, "rows": rows}
         (folder / "job.json").write_text(json.dumps(job))
         _run_child(folder, child or HeadChild(backend, device))
         outcome = _read_outcome(folder)
@@ -235,7 +243,14 @@ def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, ta
 
 def _predict(trained, x_val, x_test) -> tuple:
     """(validation probabilities or None, test probabilities) of a trained head."""
-    return (None if x_val is None else trained.predict_proba(x_val)), trained.predict_proba(x_test)
+    return (None if x_val is None else _predict_rows(trained, x_val)), _predict_rows(trained, x_test)
+
+
+def _predict_rows(trained, x):
+    """The head's probabilities on an array, or on a :class:`~xrayfeat.rows.StoreRows` read :data:`PREDICT_ROWS` at a time."""
+    if not isinstance(x, StoreRows):
+        return trained.predict_proba(x)
+    return np.concatenate([trained.predict_proba(block) for block in x.batches(PREDICT_ROWS)])
 
 
 def _write_outcome(folder: Path, outcome: HeadOutcome) -> None:
@@ -307,6 +322,8 @@ def _child_main(folder: Path) -> int:
         job = json.loads((folder / "job.json").read_text())
 
         def load(name):
+            if name in job["rows"]:
+                return StoreRows.from_spec(job["rows"][name])
             path = folder / f"{name}.npy"
             return np.load(path, mmap_mode="r") if path.exists() else None
 

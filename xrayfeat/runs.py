@@ -68,6 +68,7 @@ WARNING_KINDS: dict[str, str] = {
     "missing_class": "Classes missing from external data",
     "device": "Device",
     "imbalance": "Class imbalance",
+    "subsample": "Baselines on a sample",
     "other": "Other",
 }
 
@@ -145,6 +146,11 @@ class RunRecord:
     @property
     def backbone(self) -> str:
         return self.features["backbone"]
+
+    @property
+    def head_input(self) -> str:
+        """The feature part the head reads: ``spatial`` (the seed's, and every run before ``--head-input``) or ``pooled``."""
+        return self.head.get("head_input", "spatial")
 
     @property
     def baseline_names(self) -> list[str]:

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""The seed's head trained on features streamed from the store vs the same features in memory: seconds per step.
+
+    python scripts/bench_stream.py                      # 3,000 rows of 5x5x2048 float16 (InceptionV3's maps)
+    python scripts/bench_stream.py --rows 6000 --repeats 3 --dir /tmp/bench --keep
+
+What ``fit-head --memory-budget`` does when the features exceed the budget: the
+head reads each training batch from the store (:class:`xrayfeat.rows.StoreRows`,
+every row checked against its digest) instead of from a float32 array. The
+rows are synthetic, written through the store API into a temporary store
+(about 300 MB for 3,000 rows); the page cache is warm, since they were just
+written, so a cold disk adds its read time to the streamed steps. Both runs
+train the same head (13.1 M parameters on 5x5x2048 maps, batch 10) with the
+same seed on the same rows, in this process, on ``KERAS_BACKEND`` (jax by
+default when installed, as fit-head trains the head on a CPU), timing every
+step (``train_head(step_timing=True)``: the mean step after the first epoch).
+The runs alternate, ``--repeats`` times each; the table shows the median of
+each, a single batch read, and whether the two histories are identical. The last line holds the
+figures as key=value, ratios first.
+
+``measure()`` is the same measurement for other scripts (``scripts/bench_cluster.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FINGERPRINT = {
+    "backbone": "bench", "weights": "none:seed=0", "image_size": 299, "preprocess": "tf", "decode": "v1",
+    "layer": "synthetic", "precision": "float32", "store_dtype": "float16", "keras": "-", "backend": "-",
+}
+
+
+def _build(cache: Path, n_rows: int, shape: tuple, write_rows: int = 250):
+    """A store of ``n_rows`` synthetic rows (a spatial map of ``shape`` and its mean as the pooled vector); their keys."""
+    from xrayfeat.store import FeatureStore
+
+    store = FeatureStore.open(cache, FINGERPRINT, create=True)
+    rng = np.random.default_rng(0)
+    hashes = [hashlib.sha256(b"row %d" % i).hexdigest() for i in range(n_rows)]
+    with store.writer() as writer:
+        for start in range(0, n_rows, write_rows):
+            keys = hashes[start:start + write_rows]
+            spatial = rng.gamma(1.0, 0.5, (len(keys), *shape)).astype(np.float32)
+            writer.append(keys, spatial, spatial.mean(axis=(1, 2)))
+    return store, hashes
+
+
+def _train(x, y, *, epochs: int, steps: int, batch_size: int, seed: int):
+    from xrayfeat.heads import train_head
+
+    return train_head(x, y, n_classes=2, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, seed=seed,
+                      step_timing=True)
+
+
+def _read_batch_ms(view, batch_size: int, reads: int = 50) -> float:
+    """Median milliseconds to read one random sorted batch of rows through the view."""
+    rng = np.random.default_rng(1)
+    times = []
+    for _ in range(reads):
+        rows = np.sort(rng.choice(len(view), batch_size, replace=False))
+        t = time.perf_counter()
+        view[rows]
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def measure(n_rows: int = 3000, shape: tuple = (5, 5, 2048), *, epochs: int = 3, steps: int = 15,
+            batch_size: int = 10, repeats: int = 2, seed: int = 0, directory=None, keep: bool = False) -> dict:
+    """Train the head from memory and from the store, alternating ``repeats`` times; the figures as a dict.
+
+    ``step_s_memory``/``step_s_stream``: the median over repeats of the mean step
+    (after the first epoch); ``ratio_step``: stream / memory; ``read_batch_ms``:
+    one batch read through the view; ``identical``: whether every run gave the
+    same history; ``build_s``: writing the synthetic store. ``directory``: where
+    the store goes (a temporary folder by default, removed unless ``keep``).
+    """
+    import keras
+
+    from xrayfeat.rows import StoreRows
+
+    folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    try:
+        t = time.perf_counter()
+        store, hashes = _build(folder / "cache", n_rows, tuple(shape))
+        build_s = time.perf_counter() - t
+        view = StoreRows(store, hashes, "spatial")
+        t = time.perf_counter()
+        array = view.read()
+        load_s = time.perf_counter() - t
+        y = (np.arange(n_rows) % 2).astype(int)
+        steps_s = {"memory": [], "stream": []}
+        histories = []
+        for _ in range(repeats):
+            for name, x in (("memory", array), ("stream", view)):
+                trained = _train(x, y, epochs=epochs, steps=steps, batch_size=batch_size, seed=seed)
+                steps_s[name].append(trained.step_seconds)
+                histories.append(trained.history)
+        memory, stream = statistics.median(steps_s["memory"]), statistics.median(steps_s["stream"])
+        return {
+            "ratio_step": stream / memory, "step_s_memory": memory, "step_s_stream": stream,
+            "read_batch_ms": _read_batch_ms(view, batch_size), "identical": all(h == histories[0] for h in histories),
+            "rows": n_rows, "gib_float32": array.nbytes / 2**30, "load_s": load_s, "build_s": build_s,
+            "backend": keras.backend.backend(), "steps_per_run": epochs * steps, "repeats": repeats,
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=3000, help="Synthetic rows in the store (default 3000).")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs per run (the first is left out of the step time).")
+    parser.add_argument("--steps", type=int, default=15, help="Steps per epoch.")
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each, alternating (default 2).")
+    parser.add_argument("--dir", type=Path, default=None, help="Folder for the store (default: a temporary one).")
+    parser.add_argument("--keep", action="store_true", help="Keep the store folder.")
+    args = parser.parse_args(argv)
+    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("jax"):
+        os.environ["KERAS_BACKEND"] = "jax"  # what fit-head trains the head on, on a CPU (before Keras is imported)
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    r = measure(args.rows, epochs=args.epochs, steps=args.steps, repeats=args.repeats, directory=args.dir,
+                keep=args.keep)
+    print(f"{'rows':>8} {'GiB f32':>8} {'backend':>10} {'memory s/step':>14} {'stream s/step':>14} {'ratio':>6} "
+          f"{'read ms/batch':>14} {'identical':>9}")
+    print(f"{r['rows']:>8} {r['gib_float32']:>8.2f} {r['backend']:>10} {r['step_s_memory']:>14.4f} "
+          f"{r['step_s_stream']:>14.4f} {r['ratio_step']:>6.2f} {r['read_batch_ms']:>14.2f} {str(r['identical']):>9}")
+    print(f"ratio_step={r['ratio_step']:.3f} memory_step_s={r['step_s_memory']:.4f} stream_step_s={r['step_s_stream']:.4f} "
+          f"read_batch_ms={r['read_batch_ms']:.2f} identical={int(r['identical'])} rows={r['rows']} "
+          f"load_s={r['load_s']:.2f} build_s={r['build_s']:.1f} backend={r['backend']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Training past memory: store rows read on demand, ``--memory-budget``, baselines on a sample that fits."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import write_tiny_dataset
+from xrayfeat import headproc
+from xrayfeat.baselines import sample_rows
+from xrayfeat.cli import main
+from xrayfeat.datasets import discover
+from xrayfeat.errors import StoreError, XrayfeatError
+from xrayfeat.extraction import FeatureOptions, RunOptions
+from xrayfeat.options import parse_size
+from xrayfeat.params import OptionError
+from xrayfeat.rows import StoreRows
+from xrayfeat.store import FeatureStore
+from xrayfeat.study import HeadOptions, fit_head
+
+FP = {
+    "backbone": "vgg16", "weights": "none:seed=0", "image_size": 32, "preprocess": "caffe",
+    "decode": "v1", "layer": "block5_pool", "precision": "float32", "store_dtype": "float16",
+    "keras": "3.0", "backend": "tensorflow",
+}
+
+
+def small_store(tmp_path, n=40, shape=(2, 2, 6)):
+    """A store of ``n`` random rows in two shards, and their keys."""
+    rng = np.random.default_rng(3)
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    spatial = rng.normal(0, 2, (n, *shape)).astype(np.float32)
+    store = FeatureStore.open(tmp_path / "cache", FP, create=True)
+    with store.writer() as writer:
+        for part in (slice(0, n // 3), slice(n // 3, n)):
+            writer.append(hashes[part], spatial[part], spatial[part].mean(axis=(1, 2)))
+    return store, hashes
+
+
+def test_a_view_reads_exactly_what_the_store_reads(tmp_path):
+    store, hashes = small_store(tmp_path)
+    order = hashes[::-1]  # another order than the store's, across both shards
+    expected = store.read(order, ("spatial", "pooled"))
+    view = StoreRows(store, order, "spatial")
+    assert (view.shape, view.dtype, len(view), view.nbytes) == ((40, 2, 2, 6), np.float32, 40, 40 * 24 * 4)
+    rows = np.array([0, 3, 4, 17, 39])
+
+    def same(got, want):
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+    same(view[rows], expected["spatial"][rows])
+    same(view[np.array([17, 3])], expected["spatial"][[17, 3]])
+    same(view[2:30:3], expected["spatial"][2:30:3])
+    same(view[5], expected["spatial"][5])
+    same(view.read(), expected["spatial"])
+    same(np.concatenate(list(view.batches(7))), expected["spatial"])
+    same(StoreRows(store, order, "pooled")[rows], expected["pooled"][rows])
+    sub = view.subset(rows)
+    same(sub.read(), expected["spatial"][rows])
+    same(pickle.loads(pickle.dumps(sub)).read(), expected["spatial"][rows])
+    same(StoreRows.from_spec(json.loads(json.dumps(sub.spec()))).read(), expected["spatial"][rows])
+    with pytest.raises(TypeError, match="read in batches"):
+        np.asarray(view)
+    with pytest.raises(IndexError):
+        view[np.array([40])]
+    with pytest.raises(StoreError, match="the store was replaced meanwhile"):
+        StoreRows.from_spec({**sub.spec(), "fingerprint_id": "0" * 16})
+
+
+def test_training_on_views_is_bitwise_training_in_memory(tmp_path):
+    """The same head, history and probabilities from store rows streamed a batch at a time as from arrays."""
+    store, hashes = small_store(tmp_path)
+    y = np.arange(40) % 2
+    parts = (slice(0, 24), slice(24, 32), slice(32, 40))
+    views = [StoreRows(store, hashes[p], "spatial") for p in parts]
+    arrays = [v.read() for v in views]
+    train = {"n_classes": 2, "epochs": 2, "steps_per_epoch": 3, "units": 8, "validation_steps": 2,
+             "jit_compile": False if headproc.process_backend() == "tensorflow" else "auto"}
+    out = {}
+    for name, (x_fit, x_val, x_test) in (("views", views), ("arrays", arrays)):
+        out[name] = headproc.train_and_predict(headproc.process_backend(), x_fit, y[parts[0]], x_val, y[parts[1]],
+                                               x_test, head_file=tmp_path / f"{name}.keras", **train)
+    assert out["views"].history == out["arrays"].history
+    assert np.array_equal(out["views"].proba_val, out["arrays"].proba_val)
+    assert np.array_equal(out["views"].proba_test, out["arrays"].proba_test)
+    with np.load(tmp_path / "views.npz") as a, np.load(tmp_path / "arrays.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+@pytest.mark.parametrize("text,expected", [("8G", 8 << 30), ("512m", 512 << 20), ("1.5GiB", 3 << 29), ("4096", 4096),
+                                           (2048, 2048), ("2 KB", 2048)])
+def test_sizes(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "0", "-1G", "nan", 0, True, 1.5])
+def test_bad_budgets_are_refused_with_the_house_message(bad):
+    with pytest.raises(OptionError, match=r"The 'memory_budget' parameter of HeadOptions must be a positive byte count"):
+        HeadOptions(memory_budget=bad).validate()
+
+
+def test_sample_rows_is_stratified_seeded_and_fits():
+    y = np.array([0] * 30 + [1] * 10)
+    assert sample_rows(y, 4, 40 * 32) is None  # the float64 matrix fits: all rows
+    rows = sample_rows(y, 4, 20 * 32, seed=5)
+    assert len(rows) == 20 and np.bincount(y[rows]).tolist() == [15, 5]
+    assert np.array_equal(rows, sample_rows(y, 4, 20 * 32, seed=5)) and np.all(np.diff(rows) > 0)
+    with pytest.raises(XrayfeatError, match="holds 3 rows of 4 features for the baselines logreg; .* needs at least 4"):
+        sample_rows(y, 4, 3 * 32, names=("logreg",))
+
+
+def head_columns(path):
+    with open(path) as fh:
+        return [{k: v for k, v in row.items() if not k.startswith("logreg:")} for row in csv.DictReader(fh)]
+
+
+def test_fit_head_streams_past_a_tiny_budget_with_the_same_head(tmp_path):
+    """A budget below the features: the head streams (in the jax child where jax is installed) and is the same head;
+    the baselines fit on a stratified sample and say so."""
+    data = write_tiny_dataset(tmp_path / "data")
+    features = FeatureOptions("vgg16", weights="none", image_size=32)  # 1x1x512 maps: 2 KiB a row as float32
+    run = RunOptions(cache_dir=tmp_path / "cache", workers=0, batch_size=8)
+    quick = {"epochs": 2, "steps_per_epoch": 3, "units": 8, "n_boot": 20}
+    dataset = discover(data)
+    fit_head(dataset, features, HeadOptions(**quick, baselines=()), run, out=tmp_path / "memory")  # the head alone
+    tiny = fit_head(dataset, features, HeadOptions(**quick, baselines=("logreg",), memory_budget="20K"), run,
+                    out=tmp_path / "stream")
+
+    memory, stream = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("memory", "stream"))
+    assert memory["training"]["features_in_memory"] is True and memory["training"]["streamed_bytes"] == 0
+    assert stream["training"]["features_in_memory"] is False
+    assert stream["training"]["streamed_bytes"] == (12 + 6) * 512 * 4  # 12 train (with val) and 6 test maps
+    assert stream["training"]["memory_budget_bytes"] == 20 << 10
+    assert head_columns(tmp_path / "stream" / "predictions.csv") == head_columns(tmp_path / "memory" / "predictions.csv")
+    assert stream["params"] == memory["params"]
+    with np.load(tmp_path / "stream" / "head.npz") as a, np.load(tmp_path / "memory" / "head.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in b.files)
+    history = [(tmp_path / r / "history.csv").read_text().splitlines() for r in ("memory", "stream")]
+    assert [line.split(",")[:5] for line in history[0]] == [line.split(",")[:5] for line in history[1]]
+
+    # 9 fit rows of 512 float64 pooled features are 36 KiB; 20 KiB hold 5 rows, drawn 2 per class
+    n_fit = stream["counts"]["train"]
+    assert stream["baselines"]["logreg"]["subsample"] == {"rows": 4, "of": n_fit}
+    notices = [w.message for w in tiny.warnings if w.kind == "subsample"]
+    assert len(notices) == 1 and f"stratified random sample of 4 of {n_fit} training images" in notices[0]
+    assert (tmp_path / "stream" / "gradcam.png").read_bytes() == (tmp_path / "memory" / "gradcam.png").read_bytes()
+
+
+def test_cli_bad_memory_budget_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    data = write_tiny_dataset(tmp_path / "data", per_split=(("train", 2), ("test", 1)))
+    result = CliRunner().invoke(main, ["fit-head", str(data), "-b", "vgg16", "--weights", "none", "--image-size", "32",
+                                       "--cache-dir", str(tmp_path / "cache"), "--memory-budget", "lots"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "xrayfeat: error: The 'memory_budget' parameter of HeadOptions must be a positive byte count or a size like "
+        "'512M', '8G' or '1.5T' (units of 1024) or None. Got 'lots' instead.")
+    assert not (tmp_path / "cache").exists()

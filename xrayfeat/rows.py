@@ -1,0 +1,198 @@
+"""Rows of the feature store read on demand, and the memory budget that decides when to read them so.
+
+100,000 InceptionV3 maps at 224 px are 20 GB as float32: more than a training
+machine may hold. :class:`StoreRows` is one part (``spatial`` or ``pooled``) of
+a list of store rows that looks enough like an array for
+:func:`xrayfeat.heads.train_head` (``shape``, ``dtype``, ``len`` and indexing
+by rows), but reads only the rows asked for, through
+:meth:`~xrayfeat.store.FeatureStore.read` (so every row is checked against its
+digest, and the values are exactly those ``read`` gives: float16 stored,
+float32 out). Training on a view is therefore bitwise training on the array
+``read`` returns, for the same seed. A view pickles, and travels as JSON
+(:meth:`StoreRows.spec`), as the store's folder, its fingerprint id, the row
+keys and the part, so a head child process rebuilds it (:meth:`StoreRows.from_spec`)
+instead of receiving the arrays.
+
+:func:`resolve_budget` turns ``--memory-budget`` into bytes; by default half of
+the memory available when the run starts (``MemAvailable`` in
+``/proc/meminfo``, else the free physical pages ``os.sysconf`` reports), which
+leaves the other half to the model, the baselines and the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import StoreError
+from .options import parse_size
+from .store import FeatureStore
+
+__all__ = ["Budget", "StoreRows", "available_memory", "float32_bytes", "human_bytes", "resolve_budget", "take"]
+
+log = logging.getLogger("xrayfeat")
+
+#: The default budget's share of the available memory.
+DEFAULT_SHARE = 0.5
+
+
+class StoreRows:
+    """One part of the store rows keyed by ``hashes``, in that order, read on demand as float32.
+
+    ``view[rows]`` (a 1-D int array, in any order) and ``view[start:stop:step]``
+    give a float32 array of those rows; ``view[i]`` one row. :meth:`subset` gives a
+    view of some rows without reading them; :meth:`batches` reads the rows in
+    order a block at a time, keeping the shard files open between blocks.
+    ``row_shape`` spares reading the first row to learn it.
+    """
+
+    dtype = np.dtype("float32")
+
+    def __init__(self, store: FeatureStore, hashes, part: str, *, row_shape=None):
+        if part not in ("spatial", "pooled"):
+            raise ValueError(f"The 'part' parameter of StoreRows must be one of {{'spatial', 'pooled'}}. Got {part!r} instead.")
+        self.store = store
+        self.hashes = np.asarray(list(hashes), dtype="U64")
+        self.part = part
+        if row_shape is None:
+            if not len(self.hashes):
+                raise ValueError("StoreRows needs row_shape when it holds no rows")
+            row_shape = store.read(self.hashes[:1].tolist(), (part,))[part].shape[1:]
+        self.row_shape = tuple(int(d) for d in row_shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.hashes), *self.row_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    @property
+    def nbytes(self) -> int:
+        """What the rows would take in memory as float32."""
+        return float32_bytes(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __repr__(self) -> str:
+        return f"StoreRows({self.store.path.name}, {self.part}, shape={self.shape})"
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return self[np.array([key])][0]
+        return self._read(self.hashes[self._positions(key)])
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(f"{self!r} is read in batches: index it with rows (view[rows]) or iterate view.batches(n)")
+
+    def _positions(self, key) -> np.ndarray:
+        """Row positions of an index key: a slice or a 1-D integer array within the view."""
+        if isinstance(key, slice):
+            return np.arange(len(self))[key]
+        rows = np.asarray(key)
+        if rows.ndim != 1 or not (rows.dtype.kind in "iu" or rows.size == 0):
+            raise TypeError(f"StoreRows is indexed by a slice or a 1-D array of row numbers; got {key!r}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"row numbers must lie in [-{len(self)}, {len(self) - 1}]; got {rows.min()} to {rows.max()}")
+        return rows
+
+    def _read(self, hashes: np.ndarray) -> np.ndarray:
+        if not len(hashes):
+            return np.empty((0, *self.row_shape), dtype=self.dtype)
+        return self.store.read(hashes.tolist(), (self.part,))[self.part]
+
+    def subset(self, rows) -> StoreRows:
+        """A view of some of these rows (a slice or row numbers), nothing read."""
+        return StoreRows(self.store, self.hashes[self._positions(rows)], self.part, row_shape=self.row_shape)
+
+    def batches(self, rows: int):
+        """The rows in order, ``rows`` at a time, as float32 arrays (one pass through the store)."""
+        if not len(self):
+            return
+        for chunk in self.store.iter_batches(self.hashes.tolist(), (self.part,), batch_size=int(rows)):
+            yield chunk[self.part]
+
+    def read(self) -> np.ndarray:
+        """Every row at once: exactly ``store.read(hashes, (part,))[part]``."""
+        return self._read(self.hashes)
+
+    # ------------------------------------------------------------------ travelling to another process
+
+    def spec(self) -> dict:
+        """A JSON-ready description from which :meth:`from_spec` rebuilds the view in another process."""
+        return {"store": str(self.store.path), "fingerprint_id": self.store.fingerprint_id, "part": self.part,
+                "row_shape": list(self.row_shape), "hashes": self.hashes.tolist()}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> StoreRows:
+        """The view :meth:`spec` described; :class:`StoreError` if the store there holds another fingerprint."""
+        store = FeatureStore.at(spec["store"])
+        if store.fingerprint_id != spec["fingerprint_id"]:
+            raise StoreError(f"{store.path}: holds fingerprint {store.fingerprint_id}, not the "
+                             f"{spec['fingerprint_id']} these rows were taken from (the store was replaced meanwhile)")
+        return cls(store, spec["hashes"], spec["part"], row_shape=spec["row_shape"])
+
+    def __reduce__(self):
+        return StoreRows.from_spec, (self.spec(),)
+
+
+def take(x, rows):
+    """``x[rows]`` for an array; for a :class:`StoreRows`, a view of those rows that reads nothing yet."""
+    return x.subset(rows) if isinstance(x, StoreRows) else x[rows]
+
+
+def float32_bytes(shape) -> int:
+    """Bytes of a float32 array of ``shape``."""
+    return 4 * int(np.prod(shape, dtype=np.int64))
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes for a log line: ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` on Linux, else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The memory budget for feature matrices, in bytes, and where it came from (for the log and the record)."""
+
+    bytes: int
+    source: str
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= self.bytes
+
+    def record(self) -> dict:
+        return {"memory_budget_bytes": self.bytes, "memory_budget_from": self.source}
+
+
+def resolve_budget(value=None) -> Budget:
+    """``--memory-budget`` in bytes (see :func:`xrayfeat.options.parse_size`); None: half the available memory. Logged."""
+    if value is None:
+        free = available_memory()
+        budget = Budget(int(free * DEFAULT_SHARE), f"default: half of the {human_bytes(free)} available")
+    else:
+        budget = Budget(parse_size(value), f"--memory-budget {value}")
+    log.info("memory budget for features: %s (%s)", human_bytes(budget.bytes), budget.source)
+    return budget
