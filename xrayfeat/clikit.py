@@ -145,6 +145,7 @@ feature_options = stack(
     declared(FeatureOptions, "layer"),
     declared(FeatureOptions, "precision"),
     declared(FeatureOptions, "store_dtype"),
+    declared(FeatureOptions, "keep"),
     declared(FeatureOptions, "seed"),
     click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
     declared(RunOptions, "cache_dir", type=click.Path(file_okay=False)),
@@ -156,7 +157,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 def feature_list(kw) -> list[FeatureOptions]:
     """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list)."""
     names = parse_list(kw["backbone"], BACKBONES, "backbone")
-    fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed")
+    fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed", "keep")
     return [FeatureOptions(backbone=b, **{k: kw[k] for k in fields}) for b in names]
 
 

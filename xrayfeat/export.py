@@ -13,9 +13,11 @@
    those weights is compared with the one the store recorded when it was written
    (when the store is still there), so an export can never silently carry other
    weights than the features the head learnt from;
-3. the trained head from ``head.keras`` (sha256-checked; with ``--train-tail``
+3. for a head that reads pooled vectors (``--head-input pooled``), the global
+   average pooling extraction stores as ``pooled``;
+4. the trained head from ``head.keras`` (sha256-checked; with ``--train-tail``
    it holds the trained backbone tail), loaded without its optimizer;
-4. for two classes, a fixed layer giving both columns ``[1 - p, p]``, so the
+5. for two classes, a fixed layer giving both columns ``[1 - p, p]``, so the
    output matches :meth:`xrayfeat.heads.TrainedHead.predict_proba`.
 
 Input: ``(None, S, S, 3)`` uint8 RGB, already decoded and resized to the run's
@@ -252,8 +254,8 @@ def _trunk(spec, weights, record):
     return trunk, digest
 
 
-def _head_model(run, trunk):
-    """The trained head (with its tail when the run trained one), checked against the trunk's output."""
+def _head_model(run, features):
+    """The trained head (with its tail when the run trained one), checked against the features it is fed."""
     import keras
 
     record = run.record
@@ -262,10 +264,10 @@ def _head_model(run, trunk):
     if bool(record.head.get("train_tail")) != bool(tails):
         raise RunError(f"{record.path}: config.json says train_tail={record.head.get('train_tail')} but head.keras "
                        f"{'holds' if tails else 'has no'} a backbone tail; re-run fit-head")
-    want, got = tuple(head.input_shape[1:]), tuple(trunk.output_shape[1:])
+    want, got = tuple(head.input_shape[1:]), tuple(features.shape[1:])
     if want != got:
-        raise RunError(f"{record.path}: head.keras takes features of shape {want} but {trunk.name} gives {got}; "
-                       f"the run's record and head disagree (re-run fit-head)")
+        raise RunError(f"{record.path}: head.keras takes features of shape {want} but the {record.head_input} "
+                       f"features are {got}; the run's record and head disagree (re-run fit-head)")
     head.trainable = False
     return head
 
@@ -279,7 +281,6 @@ def build_model(run):
     spec, weights = _weights(record)
     backend = _check_backend(record, weights)
     trunk, digest = _trunk(spec, weights, record)
-    head = _head_model(run, trunk)
     size = int(record.store["fingerprint"]["image_size"])
 
     pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
@@ -287,6 +288,9 @@ def build_model(run):
     for layer in portable_preprocess(spec.preprocess):
         x = layer(x)
     x = keras.layers.Activation("linear", dtype="float32", name="features")(trunk(x))
+    if record.head_input == "pooled":  # as the extractor pools what it stores
+        x = keras.layers.GlobalAveragePooling2D(dtype="float32", name="pooled")(x)
+    head = _head_model(run, x)
     p = head(x)
     if len(record.classes) == 2:
         p = _both_columns()(p)

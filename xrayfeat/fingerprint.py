@@ -5,7 +5,18 @@ input size, cut layer, precision). The *fingerprint* is the set of fields
 (:data:`FINGERPRINT_FIELDS`) that pins that function down; one store holds the
 outputs of one fingerprint, in a folder named by :func:`store_dirname`. The
 storage dtypes a store may use are declared with the ``--store-dtype`` option
-(:data:`xrayfeat.options.STORE_DTYPES`). Nothing here reads or writes files.
+(:data:`xrayfeat.options.STORE_DTYPES`).
+
+A store also says which parts of each row it keeps (``--keep``): both the
+spatial map and the pooled vector (``both``, every store made before the
+option), the pooled vector only (25-50x smaller) or the spatial map only. The
+fingerprint holds the field ``keep`` only when it is not ``both``
+(:data:`OPTIONAL_FIELDS`), so every older store keeps its id and folder name,
+and a store that keeps one part shows it in its folder name
+(``vgg16-block5_pool-224-f32-pooled-<id>``). :func:`kept_parts` says what a
+fingerprint's store holds, :func:`missing_parts` what a command would lack, and
+:class:`KeepError` is the one line a command gets when it does. Nothing here
+reads or writes files.
 """
 
 from __future__ import annotations
@@ -18,8 +29,8 @@ import numpy as np
 from .errors import StoreError
 
 __all__ = [
-    "FINGERPRINT_FIELDS", "FLOAT16_MAX", "FLOAT16_TINY",
-    "fingerprint_id", "store_dirname", "check_storable",
+    "FINGERPRINT_FIELDS", "OPTIONAL_FIELDS", "FLOAT16_MAX", "FLOAT16_TINY", "KeepError",
+    "fingerprint_id", "defining_fields", "kept_parts", "missing_parts", "keep_error", "store_dirname", "check_storable",
 ]
 
 #: Fields that make up a fingerprint; anything that changes a feature value is here.
@@ -35,26 +46,77 @@ FINGERPRINT_FIELDS = (
     "keras",
     "backend",
 )
+#: Fields a fingerprint holds only when they differ from this default, so that stores made before them keep their id.
+OPTIONAL_FIELDS = {"keep": "both"}
+#: The parts of a row each ``keep`` stores, in the order shards hold them.
+_KEPT = {"both": ("spatial", "pooled"), "pooled": ("pooled",), "spatial": ("spatial",)}
+_PART_WORDS = {"spatial": "spatial maps", "pooled": "pooled vectors"}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 FLOAT16_TINY = float(np.finfo(np.float16).tiny)
 
 
-def fingerprint_id(fingerprint: dict) -> str:
-    """A short stable id of a fingerprint (sha256 of its canonical JSON)."""
+def defining_fields(fingerprint: dict) -> dict:
+    """The fields that define a fingerprint: every :data:`FINGERPRINT_FIELDS`, and optional ones off their default.
+
+    This is what ``fingerprint.json`` holds and what :func:`fingerprint_id` hashes.
+    """
     missing = [f for f in FINGERPRINT_FIELDS if f not in fingerprint]
     if missing:
         raise ValueError(f"fingerprint lacks {missing}")
-    canonical = json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, sort_keys=True)
+    fields = {k: fingerprint[k] for k in FINGERPRINT_FIELDS}
+    fields.update((k, fingerprint[k]) for k, default in OPTIONAL_FIELDS.items() if fingerprint.get(k, default) != default)
+    return fields
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    """A short stable id of a fingerprint (sha256 of the canonical JSON of its :func:`defining_fields`)."""
+    canonical = json.dumps(defining_fields(fingerprint), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def kept_parts(fingerprint: dict) -> tuple[str, ...]:
+    """The parts of each row a fingerprint's store holds: ``("spatial", "pooled")``, ``("pooled",)`` or ``("spatial",)``."""
+    keep = fingerprint.get("keep", OPTIONAL_FIELDS["keep"])
+    if keep not in _KEPT:
+        raise ValueError(f"The 'keep' field of a fingerprint must be one of {set(_KEPT)}. Got {keep!r} instead.")
+    return _KEPT[keep]
+
+
+def missing_parts(fingerprint: dict, need) -> tuple[str, ...]:
+    """The parts of ``need`` a fingerprint's store does not hold (empty when it serves the need)."""
+    kept = kept_parts(fingerprint)
+    return tuple(part for part in need if part not in kept)
+
+
+class KeepError(StoreError):
+    """A store does not keep the part (spatial maps or pooled vectors) a command needs.
+
+    Exit code 2: the store is sound, the fix is an option (``extract --keep both``).
+    """
+
+    exit_code = 2
+
+
+def keep_error(where, fingerprint: dict, need, purpose: str) -> KeepError:
+    """The one line for ``purpose`` needing parts the store at ``where`` does not keep: what it keeps, the fix."""
+    keep = fingerprint.get("keep", OPTIONAL_FIELDS["keep"])
+    kept = " and ".join(_PART_WORDS[p] for p in kept_parts(fingerprint))
+    lacking = " and ".join(_PART_WORDS[p] for p in missing_parts(fingerprint, need))
+    return KeepError(
+        f"{where} keeps {kept} only (--keep {keep}), but {purpose} needs {lacking}: run "
+        f"`xrayfeat extract DATA --backbone {fingerprint['backbone']} --keep both` with the same feature options"
+    )
+
+
 def store_dirname(fingerprint: dict) -> str:
-    """The store's folder name: ``<backbone>-<layer>-<size>-<precision>-<id>``."""
+    """The store's folder name: ``<backbone>-<layer>-<size>-<precision>[-<keep>]-<id>``, keep shown unless both."""
     short = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
     precision = short.get(fingerprint["precision"], fingerprint["precision"])
+    keep = fingerprint.get("keep", OPTIONAL_FIELDS["keep"])
+    shown = "" if keep == OPTIONAL_FIELDS["keep"] else f"-{keep}"
     return (
         f"{fingerprint['backbone']}-{fingerprint['layer']}-{fingerprint['image_size']}"
-        f"-{precision}-{fingerprint_id(fingerprint)}"
+        f"-{precision}{shown}-{fingerprint_id(fingerprint)}"
     )
 
 

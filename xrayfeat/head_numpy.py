@@ -66,7 +66,10 @@ class NumpyHead:
         self.activation = str(a["activation"])
 
     def predict_proba(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities, shape (n, K); for two classes the columns are [1 - p, p] (as Keras' head gives)."""
+        """Class probabilities, shape (n, K); for two classes the columns are [1 - p, p] (as Keras' head gives).
+
+        ``x``: what the head was trained on, spatial maps (n, H, W, C) or pooled vectors (n, C).
+        """
         out = [self._forward(np.asarray(x[i:i + batch_size], np.float32)) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self._classes()), np.float32)
 

@@ -927,7 +927,14 @@ def _figure(r: _Run, data: bytes, source: Path, file: str, caption: str, out: Pa
 
 
 def _gradcam_section(r: _Run, out: Path) -> list:
-    """The Grad-CAM grid fit-head drew from the cached maps, and what it shows; nothing when the run has none."""
+    """The Grad-CAM grid fit-head drew from the cached maps, and what it shows; nothing when the run has none.
+
+    A head on pooled vectors (``--head-input pooled``) has none: the section says why instead.
+    """
+    if r.record.head_input != "spatial":
+        return [Heading(3, "Grad-CAM (head, test)"),
+                Para(f"None: the head reads {r.record.head_input} vectors (--head-input {r.record.head_input}), "
+                     f"which have no spatial layout for a Grad-CAM map.", cls="note")]
     layer = r.record.store["fingerprint"]["layer"]
     figure = _run_figure(r, GRADCAM, f"Grad-CAM of the head on test images: per class, right and wrong predictions; "
                                      f"map resolution is the cut layer's ({layer})", out, full=True)

@@ -4,9 +4,11 @@ A shard is an immutable HDF5 file ``shards/<time_ns>-<random>.h5`` holding, for
 ``n`` rows:
 
 * ``sha256`` (n,) S64 — the key of each row (the image file's SHA-256, hex);
-* ``spatial`` (n, H, W, C) and ``pooled`` (n, C) — the features;
+* ``spatial`` (n, H, W, C) and ``pooled`` (n, C) — the features, each only
+  when the store keeps it (``--keep``: a pooled-only store's shards hold no
+  ``spatial``, a spatial-only store's no ``pooled``; :func:`parts_of`);
 * ``spatial_digest`` and ``pooled_digest`` (n, 32) uint8 — for each row and
-  part, the SHA-256 of the row's key followed by the row's bytes
+  part held, the SHA-256 of the row's key followed by the row's bytes
   (:func:`row_digests`);
 
 the attributes ``fingerprint_id``, the provenance, ``rows``, ``format``
@@ -64,21 +66,20 @@ from .fileio import TEMP_GLOB, atomic_path
 
 __all__ = [
     "BLOCK_BYTES", "FORMAT", "PARTS", "TEMP_GLOBS", "USERBLOCK", "ShardWriter", "ShardReader", "ShardCheck",
-    "write_shard", "row_digests", "damaged", "sealed", "read_hashes", "read_attrs", "stored_rows",
+    "write_shard", "row_digests", "damaged", "sealed", "read_hashes", "read_attrs", "stored_rows", "parts_of",
     "storage_bytes", "shard_layout", "iter_rows", "check_shard",
 ]
 
 #: Bytes of feature rows read at once when streaming a shard (compaction, verify): memory stays near this.
 BLOCK_BYTES = 16 << 20
-#: The shard layout written by this version: row digests and ``keys_sha256``.
+#: The shard layout written by this version: row digests and ``keys_sha256`` (a shard may hold one part or both).
 FORMAT = 2
-#: The feature parts of a row, each with its digest column ``<part>_digest``.
+#: The feature parts a row may have, each with its digest column ``<part>_digest``.
 PARTS = ("spatial", "pooled")
 #: What a killed shard writer leaves in ``shards/``: fileio's temporary, and the older ``.tmp-<name>``.
 TEMP_GLOBS = (TEMP_GLOB, ".tmp-*")
 #: Bytes before the HDF5 data (HDF5's "user block"), where the file's own digest is written.
 USERBLOCK = 512
-_DATASETS = ("sha256", *PARTS, *(f"{part}_digest" for part in PARTS))
 _SEAL = b"xrayfeat shard sha256 "  # then the file digest, 64 hex digits; the rest of the user block is zeros
 _SEALED = len(_SEAL) + 64
 # what h5py raises for a file it cannot make sense of
@@ -112,7 +113,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 class ShardWriter:
-    """Fills one shard file opened by :func:`write_shard`; ``write`` appends rows in order."""
+    """Fills one shard file opened by :func:`write_shard`; ``write`` appends rows in order.
+
+    A part whose shape is None is not stored (a store that does not keep it).
+    """
 
     def __init__(self, path: Path, name: str, rows: int, spatial_shape, pooled_shape, dtype, attrs: dict):
         import h5py
@@ -122,21 +126,30 @@ class ShardWriter:
         self.rows = rows
         self.filled = 0
         self._keys_digest = hashlib.sha256()
+        shapes = {"spatial": spatial_shape, "pooled": pooled_shape}
+        self.parts = tuple(part for part in PARTS if shapes[part] is not None)
+        if not self.parts:
+            raise ValueError("A shard must hold at least one part; both 'spatial_shape' and 'pooled_shape' are None.")
         self.file = h5py.File(path, "w", libver="v110", userblock_size=USERBLOCK)  # checksummed metadata
         self.file.create_dataset("sha256", (rows,), dtype="S64")
-        self.file.create_dataset("spatial", (rows, *spatial_shape), dtype=dtype, chunks=(1, *spatial_shape))
-        self.file.create_dataset("pooled", (rows, *pooled_shape), dtype=dtype)
-        for part in PARTS:
+        if "spatial" in self.parts:
+            self.file.create_dataset("spatial", (rows, *spatial_shape), dtype=dtype, chunks=(1, *spatial_shape))
+        if "pooled" in self.parts:
+            self.file.create_dataset("pooled", (rows, *pooled_shape), dtype=dtype)
+        for part in self.parts:
             self.file.create_dataset(f"{part}_digest", (rows, 32), dtype=np.uint8)
         for key, value in attrs.items():
             self.file.attrs[key] = value
 
-    def write(self, hashes: np.ndarray, spatial: np.ndarray, pooled: np.ndarray) -> None:
+    def write(self, hashes: np.ndarray, spatial: np.ndarray | None, pooled: np.ndarray | None) -> None:
+        """Append rows; the block of a part this shard does not hold is ignored (may be None)."""
         hashes = np.asarray(hashes, dtype="S64")
         end = self.filled + len(hashes)
         rows = slice(self.filled, end)
         self.file["sha256"][rows] = hashes
         for part, block in zip(PARTS, (spatial, pooled)):
+            if part not in self.parts:
+                continue
             block = np.asarray(block, dtype=self.file[part].dtype)
             self.file[part][rows] = block
             self.file[f"{part}_digest"][rows] = row_digests(hashes, block)
@@ -156,6 +169,7 @@ class ShardWriter:
 def write_shard(folder: Path, rows: int, spatial_shape, pooled_shape, dtype, attrs: dict) -> Iterator[ShardWriter]:
     """Write one shard of exactly ``rows`` rows into ``folder``; it appears under ``writer.name`` at the end.
 
+    A part whose shape is None is left out of the shard.
     On a clean exit the key digest, row count and format are stored and the file
     is flushed, fsync-ed and renamed into place; on an exception (a full disk
     included), or if fewer or more rows were written (:class:`StoreError`),
@@ -270,20 +284,42 @@ def stored_rows(path: Path) -> int:
         return int(f.attrs["rows"])
 
 
+def parts_of(f) -> tuple[str, ...]:
+    """The feature parts an open shard holds, in :data:`PARTS` order."""
+    return tuple(part for part in PARTS if part in f)
+
+
+def _datasets(f) -> tuple[str, ...]:
+    """Every dataset a shard holds: the keys, and each part it holds with its digests."""
+    parts = parts_of(f)
+    return ("sha256", *parts, *(f"{part}_digest" for part in parts))
+
+
+def _shapes(f) -> tuple:
+    """(spatial shape or None, pooled shape or None, dtype name) of an open shard."""
+    parts = parts_of(f)
+    shape = {part: f[part].shape[1:] for part in parts}
+    return shape.get("spatial"), shape.get("pooled"), str(f[parts[0]].dtype) if parts else None
+
+
 def storage_bytes(path: Path) -> int:
     """Bytes a shard's datasets take on disk (what compaction sizes shards by)."""
     with _open(path) as f:
-        return sum(f[k].id.get_storage_size() for k in _DATASETS)
+        return sum(f[k].id.get_storage_size() for k in _datasets(f))
 
 
-def shard_layout(path: Path) -> tuple[tuple, tuple, np.dtype, dict]:
+def shard_layout(path: Path) -> tuple[tuple | None, tuple | None, np.dtype, dict]:
     """(spatial shape, pooled shape, dtype, attributes) of a shard, to write another one like it.
 
-    The attributes leave out those that belong to this shard's data (rows, key digest, format).
+    A part the shard does not hold has shape None. The attributes leave out
+    those that belong to this shard's data (rows, key digest, format).
     """
     with _open(path) as f:
         attrs = {k: v for k, v in f.attrs.items() if k not in ("keys_sha256", "rows", "format", "content_sha256")}
-        return f["spatial"].shape[1:], f["pooled"].shape[1:], f["spatial"].dtype, attrs
+        spatial, pooled, dtype = _shapes(f)
+        if dtype is None:
+            raise damaged(path, "it holds no feature part")
+        return spatial, pooled, np.dtype(dtype), attrs
 
 
 def _take(dataset, rows: np.ndarray) -> np.ndarray:
@@ -337,21 +373,25 @@ class ShardReader:
         self.close()
 
 
-def iter_rows(path: Path, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield checked (hashes, spatial, pooled) for ``rows`` (increasing, unique) in blocks of :data:`BLOCK_BYTES`."""
+def iter_rows(path: Path, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Yield checked (hashes, spatial, pooled) for ``rows`` (increasing, unique) in blocks of :data:`BLOCK_BYTES`.
+
+    A part the shard does not hold comes as None.
+    """
     with ShardReader(path) as shard:
         step = _block_rows(shard.file)
+        held = parts_of(shard.file)
         for start in range(0, len(rows), step):
             sel = rows[start : start + step]
             keys = shard.keys(sel)
-            yield keys, shard.read("spatial", sel, keys), shard.read("pooled", sel, keys)
+            yield keys, *(shard.read(part, sel, keys) if part in held else None for part in PARTS)
 
 
 class ShardCheck(NamedTuple):
     """What :func:`check_shard` found.
 
-    ``problems``: one line each; ``shapes``: ``(spatial shape, pooled shape, dtype)``;
-    ``rows``: the rows the shard holds; ``sound``: a boolean mask of the rows whose
+    ``problems``: one line each; ``shapes``: ``(spatial shape, pooled shape, dtype)``,
+    None for a part the shard does not hold; ``rows``: the rows the shard holds; ``sound``: a boolean mask of the rows whose
     key and values pass their checks. ``shapes`` is None, ``rows`` 0 and ``sound``
     empty when the shard cannot be read or belongs to another fingerprint.
     """
@@ -362,22 +402,29 @@ class ShardCheck(NamedTuple):
     sound: np.ndarray
 
 
-def check_shard(path: Path, fingerprint_id: str) -> ShardCheck:
-    """Check one shard's structure, fingerprint, key column and every row's digests, streaming its data."""
+def check_shard(path: Path, fingerprint_id: str, parts: tuple[str, ...] = PARTS) -> ShardCheck:
+    """Check one shard's structure, fingerprint, key column and every row's digests, streaming its data.
+
+    ``parts``: what the shard's store keeps; a shard lacking one of them (or a
+    part's digests) has no sound row, as its rows cannot be served.
+    """
     nothing = np.zeros(0, dtype=bool)
     try:
         with _open(path, fingerprint_id) as f:
             n = int(f.attrs.get("rows", -1))
-            if any(len(f[k]) != n for k in _DATASETS):
+            if any(len(f[k]) != n for k in _datasets(f)):
                 return ShardCheck([str(damaged(path, "its datasets disagree on the row count"))], None, 0, nothing)
             keys = f["sha256"][:]
-            sound = _sound_rows(f, keys)
+            absent = [p for p in parts if p not in f or f"{p}_digest" not in f]
+            sound = np.zeros(n, dtype=bool) if absent else _sound_rows(f, keys)
             reasons = [] if sealed(path) else ["its bytes do not match the file checksum"]
+            if absent:
+                reasons.append(f"it lacks the {' and '.join(absent)} part its store keeps")
             if not _keys_match(f, keys):
                 reasons.append("the key column does not match its checksum")
             if not sound.all():
                 reasons.append(f"{np.count_nonzero(~sound)} of {n} rows do not match their checksums")
-            shapes = (f["spatial"].shape[1:], f["pooled"].shape[1:], str(f["spatial"].dtype))
+            shapes = _shapes(f)
             return ShardCheck([str(damaged(path, " and ".join(reasons)))] if reasons else [], shapes, n, sound)
     except StoreError as exc:
         return ShardCheck([str(exc)], None, 0, nothing)
@@ -385,7 +432,7 @@ def check_shard(path: Path, fingerprint_id: str) -> ShardCheck:
 
 def _block_rows(f) -> int:
     """Rows per block so that a block of every part takes about :data:`BLOCK_BYTES`."""
-    row_bytes = sum(f[part].dtype.itemsize * int(np.prod(f[part].shape[1:])) for part in PARTS)
+    row_bytes = sum(f[part].dtype.itemsize * int(np.prod(f[part].shape[1:])) for part in parts_of(f))
     return max(1, BLOCK_BYTES // max(row_bytes, 1))
 
 
@@ -393,7 +440,7 @@ def _sound_rows(f, keys: np.ndarray) -> np.ndarray:
     """Mask of rows whose every part matches its digest (a block HDF5 cannot read counts as unsound)."""
     sound = np.ones(len(keys), dtype=bool)
     step = _block_rows(f)
-    datasets = [(f[part], f[f"{part}_digest"]) for part in PARTS]
+    datasets = [(f[part], f[f"{part}_digest"]) for part in parts_of(f)]
     for start in range(0, len(keys), step):
         end = min(start + step, len(keys))
         for values, digests in datasets:

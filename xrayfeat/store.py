@@ -8,8 +8,8 @@ experiment it appears in.
 
 Layout of one store (``<cache-dir>/<backbone>-<layer>-<size>-<precision>-<id>/``)::
 
-    fingerprint.json        the fields that define every value in the store
-    shards/<name>.h5        immutable HDF5 files: keys, spatial, pooled, a digest per row and part
+    fingerprint.json        the fields that define every value in the store, and what it keeps (--keep)
+    shards/<name>.h5        immutable HDF5 files: keys, the parts kept (spatial, pooled), a digest per row and part
     shards/.<name>.*.tmp    a shard being written; never read; removed by ``gc``
     incoming/<name>.h5      complete shards of Dask workers, until the writer moves them into shards/
     index.npz               hash → (shard, row), a cache of what the shards say, sealed by a digest
@@ -65,7 +65,16 @@ import numpy as np
 from . import __version__, shards
 from .errors import StoreError
 from .fileio import TEMP_GLOB, atomic_write, fsync_dir
-from .fingerprint import FINGERPRINT_FIELDS, FLOAT16_TINY, check_storable, fingerprint_id, store_dirname
+from .fingerprint import (
+    FLOAT16_TINY,
+    check_storable,
+    defining_fields,
+    fingerprint_id,
+    keep_error,
+    kept_parts,
+    missing_parts,
+    store_dirname,
+)
 
 __all__ = ["FeatureStore", "list_stores", "COMPACT_BYTES"]
 
@@ -219,7 +228,7 @@ class FeatureStore:
             (path / "shards").mkdir(parents=True, exist_ok=True)
             for lock in ("write.lock", "read.lock"):  # so that readers of a read-only copy find them
                 (path / lock).touch()
-            atomic_write(meta, json.dumps({k: fingerprint[k] for k in FINGERPRINT_FIELDS}, indent=1, sort_keys=True))
+            atomic_write(meta, json.dumps(defining_fields(fingerprint), indent=1, sort_keys=True))
         return cls(path, fingerprint)
 
     @classmethod
@@ -237,6 +246,16 @@ class FeatureStore:
         if not names:
             return {}
         return shards.read_attrs(self.path / "shards" / names[0])
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts of each row this store keeps (``--keep``): ``("spatial", "pooled")``, ``("pooled",)`` or ``("spatial",)``."""
+        return kept_parts(self.fingerprint)
+
+    def check_parts(self, need, purpose: str = "this command") -> None:
+        """Refuse, in one line naming the fix, a ``purpose`` that needs parts this store does not keep."""
+        if missing_parts(self.fingerprint, need):
+            raise keep_error(self.path, self.fingerprint, need, purpose)
 
     @property
     def random_weights(self) -> bool:
@@ -373,8 +392,10 @@ class FeatureStore:
 
         Memory stays at one batch, so datasets larger than RAM can be streamed.
         Every row is checked against its digest; a damaged shard or index raises
-        :class:`StoreError` naming the file and the repair.
+        :class:`StoreError` naming the file and the repair, and a part the store
+        does not keep (``--keep``) a :class:`~xrayfeat.fingerprint.KeepError`.
         """
+        self.check_parts(parts, f"reading {' and '.join(parts)} features")
         hashes = list(hashes)
         with _flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
             if self._index is not None and self._index.shards != self.shard_names():
@@ -433,19 +454,22 @@ class FeatureStore:
         """Write one immutable shard of these rows; ``(its path, share of float16-subnormal values)``.
 
         Float32 in, stored as the store's dtype; values the dtype cannot hold are
-        refused (:func:`~xrayfeat.fingerprint.check_storable`). The shard goes to
+        refused (:func:`~xrayfeat.fingerprint.check_storable`). Only the parts
+        the store keeps are stored (:attr:`parts`; the other may be None). The shard goes to
         ``shards/``, where readers see it at once, or to ``folder``: a Dask
         worker writes its chunk to :meth:`staging_dir` and the process that holds
         the write lock moves it in with :meth:`adopt`. Needs no lock itself.
         """
         dtype = self.fingerprint["store_dtype"]
-        share = max(check_storable(spatial, dtype), check_storable(pooled, dtype))
+        kept = [block if part in self.parts else None for part, block in zip(shards.PARTS, (spatial, pooled))]
+        share = max(check_storable(block, dtype) for block in kept if block is not None)
         hashes = np.asarray(hashes, dtype="S64")
         target = Path(folder) if folder is not None else self.path / "shards"
+        shapes = [None if block is None else block.shape[1:] for block in kept]
         with _writing(target):
-            with shards.write_shard(target, len(hashes), spatial.shape[1:], pooled.shape[1:], np.dtype(dtype),
+            with shards.write_shard(target, len(hashes), *shapes, np.dtype(dtype),
                                     self._shard_attrs(provenance)) as shard:
-                shard.write(hashes, spatial.astype(dtype), pooled.astype(dtype))
+                shard.write(hashes, *(None if block is None else block.astype(dtype) for block in kept))
         return target / shard.name, share
 
     def _shard_attrs(self, provenance: dict) -> dict:
@@ -584,7 +608,7 @@ class FeatureStore:
         with _flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
             shapes = set()
             for name in self.shard_names():
-                check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id)
+                check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id, self.parts)
                 problems.extend(check.problems)
                 if check.shapes is not None:
                     shapes.add(check.shapes)
@@ -639,7 +663,7 @@ class FeatureStore:
         rebuilt = bool(self._check_index())
         damaged, kept, lost = [], 0, 0
         for name in self.shard_names():
-            check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id)
+            check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id, self.parts)
             if not check.problems:
                 continue
             sound = np.nonzero(check.sound)[0]

@@ -66,6 +66,11 @@ class Run:
         found.update({p.stem: p for p in sorted(self.path.glob("embed-*.png"))})
         return found
 
+    @property
+    def head_input(self) -> str:
+        """The feature part the head reads: ``spatial`` (the seed's) or ``pooled`` (no Grad-CAM, ``explain`` refuses it)."""
+        return self.record.head_input
+
     def feature_options(self) -> FeatureOptions:
         """The options that select the store this run was trained on."""
         return FeatureOptions(**self.record.features)
