@@ -18,7 +18,7 @@ LAYERS = [
     "errors", "fileio", "params", "backbones", "devices", "options",
     # data flow
     "images", "filehashes", "datasets", "summary", "phantoms",
-    "fingerprint", "shards", "store", "extraction",
+    "fingerprint", "shards", "store", "rows", "cluster", "extraction",
     "heads_jax", "head_numpy", "heads", "headproc", "baselines", "metrics", "plots", "gradcam", "embedding",
     # records and their use
     "runs", "study", "prediction", "external", "explain", "trained", "report_doc", "report", "export", "demo",

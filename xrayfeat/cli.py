@@ -282,9 +282,11 @@ def phantoms(out, task, per_class, size, seed, as_json):
 @declared(RunOptions, "batch_size")
 @declared(RunOptions, "workers")
 @declared(RunOptions, "on_error")
+@declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT")
+@declared(RunOptions, "chunk_images")
 @json_option
 @handle_errors
-def extract(data, batch_size, workers, on_error, as_json, **kw):
+def extract(data, batch_size, workers, on_error, cluster, chunk_images, as_json, **kw):
     """Run a frozen backbone once over every image and keep the features in the HDF5 cache.
 
     Only images whose content hash has no row yet are decoded and computed; a
@@ -298,12 +300,12 @@ def extract(data, batch_size, workers, on_error, as_json, **kw):
     from .extraction import extract as run_extract
     from .extraction import resolve
 
+    run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
+                     on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
+    run.validate()
     features = feature_list(kw)
     for feature in features:  # fail on options and weights before scanning a large dataset
         resolve(feature, kw["device"])
-    run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
-                     on_error=on_error, progress=True)
-    run.validate()
     results = run_extract(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, run)
     payload = results[0].as_json() if len(results) == 1 else {"stores": [r.as_json() for r in results]}
 
@@ -322,8 +324,8 @@ def extract(data, batch_size, workers, on_error, as_json, **kw):
 # --------------------------------------------------------------------------- fit-head
 
 _HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "lr", "units", "dropout", "l2",
-                "train_tail", "val_fraction", "n_boot", "backend", "class_weight", "restore_best", "repeats",
-                "threshold", "positive")
+                "train_tail", "head_input", "val_fraction", "n_boot", "backend", "class_weight", "restore_best", "repeats",
+                "threshold", "positive", "memory_budget")
 
 
 @main.command("fit-head")
@@ -336,9 +338,13 @@ _HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "
 @declared(RunOptions, "workers", help="Decoding processes for extraction (default: all cores; 0: in-process).")
 @declared(RunOptions, "on_error")
 @click.option("--out", default=None, help="Run folder (default: runs/<task>-<backbone>-<time>).")
+@declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT",
+          help="Run extraction and the baselines' grid searches on Dask: local:N starts N worker processes here, "
+               "tcp://HOST:PORT joins a running scheduler (--cache-dir must be the same folder on every worker).")
+@declared(RunOptions, "chunk_images")
 @json_option
 @handle_errors
-def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as_json, **kw):
+def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cluster, chunk_images, as_json, **kw):
     """Train the seed's head on cached features, beside scikit-learn baselines; write a run record.
 
     Extracts whatever the cache lacks first. Reports test accuracy, loss, balanced
@@ -358,7 +364,7 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, as
                        **{name: kw[name] for name in _HEAD_FIELDS})
     head.validate()
     run = RunOptions(device=kw["device"], batch_size=extract_batch_size, workers=workers, cache_dir=kw["cache_dir"],
-                     on_error=on_error, progress=True)
+                     on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
     result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
 
     def human(err):
@@ -428,6 +434,7 @@ def _run_options(func):
         declared(RunOptions, "device"),
         declared(RunOptions, "batch_size"),
         declared(RunOptions, "workers"),
+        declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT"),
     )(func)
 
 
@@ -439,7 +446,7 @@ def _run_options(func):
 @_run_options
 @json_option
 @handle_errors
-def predict(run, inputs, out, cache_dir, device, batch_size, workers, as_json):
+def predict(run, inputs, out, cache_dir, device, batch_size, workers, cluster, as_json):
     """Classify new X-rays with a trained run: its head and every saved baseline.
 
     INPUTS are image files, folders (searched recursively; no class folders
@@ -457,7 +464,7 @@ def predict(run, inputs, out, cache_dir, device, batch_size, workers, as_json):
     from .trained import load_run
 
     result = run_predict(load_run(run), list(inputs), out=out, cache_dir=cache_dir, device=device,
-                         batch_size=batch_size, workers=workers, progress=True)
+                         batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
 
     def human(err):
         click.echo(f"{result.out}: {result.images} images ({result.extracted} computed, {result.reused} from the "
@@ -478,7 +485,7 @@ def predict(run, inputs, out, cache_dir, device, batch_size, workers, as_json):
 @_run_options
 @json_option
 @handle_errors
-def explain(run, inputs, out, target_class, cache_dir, device, batch_size, workers, as_json):
+def explain(run, inputs, out, target_class, cache_dir, device, batch_size, workers, cluster, as_json):
     """Grad-CAM of a trained run's head on X-rays: where it looks for its predicted class.
 
     INPUTS are image files, folders or CSV files with a path column, as for
@@ -499,7 +506,8 @@ def explain(run, inputs, out, target_class, cache_dir, device, batch_size, worke
     from .trained import load_run
 
     result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,
-                         device=device, batch_size=batch_size, workers=workers, progress=True)
+                         device=device, batch_size=batch_size, workers=workers, cluster=cluster,
+                         progress=True)
 
     def human(err):
         h, w = result.map_size
@@ -523,7 +531,7 @@ def explain(run, inputs, out, target_class, cache_dir, device, batch_size, worke
 @_run_options
 @json_option
 @handle_errors
-def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, as_json):
+def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, cluster, as_json):
     """Score a trained run on another site's labelled X-rays (external validation).
 
     Every image of DATA (any layout) is test data; images the run trained or
@@ -542,7 +550,7 @@ def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, a
     trained = load_run(run)
     dataset = dataset_of(data, classes, run_cache_dir(trained, cache_dir))
     result = run_evaluate(trained, dataset, name=name, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                          workers=workers, progress=True)
+                          workers=workers, cluster=cluster, progress=True)
 
     def human(err):
         from rich.table import Table
@@ -581,7 +589,7 @@ def _delta(external, internal) -> str:
 @click.argument("data")
 @click.option("--backbone", "-b", default=None, type=click.Choice(BACKBONES),
               help="Backbone of the features (not needed with --from-run).")
-@stack(*(declared(FeatureOptions, name) for name in ("weights", "image_size", "layer", "precision", "store_dtype")))
+@stack(*(declared(FeatureOptions, name) for name in ("weights", "image_size", "layer", "precision", "store_dtype", "keep")))
 @declared(EmbedOptions, "method")
 @click.option("--from-run", default=None, help="Embed a trained head's penultimate (Dense) activations instead of pooled features.")
 @declared(FeatureOptions, "seed", help="Seed of the map, and of the random weights with --weights none.")

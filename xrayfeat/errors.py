@@ -41,3 +41,9 @@ class StoreError(XrayfeatError):
 
 class DeviceError(XrayfeatError):
     """The requested device or precision is not available."""
+
+
+class ClusterError(XrayfeatError):
+    """The Dask cluster failed the run: the scheduler was lost, or a chunk kept killing its workers."""
+
+    exit_code = 1

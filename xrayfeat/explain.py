@@ -17,7 +17,9 @@ same file stem get ``<stem>-2``, ``<stem>-3``... in input order.
 The map's resolution is the cut layer's: 7×7 for VGG16 ``block5_pool`` at
 224 px. A run trained at an earlier cut gives a finer one. Runs whose head is
 not the plain seed head (``--train-tail``) are refused: their map would feed
-backbone layers that the head's arrays do not describe.
+backbone layers that the head's arrays do not describe; so are runs whose head
+reads pooled vectors (``--head-input pooled``): a vector has no spatial layout
+to weigh.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class ExplainResult:
 
 
 def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None, device: str = "auto",
-            batch_size: int = 32, workers: int | None = None, progress: bool = False) -> ExplainResult:
+            batch_size: int = 32, workers: int | None = None, cluster: str | None = None,
+            progress: bool = False) -> ExplainResult:
     """Grad-CAM overlays of ``run``'s head on ``inputs``, written to the folder ``out``; see the module docstring.
 
     ``run``: a loaded :class:`~xrayfeat.trained.Run`. ``target_class``: a class
@@ -72,7 +75,8 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
     head = _head_arrays(run)
     dataset, folder = gather_inputs(run, inputs, cache_dir)
     result, store = run_features(run, dataset, cache_dir=folder, device=device, batch_size=batch_size,
-                                 workers=workers, progress=progress)
+                                 workers=workers, cluster=cluster, progress=progress, need=("spatial",),
+                                 purpose="explain (Grad-CAM)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layer = f"{run.backbone}:{store.fingerprint['layer']}"
@@ -104,6 +108,10 @@ def _target_index(run, target_class: str | None) -> int | None:
 
 def _head_arrays(run) -> dict:
     """The plain seed head's arrays, read from bytes whose sha256 matches the record; one line when there are none."""
+    if run.record.head_input != "spatial":
+        raise XrayfeatError(f"{run.path}: cannot explain this run: its head reads {run.record.head_input} vectors "
+                            f"(fit-head --head-input {run.record.head_input}), which have no spatial layout for "
+                            f"Grad-CAM; re-run fit-head with --head-input spatial on a store that keeps spatial maps")
     run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
     arrays = run.head_arrays()  # loaded from the bytes whose sha256 was checked
     if arrays is None:

@@ -88,7 +88,8 @@ def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarn
 
 
 def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, device: str = "auto",
-             batch_size: int = 32, workers: int | None = None, progress: bool = False) -> EvaluateResult:
+             batch_size: int = 32, workers: int | None = None, cluster: str | None = None,
+             progress: bool = False) -> EvaluateResult:
     """Score ``run`` (a loaded :class:`~xrayfeat.trained.Run`) on the labelled ``dataset`` (all of it test data).
 
     The result is recorded under ``RUN/external/<name>/`` and in the run record.
@@ -102,7 +103,7 @@ def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, 
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap
     scored = score(run, dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                   workers=workers, progress=progress)
+                   workers=workers, cluster=cluster, progress=progress)
     index = {c: k for k, c in enumerate(run.classes)}
     y = np.array([index[item.label] for item in dataset.items])
     thresholds, rule = run_thresholds(run.metrics)

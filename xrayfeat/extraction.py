@@ -18,7 +18,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ from .backbones import WeightsInfo, get_spec, resolve_weights
 from .datasets import printable
 from .devices import confirm_device, device_scope, gpu_likely, keras_backend_name
 from .errors import DatasetError, ImageReadError, StoreError, XrayfeatError
-from .fingerprint import store_dirname
-from .options import FeatureOptions, RunOptions
+from .fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname
+from .options import KEEPS, FeatureOptions, RunOptions
 from .store import FeatureStore
 
 log = logging.getLogger("xrayfeat")
@@ -67,6 +67,7 @@ class ExtractResult:
     images_per_s: float
     skipped_reasons: dict = field(default_factory=dict)
     random_weights: bool = False
+    cluster: dict | None = None  # with --cluster: the scheduler, the workers and the dashboard
 
     @property
     def skipped(self) -> int:
@@ -86,6 +87,8 @@ class ExtractResult:
     def as_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("store", "images", "extracted", "reused", "skipped", "seconds", "images_per_s")}
         out["random_weights"] = self.random_weights
+        if self.cluster:
+            out["cluster"] = self.cluster
         if self.skipped_files:
             out["skipped_files"] = self.skipped_files
         return out
@@ -99,6 +102,8 @@ def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None =
 
     ``precision="auto"`` means float32 on a CPU and mixed_bfloat16 on a GPU; with
     ``device="auto"`` the GPU is guessed here and confirmed once a model is built.
+    ``keep`` enters the fingerprint only when it is not ``both``, so stores made
+    before ``--keep`` keep their id (:mod:`xrayfeat.fingerprint`).
     """
     options.validate()
     spec = get_spec(options.backbone)
@@ -120,6 +125,8 @@ def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None =
         "keras": importlib.metadata.version("keras"),
         "backend": keras_backend_name(),
     }
+    if options.keep != OPTIONAL_FIELDS["keep"]:
+        fingerprint["keep"] = options.keep
     return FeatureConfig(options, weights, fingerprint, device)
 
 
@@ -217,6 +224,8 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
     if all(not s.missing(all_hashes) for s in stores):
         return _results(dataset, stores, configs, set(), {}, time.perf_counter() - started)
 
+    if run.cluster:  # cold path on Dask: the workers load the framework, this process does not
+        return _extract_on_cluster(dataset, stores, configs, run, started)
     # cold path: the framework is loaded from here on
     device = confirm_device(run.device)
     if device != configs[0].device:
@@ -251,6 +260,14 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
 
 def _build(config: FeatureConfig, writer, device: str):
     """The compiled extractor; checks random weights match those already in the store."""
+    model, digest = build_model(config, device)
+    check_weights(writer.store, digest, config.options.backbone)
+    writer.provenance["weights_digest"] = digest
+    return model
+
+
+def build_model(config: FeatureConfig, device: str):
+    """``(compiled extractor, digest of its weights)`` for one feature configuration."""
     from .backbones import build_extractor, weights_digest
 
     with device_scope(device):
@@ -259,15 +276,17 @@ def _build(config: FeatureConfig, writer, device: str):
             image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"],
             precision=config.fingerprint["precision"],
         )
-    digest = weights_digest(backbone)
-    recorded = writer.store.provenance().get("weights_digest")
+    return model, weights_digest(backbone)
+
+
+def check_weights(store: FeatureStore, digest: str, backbone: str) -> None:
+    """Refuse weights that differ from those the store's rows were computed with (e.g. a changed seed build)."""
+    recorded = store.provenance().get("weights_digest")
     if recorded and recorded != digest:
         raise StoreError(
-            f"{writer.store.path}: the {config.options.backbone} weights built now differ from those its rows "
+            f"{store.path}: the {backbone} weights built now differ from those its rows "
             f"were computed with (weights digest {digest[:12]} vs {recorded[:12]}); use a new --cache-dir"
         )
-    writer.provenance["weights_digest"] = digest
-    return model
 
 
 def _run_batches(todo, writers, wanted, models, run: RunOptions, device: str, size: int):
@@ -314,6 +333,219 @@ def _run_batches(todo, writers, wanted, models, run: RunOptions, device: str, si
             batch[len(batch_hashes):] = 0
             flush()
     return computed, skipped
+
+
+# --------------------------------------------------------------------------- on a Dask cluster
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One Dask task: decode these images, run each backbone, write one shard per store into its staging folder."""
+
+    number: int
+    todo: tuple  # ((sha256, path), ...)
+    stores: tuple  # ((cache_dir, fingerprint, FeatureOptions, wanted hashes), ...), one per store
+    device: str
+    batch_size: int
+    on_error: str
+    provenance: dict
+
+
+def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: float) -> list[ExtractResult]:
+    """:func:`extract`'s cold path on Dask: chunks of missing rows go to workers; this process commits their shards.
+
+    This process holds each store's write lock throughout, so it is the one
+    writer; workers write complete shards into the store's staging folder and
+    :meth:`FeatureStore.adopt` moves each in as its task finishes. The device is
+    ``--device`` as resolved here (``auto`` guesses from this machine; pass
+    ``cpu`` or ``gpu`` for a remote cluster); every worker confirms it.
+    """
+    from .cluster import session
+
+    live = session(run.cluster, announce=run.progress)
+    live.check_shared(run.cache_dir)
+    device = configs[0].device
+    log.info("extracting on Dask (%s, %d workers) on %s", live.scheduler, len(live.workers()), device)
+    computed: set[str] = set()
+    skipped: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        writers = [(stack.enter_context(store.writer(
+            on_wait=lambda s=store: log.warning("%s is being written by another process; waiting for it", s.path))),
+            config) for store, config in sorted(zip(stores, configs), key=lambda pair: str(pair[0].path))]
+        wanted = [set(writer.missing(dataset.hashes)) for writer, _ in writers]
+        todo = _unique_todo(dataset, set().union(*wanted))
+        if todo:
+            computed, skipped = _run_chunks(live, todo, writers, wanted, run, device)
+        for writer, _ in writers:
+            writer.warn_subnormal()
+    results = _results(dataset, stores, configs, computed, skipped, time.perf_counter() - started)
+    for result in results:
+        result.cluster = live.describe()
+    return results
+
+
+def _run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
+    """Send ``todo`` to the workers in chunks of ``run.chunk_images``; commit each finished chunk's shards here.
+
+    Returns (computed hashes, skipped {hash: reason}), as :func:`_run_batches`.
+    A chunk whose worker dies is run again elsewhere by the scheduler; its
+    half-written file, or a whole shard that was never reported, stays in the
+    staging folder and is cleared when the run ends, so no row is stored twice.
+    """
+    provenance = {"device": device, "batch_size": run.batch_size, "cluster": live.scheduler}
+    jobs = []
+    for number, start in enumerate(range(0, len(todo), run.chunk_images)):
+        part = tuple(todo[start : start + run.chunk_images])
+        hashes = {sha for sha, _ in part}
+        jobs.append(ChunkJob(
+            number, part,
+            tuple((str(Path(run.cache_dir).resolve()), config.fingerprint, config.options,
+                   tuple(sha for sha, _ in part if sha in missing)) for (_, config), missing in zip(writers, wanted)
+                  if hashes & missing),
+            device, run.batch_size, run.on_error, provenance,
+        ))
+    for writer, _ in writers:
+        writer.store.clear_staging()
+    models = tuple((config.options, config.fingerprint) for _, config in writers)
+    live.prepare(f"xrayfeat-models-{'-'.join(w.store.fingerprint_id for w, _ in writers)}-{device}",
+                 prepare_worker, models, device)
+    by_path = {str(Path(run.cache_dir).resolve() / writer.store.path.name): writer for writer, _ in writers}
+    computed: set[str] = set()
+    skipped: dict[str, str] = {}
+    progress = _progress(run.progress, len(todo))
+    saved = [time.monotonic()]
+
+    def commit(job: ChunkJob, result: dict) -> None:
+        if "error" in result:
+            error = XrayfeatError(result["error"])
+            error.exit_code = result["exit_code"]
+            raise error
+        for shard in result["shards"]:
+            writer = by_path[shard["store"]]
+            check_weights(writer.store, shard["weights_digest"], writer.store.fingerprint["backbone"])
+            writer.store.adopt(Path(shard["path"]), shard["hashes"])
+            writer.note_subnormal(shard["subnormal"])
+            writer.rows_written += len(shard["hashes"])
+        computed.update(result["computed"])
+        skipped.update(result["skipped"])
+        progress.advance(len(job.todo))
+        if time.monotonic() - saved[0] > 30:  # readers rebuild a stale index themselves; this saves them the work
+            for writer in by_path.values():
+                writer.store.save_index()
+            saved[0] = time.monotonic()
+
+    try:
+        with progress:
+            live.map(compute_chunk, jobs, on_result=commit)
+    finally:
+        for writer, _ in writers:
+            writer.store.clear_staging()
+    return computed, skipped
+
+
+def compute_chunk(job: ChunkJob) -> dict:
+    """(On a Dask worker) decode, compute and write one chunk; errors come back as data, not exceptions.
+
+    xrayfeat's errors carry their one line and exit status back to the process
+    that sent the job (their constructors differ, so they are not pickled).
+    """
+    try:
+        return _compute_chunk(job)
+    except XrayfeatError as exc:
+        return {"error": str(exc), "exit_code": exc.exit_code}
+
+
+_WORKER_MODELS: dict = {}  # (fingerprint id, device) → (model, weights digest) or the error: one build per worker
+
+
+def prepare_worker(models: tuple, device: str) -> None:
+    """(On a Dask worker, before its first task: :meth:`Session.prepare`) build each extractor once.
+
+    An error is kept and reported by the first task that needs the model, in
+    one line, instead of failing the worker.
+    """
+    for options, fingerprint in models:
+        key = (fingerprint_id(fingerprint), device)
+        if key not in _WORKER_MODELS:
+            try:
+                _WORKER_MODELS[key] = _worker_model(options, fingerprint, device)
+            except XrayfeatError as exc:
+                _WORKER_MODELS[key] = exc
+
+
+def _worker_model(options: FeatureOptions, fingerprint: dict, device: str):
+    """``(model, digest)`` built on this worker, after checking its device and that it computes the store's features."""
+    import socket
+
+    confirmed = confirm_device(device)
+    if confirmed != device:
+        raise XrayfeatError(f"Dask worker on {socket.gethostname()}: --device {device} was asked for but this "
+                            f"worker computes on the {confirmed}; pass the --device every worker has")
+    return build_model(_worker_config(options, fingerprint, device), device)
+
+
+def _compute_chunk(job: ChunkJob) -> dict:
+    import socket
+
+    writers, models, wanted = [], [], []
+    for cache_dir, fingerprint, options, hashes in job.stores:
+        store = FeatureStore.open(cache_dir, fingerprint)
+        key = (store.fingerprint_id, job.device)
+        if key not in _WORKER_MODELS:  # a worker the preparation missed: built here (the weights are checked)
+            prepare_worker(((options, fingerprint),), job.device)
+        if isinstance(_WORKER_MODELS[key], XrayfeatError):
+            raise _WORKER_MODELS[key]
+        model, digest = _WORKER_MODELS[key]
+        config = resolve(options, job.device)
+        provenance = {**job.provenance, "weights_path": config.weights.path or "", "weights_digest": digest,
+                      "worker": socket.gethostname()}
+        writers.append((_ChunkWriter(store, provenance), config))
+        models.append(model)
+        wanted.append(set(hashes))
+    run = RunOptions(device=job.device, batch_size=job.batch_size, workers=0, on_error=job.on_error)
+    size = writers[0][1].fingerprint["image_size"]
+    computed, skipped = _run_batches(list(job.todo), writers, wanted, models, run, job.device, size)
+    shards = [shard for shard in (writer.finish() for writer, _ in writers) if shard is not None]
+    return {"shards": shards, "computed": sorted(computed), "skipped": skipped}
+
+
+def _worker_config(options: FeatureOptions, fingerprint: dict, device: str) -> FeatureConfig:
+    """The configuration resolved on this worker; it must give the store's fingerprint, or the rows would differ."""
+    import socket
+
+    config = resolve(options, device)
+    if config.fingerprint != fingerprint:
+        differs = sorted(k for k in fingerprint if config.fingerprint.get(k) != fingerprint[k])
+        raise XrayfeatError(
+            f"Dask worker on {socket.gethostname()} would compute other features than the store holds "
+            f"({', '.join(f'{k}: {config.fingerprint.get(k)} here, {fingerprint[k]} in the store' for k in differs)}); "
+            f"install the same versions and KERAS_BACKEND on every worker"
+        )
+    return config
+
+
+class _ChunkWriter:
+    """Collects a chunk's rows for one store; :meth:`finish` writes them as one shard into its staging folder."""
+
+    def __init__(self, store: FeatureStore, provenance: dict):
+        self.store = store
+        self.provenance = provenance
+        self.blocks: list = []
+
+    def append(self, hashes, spatial: np.ndarray, pooled: np.ndarray) -> None:
+        self.blocks.append((list(hashes), spatial, pooled))
+
+    def finish(self) -> dict | None:
+        """Write the shard; what the committing process needs to adopt it (None when no row was computed)."""
+        if not self.blocks:
+            return None
+        hashes = [h for block in self.blocks for h in block[0]]
+        spatial = np.concatenate([block[1] for block in self.blocks])
+        pooled = np.concatenate([block[2] for block in self.blocks])
+        self.store.staging_dir.mkdir(exist_ok=True)
+        path, share = self.store.write_rows(hashes, spatial, pooled, self.provenance, folder=self.store.staging_dir)
+        return {"store": str(self.store.path), "path": str(path), "hashes": hashes, "subnormal": share,
+                "weights_digest": self.provenance["weights_digest"]}
 
 
 class _NoProgress:
@@ -400,8 +632,39 @@ def _warn_skipped(reasons: dict[str, str]) -> None:
         log.warning("skipped %d more files (see skipped_files in --json output)", len(lines) - _SHOW_SKIPPED)
 
 
-def open_store(options: FeatureOptions, cache_dir, device: str = "auto") -> FeatureStore:
-    """The existing store for these feature options; a clear error says what to run when absent."""
+def store_for(options: FeatureOptions, cache_dir, need, purpose: str, device: str = "auto") -> FeatureOptions:
+    """The feature options of the store a command that reads the parts ``need`` should use.
+
+    Stores of the same features that differ only in what they keep serve the
+    same values, so: the store ``options.keep`` names if it exists and holds
+    ``need``, else any existing one that does (``both`` first); when none
+    exists, ``options`` itself (extraction then makes its store). When stores
+    of these features exist but none holds ``need``, or ``options.keep`` itself
+    cannot hold it, :class:`~xrayfeat.fingerprint.KeepError` names the store,
+    what it keeps, what ``purpose`` needs and the fix.
+    """
+    fingerprint = resolve(options, device).fingerprint
+    lacking = None
+    for keep in (options.keep, *(k for k in KEEPS if k != options.keep)):
+        variant = {**fingerprint, "keep": keep}
+        path = Path(cache_dir) / store_dirname(variant)
+        if path.is_dir() and not missing_parts(variant, need):
+            return replace(options, keep=keep)
+        if path.is_dir() and lacking is None:
+            lacking = (path, variant)
+    if lacking is None and not missing_parts(fingerprint, need):
+        return options
+    where, variant = lacking or (Path(cache_dir) / store_dirname(fingerprint), fingerprint)
+    raise keep_error(where, variant, need, purpose)
+
+
+def open_store(options: FeatureOptions, cache_dir, device: str = "auto", *, need=(),
+               purpose: str = "this command") -> FeatureStore:
+    """The existing store for these feature options that holds the parts ``need`` (see :func:`store_for`).
+
+    A clear error says what to run when there is none.
+    """
+    options = store_for(options, cache_dir, need, purpose, device)
     config = resolve(options, device)
     if not (Path(cache_dir) / store_dirname(config.fingerprint)).is_dir():
         raise StoreError(

@@ -14,11 +14,12 @@ Each ``validate()`` raises :class:`~xrayfeat.params.OptionError` (a
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 from .backbones import PRECISIONS, REGISTRY
-from .params import Choice, Interval, Is, OptionError, Subset, Threshold, option, validate
+from .params import Choice, Cluster, Interval, Is, OptionError, Subset, Threshold, option, validate
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
@@ -30,9 +31,49 @@ HEAD_BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 #: The baselines fit-head knows, in the order reports list them.
 BASELINES: tuple[str, ...] = ("logreg", "svm", "pixels")
 METHODS: tuple[str, ...] = ("tsne", "umap")
+#: What a feature store keeps of each image: both parts, the pooled vector only, or the spatial map only.
+KEEPS: tuple[str, ...] = ("both", "pooled", "spatial")
+#: The feature part the head reads: the spatial map (the seed's) or the pooled vector.
+HEAD_INPUTS: tuple[str, ...] = ("spatial", "pooled")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 #: What ``--restore-best`` may monitor on the validation data.
 RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
+#: The units of a size like ``--memory-budget 8G`` (powers of 1024; a trailing ``B`` or ``iB`` is allowed).
+SIZE_UNITS: dict[str, int] = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value) -> int:
+    """A byte count from an int or a size string: ``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"4096"`` (units of 1024).
+
+    Raises ``ValueError`` on anything else, and on sizes below one byte.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = value, ""
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in SIZE_UNITS else ""
+        number = float(text[: len(text) - len(unit)])  # ValueError on anything but a number
+    else:
+        raise ValueError(f"a size is an int or a string like '8G', not {type(value).__name__}")
+    size = number * SIZE_UNITS[unit]
+    if not math.isfinite(size) or size < 1:
+        raise ValueError(f"{value!r} is not a positive size")
+    return int(size)
+
+
+@dataclass(frozen=True)
+class ByteSize:
+    """A positive size in bytes: an int, or a string with a unit of :data:`SIZE_UNITS` (see :func:`parse_size`)."""
+
+    def accepts(self, value) -> bool:
+        try:
+            parse_size(value)
+        except ValueError:
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "a positive byte count or a size like '512M', '8G' or '1.5T' (units of 1024)"
 
 
 @dataclass(frozen=True)
@@ -51,6 +92,9 @@ class FeatureOptions:
                             help="auto: float32 on CPU, mixed_bfloat16 on GPU. Part of the fingerprint.")
     store_dtype: str = option("float16", check=Choice(STORE_DTYPES), help="How features are stored.")
     seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (random weights, splits, training).")
+    keep: str = option("both", check=Choice(KEEPS),
+                       help="What the store keeps: both parts, the pooled vector only (25-50x smaller; enough for "
+                            "the baselines, embed and --head-input pooled) or the spatial map only.")
 
     def validate(self) -> None:
         validate(self)
@@ -69,6 +113,12 @@ class RunOptions:
     on_error: str = option("fail", check=Choice(ON_ERROR),
                            help="An undecodable image stops the run (fail) or is left out and reported (skip).")
     progress: bool = option(False, check=Is((bool,)), help="Show a progress bar on stderr.")
+    cluster: str | None = option(None, check=Cluster(), none=True,
+                                 help="Compute missing features on Dask: local:N starts N worker processes here, "
+                                      "tcp://HOST:PORT joins a running scheduler; --cache-dir must be the same "
+                                      "folder on every worker (checked). Default: this process.")
+    chunk_images: int = option(256, check=Interval(1, None, integer=True),
+                               help="With --cluster: images per Dask task; each task writes one shard.")
 
     def validate(self) -> None:
         validate(self)
@@ -91,6 +141,9 @@ class HeadOptions:
     l2: float = option(1e-3, check=Interval(0, None), help="L2 penalty on the hidden layer's kernel.")
     train_tail: bool = option(False, check=Is((bool,)),
                               help="Also train the backbone after the cut point (needs --layer).")
+    head_input: str = option("spatial", check=Choice(HEAD_INPUTS),
+                             help="What the head reads: the spatial map (the seed's) or the pooled vector (works on "
+                                  "a --keep pooled store; no Grad-CAM).")
     val_fraction: float = option(0.2, check=Interval(0, 1, low_open=True, high_open=True),
                                  help="Validation share of train when there is no val split (stratified, grouped by patient).")
     baselines: tuple[str, ...] = option(BASELINES, check=Subset(BASELINES),
@@ -119,6 +172,10 @@ class HeadOptions:
     positive: str | None = option(None, check=Is((str,)), none=True,
                                   help="The positive class of a binary task (default: the second class); "
                                        "multiclass tasks report every class one-vs-rest.")
+    memory_budget: str | int | None = option(None, check=ByteSize(), none=True,
+                                             help="Memory for features, e.g. 8G: larger head inputs are streamed from "
+                                                  "the store, larger baseline training sets are subsampled "
+                                                  "(default: half the available memory).")
 
     def validate(self) -> None:
         validate(self)
@@ -160,5 +217,5 @@ def parse_list(text: str, allowed: tuple[str, ...], name: str, *, none: bool = F
 
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "parse_list",
-           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS",
-           "CLASS_WEIGHTS", "RESTORE_BEST"]
+           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
+           "CLASS_WEIGHTS", "RESTORE_BEST", "ByteSize", "parse_size"]

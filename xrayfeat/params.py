@@ -143,6 +143,45 @@ def parse_threshold(text) -> tuple[str, float | None]:
     return kind, value
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """Where Dask runs: ``local:N`` (N local worker processes) or a scheduler address (``tcp://HOST:PORT``)."""
+
+    def accepts(self, value) -> bool:
+        try:
+            parse_cluster(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "'local:N' with N >= 1, or a scheduler address such as 'tcp://HOST:PORT'"
+
+
+#: Address schemes of a Dask scheduler that ``--cluster`` accepts.
+CLUSTER_SCHEMES = ("tcp://", "tls://", "ucx://")
+
+
+def parse_cluster(text) -> tuple[str, int | str]:
+    """``"local:4"`` → ``("local", 4)``; ``"tcp://10.0.0.5:8786"`` → ``("scheduler", "tcp://10.0.0.5:8786")``.
+
+    Raises ``ValueError`` (``TypeError`` for a non-string) on anything else.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a cluster is a string, not {type(text).__name__}")
+    address = text.strip()
+    if address.lower().startswith("local:"):
+        workers = int(address[len("local:"):])
+        if workers < 1:
+            raise ValueError(f"{text!r}: a local cluster needs at least one worker")
+        return "local", workers
+    scheme = next((s for s in CLUSTER_SCHEMES if address.lower().startswith(s)), None)
+    host, _, port = address[len(scheme or ""):].rpartition(":")
+    if scheme is None or not host or not port.isdigit():
+        raise ValueError(f"{text!r}: not 'local:N' or a scheduler address like tcp://HOST:PORT")
+    return "scheduler", address
+
+
 def option(default: Any = dataclasses.MISSING, *, check, help: str, none: bool = False, flag: str | None = None):
     """A dataclass field with its constraint (``check``), help, and whether ``None`` is allowed.
 

@@ -11,6 +11,11 @@ Before anything is computed it refuses, in one line, what would give wrong
 numbers: a run whose artifacts changed since they were written (sha256), weights
 that are not installed, or a feature fingerprint this installation cannot
 reproduce (another Keras version or backend changes feature values).
+
+The features are read from any store of the run's features that keeps the
+parts its models read (:func:`model_parts`): the head's input (``spatial``, or
+``pooled`` for a ``--head-input pooled`` run) and pooled vectors for the
+logreg and svm baselines; what a store keeps never changes a value.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import XrayfeatError
-from .extraction import extract, resolve
+from .extraction import extract, resolve, store_for
 from .fileio import atomic_write
+from .fingerprint import FINGERPRINT_FIELDS
 from .options import FeatureOptions, RunOptions
 from .store import FeatureStore
 from .baselines import columns_for, read_pixels
@@ -72,10 +78,13 @@ def feature_options(run) -> FeatureOptions:
 
 
 def check_reproducible(run, options: FeatureOptions, device: str = "auto") -> None:
-    """Refuse when resolving the run's options here gives another fingerprint than the one it was trained on."""
+    """Refuse when resolving the run's options here gives another fingerprint than the one it was trained on.
+
+    Only the fields that change a value count: a store that keeps other parts (``keep``) holds the same values.
+    """
     recorded = run.record.store["fingerprint"]
     here = resolve(options, device).fingerprint
-    differs = [key for key in recorded if here.get(key) != recorded[key]]
+    differs = [key for key in FINGERPRINT_FIELDS if key in recorded and here.get(key) != recorded[key]]
     if not differs:
         return
     fixes = {"keras": "install the Keras version it names", "backend": "set KERAS_BACKEND to the backend it names",
@@ -97,7 +106,8 @@ def run_cache_dir(run, cache_dir=None) -> Path:
 
 
 def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
-          workers: int | None = None, progress: bool = False, models=None) -> Scored:
+          workers: int | None = None, cluster: str | None = None, progress: bool = False,
+          models=None) -> Scored:
     """Every model of ``run`` (head and saved baselines, or ``models``) on every image of ``dataset``.
 
     Checks first (sha256 of each model file, weights, fingerprint), then
@@ -110,14 +120,15 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
     # sha256 checked here; the plain head runs in numpy (no Keras import), a head with a tail in Keras
     run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
     loaded = {name: (run.head_arrays() or run.head()) if name == "head" else run.baseline(name) for name in names}
+    need = model_parts(run, names)
     result, store = run_features(run, dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                                 workers=workers, progress=progress)
-    parts = store.read(dataset.hashes, ("spatial", "pooled"))
+                                 workers=workers, cluster=cluster, progress=progress, need=need)
+    parts = store.read(dataset.hashes, need)
     n_classes = len(run.classes)
     probabilities = {}
     for name, model in loaded.items():
         if name == "head":
-            probabilities[name] = np.asarray(model.predict_proba(parts["spatial"]), dtype=np.float64)
+            probabilities[name] = np.asarray(model.predict_proba(parts[run.record.head_input]), dtype=np.float64)
         elif name == "pixels":
             x = read_pixels(dataset.items).reshape(len(dataset), -1).astype(np.float32)
             probabilities[name] = columns_for(model, model.predict_proba(x), n_classes)
@@ -125,6 +136,14 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
             probabilities[name] = columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
     return Scored(dataset=dataset, probabilities=probabilities, extracted=result.extracted, reused=result.reused,
                   store=str(store.path))
+
+
+def model_parts(run, names) -> tuple[str, ...]:
+    """The feature parts the models ``names`` of ``run`` read: the head its input, logreg and svm pooled vectors."""
+    parts = [run.record.head_input] if "head" in names else []
+    if any(name not in ("head", "pixels") for name in names):
+        parts.append("pooled")
+    return tuple(dict.fromkeys(parts))
 
 
 def gather_inputs(run, inputs, cache_dir=None):
@@ -139,15 +158,19 @@ def gather_inputs(run, inputs, cache_dir=None):
 
 
 def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
-                 workers: int | None = None, progress: bool = False):
+                 workers: int | None = None, cluster: str | None = None, progress: bool = False, need=(),
+                 purpose: str = "predict"):
     """(extraction result, store) of the run's own features for ``dataset``, computed where the cache lacks them.
 
-    Refuses first, in one line, features this installation cannot reproduce.
+    The store is one that keeps the parts ``need`` (:func:`~xrayfeat.extraction.store_for`;
+    ``purpose`` names the command in its error). Refuses first, in one line,
+    features this installation cannot reproduce.
     """
-    options = feature_options(run)
+    folder = run_cache_dir(run, cache_dir)
+    options = store_for(feature_options(run), folder, need, purpose, device)
     check_reproducible(run, options, device)
-    run_options = RunOptions(device=device, batch_size=batch_size, workers=workers,
-                             cache_dir=run_cache_dir(run, cache_dir), progress=progress)
+    run_options = RunOptions(device=device, batch_size=batch_size, workers=workers, cache_dir=folder,
+                             progress=progress, cluster=cluster)
     [result] = extract(dataset, options, run_options)
     return result, FeatureStore.at(result.store)
 
@@ -166,7 +189,8 @@ def predictions_table(scored: Scored, classes):
 
 
 def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
-            workers: int | None = None, progress: bool = False, models=None) -> PredictResult:
+            workers: int | None = None, cluster: str | None = None, progress: bool = False,
+            models=None) -> PredictResult:
     """Classify new images with a trained run; see the module docstring.
 
     ``run``: a loaded :class:`~xrayfeat.trained.Run` (``xf.load_run``). ``inputs``: image
@@ -175,7 +199,7 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
     """
     dataset, folder = gather_inputs(run, inputs, cache_dir)
     scored = score(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
-                   progress=progress, models=models)
+                   cluster=cluster, progress=progress, models=models)
     table = predictions_table(scored, run.classes)
     if out is not None:
         atomic_write(out, table.to_csv(index=False, float_format="%.6g"))

@@ -5,7 +5,10 @@
 1. :func:`check_task`: the dataset makes an honest classification task (train
    and test splits, every test class seen in train, at least two classes);
 2. :func:`_extract_split`: extracts whatever the store lacks (usually nothing)
-   and reads the train and test rows;
+   and takes the train and test rows as :class:`~xrayfeat.rows.StoreRows`;
+   :func:`_hold` reads them into memory where they fit ``--memory-budget``,
+   else the head streams its batches from the store and the baselines fit on
+   a sample that fits;
 3. :func:`_validation`: takes validation from the ``val`` split, else a
    stratified ``val_fraction`` of train, grouped by patient when the dataset
    knows patients (:func:`split_validation`);
@@ -46,10 +49,11 @@ from .backbones import get_spec
 from .datasets import Dataset
 from .devices import keras_backend_name
 from .errors import DatasetError, XrayfeatError
-from .extraction import extract, resolve
+from .extraction import extract, resolve, store_for
 from .fileio import atomic_path, write_json
 from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from .params import OptionError
+from .rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
 from .runs import RunWarning
 from .store import FeatureStore
 from .summary import imbalance_warning
@@ -224,12 +228,28 @@ def headline(m: dict) -> dict:
     }
 
 
+def study_parts(head: HeadOptions) -> tuple[str, ...]:
+    """The feature parts fit-head reads: the head's input, and pooled vectors for the baselines."""
+    return tuple(dict.fromkeys((head.head_input, *(("pooled",) if head.baselines else ()))))
+
+
 def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: RunOptions):
-    """Validate the options against each other and the dataset; the resolved feature config."""
+    """Validate the options against each other and the dataset; the resolved feature config.
+
+    Its ``options`` select the store that holds the parts the study reads
+    (:func:`~xrayfeat.extraction.store_for`): a pooled-only store serves a
+    pooled head, and a head that needs spatial maps is refused in one line where
+    only such a store exists.
+    """
     for options in (features, head, run):
         options.validate()
     check_task(dataset)
     positive_class(dataset.classes, head.positive)
+    if head.train_tail and head.head_input == "pooled":
+        raise XrayfeatError("--train-tail trains the backbone's last block, which gives spatial maps, not pooled "
+                            "vectors: drop --head-input pooled or --train-tail")
+    features = store_for(features, run.cache_dir, study_parts(head), f"fit-head with --head-input {head.head_input}",
+                         run.device)
     config = resolve(features, run.device)
     spec = get_spec(features.backbone)
     if head.train_tail and config.fingerprint["layer"] == spec.final_layer:
@@ -256,9 +276,48 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split
     return _Split(
         extraction=extraction, store=store, train=train, test=test,
         y_train=np.array([class_index[i.label] for i in train]), y_test=np.array([class_index[i.label] for i in test]),
-        train_arrays=store.read([i.sha256 for i in train], ("spatial", "pooled")),
-        test_arrays=store.read([i.sha256 for i in test], ("spatial", "pooled")), seconds=seconds,
+        train_arrays=_views(store, train), test_arrays=_views(store, test), seconds=seconds,
     )
+
+
+def _views(store: FeatureStore, items) -> dict:
+    """Each part the store keeps, of ``items``' rows, as a :class:`~xrayfeat.rows.StoreRows` (nothing read yet)."""
+    return {part: StoreRows(store, [i.sha256 for i in items], part) for part in store.parts}
+
+
+def _hold(split: _Split, head: HeadOptions, val_idx, n_classes: int) -> dict:
+    """Read the head's features, then the pooled ones, into memory while they fit the budget; the record's entry.
+
+    The one place fit-head decides between memory and streaming. A part (train
+    and test rows, as float32) is read whole when it fits beside what is read
+    already, as before the budget existed; otherwise it stays a
+    :class:`~xrayfeat.rows.StoreRows` and the head reads it a batch at a time
+    (bitwise the same training), the baselines a sample of it. Validation on
+    the whole set (``--validation-steps 0``) is read whole by the trainer, so
+    when it alone exceeds the budget the run stops and says what to do.
+    """
+    budget = resolve_budget(head.memory_budget)
+    part = head.head_input
+    held, streamed = 0, 0
+    for name in dict.fromkeys((part, "pooled")):
+        if name not in split.train_arrays:
+            continue
+        nbytes = split.train_arrays[name].nbytes + split.test_arrays[name].nbytes
+        if budget.fits(held + nbytes):
+            split.train_arrays[name], split.test_arrays[name] = split.train_arrays[name].read(), split.test_arrays[name].read()
+            held += nbytes
+        elif name == part:
+            streamed = nbytes
+    if streamed and head.seed_validation_steps(n_classes) is None:
+        whole = float32_bytes((len(val_idx), *split.train_arrays[part].row_shape))
+        if not budget.fits(whole):
+            raise XrayfeatError(
+                f"--validation-steps 0 evaluates all {len(val_idx)} validation images at once ({human_bytes(whole)}), "
+                f"more than the memory budget ({human_bytes(budget.bytes)}): pass --validation-steps N to draw N "
+                f"batches per epoch, or raise --memory-budget")
+    log.info("head features (%s): %s", part, f"{human_bytes(streamed)} streamed from the store a batch at a time"
+             if streamed else "in memory")
+    return {**budget.record(), "features_in_memory": not streamed, "streamed_bytes": streamed}
 
 
 def _validation(dataset, split: _Split, head: HeadOptions):
@@ -283,9 +342,9 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
 
         spec = get_spec(config.options.backbone)
         tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])
-    x, y = split.train_arrays["spatial"], split.y_train
+    x, y = split.train_arrays[head.head_input], split.y_train
     return train_and_predict(
-        backend, x[fit_idx], y[fit_idx], x[val_idx], y[val_idx], split.test_arrays["spatial"],
+        backend, take(x, fit_idx), y[fit_idx], take(x, val_idx), y[val_idx], split.test_arrays[head.head_input],
         head_file=head_file, tail=tail, child=child, device=config.device,
         n_classes=n_classes, epochs=head.epochs, batch_size=head.batch_size,
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
@@ -295,42 +354,58 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
     )
 
 
-def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx):
+def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, budget_bytes: int,
+               cluster: str | None = None):
     """Fit the baselines on the head's training rows, predict validation and test, save each.
 
+    With ``cluster`` (``--cluster``), the grid searches run on its Dask workers
+    through joblib's Dask backend, every candidate and fold a task; the models
+    and their scores are the same as on this machine's cores.
+
     The validation rows are held out of the baselines as they are of the head,
-    so every model's threshold is chosen on images it never trained on.
-    Returns (test probabilities, validation probabilities, artifacts, summaries).
+    so every model's threshold is chosen on images it never trained on. A
+    training matrix larger than ``budget_bytes`` is sampled (see
+    :func:`~xrayfeat.baselines.fit_baselines_within`), and each sample becomes
+    a ``subsample`` warning. Returns (test probabilities, validation
+    probabilities, artifacts, summaries, warnings).
     """
-    from .baselines import columns_for, fit_baselines, read_pixels, save_baseline
+    from .baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
+    from .cluster import joblib_backend, session
 
     if not head.baselines:
-        return {}, {}, {}, {}
+        return {}, {}, {}, {}, []
     needs_pixels = "pixels" in head.baselines
     pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
     fit_items = [split.train[k] for k in fit_idx]
-    fitted = fit_baselines(
-        head.baselines,
-        pooled_train=split.train_arrays["pooled"][fit_idx],
-        pixels_train=pixels_train[fit_idx] if needs_pixels else None,
-        y_train=split.y_train[fit_idx], groups=groups_of(fit_items), seed=head.seed, n_jobs=head.n_jobs,
-        class_weight=head.class_weight,
-    )
+    pooled = split.train_arrays.get("pooled")
+    live = session(cluster) if cluster else None
+    with joblib_backend(live):
+        fitted, samples = fit_baselines_within(
+            head.baselines, budget_bytes,
+            pooled_train=None if pooled is None else take(pooled, fit_idx),
+            pixels_train=pixels_train[fit_idx] if needs_pixels else None,
+            y_train=split.y_train[fit_idx], groups=groups_of(fit_items), seed=head.seed,
+            n_jobs=-1 if live else head.n_jobs, class_weight=head.class_weight,
+        )
     inputs = {
-        "test": (split.test_arrays["pooled"], read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
-        "val": (split.train_arrays["pooled"][val_idx], pixels_train[val_idx] if needs_pixels else None),
+        "test": (split.test_arrays.get("pooled"), read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
+        "val": (None if pooled is None else take(pooled, val_idx), pixels_train[val_idx] if needs_pixels else None),
     }
     (run_dir / "baselines").mkdir(exist_ok=True)
     probabilities = {"test": {}, "val": {}}
     artifacts, summaries = {}, {}
     for name, model in fitted.items():
-        for role, (pooled, pixels) in inputs.items():
-            x = pixels.reshape(len(pixels), -1).astype(np.float32) if name == "pixels" else pooled
-            probabilities[role][name] = columns_for(model, model.predict_proba(x), n_classes)
+        for role, (pooled_x, pixels) in inputs.items():
+            x = pixels.reshape(len(pixels), -1).astype(np.float32) if name == "pixels" else pooled_x
+            probabilities[role][name] = columns_for(model, predict_rows(model, x, budget_bytes), n_classes)
         file = f"baselines/{name}.joblib"
         artifacts[f"baseline/{name}"] = runs.Artifact(file, save_baseline(model, run_dir / file))
         summaries[name] = model.summary()
-    return probabilities["test"], probabilities["val"], artifacts, summaries
+    for sample in samples:
+        for name in sample.names:
+            summaries[name]["subsample"] = {"rows": sample.rows, "of": sample.of}
+    return (probabilities["test"], probabilities["val"], artifacts, summaries,
+            [RunWarning("subsample", sample.message) for sample in samples])
 
 
 def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
@@ -400,8 +475,8 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.backend, device=config.device, train_tail=head.train_tail)
     run_dir = runs.new_run_dir(out, runs.task_name(dataset.classes), features.backbone, runs_root)
-    try:
-        return _study(dataset, features, head, run, config, head_backend, backend_reason, run_dir, started)
+    try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
+        return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
     except BaseException as exc:  # the folder says fit-head failed, or is given back when nothing was written
         runs.abandon_run_dir(run_dir, exc)
         raise
@@ -418,6 +493,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     try:
         split = _extract_split(dataset, features, run)
         fit_idx, val_idx, val_source = _validation(dataset, split, head)
+        memory = _hold(split, head, val_idx, len(dataset.classes))
     except BaseException:
         if child is not None:
             child.close()
@@ -433,8 +509,8 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
                                           f"this run asked for (--head-backend {head_backend} found no {config.device.upper()})"))
 
     t = time.perf_counter()
-    probabilities, val_probabilities, baseline_artifacts, baseline_info = _baselines(
-        split, head, n_classes, run_dir, fit_idx, val_idx)
+    probabilities, val_probabilities, baseline_artifacts, baseline_info, sampled = _baselines(
+        split, head, n_classes, run_dir, fit_idx, val_idx, memory["memory_budget_bytes"], run.cluster)
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
@@ -445,7 +521,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     head_metrics = scored.pop("head")
     spread = seed_spread(head_metrics, trained.repeats, split.y_test, dataset.classes,
                          list(range(head.seed, head.seed + head.repeats)))
-    found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights)
+    found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights) + sampled
     for warning in found:
         log.warning("%s", warning.message)
 
@@ -463,7 +539,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
                  "random": config.weights.random},
         params=trained.params,
         training={**trained.settings, "backend_requested": head.backend, "backend_reason": backend_reason,
-                  "process": trained.process},
+                  "process": trained.process, **memory},
         timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=_versions(),
         warnings=found,
     )
@@ -502,7 +578,10 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
              "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png", "calibration": "calibration.png"}
     if (run_dir / "head.npz").is_file():  # the plain seed head's arrays, for inference without Keras
         files["head_arrays"] = "head.npz"
-        if _gradcam_grid(record, run_dir, split, trained, classes, title):
+        if record.head_input != "spatial":
+            log.info("no gradcam.png: Grad-CAM needs a head on spatial maps, this one reads %s vectors",
+                     record.head_input)
+        elif _gradcam_grid(record, run_dir, split, trained, classes, title):
             files["gradcam"] = "gradcam.png"
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
@@ -510,13 +589,19 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
 
 
 def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title: str) -> bool:
-    """``gradcam.png``: Grad-CAM overlays of a few test images per class, right and wrong, from the cached maps."""
+    """``gradcam.png``: Grad-CAM overlays of a few test images per class, right and wrong, from the cached maps.
+
+    Only the maps of the images drawn are read (the grid chooses the same ones
+    among them as among all test images).
+    """
     from . import gradcam, head_numpy
 
     head = head_numpy.NumpyHead(run_dir / "head.npz").arrays
+    rows = np.array(sorted({i for cells in gradcam.choose_examples(split.y_test, trained.proba_test)
+                            for half in cells for i in half}), dtype=np.int64)
     drawn = gradcam.example_grid(
-        [item.path for item in split.test], split.test_arrays["spatial"], head, split.y_test, trained.proba_test,
-        list(classes), run_dir / "gradcam.png",
+        [split.test[i].path for i in rows], split.test_arrays["spatial"][rows], head, split.y_test[rows],
+        trained.proba_test[rows], list(classes), run_dir / "gradcam.png",
         image_size=record.features.get("image_size") or split.store.fingerprint["image_size"], title=title)
     return drawn is not None
 
@@ -558,10 +643,13 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
         features, head = from_run.feature_options(), from_run.head()
     elif features is None:
         raise ValueError("embed_map needs features (a FeatureOptions) or from_run")
+    part = "pooled" if head is None else from_run.record.head_input
+    purpose = "embed" if head is None else f"embed --from-run (its head reads {part} features)"
+    features = store_for(features, run.cache_dir, (part,), purpose, run.device)
     [extraction] = extract(dataset, features, run)
     store = FeatureStore.at(extraction.store)
     if head is not None:
-        values = head.embed(store.read(dataset.hashes, ("spatial",))["spatial"])
+        values = head.embed(store.read(dataset.hashes, (part,))[part])
         source = f"head penultimate layer ({from_run.path.name})"
     else:
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
@@ -578,11 +666,13 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
 
 @dataclass
 class ExportResult:
+    """The file written, its rows, the store read, and the shape of each part (None: the store does not keep it)."""
+
     out: str
     rows: int
     store: str
-    pooled: list
-    spatial: list
+    pooled: list | None
+    spatial: list | None
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -592,15 +682,17 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
                     device: str = "auto") -> ExportResult:
     """Write a dataset's cached features to one ``.npz`` in the dataset's order; computes nothing.
 
-    Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C).
-    Missing rows are a :class:`~xrayfeat.errors.StoreError` naming the extract
-    command to run.
+    Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C);
+    a part the store does not keep (``--keep``) is left out of the file. The
+    store is the one ``features.keep`` names, else any of the same features
+    (:func:`~xrayfeat.extraction.store_for`). Missing rows are a
+    :class:`~xrayfeat.errors.StoreError` naming the extract command to run.
     """
     from .extraction import open_store
 
     features.validate()
     store = open_store(features, cache_dir, device)
-    arrays = store.read(dataset.hashes, ("pooled", "spatial"))
+    arrays = store.read(dataset.hashes, store.parts)
     with atomic_path(out, suffix=".npz") as tmp:
         np.savez(
             tmp,
@@ -608,8 +700,7 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
             path=np.array([item.relpath for item in dataset.items]),
             label=np.array([item.label for item in dataset.items]),
             split=np.array([item.split for item in dataset.items]),
-            pooled=arrays["pooled"],
-            spatial=arrays["spatial"],
+            **arrays,
         )
-    return ExportResult(out=str(out), rows=len(dataset), store=str(store.path),
-                        pooled=list(arrays["pooled"].shape), spatial=list(arrays["spatial"].shape))
+    shapes = {part: list(arrays[part].shape) if part in arrays else None for part in ("pooled", "spatial")}
+    return ExportResult(out=str(out), rows=len(dataset), store=str(store.path), **shapes)

@@ -1,0 +1,308 @@
+"""Where work runs when it outgrows one process: a Dask cluster (``dask.distributed``).
+
+This module decides *where* things run; what runs stays in the pipeline
+modules (extraction decodes, computes and writes a chunk; the study fits
+baselines). ``--cluster local:N`` starts a ``LocalCluster`` of N worker
+processes on this machine; ``--cluster tcp://HOST:PORT`` joins a scheduler
+started with ``dask scheduler`` and fed by ``dask worker`` processes on any
+number of machines.
+
+What a user of Dask expects, and what this module promises:
+
+* **One session per address and process.** :func:`session` starts (or joins)
+  once; extraction and then the baselines of one ``fit-head`` share it, and it
+  closes when the process ends. The dashboard address is logged once.
+* **A shared cache folder, checked.** Workers write shards straight into the
+  store, so ``--cache-dir`` must be the same folder for every worker and for
+  this process. :meth:`Session.check_shared` makes every worker write a probe
+  file there and reads each one back here before any work is sent, and says
+  which worker cannot be reached and how to fix it when one is missing.
+* **Failure.** A worker that dies mid-task (killed, out of memory, its machine
+  gone) has its task run again on another worker by the scheduler; a task that
+  kills ``distributed.scheduler.allowed-failures`` workers in a row fails the
+  run with one line. Losing the scheduler fails the run with one line (exit 1)
+  that says how much was committed; work committed before stays, so running the
+  same command again resumes from it.
+* **Quiet.** Dask's own log lines stay off the user's terminal below ERROR
+  (``silence_logs``); ``XRAYFEAT_DEBUG=1`` shows them.
+
+``dask.distributed`` is imported only here and only when a cluster is asked
+for: without ``--cluster`` nothing changes, and nothing here is imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ClusterError, XrayfeatError
+from .params import parse_cluster
+
+log = logging.getLogger("xrayfeat")
+
+_SESSIONS: dict[str, Session] = {}
+
+
+@dataclass
+class Session:
+    """A Dask client and, for ``local:N``, the cluster it started."""
+
+    address: str  # what the user asked for: local:N or the scheduler's address
+    client: object
+    cluster: object | None = None
+    shared: set = field(default_factory=set)  # folders already checked by check_shared
+    scheduler: str = ""  # the scheduler's address, kept for messages after the connection is gone
+
+    def __post_init__(self):
+        self.scheduler = self.scheduler or self.client.scheduler.address
+
+    @property
+    def dashboard(self) -> str | None:
+        """The dashboard's address, None when the scheduler runs none (``--no-dashboard``, or bokeh missing)."""
+        services = self.client.scheduler_info(n_workers=0).get("services", {})
+        return self.client.dashboard_link if "dashboard" in services else None
+
+    def workers(self) -> list[str]:
+        """The addresses of the workers connected now."""
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def describe(self) -> dict:
+        """What the run record keeps: where it ran and on how many workers."""
+        return {"cluster": self.address, "scheduler": self.scheduler, "workers": len(self.workers()),
+                "dashboard": self.dashboard}
+
+    def check_shared(self, folder: str | os.PathLike) -> None:
+        """Make sure every worker sees ``folder`` as this process does, or say which one does not.
+
+        Each worker writes a probe file with its own address into ``folder``;
+        this process reads every one back. A worker that cannot write there, or
+        whose file does not arrive here (the path is another disk on its machine),
+        fails the check with one line naming the worker and the fix.
+        """
+        folder = Path(folder).resolve()
+        if folder in self.shared:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        probes = folder / f".xrayfeat-probe-{token}"
+        try:
+            written = self.client.run(write_probe, str(probes), token)
+            for worker, answer in sorted(written.items()):
+                _check_probe(folder, probes, worker, answer, token)
+        finally:
+            for probe in probes.glob("*") if probes.is_dir() else []:
+                probe.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                probes.rmdir()
+        self.shared.add(folder)
+
+    def prepare(self, name: str, function, *args) -> None:
+        """Run ``function(*args)`` on every worker now, and on each worker that joins or restarts later.
+
+        It runs in the worker's event-loop thread before the worker takes tasks
+        (a Dask ``WorkerPlugin``), where no other thread of the worker runs Python
+        meanwhile. That matters for models with seeded random weights: Keras
+        draws their initial values from Python's global ``random``, which Dask's
+        own threads also draw from (``dask.sizeof`` samples with it), so a model
+        built inside a task could differ from worker to worker.
+        """
+        from distributed.diagnostics.plugin import WorkerPlugin
+
+        class _Prepare(WorkerPlugin):
+            def __init__(self):
+                self.name = name
+
+            def setup(self, worker):
+                function(*args)
+
+        self.client.register_plugin(_Prepare(), name=name)
+
+    def map(self, function, jobs: list, *, on_result, what: str = "chunk") -> None:
+        """Run ``function(job)`` for every job on the workers; ``on_result(job, result)`` here as each finishes.
+
+        Results are handled in this process one at a time, in the order the tasks
+        finish, so ``on_result`` may commit them without a lock. When anything
+        fails, the tasks not yet finished are cancelled and what ``on_result``
+        committed stays.
+        """
+        run_id = uuid.uuid4().hex[:8]
+        futures = self.client.map(function, jobs, key=[f"xrayfeat-{what}-{run_id}-{i}" for i in range(len(jobs))],
+                                  pure=False, retries=0)
+        by_key = {future.key: job for future, job in zip(futures, jobs)}
+        done = 0
+        try:
+            for future in self._finished(futures):
+                on_result(by_key[future.key], self._result(future))
+                done += 1
+        except (XrayfeatError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise self._failure(exc, done, len(jobs), what) from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures)
+
+    def _finished(self, futures):
+        """The futures in the order they finish, on this session's client."""
+        from distributed import as_completed
+
+        with self.client.as_current():
+            yield from as_completed(futures)
+
+    def _result(self, future):
+        """The task's result, its killed-worker failure as one line; other errors propagate to :meth:`map`."""
+        from distributed import KilledWorker
+
+        try:
+            return future.result()
+        except KilledWorker as exc:
+            raise ClusterError(
+                f"a task killed {_allowed_failures()} Dask workers in a row ({exc}); the workers may lack memory "
+                f"for it: give them more, or pass a smaller --chunk-images"
+            ) from None
+
+    def _failure(self, exc: Exception, done: int, total: int, what: str) -> ClusterError:
+        """One line for a run that failed on the cluster; says what was kept and how to resume."""
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        if not self._scheduler_alive():
+            self.close(timeout=2)  # the client would otherwise try to reconnect for its whole timeout at exit
+            _SESSIONS.pop(self.address, None)
+            return ClusterError(
+                f"lost the Dask scheduler at {self.scheduler} ({type(exc).__name__}: {reason}) after {done} of "
+                f"{total} {what}s were committed; run the same command again to resume from them"
+            )
+        return ClusterError(f"a {what} failed on the cluster ({type(exc).__name__}: {reason}) after {done} of "
+                            f"{total} were committed; run the same command again to resume from them")
+
+    def _scheduler_alive(self) -> bool:
+        try:
+            self.client.scheduler_info()
+            return self.client.status == "running"
+        except Exception:
+            return False
+
+    def close(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=timeout)
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+
+def write_probe(folder: str, token: str, dask_worker=None) -> dict:
+    """(On a worker) write ``<folder>/<worker id>`` holding the token; say what happened and who we are."""
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    answer = {"host": socket.gethostname(), "file": name, "error": None}
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "w") as fh:
+            fh.write(token)
+    except OSError as exc:
+        answer["error"] = os.strerror(exc.errno) if exc.errno else str(exc)
+    return answer
+
+
+def _check_probe(folder: Path, probes: Path, worker: str, answer: dict, token: str) -> None:
+    fix = ("put --cache-dir on storage every worker mounts at the same path (e.g. NFS), "
+           "or run without --cluster")
+    if answer["error"] is not None:
+        raise XrayfeatError(f"{folder}: Dask worker {worker} on {answer['host']} cannot write there "
+                            f"({answer['error']}); {fix}")
+    probe = probes / answer["file"]
+    try:
+        seen = probe.read_text()
+    except OSError:
+        seen = None
+    if seen != token:
+        raise XrayfeatError(f"{folder}: not the same folder for Dask worker {worker} on {answer['host']}: the "
+                            f"probe file it wrote there does not appear here; {fix}")
+
+
+def _allowed_failures() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures"))
+
+
+def session(address: str, *, announce: bool = False) -> Session:
+    """The session for ``address`` (``local:N`` or a scheduler's), started or joined on first use.
+
+    ``announce`` writes one line to stderr when it starts: the workers, the
+    scheduler and the dashboard, where the tasks can be watched.
+    """
+    live = _SESSIONS.get(address)
+    if live is not None and live.client.status == "running":
+        return live
+    kind, value = parse_cluster(address)
+    # our one line says what failed; Dask's own lines (e.g. its client giving up on a lost scheduler) stay out
+    quiet = logging.DEBUG if os.environ.get("XRAYFEAT_DEBUG") else logging.CRITICAL
+    with _quiet_dask(quiet):
+        from distributed import Client, LocalCluster
+
+        if kind == "local":
+            cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=quiet)
+            client = Client(cluster, set_as_default=False)
+        else:
+            cluster = None
+            try:
+                client = Client(value, timeout="10s", set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ClusterError(f"cannot reach the Dask scheduler at {value} ({exc}); start it with "
+                                   f"`dask scheduler` and workers with `dask worker {value}`") from None
+    live = Session(address, client, cluster)
+    if not live.workers():
+        live.close()
+        raise ClusterError(f"the Dask scheduler at {live.scheduler} has no workers; start some with "
+                           f"`dask worker {live.scheduler}`")
+    _SESSIONS[address] = live
+    line = (f"Dask: {len(live.workers())} worker(s), scheduler {live.scheduler}, "
+            f"dashboard {live.dashboard or 'off (start the scheduler with one, and install bokeh)'}")
+    log.info("%s", line)
+    if announce:
+        print(line, file=sys.stderr, flush=True)
+    return live
+
+
+@contextlib.contextmanager
+def _quiet_dask(level: int):
+    """Dask's loggers at ``level`` in this process (workers get ``silence_logs``).
+
+    Dask's logging configuration gives several of its loggers (``distributed.client``
+    among them) levels of their own, so each is set, not only the parent.
+    """
+    import distributed  # noqa: F401  (configures its loggers on import)
+
+    for name in [*logging.root.manager.loggerDict, "distributed", "bokeh", "tornado"]:
+        if name.split(".")[0] in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(level)
+    yield
+
+
+@contextlib.contextmanager
+def joblib_backend(live: Session | None):
+    """joblib's Dask backend on ``live`` (scikit-learn's searches then run on the workers); nothing without one."""
+    if live is None:
+        yield
+        return
+    import joblib
+
+    with live.client.as_current(), joblib.parallel_config(backend="dask"):
+        yield
+
+
+def close_sessions() -> None:
+    """Close every session this process opened (also called when it exits)."""
+    while _SESSIONS:
+        _, live = _SESSIONS.popitem()
+        live.close()
+
+
+atexit.register(close_sessions)
