@@ -80,7 +80,7 @@ def test_without_opentsne_tsne_falls_back_to_sklearn_and_says_how_to_install(mon
     coords = E.embed(x, method="tsne", n_jobs=1)
     assert coords.shape == (40, 2) and coords.dtype == np.float32
     assert E.neighbourhood_scores(x, coords, y, k=5)["knn_agreement_2d"] > 0.95
-    assert E._key_params("tsne", 0, 50, 30.0, 15, 0.1)["implementation"] == "sklearn"  # so the cache key changes
+    assert E._key_params("tsne", 0, 50, 30.0, 15, 0.1, 40)["implementation"] == "sklearn"  # so the cache key changes
 
 
 @pytest.mark.parametrize("method", E.METHODS)
@@ -110,10 +110,22 @@ def test_scores_on_random_points_are_chance_like_and_subsample_trustworthiness()
     y = rng.integers(0, 2, n)
     s = E.neighbourhood_scores(x, coords, y, k=10)
     assert s["trustworthiness_points"] == 2000
+    assert s["knn_agreement_points"] == n
     assert s["knn_agreement_2d"] == pytest.approx(0.5, abs=0.05)
     assert s["trustworthiness"] < 0.7  # a random map keeps no neighbourhoods
-    assert set(s) == {"k", "knn_agreement_2d", "knn_agreement_features", "chance_agreement",
-                      "trustworthiness", "trustworthiness_points"}
+    assert set(s) == {"k", "knn_agreement_2d", "knn_agreement_features", "knn_agreement_points",
+                      "chance_agreement", "trustworthiness", "trustworthiness_points"}
+
+
+def test_agreement_on_sampled_queries_past_the_plot_limit_leaves_each_query_out(monkeypatch):
+    # 50 far-apart pairs of identical points, one of each class: each point's nearest other point is its
+    # twin, of the other class, so agreement is 0; counting a point as its own neighbour would give 0.5 or 1.
+    y = np.tile([0, 1], 50)
+    coords = np.repeat(np.random.default_rng(0).random((50, 2)).astype(np.float32) * 100, 2, axis=0)
+    monkeypatch.setattr(E, "PLOT_MAX_POINTS", 30)
+    s = E._scores(coords, coords, y, k=1, seed=0)
+    assert s["knn_agreement_points"] == 30
+    assert s["knn_agreement_2d"] == 0.0 and s["knn_agreement_features"] == 0.0
 
 
 @pytest.mark.parametrize("method", E.METHODS)
@@ -295,3 +307,123 @@ def test_embed_cached_for_real_then_reused(tmp_path, data):
     assert second.scores == first.scores
     with np.load(second.coords_path, allow_pickle=False) as npz:
         assert "umap-learn" in npz["versions"].item()
+
+
+# --------------------------------------------------------------------------- large sets
+
+
+@pytest.mark.parametrize("method, n, implementation, expected", [
+    ("tsne", 150_000, "openTSNE", "exact"),
+    ("tsne", 150_001, "openTSNE", "annoy"),
+    ("tsne", 150_001, "sklearn", "exact"),  # scikit-learn's t-SNE has no approximate search
+    ("umap", 50_000, None, "exact"),
+    ("umap", 50_001, None, "nndescent"),
+])
+def test_neighbour_method_is_exact_up_to_the_documented_sizes(method, n, implementation, expected):
+    assert E.neighbour_method(method, n, implementation) == expected
+
+
+def test_approximate_tsne_uses_annoy_on_fixed_threads_fft_and_is_reproducible(monkeypatch):
+    import functools
+
+    import openTSNE
+
+    affinity_calls, tsne_calls = [], []
+    real_affinity, real_tsne = openTSNE.affinity.PerplexityBasedNN, openTSNE.TSNE
+
+    def affinity(*args, **kwargs):
+        affinity_calls.append(kwargs)
+        return real_affinity(*args, **kwargs)
+
+    def short_tsne(**kwargs):  # FFT gradients cost ~20 ms an iteration even on 100 points: run 10, not 750
+        tsne_calls.append(kwargs)
+        return functools.partial(real_tsne, early_exaggeration_iter=5, n_iter=5)(**kwargs)
+
+    monkeypatch.setattr(openTSNE.affinity, "PerplexityBasedNN", affinity)
+    monkeypatch.setattr(openTSNE, "TSNE", short_tsne)
+    monkeypatch.setitem(E.EXACT_NEIGHBOURS_MAX, "tsne", 99)
+    x, _ = clusters(n=100)
+    one = E.embed(x, method="tsne", n_jobs=1)
+    two = E.embed(x, method="tsne", n_jobs=2)
+    np.testing.assert_array_equal(one, two)
+    assert [(c["method"], c["n_jobs"]) for c in affinity_calls] == [("annoy", E._APPROX_SEARCH_THREADS)] * 2
+    assert [(c["negative_gradient_method"], c["n_jobs"]) for c in tsne_calls] == [("fft", 1), ("fft", 2)]
+
+
+def test_approximate_umap_leaves_the_search_to_seeded_nndescent(monkeypatch):
+    import umap
+
+    made = []
+
+    class FakeUMAP:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def fit_transform(self, z):
+            return z[:, :2]
+
+    def no_exact(*args, **kwargs):
+        raise AssertionError("exact neighbours computed past the threshold")
+
+    monkeypatch.setattr(umap, "UMAP", FakeUMAP)
+    monkeypatch.setattr(E, "_exact_knn", no_exact)
+    monkeypatch.setitem(E.EXACT_NEIGHBOURS_MAX, "umap", 99)
+    E.embed(clusters(n=100)[0], method="umap", seed=3)
+    [kwargs] = made
+    assert "precomputed_knn" not in kwargs and kwargs["random_state"] == 3 and kwargs["n_jobs"] == 1
+
+
+def test_approximate_neighbours_change_the_cache_key_and_are_shown(tmp_path, data, layout_calls, monkeypatch):
+    x, y = data
+    out = tmp_path / "emb.png"
+    exact = E.embed_cached(x, y, out, plot=False)
+    assert "neighbors" not in exact.params
+    monkeypatch.setitem(E.EXACT_NEIGHBOURS_MAX, "tsne", N - 1)
+    approx = E.embed_cached(x, y, out, plot=False)
+    assert approx.params["neighbors"] == "annoy" and approx.key != exact.key
+    assert not approx.reused and len(layout_calls) == 2
+    assert "approximate neighbours (annoy)" in E._subtitle("tsne", approx.params, approx.scores)
+
+
+def test_stratified_subsample_keeps_each_class_share_exactly():
+    labels = np.repeat(["d", "c", "b", "a"], [50, 150, 300, 500])  # shuffled order does not matter
+    labels = np.random.default_rng(0).permutation(labels)
+    idx = E.stratified_subsample(labels, 101, seed=0)
+    # 101 * share = 50.5, 30.3, 15.15, 5.05: floors 50, 30, 15, 5 and the one left goes to the largest remainder
+    assert dict(zip(*np.unique(labels[idx], return_counts=True))) == {"a": 51, "b": 30, "c": 15, "d": 5}
+    assert len(set(idx.tolist())) == 101 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(E.stratified_subsample(labels, 101, seed=0), idx)
+    assert not np.array_equal(E.stratified_subsample(labels, 101, seed=1), idx)
+    np.testing.assert_array_equal(E.stratified_subsample(labels, 1000, seed=0), np.arange(1000))
+    with pytest.raises(ValueError, match="'size'.*Got 0"):
+        E.stratified_subsample(labels, 0)
+
+
+def test_large_map_draws_a_stratified_subsample_says_so_and_keeps_all_coordinates(
+        tmp_path, data, layout_calls, monkeypatch, caplog):
+    from xrayfeat import plots
+
+    x, y = data
+    drawn = []
+    real_plot = plots.plot_embedding
+
+    def spy(coords, labels, classes, path, **kwargs):
+        drawn.append((coords, labels, kwargs))
+        return real_plot(coords, labels, classes, path, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_embedding", spy)
+    monkeypatch.setattr(E, "PLOT_MAX_POINTS", 60)
+    splits = np.where(np.arange(N) % 4 == 0, "test", "train")
+    with caplog.at_level(logging.WARNING, logger="xrayfeat.embedding"):
+        r = E.embed_cached(x, y, tmp_path / "emb.png", classes=list("abcd"), splits=splits)
+    [(coords, labels, kwargs)] = drawn
+    assert r.plotted == 60 and len(coords) == 60 and r.plot_path.is_file()
+    assert np.bincount(labels).tolist() == [15, 15, 15, 15]  # 50 of each class in 200
+    shown = E.stratified_subsample(y, 60, seed=0)
+    np.testing.assert_array_equal(coords, r.coords[shown])
+    assert list(kwargs["splits"]) == list(splits[shown])
+    assert "showing a stratified random 60 of 200 points" in kwargs["subtitle"]
+    assert "emb.coords.npz" in kwargs["subtitle"]
+    assert any("too many for a readable scatter" in rec.getMessage() for rec in caplog.records)
+    with np.load(r.coords_path, allow_pickle=False) as npz:
+        assert npz["coords"].shape == (N, 2)

@@ -30,10 +30,40 @@ Why these choices
       process took 111 s with it and 42 s with exact neighbours, which cost
       about a second at 10,000 points. ``import umap`` also imports TensorFlow
       when it is installed (for umap's ParametricUMAP): ~5 s, paid once.
+    * **Approximate neighbours only past** :data:`EXACT_NEIGHBOURS_MAX`
+      **points**: 150,000 for t-SNE, 50,000 for UMAP. Exact brute-force search
+      in the 50 PCA dimensions is one matrix product per block: measured on
+      100,000 points (2 threads, load ~1.5) it took 46 s (85 s of CPU) for
+      t-SNE's 90 neighbours, while openTSNE's Annoy search (50 trees) took
+      124 s of CPU on one thread and more on two. Exact search grows as n^2,
+      Annoy as about n log n; they cost the same near 150,000 points, past
+      which t-SNE runs on Annoy with FFT gradients. UMAP needs only 15
+      neighbours, and its seeded NN-descent took 9 s of CPU at 100,000 points
+      plus ~80 s of numba compilation in a fresh process: about what exact
+      search costs there, so UMAP keeps its earlier 50,000 (and the maps
+      cached under it). The neighbour method is part of the cache key, and of
+      the figure's subtitle, when it is not exact.
+    * **Past** :data:`PLOT_MAX_POINTS` **points the figure shows a stratified
+      random subsample** (the same share of each class, seeded), and says so
+      in its subtitle and in a logged warning; the coordinates file keeps every
+      point. A subsample rather than a 2-D density: a density of all classes
+      together hides which class is where, and one density per class cannot be
+      overlaid legibly for more than two or three classes, while a subsample
+      keeps the class colours and split markers of the smaller maps, and with
+      20,000 points it still shows every cluster of more than a few dozen.
+    * **Scores on a sample of queries past** :data:`PLOT_MAX_POINTS` **points.**
+      The k-NN agreements then average over a seeded random 20,000 points,
+      each with its neighbours among all points: exact, unbiased, and linear
+      instead of quadratic in n (at 100,000 points a fifth of the 46 s that
+      the exact search for every point takes).
     * **Deterministic for a fixed seed.** The same features and seed give
-      bitwise the same coordinates on the same machine, whatever ``n_jobs``
-      (both t-SNE implementations run on exact neighbours; openTSNE's default
-      Annoy search gives different neighbours for different ``n_jobs``). The
+      bitwise the same coordinates on the same machine, whatever ``n_jobs``.
+      Exact neighbours do not depend on it. openTSNE's Annoy search builds
+      different trees for different thread counts, so it always runs on
+      :data:`_APPROX_SEARCH_THREADS` threads, whatever ``n_jobs`` and the
+      number of cores; UMAP's seeded NN-descent runs on one thread; openTSNE's
+      gradients (Barnes-Hut or FFT) give the same result on any thread count.
+      The
       BLAS thread count is another matter: OpenBLAS with 1 thread and with 2
       threads gives PCA results that differ in the last bits, so this module
       leaves BLAS threading alone (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``
@@ -71,10 +101,14 @@ __all__ = [
     "METHODS",
     "EMBED_VERSION",
     "MIN_POINTS",
+    "EXACT_NEIGHBOURS_MAX",
+    "PLOT_MAX_POINTS",
     "EmbedResult",
     "embed",
     "embed_cached",
     "neighbourhood_scores",
+    "neighbour_method",
+    "stratified_subsample",
     "features_digest",
     "cache_key",
     "coords_path_for",
@@ -92,8 +126,16 @@ EMBED_VERSION = 1
 #: Fewest points embedded: fewer make no map worth drawing (and t-SNE needs 3 * perplexity <= n - 1).
 MIN_POINTS = 5
 
-#: Up to this many points UMAP gets exact neighbours from scikit-learn; beyond, its own NN-descent.
-_EXACT_KNN_MAX = 50_000
+#: Up to this many points each method runs on exact neighbours; beyond, on approximate ones:
+#: openTSNE's Annoy search (t-SNE) or UMAP's own NN-descent (module docstring).
+EXACT_NEIGHBOURS_MAX = {"tsne": 150_000, "umap": 50_000}
+
+#: Threads of openTSNE's Annoy search, fixed: its trees depend on the thread count, the map must not.
+_APPROX_SEARCH_THREADS = 2
+
+#: Past this many points the figure draws a stratified subsample of this size, and the k-NN
+#: agreement scores average over this many query points.
+PLOT_MAX_POINTS = 20_000
 
 #: Trustworthiness is O(m^2): it is computed on a seeded subsample of at most this many points.
 _TRUST_MAX = 2_000
@@ -189,6 +231,21 @@ def tsne_implementation() -> str:
     return "sklearn"
 
 
+def neighbour_method(method: str, n: int, implementation: str | None = None) -> str:
+    """How :func:`embed` finds the neighbours of ``n`` points: ``"exact"``, ``"annoy"`` or ``"nndescent"``.
+
+    Exact up to :data:`EXACT_NEIGHBOURS_MAX` ``[method]`` points; beyond,
+    openTSNE's Annoy search for t-SNE and UMAP's own NN-descent. scikit-learn's
+    t-SNE (``implementation="sklearn"``) always searches exactly.
+    """
+    _check_method(method)
+    if n <= EXACT_NEIGHBOURS_MAX[method]:
+        return "exact"
+    if method == "umap":
+        return "nndescent"
+    return "annoy" if (implementation or tsne_implementation()) == "openTSNE" else "exact"
+
+
 def _reduce(x: np.ndarray, pca_components: int | None, seed: int) -> np.ndarray:
     """Centre, then PCA to min(pca_components, n - 1, d) dimensions (float32).
 
@@ -216,17 +273,30 @@ def _effective_perplexity(perplexity: float, n: int) -> float:
     return cap
 
 
-def _tsne(z: np.ndarray, *, perplexity: float, seed: int, n_jobs: int, implementation: str) -> np.ndarray:
-    perp = _effective_perplexity(perplexity, len(z))
-    if implementation == "openTSNE":
-        import openTSNE
+def _opentsne(z: np.ndarray, *, perplexity: float, seed: int, n_jobs: int, neighbours: str) -> np.ndarray:
+    import openTSNE
 
+    if neighbours == "exact":
         # neighbors="exact": the Annoy default gives different neighbours for different n_jobs.
         emb = openTSNE.TSNE(
-            n_components=2, perplexity=perp, initialization="pca", neighbors="exact",
+            n_components=2, perplexity=perplexity, initialization="pca", neighbors="exact",
             negative_gradient_method="auto", n_jobs=n_jobs, random_state=seed,
         ).fit(z)
         return np.asarray(emb, dtype=np.float32)
+    # Annoy's trees depend on its thread count: the search runs on a fixed number, the gradients on n_jobs.
+    affinities = openTSNE.affinity.PerplexityBasedNN(
+        z, perplexity=perplexity, method=neighbours, n_jobs=_APPROX_SEARCH_THREADS, random_state=seed)
+    emb = openTSNE.TSNE(
+        n_components=2, initialization="pca", negative_gradient_method="fft", n_jobs=n_jobs, random_state=seed,
+    ).fit(z, affinities=affinities)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def _tsne(z: np.ndarray, *, perplexity: float, seed: int, n_jobs: int, implementation: str,
+          neighbours: str = "exact") -> np.ndarray:
+    perp = _effective_perplexity(perplexity, len(z))
+    if implementation == "openTSNE":
+        return _opentsne(z, perplexity=perp, seed=seed, n_jobs=n_jobs, neighbours=neighbours)
     if implementation == "sklearn":
         from sklearn.manifold import TSNE
 
@@ -244,13 +314,14 @@ def _exact_knn(z: np.ndarray, k: int, n_jobs: int) -> tuple[np.ndarray, np.ndarr
     return idx.astype(np.int32), dist.astype(np.float32)
 
 
-def _umap(z: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int, n_jobs: int) -> np.ndarray:
+def _umap(z: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int, n_jobs: int,
+          neighbours: str = "exact") -> np.ndarray:
     n = len(z)
     nn = min(int(n_neighbors), n - 1)
     if nn != n_neighbors:
         log.warning("n_neighbors %d is too large for %d points; using %d", n_neighbors, n, nn)
     kwargs = {}
-    if n <= _EXACT_KNN_MAX:
+    if neighbours == "exact":
         kwargs["precomputed_knn"] = _exact_knn(z, nn, n_jobs)
     import umap
 
@@ -266,11 +337,15 @@ def _umap(z: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int, n_jobs
 def _layout(z: np.ndarray, *, method: str, seed: int, perplexity: float, n_neighbors: int, min_dist: float,
             n_jobs: int, tsne_impl: str | None = None) -> np.ndarray:
     """The 2-D layout of PCA-reduced features (the expensive step, and the one the cache saves)."""
+    neighbours = neighbour_method(method, len(z), tsne_impl)
+    if neighbours != "exact":
+        log.info("%d points: %s runs on approximate neighbours (%s)", len(z), method, neighbours)
     if method == "tsne":
         coords = _tsne(z, perplexity=perplexity, seed=seed, n_jobs=n_jobs,
-                       implementation=tsne_impl or tsne_implementation())
+                       implementation=tsne_impl or tsne_implementation(), neighbours=neighbours)
     else:
-        coords = _umap(z, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, n_jobs=n_jobs)
+        coords = _umap(z, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed, n_jobs=n_jobs,
+                       neighbours=neighbours)
     if coords.shape != (len(z), 2) or not np.isfinite(coords).all():
         err = XrayfeatError(f"{method} produced invalid coordinates (shape {coords.shape}, or NaN/inf values).")
         err.exit_code = 1
@@ -296,9 +371,11 @@ def embed(
 
     Centres the features, reduces them by PCA to ``min(pca_components, n - 1, d)``
     dimensions (``None`` skips the PCA), then lays them out with t-SNE
-    (``perplexity``) or UMAP (``n_neighbors``, ``min_dist``). The same inputs and
+    (``perplexity``) or UMAP (``n_neighbors``, ``min_dist``), on exact nearest
+    neighbours up to :data:`EXACT_NEIGHBOURS_MAX` points and approximate ones
+    beyond (:func:`neighbour_method`). The same inputs and
     ``seed`` give bitwise the same coordinates on the same machine, whatever
-    ``n_jobs``: the threads for t-SNE and the neighbour search (``None``: every
+    ``n_jobs``: the threads for t-SNE and the exact neighbour search (``None``: every
     core this process may use; a seeded UMAP layout is single-threaded
     regardless; PCA uses BLAS's own threads). For small ``n`` a too-large ``perplexity``
     or ``n_neighbors`` is lowered and the change logged; fewer than
@@ -320,12 +397,19 @@ def embed(
 # --------------------------------------------------------------------------- public: scores
 
 
-def _knn_agreement(points: np.ndarray, labels: np.ndarray, k: int, algorithm: str = "auto") -> float:
+def _knn_agreement(points: np.ndarray, labels: np.ndarray, k: int, algorithm: str = "auto",
+                   queries: np.ndarray | None = None) -> float:
+    """Mean share of same-class points among each query point's k nearest others (all points when ``queries`` is None)."""
     from sklearn.neighbors import NearestNeighbors
 
-    # kneighbors() without X leaves each point out of its own neighbour list.
-    idx = NearestNeighbors(n_neighbors=k, algorithm=algorithm).fit(points).kneighbors(return_distance=False)
-    return float(np.mean(labels[idx] == labels[:, None]))
+    index = NearestNeighbors(n_neighbors=k, algorithm=algorithm).fit(points)
+    if queries is None:
+        # kneighbors() without X leaves each point out of its own neighbour list.
+        idx = index.kneighbors(return_distance=False)
+        return float(np.mean(labels[idx] == labels[:, None]))
+    found = index.kneighbors(points[queries], n_neighbors=k + 1, return_distance=False)
+    idx = np.stack([row[row != q][:k] for row, q in zip(found, queries)])  # each query without itself
+    return float(np.mean(labels[idx] == labels[queries, None]))
 
 
 def _as_labels(labels, n: int) -> np.ndarray:
@@ -346,10 +430,13 @@ def _scores(z: np.ndarray, coords: np.ndarray, labels: np.ndarray, *, k: int, se
     sub = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False)) if m < n else np.arange(n)
     kt = min(kk, (m - 1) // 2)  # scikit-learn requires n_neighbors < m / 2
     trust = float(trustworthiness(z[sub], coords[sub], n_neighbors=kt)) if kt >= 1 else float("nan")
+    q = min(n, PLOT_MAX_POINTS)
+    queries = np.sort(np.random.default_rng(seed).choice(n, size=q, replace=False)) if q < n else None
     return {
         "k": kk,
-        "knn_agreement_2d": _knn_agreement(coords, labels, kk),
-        "knn_agreement_features": _knn_agreement(z, labels, kk, algorithm="brute"),
+        "knn_agreement_2d": _knn_agreement(coords, labels, kk, queries=queries),
+        "knn_agreement_features": _knn_agreement(z, labels, kk, algorithm="brute", queries=queries),
+        "knn_agreement_points": int(q),
         "chance_agreement": chance,
         "trustworthiness": trust,
         "trustworthiness_points": int(m),
@@ -369,6 +456,10 @@ def neighbourhood_scores(features, coords, labels, *, k: int = 10, pca_component
       the map should not invent class structure the features lack.
     * ``chance_agreement`` -- what both would be with labels shuffled
       (``sum_c n_c (n_c - 1) / (n (n - 1))``), e.g. 0.25 for four balanced classes.
+    * ``knn_agreement_points`` -- how many points the two agreements average
+      over: all of them up to :data:`PLOT_MAX_POINTS`, else a seeded random
+      sample of that many, each with its neighbours among all points (the
+      exact search in feature space costs O(n^2) for all points).
     * ``trustworthiness`` -- :func:`sklearn.manifold.trustworthiness` between the
       PCA space and the map (1 = no false neighbours in the map), on a seeded
       random subsample of at most 2,000 points (``trustworthiness_points``),
@@ -425,7 +516,9 @@ class EmbedResult:
     ``reused`` whether the coordinates came from ``coords_path``; ``seconds``
     the wall time of the call; ``plot_path`` the PNG (``None`` when not drawn);
     ``key`` the cache key; ``params`` the parameters in the key (method-specific,
-    including ``seed`` and, for t-SNE, the ``implementation``).
+    including ``seed``, for t-SNE the ``implementation``, and ``neighbors``
+    when they are approximate); ``plotted`` how many points the PNG shows
+    (fewer than ``len(coords)`` past :data:`PLOT_MAX_POINTS`; 0 when not drawn).
     """
 
     coords: np.ndarray
@@ -437,19 +530,28 @@ class EmbedResult:
     method: str
     key: str
     params: dict
+    plotted: int = 0
 
 
-def _key_params(method, seed, pca_components, perplexity, n_neighbors, min_dist) -> dict:
+def _key_params(method, seed, pca_components, perplexity, n_neighbors, min_dist, n: int) -> dict:
+    """The parameters that change the coordinates of ``n`` points (exact neighbours are the unnamed default)."""
     params = {"seed": int(seed), "pca_components": None if pca_components is None else int(pca_components)}
     if method == "tsne":
         params.update(perplexity=float(perplexity), implementation=tsne_implementation())
     else:
         params.update(n_neighbors=int(n_neighbors), min_dist=float(min_dist))
+    neighbours = neighbour_method(method, n, params.get("implementation"))
+    if neighbours != "exact":
+        params["neighbors"] = neighbours
     return params
 
 
+#: Bumped when the scores' definition changes: stored scores are then recomputed (the coordinates are kept).
+_SCORES_VERSION = 2
+
+
 def _labels_key(labels: np.ndarray, k: int) -> str:
-    h = hashlib.sha256(f"k={int(k)};".encode())
+    h = hashlib.sha256(f"k={int(k)};scores={_SCORES_VERSION};".encode())
     h.update("\x1f".join(map(str, labels.tolist())).encode())
     return h.hexdigest()
 
@@ -511,12 +613,59 @@ def _subtitle(method: str, params: dict, scores: dict) -> str:
     else:
         what = f"UMAP, n_neighbors {params['n_neighbors']}, min_dist {params['min_dist']:g}"
     pca = "no PCA" if params["pca_components"] is None else f"PCA {params['pca_components']}"
+    if "neighbors" in params:
+        pca += f", approximate neighbours ({params['neighbors']})"
     return (
         f"{what}, {pca}, seed {params['seed']}\n"
         f"{scores['k']}-NN class agreement {scores['knn_agreement_2d']:.3f} in 2-D, "
         f"{scores['knn_agreement_features']:.3f} in features (chance {scores['chance_agreement']:.3f}); "
         f"trustworthiness {scores['trustworthiness']:.3f}"
     )
+
+
+def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded random ``size`` of the rows, each class keeping its share.
+
+    Class ``c`` with ``n_c`` of the ``n`` rows gets ``floor(size * n_c / n)``
+    rows, and the ``size`` minus their sum rows left over go one each to the
+    classes with the largest remainders (ties: class order), so the counts are
+    exact and add up to ``size``. ``size >= n`` returns every index.
+    """
+    lab = np.asarray(labels).reshape(-1)
+    n = len(lab)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"The 'size' parameter must be a positive integer. Got {size!r} instead.")
+    if size >= n:
+        return np.arange(n)
+    classes, inverse, counts = np.unique(lab, return_inverse=True, return_counts=True)
+    exact = counts * (int(size) / n)
+    quota = np.floor(exact).astype(np.int64)
+    quota[np.argsort(-(exact - quota), kind="stable")[: int(size) - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(inverse == c), size=int(quota[c]), replace=False) for c in range(len(classes))]
+    return np.sort(np.concatenate(picked))
+
+
+def _plot(coords, labels, classes, splits, out_path, *, title: str, subtitle: str, seed: int, coords_path: Path):
+    """Draw the map (a stratified subsample past PLOT_MAX_POINTS, said in the subtitle); (path, points drawn)."""
+    from .plots import plot_embedding
+
+    if labels.dtype.kind not in "iu":
+        raise XrayfeatError(f"'labels' must be class indices (integers) into 'classes' to be plotted. "
+                            f"Got dtype {labels.dtype} instead.")
+    int_labels = labels.astype(np.int64)
+    names = list(classes) if classes is not None else [str(c) for c in range(int(int_labels.max()) + 1)]
+    n = len(coords)
+    shown = stratified_subsample(int_labels, PLOT_MAX_POINTS, seed) if n > PLOT_MAX_POINTS else np.arange(n)
+    if len(shown) < n:
+        note = (f"showing a stratified random {len(shown):,} of {n:,} points (class shares kept, seed {seed}); "
+                f"all in {coords_path.name}")
+        log.warning("%s: %s points are too many for a readable scatter; %s", out_path, f"{n:,}", note)
+        subtitle = f"{subtitle}\n{note}"
+        splits = None if splits is None else [splits[i] for i in shown]
+    path = plot_embedding(coords[shown], int_labels[shown], names, out_path, splits=splits, title=title,
+                          subtitle=subtitle)
+    return path, len(shown)
 
 
 def embed_cached(
@@ -550,7 +699,10 @@ def embed_cached(
     reused and nothing is recomputed (``reused=True``); anything else recomputes
     and overwrites it. ``reuse=False`` forces recomputation. The scores are
     reused too unless ``labels`` or ``k`` changed. The PNG is always redrawn
-    (``plot=False`` skips it), so a new ``title`` costs no embedding.
+    (``plot=False`` skips it), so a new ``title`` costs no embedding. Past
+    :data:`PLOT_MAX_POINTS` points it shows a stratified random subsample of
+    that many (:func:`stratified_subsample`, seeded by ``seed``), says so in its
+    subtitle and in a logged warning, and the coordinates file still holds all.
 
     Example (the CLI's call)::
 
@@ -567,7 +719,7 @@ def embed_cached(
     x = _as_features(features)
     lab = _as_labels(labels, len(x))
     jobs = _resolve_n_jobs(n_jobs)
-    params = _key_params(method, seed, pca_components, perplexity, n_neighbors, min_dist)
+    params = _key_params(method, seed, pca_components, perplexity, n_neighbors, min_dist, len(x))
     key = cache_key(features_digest(features), method, params)
     scores_key = _labels_key(lab, k)
     path = coords_path_for(out_path)
@@ -594,17 +746,10 @@ def embed_cached(
         _save(path, coords=coords, key=key, method=method, params=params, scores=scores,
               scores_key=scores_key, seconds=compute_seconds)
 
-    plot_path = None
+    plot_path, plotted = None, 0
     if plot:
-        from .plots import plot_embedding
-
-        if lab.dtype.kind not in "iu":
-            raise XrayfeatError(f"'labels' must be class indices (integers) into 'classes' to be plotted. "
-                                f"Got dtype {lab.dtype} instead.")
-        int_labels = lab.astype(np.int64)
-        names = list(classes) if classes is not None else [str(c) for c in range(int(int_labels.max()) + 1)]
-        plot_path = plot_embedding(coords, int_labels, names, out_path, splits=splits, title=title,
-                                   subtitle=_subtitle(method, params, scores))
+        plot_path, plotted = _plot(coords, lab, classes, splits, out_path, title=title, seed=seed,
+                                   subtitle=_subtitle(method, params, scores), coords_path=path)
     return EmbedResult(coords=coords, scores=scores, reused=cached is not None,
                        seconds=time.perf_counter() - t0, coords_path=path, plot_path=plot_path,
-                       method=method, key=key, params=params)
+                       method=method, key=key, params=params, plotted=plotted)
