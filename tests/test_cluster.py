@@ -90,11 +90,20 @@ def worker_processes(parent: int) -> list[int]:
             if "spawn_main" in " ".join(child.cmdline())]
 
 
+LOADED = (  # runs the CLI, then prints which deep-learning frameworks this process imported
+    "import sys, json; from xrayfeat.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+    "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') "
+    "if m in sys.modules)}))"
+)
+
+
 def test_local_cluster_extracts_exactly_what_one_process_does(tmp_path, data, reference):
     cache = tmp_path / "cache"
-    proc = run_cli(*extract_cmd(data, cache, "local:2", "--chunk-images", "8", "--json")[3:])
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    args = extract_cmd(data, cache, "local:2", "--chunk-images", "8", "--json")[3:]
+    proc = subprocess.run([sys.executable, "-c", LOADED, *args], env=ENV, capture_output=True, text=True, timeout=600)
+    result, loaded = map(json.loads, proc.stdout.strip().splitlines())
+    assert loaded == {"code": 0, "loaded": []}, proc.stderr  # the workers compute; this process imports no framework
     assert (result["extracted"], result["reused"], result["skipped"]) == (N_IMAGES, 0, 0)
     assert result["cluster"]["cluster"] == "local:2" and result["cluster"]["workers"] == 2
     assert result["cluster"]["dashboard"].startswith("http://")

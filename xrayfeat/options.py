@@ -84,7 +84,7 @@ class FeatureOptions:
     weights: str = option("imagenet", check=Is((str,)),
                           help="imagenet (from $KERAS_HOME/models, md5-checked), none (random, seeded) or a weights file.")
     image_size: int | None = option(None, check=Interval(32, 2048, integer=True), none=True,
-                                    help="Input size in pixels (default: the backbone's, 224 for VGG16, 299 for InceptionV3).")
+                                    help="Input size in pixels (default: the backbone's, 224 for both, as in the seed).")
     layer: str | None = option(None, check=Is((str,)), none=True,
                                help="Cut point, e.g. inception_v3:mixed9 or vgg16:block4_pool for --train-tail, "
                                     "or vgg16:block5_conv3 for a 14×14 Grad-CAM map (default: the last layer).")
