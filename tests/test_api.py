@@ -78,3 +78,18 @@ def test_fit_head_equals_the_cli_on_the_same_data(tiny_data, tmp_path):
     assert cli_run.metrics == run.metrics
     assert cli_run.predictions().equals(run.predictions())
     assert cli_run.record.head == run.record.head and cli_run.record.features == run.record.features
+
+
+def test_public_names_stay_what_they_are_after_every_module_is_imported():
+    """A submodule named like a public function would replace it on the package once imported (xf.explain did)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import xrayfeat
+
+    for info in pkgutil.iter_modules(xrayfeat.__path__):
+        if info.name != "__main__":
+            importlib.import_module(f"xrayfeat.{info.name}")
+    shadowed = [name for name in xrayfeat.__all__ if isinstance(getattr(xrayfeat, name), types.ModuleType)]
+    assert shadowed == []

@@ -15,7 +15,7 @@ from xrayfeat import embedding, shards
 from xrayfeat.cli import main
 from xrayfeat.datasets import discover
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.explain import explain
+from xrayfeat.explanation import explain
 from xrayfeat.extraction import extract, open_store, resolve
 from xrayfeat.fingerprint import KeepError, fingerprint_id, store_dirname
 from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions

@@ -21,7 +21,7 @@ LAYERS = [
     "fingerprint", "shards", "store", "rows", "cluster", "extraction",
     "heads_jax", "head_numpy", "heads", "headproc", "baselines", "metrics", "plots", "gradcam", "embedding",
     # records and their use
-    "runs", "study", "prediction", "external", "explain", "trained", "report_doc", "report", "export", "demo",
+    "runs", "study", "prediction", "external", "explanation", "trained", "report_doc", "report", "export", "demo",
     # faces
     "api", "clikit", "cli",
 ]

@@ -37,6 +37,7 @@ BY_KIND = {
     "missing_class": "covid absent from /data/hosp_b: per-class figures for it and the macro ROC-AUC are undefined",
     "device": "trained on the CPU although a GPU was requested: timings are not comparable",
     "imbalance": "train has 48 pneumonia and 16 normal images (3.0:1): consider --class-weight balanced",
+    "subsample": "baselines logreg fitted on a stratified random sample of 4 of 9 training images",
     "other": "something a study noticed",
 }
 

@@ -502,7 +502,7 @@ def explain(run, inputs, out, target_class, cache_dir, device, batch_size, worke
     Example:
       xrayfeat explain runs/4class-vgg16-20261126-101500 new_xrays/ --out explained/
     """
-    from .explain import explain as run_explain
+    from .explanation import explain as run_explain
     from .trained import load_run
 
     result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,

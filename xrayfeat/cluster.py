@@ -188,12 +188,18 @@ class Session:
         except Exception:
             return False
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float = 10) -> None:
+        """Close the client and a local cluster, giving up after ``timeout`` seconds each.
+
+        A ``LocalCluster`` whose worker was killed and restarted can wait for
+        that worker's process forever when closed; the work is committed by then,
+        so the process exits instead of waiting (its workers end with it).
+        """
         with contextlib.suppress(Exception):
             self.client.close(timeout=timeout)
         if self.cluster is not None:
             with contextlib.suppress(Exception):
-                self.cluster.close()
+                self.cluster.close(timeout=timeout)
 
 
 def write_probe(folder: str, token: str, dask_worker=None) -> dict:

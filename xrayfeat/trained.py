@@ -155,9 +155,9 @@ class Run:
                 progress: bool = False, **options):
         """Grad-CAM overlays (``OUT/<image>.png``) and raw maps (``.npz``) of the head on images, from cached maps.
 
-        Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.explain.explain`.
+        Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.explanation.explain`.
         """
-        from .explain import explain
+        from .explanation import explain
 
         return explain(self, inputs, out, target_class=target_class, cache_dir=cache_dir, device=device,
                        progress=progress, **options)
