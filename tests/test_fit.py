@@ -163,7 +163,8 @@ def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
 @pytest.mark.realdata
 def test_real_sample_runs_to_the_end(tmp_path, real_sample):
     proc = run_cli("fit-head", real_sample, "-b", "vgg16", "--weights", "none", "--image-size", "64",
-                   "--epochs", "5", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real", "--json")
+                   "--epochs", "5", "--bootstrap", "200", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real",
+                   "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data["baselines"]) == {"logreg", "svm", "pixels"}
