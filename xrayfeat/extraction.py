@@ -239,23 +239,38 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
 
     computed: set[str] = set()
     skipped: dict[str, str] = {}
-    with contextlib.ExitStack() as stack:
-        writers = []
-        for store, config in sorted(zip(stores, configs), key=lambda pair: str(pair[0].path)):
-            writer = stack.enter_context(store.writer(
-                {"device": device, "backend": config.fingerprint["backend"],
-                 "weights_path": config.weights.path or "", "batch_size": run.batch_size},
-                on_wait=lambda s=store: log.warning("%s is being written by another process; waiting for it", s.path),
-            ))
-            writers.append((writer, config))
-        wanted = [set(writer.missing(all_hashes)) for writer, _ in writers]
-        todo = _unique_todo(dataset, set().union(*wanted))
+    def provenance(config: FeatureConfig) -> dict:
+        return {"device": device, "backend": config.fingerprint["backend"], "weights_path": config.weights.path or "",
+                "batch_size": run.batch_size}
+
+    with _writing_session(dataset, stores, configs, provenance) as (writers, wanted, todo):
         if todo:
             models = [_build(config, writer, device) for writer, config in writers]
             computed, skipped = _run_batches(todo, writers, wanted, models, run, device, configs[0].fingerprint["image_size"])
+    return _results(dataset, stores, configs, computed, skipped, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _writing_session(dataset, stores, configs, provenance=lambda config: {}):
+    """Hold every store's writer; yield (writers as (writer, config), the hashes each lacks, the images to compute).
+
+    Stores are locked in the order of their paths, so two runs never wait on
+    each other crosswise. ``provenance(config)`` is what the writer records in
+    the shards it writes. After a run that raised nothing, the float16
+    subnormal warning; leaving compacts each store.
+    """
+    with contextlib.ExitStack() as stack:
+        writers = [
+            (stack.enter_context(store.writer(
+                provenance(config),
+                on_wait=lambda s=store: log.warning("%s is being written by another process; waiting for it", s.path),
+            )), config)
+            for store, config in sorted(zip(stores, configs), key=lambda pair: str(pair[0].path))
+        ]
+        wanted = [set(writer.missing(dataset.hashes)) for writer, _ in writers]
+        yield writers, wanted, _unique_todo(dataset, set().union(*wanted))
         for writer, _ in writers:
             writer.warn_subnormal()
-    return _results(dataset, stores, configs, computed, skipped, time.perf_counter() - started)
 
 
 def _build(config: FeatureConfig, writer, device: str):
@@ -342,7 +357,6 @@ def _run_batches(todo, writers, wanted, models, run: RunOptions, device: str, si
 class ChunkJob:
     """One Dask task: decode these images, run each backbone, write one shard per store into its staging folder."""
 
-    number: int
     todo: tuple  # ((sha256, path), ...)
     stores: tuple  # ((cache_dir, fingerprint, FeatureOptions, wanted hashes), ...), one per store
     device: str
@@ -368,16 +382,9 @@ def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: floa
     log.info("extracting on Dask (%s, %d workers) on %s", live.scheduler, len(live.workers()), device)
     computed: set[str] = set()
     skipped: dict[str, str] = {}
-    with contextlib.ExitStack() as stack:
-        writers = [(stack.enter_context(store.writer(
-            on_wait=lambda s=store: log.warning("%s is being written by another process; waiting for it", s.path))),
-            config) for store, config in sorted(zip(stores, configs), key=lambda pair: str(pair[0].path))]
-        wanted = [set(writer.missing(dataset.hashes)) for writer, _ in writers]
-        todo = _unique_todo(dataset, set().union(*wanted))
+    with _writing_session(dataset, stores, configs) as (writers, wanted, todo):  # provenance comes from the workers
         if todo:
             computed, skipped = _run_chunks(live, todo, writers, wanted, run, device)
-        for writer, _ in writers:
-            writer.warn_subnormal()
     results = _results(dataset, stores, configs, computed, skipped, time.perf_counter() - started)
     for result in results:
         result.cluster = live.describe()
@@ -394,11 +401,11 @@ def _run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     """
     provenance = {"device": device, "batch_size": run.batch_size, "cluster": live.scheduler}
     jobs = []
-    for number, start in enumerate(range(0, len(todo), run.chunk_images)):
+    for start in range(0, len(todo), run.chunk_images):
         part = tuple(todo[start : start + run.chunk_images])
         hashes = {sha for sha, _ in part}
         jobs.append(ChunkJob(
-            number, part,
+            part,
             tuple((str(Path(run.cache_dir).resolve()), config.fingerprint, config.options,
                    tuple(sha for sha, _ in part if sha in missing)) for (_, config), missing in zip(writers, wanted)
                   if hashes & missing),
@@ -455,7 +462,7 @@ def compute_chunk(job: ChunkJob) -> dict:
         return {"error": str(exc), "exit_code": exc.exit_code}
 
 
-_WORKER_MODELS: dict = {}  # (fingerprint id, device) → (model, weights digest) or the error: one build per worker
+_WORKER_MODELS: dict = {}  # (fingerprint id, device) → (model, weights digest, config) or the error: one build per worker
 
 
 def prepare_worker(models: tuple, device: str) -> None:
@@ -474,14 +481,15 @@ def prepare_worker(models: tuple, device: str) -> None:
 
 
 def _worker_model(options: FeatureOptions, fingerprint: dict, device: str):
-    """``(model, digest)`` built on this worker, after checking its device and that it computes the store's features."""
+    """``(model, digest, config)`` built on this worker, after checking its device and that it computes the store's features."""
     import socket
 
     confirmed = confirm_device(device)
     if confirmed != device:
         raise XrayfeatError(f"Dask worker on {socket.gethostname()}: --device {device} was asked for but this "
                             f"worker computes on the {confirmed}; pass the --device every worker has")
-    return build_model(_worker_config(options, fingerprint, device), device)
+    config = _worker_config(options, fingerprint, device)
+    return (*build_model(config, device), config)
 
 
 def _compute_chunk(job: ChunkJob) -> dict:
@@ -495,8 +503,7 @@ def _compute_chunk(job: ChunkJob) -> dict:
             prepare_worker(((options, fingerprint),), job.device)
         if isinstance(_WORKER_MODELS[key], XrayfeatError):
             raise _WORKER_MODELS[key]
-        model, digest = _WORKER_MODELS[key]
-        config = resolve(options, job.device)
+        model, digest, config = _WORKER_MODELS[key]
         provenance = {**job.provenance, "weights_path": config.weights.path or "", "weights_digest": digest,
                       "worker": socket.gethostname()}
         writers.append((_ChunkWriter(store, provenance), config))
