@@ -11,7 +11,8 @@ What a user of Dask expects, and what this module promises:
 
 * **One session per address and process.** :func:`session` starts (or joins)
   once; extraction and then the baselines of one ``fit-head`` share it, and it
-  closes when the process ends. The dashboard address is logged once.
+  closes when the process ends. Its workers, scheduler and dashboard address
+  are said once, on stderr for the CLI.
 * **A shared cache folder, checked.** Workers write shards straight into the
   store, so ``--cache-dir`` must be the same folder for every worker and for
   this process. :meth:`Session.check_shared` makes every worker write a probe
@@ -23,8 +24,9 @@ What a user of Dask expects, and what this module promises:
   run with one line. Losing the scheduler fails the run with one line (exit 1)
   that says how much was committed; work committed before stays, so running the
   same command again resumes from it.
-* **Quiet.** Dask's own log lines stay off the user's terminal below ERROR
-  (``silence_logs``); ``XRAYFEAT_DEBUG=1`` shows them.
+* **Quiet.** Dask's own log lines stay off the user's terminal below CRITICAL
+  (xrayfeat's one line says what failed; ``silence_logs`` on local workers);
+  ``XRAYFEAT_DEBUG=1`` shows them.
 
 ``dask.distributed`` is imported only here and only when a cluster is asked
 for: without ``--cluster`` nothing changes, and nothing here is imported.
@@ -246,20 +248,20 @@ def session(address: str, *, announce: bool = False) -> Session:
     kind, value = parse_cluster(address)
     # our one line says what failed; Dask's own lines (e.g. its client giving up on a lost scheduler) stay out
     quiet = logging.DEBUG if os.environ.get("XRAYFEAT_DEBUG") else logging.CRITICAL
-    with _quiet_dask(quiet):
-        from distributed import Client, LocalCluster
+    _quiet_dask(quiet)
+    from distributed import Client, LocalCluster
 
-        if kind == "local":
-            cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=quiet)
-            client = Client(cluster, set_as_default=False)
-        else:
-            cluster = None
-            try:
-                client = Client(value, timeout="10s", set_as_default=False)
-            except (OSError, TimeoutError) as exc:
-                raise ClusterError(f"cannot reach the Dask scheduler at {value} ({exc}); start it with "
-                                   f"`dask scheduler` and workers with `dask worker {value}`") from None
+    if kind == "local":
+        cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=quiet)
+        client = Client(cluster, set_as_default=False)
+    else:
+        cluster = None
+        try:
+            client = Client(value, timeout="10s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {value} ({exc}); start it with "
+                               f"`dask scheduler` and workers with `dask worker {value}`") from None
     live = Session(address, client, cluster)
     if not live.workers():
         live.close()
@@ -274,8 +276,7 @@ def session(address: str, *, announce: bool = False) -> Session:
     return live
 
 
-@contextlib.contextmanager
-def _quiet_dask(level: int):
+def _quiet_dask(level: int) -> None:
     """Dask's loggers at ``level`` in this process (workers get ``silence_logs``).
 
     Dask's logging configuration gives several of its loggers (``distributed.client``
@@ -286,7 +287,6 @@ def _quiet_dask(level: int):
     for name in [*logging.root.manager.loggerDict, "distributed", "bokeh", "tornado"]:
         if name.split(".")[0] in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(level)
-    yield
 
 
 @contextlib.contextmanager
