@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from .backbones import PRECISIONS, REGISTRY
-from .params import Choice, Cluster, Interval, Is, OptionError, Subset, Threshold, option, validate
+from .params import Choice, Cluster, Interval, Is, OptionError, Parsed, Subset, Threshold, option, validate
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
@@ -62,15 +62,11 @@ def parse_size(value) -> int:
 
 
 @dataclass(frozen=True)
-class ByteSize:
+class ByteSize(Parsed):
     """A positive size in bytes: an int, or a string with a unit of :data:`SIZE_UNITS` (see :func:`parse_size`)."""
 
-    def accepts(self, value) -> bool:
-        try:
-            parse_size(value)
-        except ValueError:
-            return False
-        return True
+    def parse(self, value):
+        return parse_size(value)
 
     def describe(self) -> str:
         return "a positive byte count or a size like '512M', '8G' or '1.5T' (units of 1024)"

@@ -107,16 +107,29 @@ class Subset:
         return "a tuple of distinct names from {" + ", ".join(repr(v) for v in self.values) + "}"
 
 
-@dataclass(frozen=True)
-class Threshold:
-    """An operating-point rule: ``youden``, ``sens=X`` or ``spec=X`` (0 < X < 1), or a fixed probability in (0, 1)."""
+class Parsed:
+    """A check for the values a parser takes: ``accepts`` is whether :meth:`parse` raises no TypeError or ValueError.
+
+    A subclass gives ``parse`` (the parser its option's users call too) and ``describe``.
+    """
+
+    def parse(self, value):
+        raise NotImplementedError
 
     def accepts(self, value) -> bool:
         try:
-            parse_threshold(value)
+            self.parse(value)
         except (TypeError, ValueError):
             return False
         return True
+
+
+@dataclass(frozen=True)
+class Threshold(Parsed):
+    """An operating-point rule: ``youden``, ``sens=X`` or ``spec=X`` (0 < X < 1), or a fixed probability in (0, 1)."""
+
+    def parse(self, value):
+        return parse_threshold(value)
 
     def describe(self) -> str:
         return "'youden', 'sens=X' or 'spec=X' with 0 < X < 1, or a probability in (0, 1)"
@@ -144,15 +157,11 @@ def parse_threshold(text) -> tuple[str, float | None]:
 
 
 @dataclass(frozen=True)
-class Cluster:
+class Cluster(Parsed):
     """Where Dask runs: ``local:N`` (N local worker processes) or a scheduler address (``tcp://HOST:PORT``)."""
 
-    def accepts(self, value) -> bool:
-        try:
-            parse_cluster(value)
-        except (TypeError, ValueError):
-            return False
-        return True
+    def parse(self, value):
+        return parse_cluster(value)
 
     def describe(self) -> str:
         return "'local:N' with N >= 1, or a scheduler address such as 'tcp://HOST:PORT'"
