@@ -19,16 +19,16 @@ __version__ = "0.1.0"
 
 #: Public name → module that defines it.
 _EXPORTS = {
-    "discover": "api", "extract": "api", "features": "api", "fit_head": "api", "embed": "api",
-    "predict": "api", "evaluate": "api", "explain": "api",
-    "load_run": "trained", "Run": "trained",
-    "RunRecord": "runs", "RunWarning": "runs",
-    "FeatureStore": "store", "list_stores": "store",
-    "Dataset": "datasets", "Item": "datasets",
-    "FeatureOptions": "options", "RunOptions": "options", "HeadOptions": "options", "EmbedOptions": "options",
-    "write_report": "report", "write_phantoms": "phantoms", "run_demo": "demo",
-    "XrayfeatError": "errors", "DatasetError": "errors", "ImageReadError": "errors", "StoreError": "errors",
-    "WeightsError": "errors",
+    "discover": "xrayfeat.api", "extract": "xrayfeat.api", "features": "xrayfeat.api", "fit_head": "xrayfeat.api", "embed": "xrayfeat.api",
+    "predict": "xrayfeat.api", "evaluate": "xrayfeat.api", "explain": "xrayfeat.api",
+    "load_run": "xrayfeat.trained", "Run": "xrayfeat.trained",
+    "RunRecord": "xrayfeat.runs", "RunWarning": "xrayfeat.runs",
+    "FeatureStore": "xrayfeat.store", "list_stores": "xrayfeat.store",
+    "Dataset": "xrayfeat.datasets", "Item": "xrayfeat.datasets",
+    "FeatureOptions": "xrayfeat.options", "RunOptions": "xrayfeat.options", "HeadOptions": "xrayfeat.options", "EmbedOptions": "xrayfeat.options",
+    "write_report": "xrayfeat.report", "write_phantoms": "xrayfeat.phantoms", "run_demo": "xrayfeat.demo",
+    "XrayfeatError": "xrayfeat.errors", "DatasetError": "xrayfeat.errors", "ImageReadError": "xrayfeat.errors", "StoreError": "xrayfeat.errors",
+    "WeightsError": "xrayfeat.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -38,7 +38,7 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'xrayfeat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

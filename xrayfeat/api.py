@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset
-from .datasets import discover as _discover
-from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from .params import OptionError
-from .trained import Run, load_run
+from xrayfeat.datasets import Dataset
+from xrayfeat.datasets import discover as _discover
+from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.params import OptionError
+from xrayfeat.trained import Run, load_run
 
 #: Feature parts a caller can ask for.
 PARTS = ("pooled", "spatial")
@@ -90,7 +90,7 @@ def extract(data, backbone=None, *, features: FeatureOptions | None = None, run:
     FeatureOptions and RunOptions (``weights="none"``, ``image_size=64``,
     ``cache_dir=...``, ``device="cpu"``...).
     """
-    from .extraction import extract as _extract
+    from xrayfeat.extraction import extract as _extract
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     feature_kw = _pop(FeatureOptions, options, skip=("backbone",))
@@ -116,8 +116,8 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     """
     import pandas as pd
 
-    from .extraction import extract as _extract
-    from .store import FeatureStore
+    from xrayfeat.extraction import extract as _extract
+    from xrayfeat.store import FeatureStore
 
     if part not in PARTS:
         raise OptionError(f"The 'part' parameter of features must be one of {{'pooled', 'spatial'}}. Got {part!r} instead.")
@@ -150,7 +150,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     ``seed`` seeds both the random weights and the study; ``batch_size`` is the
     head's (``extract_batch_size`` the backbone's).
     """
-    from .study import fit_head as _fit_head
+    from xrayfeat.study import fit_head as _fit_head
 
     run_kw = _pop(RunOptions, options, skip=("batch_size",))
     if extract_batch_size is not None:
@@ -171,7 +171,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
 def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from_run=None,
           features: FeatureOptions | None = None, run: RunOptions | None = None, classes=None, **options):
     """A 2-D map (PCA, then t-SNE or UMAP) of pooled features, or of a run head's penultimate layer, saved to ``out``."""
-    from .study import embed_map
+    from xrayfeat.study import embed_map
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = None if from_run is not None else _features(backbone, features, options)

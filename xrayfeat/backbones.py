@@ -16,8 +16,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import WeightsError, XrayfeatError
-from .fileio import atomic_path, file_digest
+from xrayfeat.errors import WeightsError, XrayfeatError
+from xrayfeat.fileio import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def _fetch(url: str, dest: Path, *, timeout: float, label: str | None) -> str:
     import urllib.error
     import urllib.request
 
-    from . import __version__
+    from xrayfeat import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"xrayfeat/{__version__}"})
     try:

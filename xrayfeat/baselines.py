@@ -126,11 +126,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
 
-from .errors import XrayfeatError
-from .fileio import atomic_path, file_digest
-from .options import BASELINES, CLASS_WEIGHTS, parse_list
-from .params import Choice, check_value
-from .rows import StoreRows, human_bytes
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import atomic_path, file_digest
+from xrayfeat.options import BASELINES, CLASS_WEIGHTS, parse_list
+from xrayfeat.params import Choice, check_value
+from xrayfeat.rows import StoreRows, human_bytes
 
 __all__ = [
     "BASELINES",
@@ -790,7 +790,7 @@ def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
     """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone)."""
     from joblib import Parallel, delayed
 
-    from .images import read_gray
+    from xrayfeat.images import read_gray
 
     paths = [str(item.path) for item in items]
     if len(paths) < 64:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .clikit import (
+from xrayfeat import __version__
+from xrayfeat.clikit import (
     Group,
     console,
     dataset_of,
@@ -33,17 +33,9 @@ from .clikit import (
     single_feature,
     stack,
 )
-from .errors import StoreError, XrayfeatError
-from .options import (
-    BACKBONES,
-    BASELINES,
-    EmbedOptions,
-    FeatureOptions,
-    HeadOptions,
-    RunOptions,
-    parse_list,
-)
-from .params import declaration
+from xrayfeat.errors import StoreError, XrayfeatError
+from xrayfeat.options import BACKBONES, BASELINES, EmbedOptions, FeatureOptions, HeadOptions, RunOptions, parse_list
+from xrayfeat.params import declaration
 
 log = logging.getLogger("xrayfeat")
 
@@ -84,8 +76,8 @@ def inspect(data, classes, as_json):
     Example:
       xrayfeat inspect ../shared/data/cxr-sample/all
     """
-    from .datasets import discover
-    from .summary import summarize
+    from xrayfeat.datasets import discover
+    from xrayfeat.summary import summarize
 
     chosen = [c.strip() for c in classes.split(",")] if classes else None
     summary = summarize(discover(data, classes=chosen))
@@ -143,8 +135,8 @@ def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
     Example:
       xrayfeat describe --backbone inception_v3 --classes 4
     """
-    from .backbones import WeightsInfo, build_backbone, get_spec
-    from .heads import build_seed_model, count_params
+    from xrayfeat.backbones import WeightsInfo, build_backbone, get_spec
+    from xrayfeat.heads import build_seed_model, count_params
 
     spec = get_spec(backbone)
     model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
@@ -186,7 +178,7 @@ def weights_status_cmd(as_json):
     Example:
       xrayfeat weights status
     """
-    from .backbones import weights_dir, weights_status
+    from xrayfeat.backbones import weights_dir, weights_status
 
     rows = weights_status()
 
@@ -212,7 +204,7 @@ def weights_install_cmd(file, as_json):
     Example:
       xrayfeat weights install ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
     """
-    from .backbones import install_weights
+    from xrayfeat.backbones import install_weights
 
     result = install_weights(file)
     emit(result, as_json, lambda err: click.echo(f"installed {result['backbone']} weights: {result['file']}", err=err))
@@ -236,7 +228,7 @@ def weights_download_cmd(backbone_names, base_url, as_json):
       xrayfeat weights download vgg16
       xrayfeat weights download --base-url https://mirror.example.org/keras-weights
     """
-    from .backbones import ensure_weights
+    from xrayfeat.backbones import ensure_weights
 
     rows = ensure_weights(backbone_names or None, base_url=base_url)
 
@@ -266,7 +258,7 @@ def phantoms(out, task, per_class, size, seed, as_json):
     Example:
       xrayfeat phantoms demo_data --task four --per-class 60 --size 256 --seed 0
     """
-    from .phantoms import write_phantoms
+    from xrayfeat.phantoms import write_phantoms
 
     manifest = write_phantoms(out, task=task, per_class=per_class, size=size, seed=seed)
     data = {"out": str(Path(out)), "manifest": str(manifest), "task": task, "per_class": per_class, "size": size, "seed": seed}
@@ -297,8 +289,8 @@ def extract(data, batch_size, workers, on_error, cluster, chunk_images, as_json,
     Example:
       xrayfeat extract ../shared/data/cxr-sample/all --backbone inception_v3 --weights none
     """
-    from .extraction import extract as run_extract
-    from .extraction import resolve
+    from xrayfeat.extraction import extract as run_extract
+    from xrayfeat.extraction import resolve
 
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
@@ -355,8 +347,8 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cl
     Example (the seed's task 2 on the real sample, random weights):
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
     """
-    from .extraction import resolve
-    from .study import fit_head
+    from xrayfeat.extraction import resolve
+    from xrayfeat.study import fit_head
 
     features = single_feature(kw)
     resolve(features, kw["device"])
@@ -460,8 +452,8 @@ def predict(run, inputs, out, cache_dir, device, batch_size, workers, cluster, a
     Example:
       xrayfeat predict runs/4class-vgg16-20261126-101500 new_xrays/ --out predictions.csv
     """
-    from .prediction import predict as run_predict
-    from .trained import load_run
+    from xrayfeat.prediction import predict as run_predict
+    from xrayfeat.trained import load_run
 
     result = run_predict(load_run(run), list(inputs), out=out, cache_dir=cache_dir, device=device,
                          batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
@@ -502,8 +494,8 @@ def explain(run, inputs, out, target_class, cache_dir, device, batch_size, worke
     Example:
       xrayfeat explain runs/4class-vgg16-20261126-101500 new_xrays/ --out explained/
     """
-    from .explanation import explain as run_explain
-    from .trained import load_run
+    from xrayfeat.explanation import explain as run_explain
+    from xrayfeat.trained import load_run
 
     result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,
                          device=device, batch_size=batch_size, workers=workers, cluster=cluster,
@@ -543,9 +535,9 @@ def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, c
     Example:
       xrayfeat evaluate runs/4class-vgg16-20261126-101500 other_hospital/ --name hospital_b
     """
-    from .external import evaluate as run_evaluate
-    from .prediction import run_cache_dir
-    from .trained import load_run
+    from xrayfeat.external import evaluate as run_evaluate
+    from xrayfeat.prediction import run_cache_dir
+    from xrayfeat.trained import load_run
 
     trained = load_run(run)
     dataset = dataset_of(data, classes, run_cache_dir(trained, cache_dir))
@@ -611,8 +603,8 @@ def embed(data, backbone, method, from_run, seed, classes, cache_dir, device, ou
       xrayfeat embed demo_data --backbone vgg16 --weights none --method umap
       xrayfeat embed demo_data --from-run runs/4class-vgg16-20261126-101500 --method tsne
     """
-    from .study import embed_map
-    from .trained import load_run
+    from xrayfeat.study import embed_map
+    from xrayfeat.trained import load_run
 
     if not backbone and not from_run:
         raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
@@ -652,7 +644,7 @@ def report(runs, out, as_json):
     Example:
       xrayfeat report runs/binary-vgg16-* runs/4class-* --out report
     """
-    from .report import write_report
+    from xrayfeat.report import write_report
 
     result = write_report(list(runs), out)
     emit(result, as_json, lambda err: click.echo(f"wrote {result['markdown']} and {result['html']}", err=err))
@@ -681,7 +673,7 @@ def export_cmd(run, out, format_, as_json):
     Example:
       xrayfeat export runs/binary-vgg16-20261126-101500 --out deploy/binary-vgg16
     """
-    from .export import export_run
+    from xrayfeat.export import export_run
 
     result = export_run(run, out, format=format_)
 
@@ -714,7 +706,7 @@ def demo(out, per_class, quick, as_json):
     Example:
       xrayfeat demo --out demo_out
     """
-    from .demo import run_demo
+    from xrayfeat.demo import run_demo
 
     result = run_demo(out, per_class=per_class, quick=quick, progress=not as_json,
                       say=lambda line: click.echo(line, err=True))
@@ -749,7 +741,7 @@ def cache_ls(cache_dir, as_json):
     Example:
       xrayfeat cache ls --cache-dir data_cache
     """
-    from .store import list_stores
+    from xrayfeat.store import list_stores
 
     infos = [s.info() for s in list_stores(cache_dir)]
 
@@ -780,7 +772,7 @@ def cache_verify(cache_dir, as_json):
     Example:
       xrayfeat cache verify
     """
-    from .store import list_stores
+    from xrayfeat.store import list_stores
 
     report = {}
     for store in list_stores(cache_dir):
@@ -814,7 +806,7 @@ def cache_gc(cache_dir, as_json):
     Example:
       xrayfeat cache gc
     """
-    from .store import list_stores
+    from xrayfeat.store import list_stores
 
     def waiting(store):
         click.echo(f"{store.path} is being written by another process; waiting for it", err=True)
@@ -850,7 +842,7 @@ def cache_export(data, out, as_json, **kw):
     Example:
       xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
     """
-    from .study import export_features
+    from xrayfeat.study import export_features
 
     features = single_feature(kw)
     result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,

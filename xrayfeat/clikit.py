@@ -19,9 +19,9 @@ import warnings
 
 import click
 
-from .errors import XrayfeatError
-from .options import BACKBONES, FeatureOptions, RunOptions, parse_list
-from .params import Choice, Interval, declaration
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.options import BACKBONES, FeatureOptions, RunOptions, parse_list
+from xrayfeat.params import Choice, Interval, declaration
 
 log = logging.getLogger("xrayfeat")
 
@@ -173,7 +173,7 @@ def classes_of(text: str | None) -> list[str] | None:
 
 
 def dataset_of(data: str, classes: str | None, cache_dir, on_error: str = "fail"):
-    from .api import discover
+    from xrayfeat.api import discover
 
     return discover(data, classes=classes_of(classes), cache_dir=cache_dir, on_error=on_error)
 

@@ -44,8 +44,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ClusterError, XrayfeatError
-from .params import parse_cluster
+from xrayfeat.errors import ClusterError, XrayfeatError
+from xrayfeat.params import parse_cluster
 
 log = logging.getLogger("xrayfeat")
 

@@ -13,15 +13,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backbones import REGISTRY, weights_status
-from .datasets import discover
-from .errors import XrayfeatError
-from .extraction import extract
-from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from .phantoms import write_phantoms
-from .report import write_report
-from .study import METHOD_NAMES, embed_map, fit_head
-from .trained import load_run
+from xrayfeat.backbones import REGISTRY, weights_status
+from xrayfeat.datasets import discover
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.extraction import extract
+from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.phantoms import write_phantoms
+from xrayfeat.report import write_report
+from xrayfeat.study import METHOD_NAMES, embed_map, fit_head
+from xrayfeat.trained import load_run
 
 log = logging.getLogger("xrayfeat")
 

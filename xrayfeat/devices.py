@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import DeviceError
+from xrayfeat.errors import DeviceError
 
 __all__ = ["confirm_device", "device_scope", "gpu_available", "gpu_likely", "keras_backend_name"]
 

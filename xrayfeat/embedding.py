@@ -92,10 +92,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import XrayfeatError
-from .fileio import atomic_path
-from .options import METHODS
+from xrayfeat import __version__
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import atomic_path
+from xrayfeat.options import METHODS
 
 __all__ = [
     "METHODS",
@@ -648,7 +648,7 @@ def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
 
 def _plot(coords, labels, classes, splits, out_path, *, title: str, subtitle: str, seed: int, coords_path: Path):
     """Draw the map (a stratified subsample past PLOT_MAX_POINTS, said in the subtitle); (path, points drawn)."""
-    from .plots import plot_embedding
+    from xrayfeat.plots import plot_embedding
 
     if labels.dtype.kind not in "iu":
         raise XrayfeatError(f"'labels' must be class indices (integers) into 'classes' to be plotted. "

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError, XrayfeatError
-from .fileio import atomic_path, atomic_write
-from .gradcam import grad_cam, plot_overlay
-from .images import read_image
-from .prediction import gather_inputs, run_features
+from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.fileio import atomic_path, atomic_write
+from xrayfeat.gradcam import grad_cam, plot_overlay
+from xrayfeat.images import read_image
+from xrayfeat.prediction import gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
 CHUNK = 64

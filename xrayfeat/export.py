@@ -45,12 +45,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .backbones import CAFFE_MEAN_BGR, get_spec, resolve_weights
-from .errors import WeightsError, XrayfeatError
-from .fileio import file_digest, fsync_dir, write_json
-from .images import DECODE_VERSION
-from .runs import RunError
+from xrayfeat import __version__
+from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec, resolve_weights
+from xrayfeat.errors import WeightsError, XrayfeatError
+from xrayfeat.fileio import file_digest, fsync_dir, write_json
+from xrayfeat.images import DECODE_VERSION
+from xrayfeat.runs import RunError
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess"]
 
@@ -144,7 +144,7 @@ def _both_columns():
 
 
 def _load(run):
-    from .trained import Run, load_run
+    from xrayfeat.trained import Run, load_run
 
     return run if isinstance(run, Run) else load_run(run)
 
@@ -199,8 +199,8 @@ def _check_backend(record, weights) -> str:
 
 def _stored_digest(record) -> str | None:
     """The weights digest the store recorded when its rows were written; None when the store is gone."""
-    from .errors import StoreError
-    from .store import FeatureStore
+    from xrayfeat.errors import StoreError
+    from xrayfeat.store import FeatureStore
 
     path = record.store.get("path")
     if not path or not Path(path).is_dir():
@@ -220,7 +220,7 @@ def _trunk(spec, weights, record):
     import keras
     import numpy as np
 
-    from .backbones import build_backbone, dtype_policy, weights_digest
+    from xrayfeat.backbones import build_backbone, dtype_policy, weights_digest
 
     fingerprint = record.store["fingerprint"]
     saved = random.getstate(), np.random.get_state()  # build_backbone reseeds the global generators
@@ -419,7 +419,7 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
             raise ExportError(f"--format savedmodel needs the TensorFlow backend (this process runs "
                               f"{keras.backend.backend()}); run with KERAS_BACKEND=tensorflow, or use --format keras")
     model, facts = build_model(run)
-    from .heads import count_params
+    from xrayfeat.heads import count_params
 
     params = count_params(model)["total"]
     out.parent.mkdir(parents=True, exist_ok=True)

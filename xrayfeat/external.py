@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, plots, runs
-from .datasets import Dataset
-from .errors import DatasetError
-from .fileio import write_json
-from .prediction import score
-from .runs import RunWarning
-from .study import evaluate_models, headline
+from xrayfeat import metrics, plots, runs
+from xrayfeat.datasets import Dataset
+from xrayfeat.errors import DatasetError
+from xrayfeat.fileio import write_json
+from xrayfeat.prediction import score
+from xrayfeat.runs import RunWarning
+from xrayfeat.study import evaluate_models, headline
 
 
 @dataclass

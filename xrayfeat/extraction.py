@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
-from .backbones import WeightsInfo, get_spec, resolve_weights
-from .datasets import printable
-from .devices import confirm_device, device_scope, gpu_likely, keras_backend_name
-from .errors import DatasetError, ImageReadError, StoreError, XrayfeatError
-from .fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname
-from .options import KEEPS, FeatureOptions, RunOptions
-from .store import FeatureStore
+from xrayfeat import images
+from xrayfeat.backbones import WeightsInfo, get_spec, resolve_weights
+from xrayfeat.datasets import printable
+from xrayfeat.devices import confirm_device, device_scope, gpu_likely, keras_backend_name
+from xrayfeat.errors import DatasetError, ImageReadError, StoreError, XrayfeatError
+from xrayfeat.fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname
+from xrayfeat.options import KEEPS, FeatureOptions, RunOptions
+from xrayfeat.store import FeatureStore
 
 log = logging.getLogger("xrayfeat")
 
@@ -283,7 +283,7 @@ def _build(config: FeatureConfig, writer, device: str):
 
 def build_model(config: FeatureConfig, device: str):
     """``(compiled extractor, digest of its weights)`` for one feature configuration."""
-    from .backbones import build_extractor, weights_digest
+    from xrayfeat.backbones import build_extractor, weights_digest
 
     with device_scope(device):
         model, backbone = build_extractor(
@@ -374,7 +374,7 @@ def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: floa
     ``--device`` as resolved here (``auto`` guesses from this machine; pass
     ``cpu`` or ``gpu`` for a remote cluster); every worker confirms it.
     """
-    from .cluster import session
+    from xrayfeat.cluster import session
 
     live = session(run.cluster, announce=run.progress)
     live.check_shared(run.cache_dir)

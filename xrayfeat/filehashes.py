@@ -17,7 +17,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from .fileio import atomic_write, file_digest
+from xrayfeat.fileio import atomic_write, file_digest
 
 __all__ = ["HashCache", "hash_files"]
 

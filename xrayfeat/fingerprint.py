@@ -26,7 +26,7 @@ import json
 
 import numpy as np
 
-from .errors import StoreError
+from xrayfeat.errors import StoreError
 
 __all__ = [
     "FINGERPRINT_FIELDS", "OPTIONAL_FIELDS", "FLOAT16_MAX", "FLOAT16_TINY", "KeepError",

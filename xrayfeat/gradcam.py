@@ -40,8 +40,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from PIL import Image
 
-from .images import read_image
-from .plots import PALETTE, new_figure, save_figure
+from xrayfeat.images import read_image
+from xrayfeat.plots import PALETTE, new_figure, save_figure
 
 __all__ = ["CamResult", "choose_examples", "example_grid", "grad_cam", "plot_overlay", "upsample"]
 

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .fileio import atomic_path
+from xrayfeat.fileio import atomic_path
 
 #: The layers of the seed's head, in order (see :func:`xrayfeat.heads.build_head`).
 LAYOUT = ("head_bn", "head_flatten", "head_dense", "head_dropout", "head_output")

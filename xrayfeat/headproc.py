@@ -48,11 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .devices import keras_backend_name
-from . import head_numpy
-from .errors import XrayfeatError
-from .options import HEAD_BACKENDS
-from .rows import StoreRows
+from xrayfeat.devices import keras_backend_name
+from xrayfeat import head_numpy
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.options import HEAD_BACKENDS
+from xrayfeat.rows import StoreRows
 
 log = logging.getLogger("xrayfeat")
 
@@ -225,7 +225,7 @@ def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, ta
     weights it had before the first training, as the first head did; the tail
     is left as the last training left it.
     """
-    from .heads import train_head
+    from xrayfeat.heads import train_head
 
     start_tail = tail.get_weights() if tail is not None and seeds else None
     trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train)
@@ -344,7 +344,7 @@ def _wait_main() -> int:
     """``--wait``: import Keras and the trainer now, then run the job whose folder arrives on stdin."""
     import keras  # noqa: F401  (the slow part, done while the parent works)
 
-    from . import heads  # noqa: F401
+    from xrayfeat import heads  # noqa: F401
 
     line = sys.stdin.readline().strip()
     return _child_main(Path(line)) if line else 0

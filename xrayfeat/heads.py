@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from . import heads_jax
-from .options import CLASS_WEIGHTS, RESTORE_BEST
-from .params import Choice, check_value
+from xrayfeat import heads_jax
+from xrayfeat.options import CLASS_WEIGHTS, RESTORE_BEST
+from xrayfeat.params import Choice, check_value
 
 __all__ = [
     "TrainedHead",

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
-from .errors import ImageReadError
+from xrayfeat.errors import ImageReadError
 
 __all__ = [
     "DECODE_VERSION",

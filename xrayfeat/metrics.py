@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from .params import Threshold, parse_threshold
+from xrayfeat.params import Threshold, parse_threshold
 
 __all__ = [
     "as_proba",

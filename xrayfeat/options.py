@@ -18,8 +18,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from .backbones import PRECISIONS, REGISTRY
-from .params import Choice, Cluster, Interval, Is, OptionError, Parsed, Subset, Threshold, option, validate
+from xrayfeat.backbones import PRECISIONS, REGISTRY
+from xrayfeat.params import Choice, Cluster, Interval, Is, OptionError, Parsed, Subset, Threshold, option, validate
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import XrayfeatError
+from xrayfeat.errors import XrayfeatError
 
 
 class OptionError(XrayfeatError, ValueError):

@@ -21,7 +21,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .fileio import atomic_path
+from xrayfeat.fileio import atomic_path
 
 __all__ = ["plot_curves", "plot_confusion", "plot_roc", "plot_calibration", "plot_embedding", "class_colours",
            "PALETTE"]
@@ -224,7 +224,7 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
     from sklearn.metrics import auc as _auc
     from sklearn.metrics import roc_curve
 
-    from .metrics import as_proba
+    from xrayfeat.metrics import as_proba
 
     k = len(classes)
     p = as_proba(proba, k)

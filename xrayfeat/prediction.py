@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import XrayfeatError
-from .extraction import extract, resolve, store_for
-from .fileio import atomic_write
-from .fingerprint import FINGERPRINT_FIELDS
-from .options import FeatureOptions, RunOptions
-from .store import FeatureStore
-from .baselines import columns_for, read_pixels
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.extraction import extract, resolve, store_for
+from xrayfeat.fileio import atomic_write
+from xrayfeat.fingerprint import FINGERPRINT_FIELDS
+from xrayfeat.options import FeatureOptions, RunOptions
+from xrayfeat.store import FeatureStore
+from xrayfeat.baselines import columns_for, read_pixels
 
 log = logging.getLogger("xrayfeat")
 
@@ -148,7 +148,7 @@ def model_parts(run, names) -> tuple[str, ...]:
 
 def gather_inputs(run, inputs, cache_dir=None):
     """(the images of ``inputs``, the run's cache folder): files, folders or CSVs, hashed with that folder's memory."""
-    from .datasets import gather_images
+    from xrayfeat.datasets import gather_images
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -58,12 +58,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .errors import XrayfeatError
-from .fileio import atomic_write
-from .report_doc import (Figure, Figures, Folded, Heading, List, Para, Span, Table, png_size, render_html,
-                         render_markdown)
-from .runs import RANDOM_WEIGHTS_WARNING, WARNING_KINDS, RunError, RunRecord, RunWarning, finite_float, read_record
+from xrayfeat import __version__
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import atomic_write
+from xrayfeat.report_doc import (
+    Figure,
+    Figures,
+    Folded,
+    Heading,
+    List,
+    Para,
+    Span,
+    Table,
+    png_size,
+    render_html,
+    render_markdown,
+)
+from xrayfeat.runs import (
+    RANDOM_WEIGHTS_WARNING,
+    WARNING_KINDS,
+    RunError,
+    RunRecord,
+    RunWarning,
+    finite_float,
+    read_record,
+)
 
 __all__ = ["write_report", "FIGURES", "GRADCAM"]
 

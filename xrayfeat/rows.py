@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import StoreError
-from .options import parse_size
-from .store import FeatureStore
+from xrayfeat.errors import StoreError
+from xrayfeat.options import parse_size
+from xrayfeat.store import FeatureStore
 
 __all__ = ["Budget", "StoreRows", "available_memory", "float32_bytes", "human_bytes", "resolve_budget", "take"]
 

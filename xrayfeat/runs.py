@@ -44,8 +44,8 @@ import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import XrayfeatError
-from .fileio import atomic_write, file_digest, fsync_dir, write_json
+from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import atomic_write, file_digest, fsync_dir, write_json
 
 #: Version of the config.json layout written by this xrayfeat.
 SCHEMA_VERSION = 2

@@ -61,8 +61,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .errors import StoreError
-from .fileio import TEMP_GLOB, atomic_path
+from xrayfeat.errors import StoreError
+from xrayfeat.fileio import TEMP_GLOB, atomic_path
 
 __all__ = [
     "BLOCK_BYTES", "FORMAT", "PARTS", "TEMP_GLOBS", "USERBLOCK", "ShardWriter", "ShardReader", "ShardCheck",

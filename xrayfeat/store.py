@@ -62,10 +62,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, shards
-from .errors import StoreError
-from .fileio import TEMP_GLOB, atomic_write, fsync_dir
-from .fingerprint import (
+from xrayfeat import __version__, shards
+from xrayfeat.errors import StoreError
+from xrayfeat.fileio import TEMP_GLOB, atomic_write, fsync_dir
+from xrayfeat.fingerprint import (
     FLOAT16_TINY,
     check_storable,
     defining_fields,

@@ -44,19 +44,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, metrics, plots, runs
-from .backbones import get_spec
-from .datasets import Dataset
-from .devices import keras_backend_name
-from .errors import DatasetError, XrayfeatError
-from .extraction import extract, resolve, store_for
-from .fileio import atomic_path, write_json
-from .options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from .params import OptionError
-from .rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
-from .runs import RunWarning
-from .store import FeatureStore
-from .summary import imbalance_warning
+from xrayfeat import __version__, metrics, plots, runs
+from xrayfeat.backbones import get_spec
+from xrayfeat.datasets import Dataset
+from xrayfeat.devices import keras_backend_name
+from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.extraction import extract, resolve, store_for
+from xrayfeat.fileio import atomic_path, write_json
+from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.params import OptionError
+from xrayfeat.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
+from xrayfeat.runs import RunWarning
+from xrayfeat.store import FeatureStore
+from xrayfeat.summary import imbalance_warning
 
 log = logging.getLogger("xrayfeat")
 
@@ -334,11 +334,11 @@ def _validation(dataset, split: _Split, head: HeadOptions):
 def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes: int, head_file: Path,
            backend: str, child):
     """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.headproc`."""
-    from .headproc import train_and_predict
+    from xrayfeat.headproc import train_and_predict
 
     tail = None
     if head.train_tail:
-        from .backbones import build_tail
+        from xrayfeat.backbones import build_tail
 
         spec = get_spec(config.options.backbone)
         tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])
@@ -369,8 +369,8 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     a ``subsample`` warning. Returns (test probabilities, validation
     probabilities, artifacts, summaries, warnings).
     """
-    from .baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
-    from .cluster import joblib_backend, session
+    from xrayfeat.baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
+    from xrayfeat.cluster import joblib_backend, session
 
     if not head.baselines:
         return {}, {}, {}, {}, []
@@ -469,7 +469,7 @@ def _versions() -> dict:
 def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
              run: RunOptions = RunOptions(), *, out=None, runs_root="runs") -> FitResult:
     """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring."""
-    from .headproc import resolve_head_backend
+    from xrayfeat.headproc import resolve_head_backend
 
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
@@ -485,7 +485,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
 def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path,
            started: float) -> FitResult:
     """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed."""
-    from .headproc import start_child
+    from xrayfeat.headproc import start_child
 
     # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
     # (if this function fails before training, the child sees its input close and exits)
@@ -595,7 +595,7 @@ def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title:
     Only the maps of the images drawn are read (the grid chooses the same ones
     among them as among all test images).
     """
-    from . import gradcam, head_numpy
+    from xrayfeat import gradcam, head_numpy
 
     head = head_numpy.NumpyHead(run_dir / "head.npz").arrays
     rows = np.array(sorted({i for cells in gradcam.choose_examples(split.y_test, trained.proba_test)
@@ -633,7 +633,7 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     feature options select the store and its head (loaded after its sha256 is
     checked) projects the spatial maps; ``features`` is then ignored.
     """
-    from .embedding import embed_cached
+    from xrayfeat.embedding import embed_cached
 
     embed.validate()
     head = None
@@ -689,7 +689,7 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
     (:func:`~xrayfeat.extraction.store_for`). Missing rows are a
     :class:`~xrayfeat.errors.StoreError` naming the extract command to run.
     """
-    from .extraction import open_store
+    from xrayfeat.extraction import open_store
 
     features.validate()
     store = open_store(features, cache_dir, device)

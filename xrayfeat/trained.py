@@ -15,8 +15,8 @@ import io
 import os
 from pathlib import Path
 
-from .options import FeatureOptions
-from .runs import RunRecord, read_record
+from xrayfeat.options import FeatureOptions
+from xrayfeat.runs import RunRecord, read_record
 
 #: The figures fit-head draws, by name.
 FIGURES = ("curves", "confusion", "roc", "calibration", "gradcam")
@@ -111,7 +111,7 @@ class Run:
         The check comes before Keras is imported: a changed file is refused at once.
         """
         path = self.record.verified("head")
-        from .heads import load_head
+        from xrayfeat.heads import load_head
 
         return load_head(path)
 
@@ -123,7 +123,7 @@ class Run:
         if "head_arrays" not in self.record.artifacts:
             return None
         data = self.record.read_bytes("head_arrays")  # what is checked is what is loaded
-        from .head_numpy import NumpyHead
+        from xrayfeat.head_numpy import NumpyHead
 
         return NumpyHead(io.BytesIO(data))
 
@@ -136,7 +136,7 @@ class Run:
         if key not in self.record.artifacts:
             raise KeyError(f"{self.path} has no baseline {name!r}; it has {self.record.baseline_names}")
         data = self.record.read_bytes(key)
-        from .baselines import baseline_from_bytes
+        from xrayfeat.baselines import baseline_from_bytes
 
         return baseline_from_bytes(data, self.path / self.record.artifacts[key].file)
 
@@ -147,7 +147,7 @@ class Run:
 
         See :func:`xrayfeat.prediction.predict`; the table is ``result.table``.
         """
-        from .prediction import predict
+        from xrayfeat.prediction import predict
 
         return predict(self, inputs, out=out, cache_dir=cache_dir, device=device, progress=progress, **options)
 
@@ -157,7 +157,7 @@ class Run:
 
         Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.explanation.explain`.
         """
-        from .explanation import explain
+        from xrayfeat.explanation import explain
 
         return explain(self, inputs, out, target_class=target_class, cache_dir=cache_dir, device=device,
                        progress=progress, **options)
@@ -168,8 +168,8 @@ class Run:
 
         See :func:`xrayfeat.external.evaluate`.
         """
-        from .datasets import Dataset, discover
-        from .external import evaluate
+        from xrayfeat.datasets import Dataset, discover
+        from xrayfeat.external import evaluate
 
         dataset = data if isinstance(data, Dataset) else discover(data, classes=classes)
         self.record = read_record(self.path)  # another evaluate may have added to the record since
