@@ -71,7 +71,7 @@ def stage_costs(data: Path, backbone: str, size: int | None, batch: int, work: P
     from xrayfeat import images
     from xrayfeat.datasets import discover
     from xrayfeat.extraction import build_model, resolve
-    from xrayfeat.options import FeatureOptions
+    from xrayfeat.options.settings import FeatureOptions
     from xrayfeat.store import FeatureStore
 
     paths = [str(item.path) for item in discover(data).items]

@@ -18,7 +18,7 @@ from xrayfeat.errors import XrayfeatError
 from xrayfeat.explanation import explain
 from xrayfeat.extraction import extract, open_store, resolve
 from xrayfeat.fingerprint import KeepError, fingerprint_id, store_dirname
-from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store import FeatureStore
 from xrayfeat.study import embed_map, export_features, fit_head
 from xrayfeat.trained import load_run

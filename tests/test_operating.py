@@ -18,7 +18,7 @@ from conftest import run_cli, write_tiny_dataset
 from xrayfeat import metrics
 from xrayfeat.datasets import discover
 from xrayfeat.extraction import FeatureOptions, RunOptions
-from xrayfeat.params import OptionError
+from xrayfeat.options.constraints import OptionError
 from xrayfeat.study import HeadOptions, fit_head
 
 CLASSES = ["a", "b"]

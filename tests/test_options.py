@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from xrayfeat.cli import main
 from xrayfeat.errors import DatasetError
-from xrayfeat.options import BACKBONES, FeatureOptions, HeadOptions, RunOptions, parse_list
-from xrayfeat.params import OptionError, OptionTypeError
+from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions, RunOptions, parse_list
+from xrayfeat.options.constraints import OptionError, OptionTypeError
 
 
 @pytest.mark.parametrize("options,message", [

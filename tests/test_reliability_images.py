@@ -28,7 +28,7 @@ from xrayfeat.clikit import quiet_frameworks
 from xrayfeat.datasets import discover, printable
 from xrayfeat.errors import DatasetError, ImageReadError
 from xrayfeat.extraction import FeatureOptions, RunOptions, extract
-from xrayfeat.params import OptionError
+from xrayfeat.options.constraints import OptionError
 from xrayfeat.store import list_stores
 
 NON_UTF8_FILE = os.fsdecode(b"caf\xe9.png")  # the byte 0xE9 alone is not UTF-8

@@ -17,8 +17,8 @@ from xrayfeat.cli import main
 from xrayfeat.datasets import discover
 from xrayfeat.errors import StoreError, XrayfeatError
 from xrayfeat.extraction import FeatureOptions, RunOptions
-from xrayfeat.options import parse_size
-from xrayfeat.params import OptionError
+from xrayfeat.options.settings import parse_size
+from xrayfeat.options.constraints import OptionError
 from xrayfeat.rows import StoreRows
 from xrayfeat.store import FeatureStore
 from xrayfeat.study import HeadOptions, fit_head

@@ -25,7 +25,7 @@ _EXPORTS = {
     "RunRecord": "xrayfeat.runs", "RunWarning": "xrayfeat.runs",
     "FeatureStore": "xrayfeat.store", "list_stores": "xrayfeat.store",
     "Dataset": "xrayfeat.datasets", "Item": "xrayfeat.datasets",
-    "FeatureOptions": "xrayfeat.options", "RunOptions": "xrayfeat.options", "HeadOptions": "xrayfeat.options", "EmbedOptions": "xrayfeat.options",
+    "FeatureOptions": "xrayfeat.options.settings", "RunOptions": "xrayfeat.options.settings", "HeadOptions": "xrayfeat.options.settings", "EmbedOptions": "xrayfeat.options.settings",
     "write_report": "xrayfeat.report", "write_phantoms": "xrayfeat.phantoms", "run_demo": "xrayfeat.demo",
     "XrayfeatError": "xrayfeat.errors", "DatasetError": "xrayfeat.errors", "ImageReadError": "xrayfeat.errors", "StoreError": "xrayfeat.errors",
     "WeightsError": "xrayfeat.errors",

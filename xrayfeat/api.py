@@ -2,8 +2,8 @@
 
 Every function takes the data as a folder, a CSV manifest or a
 :class:`~xrayfeat.datasets.Dataset`, and options either as keyword arguments
-(the field names of :class:`~xrayfeat.options.FeatureOptions`,
-:class:`~xrayfeat.options.RunOptions`, :class:`~xrayfeat.options.HeadOptions`)
+(the field names of :class:`~xrayfeat.options.settings.FeatureOptions`,
+:class:`~xrayfeat.options.settings.RunOptions`, :class:`~xrayfeat.options.settings.HeadOptions`)
 or as those dataclasses. Each CLI command is one of these calls (or the study
 function it wraps), so a notebook can do everything the command line does.
 See ``docs/python-api.md`` for a walk from a folder of X-rays to a trained run.
@@ -19,8 +19,8 @@ import numpy as np
 
 from xrayfeat.datasets import Dataset
 from xrayfeat.datasets import discover as _discover
-from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from xrayfeat.params import OptionError
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.constraints import OptionError
 from xrayfeat.trained import Run, load_run
 
 #: Feature parts a caller can ask for.

@@ -34,8 +34,16 @@ from xrayfeat.clikit import (
     stack,
 )
 from xrayfeat.errors import StoreError, XrayfeatError
-from xrayfeat.options import BACKBONES, BASELINES, EmbedOptions, FeatureOptions, HeadOptions, RunOptions, parse_list
-from xrayfeat.params import declaration
+from xrayfeat.options.settings import (
+    BACKBONES,
+    BASELINES,
+    EmbedOptions,
+    FeatureOptions,
+    HeadOptions,
+    RunOptions,
+    parse_list,
+)
+from xrayfeat.options.constraints import declaration
 
 log = logging.getLogger("xrayfeat")
 

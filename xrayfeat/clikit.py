@@ -4,7 +4,7 @@
 contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
 same for click's own usage errors. :func:`emit` prints ``--json`` output on
 stdout and human text on stderr. :func:`declared` makes a click option from a
-field of an option dataclass (:mod:`xrayfeat.options`), so choices, defaults
+field of an option dataclass (:mod:`xrayfeat.options.settings`), so choices, defaults
 and help are written once. The commands themselves are in :mod:`xrayfeat.cli`.
 """
 
@@ -20,8 +20,8 @@ import warnings
 import click
 
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.options import BACKBONES, FeatureOptions, RunOptions, parse_list
-from xrayfeat.params import Choice, Interval, declaration
+from xrayfeat.options.settings import BACKBONES, FeatureOptions, RunOptions, parse_list
+from xrayfeat.options.constraints import Choice, Interval, declaration
 
 log = logging.getLogger("xrayfeat")
 

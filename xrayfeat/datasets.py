@@ -49,8 +49,8 @@ import numpy as np
 from xrayfeat import images
 from xrayfeat.errors import DatasetError
 from xrayfeat.filehashes import HashCache, hash_files
-from xrayfeat.options import ON_ERROR
-from xrayfeat.params import Choice, OptionError
+from xrayfeat.options.settings import ON_ERROR
+from xrayfeat.options.constraints import Choice, OptionError
 
 __all__ = ["SPLITS", "LAYOUTS", "Item", "Skipped", "Dataset", "discover", "printable"]
 

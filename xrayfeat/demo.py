@@ -17,7 +17,7 @@ from xrayfeat.backbones import REGISTRY, weights_status
 from xrayfeat.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.extraction import extract
-from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.phantoms import write_phantoms
 from xrayfeat.report import write_report
 from xrayfeat.study import METHOD_NAMES, embed_map, fit_head

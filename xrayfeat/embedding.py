@@ -95,7 +95,7 @@ import numpy as np
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_path
-from xrayfeat.options import METHODS
+from xrayfeat.options.settings import METHODS
 
 __all__ = [
     "METHODS",

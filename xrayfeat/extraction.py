@@ -29,7 +29,7 @@ from xrayfeat.datasets import printable
 from xrayfeat.devices import confirm_device, device_scope, gpu_likely, keras_backend_name
 from xrayfeat.errors import DatasetError, ImageReadError, StoreError, XrayfeatError
 from xrayfeat.fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname
-from xrayfeat.options import KEEPS, FeatureOptions, RunOptions
+from xrayfeat.options.settings import KEEPS, FeatureOptions, RunOptions
 from xrayfeat.store import FeatureStore
 
 log = logging.getLogger("xrayfeat")

@@ -5,7 +5,7 @@ input size, cut layer, precision). The *fingerprint* is the set of fields
 (:data:`FINGERPRINT_FIELDS`) that pins that function down; one store holds the
 outputs of one fingerprint, in a folder named by :func:`store_dirname`. The
 storage dtypes a store may use are declared with the ``--store-dtype`` option
-(:data:`xrayfeat.options.STORE_DTYPES`).
+(:data:`xrayfeat.options.settings.STORE_DTYPES`).
 
 A store also says which parts of each row it keeps (``--keep``): both the
 spatial map and the pooled vector (``both``, every store made before the

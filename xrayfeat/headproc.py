@@ -51,7 +51,7 @@ import numpy as np
 from xrayfeat.devices import keras_backend_name
 from xrayfeat import head_numpy
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.options import HEAD_BACKENDS
+from xrayfeat.options.settings import HEAD_BACKENDS
 from xrayfeat.rows import StoreRows
 
 log = logging.getLogger("xrayfeat")

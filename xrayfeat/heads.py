@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass, field
 
 from xrayfeat import heads_jax
-from xrayfeat.options import CLASS_WEIGHTS, RESTORE_BEST
-from xrayfeat.params import Choice, check_value
+from xrayfeat.options.settings import CLASS_WEIGHTS, RESTORE_BEST
+from xrayfeat.options.constraints import Choice, check_value
 
 __all__ = [
     "TrainedHead",

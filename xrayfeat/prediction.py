@@ -31,7 +31,7 @@ from xrayfeat.errors import XrayfeatError
 from xrayfeat.extraction import extract, resolve, store_for
 from xrayfeat.fileio import atomic_write
 from xrayfeat.fingerprint import FINGERPRINT_FIELDS
-from xrayfeat.options import FeatureOptions, RunOptions
+from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store import FeatureStore
 from xrayfeat.baselines import columns_for, read_pixels
 

@@ -51,8 +51,8 @@ from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.extraction import extract, resolve, store_for
 from xrayfeat.fileio import atomic_path, write_json
-from xrayfeat.options import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from xrayfeat.params import OptionError
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.constraints import OptionError
 from xrayfeat.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
 from xrayfeat.runs import RunWarning
 from xrayfeat.store import FeatureStore

@@ -15,7 +15,7 @@ import io
 import os
 from pathlib import Path
 
-from xrayfeat.options import FeatureOptions
+from xrayfeat.options.settings import FeatureOptions
 from xrayfeat.runs import RunRecord, read_record
 
 #: The figures fit-head draws, by name.

@@ -2,8 +2,8 @@
 
 The dataclasses here are what the Python API takes and what the CLI builds from
 its flags; the CLI derives its choices, defaults and help from these
-declarations (see :mod:`xrayfeat.params`), so they are never spelled twice.
-Each ``validate()`` raises :class:`~xrayfeat.params.OptionError` (a
+declarations (see :mod:`xrayfeat.options.constraints`), so they are never spelled twice.
+Each ``validate()`` raises :class:`~xrayfeat.options.constraints.OptionError` (a
 ``ValueError``) naming the parameter, what is allowed and what was passed.
 
 * :class:`FeatureOptions` selects a feature store (what a feature value depends on);
@@ -19,7 +19,18 @@ import os
 from dataclasses import dataclass
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
-from xrayfeat.params import Choice, Cluster, Interval, Is, OptionError, Parsed, Subset, Threshold, option, validate
+from xrayfeat.options.constraints import (
+    Choice,
+    Cluster,
+    Interval,
+    Is,
+    OptionError,
+    Parsed,
+    Subset,
+    Threshold,
+    option,
+    validate,
+)
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)

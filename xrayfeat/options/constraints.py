@@ -1,6 +1,6 @@
 """Declaring an option once: its allowed values, its default and its help.
 
-An option dataclass (see :mod:`xrayfeat.options`) declares each field with
+An option dataclass (see :mod:`xrayfeat.options.settings`) declares each field with
 :func:`option`, giving a constraint (:class:`Choice`, :class:`Interval`,
 :class:`Is`) and a help text. :func:`validate` checks every field against its
 constraint, in the spirit of scikit-learn's parameter constraints, and the CLI

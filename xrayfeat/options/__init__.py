@@ -1,0 +1,11 @@
+"""Options: every setting xrayfeat takes, declared once with its allowed values, default and help.
+
+* :mod:`.constraints`: the constraint engine (:class:`Choice`, :class:`Interval`, :class:`Is`,
+  :class:`Subset`, :class:`Parsed`), :func:`option`, :func:`validate` and the one message format
+  (:class:`OptionError` is a ``ValueError``; :class:`OptionTypeError` a ``TypeError``);
+* :mod:`.settings`: the option dataclasses the Python API takes and the CLI builds from its flags
+  (:class:`FeatureOptions`, :class:`RunOptions`, :class:`HeadOptions`, :class:`EmbedOptions`) and the
+  tuples of allowed values each choice reads.
+
+The CLI derives its click types, defaults and help from these declarations; nothing is typed twice.
+"""
