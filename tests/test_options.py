@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from xrayfeat.cli import main
 from xrayfeat.errors import DatasetError
-from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions, RunOptions, parse_list
+from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import OptionError, OptionTypeError
 
 

@@ -17,7 +17,7 @@ from xrayfeat.cli import main
 from xrayfeat.datasets import discover
 from xrayfeat.errors import StoreError, XrayfeatError
 from xrayfeat.extraction import FeatureOptions, RunOptions
-from xrayfeat.options.settings import parse_size
+from xrayfeat.options.parsers import parse_size
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.rows import StoreRows
 from xrayfeat.store import FeatureStore

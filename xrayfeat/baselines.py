@@ -128,7 +128,8 @@ from sklearn.utils.class_weight import compute_sample_weight
 
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_path, file_digest
-from xrayfeat.options.settings import BASELINES, CLASS_WEIGHTS, parse_list
+from xrayfeat.options.settings import BASELINES, CLASS_WEIGHTS
+from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import Choice, check_value
 from xrayfeat.rows import StoreRows, human_bytes
 
@@ -177,7 +178,7 @@ def _choices(names: Iterable[str]) -> str:
 
 
 def parse_baselines(text: str) -> tuple[str, ...]:
-    """Parse the CLI option ``--baselines logreg,svm,pixels|none`` (see :func:`xrayfeat.options.settings.parse_list`).
+    """Parse the CLI option ``--baselines logreg,svm,pixels|none`` (see :func:`xrayfeat.options.parsers.parse_list`).
 
     Order is kept, duplicates are dropped, names are case-insensitive and may
     have spaces around them; ``"none"`` gives ``()``. Anything else (an unknown

@@ -34,15 +34,8 @@ from xrayfeat.clikit import (
     stack,
 )
 from xrayfeat.errors import StoreError, XrayfeatError
-from xrayfeat.options.settings import (
-    BACKBONES,
-    BASELINES,
-    EmbedOptions,
-    FeatureOptions,
-    HeadOptions,
-    RunOptions,
-    parse_list,
-)
+from xrayfeat.options.settings import BACKBONES, BASELINES, EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import declaration
 
 log = logging.getLogger("xrayfeat")

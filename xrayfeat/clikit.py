@@ -20,7 +20,8 @@ import warnings
 import click
 
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.options.settings import BACKBONES, FeatureOptions, RunOptions, parse_list
+from xrayfeat.options.settings import BACKBONES, FeatureOptions, RunOptions
+from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import Choice, Interval, declaration
 
 log = logging.getLogger("xrayfeat")

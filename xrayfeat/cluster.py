@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfeat.errors import ClusterError, XrayfeatError
-from xrayfeat.options.constraints import parse_cluster
+from xrayfeat.options.parsers import parse_cluster
 
 log = logging.getLogger("xrayfeat")
 

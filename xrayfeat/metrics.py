@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from xrayfeat.options.constraints import Threshold, parse_threshold
+from xrayfeat.options.parsers import Threshold, parse_threshold
 
 __all__ = [
     "as_proba",
@@ -480,7 +480,7 @@ def choose_thresholds(y_val, proba_val, classes: Sequence[str], rule: str, *,
     more give one per class, one-vs-rest (``positive``, when given, must still
     name a class). An image counts as positive when its probability of the class
     is >= the threshold, and only observed scores are candidates. Rules
-    (:func:`xrayfeat.options.constraints.parse_threshold`):
+    (:func:`xrayfeat.options.parsers.parse_threshold`):
 
     - ``youden``: maximises sensitivity + specificity - 1; among equal values,
       the largest threshold (the fewest false positives);

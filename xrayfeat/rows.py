@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xrayfeat.errors import StoreError
-from xrayfeat.options.settings import parse_size
+from xrayfeat.options.parsers import parse_size
 from xrayfeat.store import FeatureStore
 
 __all__ = ["Budget", "StoreRows", "available_memory", "float32_bytes", "human_bytes", "resolve_budget", "take"]
@@ -188,7 +188,7 @@ class Budget:
 
 
 def resolve_budget(value=None) -> Budget:
-    """``--memory-budget`` in bytes (see :func:`xrayfeat.options.settings.parse_size`); None: half the available memory. Logged."""
+    """``--memory-budget`` in bytes (see :func:`xrayfeat.options.parsers.parse_size`); None: half the available memory. Logged."""
     if value is None:
         free = available_memory()
         budget = Budget(int(free * DEFAULT_SHARE), f"default: half of the {human_bytes(free)} available")

@@ -3,6 +3,8 @@
 * :mod:`.constraints`: the constraint engine (:class:`Choice`, :class:`Interval`, :class:`Is`,
   :class:`Subset`, :class:`Parsed`), :func:`option`, :func:`validate` and the one message format
   (:class:`OptionError` is a ``ValueError``; :class:`OptionTypeError` a ``TypeError``);
+* :mod:`.parsers`: the options whose values are small languages (:func:`parse_threshold`,
+  :func:`parse_cluster`, :func:`parse_size`, :func:`parse_list`), each with its check;
 * :mod:`.settings`: the option dataclasses the Python API takes and the CLI builds from its flags
   (:class:`FeatureOptions`, :class:`RunOptions`, :class:`HeadOptions`, :class:`EmbedOptions`) and the
   tuples of allowed values each choice reads.

@@ -14,23 +14,12 @@ Each ``validate()`` raises :class:`~xrayfeat.options.constraints.OptionError` (a
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
-from xrayfeat.options.constraints import (
-    Choice,
-    Cluster,
-    Interval,
-    Is,
-    OptionError,
-    Parsed,
-    Subset,
-    Threshold,
-    option,
-    validate,
-)
+from xrayfeat.options.constraints import Choice, Interval, Is, Subset, option, validate
+from xrayfeat.options.parsers import ByteSize, Cluster, Threshold
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
@@ -49,39 +38,6 @@ HEAD_INPUTS: tuple[str, ...] = ("spatial", "pooled")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 #: What ``--restore-best`` may monitor on the validation data.
 RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
-#: The units of a size like ``--memory-budget 8G`` (powers of 1024; a trailing ``B`` or ``iB`` is allowed).
-SIZE_UNITS: dict[str, int] = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(value) -> int:
-    """A byte count from an int or a size string: ``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"4096"`` (units of 1024).
-
-    Raises ``ValueError`` on anything else, and on sizes below one byte.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        number, unit = value, ""
-    elif isinstance(value, str):
-        text = value.strip().upper().removesuffix("B").removesuffix("I")
-        unit = text[-1:] if text[-1:] in SIZE_UNITS else ""
-        number = float(text[: len(text) - len(unit)])  # ValueError on anything but a number
-    else:
-        raise ValueError(f"a size is an int or a string like '8G', not {type(value).__name__}")
-    size = number * SIZE_UNITS[unit]
-    if not math.isfinite(size) or size < 1:
-        raise ValueError(f"{value!r} is not a positive size")
-    return int(size)
-
-
-@dataclass(frozen=True)
-class ByteSize(Parsed):
-    """A positive size in bytes: an int, or a string with a unit of :data:`SIZE_UNITS` (see :func:`parse_size`)."""
-
-    def parse(self, value):
-        return parse_size(value)
-
-    def describe(self) -> str:
-        return "a positive byte count or a size like '512M', '8G' or '1.5T' (units of 1024)"
-
 
 @dataclass(frozen=True)
 class FeatureOptions:
@@ -205,24 +161,6 @@ class EmbedOptions:
         validate(self)
 
 
-def parse_list(text: str, allowed: tuple[str, ...], name: str, *, none: bool = False) -> tuple[str, ...]:
-    """``"a,b"`` → ``("a", "b")``: order kept, duplicates dropped, case and spaces ignored.
-
-    With ``none``, the word ``none`` gives ``()``. Anything else outside
-    ``allowed`` raises :class:`OptionError` quoting what was passed.
-    """
-    error = OptionError(f"The {name!r} option must be a comma-separated subset of {{{', '.join(allowed)}}}"
-                        f"{' or ' + repr('none') if none else ''}. Got {text!r} instead.")
-    if not isinstance(text, str):
-        raise error
-    items = [item.strip().lower() for item in text.split(",")]
-    if none and items == ["none"]:
-        return ()
-    if any(item not in allowed for item in items):
-        raise error
-    return tuple(dict.fromkeys(items))
-
-
-__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "parse_list",
+__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions",
            "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST", "ByteSize", "parse_size"]
+           "CLASS_WEIGHTS", "RESTORE_BEST"]
