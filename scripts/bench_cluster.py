@@ -68,8 +68,8 @@ def dataset_folder(work: Path, n: int) -> Path:
 
 def stage_costs(data: Path, backbone: str, size: int | None, batch: int, work: Path) -> dict:
     """Milliseconds per image of decoding, the backbone and writing; bytes per image of each --keep."""
-    from xrayfeat import images
-    from xrayfeat.datasets import discover
+    from xrayfeat.data import images
+    from xrayfeat.data.datasets import discover
     from xrayfeat.extraction import build_model, resolve
     from xrayfeat.options.settings import FeatureOptions
     from xrayfeat.store import FeatureStore

@@ -56,7 +56,7 @@ def phantoms(out: Path, n: int, size: int) -> Path:
 # The pieces below run in child processes (python -c), so each is measured cold, like the CLI.
 DECODE = """
 import sys, time
-from xrayfeat.datasets import discover
+from xrayfeat.data.datasets import discover
 from xrayfeat.extraction import decoded, default_workers
 ds = discover(sys.argv[1])
 paths = [str(i.path) for i in ds.items]

@@ -12,14 +12,14 @@ is reported:
   (gray, RGB, progressive, CMYK, EXIF-rotated) and DICOM files, mutated (bytes
   flipped, overwritten with boundary integers, inserted, deleted, truncated,
   spliced; PNG chunk CRCs optionally recomputed so the damage reaches the
-  decoder), or plain random bytes; each goes through :func:`xrayfeat.images.probe`,
-  :func:`~xrayfeat.images.read_image` and :func:`~xrayfeat.images.read_gray`.
+  decoder), or plain random bytes; each goes through :func:`xrayfeat.data.images.probe`,
+  :func:`~xrayfeat.data.images.read_image` and :func:`~xrayfeat.data.images.read_gray`.
 * ``manifest`` — CSV text built from plausible and hostile headers and cells
   (real, missing, absolute, parent and folder paths; odd labels and splits;
   quotes, newlines, NUL), in UTF-8, UTF-8 with BOM or another encoding, then
-  byte-mutated; each goes through :func:`xrayfeat.datasets.discover` (as a CSV
+  byte-mutated; each goes through :func:`xrayfeat.data.datasets.discover` (as a CSV
   manifest and as a folder's ``manifest.csv``) and
-  :func:`~xrayfeat.datasets.gather_images`.
+  :func:`~xrayfeat.data.datasets.gather_images`.
 
 A case passes when the call returns or raises an
 :class:`~xrayfeat.errors.XrayfeatError`; any other exception is a failure: its
@@ -194,7 +194,7 @@ class _ImagesTarget:
 
     def run(self, case) -> list[str]:
         """'<reader>:ok' or '<reader>:refused' for each reader; any exception other than xrayfeat's propagates."""
-        from xrayfeat import images
+        from xrayfeat.data import images
 
         suffix, data = case
         path = self.scratch / f"case{suffix}"
@@ -276,7 +276,7 @@ class _ManifestTarget:
 
     def run(self, case) -> list[str]:
         """'<parser>:ok' or '<parser>:refused' for each parser; other exceptions propagate."""
-        from xrayfeat.datasets import MANIFEST_NAME, discover, gather_images
+        from xrayfeat.data.datasets import MANIFEST_NAME, discover, gather_images
 
         manifest = self.scratch / "manifest-case.csv"
         manifest.write_bytes(case)  # scratch inputs, rewritten for every case: no fsync wanted
@@ -348,7 +348,7 @@ class _Fuzzer:
 
 def _limit_resources(max_pixels: int, max_memory_mb: int) -> None:
     """Keep a mutated header from taking the shared machine's memory."""
-    from xrayfeat.images import MAX_PIXELS_ENV
+    from xrayfeat.data.images import MAX_PIXELS_ENV
 
     os.environ.setdefault(MAX_PIXELS_ENV, str(max_pixels))
     limit = max_memory_mb << 20

@@ -1,4 +1,4 @@
-"""Tests for xrayfeat.datasets: layouts, manifests, ordering, hashing, the hash cache, errors, summaries."""
+"""Tests for xrayfeat.data.datasets: layouts, manifests, ordering, hashing, the hash cache, errors, summaries."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrayfeat import filehashes
-from xrayfeat.datasets import Item, discover
+from xrayfeat.data import hashes as filehashes
+from xrayfeat.data.datasets import Item, discover
 from xrayfeat.errors import DatasetError
-from xrayfeat.summary import summarize
+from xrayfeat.data.summary import summarize
 
 _counter = itertools.count(1)
 
@@ -516,12 +516,12 @@ def test_summarize(tmp_path):
 
 
 def test_summarize_without_probing(tmp_path, monkeypatch):
-    import xrayfeat.images
+    import xrayfeat.data.images
 
     def boom(path):
         raise AssertionError("probe must not be called")
 
-    monkeypatch.setattr(xrayfeat.images, "probe", boom)
+    monkeypatch.setattr(xrayfeat.data.images, "probe", boom)
     summary = summarize(discover(make_tree(tmp_path, CLASS_TREE)), probe_images=False)
     json.dumps(summary)
     assert summary["counts"] == {"train": {"covid": 2, "normal": 1}}

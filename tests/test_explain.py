@@ -108,7 +108,7 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
 
     from xrayfeat.backbones import build_extractor, get_spec
     from xrayfeat.extraction import resolve
-    from xrayfeat.images import read_image
+    from xrayfeat.data.images import read_image
     from xrayfeat.prediction import feature_options
     from xrayfeat.store import FeatureStore
 

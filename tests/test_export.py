@@ -71,7 +71,7 @@ def _child(code: str, *args, env=None) -> dict:
 def tiny_run(tmp_path_factory):
     """A trained binary run, the test pixels decoded as xrayfeat decodes them, and the run's probabilities."""
     import xrayfeat as xf
-    from xrayfeat.images import read_image
+    from xrayfeat.data.images import read_image
 
     root = tmp_path_factory.mktemp("export")
     data = write_tiny_dataset(root / "data")
@@ -113,7 +113,7 @@ def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run):
     from xrayfeat.fileio import file_digest
 
     assert info["sha256"] == {"model.keras": file_digest(model_file)}
-    assert info["input"].startswith(f"uint8 RGB {SIZE}x{SIZE}, resized as xrayfeat.images does")
+    assert info["input"].startswith(f"uint8 RGB {SIZE}x{SIZE}, resized as xrayfeat.data.images does")
     assert info["input_shape"] == [None, SIZE, SIZE, 3] and info["input_dtype"] == "uint8"
     assert info["classes"] == run.classes and info["output_shape"] == [None, 2]
     assert (info["backbone"], info["layer"], info["preprocess"]) == ("vgg16", "block5_pool", "caffe")

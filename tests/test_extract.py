@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from xrayfeat import images
+from xrayfeat.data import images
 from xrayfeat.backbones import REGISTRY
-from xrayfeat.datasets import discover
+from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DeviceError, ImageReadError
 from xrayfeat.extraction import FeatureOptions, RunOptions, extract, open_store
 

@@ -73,7 +73,7 @@ _WRITER = textwrap.dedent("""
 _HASHER = textwrap.dedent("""
     import os, sys, time
     from xrayfeat.errors import DatasetError
-    from xrayfeat.filehashes import HashCache, hash_files
+    from xrayfeat.data.hashes import HashCache, hash_files
     cache_file, folder, go, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))
     open(go + "." + os.path.basename(folder), "w").close()  # ready

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli, write_tiny_dataset
 from xrayfeat import metrics
-from xrayfeat.datasets import discover
+from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.extraction import FeatureOptions, RunOptions
 from xrayfeat.study import HeadOptions, fit_head
@@ -148,7 +148,7 @@ def test_cli_json_and_bad_combination(tmp_path, tiny_data):
 
 @pytest.mark.slow
 def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
-    from xrayfeat.phantoms import write_phantoms
+    from xrayfeat.data.phantoms import write_phantoms
 
     write_phantoms(tmp_path / "ph", task="four", per_class=40, size=96, seed=0)
     features = FeatureOptions("vgg16", weights="none", image_size=96)

@@ -1,4 +1,4 @@
-"""Tests for xrayfeat.images: every format and mode we promise, and every way a file can be bad.
+"""Tests for xrayfeat.data.images: every format and mode we promise, and every way a file can be bad.
 
 Fixtures write tiny images into tmp_path; one test reads the real sample X-rays when present.
 """
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
 from xrayfeat.errors import ImageReadError
-from xrayfeat.images import (
+from xrayfeat.data.images import (
     DECODE_VERSION,
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -581,7 +581,7 @@ def test_constants():
 def test_import_stays_light():
     """Decoding runs in worker processes: importing images must not pull in a DL framework."""
     code = (
-        "import sys, xrayfeat.images; "
+        "import sys, xrayfeat.data.images; "
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax', 'torch', 'pydicom')]; "
         "assert not heavy, heavy"
     )

@@ -13,7 +13,7 @@ from conftest import write_tiny_dataset
 
 from xrayfeat import embedding, shards
 from xrayfeat.cli import main
-from xrayfeat.datasets import discover
+from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.explanation import explain
 from xrayfeat.extraction import extract, open_store, resolve

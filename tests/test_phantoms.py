@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest X-ray generator (xrayfeat.phantoms)."""
+"""Tests of the synthetic chest X-ray generator (xrayfeat.data.phantoms)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from xrayfeat.errors import DatasetError
-from xrayfeat.phantoms import (
+from xrayfeat.data.phantoms import (
     BINARY_CLASSES,
     FOUR_CLASSES,
     MANIFEST_COLUMNS,

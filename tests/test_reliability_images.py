@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrayfeat import images
+from xrayfeat.data import images
 from xrayfeat.clikit import quiet_frameworks
-from xrayfeat.datasets import discover, printable
+from xrayfeat.data.datasets import discover, printable
 from xrayfeat.errors import DatasetError, ImageReadError
 from xrayfeat.extraction import FeatureOptions, RunOptions, extract
 from xrayfeat.options.constraints import OptionError

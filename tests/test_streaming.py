@@ -14,7 +14,7 @@ from conftest import write_tiny_dataset
 from xrayfeat import headproc
 from xrayfeat.baselines import sample_rows
 from xrayfeat.cli import main
-from xrayfeat.datasets import discover
+from xrayfeat.data.datasets import discover
 from xrayfeat.errors import StoreError, XrayfeatError
 from xrayfeat.extraction import FeatureOptions, RunOptions
 from xrayfeat.options.parsers import parse_size

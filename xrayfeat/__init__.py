@@ -24,9 +24,9 @@ _EXPORTS = {
     "load_run": "xrayfeat.trained", "Run": "xrayfeat.trained",
     "RunRecord": "xrayfeat.runs", "RunWarning": "xrayfeat.runs",
     "FeatureStore": "xrayfeat.store", "list_stores": "xrayfeat.store",
-    "Dataset": "xrayfeat.datasets", "Item": "xrayfeat.datasets",
+    "Dataset": "xrayfeat.data.datasets", "Item": "xrayfeat.data.datasets",
     "FeatureOptions": "xrayfeat.options.settings", "RunOptions": "xrayfeat.options.settings", "HeadOptions": "xrayfeat.options.settings", "EmbedOptions": "xrayfeat.options.settings",
-    "write_report": "xrayfeat.report", "write_phantoms": "xrayfeat.phantoms", "run_demo": "xrayfeat.demo",
+    "write_report": "xrayfeat.report", "write_phantoms": "xrayfeat.data.phantoms", "run_demo": "xrayfeat.demo",
     "XrayfeatError": "xrayfeat.errors", "DatasetError": "xrayfeat.errors", "ImageReadError": "xrayfeat.errors", "StoreError": "xrayfeat.errors",
     "WeightsError": "xrayfeat.errors",
 }

@@ -1,7 +1,7 @@
 """The notebook face of xrayfeat: a folder (or manifest, or Dataset) in, arrays, runs and maps out.
 
 Every function takes the data as a folder, a CSV manifest or a
-:class:`~xrayfeat.datasets.Dataset`, and options either as keyword arguments
+:class:`~xrayfeat.data.datasets.Dataset`, and options either as keyword arguments
 (the field names of :class:`~xrayfeat.options.settings.FeatureOptions`,
 :class:`~xrayfeat.options.settings.RunOptions`, :class:`~xrayfeat.options.settings.HeadOptions`)
 or as those dataclasses. Each CLI command is one of these calls (or the study
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat.datasets import Dataset
-from xrayfeat.datasets import discover as _discover
+from xrayfeat.data.datasets import Dataset
+from xrayfeat.data.datasets import discover as _discover
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.trained import Run, load_run

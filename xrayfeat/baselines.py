@@ -791,7 +791,7 @@ def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
     """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone)."""
     from joblib import Parallel, delayed
 
-    from xrayfeat.images import read_gray
+    from xrayfeat.data.images import read_gray
 
     paths = [str(item.path) for item in items]
     if len(paths) < 64:

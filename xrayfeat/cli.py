@@ -77,8 +77,8 @@ def inspect(data, classes, as_json):
     Example:
       xrayfeat inspect ../shared/data/cxr-sample/all
     """
-    from xrayfeat.datasets import discover
-    from xrayfeat.summary import summarize
+    from xrayfeat.data.datasets import discover
+    from xrayfeat.data.summary import summarize
 
     chosen = [c.strip() for c in classes.split(",")] if classes else None
     summary = summarize(discover(data, classes=chosen))
@@ -259,7 +259,7 @@ def phantoms(out, task, per_class, size, seed, as_json):
     Example:
       xrayfeat phantoms demo_data --task four --per-class 60 --size 256 --seed 0
     """
-    from xrayfeat.phantoms import write_phantoms
+    from xrayfeat.data.phantoms import write_phantoms
 
     manifest = write_phantoms(out, task=task, per_class=per_class, size=size, seed=seed)
     data = {"out": str(Path(out)), "manifest": str(manifest), "task": task, "per_class": per_class, "size": size, "seed": seed}
@@ -668,7 +668,7 @@ def export_cmd(run, out, format_, as_json):
     One Keras model holds the preprocessing, the backbone up to the run's cut
     layer with the run's weights, and the trained head, without optimizer state.
     Inputs must already be decoded and resized as xrayfeat does
-    (xrayfeat.images.read_image); export.json says the size, classes and weights.
+    (xrayfeat.data.images.read_image); export.json says the size, classes and weights.
 
     \b
     Example:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xrayfeat.backbones import REGISTRY, weights_status
-from xrayfeat.datasets import discover
+from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.extraction import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from xrayfeat.phantoms import write_phantoms
+from xrayfeat.data.phantoms import write_phantoms
 from xrayfeat.report import write_report
 from xrayfeat.study import METHOD_NAMES, embed_map, fit_head
 from xrayfeat.trained import load_run

@@ -690,7 +690,7 @@ def embed_cached(
     """Embed, score and plot, keeping the coordinates beside the image for next time.
 
     ``labels`` are class indices into ``classes`` (default ``"0"``, ``"1"``, ...),
-    as :attr:`xrayfeat.datasets.Dataset.labels`; ``splits`` (optional) one split
+    as :attr:`xrayfeat.data.datasets.Dataset.labels`; ``splits`` (optional) one split
     name per row, drawn as marker shapes. The coordinates go to
     :func:`coords_path_for` ``(out_path)`` (``emb.png`` -> ``emb.coords.npz``)
     with their cache key, parameters, scores and library versions. When that

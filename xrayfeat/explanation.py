@@ -34,7 +34,7 @@ import numpy as np
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.fileio import atomic_path, atomic_write
 from xrayfeat.gradcam import grad_cam, plot_overlay
-from xrayfeat.images import read_image
+from xrayfeat.data.images import read_image
 from xrayfeat.prediction import gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).

@@ -21,7 +21,7 @@
    output matches :meth:`xrayfeat.heads.TrainedHead.predict_proba`.
 
 Input: ``(None, S, S, 3)`` uint8 RGB, already decoded and resized to the run's
-image size the way xrayfeat does it (:func:`xrayfeat.images.read_image`: the
+image size the way xrayfeat does it (:func:`xrayfeat.data.images.read_image`: the
 whole image squashed to S x S with PIL's bilinear filter, >8-bit images mapped
 by their real range, grayscale repeated into three channels). The model does not
 resize: a deployment must feed it the same pixels extraction saw.
@@ -49,7 +49,7 @@ from xrayfeat import __version__
 from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec, resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError
 from xrayfeat.fileio import file_digest, fsync_dir, write_json
-from xrayfeat.images import DECODE_VERSION
+from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.runs import RunError
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess"]
@@ -355,8 +355,8 @@ def _describe(run, facts: dict, format: str, sha256: dict, n_bytes: int, params:
         "sha256": sha256,
         "bytes": n_bytes,
         "params": params,
-        "input": f"uint8 RGB {size}x{size}, resized as xrayfeat.images does "
-                 f"(xrayfeat.images.read_image(path, {size}), decode {DECODE_VERSION})",
+        "input": f"uint8 RGB {size}x{size}, resized as xrayfeat.data.images does "
+                 f"(xrayfeat.data.images.read_image(path, {size}), decode {DECODE_VERSION})",
         "input_name": "pixels",
         "input_shape": [None, size, size, 3],
         "input_dtype": "uint8",

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat import metrics, plots, runs
-from xrayfeat.datasets import Dataset
+from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
 from xrayfeat.fileio import write_json
 from xrayfeat.prediction import score

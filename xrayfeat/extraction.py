@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat import images
+from xrayfeat.data import images
 from xrayfeat.backbones import WeightsInfo, get_spec, resolve_weights
-from xrayfeat.datasets import printable
+from xrayfeat.data.datasets import printable
 from xrayfeat.devices import confirm_device, device_scope, gpu_likely, keras_backend_name
 from xrayfeat.errors import DatasetError, ImageReadError, StoreError, XrayfeatError
 from xrayfeat.fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname

@@ -40,7 +40,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from PIL import Image
 
-from xrayfeat.images import read_image
+from xrayfeat.data.images import read_image
 from xrayfeat.plots import PALETTE, new_figure, save_figure
 
 __all__ = ["CamResult", "choose_examples", "example_grid", "grad_cam", "plot_overlay", "upsample"]

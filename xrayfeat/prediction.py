@@ -148,7 +148,7 @@ def model_parts(run, names) -> tuple[str, ...]:
 
 def gather_inputs(run, inputs, cache_dir=None):
     """(the images of ``inputs``, the run's cache folder): files, folders or CSVs, hashed with that folder's memory."""
-    from xrayfeat.datasets import gather_images
+    from xrayfeat.data.datasets import gather_images
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -46,7 +46,7 @@ import numpy as np
 
 from xrayfeat import __version__, metrics, plots, runs
 from xrayfeat.backbones import get_spec
-from xrayfeat.datasets import Dataset
+from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.extraction import extract, resolve, store_for
@@ -56,7 +56,7 @@ from xrayfeat.options.constraints import OptionError
 from xrayfeat.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
 from xrayfeat.runs import RunWarning
 from xrayfeat.store import FeatureStore
-from xrayfeat.summary import imbalance_warning
+from xrayfeat.data.summary import imbalance_warning
 
 log = logging.getLogger("xrayfeat")
 

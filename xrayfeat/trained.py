@@ -168,7 +168,7 @@ class Run:
 
         See :func:`xrayfeat.external.evaluate`.
         """
-        from xrayfeat.datasets import Dataset, discover
+        from xrayfeat.data.datasets import Dataset, discover
         from xrayfeat.external import evaluate
 
         dataset = data if isinstance(data, Dataset) else discover(data, classes=classes)

@@ -27,7 +27,7 @@ noise, simulated site) is drawn from one distribution for every class, from a
 random stream separate from the findings, so a model that sees only the image's
 mean and standard deviation stays near chance.
 
->>> from xrayfeat.phantoms import write_phantoms
+>>> from xrayfeat.data.phantoms import write_phantoms
 >>> manifest = write_phantoms("phantoms", task="four", per_class=60)  # doctest: +SKIP
 
 :func:`write_phantoms` seeds every patient (anatomy, findings, whether there is a

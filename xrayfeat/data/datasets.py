@@ -16,8 +16,8 @@ A :class:`Dataset` is the list of labelled image files that every later step
 Every item carries the SHA-256 of its file's bytes, because the feature store is
 keyed by content, not by path: the same image in two datasets is extracted once,
 and a duplicate file shared by train and test shows up in
-:func:`xrayfeat.summary.summarize`. Hashing a large folder is the slow part of
-discovery, so a JSON cache (``hash_cache=``, see :mod:`xrayfeat.filehashes`)
+:func:`xrayfeat.data.summary.summarize`. Hashing a large folder is the slow part of
+discovery, so a JSON cache (``hash_cache=``, see :mod:`xrayfeat.data.hashes`)
 remembers each file's hash together with its size, modification time and inode;
 an unchanged folder is then discovered at the cost of one ``stat`` per file.
 
@@ -46,9 +46,9 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from xrayfeat import images
+from xrayfeat.data import images
 from xrayfeat.errors import DatasetError
-from xrayfeat.filehashes import HashCache, hash_files
+from xrayfeat.data.hashes import HashCache, hash_files
 from xrayfeat.options.settings import ON_ERROR
 from xrayfeat.options.constraints import Choice, OptionError
 

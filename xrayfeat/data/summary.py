@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Iterable
 
-from xrayfeat import images
-from xrayfeat.datasets import SPLITS, Dataset, Item
+from xrayfeat.data import images
+from xrayfeat.data.datasets import SPLITS, Dataset, Item
 from xrayfeat.errors import ImageReadError
 
 __all__ = ["summarize", "imbalance_warning", "IMBALANCE_RATIO"]

@@ -1,0 +1,11 @@
+"""Data: from folders and tables on disk to a :class:`~.datasets.Dataset` of labelled, hashed images.
+
+* :mod:`.datasets`: discovery of folder layouts and manifests (:func:`discover`, :func:`gather_images`)
+  into a :class:`Dataset` of :class:`Item` (path, sha256, label, split, patient_id, source);
+* :mod:`.hashes`: the file-hash cache (:class:`HashCache`, :func:`hash_files`) that keys every store row;
+* :mod:`.images`: decoding PNG/JPEG/DICOM into uint8 RGB (:func:`read_image`, :func:`read_gray`, :func:`probe`);
+* :mod:`.summary`: what ``inspect`` shows (:func:`summarize`, :func:`imbalance_warning`);
+* :mod:`.phantoms`: built-in synthetic chest X-rays for the demo and the tests (:func:`write_phantoms`).
+
+Nothing here loads a deep-learning framework.
+"""
