@@ -72,7 +72,7 @@ def stage_costs(data: Path, backbone: str, size: int | None, batch: int, work: P
     from xrayfeat.data.datasets import discover
     from xrayfeat.extraction import build_model, resolve
     from xrayfeat.options.settings import FeatureOptions
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     paths = [str(item.path) for item in discover(data).items]
     config = resolve(FeatureOptions(backbone=backbone, weights="none", image_size=size), "cpu")

@@ -51,7 +51,7 @@ def _key(i: int) -> str:
 
 
 def _store(cache: Path, create: bool = False):
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     return FeatureStore.open(cache, FINGERPRINT, create=create)
 
@@ -73,7 +73,7 @@ def open_store(cache: Path) -> dict:
 
 
 def lookup(cache: Path, rows: int) -> dict:
-    from xrayfeat.shards import row_digests
+    from xrayfeat.store.shards import row_digests
 
     rng = np.random.default_rng(7)
     wanted = [_key(int(i)) for i in rng.choice(rows, LOOKUPS, replace=False)]

@@ -5,7 +5,7 @@
     python scripts/bench_stream.py --rows 6000 --repeats 3 --dir /tmp/bench --keep
 
 What ``fit-head --memory-budget`` does when the features exceed the budget: the
-head reads each training batch from the store (:class:`xrayfeat.rows.StoreRows`,
+head reads each training batch from the store (:class:`xrayfeat.store.rows.StoreRows`,
 every row checked against its digest) instead of from a float32 array. The
 rows are synthetic, written through the store API into a temporary store
 (about 300 MB for 3,000 rows); the page cache is warm, since they were just
@@ -44,7 +44,7 @@ FINGERPRINT = {
 
 def _build(cache: Path, n_rows: int, shape: tuple, write_rows: int = 250):
     """A store of ``n_rows`` synthetic rows (a spatial map of ``shape`` and its mean as the pooled vector); their keys."""
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     store = FeatureStore.open(cache, FINGERPRINT, create=True)
     rng = np.random.default_rng(0)
@@ -88,7 +88,7 @@ def measure(n_rows: int = 3000, shape: tuple = (5, 5, 2048), *, epochs: int = 3,
     """
     import keras
 
-    from xrayfeat.rows import StoreRows
+    from xrayfeat.store.rows import StoreRows
 
     folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:

@@ -61,7 +61,7 @@ def assert_same(a: dict, b: dict) -> None:
 
 def stored_rows(cache: Path) -> int:
     """Rows in every shard file of the one store (a row stored twice counts twice)."""
-    from xrayfeat import shards
+    from xrayfeat.store import shards
 
     return sum(shards.stored_rows(path) for path in cache.glob("*/shards/*.h5"))
 

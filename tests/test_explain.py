@@ -110,7 +110,7 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
     from xrayfeat.extraction import resolve
     from xrayfeat.data.images import read_image
     from xrayfeat.prediction import feature_options
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     run, data, head = trained
     fingerprint = run.record.store["fingerprint"]
@@ -226,7 +226,7 @@ def test_choose_examples_is_right_and_wrong_per_class_most_confident_first():
 
 
 def test_example_grid_draws_the_test_images_or_nothing(trained, tmp_path):
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     run, data, head = trained
     table = run.predictions()

@@ -206,7 +206,7 @@ def test_two_extractions_at_once_both_succeed_with_no_row_lost_or_doubled(tmp_pa
     assert all(r["extracted"] + r["reused"] == 18 for r in results)
     assert run_cli("cache", "verify", "--cache-dir", cache).returncode == 0
     assert_same_export(export(tiny_data, cache, tmp_path / "both.npz"), reference_export)
-    from xrayfeat.store import list_stores
+    from xrayfeat.store.feature_store import list_stores
 
     [store] = list_stores(cache)
     assert len(store) == 18 and store.verify() == []

@@ -11,15 +11,16 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_tiny_dataset
 
-from xrayfeat import embedding, shards
+from xrayfeat import embedding
+from xrayfeat.store import shards
 from xrayfeat.cli import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.explanation import explain
 from xrayfeat.extraction import extract, open_store, resolve
-from xrayfeat.fingerprint import KeepError, fingerprint_id, store_dirname
+from xrayfeat.store.fingerprint import KeepError, fingerprint_id, store_dirname
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.study import embed_map, export_features, fit_head
 from xrayfeat.trained import load_run
 

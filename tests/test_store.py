@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from xrayfeat import shards
+from xrayfeat.store import shards
 from xrayfeat.errors import StoreError
-from xrayfeat.fingerprint import FINGERPRINT_FIELDS, fingerprint_id, store_dirname
-from xrayfeat.store import FeatureStore, list_stores
+from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, fingerprint_id, store_dirname
+from xrayfeat.store.feature_store import FeatureStore, list_stores
 
 FP = {
     "backbone": "vgg16", "weights": "none:seed=0", "image_size": 32, "preprocess": "caffe",

@@ -26,10 +26,10 @@ import pytest
 
 from conftest import run_cli
 from test_store import FP, rows
-from xrayfeat import shards
+from xrayfeat.store import shards
 from xrayfeat.errors import StoreError
-from xrayfeat.fingerprint import store_dirname
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.fingerprint import store_dirname
+from xrayfeat.store.feature_store import FeatureStore
 
 FORK = multiprocessing.get_context("fork")
 KILL_SEED = 20261201

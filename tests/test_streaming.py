@@ -19,8 +19,8 @@ from xrayfeat.errors import StoreError, XrayfeatError
 from xrayfeat.extraction import FeatureOptions, RunOptions
 from xrayfeat.options.parsers import parse_size
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.rows import StoreRows
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.rows import StoreRows
+from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.study import HeadOptions, fit_head
 
 FP = {

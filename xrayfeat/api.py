@@ -117,7 +117,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     import pandas as pd
 
     from xrayfeat.extraction import extract as _extract
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     if part not in PARTS:
         raise OptionError(f"The 'part' parameter of features must be one of {{'pooled', 'spatial'}}. Got {part!r} instead.")

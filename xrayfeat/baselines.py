@@ -93,7 +93,7 @@ Memory
     class keeps at least 2 rows, so it can still be cross-validated) and says
     so (:class:`Subsample`: a log line here, a run warning in fit-head); the
     models stay the same kind, and the search and its scores are as above, on
-    the sample. Pooled features may then be a :class:`~xrayfeat.rows.StoreRows`,
+    the sample. Pooled features may then be a :class:`~xrayfeat.store.rows.StoreRows`,
     of which only the sampled rows are read. :func:`predict_rows` predicts a
     block of rows at a time when the rows to predict exceed the budget.
 
@@ -131,7 +131,7 @@ from xrayfeat.fileio import atomic_path, file_digest
 from xrayfeat.options.settings import BASELINES, CLASS_WEIGHTS
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import Choice, check_value
-from xrayfeat.rows import StoreRows, human_bytes
+from xrayfeat.store.rows import StoreRows, human_bytes
 
 __all__ = [
     "BASELINES",
@@ -700,7 +700,7 @@ def fit_baselines_within(
     """:func:`fit_baselines` with each input's training matrix kept within ``budget_bytes``.
 
     The baselines reading one input (``pooled_train``, an array or a
-    :class:`~xrayfeat.rows.StoreRows`; ``pixels_train``) are fitted on all its
+    :class:`~xrayfeat.store.rows.StoreRows`; ``pixels_train``) are fitted on all its
     rows when their float64 matrix fits, else on the rows :func:`sample_rows`
     draws; each sample is logged and returned as a :class:`Subsample`.
     """
@@ -726,7 +726,7 @@ def fit_baselines_within(
 def predict_rows(model: FittedBaseline, x: Any, budget_bytes: int) -> np.ndarray:
     """``model.predict_proba(x)``, a block of rows at a time when the float64 rows exceed ``budget_bytes``.
 
-    ``x``: an array, or a :class:`~xrayfeat.rows.StoreRows` (always read a block at a time).
+    ``x``: an array, or a :class:`~xrayfeat.store.rows.StoreRows` (always read a block at a time).
     """
     block = max(1, int(budget_bytes) // (_MATRIX_ITEMSIZE * int(np.prod(x.shape[1:]))))
     if not isinstance(x, StoreRows) and len(x) <= block:

@@ -742,7 +742,7 @@ def cache_ls(cache_dir, as_json):
     Example:
       xrayfeat cache ls --cache-dir data_cache
     """
-    from xrayfeat.store import list_stores
+    from xrayfeat.store.feature_store import list_stores
 
     infos = [s.info() for s in list_stores(cache_dir)]
 
@@ -773,7 +773,7 @@ def cache_verify(cache_dir, as_json):
     Example:
       xrayfeat cache verify
     """
-    from xrayfeat.store import list_stores
+    from xrayfeat.store.feature_store import list_stores
 
     report = {}
     for store in list_stores(cache_dir):
@@ -807,7 +807,7 @@ def cache_gc(cache_dir, as_json):
     Example:
       xrayfeat cache gc
     """
-    from xrayfeat.store import list_stores
+    from xrayfeat.store.feature_store import list_stores
 
     def waiting(store):
         click.echo(f"{store.path} is being written by another process; waiting for it", err=True)

@@ -200,7 +200,7 @@ def _check_backend(record, weights) -> str:
 def _stored_digest(record) -> str | None:
     """The weights digest the store recorded when its rows were written; None when the store is gone."""
     from xrayfeat.errors import StoreError
-    from xrayfeat.store import FeatureStore
+    from xrayfeat.store.feature_store import FeatureStore
 
     path = record.store.get("path")
     if not path or not Path(path).is_dir():

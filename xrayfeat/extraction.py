@@ -28,9 +28,9 @@ from xrayfeat.backbones import WeightsInfo, get_spec, resolve_weights
 from xrayfeat.data.datasets import printable
 from xrayfeat.devices import confirm_device, device_scope, gpu_likely, keras_backend_name
 from xrayfeat.errors import DatasetError, ImageReadError, StoreError, XrayfeatError
-from xrayfeat.fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname
+from xrayfeat.store.fingerprint import OPTIONAL_FIELDS, fingerprint_id, keep_error, missing_parts, store_dirname
 from xrayfeat.options.settings import KEEPS, FeatureOptions, RunOptions
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.feature_store import FeatureStore
 
 log = logging.getLogger("xrayfeat")
 
@@ -103,7 +103,7 @@ def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None =
     ``precision="auto"`` means float32 on a CPU and mixed_bfloat16 on a GPU; with
     ``device="auto"`` the GPU is guessed here and confirmed once a model is built.
     ``keep`` enters the fingerprint only when it is not ``both``, so stores made
-    before ``--keep`` keep their id (:mod:`xrayfeat.fingerprint`).
+    before ``--keep`` keep their id (:mod:`xrayfeat.store.fingerprint`).
     """
     options.validate()
     spec = get_spec(options.backbone)
@@ -647,7 +647,7 @@ def store_for(options: FeatureOptions, cache_dir, need, purpose: str, device: st
     ``need``, else any existing one that does (``both`` first); when none
     exists, ``options`` itself (extraction then makes its store). When stores
     of these features exist but none holds ``need``, or ``options.keep`` itself
-    cannot hold it, :class:`~xrayfeat.fingerprint.KeepError` names the store,
+    cannot hold it, :class:`~xrayfeat.store.fingerprint.KeepError` names the store,
     what it keeps, what ``purpose`` needs and the fix.
     """
     fingerprint = resolve(options, device).fingerprint

@@ -11,7 +11,7 @@ backend only decides how the head is trained, and the run record says which
 was used and why.
 
 How: the features go to a temporary folder as ``.npy`` files (features
-streamed from the store, :class:`~xrayfeat.rows.StoreRows`, go as the store's
+streamed from the store, :class:`~xrayfeat.store.rows.StoreRows`, go as the store's
 folder and the rows' keys in ``job.json``, and the child reads them from the
 store itself), ``python -m xrayfeat.headproc DIR`` runs :func:`xrayfeat.heads.train_head` there with
 ``KERAS_BACKEND`` set, saves ``head.keras`` where the caller asked, and writes
@@ -52,11 +52,11 @@ from xrayfeat.devices import keras_backend_name
 from xrayfeat import head_numpy
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.options.settings import HEAD_BACKENDS
-from xrayfeat.rows import StoreRows
+from xrayfeat.store.rows import StoreRows
 
 log = logging.getLogger("xrayfeat")
 
-#: Rows predicted at a time from a :class:`~xrayfeat.rows.StoreRows`: a multiple of the prediction batch (256), so
+#: Rows predicted at a time from a :class:`~xrayfeat.store.rows.StoreRows`: a multiple of the prediction batch (256), so
 #: every prediction batch holds the rows it would hold on the whole array, and the probabilities are the same.
 PREDICT_ROWS = 4 * 256
 
@@ -247,7 +247,7 @@ def _predict(trained, x_val, x_test) -> tuple:
 
 
 def _predict_rows(trained, x):
-    """The head's probabilities on an array, or on a :class:`~xrayfeat.rows.StoreRows` read :data:`PREDICT_ROWS` at a time."""
+    """The head's probabilities on an array, or on a :class:`~xrayfeat.store.rows.StoreRows` read :data:`PREDICT_ROWS` at a time."""
     if not isinstance(x, StoreRows):
         return trained.predict_proba(x)
     return np.concatenate([trained.predict_proba(block) for block in x.batches(PREDICT_ROWS)])

@@ -30,9 +30,9 @@ import numpy as np
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.extraction import extract, resolve, store_for
 from xrayfeat.fileio import atomic_write
-from xrayfeat.fingerprint import FINGERPRINT_FIELDS
+from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.baselines import columns_for, read_pixels
 
 log = logging.getLogger("xrayfeat")

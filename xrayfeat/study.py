@@ -5,7 +5,7 @@
 1. :func:`check_task`: the dataset makes an honest classification task (train
    and test splits, every test class seen in train, at least two classes);
 2. :func:`_extract_split`: extracts whatever the store lacks (usually nothing)
-   and takes the train and test rows as :class:`~xrayfeat.rows.StoreRows`;
+   and takes the train and test rows as :class:`~xrayfeat.store.rows.StoreRows`;
    :func:`_hold` reads them into memory where they fit ``--memory-budget``,
    else the head streams its batches from the store and the baselines fit on
    a sample that fits;
@@ -53,9 +53,9 @@ from xrayfeat.extraction import extract, resolve, store_for
 from xrayfeat.fileio import atomic_path, write_json
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
+from xrayfeat.store.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
 from xrayfeat.runs import RunWarning
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.data.summary import imbalance_warning
 
 log = logging.getLogger("xrayfeat")
@@ -281,7 +281,7 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split
 
 
 def _views(store: FeatureStore, items) -> dict:
-    """Each part the store keeps, of ``items``' rows, as a :class:`~xrayfeat.rows.StoreRows` (nothing read yet)."""
+    """Each part the store keeps, of ``items``' rows, as a :class:`~xrayfeat.store.rows.StoreRows` (nothing read yet)."""
     return {part: StoreRows(store, [i.sha256 for i in items], part) for part in store.parts}
 
 
@@ -291,7 +291,7 @@ def _hold(split: _Split, head: HeadOptions, val_idx, n_classes: int) -> dict:
     The one place fit-head decides between memory and streaming. A part (train
     and test rows, as float32) is read whole when it fits beside what is read
     already, as before the budget existed; otherwise it stays a
-    :class:`~xrayfeat.rows.StoreRows` and the head reads it a batch at a time
+    :class:`~xrayfeat.store.rows.StoreRows` and the head reads it a batch at a time
     (bitwise the same training), the baselines a sample of it. Validation on
     the whole set (``--validation-steps 0``) is read whole by the trainer, so
     when it alone exceeds the budget the run stops and says what to do.

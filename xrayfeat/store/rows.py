@@ -5,7 +5,7 @@ machine may hold. :class:`StoreRows` is one part (``spatial`` or ``pooled``) of
 a list of store rows that looks enough like an array for
 :func:`xrayfeat.heads.train_head` (``shape``, ``dtype``, ``len`` and indexing
 by rows), but reads only the rows asked for, through
-:meth:`~xrayfeat.store.FeatureStore.read` (so every row is checked against its
+:meth:`~xrayfeat.store.feature_store.FeatureStore.read` (so every row is checked against its
 digest, and the values are exactly those ``read`` gives: float16 stored,
 float32 out). Training on a view is therefore bitwise training on the array
 ``read`` returns, for the same seed. A view pickles, and travels as JSON
@@ -29,7 +29,7 @@ import numpy as np
 
 from xrayfeat.errors import StoreError
 from xrayfeat.options.parsers import parse_size
-from xrayfeat.store import FeatureStore
+from xrayfeat.store.feature_store import FeatureStore
 
 __all__ = ["Budget", "StoreRows", "available_memory", "float32_bytes", "human_bytes", "resolve_budget", "take"]
 

@@ -2,7 +2,7 @@
 
 A frozen backbone is a pure function of (pixels, backbone, weights, preprocessing,
 input size, cut layer, precision). One store holds the outputs of one such
-function — its *fingerprint* (:mod:`xrayfeat.fingerprint`) — keyed by the SHA-256
+function — its *fingerprint* (:mod:`xrayfeat.store.fingerprint`) — keyed by the SHA-256
 of each image file's bytes, so an image is computed once whatever folder or
 experiment it appears in.
 
@@ -20,7 +20,7 @@ folder never leaves a store that reads wrong, and damage is found, refused and
 repairable.
 
 * Crash safety: a shard is written completely under a temporary name, flushed,
-  fsync-ed and renamed into place (:mod:`xrayfeat.shards`, through
+  fsync-ed and renamed into place (:mod:`xrayfeat.store.shards`, through
   :func:`xrayfeat.fileio.atomic_path`), so a reader sees a whole shard or none;
   ``fingerprint.json`` and ``index.npz`` are replaced the same way. Shards are
   never modified; compaction writes a new shard and only then deletes the ones
@@ -30,7 +30,7 @@ repairable.
   leaves a store that reads correctly and lacks at most the batch in flight.
 * Damage: every row read is checked against its digest, the key column against
   its own when the index is built from it, and the index against the digest
-  saved with it (:mod:`xrayfeat.shards`). A damaged shard or index is refused by
+  saved with it (:mod:`xrayfeat.store.shards`). A damaged shard or index is refused by
   every reader with one line naming the file and the repair; :meth:`FeatureStore.verify`
   (``cache verify``) streams the whole store and names every damaged file;
   :meth:`FeatureStore.gc` (``cache gc``) replaces a damaged shard by its sound
@@ -62,10 +62,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat import __version__, shards
+from xrayfeat import __version__
+from xrayfeat.store import shards
 from xrayfeat.errors import StoreError
 from xrayfeat.fileio import TEMP_GLOB, atomic_write, fsync_dir
-from xrayfeat.fingerprint import (
+from xrayfeat.store.fingerprint import (
     FLOAT16_TINY,
     check_storable,
     defining_fields,
@@ -393,7 +394,7 @@ class FeatureStore:
         Memory stays at one batch, so datasets larger than RAM can be streamed.
         Every row is checked against its digest; a damaged shard or index raises
         :class:`StoreError` naming the file and the repair, and a part the store
-        does not keep (``--keep``) a :class:`~xrayfeat.fingerprint.KeepError`.
+        does not keep (``--keep``) a :class:`~xrayfeat.store.fingerprint.KeepError`.
         """
         self.check_parts(parts, f"reading {' and '.join(parts)} features")
         hashes = list(hashes)
@@ -454,7 +455,7 @@ class FeatureStore:
         """Write one immutable shard of these rows; ``(its path, share of float16-subnormal values)``.
 
         Float32 in, stored as the store's dtype; values the dtype cannot hold are
-        refused (:func:`~xrayfeat.fingerprint.check_storable`). Only the parts
+        refused (:func:`~xrayfeat.store.fingerprint.check_storable`). Only the parts
         the store keeps are stored (:attr:`parts`; the other may be None). The shard goes to
         ``shards/``, where readers see it at once, or to ``folder``: a Dask
         worker writes its chunk to :meth:`staging_dir` and the process that holds
@@ -598,7 +599,7 @@ class FeatureStore:
     def verify(self) -> list[str]:
         """Check every shard (every byte, every row's digests, its fingerprint) and the index; one line per damaged file.
 
-        Streams each shard a block of rows at a time (:data:`xrayfeat.shards.BLOCK_BYTES`)
+        Streams each shard a block of rows at a time (:data:`xrayfeat.store.shards.BLOCK_BYTES`)
         and the index file in chunks, so memory does not grow with the store.
         Leftovers of killed runs (temporary files, rows stored twice by an
         interrupted compaction) read correctly and are not problems; ``gc``

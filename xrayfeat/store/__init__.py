@@ -1,0 +1,12 @@
+"""The feature store: content-addressed HDF5 rows of backbone features, one store per fingerprint.
+
+* :mod:`.fingerprint`: what a feature value depends on, and the store's id and folder name;
+* :mod:`.shards`: immutable sealed HDF5 shards with a sha256 per row and part (the file format);
+* :mod:`.feature_store`: :class:`FeatureStore` (open, read, write under a lock, staging for Dask workers,
+  index, verify, gc) and :func:`list_stores`;
+* :mod:`.rows`: :class:`StoreRows`, views of a store's rows read in batches (training past memory),
+  and the memory-budget helpers.
+
+A row is keyed by the SHA-256 of the image file's bytes; a dataset is a view. Nothing here loads a
+deep-learning framework.
+"""
