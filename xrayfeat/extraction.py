@@ -374,7 +374,7 @@ def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: floa
     ``--device`` as resolved here (``auto`` guesses from this machine; pass
     ``cpu`` or ``gpu`` for a remote cluster); every worker confirms it.
     """
-    from xrayfeat.cluster import session
+    from xrayfeat.distributed.session import session
 
     live = session(run.cluster, announce=run.progress)
     live.check_shared(run.cache_dir)

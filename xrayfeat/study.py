@@ -370,7 +370,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     probabilities, artifacts, summaries, warnings).
     """
     from xrayfeat.baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
-    from xrayfeat.cluster import joblib_backend, session
+    from xrayfeat.distributed.session import joblib_backend, session
 
     if not head.baselines:
         return {}, {}, {}, {}, []
