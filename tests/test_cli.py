@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import run_cli
-from xrayfeat import backbones
+from xrayfeat import backbones, errors
+from xrayfeat.features import building, weights
 from xrayfeat.cli import main
 
 
@@ -78,7 +79,7 @@ def write_legacy_weights(path, backbone="vgg16", size=32, seed=3):
 def test_imagenet_path_installs_verifies_and_loads_a_weight_file(tmp_path, monkeypatch):
     source = tmp_path / "downloaded.h5"
     original = write_legacy_weights(source)
-    md5 = backbones.file_md5(source)
+    md5 = weights.file_md5(source)
     # tests never download (see test_weights.py for that): pretend ours is the published one, and stay offline
     monkeypatch.setitem(backbones.REGISTRY, "vgg16", backbones.replace_md5(backbones.REGISTRY["vgg16"], md5))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
@@ -96,15 +97,15 @@ def test_imagenet_path_installs_verifies_and_loads_a_weight_file(tmp_path, monke
     rows = {r["backbone"]: r for r in json.loads(invoke("weights", "status", "--json").stdout)["weights"]}
     assert rows["vgg16"]["verified"] and not rows["inception_v3"]["present"]
 
-    info = backbones.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
+    info = weights.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
     assert (info.kind, info.md5, info.random) == ("imagenet", md5, False)
-    loaded = backbones.build_backbone(backbones.REGISTRY["vgg16"], info, 32)
+    loaded = building.build_backbone(backbones.REGISTRY["vgg16"], info, 32)
     for a, b in zip(original.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 
     target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(backbones.WeightsError, match="md5 .* is not the expected"):
-        backbones.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
+    with pytest.raises(errors.WeightsError, match="md5 .* is not the expected"):
+        weights.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
 
 
 def test_install_refuses_an_unknown_file(tmp_path, monkeypatch):
@@ -120,18 +121,18 @@ def test_install_refuses_an_unknown_file(tmp_path, monkeypatch):
 def test_weights_file_path_is_loaded_and_recorded(tmp_path):
     source = tmp_path / "mine.h5"
     original = write_legacy_weights(source, seed=5)
-    info = backbones.resolve_weights(backbones.REGISTRY["vgg16"], str(source))
-    assert info.kind == "file" and info.identity == f"file:md5={backbones.file_md5(source)}"
-    loaded = backbones.build_backbone(backbones.REGISTRY["vgg16"], info, 32)
+    info = weights.resolve_weights(backbones.REGISTRY["vgg16"], str(source))
+    assert info.kind == "file" and info.identity == f"file:md5={weights.file_md5(source)}"
+    loaded = building.build_backbone(backbones.REGISTRY["vgg16"], info, 32)
     np.testing.assert_array_equal(original.get_weights()[0], loaded.get_weights()[0])
 
 
 def test_weights_for_another_backbone_are_one_clear_error(tmp_path):
     source = tmp_path / "vgg.h5"
     write_legacy_weights(source)
-    info = backbones.resolve_weights(backbones.REGISTRY["inception_v3"], str(source))
-    with pytest.raises(backbones.WeightsError, match="cannot be loaded into inception_v3"):
-        backbones.build_backbone(backbones.REGISTRY["inception_v3"], info, 75)
+    info = weights.resolve_weights(backbones.REGISTRY["inception_v3"], str(source))
+    with pytest.raises(errors.WeightsError, match="cannot be loaded into inception_v3"):
+        building.build_backbone(backbones.REGISTRY["inception_v3"], info, 75)
 
 
 # --------------------------------------------------------------------------- bad input, as a user

@@ -106,8 +106,9 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
     import keras
     import tensorflow as tf
 
-    from xrayfeat.backbones import build_extractor, get_spec
-    from xrayfeat.extraction import resolve
+    from xrayfeat.backbones import get_spec
+    from xrayfeat.features.building import build_extractor
+    from xrayfeat.features.extraction import resolve
     from xrayfeat.data.images import read_image
     from xrayfeat.prediction import feature_options
     from xrayfeat.store.feature_store import FeatureStore
@@ -145,7 +146,7 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
 
 
 def test_explain_uses_the_cache_and_extracts_only_new_images(trained, tmp_path, monkeypatch):
-    from xrayfeat import extraction
+    from xrayfeat.features import extraction
 
     run, data, _ = trained
 

@@ -18,7 +18,7 @@ from xrayfeat.data import images
 from xrayfeat.backbones import REGISTRY
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DeviceError, ImageReadError
-from xrayfeat.extraction import FeatureOptions, RunOptions, extract, open_store
+from xrayfeat.features.extraction import FeatureOptions, RunOptions, extract, open_store
 
 # small inputs: shape and arithmetic are what matter here, not accuracy
 SIZES = {"vgg16": 32, "inception_v3": 75}

@@ -304,9 +304,10 @@ def test_jax_loop_and_devices_import_no_framework():
 
 def _tail_case(name: str, size: int, layer: str, batchnorm: int):
     from xrayfeat import backbones
+    from xrayfeat.features import building, weights
 
     spec = backbones.get_spec(name)
-    tail = backbones.build_tail(spec, backbones.WeightsInfo("none", seed=0), image_size=size, layer=layer)
+    tail = building.build_tail(spec, weights.WeightsInfo("none", seed=0), image_size=size, layer=layer)
     before = [w.copy() for w in tail.get_weights()]
     shape = tuple(tail.input_shape[1:])
     x, y = blobs(30, 2, seed=0, shape=shape)

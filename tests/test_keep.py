@@ -17,7 +17,7 @@ from xrayfeat.cli import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.explanation import explain
-from xrayfeat.extraction import extract, open_store, resolve
+from xrayfeat.features.extraction import extract, open_store, resolve
 from xrayfeat.store.fingerprint import KeepError, fingerprint_id, store_dirname
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli, write_tiny_dataset
 from xrayfeat import metrics
 from xrayfeat.data.datasets import discover
-from xrayfeat.extraction import FeatureOptions, RunOptions
+from xrayfeat.features.extraction import FeatureOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.study import HeadOptions, fit_head
 

@@ -27,7 +27,7 @@ from xrayfeat.data import images
 from xrayfeat.clikit import quiet_frameworks
 from xrayfeat.data.datasets import discover, printable
 from xrayfeat.errors import DatasetError, ImageReadError
-from xrayfeat.extraction import FeatureOptions, RunOptions, extract
+from xrayfeat.features.extraction import FeatureOptions, RunOptions, extract
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.store.feature_store import list_stores
 

@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_tiny_dataset
-from xrayfeat import backbones
+from xrayfeat import backbones, errors
+from xrayfeat.features import building, weights
 from xrayfeat.cli import main
 
 VGG = backbones.REGISTRY["vgg16"]
@@ -152,9 +153,9 @@ def test_imagenet_downloads_verifies_and_loads(server, vgg_weights, isolated, mo
     target = isolated / VGG.weights_file
     assert md5_of(target) == md5_of(source) and leftovers(isolated) == [VGG.weights_file]
 
-    info = backbones.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
+    info = weights.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
     assert (info.kind, info.path, info.md5) == ("imagenet", str(target), md5_of(source))
-    loaded = backbones.build_backbone(backbones.REGISTRY["vgg16"], info, 32)
+    loaded = building.build_backbone(backbones.REGISTRY["vgg16"], info, 32)
     for a, b in zip(original, loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -170,8 +171,8 @@ def test_wrong_md5_is_deleted_and_refused(server, isolated, monkeypatch):
     served = serve_small(server, VGG, monkeypatch)
     served.write_bytes(b"tampered" + served.read_bytes()[8:])
     monkeypatch.setenv("XRAYFEAT_WEIGHTS_URL", server.url)
-    with pytest.raises(backbones.WeightsDownloadError) as caught:
-        backbones.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
+    with pytest.raises(weights.WeightsDownloadError) as caught:
+        weights.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
     message = str(caught.value)
     assert "\n" not in message and f"{server.url}/{VGG.weights_file}" in message
     assert f"md5 {md5_of(served)} is not the expected" in message and "deleted" in message
@@ -206,8 +207,8 @@ def test_a_silent_server_times_out(isolated):
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         base = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        with pytest.raises(backbones.WeightsDownloadError, match=r"no answer within 0\.3 s \(timed out\)"):
-            backbones.download_weights(VGG, base_url=base, timeout=0.3, progress=False)
+        with pytest.raises(weights.WeightsDownloadError, match=r"no answer within 0\.3 s \(timed out\)"):
+            weights.download_weights(VGG, base_url=base, timeout=0.3, progress=False)
     assert leftovers(isolated) == []
 
 
@@ -241,19 +242,19 @@ def test_offline_env_var_never_connects(server, isolated, monkeypatch, value):
     monkeypatch.setenv("XRAYFEAT_OFFLINE", value)
     result = invoke("weights", "download", "--base-url", server.url, "vgg16")
     assert result.exit_code == 2 and "XRAYFEAT_OFFLINE" in one_line(result.stderr)
-    with pytest.raises(backbones.WeightsError, match="xrayfeat weights install FILE"):
-        backbones.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
+    with pytest.raises(errors.WeightsError, match="xrayfeat weights install FILE"):
+        weights.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
     assert server.requests == [] and leftovers(isolated) == []
 
 
 def test_offline_env_var_is_read_at_call_time(monkeypatch):
     monkeypatch.setenv("XRAYFEAT_OFFLINE", "1")
-    assert backbones.offline()
+    assert weights.offline()
     monkeypatch.setenv("XRAYFEAT_OFFLINE", "0")
-    assert not backbones.offline()
+    assert not weights.offline()
     monkeypatch.setenv("XRAYFEAT_OFFLINE", "maybe")
-    with pytest.raises(backbones.WeightsError, match="XRAYFEAT_OFFLINE='maybe' is not understood"):
-        backbones.offline()
+    with pytest.raises(errors.WeightsError, match="XRAYFEAT_OFFLINE='maybe' is not understood"):
+        weights.offline()
 
 
 # --------------------------------------------------------------------------- weights download / status
@@ -281,8 +282,8 @@ def test_weights_download_replaces_a_damaged_file(server, isolated, monkeypatch)
     served = serve_small(server, VGG, monkeypatch)
     isolated.mkdir(parents=True)
     (isolated / VGG.weights_file).write_bytes(b"damaged")
-    with pytest.raises(backbones.WeightsError, match="replace it with `xrayfeat weights download vgg16`"):
-        backbones.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
+    with pytest.raises(errors.WeightsError, match="replace it with `xrayfeat weights download vgg16`"):
+        weights.resolve_weights(backbones.REGISTRY["vgg16"], "imagenet")
     result = invoke("weights", "download", "--base-url", server.url, "vgg16")
     assert result.exit_code == 0, result.output
     assert md5_of(isolated / VGG.weights_file) == md5_of(served)

@@ -83,14 +83,14 @@ def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_
 
 def extract(data, backbone=None, *, features: FeatureOptions | None = None, run: RunOptions | None = None,
             classes=None, **options):
-    """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.extraction.ExtractResult`.
+    """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.features.extraction.ExtractResult`.
 
     ``backbone`` may also be a list (several backbones of one input size share a
     decoding pass); the result is then a list. Keyword options: the fields of
     FeatureOptions and RunOptions (``weights="none"``, ``image_size=64``,
     ``cache_dir=...``, ``device="cpu"``...).
     """
-    from xrayfeat.extraction import extract as _extract
+    from xrayfeat.features.extraction import extract as _extract
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     feature_kw = _pop(FeatureOptions, options, skip=("backbone",))
@@ -116,7 +116,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     """
     import pandas as pd
 
-    from xrayfeat.extraction import extract as _extract
+    from xrayfeat.features.extraction import extract as _extract
     from xrayfeat.store.feature_store import FeatureStore
 
     if part not in PARTS:

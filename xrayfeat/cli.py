@@ -136,7 +136,9 @@ def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
     Example:
       xrayfeat describe --backbone inception_v3 --classes 4
     """
-    from xrayfeat.backbones import WeightsInfo, build_backbone, get_spec
+    from xrayfeat.backbones import get_spec
+    from xrayfeat.features.building import build_backbone
+    from xrayfeat.features.weights import WeightsInfo
     from xrayfeat.heads import build_seed_model, count_params
 
     spec = get_spec(backbone)
@@ -179,7 +181,7 @@ def weights_status_cmd(as_json):
     Example:
       xrayfeat weights status
     """
-    from xrayfeat.backbones import weights_dir, weights_status
+    from xrayfeat.features.weights import weights_dir, weights_status
 
     rows = weights_status()
 
@@ -205,7 +207,7 @@ def weights_install_cmd(file, as_json):
     Example:
       xrayfeat weights install ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
     """
-    from xrayfeat.backbones import install_weights
+    from xrayfeat.features.weights import install_weights
 
     result = install_weights(file)
     emit(result, as_json, lambda err: click.echo(f"installed {result['backbone']} weights: {result['file']}", err=err))
@@ -229,7 +231,7 @@ def weights_download_cmd(backbone_names, base_url, as_json):
       xrayfeat weights download vgg16
       xrayfeat weights download --base-url https://mirror.example.org/keras-weights
     """
-    from xrayfeat.backbones import ensure_weights
+    from xrayfeat.features.weights import ensure_weights
 
     rows = ensure_weights(backbone_names or None, base_url=base_url)
 
@@ -290,8 +292,8 @@ def extract(data, batch_size, workers, on_error, cluster, chunk_images, as_json,
     Example:
       xrayfeat extract ../shared/data/cxr-sample/all --backbone inception_v3 --weights none
     """
-    from xrayfeat.extraction import extract as run_extract
-    from xrayfeat.extraction import resolve
+    from xrayfeat.features.extraction import extract as run_extract
+    from xrayfeat.features.extraction import resolve
 
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
@@ -348,7 +350,7 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cl
     Example (the seed's task 2 on the real sample, random weights):
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
     """
-    from xrayfeat.extraction import resolve
+    from xrayfeat.features.extraction import resolve
     from xrayfeat.study import fit_head
 
     features = single_feature(kw)

@@ -13,10 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xrayfeat.backbones import REGISTRY, weights_status
+from xrayfeat.backbones import REGISTRY
+from xrayfeat.features.weights import weights_status
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.extraction import extract
+from xrayfeat.features.extraction import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.data.phantoms import write_phantoms
 from xrayfeat.report import write_report

@@ -396,7 +396,7 @@ def train_head(
     data. ``settings["best_epoch"]`` says which epoch (1-based; None without
     ``restore_best``, meaning the last). The history still covers every epoch.
 
-    ``tail``: a model of the backbone after the cut (``backbones.build_tail``);
+    ``tail``: a model of the backbone after the cut (``building.build_tail``);
     ``x`` are then the cut-point activations and the tail trains with the head.
     The tail is modified in place: its layers are made trainable, except its
     BatchNormalization layers, which stay frozen and in inference mode when

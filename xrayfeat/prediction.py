@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.extraction import extract, resolve, store_for
+from xrayfeat.features.extraction import extract, resolve, store_for
 from xrayfeat.fileio import atomic_write
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
@@ -162,7 +162,7 @@ def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
                  purpose: str = "predict"):
     """(extraction result, store) of the run's own features for ``dataset``, computed where the cache lacks them.
 
-    The store is one that keeps the parts ``need`` (:func:`~xrayfeat.extraction.store_for`;
+    The store is one that keeps the parts ``need`` (:func:`~xrayfeat.features.extraction.store_for`;
     ``purpose`` names the command in its error). Refuses first, in one line,
     features this installation cannot reproduce.
     """

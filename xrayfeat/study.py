@@ -49,7 +49,7 @@ from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.extraction import extract, resolve, store_for
+from xrayfeat.features.extraction import extract, resolve, store_for
 from xrayfeat.fileio import atomic_path, write_json
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
@@ -237,7 +237,7 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
     """Validate the options against each other and the dataset; the resolved feature config.
 
     Its ``options`` select the store that holds the parts the study reads
-    (:func:`~xrayfeat.extraction.store_for`): a pooled-only store serves a
+    (:func:`~xrayfeat.features.extraction.store_for`): a pooled-only store serves a
     pooled head, and a head that needs spatial maps is refused in one line where
     only such a store exists.
     """
@@ -338,7 +338,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
 
     tail = None
     if head.train_tail:
-        from xrayfeat.backbones import build_tail
+        from xrayfeat.features.building import build_tail
 
         spec = get_spec(config.options.backbone)
         tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])
@@ -686,10 +686,10 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
     Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C);
     a part the store does not keep (``--keep``) is left out of the file. The
     store is the one ``features.keep`` names, else any of the same features
-    (:func:`~xrayfeat.extraction.store_for`). Missing rows are a
+    (:func:`~xrayfeat.features.extraction.store_for`). Missing rows are a
     :class:`~xrayfeat.errors.StoreError` naming the extract command to run.
     """
-    from xrayfeat.extraction import open_store
+    from xrayfeat.features.extraction import open_store
 
     features.validate()
     store = open_store(features, cache_dir, device)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.data import images
-from xrayfeat.backbones import WeightsInfo, get_spec, resolve_weights
+from xrayfeat.backbones import get_spec
+from xrayfeat.features.weights import WeightsInfo, resolve_weights
 from xrayfeat.data.datasets import printable
 from xrayfeat.devices import confirm_device, device_scope, gpu_likely, keras_backend_name
 from xrayfeat.errors import DatasetError, ImageReadError, StoreError, XrayfeatError
@@ -283,7 +284,7 @@ def _build(config: FeatureConfig, writer, device: str):
 
 def build_model(config: FeatureConfig, device: str):
     """``(compiled extractor, digest of its weights)`` for one feature configuration."""
-    from xrayfeat.backbones import build_extractor, weights_digest
+    from xrayfeat.features.building import build_extractor, weights_digest
 
     with device_scope(device):
         model, backbone = build_extractor(
