@@ -14,7 +14,7 @@ hits both alike; each figure is the median over rounds.
 ``--compare-backends`` runs this script again in child processes, interleaved
 round by round, for TensorFlow without XLA, TensorFlow with XLA, JAX, and JAX
 with the glibc malloc settings fit-head gives its head's child process
-(``xrayfeat.headproc.MALLOC_TUNABLES``), and compares their train_head step
+(``xrayfeat.models.head_process.MALLOC_TUNABLES``), and compares their train_head step
 times (a backend is fixed per process).
 
 The last line holds the key=value figures, ratios first.
@@ -47,7 +47,7 @@ def _bare(x, y, args, jit):
     """Bare Keras: the same head, ``model.fit`` on in-memory numpy arrays."""
     import keras
 
-    from xrayfeat import heads
+    from xrayfeat.models import head as heads
 
     keras.utils.set_random_seed(0)
     model = heads.build_head(x.shape[1:], args.classes, units=256, dropout=0.3, l2=1e-3)
@@ -71,7 +71,7 @@ def _bare(x, y, args, jit):
 
 
 def _head(x, y, args, jit):
-    from xrayfeat import heads
+    from xrayfeat.models import head as heads
 
     timing = heads._timing_callback()  # the same clock as bare's
     heads.train_head(
@@ -84,7 +84,7 @@ def _head(x, y, args, jit):
 def bench(args) -> dict:
     import keras
 
-    from xrayfeat import heads
+    from xrayfeat.models import head as heads
 
     jit = heads.resolve_jit_compile(JIT[args.jit])
     shape = SHAPES[args.backbone]
@@ -141,7 +141,7 @@ REGION_FLAG = "--xla_cpu_copy_insertion_use_region_analysis=true"
 
 def compare_backends(args) -> dict:
     """Child processes per (backend, jit), interleaved round by round; one fit each."""
-    from xrayfeat.headproc import MALLOC_TUNABLES
+    from xrayfeat.models.head_process import MALLOC_TUNABLES
 
     # the last: jax with glibc malloc keeping freed memory, as fit-head's head child runs (xrayfeat/headproc.py)
     # and the same with XLA's region analysis in copy insertion (drops a copy of the 52 MB kernel per step; not used by
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     elif args.head_only:
         import keras
 
-        from xrayfeat import heads
+        from xrayfeat.models import head as heads
 
         x, y = _features(args.n, SHAPES[args.backbone], args.classes)
         t = _head(x, y, args, heads.resolve_jit_compile(JIT[args.jit]))

@@ -58,7 +58,7 @@ def _build(cache: Path, n_rows: int, shape: tuple, write_rows: int = 250):
 
 
 def _train(x, y, *, epochs: int, steps: int, batch_size: int, seed: int):
-    from xrayfeat.heads import train_head
+    from xrayfeat.models.head import train_head
 
     return train_head(x, y, n_classes=2, epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, seed=seed,
                       step_timing=True)

@@ -1,4 +1,4 @@
-"""Tests for xrayfeat.baselines: small synthetic data, each fit a second or two."""
+"""Tests for xrayfeat.models.baselines: small synthetic data, each fit a second or two."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sklearn.datasets import make_classification
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from xrayfeat.baselines import (
+from xrayfeat.models.baselines import (
     BASELINES,
     FittedBaseline,
     cv_splitter,

@@ -222,7 +222,7 @@ def test_a_bad_cluster_value_exits_2_before_any_work(tmp_path, data):
 
 
 def test_baselines_grid_searches_on_dask_choose_and_predict_as_on_local_cores():
-    from xrayfeat.baselines import fit_baselines_within
+    from xrayfeat.models.baselines import fit_baselines_within
     from xrayfeat.distributed.session import close_sessions, joblib_backend, session
 
     rng = np.random.default_rng(0)

@@ -72,7 +72,7 @@ def test_analytic_gradient_equals_autodiff_on_the_head(tmp_path, n_classes):
     import tensorflow as tf
 
     from tests.test_head_numpy import trained_like_head
-    from xrayfeat import head_numpy
+    from xrayfeat.models import head_numpy
 
     model = trained_like_head(n_classes, shape=(3, 3, 16))
     head = head_numpy.arrays_of(model)

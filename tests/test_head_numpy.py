@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from xrayfeat import head_numpy
-from xrayfeat.heads import build_head
+from xrayfeat.models import head_numpy
+from xrayfeat.models.head import build_head
 
 
 def trained_like_head(n_classes: int, shape=(3, 3, 16), seed=0):
@@ -50,7 +50,7 @@ def test_a_head_with_a_tail_has_no_arrays(tmp_path):
 
 
 def test_importing_the_numpy_head_loads_no_framework():
-    code = ("import sys, xrayfeat.head_numpy; "
+    code = ("import sys, xrayfeat.models.head_numpy; "
             "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from xrayfeat import headproc
+from xrayfeat.models import head_process as headproc
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.heads import load_head
+from xrayfeat.models.head import load_head
 
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 needs_jax = pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed, so there is no other backend to train on")

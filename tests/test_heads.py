@@ -12,7 +12,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from xrayfeat import heads  # noqa: E402
+from xrayfeat.models import head as heads  # noqa: E402
 
 SHAPE = (3, 3, 8)
 UNITS = 16
@@ -283,7 +283,7 @@ def test_batch_and_steps(n, batch_size, steps_per_epoch, expected):
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="on jax the check passes (tests/test_heads_jax.py)")
 def test_jax_loop_check_names_the_backend():
-    from xrayfeat import heads_jax
+    from xrayfeat.models import head_jax as heads_jax
 
     model = heads.build_head(SHAPE, 2, units=UNITS)
     batch = (np.zeros((2, *SHAPE), "float32"), np.zeros((2, 1), "float32"))
@@ -292,7 +292,7 @@ def test_jax_loop_check_names_the_backend():
 
 def test_jax_loop_and_devices_import_no_framework():
     code = (
-        "import sys; import xrayfeat.heads_jax, xrayfeat.devices; "
+        "import sys; import xrayfeat.models.head_jax, xrayfeat.devices; "
         "print(sorted(m for m in ('keras', 'jax', 'tensorflow', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,8 +15,8 @@ from threadpoolctl import threadpool_limits
 
 keras = pytest.importorskip("keras")
 
-from xrayfeat import heads  # noqa: E402
-from xrayfeat.baselines import fit_baseline  # noqa: E402
+from xrayfeat.models import head as heads  # noqa: E402
+from xrayfeat.models.baselines import fit_baseline  # noqa: E402
 
 # lbfgs must converge with the max_iter we set: a warning here is a failure.
 pytestmark = pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning")

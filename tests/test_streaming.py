@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import write_tiny_dataset
-from xrayfeat import headproc
-from xrayfeat.baselines import sample_rows
+from xrayfeat.models import head_process as headproc
+from xrayfeat.models.baselines import sample_rows
 from xrayfeat.cli import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import StoreError, XrayfeatError

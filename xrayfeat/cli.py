@@ -139,7 +139,7 @@ def describe(backbone, n_classes, image_size, units, dropout, l2, as_json):
     from xrayfeat.backbones import get_spec
     from xrayfeat.features.building import build_backbone
     from xrayfeat.features.weights import WeightsInfo
-    from xrayfeat.heads import build_seed_model, count_params
+    from xrayfeat.models.head import build_seed_model, count_params
 
     spec = get_spec(backbone)
     model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,

@@ -18,7 +18,7 @@
 4. the trained head from ``head.keras`` (sha256-checked; with ``--train-tail``
    it holds the trained backbone tail), loaded without its optimizer;
 5. for two classes, a fixed layer giving both columns ``[1 - p, p]``, so the
-   output matches :meth:`xrayfeat.heads.TrainedHead.predict_proba`.
+   output matches :meth:`xrayfeat.models.head.TrainedHead.predict_proba`.
 
 Input: ``(None, S, S, 3)`` uint8 RGB, already decoded and resized to the run's
 image size the way xrayfeat does it (:func:`xrayfeat.data.images.read_image`: the
@@ -420,7 +420,7 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
             raise ExportError(f"--format savedmodel needs the TensorFlow backend (this process runs "
                               f"{keras.backend.backend()}); run with KERAS_BACKEND=tensorflow, or use --format keras")
     model, facts = build_model(run)
-    from xrayfeat.heads import count_params
+    from xrayfeat.models.head import count_params
 
     params = count_params(model)["total"]
     out.parent.mkdir(parents=True, exist_ok=True)

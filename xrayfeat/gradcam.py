@@ -72,7 +72,7 @@ def grad_cam(spatial, head: Mapping[str, np.ndarray], target: int | None = None,
              batch_size: int = 256) -> CamResult:
     """Grad-CAM of the seed's head for each map of ``spatial`` (n, H, W, C); see the module docstring.
 
-    ``head``: the head's arrays (:func:`xrayfeat.head_numpy.arrays_of`, or
+    ``head``: the head's arrays (:func:`xrayfeat.models.head_numpy.arrays_of`, or
     ``NumpyHead(...).arrays``). ``target``: the class index every map explains;
     None explains each image's predicted class.
     """

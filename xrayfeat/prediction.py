@@ -33,7 +33,7 @@ from xrayfeat.fileio import atomic_write
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
-from xrayfeat.baselines import columns_for, read_pixels
+from xrayfeat.models.baselines import columns_for, read_pixels
 
 log = logging.getLogger("xrayfeat")
 

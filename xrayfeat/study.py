@@ -203,7 +203,7 @@ def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list
     """The head's accuracy, balanced accuracy and ROC-AUC across seeds: mean, SD (ddof=1), min, max, values.
 
     ``primary`` is the first seed's test metrics; ``repeats`` the other seeds'
-    test probabilities (:class:`~xrayfeat.headproc.HeadOutcome` ``repeats``).
+    test probabilities (:class:`~xrayfeat.models.head_process.HeadOutcome` ``repeats``).
     """
     if not repeats:
         return None
@@ -333,8 +333,8 @@ def _validation(dataset, split: _Split, head: HeadOptions):
 
 def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes: int, head_file: Path,
            backend: str, child):
-    """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.headproc`."""
-    from xrayfeat.headproc import train_and_predict
+    """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.models.head_process`."""
+    from xrayfeat.models.head_process import train_and_predict
 
     tail = None
     if head.train_tail:
@@ -365,11 +365,11 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     The validation rows are held out of the baselines as they are of the head,
     so every model's threshold is chosen on images it never trained on. A
     training matrix larger than ``budget_bytes`` is sampled (see
-    :func:`~xrayfeat.baselines.fit_baselines_within`), and each sample becomes
+    :func:`~xrayfeat.models.baselines.fit_baselines_within`), and each sample becomes
     a ``subsample`` warning. Returns (test probabilities, validation
     probabilities, artifacts, summaries, warnings).
     """
-    from xrayfeat.baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
+    from xrayfeat.models.baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
     from xrayfeat.distributed.session import joblib_backend, session
 
     if not head.baselines:
@@ -469,7 +469,7 @@ def _versions() -> dict:
 def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
              run: RunOptions = RunOptions(), *, out=None, runs_root="runs") -> FitResult:
     """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring."""
-    from xrayfeat.headproc import resolve_head_backend
+    from xrayfeat.models.head_process import resolve_head_backend
 
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
@@ -485,7 +485,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
 def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path,
            started: float) -> FitResult:
     """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed."""
-    from xrayfeat.headproc import start_child
+    from xrayfeat.models.head_process import start_child
 
     # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
     # (if this function fails before training, the child sees its input close and exits)
@@ -595,7 +595,8 @@ def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title:
     Only the maps of the images drawn are read (the grid chooses the same ones
     among them as among all test images).
     """
-    from xrayfeat import gradcam, head_numpy
+    from xrayfeat import gradcam
+    from xrayfeat.models import head_numpy
 
     head = head_numpy.NumpyHead(run_dir / "head.npz").arrays
     rows = np.array(sorted({i for cells in gradcam.choose_examples(split.y_test, trained.proba_test)

@@ -106,24 +106,24 @@ class Run:
     # ------------------------------------------------------------------ models
 
     def head(self):
-        """The trained head (:class:`~xrayfeat.heads.TrainedHead`), loaded after its sha256 is checked.
+        """The trained head (:class:`~xrayfeat.models.head.TrainedHead`), loaded after its sha256 is checked.
 
         The check comes before Keras is imported: a changed file is refused at once.
         """
         path = self.record.verified("head")
-        from xrayfeat.heads import load_head
+        from xrayfeat.models.head import load_head
 
         return load_head(path)
 
     def head_arrays(self):
-        """The head as numpy arrays (:class:`~xrayfeat.head_numpy.NumpyHead`: inference without Keras), or None.
+        """The head as numpy arrays (:class:`~xrayfeat.models.head_numpy.NumpyHead`: inference without Keras), or None.
 
         None for runs whose head has a trained backbone tail, or that were written before heads were saved so.
         """
         if "head_arrays" not in self.record.artifacts:
             return None
         data = self.record.read_bytes("head_arrays")  # what is checked is what is loaded
-        from xrayfeat.head_numpy import NumpyHead
+        from xrayfeat.models.head_numpy import NumpyHead
 
         return NumpyHead(io.BytesIO(data))
 
@@ -136,7 +136,7 @@ class Run:
         if key not in self.record.artifacts:
             raise KeyError(f"{self.path} has no baseline {name!r}; it has {self.record.baseline_names}")
         data = self.record.read_bytes(key)
-        from xrayfeat.baselines import baseline_from_bytes
+        from xrayfeat.models.baselines import baseline_from_bytes
 
         return baseline_from_bytes(data, self.path / self.record.artifacts[key].file)
 

@@ -3,7 +3,7 @@
 100,000 InceptionV3 maps at 224 px are 20 GB as float32: more than a training
 machine may hold. :class:`StoreRows` is one part (``spatial`` or ``pooled``) of
 a list of store rows that looks enough like an array for
-:func:`xrayfeat.heads.train_head` (``shape``, ``dtype``, ``len`` and indexing
+:func:`xrayfeat.models.head.train_head` (``shape``, ``dtype``, ``len`` and indexing
 by rows), but reads only the rows asked for, through
 :meth:`~xrayfeat.store.feature_store.FeatureStore.read` (so every row is checked against its
 digest, and the values are exactly those ``read`` gives: float16 stored,

@@ -19,7 +19,7 @@ import numpy as np
 
 from xrayfeat.fileio import atomic_path
 
-#: The layers of the seed's head, in order (see :func:`xrayfeat.heads.build_head`).
+#: The layers of the seed's head, in order (see :func:`xrayfeat.models.head.build_head`).
 LAYOUT = ("head_bn", "head_flatten", "head_dense", "head_dropout", "head_output")
 
 

@@ -4,7 +4,7 @@ Optional, never fragile. The loop leans on Keras internals that are not public
 API: ``model._symbolic_build``, the ``(state, data)`` signature of the jax
 ``train_step``/``test_step`` and the layout of the state tuple they take and
 return. :func:`missing_internals` checks every one of them before the loop is
-used; when it reports anything, :func:`xrayfeat.heads.train_head` trains with
+used; when it reports anything, :func:`xrayfeat.models.head.train_head` trains with
 the public ``model.fit`` instead, which gives the same training history and
 weights (tests/test_heads_jax.py compares the two).
 

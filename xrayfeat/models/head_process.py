@@ -13,7 +13,7 @@ was used and why.
 How: the features go to a temporary folder as ``.npy`` files (features
 streamed from the store, :class:`~xrayfeat.store.rows.StoreRows`, go as the store's
 folder and the rows' keys in ``job.json``, and the child reads them from the
-store itself), ``python -m xrayfeat.headproc DIR`` runs :func:`xrayfeat.heads.train_head` there with
+store itself), ``python -m xrayfeat.models.head_process DIR`` runs :func:`xrayfeat.models.head.train_head` there with
 ``KERAS_BACKEND`` set, saves ``head.keras`` where the caller asked, and writes
 the validation and test probabilities and what training recorded back into the
 folder. A ``.keras`` file is backend-neutral, so the head loads anywhere
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.devices import keras_backend_name
-from xrayfeat import head_numpy
+from xrayfeat.models import head_numpy
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.options.settings import HEAD_BACKENDS
 from xrayfeat.store.rows import StoreRows
@@ -109,7 +109,7 @@ def resolve_head_backend(requested: str = "auto", *, device: str = "cpu", train_
 
 @dataclass
 class HeadOutcome:
-    """What training the head produced: the :class:`~xrayfeat.heads.TrainedHead` record, probabilities, where it ran.
+    """What training the head produced: the :class:`~xrayfeat.models.head.TrainedHead` record, probabilities, where it ran.
 
     ``proba_val``: the head's probabilities on ``x_val`` (None without it), for
     choosing thresholds on validation data. ``repeats``: one dict per repeat
@@ -131,12 +131,12 @@ class HeadOutcome:
     process_seconds: float = float("nan")
 
 
-#: The fields of :class:`HeadOutcome` that a :class:`~xrayfeat.heads.TrainedHead` records, all JSON-ready.
+#: The fields of :class:`HeadOutcome` that a :class:`~xrayfeat.models.head.TrainedHead` records, all JSON-ready.
 _RECORD_FIELDS = ("history", "epoch_seconds", "seconds", "step_seconds", "params", "settings")
 
 
 def _record(trained) -> dict:
-    """What a :class:`~xrayfeat.heads.TrainedHead` (or a :class:`HeadOutcome`) recorded, as ``HeadOutcome`` fields."""
+    """What a :class:`~xrayfeat.models.head.TrainedHead` (or a :class:`HeadOutcome`) recorded, as ``HeadOutcome`` fields."""
     return {name: getattr(trained, name) for name in _RECORD_FIELDS}
 
 
@@ -151,7 +151,7 @@ class HeadChild:
     def __init__(self, backend: str, device: str = "cpu"):
         self.backend = backend
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xrayfeat.headproc", "--wait"], env=_child_env(backend, device),
+            [sys.executable, "-m", "xrayfeat.models.head_process", "--wait"], env=_child_env(backend, device),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(self, folder: Path) -> tuple[int, str]:
@@ -182,7 +182,7 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
 
     Runs here when ``backend`` is this process' backend, else in a child process
     (``child`` if one was started with :func:`start_child`; see the module
-    docstring). ``train_kwargs`` go to :func:`xrayfeat.heads.train_head` (e.g.
+    docstring). ``train_kwargs`` go to :func:`xrayfeat.models.head.train_head` (e.g.
     ``seed``, ``class_weight``, ``restore_best``) and must be JSON-serialisable.
     ``repeat_seeds``: after the head, train it again with each of these seeds
     and the same data and settings, in the same process; their probabilities
@@ -225,7 +225,7 @@ def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, ta
     weights it had before the first training, as the first head did; the tail
     is left as the last training left it.
     """
-    from xrayfeat.heads import train_head
+    from xrayfeat.models.head import train_head
 
     start_tail = tail.get_weights() if tail is not None and seeds else None
     trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train)
@@ -344,7 +344,7 @@ def _wait_main() -> int:
     """``--wait``: import Keras and the trainer now, then run the job whose folder arrives on stdin."""
     import keras  # noqa: F401  (the slow part, done while the parent works)
 
-    from xrayfeat import heads  # noqa: F401
+    from xrayfeat.models import head as heads  # noqa: F401
 
     line = sys.stdin.readline().strip()
     return _child_main(Path(line)) if line else 0

@@ -4,7 +4,7 @@ Head: BatchNormalization → Flatten → Dense(units, ReLU, L2 on the kernel) �
 Dropout → Dense(1, sigmoid) for two classes or Dense(K, softmax) for K.
 With ``tail`` (a model of the backbone's last block), the head first runs the
 cached cut-point activations through that block, which is trained too.
-Compiled on jax, the head trains in the loop of :mod:`xrayfeat.heads_jax` when
+Compiled on jax, the head trains in the loop of :mod:`xrayfeat.models.head_jax` when
 the Keras internals it needs are there, else with ``model.fit``. Options beyond
 the seed's: class weights for imbalanced training data (``class_weight``) and
 keeping the epoch with the best validation score (``restore_best``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from xrayfeat import heads_jax
+from xrayfeat.models import head_jax as heads_jax
 from xrayfeat.options.settings import CLASS_WEIGHTS, RESTORE_BEST
 from xrayfeat.options.constraints import Choice, check_value
 
@@ -301,7 +301,7 @@ def _restore_best_callback(monitor: str):
     Lower is better for ``val_loss``, higher for ``val_accuracy``. The first
     epoch is the best so far; a later one replaces it only when strictly better,
     so the first of equal epochs wins, and a NaN never does. Epoch ends see the
-    model's current variables in both loops (:func:`xrayfeat.heads_jax.fit`
+    model's current variables in both loops (:func:`xrayfeat.models.head_jax.fit`
     writes its state back before the epoch-end hooks, as ``fit`` on jax does),
     and both call the train-end hooks after their last write, so the weights set
     there stay. ``best_epoch`` is 1-based.
@@ -406,13 +406,13 @@ def train_head(
     ``jit_compile="auto"`` is resolved by :func:`resolve_jit_compile` (XLA on
     TensorFlow, also on CPU, where it is markedly faster for this head) and logged.
     Compiled on jax, the steps are Keras' own ``train_step``/``test_step`` run by
-    :func:`xrayfeat.heads_jax.fit` rather than by ``model.fit``
+    :func:`xrayfeat.models.head_jax.fit` rather than by ``model.fit``
     (``settings["loop"] == "jax"``): the same history and weights, a training
     step compiled without a per-step copy of the Dense kernel, and exactly
     ``validation_steps`` validation batches per epoch. Callbacks get fit's hooks;
     the model's variables are current at epoch ends (during an epoch the state
     lives in the loop, as in ``fit`` on jax). That loop relies on Keras
-    internals, which :func:`xrayfeat.heads_jax.missing_internals` checks first;
+    internals, which :func:`xrayfeat.models.head_jax.missing_internals` checks first;
     when one is missing, one warning on the ``"xrayfeat"`` logger says which, and
     the head trains with ``model.fit`` (``settings["loop"] == "keras-fit"``, as on
     the other backends): the same training history and weights, with validation
@@ -610,11 +610,11 @@ def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, lr, s
 
 
 def _run_loop(model, batches, *, jit: bool, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int):
-    """Train: ``(history, loop)``, where ``loop`` is ``"jax"`` (:func:`xrayfeat.heads_jax.fit`) or ``"keras-fit"``.
+    """Train: ``(history, loop)``, where ``loop`` is ``"jax"`` (:func:`xrayfeat.models.head_jax.fit`) or ``"keras-fit"``.
 
     ``batches``: ``(x, y)`` or, with class weights, ``(x, y, sample_weight)``.
     The jax loop is tried only where it applies (compiled, on jax) and runs only
-    when :func:`xrayfeat.heads_jax.missing_internals` finds every Keras internal
+    when :func:`xrayfeat.models.head_jax.missing_internals` finds every Keras internal
     it needs (checked on the first batch, weights included); otherwise one
     warning says why, and the public ``model.fit`` trains on the same batch
     stream (the same training history and weights).

@@ -104,10 +104,12 @@ and the run record stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -779,9 +781,30 @@ def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseli
     return baseline_from_bytes(data, path)
 
 
+#: Module paths under which earlier releases pickled this module's classes (0.1.0: the flat layout).
+_PICKLED_AS = ("xrayfeat.baselines",)
+
+
+@contextlib.contextmanager
+def _earlier_module_names():
+    """While a pickle loads, let the module paths of earlier releases name this module (then forget them)."""
+    added = [name for name in _PICKLED_AS if name not in sys.modules]
+    for name in added:
+        sys.modules[name] = sys.modules[__name__]
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
 def baseline_from_bytes(data: bytes, source: str | os.PathLike) -> FittedBaseline:
-    """Unpickle a baseline from bytes whose sha256 the caller has already checked (``source`` names them in errors)."""
-    fitted = joblib.load(io.BytesIO(data))
+    """Unpickle a baseline from bytes whose sha256 the caller has already checked (``source`` names them in errors).
+
+    Baselines pickled by earlier releases, whose class lived at another module path, load too.
+    """
+    with _earlier_module_names():
+        fitted = joblib.load(io.BytesIO(data))
     if not isinstance(fitted, FittedBaseline):
         raise XrayfeatError(f"{os.fspath(source)}: not a saved xrayfeat baseline (found {type(fitted).__name__}).")
     return fitted

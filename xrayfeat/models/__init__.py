@@ -1,0 +1,11 @@
+"""Models trained on cached features: the seed's head and the scikit-learn baselines.
+
+* :mod:`.head`: the seed's Keras head (BatchNorm → Flatten → Dense(256, ReLU, L2) → Dropout → Dense),
+  optionally with the backbone's tail (:func:`train_head`, :func:`load_head`, :class:`TrainedHead`);
+* :mod:`.head_jax`: the head's training loop on jax, behind a checked fallback to Keras' ``fit``;
+* :mod:`.head_numpy`: the trained head's inference in numpy (:class:`NumpyHead`), no framework needed;
+* :mod:`.head_process`: the head trained in a child process that dies with its parent
+  (:func:`train_and_predict`, :class:`HeadOutcome`);
+* :mod:`.baselines`: logistic regression, SVM and the pixels sentinel (:func:`fit_baseline`,
+  :class:`FittedBaseline`, :func:`save_baseline`, :func:`load_baseline`).
+"""
