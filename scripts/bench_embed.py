@@ -7,7 +7,7 @@ blocks of 10,000 rows so that only the float32 matrix itself stays in memory.
 
 Each method runs in a FRESH child process, one after the other, as a user of
 ``xrayfeat embed`` meets it: imports, numba's compilation for UMAP, PCA, the
-layout on the neighbours :func:`xrayfeat.embedding.neighbour_method` picks,
+layout on the neighbours :func:`xrayfeat.analysis.maps.neighbour_method` picks,
 the neighbourhood scores and the figure. Per method it reports wall seconds,
 process CPU seconds (all threads), the part spent in PCA + layout (the rest is
 scores and figure), and the child's peak resident memory (``ru_maxrss``)
@@ -60,7 +60,7 @@ def _peak_rss_mib() -> float:
 
 def _child(args) -> dict:
     """One method in this (fresh) process; the figures as a dict."""
-    from xrayfeat import embedding as E
+    from xrayfeat.analysis import maps as E
 
     x, y = synthetic_features(args.n, args.dim, args.seed)
     data_mib = _peak_rss_mib()

@@ -1,4 +1,4 @@
-"""xrayfeat.embedding: shapes, determinism, neighbourhood scores (property tests), caching, errors.
+"""xrayfeat.analysis.maps: shapes, determinism, neighbourhood scores (property tests), caching, errors.
 
 Embeddings are checked openTSNE-style, by the class structure they preserve,
 never by exact coordinates. Real layouts run on ~200 points with one thread;
@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pytest
 
-from xrayfeat import embedding as E
+from xrayfeat.analysis import maps as E
 from xrayfeat.errors import XrayfeatError
 
 N = 200
@@ -131,7 +131,7 @@ def test_agreement_on_sampled_queries_past_the_plot_limit_leaves_each_query_out(
 @pytest.mark.parametrize("method", E.METHODS)
 def test_tiny_sets_are_embedded_with_adjusted_parameters(method, caplog):
     x, _ = clusters(n=E.MIN_POINTS, d=10, k=2, seed=2)
-    with caplog.at_level(logging.WARNING, logger="xrayfeat.embedding"):
+    with caplog.at_level(logging.WARNING, logger="xrayfeat.analysis.maps"):
         coords = E.embed(x, method=method, n_jobs=1)
     assert coords.shape == (E.MIN_POINTS, 2) and np.isfinite(coords).all()
     word = "perplexity" if method == "tsne" else "n_neighbors"
@@ -281,7 +281,7 @@ def test_damaged_cache_file_is_recomputed(tmp_path, data, layout_calls, caplog):
     out = tmp_path / "emb.png"
     E.embed_cached(x, y, out, plot=False)
     E.coords_path_for(out).write_bytes(b"not an npz")
-    with caplog.at_level(logging.WARNING, logger="xrayfeat.embedding"):
+    with caplog.at_level(logging.WARNING, logger="xrayfeat.analysis.maps"):
         r = E.embed_cached(x, y, out, plot=False)
     assert not r.reused and len(layout_calls) == 2
     assert any("unreadable" in rec.getMessage() for rec in caplog.records)
@@ -401,7 +401,7 @@ def test_stratified_subsample_keeps_each_class_share_exactly():
 
 def test_large_map_draws_a_stratified_subsample_says_so_and_keeps_all_coordinates(
         tmp_path, data, layout_calls, monkeypatch, caplog):
-    from xrayfeat import plots
+    from xrayfeat.analysis import plots
 
     x, y = data
     drawn = []
@@ -414,7 +414,7 @@ def test_large_map_draws_a_stratified_subsample_says_so_and_keeps_all_coordinate
     monkeypatch.setattr(plots, "plot_embedding", spy)
     monkeypatch.setattr(E, "PLOT_MAX_POINTS", 60)
     splits = np.where(np.arange(N) % 4 == 0, "test", "train")
-    with caplog.at_level(logging.WARNING, logger="xrayfeat.embedding"):
+    with caplog.at_level(logging.WARNING, logger="xrayfeat.analysis.maps"):
         r = E.embed_cached(x, y, tmp_path / "emb.png", classes=list("abcd"), splits=splits)
     [(coords, labels, kwargs)] = drawn
     assert r.plotted == 60 and len(coords) == 60 and r.plot_path.is_file()

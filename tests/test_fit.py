@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_tiny_dataset
-from xrayfeat import metrics
+from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.features.extraction import FeatureOptions, RunOptions

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_tiny_dataset
 
-from xrayfeat import embedding
+from xrayfeat.analysis import maps as embedding
 from xrayfeat.store import shards
 from xrayfeat.cli import main
 from xrayfeat.data.datasets import discover

@@ -56,4 +56,4 @@ def test_predict_with_the_old_run_on_its_cached_features(legacy):
     run = xf.load_run(legacy / "runs" / "legacy")
     result = run.predict([legacy / "data" / "test"], cache_dir=legacy / "cache")
     assert len(result.table) == len(list((legacy / "data" / "test").rglob("*.png")))
-    assert result.computed == 0  # every image was in the old store
+    assert result.extracted == 0 and result.reused == len(result.table)  # every image was in the old store

@@ -1,4 +1,4 @@
-"""xrayfeat.metrics: point estimates against scikit-learn, bootstrap properties, warnings."""
+"""xrayfeat.analysis.metrics: point estimates against scikit-learn, bootstrap properties, warnings."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from xrayfeat import metrics
-from xrayfeat.metrics import (
+from xrayfeat.analysis import metrics
+from xrayfeat.analysis.metrics import (
     evaluate,
     overlap_warnings,
     sentinel_warning,

@@ -1,4 +1,4 @@
-"""xrayfeat.plots: every figure writes a valid, non-trivial PNG and leaves nothing open."""
+"""xrayfeat.analysis.plots: every figure writes a valid, non-trivial PNG and leaves nothing open."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrayfeat import plots
+from xrayfeat.analysis import plots
 
 BINARY = ["normal", "pneumonia"]
 FOUR = ["COVID-19", "normal", "bacterial pneumonia", "viral pneumonia"]
@@ -167,7 +167,7 @@ def test_curves_mark_the_kept_epoch(tmp_path, drawn):
 
 
 def test_calibration_plot(tmp_path, drawn):
-    from xrayfeat.metrics import calibration
+    from xrayfeat.analysis.metrics import calibration
 
     y, p = _data(FOUR)
     curves = {"head": calibration(y, p, FOUR), "pixels": calibration(y, np.full_like(p, 0.25), FOUR)}

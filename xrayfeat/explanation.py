@@ -4,7 +4,7 @@
 (image files, folders, CSVs with a ``path`` column) and, for each image, draws
 where the run's head looks: Grad-CAM of the predicted class (or of one chosen
 class) at the run's cut layer. The map comes from the image's cached spatial
-features and the head's arrays alone (:mod:`xrayfeat.gradcam`), so an image
+features and the head's arrays alone (:mod:`xrayfeat.analysis.gradcam`), so an image
 already in the cache costs no backbone and no deep-learning framework; an image
 that is not is extracted first, into the same cache as ``predict`` uses.
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.fileio import atomic_path, atomic_write
-from xrayfeat.gradcam import grad_cam, plot_overlay
+from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
 from xrayfeat.prediction import gather_inputs, run_features
 

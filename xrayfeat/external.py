@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat import metrics, plots, runs
+from xrayfeat import runs
+from xrayfeat.analysis import metrics
+from xrayfeat.analysis import plots
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
 from xrayfeat.fileio import write_json

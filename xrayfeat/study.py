@@ -44,7 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat import __version__, metrics, plots, runs
+from xrayfeat import __version__, runs
+from xrayfeat.analysis import metrics
+from xrayfeat.analysis import plots
 from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
@@ -595,7 +597,7 @@ def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title:
     Only the maps of the images drawn are read (the grid chooses the same ones
     among them as among all test images).
     """
-    from xrayfeat import gradcam
+    from xrayfeat.analysis import gradcam
     from xrayfeat.models import head_numpy
 
     head = head_numpy.NumpyHead(run_dir / "head.npz").arrays
@@ -634,7 +636,7 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     feature options select the store and its head (loaded after its sha256 is
     checked) projects the spatial maps; ``features`` is then ignored.
     """
-    from xrayfeat.embedding import embed_cached
+    from xrayfeat.analysis.maps import embed_cached
 
     embed.validate()
     head = None

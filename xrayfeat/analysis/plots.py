@@ -224,7 +224,7 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
     from sklearn.metrics import auc as _auc
     from sklearn.metrics import roc_curve
 
-    from xrayfeat.metrics import as_proba
+    from xrayfeat.analysis.metrics import as_proba
 
     k = len(classes)
     p = as_proba(proba, k)
@@ -272,7 +272,7 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
 def plot_calibration(curves: Mapping[str, Mapping], path, title: str = "") -> Path:
     """Reliability diagram: accuracy against top-label confidence, one line per model.
 
-    ``curves`` maps a model's name to its :func:`xrayfeat.metrics.calibration`
+    ``curves`` maps a model's name to its :func:`xrayfeat.analysis.metrics.calibration`
     result (``M["calibration"]``). Each point is a non-empty bin (its mean
     confidence, its accuracy); on the dashed diagonal a model's confidence means
     what it says, below it the model is overconfident. ECE and Brier score are in

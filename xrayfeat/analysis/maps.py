@@ -648,7 +648,7 @@ def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
 
 def _plot(coords, labels, classes, splits, out_path, *, title: str, subtitle: str, seed: int, coords_path: Path):
     """Draw the map (a stratified subsample past PLOT_MAX_POINTS, said in the subtitle); (path, points drawn)."""
-    from xrayfeat.plots import plot_embedding
+    from xrayfeat.analysis.plots import plot_embedding
 
     if labels.dtype.kind not in "iu":
         raise XrayfeatError(f"'labels' must be class indices (integers) into 'classes' to be plotted. "

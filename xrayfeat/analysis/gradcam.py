@@ -41,7 +41,7 @@ from matplotlib.colors import Normalize
 from PIL import Image
 
 from xrayfeat.data.images import read_image
-from xrayfeat.plots import PALETTE, new_figure, save_figure
+from xrayfeat.analysis.plots import PALETTE, new_figure, save_figure
 
 __all__ = ["CamResult", "choose_examples", "example_grid", "grad_cam", "plot_overlay", "upsample"]
 

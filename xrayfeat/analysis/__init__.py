@@ -1,0 +1,10 @@
+"""Analysis of predictions and features: numbers, maps and pictures.
+
+* :mod:`.metrics`: accuracy, balanced accuracy, ROC-AUC, confusion matrices with patient-cluster
+  bootstrap intervals, operating points, calibration (:func:`score`, :func:`choose_thresholds`);
+* :mod:`.maps`: 2-D maps of features (PCA → t-SNE / UMAP) with agreement scores (:func:`embed`);
+* :mod:`.gradcam`: Grad-CAM arithmetic on cached maps and overlays;
+* :mod:`.plots`: every figure (curves, confusion, ROC, calibration, maps), saved atomically.
+
+Nothing here trains a model or reads a run folder.
+"""
