@@ -174,7 +174,7 @@ def test_savedmodel_export_serves_the_same_probabilities(tiny_run):
 def test_a_previous_export_is_replaced_and_a_foreign_folder_is_refused(tiny_run):
     import keras
 
-    from xrayfeat.export import ExportError, export_run
+    from xrayfeat.runs.export import ExportError, export_run
 
     run, root = tiny_run["run"], tiny_run["root"]
     out = root / "again"
@@ -209,7 +209,8 @@ def test_refusals_on_another_backend_are_one_line(tiny_run, extra, message):
 
 @pytest.mark.slow
 def test_weights_other_than_the_stores_are_refused(tiny_run, tmp_path, monkeypatch):
-    from xrayfeat import errors, export
+    from xrayfeat import errors
+    from xrayfeat.runs import export
 
     monkeypatch.setattr(export, "_stored_digest", lambda record: "0" * 64)
     with pytest.raises(errors.WeightsError, match="weights digest"):
@@ -232,7 +233,7 @@ def test_portable_preprocessing_is_bit_identical_to_extraction(mode):
     import keras
 
     from xrayfeat.features.building import _preprocess_layer
-    from xrayfeat.export import portable_preprocess
+    from xrayfeat.runs.export import portable_preprocess
 
     pixels = np.arange(256 * 3, dtype=np.int64).reshape(1, 16, 16, 3) % 256
     pixels = np.concatenate([pixels, pixels[:, ::-1]]).astype(np.uint8)  # every value in every channel

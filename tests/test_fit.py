@@ -13,7 +13,7 @@ from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.features.extraction import FeatureOptions, RunOptions
-from xrayfeat.study import HeadOptions, fit_head
+from xrayfeat.runs.fit import HeadOptions, fit_head
 
 QUICK = HeadOptions(epochs=3, steps_per_epoch=4, units=16, baselines=("logreg", "pixels"), n_boot=200)
 
@@ -84,7 +84,8 @@ def test_same_seed_same_results_on_cpu(tmp_path, tiny_data):
 
 
 def test_patient_groups_keep_validation_apart(tmp_path):
-    from xrayfeat.study import groups_of, split_validation
+    from xrayfeat.runs.fit import split_validation
+    from xrayfeat.analysis.scoring import groups_of
 
     data = write_tiny_dataset(tmp_path / "d", per_split=(("train", 12), ("test", 2)))
     dataset = discover(data)
@@ -178,7 +179,7 @@ def test_real_sample_runs_to_the_end(tmp_path, real_sample):
 def test_few_patients_still_split_or_say_why(tmp_path):
     from dataclasses import replace
 
-    from xrayfeat.study import split_validation
+    from xrayfeat.runs.fit import split_validation
 
     dataset = discover(write_tiny_dataset(tmp_path / "d", per_split=(("train", 3), ("test", 1))))
     train = [i for i in dataset.items if i.split == "train"]
@@ -210,7 +211,7 @@ SENTINEL_CASES = [
 def test_pixels_sentinel_warns_only_when_pixels_keep_up(head, baselines, warns):
     from types import SimpleNamespace
 
-    from xrayfeat.study import study_warnings
+    from xrayfeat.runs.fit import study_warnings
 
     train = [SimpleNamespace(sha256=f"train{i}", patient_id=None, label="ab"[i % 2]) for i in range(400)]
     test = [SimpleNamespace(sha256=f"test{i}", patient_id=None, label="ab"[i % 2]) for i in range(400)]
@@ -229,7 +230,7 @@ def test_pixels_sentinel_warns_only_when_pixels_keep_up(head, baselines, warns):
 def test_imbalance_warns_past_twice_the_smallest_class(per_class, warns):
     from types import SimpleNamespace
 
-    from xrayfeat.study import study_warnings
+    from xrayfeat.runs.fit import study_warnings
 
     train = [SimpleNamespace(sha256=f"{c}{i}", patient_id=None, label=c)
              for c, n in zip("ab", per_class) for i in range(n)]

@@ -16,13 +16,15 @@ from xrayfeat.store import shards
 from xrayfeat.cli import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.explanation import explain
+from xrayfeat.runs.explanation import explain
 from xrayfeat.features.extraction import extract, open_store, resolve
 from xrayfeat.store.fingerprint import KeepError, fingerprint_id, store_dirname
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
-from xrayfeat.study import embed_map, export_features, fit_head
-from xrayfeat.trained import load_run
+from xrayfeat.runs.fit import fit_head
+from xrayfeat.features.feature_export import export_features
+from xrayfeat.runs.maps import embed_map
+from xrayfeat.runs.loaded import load_run
 
 # a fingerprint as every store before --keep had it, and the id it was given then
 FP = {"backbone": "vgg16", "weights": "none:seed0", "image_size": 32, "preprocess": "caffe", "decode": 2,

@@ -19,7 +19,7 @@ from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
 from xrayfeat.features.extraction import FeatureOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.study import HeadOptions, fit_head
+from xrayfeat.runs.fit import HeadOptions, fit_head
 
 CLASSES = ["a", "b"]
 HEAD = HeadOptions(epochs=4, steps_per_epoch=3, units=16, baselines=("logreg",), n_boot=200,
@@ -124,7 +124,7 @@ def test_best_epoch_and_seed_repeats_are_recorded(fitted):
 def test_external_evaluation_applies_the_runs_thresholds(fitted, tmp_path):
     tmp, _, _ = fitted
     other = write_tiny_dataset(tmp_path / "other", per_split=(("test", 5),), seed=7)
-    from xrayfeat.trained import load_run
+    from xrayfeat.runs.loaded import load_run
 
     run = load_run(tmp / "run")
     run.evaluate(other / "test", name="other", cache_dir=tmp / "cache")

@@ -71,7 +71,7 @@ def test_a_patient_split_error_names_the_dataset_not_a_parent_folder():
     """Bug fixed: the error named path.parent.parent.parent, wrong for manifests."""
     from types import SimpleNamespace
 
-    from xrayfeat.study import split_validation
+    from xrayfeat.runs.fit import split_validation
 
     items = [SimpleNamespace(patient_id="p1", sha256=f"h{i}") for i in range(4)]
     with pytest.raises(DatasetError, match=r"^data/manifest\.csv: a class has fewer than 2 training patients"):

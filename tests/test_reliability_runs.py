@@ -29,10 +29,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, write_tiny_dataset
-from xrayfeat import runs
+from xrayfeat.runs import folder
+from xrayfeat.runs import record as runs
 from xrayfeat.report import write_report
-from xrayfeat.runs import MARKER, RunError
-from xrayfeat.trained import load_run
+from xrayfeat.errors import RunError
+from xrayfeat.runs.folder import MARKER
+from xrayfeat.runs.loaded import load_run
 
 #: Class folder names (and so file names: ``<class>_<split>_<i>.png``) a browser would run if not escaped.
 SCRIPT = "<script>alert(1)<script>"  # a file name cannot hold "/", so the closing tag cannot be spelt
@@ -273,7 +275,7 @@ def test_two_fit_heads_into_one_out_then_kill_9_during_training(payload_run, tmp
         assert error_line(proc) == f"{folder}: {incomplete}; delete the folder and re-run fit-head"
     assert not (tmp_path / "report").exists() and not (tmp_path / "p.csv").exists()
     with pytest.raises(RunError) as info:
-        runs.new_run_dir(folder, "binary", "vgg16")
+        folder.new_run_dir(folder, "binary", "vgg16")
     assert str(info.value) == f"{folder}: not empty: it holds {incomplete}; delete it or choose another --out"
 
 
@@ -281,7 +283,7 @@ def test_a_finished_run_is_never_overwritten(payload_run):
     run = payload_run["run"]
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(RunError) as info:
-        runs.new_run_dir(run, "binary", "vgg16")
+        folder.new_run_dir(run, "binary", "vgg16")
     assert str(info.value) == f"{run}: not empty: it already holds a finished run; choose another --out or delete it"
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # no marker left either
 
@@ -289,7 +291,7 @@ def test_a_finished_run_is_never_overwritten(payload_run):
 def _claim(folder: str, start, done, results) -> None:
     start.wait()
     try:
-        runs.new_run_dir(folder, "binary", "vgg16")
+        folder.new_run_dir(folder, "binary", "vgg16")
         results.put(("claimed", os.getpid()))
         done.wait()  # hold the claim, alive, until every other process has tried
     except RunError as exc:
@@ -322,13 +324,13 @@ def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path):
 
 
 def test_a_failed_fit_head_gives_an_untouched_folder_back_and_marks_a_written_one(tmp_path):
-    fresh = runs.new_run_dir(tmp_path / "fresh", "binary", "vgg16")
-    runs.abandon_run_dir(fresh, ValueError("no images"))
+    fresh = folder.new_run_dir(tmp_path / "fresh", "binary", "vgg16")
+    folder.abandon_run_dir(fresh, ValueError("no images"))
     assert not fresh.exists()  # nothing was written: as if fit-head never ran
 
-    written = runs.new_run_dir(tmp_path / "written", "binary", "vgg16")
+    written = folder.new_run_dir(tmp_path / "written", "binary", "vgg16")
     (written / "metrics.json").write_text("{}")
-    runs.abandon_run_dir(written, MemoryError("out of\nmemory"))
+    folder.abandon_run_dir(written, MemoryError("out of\nmemory"))
     with pytest.raises(RunError) as info:
         load_run(written)
     assert str(info.value).startswith(f"{written}: an incomplete run (fit-head failed before finishing it: "

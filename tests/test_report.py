@@ -1,7 +1,7 @@
 """xrayfeat.report: tables per task, warnings grouped by kind, a self-contained and escaped HTML file.
 
 Run folders are faked in tmp_path with the files fit-head writes: a
-:class:`~xrayfeat.runs.RunRecord` written by :func:`~xrayfeat.runs.write_record`,
+:class:`~xrayfeat.runs.record.RunRecord` written by :func:`~xrayfeat.runs.record.write_record`,
 metrics.json, history.csv and PNG figures recorded as artifacts with their
 sha256 (and one folder in the first, schema-less layout); no model is trained.
 """
@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrayfeat import runs
+from xrayfeat.runs import folder
+from xrayfeat.runs import record as runs
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write, write_json
 from xrayfeat.report import write_report
-from xrayfeat.runs import WARNING_KINDS, RunError, RunWarning
+from xrayfeat.runs.record import WARNING_KINDS, RunWarning
+from xrayfeat.errors import RunError
 
 RANDOM = RunWarning("random_weights",
                     "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer")
@@ -83,7 +85,7 @@ def make_run(root: Path, name: str, *, classes=("normal", "pneumonia"), backbone
             artifacts.append(runs.artifact(run, fname[:-len(".png")], fname))
     record = runs.RunRecord(
         xrayfeat="0.1.0", created="2026-11-26T07:31:04Z", data=data,
-        task=runs.task_name(classes), classes=classes,
+        task=folder.task_name(classes), classes=classes,
         counts={"train": 64, "val": 16, "test": 20, "skipped": 0}, validation="20% of train, stratified",
         features={"backbone": backbone, "weights": weights, "image_size": 64, "layer": None,
                   "precision": "auto", "store_dtype": "float16", "seed": 0},

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from xrayfeat import fileio, runs
-from xrayfeat.runs import Artifact, RunError, RunRecord, RunWarning
+from xrayfeat import fileio
+from xrayfeat.runs import record as runs
+from xrayfeat.runs.record import Artifact, RunRecord, RunWarning
+from xrayfeat.errors import RunError
 
 
 def make_record(**overrides) -> RunRecord:
@@ -133,7 +135,7 @@ def test_two_processes_writing_one_run_record_never_corrupt_it(tmp_path):
 
 
 def test_importing_runs_loads_no_framework():
-    code = ("import sys, xrayfeat.runs, xrayfeat.trained; "
+    code = ("import sys, xrayfeat.runs.record, xrayfeat.runs.loaded; "
             "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'sklearn', 'h5py', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

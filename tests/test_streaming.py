@@ -21,7 +21,7 @@ from xrayfeat.options.parsers import parse_size
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.store.rows import StoreRows
 from xrayfeat.store.feature_store import FeatureStore
-from xrayfeat.study import HeadOptions, fit_head
+from xrayfeat.runs.fit import HeadOptions, fit_head
 
 FP = {
     "backbone": "vgg16", "weights": "none:seed=0", "image_size": 32, "preprocess": "caffe",

@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "discover": "xrayfeat.api", "extract": "xrayfeat.api", "features": "xrayfeat.api", "fit_head": "xrayfeat.api", "embed": "xrayfeat.api",
     "predict": "xrayfeat.api", "evaluate": "xrayfeat.api", "explain": "xrayfeat.api",
-    "load_run": "xrayfeat.trained", "Run": "xrayfeat.trained",
-    "RunRecord": "xrayfeat.runs", "RunWarning": "xrayfeat.runs",
+    "load_run": "xrayfeat.runs.loaded", "Run": "xrayfeat.runs.loaded",
+    "RunRecord": "xrayfeat.runs.record", "RunWarning": "xrayfeat.runs.record",
     "FeatureStore": "xrayfeat.store.feature_store", "list_stores": "xrayfeat.store.feature_store",
     "Dataset": "xrayfeat.data.datasets", "Item": "xrayfeat.data.datasets",
     "FeatureOptions": "xrayfeat.options.settings", "RunOptions": "xrayfeat.options.settings", "HeadOptions": "xrayfeat.options.settings", "EmbedOptions": "xrayfeat.options.settings",

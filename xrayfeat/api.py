@@ -21,7 +21,7 @@ from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.datasets import discover as _discover
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.trained import Run, load_run
+from xrayfeat.runs.loaded import Run, load_run
 
 #: Feature parts a caller can ask for.
 PARTS = ("pooled", "spatial")
@@ -144,13 +144,13 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
 def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
              run: RunOptions | None = None, classes=None, out=None, runs_root="runs", extract_batch_size=None,
              **options):
-    """Train the seed's head and the baselines on cached features; the written run as a :class:`~xrayfeat.trained.Run`.
+    """Train the seed's head and the baselines on cached features; the written run as a :class:`~xrayfeat.runs.loaded.Run`.
 
     Keyword options: fields of FeatureOptions, HeadOptions and RunOptions.
     ``seed`` seeds both the random weights and the study; ``batch_size`` is the
     head's (``extract_batch_size`` the backbone's).
     """
-    from xrayfeat.study import fit_head as _fit_head
+    from xrayfeat.runs.fit import fit_head as _fit_head
 
     run_kw = _pop(RunOptions, options, skip=("batch_size",))
     if extract_batch_size is not None:
@@ -171,7 +171,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
 def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from_run=None,
           features: FeatureOptions | None = None, run: RunOptions | None = None, classes=None, **options):
     """A 2-D map (PCA, then t-SNE or UMAP) of pooled features, or of a run head's penultimate layer, saved to ``out``."""
-    from xrayfeat.study import embed_map
+    from xrayfeat.runs.maps import embed_map
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = None if from_run is not None else _features(backbone, features, options)
@@ -183,7 +183,7 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
 
 
 def predict(run, inputs, **options):
-    """Classify new images with a trained run (a :class:`~xrayfeat.trained.Run` or its folder); see ``Run.predict``."""
+    """Classify new images with a trained run (a :class:`~xrayfeat.runs.loaded.Run` or its folder); see ``Run.predict``."""
     return (run if isinstance(run, Run) else load_run(run)).predict(inputs, **options)
 
 

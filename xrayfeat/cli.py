@@ -351,7 +351,7 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cl
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
     """
     from xrayfeat.features.extraction import resolve
-    from xrayfeat.study import fit_head
+    from xrayfeat.runs.fit import fit_head
 
     features = single_feature(kw)
     resolve(features, kw["device"])
@@ -455,8 +455,8 @@ def predict(run, inputs, out, cache_dir, device, batch_size, workers, cluster, a
     Example:
       xrayfeat predict runs/4class-vgg16-20261126-101500 new_xrays/ --out predictions.csv
     """
-    from xrayfeat.prediction import predict as run_predict
-    from xrayfeat.trained import load_run
+    from xrayfeat.runs.prediction import predict as run_predict
+    from xrayfeat.runs.loaded import load_run
 
     result = run_predict(load_run(run), list(inputs), out=out, cache_dir=cache_dir, device=device,
                          batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
@@ -497,8 +497,8 @@ def explain(run, inputs, out, target_class, cache_dir, device, batch_size, worke
     Example:
       xrayfeat explain runs/4class-vgg16-20261126-101500 new_xrays/ --out explained/
     """
-    from xrayfeat.explanation import explain as run_explain
-    from xrayfeat.trained import load_run
+    from xrayfeat.runs.explanation import explain as run_explain
+    from xrayfeat.runs.loaded import load_run
 
     result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,
                          device=device, batch_size=batch_size, workers=workers, cluster=cluster,
@@ -538,9 +538,9 @@ def evaluate(run, data, name, classes, cache_dir, device, batch_size, workers, c
     Example:
       xrayfeat evaluate runs/4class-vgg16-20261126-101500 other_hospital/ --name hospital_b
     """
-    from xrayfeat.external import evaluate as run_evaluate
-    from xrayfeat.prediction import run_cache_dir
-    from xrayfeat.trained import load_run
+    from xrayfeat.runs.external import evaluate as run_evaluate
+    from xrayfeat.runs.prediction import run_cache_dir
+    from xrayfeat.runs.loaded import load_run
 
     trained = load_run(run)
     dataset = dataset_of(data, classes, run_cache_dir(trained, cache_dir))
@@ -606,8 +606,8 @@ def embed(data, backbone, method, from_run, seed, classes, cache_dir, device, ou
       xrayfeat embed demo_data --backbone vgg16 --weights none --method umap
       xrayfeat embed demo_data --from-run runs/4class-vgg16-20261126-101500 --method tsne
     """
-    from xrayfeat.study import embed_map
-    from xrayfeat.trained import load_run
+    from xrayfeat.runs.maps import embed_map
+    from xrayfeat.runs.loaded import load_run
 
     if not backbone and not from_run:
         raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
@@ -676,7 +676,7 @@ def export_cmd(run, out, format_, as_json):
     Example:
       xrayfeat export runs/binary-vgg16-20261126-101500 --out deploy/binary-vgg16
     """
-    from xrayfeat.export import export_run
+    from xrayfeat.runs.export import export_run
 
     result = export_run(run, out, format=format_)
 
@@ -845,7 +845,7 @@ def cache_export(data, out, as_json, **kw):
     Example:
       xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
     """
-    from xrayfeat.study import export_features
+    from xrayfeat.features.feature_export import export_features
 
     features = single_feature(kw)
     result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,

@@ -21,8 +21,9 @@ from xrayfeat.features.extraction import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.data.phantoms import write_phantoms
 from xrayfeat.report import write_report
-from xrayfeat.study import METHOD_NAMES, embed_map, fit_head
-from xrayfeat.trained import load_run
+from xrayfeat.runs.fit import fit_head
+from xrayfeat.runs.maps import METHOD_NAMES, embed_map
+from xrayfeat.runs.loaded import load_run
 
 log = logging.getLogger("xrayfeat")
 

@@ -47,3 +47,7 @@ class ClusterError(XrayfeatError):
     """The Dask cluster failed the run: the scheduler was lost, or a chunk kept killing its workers."""
 
     exit_code = 1
+
+
+class RunError(XrayfeatError):
+    """A folder is not a run, or a run's record or artifact is missing or damaged."""

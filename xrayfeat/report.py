@@ -1,6 +1,6 @@
 """The comparison report: run records in, one Markdown file and one self-contained HTML file out.
 
-:func:`write_report` reads each run folder through :func:`xrayfeat.runs.read_record`
+:func:`write_report` reads each run folder through :func:`xrayfeat.runs.record.read_record`
 (the typed, versioned record; ``metrics.json`` and ``history.csv`` are read only
 after their sha256 matches the record) and renders
 
@@ -17,7 +17,7 @@ after their sha256 matches the record) and renders
   out, and a sentence for each result that does not carry;
 * a "Warnings" section that gathers every run's warnings and those of its
   external evaluations, de-duplicated, grouped by their recorded kind (most
-  serious first, headed as in :data:`xrayfeat.runs.WARNING_KINDS`) and attributed
+  serious first, headed as in :data:`xrayfeat.runs.record.WARNING_KINDS`) and attributed
   to the runs that raised them (``run (external: name)`` for an evaluation);
 * per run: a configuration summary, each model's test results, the head's
   spread across seeds (with a sentence when it is wider than the bootstrap
@@ -74,15 +74,15 @@ from xrayfeat.report_doc import (
     render_html,
     render_markdown,
 )
-from xrayfeat.runs import (
+from xrayfeat.runs.record import (
     RANDOM_WEIGHTS_WARNING,
     WARNING_KINDS,
-    RunError,
     RunRecord,
     RunWarning,
     finite_float,
     read_record,
 )
+from xrayfeat.errors import RunError
 
 __all__ = ["write_report", "FIGURES", "GRADCAM"]
 
@@ -210,7 +210,7 @@ def _load_external(record: RunRecord, anchor: str) -> list[_External]:
 
 
 def _load_runs(paths) -> list[_Run]:
-    """Read each run folder; :class:`~xrayfeat.runs.RunError` (one line) for anything that is not a sound run."""
+    """Read each run folder; :class:`~xrayfeat.errors.RunError` (one line) for anything that is not a sound run."""
     loaded: list[_Run] = []
     seen: set[Path] = set()
     slugs: set[str] = set()
@@ -1027,7 +1027,7 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     """Write ``OUT/report.md`` and a self-contained ``OUT/report.html`` comparing ``runs``.
 
     ``runs`` are run folders written by ``fit-head``; each is read through
-    :func:`xrayfeat.runs.read_record` (its ``metrics.json``, ``history.csv`` and
+    :func:`xrayfeat.runs.record.read_record` (its ``metrics.json``, ``history.csv`` and
     recorded figures checked against their sha256, and so are the metrics and
     figures of each external evaluation the record lists). Runs are grouped into one
     comparison table per task (task name and class list), so runs of different
@@ -1036,7 +1036,7 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     Markdown and embedded in the HTML. Both files are written atomically.
 
     Returns ``{"markdown": path, "html": path, "runs": n, "tables": k}`` (paths as
-    str). Raises :class:`~xrayfeat.runs.RunError` naming the folder when one is
+    str). Raises :class:`~xrayfeat.errors.RunError` naming the folder when one is
     not a run or its record or a checked file is damaged, and
     :class:`~xrayfeat.errors.XrayfeatError` when no run is given.
     """

@@ -23,7 +23,7 @@
    leakage, tiny test sets, shortcuts, source gaps, class imbalance);
 8. :func:`_write_run`: metrics with bootstrap intervals, operating points and
    calibration, predictions (test and validation), history, figures and the
-   :class:`~xrayfeat.runs.RunRecord`.
+   :class:`~xrayfeat.runs.record.RunRecord`.
 
 Every figure and every metric is computed from ``predictions.csv`` (test) and
 ``predictions-val.csv`` (validation, where thresholds come from), so anyone can
@@ -44,7 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat import __version__, runs
+from xrayfeat import __version__
+from xrayfeat.runs import folder
+from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
 from xrayfeat.backbones import get_spec
@@ -52,18 +54,15 @@ from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.features.extraction import extract, resolve, store_for
-from xrayfeat.fileio import atomic_path, write_json
-from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
-from xrayfeat.options.constraints import OptionError
+from xrayfeat.analysis.scoring import choose_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
+from xrayfeat.fileio import write_json
+from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
-from xrayfeat.runs import RunWarning
+from xrayfeat.runs.record import RunWarning
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.data.summary import imbalance_warning
 
 log = logging.getLogger("xrayfeat")
-
-#: Display names of the map methods.
-METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 # --------------------------------------------------------------------------- checks and splits
@@ -94,12 +93,6 @@ def check_task(dataset: Dataset) -> None:
     if few:
         raise DatasetError(f"{root}: classes with fewer than 2 training images ({', '.join(few)}); add images or drop the class with --classes")
 
-
-def groups_of(items) -> np.ndarray | None:
-    """Patient ids where known (an image without one is its own patient); None if no patient is known."""
-    if not any(item.patient_id for item in items):
-        return None
-    return np.array([item.patient_id or f"image:{item.sha256}" for item in items])
 
 
 def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DATA"):
@@ -166,68 +159,6 @@ class _Split:
     test_arrays: dict
     seconds: float
 
-
-def evaluate_models(probabilities: dict, y, classes, items, *, n_boot: int, seed: int,
-                    thresholds: dict | None = None, rule: str | None = None) -> dict:
-    """:func:`metrics.evaluate` for each model's probabilities on ``items``: patients resampled, sources broken down.
-
-    ``thresholds`` ({model: {class: {"threshold", "note"}}}, chosen on validation
-    by :func:`choose_thresholds`) add each model's operating points under ``rule``.
-    """
-    groups = groups_of(items)
-    sources = [i.source for i in items] if any(i.source for i in items) else None
-    thresholds = thresholds or {}
-    return {name: metrics.evaluate(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed,
-                                   thresholds=thresholds.get(name), threshold_rule=rule if name in thresholds else None)
-            for name, proba in probabilities.items()}
-
-
-def positive_class(classes, positive: str | None) -> str | None:
-    """The positive class of a binary task (``positive``, default the second class); None for multiclass tasks."""
-    classes = list(classes)
-    if positive is not None and positive not in classes:
-        raise OptionError(f"--positive {positive!r} is not a class of this task ({', '.join(classes)})")
-    if len(classes) != 2:
-        if positive is not None:
-            raise OptionError(f"--positive applies to binary tasks; with {len(classes)} classes every class is "
-                              f"reported one-vs-rest, so leave it out")
-        return None
-    return positive or classes[1]
-
-
-def choose_thresholds(y_val, val_probabilities: dict, classes, rule: str, positive: str | None) -> dict:
-    """Each model's operating-point thresholds, chosen on the validation rows alone (never on test)."""
-    return {name: metrics.choose_thresholds(y_val, proba, list(classes), rule, positive=positive)
-            for name, proba in val_probabilities.items()}
-
-
-def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list[int]) -> dict | None:
-    """The head's accuracy, balanced accuracy and ROC-AUC across seeds: mean, SD (ddof=1), min, max, values.
-
-    ``primary`` is the first seed's test metrics; ``repeats`` the other seeds'
-    test probabilities (:class:`~xrayfeat.models.head_process.HeadOutcome` ``repeats``).
-    """
-    if not repeats:
-        return None
-    scored = [primary] + [metrics.evaluate(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
-    spread = {}
-    for key in ("accuracy", "balanced_accuracy", "roc_auc"):
-        values = [m[key] for m in scored]
-        if any(v is None for v in values):
-            spread[key] = None
-            continue
-        values = np.array(values, dtype=float)
-        spread[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)), "min": float(values.min()),
-                       "max": float(values.max()), "values": [float(v) for v in values]}
-    return {"seeds": list(seeds), "head": spread}
-
-
-def headline(m: dict) -> dict:
-    """The headline figures of a :func:`metrics.evaluate` result."""
-    return {
-        "accuracy": m["accuracy"], "accuracy_ci": m["ci"]["accuracy"], "loss": m["loss"],
-        "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "n": m["n"],
-    }
 
 
 def study_parts(head: HeadOptions) -> tuple[str, ...]:
@@ -411,7 +342,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
 
 
 def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
-    """The warnings this field needs, each with its kind (see :data:`xrayfeat.runs.WARNING_KINDS`)."""
+    """The warnings this field needs, each with its kind (see :data:`xrayfeat.runs.record.WARNING_KINDS`)."""
     found = []
     if random_weights:
         found.append(runs.RANDOM_WEIGHTS_WARNING)
@@ -476,11 +407,11 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.backend, device=config.device, train_tail=head.train_tail)
-    run_dir = runs.new_run_dir(out, runs.task_name(dataset.classes), features.backbone, runs_root)
+    run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
         return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
     except BaseException as exc:  # the folder says fit-head failed, or is given back when nothing was written
-        runs.abandon_run_dir(run_dir, exc)
+        folder.abandon_run_dir(run_dir, exc)
         raise
 
 
@@ -529,7 +460,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
 
     record = runs.RunRecord(
         xrayfeat=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), data=str(dataset.root),
-        task=runs.task_name(dataset.classes), classes=list(dataset.classes),
+        task=folder.task_name(dataset.classes), classes=list(dataset.classes),
         counts={"train": len(fit_idx), "val": len(val_idx), "test": len(split.test), "skipped": split.extraction.skipped},
         skipped_files=list(split.extraction.skipped_files),
         validation=val_source, features=asdict(features),
@@ -613,98 +544,7 @@ def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title:
 # --------------------------------------------------------------------------- maps
 
 
-@dataclass
-class EmbedOutcome:
-    """A map: the embed result (coordinates, scores, files) and what was projected."""
-
-    result: object
-    method: str
-    source: str
-    images: int
-
-    def as_json(self) -> dict:
-        r = self.result
-        return {"out": str(r.plot_path), "coords": str(r.coords_path), "method": self.method,
-                "source": self.source, "reused": r.reused, "seconds": round(r.seconds, 3), "scores": r.scores}
-
-
-def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: EmbedOptions = EmbedOptions(), *,
-              from_run=None, run: RunOptions = RunOptions(), title: str = "") -> EmbedOutcome:
-    """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates).
-
-    With ``from_run`` (a loaded :class:`~xrayfeat.trained.Run`) the run's own
-    feature options select the store and its head (loaded after its sha256 is
-    checked) projects the spatial maps; ``features`` is then ignored.
-    """
-    from xrayfeat.analysis.maps import embed_cached
-
-    embed.validate()
-    head = None
-    if from_run is not None:
-        if list(dataset.classes) != from_run.classes:
-            raise DatasetError(f"{from_run.path} was trained on classes {from_run.classes}, {dataset.root} has "
-                               f"{list(dataset.classes)}; pass --classes {','.join(from_run.classes)}")
-        features, head = from_run.feature_options(), from_run.head()
-    elif features is None:
-        raise ValueError("embed_map needs features (a FeatureOptions) or from_run")
-    part = "pooled" if head is None else from_run.record.head_input
-    purpose = "embed" if head is None else f"embed --from-run (its head reads {part} features)"
-    features = store_for(features, run.cache_dir, (part,), purpose, run.device)
-    [extraction] = extract(dataset, features, run)
-    store = FeatureStore.at(extraction.store)
-    if head is not None:
-        values = head.embed(store.read(dataset.hashes, (part,))[part])
-        source = f"head penultimate layer ({from_run.path.name})"
-    else:
-        values = store.read(dataset.hashes, ("pooled",))["pooled"]
-        source = f"{features.backbone} pooled features"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result = embed_cached(values, dataset.labels, out, method=embed.method, seed=embed.seed, classes=list(dataset.classes),
-                          splits=[item.split for item in dataset.items],
-                          title=title or f"{METHOD_NAMES[embed.method]} of {source}")
-    return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset))
-
 
 # --------------------------------------------------------------------------- export
 
 
-@dataclass
-class ExportResult:
-    """The file written, its rows, the store read, and the shape of each part (None: the store does not keep it)."""
-
-    out: str
-    rows: int
-    store: str
-    pooled: list | None
-    spatial: list | None
-
-    def as_json(self) -> dict:
-        return asdict(self)
-
-
-def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_dir="data_cache",
-                    device: str = "auto") -> ExportResult:
-    """Write a dataset's cached features to one ``.npz`` in the dataset's order; computes nothing.
-
-    Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C);
-    a part the store does not keep (``--keep``) is left out of the file. The
-    store is the one ``features.keep`` names, else any of the same features
-    (:func:`~xrayfeat.features.extraction.store_for`). Missing rows are a
-    :class:`~xrayfeat.errors.StoreError` naming the extract command to run.
-    """
-    from xrayfeat.features.extraction import open_store
-
-    features.validate()
-    store = open_store(features, cache_dir, device)
-    arrays = store.read(dataset.hashes, store.parts)
-    with atomic_path(out, suffix=".npz") as tmp:
-        np.savez(
-            tmp,
-            sha256=np.array(dataset.hashes),
-            path=np.array([item.relpath for item in dataset.items]),
-            label=np.array([item.label for item in dataset.items]),
-            split=np.array([item.split for item in dataset.items]),
-            **arrays,
-        )
-    shapes = {part: list(arrays[part].shape) if part in arrays else None for part in ("pooled", "spatial")}
-    return ExportResult(out=str(out), rows=len(dataset), store=str(store.path), **shapes)

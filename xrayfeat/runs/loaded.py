@@ -1,6 +1,6 @@
 """A trained run, loaded: what a notebook user holds after ``xf.load_run(path)`` or ``xf.fit_head(...)``.
 
-:class:`Run` wraps a :class:`~xrayfeat.runs.RunRecord` with what a user does
+:class:`Run` wraps a :class:`~xrayfeat.runs.record.RunRecord` with what a user does
 with a run: its test metrics as a table, the per-image test predictions, the
 training history, the figures, the head and baseline models (each loaded only
 after its sha256 matches the record, checked before the library that loads it
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from xrayfeat.options.settings import FeatureOptions
-from xrayfeat.runs import RunRecord, read_record
+from xrayfeat.runs.record import RunRecord, read_record
 
 #: The figures fit-head draws, by name.
 FIGURES = ("curves", "confusion", "roc", "calibration", "gradcam")
@@ -49,7 +49,7 @@ class Run:
 
     @property
     def warnings(self):
-        """The study's warnings, each a :class:`~xrayfeat.runs.RunWarning` (kind, message)."""
+        """The study's warnings, each a :class:`~xrayfeat.runs.record.RunWarning` (kind, message)."""
         return list(self.record.warnings)
 
     @property
@@ -145,9 +145,9 @@ class Run:
     def predict(self, inputs, *, out=None, cache_dir=None, device: str = "auto", progress: bool = False, **options):
         """Classify new images (files, folders, CSVs of paths): a table with each model's class and probabilities.
 
-        See :func:`xrayfeat.prediction.predict`; the table is ``result.table``.
+        See :func:`xrayfeat.runs.prediction.predict`; the table is ``result.table``.
         """
-        from xrayfeat.prediction import predict
+        from xrayfeat.runs.prediction import predict
 
         return predict(self, inputs, out=out, cache_dir=cache_dir, device=device, progress=progress, **options)
 
@@ -155,9 +155,9 @@ class Run:
                 progress: bool = False, **options):
         """Grad-CAM overlays (``OUT/<image>.png``) and raw maps (``.npz``) of the head on images, from cached maps.
 
-        Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.explanation.explain`.
+        Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.runs.explanation.explain`.
         """
-        from xrayfeat.explanation import explain
+        from xrayfeat.runs.explanation import explain
 
         return explain(self, inputs, out, target_class=target_class, cache_dir=cache_dir, device=device,
                        progress=progress, **options)
@@ -166,10 +166,10 @@ class Run:
                  progress: bool = False, **options):
         """Score the run on another site's labelled data (a folder or manifest), recorded under ``external/<name>``.
 
-        See :func:`xrayfeat.external.evaluate`.
+        See :func:`xrayfeat.runs.external.evaluate`.
         """
         from xrayfeat.data.datasets import Dataset, discover
-        from xrayfeat.external import evaluate
+        from xrayfeat.runs.external import evaluate
 
         dataset = data if isinstance(data, Dataset) else discover(data, classes=classes)
         self.record = read_record(self.path)  # another evaluate may have added to the record since

@@ -51,7 +51,7 @@ from xrayfeat.features.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError
 from xrayfeat.fileio import file_digest, fsync_dir, write_json
 from xrayfeat.data.images import DECODE_VERSION
-from xrayfeat.runs import RunError
+from xrayfeat.errors import RunError
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess"]
 
@@ -145,7 +145,7 @@ def _both_columns():
 
 
 def _load(run):
-    from xrayfeat.trained import Run, load_run
+    from xrayfeat.runs.loaded import Run, load_run
 
     return run if isinstance(run, Run) else load_run(run)
 
@@ -399,11 +399,11 @@ def _replace(tmp: Path, out: Path) -> None:
 def export_run(run, out, *, format: str = "keras") -> ExportResult:
     """Write a run's deployable model (pixels → probabilities) and ``export.json`` to folder ``out``.
 
-    ``run``: a :class:`~xrayfeat.trained.Run` or a run folder. ``format``:
+    ``run``: a :class:`~xrayfeat.runs.loaded.Run` or a run folder. ``format``:
     ``"keras"`` (``out/model.keras``) or ``"savedmodel"`` (``out/savedmodel/``,
     TensorFlow backend only). See the module docstring for what the model holds
     and the pixels it expects. Errors are :class:`~xrayfeat.errors.XrayfeatError`
-    lines: not a run (:class:`~xrayfeat.runs.RunError`), weights missing or not
+    lines: not a run (:class:`~xrayfeat.errors.RunError`), weights missing or not
     those of the run (:class:`~xrayfeat.errors.WeightsError`), a bad format,
     backend or output folder (:class:`ExportError`).
     """

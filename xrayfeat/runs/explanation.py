@@ -1,6 +1,6 @@
 """Grad-CAM overlays for a trained run's predictions on any images, from the cached spatial maps.
 
-:func:`explain` takes the same inputs as :func:`xrayfeat.prediction.predict`
+:func:`explain` takes the same inputs as :func:`xrayfeat.runs.prediction.predict`
 (image files, folders, CSVs with a ``path`` column) and, for each image, draws
 where the run's head looks: Grad-CAM of the predicted class (or of one chosen
 class) at the run's cut layer. The map comes from the image's cached spatial
@@ -35,7 +35,7 @@ from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.fileio import atomic_path, atomic_write
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
-from xrayfeat.prediction import gather_inputs, run_features
+from xrayfeat.runs.prediction import gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
 CHUNK = 64
@@ -66,7 +66,7 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
             progress: bool = False) -> ExplainResult:
     """Grad-CAM overlays of ``run``'s head on ``inputs``, written to the folder ``out``; see the module docstring.
 
-    ``run``: a loaded :class:`~xrayfeat.trained.Run`. ``target_class``: a class
+    ``run``: a loaded :class:`~xrayfeat.runs.loaded.Run`. ``target_class``: a class
     of the run every map explains (default: each image's predicted class).
     Features come from the run's cache (or ``cache_dir``), computed there first
     for images it lacks.

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat import runs
+from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
 from xrayfeat.fileio import write_json
-from xrayfeat.prediction import score
-from xrayfeat.runs import RunWarning
-from xrayfeat.study import evaluate_models, headline
+from xrayfeat.runs.prediction import score
+from xrayfeat.runs.record import RunWarning
+from xrayfeat.analysis.scoring import evaluate_models, headline
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarn
 def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, device: str = "auto",
              batch_size: int = 32, workers: int | None = None, cluster: str | None = None,
              progress: bool = False) -> EvaluateResult:
-    """Score ``run`` (a loaded :class:`~xrayfeat.trained.Run`) on the labelled ``dataset`` (all of it test data).
+    """Score ``run`` (a loaded :class:`~xrayfeat.runs.loaded.Run`) on the labelled ``dataset`` (all of it test data).
 
     The result is recorded under ``RUN/external/<name>/`` and in the run record.
 

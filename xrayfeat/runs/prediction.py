@@ -193,7 +193,7 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
             models=None) -> PredictResult:
     """Classify new images with a trained run; see the module docstring.
 
-    ``run``: a loaded :class:`~xrayfeat.trained.Run` (``xf.load_run``). ``inputs``: image
+    ``run``: a loaded :class:`~xrayfeat.runs.loaded.Run` (``xf.load_run``). ``inputs``: image
     files, folders or CSVs with a ``path`` column (a single path is fine).
     ``out``: a CSV to write (atomically), or None.
     """

@@ -1,0 +1,84 @@
+"""Scoring several models' probabilities on the same rows: metrics, thresholds, seed spread.
+
+fit-head and evaluate score every model (the head and each baseline) through
+:func:`evaluate_models`, so internal and external figures are computed one way:
+patients resampled in the bootstrap, sources broken down, and each model's
+operating points at thresholds chosen on validation only (:func:`choose_thresholds`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xrayfeat.analysis import metrics
+from xrayfeat.options.constraints import OptionError
+
+
+def groups_of(items) -> np.ndarray | None:
+    """Patient ids where known (an image without one is its own patient); None if no patient is known."""
+    if not any(item.patient_id for item in items):
+        return None
+    return np.array([item.patient_id or f"image:{item.sha256}" for item in items])
+
+
+def evaluate_models(probabilities: dict, y, classes, items, *, n_boot: int, seed: int,
+                    thresholds: dict | None = None, rule: str | None = None) -> dict:
+    """:func:`metrics.evaluate` for each model's probabilities on ``items``: patients resampled, sources broken down.
+
+    ``thresholds`` ({model: {class: {"threshold", "note"}}}, chosen on validation
+    by :func:`choose_thresholds`) add each model's operating points under ``rule``.
+    """
+    groups = groups_of(items)
+    sources = [i.source for i in items] if any(i.source for i in items) else None
+    thresholds = thresholds or {}
+    return {name: metrics.evaluate(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed,
+                                   thresholds=thresholds.get(name), threshold_rule=rule if name in thresholds else None)
+            for name, proba in probabilities.items()}
+
+
+def positive_class(classes, positive: str | None) -> str | None:
+    """The positive class of a binary task (``positive``, default the second class); None for multiclass tasks."""
+    classes = list(classes)
+    if positive is not None and positive not in classes:
+        raise OptionError(f"--positive {positive!r} is not a class of this task ({', '.join(classes)})")
+    if len(classes) != 2:
+        if positive is not None:
+            raise OptionError(f"--positive applies to binary tasks; with {len(classes)} classes every class is "
+                              f"reported one-vs-rest, so leave it out")
+        return None
+    return positive or classes[1]
+
+
+def choose_thresholds(y_val, val_probabilities: dict, classes, rule: str, positive: str | None) -> dict:
+    """Each model's operating-point thresholds, chosen on the validation rows alone (never on test)."""
+    return {name: metrics.choose_thresholds(y_val, proba, list(classes), rule, positive=positive)
+            for name, proba in val_probabilities.items()}
+
+
+def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list[int]) -> dict | None:
+    """The head's accuracy, balanced accuracy and ROC-AUC across seeds: mean, SD (ddof=1), min, max, values.
+
+    ``primary`` is the first seed's test metrics; ``repeats`` the other seeds'
+    test probabilities (:class:`~xrayfeat.models.head_process.HeadOutcome` ``repeats``).
+    """
+    if not repeats:
+        return None
+    scored = [primary] + [metrics.evaluate(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
+    spread = {}
+    for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+        values = [m[key] for m in scored]
+        if any(v is None for v in values):
+            spread[key] = None
+            continue
+        values = np.array(values, dtype=float)
+        spread[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)), "min": float(values.min()),
+                       "max": float(values.max()), "values": [float(v) for v in values]}
+    return {"seeds": list(seeds), "head": spread}
+
+
+def headline(m: dict) -> dict:
+    """The headline figures of a :func:`metrics.evaluate` result."""
+    return {
+        "accuracy": m["accuracy"], "accuracy_ci": m["ci"]["accuracy"], "loss": m["loss"],
+        "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "n": m["n"],
+    }

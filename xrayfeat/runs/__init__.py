@@ -1,0 +1,15 @@
+"""Runs: a study's record on disk, the pipeline that writes it, and everything that uses a trained run.
+
+* :mod:`.folder`: claiming ``runs/<name>/`` (an exclusive ``INCOMPLETE`` marker naming its writer),
+  telling unfinished folders apart (:func:`new_run_dir`, :func:`unfinished_state`);
+* :mod:`.record`: the typed, schema-checked :class:`RunRecord` (``config.json``) with a sha256 per
+  artifact, :class:`RunWarning`, and the writers of its tables;
+* :mod:`.fit`: the fit-head pipeline (:func:`fit_head` → :class:`FitResult`): features, splits,
+  head, baselines, metrics, figures, record;
+* :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);
+* :mod:`.loaded`: a finished run to use from Python (:func:`load_run` → :class:`Run`);
+* :mod:`.prediction`: new images through a run (:func:`predict`);
+* :mod:`.external`: a run scored on another site's data, recorded under ``external/<name>/``;
+* :mod:`.explanation`: Grad-CAM overlays from cached maps (:func:`explain`);
+* :mod:`.export`: a run as one portable Keras model, preprocessing included (:func:`export_run`).
+"""

@@ -1,0 +1,203 @@
+"""The run folder: claiming it, marking it unfinished, and telling whose it is.
+
+fit-head claims ``runs/<name>/`` with an ``INCOMPLETE`` marker created exclusively,
+naming the process (host, pid, start time, token) that writes the run; the record
+(:mod:`xrayfeat.runs.record`) removes the marker when ``config.json`` lands. A
+folder with a marker is unfinished: still being written by a live process, or
+abandoned by a dead one; :func:`unfinished` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from xrayfeat.errors import RunError
+from xrayfeat.fileio import atomic_write, fsync_dir
+
+
+#: The file fit-head creates first in a run folder and removes last (after ``config.json``): see the module docstring.
+MARKER = "INCOMPLETE"
+
+
+def default_name(task: str, backbone: str) -> str:
+    """``<task>-<backbone>-<UTC time>``, e.g. ``4class-inception_v3-20261126-071502``."""
+    return f"{task}-{backbone}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def task_name(classes) -> str:
+    """A short task label from the class names (``binary`` for two classes, else ``<K>class``)."""
+    return "binary" if len(classes) == 2 else f"{len(classes)}class"
+
+
+def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: str | os.PathLike = "runs") -> Path:
+    """A new, empty run folder (``root/<task>-<backbone>-<time>`` unless ``out`` is given), claimed by this process.
+
+    The claim is the :data:`MARKER` file, created only if absent, so of two
+    fit-heads started on one folder exactly one gets it; the other, and one
+    started on a folder that already holds anything, gets a :class:`RunError`
+    saying what the folder holds (a run being written, an incomplete run, a
+    finished run, other files). :func:`write_record` releases the claim; after
+    a failure, :func:`abandon_run_dir` does.
+    """
+    path = Path(out) if out else Path(root) / default_name(task, backbone)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path}: exists and is a file, not a folder; pass another --out")
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    _claim(path, created)
+    if _holds_files(path):
+        (path / MARKER).unlink()
+        raise RunError(f"{path}: {_occupied(path)}")
+    return path
+
+
+def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
+    """After fit-head failed on the folder this process claimed: make the folder say so, or give it back.
+
+    A folder that holds nothing but the claim is left as it was found (a
+    re-run may use it); one with some run files keeps its marker, now naming
+    the failure, so every reader calls it an incomplete run even while this
+    process lives on (a notebook). Does nothing to a folder claimed by another process.
+    """
+    path = Path(path)
+    info = _marker_info(path)
+    if not info or not _is_this_process(info):
+        return
+    if not _holds_files(path):
+        (path / MARKER).unlink()
+        if info.get("created"):
+            try:
+                path.rmdir()
+            except OSError:  # something arrived meanwhile: leave it
+                pass
+        return
+    reason = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
+    atomic_write(path / MARKER, json.dumps({**info, "failed": reason}) + "\n")
+
+
+def _claim(path: Path, created: bool) -> None:
+    """Create ``path``'s marker, naming this process; :class:`RunError` when the folder already has one.
+
+    The marker is written complete under a staging name, then hard-linked to
+    :data:`MARKER`: a link fails when the name exists, so the claim is atomic
+    and exclusive, and no reader ever sees a half-written marker.
+    """
+    info = {"command": "fit-head", "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "process": _process_token(os.getpid()),
+            "created": created}
+    staged = path / f".{MARKER}.{uuid.uuid4().hex[:12]}"
+    atomic_write(staged, json.dumps(info) + "\n")
+    try:
+        os.link(staged, path / MARKER)
+    except FileExistsError:
+        raise RunError(f"{path}: {_occupied(path)}") from None
+    finally:
+        staged.unlink()
+    fsync_dir(path)
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether ``path`` holds anything but its marker and the markers other fit-heads are staging.
+
+    Staged markers are ``.INCOMPLETE.<id>``, and ``..INCOMPLETE.<id>.<id>.tmp``
+    while :func:`~xrayfeat.fileio.atomic_write` writes one.
+    """
+    return any(p.name != MARKER and not (p.name.startswith(".") and p.name.lstrip(".").startswith(f"{MARKER}."))
+               for p in path.iterdir())
+
+
+def _occupied(path: Path) -> str:
+    """Why fit-head cannot write a run into ``path``, and what to do instead."""
+    unfinished = unfinished_state(path)
+    if unfinished:
+        state, detail = unfinished
+        if state == "running":
+            return f"another fit-head is writing a run into this folder ({detail}); choose another --out"
+        return f"not empty: it holds an incomplete run ({detail}); delete it or choose another --out"
+    if (path / "config.json").is_file():
+        return "not empty: it already holds a finished run; choose another --out or delete it"
+    return "run folder exists and is not empty; choose another --out or delete it"
+
+
+def unfinished_state(path: Path) -> tuple[str, str] | None:
+    """``(state, detail)`` for a folder fit-head began and has not finished; None for any other folder.
+
+    ``state`` is ``running`` (the writer is alive on this host), ``elsewhere``
+    (it ran on another host, which this one cannot ask) or ``stopped`` (killed,
+    or failed); ``detail`` says what is known, naming the writer.
+    """
+    info = _marker_info(path)
+    if info is None:
+        if not (path / "config.json").exists() and any((path / name).exists() for name in RUN_FILES):
+            return "stopped", "run files but no config.json: fit-head stopped before finishing it"
+        return None
+    if not info:  # a marker that cannot be read names no writer
+        return "stopped", f"its {MARKER} file cannot be read: fit-head did not finish it"
+    writer = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+    if info.get("failed"):
+        return "stopped", f"fit-head failed before finishing it: {info['failed']}; {writer}"
+    if info.get("host") != socket.gethostname():
+        return "elsewhere", f"fit-head is writing it on another host, or stopped there; {writer}"
+    process = info.get("process")
+    if process is not None and _process_token(info.get("pid")) == process:
+        return "running", writer
+    return "stopped", f"fit-head stopped before finishing it: killed or interrupted; {writer}"
+
+
+#: How a reader names an unfinished run in each state, and the fix it gives.
+UNFINISHED = {
+    "running": ("fit-head is still writing this run", "wait for it to finish"),
+    "elsewhere": ("an unfinished run", "wait for it, or if it stopped, delete the folder and re-run fit-head"),
+    "stopped": ("an incomplete run", "delete the folder and re-run fit-head"),
+}
+
+
+def _marker_info(path: Path) -> dict | None:
+    """What ``path``'s marker says (pid, host, started, process, created, failed); None without a marker."""
+    try:
+        data = json.loads((path / MARKER).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # unreadable or not ours: still a claim, with nothing known about it
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_this_process(info: dict) -> bool:
+    return info.get("host") == socket.gethostname() and info.get("process") == _process_token(os.getpid())
+
+
+def _process_token(pid) -> str | None:
+    """A name for live process ``pid`` that a later process given the same pid does not share; None if none lives.
+
+    On Linux the pid and the process' start time (``/proc/<pid>/stat``; a
+    zombie counts as dead); elsewhere the pid of a process that exists.
+    """
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():  # Linux: no such process
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # it exists, owned by someone else
+            pass
+        return str(pid)
+    except OSError:
+        return None
+    state, *rest = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces and ")"
+    return None if state in ("Z", "X") else f"{pid}:{rest[18]}"  # field 22 of proc(5): start time
+
+
+#: Files only fit-head writes (an ``external/<name>/`` folder of evaluate holds metrics and predictions too):
+#: a folder holding one of them but no ``config.json`` is an unfinished run.
+RUN_FILES = ("head.keras", "splits.csv", "predictions-val.csv", "history.csv")

@@ -1,0 +1,72 @@
+"""The ``embed`` command: a 2-D map of a dataset's cached features (t-SNE or UMAP), drawn and scored.
+
+Features come from the store (extracting what it lacks first); the map itself is
+:func:`xrayfeat.analysis.maps.embed`, cached beside the figure by its inputs' digest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from xrayfeat.data.datasets import Dataset
+from xrayfeat.errors import DatasetError
+from xrayfeat.features.extraction import extract, store_for
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, RunOptions
+from xrayfeat.store.feature_store import FeatureStore
+
+
+#: Display names of the map methods.
+METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
+
+
+@dataclass
+class EmbedOutcome:
+    """A map: the embed result (coordinates, scores, files) and what was projected."""
+
+    result: object
+    method: str
+    source: str
+    images: int
+
+    def as_json(self) -> dict:
+        r = self.result
+        return {"out": str(r.plot_path), "coords": str(r.coords_path), "method": self.method,
+                "source": self.source, "reused": r.reused, "seconds": round(r.seconds, 3), "scores": r.scores}
+
+
+def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: EmbedOptions = EmbedOptions(), *,
+              from_run=None, run: RunOptions = RunOptions(), title: str = "") -> EmbedOutcome:
+    """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates).
+
+    With ``from_run`` (a loaded :class:`~xrayfeat.runs.loaded.Run`) the run's own
+    feature options select the store and its head (loaded after its sha256 is
+    checked) projects the spatial maps; ``features`` is then ignored.
+    """
+    from xrayfeat.analysis.maps import embed_cached
+
+    embed.validate()
+    head = None
+    if from_run is not None:
+        if list(dataset.classes) != from_run.classes:
+            raise DatasetError(f"{from_run.path} was trained on classes {from_run.classes}, {dataset.root} has "
+                               f"{list(dataset.classes)}; pass --classes {','.join(from_run.classes)}")
+        features, head = from_run.feature_options(), from_run.head()
+    elif features is None:
+        raise ValueError("embed_map needs features (a FeatureOptions) or from_run")
+    part = "pooled" if head is None else from_run.record.head_input
+    purpose = "embed" if head is None else f"embed --from-run (its head reads {part} features)"
+    features = store_for(features, run.cache_dir, (part,), purpose, run.device)
+    [extraction] = extract(dataset, features, run)
+    store = FeatureStore.at(extraction.store)
+    if head is not None:
+        values = head.embed(store.read(dataset.hashes, (part,))[part])
+        source = f"head penultimate layer ({from_run.path.name})"
+    else:
+        values = store.read(dataset.hashes, ("pooled",))["pooled"]
+        source = f"{features.backbone} pooled features"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result = embed_cached(values, dataset.labels, out, method=embed.method, seed=embed.seed, classes=list(dataset.classes),
+                          splits=[item.split for item in dataset.items],
+                          title=title or f"{METHOD_NAMES[embed.method]} of {source}")
+    return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset))
