@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def cli(*args, env=None) -> tuple[float, str]:
     """Run ``xrayfeat ARGS``; (wall seconds, stdout)."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "xrayfeat.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "xrayfeat", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
     if proc.returncode:
         sys.exit(f"failed: xrayfeat {' '.join(map(str, args))}\n{proc.stderr[-3000:]}")

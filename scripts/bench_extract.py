@@ -48,7 +48,7 @@ def phantoms(out: Path, n: int, size: int) -> Path:
     """n phantom images (four classes), written once and reused between runs of this script."""
     per_class = max(2, n // 4)
     if not out.exists():
-        sh([sys.executable, "-m", "xrayfeat.cli", "phantoms", out, "--task", "four", "--per-class", per_class,
+        sh([sys.executable, "-m", "xrayfeat", "phantoms", out, "--task", "four", "--per-class", per_class,
             "--size", size, "--seed", "1"])
     return out
 
@@ -158,9 +158,9 @@ def main() -> None:
     model_wall, out = sh([*py, MODEL, args.backbone, args.size, args.batch, n_images])
     model_s = float(out.split()[1])
     cache = work / f"cache-{time.time_ns()}"
-    cold_s, out = sh([sys.executable, "-m", "xrayfeat.cli", *extract_args(data, cache, args.backbone, args.size, args.batch)])
+    cold_s, out = sh([sys.executable, "-m", "xrayfeat", *extract_args(data, cache, args.backbone, args.size, args.batch)])
     assert json.loads(out)["extracted"] == n_images
-    warm_s, out = sh([sys.executable, "-m", "xrayfeat.cli", *extract_args(data, cache, args.backbone, args.size, args.batch)])
+    warm_s, out = sh([sys.executable, "-m", "xrayfeat", *extract_args(data, cache, args.backbone, args.size, args.batch)])
     assert json.loads(out)["extracted"] == 0
 
     rows = [

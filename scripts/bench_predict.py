@@ -37,7 +37,7 @@ def cli(*args) -> float:
     """Run ``xrayfeat ARGS`` as a user would; its wall time in seconds."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "xrayfeat.cli", *map(str, args)], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "xrayfeat", *map(str, args)], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"xrayfeat {' '.join(map(str, args))} failed:\n{proc.stderr}")

@@ -281,7 +281,7 @@ def _run(args: list, what: str, env: dict | None = None) -> tuple[float, dict]:
 def _xrayfeat() -> list[str]:
     """The installed console script beside this Python, as a user runs it."""
     script = Path(sys.executable).parent / "xrayfeat"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "xrayfeat.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "xrayfeat"]
 
 
 def _fresh(path: Path) -> Path:

@@ -15,7 +15,7 @@ fi
 export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/gpu_check}"; mkdir -p "$out"
 work=$(mktemp -d)
-python3 -m xrayfeat.cli phantoms "$work/data" --task four --per-class 256 --size 512 --seed 0 --json
+python3 -m xrayfeat phantoms "$work/data" --task four --per-class 256 --size 512 --seed 0 --json
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 - "$work" <<'PY' | tee "$out/gpu_check.txt"
 import json, subprocess, sys, time
@@ -24,7 +24,7 @@ work = sys.argv[1]
 rows = []
 for backbone in ("vgg16", "inception_v3"):
     for precision in ("float32", "mixed_bfloat16"):
-        cmd = [sys.executable, "-m", "xrayfeat.cli", "extract", f"{work}/data", "-b", backbone, "--weights", "none",
+        cmd = [sys.executable, "-m", "xrayfeat", "extract", f"{work}/data", "-b", backbone, "--weights", "none",
                "--device", "gpu", "--precision", precision, "--batch-size", "128", "--cache-dir", f"{work}/cache", "--json"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:

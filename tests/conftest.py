@@ -46,7 +46,7 @@ def run_cli(*args, cwd=None, env=None, check=False, timeout=600) -> subprocess.C
     """Run ``xrayfeat ARGS`` as a user would, in a subprocess."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "xrayfeat.cli", *map(str, args)],
+        [sys.executable, "-m", "xrayfeat", *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
     if check and proc.returncode != 0:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import run_cli
 from xrayfeat import backbones, errors
 from xrayfeat.features import building, weights
-from xrayfeat.cli import main
+from xrayfeat.cli.main import main
 
 
 def invoke(*args, env=None):

@@ -67,7 +67,7 @@ def stored_rows(cache: Path) -> int:
 
 
 def extract_cmd(data: Path, cache: Path, cluster: str, *extra) -> list[str]:
-    return [sys.executable, "-m", "xrayfeat.cli", "extract", str(data), *FEATURES, "--cache-dir", str(cache),
+    return [sys.executable, "-m", "xrayfeat", "extract", str(data), *FEATURES, "--cache-dir", str(cache),
             "--batch-size", "2", "--cluster", cluster, *extra]
 
 
@@ -91,7 +91,7 @@ def worker_processes(parent: int) -> list[int]:
 
 
 LOADED = (  # runs the CLI, then prints which deep-learning frameworks this process imported
-    "import sys, json; from xrayfeat.cli import main\n"
+    "import sys, json; from xrayfeat.cli.main import main\n"
     "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
     "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') "
     "if m in sys.modules)}))"

@@ -11,7 +11,7 @@ import pytest
 
 import xrayfeat as xf
 from tests.conftest import write_tiny_dataset
-from xrayfeat.cli import main
+from xrayfeat.cli.main import main
 from xrayfeat.analysis.gradcam import choose_examples, example_grid, grad_cam
 
 pytestmark = pytest.mark.slow

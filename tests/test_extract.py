@@ -141,7 +141,7 @@ def assert_same_export(a, b):
 
 
 def extract_cmd(data, cache, *extra):
-    return [sys.executable, "-m", "xrayfeat.cli", "extract", str(data), "-b", "vgg16", "--weights", "none",
+    return [sys.executable, "-m", "xrayfeat", "extract", str(data), "-b", "vgg16", "--weights", "none",
             "--image-size", "32", "--cache-dir", str(cache), "--batch-size", "2", "--workers", "0", *extra]
 
 
@@ -156,7 +156,7 @@ def reference_export(tmp_path, tiny_data):
 def test_warm_run_does_not_import_the_framework(tmp_path, tiny_data):
     run_cli(*extract_cmd(tiny_data, tmp_path / "cache")[3:], check=True)
     code = (
-        "import sys, json; from xrayfeat.cli import main\n"
+        "import sys, json; from xrayfeat.cli.main import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
         "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules)}))"
     )

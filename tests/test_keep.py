@@ -13,7 +13,7 @@ from conftest import write_tiny_dataset
 
 from xrayfeat.analysis import maps as embedding
 from xrayfeat.store import shards
-from xrayfeat.cli import main
+from xrayfeat.cli.main import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.runs.explanation import explain

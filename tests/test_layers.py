@@ -1,63 +1,125 @@
-"""The package's layering: every module imports only modules listed before it.
+"""The package's layering and surface: the folder layout is the data flow, and imports only run down it.
 
-The list runs from the foundations (errors, file writing, option declarations)
-through the data flow (datasets → images → store → extract → heads, baselines,
-embed → runs) to the study layer, the report, the Python API and the CLI. A new
-module must be placed here; an import that points up the list fails this test.
+``LAYERS`` lists xrayfeat's top-level parts from the foundations (errors, file
+writing, devices, the backbone registry's facts, the options that read them)
+through the data flow (data → store → distributed → features → models →
+analysis → runs → report) to the faces (the Python API, the demo, the CLI). A
+module may import its own package and any part listed before its own; an import
+that points up the list fails. A new top-level part must be placed here.
 """
 
 from __future__ import annotations
 
 import ast
+import configparser
+import importlib
+import pkgutil
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "xrayfeat"
+import xrayfeat
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "xrayfeat"
 
 LAYERS = [
     # foundations
-    "errors", "fileio", "params", "backbones", "devices", "options",
-    # data flow
-    "images", "filehashes", "datasets", "summary", "phantoms",
-    "fingerprint", "shards", "store", "rows", "cluster", "extraction",
-    "heads_jax", "head_numpy", "heads", "headproc", "baselines", "metrics", "plots", "gradcam", "embedding",
-    # records and their use
-    "runs", "study", "prediction", "external", "explanation", "trained", "report_doc", "report", "export", "demo",
+    "errors", "fileio", "devices", "backbones", "options",
+    # the data flow
+    "data", "store", "distributed", "features", "models", "analysis", "runs", "report",
     # faces
-    "api", "clikit", "cli",
+    "api", "demo", "cli",
 ]
 
 
+def _part(path: Path) -> str:
+    """The top-level part a file belongs to: its subpackage, or its own module name."""
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
 def _imports(path: Path) -> set[str]:
-    """xrayfeat modules imported by one file (relative or absolute, at any depth)."""
+    """Top-level xrayfeat parts imported by one file (at any depth, absolute or relative)."""
+    package = ".".join(("xrayfeat", *path.relative_to(PACKAGE).parts[:-1]))
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        names = []
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            if node.level == 1 or module.startswith("xrayfeat"):
-                name = module.removeprefix("xrayfeat").lstrip(".")
-                if name:
-                    found.add(name.split(".")[0])
-                else:  # from . import a, b
-                    found.update(alias.name for alias in node.names)
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            names = [module] if module != "xrayfeat" else [f"xrayfeat.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("xrayfeat."):
-                    found.add(alias.name.split(".")[1])
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "xrayfeat" and len(parts) > 1 and parts[1] != "__version__":
+                found.add(parts[1])
     return found
 
 
-def test_every_module_is_placed_in_the_layers():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
-    assert sorted(modules - set(LAYERS)) == []
+def _sources() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py" and p != PACKAGE / "__init__.py")
 
 
-def test_no_module_imports_one_above_it():
+def test_every_part_is_placed_in_the_layers():
+    parts = {_part(p) for p in _sources()}
+    assert sorted(parts - set(LAYERS)) == []
+    assert sorted(set(LAYERS) - parts) == []
+
+
+def test_no_module_imports_a_part_above_its_own():
     position = {name: i for i, name in enumerate(LAYERS)}
     upward = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.stem in ("__init__", "__main__"):
-            continue
-        for name in sorted(_imports(path) - {"__version__"}):
-            if name in position and position[name] >= position[path.stem]:
-                upward.append(f"{path.stem} imports {name}")
+    for path in _sources():
+        own = position[_part(path)]
+        for name in sorted(_imports(path)):
+            if name in position and position[name] > own:
+                upward.append(f"{path.relative_to(PACKAGE)} imports xrayfeat.{name}")
     assert upward == []
+
+
+def test_the_layout_is_a_few_packages_not_a_flat_folder():
+    top = [p for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__main__.py", "__pycache__")]
+    assert len(top) == len(LAYERS) <= 16
+
+
+def test_every_subpackage_names_its_concept_and_its_modules():
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc, f"{init.relative_to(ROOT)} has no docstring"
+        for module in sorted(init.parent.glob("*.py")):
+            if module.name != "__init__.py":
+                assert f":mod:`.{module.stem}`" in doc, f"{init.relative_to(ROOT)} does not name {module.stem}"
+
+
+def test_setup_cfg_ships_every_subpackage():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["options"]["packages"].strip() == "find:"
+    include = config["options.packages.find"]["include"].split()
+    assert include == ["xrayfeat", "xrayfeat.*"]
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert subpackages and all((PACKAGE / name / "__init__.py").is_file() for name in subpackages)
+    # every folder holding code is a package (a folder without __init__.py would be left out of the wheel)
+    code_dirs = {p.parent for p in PACKAGE.rglob("*.py")}
+    assert sorted(str(d.relative_to(ROOT)) for d in code_dirs if not (d / "__init__.py").is_file()) == []
+
+
+def test_xf_keeps_exactly_its_public_names():
+    assert sorted(xrayfeat.__all__) == sorted([
+        "__version__",
+        "discover", "extract", "features", "fit_head", "embed", "predict", "evaluate", "explain",
+        "load_run", "Run", "RunRecord", "RunWarning", "FeatureStore", "list_stores", "Dataset", "Item",
+        "FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions",
+        "write_report", "write_phantoms", "run_demo",
+        "XrayfeatError", "DatasetError", "ImageReadError", "StoreError", "WeightsError",
+    ])
+    for name in xrayfeat.__all__:
+        assert getattr(xrayfeat, name) is not None
+
+
+def test_every_module_imports():
+    for info in pkgutil.walk_packages(xrayfeat.__path__, "xrayfeat."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from xrayfeat.cli import main
+from xrayfeat.cli.main import main
 from xrayfeat.errors import DatasetError
 from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.options.parsers import parse_list

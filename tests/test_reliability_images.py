@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from xrayfeat.data import images
-from xrayfeat.clikit import quiet_frameworks
+from xrayfeat.cli.kit import quiet_frameworks
 from xrayfeat.data.datasets import discover, printable
 from xrayfeat.errors import DatasetError, ImageReadError
 from xrayfeat.features.extraction import FeatureOptions, RunOptions, extract
@@ -230,7 +230,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
     """``xrayfeat ARGS`` as a user runs it: none of the test suite's quieting variables are set."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CPP_MIN_LOG_LEVEL", "XRAYFEAT_DEBUG", images.MAX_PIXELS_ENV)}
-    return subprocess.run([sys.executable, "-m", "xrayfeat.cli", *map(str, args)], env=env,
+    return subprocess.run([sys.executable, "-m", "xrayfeat", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -31,7 +31,7 @@ import pytest
 from conftest import run_cli, write_tiny_dataset
 from xrayfeat.runs import folder
 from xrayfeat.runs import record as runs
-from xrayfeat.report import write_report
+from xrayfeat.report.writer import write_report
 from xrayfeat.errors import RunError
 from xrayfeat.runs.folder import MARKER
 from xrayfeat.runs.loaded import load_run
@@ -202,7 +202,7 @@ def _payload_file(path: Path, creates: Path) -> Path:
 
 def _start_fit_head(payload_run, folder: Path) -> subprocess.Popen:
     """``fit-head -v`` into ``folder``, training far longer than any test waits; its own process group."""
-    args = [sys.executable, "-m", "xrayfeat.cli", "-v", "fit-head", payload_run["data"], *CHEAP, "--epochs", "100000",
+    args = [sys.executable, "-m", "xrayfeat", "-v", "fit-head", payload_run["data"], *CHEAP, "--epochs", "100000",
             "--baselines", "none", "--cache-dir", payload_run["cache"], "--out", folder]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, start_new_session=True)

@@ -1,4 +1,4 @@
-"""xrayfeat.report: tables per task, warnings grouped by kind, a self-contained and escaped HTML file.
+"""xrayfeat.report.writer: tables per task, warnings grouped by kind, a self-contained and escaped HTML file.
 
 Run folders are faked in tmp_path with the files fit-head writes: a
 :class:`~xrayfeat.runs.record.RunRecord` written by :func:`~xrayfeat.runs.record.write_record`,
@@ -21,7 +21,7 @@ from xrayfeat.runs import folder
 from xrayfeat.runs import record as runs
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write, write_json
-from xrayfeat.report import write_report
+from xrayfeat.report.writer import write_report
 from xrayfeat.runs.record import WARNING_KINDS, RunWarning
 from xrayfeat.errors import RunError
 

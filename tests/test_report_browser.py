@@ -1,4 +1,4 @@
-"""xrayfeat.report in a real browser: a wide report fits a 1280 px laptop screen.
+"""xrayfeat.report.writer in a real browser: a wide report fits a 1280 px laptop screen.
 
 A report with several runs, every baseline, long class names, seed spreads and
 two external evaluations per run is opened in headless Chromium at 1280×900.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_report import _external, add_external, add_figure, enrich, make_run, operating_points
-from xrayfeat.report import write_report
+from xrayfeat.report.writer import write_report
 
 CLASSES = ("normal_chest_radiograph", "bacterial_pneumonia_confirmed", "viral_pneumonia_confirmed",
            "covid19_positive_by_pcr")

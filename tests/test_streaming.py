@@ -13,7 +13,7 @@ import pytest
 from conftest import write_tiny_dataset
 from xrayfeat.models import head_process as headproc
 from xrayfeat.models.baselines import sample_rows
-from xrayfeat.cli import main
+from xrayfeat.cli.main import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import StoreError, XrayfeatError
 from xrayfeat.features.extraction import FeatureOptions, RunOptions

@@ -26,7 +26,7 @@ _EXPORTS = {
     "FeatureStore": "xrayfeat.store.feature_store", "list_stores": "xrayfeat.store.feature_store",
     "Dataset": "xrayfeat.data.datasets", "Item": "xrayfeat.data.datasets",
     "FeatureOptions": "xrayfeat.options.settings", "RunOptions": "xrayfeat.options.settings", "HeadOptions": "xrayfeat.options.settings", "EmbedOptions": "xrayfeat.options.settings",
-    "write_report": "xrayfeat.report", "write_phantoms": "xrayfeat.data.phantoms", "run_demo": "xrayfeat.demo",
+    "write_report": "xrayfeat.report.writer", "write_phantoms": "xrayfeat.data.phantoms", "run_demo": "xrayfeat.demo",
     "XrayfeatError": "xrayfeat.errors", "DatasetError": "xrayfeat.errors", "ImageReadError": "xrayfeat.errors", "StoreError": "xrayfeat.errors",
     "WeightsError": "xrayfeat.errors",
 }

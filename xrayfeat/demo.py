@@ -20,7 +20,7 @@ from xrayfeat.errors import XrayfeatError
 from xrayfeat.features.extraction import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.data.phantoms import write_phantoms
-from xrayfeat.report import write_report
+from xrayfeat.report.writer import write_report
 from xrayfeat.runs.fit import fit_head
 from xrayfeat.runs.maps import METHOD_NAMES, embed_map
 from xrayfeat.runs.loaded import load_run

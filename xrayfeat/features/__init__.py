@@ -7,6 +7,7 @@
 * :mod:`.extraction`: the pipeline decode → model → write (:func:`extract`, :class:`ExtractResult`),
   in this process or as chunk jobs on Dask workers, and choosing the store a command reads
   (:func:`store_for`, :func:`open_store`).
+* :mod:`.feature_export`: ``cache export``, a dataset's cached features in one ``.npz`` (:func:`export_features`).
 
 The facts about each backbone are one row of :data:`xrayfeat.backbones.REGISTRY`.
 A warm extraction (everything cached) imports no deep-learning framework.

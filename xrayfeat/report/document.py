@@ -13,7 +13,7 @@ data, not markup. The page fits a laptop screen: every table sits in a box of
 the page's width that scrolls sideways when the table is wider, long words in
 text and headers wrap instead of widening the page, and figures scale down.
 
-What the blocks say (which tables, which sections) is :mod:`xrayfeat.report`'s
+What the blocks say (which tables, which sections) is :mod:`xrayfeat.report.writer`'s
 business; this module knows nothing of runs.
 """
 

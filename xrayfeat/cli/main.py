@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from xrayfeat import __version__
-from xrayfeat.clikit import (
+from xrayfeat.cli.kit import (
     Group,
     console,
     dataset_of,
@@ -647,7 +647,7 @@ def report(runs, out, as_json):
     Example:
       xrayfeat report runs/binary-vgg16-* runs/4class-* --out report
     """
-    from xrayfeat.report import write_report
+    from xrayfeat.report.writer import write_report
 
     result = write_report(list(runs), out)
     emit(result, as_json, lambda err: click.echo(f"wrote {result['markdown']} and {result['html']}", err=err))

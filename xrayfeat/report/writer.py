@@ -39,7 +39,7 @@ ones and never in their place. A run without external results renders as it
 did before they existed.
 
 The document model and its Markdown and HTML renderers live in
-:mod:`xrayfeat.report_doc`; this module decides what the report says. The
+:mod:`xrayfeat.report.document`; this module decides what the report says. The
 Markdown refers to copies of the figures under ``OUT/figures/`` by relative
 path (the folder can be moved or zipped); the HTML embeds every figure and
 carries its own CSS, so it is one file that opens offline. Every string taken
@@ -61,7 +61,7 @@ from pathlib import Path
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write
-from xrayfeat.report_doc import (
+from xrayfeat.report.document import (
     Figure,
     Figures,
     Folded,

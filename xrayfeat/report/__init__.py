@@ -1,0 +1,7 @@
+"""The comparison report of one or more runs: a document model and its renderers.
+
+* :mod:`.document`: the document model (headings, paragraphs, tables, figures) and its Markdown and
+  HTML renderers, each escaping every name for its sink;
+* :mod:`.writer`: :func:`write_report`, which reads each run through its record and lays out its
+  metrics, warnings, external evaluations and figures.
+"""
