@@ -110,12 +110,12 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
     from xrayfeat.features.building import build_extractor
     from xrayfeat.features.extraction import resolve
     from xrayfeat.data.images import read_image
-    from xrayfeat.runs.prediction import feature_options
+    from xrayfeat.runs.prediction import run_feature_options
     from xrayfeat.store.feature_store import FeatureStore
 
     run, data, head = trained
     fingerprint = run.record.store["fingerprint"]
-    config = resolve(feature_options(run), "cpu")
+    config = resolve(run_feature_options(run), "cpu")
     extractor, _ = build_extractor(get_spec("vgg16"), config.weights, image_size=fingerprint["image_size"],
                                    layer=fingerprint["layer"], precision="float32")
     pixels = keras.Input(extractor.inputs[0].shape[1:], dtype="uint8")

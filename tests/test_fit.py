@@ -67,7 +67,7 @@ def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_da
     saved = json.loads((run / "metrics.json").read_text())
     for model in ("head", "logreg", "pixels"):
         proba = np.array([[float(r[f"{model}:{c}"]) for c in ("a", "b")] for r in rows])
-        again = metrics.evaluate(y, proba, ["a", "b"], n_boot=0)
+        again = metrics.score(y, proba, ["a", "b"], n_boot=0)
         recorded = saved["head"] if model == "head" else saved["baselines"][model]
         assert again["accuracy"] == recorded["accuracy"]
         assert again["loss"] == pytest.approx(recorded["loss"], rel=1e-5)

@@ -17,7 +17,7 @@ from sklearn.metrics import (
 
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis.metrics import (
-    evaluate,
+    score,
     overlap_warnings,
     sentinel_warning,
     source_gap_warning,
@@ -56,7 +56,7 @@ def _synthetic(n, k=2, signal=1.5, seed=0):
 
 
 def test_four_classes_match_sklearn_exactly():
-    r = evaluate(Y4, P4, CLASSES4, n_boot=0)
+    r = score(Y4, P4, CLASSES4, n_boot=0)
     pred = P4.argmax(axis=1)
     assert r["n"] == 8
     assert r["accuracy"] == pytest.approx(np.mean(pred == Y4), abs=1e-15)
@@ -75,7 +75,7 @@ def test_four_classes_match_sklearn_exactly():
 
 
 def test_result_is_plain_json():
-    r = evaluate(Y4, P4, CLASSES4, groups=list("aabbccdd"), sources=["s1"] * 4 + ["s2"] * 4, n_boot=50)
+    r = score(Y4, P4, CLASSES4, groups=list("aabbccdd"), sources=["s1"] * 4 + ["s2"] * 4, n_boot=50)
     back = json.loads(json.dumps(r))
     assert back == r
     assert type(r["accuracy"]) is float and type(r["n"]) is int
@@ -88,7 +88,7 @@ def test_binary_sigmoid_outputs(shape):
     y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
     p1 = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.2, 0.6, 0.9])
     proba = {"n": p1, "n1": p1[:, None], "n2": np.column_stack([1 - p1, p1])}[shape]
-    r = evaluate(y, proba, ["normal", "pneumonia"], n_boot=0)
+    r = score(y, proba, ["normal", "pneumonia"], n_boot=0)
     pred = (p1 > 0.5).astype(int)
     assert r["accuracy"] == pytest.approx(np.mean(pred == y))
     assert r["roc_auc"] == pytest.approx(roc_auc_score(y, p1), rel=1e-12)
@@ -99,7 +99,7 @@ def test_binary_sigmoid_outputs(shape):
 def test_perfect_predictions():
     y = np.array([0, 1, 2, 3] * 5)
     p = np.eye(4)[y]
-    r = evaluate(y, p, CLASSES4, n_boot=200)
+    r = score(y, p, CLASSES4, n_boot=200)
     assert r["accuracy"] == 1.0 and r["balanced_accuracy"] == 1.0 and r["roc_auc"] == 1.0
     assert r["loss"] == pytest.approx(0.0, abs=1e-12)
     assert r["ci"]["accuracy"] == [1.0, 1.0]
@@ -110,7 +110,7 @@ def test_perfect_predictions():
 def test_all_wrong_predictions():
     y = np.array([0, 1] * 6)
     p = 1.0 - y.astype(float)  # sigmoid says the opposite, with certainty
-    r = evaluate(y, p, ["a", "b"], n_boot=100)
+    r = score(y, p, ["a", "b"], n_boot=100)
     assert r["accuracy"] == 0.0 and r["balanced_accuracy"] == 0.0 and r["roc_auc"] == 0.0
     assert r["loss"] == pytest.approx(log_loss(y, np.column_stack([1 - p, p])), rel=1e-12)
     assert r["loss"] > 30
@@ -125,7 +125,7 @@ def test_class_absent_from_y_true_does_not_crash():
     p[0] = [0.1, 0.1, 0.1, 0.7]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no warnings leak out of evaluate
-        r = evaluate(y, p, CLASSES4, n_boot=100)
+        r = score(y, p, CLASSES4, n_boot=100)
     assert r["roc_auc"] is None
     assert r["ci"]["roc_auc"] is None
     assert r["roc_auc_per_class"]["viral"] is None
@@ -138,7 +138,7 @@ def test_class_absent_from_y_true_does_not_crash():
 
 
 def test_single_class_binary_has_no_auc():
-    r = evaluate([1, 1, 1], [0.9, 0.2, 0.7], ["normal", "pneumonia"], n_boot=20)
+    r = score([1, 1, 1], [0.9, 0.2, 0.7], ["normal", "pneumonia"], n_boot=20)
     assert r["roc_auc"] is None and r["ci"]["roc_auc"] is None
     assert r["accuracy"] == pytest.approx(2 / 3)
 
@@ -157,7 +157,7 @@ def test_single_class_binary_has_no_auc():
 )
 def test_bad_input_names_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        evaluate(classes=["a", "b"], n_boot=0, **kwargs)
+        score(classes=["a", "b"], n_boot=0, **kwargs)
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -177,7 +177,7 @@ def test_ci_contains_point_estimate_and_narrows_with_more_data():
     widths = []
     for n in (100, 3000):
         y, p = _synthetic(n, k=4, signal=1.0, seed=n)
-        r = evaluate(y, p, CLASSES4, n_boot=400, seed=1)
+        r = score(y, p, CLASSES4, n_boot=400, seed=1)
         for key in ("accuracy", "balanced_accuracy", "roc_auc"):
             lo, hi = r["ci"][key]
             assert lo <= r[key] <= hi, key
@@ -189,9 +189,9 @@ def test_ci_contains_point_estimate_and_narrows_with_more_data():
 def test_deterministic_with_seed():
     y, p = _synthetic(500, k=4, seed=2)
     groups = np.arange(500) // 5
-    a = evaluate(y, p, CLASSES4, groups=groups, n_boot=200, seed=7)
-    b = evaluate(y, p, CLASSES4, groups=groups, n_boot=200, seed=7)
-    c = evaluate(y, p, CLASSES4, groups=groups, n_boot=200, seed=8)
+    a = score(y, p, CLASSES4, groups=groups, n_boot=200, seed=7)
+    b = score(y, p, CLASSES4, groups=groups, n_boot=200, seed=7)
+    c = score(y, p, CLASSES4, groups=groups, n_boot=200, seed=8)
     assert a == b
     assert a["ci"] != c["ci"]
 
@@ -205,8 +205,8 @@ def test_cluster_bootstrap_is_wider_for_correlated_patients():
     right = np.repeat(rng.random(n_pat) < 0.7, per)
     y = rng.integers(0, 2, n_pat * per)
     p1 = np.where(right, np.where(y == 1, 0.8, 0.2), np.where(y == 1, 0.3, 0.7))
-    by_image = evaluate(y, p1, ["a", "b"], n_boot=500, seed=0)
-    by_patient = evaluate(y, p1, ["a", "b"], groups=[f"p{i}" for i in patient], n_boot=500, seed=0)
+    by_image = score(y, p1, ["a", "b"], n_boot=500, seed=0)
+    by_patient = score(y, p1, ["a", "b"], groups=[f"p{i}" for i in patient], n_boot=500, seed=0)
     assert by_image["accuracy"] == by_patient["accuracy"]
     w_img = np.diff(by_image["ci"]["accuracy"])[0]
     w_pat = np.diff(by_patient["ci"]["accuracy"])[0]
@@ -220,15 +220,15 @@ def test_cluster_bootstrap_is_wider_for_correlated_patients():
 
 def test_groups_of_one_image_behave_like_image_bootstrap():
     y, p = _synthetic(2000, seed=4)
-    a = evaluate(y, p, ["a", "b"], n_boot=400, seed=0)
-    b = evaluate(y, p, ["a", "b"], groups=[None] * 2000, n_boot=400, seed=1)  # missing ids: one image each
+    a = score(y, p, ["a", "b"], n_boot=400, seed=0)
+    b = score(y, p, ["a", "b"], groups=[None] * 2000, n_boot=400, seed=1)  # missing ids: one image each
     wa, wb = np.diff(a["ci"]["accuracy"])[0], np.diff(b["ci"]["accuracy"])[0]
     assert 0.8 < wb / wa < 1.25
     assert b["n_patients"] == 2000
 
 
 def test_n_boot_zero_turns_intervals_off():
-    r = evaluate(Y4, P4, CLASSES4, sources=["x"] * 8, n_boot=0)
+    r = score(Y4, P4, CLASSES4, sources=["x"] * 8, n_boot=0)
     assert r["ci"] == {"accuracy": None, "balanced_accuracy": None, "roc_auc": None}
     assert r["ci_method"] == "none"
     assert r["by_source"]["x"]["ci_accuracy"] is None
@@ -237,7 +237,7 @@ def test_n_boot_zero_turns_intervals_off():
 def test_bootstrap_on_10k_predictions_gives_intervals():
     # speed is measured by scripts, never asserted in unit tests
     y, p = _synthetic(10_000, k=4, seed=5)
-    r = evaluate(y, p, CLASSES4, n_boot=1000)
+    r = score(y, p, CLASSES4, n_boot=1000)
     assert r["ci"]["roc_auc"] is not None
     lo, hi = r["ci"]["accuracy"]
     assert lo <= r["accuracy"] <= hi
@@ -250,7 +250,7 @@ def test_by_source_breakdown():
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 1])
     p = np.array([0.1, 0.9, 0.2, 0.8, 0.9, 0.1, 0.3, 0.2, 0.7])
     sources = ["A", "A", "A", "A", "B", "B", "B", "B", None]
-    r = evaluate(y, p, ["normal", "pneumonia"], sources=sources, n_boot=200)
+    r = score(y, p, ["normal", "pneumonia"], sources=sources, n_boot=200)
     assert set(r["by_source"]) == {"A", "B"}  # None is skipped
     a, b = r["by_source"]["A"], r["by_source"]["B"]
     assert a["n"] == 4 and a["accuracy"] == 1.0 and a["balanced_accuracy"] == 1.0
@@ -341,7 +341,7 @@ def test_source_gap_warning_from_evaluate():
     y = rng.integers(0, 2, n)
     good = np.where(src == "A", rng.random(n) < 0.97, rng.random(n) < 0.65)
     p = np.where(good == (y == 1), 0.8, 0.2)
-    r = evaluate(y, p, ["n", "p"], sources=src, n_boot=200)
+    r = score(y, p, ["n", "p"], sources=src, n_boot=200)
     assert "A 0.9" in source_gap_warning(r["by_source"])
 
 
@@ -520,12 +520,12 @@ def test_calibration_of_an_overconfident_model_and_multiclass_brier():
 def test_evaluate_adds_calibration_and_operating_points_only():
     groups = list("aabbccdd")
     th = metrics.choose_thresholds(Y4, P4, CLASSES4, "youden")
-    plain = evaluate(Y4, P4, CLASSES4, groups=groups, n_boot=100, seed=3)
-    full = evaluate(Y4, P4, CLASSES4, groups=groups, n_boot=100, seed=3, thresholds=th, threshold_rule="youden")
+    plain = score(Y4, P4, CLASSES4, groups=groups, n_boot=100, seed=3)
+    full = score(Y4, P4, CLASSES4, groups=groups, n_boot=100, seed=3, thresholds=th, threshold_rule="youden")
     assert full.pop("operating_points") == metrics.operating_points(
         Y4, P4, CLASSES4, th, rule="youden", groups=groups, n_boot=100, seed=3)
     assert full == plain
     assert plain["calibration"] == metrics.calibration(Y4, P4, CLASSES4)
     assert json.loads(json.dumps(full)) == full
     with pytest.raises(ValueError, match="'threshold_rule'"):
-        evaluate(Y4, P4, CLASSES4, n_boot=0, thresholds=th)
+        score(Y4, P4, CLASSES4, n_boot=0, thresholds=th)

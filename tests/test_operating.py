@@ -67,7 +67,7 @@ def test_every_new_figure_recomputes_from_the_prediction_files(fitted):
         assert list(thresholds) == ["b"]
         assert thresholds["b"]["threshold"] == pytest.approx(recorded["operating_points"]["classes"]["b"]["threshold"],
                                                              rel=1e-5)
-        again = metrics.evaluate(y_test, test[model], CLASSES, n_boot=200, seed=0,
+        again = metrics.score(y_test, test[model], CLASSES, n_boot=200, seed=0,
                                  thresholds=thresholds, threshold_rule="youden")
         for at in ("argmax", "at_threshold"):
             point, kept = again["operating_points"]["classes"]["b"][at], recorded["operating_points"]["classes"]["b"][at]

@@ -23,8 +23,6 @@ from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions,
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.runs.loaded import Run, load_run
 
-#: Feature parts a caller can ask for.
-PARTS = ("pooled", "spatial")
 
 
 def _field_names(cls) -> set[str]:
@@ -118,6 +116,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
 
     from xrayfeat.features.extraction import extract as _extract
     from xrayfeat.store.feature_store import FeatureStore
+    from xrayfeat.store.shards import PARTS
 
     if part not in PARTS:
         raise OptionError(f"The 'part' parameter of features must be one of {{'pooled', 'spatial'}}. Got {part!r} instead.")

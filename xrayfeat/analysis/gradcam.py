@@ -49,7 +49,6 @@ __all__ = ["CamResult", "choose_examples", "example_grid", "grad_cam", "plot_ove
 CMAP = "inferno"
 #: Opacity of the heat map over the X-ray.
 ALPHA = 0.45
-DPI = 110
 _RIGHT, _WRONG = PALETTE[2], PALETTE[3]  # bluish green, vermilion
 
 

@@ -2,7 +2,7 @@
 
 Chest X-ray test sets are small, images come several per patient, and classes are
 often drawn from different hospitals. A bare accuracy hides all three, so
-:func:`evaluate` returns, beside the usual point estimates, bootstrap confidence
+:func:`score` returns, beside the usual point estimates, bootstrap confidence
 intervals that resample *patients* when patient ids are known (images of one
 patient are correlated; resampling images would make the interval too narrow),
 and a per-source breakdown. The ``*_warning`` helpers turn the numbers into
@@ -32,7 +32,7 @@ from xrayfeat.options.parsers import Threshold, parse_threshold
 
 __all__ = [
     "as_proba",
-    "evaluate",
+    "score",
     "choose_thresholds",
     "operating_points",
     "calibration",
@@ -319,10 +319,10 @@ def _clusters(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
     return cluster, len(index)
 
 
-# --------------------------------------------------------------------------- evaluate
+# --------------------------------------------------------------------------- score
 
 
-def evaluate(
+def score(
     y_true,
     proba,
     classes: Sequence[str],
@@ -610,7 +610,7 @@ def operating_points(
     when its probability is >= the threshold (``at_threshold`` is None where
     the threshold is). Rates are None where undefined (0/0).
 
-    Intervals come from the bootstrap of :func:`evaluate`: patients are
+    Intervals come from the bootstrap of :func:`score`: patients are
     resampled when ``groups`` are given, and the thresholds stay fixed (they
     were chosen on other data, so choosing them again per resample would
     describe a different procedure). A rate's interval is None when it is

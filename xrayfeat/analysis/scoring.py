@@ -3,7 +3,7 @@
 fit-head and evaluate score every model (the head and each baseline) through
 :func:`evaluate_models`, so internal and external figures are computed one way:
 patients resampled in the bootstrap, sources broken down, and each model's
-operating points at thresholds chosen on validation only (:func:`choose_thresholds`).
+operating points at thresholds chosen on validation only (:func:`choose_model_thresholds`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ def groups_of(items) -> np.ndarray | None:
 
 def evaluate_models(probabilities: dict, y, classes, items, *, n_boot: int, seed: int,
                     thresholds: dict | None = None, rule: str | None = None) -> dict:
-    """:func:`metrics.evaluate` for each model's probabilities on ``items``: patients resampled, sources broken down.
+    """:func:`metrics.score` for each model's probabilities on ``items``: patients resampled, sources broken down.
 
     ``thresholds`` ({model: {class: {"threshold", "note"}}}, chosen on validation
-    by :func:`choose_thresholds`) add each model's operating points under ``rule``.
+    by :func:`choose_model_thresholds`) add each model's operating points under ``rule``.
     """
     groups = groups_of(items)
     sources = [i.source for i in items] if any(i.source for i in items) else None
     thresholds = thresholds or {}
-    return {name: metrics.evaluate(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed,
+    return {name: metrics.score(y, proba, list(classes), groups=groups, sources=sources, n_boot=n_boot, seed=seed,
                                    thresholds=thresholds.get(name), threshold_rule=rule if name in thresholds else None)
             for name, proba in probabilities.items()}
 
@@ -49,7 +49,7 @@ def positive_class(classes, positive: str | None) -> str | None:
     return positive or classes[1]
 
 
-def choose_thresholds(y_val, val_probabilities: dict, classes, rule: str, positive: str | None) -> dict:
+def choose_model_thresholds(y_val, val_probabilities: dict, classes, rule: str, positive: str | None) -> dict:
     """Each model's operating-point thresholds, chosen on the validation rows alone (never on test)."""
     return {name: metrics.choose_thresholds(y_val, proba, list(classes), rule, positive=positive)
             for name, proba in val_probabilities.items()}
@@ -63,7 +63,7 @@ def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list
     """
     if not repeats:
         return None
-    scored = [primary] + [metrics.evaluate(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
+    scored = [primary] + [metrics.score(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
     spread = {}
     for key in ("accuracy", "balanced_accuracy", "roc_auc"):
         values = [m[key] for m in scored]
@@ -77,7 +77,7 @@ def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list
 
 
 def headline(m: dict) -> dict:
-    """The headline figures of a :func:`metrics.evaluate` result."""
+    """The headline figures of a :func:`metrics.score` result."""
     return {
         "accuracy": m["accuracy"], "accuracy_ci": m["ci"]["accuracy"], "loss": m["loss"],
         "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "n": m["n"],

@@ -15,7 +15,7 @@ from xrayfeat.options.settings import FeatureOptions
 
 
 @dataclass
-class ExportResult:
+class FeatureExportResult:
     """The file written, its rows, the store read, and the shape of each part (None: the store does not keep it)."""
 
     out: str
@@ -29,7 +29,7 @@ class ExportResult:
 
 
 def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_dir="data_cache",
-                    device: str = "auto") -> ExportResult:
+                    device: str = "auto") -> FeatureExportResult:
     """Write a dataset's cached features to one ``.npz`` in the dataset's order; computes nothing.
 
     Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C);
@@ -53,4 +53,4 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
             **arrays,
         )
     shapes = {part: list(arrays[part].shape) if part in arrays else None for part in ("pooled", "spatial")}
-    return ExportResult(out=str(out), rows=len(dataset), store=str(store.path), **shapes)
+    return FeatureExportResult(out=str(out), rows=len(dataset), store=str(store.path), **shapes)

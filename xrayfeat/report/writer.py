@@ -84,12 +84,12 @@ from xrayfeat.runs.record import (
 )
 from xrayfeat.errors import RunError
 
-__all__ = ["write_report", "FIGURES", "GRADCAM"]
+__all__ = ["write_report", "FIGURE_CAPTIONS", "GRADCAM"]
 
 log = logging.getLogger("xrayfeat")
 
 #: The fixed figures of a run, in the order they are shown; ``embed-*.png`` follow.
-FIGURES = (("curves.png", "training curves"), ("confusion.png", "confusion matrix (head, test)"),
+FIGURE_CAPTIONS = (("curves.png", "training curves"), ("confusion.png", "confusion matrix (head, test)"),
            ("roc.png", "ROC curves (head, test)"),
            ("calibration.png", "reliability diagram (test, one curve per model)"))
 #: The Grad-CAM grid fit-head draws for the seed's head: shown in a section of its own, with what it shows.
@@ -895,7 +895,7 @@ def _figures(r: _Run, out: Path) -> list[Figure]:
     not list (a run from before figures were recorded, an ``embed-*.png`` that
     ``xrayfeat embed`` added later) is shown when present.
     """
-    found = list(FIGURES)
+    found = list(FIGURE_CAPTIONS)
     embeds = {p.name for p in r.path.glob("embed-*.png") if p.is_file()}
     embeds |= {a.file for a in r.record.artifacts.values() if a.file.startswith("embed-") and a.file.endswith(".png")}
     found += [(file, "embedding " + file[len("embed-"):-len(".png")]) for file in sorted(embeds)]

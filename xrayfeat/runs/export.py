@@ -273,7 +273,7 @@ def _head_model(run, features):
     return head
 
 
-def build_model(run):
+def build_portable_model(run):
     """The export model of a run (uint8 pixels → probabilities) and the facts ``export.json`` records."""
     import keras
 
@@ -419,7 +419,7 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
         if keras.backend.backend() != "tensorflow":
             raise ExportError(f"--format savedmodel needs the TensorFlow backend (this process runs "
                               f"{keras.backend.backend()}); run with KERAS_BACKEND=tensorflow, or use --format keras")
-    model, facts = build_model(run)
+    model, facts = build_portable_model(run)
     from xrayfeat.models.head import count_params
 
     params = count_params(model)["total"]

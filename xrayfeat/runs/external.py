@@ -53,7 +53,7 @@ class EvaluateResult:
                 "warnings": [{"kind": w.kind, "message": w.message} for w in self.warnings]}
 
 
-def default_name(dataset: Dataset) -> str:
+def default_evaluation_name(dataset: Dataset) -> str:
     """A folder-safe name for the external dataset: its folder (or manifest) name."""
     base = dataset.root.name if dataset.layout != "manifest" else dataset.root.name or "external"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-") or "external"
@@ -98,7 +98,7 @@ def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, 
 
     Re-evaluating under an existing name replaces that result.
     """
-    name = name or default_name(dataset)
+    name = name or default_evaluation_name(dataset)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"The 'name' of an external evaluation must be a plain folder name. Got {name!r} instead.")
     found = _check_classes(run, dataset)

@@ -17,7 +17,7 @@
    ``repeats`` the head again under the next seeds;
 5. :func:`_baselines`: the scikit-learn baselines on pooled features and the
    pixels sentinel, fitted on the same training rows as the head;
-6. :func:`choose_thresholds`: each model's operating point, chosen on the
+6. :func:`choose_model_thresholds`: each model's operating point, chosen on the
    validation rows only (test labels never reach it);
 7. :func:`study_warnings`: what this field must be told (random weights,
    leakage, tiny test sets, shortcuts, source gaps, class imbalance);
@@ -54,7 +54,7 @@ from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.features.extraction import extract, resolve, store_for
-from xrayfeat.analysis.scoring import choose_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
+from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
@@ -448,7 +448,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
     positive = positive_class(dataset.classes, head.positive)
-    thresholds = choose_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive)
+    thresholds = choose_model_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive)
     scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_boot, seed=head.seed,
                              thresholds=thresholds, rule=head.threshold)
     head_metrics = scored.pop("head")

@@ -24,7 +24,7 @@ from xrayfeat.fileio import atomic_write, fsync_dir
 MARKER = "INCOMPLETE"
 
 
-def default_name(task: str, backbone: str) -> str:
+def default_run_name(task: str, backbone: str) -> str:
     """``<task>-<backbone>-<UTC time>``, e.g. ``4class-inception_v3-20261126-071502``."""
     return f"{task}-{backbone}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
@@ -44,7 +44,7 @@ def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: s
     finished run, other files). :func:`write_record` releases the claim; after
     a failure, :func:`abandon_run_dir` does.
     """
-    path = Path(out) if out else Path(root) / default_name(task, backbone)
+    path = Path(out) if out else Path(root) / default_run_name(task, backbone)
     if path.exists() and not path.is_dir():
         raise RunError(f"{path}: exists and is a file, not a folder; pass another --out")
     created = not path.exists()

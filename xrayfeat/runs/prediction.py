@@ -70,7 +70,7 @@ class PredictResult:
                 "models": self.models, "counts": self.counts}
 
 
-def feature_options(run) -> FeatureOptions:
+def run_feature_options(run) -> FeatureOptions:
     """The run's feature options with everything "auto" pinned to what the run's store holds."""
     fingerprint = run.record.store["fingerprint"]
     return replace(run.feature_options(), precision=fingerprint["precision"], image_size=fingerprint["image_size"],
@@ -167,7 +167,7 @@ def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
     features this installation cannot reproduce.
     """
     folder = run_cache_dir(run, cache_dir)
-    options = store_for(feature_options(run), folder, need, purpose, device)
+    options = store_for(run_feature_options(run), folder, need, purpose, device)
     check_reproducible(run, options, device)
     run_options = RunOptions(device=device, batch_size=batch_size, workers=workers, cache_dir=folder,
                              progress=progress, cluster=cluster)
