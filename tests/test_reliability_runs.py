@@ -8,6 +8,7 @@ at once. Every refusal is checked for its exact one line.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import multiprocessing
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, write_tiny_dataset
-from xrayfeat.runs import folder
+from xrayfeat.runs import folder as run_folder
 from xrayfeat.runs import record as runs
 from xrayfeat.report.writer import write_report
 from xrayfeat.errors import RunError
@@ -275,7 +276,7 @@ def test_two_fit_heads_into_one_out_then_kill_9_during_training(payload_run, tmp
         assert error_line(proc) == f"{folder}: {incomplete}; delete the folder and re-run fit-head"
     assert not (tmp_path / "report").exists() and not (tmp_path / "p.csv").exists()
     with pytest.raises(RunError) as info:
-        folder.new_run_dir(folder, "binary", "vgg16")
+        run_folder.new_run_dir(folder, "binary", "vgg16")
     assert str(info.value) == f"{folder}: not empty: it holds {incomplete}; delete it or choose another --out"
 
 
@@ -283,7 +284,7 @@ def test_a_finished_run_is_never_overwritten(payload_run):
     run = payload_run["run"]
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(RunError) as info:
-        folder.new_run_dir(run, "binary", "vgg16")
+        run_folder.new_run_dir(run, "binary", "vgg16")
     assert str(info.value) == f"{run}: not empty: it already holds a finished run; choose another --out or delete it"
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # no marker left either
 
@@ -291,7 +292,7 @@ def test_a_finished_run_is_never_overwritten(payload_run):
 def _claim(folder: str, start, done, results) -> None:
     start.wait()
     try:
-        folder.new_run_dir(folder, "binary", "vgg16")
+        run_folder.new_run_dir(folder, "binary", "vgg16")
         results.put(("claimed", os.getpid()))
         done.wait()  # hold the claim, alive, until every other process has tried
     except RunError as exc:
@@ -320,17 +321,79 @@ def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [MARKER]  # no staged marker left behind
 
 
+def _no_hard_links(*args, **kwargs):
+    """``os.link`` on a filesystem without hard links (some FUSE and SMB mounts)."""
+    raise OSError(errno.EPERM, "Operation not permitted")
+
+
+def _claim_without_links(folder: str, start, done, results) -> None:
+    os.link = _no_hard_links  # this spawned process only
+    _claim(folder, start, done, results)
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV],
+                         ids=["EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV"])
+def test_a_folder_is_claimed_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch, code):
+    def no_links(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    claimed = run_folder.new_run_dir(tmp_path / "run", "binary", "vgg16")
+    marker = json.loads((claimed / MARKER).read_text())  # complete: the exclusive create wrote it whole
+    assert marker["pid"] == os.getpid() and marker["host"] == socket.gethostname()
+    assert sorted(p.name for p in claimed.iterdir()) == [MARKER]  # no staged marker left behind
+    with pytest.raises(RunError) as info:
+        run_folder.new_run_dir(claimed, "binary", "vgg16")
+    assert str(info.value).startswith(f"{claimed}: another fit-head is writing a run into this folder (pid {os.getpid()}")
+    assert sorted(p.name for p in claimed.iterdir()) == [MARKER]
+
+
+def test_a_marker_seen_before_its_one_write_lands_is_read_again(tmp_path, monkeypatch):
+    """Without hard links the marker exists, empty, until its write lands: a reader waits for it, not calls it damaged."""
+    monkeypatch.setattr(os, "link", _no_hard_links)
+    claimed = run_folder.new_run_dir(tmp_path / "run", "binary", "vgg16")
+    content = (claimed / MARKER).read_bytes()
+    (claimed / MARKER).write_bytes(b"")
+    writer = threading.Timer(0.05, lambda: (claimed / MARKER).write_bytes(content))
+    writer.start()
+    try:
+        assert run_folder.unfinished_state(claimed)[0] == "running"
+    finally:
+        writer.join()
+
+
+def test_without_hard_links_of_concurrent_claims_exactly_one_wins(tmp_path):
+    folder = tmp_path / "contested"
+    context = multiprocessing.get_context("spawn")
+    n = 4
+    start, done, results = context.Barrier(n), context.Event(), context.Queue()
+    procs = [context.Process(target=_claim_without_links, args=(str(folder), start, done, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(n)]
+    done.set()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    [winner] = [value for kind, value in outcomes if kind == "claimed"]
+    refusals = [value for kind, value in outcomes if kind == "refused"]
+    assert len(refusals) == n - 1
+    for message in refusals:
+        assert message.startswith(f"{folder}: another fit-head is writing a run into this folder (pid {winner} on ")
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER]
+
+
 # --------------------------------------------------------------------------- failures inside one process
 
 
 def test_a_failed_fit_head_gives_an_untouched_folder_back_and_marks_a_written_one(tmp_path):
-    fresh = folder.new_run_dir(tmp_path / "fresh", "binary", "vgg16")
-    folder.abandon_run_dir(fresh, ValueError("no images"))
+    fresh = run_folder.new_run_dir(tmp_path / "fresh", "binary", "vgg16")
+    run_folder.abandon_run_dir(fresh, ValueError("no images"))
     assert not fresh.exists()  # nothing was written: as if fit-head never ran
 
-    written = folder.new_run_dir(tmp_path / "written", "binary", "vgg16")
+    written = run_folder.new_run_dir(tmp_path / "written", "binary", "vgg16")
     (written / "metrics.json").write_text("{}")
-    folder.abandon_run_dir(written, MemoryError("out of\nmemory"))
+    run_folder.abandon_run_dir(written, MemoryError("out of\nmemory"))
     with pytest.raises(RunError) as info:
         load_run(written)
     assert str(info.value).startswith(f"{written}: an incomplete run (fit-head failed before finishing it: "

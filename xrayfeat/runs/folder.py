@@ -9,6 +9,7 @@ abandoned by a dead one; :func:`unfinished` says which.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -80,25 +81,60 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
     atomic_write(path / MARKER, json.dumps({**info, "failed": reason}) + "\n")
 
 
+#: What ``os.link`` fails with where the filesystem has no hard links (some FUSE, SMB and FAT mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS})
+
+
 def _claim(path: Path, created: bool) -> None:
     """Create ``path``'s marker, naming this process; :class:`RunError` when the folder already has one.
 
     The marker is written complete under a staging name, then hard-linked to
     :data:`MARKER`: a link fails when the name exists, so the claim is atomic
-    and exclusive, and no reader ever sees a half-written marker.
+    and exclusive, and no reader ever sees a half-written marker. Where the
+    filesystem has no hard links, :func:`_create_exclusive` makes the claim.
     """
     info = {"command": "fit-head", "pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "process": _process_token(os.getpid()),
             "created": created}
+    content = (json.dumps(info) + "\n").encode()
     staged = path / f".{MARKER}.{uuid.uuid4().hex[:12]}"
-    atomic_write(staged, json.dumps(info) + "\n")
+    atomic_write(staged, content)
     try:
         os.link(staged, path / MARKER)
     except FileExistsError:
         raise RunError(f"{path}: {_occupied(path)}") from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        _create_exclusive(path, content)
     finally:
         staged.unlink()
     fsync_dir(path)
+
+
+def _create_exclusive(path: Path, content: bytes) -> None:
+    """The claim without hard links: ``O_CREAT | O_EXCL`` creates the marker only if absent, then one write and fsync.
+
+    Of two claimants exactly one creates the name. The marker is visible from
+    its creation until its one write lands, empty or shorter than its content:
+    :func:`_marker_info` reads such a marker again for a moment before it calls
+    it unreadable.
+    """
+    target = path / MARKER
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except FileExistsError:
+        raise RunError(f"{path}: {_occupied(path)}") from None
+    try:
+        written = os.write(fd, content)
+        while written < len(content):
+            written += os.write(fd, content[written:])
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def _holds_files(path: Path) -> bool:
@@ -158,14 +194,30 @@ UNFINISHED = {
 
 
 def _marker_info(path: Path) -> dict | None:
-    """What ``path``'s marker says (pid, host, started, process, created, failed); None without a marker."""
-    try:
-        data = json.loads((path / MARKER).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # unreadable or not ours: still a claim, with nothing known about it
-        return {}
-    return data if isinstance(data, dict) else {}
+    """What ``path``'s marker says (pid, host, started, process, created, failed); None without a marker.
+
+    A marker that does not parse may be one :func:`_create_exclusive` is still
+    writing (on a filesystem without hard links): it is read again for up to
+    :data:`_MARKER_SETTLE` seconds before it counts as unreadable.
+    """
+    deadline = time.monotonic() + _MARKER_SETTLE
+    while True:
+        try:
+            data = json.loads((path / MARKER).read_bytes())
+        except FileNotFoundError:
+            return None
+        except OSError:  # unreadable: still a claim, with nothing known about it
+            return {}
+        except ValueError:  # being written, or not ours
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+#: How long a marker that does not parse is read again before it counts as unreadable (see :func:`_marker_info`).
+_MARKER_SETTLE = 0.2
 
 
 def _is_this_process(info: dict) -> bool:
