@@ -5,7 +5,7 @@ contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
 same for click's own usage errors. :func:`emit` prints ``--json`` output on
 stdout and human text on stderr. :func:`declared` makes a click option from a
 field of an option dataclass (:mod:`xrayfeat.options.settings`), so choices, defaults
-and help are written once. The commands themselves are in :mod:`xrayfeat.cli.main`.
+and help are written once. The commands are in the modules of :mod:`xrayfeat.cli`, one per group.
 """
 
 from __future__ import annotations

@@ -1,0 +1,149 @@
+"""``xrayfeat cache ls|verify|gc|export``: the feature stores of a cache folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from xrayfeat.cli.kit import (
+    console,
+    dataset_of,
+    declared,
+    emit,
+    feature_options,
+    handle_errors,
+    json_option,
+    single_feature,
+    stack,
+)
+from xrayfeat.errors import StoreError
+from xrayfeat.options.settings import RunOptions
+
+log = logging.getLogger("xrayfeat")
+
+
+@click.group("cache")
+def cache_group():
+    """Feature stores: list, verify, clean up, export."""
+
+
+#: Which cache folder ls, verify and gc look in.
+_cache_dir = declared(RunOptions, "cache_dir")
+
+
+def _cache_command(name: str, *options):
+    """A ``cache`` subcommand: ``options`` (``--cache-dir`` for ls, verify and gc), then ``--json`` and one-line errors."""
+
+    def register(func):
+        return cache_group.command(name)(stack(*options, json_option, handle_errors)(func))
+
+    return register
+
+
+@_cache_command("ls", _cache_dir)
+def cache_ls(cache_dir, as_json):
+    """List the feature stores, their fingerprints, rows and size.
+
+    \b
+    Example:
+      xrayfeat cache ls --cache-dir data_cache
+    """
+    from xrayfeat.store.catalog import list_stores
+
+    infos = [s.info() for s in list_stores(cache_dir)]
+
+    def human(err):
+        from rich.table import Table
+
+        table = Table(title=f"feature stores in {cache_dir}")
+        for col in ("store", "backbone", "layer", "size", "precision", "weights", "rows", "MB"):
+            table.add_column(col)
+        for i in infos:
+            fp = i["fingerprint"]
+            table.add_row(Path(i["path"]).name, fp["backbone"], fp["layer"], str(fp["image_size"]), fp["precision"],
+                          fp["weights"] + (" (RANDOM)" if i["random_weights"] else ""), str(i["rows"]),
+                          f"{i['bytes'] / 1e6:.1f}")
+        console(err).print(table)
+
+    emit({"cache_dir": str(cache_dir), "stores": infos}, as_json, human)
+
+
+@_cache_command("verify", _cache_dir)
+def cache_verify(cache_dir, as_json):
+    """Check every shard's checksum and every index; exit 1 naming what is damaged.
+
+    \b
+    Example:
+      xrayfeat cache verify
+    """
+    from xrayfeat.store.catalog import list_stores
+
+    report = {}
+    for store in list_stores(cache_dir):
+        report[str(store.path)] = store.verify()
+    problems = [p for ps in report.values() for p in ps]
+
+    def human(err):
+        for path, ps in report.items():
+            click.echo(f"{'ok  ' if not ps else 'BAD '} {path}", err=err)
+            for p in ps:
+                click.echo(f"     {p}", err=err)
+        if not report:
+            click.echo(f"no feature stores in {cache_dir}", err=err)
+
+    emit({"ok": not problems, "stores": report}, as_json, human)
+    if problems:  # each problem names the file, what is wrong and the repair
+        raise StoreError(f"{len(problems)} problem(s) found; first: {problems[0]}")
+
+
+@_cache_command("gc", _cache_dir)
+def cache_gc(cache_dir, as_json):
+    """Repair damaged shards and indexes, remove temporary files left by killed runs, compact small shards.
+
+    A damaged shard is replaced by its sound rows; re-running extract then
+    recomputes exactly the rows that were lost. Waits for a running extraction.
+
+    \b
+    Example:
+      xrayfeat cache gc
+    """
+    from xrayfeat.store.catalog import list_stores
+
+    def waiting(store):
+        click.echo(f"{store.path} is being written by another process; waiting for it", err=True)
+
+    results = [s.gc(on_wait=lambda s=s: waiting(s)) for s in list_stores(cache_dir)]
+
+    def human(err):
+        for r in results:
+            repaired = ""
+            if r["damaged_shards"]:
+                repaired = (f"replaced {len(r['damaged_shards'])} damaged shards by their {r['kept_rows']} sound rows "
+                            f"({r['lost_rows']} rows lost: re-run extract to recompute them), ")
+            click.echo(f"{r['store']}: removed {len(r['removed_temp_files'])} temporary files, {repaired}"
+                       f"{'rebuilt the damaged index, ' if r['rebuilt_index'] else ''}merged "
+                       f"{r['merged_shards']} shards, dropped {r['dropped_duplicates']} duplicate rows", err=err)
+
+    emit({"stores": results}, as_json, human)
+
+
+@_cache_command("export", click.argument("data"), feature_options,
+                click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file."))
+def cache_export(data, out, as_json, **kw):
+    """Write a dataset's cached features to one .npz (sha256, path, label, split, pooled, spatial).
+
+    Rows follow the dataset's order. Nothing is computed: missing features are an
+    error that says which extract command to run.
+
+    \b
+    Example:
+      xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
+    """
+    from xrayfeat.features.feature_export import export_features
+
+    features = single_feature(kw)
+    result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,
+                             cache_dir=kw["cache_dir"], device=kw["device"])
+    emit(result.as_json(), as_json, lambda err: click.echo(f"wrote {result.rows} rows to {result.out}", err=err))

@@ -1,0 +1,60 @@
+"""``xrayfeat describe``: the seed's full model (frozen backbone + head) and its parameter counts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from xrayfeat.cli.kit import (
+    declared,
+    emit,
+    handle_errors,
+    json_option,
+)
+from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions
+
+log = logging.getLogger("xrayfeat")
+
+
+@click.command("describe")
+@click.option("--backbone", "-b", required=True, type=click.Choice(BACKBONES))
+@click.option("--classes", "n_classes", type=click.IntRange(2, None), required=True,
+              help="Number of classes (2 → one sigmoid unit).")
+@declared(FeatureOptions, "image_size")
+@declared(HeadOptions, "units")
+@declared(HeadOptions, "dropout")
+@declared(HeadOptions, "l2")
+@json_option
+@handle_errors
+def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
+    """Print the seed's full model (frozen backbone + head) and its parameter counts.
+
+    \b
+    Example:
+      xrayfeat describe --backbone inception_v3 --classes 4
+    """
+    from xrayfeat.backbones import get_spec
+    from xrayfeat.features.building import build_backbone
+    from xrayfeat.features.weights import WeightsInfo
+    from xrayfeat.models.head import build_seed_model, count_params
+
+    spec = get_spec(backbone)
+    model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
+                             units=units, dropout=dropout, l2=l2)
+    counts = count_params(model)
+    lines: list[str] = []
+    model.summary(print_fn=lambda text, line_break=None: lines.append(text), line_length=100,
+                  expand_nested=False)
+    data = {"backbone": backbone, "classes": n_classes, "image_size": image_size or spec.input_size, **counts}
+
+    def human(err):
+        out = sys.stderr if err else sys.stdout
+        for text in lines:
+            click.echo(text, file=out)
+        click.echo(f"Total params: {counts['total']:,}", file=out)
+        click.echo(f"Trainable params: {counts['trainable']:,}", file=out)
+        click.echo(f"Non-trainable params: {counts['non_trainable']:,}", file=out)
+
+    emit(data, as_json, human)

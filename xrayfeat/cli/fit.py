@@ -1,0 +1,124 @@
+"""``xrayfeat fit-head``: the seed's head beside the baselines on cached features, and its result tables."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from xrayfeat.cli.kit import (
+    console,
+    dataset_of,
+    declared,
+    emit,
+    feature_options,
+    handle_errors,
+    json_option,
+    single_feature,
+    stack,
+)
+from xrayfeat.options.settings import BASELINES, HeadOptions, RunOptions
+from xrayfeat.options.parsers import parse_list
+from xrayfeat.options.constraints import declaration
+
+log = logging.getLogger("xrayfeat")
+
+
+_HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "lr", "units", "dropout", "l2",
+                "train_tail", "head_input", "val_fraction", "n_boot", "backend", "class_weight", "restore_best", "repeats",
+                "threshold", "positive", "memory_budget")
+
+
+@click.command("fit-head")
+@click.argument("data")
+@feature_options
+@stack(*(declared(HeadOptions, name) for name in _HEAD_FIELDS))
+@click.option("--baselines", default=",".join(BASELINES), show_default=True,
+              help=declaration(HeadOptions, "baselines")["help"])
+@declared(RunOptions, "batch_size", "--extract-batch-size", param="extract_batch_size")
+@declared(RunOptions, "workers", help="Decoding processes for extraction (default: all cores; 0: in-process).")
+@declared(RunOptions, "on_error")
+@click.option("--out", default=None, help="Run folder (default: runs/<task>-<backbone>-<time>).")
+@declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT",
+          help="Run extraction and the baselines' grid searches on Dask: local:N starts N worker processes here, "
+               "tcp://HOST:PORT joins a running scheduler (--cache-dir must be the same folder on every worker).")
+@declared(RunOptions, "chunk_images")
+@json_option
+@handle_errors
+def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cluster, chunk_images, as_json, **kw):
+    """Train the seed's head on cached features, beside scikit-learn baselines; write a run record.
+
+    Extracts whatever the cache lacks first. Reports test accuracy, loss, balanced
+    accuracy, ROC-AUC with bootstrap 95% intervals, and warns about leakage, tiny
+    test sets and shortcuts (a 32x32 pixels model as good as the deep one).
+
+    \b
+    Example (the seed's task 2 on the real sample, random weights):
+      xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
+    """
+    from xrayfeat.features.config import resolve
+    from xrayfeat.runs.fit import fit_head
+
+    features = single_feature(kw)
+    resolve(features, kw["device"])
+    head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
+                       **{name: kw[name] for name in _HEAD_FIELDS})
+    head.validate()
+    run = RunOptions(device=kw["device"], batch_size=extract_batch_size, workers=workers, cache_dir=kw["cache_dir"],
+                     on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
+    result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
+
+    def human(err):
+        from rich.table import Table
+
+        table = Table(title=f"test results ({result.test['n']} images) — {result.run}")
+        for col in ("model", "accuracy", "95% CI", "balanced acc.", "ROC-AUC", "log-loss"):
+            table.add_column(col, justify="right" if col != "model" else "left")
+        for name, m in [("head", result.test), *result.baselines.items()]:
+            ci = m["accuracy_ci"]
+            table.add_row(name, f"{m['accuracy']:.3f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+                          f"{m['balanced_accuracy']:.3f}", f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-",
+                          f"{m['loss']:.3f}")
+        out = console(err)
+        out.print(table)
+        if result.operating:
+            out.print(_operating_table(result.operating, result.test["n"]))
+        if result.repeats:
+            out.print(_repeats_line(result.repeats))
+        t = result.timings
+        out.print(f"extraction {t['extraction_seconds']:.1f} s ({t['extracted_images']} images computed), head "
+                      f"{t['head_seconds']:.1f} s ({t['seconds_per_epoch']:.3f} s/epoch), baselines "
+                      f"{t['baselines_seconds']:.1f} s, total {t['total_seconds']:.1f} s")
+
+    emit(result.as_json(), as_json, human)
+
+
+def _operating_table(operating: dict, n: int):
+    """The head's operating points: per class, at argmax and at the threshold chosen on validation."""
+    from rich.table import Table
+
+    table = Table(title=f"head operating points on test ({n} images; threshold: {operating['rule']}, chosen on "
+                        f"{operating['chosen_on']}; 95% intervals in metrics.json and the report)")
+    for col in ("class", "at", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"):
+        table.add_column(col, justify="left" if col in ("class", "at") else "right")
+    keys = ("sensitivity", "specificity", "ppv", "npv", "f1")
+    for name, entry in operating["classes"].items():
+        argmax, at = entry["argmax"], entry.get("at_threshold")
+        table.add_row(name, "argmax", "-", *[_fraction(argmax.get(key)) for key in keys])
+        threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+        table.add_row("", "threshold", threshold, *[_fraction(at.get(key) if at else None) for key in keys])
+        if entry.get("note"):
+            table.add_row("", "", "", entry["note"])
+    return table
+
+
+def _fraction(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _repeats_line(repeats: dict) -> str:
+    """The head's accuracy across seeds, beside the single run's bootstrap interval."""
+    acc = repeats["head"]["accuracy"]
+    seeds = repeats["seeds"]
+    return (f"head accuracy over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}): mean {acc['mean']:.3f}, "
+            f"SD {acc['sd']:.3f}, range {acc['min']:.3f}–{acc['max']:.3f}")

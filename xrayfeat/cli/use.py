@@ -1,0 +1,180 @@
+"""``xrayfeat predict``, ``explain`` and ``evaluate``: a trained run used on new images.
+
+The three share where the features of new images are computed (:func:`_run_options`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from xrayfeat.cli.kit import (
+    console,
+    dataset_of,
+    declared,
+    emit,
+    handle_errors,
+    json_option,
+    stack,
+)
+from xrayfeat.options.settings import RunOptions
+
+log = logging.getLogger("xrayfeat")
+
+
+def _run_options(func):
+    """Where features are computed when a run is used on new images."""
+    return stack(
+        click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                     help="Feature cache (default: the folder holding the run's store); missing rows are computed into it."),
+        declared(RunOptions, "device"),
+        declared(RunOptions, "batch_size"),
+        declared(RunOptions, "workers"),
+        declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT"),
+    )(func)
+
+
+@click.command("predict")
+@click.argument("run")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV: path, sha256, then per model its predicted class and a probability per class.")
+@_run_options
+@json_option
+@handle_errors
+def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluster, as_json):
+    """Classify new X-rays with a trained run: its head and every saved baseline.
+
+    INPUTS are image files, folders (searched recursively; no class folders
+    needed) or CSV files with a path column. Features are the run's own (same
+    backbone, weights, size, cut layer, precision), read from the cache or
+    computed into it, so predicting twice computes nothing. Refuses, in one line,
+    a run whose files changed, missing weights, or features this installation
+    cannot reproduce.
+
+    \b
+    Example:
+      xrayfeat predict runs/4class-vgg16-20261126-101500 new_xrays/ --out predictions.csv
+    """
+    from xrayfeat.runs.prediction import predict as run_predict
+    from xrayfeat.runs.loaded import load_run
+
+    result = run_predict(load_run(run), list(inputs), out=out, cache_dir=cache_dir, device=device,
+                         batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
+
+    def human(err):
+        click.echo(f"{result.out}: {result.images} images ({result.extracted} computed, {result.reused} from the "
+                   f"cache), models: {', '.join(result.models)}", err=err)
+        for model, counts in result.counts.items():
+            click.echo(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()), err=err)
+
+    emit(result.as_json(), as_json, human)
+
+
+@click.command("explain")
+@click.argument("run")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for <image>.png (overlay), <image>.npz (raw map) and explain.csv.")
+@click.option("--class", "target_class", default=None, metavar="CLASS",
+              help="Explain this class of the run for every image (default: each image's predicted class).")
+@_run_options
+@json_option
+@handle_errors
+def explain_cmd(run, inputs, out, target_class, cache_dir, device, batch_size, workers, cluster, as_json):
+    """Grad-CAM of a trained run's head on X-rays: where it looks for its predicted class.
+
+    INPUTS are image files, folders or CSV files with a path column, as for
+    predict. The map is computed from the image's cached spatial features and the
+    head alone (images not in the cache are extracted first). Each image gets
+    OUT/<name>.png (the map on the X-ray, predicted class and probability in the
+    title) and OUT/<name>.npz (the raw map); OUT/explain.csv lists them.
+
+    The map's resolution is the run's cut layer's: 7×7 for VGG16 block5_pool at
+    224 px. An earlier cut, chosen at extract/fit-head time (e.g. --layer
+    vgg16:block5_conv3), gives 14×14. Runs trained with --train-tail are refused.
+
+    \b
+    Example:
+      xrayfeat explain runs/4class-vgg16-20261126-101500 new_xrays/ --out explained/
+    """
+    from xrayfeat.runs.explanation import explain as run_explain
+    from xrayfeat.runs.loaded import load_run
+
+    result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,
+                         device=device, batch_size=batch_size, workers=workers, cluster=cluster,
+                         progress=True)
+
+    def human(err):
+        h, w = result.map_size
+        click.echo(f"{result.out}: {result.images} overlays ({result.extracted} computed, {result.reused} from the "
+                   f"cache); Grad-CAM at {result.layer}, {h}×{w} map; table {result.csv}", err=err)
+        for row in result.rows[:10]:
+            shown = "" if row["explained"] == row["predicted"] else f", map of {row['explained']}"
+            click.echo(f"  {Path(row['png']).name}: {row['predicted']} {row['probability']:.3f}{shown}", err=err)
+        if len(result.rows) > 10:
+            click.echo(f"  ... {len(result.rows) - 10} more in {result.csv}", err=err)
+
+    emit(result.as_json(), as_json, human)
+
+
+@click.command("evaluate")
+@click.argument("run")
+@click.argument("data")
+@click.option("--name", default=None, help="Name of this external dataset (default: DATA's folder name); "
+                                            "results go to RUN/external/NAME/ and replace an earlier one of that name.")
+@click.option("--classes", default=None, help="Keep only these classes of DATA, comma-separated.")
+@_run_options
+@json_option
+@handle_errors
+def evaluate_cmd(run, data, name, classes, cache_dir, device, batch_size, workers, cluster, as_json):
+    """Score a trained run on another site's labelled X-rays (external validation).
+
+    Every image of DATA (any layout) is test data; images the run trained or
+    validated on are left out and counted. Same metrics, bootstrap intervals,
+    per-source breakdown and warnings as fit-head; the table shows the internal
+    result beside the external one, and `report` shows both.
+
+    \b
+    Example:
+      xrayfeat evaluate runs/4class-vgg16-20261126-101500 other_hospital/ --name hospital_b
+    """
+    from xrayfeat.runs.external import evaluate as run_evaluate
+    from xrayfeat.runs.prediction import run_cache_dir
+    from xrayfeat.runs.loaded import load_run
+
+    trained = load_run(run)
+    dataset = dataset_of(data, classes, run_cache_dir(trained, cache_dir))
+    result = run_evaluate(trained, dataset, name=name, cache_dir=cache_dir, device=device, batch_size=batch_size,
+                          workers=workers, cluster=cluster, progress=True)
+
+    def human(err):
+        from rich.table import Table
+
+        from rich import box
+
+        table = Table(title=f"{result.run} on {result.name}: {result.n} external images ({result.excluded} left out)",
+                      box=box.SIMPLE_HEAD)
+        for col in ("model", "acc. int", "acc. ext", "95% CI", "Δ acc", "AUC int", "AUC ext", "Δ AUC"):
+            table.add_column(col, justify="right" if col != "model" else "left", no_wrap=col == "95% CI")
+        for model, ext in result.external.items():
+            inside = result.internal.get(model, {})
+            ci = ext["accuracy_ci"]
+            table.add_row(model, _fmt(inside.get("accuracy")), _fmt(ext["accuracy"]),
+                          f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _delta(ext["accuracy"], inside.get("accuracy")),
+                          _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]), _delta(ext["roc_auc"], inside.get("roc_auc")))
+        console(err).print(table)
+        click.echo("Δ: external − internal (negative: worse on the external data)", err=err)
+        click.echo(f"written to {result.folder}", err=err)
+
+    emit(result.as_json(), as_json, human)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _delta(external, internal) -> str:
+    return "-" if external is None or internal is None else f"{external - internal:+.3f}"
