@@ -17,13 +17,18 @@ What a user of Dask expects, and what this module promises:
   store, so ``--cache-dir`` must be the same folder for every worker and for
   this process. :meth:`Session.check_shared` makes every worker write a probe
   file there and reads each one back here before any work is sent, and says
-  which worker cannot be reached and how to fix it when one is missing.
+  which worker cannot be reached and how to fix it when one is missing: a folder
+  the workers cannot write or see is bad input (exit 2), a worker that crashed or
+  did not answer the check a fault of the cluster (:class:`ClusterError`, exit 1).
 * **Failure.** A worker that dies mid-task (killed, out of memory, its machine
   gone) has its task run again on another worker by the scheduler; a task that
   kills ``distributed.scheduler.allowed-failures`` workers in a row fails the
   run with one line. Losing the scheduler fails the run with one line (exit 1)
   that says how much was committed; work committed before stays, so running the
   same command again resumes from it.
+* **Nothing left running.** A local cluster whose client cannot connect is
+  closed before the error is raised, and a session whose scheduler was lost is
+  closed before another replaces it.
 * **Quiet.** Dask's own log lines stay off the user's terminal below CRITICAL
   (xrayfeat's one line says what failed; ``silence_logs`` on local workers);
   ``XRAYFEAT_DEBUG=1`` shows them.
@@ -86,7 +91,9 @@ class Session:
         Each worker writes a probe file with its own address into ``folder``;
         this process reads every one back. A worker that cannot write there, or
         whose file does not arrive here (the path is another disk on its machine),
-        fails the check with one line naming the worker and the fix.
+        fails the check with one line naming the worker and the fix: bad input
+        (:class:`XrayfeatError`, exit 2). A worker that crashed or did not answer,
+        or a scheduler that did not, is the cluster's fault (:class:`ClusterError`, exit 1).
         """
         folder = Path(folder).resolve()
         if folder in self.shared:
@@ -95,7 +102,17 @@ class Session:
         token = uuid.uuid4().hex
         probes = folder / f".xrayfeat-probe-{token}"
         try:
-            written = self.client.run(write_probe, str(probes), token)
+            try:  # each worker's exception comes back as its answer; the call itself fails when the scheduler does
+                written = self.client.run(write_probe, str(probes), token, on_error="return")
+            except Exception as exc:
+                raise ClusterError(f"{folder}: the Dask cluster at {self.scheduler} did not answer the shared-folder "
+                                   f"check ({_reason(exc)}); check that its scheduler and workers are running, then "
+                                   f"run the same command again") from None
+            if not written:
+                raise ClusterError(f"{folder}: no Dask worker answered the shared-folder check; start workers with "
+                                   f"`dask worker {self.scheduler}`, then run the same command again")
+            for worker, answer in sorted(written.items()):
+                _check_answer(folder, worker, answer)
             for worker, answer in sorted(written.items()):
                 _check_probe(folder, probes, worker, answer, token)
         finally:
@@ -194,11 +211,15 @@ class Session:
         that worker's process forever when closed; the work is committed by then,
         so the process exits instead of waiting (its workers end with it).
         """
-        with contextlib.suppress(Exception):
-            self.client.close(timeout=timeout)
-        if self.cluster is not None:
+        _close(self.client, self.cluster, timeout)
+
+
+def _close(client, cluster, timeout: float) -> None:
+    """Close a client, then a local cluster (either may be None), each given up after ``timeout`` seconds."""
+    for thing in (client, cluster):
+        if thing is not None:
             with contextlib.suppress(Exception):
-                self.cluster.close(timeout=timeout)
+                thing.close(timeout=timeout)
 
 
 def write_probe(folder: str, token: str, dask_worker=None) -> dict:
@@ -212,6 +233,24 @@ def write_probe(folder: str, token: str, dask_worker=None) -> dict:
     except OSError as exc:
         answer["error"] = os.strerror(exc.errno) if exc.errno else str(exc)
     return answer
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, for a one-line message."""
+    first = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _check_answer(folder: Path, worker: str, answer) -> None:
+    """A worker's answer to the probe is :func:`write_probe`'s; anything else (its exception) is a cluster fault."""
+    if isinstance(answer, BaseException):
+        raise ClusterError(f"{folder}: Dask worker {worker} crashed or did not answer the shared-folder check "
+                           f"({_reason(answer)}); check the worker (its log, its memory), then run the same command again")
+    if not (isinstance(answer, dict) and isinstance(answer.get("host"), str) and isinstance(answer.get("file"), str)
+            and isinstance(answer.get("error"), (str, type(None)))):
+        raise ClusterError(f"{folder}: Dask worker {worker} answered the shared-folder check with "
+                           f"{type(answer).__name__} {str(answer)[:80]!r}, not a probe's answer; give every worker "
+                           f"the xrayfeat of this process, then run the same command again")
 
 
 def _check_probe(folder: Path, probes: Path, worker: str, answer: dict, token: str) -> None:
@@ -245,25 +284,44 @@ def session(address: str, *, announce: bool = False) -> Session:
     live = _SESSIONS.get(address)
     if live is not None and live.client.status == "running":
         return live
+    if live is not None:  # its scheduler was lost, or it was closed: close what is left before starting another
+        _SESSIONS.pop(address, None)
+        live.close(timeout=2)
     kind, value = parse_cluster(address)
     # our one line says what failed; Dask's own lines (e.g. its client giving up on a lost scheduler) stay out
     quiet = logging.DEBUG if os.environ.get("XRAYFEAT_DEBUG") else logging.CRITICAL
     _quiet_dask(quiet)
-    from distributed import Client, LocalCluster
+    import distributed
 
     if kind == "local":
-        cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=quiet)
-        client = Client(cluster, set_as_default=False)
+        try:
+            cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                               dashboard_address=":0", silence_logs=quiet)
+        except Exception as exc:
+            raise ClusterError(f"cannot start a local Dask cluster of {value} worker(s) ({_reason(exc)}); run "
+                               f"without --cluster, or with fewer workers") from None
+        try:
+            client = distributed.Client(cluster, set_as_default=False)
+        except BaseException as exc:  # the cluster's processes must not outlive a client that never was
+            _close(None, cluster, timeout=2)
+            if not isinstance(exc, Exception):
+                raise
+            raise ClusterError(f"cannot connect to the local Dask cluster it started ({_reason(exc)}); run "
+                               f"without --cluster, or with fewer workers") from None
     else:
         cluster = None
         try:
-            client = Client(value, timeout="10s", set_as_default=False)
+            client = distributed.Client(value, timeout="10s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {value} ({exc}); start it with "
                                f"`dask scheduler` and workers with `dask worker {value}`") from None
-    live = Session(address, client, cluster)
-    if not live.workers():
+    try:
+        live = Session(address, client, cluster)
+        workers = live.workers()
+    except BaseException:
+        _close(client, cluster, timeout=2)
+        raise
+    if not workers:
         live.close()
         raise ClusterError(f"the Dask scheduler at {live.scheduler} has no workers; start some with "
                            f"`dask worker {live.scheduler}`")
