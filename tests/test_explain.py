@@ -108,7 +108,7 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
 
     from xrayfeat.backbones import get_spec
     from xrayfeat.features.building import build_extractor
-    from xrayfeat.features.extraction import resolve
+    from xrayfeat.features.config import resolve
     from xrayfeat.data.images import read_image
     from xrayfeat.runs.prediction import run_feature_options
     from xrayfeat.store.feature_store import FeatureStore

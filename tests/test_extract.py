@@ -18,7 +18,9 @@ from xrayfeat.data import images
 from xrayfeat.backbones import REGISTRY
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DeviceError, ImageReadError
-from xrayfeat.features.extraction import FeatureOptions, RunOptions, extract, open_store
+from xrayfeat.features.extraction import extract
+from xrayfeat.features.selection import open_store
+from xrayfeat.options.settings import FeatureOptions, RunOptions
 
 # small inputs: shape and arithmetic are what matter here, not accuracy
 SIZES = {"vgg16": 32, "inception_v3": 75}
@@ -206,7 +208,7 @@ def test_two_extractions_at_once_both_succeed_with_no_row_lost_or_doubled(tmp_pa
     assert all(r["extracted"] + r["reused"] == 18 for r in results)
     assert run_cli("cache", "verify", "--cache-dir", cache).returncode == 0
     assert_same_export(export(tiny_data, cache, tmp_path / "both.npz"), reference_export)
-    from xrayfeat.store.feature_store import list_stores
+    from xrayfeat.store.catalog import list_stores
 
     [store] = list_stores(cache)
     assert len(store) == 18 and store.verify() == []

@@ -17,7 +17,9 @@ from xrayfeat.cli.main import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.runs.explanation import explain
-from xrayfeat.features.extraction import extract, open_store, resolve
+from xrayfeat.features.config import resolve
+from xrayfeat.features.extraction import extract
+from xrayfeat.features.selection import open_store
 from xrayfeat.store.fingerprint import KeepError, fingerprint_id, store_dirname
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore

@@ -29,7 +29,7 @@ from xrayfeat.data.datasets import discover, printable
 from xrayfeat.errors import DatasetError, ImageReadError
 from xrayfeat.features.extraction import FeatureOptions, RunOptions, extract
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.store.feature_store import list_stores
+from xrayfeat.store.catalog import list_stores
 
 NON_UTF8_FILE = os.fsdecode(b"caf\xe9.png")  # the byte 0xE9 alone is not UTF-8
 NON_UTF8_CLASS = os.fsdecode(b"clase-\xff")

@@ -13,7 +13,8 @@ import pytest
 from xrayfeat.store import shards
 from xrayfeat.errors import StoreError
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, fingerprint_id, store_dirname
-from xrayfeat.store.feature_store import FeatureStore, list_stores
+from xrayfeat.store.catalog import list_stores
+from xrayfeat.store.feature_store import FeatureStore
 
 FP = {
     "backbone": "vgg16", "weights": "none:seed=0", "image_size": 32, "preprocess": "caffe",

@@ -16,7 +16,7 @@ from xrayfeat.models.baselines import sample_rows
 from xrayfeat.cli.main import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import StoreError, XrayfeatError
-from xrayfeat.features.extraction import FeatureOptions, RunOptions
+from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.options.parsers import parse_size
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.store.rows import StoreRows

@@ -23,7 +23,7 @@ _EXPORTS = {
     "predict": "xrayfeat.api", "evaluate": "xrayfeat.api", "explain": "xrayfeat.api",
     "load_run": "xrayfeat.runs.loaded", "Run": "xrayfeat.runs.loaded",
     "RunRecord": "xrayfeat.runs.record", "RunWarning": "xrayfeat.runs.record",
-    "FeatureStore": "xrayfeat.store.feature_store", "list_stores": "xrayfeat.store.feature_store",
+    "FeatureStore": "xrayfeat.store.feature_store", "list_stores": "xrayfeat.store.catalog",
     "Dataset": "xrayfeat.data.datasets", "Item": "xrayfeat.data.datasets",
     "FeatureOptions": "xrayfeat.options.settings", "RunOptions": "xrayfeat.options.settings", "HeadOptions": "xrayfeat.options.settings", "EmbedOptions": "xrayfeat.options.settings",
     "write_report": "xrayfeat.report.writer", "write_phantoms": "xrayfeat.data.phantoms", "run_demo": "xrayfeat.demo",

@@ -4,9 +4,21 @@
   (:func:`resolve_weights`, :func:`download_weights`, :func:`install_weights`, :class:`WeightsInfo`);
 * :mod:`.building`: the Keras models built from the registry (:func:`build_backbone`,
   :func:`build_extractor`, :func:`build_tail`);
-* :mod:`.extraction`: the pipeline decode → model → write (:func:`extract`, :class:`ExtractResult`),
-  in this process or as chunk jobs on Dask workers, and choosing the store a command reads
-  (:func:`store_for`, :func:`open_store`).
+* :mod:`.config`: feature options resolved to weights, device, precision and the store's fingerprint,
+  without loading a framework (:func:`resolve`, :class:`FeatureConfig`);
+* :mod:`.decoding`: the reader, image files decoded ahead of the device by a bounded process pool
+  (:func:`decoded`, :func:`default_workers`);
+* :mod:`.runner`: the mapper, full device batches through every backbone and out to every writer
+  (:func:`run_batches`, :func:`build_model`, :func:`check_weights`);
+* :mod:`.writing`: the writer, every store's write lock held for a run (:func:`writing_session`) and a
+  Dask worker's staged shard (:class:`ChunkWriter`);
+* :mod:`.progress`: the progress bar, on a terminal only (:func:`progress_bar`);
+* :mod:`.chunks`: extraction on Dask, chunk jobs sent, computed on workers and committed here
+  (:class:`ChunkJob`, :func:`run_chunks`, :func:`compute_chunk`, :func:`prepare_worker`);
+* :mod:`.extraction`: the pipeline joined, dataset → missing rows → store, in this process or on Dask
+  (:func:`extract`, :class:`ExtractResult`);
+* :mod:`.selection`: choosing the store a command reads, the one that keeps the parts it needs
+  (:func:`store_for`, :func:`open_store`);
 * :mod:`.feature_export`: ``cache export``, a dataset's cached features in one ``.npz`` (:func:`export_features`).
 
 The facts about each backbone are one row of :data:`xrayfeat.backbones.REGISTRY`.

@@ -53,7 +53,9 @@ from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.features.extraction import extract, resolve, store_for
+from xrayfeat.features.config import resolve
+from xrayfeat.features.extraction import extract
+from xrayfeat.features.selection import store_for
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.features.extraction import extract, resolve, store_for
+from xrayfeat.features.config import resolve
+from xrayfeat.features.extraction import extract
+from xrayfeat.features.selection import store_for
 from xrayfeat.fileio import atomic_write
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions

@@ -2,8 +2,11 @@
 
 * :mod:`.fingerprint`: what a feature value depends on, and the store's id and folder name;
 * :mod:`.shards`: immutable sealed HDF5 shards with a sha256 per row and part (the file format);
-* :mod:`.feature_store`: :class:`FeatureStore` (open, read, write under a lock, staging for Dask workers,
-  index, verify, gc) and :func:`list_stores`;
+* :mod:`.locks`: the fcntl locks of a store, and an OS error while changing it as one line;
+* :mod:`.index`: ``index.npz``, hash → (shard, row), sealed by a digest and rebuilt from the shards;
+* :mod:`.feature_store`: :class:`FeatureStore` (open, read, write under a lock, staging for Dask workers);
+* :mod:`.maintenance`: verify, repair, gc and compaction of one store (``store.verify()``, ``store.gc()``);
+* :mod:`.catalog`: the stores of a cache folder (:func:`list_stores`);
 * :mod:`.rows`: :class:`StoreRows`, views of a store's rows read in batches (training past memory),
   and the memory-budget helpers.
 

@@ -30,12 +30,13 @@ repairable.
   leaves a store that reads correctly and lacks at most the batch in flight.
 * Damage: every row read is checked against its digest, the key column against
   its own when the index is built from it, and the index against the digest
-  saved with it (:mod:`xrayfeat.store.shards`). A damaged shard or index is refused by
-  every reader with one line naming the file and the repair; :meth:`FeatureStore.verify`
-  (``cache verify``) streams the whole store and names every damaged file;
-  :meth:`FeatureStore.gc` (``cache gc``) replaces a damaged shard by its sound
-  rows and rebuilds a damaged index, so re-running ``extract`` recomputes
-  exactly the rows that were lost.
+  saved with it (:mod:`xrayfeat.store.shards`, :mod:`xrayfeat.store.index`). A
+  damaged shard or index is refused by every reader with one line naming the
+  file and the repair; :meth:`FeatureStore.verify` (``cache verify``) streams
+  the whole store and names every damaged file; :meth:`FeatureStore.gc`
+  (``cache gc``) replaces a damaged shard by its sound rows and rebuilds a
+  damaged index, so re-running ``extract`` recomputes exactly the rows that
+  were lost (:mod:`xrayfeat.store.maintenance`).
 * A full disk or a read-only folder: the write fails before anything is renamed
   into place, and the error is one :class:`StoreError` line naming the file, the
   reason and the fix; the store is as it was. A read-only store can still be read.
@@ -43,29 +44,25 @@ repairable.
 Concurrency: one writer at a time holds ``write.lock`` for a whole extraction
 (a second one waits, then finds the rows already there; ``gc`` waits the same
 way); readers take a shared ``read.lock``, which compaction and repair take
-exclusively only to delete old shards.
+exclusively only to delete old shards (:mod:`xrayfeat.store.locks`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import hashlib
-import io
 import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from xrayfeat import __version__
-from xrayfeat.store import shards
 from xrayfeat.errors import StoreError
-from xrayfeat.fileio import TEMP_GLOB, atomic_write, fsync_dir
+from xrayfeat.fileio import atomic_write, fsync_dir
+from xrayfeat.store import shards
 from xrayfeat.store.fingerprint import (
     FLOAT16_TINY,
     check_storable,
@@ -76,116 +73,11 @@ from xrayfeat.store.fingerprint import (
     missing_parts,
     store_dirname,
 )
+from xrayfeat.store.index import StoreIndex, read_index, repair_hint, save_index_if_stale, shard_names
+from xrayfeat.store.locks import flock, writing
+from xrayfeat.store.maintenance import compact_store, gc_store, verify_store
 
-__all__ = ["FeatureStore", "list_stores", "COMPACT_BYTES"]
-
-#: Compaction merges small shards into shards of about this many bytes.
-COMPACT_BYTES = 256 << 20
-#: What a killed writer leaves in the store folder: fileio's temporaries, and those of versions before it.
-_TEMP_GLOBS = (TEMP_GLOB, ".fingerprint.*.tmp", ".index.*.tmp.npz")
-_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def _write_failure(exc: OSError, where: Path) -> StoreError:
-    """One line for an OS error while changing a store: the file, the reason, the fix."""
-    reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [type(exc).__name__])[0]
-    if exc.errno in _FULL:
-        fix = "free disk space (or raise the file size limit), then re-run"
-    elif exc.errno in _READ_ONLY:
-        fix = "the cache folder is read-only: make it writable, or pass another --cache-dir"
-    else:
-        fix = "check the cache folder, then re-run"
-    return StoreError(f"{where}: cannot write ({reason}); {fix}; the store is as it was")
-
-
-@contextlib.contextmanager
-def _writing(where: Path):
-    """Turn an OS error raised while changing the store into :func:`_write_failure`'s line."""
-    try:
-        yield
-    except OSError as exc:
-        raise _write_failure(exc, where) from None
-
-
-def _seal(npz: bytes) -> bytes:
-    """The .npz with the SHA-256 of all its bytes before the archive comment written as that comment.
-
-    A zip archive ends with its end record, whose last field is the length of
-    the archive comment that follows it; numpy writes no comment, so the bytes
-    end with that zero length. The result is still an archive numpy reads.
-    """
-    body = npz[:-2]
-    digest = hashlib.sha256(body).hexdigest().encode()
-    return body + len(digest).to_bytes(2, "little") + digest
-
-
-def _intact(fh, size: int) -> bool:
-    """Whether every byte of a sealed file (``size`` bytes, read from ``fh``) is as :func:`_seal` wrote it.
-
-    Streams the file, so checking a large index costs no memory.
-    """
-    if size < 66:
-        return False
-    digest, left = hashlib.sha256(), size - 66
-    while left:
-        chunk = fh.read(min(left, 1 << 20))
-        if not chunk:
-            return False
-        digest.update(chunk)
-        left -= len(chunk)
-    return fh.read(66) == (64).to_bytes(2, "little") + digest.hexdigest().encode()
-
-
-def _lock_file(path: Path, *, required: bool):
-    """The lock file opened for locking, or None where a read-only folder has none and ``required`` is false.
-
-    In a read-only folder an existing lock file is opened for reading: ``flock`` works on it all the same.
-    """
-    try:
-        return open(path, "a+")
-    except OSError as exc:
-        if exc.errno in _READ_ONLY and path.is_file():
-            return open(path)
-        if exc.errno in _READ_ONLY and not required:
-            return None
-        raise _write_failure(exc, path) from None
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int, *, on_wait=None, required: bool = True):
-    """Hold an fcntl lock on ``path``; call ``on_wait()`` once if we have to wait for it.
-
-    ``required=False`` (readers) reads without a lock where a read-only folder has no lock file to take.
-    """
-    fh = _lock_file(path, required=required)
-    if fh is None:
-        yield
-        return
-    with fh:
-        try:
-            fcntl.flock(fh, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait()
-            fcntl.flock(fh, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@dataclass
-class _Index:
-    """hash → (shard number, row), plus the shard names it was built from."""
-
-    shards: list[str]
-    hashes: np.ndarray  # (n,) S64
-    shard_of: np.ndarray  # (n,) int32
-    row_of: np.ndarray  # (n,) int32
-
-    def lookup(self) -> dict[bytes, int]:
-        return {h: i for i, h in enumerate(self.hashes.tolist())}
+__all__ = ["FeatureStore"]
 
 
 class FeatureStore:
@@ -200,7 +92,7 @@ class FeatureStore:
         self.path = Path(path)
         self.fingerprint = dict(fingerprint)
         self.fingerprint_id = fingerprint_id(fingerprint)
-        self._index: _Index | None = None
+        self._index: StoreIndex | None = None
         self._lookup: dict[bytes, int] | None = None
 
     # ------------------------------------------------------------------ opening
@@ -225,7 +117,7 @@ class FeatureStore:
             return cls(path, stored)
         if not create:
             raise StoreError(f"no feature store for this fingerprint in {cache_dir} (looked for {path.name})")
-        with _writing(Path(cache_dir)):
+        with writing(Path(cache_dir)):
             (path / "shards").mkdir(parents=True, exist_ok=True)
             for lock in ("write.lock", "read.lock"):  # so that readers of a read-only copy find them
                 (path / lock).touch()
@@ -262,106 +154,18 @@ class FeatureStore:
     def random_weights(self) -> bool:
         return str(self.fingerprint.get("weights", "")).startswith("none")
 
-    @property
-    def _repair_hint(self) -> str:
-        return f"run `xrayfeat cache gc --cache-dir {self.path.parent}`"
-
     # ------------------------------------------------------------------ index
 
     def shard_names(self) -> list[str]:
-        return sorted(p.name for p in (self.path / "shards").glob("*.h5") if not p.name.startswith("."))
-
-    def _load_index(self) -> _Index | None:
-        """The saved index, None if there is none; :class:`StoreError` if it is damaged.
-
-        Every byte is checked (:func:`_intact`) before numpy parses any of it.
-        """
-        path = self.path / "index.npz"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        if not _intact(io.BytesIO(data), len(data)):
-            raise self._damaged_index()
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return _Index(list(npz["shards"].astype(str)), npz["hashes"], npz["shard_of"], npz["row_of"])
-
-    def _damaged_index(self) -> StoreError:
-        return StoreError(f"{self.path / 'index.npz'}: does not match its checksum; the index is damaged: "
-                          f"{self._repair_hint} (it rebuilds the index from the shards)")
-
-    def _check_index(self) -> list[str]:
-        """The damaged-index line, if the saved index is damaged; streams it."""
-        path = self.path / "index.npz"
-        try:
-            with open(path, "rb") as fh:
-                return [] if _intact(fh, os.fstat(fh.fileno()).st_size) else [str(self._damaged_index())]
-        except FileNotFoundError:
-            return []
-
-    def _read_index(self, *, repair: bool = False) -> _Index:
-        """The index, brought up to date from the shards when it lists others; ``repair`` ignores a damaged one."""
-        names = self.shard_names()
-        try:
-            saved = self._load_index()
-        except StoreError:
-            if not repair:
-                raise
-            saved = None
-        if saved is not None and saved.shards == names:
-            return saved
-        return self._build_index(names, saved)
-
-    def _build_index(self, names: list[str], cached: _Index | None) -> _Index:
-        known = {}
-        if cached is not None:
-            # reuse what the old index says about shards that still exist
-            for number, name in enumerate(cached.shards):
-                if name in names:
-                    known[name] = cached.hashes[cached.shard_of == number], cached.row_of[cached.shard_of == number]
-        hashes, shard_of, row_of = [], [], []
-        for number, name in enumerate(names):
-            if name in known:
-                h, rows = known[name]
-            else:
-                h = shards.read_hashes(self.path / "shards" / name, self.fingerprint_id)
-                rows = np.arange(len(h), dtype=np.int32)
-            hashes.append(h.astype("S64"))
-            shard_of.append(np.full(len(h), number, dtype=np.int32))
-            row_of.append(rows.astype(np.int32))
-        if hashes:
-            all_h = np.concatenate(hashes)
-            all_s = np.concatenate(shard_of)
-            all_r = np.concatenate(row_of)
-            # duplicates (a compaction interrupted before it deleted its inputs): first shard wins
-            _, first = np.unique(all_h, return_index=True)
-            first.sort()
-            all_h, all_s, all_r = all_h[first], all_s[first], all_r[first]
-        else:
-            all_h = np.empty(0, "S64")
-            all_s = all_r = np.empty(0, np.int32)
-        return _Index(names, all_h, all_s, all_r)
-
-    def _save_index(self, index: _Index) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, shards=np.array(index.shards, dtype="U"), hashes=index.hashes,
-                 shard_of=index.shard_of, row_of=index.row_of)
-        atomic_write(self.path / "index.npz", _seal(buffer.getvalue()))
-
-    def _save_index_if_stale(self) -> None:
-        """Save the index unless the saved one already lists the shards there are (a read-only store stays untouched)."""
-        names = self.shard_names()
-        saved = self._load_index()  # read and checked once
-        if saved is None or saved.shards != names:
-            self._save_index(self._build_index(names, saved))
+        return shard_names(self.path)
 
     def refresh(self) -> None:
         """Forget the in-memory index (another process may have added rows)."""
         self._index = self._lookup = None
 
-    def _ensure_index(self) -> tuple[_Index, dict[bytes, int]]:
+    def _ensure_index(self) -> tuple[StoreIndex, dict[bytes, int]]:
         if self._index is None:
-            self._index = self._read_index()
+            self._index = read_index(self.path, self.fingerprint_id)
             self._lookup = self._index.lookup()
         return self._index, self._lookup
 
@@ -398,7 +202,7 @@ class FeatureStore:
         """
         self.check_parts(parts, f"reading {' and '.join(parts)} features")
         hashes = list(hashes)
-        with _flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
+        with flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
             if self._index is not None and self._index.shards != self.shard_names():
                 self.refresh()  # shards compacted or added since the index was read
             index, lookup = self._ensure_index()
@@ -418,7 +222,7 @@ class FeatureStore:
                 for reader in readers.values():
                     reader.close()
 
-    def _gather(self, readers, index: _Index, positions: np.ndarray, part: str) -> np.ndarray:
+    def _gather(self, readers, index: StoreIndex, positions: np.ndarray, part: str) -> np.ndarray:
         shard_of = index.shard_of[positions]
         row_of = index.row_of[positions]
         result = None
@@ -444,7 +248,7 @@ class FeatureStore:
 
         ``on_wait`` is called once if another process holds the store.
         """
-        with _flock(self.path / "write.lock", fcntl.LOCK_EX, on_wait=on_wait):
+        with flock(self.path / "write.lock", fcntl.LOCK_EX, on_wait=on_wait):
             self.refresh()
             session = _Writer(self, provenance or {})
             yield session
@@ -467,7 +271,7 @@ class FeatureStore:
         hashes = np.asarray(hashes, dtype="S64")
         target = Path(folder) if folder is not None else self.path / "shards"
         shapes = [None if block is None else block.shape[1:] for block in kept]
-        with _writing(target):
+        with writing(target):
             with shards.write_shard(target, len(hashes), *shapes, np.dtype(dtype),
                                     self._shard_attrs(provenance)) as shard:
                 shard.write(hashes, *(None if block is None else block.astype(dtype) for block in kept))
@@ -508,9 +312,9 @@ class FeatureStore:
         keys = shards.read_hashes(staged, self.fingerprint_id)
         if keys.tolist() != np.asarray(hashes, dtype="S64").tolist():
             raise StoreError(f"{staged}: holds other rows than the chunk it was written for; "
-                             f"{self._repair_hint} and re-run")
+                             f"{repair_hint(self.path)} and re-run")
         target = self.path / "shards" / staged.name
-        with _writing(target):
+        with writing(target):
             os.replace(staged, target)
             fsync_dir(target.parent)
         return staged.name
@@ -527,59 +331,13 @@ class FeatureStore:
 
     def save_index(self) -> None:
         """Bring ``index.npz`` up to date with the shards (readers rebuild it themselves; this saves them the work)."""
-        with _writing(self.path):
+        with writing(self.path):
             self.refresh()
-            self._save_index_if_stale()
+            save_index_if_stale(self.path, self.fingerprint_id)
 
     def compact(self) -> int:
-        """Merge small shards into shards of about :data:`COMPACT_BYTES`; returns how many were merged.
-
-        Streams rows shard by shard, so memory stays at one small shard whatever
-        the store's size; rows are checked on the way. The caller holds the write lock.
-        """
-        with _writing(self.path):
-            index = self._read_index()
-            groups, group, group_bytes = [], [], 0
-            for name in index.shards:
-                nbytes = shards.storage_bytes(self.path / "shards" / name)
-                if nbytes >= COMPACT_BYTES // 2:
-                    continue
-                if group and group_bytes + nbytes > COMPACT_BYTES:
-                    groups.append(group)
-                    group, group_bytes = [], 0
-                group.append(name)
-                group_bytes += nbytes
-            groups.append(group)
-            merged = 0
-            for names in (g for g in groups if len(g) > 1):
-                self._merge(names, index)
-                merged += len(names)
-            self.refresh()
-            self._save_index_if_stale()
-        return merged
-
-    def _merge(self, names: list[str], index: _Index) -> None:
-        """Copy the rows the index points to in ``names`` into one new shard, then delete ``names``."""
-        numbers = {n: i for i, n in enumerate(index.shards)}
-        plan = [(name, np.sort(index.row_of[index.shard_of == numbers[name]])) for name in names]
-        self._copy_rows(plan, {"compacted_from": len(names)})
-        self._delete(names)
-
-    def _copy_rows(self, plan: list[tuple[str, np.ndarray]], note: dict) -> None:
-        """Write the given rows (increasing) of the given shards into one new shard, checking each row."""
-        total = sum(len(rows) for _, rows in plan)
-        spatial_shape, pooled_shape, dtype, attrs = shards.shard_layout(self.path / "shards" / plan[0][0])
-        with shards.write_shard(self.path / "shards", total, spatial_shape, pooled_shape, dtype,
-                                {**attrs, **note}) as shard:
-            for name, rows in plan:
-                for block in shards.iter_rows(self.path / "shards" / name, rows):
-                    shard.write(*block)
-
-    def _delete(self, names: list[str]) -> None:
-        """Delete shards once no reader is inside one."""
-        with _flock(self.path / "read.lock", fcntl.LOCK_EX):
-            for name in names:
-                (self.path / "shards" / name).unlink()
+        """Merge small shards (:func:`~xrayfeat.store.maintenance.compact_store`); the caller holds the write lock."""
+        return compact_store(self)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -597,105 +355,12 @@ class FeatureStore:
         }
 
     def verify(self) -> list[str]:
-        """Check every shard (every byte, every row's digests, its fingerprint) and the index; one line per damaged file.
-
-        Streams each shard a block of rows at a time (:data:`xrayfeat.store.shards.BLOCK_BYTES`)
-        and the index file in chunks, so memory does not grow with the store.
-        Leftovers of killed runs (temporary files, rows stored twice by an
-        interrupted compaction) read correctly and are not problems; ``gc``
-        reclaims them.
-        """
-        problems = []
-        with _flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):
-            shapes = set()
-            for name in self.shard_names():
-                check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id, self.parts)
-                problems.extend(check.problems)
-                if check.shapes is not None:
-                    shapes.add(check.shapes)
-            if len(shapes) > 1:
-                problems.append(f"{self.path}: shards disagree on feature shapes {sorted(map(str, shapes))}; "
-                                f"delete the store and re-run extract")
-            problems.extend(self._check_index())
-        return problems
+        """One line per damaged file, each naming the repair; empty when sound (:func:`~xrayfeat.store.maintenance.verify_store`)."""
+        return verify_store(self)
 
     def gc(self, *, min_age_s: float = 0.0, on_wait=None) -> dict:
-        """Repair and tidy the store (takes the write lock; ``on_wait`` is called once if it must wait).
-
-        In order: remove temporary files left by killed writers (``min_age_s``
-        spares younger ones); replace each damaged shard by a shard of its sound
-        rows and rebuild a damaged index (:meth:`_repair`), so that ``extract``
-        recomputes exactly the rows lost; drop rows stored twice; compact small
-        shards. Temporary files are those of :func:`xrayfeat.fileio.atomic_path`
-        (``.<name>.<random>.tmp[suffix]``) and of older versions
-        (``.fingerprint.*.tmp``, ``.index.*.tmp.npz``, ``shards/.tmp-*``).
-        """
-        with _writing(self.path):
-            with _flock(self.path / "write.lock", fcntl.LOCK_EX, on_wait=on_wait):
-                removed = self._remove_temps(min_age_s) + self.clear_staging(min_age_s)
-                repaired = self._repair()
-                duplicates = self._drop_duplicates(self._read_index())
-                merged = self.compact()
-        return {"store": str(self.path), "removed_temp_files": removed, **repaired, "merged_shards": merged,
-                "dropped_duplicates": duplicates}
-
-    def _remove_temps(self, min_age_s: float) -> list[str]:
-        removed = []
-        now = time.time()
-        temps = set()
-        for pattern in _TEMP_GLOBS:
-            temps.update(self.path.glob(pattern))
-        for pattern in shards.TEMP_GLOBS:
-            temps.update((self.path / "shards").glob(pattern))
-        for tmp in sorted(temps):
-            with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
-                if now - tmp.stat().st_mtime >= min_age_s:
-                    tmp.unlink()
-                    removed.append(tmp.name)
-        return removed
-
-    def _repair(self) -> dict:
-        """Replace each damaged shard by one holding its sound rows; rebuild the index if it is damaged.
-
-        Returns ``damaged_shards`` (names), ``kept_rows`` (sound rows copied out of
-        them), ``lost_rows`` (rows they held that failed their checks; the rows of
-        a shard HDF5 cannot open at all are not counted) and ``rebuilt_index``.
-        """
-        rebuilt = bool(self._check_index())
-        damaged, kept, lost = [], 0, 0
-        for name in self.shard_names():
-            check = shards.check_shard(self.path / "shards" / name, self.fingerprint_id, self.parts)
-            if not check.problems:
-                continue
-            sound = np.nonzero(check.sound)[0]
-            if len(sound):
-                self._copy_rows([(name, sound)], {"repaired_from": name})
-            self._delete([name])
-            damaged.append(name)
-            kept += len(sound)
-            lost += check.rows - len(sound)
-        if damaged or rebuilt:
-            self.refresh()
-            self._save_index(self._read_index(repair=True))
-        return {"damaged_shards": damaged, "kept_rows": kept, "lost_rows": lost, "rebuilt_index": rebuilt}
-
-    def _drop_duplicates(self, index: _Index) -> int:
-        """Rewrite any shard holding rows the index does not point to (left by an interrupted merge)."""
-        dropped = 0
-        for number, name in enumerate(index.shards):
-            stored = shards.stored_rows(self.path / "shards" / name)
-            referenced = int(np.count_nonzero(index.shard_of == number))
-            if referenced == stored:
-                continue
-            dropped += stored - referenced
-            if referenced:
-                self._merge([name], index)
-            else:
-                self._delete([name])
-        if dropped:
-            self.refresh()
-            self._save_index(self._read_index())
-        return dropped
+        """Repair and tidy the store under its write lock (:func:`~xrayfeat.store.maintenance.gc_store`)."""
+        return gc_store(self, min_age_s=min_age_s, on_wait=on_wait)
 
 
 def _read_fingerprint(meta: Path) -> dict:
@@ -741,11 +406,3 @@ class _Writer:
                 f"range ({FLOAT16_TINY:.1e}) and lose precision; use --store-dtype float32 to keep them",
                 stacklevel=2,
             )
-
-
-def list_stores(cache_dir: str | os.PathLike) -> list[FeatureStore]:
-    """Every store under ``cache_dir`` (folders that hold a fingerprint.json)."""
-    root = Path(cache_dir)
-    if not root.is_dir():
-        return []
-    return [FeatureStore.at(p.parent) for p in sorted(root.glob("*/fingerprint.json"))]

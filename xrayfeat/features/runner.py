@@ -1,0 +1,96 @@
+"""The mapper: decoded images in full device batches through every backbone, rows out to every writer.
+
+The same runner serves the extraction in this process and each chunk on a Dask
+worker (:mod:`xrayfeat.features.chunks`), so both compute rows the same way: a
+batch is always full (one compiled shape, and rows independent of the batch's
+composition), and each image is decoded once however many backbones read it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xrayfeat.backbones import get_spec
+from xrayfeat.data.datasets import printable
+from xrayfeat.devices import device_scope
+from xrayfeat.errors import ImageReadError, StoreError
+from xrayfeat.features.config import FeatureConfig
+from xrayfeat.features.decoding import decoded, default_workers
+from xrayfeat.features.progress import progress_bar
+from xrayfeat.options.settings import RunOptions
+
+__all__ = ["SKIP_HINT", "build_model", "check_weights", "run_batches"]
+
+#: The fix a user is offered when an image cannot be read.
+SKIP_HINT = "(or pass --on-error skip to leave such files out)"
+
+
+def build_model(config: FeatureConfig, device: str):
+    """``(compiled extractor, digest of its weights)`` for one feature configuration."""
+    from xrayfeat.features.building import build_extractor, weights_digest
+
+    with device_scope(device):
+        model, backbone = build_extractor(
+            get_spec(config.options.backbone), config.weights,
+            image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"],
+            precision=config.fingerprint["precision"],
+        )
+    return model, weights_digest(backbone)
+
+
+def check_weights(store, digest: str, backbone: str) -> None:
+    """Refuse weights that differ from those the store's rows were computed with (e.g. a changed seed build)."""
+    recorded = store.provenance().get("weights_digest")
+    if recorded and recorded != digest:
+        raise StoreError(
+            f"{store.path}: the {backbone} weights built now differ from those its rows "
+            f"were computed with (weights digest {digest[:12]} vs {recorded[:12]}); use a new --cache-dir"
+        )
+
+
+def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, size: int):
+    """Decode → batch → every model → every store that lacks the rows.
+
+    ``todo`` is ``[(sha256, path), ...]``; ``writers`` pairs each store's writer
+    with its config, ``wanted`` the hashes each lacks, ``models`` its extractor.
+    Returns (computed hashes, skipped {hash: reason}); a hash that fails once is
+    not decoded again from another path with the same bytes.
+    """
+    workers = default_workers(len(todo), run.batch_size) if run.workers is None else run.workers
+    paths = [path for _, path in todo]
+    computed: set[str] = set()
+    skipped: dict[str, str] = {}
+    batch_hashes: list[str] = []
+    batch = np.zeros((run.batch_size, size, size, 3), dtype=np.uint8)
+    progress = progress_bar(run.progress, len(todo))
+
+    def flush():
+        n = len(batch_hashes)
+        with device_scope(device):
+            for (writer, _), missing, model in zip(writers, wanted, models):
+                keep = [i for i, h in enumerate(batch_hashes) if h in missing]
+                if not keep:
+                    continue
+                # always a full batch: one compiled shape, and rows independent of batch composition
+                spatial, pooled = model.predict_on_batch(batch)
+                writer.append([batch_hashes[i] for i in keep], np.asarray(spatial)[keep], np.asarray(pooled)[keep])
+        computed.update(batch_hashes)
+        progress.advance(n)
+        batch_hashes.clear()
+
+    with progress:
+        for (sha, path), (pixels, error) in zip(todo, decoded(paths, size, workers)):
+            if error is not None:
+                if run.on_error == "fail":  # the path as it can be printed: its message is the CLI's one line
+                    raise ImageReadError(printable(path), f"{error} {SKIP_HINT}")
+                skipped[sha] = error
+                progress.advance(1)
+                continue
+            batch[len(batch_hashes)] = pixels
+            batch_hashes.append(sha)
+            if len(batch_hashes) == run.batch_size:
+                flush()
+        if batch_hashes:
+            batch[len(batch_hashes):] = 0
+            flush()
+    return computed, skipped
