@@ -104,7 +104,7 @@ def test_a_run_of_the_first_layout_still_loads(tmp_path):
 
 
 def test_unknown_warning_kind_is_a_value_error():
-    with pytest.raises(ValueError, match="'kind' of RunWarning"):
+    with pytest.raises(ValueError, match="'kind' parameter of RunWarning"):
         RunWarning("gossip", "x")
 
 
@@ -139,3 +139,215 @@ def test_importing_runs_loads_no_framework():
             "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'sklearn', 'h5py', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- malformed and hostile records
+
+
+def _set(path: str, value):
+    """A change to config.json: ``path`` (keys joined by ``.``) set to ``value``, or removed when value is DELETE."""
+    def change(data):
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+DELETE = object()
+ARTIFACT = {"file": "head.keras", "sha256": "0" * 64}
+
+MALFORMED = {  # id: change to a sound schema-2 record
+    "task missing": _set("task", DELETE),
+    "task null": _set("task", None),
+    "classes a dict": _set("classes", {"covid": 0}),
+    "classes not strings": _set("classes", ["covid", 3]),
+    "classes empty": _set("classes", []),
+    "counts a list": _set("counts", [8, 2, 4]),
+    "counts not numbers": _set("counts", {"train": "eight"}),
+    "features a string": _set("features", "vgg16"),
+    "features without backbone": _set("features.backbone", DELETE),
+    "backbone a number": _set("features.backbone", 16),
+    "head a list": _set("head", []),
+    "head_input a list": _set("head.head_input", ["spatial"]),
+    "store null": _set("store", None),
+    "store without fingerprint": _set("store.fingerprint", DELETE),
+    "fingerprint a list": _set("store.fingerprint", ["vgg16"]),
+    "store path a number": _set("store.path", 5),
+    "weights a list": _set("weights", ["none"]),
+    "timings a string": _set("timings", "fast"),
+    "artifacts a list": _set("artifacts", [ARTIFACT]),
+    "artifact a string": _set("artifacts.head", "head.keras"),
+    "artifact file a number": _set("artifacts.head.file", 7),
+    "artifact file a list": _set("artifacts.head.file", ["head.keras"]),
+    "artifact file empty": _set("artifacts.head.file", ""),
+    "artifact file absolute": _set("artifacts.head.file", "/etc/passwd"),
+    "artifact file escaping": _set("artifacts.head.file", "../outside.keras"),
+    "artifact file escaping inside": _set("artifacts.head.file", "baselines/../../outside.keras"),
+    "artifact file with NUL": _set("artifacts.head.file", "head\u0000.keras"),
+    "artifact without sha256": _set("artifacts.head.sha256", DELETE),
+    "artifact sha256 a number": _set("artifacts.head.sha256", 12),
+    "artifact sha256 not hex": _set("artifacts.head.sha256", "z" * 64),
+    "model artifact sha256 null": _set("artifacts.head.sha256", None),
+    "warnings a string": _set("warnings", "tiny"),
+    "warning a list": _set("warnings", [["small_test", "tiny"]]),
+    "warning kind a number": _set("warnings", [{"kind": 3, "message": "tiny"}]),
+    "warning without message": _set("warnings", [{"kind": "small_test"}]),
+    "external a list": _set("external", ["site_b"]),
+    "external entry a string": _set("external", {"site_b": "0.8"}),
+    "skipped_files a string": _set("skipped_files", "a.png: empty"),
+    "schema a string": _set("schema", "2"),
+    "schema true": _set("schema", True),
+    "schema zero": _set("schema", 0),
+    "legacy files a list": lambda d: _legacy(d, files=[ARTIFACT]),
+    "legacy head a string": lambda d: _legacy(d, files={"head": "head.keras"}),
+    "legacy head file a dict": lambda d: _legacy(d, files={"head": {"file": {"x": 1}, "sha256": "0" * 64}}),
+    "legacy baselines a list": lambda d: _legacy(d, files={"head": ARTIFACT, "baselines": ["logreg"]}),
+    "legacy baseline escaping": lambda d: _legacy(d, files={"head": ARTIFACT, "baselines": {
+        "logreg": {"file": "../../logreg.joblib", "sha256": "0" * 64}}}),
+    "legacy warnings a dict": lambda d: _legacy(d, warnings={"tiny": 1}),
+}
+
+
+def _legacy(data: dict, **changes) -> None:
+    """The first layout (no schema, files.head/files.baselines, warnings as strings), then ``changes``."""
+    for key in ("schema", "artifacts"):
+        data.pop(key)
+    data["warnings"] = [w["message"] for w in data["warnings"]]
+    data["files"] = {"head": ARTIFACT, "baselines": {}}
+    data.update(changes)
+
+
+@pytest.fixture
+def sound_run(tmp_path) -> Path:
+    folder = tmp_path / "run"
+    write_run(folder)
+    (tmp_path / "outside.keras").write_bytes(b"a file outside the run")
+    return folder
+
+
+@pytest.mark.parametrize("change", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_record_is_one_run_error_naming_the_file_and_the_fix(sound_run, change):
+    import xrayfeat as xf
+
+    data = json.loads((sound_run / "config.json").read_text())
+    change(data)
+    (sound_run / "config.json").write_text(json.dumps(data))
+    with pytest.raises(RunError) as info:
+        xf.load_run(sound_run)
+    message = str(info.value)
+    assert "\n" not in message and "\x00" not in message
+    assert message.startswith(f"{sound_run / 'config.json'}: run record is damaged (")
+    assert message.endswith("re-run fit-head"), message
+
+
+def test_malformed_records_make_report_exit_2_with_one_line(sound_run, tmp_path):
+    from click.testing import CliRunner
+
+    from xrayfeat.cli.main import main
+
+    for name, change in MALFORMED.items():
+        data = json.loads((sound_run / "config.json").read_text())
+        change(data)
+        (sound_run / "config.json").write_text(json.dumps(data))
+        result = CliRunner().invoke(main, ["report", str(sound_run), "--out", str(tmp_path / "report")])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2, (name, result.output)
+        assert len(lines) == 1 and lines[0].startswith(f"xrayfeat: error: {sound_run / 'config.json'}: run record is "
+                                                       f"damaged ("), (name, lines)
+        assert not (tmp_path / "report").exists()
+        write_run(sound_run)  # sound again for the next case
+
+
+def test_a_hostile_record_in_the_real_cli_is_one_line_without_traceback(sound_run, tmp_path):
+    data = json.loads((sound_run / "config.json").read_text())
+    data["artifacts"]["metrics"] = {"file": "../outside.keras", "sha256": fileio.file_digest(tmp_path / "outside.keras")}
+    (sound_run / "config.json").write_text(json.dumps(data))
+    proc = subprocess.run([sys.executable, "-m", "xrayfeat", "report", str(sound_run), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"xrayfeat: error: {sound_run / 'config.json'}: run record is damaged (artifacts.metrics.file must be a "
+        f"relative path inside the run folder; got '../outside.keras'); restore config.json or re-run fit-head"]
+
+
+def test_an_artifact_linked_out_of_the_run_folder_is_refused(sound_run, tmp_path):
+    (sound_run / "head.keras").unlink()
+    (sound_run / "head.keras").symlink_to(tmp_path / "outside.keras")
+    data = json.loads((sound_run / "config.json").read_text())
+    data["artifacts"]["head"]["sha256"] = fileio.file_digest(tmp_path / "outside.keras")
+    (sound_run / "config.json").write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"head\.keras: lies outside the run folder"):
+        runs.read_record(sound_run).verified("head")
+
+
+def test_a_record_from_a_newer_xrayfeat_keeps_what_it_can_read(sound_run):
+    """Unknown top-level keys and unknown warning kinds are a newer writer's, not damage."""
+    data = json.loads((sound_run / "config.json").read_text())
+    data["quantum"] = {"entangled": True}
+    data["warnings"].append({"kind": "solar_flare", "message": "the sun was active"})
+    (sound_run / "config.json").write_text(json.dumps(data))
+    record = runs.read_record(sound_run)
+    assert record.warnings[-1] == RunWarning("other", "the sun was active")
+
+
+def _legacy_run(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "head.keras").write_bytes(b"model")
+    (folder / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.5}, "baselines": {}}))
+    legacy = make_record().to_json()
+    for key in ("schema", "artifacts", "warnings"):
+        legacy.pop(key)
+    legacy["files"] = {"head": {"file": "head.keras", "sha256": fileio.file_digest(folder / "head.keras")},
+                       "baselines": {}}
+    (folder / "config.json").write_text(json.dumps(legacy))
+    return folder
+
+
+def test_a_legacy_run_says_it_is_unverified_and_invents_no_digest(tmp_path, caplog):
+    import xrayfeat as xf
+
+    folder = _legacy_run(tmp_path / "old")
+    (folder / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.99}, "baselines": {}}))  # tampered
+    run = xf.load_run(folder)
+    assert run.record.verified_artifacts is False and run.verified_artifacts is False
+    assert run.record.artifacts["metrics"] == Artifact("metrics.json", None)  # no digest computed from today's file
+    assert run.record.unverified_artifacts == ["metrics"]
+    assert run.record.artifacts["head"].sha256 == fileio.file_digest(folder / "head.keras")  # recorded: still checked
+    with caplog.at_level("WARNING", logger="xrayfeat"):
+        assert run.metrics["head"]["accuracy"] == 0.99  # read as it is, and said so
+        run.record.metrics()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"{folder / 'metrics.json'}: {runs.UNVERIFIED_NOTE} (a run of the first config.json layout); "
+                    f"re-run fit-head for a run whose files are checked"]  # once per record
+    (folder / "head.keras").write_bytes(b"swapped")
+    with pytest.raises(RunError, match="sha256 differs"):
+        run.record.verified("head")
+
+
+def test_an_unverified_legacy_artifact_stays_unverified_when_the_record_is_rewritten(tmp_path):
+    folder = _legacy_run(tmp_path / "old")
+    record = runs.read_record(folder)
+    runs.write_record(record, folder)  # as `evaluate` does after adding its result
+    again = runs.read_record(folder)
+    assert again.schema == runs.SCHEMA_VERSION and again.verified_artifacts is False
+    assert again.artifacts["metrics"] == Artifact("metrics.json", None)
+
+
+def test_a_tampered_file_of_a_schema_2_run_is_still_refused(tmp_path):
+    write_run(tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.99}, "baselines": {}}))
+    record = runs.read_record(tmp_path / "run")
+    assert record.verified_artifacts is True
+    with pytest.raises(RunError, match=r"metrics\.json: sha256 differs"):
+        record.metrics()
+
+
+def test_the_schema_table_names_every_field_of_the_record():
+    from dataclasses import fields
+
+    assert set(runs._RECORD) == {f.name for f in fields(RunRecord)} - {"path"}

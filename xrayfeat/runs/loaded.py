@@ -53,6 +53,16 @@ class Run:
         return list(self.record.warnings)
 
     @property
+    def verified_artifacts(self) -> bool:
+        """Whether every file of the run is checked against a recorded sha256 before use.
+
+        False for a run written before checksums (the first config.json layout):
+        its metrics, history and predictions are read as they are, and each
+        read says so once (:data:`~xrayfeat.runs.record.UNVERIFIED_NOTE`).
+        """
+        return self.record.verified_artifacts
+
+    @property
     def metrics(self) -> dict:
         """``{"head": {...}, "baselines": {name: {...}}}``: every test figure fit-head computed."""
         if self._metrics is None:
