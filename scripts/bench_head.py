@@ -143,7 +143,7 @@ def compare_backends(args) -> dict:
     """Child processes per (backend, jit), interleaved round by round; one fit each."""
     from xrayfeat.models.head_process import MALLOC_TUNABLES
 
-    # the last: jax with glibc malloc keeping freed memory, as fit-head's head child runs (xrayfeat/headproc.py)
+    # the last: jax with glibc malloc keeping freed memory, as fit-head's head child runs (xrayfeat/models/head_process.py)
     # and the same with XLA's region analysis in copy insertion (drops a copy of the 52 MB kernel per step; not used by
     # fit-head: in fit-head's own path an interleaved A/B did not show the gain, see BENCHMARKS.md)
     configs = [("tensorflow", "0", "tf"), ("tensorflow", "1", "tf_xla"), ("jax", "1", "jax"), ("jax", "1", "jax_malloc"),

@@ -36,7 +36,7 @@ and caches are paid where a user pays them, and no memory carries over):
    --baselines none --cache-dir <empty> --out <dir> --json``, the whole command
    (start-up, hashing, extraction, head, test metrics, run record, plots), with
    its defaults: extraction on TensorFlow, the head on jax in a child process
-   (``--head-backend auto``; see ``xrayfeat/headproc.py``).
+   (``--head-backend auto``; see ``xrayfeat/models/head_process.py``).
 3. **xrayfeat warm**: the same command again with the cache in place (new ``--out``).
 4. **hand-written**: "extract once, then fit": one script builds the frozen
    backbone, runs it over every image once with the same folder pipeline (batch
