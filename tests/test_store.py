@@ -281,3 +281,41 @@ def test_tampered_fingerprint_file_is_detected(tmp_path):
     meta.write_text("{not json")
     with pytest.raises(StoreError, match="fingerprint.json: unreadable .*delete .* and re-run extract"):
         FeatureStore.open(tmp_path / "cache", FP)
+
+
+def test_reading_no_rows_gives_empty_arrays_of_the_stored_width(tmp_path):
+    store, _ = filled(tmp_path)
+    out = store.read([])
+    assert out["spatial"].shape == (0, 2, 2, 3) and out["pooled"].shape == (0, 3)
+    assert out["spatial"].dtype == out["pooled"].dtype == np.float32
+    assert list(store.iter_batches([], ("pooled",))) == []
+    empty = FeatureStore.open(tmp_path / "cache", {**FP, "layer": "block4_pool"}, create=True)
+    assert empty.read([], ("pooled",))["pooled"].shape[0] == 0
+
+
+def test_a_damaged_store_definition_is_listed_flagged_and_the_others_are_still_listed(tmp_path):
+    from conftest import run_cli
+
+    cache = tmp_path / "cache"
+    sound = [FeatureStore.open(cache, {**FP, "layer": layer}, create=True) for layer in ("block3_pool", "block5_pool")]
+    with sound[0].writer() as w:
+        w.append(*rows(2))
+    broken = FeatureStore.open(cache, {**FP, "layer": "block4_pool"}, create=True)
+    (broken.path / "fingerprint.json").write_text("{not json")
+    listed = list_stores(cache)
+    assert [s.path for s in listed] == sorted([*(s.path for s in sound), broken.path])
+    assert [s.damaged for s in listed] == [s.path == broken.path for s in listed]
+    [flagged] = [s for s in listed if s.damaged]
+    assert str(broken.path) in flagged.problem and "delete" in flagged.problem and "re-run extract" in flagged.problem
+
+    ls = run_cli("cache", "ls", "--cache-dir", cache, "--json")
+    assert ls.returncode == 0, ls.stderr
+    assert sorted(s["path"] for s in json.loads(ls.stdout)["stores"]) == sorted(str(s.path) for s in listed)
+    assert [line for line in ls.stderr.splitlines() if str(broken.path) in line] == [f"xrayfeat: warning: {flagged.problem}"]
+    verify = run_cli("cache", "verify", "--cache-dir", cache)
+    assert verify.returncode == 1
+    assert all(f"ok   {s.path}" in verify.stdout for s in sound) and f"BAD  {broken.path}" in verify.stdout
+    gc = run_cli("cache", "gc", "--cache-dir", cache, "--json")
+    assert gc.returncode == 0, gc.stderr
+    assert sorted(r["store"] for r in json.loads(gc.stdout)["stores"]) == sorted(str(s.path) for s in listed)
+    assert flagged.problem in gc.stderr

@@ -6,7 +6,7 @@
 * :mod:`.index`: ``index.npz``, hash → (shard, row), sealed by a digest and rebuilt from the shards;
 * :mod:`.feature_store`: :class:`FeatureStore` (open, read, write under a lock, staging for Dask workers);
 * :mod:`.maintenance`: verify, repair, gc and compaction of one store (``store.verify()``, ``store.gc()``);
-* :mod:`.catalog`: the stores of a cache folder (:func:`list_stores`);
+* :mod:`.catalog`: the stores of a cache folder, a damaged one flagged in its place (:func:`list_stores`);
 * :mod:`.rows`: :class:`StoreRows`, views of a store's rows read in batches (training past memory),
   and the memory-budget helpers.
 

@@ -1,21 +1,81 @@
 """The stores of a cache folder: every folder under it that holds a ``fingerprint.json``.
 
-``cache ls``, ``cache verify`` and ``cache gc`` walk this list.
+``cache ls``, ``cache verify`` and ``cache gc`` walk this list. One damaged
+store must not hide the others: a folder whose ``fingerprint.json`` cannot be
+read is listed as a :class:`DamagedStore`, in its place, with a warning naming
+the folder and its repair, and every other store is listed as usual.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from xrayfeat.errors import StoreError
 from xrayfeat.store.feature_store import FeatureStore
+from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 
-__all__ = ["list_stores"]
+__all__ = ["DamagedStore", "list_stores"]
+
+log = logging.getLogger("xrayfeat")
 
 
-def list_stores(cache_dir: str | os.PathLike) -> list[FeatureStore]:
-    """Every store under ``cache_dir`` (folders that hold a fingerprint.json)."""
+@dataclass(frozen=True)
+class DamagedStore:
+    """A store folder that cannot be opened (its ``fingerprint.json`` is damaged); ``problem`` says so in one line.
+
+    It answers what ``cache ls/verify/gc`` ask of a store: :meth:`info` (its
+    fingerprint unknown: ``"?"``), :meth:`verify` (the problem, so ``cache
+    verify`` fails naming it) and :meth:`gc` (nothing it can repair; the problem
+    says what to do). ``damaged`` tells it from a :class:`FeatureStore`.
+    """
+
+    path: Path
+    problem: str  # the file, what is wrong and the repair
+    damaged: ClassVar[bool] = True
+
+    def __len__(self) -> int:
+        return 0
+
+    def info(self) -> dict:
+        files = [p for p in self.path.rglob("*") if p.is_file()]
+        return {
+            "path": str(self.path),
+            "damaged": self.problem,
+            "fingerprint_id": None,
+            "fingerprint": {field: "?" for field in FINGERPRINT_FIELDS},
+            "rows": 0,
+            "shards": sum(1 for p in files if p.parent.name == "shards" and p.suffix == ".h5"),
+            "bytes": sum(p.stat().st_size for p in files),
+            "random_weights": False,
+        }
+
+    def verify(self) -> list[str]:
+        return [self.problem]
+
+    def gc(self, *, min_age_s: float = 0.0, on_wait=None) -> dict:
+        """Nothing is touched: without its definition the store's shards cannot be checked."""
+        return {"store": str(self.path), "damaged": self.problem, "removed_temp_files": [], "damaged_shards": [],
+                "kept_rows": 0, "lost_rows": 0, "rebuilt_index": False, "merged_shards": 0, "dropped_duplicates": 0}
+
+
+def list_stores(cache_dir: str | os.PathLike) -> list[FeatureStore | DamagedStore]:
+    """Every store under ``cache_dir`` (folders that hold a fingerprint.json), sorted by folder.
+
+    A store that cannot be opened is a :class:`DamagedStore` in the list (its
+    ``damaged`` is true, a store's false), and a warning names it and its repair.
+    """
     root = Path(cache_dir)
     if not root.is_dir():
         return []
-    return [FeatureStore.at(p.parent) for p in sorted(root.glob("*/fingerprint.json"))]
+    stores = []
+    for meta in sorted(root.glob("*/fingerprint.json")):
+        try:
+            stores.append(FeatureStore.at(meta.parent))
+        except StoreError as exc:
+            log.warning("%s", exc)
+            stores.append(DamagedStore(meta.parent, str(exc)))
+    return stores

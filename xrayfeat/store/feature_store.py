@@ -88,6 +88,9 @@ class FeatureStore:
     >>> arrays = store.read(dataset.hashes, ("pooled",))                    # doctest: +SKIP
     """
 
+    #: False: a store that opened (:func:`~xrayfeat.store.catalog.list_stores` lists damaged ones too).
+    damaged = False
+
     def __init__(self, path: Path, fingerprint: dict):
         self.path = Path(path)
         self.fingerprint = dict(fingerprint)
@@ -188,9 +191,26 @@ class FeatureStore:
     # ------------------------------------------------------------------ reading
 
     def read(self, hashes, parts=("pooled", "spatial")) -> dict[str, np.ndarray]:
-        """Arrays for ``hashes`` in the given order (float32). Every hash must be present."""
-        (chunk,) = list(self.iter_batches(hashes, parts, batch_size=max(len(hashes), 1)))
+        """Arrays for ``hashes`` in the given order (float32). Every hash must be present.
+
+        No hashes give arrays of no rows as wide as the store's rows (``(0, C)``
+        pooled, ``(0, H, W, C)`` spatial); a store with no rows yet has no width
+        to give, so ``(0, 0)`` and ``(0, 0, 0, 0)``.
+        """
+        hashes = list(hashes)
+        if not hashes:
+            self.check_parts(parts, f"reading {' and '.join(parts)} features")
+            return self._no_rows(parts)
+        (chunk,) = list(self.iter_batches(hashes, parts, batch_size=len(hashes)))
         return chunk
+
+    def _no_rows(self, parts) -> dict[str, np.ndarray]:
+        with flock(self.path / "read.lock", fcntl.LOCK_SH, required=False):  # no shard is deleted meanwhile
+            names = self.shard_names()
+            layout = shards.shard_layout(self.path / "shards" / names[0])[:2] if names else (None, None)
+        row_shapes = dict(zip(shards.PARTS, layout))
+        blank = {"spatial": (0, 0, 0), "pooled": (0,)}
+        return {part: np.empty((0, *(row_shapes[part] or blank[part])), dtype=np.float32) for part in parts}
 
     def iter_batches(self, hashes, parts=("pooled", "spatial"), *, batch_size: int = 1024):
         """Yield dicts of float32 arrays for consecutive slices of ``hashes``.
@@ -199,6 +219,7 @@ class FeatureStore:
         Every row is checked against its digest; a damaged shard or index raises
         :class:`StoreError` naming the file and the repair, and a part the store
         does not keep (``--keep``) a :class:`~xrayfeat.store.fingerprint.KeepError`.
+        No hashes yield no batch.
         """
         self.check_parts(parts, f"reading {' and '.join(parts)} features")
         hashes = list(hashes)
@@ -214,7 +235,7 @@ class FeatureStore:
                 )
             readers: dict[int, shards.ShardReader] = {}
             try:
-                for start in range(0, max(len(hashes), 1), batch_size):
+                for start in range(0, len(hashes), batch_size):
                     chunk = hashes[start : start + batch_size]
                     positions = np.array([lookup[h.encode()] for h in chunk], dtype=np.int64)
                     yield {part: self._gather(readers, index, positions, part) for part in parts}
@@ -236,8 +257,6 @@ class FeatureStore:
             if result is None:
                 result = np.empty((len(positions), *block.shape[1:]), dtype=np.float32)
             result[where] = block[inverse]
-        if result is None:
-            raise StoreError(f"{self.path}: no rows to read")
         return result
 
     # ------------------------------------------------------------------ writing
