@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,17 @@ def test_public_names_stay_what_they_are_after_every_module_is_imported():
             importlib.import_module(f"xrayfeat.{info.name}")
     shadowed = [name for name in xrayfeat.__all__ if isinstance(getattr(xrayfeat, name), types.ModuleType)]
     assert shadowed == []
+
+
+def test_features_reads_the_existing_pooled_only_store_instead_of_extracting_a_full_one(tiny_data, tmp_path):
+    from xrayfeat import api  # not xf.features: once extraction ran, the subpackage xrayfeat.features hides it
+    from xrayfeat.store.fingerprint import KeepError
+
+    cache = tmp_path / "cache"
+    options = dict(weights="none", image_size=32, cache_dir=cache, workers=0)
+    pooled_only = api.extract(tiny_data, "vgg16", keep="pooled", **options)
+    X, _, meta = api.features(tiny_data, "vgg16", **options)
+    assert meta.attrs["store"] == pooled_only.store and X.shape == (18, 512)
+    assert [p.name for p in cache.iterdir() if (p / "fingerprint.json").is_file()] == [Path(pooled_only.store).name]
+    with pytest.raises(KeepError, match="keeps pooled vectors only"):  # as the CLI commands say it
+        api.features(tiny_data, "vgg16", part="spatial", **options)

@@ -110,11 +110,14 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     ``y``: class indices into ``meta.attrs["classes"]`` (sorted class names).
     ``meta``: a pandas DataFrame, one row per image in the dataset's order, with
     path, sha256, label, split, patient_id and source. Images skipped by
-    ``on_error="skip"`` are left out of all three.
+    ``on_error="skip"`` are left out of all three. The store is the existing one
+    of these features that keeps ``part``, whatever its ``keep`` (as the CLI
+    commands choose it: :func:`~xrayfeat.features.selection.store_for`).
     """
     import pandas as pd
 
     from xrayfeat.features.extraction import extract as _extract
+    from xrayfeat.features.selection import store_for
     from xrayfeat.store.feature_store import FeatureStore
     from xrayfeat.store.shards import PARTS
 
@@ -123,6 +126,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = _features(backbone, features, options)
     _no_leftovers(options, "features")
+    features = store_for(features, run.cache_dir, (part,), f"features(part={part!r})", run.device)
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     [result] = _extract(dataset, features, run)
     skipped = result.skipped_paths
