@@ -100,6 +100,25 @@ def test_public_names_stay_what_they_are_after_every_module_is_imported():
     assert shadowed == []
 
 
+def _corrupt_image(data):
+    bad = data / "train" / "a" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # a PNG signature, then nothing an image needs
+    return bad
+
+
+def test_embed_with_on_error_skip_leaves_out_an_image_that_cannot_be_decoded_and_says_so(tiny_data, tmp_path,
+                                                                                        monkeypatch):
+    from xrayfeat.analysis import maps
+
+    monkeypatch.setattr(maps, "_layout", lambda z, **kwargs: z[:, :2].astype(np.float32))  # the layout is not the point
+    bad = _corrupt_image(tiny_data)
+    outcome = xf.embed(tiny_data, "vgg16", weights="none", image_size=32, cache_dir=tmp_path / "cache", workers=0,
+                       on_error="skip", out=tmp_path / "map.png")
+    assert outcome.images == 18 and outcome.skipped == 1
+    assert len(outcome.result.coords) == 18
+    assert outcome.as_json()["skipped"] == 1 and str(bad) in outcome.as_json()["skipped_files"][0]
+
+
 def test_features_reads_the_existing_pooled_only_store_instead_of_extracting_a_full_one(tiny_data, tmp_path):
     from xrayfeat import api  # not xf.features: once extraction ran, the subpackage xrayfeat.features hides it
     from xrayfeat.store.fingerprint import KeepError

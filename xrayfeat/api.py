@@ -173,7 +173,10 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
 
 def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from_run=None,
           features: FeatureOptions | None = None, run: RunOptions | None = None, classes=None, **options):
-    """A 2-D map (PCA, then t-SNE or UMAP) of pooled features, or of a run head's penultimate layer, saved to ``out``."""
+    """A 2-D map (PCA, then t-SNE or UMAP) of pooled features, or of a run head's penultimate layer, saved to ``out``.
+
+    Images left out by ``on_error="skip"`` are not on the map; the outcome's ``skipped_files`` lists them.
+    """
     from xrayfeat.runs.maps import embed_map
 
     run = _given(RunOptions, run, _pop(RunOptions, options))

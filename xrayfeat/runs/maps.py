@@ -6,7 +6,8 @@ Features come from the store (extracting what it lacks first); the map itself is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from xrayfeat.data.datasets import Dataset
@@ -17,23 +18,39 @@ from xrayfeat.options.settings import EmbedOptions, FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 
 
+log = logging.getLogger("xrayfeat")
+
 #: Display names of the map methods.
 METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 @dataclass
 class EmbedOutcome:
-    """A map: the embed result (coordinates, scores, files) and what was projected."""
+    """A map: the embed result (coordinates, scores, files) and what was projected.
+
+    ``images`` counts the images on the map; ``skipped_files`` lists those left
+    out by ``on_error="skip"`` ("path: reason", as the extraction gives them).
+    """
 
     result: object
     method: str
     source: str
     images: int
+    skipped_files: list = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """How many image files were left out of the map."""
+        return len(self.skipped_files)
 
     def as_json(self) -> dict:
         r = self.result
-        return {"out": str(r.plot_path), "coords": str(r.coords_path), "method": self.method,
-                "source": self.source, "reused": r.reused, "seconds": round(r.seconds, 3), "scores": r.scores}
+        out = {"out": str(r.plot_path), "coords": str(r.coords_path), "method": self.method,
+               "source": self.source, "images": self.images, "skipped": self.skipped, "reused": r.reused,
+               "seconds": round(r.seconds, 3), "scores": r.scores}
+        if self.skipped_files:
+            out["skipped_files"] = self.skipped_files
+        return out
 
 
 def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: EmbedOptions = EmbedOptions(), *,
@@ -42,7 +59,9 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
 
     With ``from_run`` (a loaded :class:`~xrayfeat.runs.loaded.Run`) the run's own
     feature options select the store and its head (loaded after its sha256 is
-    checked) projects the spatial maps; ``features`` is then ignored.
+    checked) projects the spatial maps; ``features`` is then ignored. Images
+    left out by ``run.on_error="skip"`` (at discovery or at decoding) are not
+    on the map, as fit-head leaves them out of its study; the outcome lists them.
     """
     from xrayfeat.analysis.maps import embed_cached
 
@@ -60,6 +79,11 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     features = store_for(features, run.cache_dir, (part,), purpose, run.device)
     [extraction] = extract(dataset, features, run)
     store = FeatureStore.at(extraction.store)
+    if extraction.skipped:
+        skipped = extraction.skipped_paths
+        dataset = replace(dataset, items=tuple(item for item in dataset.items if str(item.path) not in skipped))
+        log.warning("%d of %d images left out of the map (they cannot be read; see the lines above)",
+                    extraction.skipped, extraction.images)
     if head is not None:
         values = head.embed(store.read(dataset.hashes, (part,))[part])
         source = f"head penultimate layer ({from_run.path.name})"
@@ -70,4 +94,5 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     result = embed_cached(values, dataset.labels, out, method=embed.method, seed=embed.seed, classes=list(dataset.classes),
                           splits=[item.split for item in dataset.items],
                           title=title or f"{METHOD_NAMES[embed.method]} of {source}")
-    return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset))
+    return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset),
+                        skipped_files=extraction.skipped_files)
