@@ -42,7 +42,7 @@ SCRIPT = "<script>alert(1)<script>"  # a file name cannot hold "/", so the closi
 IMG = "<img src=x onerror=alert(2)> \"q\" 'a' & b"
 DATA_NAME = "data <img src=x onerror=alert(3)>"
 RUN_NAME = "run \"<script>alert(4)<script>\" & 'x'"
-CHEAP = ("-b", "vgg16", "--weights", "none", "--image-size", "32", "--workers", "0", "--bootstrap", "50")
+CHEAP = ("-b", "vgg16", "--weights", "none", "--image-size", "32", "--workers", "0", "--n-bootstrap", "50")
 
 
 @pytest.fixture(scope="module")
@@ -408,3 +408,47 @@ def test_run_files_without_a_record_or_marker_are_an_incomplete_run(tmp_path):
         load_run(tmp_path / "old")
     assert str(info.value) == (f"{tmp_path / 'old'}: an incomplete run (run files but no config.json: fit-head stopped "
                                f"before finishing it); delete the folder and re-run fit-head")
+
+
+# --------------------------------------------------------------------------- evaluate: one discovery for Python and the CLI
+
+
+def _external_site(payload_run, tmp_path) -> tuple[Path, Path, Path]:
+    """Another site's labelled images (the run's test images), one of them an empty file; a copy of the run's cache."""
+    site = tmp_path / "site_b"
+    for folder in sorted((payload_run["data"] / "test").iterdir()):
+        shutil.copytree(folder, site / folder.name)
+    broken = site / IMG / "broken.png"
+    broken.write_bytes(b"")  # cannot be an image
+    cache = tmp_path / "cache"
+    shutil.copytree(payload_run["cache"], cache)  # the features are there: nothing is computed
+    return site, broken, cache
+
+
+def test_evaluate_in_python_discovers_as_the_cli_does(payload_run, tmp_path):
+    from xrayfeat.errors import DatasetError
+
+    copy = copy_run(payload_run, tmp_path)
+    site, broken, cache = _external_site(payload_run, tmp_path)
+    run = load_run(copy)
+    with pytest.raises(DatasetError, match=re.escape(str(broken))):  # on_error="fail", the default
+        run.evaluate(site, name="site_b", cache_dir=cache)
+    result = run.evaluate(site, name="site_b", cache_dir=cache, on_error="skip")
+    assert result.n == 6 and result.excluded == 0
+    assert [line.split(": ", 1)[0] for line in result.skipped_files] == [str(broken)]
+    remembered = json.loads((cache / "file-hashes.json").read_text())  # the hash memory of the cache folder
+    assert {str(p) for p in site.rglob("*.png") if p != broken} <= set(remembered)
+    reloaded = load_run(copy)
+    assert reloaded.record.external["site_b"]["skipped_files"] == result.skipped_files
+    assert reloaded.record.external["site_b"]["n"] == 6
+
+
+def test_evaluate_in_the_cli_is_the_same_call(payload_run, tmp_path):
+    copy = copy_run(payload_run, tmp_path)
+    site, broken, cache = _external_site(payload_run, tmp_path)
+    proc = run_cli("evaluate", copy, site, "--name", "site_b", "--cache-dir", cache, "--json")
+    assert proc.returncode == 2 and error_line(proc).startswith(f"{broken}: ")
+    proc = run_cli("evaluate", copy, site, "--name", "site_b", "--cache-dir", cache, "--on-error", "skip", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 6 and [line.split(": ", 1)[0] for line in result["skipped_files"]] == [str(broken)]

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from xrayfeat.cli.kit import (
+    classes_of,
     console,
-    dataset_of,
     declared,
     emit,
     handle_errors,
@@ -126,10 +126,11 @@ def explain_cmd(run, inputs, out, target_class, cache_dir, device, batch_size, w
 @click.option("--name", default=None, help="Name of this external dataset (default: DATA's folder name); "
                                             "results go to RUN/external/NAME/ and replace an earlier one of that name.")
 @click.option("--classes", default=None, help="Keep only these classes of DATA, comma-separated.")
+@declared(RunOptions, "on_error")
 @_run_options
 @json_option
 @handle_errors
-def evaluate_cmd(run, data, name, classes, cache_dir, device, batch_size, workers, cluster, as_json):
+def evaluate_cmd(run, data, name, classes, on_error, cache_dir, device, batch_size, workers, cluster, as_json):
     """Score a trained run on another site's labelled X-rays (external validation).
 
     Every image of DATA (any layout) is test data; images the run trained or
@@ -142,13 +143,11 @@ def evaluate_cmd(run, data, name, classes, cache_dir, device, batch_size, worker
       xrayfeat evaluate runs/4class-vgg16-20261126-101500 other_hospital/ --name hospital_b
     """
     from xrayfeat.runs.external import evaluate as run_evaluate
-    from xrayfeat.runs.prediction import run_cache_dir
     from xrayfeat.runs.loaded import load_run
 
-    trained = load_run(run)
-    dataset = dataset_of(data, classes, run_cache_dir(trained, cache_dir))
-    result = run_evaluate(trained, dataset, name=name, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                          workers=workers, cluster=cluster, progress=True)
+    result = run_evaluate(load_run(run), data, name=name, classes=classes_of(classes), cache_dir=cache_dir,
+                          on_error=on_error, device=device, batch_size=batch_size, workers=workers, cluster=cluster,
+                          progress=True)
 
     def human(err):
         from rich.table import Table

@@ -8,8 +8,10 @@ the same metrics, bootstrap intervals, per-source breakdown and warnings as
 ``fit-head``, and records the result in the run (``RUN/external/<name>/`` and the
 run record's ``external``), where ``report`` puts it beside the internal one.
 
-Images whose sha256 is among the run's training or validation images are left
-out and counted (their scores would not be external). A class the run does not
+The data is discovered here, with the same arguments for ``Run.evaluate`` and
+the CLI (the hash memory of the cache folder, ``classes``, ``on_error``), so
+both make one call. Images whose sha256 is among the run's training or
+validation images are left out and counted (their scores would not be external). A class the run does not
 know is an error; a class of the run missing from the data is a warning (its
 per-class figures are then undefined).
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,11 @@ import numpy as np
 from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
-from xrayfeat.data.datasets import Dataset
+from xrayfeat.data.datasets import Dataset, discover, printable
 from xrayfeat.errors import DatasetError
+from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
-from xrayfeat.runs.prediction import score
+from xrayfeat.runs.prediction import run_cache_dir, score
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
 
@@ -46,11 +49,13 @@ class EvaluateResult:
     external: dict  # model -> brief metrics on the external data
     internal: dict  # model -> brief metrics on the run's own test split
     warnings: list[RunWarning] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)  # "path: reason" per file left out (on_error="skip")
 
     def as_json(self) -> dict:
         return {"run": self.run, "name": self.name, "folder": self.folder, "n": self.n, "excluded": self.excluded,
                 "external": self.external, "internal": self.internal,
-                "warnings": [{"kind": w.kind, "message": w.message} for w in self.warnings]}
+                "warnings": [{"kind": w.kind, "message": w.message} for w in self.warnings],
+                "skipped_files": self.skipped_files}
 
 
 def default_evaluation_name(dataset: Dataset) -> str:
@@ -89,22 +94,39 @@ def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarn
     return Dataset(root=dataset.root, items=kept, classes=dataset.classes, layout=dataset.layout), dropped, found
 
 
-def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, device: str = "auto",
-             batch_size: int = 32, workers: int | None = None, cluster: str | None = None,
+def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None, on_error: str = "fail",
+             device: str = "auto", batch_size: int = 32, workers: int | None = None, cluster: str | None = None,
              progress: bool = False) -> EvaluateResult:
-    """Score ``run`` (a loaded :class:`~xrayfeat.runs.loaded.Run`) on the labelled ``dataset`` (all of it test data).
+    """Score ``run`` (a loaded :class:`~xrayfeat.runs.loaded.Run`) on the labelled ``data`` (all of it test data).
 
-    The result is recorded under ``RUN/external/<name>/`` and in the run record.
-
-    Re-evaluating under an existing name replaces that result.
+    The one call behind ``Run.evaluate``, ``xf.evaluate`` and ``xrayfeat evaluate``.
+    ``data`` is a folder or manifest, discovered here as every command
+    discovers: only ``classes`` kept, file hashes remembered in the cache folder
+    (``cache_dir``, default the folder holding the run's store, where the
+    features are computed too), and files that cannot be images stopping the
+    call (``on_error="fail"``) or left out and listed (``"skip"``); or a
+    :class:`~xrayfeat.data.datasets.Dataset` already discovered (``on_error``
+    then changes nothing). The result is recorded under ``RUN/external/<name>/``
+    and in the run record, re-read first (another evaluate may have added to
+    it). Re-evaluating under an existing name replaces that result.
     """
+    folder = run_cache_dir(run, cache_dir)
+    if isinstance(data, Dataset):
+        dataset = data.select_classes(classes) if classes else data
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        dataset = discover(data, classes=[classes] if isinstance(classes, str) else classes,
+                           hash_cache=folder / "file-hashes.json", on_error=on_error)
+    skipped = [printable(f"{s.path}: {s.reason}") for s in dataset.skipped]
+    dataset = replace(dataset, skipped=())  # listed here and in the record; extraction gets the images only
     name = name or default_evaluation_name(dataset)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"The 'name' of an external evaluation must be a plain folder name. Got {name!r} instead.")
+        raise OptionError(f"The 'name' of an external evaluation must be a plain folder name. Got {name!r} instead.")
+    run.record = runs.read_record(run.path)  # another evaluate may have added to the record since
     found = _check_classes(run, dataset)
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap
-    scored = score(run, dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
+    scored = score(run, dataset, cache_dir=folder, device=device, batch_size=batch_size,
                    workers=workers, cluster=cluster, progress=progress)
     index = {c: k for k, c in enumerate(run.classes)}
     y = np.array([index[item.label] for item in dataset.items])
@@ -114,13 +136,13 @@ def evaluate(run, dataset: Dataset, *, name: str | None = None, cache_dir=None, 
                               thresholds=thresholds, rule=rule)
     results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)
-    folder = _write(run, name, dataset, y, scored, results, excluded, found)
+    written = _write(run, name, dataset, y, scored, results, excluded, found, skipped)
     internal = run.metrics
     return EvaluateResult(
-        run=str(run.path), name=name, folder=str(folder), n=len(dataset), excluded=excluded,
+        run=str(run.path), name=name, folder=str(written), n=len(dataset), excluded=excluded,
         external={m: headline(r) for m, r in results.items()},
         internal={"head": headline(internal["head"]), **{m: headline(r) for m, r in internal["baselines"].items()}},
-        warnings=found,
+        warnings=found, skipped_files=skipped,
     )
 
 
@@ -162,7 +184,7 @@ def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
     return found
 
 
-def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded: int, found) -> Path:
+def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded: int, found, skipped) -> Path:
     """``RUN/external/<name>/`` (metrics, predictions, figures), then the run record naming them with their sha256."""
     folder = run.path / "external" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,7 +203,7 @@ def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded:
     record.external[name] = {
         "data": str(dataset.root), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n": len(dataset), "excluded": excluded, "classes": list(dataset.classes),
-        "warnings": [{"kind": w.kind, "message": w.message} for w in found],
+        "warnings": [{"kind": w.kind, "message": w.message} for w in found], "skipped_files": list(skipped),
     }
     runs.write_record(record, run.path)
     return folder

@@ -172,18 +172,18 @@ class Run:
         return explain(self, inputs, out, target_class=target_class, cache_dir=cache_dir, device=device,
                        progress=progress, **options)
 
-    def evaluate(self, data, *, name: str | None = None, cache_dir=None, device: str = "auto", classes=None,
-                 progress: bool = False, **options):
+    def evaluate(self, data, *, name: str | None = None, classes=None, cache_dir=None, on_error: str = "fail",
+                 device: str = "auto", progress: bool = False, **options):
         """Score the run on another site's labelled data (a folder or manifest), recorded under ``external/<name>``.
 
-        See :func:`xrayfeat.runs.external.evaluate`.
+        ``data`` is discovered as ``xrayfeat evaluate`` discovers it (``classes``,
+        the hash memory of ``cache_dir``, ``on_error``): one call, see
+        :func:`xrayfeat.runs.external.evaluate`.
         """
-        from xrayfeat.data.datasets import Dataset, discover
         from xrayfeat.runs.external import evaluate
 
-        dataset = data if isinstance(data, Dataset) else discover(data, classes=classes)
-        self.record = read_record(self.path)  # another evaluate may have added to the record since
-        return evaluate(self, dataset, name=name, cache_dir=cache_dir, device=device, progress=progress, **options)
+        return evaluate(self, data, name=name, classes=classes, cache_dir=cache_dir, on_error=on_error, device=device,
+                        progress=progress, **options)
 
 
 def load_run(path: str | os.PathLike) -> Run:
