@@ -60,7 +60,7 @@ def main() -> None:
     try:
         xf.write_phantoms(work / "train", task="four", per_class=10, size=args.png_size, seed=0)
         cli("fit-head", work / "train", "-b", args.backbone, *features, "--epochs", 2, "--baselines", "logreg,pixels",
-            "--bootstrap", 50, "--cache-dir", work / "cache-run", "--out", work / "run")
+            "--n-bootstrap", 50, "--cache-dir", work / "cache-run", "--out", work / "run")
         per_class = -(-args.n // 4)
         xf.write_phantoms(work / "new", task="four", per_class=per_class, size=args.png_size, seed=1)
         for extra in sorted((work / "new").rglob("*.png"))[args.n:]:

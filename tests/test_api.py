@@ -74,10 +74,10 @@ def test_features_equal_what_the_cli_exports(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_fit_head_equals_the_cli_on_the_same_data(tiny_data, tmp_path):
     cache = tmp_path / "cache"
-    options = dict(weights="none", image_size=32, epochs=3, baselines=("logreg",), n_boot=50, cache_dir=cache)
+    options = dict(weights="none", image_size=32, epochs=3, baselines=("logreg",), n_bootstrap=50, cache_dir=cache)
     run = xf.fit_head(tiny_data, "vgg16", out=tmp_path / "api-run", **options)
     proc = run_cli("fit-head", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "3",
-                   "--baselines", "logreg", "--bootstrap", "50", "--cache-dir", cache, "--out", tmp_path / "cli-run",
+                   "--baselines", "logreg", "--n-bootstrap", "50", "--cache-dir", cache, "--out", tmp_path / "cli-run",
                    "--json", check=True)
     cli_run = xf.load_run(json.loads(proc.stdout)["run"])
     assert cli_run.metrics == run.metrics

@@ -43,7 +43,7 @@ SEED_COUNTS = [
 
 @pytest.mark.parametrize("backbone,classes,total,trainable,frozen", SEED_COUNTS)
 def test_describe_matches_the_seed_counts(backbone, classes, total, trainable, frozen):
-    result = invoke("describe", "--backbone", backbone, "--classes", classes)
+    result = invoke("describe", "--backbone", backbone, "--n-classes", classes)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert f"Total params: {total}" in lines
@@ -54,7 +54,7 @@ def test_describe_matches_the_seed_counts(backbone, classes, total, trainable, f
 
 
 def test_describe_json():
-    result = invoke("describe", "-b", "vgg16", "--classes", "2", "--json")
+    result = invoke("describe", "-b", "vgg16", "--n-classes", "2", "--json")
     data = json.loads(result.stdout)
     assert (data["total"], data["trainable"], data["non_trainable"]) == (21139777, 6424065, 14715712)
 
@@ -147,7 +147,7 @@ BAD_INPUT = [
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--layer", "inception_v3:mixed9"], "names backbone"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--classes", "covid"], "covid"),
     (["weights", "install", "{tmp}/nope.h5"], "nope.h5: no such file"),
-    (["describe", "-b", "vgg16", "--classes", "1"], "Invalid value for '--classes': 1 is not in the range x>=2"),
+    (["describe", "-b", "vgg16", "--n-classes", "1"], "Invalid value for '--n-classes': 1 is not in the range x>=2"),
     # fit-head: a missing folder and a bad --baselines value, before any work
     (["fit-head", "{tmp}/nope", "-b", "vgg16", "--weights", "none"], "nope: no such folder"),
     (["fit-head", "{data}", "-b", "vgg16", "--weights", "none", "--baselines", "knn"], "Got 'knn' instead"),

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
     data = write_tiny_dataset(root / "data")
     run = xf.fit_head(data, "vgg16", weights="none", image_size=64, layer="vgg16:block4_pool", epochs=2,
-                      steps_per_epoch=3, units=32, baselines=(), n_boot=0, backend="tensorflow",
+                      steps_per_epoch=3, units=32, baselines=(), n_bootstrap=0, head_backend="tensorflow",
                       cache_dir=root / "cache", out=root / "run")
     with np.load(run.path / "head.npz") as arrays:
         head = {name: arrays[name] for name in arrays.files}

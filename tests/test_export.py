@@ -75,7 +75,7 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     data = write_tiny_dataset(root / "data")
-    run = xf.fit_head(data, "vgg16", weights="none", image_size=SIZE, epochs=2, baselines=(), n_boot=20,
+    run = xf.fit_head(data, "vgg16", weights="none", image_size=SIZE, epochs=2, baselines=(), n_bootstrap=20,
                       cache_dir=root / "cache", out=root / "run")
     predictions = run.predictions()
     pixels = np.stack([read_image(data / path, SIZE) for path in predictions["path"]])

@@ -15,7 +15,7 @@ from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.features.extraction import FeatureOptions, RunOptions
 from xrayfeat.runs.fit import HeadOptions, fit_head
 
-QUICK = HeadOptions(epochs=3, steps_per_epoch=4, units=16, baselines=("logreg", "pixels"), n_boot=200)
+QUICK = HeadOptions(epochs=3, steps_per_epoch=4, units=16, baselines=("logreg", "pixels"), n_bootstrap=200)
 
 
 def quick_fit(data, tmp_path, name="run", features=None, head=QUICK, **kw):
@@ -77,8 +77,8 @@ def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_da
 
 
 def test_same_seed_same_results_on_cpu(tmp_path, tiny_data):
-    a = quick_fit(tiny_data, tmp_path, "a", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_boot=50))
-    b = quick_fit(tiny_data, tmp_path, "b", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_boot=50))
+    a = quick_fit(tiny_data, tmp_path, "a", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_bootstrap=50))
+    b = quick_fit(tiny_data, tmp_path, "b", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_bootstrap=50))
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     assert a.test == b.test
 
@@ -109,7 +109,7 @@ def test_train_tail_without_cut_point_is_one_line(tmp_path, tiny_data):
 @pytest.mark.parametrize("backbone,size,layer", [("vgg16", 32, "block4_pool"), ("inception_v3", 75, "mixed9")])
 def test_train_tail_runs_and_records_counts(tmp_path, tiny_data, backbone, size, layer):
     features = FeatureOptions(backbone, weights="none", image_size=size, layer=layer)
-    head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=(), train_tail=True, n_boot=20)
+    head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=(), train_tail=True, n_bootstrap=20)
     quick_fit(tiny_data, tmp_path, features=features, head=head)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["params"]["tail"]["trainable"] > 0
@@ -133,7 +133,7 @@ def test_test_class_absent_from_train_is_refused(tmp_path):
 
 def test_cli_json_and_bad_combination(tmp_path, tiny_data):
     args = ["fit-head", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
-            "--steps-per-epoch", "2", "--units", "8", "--baselines", "logreg", "--bootstrap", "50",
+            "--steps-per-epoch", "2", "--units", "8", "--baselines", "logreg", "--n-bootstrap", "50",
             "--cache-dir", tmp_path / "cache"]
     proc = run_cli(*args, "--out", tmp_path / "cli", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -153,7 +153,7 @@ def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
 
     write_phantoms(tmp_path / "ph", task="four", per_class=40, size=96, seed=0)
     features = FeatureOptions("vgg16", weights="none", image_size=96)
-    head = HeadOptions(epochs=40, baselines=("logreg", "svm"), n_boot=200)
+    head = HeadOptions(epochs=40, baselines=("logreg", "svm"), n_bootstrap=200)
     result = fit_head(discover(tmp_path / "ph"), features, head,
                       RunOptions(cache_dir=tmp_path / "cache", workers=0), out=tmp_path / "run")
     best = max([result.test["accuracy"]] + [m["accuracy"] for m in result.baselines.values()])
@@ -164,7 +164,7 @@ def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
 @pytest.mark.realdata
 def test_real_sample_runs_to_the_end(tmp_path, real_sample):
     proc = run_cli("fit-head", real_sample, "-b", "vgg16", "--weights", "none", "--image-size", "64",
-                   "--epochs", "5", "--bootstrap", "200", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real",
+                   "--epochs", "5", "--n-bootstrap", "200", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real",
                    "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -196,7 +196,7 @@ def test_an_unused_child_exits_cleanly():
 @needs_jax
 def test_cli_records_where_the_head_trained(tmp_path, tiny_data):
     common = ["fit-head", tiny_data, "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
-              "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--bootstrap", "50",
+              "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--n-bootstrap", "50",
               "--cache-dir", tmp_path / "cache", "--workers", "0"]
     for backend in ("jax", "tensorflow"):
         proc = run_cli(*common, "--head-backend", backend, "--out", tmp_path / backend, "--json", check=True)

@@ -44,7 +44,7 @@ def test_balanced_head_finds_the_rare_class():
     shape = (1, 1, 4)
     x, y = two_classes(160, 40, seed=0, shape=shape, shift=0.75, informative=4)
     x_test, y_test = two_classes(200, 200, seed=1, shape=shape, shift=0.75, informative=4)
-    args = dict(n_classes=2, epochs=4, steps_per_epoch=10, units=16, lr=1e-2, seed=0,
+    args = dict(n_classes=2, epochs=4, steps_per_epoch=10, units=16, learning_rate=1e-2, seed=0,
                 jit_compile=False if keras.backend.backend() == "tensorflow" else "auto")
     none = heads.train_head(x, y, **args)
     balanced = heads.train_head(x, y, class_weight="balanced", **args)

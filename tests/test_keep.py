@@ -34,7 +34,7 @@ FP = {"backbone": "vgg16", "weights": "none:seed0", "image_size": 32, "preproces
       "backend": "tensorflow"}
 FP_ID = "8b7c071360efc3c5"
 POOLED = FeatureOptions("vgg16", weights="none", image_size=32, keep="pooled")
-QUICK = HeadOptions(epochs=2, steps_per_epoch=2, units=8, baselines=(), n_boot=0)
+QUICK = HeadOptions(epochs=2, steps_per_epoch=2, units=8, baselines=(), n_bootstrap=0)
 
 
 def rows(n, start=0):

@@ -22,7 +22,7 @@ from xrayfeat.options.constraints import OptionError
 from xrayfeat.runs.fit import HeadOptions, fit_head
 
 CLASSES = ["a", "b"]
-HEAD = HeadOptions(epochs=4, steps_per_epoch=3, units=16, baselines=("logreg",), n_boot=200,
+HEAD = HeadOptions(epochs=4, steps_per_epoch=3, units=16, baselines=("logreg",), n_bootstrap=200,
                    restore_best="val_loss", repeats=2, threshold="youden")
 
 

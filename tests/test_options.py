@@ -40,7 +40,7 @@ def test_a_wrong_type_is_a_type_error():
 
 def test_defaults_are_the_seeds():
     head = HeadOptions()
-    assert (head.epochs, head.batch_size, head.steps_per_epoch, head.lr, head.units, head.dropout, head.l2) == \
+    assert (head.epochs, head.head_batch_size, head.steps_per_epoch, head.learning_rate, head.units, head.dropout, head.l2) == \
         (40, 10, 10, 1e-3, 256, 0.3, 1e-3)
     head.validate()
 
@@ -80,7 +80,7 @@ def test_a_patient_split_error_names_the_dataset_not_a_parent_folder():
 
 def test_embed_passes_its_seed_to_random_weights(monkeypatch, tmp_path):
     """Bug fixed: `embed -b` ignored --seed, so it built a new seed-0 store after `extract --seed 3`."""
-    import xrayfeat.study as study
+    import xrayfeat.runs.maps as maps
 
     seen = {}
 
@@ -88,7 +88,7 @@ def test_embed_passes_its_seed_to_random_weights(monkeypatch, tmp_path):
         seen["features"], seen["embed"] = features, embed
         raise SystemExit(0)
 
-    monkeypatch.setattr(study, "embed_map", fake_embed_map)
+    monkeypatch.setattr(maps, "embed_map", fake_embed_map)
     from tests.conftest import write_tiny_dataset
 
     data = write_tiny_dataset(tmp_path / "data")

@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     data = write_tiny_dataset(root / "data")
     run = xf.fit_head(data, "vgg16", weights="none", image_size=32, epochs=3, baselines=("logreg", "pixels"),
-                      n_boot=50, cache_dir=root / "cache", out=root / "run")
+                      n_bootstrap=50, cache_dir=root / "cache", out=root / "run")
     return run, data, root
 
 

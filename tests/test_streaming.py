@@ -125,7 +125,7 @@ def test_fit_head_streams_past_a_tiny_budget_with_the_same_head(tmp_path):
     data = write_tiny_dataset(tmp_path / "data")
     features = FeatureOptions("vgg16", weights="none", image_size=32)  # 1x1x512 maps: 2 KiB a row as float32
     run = RunOptions(cache_dir=tmp_path / "cache", workers=0, batch_size=8)
-    quick = {"epochs": 2, "steps_per_epoch": 3, "units": 8, "n_boot": 20}
+    quick = {"epochs": 2, "steps_per_epoch": 3, "units": 8, "n_bootstrap": 20}
     dataset = discover(data)
     fit_head(dataset, features, HeadOptions(**quick, baselines=()), run, out=tmp_path / "memory")  # the head alone
     tiny = fit_head(dataset, features, HeadOptions(**quick, baselines=("logreg",), memory_budget="20K"), run,

@@ -19,7 +19,7 @@ import numpy as np
 
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.datasets import discover as _discover
-from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions, renamed_keywords
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.runs.loaded import Run, load_run
 
@@ -145,20 +145,20 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
 
 
 def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
-             run: RunOptions | None = None, classes=None, out=None, runs_root="runs", extract_batch_size=None,
-             **options):
+             run: RunOptions | None = None, classes=None, out=None, runs_root="runs", **options):
     """Train the seed's head and the baselines on cached features; the written run as a :class:`~xrayfeat.runs.loaded.Run`.
 
-    Keyword options: fields of FeatureOptions, HeadOptions and RunOptions.
-    ``seed`` seeds both the random weights and the study; ``batch_size`` is the
-    head's (``extract_batch_size`` the backbone's).
+    Keyword options: fields of FeatureOptions, HeadOptions and RunOptions, each
+    name meaning what it means everywhere: ``batch_size`` is the backbone's (as in
+    :func:`extract`), ``head_batch_size`` the head's. ``seed`` seeds both the
+    random weights and the study. The names of the previous release (``lr``,
+    ``n_boot``, ``backend``, ``extract_batch_size``; see
+    :data:`~xrayfeat.options.settings.RENAMED`) still work, with a ``DeprecationWarning``.
     """
     from xrayfeat.runs.fit import fit_head as _fit_head
 
-    run_kw = _pop(RunOptions, options, skip=("batch_size",))
-    if extract_batch_size is not None:
-        run_kw["batch_size"] = extract_batch_size
-    run = _given(RunOptions, run, run_kw)
+    options = renamed_keywords("fit_head", options)
+    run = _given(RunOptions, run, _pop(RunOptions, options))
     seed = options.get("seed", 0)  # one seed for the random weights and the study, as on the command line
     feature_kw = _pop(FeatureOptions, options, skip=("backbone", "seed"))
     if features is None:

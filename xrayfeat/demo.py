@@ -76,7 +76,7 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
         epochs = 3 if quick else epochs
         subset = dataset.select_classes(classes) if classes else dataset
         say(f"demo: {task} task, {backbone} head, {epochs} epochs, baselines, t-SNE and UMAP maps")
-        head = HeadOptions(epochs=epochs, n_boot=100 if quick else 1000,
+        head = HeadOptions(epochs=epochs, n_bootstrap=100 if quick else 1000,
                            baselines=("logreg", "pixels") if quick else ("logreg", "svm", "pixels"))
         result = fit_head(subset, features[backbone], head, run, out=root / "runs" / f"{task}-{backbone}")
         for method in ("tsne", "umap"):

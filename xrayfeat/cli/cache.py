@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -20,8 +19,6 @@ from xrayfeat.cli.kit import (
 )
 from xrayfeat.errors import StoreError
 from xrayfeat.options.settings import RunOptions
-
-log = logging.getLogger("xrayfeat")
 
 
 @click.group("cache")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from xrayfeat.cli.kit import (
@@ -11,8 +9,6 @@ from xrayfeat.cli.kit import (
     handle_errors,
     json_option,
 )
-
-log = logging.getLogger("xrayfeat")
 
 
 @click.command("demo")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -12,15 +11,15 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    renamed_flags,
 )
 from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions
 
-log = logging.getLogger("xrayfeat")
-
 
 @click.command("describe")
+@renamed_flags("describe")
 @click.option("--backbone", "-b", required=True, type=click.Choice(BACKBONES))
-@click.option("--classes", "n_classes", type=click.IntRange(2, None), required=True,
+@click.option("--n-classes", "n_classes", type=click.IntRange(2, None), required=True,
               help="Number of classes (2 → one sigmoid unit).")
 @declared(FeatureOptions, "image_size")
 @declared(HeadOptions, "units")
@@ -33,7 +32,7 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
 
     \b
     Example:
-      xrayfeat describe --backbone inception_v3 --classes 4
+      xrayfeat describe --backbone inception_v3 --n-classes 4
     """
     from xrayfeat.backbones import get_spec
     from xrayfeat.features.building import build_backbone

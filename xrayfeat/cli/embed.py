@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -17,8 +16,6 @@ from xrayfeat.cli.kit import (
 )
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.options.settings import BACKBONES, EmbedOptions, FeatureOptions, RunOptions
-
-log = logging.getLogger("xrayfeat")
 
 
 @click.command("embed")

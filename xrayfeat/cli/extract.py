@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from xrayfeat.cli.kit import (
@@ -16,8 +14,6 @@ from xrayfeat.cli.kit import (
     json_option,
 )
 from xrayfeat.options.settings import RunOptions
-
-log = logging.getLogger("xrayfeat")
 
 
 @click.command("extract")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from xrayfeat.cli.kit import (
@@ -14,6 +12,7 @@ from xrayfeat.cli.kit import (
     feature_options,
     handle_errors,
     json_option,
+    renamed_flags,
     single_feature,
     stack,
 )
@@ -21,21 +20,20 @@ from xrayfeat.options.settings import BASELINES, HeadOptions, RunOptions
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import declaration
 
-log = logging.getLogger("xrayfeat")
 
-
-_HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "lr", "units", "dropout", "l2",
-                "train_tail", "head_input", "val_fraction", "n_boot", "backend", "class_weight", "restore_best", "repeats",
-                "threshold", "positive", "memory_budget")
+_HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_steps", "learning_rate", "units", "dropout",
+                "l2", "train_tail", "head_input", "val_fraction", "n_bootstrap", "n_jobs", "head_backend", "class_weight",
+                "restore_best", "repeats", "threshold", "positive", "memory_budget")
 
 
 @click.command("fit-head")
+@renamed_flags("fit-head")
 @click.argument("data")
 @feature_options
 @stack(*(declared(HeadOptions, name) for name in _HEAD_FIELDS))
 @click.option("--baselines", default=",".join(BASELINES), show_default=True,
               help=declaration(HeadOptions, "baselines")["help"])
-@declared(RunOptions, "batch_size", "--extract-batch-size", param="extract_batch_size")
+@declared(RunOptions, "batch_size")
 @declared(RunOptions, "workers", help="Decoding processes for extraction (default: all cores; 0: in-process).")
 @declared(RunOptions, "on_error")
 @click.option("--out", default=None, help="Run folder (default: runs/<task>-<backbone>-<time>).")
@@ -45,7 +43,7 @@ _HEAD_FIELDS = ("epochs", "batch_size", "steps_per_epoch", "validation_steps", "
 @declared(RunOptions, "chunk_images")
 @json_option
 @handle_errors
-def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cluster, chunk_images, as_json, **kw):
+def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, chunk_images, as_json, **kw):
     """Train the seed's head on cached features, beside scikit-learn baselines; write a run record.
 
     Extracts whatever the cache lacks first. Reports test accuracy, loss, balanced
@@ -64,7 +62,7 @@ def fit_head_cmd(data, baselines, extract_batch_size, workers, on_error, out, cl
     head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
                        **{name: kw[name] for name in _HEAD_FIELDS})
     head.validate()
-    run = RunOptions(device=kw["device"], batch_size=extract_batch_size, workers=workers, cache_dir=kw["cache_dir"],
+    run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
     result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
 

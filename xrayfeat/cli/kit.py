@@ -5,7 +5,10 @@ contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
 same for click's own usage errors. :func:`emit` prints ``--json`` output on
 stdout and human text on stderr. :func:`declared` makes a click option from a
 field of an option dataclass (:mod:`xrayfeat.options.settings`), so choices, defaults
-and help are written once. The commands are in the modules of :mod:`xrayfeat.cli`, one per group.
+and help are written once. :func:`renamed_flags` keeps a renamed option's old flag
+working for one release, hidden from ``--help`` and with a notice (the names come from
+:data:`~xrayfeat.options.settings.RENAMED`). The commands are in the modules of
+:mod:`xrayfeat.cli`, one per group.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import sys
 import warnings
 
 import click
+from click.core import ParameterSource
 
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.options.settings import BACKBONES, FeatureOptions, RunOptions
+from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import Choice, Interval, declaration
 
@@ -119,13 +123,78 @@ def declared(cls, name: str, *flags: str, param: str | None = None, **overrides)
     if isinstance(check, Choice):
         kwargs["type"] = click.Choice(check.values)
     elif isinstance(check, Interval) and check.integer:
-        kwargs["type"] = click.IntRange(check.low, check.high)
+        kwargs["type"] = click.INT if check.low is None and check.high is None else click.IntRange(check.low, check.high)
     elif isinstance(check, Interval):
         kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
     elif d["default"] is False:
         kwargs.update(is_flag=True, show_default=False)
     flags = flags or (d["flag"] or "--" + name.replace("_", "-"),)
-    return click.option(*flags, param or name, **{**kwargs, **overrides})
+    add = click.option(*flags, param or name, **{**kwargs, **overrides})
+
+    def apply(func):
+        func = add(func)
+        func.__click_params__[-1].declared = f"{cls.__name__}.{name}"  # which declaration it is (tests/test_renames.py)
+        return func
+
+    return apply
+
+
+class _RequiredUnderEitherName(click.Option):
+    """A required option that its old name may give instead: checked by :func:`renamed_flags`, shown as required."""
+
+    def get_help_extra(self, ctx):
+        return {**super().get_help_extra(ctx), "required": "required"}
+
+
+def renamed_flags(command: str):
+    """The old flags of ``command`` as hidden aliases, and a notice for flags whose meaning changed.
+
+    Both come from :data:`~xrayfeat.options.settings.RENAMED` and
+    :data:`~xrayfeat.options.settings.REDEFINED`. Goes right under ``@click.command``: each
+    alias takes its new option's type, is left out of ``--help``, prints one line on stderr
+    when used, and fails naming both flags when the new one is given too.
+    """
+    renames = [r for r in RENAMED if command in r.commands]
+    changed = [d for d in REDEFINED if command in d.commands]
+
+    def apply(func):
+        params = func.__click_params__
+
+        def option_of(flag: str) -> click.Option:
+            return next(p for p in params if flag in p.opts)
+
+        aliases = []
+        for rename in renames:
+            target = option_of(rename.flag)
+            alias = "old_" + rename.old_flag.lstrip("-").replace("-", "_")
+            aliases.append((rename, target, target.required, alias))
+            if target.required:  # given under either name: checked once the alias is folded in, still shown as required
+                target.required, target.__class__ = False, _RequiredUnderEitherName
+            params.append(click.Option([rename.old_flag, alias], type=target.type, default=None, hidden=True))
+        redefined = [(d, option_of(d.flag)) for d in changed]
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            ctx = click.get_current_context()
+            for rename, target, required, alias in aliases:
+                value = kwargs.pop(alias)
+                if value is not None:
+                    if ctx.get_parameter_source(target.name) is ParameterSource.COMMANDLINE:
+                        raise click.UsageError(f"{rename.old_flag} is the old name of {rename.flag}; pass {rename.flag} only", ctx)
+                    click.echo(f"xrayfeat: {rename.old_flag} is renamed {rename.flag}; the old name goes in the next release",
+                               err=True)
+                    kwargs[target.name] = value
+                if required and kwargs[target.name] is None:
+                    raise click.MissingParameter(ctx=ctx, param=target)
+            for change, target in redefined:
+                if ctx.get_parameter_source(target.name) is ParameterSource.COMMANDLINE:
+                    click.echo(f"xrayfeat: {command} {change.flag} is now {change.now} (for what it meant before, use "
+                               f"{flag_of(change.instead)}); this notice goes in the next release", err=True)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return apply
 
 
 def stack(*options):

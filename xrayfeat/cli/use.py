@@ -5,7 +5,6 @@ The three share where the features of new images are computed (:func:`_run_optio
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -20,8 +19,6 @@ from xrayfeat.cli.kit import (
     stack,
 )
 from xrayfeat.options.settings import RunOptions
-
-log = logging.getLogger("xrayfeat")
 
 
 def _run_options(func):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from xrayfeat.cli.kit import (
@@ -12,8 +10,6 @@ from xrayfeat.cli.kit import (
     json_option,
 )
 from xrayfeat.options.settings import BACKBONES
-
-log = logging.getLogger("xrayfeat")
 
 
 @click.group("weights")

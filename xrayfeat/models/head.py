@@ -343,7 +343,7 @@ def train_head(
     batch_size: int = 10,
     steps_per_epoch: int | None = 10,
     validation_steps: int | None = None,
-    lr: float = 1e-3,
+    learning_rate: float = 1e-3,
     units: int = 256,
     dropout: float = 0.3,
     l2: float = 1e-3,
@@ -378,7 +378,7 @@ def train_head(
 
     Loss follows the output: one sigmoid unit with binary cross-entropy for two
     classes, K softmax units with sparse categorical cross-entropy (categorical
-    cross-entropy on integer labels) otherwise; Adam at ``lr``.
+    cross-entropy on integer labels) otherwise; Adam at ``learning_rate``.
 
     ``class_weight="balanced"`` weights each training sample by scikit-learn's
     ``n / (K * count_k)`` for its class k (counted on ``y_train``), passed as the
@@ -450,7 +450,7 @@ def train_head(
     saved = random.getstate(), np.random.get_state()
     try:
         model = _build_and_compile(
-            x_train.shape[1:], n_classes, units=units, dropout=dropout, l2=l2, lr=lr, seed=seed, jit=jit,
+            x_train.shape[1:], n_classes, units=units, dropout=dropout, l2=l2, learning_rate=learning_rate, seed=seed, jit=jit,
             tail=tail, freeze_tail_bn=freeze_tail_bn,
         )
         timing = _timing_callback(step_timing)
@@ -475,7 +475,7 @@ def train_head(
         "batch_size": batch,
         "steps_per_epoch": steps,
         "validation_steps": validation_steps,
-        "lr": lr,
+        "learning_rate": learning_rate,
         "units": units,
         "dropout": dropout,
         "l2": l2,
@@ -586,7 +586,7 @@ def _resolve_and_log_jit(jit_compile) -> bool:
     return jit
 
 
-def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, lr, seed, jit, tail, freeze_tail_bn):
+def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, learning_rate, seed, jit, tail, freeze_tail_bn):
     """Seed every generator, prepare the tail, build the head and compile it with its loss, Adam and accuracy.
 
     Seeding comes first: the initial weights are drawn when the layers are
@@ -601,7 +601,7 @@ def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, lr, s
         _logger.info("train_head: %d BatchNormalization layers of the tail kept frozen (inference mode)", frozen_bn)
     model = build_head(input_shape, n_classes, units=units, dropout=dropout, l2=l2, tail=tail)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit,

@@ -9,12 +9,15 @@ Each ``validate()`` raises :class:`~xrayfeat.options.constraints.OptionError` (a
 * :class:`FeatureOptions` selects a feature store (what a feature value depends on);
 * :class:`RunOptions` says how to run an extraction (nothing here changes a value);
 * :class:`HeadOptions` are the seed's head hyper-parameters and the study's options;
-* :class:`EmbedOptions` choose the map method and its seed.
+* :class:`EmbedOptions` choose the map method and its seed;
+* :class:`PhantomOptions` shape the built-in synthetic data set (``xrayfeat phantoms``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
@@ -38,6 +41,115 @@ HEAD_INPUTS: tuple[str, ...] = ("spatial", "pooled")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 #: What ``--restore-best`` may monitor on the validation data.
 RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
+#: The tasks of the built-in synthetic data set: four classes, or covid against normal.
+PHANTOM_TASKS: tuple[str, ...] = ("four", "binary")
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """An option under a new name; the old one works for one more release, with a notice naming the new one.
+
+    ``name``/``flag``: the Python keyword and the CLI flag now. ``old``: the keyword before (None: the
+    Python name did not change), still taken by the option classes and ``xf`` functions in
+    ``accepted_by``. ``old_flag``: the flag before (None: the flag did not change), a hidden alias on
+    ``commands``.
+    """
+
+    name: str
+    flag: str
+    old: str | None = None
+    accepted_by: tuple[str, ...] = ()
+    old_flag: str | None = None
+    commands: tuple[str, ...] = ()
+
+
+#: Every renamed option, read by the CLI (hidden aliases, :func:`xrayfeat.cli.kit.renamed_flags`), the option
+#: classes and ``xf.fit_head`` (:func:`renamed_keywords`) and the run record (:func:`current_keys`).
+RENAMED: tuple[Renamed, ...] = (
+    Renamed("learning_rate", "--learning-rate", "lr", ("HeadOptions", "fit_head"), "--lr", ("fit-head",)),
+    Renamed("n_bootstrap", "--n-bootstrap", "n_boot", ("HeadOptions", "fit_head"), "--bootstrap", ("fit-head",)),
+    Renamed("head_backend", "--head-backend", "backend", ("HeadOptions", "fit_head")),
+    Renamed("head_batch_size", "--head-batch-size", "batch_size", ("HeadOptions",)),
+    Renamed("batch_size", "--batch-size", "extract_batch_size", ("fit_head",), "--extract-batch-size", ("fit-head",)),
+    Renamed("n_classes", "--n-classes", old_flag="--classes", commands=("describe",)),
+)
+
+
+@dataclass(frozen=True)
+class Redefined:
+    """A name kept with a new meaning: for one release, using it says what it means now and what to use instead."""
+
+    name: str
+    flag: str
+    commands: tuple[str, ...]
+    functions: tuple[str, ...]
+    now: str  # what it means now
+    instead: str  # the keyword for what it meant before
+
+
+#: ``batch_size`` was the head's batch in fit-head (the backbone's was ``extract_batch_size``) and the backbone's elsewhere.
+REDEFINED: tuple[Redefined, ...] = (
+    Redefined("batch_size", "--batch-size", ("fit-head",), ("fit_head",),
+              now="the backbone's batch, as in extract, predict and explain", instead="head_batch_size"),
+)
+
+
+def flag_of(name: str) -> str:
+    """The CLI flag of a Python keyword: ``head_batch_size`` → ``--head-batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def renamed_keywords(owner: str, kwargs: dict, stacklevel: int = 3) -> dict:
+    """``kwargs`` given to ``owner`` (an option class or an ``xf`` function) with old keywords under their new names.
+
+    An old keyword gives a ``DeprecationWarning`` naming the new one; passing both is a ``TypeError``.
+    A keyword whose meaning changed (:data:`REDEFINED`) gives a ``FutureWarning`` saying what to use.
+    """
+    for changed in REDEFINED:
+        if owner in changed.functions and changed.name in kwargs:
+            warnings.warn(f"{owner}({changed.name}=...) is now {changed.now} (for what it meant before, use "
+                          f"{changed.instead}); this warning goes in the next release", FutureWarning, stacklevel=stacklevel)
+    for rename in RENAMED:
+        if owner in rename.accepted_by and rename.old in kwargs:
+            if rename.name in kwargs:
+                raise TypeError(f"{owner}() got {rename.old!r} and its new name {rename.name!r}; pass {rename.name!r} only")
+            warnings.warn(f"{owner}({rename.old}=...) is renamed {rename.name}; the old name goes in the next release",
+                          DeprecationWarning, stacklevel=stacklevel)
+            kwargs[rename.name] = kwargs.pop(rename.old)
+    return kwargs
+
+
+def current_keys(owner: str, values: dict) -> dict:
+    """``owner``'s fields as a dict written by an older xrayfeat (a run record's ``head``), old keys under new names."""
+    values = dict(values)
+    for rename in RENAMED:
+        if owner in rename.accepted_by and rename.old in values and rename.name not in values:
+            values[rename.name] = values.pop(rename.old)
+    return values
+
+
+def _old_names_work(cls):
+    """``cls(...)`` takes, and its instances answer to, the old names of its fields (:data:`RENAMED`), with a warning."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **renamed_keywords(cls.__name__, kwargs))
+
+    def old_attribute(rename: Renamed):
+        def get(self):
+            warnings.warn(f"{cls.__name__}.{rename.old} is renamed {rename.name}; the old name goes in the next release",
+                          DeprecationWarning, stacklevel=2)
+            return getattr(self, rename.name)
+
+        return property(get, doc=f"The old name of :attr:`{rename.name}` (goes in the next release).")
+
+    cls.__init__ = __init__
+    for rename in RENAMED:
+        if cls.__name__ in rename.accepted_by:
+            setattr(cls, rename.old, old_attribute(rename))
+    return cls
+
 
 @dataclass(frozen=True)
 class FeatureOptions:
@@ -87,18 +199,20 @@ class RunOptions:
         validate(self)
 
 
+@_old_names_work
 @dataclass(frozen=True)
 class HeadOptions:
     """The seed's hyper-parameters (its values are the defaults) and the study's options."""
 
     epochs: int = option(40, check=Interval(1, None, integer=True), help="Training epochs (the seed's 40; 100 for 4 classes).")
-    batch_size: int = option(10, check=Interval(1, None, integer=True), help="Head training batch size (the seed's 10).")
+    head_batch_size: int = option(10, check=Interval(1, None, integer=True),
+                                  help="Head training batch size (the seed's 10; the backbone's is --batch-size).")
     steps_per_epoch: int = option(10, check=Interval(0, None, integer=True),
                                   help="Batches per epoch, drawn from a continuing shuffled stream (0: one pass over train).")
     validation_steps: int | None = option(None, check=Interval(0, None, integer=True), none=True,
                                           help="Validation batches per epoch (default: the seed's 2 binary, 5 otherwise; "
                                                "0: the whole validation set).")
-    lr: float = option(1e-3, check=Interval(0, None, low_open=True), help="Adam learning rate.")
+    learning_rate: float = option(1e-3, check=Interval(0, None, low_open=True), help="Adam learning rate.")
     units: int = option(256, check=Interval(1, None, integer=True), help="Units of the hidden Dense layer.")
     dropout: float = option(0.3, check=Interval(0, 1, high_open=True), help="Dropout after the hidden layer.")
     l2: float = option(1e-3, check=Interval(0, None), help="L2 penalty on the hidden layer's kernel.")
@@ -112,13 +226,14 @@ class HeadOptions:
     baselines: tuple[str, ...] = option(BASELINES, check=Subset(BASELINES),
                                         help="Comma-separated subset of logreg,svm,pixels, or none.")
     seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (splits, training, bootstrap).")
-    n_boot: int = option(1000, check=Interval(0, None, integer=True), flag="--bootstrap",
-                         help="Bootstrap resamples for confidence intervals.")
+    n_bootstrap: int = option(1000, check=Interval(0, None, integer=True),
+                              help="Bootstrap resamples for confidence intervals (0: none).")
     n_jobs: int | None = option(None, check=Interval(None, None, integer=True), none=True,
-                                help="Parallel jobs for baselines (default: all cores).")
-    backend: str = option("auto", check=Choice(("auto", *HEAD_BACKENDS)), flag="--head-backend",
-                          help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
-                               "features stay in the extraction backend's store).")
+                                help="Parallel jobs of the baselines, as scikit-learn's n_jobs (-1: all cores; default: "
+                                     "one job for their grid searches, all cores to read the pixels baseline's images).")
+    head_backend: str = option("auto", check=Choice(("auto", *HEAD_BACKENDS)),
+                               help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
+                                    "features stay in the extraction backend's store).")
 
     class_weight: str = option("none", check=Choice(CLASS_WEIGHTS),
                                help="Weight classes by inverse frequency in train (balanced) for the head and the "
@@ -161,6 +276,22 @@ class EmbedOptions:
         validate(self)
 
 
-__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions",
+@dataclass(frozen=True)
+class PhantomOptions:
+    """The built-in synthetic chest X-rays (:func:`xrayfeat.data.phantoms.write_phantoms`): what and how many."""
+
+    task: str = option("four", check=Choice(PHANTOM_TASKS), help="Four classes, or covid against normal (binary).")
+    per_class: int = option(60, check=Interval(2, None, integer=True), help="Images per class (train + test).")
+    size: int = option(256, check=Interval(32, None, integer=True), help="Image size in pixels.")
+    seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (anatomy, findings, exposure, splits).")
+    test_fraction: float = option(0.3, check=Interval(0, 1, low_open=True, high_open=True),
+                                  help="Share of each class's images in test (split by patient).")
+
+    def validate(self) -> None:
+        validate(self)
+
+
+__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "PhantomOptions",
            "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST"]
+           "CLASS_WEIGHTS", "RESTORE_BEST",
+           "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]

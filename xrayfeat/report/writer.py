@@ -789,8 +789,8 @@ def _config_rows(r: _Run) -> list:
     if record.random_weights:
         weights = [Span("RANDOM", "flag"), " ", *weights]
     rows.append(("Weights", weights))
-    keys = (("epochs", "epochs"), ("batch_size", "batch"), ("steps_per_epoch", "steps/epoch"),
-            ("validation_steps", "validation steps"), ("lr", "lr"), ("units", "units"),
+    keys = (("epochs", "epochs"), ("head_batch_size", "batch"), ("steps_per_epoch", "steps/epoch"),
+            ("validation_steps", "validation steps"), ("learning_rate", "lr"), ("units", "units"),
             ("dropout", "dropout"), ("l2", "l2"), ("class_weight", "class weight"), ("restore_best", "restore best"),
             ("repeats", "repeats"), ("threshold", "threshold"), ("positive", "positive class"))
     head_text = " · ".join(f"{label} {head[k]}" for k, label in keys if head.get(k) is not None)

@@ -132,7 +132,7 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     y = np.array([index[item.label] for item in dataset.items])
     thresholds, rule = run_thresholds(run.metrics)
     results = evaluate_models(scored.probabilities, y, run.classes, dataset.items,
-                              n_boot=run.record.head.get("n_boot", 1000), seed=run.record.head.get("seed", 0),
+                              n_boot=run.record.head.get("n_bootstrap", 1000), seed=run.record.head.get("seed", 0),
                               thresholds=thresholds, rule=rule)
     results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)

@@ -230,6 +230,9 @@ def _hold(split: _Split, head: HeadOptions, val_idx, n_classes: int) -> dict:
     (bitwise the same training), the baselines a sample of it. Validation on
     the whole set (``--validation-steps 0``) is read whole by the trainer, so
     when it alone exceeds the budget the run stops and says what to do.
+
+    What is read stays in memory while the baselines fit, so they get the
+    budget less it (``baselines_budget_bytes``; see :func:`_baselines_budget`).
     """
     budget = resolve_budget(head.memory_budget)
     part = head.head_input
@@ -252,7 +255,11 @@ def _hold(split: _Split, head: HeadOptions, val_idx, n_classes: int) -> dict:
                 f"batches per epoch, or raise --memory-budget")
     log.info("head features (%s): %s", part, f"{human_bytes(streamed)} streamed from the store a batch at a time"
              if streamed else "in memory")
-    return {**budget.record(), "features_in_memory": not streamed, "streamed_bytes": streamed}
+    left = max(0, budget.bytes - held)
+    log.info("memory budget: %s held by the features read into memory, %s left for the baselines",
+             human_bytes(held), human_bytes(left))
+    return {**budget.record(), "features_in_memory": not streamed, "streamed_bytes": streamed,
+            "features_held_bytes": held, "baselines_budget_bytes": left}
 
 
 def _validation(dataset, split: _Split, head: HeadOptions):
@@ -281,15 +288,36 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
     return train_and_predict(
         backend, take(x, fit_idx), y[fit_idx], take(x, val_idx), y[val_idx], split.test_arrays[head.head_input],
         head_file=head_file, tail=tail, child=child, device=config.device,
-        n_classes=n_classes, epochs=head.epochs, batch_size=head.batch_size,
+        n_classes=n_classes, epochs=head.epochs, batch_size=head.head_batch_size,
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
-        lr=head.lr, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
+        learning_rate=head.learning_rate, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
         class_weight=head.class_weight, restore_best=head.restore_best,
         repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)),
     )
 
 
-def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, budget_bytes: int,
+def _baselines_budget(memory: dict, widths, y_fit) -> tuple[int, str]:
+    """The bytes the baselines may hold, and what a ``subsample`` warning adds about where the budget went.
+
+    The features :func:`_hold` read into memory stay there while the baselines
+    fit, so the baselines get ``--memory-budget`` less them. When the features
+    leave less than the smallest sample the baselines can cross-validate (2
+    images per class of the widest input, as float64), they get that sample and
+    the warning says so; a budget below that sample even without features is
+    refused by :func:`~xrayfeat.models.baselines.sample_rows`, as before.
+    """
+    budget, held, left = memory["memory_budget_bytes"], memory["features_held_bytes"], memory["baselines_budget_bytes"]
+    if not held:
+        return left, ""
+    taken = f"; the features read into memory take {human_bytes(held)} of the {human_bytes(budget)} memory budget, "
+    smallest = 2 * len(np.unique(y_fit)) * np.dtype(np.float64).itemsize * max(widths, default=0)
+    if left >= smallest or budget < smallest:
+        return left, f"{taken}leaving {human_bytes(left)} for the baselines"
+    return smallest, (f"{taken}leaving nothing for the baselines: they were fitted on the smallest sample they can "
+                      f"cross-validate (2 images per class, {human_bytes(smallest)})")
+
+
+def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, memory: dict,
                cluster: str | None = None):
     """Fit the baselines on the head's training rows, predict validation and test, save each.
 
@@ -299,9 +327,11 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
 
     The validation rows are held out of the baselines as they are of the head,
     so every model's threshold is chosen on images it never trained on. A
-    training matrix larger than ``budget_bytes`` is sampled (see
-    :func:`~xrayfeat.models.baselines.fit_baselines_within`), and each sample becomes
-    a ``subsample`` warning. Returns (test probabilities, validation
+    training matrix larger than what ``memory`` (:func:`_hold`'s record)
+    leaves them (:func:`_baselines_budget`) is sampled (see
+    :func:`~xrayfeat.models.baselines.fit_baselines_within`), and each sample
+    becomes a ``subsample`` warning. ``memory["baselines_budget_bytes"]`` is
+    set to the bytes they were given. Returns (test probabilities, validation
     probabilities, artifacts, summaries, warnings).
     """
     from xrayfeat.models.baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
@@ -313,6 +343,9 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
     fit_items = [split.train[k] for k in fit_idx]
     pooled = split.train_arrays.get("pooled")
+    widths = [int(np.prod(x.shape[1:])) for x in (pooled, pixels_train) if x is not None]
+    budget_bytes, where = _baselines_budget(memory, widths, split.y_train[fit_idx])
+    memory["baselines_budget_bytes"] = budget_bytes
     live = session(cluster) if cluster else None
     with joblib_backend(live):
         fitted, samples = fit_baselines_within(
@@ -340,7 +373,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
         for name in sample.names:
             summaries[name]["subsample"] = {"rows": sample.rows, "of": sample.of}
     return (probabilities["test"], probabilities["val"], artifacts, summaries,
-            [RunWarning("subsample", sample.message) for sample in samples])
+            [RunWarning("subsample", sample.message + where) for sample in samples])
 
 
 def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
@@ -408,7 +441,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
 
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
-    head_backend, backend_reason = resolve_head_backend(head.backend, device=config.device, train_tail=head.train_tail)
+    head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
         return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
@@ -445,13 +478,13 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
 
     t = time.perf_counter()
     probabilities, val_probabilities, baseline_artifacts, baseline_info, sampled = _baselines(
-        split, head, n_classes, run_dir, fit_idx, val_idx, memory["memory_budget_bytes"], run.cluster)
+        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster)
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
     positive = positive_class(dataset.classes, head.positive)
     thresholds = choose_model_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive)
-    scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_boot, seed=head.seed,
+    scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_bootstrap, seed=head.seed,
                              thresholds=thresholds, rule=head.threshold)
     head_metrics = scored.pop("head")
     spread = seed_spread(head_metrics, trained.repeats, split.y_test, dataset.classes,
@@ -474,7 +507,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
         weights={"kind": config.weights.kind, "identity": config.weights.identity, "path": config.weights.path,
                  "random": config.weights.random},
         params=trained.params,
-        training={**trained.settings, "backend_requested": head.backend, "backend_reason": backend_reason,
+        training={**trained.settings, "backend_requested": head.head_backend, "backend_reason": backend_reason,
                   "process": trained.process, **memory},
         timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=_versions(),
         warnings=found,

@@ -52,6 +52,7 @@ from pathlib import Path
 
 from xrayfeat.errors import RunError
 from xrayfeat.fileio import atomic_write, file_digest, fsync_dir, write_json
+from xrayfeat.options.settings import current_keys
 from xrayfeat.runs.folder import MARKER, UNFINISHED, unfinished_state
 
 log = logging.getLogger("xrayfeat")
@@ -144,6 +145,10 @@ class RunRecord:
     skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
     schema: int = SCHEMA_VERSION
     path: Path | None = None  # the folder it was read from or written to; not stored
+
+    def __post_init__(self):
+        # runs written before the head options' renames (lr, n_boot, batch_size, backend) read under today's names
+        self.head = current_keys("HeadOptions", self.head)
 
     # ------------------------------------------------------------------ views
 
