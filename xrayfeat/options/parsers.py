@@ -3,7 +3,7 @@
 * :func:`parse_threshold` / :class:`Threshold`: an operating-point rule (``youden``, ``sens=X``, ``spec=X``, a probability);
 * :func:`parse_cluster` / :class:`Cluster`: where Dask runs (``local:N`` or a scheduler address);
 * :func:`parse_size` / :class:`ByteSize`: a byte count such as ``8G``;
-* :func:`parse_list`: a comma-separated subset of allowed names.
+* :func:`parse_list`: a comma-separated subset of allowed names; :class:`Names` also takes them as a list or tuple.
 
 Each parser raises ``ValueError`` (``TypeError`` for a wrong type); its check plugs into
 :mod:`xrayfeat.options.constraints` so the option's message has the house format.
@@ -134,3 +134,30 @@ def parse_list(text: str, allowed: tuple[str, ...], name: str, *, none: bool = F
     if any(item not in allowed for item in items):
         raise error
     return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class Names(Parsed):
+    """Names from ``values``, as a list or tuple of them or as their comma-separated text (:func:`parse_list`).
+
+    :meth:`parse` gives the tuple, order kept and duplicates dropped; with
+    ``none``, the text ``none`` gives ``()``. Listed names are matched exactly,
+    the text's ignoring case and spaces, as on the command line.
+    """
+
+    values: tuple[str, ...]
+    none: bool = False
+
+    def parse(self, value) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return parse_list(value, self.values, "names", none=self.none)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"names are a list, a tuple or a comma-separated string, not {type(value).__name__}")
+        if not all(isinstance(v, str) and v in self.values for v in value):
+            raise ValueError(f"{value!r}: not names from {self.values}")
+        return tuple(dict.fromkeys(value))
+
+    def describe(self) -> str:
+        names = "{" + ", ".join(repr(v) for v in self.values) + "}"
+        return (f"a list or tuple of names from {names}, or their comma-separated text"
+                + (" ('none' for none)" if self.none else ""))

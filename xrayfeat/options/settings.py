@@ -11,6 +11,10 @@ Each ``validate()`` raises :class:`~xrayfeat.options.constraints.OptionError` (a
 * :class:`HeadOptions` are the seed's head hyper-parameters and the study's options;
 * :class:`EmbedOptions` choose the map method and its seed;
 * :class:`PhantomOptions` shape the built-in synthetic data set (``xrayfeat phantoms``).
+
+Public functions that take these options as plain keywords declare them with
+:func:`~xrayfeat.options.constraints.validate_params`, reusing a field's
+:func:`~xrayfeat.options.constraints.declaration`.
 """
 
 from __future__ import annotations
