@@ -52,6 +52,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from xrayfeat.errors import DatasetError
+from xrayfeat.options.constraints import Choice, declaration, validate_params
+from xrayfeat.options.settings import PHANTOM_TASKS, PhantomOptions
 
 __all__ = [
     "BINARY_CLASSES",
@@ -65,7 +67,7 @@ __all__ = [
 
 FOUR_CLASSES = ("covid", "normal", "pneumonia_bac", "pneumonia_vir")
 BINARY_CLASSES = ("covid", "normal")
-TASKS = {"four": FOUR_CLASSES, "binary": BINARY_CLASSES}
+TASKS = dict(zip(PHANTOM_TASKS, (FOUR_CLASSES, BINARY_CLASSES)))
 SITES = ("site_a", "site_b")
 MANIFEST_COLUMNS = ("path", "label", "split", "patient_id", "source")
 
@@ -113,24 +115,6 @@ def _soften(v: np.ndarray, sigma: float) -> np.ndarray:
 def _seq(seed: int, purpose: int, cls: int, patient: int = 0, take: int = 0) -> np.random.SeedSequence:
     # A fixed-length entropy tuple: SeedSequence treats trailing zeros as absent.
     return np.random.SeedSequence((seed, purpose, cls, patient, take))
-
-
-def _check_int(name: str, value, minimum: int, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DatasetError(
-            f"The '{name}' parameter of {where} must be an int in the range "
-            f"[{minimum}, inf). Got {value!r} instead."
-        )
-    return int(value)
-
-
-def _check_choice(name: str, value, allowed, where: str):
-    if not isinstance(value, str) or value not in allowed:
-        raise DatasetError(
-            f"The '{name}' parameter of {where} must be a str among "
-            f"{{{', '.join(repr(a) for a in sorted(allowed))}}}. Got {value!r} instead."
-        )
-    return value
 
 
 # ----------------------------------------------------------------- random draws
@@ -651,14 +635,13 @@ def _render(p: dict, take: dict, size: int) -> np.ndarray:
     return _expose(_rotate(A, take["rot"]), p, take, lung_mean)
 
 
+@validate_params({"label": Choice(FOUR_CLASSES), "size": declaration(PhantomOptions, "size")})
 def render(label: str, rng: np.random.Generator, size: int = 256) -> np.ndarray:
     """One synthetic frontal chest X-ray of class ``label``.
 
     Returns a ``(size, size)`` uint8 array (bright = dense). All randomness comes
     from ``rng``; the same generator state gives the same picture.
     """
-    _check_choice("label", label, FOUR_CLASSES, "render")
-    size = _check_int("size", size, 32, "render")
     patient = _draw_patient(label, rng)
     return _render(patient, _draw_take(rng), size)
 
@@ -705,6 +688,8 @@ def _write_patient(job) -> list[tuple[str, ...]]:
     return rows
 
 
+@validate_params({name: declaration(PhantomOptions, name)
+                  for name in ("task", "per_class", "size", "seed", "test_fraction")})
 def write_phantoms(
     out,
     task: str = "four",
@@ -725,23 +710,12 @@ def write_phantoms(
     Images are rendered on a few threads; the output does not depend on their
     number or order.
 
-    Raises :class:`~xrayfeat.errors.DatasetError` for a bad argument or an
-    ``OUT`` that is not an empty folder.
+    The arguments are the options of :class:`~xrayfeat.options.settings.PhantomOptions`
+    (the CLI's flags): a bad one raises :class:`~xrayfeat.options.constraints.OptionError`
+    (a ``ValueError``; :class:`~xrayfeat.options.constraints.OptionTypeError` for a
+    wrong type) before anything is written. An ``OUT`` that is not an empty
+    folder raises :class:`~xrayfeat.errors.DatasetError`.
     """
-    where = "write_phantoms"
-    _check_choice("task", task, TASKS, where)
-    per_class = _check_int("per_class", per_class, 2, where)
-    size = _check_int("size", size, 32, where)
-    seed = _check_int("seed", seed, 0, where)
-    if (
-        isinstance(test_fraction, bool)
-        or not isinstance(test_fraction, (int, float, np.floating))
-        or not 0.0 < test_fraction < 1.0
-    ):
-        raise DatasetError(
-            f"The 'test_fraction' parameter of {where} must be a float in the range (0.0, 1.0). "
-            f"Got {test_fraction!r} instead."
-        )
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; choose a new folder")
