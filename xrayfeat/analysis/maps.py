@@ -83,7 +83,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -95,7 +94,8 @@ import numpy as np
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_path
-from xrayfeat.options.settings import METHODS
+from xrayfeat.options.constraints import AnyOf, Constant, Interval, declaration, validate_params
+from xrayfeat.options.settings import METHODS, EmbedOptions
 
 __all__ = [
     "METHODS",
@@ -148,35 +148,21 @@ _warned_no_opentsne = False
 
 # --------------------------------------------------------------------------- validation
 
-
-def _check_method(method) -> str:
-    if not isinstance(method, str) or method not in METHODS:
-        raise XrayfeatError(
-            f"The 'method' parameter of embed must be one of {', '.join(map(repr, METHODS))}. "
-            f"Got {method!r} instead."
-        )
-    return method
-
-
-def _check_number(name: str, value, *, low: float, high: float = math.inf, integer: bool = False,
-                  low_open: bool = False) -> None:
-    ok = isinstance(value, (int, np.integer) if integer else (int, float, np.integer, np.floating))
-    ok = ok and not isinstance(value, bool) and math.isfinite(float(value))
-    ok = ok and (float(value) > low if low_open else float(value) >= low) and float(value) <= high
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = f"> {low:g}" if low_open else f">= {low:g}"
-        if high != math.inf:
-            bound += f" and <= {high:g}"
-        raise XrayfeatError(f"The '{name}' parameter of embed must be {kind} {bound}. Got {value!r} instead.")
-
-
-def _check_params(pca_components, perplexity, n_neighbors, min_dist) -> None:
-    if pca_components is not None:
-        _check_number("pca_components", pca_components, low=2, integer=True)
-    _check_number("perplexity", perplexity, low=0, low_open=True)
-    _check_number("n_neighbors", n_neighbors, low=2, integer=True)
-    _check_number("min_dist", min_dist, low=0, high=1)
+#: The declared constraints of the map parameters, shared by :func:`embed`, :func:`embed_cached` and the scores.
+_METHOD = declaration(EmbedOptions, "method")
+_SEED = declaration(EmbedOptions, "seed")
+_PCA_COMPONENTS = {"check": Interval(2, None, integer=True), "none": True}
+_K = Interval(1, None, integer=True)
+_LAYOUT = {
+    "method": _METHOD,
+    "seed": _SEED,
+    "pca_components": _PCA_COMPONENTS,
+    "perplexity": Interval(0, None, low_open=True),
+    "n_neighbors": Interval(2, None, integer=True),
+    "min_dist": Interval(0, 1),
+    # None or -1: every core this process may use
+    "n_jobs": {"check": AnyOf((Interval(1, None, integer=True), Constant(-1))), "none": True},
+}
 
 
 def _as_features(features) -> np.ndarray:
@@ -203,12 +189,12 @@ def _as_features(features) -> np.ndarray:
 
 
 def _resolve_n_jobs(n_jobs) -> int:
+    """``n_jobs`` (checked by the caller's declaration), None and -1 resolved to every core this process may use."""
     if n_jobs is None or n_jobs == -1:
         try:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # not on Linux
             return max(1, os.cpu_count() or 1)
-    _check_number("n_jobs", n_jobs, low=1, integer=True)
     return int(n_jobs)
 
 
@@ -231,6 +217,7 @@ def tsne_implementation() -> str:
     return "sklearn"
 
 
+@validate_params({"method": _METHOD})
 def neighbour_method(method: str, n: int, implementation: str | None = None) -> str:
     """How :func:`embed` finds the neighbours of ``n`` points: ``"exact"``, ``"annoy"`` or ``"nndescent"``.
 
@@ -238,7 +225,6 @@ def neighbour_method(method: str, n: int, implementation: str | None = None) -> 
     openTSNE's Annoy search for t-SNE and UMAP's own NN-descent. scikit-learn's
     t-SNE (``implementation="sklearn"``) always searches exactly.
     """
-    _check_method(method)
     if n <= EXACT_NEIGHBOURS_MAX[method]:
         return "exact"
     if method == "umap":
@@ -356,6 +342,7 @@ def _layout(z: np.ndarray, *, method: str, seed: int, perplexity: float, n_neigh
 # --------------------------------------------------------------------------- public: embed
 
 
+@validate_params(_LAYOUT)
 def embed(
     features,
     *,
@@ -381,12 +368,11 @@ def embed(
     or ``n_neighbors`` is lowered and the change logged; fewer than
     :data:`MIN_POINTS` points is an error.
 
-    Raises :class:`~xrayfeat.errors.XrayfeatError` for an unknown ``method``,
-    out-of-range parameters, or features that are not a finite 2-D array.
+    Raises :class:`~xrayfeat.options.constraints.OptionError` (a ``ValueError``
+    and an :class:`~xrayfeat.errors.XrayfeatError`) for an unknown ``method`` or
+    an out-of-range parameter (:data:`_LAYOUT`, the declared constraints), and
+    :class:`~xrayfeat.errors.XrayfeatError` for features that are not a finite 2-D array.
     """
-    _check_method(method)
-    _check_params(pca_components, perplexity, n_neighbors, min_dist)
-    _check_number("seed", seed, low=0, integer=True)
     x = _as_features(features)
     jobs = _resolve_n_jobs(n_jobs)
     z = _reduce(x, pca_components, seed)
@@ -443,6 +429,7 @@ def _scores(z: np.ndarray, coords: np.ndarray, labels: np.ndarray, *, k: int, se
     }
 
 
+@validate_params({"k": _K, "pca_components": _PCA_COMPONENTS, "seed": _SEED})
 def neighbourhood_scores(features, coords, labels, *, k: int = 10, pca_components: int | None = 50,
                          seed: int = 0) -> dict:
     """How well a 2-D map keeps classes and neighbourhoods together.
@@ -472,9 +459,6 @@ def neighbourhood_scores(features, coords, labels, *, k: int = 10, pca_component
     xy = np.asarray(coords, dtype=np.float32)
     if xy.shape != (len(x), 2):
         raise XrayfeatError(f"'coords' must have shape ({len(x)}, 2). Got shape {xy.shape} instead.")
-    _check_number("k", k, low=1, integer=True)
-    if pca_components is not None:
-        _check_number("pca_components", pca_components, low=2, integer=True)
     lab = _as_labels(labels, len(x))
     return _scores(_reduce(x, pca_components, seed), xy, lab, k=k, seed=seed)
 
@@ -623,6 +607,7 @@ def _subtitle(method: str, params: dict, scores: dict) -> str:
     )
 
 
+@validate_params({"size": Interval(1, None, integer=True), "seed": _SEED})
 def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of a seeded random ``size`` of the rows, each class keeping its share.
 
@@ -633,8 +618,6 @@ def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
     """
     lab = np.asarray(labels).reshape(-1)
     n = len(lab)
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"The 'size' parameter must be a positive integer. Got {size!r} instead.")
     if size >= n:
         return np.arange(n)
     classes, inverse, counts = np.unique(lab, return_inverse=True, return_counts=True)
@@ -668,6 +651,7 @@ def _plot(coords, labels, classes, splits, out_path, *, title: str, subtitle: st
     return path, len(shown)
 
 
+@validate_params({**_LAYOUT, "k": _K})
 def embed_cached(
     features,
     labels,
@@ -712,10 +696,6 @@ def embed_cached(
         result.reused, result.scores["knn_agreement_2d"], result.coords_path
     """
     t0 = time.perf_counter()
-    _check_method(method)
-    _check_params(pca_components, perplexity, n_neighbors, min_dist)
-    _check_number("seed", seed, low=0, integer=True)
-    _check_number("k", k, low=1, integer=True)
     x = _as_features(features)
     lab = _as_labels(labels, len(x))
     jobs = _resolve_n_jobs(n_jobs)
