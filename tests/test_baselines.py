@@ -229,7 +229,7 @@ def test_make_search_rejects_unknown_name():
     with pytest.raises(XrayfeatError) as info:
         make_search("knn", n_features=10, n_samples=10, cv=2)
     assert str(info.value) == (
-        "The 'name' parameter of make_search must be one of {logreg, svm, pixels}. Got 'knn' instead."
+        "The 'name' parameter of make_search must be one of {'logreg', 'svm', 'pixels'}. Got 'knn' instead."
     )
 
 
@@ -339,7 +339,7 @@ def test_load_refuses_unknown_hash_and_missing_file(binary, tmp_path):
 
 
 def test_large_svm_searches_on_a_subsample(monkeypatch):
-    import xrayfeat.baselines as baselines
+    import xrayfeat.models.baselines as baselines
 
     monkeypatch.setattr(baselines, "_SVM_SEARCH_MAX", 60)
     X_tr, y_tr, X_te, y_te = _pooled(2, 200, 60, seed=6)

@@ -130,9 +130,9 @@ from sklearn.utils.class_weight import compute_sample_weight
 
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_path, file_digest
-from xrayfeat.options.settings import BASELINES, CLASS_WEIGHTS
-from xrayfeat.options.parsers import parse_list
-from xrayfeat.options.constraints import Choice, check_value
+from xrayfeat.options.settings import BASELINES, HeadOptions
+from xrayfeat.options.parsers import Names, parse_list
+from xrayfeat.options.constraints import Choice, Interval, Is, declaration, validate_params
 from xrayfeat.store.rows import StoreRows, human_bytes
 
 __all__ = [
@@ -175,10 +175,6 @@ _SVM_SEARCH_MAX = 2000
 _MATRIX_ITEMSIZE = 8
 
 
-def _choices(names: Iterable[str]) -> str:
-    return "{" + ", ".join(names) + "}"
-
-
 def parse_baselines(text: str) -> tuple[str, ...]:
     """Parse the CLI option ``--baselines logreg,svm,pixels|none`` (see :func:`xrayfeat.options.parsers.parse_list`).
 
@@ -190,25 +186,10 @@ def parse_baselines(text: str) -> tuple[str, ...]:
     return parse_list(text, BASELINES, "baselines", none=True)
 
 
-def _check_name(name: Any, where: str) -> str:
-    if name not in BASELINES:
-        raise XrayfeatError(
-            f"The 'name' parameter of {where} must be one of {_choices(BASELINES)}. Got {name!r} instead."
-        )
-    return name
-
-
-def _check_class_weight(class_weight: Any, where: str) -> str:
-    check_value(where, "class_weight", class_weight, Choice(CLASS_WEIGHTS))
-    return class_weight
-
-
-def _positive_int(value: Any, param: str, where: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise XrayfeatError(
-            f"The '{param}' parameter of {where} must be a positive int. Got {value!r} instead."
-        )
-    return int(value)
+#: The declared constraints of the baselines' parameters; the options of fit-head reuse HeadOptions' declarations.
+_NAME = Choice(BASELINES)
+_OPTIONS = {name: declaration(HeadOptions, name) for name in ("seed", "n_jobs", "class_weight")}
+_COUNT = Interval(1, None, integer=True)
 
 
 def _pca_components(cap: int, n_features: int, n_samples: int) -> int:
@@ -217,6 +198,7 @@ def _pca_components(cap: int, n_features: int, n_samples: int) -> int:
     return max(1, min(cap, n_features, n_samples // 2))
 
 
+@validate_params({"name": _NAME, "n_features": _COUNT, "n_samples": _COUNT, **_OPTIONS})
 def make_search(
     name: str,
     *,
@@ -245,11 +227,7 @@ def make_search(
     ``best_estimator_`` is a plain SVC pipeline without probabilities;
     :func:`fit_baseline` adds the calibration.
     """
-    where = "make_search"
-    _check_name(name, where)
-    weights = None if _check_class_weight(class_weight, where) == "none" else "balanced"
-    n_features = _positive_int(n_features, "n_features", where)
-    n_samples = _positive_int(n_samples, "n_samples", where)
+    weights = None if class_weight == "none" else "balanced"
 
     scoring: dict[str, Any] = {"accuracy": "accuracy"}
     if name == "svm":
@@ -480,6 +458,7 @@ def _search_rows(name: str, y: np.ndarray, groups: np.ndarray | None, seed: int,
     return rows
 
 
+@validate_params({"name": _NAME, **_OPTIONS})
 def fit_baseline(
     name: str,
     X_train: Any,
@@ -503,9 +482,6 @@ def fit_baseline(
     how many rows it used.
     """
     start = time.perf_counter()
-    where = "fit_baseline"
-    _check_name(name, where)
-    _check_class_weight(class_weight, where)
     X = _as_matrix(X_train, name, "X_train")
     y = np.asarray(y_train)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
@@ -594,6 +570,11 @@ def _calibrate_svm(estimator: Pipeline, y: np.ndarray, cv: Any, n_jobs: int | No
     return fit_params
 
 
+#: ``names`` of :func:`fit_baselines`: a list or tuple of baseline names, or the CLI's text (``"logreg,svm"``, ``"none"``).
+_NAMES = Names(BASELINES, none=True)
+
+
+@validate_params({"names": _NAMES, **_OPTIONS})
 def fit_baselines(
     names: Iterable[str],
     *,
@@ -613,7 +594,7 @@ def fit_baselines(
     fails at once, not after minutes of fitting. ``class_weight="balanced"``
     weights the classes of every baseline (see the module docstring).
     """
-    names = _checked_names(names, class_weight, "fit_baselines")
+    names = _NAMES.parse(names)
     arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
     inputs = {name: _as_matrix(arrays[_INPUTS[name]], name, _INPUTS[name]) for name in names}
     return {
@@ -621,15 +602,6 @@ def fit_baselines(
                            class_weight=class_weight)
         for name in dict.fromkeys(names)
     }
-
-
-def _checked_names(names: Iterable[str] | str, class_weight: Any, where: str) -> tuple[str, ...]:
-    """The baseline names (``names`` may be the CLI text), each checked, and ``class_weight`` checked."""
-    names = parse_baselines(names) if isinstance(names, str) else tuple(names)
-    for name in names:
-        _check_name(name, where)
-    _check_class_weight(class_weight, where)
-    return names
 
 
 def _present_inputs(names: tuple[str, ...], arrays: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -687,6 +659,7 @@ def sample_rows(y: Any, n_features: int, budget_bytes: int, seed: int = 0, *,
                                    for label, k in zip(labels, take)]))
 
 
+@validate_params({"names": _NAMES, "budget_bytes": _COUNT, **_OPTIONS})
 def fit_baselines_within(
     names: Iterable[str] | str,
     budget_bytes: int,
@@ -706,7 +679,7 @@ def fit_baselines_within(
     rows when their float64 matrix fits, else on the rows :func:`sample_rows`
     draws; each sample is logged and returned as a :class:`Subsample`.
     """
-    names = _checked_names(names, class_weight, "fit_baselines_within")
+    names = _NAMES.parse(names)
     arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
     y, groups = np.asarray(y_train), None if groups is None else np.asarray(groups)
     fitted, samples = {}, []
@@ -741,6 +714,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@validate_params({"fitted": Is((FittedBaseline,))})
 def save_baseline(fitted: FittedBaseline, path: str | os.PathLike) -> str:
     """Write ``fitted`` with joblib and return the SHA-256 (hex) of the file written.
 
@@ -748,10 +722,6 @@ def save_baseline(fitted: FittedBaseline, path: str | os.PathLike) -> str:
     place, so a crash never leaves a half-written model under the real name.
     Store the returned hash in the run record; :func:`load_baseline` needs it.
     """
-    if not isinstance(fitted, FittedBaseline):
-        raise XrayfeatError(
-            f"The 'fitted' parameter of save_baseline must be a FittedBaseline. Got {type(fitted).__name__} instead."
-        )
     with atomic_path(path) as tmp:
         joblib.dump(fitted, tmp)
         digest = file_digest(tmp)
