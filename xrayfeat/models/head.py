@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass, field
 
 from xrayfeat.models import head_jax as heads_jax
-from xrayfeat.options.settings import CLASS_WEIGHTS, RESTORE_BEST
-from xrayfeat.options.constraints import Choice, check_value
+from xrayfeat.options.settings import HeadOptions
+from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, declaration, validate_params
 
 __all__ = [
     "TrainedHead",
@@ -31,6 +31,14 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: A classifier's class count.
+_N_CLASSES = Interval(2, None, integer=True)
+#: The head's layers, as HeadOptions declares them.
+_LAYERS = {name: declaration(HeadOptions, name) for name in ("units", "dropout", "l2")}
+#: train_head's counts of batches: None (one pass, or the whole validation set) or at least one
+#: (HeadOptions' 0 means None there).
+_STEPS = {"check": Interval(1, None, integer=True), "none": True}
 
 
 def output_units(n_classes: int) -> int:
@@ -60,6 +68,7 @@ def _head_layers(n_classes: int, units: int, dropout: float, l2: float):
     ]
 
 
+@validate_params({"n_classes": _N_CLASSES, **_LAYERS})
 def build_head(
     input_shape: tuple[int, ...],
     n_classes: int,
@@ -76,8 +85,6 @@ def build_head(
     """
     import keras
 
-    if n_classes < 2:
-        raise ValueError(f"a classifier needs at least 2 classes; got {n_classes}")
     features = keras.Input(tuple(input_shape), name="features")
     x = tail(features) if tail is not None else features
     for layer in _head_layers(n_classes, units, dropout, l2):
@@ -192,6 +199,7 @@ def _check_xy(x, y, n_classes: int, name: str):
     return x, y
 
 
+@validate_params({"jit_compile": AnyOf((Is((bool,)), Choice(("auto",))))})
 def resolve_jit_compile(jit_compile="auto") -> bool:
     """Resolve ``jit_compile="auto"`` for the current Keras backend.
 
@@ -207,8 +215,6 @@ def resolve_jit_compile(jit_compile="auto") -> bool:
 
     if jit_compile == "auto":
         return keras.backend.backend() != "torch"
-    if not isinstance(jit_compile, bool):
-        raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}")
     return jit_compile
 
 
@@ -332,6 +338,14 @@ def _restore_best_callback(monitor: str):
     return _RestoreBest()
 
 
+@validate_params({
+    "n_classes": _N_CLASSES,
+    "steps_per_epoch": _STEPS,
+    "validation_steps": _STEPS,
+    **{name: declaration(HeadOptions, name)
+       for name in ("epochs", "learning_rate", "units", "dropout", "l2", "seed", "class_weight", "restore_best")},
+    "batch_size": declaration(HeadOptions, "head_batch_size"),
+})
 def train_head(
     x_train,
     y_train,
@@ -438,8 +452,7 @@ def train_head(
 
     import numpy as np
 
-    _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_steps, x_val, y_val)
-    _check_options(class_weight, restore_best, x_val)
+    _check_together(x_val, y_val, restore_best)
     x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
     _check_tail_input(x_train, tail)
     batch, steps = _batch_and_steps(len(x_train), batch_size, steps_per_epoch)
@@ -491,24 +504,10 @@ def train_head(
     return _result(model, history, timing, tail=tail, steps=steps, step_timing=step_timing, settings=settings)
 
 
-def _check_settings(n_classes, epochs, batch_size, steps_per_epoch, validation_steps, x_val, y_val) -> None:
-    """Reject bad scalar settings before any data is read, naming the parameter and the value given."""
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2; got {n_classes}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
-        if value is not None and int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+def _check_together(x_val, y_val, restore_best) -> None:
+    """What no one parameter's constraint says: validation data comes whole, and ``restore_best`` needs it."""
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val must be given together (or both left None)")
-
-
-def _check_options(class_weight, restore_best, x_val) -> None:
-    """Reject an unknown ``class_weight`` or ``restore_best``, and ``restore_best`` without validation data."""
-    check_value("train_head", "class_weight", class_weight, Choice(CLASS_WEIGHTS))
-    check_value("train_head", "restore_best", restore_best, Choice(RESTORE_BEST), none=True)
     if restore_best is not None and x_val is None:
         raise ValueError(f"restore_best={restore_best!r} picks an epoch by its validation score: pass x_val and y_val")
 
