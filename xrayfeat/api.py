@@ -20,8 +20,9 @@ import numpy as np
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.datasets import discover as _discover
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions, renamed_keywords
-from xrayfeat.options.constraints import OptionError
+from xrayfeat.options.constraints import Choice, declaration, validate_params
 from xrayfeat.runs.loaded import Run, load_run
+from xrayfeat.store.shards import PARTS
 
 
 
@@ -60,6 +61,8 @@ def _features(backbone, given: FeatureOptions | None, kwargs: dict) -> FeatureOp
     return FeatureOptions(backbone=backbone, **built)
 
 
+@validate_params({"cache_dir": {**declaration(RunOptions, "cache_dir"), "none": True},
+                  "on_error": declaration(RunOptions, "on_error")})
 def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_cache",
              on_error: str = "fail") -> Dataset:
     """The labelled images of a folder or manifest (``Dataset``); ``Dataset`` in, the same out.
@@ -102,6 +105,7 @@ def extract(data, backbone=None, *, features: FeatureOptions | None = None, run:
     return results[0] if len(results) == 1 else results
 
 
+@validate_params({"part": Choice(PARTS)})
 def features(data, backbone=None, *, part: str = "pooled", features: FeatureOptions | None = None,
              run: RunOptions | None = None, classes=None, **options):
     """``X, y, meta``: cached features of every image of ``data``, extracting only what is missing.
@@ -119,10 +123,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     from xrayfeat.features.extraction import extract as _extract
     from xrayfeat.features.selection import store_for
     from xrayfeat.store.feature_store import FeatureStore
-    from xrayfeat.store.shards import PARTS
 
-    if part not in PARTS:
-        raise OptionError(f"The 'part' parameter of features must be one of {{'pooled', 'spatial'}}. Got {part!r} instead.")
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = _features(backbone, features, options)
     _no_leftovers(options, "features")
@@ -171,6 +172,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     return load_run(result.run)
 
 
+@validate_params({"method": declaration(EmbedOptions, "method"), "seed": declaration(EmbedOptions, "seed")})
 def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from_run=None,
           features: FeatureOptions | None = None, run: RunOptions | None = None, classes=None, **options):
     """A 2-D map (PCA, then t-SNE or UMAP) of pooled features, or of a run head's penultimate layer, saved to ``out``.

@@ -52,6 +52,7 @@ from pathlib import Path
 
 from xrayfeat.errors import RunError
 from xrayfeat.fileio import atomic_write, file_digest, fsync_dir, write_json
+from xrayfeat.options.constraints import Choice, option, validate
 from xrayfeat.options.settings import current_keys
 from xrayfeat.runs.folder import MARKER, UNFINISHED, unfinished_state
 
@@ -83,12 +84,11 @@ WARNING_KINDS: dict[str, str] = {
 class RunWarning:
     """One warning a study raised: its kind (a key of :data:`WARNING_KINDS`) and the sentence shown."""
 
-    kind: str
+    kind: str = option(check=Choice(tuple(WARNING_KINDS)), help="What the warning is about; the report groups by it.")
     message: str
 
     def __post_init__(self):
-        if self.kind not in WARNING_KINDS:
-            raise ValueError(f"The 'kind' of RunWarning must be one of {sorted(WARNING_KINDS)}. Got {self.kind!r} instead.")
+        validate(self)
 
     def __str__(self) -> str:
         return self.message
