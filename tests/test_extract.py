@@ -225,3 +225,61 @@ def test_jax_backend_extracts_into_its_own_store(tmp_path, tiny_data):
     assert fingerprint["backend"] == "jax"
     data = export(tiny_data, tmp_path / "cache", tmp_path / "jax.npz", env=env)
     assert np.isfinite(data["pooled"]).all() and data["pooled"].shape == (18, 512)
+
+
+# --------------------------------------------------------------------------- files that cannot be decoded, remembered
+
+
+def corrupt(data):
+    bad = data / "train" / "a" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    return bad
+
+
+WARM = (
+    "import sys, json; from xrayfeat.cli.main import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+    "print(json.dumps({'code': code, 'loaded': sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules)}))"
+)
+
+
+def test_a_rerun_skips_a_known_unreadable_file_without_loading_the_framework(tmp_path, tiny_data):
+    bad = corrupt(tiny_data)
+    first = run_cli(*extract_cmd(tiny_data, tmp_path / "cache")[3:], "--on-error", "skip", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["skipped"] == 1 and "remembered" not in first.stderr
+    proc = subprocess.run([sys.executable, "-c", WARM, *extract_cmd(tiny_data, tmp_path / "cache")[3:],
+                           "--on-error", "skip", "--json"], capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}, proc.stderr
+    result = json.loads("\n".join(lines[:-1]))
+    assert (result["extracted"], result["reused"], result["skipped"]) == (0, 18, 1)
+    assert str(bad) in result["skipped_files"][0] and result["remembered_unreadable"] == 1
+    assert "1 known unreadable file skipped (remembered from an earlier run)" in proc.stderr
+
+
+def test_a_known_unreadable_file_fails_fast_or_is_retried_by_another_decoder(tmp_path, tiny_data, monkeypatch):
+    from xrayfeat.features import extraction
+
+    bad = corrupt(tiny_data)
+    options = FeatureOptions("vgg16", weights="none", image_size=32)
+    [first] = extract(discover(tiny_data), options, run(tmp_path / "cache", on_error="skip"))
+    assert first.skipped == 1 and first.remembered == 0
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was built for a file known to be unreadable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(extraction, "_build", no_backbone)
+        [again] = extract(discover(tiny_data), options, run(tmp_path / "cache", on_error="skip"))
+        assert (again.skipped, again.remembered, again.extracted, again.reused) == (1, 1, 0, 18)
+        assert again.skipped_reasons == first.skipped_reasons
+        with pytest.raises(ImageReadError, match="broken.png.*--on-error skip"):  # named without building a model
+            extract(discover(tiny_data), options, run(tmp_path / "cache"))
+    shutil.copy(bad, tiny_data / "test" / "b" / "same_bytes.png")  # the bytes are what is remembered, not the path
+    [copy] = extract(discover(tiny_data), options, run(tmp_path / "cache", on_error="skip"))
+    assert (copy.skipped, copy.remembered) == (2, 2)
+
+    monkeypatch.setattr(extraction, "decoder_version", lambda: "a decoder that may read it")
+    [retried] = extract(discover(tiny_data), options, run(tmp_path / "cache", on_error="skip"))
+    assert (retried.skipped, retried.remembered) == (2, 0)

@@ -319,3 +319,22 @@ def test_a_damaged_store_definition_is_listed_flagged_and_the_others_are_still_l
     assert gc.returncode == 0, gc.stderr
     assert sorted(r["store"] for r in json.loads(gc.stdout)["stores"]) == sorted(str(s.path) for s in listed)
     assert flagged.problem in gc.stderr
+
+
+def test_the_record_of_unreadable_files_is_trusted_only_when_sound_and_for_its_decoder(tmp_path):
+    from xrayfeat.store.unreadable import UNREADABLE_FILE, load_unreadable, save_unreadable
+
+    store, _ = filled(tmp_path)
+    bad = {hashlib.sha256(b"broken").hexdigest(): "cannot decode the PNG pixel data"}
+    assert load_unreadable(store.path, "v1") == {}
+    save_unreadable(store.path, "v1", bad)
+    assert load_unreadable(store.path, "v1") == bad
+    assert load_unreadable(store.path, "v2") == {}  # another decoder tries them again
+    record = store.path / UNREADABLE_FILE
+    text = record.read_text()
+    record.write_text(text.replace("cannot decode", "can decode"))  # edited by hand: the seal no longer fits
+    assert load_unreadable(store.path, "v1") == {}
+    for junk in ("{not json", "[]", '{"format": 1}', ""):
+        record.write_text(junk)
+        assert load_unreadable(store.path, "v1") == {}
+    assert store.verify() == [] and len(store) == 12  # the record is no part of the rows

@@ -43,7 +43,8 @@ class ChunkJob:
 def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     """Send ``todo`` to the workers in chunks of ``run.chunk_images``; commit each finished chunk's shards here.
 
-    Returns (computed hashes, skipped {hash: reason}), as :func:`~xrayfeat.features.runner.run_batches`.
+    Returns (computed hashes, skipped {hash: reason}, the skipped hashes whose failure belongs to their
+    bytes), as :func:`~xrayfeat.features.runner.run_batches`.
     A chunk whose worker dies is run again elsewhere by the scheduler; its
     half-written file, or a whole shard that was never reported, stays in the
     staging folder and is cleared when the run ends, so no row is stored twice.
@@ -68,6 +69,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     by_path = {str(Path(run.cache_dir).resolve() / writer.store.path.name): writer for writer, _ in writers}
     computed: set[str] = set()
     skipped: dict[str, str] = {}
+    lasting: set[str] = set()
     progress = progress_bar(run.progress, len(todo))
     saved = [time.monotonic()]
 
@@ -84,6 +86,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
             writer.rows_written += len(shard["hashes"])
         computed.update(result["computed"])
         skipped.update(result["skipped"])
+        lasting.update(result["lasting"])
         progress.advance(len(job.todo))
         if time.monotonic() - saved[0] > 30:  # readers rebuild a stale index themselves; this saves them the work
             for writer in by_path.values():
@@ -96,7 +99,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     finally:
         for writer, _ in writers:
             writer.store.clear_staging()
-    return computed, skipped
+    return computed, skipped, lasting
 
 
 def compute_chunk(job: ChunkJob) -> dict:
@@ -160,9 +163,9 @@ def _compute_chunk(job: ChunkJob) -> dict:
         wanted.append(set(hashes))
     run = RunOptions(device=job.device, batch_size=job.batch_size, workers=0, on_error=job.on_error)
     size = writers[0][1].fingerprint["image_size"]
-    computed, skipped = run_batches(list(job.todo), writers, wanted, models, run, job.device, size)
+    computed, skipped, lasting = run_batches(list(job.todo), writers, wanted, models, run, job.device, size)
     shards = [shard for shard in (writer.finish() for writer, _ in writers) if shard is not None]
-    return {"shards": shards, "computed": sorted(computed), "skipped": skipped}
+    return {"shards": shards, "computed": sorted(computed), "skipped": skipped, "lasting": sorted(lasting)}
 
 
 def _worker_config(options: FeatureOptions, fingerprint: dict, device: str) -> FeatureConfig:

@@ -2,37 +2,74 @@
 
 Decoding (:func:`xrayfeat.data.images.read_image`) runs in spawned worker
 processes, never in threads (decoders' warnings filters are process-wide), and
-a failure comes back as its one-line reason, not as an exception, so one
-damaged file never stops the pool.
+a failure comes back as data (:class:`DecodeFailure`: its one-line reason), not
+as an exception, so one damaged file never stops the pool.
+
+:func:`decoder_version` names what decides whether a file decodes at all; the
+store remembers the files that do not under it (:mod:`xrayfeat.store.unreadable`).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
 from xrayfeat.data import images
 from xrayfeat.errors import ImageReadError
 
-__all__ = ["decoded", "default_workers"]
+__all__ = ["DecodeFailure", "decoded", "decoder_version", "default_workers"]
+
+#: The packages whose versions decide which files decode (Pillow; pydicom and its pixel-data plugins).
+_DECODER_PACKAGES = ("pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pyjpegls",
+                     "python-gdcm")
 
 
-def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, str | None]]:
-    """Decode a few files (runs in a worker process); errors come back as text, not exceptions."""
+class DecodeFailure(NamedTuple):
+    """Why a file could not be decoded, and whether that belongs to its bytes.
+
+    ``lasting`` is false where the cause was this machine at that moment (not
+    enough memory), so the same bytes may decode another time.
+    """
+
+    reason: str
+    lasting: bool
+
+
+def decoder_version() -> str:
+    """What decides whether a file decodes: the decoding rules, the decoders' versions and the pixel limit.
+
+    Failures remembered under one version are tried again under another (after
+    upgrading Pillow, installing a DICOM decoder or raising
+    ``XRAYFEAT_MAX_PIXELS``). Reads package metadata only: no decoder is imported.
+    """
+    versions = []
+    for name in _DECODER_PACKAGES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    limit = os.environ.get(images.MAX_PIXELS_ENV, "").strip() or str(images.DEFAULT_MAX_PIXELS)
+    return "; ".join([images.DECODE_VERSION, *versions, f"max pixels {limit}"])
+
+
+def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, DecodeFailure | None]]:
+    """Decode a few files (runs in a worker process); errors come back as data, not exceptions."""
     out = []
     for path in paths:
         try:
             out.append((images.read_image(path, size), None))
-        except ImageReadError as exc:
-            out.append((None, exc.reason))
+        except ImageReadError as exc:  # read_image turns running out of memory into one, from the MemoryError
+            out.append((None, DecodeFailure(exc.reason, lasting=not isinstance(exc.__context__, MemoryError))))
     return out
 
 
 def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead: int = 4):
-    """Yield ``(array | None, error | None)`` for each path, in order.
+    """Yield ``(array | None, DecodeFailure | None)`` for each path, in order.
 
     ``workers`` processes decode ahead of the consumer, but at most
     ``workers * ahead`` chunks are in flight, so memory stays bounded however

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 
 from xrayfeat.data.datasets import printable
 from xrayfeat.devices import confirm_device
-from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.errors import DatasetError, ImageReadError, XrayfeatError
 from xrayfeat.features.chunks import run_chunks
 from xrayfeat.features.config import FeatureConfig, resolve
+from xrayfeat.features.decoding import decoder_version
 from xrayfeat.features.runner import SKIP_HINT, build_model, check_weights, run_batches
 from xrayfeat.features.writing import writing_session
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
+from xrayfeat.store.unreadable import UNREADABLE_FILE, load_unreadable
 
 __all__ = ["ExtractResult", "extract"]
 
@@ -45,6 +47,8 @@ class ExtractResult:
     out: ``images == extracted + reused + skipped``. ``skipped_reasons`` maps
     the absolute path of each file left out by ``on_error="skip"`` (at discovery
     or at decoding) to why; two paths with the same broken bytes are two entries.
+    ``remembered`` counts those of them the store knew it cannot read (from an
+    earlier run, under the same decoder version): they were not decoded again.
     """
 
     store: str
@@ -55,6 +59,7 @@ class ExtractResult:
     images_per_s: float
     skipped_reasons: dict = field(default_factory=dict)
     random_weights: bool = False
+    remembered: int = 0
     cluster: dict | None = None  # with --cluster: the scheduler, the workers and the dashboard
 
     @property
@@ -79,6 +84,8 @@ class ExtractResult:
             out["cluster"] = self.cluster
         if self.skipped_files:
             out["skipped_files"] = self.skipped_files
+        if self.remembered:
+            out["remembered_unreadable"] = self.remembered
         return out
 
 
@@ -88,6 +95,10 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
     Returns one :class:`ExtractResult` per option set. Images that cannot be decoded
     stop the run (``on_error="fail"``, naming the file) or are left out and
     reported (``"skip"``). Rows computed before a failure stay in the store.
+
+    A file left out at decoding is remembered by its store (by content hash,
+    :mod:`xrayfeat.store.unreadable`), so a rerun neither decodes it again nor
+    loads the framework for it: it is skipped again, or, with ``"fail"``, named.
     """
     if isinstance(features, FeatureOptions):
         features = [features]
@@ -109,12 +120,16 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
             )
 
     stores = [FeatureStore.open(run.cache_dir, c.fingerprint, create=True) for c in configs]
-    all_hashes = dataset.hashes
-    if all(not s.missing(all_hashes) for s in stores):
-        return _results(dataset, stores, configs, set(), {}, time.perf_counter() - started)
+    decoder = decoder_version()
+    lacking = {str(s.path): s.missing(dataset.hashes) for s in stores}
+    known = {path: _known(path, lacks, decoder) for path, lacks in lacking.items()}
+    if run.on_error == "fail":
+        _fail_on_known(dataset, known)
+    if all(set(lacks) <= set(known[path]) for path, lacks in lacking.items()):
+        return _results(dataset, stores, configs, set(), {}, known, time.perf_counter() - started)
 
     if run.cluster:  # cold path on Dask: the workers load the framework, this process does not
-        return _extract_on_cluster(dataset, stores, configs, run, started)
+        return _extract_on_cluster(dataset, stores, configs, run, started, decoder)
     # cold path: the framework is loaded from here on
     device = confirm_device(run.device)
     if device != configs[0].device:
@@ -132,11 +147,29 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
         return {"device": device, "backend": config.fingerprint["backend"], "weights_path": config.weights.path or "",
                 "batch_size": run.batch_size}
 
-    with writing_session(dataset, stores, configs, provenance) as (writers, wanted, todo):
-        if todo:
-            models = [_build(config, writer, device) for writer, config in writers]
-            computed, skipped = run_batches(todo, writers, wanted, models, run, device, configs[0].fingerprint["image_size"])
-    return _results(dataset, stores, configs, computed, skipped, time.perf_counter() - started)
+    with writing_session(dataset, stores, configs, provenance, decoder=decoder) as session:
+        if session.todo:
+            models = [_build(config, writer, device) for writer, config in session.writers]
+            computed, skipped, lasting = run_batches(session.todo, session.writers, session.wanted, models, run, device,
+                                                     configs[0].fingerprint["image_size"])
+            session.remember({sha: skipped[sha] for sha in lasting})
+    return _results(dataset, stores, configs, computed, skipped, session.known, time.perf_counter() - started)
+
+
+def _known(path: str, lacking: list[str], decoder: str) -> dict[str, str]:
+    """Of the hashes a store lacks, those it knows it cannot read under ``decoder`` (sha256 → reason)."""
+    if not lacking:
+        return {}
+    record = load_unreadable(path, decoder)
+    return {sha: record[sha] for sha in lacking if sha in record}
+
+
+def _fail_on_known(dataset, known: dict[str, dict[str, str]]) -> None:
+    """With ``on_error="fail"``: the first file a store knows it cannot read, named as decoding would name it."""
+    reasons = {sha: reason for record in known.values() for sha, reason in record.items()}
+    for item in dataset.items:
+        if item.sha256 in reasons:
+            raise ImageReadError(printable(str(item.path)), f"{reasons[item.sha256]} {SKIP_HINT}")
 
 
 def _build(config: FeatureConfig, writer, device: str):
@@ -147,7 +180,7 @@ def _build(config: FeatureConfig, writer, device: str):
     return model
 
 
-def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: float) -> list[ExtractResult]:
+def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: float, decoder: str) -> list[ExtractResult]:
     """:func:`extract`'s cold path on Dask: chunks of missing rows go to workers; this process commits their shards.
 
     This process holds each store's write lock throughout, so it is the one
@@ -164,38 +197,51 @@ def _extract_on_cluster(dataset, stores, configs, run: RunOptions, started: floa
     log.info("extracting on Dask (%s, %d workers) on %s", live.scheduler, len(live.workers()), device)
     computed: set[str] = set()
     skipped: dict[str, str] = {}
-    with writing_session(dataset, stores, configs) as (writers, wanted, todo):  # provenance comes from the workers
-        if todo:
-            computed, skipped = run_chunks(live, todo, writers, wanted, run, device)
-    results = _results(dataset, stores, configs, computed, skipped, time.perf_counter() - started)
+    with writing_session(dataset, stores, configs, decoder=decoder) as session:  # provenance comes from the workers
+        if session.todo:
+            computed, skipped, lasting = run_chunks(live, session.todo, session.writers, session.wanted, run, device)
+            session.remember({sha: skipped[sha] for sha in lasting})
+    results = _results(dataset, stores, configs, computed, skipped, session.known, time.perf_counter() - started)
     for result in results:
         result.cluster = live.describe()
     return results
 
 
-def _results(dataset, stores, configs, computed, skipped, seconds) -> list[ExtractResult]:
+def _results(dataset, stores, configs, computed, skipped, known, seconds) -> list[ExtractResult]:
     """One result per store, after a warning per file left out.
 
-    ``skipped`` maps the hashes that failed to decode to why.
+    ``skipped`` maps the hashes that failed to decode to why; ``known`` maps
+    each store's path to the hashes it knew it cannot read (not decoded) and why.
     """
-    reasons = {str(s.path): s.reason for s in dataset.skipped}
-    reasons.update((str(item.path), skipped[item.sha256]) for item in dataset.items if item.sha256 in skipped)
-    _warn_skipped(reasons)
+    found = {str(s.path): s.reason for s in dataset.skipped}
+    found.update((str(item.path), skipped[item.sha256]) for item in dataset.items if item.sha256 in skipped)
+    remembered = {
+        path: {str(item.path): record[item.sha256] for item in dataset.items if item.sha256 in record}
+        for path, record in known.items()
+    }
+    _warn_skipped({**found, **{path: reason for by_path in remembered.values() for path, reason in by_path.items()}})
     n_computed = sum(1 for item in dataset.items if item.sha256 in computed)
     images = len(dataset.items) + len(dataset.skipped)
-    return [
-        ExtractResult(
+    results = []
+    for store, config in zip(stores, configs):
+        reasons = {**found, **remembered.get(str(store.path), {})}
+        n_known = len(reasons) - len(found)
+        if n_known:
+            log.warning("%d known unreadable file%s skipped (remembered from an earlier run); to try %s again, delete %s",
+                        n_known, "s" if n_known > 1 else "", "them" if n_known > 1 else "it",
+                        store.path / UNREADABLE_FILE)
+        results.append(ExtractResult(
             store=str(store.path),
             images=images,
             extracted=n_computed,
             reused=images - n_computed - len(reasons),
             seconds=round(seconds, 3),
             images_per_s=round(n_computed / seconds, 2) if n_computed and seconds > 0 else 0.0,
-            skipped_reasons=dict(reasons),
+            skipped_reasons=reasons,
             random_weights=config.weights.random,
-        )
-        for store, config in zip(stores, configs)
-    ]
+            remembered=n_known,
+        ))
+    return results
 
 
 def _warn_skipped(reasons: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ from xrayfeat.errors import ImageReadError, StoreError
 from xrayfeat.features.config import FeatureConfig
 from xrayfeat.features.decoding import decoded, default_workers
 from xrayfeat.features.progress import progress_bar
+from xrayfeat.fileio import file_digest
 from xrayfeat.options.settings import RunOptions
 
 __all__ = ["SKIP_HINT", "build_model", "check_weights", "run_batches"]
@@ -53,13 +54,18 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
 
     ``todo`` is ``[(sha256, path), ...]``; ``writers`` pairs each store's writer
     with its config, ``wanted`` the hashes each lacks, ``models`` its extractor.
-    Returns (computed hashes, skipped {hash: reason}); a hash that fails once is
-    not decoded again from another path with the same bytes.
+    Returns (computed hashes, skipped {hash: reason}, the skipped hashes whose
+    failure belongs to their bytes); a hash that fails once is not decoded again
+    from another path with the same bytes. A failure belongs to the bytes when
+    it did not come from the moment (:attr:`~xrayfeat.features.decoding.DecodeFailure.lasting`) and the file
+    still holds the bytes its hash was taken from, so the store may remember it
+    (:mod:`xrayfeat.store.unreadable`).
     """
     workers = default_workers(len(todo), run.batch_size) if run.workers is None else run.workers
     paths = [path for _, path in todo]
     computed: set[str] = set()
     skipped: dict[str, str] = {}
+    lasting: set[str] = set()
     batch_hashes: list[str] = []
     batch = np.zeros((run.batch_size, size, size, 3), dtype=np.uint8)
     progress = progress_bar(run.progress, len(todo))
@@ -79,11 +85,13 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
         batch_hashes.clear()
 
     with progress:
-        for (sha, path), (pixels, error) in zip(todo, decoded(paths, size, workers)):
-            if error is not None:
+        for (sha, path), (pixels, failure) in zip(todo, decoded(paths, size, workers)):
+            if failure is not None:
                 if run.on_error == "fail":  # the path as it can be printed: its message is the CLI's one line
-                    raise ImageReadError(printable(path), f"{error} {SKIP_HINT}")
-                skipped[sha] = error
+                    raise ImageReadError(printable(path), f"{failure.reason} {SKIP_HINT}")
+                skipped[sha] = failure.reason
+                if failure.lasting and _holds(path, sha):
+                    lasting.add(sha)
                 progress.advance(1)
                 continue
             batch[len(batch_hashes)] = pixels
@@ -93,4 +101,12 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
         if batch_hashes:
             batch[len(batch_hashes):] = 0
             flush()
-    return computed, skipped
+    return computed, skipped, lasting
+
+
+def _holds(path: str, sha256: str) -> bool:
+    """Whether the file still holds the bytes of this hash (it may have changed, or be unreadable now)."""
+    try:
+        return file_digest(path) == sha256
+    except OSError:
+        return False

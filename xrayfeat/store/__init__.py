@@ -5,6 +5,7 @@
 * :mod:`.locks`: the fcntl locks of a store, and an OS error while changing it as one line;
 * :mod:`.index`: ``index.npz``, hash → (shard, row), sealed by a digest and rebuilt from the shards;
 * :mod:`.feature_store`: :class:`FeatureStore` (open, read, write under a lock, staging for Dask workers);
+* :mod:`.unreadable`: the files a store knows it cannot decode, by content hash and decoder version;
 * :mod:`.maintenance`: verify, repair, gc and compaction of one store (``store.verify()``, ``store.gc()``);
 * :mod:`.catalog`: the stores of a cache folder, a damaged one flagged in its place (:func:`list_stores`);
 * :mod:`.rows`: :class:`StoreRows`, views of a store's rows read in batches (training past memory),

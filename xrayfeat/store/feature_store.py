@@ -13,6 +13,7 @@ Layout of one store (``<cache-dir>/<backbone>-<layer>-<size>-<precision>-<id>/``
     shards/.<name>.*.tmp    a shard being written; never read; removed by ``gc``
     incoming/<name>.h5      complete shards of Dask workers, until the writer moves them into shards/
     index.npz               hash → (shard, row), a cache of what the shards say, sealed by a digest
+    unreadable.json         the files that cannot be decoded (hash → reason), so reruns skip them undecoded
     write.lock, read.lock   fcntl locks
 
 The promises, after SQLite's and HDF5's: a crash, a full disk or a read-only
