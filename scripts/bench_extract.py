@@ -94,7 +94,7 @@ print(n, time.perf_counter() - t)
 
 RSS = """
 import resource, sys
-from xrayfeat.cli import main
+from xrayfeat.cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit as e:
