@@ -162,3 +162,40 @@ def test_cli_bad_memory_budget_exits_2(tmp_path):
         "xrayfeat: error: The 'memory_budget' parameter of HeadOptions must be a positive byte count or a size like "
         "'512M', '8G' or '1.5T' (units of 1024) or None. Got 'lots' instead.")
     assert not (tmp_path / "cache").exists()
+
+
+def _fit_rows_labels(run_dir) -> np.ndarray:
+    """The labels of the rows the baselines were fitted on (role ``train`` in splits.csv), as class indices."""
+    with open(run_dir / "splits.csv") as fh:
+        labels = [row["label"] for row in csv.DictReader(fh) if row["split"] == "train"]
+    return np.unique(labels, return_inverse=True)[1]
+
+
+@pytest.mark.parametrize("budget,left", [("60K", 24 << 10), ("36K", 0)], ids=["some-left", "nothing-left"])
+def test_the_baselines_get_the_budget_the_features_in_memory_leave(tmp_path, budget, left):
+    """The head's maps read into memory take their share of --memory-budget; the baselines get what is left,
+    sample down to it and say so; with nothing left, the smallest sample they can cross-validate."""
+    data = write_tiny_dataset(tmp_path / "data")
+    features = FeatureOptions("vgg16", weights="none", image_size=32)  # 1x1x512 maps: 2 KiB a row as float32
+    run = RunOptions(cache_dir=tmp_path / "cache", workers=0, batch_size=8)
+    head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=("logreg",), memory_budget=budget)
+    result = fit_head(discover(data), features, head, run, out=tmp_path / "run")
+
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    held = (12 + 6) * 512 * 4  # the head's 12 train (with val) and 6 test maps, 36 KiB: within the budget
+    assert record["training"]["features_in_memory"] is True
+    assert record["training"]["memory_budget_bytes"] == parse_size(budget)
+    assert record["training"]["features_held_bytes"] == held
+    y_fit = _fit_rows_labels(tmp_path / "run")
+    smallest = 2 * 2 * 512 * 8  # 2 rows per class of 512 float64 pooled features
+    assert record["training"]["baselines_budget_bytes"] == max(left, smallest)
+    rows = sample_rows(y_fit, 512, max(left, smallest))  # 9 fit rows are 36 KiB as float64: more than is left
+    assert record["baselines"]["logreg"]["subsample"] == {"rows": len(rows), "of": len(y_fit)}
+    [notice] = [w.message for w in result.warnings if w.kind == "subsample"]
+    assert f"stratified random sample of {len(rows)} of {len(y_fit)} training images" in notice
+    assert f"the features read into memory take 36.0 KiB of the {budget[:-1]}.0 KiB memory budget" in notice
+    if left:
+        assert notice.endswith("leaving 24.0 KiB for the baselines")
+    else:
+        assert notice.endswith("leaving nothing for the baselines: they were fitted on the smallest sample they can "
+                               "cross-validate (2 images per class, 16.0 KiB)")

@@ -7,8 +7,9 @@
 2. :func:`_extract_split`: extracts whatever the store lacks (usually nothing)
    and takes the train and test rows as :class:`~xrayfeat.store.rows.StoreRows`;
    :func:`_hold` reads them into memory where they fit ``--memory-budget``,
-   else the head streams its batches from the store and the baselines fit on
-   a sample that fits;
+   else the head streams its batches from the store; the baselines fit on a
+   sample when their matrix exceeds what the features in memory leave of the
+   budget (:func:`_baselines_budget`);
 3. :func:`_validation`: takes validation from the ``val`` split, else a
    stratified ``val_fraction`` of train, grouped by patient when the dataset
    knows patients (:func:`split_validation`);
@@ -313,8 +314,8 @@ def _baselines_budget(memory: dict, widths, y_fit) -> tuple[int, str]:
     smallest = 2 * len(np.unique(y_fit)) * np.dtype(np.float64).itemsize * max(widths, default=0)
     if left >= smallest or budget < smallest:
         return left, f"{taken}leaving {human_bytes(left)} for the baselines"
-    return smallest, (f"{taken}leaving nothing for the baselines: they were fitted on the smallest sample they can "
-                      f"cross-validate (2 images per class, {human_bytes(smallest)})")
+    return smallest, (f"{taken}leaving {human_bytes(left) if left else 'nothing'} for the baselines: they were fitted "
+                      f"on the smallest sample they can cross-validate (2 images per class, {human_bytes(smallest)})")
 
 
 def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, memory: dict,
