@@ -1,0 +1,77 @@
+"""The Dask path's own pieces (chunk jobs sent, computed, committed), with an in-process stand-in for the session.
+
+tests/test_cluster.py runs the real thing on a LocalCluster (slow); here the
+session's ``map`` calls each job in this process, so the chunk jobs, their
+staged shards, the commit and the decode failures they report are checked in
+seconds, against single-process extraction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xrayfeat.data.datasets import discover
+from xrayfeat.features.extraction import extract
+from xrayfeat.features.selection import open_store
+from xrayfeat.options.settings import FeatureOptions, RunOptions
+
+OPTIONS = FeatureOptions("vgg16", weights="none", image_size=32)
+
+
+class _InProcess:
+    """What extraction asks of a :class:`~xrayfeat.distributed.session.Session`, run here, job by job."""
+
+    scheduler = "inproc://stand-in"
+
+    def __init__(self):
+        self.jobs = 0
+
+    def check_shared(self, folder):
+        pass
+
+    def workers(self):
+        return ["inproc://worker"]
+
+    def prepare(self, name, function, *args):
+        function(*args)
+
+    def map(self, function, jobs, *, on_result, what="chunk"):
+        for job in jobs:
+            self.jobs += 1
+            on_result(job, function(job))
+
+    def describe(self):
+        return {"cluster": "local:1", "scheduler": self.scheduler, "workers": 1, "dashboard": None}
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    from xrayfeat.distributed import session
+
+    live = _InProcess()
+    monkeypatch.setattr(session, "session", lambda address, announce=False: live)
+    return live
+
+
+def test_chunks_skip_and_remember_a_corrupt_file_as_one_process_does(tmp_path, tiny_data, in_process):
+    bad = tiny_data / "train" / "a" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    dataset = discover(tiny_data)
+    single = RunOptions(cache_dir=tmp_path / "single", workers=0, batch_size=2, on_error="skip")
+    chunked = RunOptions(cache_dir=tmp_path / "chunked", workers=0, batch_size=2, on_error="skip",
+                         cluster="local:1", chunk_images=5)
+    [one] = extract(dataset, OPTIONS, single)
+    [many] = extract(dataset, OPTIONS, chunked)
+    assert in_process.jobs == 4 and many.cluster["workers"] == 1  # 19 images in chunks of 5
+    assert (many.extracted, many.skipped, many.remembered) == (one.extracted, one.skipped, 0) == (18, 1, 0)
+    assert many.skipped_reasons == one.skipped_reasons
+    good = [item.sha256 for item in dataset.items if item.path != bad]
+    a = open_store(OPTIONS, tmp_path / "single").read(good)
+    b = open_store(OPTIONS, tmp_path / "chunked").read(good)
+    for part in ("spatial", "pooled"):  # a skipped file shifts later images to other places in their batches
+        np.testing.assert_allclose(a[part], b[part], rtol=2e-3, atol=1e-4)
+    assert not list((tmp_path / "chunked").glob("*/incoming/*"))  # every staged shard was adopted
+
+    [again] = extract(dataset, OPTIONS, chunked)  # the corrupt file is known: no chunk is sent
+    assert in_process.jobs == 4 and (again.extracted, again.skipped, again.remembered) == (0, 1, 1)
