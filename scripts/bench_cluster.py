@@ -70,8 +70,8 @@ def stage_costs(data: Path, backbone: str, size: int | None, batch: int, work: P
     """Milliseconds per image of decoding, the backbone and writing; bytes per image of each --keep."""
     from xrayfeat.data import images
     from xrayfeat.data.datasets import discover
-    from xrayfeat.features.config import resolve
-    from xrayfeat.features.runner import build_model
+    from xrayfeat.extraction.config import resolve
+    from xrayfeat.extraction.runner import build_model
     from xrayfeat.options.settings import FeatureOptions
     from xrayfeat.store.feature_store import FeatureStore
 

@@ -57,7 +57,7 @@ def phantoms(out: Path, n: int, size: int) -> Path:
 DECODE = """
 import sys, time
 from xrayfeat.data.datasets import discover
-from xrayfeat.features.decoding import decoded, default_workers
+from xrayfeat.extraction.decoding import decoded, default_workers
 ds = discover(sys.argv[1])
 paths = [str(i.path) for i in ds.items]
 workers = default_workers(len(paths), int(sys.argv[3]))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from xrayfeat.data.datasets import discover
-from xrayfeat.features.extraction import extract
-from xrayfeat.features.selection import open_store
+from xrayfeat.extraction.pipeline import extract
+from xrayfeat.extraction.selection import open_store
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 
 OPTIONS = FeatureOptions("vgg16", weights="none", image_size=32)

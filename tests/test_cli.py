@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import run_cli
 from xrayfeat import backbones, errors
-from xrayfeat.features import building, weights
+from xrayfeat.extraction import building, weights
 from xrayfeat.cli.main import main
 
 

@@ -107,8 +107,8 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
     import tensorflow as tf
 
     from xrayfeat.backbones import get_spec
-    from xrayfeat.features.building import build_extractor
-    from xrayfeat.features.config import resolve
+    from xrayfeat.extraction.building import build_extractor
+    from xrayfeat.extraction.config import resolve
     from xrayfeat.data.images import read_image
     from xrayfeat.runs.prediction import run_feature_options
     from xrayfeat.store.feature_store import FeatureStore
@@ -146,7 +146,7 @@ def test_grad_cam_from_the_cache_equals_grad_cam_through_backbone_and_head(train
 
 
 def test_explain_uses_the_cache_and_extracts_only_new_images(trained, tmp_path, monkeypatch):
-    from xrayfeat.features import extraction
+    from xrayfeat.extraction import pipeline as extraction
 
     run, data, _ = trained
 

@@ -232,7 +232,7 @@ def test_exporting_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
 def test_portable_preprocessing_is_bit_identical_to_extraction(mode):
     import keras
 
-    from xrayfeat.features.building import _preprocess_layer
+    from xrayfeat.extraction.building import _preprocess_layer
     from xrayfeat.runs.export import portable_preprocess
 
     pixels = np.arange(256 * 3, dtype=np.int64).reshape(1, 16, 16, 3) % 256

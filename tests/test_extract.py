@@ -18,8 +18,8 @@ from xrayfeat.data import images
 from xrayfeat.backbones import REGISTRY
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DeviceError, ImageReadError
-from xrayfeat.features.extraction import extract
-from xrayfeat.features.selection import open_store
+from xrayfeat.extraction.pipeline import extract
+from xrayfeat.extraction.selection import open_store
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 
 # small inputs: shape and arithmetic are what matter here, not accuracy
@@ -259,7 +259,7 @@ def test_a_rerun_skips_a_known_unreadable_file_without_loading_the_framework(tmp
 
 
 def test_a_known_unreadable_file_fails_fast_or_is_retried_by_another_decoder(tmp_path, tiny_data, monkeypatch):
-    from xrayfeat.features import extraction
+    from xrayfeat.extraction import pipeline as extraction
 
     bad = corrupt(tiny_data)
     options = FeatureOptions("vgg16", weights="none", image_size=32)

@@ -12,7 +12,7 @@ from conftest import run_cli, write_tiny_dataset
 from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.features.extraction import FeatureOptions, RunOptions
+from xrayfeat.extraction.pipeline import FeatureOptions, RunOptions
 from xrayfeat.runs.fit import HeadOptions, fit_head
 
 QUICK = HeadOptions(epochs=3, steps_per_epoch=4, units=16, baselines=("logreg", "pixels"), n_bootstrap=200)

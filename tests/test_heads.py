@@ -304,7 +304,7 @@ def test_jax_loop_and_devices_import_no_framework():
 
 def _tail_case(name: str, size: int, layer: str, batchnorm: int):
     from xrayfeat import backbones
-    from xrayfeat.features import building, weights
+    from xrayfeat.extraction import building, weights
 
     spec = backbones.get_spec(name)
     tail = building.build_tail(spec, weights.WeightsInfo("none", seed=0), image_size=size, layer=layer)

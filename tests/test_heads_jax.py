@@ -32,7 +32,7 @@ CHILD = textwrap.dedent(
     """
     import json, logging, sys
     import keras, numpy as np
-    from xrayfeat import heads, heads_jax
+    from xrayfeat.models import head as heads, head_jax as heads_jax
 
     class WeightsPerEpoch(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

@@ -17,14 +17,14 @@ from xrayfeat.cli.main import main
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.runs.explanation import explain
-from xrayfeat.features.config import resolve
-from xrayfeat.features.extraction import extract
-from xrayfeat.features.selection import open_store
+from xrayfeat.extraction.config import resolve
+from xrayfeat.extraction.pipeline import extract
+from xrayfeat.extraction.selection import open_store
 from xrayfeat.store.fingerprint import KeepError, fingerprint_id, store_dirname
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.runs.fit import fit_head
-from xrayfeat.features.feature_export import export_features
+from xrayfeat.extraction.feature_export import export_features
 from xrayfeat.runs.maps import embed_map
 from xrayfeat.runs.loaded import load_run
 

@@ -2,7 +2,7 @@
 
 ``LAYERS`` lists xrayfeat's top-level parts from the foundations (errors, file
 writing, devices, the backbone registry's facts, the options that read them)
-through the data flow (data → store → distributed → features → models →
+through the data flow (data → store → distributed → extraction → models →
 analysis → runs → report) to the faces (the Python API, the demo, the CLI). A
 module may import its own package and any part listed before its own; an import
 that points up the list fails. A new top-level part must be placed here.
@@ -25,7 +25,7 @@ LAYERS = [
     # foundations
     "errors", "fileio", "devices", "backbones", "options",
     # the data flow
-    "data", "store", "distributed", "features", "models", "analysis", "runs", "report",
+    "data", "store", "distributed", "extraction", "models", "analysis", "runs", "report",
     # faces
     "api", "demo", "cli",
 ]
@@ -117,6 +117,12 @@ def test_xf_keeps_exactly_its_public_names():
     ])
     for name in xrayfeat.__all__:
         assert getattr(xrayfeat, name) is not None
+
+
+def test_no_part_of_the_package_is_named_like_a_public_name():
+    # importing xrayfeat.<part> binds the attribute <part> on the package: a part named like a public
+    # name (a subpackage ``features`` beside ``xf.features``) would replace that name once imported
+    assert sorted(set(LAYERS) & set(xrayfeat.__all__)) == []
 
 
 def test_every_module_imports():

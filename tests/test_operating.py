@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli, write_tiny_dataset
 from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
-from xrayfeat.features.extraction import FeatureOptions, RunOptions
+from xrayfeat.extraction.pipeline import FeatureOptions, RunOptions
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.runs.fit import HeadOptions, fit_head
 

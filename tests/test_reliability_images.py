@@ -27,7 +27,7 @@ from xrayfeat.data import images
 from xrayfeat.cli.kit import quiet_frameworks
 from xrayfeat.data.datasets import discover, printable
 from xrayfeat.errors import DatasetError, ImageReadError
-from xrayfeat.features.extraction import FeatureOptions, RunOptions, extract
+from xrayfeat.extraction.pipeline import FeatureOptions, RunOptions, extract
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.store.catalog import list_stores
 

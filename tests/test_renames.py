@@ -147,8 +147,8 @@ ALIASES = [(command, r) for r in RENAMED if r.old_flag for command in r.commands
 @pytest.fixture
 def seen(monkeypatch):
     """What fit-head and describe hand the library, without training or building anything."""
-    import xrayfeat.features.building as building
-    import xrayfeat.features.config as config
+    import xrayfeat.extraction.building as building
+    import xrayfeat.extraction.config as config
     import xrayfeat.models.head as head
     import xrayfeat.runs.fit as fit
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from conftest import write_tiny_dataset
 from xrayfeat import backbones, errors
-from xrayfeat.features import building, weights
+from xrayfeat.extraction import building, weights
 from xrayfeat.cli.main import main
 
 VGG = backbones.REGISTRY["vgg16"]

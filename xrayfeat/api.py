@@ -84,14 +84,14 @@ def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_
 
 def extract(data, backbone=None, *, features: FeatureOptions | None = None, run: RunOptions | None = None,
             classes=None, **options):
-    """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.features.extraction.ExtractResult`.
+    """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.extraction.pipeline.ExtractResult`.
 
     ``backbone`` may also be a list (several backbones of one input size share a
     decoding pass); the result is then a list. Keyword options: the fields of
     FeatureOptions and RunOptions (``weights="none"``, ``image_size=64``,
     ``cache_dir=...``, ``device="cpu"``...).
     """
-    from xrayfeat.features.extraction import extract as _extract
+    from xrayfeat.extraction.pipeline import extract as _extract
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     feature_kw = _pop(FeatureOptions, options, skip=("backbone",))
@@ -116,12 +116,12 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     path, sha256, label, split, patient_id and source. Images skipped by
     ``on_error="skip"`` are left out of all three. The store is the existing one
     of these features that keeps ``part``, whatever its ``keep`` (as the CLI
-    commands choose it: :func:`~xrayfeat.features.selection.store_for`).
+    commands choose it: :func:`~xrayfeat.extraction.selection.store_for`).
     """
     import pandas as pd
 
-    from xrayfeat.features.extraction import extract as _extract
-    from xrayfeat.features.selection import store_for
+    from xrayfeat.extraction.pipeline import extract as _extract
+    from xrayfeat.extraction.selection import store_for
     from xrayfeat.store.feature_store import FeatureStore
 
     run = _given(RunOptions, run, _pop(RunOptions, options))

@@ -3,8 +3,8 @@
 The feature fingerprint, the CLI choices (:mod:`xrayfeat.options`), ``describe``
 and the tests all read :data:`REGISTRY`. This module holds facts only (no Keras,
 no file or network access), so the options that read them sit above it; finding
-weights lives in :mod:`xrayfeat.features.weights` and building a model in
-:mod:`xrayfeat.features.building`.
+weights lives in :mod:`xrayfeat.extraction.weights` and building a model in
+:mod:`xrayfeat.extraction.building`.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xrayfeat.backbones import REGISTRY
-from xrayfeat.features.weights import weights_status
+from xrayfeat.extraction.weights import weights_status
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.features.extraction import extract
+from xrayfeat.extraction.pipeline import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.data.phantoms import write_phantoms
 from xrayfeat.report.writer import write_report

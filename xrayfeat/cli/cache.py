@@ -138,7 +138,7 @@ def cache_export(data, out, as_json, **kw):
     Example:
       xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
     """
-    from xrayfeat.features.feature_export import export_features
+    from xrayfeat.extraction.feature_export import export_features
 
     features = single_feature(kw)
     result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,

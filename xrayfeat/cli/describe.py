@@ -35,8 +35,8 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
       xrayfeat describe --backbone inception_v3 --n-classes 4
     """
     from xrayfeat.backbones import get_spec
-    from xrayfeat.features.building import build_backbone
-    from xrayfeat.features.weights import WeightsInfo
+    from xrayfeat.extraction.building import build_backbone
+    from xrayfeat.extraction.weights import WeightsInfo
     from xrayfeat.models.head import build_seed_model, count_params
 
     spec = get_spec(backbone)

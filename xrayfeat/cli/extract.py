@@ -37,8 +37,8 @@ def extract_cmd(data, batch_size, workers, on_error, cluster, chunk_images, as_j
     Example:
       xrayfeat extract ../shared/data/cxr-sample/all --backbone inception_v3 --weights none
     """
-    from xrayfeat.features.extraction import extract as run_extract
-    from xrayfeat.features.config import resolve
+    from xrayfeat.extraction.pipeline import extract as run_extract
+    from xrayfeat.extraction.config import resolve
 
     run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
                      on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)

@@ -54,7 +54,7 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
     Example (the seed's task 2 on the real sample, random weights):
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
     """
-    from xrayfeat.features.config import resolve
+    from xrayfeat.extraction.config import resolve
     from xrayfeat.runs.fit import fit_head
 
     features = single_feature(kw)

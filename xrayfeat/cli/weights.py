@@ -32,7 +32,7 @@ def weights_status_cmd(as_json):
     Example:
       xrayfeat weights status
     """
-    from xrayfeat.features.weights import weights_dir, weights_status
+    from xrayfeat.extraction.weights import weights_dir, weights_status
 
     rows = weights_status()
 
@@ -58,7 +58,7 @@ def weights_install_cmd(file, as_json):
     Example:
       xrayfeat weights install ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
     """
-    from xrayfeat.features.weights import install_weights
+    from xrayfeat.extraction.weights import install_weights
 
     result = install_weights(file)
     emit(result, as_json, lambda err: click.echo(f"installed {result['backbone']} weights: {result['file']}", err=err))
@@ -82,7 +82,7 @@ def weights_download_cmd(backbone_names, base_url, as_json):
       xrayfeat weights download vgg16
       xrayfeat weights download --base-url https://mirror.example.org/keras-weights
     """
-    from xrayfeat.features.weights import ensure_weights
+    from xrayfeat.extraction.weights import ensure_weights
 
     rows = ensure_weights(backbone_names or None, base_url=base_url)
 

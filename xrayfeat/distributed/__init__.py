@@ -4,5 +4,5 @@
   shared-folder probe, the map over chunks with failure handling (:class:`ClusterError`), and
   scikit-learn's grid searches through joblib's Dask backend (:func:`joblib_backend`).
 
-What a chunk computes lives with the extraction (:mod:`xrayfeat.features`).
+What a chunk computes lives with the extraction (:mod:`xrayfeat.extraction`).
 """

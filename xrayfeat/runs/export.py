@@ -4,11 +4,11 @@
 
 1. the preprocessing the store's features were computed with, rebuilt from
    built-in Keras layers (:func:`portable_preprocess`; bit-for-bit the same as
-   :func:`xrayfeat.features.building._preprocess_layer`, so a consumer needs no xrayfeat
+   :func:`xrayfeat.extraction.building._preprocess_layer`, so a consumer needs no xrayfeat
    class to load the file);
 2. the backbone up to the run's cut layer, with the run's weights resolved as
    extraction resolves them (``imagenet``/a file: md5-checked; ``none``: drawn
-   with the run's seed by :func:`xrayfeat.features.building.build_backbone`, as the
+   with the run's seed by :func:`xrayfeat.extraction.building.build_backbone`, as the
    extractor drew them) and built under the store's precision. The digest of
    those weights is compared with the one the store recorded when it was written
    (when the store is still there), so an export can never silently carry other
@@ -47,7 +47,7 @@ from pathlib import Path
 
 from xrayfeat import __version__
 from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec
-from xrayfeat.features.weights import resolve_weights
+from xrayfeat.extraction.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError
 from xrayfeat.fileio import file_digest, fsync_dir, write_json
 from xrayfeat.data.images import DECODE_VERSION
@@ -103,7 +103,7 @@ class ExportResult:
 def portable_preprocess(mode: str) -> list:
     """Built-in Keras layers doing the backbone's preprocessing on uint8 RGB pixels, in float32.
 
-    The same arithmetic as :func:`xrayfeat.features.building._preprocess_layer`, bit for
+    The same arithmetic as :func:`xrayfeat.extraction.building._preprocess_layer`, bit for
     bit, but with no custom class, so the exported file loads with Keras alone:
 
     * ``caffe`` (VGG16): cast, then a frozen 1x1 convolution whose kernel
@@ -221,7 +221,7 @@ def _trunk(spec, weights, record):
     import keras
     import numpy as np
 
-    from xrayfeat.features.building import build_backbone, dtype_policy, weights_digest
+    from xrayfeat.extraction.building import build_backbone, dtype_policy, weights_digest
 
     fingerprint = record.store["fingerprint"]
     saved = random.getstate(), np.random.get_state()  # build_backbone reseeds the global generators

@@ -54,9 +54,9 @@ from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.features.config import resolve
-from xrayfeat.features.extraction import extract
-from xrayfeat.features.selection import store_for
+from xrayfeat.extraction.config import resolve
+from xrayfeat.extraction.pipeline import extract
+from xrayfeat.extraction.selection import store_for
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
@@ -173,7 +173,7 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
     """Validate the options against each other and the dataset; the resolved feature config.
 
     Its ``options`` select the store that holds the parts the study reads
-    (:func:`~xrayfeat.features.extraction.store_for`): a pooled-only store serves a
+    (:func:`~xrayfeat.extraction.pipeline.store_for`): a pooled-only store serves a
     pooled head, and a head that needs spatial maps is refused in one line where
     only such a store exists.
     """
@@ -281,7 +281,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
 
     tail = None
     if head.train_tail:
-        from xrayfeat.features.building import build_tail
+        from xrayfeat.extraction.building import build_tail
 
         spec = get_spec(config.options.backbone)
         tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])

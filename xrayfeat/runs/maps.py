@@ -12,8 +12,8 @@ from pathlib import Path
 
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
-from xrayfeat.features.extraction import extract
-from xrayfeat.features.selection import store_for
+from xrayfeat.extraction.pipeline import extract
+from xrayfeat.extraction.selection import store_for
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.features.config import resolve
-from xrayfeat.features.extraction import extract
-from xrayfeat.features.selection import store_for
+from xrayfeat.extraction.config import resolve
+from xrayfeat.extraction.pipeline import extract
+from xrayfeat.extraction.selection import store_for
 from xrayfeat.fileio import atomic_write
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
@@ -164,7 +164,7 @@ def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
                  purpose: str = "predict"):
     """(extraction result, store) of the run's own features for ``dataset``, computed where the cache lacks them.
 
-    The store is one that keeps the parts ``need`` (:func:`~xrayfeat.features.extraction.store_for`;
+    The store is one that keeps the parts ``need`` (:func:`~xrayfeat.extraction.pipeline.store_for`;
     ``purpose`` names the command in its error). Refuses first, in one line,
     features this installation cannot reproduce.
     """

@@ -5,7 +5,7 @@ a memory of it every rerun of ``extract`` would load the framework, build the
 backbone and decode the file again, only to skip it again. ``unreadable.json``,
 beside the index, maps the SHA-256 of each such file's bytes to why it cannot
 be decoded, for one *decoder version* (the decoding rules and the versions of
-the decoders that ran them, :func:`xrayfeat.features.decoding.decoder_version`):
+the decoders that ran them, :func:`xrayfeat.extraction.decoding.decoder_version`):
 under another version every file is tried again.
 
 The record is untrusted until checked: it is written atomically by the process

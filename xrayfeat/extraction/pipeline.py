@@ -3,13 +3,13 @@
 The expensive path (decoding and the backbone) runs only for images whose
 content hash has no row in the store. When every row is there, nothing here
 imports the deep-learning framework: the fingerprint is computed from names,
-versions and file digests alone (:mod:`xrayfeat.features.config`).
+versions and file digests alone (:mod:`xrayfeat.extraction.config`).
 
-The pipeline is reader → mapper → writer: :mod:`xrayfeat.features.decoding`
-decodes ahead of the device, :mod:`xrayfeat.features.runner` feeds full batches
-to every backbone, :mod:`xrayfeat.features.writing` holds each store's writer.
+The pipeline is reader → mapper → writer: :mod:`xrayfeat.extraction.decoding`
+decodes ahead of the device, :mod:`xrayfeat.extraction.runner` feeds full batches
+to every backbone, :mod:`xrayfeat.extraction.writing` holds each store's writer.
 The same pipeline runs in this process or, with ``--cluster``, in chunks on Dask
-workers (:mod:`xrayfeat.features.chunks`). Several backbones of the same input
+workers (:mod:`xrayfeat.extraction.chunks`). Several backbones of the same input
 size can be extracted in one pass: each image is decoded once and fed to every model.
 """
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from xrayfeat.data.datasets import printable
 from xrayfeat.devices import confirm_device
 from xrayfeat.errors import DatasetError, ImageReadError, XrayfeatError
-from xrayfeat.features.chunks import run_chunks
-from xrayfeat.features.config import FeatureConfig, resolve
-from xrayfeat.features.decoding import decoder_version
-from xrayfeat.features.runner import SKIP_HINT, build_model, check_weights, run_batches
-from xrayfeat.features.writing import writing_session
+from xrayfeat.extraction.chunks import run_chunks
+from xrayfeat.extraction.config import FeatureConfig, resolve
+from xrayfeat.extraction.decoding import decoder_version
+from xrayfeat.extraction.runner import SKIP_HINT, build_model, check_weights, run_batches
+from xrayfeat.extraction.writing import writing_session
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.unreadable import UNREADABLE_FILE, load_unreadable

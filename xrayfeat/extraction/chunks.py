@@ -2,7 +2,7 @@
 
 This process holds each store's write lock throughout, so it is the one
 writer: :func:`run_chunks` sends :class:`ChunkJob`\\ s, each worker runs
-:func:`compute_chunk` (the same :func:`~xrayfeat.features.runner.run_batches`
+:func:`compute_chunk` (the same :func:`~xrayfeat.extraction.runner.run_batches`
 as a single-process extraction) and writes one complete shard per store into
 the store's staging folder, and this process adopts each shard as its task
 finishes. A worker builds each extractor once (:func:`prepare_worker`) and
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from xrayfeat.devices import confirm_device
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.features.config import FeatureConfig, resolve
-from xrayfeat.features.progress import progress_bar
-from xrayfeat.features.runner import build_model, check_weights, run_batches
-from xrayfeat.features.writing import ChunkWriter
+from xrayfeat.extraction.config import FeatureConfig, resolve
+from xrayfeat.extraction.progress import progress_bar
+from xrayfeat.extraction.runner import build_model, check_weights, run_batches
+from xrayfeat.extraction.writing import ChunkWriter
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import fingerprint_id
@@ -44,7 +44,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     """Send ``todo`` to the workers in chunks of ``run.chunk_images``; commit each finished chunk's shards here.
 
     Returns (computed hashes, skipped {hash: reason}, the skipped hashes whose failure belongs to their
-    bytes), as :func:`~xrayfeat.features.runner.run_batches`.
+    bytes), as :func:`~xrayfeat.extraction.runner.run_batches`.
     A chunk whose worker dies is run again elsewhere by the scheduler; its
     half-written file, or a whole shard that was never reported, stays in the
     staging folder and is cleared when the run ends, so no row is stored twice.

@@ -12,7 +12,7 @@ import hashlib
 
 from xrayfeat.backbones import CAFFE_MEAN_BGR, PRECISIONS, BackboneSpec
 from xrayfeat.errors import WeightsError, XrayfeatError
-from xrayfeat.features.weights import WeightsInfo
+from xrayfeat.extraction.weights import WeightsInfo
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from xrayfeat.backbones import get_spec
 from xrayfeat.data import images
 from xrayfeat.devices import gpu_likely, keras_backend_name
-from xrayfeat.features.weights import WeightsInfo, resolve_weights
+from xrayfeat.extraction.weights import WeightsInfo, resolve_weights
 from xrayfeat.options.settings import FeatureOptions
 from xrayfeat.store.fingerprint import OPTIONAL_FIELDS
 

@@ -35,10 +35,10 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
     Arrays: sha256, path, label, split, pooled (N, C), spatial (N, H, W, C);
     a part the store does not keep (``--keep``) is left out of the file. The
     store is the one ``features.keep`` names, else any of the same features
-    (:func:`~xrayfeat.features.selection.store_for`). Missing rows are a
+    (:func:`~xrayfeat.extraction.selection.store_for`). Missing rows are a
     :class:`~xrayfeat.errors.StoreError` naming the extract command to run.
     """
-    from xrayfeat.features.selection import open_store
+    from xrayfeat.extraction.selection import open_store
 
     features.validate()
     store = open_store(features, cache_dir, device)

@@ -1,4 +1,4 @@
-"""Features: from decoded images to rows of the feature store, through a frozen backbone.
+"""Extraction: from decoded images to rows of the feature store, through a frozen backbone.
 
 * :mod:`.weights`: resolving, checking (md5), installing and downloading a backbone's weights
   (:func:`resolve_weights`, :func:`download_weights`, :func:`install_weights`, :class:`WeightsInfo`);
@@ -16,7 +16,7 @@
 * :mod:`.progress`: the progress bar, on a terminal only (:func:`progress_bar`);
 * :mod:`.chunks`: extraction on Dask, chunk jobs sent, computed on workers and committed here
   (:class:`ChunkJob`, :func:`run_chunks`, :func:`compute_chunk`, :func:`prepare_worker`);
-* :mod:`.extraction`: the pipeline joined, dataset → missing rows → store, in this process or on Dask
+* :mod:`.pipeline`: the pipeline joined, dataset → missing rows → store, in this process or on Dask
   (:func:`extract`, :class:`ExtractResult`);
 * :mod:`.selection`: choosing the store a command reads, the one that keeps the parts it needs
   (:func:`store_for`, :func:`open_store`);

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from xrayfeat.errors import StoreError
-from xrayfeat.features.config import resolve
+from xrayfeat.extraction.config import resolve
 from xrayfeat.options.settings import KEEPS, FeatureOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import keep_error, missing_parts, store_dirname

@@ -1,7 +1,7 @@
 """The mapper: decoded images in full device batches through every backbone, rows out to every writer.
 
 The same runner serves the extraction in this process and each chunk on a Dask
-worker (:mod:`xrayfeat.features.chunks`), so both compute rows the same way: a
+worker (:mod:`xrayfeat.extraction.chunks`), so both compute rows the same way: a
 batch is always full (one compiled shape, and rows independent of the batch's
 composition), and each image is decoded once however many backbones read it.
 """
@@ -14,9 +14,9 @@ from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import printable
 from xrayfeat.devices import device_scope
 from xrayfeat.errors import ImageReadError, StoreError
-from xrayfeat.features.config import FeatureConfig
-from xrayfeat.features.decoding import decoded, default_workers
-from xrayfeat.features.progress import progress_bar
+from xrayfeat.extraction.config import FeatureConfig
+from xrayfeat.extraction.decoding import decoded, default_workers
+from xrayfeat.extraction.progress import progress_bar
 from xrayfeat.fileio import file_digest
 from xrayfeat.options.settings import RunOptions
 
@@ -28,7 +28,7 @@ SKIP_HINT = "(or pass --on-error skip to leave such files out)"
 
 def build_model(config: FeatureConfig, device: str):
     """``(compiled extractor, digest of its weights)`` for one feature configuration."""
-    from xrayfeat.features.building import build_extractor, weights_digest
+    from xrayfeat.extraction.building import build_extractor, weights_digest
 
     with device_scope(device):
         model, backbone = build_extractor(
@@ -57,7 +57,7 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
     Returns (computed hashes, skipped {hash: reason}, the skipped hashes whose
     failure belongs to their bytes); a hash that fails once is not decoded again
     from another path with the same bytes. A failure belongs to the bytes when
-    it did not come from the moment (:attr:`~xrayfeat.features.decoding.DecodeFailure.lasting`) and the file
+    it did not come from the moment (:attr:`~xrayfeat.extraction.decoding.DecodeFailure.lasting`) and the file
     still holds the bytes its hash was taken from, so the store may remember it
     (:mod:`xrayfeat.store.unreadable`).
     """
