@@ -3,11 +3,25 @@
 Every error a user can cause (bad data, bad options, missing weights, a damaged
 cache) is an :class:`XrayfeatError`. The CLI prints ``str(error)`` as one line and
 exits with ``error.exit_code``; library users catch the class they care about.
+A message that quotes another exception quotes :func:`first_line` of it.
 """
 
 from __future__ import annotations
 
 import os
+
+
+def first_line(exc: BaseException, *, typed: bool = False) -> str:
+    """An exception as one line for a message: the first non-blank line of its text, stripped.
+
+    An exception with no text gives its type's name. ``typed`` puts the type in
+    front (``"ValueError: bad value"``; ``"ValueError"`` alone when there is no text).
+    """
+    line = next((text.strip() for text in str(exc).splitlines() if text.strip()), "")
+    name = type(exc).__name__
+    if typed:
+        return f"{name}: {line}" if line else name
+    return line or name
 
 
 class XrayfeatError(Exception):

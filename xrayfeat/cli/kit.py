@@ -23,7 +23,7 @@ import warnings
 import click
 from click.core import ParameterSource
 
-from xrayfeat.errors import XrayfeatError
+from xrayfeat.errors import XrayfeatError, first_line
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import Choice, Interval, declaration
@@ -88,8 +88,7 @@ def handle_errors(func):
         except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
             if os.environ.get("XRAYFEAT_DEBUG"):
                 raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(f"xrayfeat: internal error: {type(exc).__name__}: {first} "
+            click.echo(f"xrayfeat: internal error: {first_line(exc, typed=True)} "
                        f"(rerun with XRAYFEAT_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(1)
 

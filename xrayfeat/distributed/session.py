@@ -49,7 +49,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xrayfeat.errors import ClusterError, XrayfeatError
+from xrayfeat.errors import ClusterError, XrayfeatError, first_line
 from xrayfeat.options.parsers import parse_cluster
 
 log = logging.getLogger("xrayfeat")
@@ -106,7 +106,7 @@ class Session:
                 written = self.client.run(write_probe, str(probes), token, on_error="return")
             except Exception as exc:
                 raise ClusterError(f"{folder}: the Dask cluster at {self.scheduler} did not answer the shared-folder "
-                                   f"check ({_reason(exc)}); check that its scheduler and workers are running, then "
+                                   f"check ({first_line(exc, typed=True)}); check that its scheduler and workers are running, then "
                                    f"run the same command again") from None
             if not written:
                 raise ClusterError(f"{folder}: no Dask worker answered the shared-folder check; start workers with "
@@ -189,7 +189,7 @@ class Session:
 
     def _failure(self, exc: Exception, done: int, total: int, what: str) -> ClusterError:
         """One line for a run that failed on the cluster; says what was kept and how to resume."""
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        reason = first_line(exc)
         if not self._scheduler_alive():
             self.close(timeout=2)  # the client would otherwise try to reconnect for its whole timeout at exit
             _SESSIONS.pop(self.address, None)
@@ -235,17 +235,11 @@ def write_probe(folder: str, token: str, dask_worker=None) -> dict:
     return answer
 
 
-def _reason(exc: BaseException) -> str:
-    """``Type: first line`` of an exception, for a one-line message."""
-    first = (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def _check_answer(folder: Path, worker: str, answer) -> None:
     """A worker's answer to the probe is :func:`write_probe`'s; anything else (its exception) is a cluster fault."""
     if isinstance(answer, BaseException):
         raise ClusterError(f"{folder}: Dask worker {worker} crashed or did not answer the shared-folder check "
-                           f"({_reason(answer)}); check the worker (its log, its memory), then run the same command again")
+                           f"({first_line(answer, typed=True)}); check the worker (its log, its memory), then run the same command again")
     if not (isinstance(answer, dict) and isinstance(answer.get("host"), str) and isinstance(answer.get("file"), str)
             and isinstance(answer.get("error"), (str, type(None)))):
         raise ClusterError(f"{folder}: Dask worker {worker} answered the shared-folder check with "
@@ -298,7 +292,7 @@ def session(address: str, *, announce: bool = False) -> Session:
             cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                                dashboard_address=":0", silence_logs=quiet)
         except Exception as exc:
-            raise ClusterError(f"cannot start a local Dask cluster of {value} worker(s) ({_reason(exc)}); run "
+            raise ClusterError(f"cannot start a local Dask cluster of {value} worker(s) ({first_line(exc, typed=True)}); run "
                                f"without --cluster, or with fewer workers") from None
         try:
             client = distributed.Client(cluster, set_as_default=False)
@@ -306,7 +300,7 @@ def session(address: str, *, announce: bool = False) -> Session:
             _close(None, cluster, timeout=2)
             if not isinstance(exc, Exception):
                 raise
-            raise ClusterError(f"cannot connect to the local Dask cluster it started ({_reason(exc)}); run "
+            raise ClusterError(f"cannot connect to the local Dask cluster it started ({first_line(exc, typed=True)}); run "
                                f"without --cluster, or with fewer workers") from None
     else:
         cluster = None

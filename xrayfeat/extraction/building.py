@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 
 from xrayfeat.backbones import CAFFE_MEAN_BGR, PRECISIONS, BackboneSpec
-from xrayfeat.errors import WeightsError, XrayfeatError
+from xrayfeat.errors import WeightsError, XrayfeatError, first_line
 from xrayfeat.extraction.weights import WeightsInfo
 
 
@@ -53,9 +53,8 @@ def build_backbone(spec: BackboneSpec, weights: WeightsInfo, image_size: int | N
         try:
             model.load_weights(weights.path)
         except (ValueError, OSError, KeyError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise WeightsError(
-                f"{weights.path}: cannot be loaded into {spec.name} ({reason}); "
+                f"{weights.path}: cannot be loaded into {spec.name} ({first_line(exc)}); "
                 f"pass a no-top weight file made for {spec.name}"
             ) from None
     model.trainable = False

@@ -18,6 +18,8 @@ import inspect
 import itertools
 import math
 
+from xrayfeat.errors import first_line
+
 __all__ = ["CPU_STEP_COMPILER_OPTIONS", "fit", "missing_internals"]
 
 # Given to XLA for the jax training step only, on a CPU: without it XLA copies the 52 MB Dense
@@ -109,8 +111,7 @@ def _layout_problem(model, name: str, *, optimizer: bool, batch) -> str | None:
 
 def _one_line(exc: Exception, limit: int = 200) -> str:
     """An exception as one short line, for the one-line notice ``train_head`` logs."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = first_line(exc, typed=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

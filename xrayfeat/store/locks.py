@@ -19,7 +19,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from xrayfeat.errors import StoreError
+from xrayfeat.errors import StoreError, first_line
 
 __all__ = ["READ_ONLY", "flock", "write_failure", "writing"]
 
@@ -30,7 +30,7 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 def write_failure(exc: OSError, where: Path) -> StoreError:
     """One line for an OS error while changing a store: the file, the reason, the fix."""
-    reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [type(exc).__name__])[0]
+    reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
     if exc.errno in _FULL:
         fix = "free disk space (or raise the file size limit), then re-run"
     elif exc.errno in READ_ONLY:

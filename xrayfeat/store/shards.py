@@ -61,7 +61,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from xrayfeat.errors import StoreError
+from xrayfeat.errors import StoreError, first_line
 from xrayfeat.fileio import TEMP_GLOB, atomic_path
 
 __all__ = [
@@ -103,10 +103,6 @@ def damaged(path: Path, reason: str) -> StoreError:
         f"{path}: {reason}; the shard is damaged: run `xrayfeat cache gc --cache-dir {cache_dir}` "
         f"(it keeps the sound rows), then re-run `xrayfeat extract` to recompute the rest"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------------- writing
@@ -239,7 +235,7 @@ def _open(path: Path, fingerprint_id: str | None = None):
     try:
         f = h5py.File(path, "r")
     except _HDF5_ERRORS as exc:
-        raise damaged(path, f"unreadable ({_first_line(exc)})") from None
+        raise damaged(path, f"unreadable ({first_line(exc)})") from None
     try:
         if f.attrs.get("format") != FORMAT:
             raise damaged(path, "written by an older xrayfeat without row checksums, so it cannot be checked")
@@ -249,7 +245,7 @@ def _open(path: Path, fingerprint_id: str | None = None):
                                 f"(copied from another store?)")
         yield f
     except _HDF5_ERRORS as exc:
-        raise damaged(path, f"unreadable ({_first_line(exc)})") from None
+        raise damaged(path, f"unreadable ({first_line(exc)})") from None
     finally:
         with contextlib.suppress(*_HDF5_ERRORS):
             f.close()
@@ -349,7 +345,7 @@ class ShardReader:
             block = _take(self.file[part], rows)
             stored = self.file[f"{part}_digest"][rows]
         except _HDF5_ERRORS as exc:
-            raise damaged(self.path, f"unreadable {part} rows ({_first_line(exc)})") from None
+            raise damaged(self.path, f"unreadable {part} rows ({first_line(exc)})") from None
         bad = np.nonzero(np.any(row_digests(keys, block) != stored, axis=1))[0]
         if len(bad):
             raise damaged(self.path, f"{part} of row {int(rows[bad[0]])} does not match its checksum"
@@ -361,7 +357,7 @@ class ShardReader:
         try:
             return self.file["sha256"][rows]
         except _HDF5_ERRORS as exc:
-            raise damaged(self.path, f"unreadable keys ({_first_line(exc)})") from None
+            raise damaged(self.path, f"unreadable keys ({first_line(exc)})") from None
 
     def close(self) -> None:
         self._context.__exit__(None, None, None)
