@@ -96,6 +96,7 @@ from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_path
 from xrayfeat.options.constraints import AnyOf, Constant, Interval, declaration, validate_params
 from xrayfeat.options.settings import METHODS, EmbedOptions
+from xrayfeat.provenance import library_versions
 
 __all__ = [
     "METHODS",
@@ -542,17 +543,9 @@ def _labels_key(labels: np.ndarray, k: int) -> str:
 
 def _versions(method: str, params: dict) -> dict:
     """Provenance only: library versions are not in the cache key (an upgrade does not invalidate a map)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     names = ["scikit-learn", "umap-learn" if method == "umap" else params.get("implementation")]
-    out = {"xrayfeat": __version__, "embed_version": EMBED_VERSION}
-    for name in names:
-        if name and name != "sklearn":
-            try:
-                out[name] = version(name)
-            except PackageNotFoundError:
-                out[name] = None
-    return out
+    libraries = library_versions([name for name in names if name and name != "sklearn"], keep_missing=True)
+    return {"xrayfeat": __version__, "embed_version": EMBED_VERSION, **libraries}
 
 
 def _load(path: Path, key: str, n: int):

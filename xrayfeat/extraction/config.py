@@ -7,7 +7,6 @@ never import the deep-learning framework.
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 
 from xrayfeat.backbones import get_spec
@@ -15,6 +14,7 @@ from xrayfeat.data import images
 from xrayfeat.devices import gpu_likely, keras_backend_name
 from xrayfeat.extraction.weights import WeightsInfo, resolve_weights
 from xrayfeat.options.settings import FeatureOptions
+from xrayfeat.provenance import library_versions
 from xrayfeat.store.fingerprint import OPTIONAL_FIELDS
 
 __all__ = ["FeatureConfig", "resolve"]
@@ -55,7 +55,7 @@ def resolve(options: FeatureOptions, device: str = "auto", *, gpu: bool | None =
         "layer": spec.layer(options.layer),
         "precision": precision,
         "store_dtype": options.store_dtype,
-        "keras": importlib.metadata.version("keras"),
+        "keras": library_versions(("keras",), keep_missing=True)["keras"],
         "backend": keras_backend_name(),
     }
     if options.keep != OPTIONAL_FIELDS["keep"]:

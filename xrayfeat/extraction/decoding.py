@@ -11,7 +11,6 @@ store remembers the files that do not under it (:mod:`xrayfeat.store.unreadable`
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,7 @@ import numpy as np
 
 from xrayfeat.data import images
 from xrayfeat.errors import ImageReadError
+from xrayfeat.provenance import library_versions
 
 __all__ = ["DecodeFailure", "decoded", "decoder_version", "default_workers"]
 
@@ -47,12 +47,7 @@ def decoder_version() -> str:
     upgrading Pillow, installing a DICOM decoder or raising
     ``XRAYFEAT_MAX_PIXELS``). Reads package metadata only: no decoder is imported.
     """
-    versions = []
-    for name in _DECODER_PACKAGES:
-        try:
-            versions.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    versions = [f"{name} {version}" for name, version in library_versions(_DECODER_PACKAGES).items()]
     limit = os.environ.get(images.MAX_PIXELS_ENV, "").strip() or str(images.DEFAULT_MAX_PIXELS)
     return "; ".join([images.DECODE_VERSION, *versions, f"max pixels {limit}"])
 

@@ -54,13 +54,13 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write
+from xrayfeat.provenance import utc_timestamp
 from xrayfeat.report.document import (
     Figure,
     Figures,
@@ -1002,7 +1002,7 @@ def _document(runs: list[_Run], out: Path) -> tuple[list, int]:
     summary = (f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {len(groups)} task"
                f"{'s' if len(groups) != 1 else ''}; {n_warn} distinct warning{'s' if n_warn != 1 else ''}"
                + (f"; {n_ext} external evaluation{'s' if n_ext != 1 else ''}" if n_ext else "") + ". "
-               f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by xrayfeat {__version__}.")
+               f"Generated {utc_timestamp('%Y-%m-%d %H:%M UTC')} by xrayfeat {__version__}.")
     contents: list = [[Span("Comparison", "link", "comparison")]]
     if n_ext:
         contents.append([Span("External validation", "link", "external")])

@@ -50,6 +50,7 @@ from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec
 from xrayfeat.extraction.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError
 from xrayfeat.fileio import file_digest, fsync_dir, write_json
+from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
 
@@ -350,7 +351,7 @@ def _describe(run, facts: dict, format: str, sha256: dict, n_bytes: int, params:
     config = record.path / "config.json"
     return {
         "xrayfeat": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
         "format": format,
         "model": FORMATS[format],
         "sha256": sha256,

@@ -19,7 +19,6 @@ per-class figures are then undefined).
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from xrayfeat.data.datasets import Dataset, discover, printable
 from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
+from xrayfeat.provenance import utc_timestamp
 from xrayfeat.runs.prediction import run_cache_dir, score
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
@@ -201,7 +201,7 @@ def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded:
         key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
         record.artifacts[key] = artifact
     record.external[name] = {
-        "data": str(dataset.root), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": str(dataset.root), "created": utc_timestamp(),
         "n": len(dataset), "excluded": excluded, "classes": list(dataset.classes),
         "warnings": [{"kind": w.kind, "message": w.message} for w in found], "skipped_files": list(skipped),
     }

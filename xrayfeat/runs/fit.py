@@ -60,6 +60,7 @@ from xrayfeat.extraction.selection import store_for
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
+from xrayfeat.provenance import library_versions, utc_timestamp
 from xrayfeat.store.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.store.feature_store import FeatureStore
@@ -423,16 +424,8 @@ def _timings(split: _Split, trained, baselines_seconds: float, started: float) -
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("keras", "tensorflow-cpu", "tensorflow", "jax", "torch", "numpy", "scikit-learn", "h5py"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    out["keras_backend"] = keras_backend_name()
-    return out
+    libraries = library_versions(("keras", "tensorflow-cpu", "tensorflow", "jax", "torch", "numpy", "scikit-learn", "h5py"))
+    return {"python": platform.python_version(), **libraries, "keras_backend": keras_backend_name()}
 
 
 def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
@@ -495,7 +488,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
         log.warning("%s", warning.message)
 
     record = runs.RunRecord(
-        xrayfeat=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), data=str(dataset.root),
+        xrayfeat=__version__, created=utc_timestamp(), data=str(dataset.root),
         task=folder.task_name(dataset.classes), classes=list(dataset.classes),
         counts={"train": len(fit_idx), "val": len(val_idx), "test": len(split.test), "skipped": split.extraction.skipped},
         skipped_files=list(split.extraction.skipped_files),

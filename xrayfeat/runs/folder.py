@@ -19,6 +19,7 @@ from pathlib import Path
 
 from xrayfeat.errors import RunError
 from xrayfeat.fileio import atomic_write, fsync_dir
+from xrayfeat.provenance import utc_timestamp
 
 
 #: The file fit-head creates first in a run folder and removes last (after ``config.json``): see the module docstring.
@@ -27,7 +28,7 @@ MARKER = "INCOMPLETE"
 
 def default_run_name(task: str, backbone: str) -> str:
     """``<task>-<backbone>-<UTC time>``, e.g. ``4class-inception_v3-20261126-071502``."""
-    return f"{task}-{backbone}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return f"{task}-{backbone}-{utc_timestamp('%Y%m%d-%H%M%S')}"
 
 
 def task_name(classes) -> str:
@@ -94,7 +95,7 @@ def _claim(path: Path, created: bool) -> None:
     filesystem has no hard links, :func:`_create_exclusive` makes the claim.
     """
     info = {"command": "fit-head", "pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "process": _process_token(os.getpid()),
+            "started": utc_timestamp(), "process": _process_token(os.getpid()),
             "created": created}
     content = (json.dumps(info) + "\n").encode()
     staged = path / f".{MARKER}.{uuid.uuid4().hex[:12]}"

@@ -63,6 +63,7 @@ import numpy as np
 from xrayfeat import __version__
 from xrayfeat.errors import StoreError
 from xrayfeat.fileio import atomic_write, fsync_dir
+from xrayfeat.provenance import utc_timestamp
 from xrayfeat.store import shards
 from xrayfeat.store.fingerprint import (
     FLOAT16_TINY,
@@ -303,7 +304,7 @@ class FeatureStore:
             "fingerprint_id": self.fingerprint_id,
             "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
             "xrayfeat_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": utc_timestamp(),
             "random_weights": bool(self.random_weights),
             **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in provenance.items()},
         }

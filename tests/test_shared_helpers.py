@@ -1,0 +1,42 @@
+"""The small helpers several modules share, each written once: an exception's first line, UTC timestamps,
+library versions for provenance."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from xrayfeat.errors import StoreError, first_line
+from xrayfeat.provenance import ISO_UTC, library_versions, utc_timestamp
+
+
+@pytest.mark.parametrize("exc, plain, typed", [
+    (ValueError("bad value\nTraceback detail"), "bad value", "ValueError: bad value"),
+    (OSError("  \n  disk gone  \nmore"), "disk gone", "OSError: disk gone"),
+    (KeyError(), "KeyError", "KeyError"),
+    (RuntimeError(""), "RuntimeError", "RuntimeError"),
+    (StoreError("x.h5: damaged"), "x.h5: damaged", "StoreError: x.h5: damaged"),
+])
+def test_first_line_is_one_line_never_empty(exc, plain, typed):
+    assert first_line(exc) == plain
+    assert first_line(exc, typed=True) == typed
+
+
+def test_utc_timestamp_is_iso_utc_by_default_and_takes_a_format():
+    before = time.gmtime()
+    stamp = utc_timestamp()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+    assert time.strptime(stamp, ISO_UTC).tm_year == before.tm_year
+    assert re.fullmatch(r"\d{8}-\d{6}", utc_timestamp("%Y%m%d-%H%M%S"))
+    assert utc_timestamp("%Y-%m-%d %H:%M UTC").endswith(" UTC")
+
+
+def test_library_versions_reads_metadata_and_leaves_out_or_marks_what_is_missing():
+    import numpy
+
+    found = library_versions(("numpy", "no-such-distribution-xrayfeat"))
+    assert found == {"numpy": numpy.__version__}
+    kept = library_versions(["no-such-distribution-xrayfeat", "numpy"], keep_missing=True)
+    assert list(kept) == ["no-such-distribution-xrayfeat", "numpy"] and kept["no-such-distribution-xrayfeat"] is None
