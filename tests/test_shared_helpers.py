@@ -1,5 +1,5 @@
 """The small helpers several modules share, each written once: an exception's first line, UTC timestamps,
-library versions for provenance."""
+library versions for provenance, the steady epoch time."""
 
 from __future__ import annotations
 
@@ -40,3 +40,12 @@ def test_library_versions_reads_metadata_and_leaves_out_or_marks_what_is_missing
     assert found == {"numpy": numpy.__version__}
     kept = library_versions(["no-such-distribution-xrayfeat", "numpy"], keep_missing=True)
     assert list(kept) == ["no-such-distribution-xrayfeat", "numpy"] and kept["no-such-distribution-xrayfeat"] is None
+
+
+@pytest.mark.parametrize("epochs, steady", [([], None), ([3.0], 3.0), ([5.0, 1.0, 2.0], 1.5), ([9.0, 1.0, 2.0, 3.0, 4.0], 2.5)])
+def test_steady_epoch_seconds_leaves_the_compiling_first_epoch_out(epochs, steady):
+    from xrayfeat.models.head import _step_from_epochs, steady_epoch_seconds
+
+    assert steady_epoch_seconds(epochs) == steady
+    step = _step_from_epochs(epochs, 2)
+    assert step == steady / 2 if steady is not None else step != step  # nan without epochs

@@ -27,6 +27,7 @@ __all__ = [
     "load_head",
     "output_units",
     "resolve_jit_compile",
+    "steady_epoch_seconds",
     "train_head",
 ]
 
@@ -699,12 +700,18 @@ def training_device() -> str:
     return "cpu"
 
 
-def _step_from_epochs(epoch_seconds: list, steps: int) -> float:
-    """Seconds per step from epoch times: the median epoch after the first (compiling) one, over its steps."""
+def steady_epoch_seconds(epoch_seconds) -> float | None:
+    """The median epoch time after the first (which holds tracing and compilation); the only one's; None for none."""
     import statistics
 
-    later = epoch_seconds[1:] or epoch_seconds
-    return float(statistics.median(later) / steps) if later else float("nan")
+    later = list(epoch_seconds[1:] or epoch_seconds)
+    return float(statistics.median(later)) if later else None
+
+
+def _step_from_epochs(epoch_seconds: list, steps: int) -> float:
+    """Seconds per step from epoch times: the steady epoch time (:func:`steady_epoch_seconds`) over its steps."""
+    epoch = steady_epoch_seconds(epoch_seconds)
+    return float(epoch / steps) if epoch is not None else float("nan")
 
 
 @dataclass

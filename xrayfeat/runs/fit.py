@@ -59,6 +59,7 @@ from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json
+from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.provenance import library_versions, utc_timestamp
 from xrayfeat.store.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
@@ -415,7 +416,7 @@ def _timings(split: _Split, trained, baselines_seconds: float, started: float) -
         "head_seconds": round(trained.seconds, 3),
         "head_process_seconds": round(trained.process_seconds, 3),  # with the child's start-up and saving
         # steady state: the first epoch holds graph tracing/compilation, reported apart
-        "seconds_per_epoch": round(float(np.median(epochs[1:] or epochs)), 4) if epochs else None,
+        "seconds_per_epoch": round(steady_epoch_seconds(epochs), 4) if epochs else None,
         "first_epoch_seconds": round(epochs[0], 4) if epochs else None,
         "seconds_per_step": trained.step_seconds,
         "baselines_seconds": round(baselines_seconds, 3),
