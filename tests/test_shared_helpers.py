@@ -49,3 +49,28 @@ def test_steady_epoch_seconds_leaves_the_compiling_first_epoch_out(epochs, stead
     assert steady_epoch_seconds(epochs) == steady
     step = _step_from_epochs(epochs, 2)
     assert step == steady / 2 if steady is not None else step != step  # nan without epochs
+
+
+class _Device:
+    def __init__(self, platform):
+        self.platform = platform
+
+
+@pytest.mark.parametrize("platform, device", [("cpu", "cpu"), ("gpu", "gpu")])
+def test_backend_device_asks_jax_for_its_default_device(monkeypatch, platform, device):
+    import jax
+    import keras
+
+    from xrayfeat import devices
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax, "devices", lambda *a, **k: [_Device(platform)])
+    assert devices.backend_device() == device
+    assert devices.gpu_available() is (device == "gpu")
+
+
+def test_backend_device_is_what_gpu_available_says():
+    from xrayfeat import devices
+
+    assert devices.backend_device() in ("cpu", "gpu")
+    assert devices.gpu_available() is (devices.backend_device() == "gpu")

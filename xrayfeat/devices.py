@@ -2,8 +2,9 @@
 
 :func:`keras_backend_name` and :func:`gpu_likely` never import the framework,
 so they can decide things (the store's fingerprint, ``--device auto``) before
-anything heavy is loaded; :func:`gpu_available`, :func:`confirm_device` and
-:func:`device_scope` import Keras and ask the backend itself.
+anything heavy is loaded; :func:`backend_device` (the one per-backend check),
+:func:`gpu_available`, :func:`confirm_device` and :func:`device_scope` import
+Keras and ask the backend itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from xrayfeat.errors import DeviceError
 
-__all__ = ["confirm_device", "device_scope", "gpu_available", "gpu_likely", "keras_backend_name"]
+__all__ = ["backend_device", "confirm_device", "device_scope", "gpu_available", "gpu_likely", "keras_backend_name"]
 
 
 def keras_backend_name() -> str:
@@ -36,24 +37,33 @@ def gpu_likely() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
 
 
-def gpu_available() -> bool:
-    """Whether the active Keras backend sees a GPU (imports the framework)."""
+def backend_device() -> str:
+    """``"gpu"`` or ``"cpu"``: where the active Keras backend computes, asked of the backend (imports the framework).
+
+    TensorFlow: a physical GPU is listed (the runtime is not started); jax: its
+    default device is not the CPU; torch: CUDA is available.
+    """
     import keras
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
     if backend == "jax":
         import jax
 
-        return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
+        return "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
     if backend == "torch":
         import torch
 
-        return bool(torch.cuda.is_available())
-    return False
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU (:func:`backend_device`; imports the framework)."""
+    return backend_device() == "gpu"
 
 
 def confirm_device(requested: str) -> str:

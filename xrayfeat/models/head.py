@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from xrayfeat.devices import backend_device
 from xrayfeat.models import head_jax as heads_jax
 from xrayfeat.options.settings import HeadOptions
 from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, declaration, validate_params
@@ -675,29 +676,9 @@ def _result(model, history: dict, timing, *, tail, steps: int, step_timing: bool
             **settings,
             "step_seconds_from": "timed steps" if step_timing else "median epoch / steps (validation included)",
             "backend": keras.backend.backend(),
-            "device": training_device(),
+            "device": backend_device(),
         },
     )
-
-
-def training_device() -> str:
-    """``"gpu"`` or ``"cpu"``: where this process' Keras backend runs its computations."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-    if backend == "torch":
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "cpu"
 
 
 def steady_epoch_seconds(epoch_seconds) -> float | None:

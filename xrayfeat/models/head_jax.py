@@ -18,6 +18,7 @@ import inspect
 import itertools
 import math
 
+from xrayfeat.devices import backend_device
 from xrayfeat.errors import first_line
 
 __all__ = ["CPU_STEP_COMPILER_OPTIONS", "fit", "missing_internals"]
@@ -147,7 +148,7 @@ def fit(model, batches, *, epochs: int, steps: int, validation: dict, callbacks:
     batches = itertools.chain([first], batches)
     model._symbolic_build(data_batch=first)  # builds the optimizer and the compiled metrics, as fit does
     train_step = jax.jit(model.train_step, donate_argnums=0)
-    if jax.devices()[0].platform == "cpu":
+    if backend_device() == "cpu":
         shapes = _jax_state(model, optimizer=True)  # lowering reads shapes only; nothing is donated
         train_step = train_step.lower(shapes, first).compile(compiler_options=CPU_STEP_COMPILER_OPTIONS)
     test_step = jax.jit(model.test_step, donate_argnums=0)
