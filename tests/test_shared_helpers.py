@@ -74,3 +74,19 @@ def test_backend_device_is_what_gpu_available_says():
 
     assert devices.backend_device() in ("cpu", "gpu")
     assert devices.gpu_available() is (devices.backend_device() == "gpu")
+
+
+def test_an_extraction_keeps_the_images_it_did_not_leave_out(tmp_path):
+    from xrayfeat.data.datasets import Dataset, Item
+    from xrayfeat.extraction.pipeline import ExtractResult
+
+    items = tuple(Item(path=tmp_path / f"{i}.png", relpath=f"{i}.png", label="ab"[i % 2], split="train",
+                       patient_id=None, source=None, sha256=f"{i:064x}", nbytes=1) for i in range(4))
+    dataset = Dataset(root=tmp_path, items=items, classes=("a", "b"), layout="folders")
+    result = ExtractResult(store="s", images=4, extracted=3, reused=0, seconds=0.0, images_per_s=0.0,
+                           skipped_reasons={str(tmp_path / "2.png"): "cannot decode", str(tmp_path / "x.png"): "empty"})
+    kept = result.kept(dataset)
+    assert kept.hashes == [items[0].sha256, items[1].sha256, items[3].sha256]
+    assert (kept.root, kept.classes, kept.layout) == (dataset.root, dataset.classes, dataset.layout)
+    clean = ExtractResult(store="s", images=4, extracted=4, reused=0, seconds=0.0, images_per_s=0.0)
+    assert clean.kept(dataset) is dataset

@@ -130,8 +130,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     features = store_for(features, run.cache_dir, (part,), f"features(part={part!r})", run.device)
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     [result] = _extract(dataset, features, run)
-    skipped = result.skipped_paths
-    items = [item for item in dataset.items if str(item.path) not in skipped]
+    items = result.kept(dataset).items
     X = FeatureStore.at(result.store).read([i.sha256 for i in items], (part,))[part].astype(np.float32)
     index = {c: i for i, c in enumerate(dataset.classes)}
     y = np.array([index[i.label] for i in items], dtype=np.int64)

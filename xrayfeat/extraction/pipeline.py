@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from xrayfeat.data.datasets import printable
+from xrayfeat.data.datasets import Dataset, printable
 from xrayfeat.devices import confirm_device
 from xrayfeat.errors import DatasetError, ImageReadError, XrayfeatError
 from xrayfeat.extraction.chunks import run_chunks
@@ -76,6 +76,19 @@ class ExtractResult:
     def skipped_paths(self) -> set[str]:
         """The absolute paths of the files left out, as ``str(item.path)`` gives them."""
         return set(self.skipped_reasons)
+
+    def kept(self, dataset: Dataset) -> Dataset:
+        """``dataset`` without the images this extraction left out: those with a row to read, in order.
+
+        Every reader of an extraction's rows (fit-head, embed, ``xf.features``,
+        predict and evaluate) reads ``kept(dataset).hashes``, so an image left out
+        by ``on_error="skip"`` is never asked of the store. ``dataset`` itself when
+        none of its images were left out.
+        """
+        skipped = self.skipped_paths
+        if not any(str(item.path) in skipped for item in dataset.items):
+            return dataset
+        return replace(dataset, items=tuple(item for item in dataset.items if str(item.path) not in skipped))
 
     def as_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("store", "images", "extracted", "reused", "skipped", "seconds", "images_per_s")}

@@ -204,10 +204,10 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split
     [extraction] = extract(dataset, features, run)
     seconds = time.perf_counter() - t
     store = FeatureStore.at(extraction.store)
-    skipped = extraction.skipped_paths
-    items = [item for item in dataset.items if str(item.path) not in skipped]
-    if skipped:  # a class whose images were all left out no longer makes an honest task
-        check_task(Dataset(root=dataset.root, items=items, classes=dataset.classes, layout=dataset.layout))
+    kept = extraction.kept(dataset)
+    items = list(kept.items)
+    if extraction.skipped:  # a class whose images were all left out no longer makes an honest task
+        check_task(kept)
     train = [item for item in items if item.split in ("train", "val")]
     test = [item for item in items if item.split == "test"]
     class_index = {c: i for i, c in enumerate(dataset.classes)}

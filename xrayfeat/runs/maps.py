@@ -7,7 +7,7 @@ Features come from the store (extracting what it lacks first); the map itself is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfeat.data.datasets import Dataset
@@ -79,9 +79,8 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     features = store_for(features, run.cache_dir, (part,), purpose, run.device)
     [extraction] = extract(dataset, features, run)
     store = FeatureStore.at(extraction.store)
+    dataset = extraction.kept(dataset)
     if extraction.skipped:
-        skipped = extraction.skipped_paths
-        dataset = replace(dataset, items=tuple(item for item in dataset.items if str(item.path) not in skipped))
         log.warning("%d of %d images left out of the map (they cannot be read; see the lines above)",
                     extraction.skipped, extraction.images)
     if head is not None:
