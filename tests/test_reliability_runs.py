@@ -452,3 +452,25 @@ def test_evaluate_in_the_cli_is_the_same_call(payload_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["n"] == 6 and [line.split(": ", 1)[0] for line in result["skipped_files"]] == [str(broken)]
+
+
+def test_evaluate_skips_a_found_file_that_cannot_be_decoded_as_fit_head_does(payload_run, tmp_path):
+    from xrayfeat.errors import ImageReadError
+
+    copy = copy_run(payload_run, tmp_path)
+    site, broken, cache = _external_site(payload_run, tmp_path)
+    broken.unlink()
+    corrupt = site / IMG / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # found as a PNG, then not decodable
+    run = load_run(copy)
+    with pytest.raises(ImageReadError, match=re.escape(str(corrupt))):  # on_error="fail", the default
+        run.evaluate(site, name="site_b", cache_dir=cache)
+    result = run.evaluate(site, name="site_b", cache_dir=cache, on_error="skip")
+    assert result.n == 6 and [line.split(": ", 1)[0] for line in result.skipped_files] == [str(corrupt)]
+    recorded = load_run(copy).record.external["site_b"]
+    assert recorded["n"] == 6 and recorded["skipped_files"] == result.skipped_files
+    predictions = (copy / "external" / "site_b" / "predictions.csv").read_text()
+    assert "corrupt.png" not in predictions and len(predictions.strip().splitlines()) == 1 + 6
+    proc = run_cli("evaluate", copy, site, "--name", "site_c", "--cache-dir", cache, "--on-error", "skip", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(": ", 1)[0] for line in json.loads(proc.stdout)["skipped_files"]] == [str(corrupt)]

@@ -8,7 +8,7 @@
   head, baselines, metrics, figures, record;
 * :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);
 * :mod:`.loaded`: a finished run to use from Python (:func:`load_run` → :class:`Run`);
-* :mod:`.prediction`: new images through a run (:func:`predict`);
+* :mod:`.prediction`: new images through a run (:func:`predict`; every model on a set of images: :func:`score_images`);
 * :mod:`.external`: a run scored on another site's data, recorded under ``external/<name>/``;
 * :mod:`.explanation`: Grad-CAM overlays from cached maps (:func:`explain`);
 * :mod:`.export`: a run as one portable Keras model, preprocessing included (:func:`export_run`).

@@ -32,7 +32,7 @@ from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
 from xrayfeat.provenance import utc_timestamp
-from xrayfeat.runs.prediction import run_cache_dir, score
+from xrayfeat.runs.prediction import run_cache_dir, score_images
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
 
@@ -105,8 +105,9 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     (``cache_dir``, default the folder holding the run's store, where the
     features are computed too), and files that cannot be images stopping the
     call (``on_error="fail"``) or left out and listed (``"skip"``); or a
-    :class:`~xrayfeat.data.datasets.Dataset` already discovered (``on_error``
-    then changes nothing). The result is recorded under ``RUN/external/<name>/``
+    :class:`~xrayfeat.data.datasets.Dataset` already discovered. Files found but
+    not decodable are met at extraction and handled by ``on_error`` the same
+    way (as fit-head does). The result is recorded under ``RUN/external/<name>/``
     and in the run record, re-read first (another evaluate may have added to
     it). Re-evaluating under an existing name replaces that result.
     """
@@ -126,8 +127,11 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     found = _check_classes(run, dataset)
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap
-    scored = score(run, dataset, cache_dir=folder, device=device, batch_size=batch_size,
-                   workers=workers, cluster=cluster, progress=progress)
+    scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
+                          cluster=cluster, progress=progress, on_error=on_error)
+    if scored.skipped_files:  # files found but not decodable, left out as discovery leaves out the rest
+        skipped = sorted([*skipped, *scored.skipped_files])
+        dataset = scored.dataset
     index = {c: k for k, c in enumerate(run.classes)}
     y = np.array([index[item.label] for item in dataset.items])
     thresholds, rule = run_thresholds(run.metrics)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat.errors import XrayfeatError
+from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
@@ -46,13 +46,18 @@ class ReproduceError(XrayfeatError):
 
 @dataclass
 class Scored:
-    """Every model's class probabilities for a set of images (rows in the dataset's order)."""
+    """Every model's class probabilities for a set of images (rows in the dataset's order).
+
+    ``dataset`` holds the images scored: those given, less any left out at
+    decoding by ``on_error="skip"``, which ``skipped_files`` lists ("path: reason").
+    """
 
     dataset: object
     probabilities: dict  # model name -> (n, K)
     extracted: int
     reused: int
     store: str
+    skipped_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -107,13 +112,15 @@ def run_cache_dir(run, cache_dir=None) -> Path:
     return folder
 
 
-def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
-          workers: int | None = None, cluster: str | None = None, progress: bool = False,
-          models=None) -> Scored:
+def score_images(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
+                 workers: int | None = None, cluster: str | None = None, progress: bool = False,
+                 on_error: str = "fail", models=None) -> Scored:
     """Every model of ``run`` (head and saved baselines, or ``models``) on every image of ``dataset``.
 
     Checks first (sha256 of each model file, weights, fingerprint), then
-    extracts what the cache lacks, then predicts.
+    extracts what the cache lacks, then predicts. An image that cannot be
+    decoded stops the call (``on_error="fail"``) or is left out of the result
+    and listed in its ``skipped_files`` (``"skip"``), as fit-head does.
     """
     names = ["head", *run.record.baseline_names] if models is None else list(models)
     unknown = [m for m in names if m != "head" and m not in run.record.baseline_names]
@@ -124,7 +131,10 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
     loaded = {name: (run.head_arrays() or run.head()) if name == "head" else run.baseline(name) for name in names}
     need = model_parts(run, names)
     result, store = run_features(run, dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                                 workers=workers, cluster=cluster, progress=progress, need=need)
+                                 workers=workers, cluster=cluster, progress=progress, on_error=on_error, need=need)
+    dataset = result.kept(dataset)
+    if result.skipped and not len(dataset):
+        raise DatasetError(f"{dataset.root}: every image was left out (none can be decoded; see the lines above)")
     parts = store.read(dataset.hashes, need)
     n_classes = len(run.classes)
     probabilities = {}
@@ -137,7 +147,7 @@ def score(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int
         else:
             probabilities[name] = columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
     return Scored(dataset=dataset, probabilities=probabilities, extracted=result.extracted, reused=result.reused,
-                  store=str(store.path))
+                  store=str(store.path), skipped_files=result.skipped_files)
 
 
 def model_parts(run, names) -> tuple[str, ...]:
@@ -160,19 +170,21 @@ def gather_inputs(run, inputs, cache_dir=None):
 
 
 def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,
-                 workers: int | None = None, cluster: str | None = None, progress: bool = False, need=(),
-                 purpose: str = "predict"):
+                 workers: int | None = None, cluster: str | None = None, progress: bool = False,
+                 on_error: str = "fail", need=(), purpose: str = "predict"):
     """(extraction result, store) of the run's own features for ``dataset``, computed where the cache lacks them.
 
     The store is one that keeps the parts ``need`` (:func:`~xrayfeat.extraction.pipeline.store_for`;
     ``purpose`` names the command in its error). Refuses first, in one line,
-    features this installation cannot reproduce.
+    features this installation cannot reproduce. ``on_error`` is
+    :class:`~xrayfeat.options.settings.RunOptions`' (images left out by ``"skip"``
+    have no row: read ``result.kept(dataset)``).
     """
     folder = run_cache_dir(run, cache_dir)
     options = store_for(run_feature_options(run), folder, need, purpose, device)
     check_reproducible(run, options, device)
     run_options = RunOptions(device=device, batch_size=batch_size, workers=workers, cache_dir=folder,
-                             progress=progress, cluster=cluster)
+                             progress=progress, cluster=cluster, on_error=on_error)
     [result] = extract(dataset, options, run_options)
     return result, FeatureStore.at(result.store)
 
@@ -200,7 +212,7 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
     ``out``: a CSV to write (atomically), or None.
     """
     dataset, folder = gather_inputs(run, inputs, cache_dir)
-    scored = score(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
+    scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                    cluster=cluster, progress=progress, models=models)
     table = predictions_table(scored, run.classes)
     if out is not None:
