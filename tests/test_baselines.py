@@ -64,7 +64,7 @@ def _pixels(y: np.ndarray, seed: int = 0) -> np.ndarray:
 def four_class():
     X_tr, y_tr, X_te, y_te = _pooled(4, 200, 120)
     P_tr, P_te = _pixels(y_tr, seed=1), _pixels(y_te, seed=2)
-    fitted = fit_baselines(BASELINES, pooled_train=X_tr, pixels_train=P_tr, y_train=y_tr, seed=0)
+    fitted, _ = fit_baselines(BASELINES, pooled_train=X_tr, pixels_train=P_tr, y_train=y_tr, seed=0)
     return fitted, X_te, P_te, y_te
 
 
@@ -72,7 +72,7 @@ def four_class():
 def binary():
     X_tr, y_tr, X_te, y_te = _pooled(2, 80, 40, seed=3)
     P_tr, P_te = _pixels(y_tr, seed=4), _pixels(y_te, seed=5)
-    fitted = fit_baselines(BASELINES, pooled_train=X_tr, pixels_train=P_tr, y_train=y_tr, seed=0)
+    fitted, _ = fit_baselines(BASELINES, pooled_train=X_tr, pixels_train=P_tr, y_train=y_tr, seed=0)
     return fitted, X_te, P_te, y_te
 
 
@@ -287,8 +287,21 @@ def test_fit_baselines_missing_array():
     assert str(info.value) == "The 'pixels' baseline needs pixels_train (32x32 grayscale pixels (n, 32, 32)); got None."
     with pytest.raises(XrayfeatError, match="'svm' baseline needs pooled_train"):
         fit_baselines(["svm"], pixels_train=np.zeros((40, 32, 32)), y_train=y)
-    assert fit_baselines((), y_train=y) == {}
-    assert fit_baselines("none", y_train=y) == {}  # the CLI text is accepted too
+    assert fit_baselines((), y_train=y) == ({}, [])
+    assert fit_baselines("none", y_train=y) == ({}, [])  # the CLI text is accepted too
+
+
+def test_fit_baselines_samples_only_under_a_budget():
+    X, y, _, _ = _pooled(2, 40, 0)
+    whole, none_drawn = fit_baselines(("logreg",), pooled_train=X, y_train=y, seed=0)
+    assert none_drawn == [] and whole["logreg"].summary()["n_search_samples"] == len(y)
+    roomy, none_drawn = fit_baselines(("logreg",), X.nbytes * 8, pooled_train=X, y_train=y, seed=0)
+    assert none_drawn == []
+    np.testing.assert_array_equal(roomy["logreg"].predict_proba(X), whole["logreg"].predict_proba(X))
+    budget = 8 * X.shape[1] * 20  # 20 rows as float64
+    sampled, [drawn] = fit_baselines(("logreg",), budget, pooled_train=X, y_train=y, seed=0)
+    assert (drawn.names, drawn.rows, drawn.of, drawn.budget_bytes) == (("logreg",), 20, len(y), budget)
+    assert sampled["logreg"].summary()["n_search_samples"] == 20
 
 
 def test_fit_baseline_rejects_bad_input():

@@ -222,18 +222,18 @@ def test_a_bad_cluster_value_exits_2_before_any_work(tmp_path, data):
 
 
 def test_baselines_grid_searches_on_dask_choose_and_predict_as_on_local_cores():
-    from xrayfeat.models.baselines import fit_baselines_within
+    from xrayfeat.models.baselines import fit_baselines
     from xrayfeat.distributed.session import close_sessions, joblib_backend, session
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 30)
     pooled = (rng.normal(size=(60, 12)) + y[:, None] * 0.8).astype(np.float32)
     fit = dict(pooled_train=pooled, pixels_train=None, y_train=y, groups=None, seed=0, class_weight="none")
-    local, _ = fit_baselines_within(("logreg",), 1 << 30, n_jobs=1, **fit)
+    local, _ = fit_baselines(("logreg",), 1 << 30, n_jobs=1, **fit)
     live = session("local:2")
     try:
         with joblib_backend(live):
-            on_dask, _ = fit_baselines_within(("logreg",), 1 << 30, n_jobs=-1, **fit)
+            on_dask, _ = fit_baselines(("logreg",), 1 << 30, n_jobs=-1, **fit)
         tasks = live.client.run(lambda dask_worker: dask_worker.state.executed_count)
     finally:
         close_sessions()

@@ -53,7 +53,6 @@ REQUIRED = {
     "xrayfeat.models.baselines.make_search": {"name": "logreg", "n_features": 1, "n_samples": 1, "cv": None},
     "xrayfeat.models.baselines.fit_baseline": {"name": "logreg", "X_train": None, "y_train": None},
     "xrayfeat.models.baselines.fit_baselines": {"names": (), "y_train": None},
-    "xrayfeat.models.baselines.fit_baselines_within": {"names": (), "budget_bytes": 1, "y_train": None},
     "xrayfeat.models.baselines.save_baseline": {"path": None},
     "xrayfeat.models.head.build_head": {"input_shape": None, "n_classes": 2},
     "xrayfeat.models.head.resolve_jit_compile": {},

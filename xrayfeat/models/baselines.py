@@ -88,7 +88,7 @@ Cross-validation
 Memory
     A baseline is fitted on its whole training matrix as float64. When that
     matrix would exceed the memory budget (``--memory-budget``),
-    :func:`fit_baselines_within` fits the baselines reading it on a stratified
+    :func:`fit_baselines` (given ``budget_bytes``) fits the baselines reading it on a stratified
     random sample of the rows that fits (:func:`sample_rows`, seeded; every
     class keeps at least 2 rows, so it can still be cross-validated) and says
     so (:class:`Subsample`: a log line here, a run warning in fit-head); the
@@ -143,7 +143,6 @@ __all__ = [
     "cv_splitter",
     "fit_baseline",
     "fit_baselines",
-    "fit_baselines_within",
     "predict_rows",
     "sample_rows",
     "Subsample",
@@ -574,36 +573,6 @@ def _calibrate_svm(estimator: Pipeline, y: np.ndarray, cv: Any, n_jobs: int | No
 _NAMES = Names(BASELINES, none=True)
 
 
-@validate_params({"names": _NAMES, **_OPTIONS})
-def fit_baselines(
-    names: Iterable[str],
-    *,
-    pooled_train: Any = None,
-    pixels_train: Any = None,
-    y_train: Any,
-    groups: Any = None,
-    seed: int = 0,
-    n_jobs: int | None = None,
-    class_weight: str = "none",
-) -> dict[str, FittedBaseline]:
-    """Fit each named baseline on its input; ``names`` may also be the CLI text (see :func:`parse_baselines`).
-
-    ``logreg`` and ``svm`` read ``pooled_train`` ``(n, C)``; ``pixels`` reads
-    ``pixels_train`` ``(n, 32, 32)`` uint8 (flattened here). Every requested
-    baseline's input is checked before anything is fitted, so a missing array
-    fails at once, not after minutes of fitting. ``class_weight="balanced"``
-    weights the classes of every baseline (see the module docstring).
-    """
-    names = _NAMES.parse(names)
-    arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
-    inputs = {name: _as_matrix(arrays[_INPUTS[name]], name, _INPUTS[name]) for name in names}
-    return {
-        name: fit_baseline(name, inputs[name], y_train, groups=groups, seed=seed, n_jobs=n_jobs,
-                           class_weight=class_weight)
-        for name in dict.fromkeys(names)
-    }
-
-
 def _present_inputs(names: tuple[str, ...], arrays: Mapping[str, Any]) -> Mapping[str, Any]:
     """``arrays`` once every input a named baseline reads is there; one line naming the first that is not."""
     for name in names:
@@ -659,10 +628,10 @@ def sample_rows(y: Any, n_features: int, budget_bytes: int, seed: int = 0, *,
                                    for label, k in zip(labels, take)]))
 
 
-@validate_params({"names": _NAMES, "budget_bytes": _COUNT, **_OPTIONS})
-def fit_baselines_within(
+@validate_params({"names": _NAMES, "budget_bytes": {"check": _COUNT, "none": True}, **_OPTIONS})
+def fit_baselines(
     names: Iterable[str] | str,
-    budget_bytes: int,
+    budget_bytes: int | None = None,
     *,
     pooled_train: Any = None,
     pixels_train: Any = None,
@@ -672,12 +641,20 @@ def fit_baselines_within(
     n_jobs: int | None = None,
     class_weight: str = "none",
 ) -> tuple[dict[str, FittedBaseline], list[Subsample]]:
-    """:func:`fit_baselines` with each input's training matrix kept within ``budget_bytes``.
+    """Fit each named baseline on its input, within ``budget_bytes``; ``names`` may be the CLI text (:func:`parse_baselines`).
 
-    The baselines reading one input (``pooled_train``, an array or a
-    :class:`~xrayfeat.store.rows.StoreRows`; ``pixels_train``) are fitted on all its
-    rows when their float64 matrix fits, else on the rows :func:`sample_rows`
-    draws; each sample is logged and returned as a :class:`Subsample`.
+    ``logreg`` and ``svm`` read ``pooled_train`` ``(n, C)`` (an array or a
+    :class:`~xrayfeat.store.rows.StoreRows`); ``pixels`` reads ``pixels_train``
+    ``(n, 32, 32)`` uint8 (flattened here). Every requested baseline's input is
+    checked to be there before anything is fitted, so a missing array fails at
+    once, not after minutes of fitting. ``class_weight="balanced"`` weights the
+    classes of every baseline (see the module docstring).
+
+    The baselines reading one input are fitted on all its rows when
+    ``budget_bytes`` is None or their float64 matrix fits it, else on the rows
+    :func:`sample_rows` draws; each sample is logged and returned as a
+    :class:`Subsample`. Returns (``{name: FittedBaseline}`` in the order of
+    ``names``, the samples drawn).
     """
     names = _NAMES.parse(names)
     arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
@@ -685,16 +662,21 @@ def fit_baselines_within(
     fitted, samples = {}, []
     for param in dict.fromkeys(_INPUTS[name] for name in names):
         group = tuple(name for name in names if _INPUTS[name] == param)
-        source, n_features = arrays[param], int(np.prod(arrays[param].shape[1:]))
-        rows = sample_rows(y, n_features, budget_bytes, seed, names=group)
+        source = arrays[param]
+        rows = None
+        if budget_bytes is not None:
+            n_features = int(np.prod(source.shape[1:]))
+            rows = sample_rows(y, n_features, budget_bytes, seed, names=group)
         if rows is None:
             x, y_fit, g = source[:], y, groups
         else:
             x, y_fit, g = source[rows], y[rows], None if groups is None else groups[rows]
             samples.append(Subsample(group, len(rows), len(y), _MATRIX_ITEMSIZE * n_features * len(y), int(budget_bytes)))
             logger.info("%s", samples[-1].message)
-        fitted.update(fit_baselines(group, **{param: x}, y_train=y_fit, groups=g, seed=seed, n_jobs=n_jobs,
-                                    class_weight=class_weight))
+        matrix = _as_matrix(x, group[0], param)  # one float64 matrix for the baselines that share it
+        for name in group:
+            fitted[name] = fit_baseline(name, matrix, y_fit, groups=g, seed=seed, n_jobs=n_jobs,
+                                        class_weight=class_weight)
     return {name: fitted[name] for name in names}, samples
 
 

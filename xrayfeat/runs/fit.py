@@ -332,12 +332,12 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     so every model's threshold is chosen on images it never trained on. A
     training matrix larger than what ``memory`` (:func:`_hold`'s record)
     leaves them (:func:`_baselines_budget`) is sampled (see
-    :func:`~xrayfeat.models.baselines.fit_baselines_within`), and each sample
+    :func:`~xrayfeat.models.baselines.fit_baselines`), and each sample
     becomes a ``subsample`` warning. ``memory["baselines_budget_bytes"]`` is
     set to the bytes they were given. Returns (test probabilities, validation
     probabilities, artifacts, summaries, warnings).
     """
-    from xrayfeat.models.baselines import columns_for, fit_baselines_within, predict_rows, read_pixels, save_baseline
+    from xrayfeat.models.baselines import columns_for, fit_baselines, predict_rows, read_pixels, save_baseline
     from xrayfeat.distributed.session import joblib_backend, session
 
     if not head.baselines:
@@ -351,7 +351,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     memory["baselines_budget_bytes"] = budget_bytes
     live = session(cluster) if cluster else None
     with joblib_backend(live):
-        fitted, samples = fit_baselines_within(
+        fitted, samples = fit_baselines(
             head.baselines, budget_bytes,
             pooled_train=None if pooled is None else take(pooled, fit_idx),
             pixels_train=pixels_train[fit_idx] if needs_pixels else None,
