@@ -1,4 +1,5 @@
-"""Benchmark ``embed_cached`` per method: seconds, CPU seconds and peak memory, against a time budget.
+"""Benchmark ``embed_features`` per method (given an ``out_path``, as ``xrayfeat embed`` calls it): seconds,
+CPU seconds and peak memory, against a time budget.
 
 Synthetic "backbone features": four Gaussian clusters in a random 20-d subspace
 of a ``--dim``-dimensional space, plus isotropic noise, passed through a ReLU
@@ -74,8 +75,8 @@ def _child(args) -> dict:
         extra = {"neighbors": "exact", "layout_s": time.perf_counter() - wall}
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            r = E.embed_cached(x, y, os.path.join(tmp, "map.png"), method=method, seed=args.seed,
-                               n_jobs=args.n_jobs, classes=["a", "b", "c", "d"])
+            r = E.embed_features(x, y, os.path.join(tmp, "map.png"), method=method, seed=args.seed,
+                                 n_jobs=args.n_jobs, classes=["a", "b", "c", "d"])
             with np.load(r.coords_path) as npz:
                 layout_s = float(npz["compute_seconds"])
         extra = {"neighbors": r.params.get("neighbors", "exact"), "layout_s": layout_s,

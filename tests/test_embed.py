@@ -36,10 +36,10 @@ def data():
 @pytest.fixture(scope="module")
 def embedded(data):
     x, _ = data
-    return {m: E.embed(x, method=m, seed=0, n_jobs=1) for m in E.METHODS}
+    return {m: E.embed_features(x, method=m, seed=0, n_jobs=1).coords for m in E.METHODS}
 
 
-# --------------------------------------------------------------------------- embed
+# --------------------------------------------------------------------------- embed_features (computed only)
 
 
 @pytest.mark.parametrize("method", E.METHODS)
@@ -54,19 +54,19 @@ def test_coordinates_are_finite_float32_pairs(embedded, method):
 @pytest.mark.parametrize("method", E.METHODS)
 def test_same_seed_gives_bitwise_same_coordinates(data, embedded, method):
     # Holds for UMAP too because it is seeded (single-threaded layout) and gets exact neighbours.
-    again = E.embed(data[0], method=method, seed=0, n_jobs=1)
+    again = E.embed_features(data[0], method=method, seed=0, n_jobs=1).coords
     np.testing.assert_array_equal(again, embedded[method])
 
 
 def test_tsne_does_not_depend_on_n_jobs():
     x, _ = clusters(n=40, d=64, seed=3)  # goes through PCA (to 39 dims)
-    one = E.embed(x, method="tsne", n_jobs=1)
-    two = E.embed(x, method="tsne", n_jobs=2)
+    one = E.embed_features(x, method="tsne", n_jobs=1).coords
+    two = E.embed_features(x, method="tsne", n_jobs=2).coords
     np.testing.assert_array_equal(one, two)
 
 
 def test_other_seed_gives_other_umap_layout(data, embedded):
-    other = E.embed(data[0], method="umap", seed=1, n_jobs=1)
+    other = E.embed_features(data[0], method="umap", seed=1, n_jobs=1).coords
     assert not np.array_equal(other, embedded["umap"])
 
 
@@ -77,7 +77,7 @@ def test_without_opentsne_tsne_falls_back_to_sklearn_and_says_how_to_install(mon
     with pytest.warns(RuntimeWarning, match=r"pip install 'openTSNE>=1\.0'"):
         assert E.tsne_implementation() == "sklearn"
     x, y = clusters(n=40, d=64)
-    coords = E.embed(x, method="tsne", n_jobs=1)
+    coords = E.embed_features(x, method="tsne", n_jobs=1).coords
     assert coords.shape == (40, 2) and coords.dtype == np.float32
     assert E.neighbourhood_scores(x, coords, y, k=5)["knn_agreement_2d"] > 0.95
     assert E._key_params("tsne", 0, 50, 30.0, 15, 0.1, 40)["implementation"] == "sklearn"  # so the cache key changes
@@ -132,7 +132,7 @@ def test_agreement_on_sampled_queries_past_the_plot_limit_leaves_each_query_out(
 def test_tiny_sets_are_embedded_with_adjusted_parameters(method, caplog):
     x, _ = clusters(n=E.MIN_POINTS, d=10, k=2, seed=2)
     with caplog.at_level(logging.WARNING, logger="xrayfeat.analysis.maps"):
-        coords = E.embed(x, method=method, n_jobs=1)
+        coords = E.embed_features(x, method=method, n_jobs=1).coords
     assert coords.shape == (E.MIN_POINTS, 2) and np.isfinite(coords).all()
     word = "perplexity" if method == "tsne" else "n_neighbors"
     assert any(word in r.getMessage() and "too large" in r.getMessage() for r in caplog.records)
@@ -140,7 +140,7 @@ def test_tiny_sets_are_embedded_with_adjusted_parameters(method, caplog):
 
 def test_too_few_points_is_a_clear_error():
     with pytest.raises(XrayfeatError, match=f"at least {E.MIN_POINTS} images"):
-        E.embed(np.ones((E.MIN_POINTS - 1, 8), np.float32))
+        E.embed_features(np.ones((E.MIN_POINTS - 1, 8), np.float32))
 
 
 def test_pca_components_are_capped_by_n_and_d():
@@ -155,7 +155,7 @@ def test_pca_components_are_capped_by_n_and_d():
 @pytest.mark.parametrize("bad", ["pca", "TSNE", None, 3])
 def test_unknown_method_names_parameter_allowed_values_and_input(bad):
     with pytest.raises(XrayfeatError) as info:
-        E.embed(np.ones((10, 4), np.float32), method=bad)
+        E.embed_features(np.ones((10, 4), np.float32), method=bad)
     msg = str(info.value)
     assert "'method'" in msg and "'tsne'" in msg and "'umap'" in msg and repr(bad) in msg
 
@@ -170,7 +170,7 @@ def test_unknown_method_names_parameter_allowed_values_and_input(bad):
 ])
 def test_bad_parameters_are_named(kwargs, name):
     with pytest.raises(XrayfeatError, match=f"'{name}'"):
-        E.embed(np.ones((10, 4), np.float32), **kwargs)
+        E.embed_features(np.ones((10, 4), np.float32), **kwargs)
 
 
 @pytest.mark.parametrize("features, match", [
@@ -180,7 +180,7 @@ def test_bad_parameters_are_named(kwargs, name):
 ])
 def test_bad_features_are_refused(features, match):
     with pytest.raises(XrayfeatError, match=match):
-        E.embed(features)
+        E.embed_features(features)
 
 
 # --------------------------------------------------------------------------- caching
@@ -223,14 +223,14 @@ def layout_calls(monkeypatch):
     return calls
 
 
-def test_embed_cached_reuses_then_recomputes_on_any_relevant_change(tmp_path, data, layout_calls):
+def test_embed_features_reuses_then_recomputes_on_any_relevant_change(tmp_path, data, layout_calls):
     x, y = data
     out = tmp_path / "emb.png"
-    first = E.embed_cached(x, y, out, method="tsne", seed=0, plot=False)
+    first = E.embed_features(x, y, out, method="tsne", seed=0, plot=False)
     assert not first.reused and len(layout_calls) == 1
     assert first.coords_path == tmp_path / "emb.coords.npz" and first.coords_path.is_file()
 
-    again = E.embed_cached(x, y, out, method="tsne", seed=0, plot=False, min_dist=0.5, n_jobs=1, title="new")
+    again = E.embed_features(x, y, out, method="tsne", seed=0, plot=False, min_dist=0.5, n_jobs=1, title="new")
     assert again.reused and len(layout_calls) == 1  # min_dist, n_jobs and title do not affect t-SNE
     np.testing.assert_array_equal(again.coords, first.coords)
     assert again.scores == first.scores and again.key == first.key
@@ -242,20 +242,20 @@ def test_embed_cached_reuses_then_recomputes_on_any_relevant_change(tmp_path, da
         args = {"method": "tsne", "seed": 0, **kwargs}
         feats = args.pop("features", x)
         before = len(layout_calls)
-        r = E.embed_cached(feats, y, out, plot=False, **args)
+        r = E.embed_features(feats, y, out, plot=False, **args)
         assert not r.reused and len(layout_calls) == before + 1, kwargs
-        r2 = E.embed_cached(feats, y, out, plot=False, **args)
+        r2 = E.embed_features(feats, y, out, plot=False, **args)
         assert r2.reused and len(layout_calls) == before + 1, kwargs
 
-    forced = E.embed_cached(changed_features, y, out, plot=False, reuse=False)
+    forced = E.embed_features(changed_features, y, out, plot=False, reuse=False)
     assert not forced.reused
 
 
-def test_embed_cached_writes_plot_and_npz(tmp_path, data, layout_calls):
+def test_embed_features_writes_plot_and_npz(tmp_path, data, layout_calls):
     x, y = data
     out = tmp_path / "figs" / "embedding_umap.png"
     splits = np.where(np.arange(N) % 5 == 0, "test", "train")
-    r = E.embed_cached(x, y, out, method="umap", seed=0, classes=["a", "b", "c", "d"], splits=splits,
+    r = E.embed_features(x, y, out, method="umap", seed=0, classes=["a", "b", "c", "d"], splits=splits,
                        title="clusters")
     assert r.plot_path == out and out.is_file() and out.stat().st_size > 2000
     with np.load(r.coords_path, allow_pickle=False) as npz:
@@ -269,9 +269,9 @@ def test_embed_cached_writes_plot_and_npz(tmp_path, data, layout_calls):
 def test_changed_labels_reuse_coordinates_but_rescore(tmp_path, data, layout_calls):
     x, y = data
     out = tmp_path / "emb.png"
-    first = E.embed_cached(x, y, out, plot=False)
+    first = E.embed_features(x, y, out, plot=False)
     shuffled = np.random.default_rng(0).permutation(y)
-    second = E.embed_cached(x, shuffled, out, plot=False)
+    second = E.embed_features(x, shuffled, out, plot=False)
     assert second.reused and len(layout_calls) == 1
     assert second.scores["knn_agreement_2d"] < first.scores["knn_agreement_2d"] - 0.3
 
@@ -279,29 +279,50 @@ def test_changed_labels_reuse_coordinates_but_rescore(tmp_path, data, layout_cal
 def test_damaged_cache_file_is_recomputed(tmp_path, data, layout_calls, caplog):
     x, y = data
     out = tmp_path / "emb.png"
-    E.embed_cached(x, y, out, plot=False)
+    E.embed_features(x, y, out, plot=False)
     E.coords_path_for(out).write_bytes(b"not an npz")
     with caplog.at_level(logging.WARNING, logger="xrayfeat.analysis.maps"):
-        r = E.embed_cached(x, y, out, plot=False)
+        r = E.embed_features(x, y, out, plot=False)
     assert not r.reused and len(layout_calls) == 2
     assert any("unreadable" in rec.getMessage() for rec in caplog.records)
-    assert E.embed_cached(x, y, out, plot=False).reused
+    assert E.embed_features(x, y, out, plot=False).reused
 
 
-def test_embed_cached_checks_method_before_any_work(tmp_path, data, layout_calls):
+def test_embed_features_checks_method_before_any_work(tmp_path, data, layout_calls):
     x, y = data
     with pytest.raises(XrayfeatError, match="'method'.*'tsne', 'umap'.*'pca'"):
-        E.embed_cached(x, y, tmp_path / "e.png", method="pca")
+        E.embed_features(x, y, tmp_path / "e.png", method="pca")
     assert not layout_calls and not list(tmp_path.iterdir())
 
 
-def test_embed_cached_for_real_then_reused(tmp_path, data):
+def test_without_out_path_nothing_is_written_and_labels_only_add_scores(tmp_path, data, layout_calls, monkeypatch):
+    x, y = data
+    monkeypatch.chdir(tmp_path)
+    bare = E.embed_features(x, method="umap", seed=0)
+    assert bare.scores is None and bare.coords_path is None and bare.plot_path is None and bare.key is None
+    assert not bare.reused and bare.plotted == 0 and bare.coords.shape == (N, 2) and len(layout_calls) == 1
+    scored = E.embed_features(x, y, method="umap", seed=0, k=5)
+    np.testing.assert_array_equal(scored.coords, bare.coords)
+    assert scored.scores == E.neighbourhood_scores(x, bare.coords, y, k=5) and scored.coords_path is None
+    assert len(layout_calls) == 2 and list(tmp_path.iterdir()) == []  # computed each time, never cached or drawn
+    cached = E.embed_features(x, y, tmp_path / "e.png", method="umap", seed=0, plot=False)
+    np.testing.assert_array_equal(cached.coords, bare.coords)
+    assert cached.params == bare.params and cached.coords_path.is_file()
+
+
+def test_out_path_without_labels_is_refused_before_any_work(tmp_path, data, layout_calls):
+    with pytest.raises(XrayfeatError, match="'out_path' needs 'labels'"):
+        E.embed_features(data[0], out_path=tmp_path / "e.png")
+    assert not layout_calls and not list(tmp_path.iterdir())
+
+
+def test_embed_features_for_real_then_reused(tmp_path, data):
     x, y = data
     out = tmp_path / "umap.png"
-    first = E.embed_cached(x, y, out, method="umap", n_jobs=1, classes=list("abcd"), title="real")
+    first = E.embed_features(x, y, out, method="umap", n_jobs=1, classes=list("abcd"), title="real")
     assert not first.reused and first.plot_path.is_file()
     assert first.scores["knn_agreement_2d"] > 0.95
-    second = E.embed_cached(x, y, out, method="umap", n_jobs=1, classes=list("abcd"))
+    second = E.embed_features(x, y, out, method="umap", n_jobs=1, classes=list("abcd"))
     assert second.reused
     np.testing.assert_array_equal(second.coords, first.coords)
     assert second.scores == first.scores
@@ -343,8 +364,8 @@ def test_approximate_tsne_uses_annoy_on_fixed_threads_fft_and_is_reproducible(mo
     monkeypatch.setattr(openTSNE, "TSNE", short_tsne)
     monkeypatch.setitem(E.EXACT_NEIGHBOURS_MAX, "tsne", 99)
     x, _ = clusters(n=100)
-    one = E.embed(x, method="tsne", n_jobs=1)
-    two = E.embed(x, method="tsne", n_jobs=2)
+    one = E.embed_features(x, method="tsne", n_jobs=1).coords
+    two = E.embed_features(x, method="tsne", n_jobs=2).coords
     np.testing.assert_array_equal(one, two)
     assert [(c["method"], c["n_jobs"]) for c in affinity_calls] == [("annoy", E._APPROX_SEARCH_THREADS)] * 2
     assert [(c["negative_gradient_method"], c["n_jobs"]) for c in tsne_calls] == [("fft", 1), ("fft", 2)]
@@ -368,7 +389,7 @@ def test_approximate_umap_leaves_the_search_to_seeded_nndescent(monkeypatch):
     monkeypatch.setattr(umap, "UMAP", FakeUMAP)
     monkeypatch.setattr(E, "_exact_knn", no_exact)
     monkeypatch.setitem(E.EXACT_NEIGHBOURS_MAX, "umap", 99)
-    E.embed(clusters(n=100)[0], method="umap", seed=3)
+    E.embed_features(clusters(n=100)[0], method="umap", seed=3)
     [kwargs] = made
     assert "precomputed_knn" not in kwargs and kwargs["random_state"] == 3 and kwargs["n_jobs"] == 1
 
@@ -376,10 +397,10 @@ def test_approximate_umap_leaves_the_search_to_seeded_nndescent(monkeypatch):
 def test_approximate_neighbours_change_the_cache_key_and_are_shown(tmp_path, data, layout_calls, monkeypatch):
     x, y = data
     out = tmp_path / "emb.png"
-    exact = E.embed_cached(x, y, out, plot=False)
+    exact = E.embed_features(x, y, out, plot=False)
     assert "neighbors" not in exact.params
     monkeypatch.setitem(E.EXACT_NEIGHBOURS_MAX, "tsne", N - 1)
-    approx = E.embed_cached(x, y, out, plot=False)
+    approx = E.embed_features(x, y, out, plot=False)
     assert approx.params["neighbors"] == "annoy" and approx.key != exact.key
     assert not approx.reused and len(layout_calls) == 2
     assert "approximate neighbours (annoy)" in E._subtitle("tsne", approx.params, approx.scores)
@@ -415,7 +436,7 @@ def test_large_map_draws_a_stratified_subsample_says_so_and_keeps_all_coordinate
     monkeypatch.setattr(E, "PLOT_MAX_POINTS", 60)
     splits = np.where(np.arange(N) % 4 == 0, "test", "train")
     with caplog.at_level(logging.WARNING, logger="xrayfeat.analysis.maps"):
-        r = E.embed_cached(x, y, tmp_path / "emb.png", classes=list("abcd"), splits=splits)
+        r = E.embed_features(x, y, tmp_path / "emb.png", classes=list("abcd"), splits=splits)
     [(coords, labels, kwargs)] = drawn
     assert r.plotted == 60 and len(coords) == 60 and r.plot_path.is_file()
     assert np.bincount(labels).tolist() == [15, 15, 15, 15]  # 50 of each class in 200

@@ -46,8 +46,7 @@ MODULES = ("xrayfeat.analysis.maps", "xrayfeat.models.baselines", "xrayfeat.mode
 #: (None where the decorator refuses before anything reads it).
 REQUIRED = {
     "xrayfeat.analysis.maps.neighbour_method": {"method": "tsne", "n": 10},
-    "xrayfeat.analysis.maps.embed": {"features": None},
-    "xrayfeat.analysis.maps.embed_cached": {"features": None, "labels": None, "out_path": None},
+    "xrayfeat.analysis.maps.embed_features": {"features": None},
     "xrayfeat.analysis.maps.neighbourhood_scores": {"features": None, "coords": None, "labels": None},
     "xrayfeat.analysis.maps.stratified_subsample": {"labels": None, "size": 1},
     "xrayfeat.models.baselines.make_search": {"name": "logreg", "n_features": 1, "n_samples": 1, "cv": None},
@@ -173,13 +172,13 @@ def test_a_declaration_is_reused_with_the_dataclass_s_sentence():
     with pytest.raises(OptionError) as from_function:
         _toy("resnet")
     assert str(from_function.value) == str(from_field.value).replace("of FeatureOptions", "of _toy")
-    from xrayfeat.analysis.maps import embed
+    from xrayfeat.analysis.maps import embed_features
 
     with pytest.raises(OptionError) as from_field:
         EmbedOptions(method="pca").validate()
     with pytest.raises(OptionError) as from_function:
-        embed(None, method="pca")
-    assert str(from_function.value) == str(from_field.value).replace("of EmbedOptions", "of embed")
+        embed_features(None, method="pca")
+    assert str(from_function.value) == str(from_field.value).replace("of EmbedOptions", "of embed_features")
 
 
 def test_positional_keyword_default_and_none_arguments():

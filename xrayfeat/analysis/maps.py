@@ -1,12 +1,12 @@
 """Two-dimensional maps of cached features: PCA, then t-SNE or UMAP, and how faithful the map is.
 
 What it does
-    :func:`embed` turns an ``(n, d)`` feature matrix (pooled backbone features,
-    or a trained head's penultimate layer) into ``(n, 2)`` float32 coordinates:
-    centre, PCA to at most ``pca_components`` dimensions, then t-SNE or UMAP.
-    :func:`neighbourhood_scores` says how much of the structure survived.
-    :func:`embed_cached` is what the CLI calls: it embeds, scores, draws the
-    scatter plot and keeps the coordinates beside the image as
+    :func:`embed_features` turns an ``(n, d)`` feature matrix (pooled backbone
+    features, or a trained head's penultimate layer) into ``(n, 2)`` float32
+    coordinates: centre, PCA to at most ``pca_components`` dimensions, then
+    t-SNE or UMAP. With labels it says how much of the class structure survived
+    (:func:`neighbourhood_scores`). Given an ``out_path`` (what the CLI does) it
+    also draws the scatter plot and keeps the coordinates beside the image as
     ``<out>.coords.npz``, reusing them when asked again with the same inputs.
 
 Why these choices
@@ -105,8 +105,7 @@ __all__ = [
     "EXACT_NEIGHBOURS_MAX",
     "PLOT_MAX_POINTS",
     "EmbedResult",
-    "embed",
-    "embed_cached",
+    "embed_features",
     "neighbourhood_scores",
     "neighbour_method",
     "stratified_subsample",
@@ -119,7 +118,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The embedding methods :func:`embed` accepts.
+#: The embedding methods :func:`embed_features` accepts.
 
 #: Bumped whenever a change here changes the coordinates for the same inputs; part of every cache key.
 EMBED_VERSION = 1
@@ -149,7 +148,7 @@ _warned_no_opentsne = False
 
 # --------------------------------------------------------------------------- validation
 
-#: The declared constraints of the map parameters, shared by :func:`embed`, :func:`embed_cached` and the scores.
+#: The declared constraints of the map parameters, shared by :func:`embed_features` and the scores.
 _METHOD = declaration(EmbedOptions, "method")
 _SEED = declaration(EmbedOptions, "seed")
 _PCA_COMPONENTS = {"check": Interval(2, None, integer=True), "none": True}
@@ -220,7 +219,7 @@ def tsne_implementation() -> str:
 
 @validate_params({"method": _METHOD})
 def neighbour_method(method: str, n: int, implementation: str | None = None) -> str:
-    """How :func:`embed` finds the neighbours of ``n`` points: ``"exact"``, ``"annoy"`` or ``"nndescent"``.
+    """How :func:`embed_features` finds the neighbours of ``n`` points: ``"exact"``, ``"annoy"`` or ``"nndescent"``.
 
     Exact up to :data:`EXACT_NEIGHBOURS_MAX` ``[method]`` points; beyond,
     openTSNE's Annoy search for t-SNE and UMAP's own NN-descent. scikit-learn's
@@ -343,44 +342,6 @@ def _layout(z: np.ndarray, *, method: str, seed: int, perplexity: float, n_neigh
 # --------------------------------------------------------------------------- public: embed
 
 
-@validate_params(_LAYOUT)
-def embed(
-    features,
-    *,
-    method: str = "tsne",
-    seed: int = 0,
-    pca_components: int | None = 50,
-    perplexity: float = 30.0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    n_jobs: int | None = None,
-) -> np.ndarray:
-    """2-D coordinates, ``(n, 2)`` float32, for an ``(n, d)`` feature matrix.
-
-    Centres the features, reduces them by PCA to ``min(pca_components, n - 1, d)``
-    dimensions (``None`` skips the PCA), then lays them out with t-SNE
-    (``perplexity``) or UMAP (``n_neighbors``, ``min_dist``), on exact nearest
-    neighbours up to :data:`EXACT_NEIGHBOURS_MAX` points and approximate ones
-    beyond (:func:`neighbour_method`). The same inputs and
-    ``seed`` give bitwise the same coordinates on the same machine, whatever
-    ``n_jobs``: the threads for t-SNE and the exact neighbour search (``None``: every
-    core this process may use; a seeded UMAP layout is single-threaded
-    regardless; PCA uses BLAS's own threads). For small ``n`` a too-large ``perplexity``
-    or ``n_neighbors`` is lowered and the change logged; fewer than
-    :data:`MIN_POINTS` points is an error.
-
-    Raises :class:`~xrayfeat.options.constraints.OptionError` (a ``ValueError``
-    and an :class:`~xrayfeat.errors.XrayfeatError`) for an unknown ``method`` or
-    an out-of-range parameter (:data:`_LAYOUT`, the declared constraints), and
-    :class:`~xrayfeat.errors.XrayfeatError` for features that are not a finite 2-D array.
-    """
-    x = _as_features(features)
-    jobs = _resolve_n_jobs(n_jobs)
-    z = _reduce(x, pca_components, seed)
-    return _layout(z, method=method, seed=seed, perplexity=perplexity, n_neighbors=n_neighbors,
-                   min_dist=min_dist, n_jobs=jobs)
-
-
 # --------------------------------------------------------------------------- public: scores
 
 
@@ -440,7 +401,7 @@ def neighbourhood_scores(features, coords, labels, *, k: int = 10, pca_component
     * ``knn_agreement_2d`` -- for each point, the fraction of its ``k`` nearest
       neighbours in the map that share its class, averaged over points.
     * ``knn_agreement_features`` -- the same in feature space, after the same PCA
-      as :func:`embed` (same ``pca_components`` and ``seed``). Compare the two:
+      as :func:`embed_features` (same ``pca_components`` and ``seed``). Compare the two:
       the map should not invent class structure the features lack.
     * ``chance_agreement`` -- what both would be with labels shuffled
       (``sum_c n_c (n_c - 1) / (n (n - 1))``), e.g. 0.25 for four balanced classes.
@@ -489,31 +450,33 @@ def cache_key(features_digest: str, method: str, params: dict) -> str:
 
 
 def coords_path_for(out_path) -> Path:
-    """Where :func:`embed_cached` keeps the coordinates for the image ``out_path``: ``emb.png`` -> ``emb.coords.npz``."""
+    """Where :func:`embed_features` keeps the coordinates for the image ``out_path``: ``emb.png`` -> ``emb.coords.npz``."""
     return Path(os.fspath(out_path)).with_suffix(".coords.npz")
 
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """What :func:`embed_cached` did.
+    """What :func:`embed_features` did.
 
-    ``coords`` (n, 2) float32; ``scores`` as :func:`neighbourhood_scores`;
-    ``reused`` whether the coordinates came from ``coords_path``; ``seconds``
-    the wall time of the call; ``plot_path`` the PNG (``None`` when not drawn);
-    ``key`` the cache key; ``params`` the parameters in the key (method-specific,
-    including ``seed``, for t-SNE the ``implementation``, and ``neighbors``
-    when they are approximate); ``plotted`` how many points the PNG shows
-    (fewer than ``len(coords)`` past :data:`PLOT_MAX_POINTS`; 0 when not drawn).
+    ``coords`` (n, 2) float32; ``scores`` as :func:`neighbourhood_scores`
+    (``None`` without labels); ``reused`` whether the coordinates came from
+    ``coords_path``; ``seconds`` the wall time of the call; ``coords_path`` the
+    coordinates file and ``key`` its cache key (``None`` when nothing is cached:
+    no ``out_path``); ``plot_path`` the PNG (``None`` when not drawn);
+    ``params`` the parameters in the key (method-specific, including ``seed``,
+    for t-SNE the ``implementation``, and ``neighbors`` when they are
+    approximate); ``plotted`` how many points the PNG shows (fewer than
+    ``len(coords)`` past :data:`PLOT_MAX_POINTS`; 0 when not drawn).
     """
 
     coords: np.ndarray
-    scores: dict
+    scores: dict | None
     reused: bool
     seconds: float
-    coords_path: Path
+    coords_path: Path | None
     plot_path: Path | None
     method: str
-    key: str
+    key: str | None
     params: dict
     plotted: int = 0
 
@@ -645,10 +608,10 @@ def _plot(coords, labels, classes, splits, out_path, *, title: str, subtitle: st
 
 
 @validate_params({**_LAYOUT, "k": _K})
-def embed_cached(
+def embed_features(
     features,
-    labels,
-    out_path,
+    labels=None,
+    out_path=None,
     *,
     method: str = "tsne",
     seed: int = 0,
@@ -664,11 +627,28 @@ def embed_cached(
     min_dist: float = 0.1,
     n_jobs: int | None = None,
 ) -> EmbedResult:
-    """Embed, score and plot, keeping the coordinates beside the image for next time.
+    """2-D coordinates for an ``(n, d)`` feature matrix; with ``labels`` scored, with ``out_path`` cached and drawn.
 
-    ``labels`` are class indices into ``classes`` (default ``"0"``, ``"1"``, ...),
-    as :attr:`xrayfeat.data.datasets.Dataset.labels`; ``splits`` (optional) one split
-    name per row, drawn as marker shapes. The coordinates go to
+    The map: centres the features, reduces them by PCA to ``min(pca_components,
+    n - 1, d)`` dimensions (``None`` skips the PCA), then lays them out with
+    t-SNE (``perplexity``) or UMAP (``n_neighbors``, ``min_dist``), on exact
+    nearest neighbours up to :data:`EXACT_NEIGHBOURS_MAX` points and approximate
+    ones beyond (:func:`neighbour_method`). The same inputs and ``seed`` give
+    bitwise the same ``coords`` ((n, 2) float32) on the same machine, whatever
+    ``n_jobs``: the threads for t-SNE and the exact neighbour search (``None`` or
+    -1: every core this process may use; a seeded UMAP layout is
+    single-threaded regardless; PCA uses BLAS's own threads). For small ``n`` a
+    too-large ``perplexity`` or ``n_neighbors`` is lowered and the change
+    logged; fewer than :data:`MIN_POINTS` points is an error.
+
+    ``labels`` (class indices into ``classes``, default ``"0"``, ``"1"``, ...,
+    as :attr:`xrayfeat.data.datasets.Dataset.labels`) add the
+    :func:`neighbourhood_scores` (``k`` neighbours) to the result; without them
+    ``scores`` is None.
+
+    Without ``out_path`` nothing is written or read: the map is computed (and
+    scored) and returned, with ``coords_path``, ``plot_path`` and ``key`` None.
+    With ``out_path`` (a PNG; ``labels`` needed) the coordinates go to
     :func:`coords_path_for` ``(out_path)`` (``emb.png`` -> ``emb.coords.npz``)
     with their cache key, parameters, scores and library versions. When that
     file holds coordinates for the same :func:`cache_key` -- same feature bytes,
@@ -676,23 +656,40 @@ def embed_cached(
     reused and nothing is recomputed (``reused=True``); anything else recomputes
     and overwrites it. ``reuse=False`` forces recomputation. The scores are
     reused too unless ``labels`` or ``k`` changed. The PNG is always redrawn
-    (``plot=False`` skips it), so a new ``title`` costs no embedding. Past
+    (``plot=False`` skips it), so a new ``title`` costs no embedding; ``splits``
+    (optional, one split name per row) are drawn as marker shapes. Past
     :data:`PLOT_MAX_POINTS` points it shows a stratified random subsample of
     that many (:func:`stratified_subsample`, seeded by ``seed``), says so in its
     subtitle and in a logged warning, and the coordinates file still holds all.
 
+    Raises :class:`~xrayfeat.options.constraints.OptionError` (a ``ValueError``
+    and an :class:`~xrayfeat.errors.XrayfeatError`) for an unknown ``method`` or
+    an out-of-range parameter (:data:`_LAYOUT`, the declared constraints), and
+    :class:`~xrayfeat.errors.XrayfeatError` for features that are not a finite 2-D array.
+
     Example (the CLI's call)::
 
-        result = embed_cached(features, dataset.labels, "runs/x/embedding_tsne.png",
-                              method="tsne", seed=0, classes=dataset.classes,
-                              splits=[item.split for item in dataset.items], title="VGG16 block5")
+        result = embed_features(features, dataset.labels, "runs/x/embedding_tsne.png",
+                                method="tsne", seed=0, classes=dataset.classes,
+                                splits=[item.split for item in dataset.items], title="VGG16 block5")
         result.reused, result.scores["knn_agreement_2d"], result.coords_path
+        coords = embed_features(features, method="umap").coords  # computed only
     """
     t0 = time.perf_counter()
     x = _as_features(features)
-    lab = _as_labels(labels, len(x))
+    lab = None if labels is None else _as_labels(labels, len(x))
+    if out_path is not None and lab is None:
+        raise XrayfeatError("'out_path' needs 'labels': the map is scored and drawn by class. "
+                            "Pass labels, or leave out_path out to only compute the coordinates.")
     jobs = _resolve_n_jobs(n_jobs)
     params = _key_params(method, seed, pca_components, perplexity, n_neighbors, min_dist, len(x))
+    if out_path is None:
+        z = _reduce(x, pca_components, seed)
+        coords = _layout(z, method=method, seed=seed, perplexity=perplexity, n_neighbors=n_neighbors,
+                         min_dist=min_dist, n_jobs=jobs, tsne_impl=params.get("implementation"))
+        scores = None if lab is None else _scores(z, coords, lab, k=k, seed=seed)
+        return EmbedResult(coords=coords, scores=scores, reused=False, seconds=time.perf_counter() - t0,
+                           coords_path=None, plot_path=None, method=method, key=None, params=params)
     key = cache_key(features_digest(features), method, params)
     scores_key = _labels_key(lab, k)
     path = coords_path_for(out_path)

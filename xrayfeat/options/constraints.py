@@ -242,11 +242,11 @@ def validate_params(constraints: Mapping[str, Any], *, owner: str | None = None)
 
         @validate_params({"method": declaration(EmbedOptions, "method"),
                           "pca_components": {"check": Interval(2, None, integer=True), "none": True}})
-        def embed(features, *, method="tsne", pca_components=50): ...
+        def embed_features(features, *, method="tsne", pca_components=50): ...
 
     A bad argument raises what :func:`check_value` raises (:class:`OptionError`,
     or :class:`OptionTypeError` for a wrong type), naming ``owner`` (default the
-    function's ``__name__``): ``The 'method' parameter of embed must be one of
+    function's ``__name__``): ``The 'method' parameter of embed_features must be one of
     {'tsne', 'umap'}. Got 'pca' instead.``
 
     Checked once, when decorating: every name is a named parameter of the

@@ -1,7 +1,7 @@
 """The ``embed`` command: a 2-D map of a dataset's cached features (t-SNE or UMAP), drawn and scored.
 
 Features come from the store (extracting what it lacks first); the map itself is
-:func:`xrayfeat.analysis.maps.embed`, cached beside the figure by its inputs' digest.
+:func:`xrayfeat.analysis.maps.embed_features`, cached beside the figure by its inputs' digest.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     left out by ``run.on_error="skip"`` (at discovery or at decoding) are not
     on the map, as fit-head leaves them out of its study; the outcome lists them.
     """
-    from xrayfeat.analysis.maps import embed_cached
+    from xrayfeat.analysis.maps import embed_features
 
     embed.validate()
     head = None
@@ -90,8 +90,8 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
         source = f"{features.backbone} pooled features"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result = embed_cached(values, dataset.labels, out, method=embed.method, seed=embed.seed, classes=list(dataset.classes),
-                          splits=[item.split for item in dataset.items],
-                          title=title or f"{METHOD_NAMES[embed.method]} of {source}")
+    result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
+                            classes=list(dataset.classes), splits=[item.split for item in dataset.items],
+                            title=title or f"{METHOD_NAMES[embed.method]} of {source}")
     return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset),
                         skipped_files=extraction.skipped_files)
