@@ -253,3 +253,24 @@ def test_decorating_is_functools_wraps():
     assert plain is not _toy and _toy.__wrapped__ is plain
     assert (_toy.__qualname__, _toy.__module__, _toy.__annotations__) == \
         (plain.__qualname__, plain.__module__, plain.__annotations__)
+
+
+def test_n_jobs_is_one_constraint_everywhere_none_minus_one_or_at_least_one():
+    from xrayfeat.analysis.maps import embed_features
+    from xrayfeat.models.baselines import fit_baseline, fit_baselines, make_search
+    from xrayfeat.options.settings import N_JOBS, HeadOptions
+
+    assert declaration(HeadOptions, "n_jobs")["check"] is N_JOBS and declaration(HeadOptions, "n_jobs")["none"]
+    for func in (embed_features, fit_baselines, fit_baseline, make_search):
+        assert func.__parameter_constraints__["n_jobs"]["check"] is N_JOBS, func.__name__
+        assert func.__parameter_constraints__["n_jobs"]["none"], func.__name__
+    for good in (None, -1, 1, 8):
+        HeadOptions(n_jobs=good).validate()
+    for bad in (0, -2):
+        with pytest.raises(OptionError) as from_field:
+            HeadOptions(n_jobs=bad).validate()
+        with pytest.raises(OptionError) as from_function:
+            embed_features(None, n_jobs=bad)
+        assert str(from_field.value) == (f"The 'n_jobs' parameter of HeadOptions must be an int in [1, inf] or -1 or None. "
+                                         f"Got {bad} instead.")
+        assert str(from_function.value) == str(from_field.value).replace("of HeadOptions", "of embed_features")

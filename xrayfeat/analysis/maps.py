@@ -94,8 +94,8 @@ import numpy as np
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_path
-from xrayfeat.options.constraints import AnyOf, Constant, Interval, declaration, validate_params
-from xrayfeat.options.settings import METHODS, EmbedOptions
+from xrayfeat.options.constraints import Interval, declaration, validate_params
+from xrayfeat.options.settings import METHODS, N_JOBS, EmbedOptions
 from xrayfeat.provenance import library_versions
 
 __all__ = [
@@ -161,7 +161,7 @@ _LAYOUT = {
     "n_neighbors": Interval(2, None, integer=True),
     "min_dist": Interval(0, 1),
     # None or -1: every core this process may use
-    "n_jobs": {"check": AnyOf((Interval(1, None, integer=True), Constant(-1))), "none": True},
+    "n_jobs": {"check": N_JOBS, "none": True},
 }
 
 

@@ -26,7 +26,7 @@ from click.core import ParameterSource
 from xrayfeat.errors import XrayfeatError, first_line
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
-from xrayfeat.options.constraints import Choice, Interval, declaration
+from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
 
 log = logging.getLogger("xrayfeat")
 
@@ -125,6 +125,9 @@ def declared(cls, name: str, *flags: str, param: str | None = None, **overrides)
         kwargs["type"] = click.INT if check.low is None and check.high is None else click.IntRange(check.low, check.high)
     elif isinstance(check, Interval):
         kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
+    elif isinstance(check, AnyOf) and all(isinstance(c, Interval) and c.integer or isinstance(c, Constant)
+                                          and type(c.value) is int for c in check.checks):
+        kwargs["type"] = click.INT  # e.g. n_jobs: the declaration refuses the ints outside it, in its own sentence
     elif d["default"] is False:
         kwargs.update(is_flag=True, show_default=False)
     flags = flags or (d["flag"] or "--" + name.replace("_", "-"),)

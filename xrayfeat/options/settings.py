@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
-from xrayfeat.options.constraints import Choice, Interval, Is, Subset, option, validate
+from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, Is, Subset, option, validate
 from xrayfeat.options.parsers import ByteSize, Cluster, Threshold
 
 #: Backbone names, in the registry's order.
@@ -47,6 +47,9 @@ CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
 #: The tasks of the built-in synthetic data set: four classes, or covid against normal.
 PHANTOM_TASKS: tuple[str, ...] = ("four", "binary")
+#: ``n_jobs`` wherever it is taken (the baselines, the maps), as scikit-learn means it: a number of jobs
+#: (at least 1) or -1 for every core; None (allowed beside it) leaves the choice to the callee. 0 is refused.
+N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ class HeadOptions:
     seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (splits, training, bootstrap).")
     n_bootstrap: int = option(1000, check=Interval(0, None, integer=True),
                               help="Bootstrap resamples for confidence intervals (0: none).")
-    n_jobs: int | None = option(None, check=Interval(None, None, integer=True), none=True,
+    n_jobs: int | None = option(None, check=N_JOBS, none=True,
                                 help="Parallel jobs of the baselines, as scikit-learn's n_jobs (-1: all cores; default: "
                                      "one job for their grid searches, all cores to read the pixels baseline's images).")
     head_backend: str = option("auto", check=Choice(("auto", *HEAD_BACKENDS)),
@@ -297,5 +300,5 @@ class PhantomOptions:
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "PhantomOptions",
            "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST",
+           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]
