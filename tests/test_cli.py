@@ -225,6 +225,20 @@ def test_embed_needs_a_source(tmp_path, tiny_data):
     assert proc.returncode == 2 and "--backbone" in proc.stderr and "--from-run" in proc.stderr
 
 
+def test_embed_on_error_skip_leaves_out_a_file_that_cannot_be_decoded_as_xf_embed_does(tmp_path, tiny_data):
+    bad = tiny_data / "train" / "a" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # a PNG signature, then nothing an image needs
+    args = ["embed", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--method", "umap",
+            "--cache-dir", tmp_path / "cache", "--out", tmp_path / "map.png", "--json"]
+    failed = run_cli(*args)
+    assert failed.returncode == 2 and "broken.png" in failed.stderr and "--on-error skip" in failed.stderr
+    proc = run_cli(*args, "--on-error", "skip")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["images"] == 18 and data["skipped"] == 1 and data["skipped_files"][0].startswith(f"{bad}: ")
+    assert np.load(tmp_path / "map.coords.npz")["coords"].shape == (18, 2)
+
+
 @pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path):
     proc = run_cli("demo", "--out", tmp_path / "demo", "--quick", "--per-class", "8", "--json", timeout=1200)

@@ -29,10 +29,11 @@ from xrayfeat.options.settings import BACKBONES, EmbedOptions, FeatureOptions, R
 @click.option("--classes", default=None, help="Keep only these classes, comma-separated.")
 @declared(RunOptions, "cache_dir")
 @declared(RunOptions, "device")
+@declared(RunOptions, "on_error")
 @click.option("--out", default=None, help="Output PNG (default: RUN/embed-METHOD.png or embeddings/<backbone>-METHOD.png).")
 @json_option
 @handle_errors
-def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device, out, as_json, **kw):
+def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device, on_error, out, as_json, **kw):
     """Draw a 2-D map (PCA, then t-SNE or UMAP) of cached features, coloured by class.
 
     Coordinates are saved beside the PNG and reused when asked again with the same
@@ -54,10 +55,10 @@ def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device
         features.validate()
     if out is None:
         out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
-    dataset = dataset_of(data, classes, cache_dir)
+    dataset = dataset_of(data, classes, cache_dir, on_error)
     outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed),
                         from_run=load_run(from_run) if from_run else None,
-                        run=RunOptions(cache_dir=cache_dir, device=device, progress=True))
+                        run=RunOptions(cache_dir=cache_dir, device=device, on_error=on_error, progress=True))
     result = outcome.result
 
     def human(err):
