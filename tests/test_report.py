@@ -384,6 +384,24 @@ def test_legacy_record_still_reports(tmp_path):
     assert len(re.findall(r"!\[[^\]]*\]\(figures/", md)) == 3  # figures the old layout did not record
 
 
+def test_a_run_written_before_checksums_says_in_the_report_that_it_was_not_verified(tmp_path):
+    import html
+
+    old = make_legacy_run(tmp_path, "old <b>&")
+    new = make_run(tmp_path, "new")
+    assert not runs.read_record(old).verified_artifacts and runs.read_record(new).verified_artifacts
+    result = write_report([old, new], tmp_path / "out")
+    md, page = Path(result["markdown"]).read_text(), Path(result["html"]).read_text()
+    unchecked = ", ".join(runs.read_record(old).unverified_artifacts)
+    assert unchecked.startswith("metrics, history")  # the tables the first layout wrote without a sha256
+    assert md.count(runs.UNVERIFIED_NOTE) == 1
+    assert f"**{runs.UNVERIFIED_NOTE}** ({unchecked}: read as they are)" in md
+    assert md.index("## Run old") < md.index(runs.UNVERIFIED_NOTE) < md.index("## Run new")
+    assert page.count(runs.UNVERIFIED_NOTE) == 1
+    assert f"<strong>{html.escape(runs.UNVERIFIED_NOTE)}</strong> ({html.escape(unchecked)}: read as they are)" in page
+    assert "old <b>&" not in page  # the run's name is escaped like everything else
+
+
 def test_html_is_self_contained(two_tasks, tmp_path):
     result = write_report(two_tasks, tmp_path / "out")
     refs = _parse(result["html"])

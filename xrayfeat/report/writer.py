@@ -19,7 +19,8 @@ after their sha256 matches the record) and renders
   external evaluations, de-duplicated, grouped by their recorded kind (most
   serious first, headed as in :data:`xrayfeat.runs.record.WARNING_KINDS`) and attributed
   to the runs that raised them (``run (external: name)`` for an evaluation);
-* per run: a configuration summary, each model's test results, the head's
+* per run: a configuration summary (for a run written before checksums, that
+  its tables are :data:`~xrayfeat.runs.record.UNVERIFIED_NOTE`), each model's test results, the head's
   spread across seeds (with a sentence when it is wider than the bootstrap
   interval), the operating points (each class's threshold chosen on validation
   and the argmax, with sensitivity, specificity, PPV, NPV and F1 on test),
@@ -76,6 +77,7 @@ from xrayfeat.report.document import (
 )
 from xrayfeat.runs.record import (
     RANDOM_WEIGHTS_WARNING,
+    UNVERIFIED_NOTE,
     WARNING_KINDS,
     RunRecord,
     RunWarning,
@@ -817,6 +819,9 @@ def _config_rows(r: _Run) -> list:
         f"{k} {v}" for k, v in record.versions.items() if k != "keras_backend"]
     rows.append(("Versions", " · ".join(shown)))
     rows.append(("Created", record.created))
+    if not record.verified_artifacts:  # a run of the first config.json layout: its tables had no sha256
+        rows.append(("Checksums", [Span(UNVERIFIED_NOTE, "strong"),
+                                   f" ({', '.join(record.unverified_artifacts)}: read as they are)"]))
     return [[Span(k, "strong"), v] for k, v in rows]
 
 
