@@ -308,17 +308,24 @@ def test_a_damaged_store_definition_is_listed_flagged_and_the_others_are_still_l
     [flagged] = [s for s in listed if s.damaged]
     assert str(broken.path) in flagged.problem and "delete" in flagged.problem and "re-run extract" in flagged.problem
 
+    # each cache command shows the damaged store once, as damaged, with its repair (no warning beside it)
     ls = run_cli("cache", "ls", "--cache-dir", cache, "--json")
     assert ls.returncode == 0, ls.stderr
     assert sorted(s["path"] for s in json.loads(ls.stdout)["stores"]) == sorted(str(s.path) for s in listed)
-    assert [line for line in ls.stderr.splitlines() if str(broken.path) in line] == [f"xrayfeat: warning: {flagged.problem}"]
+    assert [line for line in ls.stderr.splitlines() if str(broken.path) in line] == [f"damaged: {flagged.problem}"]
+    table = run_cli("cache", "ls", "--cache-dir", cache)
+    assert table.returncode == 0 and table.stderr == "" and "?" not in table.stdout  # no row of unknowns
+    assert table.stdout.count(flagged.problem) == 1 and table.stdout.rstrip().endswith(f"damaged: {flagged.problem}")
     verify = run_cli("cache", "verify", "--cache-dir", cache)
     assert verify.returncode == 1
-    assert all(f"ok   {s.path}" in verify.stdout for s in sound) and f"BAD  {broken.path}" in verify.stdout
+    assert all(f"ok   {s.path}" in verify.stdout for s in sound) and f"BAD  {broken.path}\n" in verify.stdout
+    assert verify.stdout.count(flagged.problem) == 1
+    assert verify.stderr.splitlines() == [f"xrayfeat: error: 1 problem(s) found; first: {flagged.problem}"]
     gc = run_cli("cache", "gc", "--cache-dir", cache, "--json")
     assert gc.returncode == 0, gc.stderr
     assert sorted(r["store"] for r in json.loads(gc.stdout)["stores"]) == sorted(str(s.path) for s in listed)
-    assert flagged.problem in gc.stderr
+    assert [line for line in gc.stderr.splitlines() if str(broken.path) in line] == [
+        f"damaged, left as is: {flagged.problem}"]
 
 
 def test_the_record_of_unreadable_files_is_trusted_only_when_sound_and_for_its_decoder(tmp_path):

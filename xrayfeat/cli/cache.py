@@ -41,7 +41,7 @@ def _cache_command(name: str, *options):
 
 @_cache_command("ls", _cache_dir)
 def cache_ls(cache_dir, as_json):
-    """List the feature stores, their fingerprints, rows and size.
+    """List the feature stores, their fingerprints, rows and size; a damaged store below, with its repair.
 
     \b
     Example:
@@ -49,7 +49,7 @@ def cache_ls(cache_dir, as_json):
     """
     from xrayfeat.store.catalog import list_stores
 
-    infos = [s.info() for s in list_stores(cache_dir)]
+    infos = [s.info() for s in list_stores(cache_dir, warn=False)]
 
     def human(err):
         from rich.table import Table
@@ -58,11 +58,16 @@ def cache_ls(cache_dir, as_json):
         for col in ("store", "backbone", "layer", "size", "precision", "weights", "rows", "MB"):
             table.add_column(col)
         for i in infos:
+            if "damaged" in i:
+                continue  # its fingerprint is unknown: said below, with its repair
             fp = i["fingerprint"]
             table.add_row(Path(i["path"]).name, fp["backbone"], fp["layer"], str(fp["image_size"]), fp["precision"],
                           fp["weights"] + (" (RANDOM)" if i["random_weights"] else ""), str(i["rows"]),
                           f"{i['bytes'] / 1e6:.1f}")
         console(err).print(table)
+        for i in infos:
+            if "damaged" in i:
+                click.echo(f"damaged: {i['damaged']}", err=err)
 
     emit({"cache_dir": str(cache_dir), "stores": infos}, as_json, human)
 
@@ -78,7 +83,7 @@ def cache_verify(cache_dir, as_json):
     from xrayfeat.store.catalog import list_stores
 
     report = {}
-    for store in list_stores(cache_dir):
+    for store in list_stores(cache_dir, warn=False):  # a damaged store's problem is listed below, once
         report[str(store.path)] = store.verify()
     problems = [p for ps in report.values() for p in ps]
 
@@ -111,10 +116,13 @@ def cache_gc(cache_dir, as_json):
     def waiting(store):
         click.echo(f"{store.path} is being written by another process; waiting for it", err=True)
 
-    results = [s.gc(on_wait=lambda s=s: waiting(s)) for s in list_stores(cache_dir)]
+    results = [s.gc(on_wait=lambda s=s: waiting(s)) for s in list_stores(cache_dir, warn=False)]
 
     def human(err):
         for r in results:
+            if "damaged" in r:  # nothing gc can repair: the problem says what to do
+                click.echo(f"damaged, left as is: {r['damaged']}", err=err)
+                continue
             repaired = ""
             if r["damaged_shards"]:
                 repaired = (f"replaced {len(r['damaged_shards'])} damaged shards by their {r['kept_rows']} sound rows "

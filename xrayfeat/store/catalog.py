@@ -3,7 +3,8 @@
 ``cache ls``, ``cache verify`` and ``cache gc`` walk this list. One damaged
 store must not hide the others: a folder whose ``fingerprint.json`` cannot be
 read is listed as a :class:`DamagedStore`, in its place, with a warning naming
-the folder and its repair, and every other store is listed as usual.
+the folder and its repair (left to the caller with ``warn=False``: the ``cache``
+commands show it themselves, once), and every other store is listed as usual.
 """
 
 from __future__ import annotations
@@ -62,11 +63,12 @@ class DamagedStore:
                 "kept_rows": 0, "lost_rows": 0, "rebuilt_index": False, "merged_shards": 0, "dropped_duplicates": 0}
 
 
-def list_stores(cache_dir: str | os.PathLike) -> list[FeatureStore | DamagedStore]:
+def list_stores(cache_dir: str | os.PathLike, *, warn: bool = True) -> list[FeatureStore | DamagedStore]:
     """Every store under ``cache_dir`` (folders that hold a fingerprint.json), sorted by folder.
 
     A store that cannot be opened is a :class:`DamagedStore` in the list (its
-    ``damaged`` is true, a store's false), and a warning names it and its repair.
+    ``damaged`` is true, a store's false), and a warning names it and its repair
+    (not with ``warn=False``, for a caller that shows ``problem`` itself).
     """
     root = Path(cache_dir)
     if not root.is_dir():
@@ -76,6 +78,7 @@ def list_stores(cache_dir: str | os.PathLike) -> list[FeatureStore | DamagedStor
         try:
             stores.append(FeatureStore.at(meta.parent))
         except StoreError as exc:
-            log.warning("%s", exc)
+            if warn:
+                log.warning("%s", exc)
             stores.append(DamagedStore(meta.parent, str(exc)))
     return stores
