@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xrayfeat.devices import release_jax_at_exit
+
+# The workers import Keras, and with it jax, in-process: without this, jax's gc hook can print
+# "Exception ignored in: <function _xla_gc_callback ...>" and a traceback after pytest's last line.
+release_jax_at_exit()
+
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-sample" / "all"
 
 

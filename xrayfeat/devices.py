@@ -4,18 +4,23 @@
 so they can decide things (the store's fingerprint, ``--device auto``) before
 anything heavy is loaded; :func:`backend_device` (the one per-backend check),
 :func:`gpu_available`, :func:`confirm_device` and :func:`device_scope` import
-Keras and ask the backend itself.
+Keras and ask the backend itself. :func:`release_jax_at_exit` keeps jax's
+garbage-collection hook from printing a traceback while the interpreter shuts down.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
+import sys
 from pathlib import Path
 
 from xrayfeat.errors import DeviceError
 
-__all__ = ["backend_device", "confirm_device", "device_scope", "gpu_available", "gpu_likely", "keras_backend_name"]
+__all__ = ["backend_device", "confirm_device", "device_scope", "gpu_available", "gpu_likely", "keras_backend_name",
+           "release_jax_at_exit", "release_jax_gc_callback"]
 
 
 def keras_backend_name() -> str:
@@ -86,3 +91,40 @@ def device_scope(device: str):
     import keras
 
     return keras.device("gpu:0" if device == "gpu" else "cpu:0")
+
+
+def release_jax_gc_callback() -> bool:
+    """Collect garbage while jax is whole, then take jax's XLA hook out of ``gc.callbacks``; True when it was there.
+
+    jax (which Keras imports on every backend) appends ``_xla_gc_callback`` to
+    ``gc.callbacks``. A collection that runs while the interpreter tears the
+    modules down calls it after its module's globals are gone, and Python then
+    prints ``Exception ignored in: <function _xla_gc_callback ...>`` and a
+    traceback on stderr, after the program's own last line (and as the last
+    line of a failed head child, where the parent reads its one-line reason).
+    Run before that teardown (:func:`release_jax_at_exit`), the last collection
+    happens with jax intact and none runs the hook afterwards. Without jax
+    loaded, nothing is done.
+    """
+    callback = getattr(sys.modules.get("jax._src.lib"), "_xla_gc_callback", None)
+    if callback is None or callback not in gc.callbacks:
+        return False
+    gc.collect()
+    while callback in gc.callbacks:
+        gc.callbacks.remove(callback)
+    return True
+
+
+_released_at_exit = False
+
+
+def release_jax_at_exit() -> None:
+    """Run :func:`release_jax_gc_callback` when the interpreter exits (registered once; cheap, imports nothing).
+
+    Call it before Keras or jax is imported: exit handlers run last-registered
+    first, so this one then runs after jax's own.
+    """
+    global _released_at_exit
+    if not _released_at_exit:
+        atexit.register(release_jax_gc_callback)
+        _released_at_exit = True

@@ -23,6 +23,7 @@ import warnings
 import click
 from click.core import ParameterSource
 
+from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.errors import XrayfeatError, first_line
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
@@ -60,11 +61,15 @@ def quiet_frameworks() -> None:
     factory", "failed call to cuInit") still print, with absl's "All log messages
     before absl::InitializeLog()" banner, around xrayfeat's own one-line error.
     Real failures still reach the user: they are Python exceptions, which the CLI
-    reports in one line. A level the user set is kept, and ``XRAYFEAT_DEBUG=1``
+    reports in one line. jax's garbage-collection hook is taken out at exit
+    (:func:`~xrayfeat.devices.release_jax_at_exit`), so no "Exception ignored" traceback
+    follows the command's output. A level the user set is kept, and ``XRAYFEAT_DEBUG=1``
     leaves TensorFlow's own default (everything shown).
     """
     if not os.environ.get("XRAYFEAT_DEBUG"):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # jax's gc hook would print a traceback after the command's last line as the interpreter shuts down
+    release_jax_at_exit()
     # tf.function retracing notices (predictions on train, val and test of different sizes) are not the user's problem
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat.devices import keras_backend_name
+from xrayfeat.devices import keras_backend_name, release_jax_at_exit
 from xrayfeat.models import head_numpy
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.options.settings import HEAD_BACKENDS
@@ -351,6 +351,8 @@ def _wait_main() -> int:
 
 
 if __name__ == "__main__":
+    # the parent reads the child's last stderr line as its failure reason: no jax traceback may follow it at exit
+    release_jax_at_exit()
     if os.environ.get("KERAS_BACKEND") not in (None, "tensorflow"):
         # keep TensorFlow out of a jax or torch child: Keras would import it (4 s) only to seed it
         sys.modules["tensorflow"] = None
