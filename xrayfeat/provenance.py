@@ -11,7 +11,6 @@ package metadata and imports none of them.
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from typing import Iterable
 
@@ -30,8 +29,11 @@ def library_versions(names: Iterable[str], *, keep_missing: bool = False) -> dic
     """``{distribution name: installed version}`` for ``names``, in their order, from package metadata.
 
     A name that is not installed is left out, or maps to None with ``keep_missing``.
-    Nothing is imported, so asking costs no framework start-up.
+    Nothing is imported, so asking costs no framework start-up (and importing
+    this module does not load :mod:`importlib.metadata`: the first ask does).
     """
+    import importlib.metadata
+
     found: dict[str, str | None] = {}
     for name in names:
         try:

@@ -61,6 +61,7 @@ from pathlib import Path
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write
+from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.report.document import (
     Figure,
@@ -885,10 +886,7 @@ def _history_text(r: _Run) -> str | None:
     if secs:
         text = f"first epoch {_seconds(secs[0])} s (includes compilation)"
         if len(secs) > 1:
-            later = sorted(secs[1:])
-            mid = len(later) // 2
-            median = later[mid] if len(later) % 2 else (later[mid - 1] + later[mid]) / 2
-            text += f", later epochs median {_seconds(median)} s"
+            text += f", later epochs median {_seconds(steady_epoch_seconds(secs))} s"
         parts.append(text)
     return "; ".join(parts) + "."
 
