@@ -1,10 +1,20 @@
-"""Shared fixtures: tiny image folders written into tmp_path, the optional real sample."""
+"""Shared fixtures: tiny image folders written into tmp_path, the optional real sample, one trained run per session.
+
+``shared_run`` is the one small run (VGG16, random weights, 32 px, 3 epochs, logreg and pixels baselines)
+that every test which only reads a trained run uses, built once per session even under xdist (see
+:func:`shared_run`). A test that changes a run works on a copy (:meth:`SharedRun.copy`); a test that
+needs other options (another layer, image size, head backend, repeats, thresholds, names) trains its own.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +68,87 @@ def run_cli(*args, cwd=None, env=None, check=False, timeout=600) -> subprocess.C
     if check and proc.returncode != 0:
         raise AssertionError(f"xrayfeat {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+#: What the shared run is trained with, as keyword options of ``xf.fit_head`` (its data: ``write_tiny_dataset`` defaults).
+SHARED_RUN_OPTIONS = dict(weights="none", image_size=32, epochs=3, baselines=("logreg", "pixels"), n_bootstrap=50)
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    """The session's trained run. Read it, never change it: its folders are shared by both xdist workers."""
+
+    root: Path  # the shared folder
+    data: Path  # its tiny dataset: DATA/{train,test}/{a,b}/*.png, 6 and 3 images per class
+    cache: Path  # the feature cache it was trained from
+    path: Path  # the run folder
+    result: object  # the FitResult xrayfeat.runs.fit.fit_head returned for it (through xf.fit_head)
+    arguments: tuple  # (FeatureOptions, HeadOptions, RunOptions) xf.fit_head passed to xrayfeat.runs.fit.fit_head
+
+    @property
+    def run(self):
+        """The run, loaded (a fresh :class:`~xrayfeat.runs.loaded.Run` per call)."""
+        import xrayfeat as xf
+
+        return xf.load_run(self.path)
+
+    def copy(self, dest: Path) -> Path:
+        """A copy of the run folder at ``dest``, for a test that changes a run (its record still names the shared store)."""
+        shutil.copytree(self.path, dest)
+        return dest
+
+    def copy_cache(self, dest: Path) -> Path:
+        """A copy of the feature cache at ``dest``, for a test that writes into the cache it uses."""
+        shutil.copytree(self.cache, dest)
+        return dest
+
+
+def _train_shared_run(root: Path) -> None:
+    """Train the shared run into ``root`` through ``xf.fit_head``, keeping what it returned and passed down."""
+    import xrayfeat as xf
+    from xrayfeat.runs import fit as fit_module
+
+    data = write_tiny_dataset(root / "data")
+    seen = {}
+    inner = fit_module.fit_head
+
+    def recording(dataset, features, head, run, **kwargs):
+        seen["arguments"] = (features, head, run)
+        seen["result"] = inner(dataset, features, head, run, **kwargs)
+        return seen["result"]
+
+    fit_module.fit_head = recording
+    try:
+        xf.fit_head(data, "vgg16", cache_dir=root / "cache", out=root / "run", **SHARED_RUN_OPTIONS)
+    finally:
+        fit_module.fit_head = inner
+    assert set(seen) == {"arguments", "result"}, "xf.fit_head no longer calls xrayfeat.runs.fit.fit_head at call time"
+    (root / "fit.pickle").write_bytes(pickle.dumps((seen["result"], seen["arguments"])))
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> SharedRun:
+    """The one shared run, trained by the first worker that asks and reused by the other.
+
+    Under xdist every worker's base temporary folder lies in the session's own
+    (``.../pytest-N/popen-gwK``), so the run goes into that parent folder. The first
+    worker takes an exclusive ``flock`` and trains; the second blocks on the lock
+    and finds the finished run (``fit.pickle`` is written last). A build that failed
+    half-way leaves no ``fit.pickle``: the next worker clears it and trains again.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by this session's workers, and by no other session
+    root = base / "shared-run"
+    with open(base / "shared-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (root / "fit.pickle").is_file():
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir()
+                _train_shared_run(root)
+            result, arguments = pickle.loads((root / "fit.pickle").read_bytes())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return SharedRun(root=root, data=root / "data", cache=root / "cache", path=root / "run", result=result,
+                     arguments=arguments)

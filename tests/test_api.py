@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import xrayfeat as xf
-from tests.conftest import run_cli
+from tests.conftest import SHARED_RUN_OPTIONS, run_cli
 
 HEAVY = ("keras", "tensorflow", "jax", "torch", "sklearn", "h5py", "pandas", "matplotlib")
 
@@ -74,13 +74,15 @@ def test_features_equal_what_the_cli_exports(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_fit_head_equals_the_cli_on_the_same_data(tiny_data, tmp_path):
-    cache = tmp_path / "cache"
-    options = dict(weights="none", image_size=32, epochs=3, baselines=("logreg",), n_bootstrap=50, cache_dir=cache)
-    run = xf.fit_head(tiny_data, "vgg16", out=tmp_path / "api-run", **options)
-    proc = run_cli("fit-head", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "3",
-                   "--baselines", "logreg", "--n-bootstrap", "50", "--cache-dir", cache, "--out", tmp_path / "cli-run",
-                   "--json", check=True)
+def test_fit_head_equals_the_cli_on_the_same_data(shared_run, tmp_path):
+    # the API's run is the session's shared run: xf.fit_head(data, "vgg16", **SHARED_RUN_OPTIONS, cache_dir=...)
+    assert SHARED_RUN_OPTIONS == dict(weights="none", image_size=32, epochs=3, baselines=("logreg", "pixels"),
+                                      n_bootstrap=50)
+    run = shared_run.run
+    cache = shared_run.copy_cache(tmp_path / "cache")  # its features, in a cache of this test's own
+    proc = run_cli("fit-head", shared_run.data, "-b", "vgg16", "--weights", "none", "--image-size", "32",
+                   "--epochs", "3", "--baselines", "logreg,pixels", "--n-bootstrap", "50", "--cache-dir", cache,
+                   "--out", tmp_path / "cli-run", "--json", check=True)
     cli_run = xf.load_run(json.loads(proc.stdout)["run"])
     assert cli_run.metrics == run.metrics
     assert cli_run.predictions().equals(run.predictions())

@@ -1,6 +1,6 @@
 """``xrayfeat export``: one model from uint8 pixels to the run's probabilities, loadable with Keras alone.
 
-The slow tests share one tiny run (VGG16, random weights, 32 px) and check the
+The slow tests share the session's tiny run (VGG16, random weights, 32 px) and check the
 exported model in fresh processes that import only keras and numpy (or
 TensorFlow for the SavedModel), on the pixels xrayfeat's own decoder produces.
 """
@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_tiny_dataset
+from conftest import run_cli
 
 SIZE = 32
 # The store keeps features as float16; the run's predictions.csv (6 significant
@@ -68,17 +68,17 @@ def _child(code: str, *args, env=None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A trained binary run, the test pixels decoded as xrayfeat decodes them, and the run's probabilities."""
-    import xrayfeat as xf
+def tiny_run(shared_run, tmp_path_factory):
+    """The session's trained binary run (tests/conftest.py; only its head is exported), the test pixels decoded
+    as xrayfeat decodes them, and the run's probabilities. ``root`` is this module's own folder, where the
+    exports go (the run's folder is shared, and export never writes into it)."""
     from xrayfeat.data.images import read_image
 
     root = tmp_path_factory.mktemp("export")
-    data = write_tiny_dataset(root / "data")
-    run = xf.fit_head(data, "vgg16", weights="none", image_size=SIZE, epochs=2, baselines=(), n_bootstrap=20,
-                      cache_dir=root / "cache", out=root / "run")
+    run = shared_run.run
+    assert run.record.features["image_size"] == SIZE
     predictions = run.predictions()
-    pixels = np.stack([read_image(data / path, SIZE) for path in predictions["path"]])
+    pixels = np.stack([read_image(shared_run.data / path, SIZE) for path in predictions["path"]])
     np.save(root / "pixels.npy", pixels)
     expected = predictions[[f"head:{c}" for c in run.classes]].to_numpy(dtype=np.float64)
     return {"root": root, "run": run, "pixels": root / "pixels.npy", "expected": expected}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+
+import xrayfeat as xf
 
 from conftest import run_cli, write_tiny_dataset
 from xrayfeat.analysis import metrics
@@ -48,9 +51,11 @@ def sentinel_expected(head, baselines, margin=0.05) -> bool:
     return baselines["pixels"]["accuracy"] >= deep - margin
 
 
-def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_data):
-    result = quick_fit(tiny_data, tmp_path)
-    run = tmp_path / "run"
+def test_run_record_holds_every_artifact_and_metrics_recompute(shared_run):
+    """The session's run (tests/conftest.py: 3 epochs, logreg and pixels) and the FitResult fit_head returned for it."""
+    result = shared_run.result
+    run = shared_run.path
+    assert shared_run.arguments[1].epochs == 3 and shared_run.arguments[1].baselines == ("logreg", "pixels")
     for name in ("config.json", "metrics.json", "history.csv", "predictions.csv", "head.keras",
                  "curves.png", "confusion.png", "roc.png", "baselines/logreg.joblib", "baselines/pixels.joblib"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
@@ -76,10 +81,15 @@ def test_run_record_holds_every_artifact_and_metrics_recompute(tmp_path, tiny_da
     assert has_sentinel(result.warnings) == sentinel_expected(result.test, result.baselines)
 
 
-def test_same_seed_same_results_on_cpu(tmp_path, tiny_data):
-    a = quick_fit(tiny_data, tmp_path, "a", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_bootstrap=50))
-    b = quick_fit(tiny_data, tmp_path, "b", head=HeadOptions(epochs=2, steps_per_epoch=3, units=8, baselines=(), n_bootstrap=50))
-    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+def test_same_seed_same_results_on_cpu(shared_run, tmp_path):
+    """The session's run trained again with the options it was trained with, on its features: the same results
+    (the shared run may even come from the other xdist worker's process)."""
+    features, head, run = shared_run.arguments
+    run = replace(run, cache_dir=shared_run.copy_cache(tmp_path / "cache"))
+    a = shared_run.result
+    dataset = xf.discover(shared_run.data, cache_dir=run.cache_dir, on_error=run.on_error)  # as xf.fit_head does
+    b = fit_head(dataset, features, head, run, out=tmp_path / "b")
+    assert (shared_run.path / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     assert a.test == b.test
 
 

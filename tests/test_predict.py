@@ -16,13 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny binary run (VGG16, random weights, 32 px) with two baselines, and its data."""
-    root = tmp_path_factory.mktemp("trained")
-    data = write_tiny_dataset(root / "data")
-    run = xf.fit_head(data, "vgg16", weights="none", image_size=32, epochs=3, baselines=("logreg", "pixels"),
-                      n_bootstrap=50, cache_dir=root / "cache", out=root / "run")
-    return run, data, root
+def trained(shared_run):
+    """The session's tiny binary run (VGG16, random weights, 32 px, 3 epochs, n_bootstrap 50) with two baselines
+    (logreg, pixels), its data and its shared folder (tests/conftest.py)."""
+    assert shared_run.arguments[1].baselines == ("logreg", "pixels") and shared_run.arguments[1].n_bootstrap == 50
+    return shared_run.run, shared_run.data, shared_run.root
 
 
 def fresh_copy(trained, tmp_path):
