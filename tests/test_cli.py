@@ -239,18 +239,6 @@ def test_embed_on_error_skip_leaves_out_a_file_that_cannot_be_decoded_as_xf_embe
     assert np.load(tmp_path / "map.coords.npz")["coords"].shape == (18, 2)
 
 
-@pytest.mark.slow
-def test_demo_quick_runs_end_to_end(tmp_path):
-    proc = run_cli("demo", "--out", tmp_path / "demo", "--quick", "--per-class", "8", "--json", timeout=1200)
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    assert data["weights"] in ("none", "imagenet") and len(data["runs"]) == 3
-    html = (tmp_path / "demo" / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 3 * 5  # curves, confusion, ROC, t-SNE, UMAP per run
-    if data["weights"] == "none":
-        assert "RANDOM" in html
-
-
 def test_export_before_extract_is_one_line_and_exit_1(tmp_path, tiny_data):
     # Not bad input: DATA and every option are valid, and the same command succeeds once
     # `xrayfeat extract` has filled the store. The store lacking those features is a StoreError,

@@ -1,8 +1,9 @@
 """``xrayfeat export``: one model from uint8 pixels to the run's probabilities, loadable with Keras alone.
 
 The slow tests share the session's tiny run (VGG16, random weights, 32 px) and check the
-exported model in fresh processes that import only keras and numpy (or
-TensorFlow for the SavedModel), on the pixels xrayfeat's own decoder produces.
+exported model in fresh processes that import only keras and numpy, on the pixels
+xrayfeat's own decoder produces (the SavedModel, served by TensorFlow alone:
+tests/test_export_savedmodel.py).
 """
 
 from __future__ import annotations
@@ -43,21 +44,6 @@ print(json.dumps({
 }))
 """
 
-# Runs in a fresh interpreter: TensorFlow and numpy only. argv: folder, pixels.npy, out.npy.
-SAVEDMODEL_CHILD = """
-import json, sys
-import numpy as np
-import tensorflow as tf
-loaded = tf.saved_model.load(sys.argv[1])
-np.save(sys.argv[3], loaded.serve(tf.constant(np.load(sys.argv[2])))["probabilities"].numpy())
-signature = loaded.signatures["serving_default"]
-print(json.dumps({
-    "inputs": {k: [str(v.dtype.name), v.shape.as_list()] for k, v in signature.structured_input_signature[1].items()},
-    "outputs": sorted(signature.structured_outputs),
-    "xrayfeat_imported": sorted(m for m in sys.modules if m.startswith("xrayfeat")),
-}))
-"""
-
 
 def _child(code: str, *args, env=None) -> dict:
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
@@ -67,14 +53,12 @@ def _child(code: str, *args, env=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def tiny_run(shared_run, tmp_path_factory):
+def export_inputs(shared_run, root) -> dict:
     """The session's trained binary run (tests/conftest.py; only its head is exported), the test pixels decoded
-    as xrayfeat decodes them, and the run's probabilities. ``root`` is this module's own folder, where the
+    as xrayfeat decodes them, and the run's probabilities. ``root`` is the module's own folder, where the
     exports go (the run's folder is shared, and export never writes into it)."""
     from xrayfeat.data.images import read_image
 
-    root = tmp_path_factory.mktemp("export")
     run = shared_run.run
     assert run.record.features["image_size"] == SIZE
     predictions = run.predictions()
@@ -82,6 +66,11 @@ def tiny_run(shared_run, tmp_path_factory):
     np.save(root / "pixels.npy", pixels)
     expected = predictions[[f"head:{c}" for c in run.classes]].to_numpy(dtype=np.float64)
     return {"root": root, "run": run, "pixels": root / "pixels.npy", "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_run, tmp_path_factory):
+    return export_inputs(shared_run, tmp_path_factory.mktemp("export"))
 
 
 def _export(run, out, *extra) -> dict:
@@ -144,30 +133,6 @@ def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run):
     assert size <= 4 * result["params"] * 1.005 + 65536, (size, result["params"])
     backbone_bytes = 4 * (result["params"] - run.head().params["total"])
     assert size < head_file.stat().st_size + backbone_bytes
-
-
-@pytest.mark.slow
-def test_savedmodel_export_serves_the_same_probabilities(tiny_run):
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"--format savedmodel needs the TensorFlow backend; this run uses {keras.backend.backend()}")
-    run, root = tiny_run["run"], tiny_run["root"]
-    out = root / "deploy-sm"
-    result = _export(run, out, "--format", "savedmodel")
-    folder = out / "savedmodel"
-    assert result["model"] == str(folder) and (folder / "saved_model.pb").is_file()
-    info = json.loads((out / "export.json").read_text())
-    assert info["format"] == "savedmodel" and "savedmodel/saved_model.pb" in info["sha256"]
-
-    probs = root / "probs-savedmodel.npy"
-    seen = _child(SAVEDMODEL_CHILD, folder, tiny_run["pixels"], probs)
-    assert seen["xrayfeat_imported"] == []
-    assert seen["inputs"] == {"pixels": ["uint8", [None, SIZE, SIZE, 3]]}
-    assert seen["outputs"] == ["probabilities"]
-    np.testing.assert_allclose(np.load(probs), tiny_run["expected"], rtol=0, atol=ATOL)
-    # every weight stored once (model.export would store each twice: keras-team/keras#23553)
-    assert result["bytes"] <= 4 * result["params"] * 1.01 + 1_000_000, (result["bytes"], result["params"])
 
 
 @pytest.mark.slow

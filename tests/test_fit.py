@@ -1,4 +1,9 @@
-"""fit-head end to end: run records, recomputable metrics, determinism, bad combinations."""
+"""fit-head end to end: run records, recomputable metrics, determinism, bad combinations.
+
+The record and determinism tests read the session's shared run (tests/conftest.py). Elsewhere:
+--train-tail in tests/test_fit_tail.py, learning the four-class phantoms in tests/test_fit_learns.py,
+the real sample in tests/test_fit_real.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import xrayfeat as xf
 from conftest import run_cli, write_tiny_dataset
 from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
-from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.errors import DatasetError
 from xrayfeat.extraction.pipeline import FeatureOptions, RunOptions
 from xrayfeat.runs.fit import HeadOptions, fit_head
 
@@ -111,21 +116,6 @@ def test_patient_groups_keep_validation_apart(tmp_path):
     assert set(y[val_idx]) == {0, 1}
 
 
-def test_train_tail_without_cut_point_is_one_line(tmp_path, tiny_data):
-    with pytest.raises(XrayfeatError, match="--train-tail needs features stored at a cut point; add --layer vgg16:block4_pool"):
-        quick_fit(tiny_data, tmp_path, head=HeadOptions(train_tail=True))
-
-
-@pytest.mark.parametrize("backbone,size,layer", [("vgg16", 32, "block4_pool"), ("inception_v3", 75, "mixed9")])
-def test_train_tail_runs_and_records_counts(tmp_path, tiny_data, backbone, size, layer):
-    features = FeatureOptions(backbone, weights="none", image_size=size, layer=layer)
-    head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=(), train_tail=True, n_bootstrap=20)
-    quick_fit(tiny_data, tmp_path, features=features, head=head)
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["params"]["tail"]["trainable"] > 0
-    assert config["head"]["train_tail"] is True
-
-
 def test_single_class_dataset_is_refused(tmp_path):
     data = write_tiny_dataset(tmp_path / "d", classes=("only",))
     with pytest.raises(DatasetError, match="only one class"):
@@ -155,35 +145,6 @@ def test_cli_json_and_bad_combination(tmp_path, tiny_data):
     assert bad.stderr.strip().splitlines()[-1].startswith("xrayfeat: error: --train-tail needs")
     again = run_cli(*args, "--out", tmp_path / "cli")
     assert again.returncode == 2 and "not empty" in again.stderr
-
-
-@pytest.mark.slow
-def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
-    from xrayfeat.data.phantoms import write_phantoms
-
-    write_phantoms(tmp_path / "ph", task="four", per_class=40, size=96, seed=0)
-    features = FeatureOptions("vgg16", weights="none", image_size=96)
-    head = HeadOptions(epochs=40, baselines=("logreg", "svm"), n_bootstrap=200)
-    result = fit_head(discover(tmp_path / "ph"), features, head,
-                      RunOptions(cache_dir=tmp_path / "cache", workers=0), out=tmp_path / "run")
-    best = max([result.test["accuracy"]] + [m["accuracy"] for m in result.baselines.values()])
-    assert best >= 0.75, (result.test, result.baselines)
-
-
-@pytest.mark.slow
-@pytest.mark.realdata
-def test_real_sample_runs_to_the_end(tmp_path, real_sample):
-    proc = run_cli("fit-head", real_sample, "-b", "vgg16", "--weights", "none", "--image-size", "64",
-                   "--epochs", "5", "--n-bootstrap", "200", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real",
-                   "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    assert set(data["baselines"]) == {"logreg", "svm", "pixels"}
-    assert has_sentinel(data["warnings"]) == sentinel_expected(data["test"], data["baselines"]), data
-    for name in ("config.json", "metrics.json", "history.csv", "predictions.csv", "head.keras", "curves.png",
-                 "confusion.png", "roc.png"):
-        assert (tmp_path / "real" / name).is_file()
-    assert len(read_predictions(tmp_path / "real" / "predictions.csv")) == 124
 
 
 def test_few_patients_still_split_or_say_why(tmp_path):

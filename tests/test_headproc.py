@@ -1,14 +1,15 @@
-"""The head's own backend: how it is chosen, the child process, and what comes back from it."""
+"""The head's own backend: how it is chosen, the child process, and what comes back from it.
+
+What fit-head records about it, through the command line: tests/test_headproc_cli.py.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from xrayfeat.models import head_process as headproc
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.models.head import load_head
@@ -191,20 +192,6 @@ def test_an_unused_child_exits_cleanly():
     child = headproc.HeadChild("jax")
     child.close()
     assert child.proc.returncode == 0
-
-
-@needs_jax
-def test_cli_records_where_the_head_trained(tmp_path, tiny_data):
-    common = ["fit-head", tiny_data, "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
-              "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--n-bootstrap", "50",
-              "--cache-dir", tmp_path / "cache", "--workers", "0"]
-    for backend in ("jax", "tensorflow"):
-        proc = run_cli(*common, "--head-backend", backend, "--out", tmp_path / backend, "--json", check=True)
-        assert json.loads(proc.stdout)["test"]["n"] == 6
-        training = json.loads((tmp_path / backend / "config.json").read_text())["training"]
-        assert training["backend"] == backend
-        assert training["process"] == ("child process" if backend == "jax" else "in-process")
-        assert training["backend_requested"] == backend
 
 
 def test_child_environment(monkeypatch):

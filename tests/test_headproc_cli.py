@@ -1,0 +1,25 @@
+"""fit-head records where its head trained: a jax child or this process, as --head-backend asked.
+
+Split from tests/test_headproc.py (two fit-heads through the command line).
+"""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+from test_headproc import needs_jax
+
+
+@needs_jax
+def test_cli_records_where_the_head_trained(tmp_path, tiny_data):
+    common = ["fit-head", tiny_data, "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
+              "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--n-bootstrap", "50",
+              "--cache-dir", tmp_path / "cache", "--workers", "0"]
+    for backend in ("jax", "tensorflow"):
+        proc = run_cli(*common, "--head-backend", backend, "--out", tmp_path / backend, "--json", check=True)
+        assert json.loads(proc.stdout)["test"]["n"] == 6
+        training = json.loads((tmp_path / backend / "config.json").read_text())["training"]
+        assert training["backend"] == backend
+        assert training["process"] == ("child process" if backend == "jax" else "in-process")
+        assert training["backend_requested"] == backend
