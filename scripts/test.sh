@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test suite: ./scripts/test.sh [pytest args]. Creates ./.venv on first use.
 . "$(dirname "$0")/_venv.sh"
-# two workers, a test file per worker (module fixtures such as a trained run are built once)
-exec python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+# two workers, a test file per worker (module fixtures are built once; the session's shared run once for both,
+# tests/conftest.py), the costliest files first (tests/conftest.py's FILE_COST; xdist's own reorder is off)
+exec python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder "$@"

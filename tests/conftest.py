@@ -28,6 +28,25 @@ release_jax_at_exit()
 
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-sample" / "all"
 
+#: Rough CPU seconds of the heaviest test files (worker and child processes, 2-core machine); only their order
+#: matters. scripts/test.sh runs ``--dist loadfile --no-loadscope-reorder``: the workers take whole files in
+#: collection order, so the longest files start first and the many short ones fill in at the end (without the
+#: option xdist orders files by their number of tests, and a long file with few tests may start last).
+FILE_COST = {
+    "test_demo.py": 115, "test_fit_real.py": 95, "test_cluster.py": 80, "test_extract.py": 70, "test_export.py": 55,
+    "test_streaming.py": 50, "test_reliability_runs.py": 50, "test_headproc.py": 50, "test_fit_learns.py": 45,
+    "test_extract_resume.py": 45, "test_fit_tail.py": 45, "test_heads.py": 40, "test_heads_jax.py": 40,
+    "test_operating.py": 40, "test_headproc_cli.py": 40, "test_fit.py": 40, "test_cli.py": 35, "test_predict.py": 30,
+    "test_docs.py": 30, "test_embed.py": 28, "test_api.py": 25, "test_reliability_images.py": 24,
+    "test_explain.py": 21, "test_export_savedmodel.py": 20, "test_exit_quiet.py": 17, "test_store_faults.py": 14,
+    "test_keep.py": 12, "test_baselines.py": 9, "test_plots.py": 8, "test_imbalance.py": 7,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The costliest files first (:data:`FILE_COST`); a stable sort, so each file keeps its own order."""
+    items.sort(key=lambda item: -FILE_COST.get(item.path.name, 0))
+
 
 def write_tiny_dataset(root: Path, *, classes=("a", "b"), per_split=(("train", 6), ("test", 3)), size=40, seed=0) -> Path:
     """Folder layout DATA/<split>/<class>/*.png of small noisy images; class b has a bright blob."""
