@@ -299,12 +299,23 @@ def _claim(folder: str, start, done, results) -> None:
         results.put(("refused", str(exc)))
 
 
-def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path):
+def _no_hard_links(*args, **kwargs):
+    """``os.link`` on a filesystem without hard links (some FUSE and SMB mounts)."""
+    raise OSError(errno.EPERM, "Operation not permitted")
+
+
+def _claim_without_links(folder: str, start, done, results) -> None:
+    os.link = _no_hard_links  # this spawned process only
+    _claim(folder, start, done, results)
+
+
+@pytest.mark.parametrize("claim", [_claim, _claim_without_links], ids=["hard-links", "no-hard-links"])
+def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path, claim):
     folder = tmp_path / "contested"
     context = multiprocessing.get_context("spawn")
     n = 4
     start, done, results = context.Barrier(n), context.Event(), context.Queue()
-    procs = [context.Process(target=_claim, args=(str(folder), start, done, results)) for _ in range(n)]
+    procs = [context.Process(target=claim, args=(str(folder), start, done, results)) for _ in range(n)]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in range(n)]
@@ -319,16 +330,6 @@ def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path):
         assert message.startswith(f"{folder}: another fit-head is writing a run into this folder (pid {winner} on ")
         assert message.endswith("; choose another --out")
     assert sorted(p.name for p in folder.iterdir()) == [MARKER]  # no staged marker left behind
-
-
-def _no_hard_links(*args, **kwargs):
-    """``os.link`` on a filesystem without hard links (some FUSE and SMB mounts)."""
-    raise OSError(errno.EPERM, "Operation not permitted")
-
-
-def _claim_without_links(folder: str, start, done, results) -> None:
-    os.link = _no_hard_links  # this spawned process only
-    _claim(folder, start, done, results)
 
 
 @pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV],
@@ -360,27 +361,6 @@ def test_a_marker_seen_before_its_one_write_lands_is_read_again(tmp_path, monkey
         assert run_folder.unfinished_state(claimed)[0] == "running"
     finally:
         writer.join()
-
-
-def test_without_hard_links_of_concurrent_claims_exactly_one_wins(tmp_path):
-    folder = tmp_path / "contested"
-    context = multiprocessing.get_context("spawn")
-    n = 4
-    start, done, results = context.Barrier(n), context.Event(), context.Queue()
-    procs = [context.Process(target=_claim_without_links, args=(str(folder), start, done, results)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in range(n)]
-    done.set()
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    [winner] = [value for kind, value in outcomes if kind == "claimed"]
-    refusals = [value for kind, value in outcomes if kind == "refused"]
-    assert len(refusals) == n - 1
-    for message in refusals:
-        assert message.startswith(f"{folder}: another fit-head is writing a run into this folder (pid {winner} on ")
-    assert sorted(p.name for p in folder.iterdir()) == [MARKER]
 
 
 # --------------------------------------------------------------------------- failures inside one process

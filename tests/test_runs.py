@@ -86,19 +86,10 @@ def test_a_newer_schema_says_to_upgrade(tmp_path):
 
 def test_a_run_of_the_first_layout_still_loads(tmp_path):
     """config.json as fit-head wrote it before the schema: files.head, files.baselines, warnings as strings."""
-    folder = tmp_path / "old"
-    folder.mkdir()
-    (folder / "head.keras").write_bytes(b"model")
-    (folder / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.5}, "baselines": {}}))
-    legacy = make_record().to_json()
-    for key in ("schema", "artifacts", "warnings"):
-        legacy.pop(key)
-    legacy["files"] = {"head": {"file": "head.keras", "sha256": fileio.file_digest(folder / "head.keras")},
-                       "baselines": {}}
-    legacy["warnings"] = ["RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer"]
-    (folder / "config.json").write_text(json.dumps(legacy))
+    warning = "RANDOM backbone weights (--weights none): results say nothing about ImageNet transfer"
+    folder = _legacy_run(tmp_path / "old", warnings=[warning])
     record = runs.read_record(folder)
-    assert record.warnings == [RunWarning("other", legacy["warnings"][0])]
+    assert record.warnings == [RunWarning("other", warning)]
     assert record.verified("head").name == "head.keras"
     assert record.metrics()["head"]["accuracy"] == 0.5
 
@@ -295,7 +286,7 @@ def test_a_record_from_a_newer_xrayfeat_keeps_what_it_can_read(sound_run):
     assert record.warnings[-1] == RunWarning("other", "the sun was active")
 
 
-def _legacy_run(folder: Path) -> Path:
+def _legacy_run(folder: Path, warnings: list[str] | None = None) -> Path:
     folder.mkdir()
     (folder / "head.keras").write_bytes(b"model")
     (folder / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.5}, "baselines": {}}))
@@ -304,6 +295,8 @@ def _legacy_run(folder: Path) -> Path:
         legacy.pop(key)
     legacy["files"] = {"head": {"file": "head.keras", "sha256": fileio.file_digest(folder / "head.keras")},
                        "baselines": {}}
+    if warnings is not None:  # the first layout kept warnings as plain strings
+        legacy["warnings"] = warnings
     (folder / "config.json").write_text(json.dumps(legacy))
     return folder
 
