@@ -38,7 +38,7 @@ FILE_COST = {
     "test_extract_resume.py": 45, "test_fit_tail.py": 45, "test_heads.py": 40, "test_heads_jax.py": 40,
     "test_operating.py": 40, "test_headproc_cli.py": 40, "test_fit.py": 40, "test_cli.py": 35, "test_predict.py": 30,
     "test_docs.py": 30, "test_embed.py": 28, "test_api.py": 25, "test_reliability_images.py": 24,
-    "test_explain.py": 21, "test_export_savedmodel.py": 20, "test_exit_quiet.py": 17, "test_store_faults.py": 14,
+    "test_explain.py": 21, "test_export_savedmodel.py": 20, "test_exit_quiet.py": 9, "test_store_faults.py": 14,
     "test_keep.py": 12, "test_baselines.py": 9, "test_plots.py": 8, "test_imbalance.py": 7,
 }
 

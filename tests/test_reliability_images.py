@@ -226,12 +226,23 @@ def _names_supported(tmp: Path) -> bool:
     return True
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    """``xrayfeat ARGS`` as a user runs it: none of the test suite's quieting variables are set."""
+#: Run first, before ``xrayfeat``: every allocation while the interpreter shuts down then collects (an exit
+#: handler registered first runs last), so a gc callback that outlives its module (jax's ``_xla_gc_callback``,
+#: which Keras brings in) would print "Exception ignored in: ..." and a traceback every time, not by chance.
+TEARDOWN_COLLECTS = "import atexit, gc; atexit.register(gc.set_threshold, 1)\n"
+
+
+def _cli(*args, teardown_collects=False) -> subprocess.CompletedProcess:
+    """``xrayfeat ARGS`` as a user runs it: none of the test suite's quieting variables are set.
+
+    ``teardown_collects``: the same command, started after :data:`TEARDOWN_COLLECTS`.
+    """
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CPP_MIN_LOG_LEVEL", "XRAYFEAT_DEBUG", images.MAX_PIXELS_ENV)}
-    return subprocess.run([sys.executable, "-m", "xrayfeat", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    start = ([sys.executable, "-c", TEARDOWN_COLLECTS + "import runpy\n"
+              "runpy.run_module('xrayfeat', run_name='__main__', alter_sys=True)\n"] if teardown_collects
+             else [sys.executable, "-m", "xrayfeat"])
+    return subprocess.run([*start, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
 
 
 def _stored_rows(cache: Path) -> int:
@@ -320,13 +331,14 @@ def test_unicode_space_and_non_utf8_names_export_end_to_end(messy):
 
 def test_decode_failure_after_tensorflow_starts_is_xrayfeat_lines_only(tmp_path):
     """`--on-error fail` on a file that only decoding finds broken: TensorFlow is loaded by then, yet stderr
-    holds only xrayfeat's random-weights warning and its one-line error; the failing batch writes no row."""
+    holds only xrayfeat's random-weights warning and its one-line error, even when every allocation of the
+    interpreter's shutdown collects (no jax gc-hook traceback after the error); the failing batch writes no row."""
     data = tmp_path / "DATA"
     for label, seed in (("a", 10), ("b", 11)):
         (data / label).mkdir(parents=True)
         _save(data / label / "ok.png", _noise(seed))
     broken = _cut(data / "b" / "cut.png", _save(tmp_path / "src.png", _noise(12)))
-    proc = _cli("extract", data, *FEATURES, "--cache-dir", tmp_path / "cache", "--workers", "0")
+    proc = _cli("extract", data, *FEATURES, "--cache-dir", tmp_path / "cache", "--workers", "0", teardown_collects=True)
     assert proc.returncode == 2
     warning, error = proc.stderr.splitlines()
     assert warning.startswith("xrayfeat: warning: vgg16 runs with RANDOM weights")
