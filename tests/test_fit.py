@@ -131,10 +131,11 @@ def test_test_class_absent_from_train_is_refused(tmp_path):
         quick_fit(data, tmp_path)
 
 
-def test_cli_json_and_bad_combination(tmp_path, tiny_data):
-    args = ["fit-head", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
+def test_cli_json_and_bad_combination(tmp_path, shared_run):
+    # the session's tiny dataset, its features in a cache of this test's own: the command starts no TensorFlow
+    args = ["fit-head", shared_run.data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
             "--steps-per-epoch", "2", "--units", "8", "--baselines", "logreg", "--n-bootstrap", "50",
-            "--cache-dir", tmp_path / "cache"]
+            "--cache-dir", shared_run.copy_cache(tmp_path / "cache")]
     proc = run_cli(*args, "--out", tmp_path / "cli", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

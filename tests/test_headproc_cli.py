@@ -12,10 +12,11 @@ from test_headproc import needs_jax
 
 
 @needs_jax
-def test_cli_records_where_the_head_trained(tmp_path, tiny_data):
-    common = ["fit-head", tiny_data, "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
-              "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--n-bootstrap", "50",
-              "--cache-dir", tmp_path / "cache", "--workers", "0"]
+def test_cli_records_where_the_head_trained(tmp_path, shared_run):
+    # the session's tiny dataset, its features in a cache of this test's own (nothing to extract)
+    common = ["fit-head", shared_run.data, "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+              "--epochs", "2", "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--n-bootstrap", "50",
+              "--cache-dir", shared_run.copy_cache(tmp_path / "cache"), "--workers", "0"]
     for backend in ("jax", "tensorflow"):
         proc = run_cli(*common, "--head-backend", backend, "--out", tmp_path / backend, "--json", check=True)
         assert json.loads(proc.stdout)["test"]["n"] == 6

@@ -119,12 +119,12 @@ def head_columns(path):
         return [{k: v for k, v in row.items() if not k.startswith("logreg:")} for row in csv.DictReader(fh)]
 
 
-def test_fit_head_streams_past_a_tiny_budget_with_the_same_head(tmp_path):
+def test_fit_head_streams_past_a_tiny_budget_with_the_same_head(tmp_path, shared_run):
     """A budget below the features: the head streams (in the jax child where jax is installed) and is the same head;
     the baselines fit on a stratified sample and say so."""
-    data = write_tiny_dataset(tmp_path / "data")
+    data = shared_run.data  # the session's tiny dataset, its features in a cache of this test's own
     features = FeatureOptions("vgg16", weights="none", image_size=32)  # 1x1x512 maps: 2 KiB a row as float32
-    run = RunOptions(cache_dir=tmp_path / "cache", workers=0, batch_size=8)
+    run = RunOptions(cache_dir=shared_run.copy_cache(tmp_path / "cache"), workers=0, batch_size=8)
     quick = {"epochs": 2, "steps_per_epoch": 3, "units": 8, "n_bootstrap": 20}
     dataset = discover(data)
     fit_head(dataset, features, HeadOptions(**quick, baselines=()), run, out=tmp_path / "memory")  # the head alone
@@ -172,12 +172,12 @@ def _fit_rows_labels(run_dir) -> np.ndarray:
 
 
 @pytest.mark.parametrize("budget,left", [("60K", 24 << 10), ("36K", 0)], ids=["some-left", "nothing-left"])
-def test_the_baselines_get_the_budget_the_features_in_memory_leave(tmp_path, budget, left):
+def test_the_baselines_get_the_budget_the_features_in_memory_leave(tmp_path, shared_run, budget, left):
     """The head's maps read into memory take their share of --memory-budget; the baselines get what is left,
     sample down to it and say so; with nothing left, the smallest sample they can cross-validate."""
-    data = write_tiny_dataset(tmp_path / "data")
+    data = shared_run.data  # the session's tiny dataset, its features in a cache of this test's own
     features = FeatureOptions("vgg16", weights="none", image_size=32)  # 1x1x512 maps: 2 KiB a row as float32
-    run = RunOptions(cache_dir=tmp_path / "cache", workers=0, batch_size=8)
+    run = RunOptions(cache_dir=shared_run.copy_cache(tmp_path / "cache"), workers=0, batch_size=8)
     head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=("logreg",), memory_budget=budget)
     result = fit_head(discover(data), features, head, run, out=tmp_path / "run")
 
