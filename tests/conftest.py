@@ -33,13 +33,13 @@ REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 #: collection order, so the longest files start first and the many short ones fill in at the end (without the
 #: option xdist orders files by their number of tests, and a long file with few tests may start last).
 FILE_COST = {
-    "test_demo.py": 115, "test_fit_real.py": 95, "test_cluster.py": 80, "test_extract.py": 70, "test_export.py": 55,
-    "test_streaming.py": 50, "test_reliability_runs.py": 50, "test_headproc.py": 50, "test_fit_learns.py": 45,
-    "test_extract_resume.py": 45, "test_fit_tail.py": 45, "test_heads.py": 40, "test_heads_jax.py": 40,
-    "test_operating.py": 40, "test_headproc_cli.py": 40, "test_fit.py": 40, "test_cli.py": 35, "test_predict.py": 30,
-    "test_docs.py": 30, "test_embed.py": 28, "test_api.py": 25, "test_reliability_images.py": 24,
-    "test_explain.py": 21, "test_export_savedmodel.py": 20, "test_exit_quiet.py": 9, "test_store_faults.py": 14,
-    "test_keep.py": 12, "test_baselines.py": 9, "test_plots.py": 8, "test_imbalance.py": 7,
+    "test_demo.py": 90, "test_cluster.py": 76, "test_extract.py": 75, "test_fit_real.py": 69, "test_cli.py": 62,
+    "test_export.py": 55, "test_extract_resume.py": 50, "test_headproc.py": 47, "test_heads_jax.py": 46,
+    "test_reliability_runs.py": 45, "test_streaming.py": 45, "test_heads.py": 43, "test_operating.py": 42,
+    "test_fit_learns.py": 41, "test_fit_tail.py": 39, "test_fit.py": 35, "test_docs.py": 34, "test_headproc_cli.py": 30,
+    "test_api.py": 26, "test_predict.py": 25, "test_reliability_images.py": 23, "test_explain.py": 19,
+    "test_embed.py": 19, "test_export_savedmodel.py": 19, "test_store_faults.py": 12, "test_keep.py": 10,
+    "test_baselines.py": 10, "test_exit_quiet.py": 9, "test_plots.py": 6, "test_imbalance.py": 6,
 }
 
 
