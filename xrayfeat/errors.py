@@ -4,11 +4,55 @@ Every error a user can cause (bad data, bad options, missing weights, a damaged
 cache) is an :class:`XrayfeatError`. The CLI prints ``str(error)`` as one line and
 exits with ``error.exit_code``; library users catch the class they care about.
 A message that quotes another exception quotes :func:`first_line` of it.
+
+:func:`one_line` is the terminal's encoder: every line the CLI prints (errors,
+warnings, human output) goes through it, so a name that carries a newline, an
+escape sequence or a bidi override is shown escaped and can never forge a line
+or repaint the terminal.
 """
 
 from __future__ import annotations
 
 import os
+import re
+
+# C0, DEL, C1; Unicode's line and paragraph separators; the bidi embeddings, overrides, isolates and marks
+# (a right-to-left override shows "gnp.exe" as "exe.png"); lone surrogates (the bytes of a non-UTF-8 file name)
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_UNSAFE = re.compile(f"[{_CONTROLS}\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte Python could not decode ("surrogateescape"): the byte itself
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def one_line(text) -> str:
+    """``text`` as one line safe for a terminal: every control character written as an escape.
+
+    C0 and C1 controls, DEL, U+2028/U+2029 and the bidi controls become ``\\n``,
+    ``\\r``, ``\\t``, ``\\xNN`` or ``\\uNNNN``; a non-UTF-8 byte of a file name becomes
+    ``\\xNN``. Anything else (accents, CJK, emoji) is kept. The result holds no
+    character it would escape, so applying it twice changes nothing.
+    """
+    text = str(text)
+    return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters :func:`one_line` escapes that ``text`` holds, each once and as escaped.
+
+    A non-UTF-8 byte of a file name is not one: it is data a terminal shows as
+    ``\\xNN``, not a control.
+    """
+    return list(dict.fromkeys(one_line(char) for char in _CONTROL.findall(text)))
 
 
 def first_line(exc: BaseException, *, typed: bool = False) -> str:

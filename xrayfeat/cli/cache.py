@@ -14,6 +14,7 @@ from xrayfeat.cli.kit import (
     feature_options,
     handle_errors,
     json_option,
+    say,
     single_feature,
     stack,
 )
@@ -67,7 +68,7 @@ def cache_ls(cache_dir, as_json):
         console(err).print(table)
         for i in infos:
             if "damaged" in i:
-                click.echo(f"damaged: {i['damaged']}", err=err)
+                say(f"damaged: {i['damaged']}", err=err)
 
     emit({"cache_dir": str(cache_dir), "stores": infos}, as_json, human)
 
@@ -89,11 +90,11 @@ def cache_verify(cache_dir, as_json):
 
     def human(err):
         for path, ps in report.items():
-            click.echo(f"{'ok  ' if not ps else 'BAD '} {path}", err=err)
+            say(f"{'ok  ' if not ps else 'BAD '} {path}", err=err)
             for p in ps:
-                click.echo(f"     {p}", err=err)
+                say(f"     {p}", err=err)
         if not report:
-            click.echo(f"no feature stores in {cache_dir}", err=err)
+            say(f"no feature stores in {cache_dir}", err=err)
 
     emit({"ok": not problems, "stores": report}, as_json, human)
     if problems:  # each problem names the file, what is wrong and the repair
@@ -114,22 +115,22 @@ def cache_gc(cache_dir, as_json):
     from xrayfeat.store.catalog import list_stores
 
     def waiting(store):
-        click.echo(f"{store.path} is being written by another process; waiting for it", err=True)
+        say(f"{store.path} is being written by another process; waiting for it", err=True)
 
     results = [s.gc(on_wait=lambda s=s: waiting(s)) for s in list_stores(cache_dir, warn=False)]
 
     def human(err):
         for r in results:
             if "damaged" in r:  # nothing gc can repair: the problem says what to do
-                click.echo(f"damaged, left as is: {r['damaged']}", err=err)
+                say(f"damaged, left as is: {r['damaged']}", err=err)
                 continue
             repaired = ""
             if r["damaged_shards"]:
                 repaired = (f"replaced {len(r['damaged_shards'])} damaged shards by their {r['kept_rows']} sound rows "
                             f"({r['lost_rows']} rows lost: re-run extract to recompute them), ")
-            click.echo(f"{r['store']}: removed {len(r['removed_temp_files'])} temporary files, {repaired}"
-                       f"{'rebuilt the damaged index, ' if r['rebuilt_index'] else ''}merged "
-                       f"{r['merged_shards']} shards, dropped {r['dropped_duplicates']} duplicate rows", err=err)
+            say(f"{r['store']}: removed {len(r['removed_temp_files'])} temporary files, {repaired}"
+                f"{'rebuilt the damaged index, ' if r['rebuilt_index'] else ''}merged "
+                f"{r['merged_shards']} shards, dropped {r['dropped_duplicates']} duplicate rows", err=err)
 
     emit({"stores": results}, as_json, human)
 
@@ -151,4 +152,4 @@ def cache_export(data, out, as_json, **kw):
     features = single_feature(kw)
     result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,
                              cache_dir=kw["cache_dir"], device=kw["device"])
-    emit(result.as_json(), as_json, lambda err: click.echo(f"wrote {result.rows} rows to {result.out}", err=err))
+    emit(result.as_json(), as_json, lambda err: say(f"wrote {result.rows} rows to {result.out}", err=err))

@@ -13,6 +13,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
 )
 from xrayfeat.options.settings import PhantomOptions
 
@@ -89,4 +90,4 @@ def phantoms_cmd(out, task, per_class, size, seed, as_json):
 
     manifest = write_phantoms(out, task=task, per_class=per_class, size=size, seed=seed)
     data = {"out": str(Path(out)), "manifest": str(manifest), "task": task, "per_class": per_class, "size": size, "seed": seed}
-    emit(data, as_json, lambda err: click.echo(f"wrote {task} phantoms to {out} (manifest {manifest})", err=err))
+    emit(data, as_json, lambda err: say(f"wrote {task} phantoms to {out} (manifest {manifest})", err=err))

@@ -8,6 +8,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
 )
 
 
@@ -32,14 +33,14 @@ def demo_cmd(out, per_class, quick, as_json):
     from xrayfeat.demo import run_demo
 
     result = run_demo(out, per_class=per_class, quick=quick, progress=not as_json,
-                      say=lambda line: click.echo(line, err=True))
+                      say=lambda line: say(line, err=True))
 
     def human(err):
         for s in result.runs:
             base = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in s["baselines"].items())
-            click.echo(f"{s['task']:6} {s['backbone']:12} head test accuracy {s['test']['accuracy']:.3f}  ({base})", err=err)
-        click.echo(f"demo finished in {result.seconds:.0f} s{' with RANDOM weights' if result.weights == 'none' else ''}",
-                   err=err)
-        click.echo(f"report: {result.report}", err=err)
+            say(f"{s['task']:6} {s['backbone']:12} head test accuracy {s['test']['accuracy']:.3f}  ({base})", err=err)
+        say(f"demo finished in {result.seconds:.0f} s{' with RANDOM weights' if result.weights == 'none' else ''}",
+            err=err)
+        say(f"report: {result.report}", err=err)
 
     emit(result.as_json(), as_json, human)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from xrayfeat.cli.kit import (
@@ -12,6 +10,7 @@ from xrayfeat.cli.kit import (
     handle_errors,
     json_option,
     renamed_flags,
+    say,
 )
 from xrayfeat.options.settings import BACKBONES, FeatureOptions, HeadOptions
 
@@ -49,11 +48,11 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
     data = {"backbone": backbone, "classes": n_classes, "image_size": image_size or spec.input_size, **counts}
 
     def human(err):
-        out = sys.stderr if err else sys.stdout
-        for text in lines:
-            click.echo(text, file=out)
-        click.echo(f"Total params: {counts['total']:,}", file=out)
-        click.echo(f"Trainable params: {counts['trainable']:,}", file=out)
-        click.echo(f"Non-trainable params: {counts['non_trainable']:,}", file=out)
+        for text in lines:  # Keras hands its whole summary over at once
+            for line in text.splitlines():
+                say(line, err=err)
+        say(f"Total params: {counts['total']:,}", err=err)
+        say(f"Trainable params: {counts['trainable']:,}", err=err)
+        say(f"Non-trainable params: {counts['non_trainable']:,}", err=err)
 
     emit(data, as_json, human)

@@ -12,6 +12,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
     stack,
 )
 from xrayfeat.errors import XrayfeatError
@@ -63,9 +64,9 @@ def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device
 
     def human(err):
         s = result.scores
-        click.echo(f"{result.plot_path}: {method} of {outcome.source}, {outcome.images} images"
-                   f"{' (coordinates reused)' if result.reused else ''} in {result.seconds:.1f} s", err=err)
-        click.echo(f"k-NN class agreement: 2-D {s['knn_agreement_2d']:.3f} vs features {s['knn_agreement_features']:.3f}; "
-                   f"trustworthiness {s['trustworthiness']:.3f}", err=err)
+        say(f"{result.plot_path}: {method} of {outcome.source}, {outcome.images} images"
+            f"{' (coordinates reused)' if result.reused else ''} in {result.seconds:.1f} s", err=err)
+        say(f"k-NN class agreement: 2-D {s['knn_agreement_2d']:.3f} vs features {s['knn_agreement_features']:.3f}; "
+            f"trustworthiness {s['trustworthiness']:.3f}", err=err)
 
     emit(outcome.as_json(), as_json, human)

@@ -8,6 +8,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
 )
 
 
@@ -36,8 +37,8 @@ def export_cmd(run, out, format_, as_json):
     result = export_run(run, out, format=format_)
 
     def human(err):
-        click.echo(f"exported {run} to {result.model} ({result.bytes / 1e6:.1f} MB, {len(result.classes)} classes, "
-                   f"{result.image_size} px {result.input_dtype} input)"
-                   + ("  [RANDOM WEIGHTS]" if result.random_weights else ""), err=err)
+        say(f"exported {run} to {result.model} ({result.bytes / 1e6:.1f} MB, {len(result.classes)} classes, "
+            f"{result.image_size} px {result.input_dtype} input)"
+            + ("  [RANDOM WEIGHTS]" if result.random_weights else ""), err=err)
 
     emit(result.as_json(), as_json, human)

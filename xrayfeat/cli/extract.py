@@ -12,6 +12,7 @@ from xrayfeat.cli.kit import (
     feature_options,
     handle_errors,
     json_option,
+    say,
 )
 from xrayfeat.options.settings import RunOptions
 
@@ -51,7 +52,7 @@ def extract_cmd(data, batch_size, workers, on_error, cluster, chunk_images, as_j
 
     def human(err):
         for r in results:
-            click.echo(
+            say(
                 f"{r.store}: {r.images} images, {r.extracted} extracted, {r.reused} reused, {r.skipped} skipped "
                 f"in {r.seconds:.1f} s ({r.images_per_s:.1f} img/s)"
                 + ("  [RANDOM WEIGHTS]" if r.random_weights else ""),

@@ -3,7 +3,10 @@
 :func:`handle_errors` turns library errors into one line on stderr and the
 contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
 same for click's own usage errors. :func:`emit` prints ``--json`` output on
-stdout and human text on stderr. :func:`declared` makes a click option from a
+stdout and human text on stderr. Every human line goes out through :func:`say`
+(or a :func:`console` for tables), which writes names as data: control
+characters escaped by :func:`~xrayfeat.errors.one_line`, so a file name holding
+a newline cannot forge an ``xrayfeat: error:`` line, and no rich markup. :func:`declared` makes a click option from a
 field of an option dataclass (:mod:`xrayfeat.options.settings`), so choices, defaults
 and help are written once. :func:`renamed_flags` keeps a renamed option's old flag
 working for one release, hidden from ``--help`` and with a notice (the names come from
@@ -24,7 +27,7 @@ import click
 from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
-from xrayfeat.errors import XrayfeatError, first_line
+from xrayfeat.errors import XrayfeatError, first_line, one_line
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
@@ -32,12 +35,21 @@ from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, decl
 log = logging.getLogger("xrayfeat")
 
 
+def say(text, err: bool = False) -> None:
+    """Print one line of human output (stdout, or stderr with ``err``), its control characters escaped.
+
+    The one way a command prints a line: a name in it (a file, a class, a run)
+    is data, shown escaped by :func:`~xrayfeat.errors.one_line`, whatever it holds.
+    """
+    click.echo(one_line(text), err=err)
+
+
 class _OneLineHandler(logging.Handler):
-    """``xrayfeat: warning: ...`` lines on stderr."""
+    """``xrayfeat: warning: ...`` lines on stderr, each one line whatever the names in it hold."""
 
     def emit(self, record):
         level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        click.echo(f"xrayfeat: {level}{record.getMessage()}", err=True)
+        say(f"xrayfeat: {level}{record.getMessage()}", err=True)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -82,37 +94,46 @@ def handle_errors(func):
         try:
             return func(*args, **kwargs)
         except XrayfeatError as exc:
-            click.echo(f"xrayfeat: error: {exc}", err=True)
+            say(f"xrayfeat: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
+            say("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
             sys.exit(130)
         except (MemoryError, OSError) as exc:
-            click.echo(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
+            say(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
         except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
             if os.environ.get("XRAYFEAT_DEBUG"):
                 raise
-            click.echo(f"xrayfeat: internal error: {first_line(exc, typed=True)} "
-                       f"(rerun with XRAYFEAT_DEBUG=1 for the traceback, and please report it)", err=True)
+            say(f"xrayfeat: internal error: {first_line(exc, typed=True)} "
+                f"(rerun with XRAYFEAT_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(1)
 
     return wrapper
 
 
 def emit(data: dict, as_json: bool, human) -> None:
-    """``--json``: the object on stdout and the human text on stderr; otherwise the text on stdout."""
+    """``--json``: the object on stdout and the human text on stderr; otherwise the text on stdout.
+
+    The object is one line of ASCII JSON: ``json.dumps`` escapes every control
+    character and every non-ASCII one (U+2028 and the bidi controls included).
+    """
     if as_json:
         human(err=True)
-        click.echo(json.dumps(data, indent=None, default=str))
+        click.echo(json.dumps(data, indent=None, default=str, ensure_ascii=True))
     else:
         human(err=False)
 
 
 def console(err: bool):
+    """A rich console for tables whose every string is data: no markup, control characters escaped."""
     from rich.console import Console
 
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+    class _DataConsole(Console):
+        def render_str(self, text, **kwargs):  # every str a table, a title or print() renders passes here
+            return super().render_str(one_line(text), **{**kwargs, "markup": False, "emoji": False})
+
+    return _DataConsole(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def declared(cls, name: str, *flags: str, param: str | None = None, **overrides):
@@ -188,15 +209,15 @@ def renamed_flags(command: str):
                 if value is not None:
                     if ctx.get_parameter_source(target.name) is ParameterSource.COMMANDLINE:
                         raise click.UsageError(f"{rename.old_flag} is the old name of {rename.flag}; pass {rename.flag} only", ctx)
-                    click.echo(f"xrayfeat: {rename.old_flag} is renamed {rename.flag}; the old name goes in the next release",
-                               err=True)
+                    say(f"xrayfeat: {rename.old_flag} is renamed {rename.flag}; the old name goes in the next release",
+                        err=True)
                     kwargs[target.name] = value
                 if required and kwargs[target.name] is None:
                     raise click.MissingParameter(ctx=ctx, param=target)
             for change, target in redefined:
                 if ctx.get_parameter_source(target.name) is ParameterSource.COMMANDLINE:
-                    click.echo(f"xrayfeat: {command} {change.flag} is now {change.now} (for what it meant before, use "
-                               f"{flag_of(change.instead)}); this notice goes in the next release", err=True)
+                    say(f"xrayfeat: {command} {change.flag} is now {change.now} (for what it meant before, use "
+                        f"{flag_of(change.instead)}); this notice goes in the next release", err=True)
             return func(*args, **kwargs)
 
         return wrapper
@@ -274,13 +295,13 @@ class Group(click.Group):
             sys.exit(0)
         except click.UsageError as exc:
             where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-            click.echo(f"xrayfeat: error: {exc.format_message()}{where}", err=True)
+            say(f"xrayfeat: error: {exc.format_message()}{where}", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            click.echo(f"xrayfeat: error: {exc.format_message()}", err=True)
+            say(f"xrayfeat: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
-            click.echo("xrayfeat: aborted", err=True)
+            say("xrayfeat: aborted", err=True)
             sys.exit(1)
 
 

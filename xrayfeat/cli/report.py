@@ -8,6 +8,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
 )
 
 
@@ -26,4 +27,4 @@ def report_cmd(runs, out, as_json):
     from xrayfeat.report.writer import write_report
 
     result = write_report(list(runs), out)
-    emit(result, as_json, lambda err: click.echo(f"wrote {result['markdown']} and {result['html']}", err=err))
+    emit(result, as_json, lambda err: say(f"wrote {result['markdown']} and {result['html']}", err=err))

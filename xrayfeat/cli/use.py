@@ -16,6 +16,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
     stack,
 )
 from xrayfeat.options.settings import RunOptions
@@ -62,10 +63,10 @@ def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluste
                          batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
 
     def human(err):
-        click.echo(f"{result.out}: {result.images} images ({result.extracted} computed, {result.reused} from the "
-                   f"cache), models: {', '.join(result.models)}", err=err)
+        say(f"{result.out}: {result.images} images ({result.extracted} computed, {result.reused} from the "
+            f"cache), models: {', '.join(result.models)}", err=err)
         for model, counts in result.counts.items():
-            click.echo(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()), err=err)
+            say(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()), err=err)
 
     emit(result.as_json(), as_json, human)
 
@@ -106,13 +107,13 @@ def explain_cmd(run, inputs, out, target_class, cache_dir, device, batch_size, w
 
     def human(err):
         h, w = result.map_size
-        click.echo(f"{result.out}: {result.images} overlays ({result.extracted} computed, {result.reused} from the "
-                   f"cache); Grad-CAM at {result.layer}, {h}×{w} map; table {result.csv}", err=err)
+        say(f"{result.out}: {result.images} overlays ({result.extracted} computed, {result.reused} from the "
+            f"cache); Grad-CAM at {result.layer}, {h}×{w} map; table {result.csv}", err=err)
         for row in result.rows[:10]:
             shown = "" if row["explained"] == row["predicted"] else f", map of {row['explained']}"
-            click.echo(f"  {Path(row['png']).name}: {row['predicted']} {row['probability']:.3f}{shown}", err=err)
+            say(f"  {Path(row['png']).name}: {row['predicted']} {row['probability']:.3f}{shown}", err=err)
         if len(result.rows) > 10:
-            click.echo(f"  ... {len(result.rows) - 10} more in {result.csv}", err=err)
+            say(f"  ... {len(result.rows) - 10} more in {result.csv}", err=err)
 
     emit(result.as_json(), as_json, human)
 
@@ -162,8 +163,8 @@ def evaluate_cmd(run, data, name, classes, on_error, cache_dir, device, batch_si
                           f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _delta(ext["accuracy"], inside.get("accuracy")),
                           _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]), _delta(ext["roc_auc"], inside.get("roc_auc")))
         console(err).print(table)
-        click.echo("Δ: external − internal (negative: worse on the external data)", err=err)
-        click.echo(f"written to {result.folder}", err=err)
+        say("Δ: external − internal (negative: worse on the external data)", err=err)
+        say(f"written to {result.folder}", err=err)
 
     emit(result.as_json(), as_json, human)
 

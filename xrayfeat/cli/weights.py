@@ -8,6 +8,7 @@ from xrayfeat.cli.kit import (
     emit,
     handle_errors,
     json_option,
+    say,
 )
 from xrayfeat.options.settings import BACKBONES
 
@@ -39,10 +40,10 @@ def weights_status_cmd(as_json):
     def human(err):
         for r in rows:
             state = "ok" if r["verified"] else ("WRONG MD5" if r["present"] else "missing")
-            click.echo(f"{r['backbone']:13} {state:9} {r['file']}", err=err)
+            say(f"{r['backbone']:13} {state:9} {r['file']}", err=err)
         if not all(r["verified"] for r in rows):
-            click.echo(f"get them with: xrayfeat weights download  (or, from a file you downloaded: "
-                       f"xrayfeat weights install FILE; into {weights_dir()})", err=err)
+            say(f"get them with: xrayfeat weights download  (or, from a file you downloaded: "
+                f"xrayfeat weights install FILE; into {weights_dir()})", err=err)
 
     emit({"weights": rows}, as_json, human)
 
@@ -61,7 +62,7 @@ def weights_install_cmd(file, as_json):
     from xrayfeat.extraction.weights import install_weights
 
     result = install_weights(file)
-    emit(result, as_json, lambda err: click.echo(f"installed {result['backbone']} weights: {result['file']}", err=err))
+    emit(result, as_json, lambda err: say(f"installed {result['backbone']} weights: {result['file']}", err=err))
 
 
 @weights_group.command("download")
@@ -89,6 +90,6 @@ def weights_download_cmd(backbone_names, base_url, as_json):
     def human(err):
         for r in rows:
             state = "downloaded" if r["action"] == "downloaded" else "ok"
-            click.echo(f"{r['backbone']:13} {state:10} {r['file']}", err=err)
+            say(f"{r['backbone']:13} {state:10} {r['file']}", err=err)
 
     emit({"weights": rows}, as_json, human)

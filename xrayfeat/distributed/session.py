@@ -49,7 +49,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xrayfeat.errors import ClusterError, XrayfeatError, first_line
+from xrayfeat.errors import ClusterError, XrayfeatError, first_line, one_line
 from xrayfeat.options.parsers import parse_cluster
 
 log = logging.getLogger("xrayfeat")
@@ -324,7 +324,7 @@ def session(address: str, *, announce: bool = False) -> Session:
             f"dashboard {live.dashboard or 'off (start the scheduler with one, and install bokeh)'}")
     log.info("%s", line)
     if announce:
-        print(line, file=sys.stderr, flush=True)
+        print(one_line(line), file=sys.stderr, flush=True)
     return live
 
 
