@@ -10,14 +10,25 @@ is always one of the two complete versions.
 
 :func:`atomic_write` and :func:`write_json` are the common cases;
 :func:`file_digest` hashes a file with :func:`hashlib.file_digest`.
+
+:func:`csv_text` is the one way xrayfeat writes CSV: every cell goes through
+:func:`csv_cell`, which neutralises what a spreadsheet would run as a formula
+(a name such as ``=HYPERLINK(...)``, ``@SUM(1)`` or ``-2+3.png``), headers
+included, as OWASP advises for CSV injection; :func:`csv_value` undoes it, so
+xrayfeat reading its own CSVs gets the names back exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
+import math
+import numbers
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -87,3 +98,73 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes (``hashlib.file_digest``: large buffers, the GIL released)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+# A spreadsheet runs a cell as a formula when it starts with one of these (OWASP, "CSV Injection"); tab, CR and LF
+# also count, and so do the first characters after leading blanks, which some spreadsheets drop.
+_FORMULA_START = ("=", "+", "-", "@")
+_BLANKS = " \t\r\n"
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # -0.5, 1e-05: a number, never a formula
+
+
+def csv_cell(value) -> str:
+    """``value`` as a CSV cell that a spreadsheet shows as text and never runs as a formula.
+
+    Numbers (``int``, ``float``, numpy scalars) and plain decimal strings such as
+    ``-0.25`` stay numbers. Any other string that starts with ``=``, ``+``,
+    ``-``, ``@``, a tab, CR or LF (after leading blanks, too) gets a leading
+    ``'``, as OWASP recommends: ``=HYPERLINK(...)`` is written ``'=HYPERLINK(...)``,
+    ``-2+3.png`` is written ``'-2+3.png``. A string that already starts with ``'``
+    gets one more, so :func:`csv_value` restores every string exactly. ``None``
+    is the empty cell.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return str(value)
+    if value.startswith("'") or _runs_as_formula(value):
+        return "'" + value
+    return value
+
+
+def _runs_as_formula(text: str) -> bool:
+    if text[:1] in ("\t", "\r", "\n"):
+        return True
+    head = text.lstrip(_BLANKS)
+    return head[:1] in _FORMULA_START and not _NUMBER.fullmatch(head.rstrip(_BLANKS))
+
+
+def csv_value(cell: str) -> str:
+    """The string :func:`csv_cell` was given for ``cell``: its added ``'`` removed, anything else as it is.
+
+    Only a quote :func:`csv_cell` would have added is removed, so a hand-written
+    CSV whose cell is ``'quoted'`` reads as written.
+    """
+    if cell.startswith("'") and csv_cell(cell[1:]) == cell:
+        return cell[1:]
+    return cell
+
+
+def csv_text(rows, *, float_format: str | None = None, lineterminator: str = "\r\n") -> str:
+    """Rows (the header first) as CSV text, every cell through :func:`csv_cell`.
+
+    ``float_format`` (e.g. ``".6g"``) formats the float cells (Python and numpy
+    floats; NaN is the empty cell); without it a float is written as ``str`` does.
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=lineterminator)
+    for row in rows:
+        writer.writerow([_formatted(value, float_format) for value in row])
+    return out.getvalue()
+
+
+def _formatted(value, float_format: str | None) -> str:
+    if float_format and isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)
+        return "" if math.isnan(value) else format(value, float_format)
+    return csv_cell(value)
+
+
+def csv_rows(text: str) -> list[list[str]]:
+    """CSV text (as :func:`csv_text` writes it) as rows of strings, every cell through :func:`csv_value`."""
+    return [[csv_value(cell) for cell in row] for row in csv.reader(io.StringIO(text))]

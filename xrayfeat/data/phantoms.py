@@ -41,7 +41,6 @@ share unchanged (only the train/test assignment can move).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import pathlib
@@ -52,6 +51,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from xrayfeat.errors import DatasetError
+from xrayfeat.fileio import atomic_write, csv_text
 from xrayfeat.options.constraints import Choice, declaration, validate_params
 from xrayfeat.options.settings import PHANTOM_TASKS, PhantomOptions
 
@@ -738,8 +738,5 @@ def write_phantoms(
         rows = [row for job in jobs for row in _write_patient(job)]
     rows.sort()
     manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
+    atomic_write(manifest, csv_text([MANIFEST_COLUMNS, *rows], lineterminator="\n"))
     return manifest

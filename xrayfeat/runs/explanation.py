@@ -24,15 +24,13 @@ to weigh.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.fileio import atomic_path, atomic_write
+from xrayfeat.fileio import atomic_path, atomic_write, csv_text
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
 from xrayfeat.runs.prediction import gather_inputs, run_features
@@ -160,8 +158,6 @@ def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int) 
 
 
 def _write_table(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["path", "sha256", "predicted", "probability", "explained", "png", "npz"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, text.getvalue())
+    """``explain.csv``: one row per image, names neutralised for spreadsheets (:func:`~xrayfeat.fileio.csv_text`)."""
+    columns = ["path", "sha256", "predicted", "probability", "explained", "png", "npz"]
+    atomic_write(path, csv_text([columns, *([row[c] for c in columns] for row in rows)]))

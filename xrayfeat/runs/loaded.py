@@ -15,6 +15,7 @@ import io
 import os
 from pathlib import Path
 
+from xrayfeat.fileio import csv_value
 from xrayfeat.options.settings import FeatureOptions
 from xrayfeat.runs.record import RunRecord, read_record
 
@@ -103,8 +104,13 @@ class Run:
         """The test predictions: path, sha256, patient_id, source, label, y_true, then ``<model>:<class>`` probabilities."""
         import pandas as pd
 
-        return pd.read_csv(io.StringIO(self.record.predictions_csv()), keep_default_na=False,
-                           dtype={"patient_id": str, "source": str})
+        table = pd.read_csv(io.StringIO(self.record.predictions_csv()), keep_default_na=False,
+                            dtype={"patient_id": str, "source": str})
+        # the names as they were: the quote that kept a spreadsheet from running one as a formula is taken off
+        table.columns = [csv_value(c) for c in table.columns]
+        for column in table.columns[table.dtypes == object]:
+            table[column] = table[column].map(lambda v: csv_value(v) if isinstance(v, str) else v)
+        return table
 
     def history(self):
         """Training history: one row per epoch (loss, accuracy, val_loss, val_accuracy, seconds)."""

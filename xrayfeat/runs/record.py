@@ -42,16 +42,15 @@ they are read as they are, with a warning saying they were
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
+from itertools import zip_longest
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from xrayfeat.errors import RunError
-from xrayfeat.fileio import atomic_write, file_digest, fsync_dir, write_json
+from xrayfeat.fileio import atomic_write, csv_rows, csv_text, file_digest, fsync_dir, write_json
 from xrayfeat.options.constraints import Choice, option, validate
 from xrayfeat.options.settings import current_keys
 from xrayfeat.runs.folder import MARKER, UNFINISHED, unfinished_state
@@ -245,8 +244,8 @@ class RunRecord:
 
     def history(self) -> list[dict]:
         """``history.csv`` as rows of {column: float or None}."""
-        rows = list(csv.DictReader(io.StringIO(self.read_bytes("history").decode())))
-        return [{k: finite_float(v) for k, v in row.items() if k} for row in rows]
+        header, *rows = csv_rows(self.read_bytes("history").decode()) or [[]]
+        return [{k: finite_float(v) for k, v in zip_longest(header, row) if k} for row in rows]
 
     def predictions_csv(self) -> str:
         return self.read_bytes("predictions").decode()
@@ -255,8 +254,8 @@ class RunRecord:
         """sha256 → role (train, val, test) of every image the study used; None for runs that did not record it."""
         if "splits" not in self.artifacts:
             return None
-        rows = csv.DictReader(io.StringIO(self.read_bytes("splits").decode()))
-        return {row["sha256"]: row["split"] for row in rows}
+        header, *rows = csv_rows(self.read_bytes("splits").decode()) or [[]]
+        return {entry["sha256"]: entry["split"] for entry in (dict(zip_longest(header, row)) for row in rows)}
 
     # ------------------------------------------------------------------ serialisation
 
@@ -558,36 +557,30 @@ def write_record(record: RunRecord, run_dir: Path) -> Path:
 def write_history(path: Path, history: dict, epoch_seconds) -> None:
     """One row per epoch: every logged metric, then the epoch's seconds."""
     keys = list(history)
-    rows = ["epoch," + ",".join(keys) + ",seconds"]
+    rows = [["epoch", *keys, "seconds"]]
     n = max((len(v) for v in history.values()), default=0)
     for i in range(n):
         values = [f"{history[k][i]:.6g}" if i < len(history[k]) else "" for k in keys]
         seconds = f"{epoch_seconds[i]:.4f}" if i < len(epoch_seconds) else ""
-        rows.append(",".join([str(i + 1), *values, seconds]))
-    atomic_write(path, "\n".join(rows) + "\n")
+        rows.append([i + 1, *values, seconds])
+    atomic_write(path, csv_text(rows, lineterminator="\n"))
 
 
 def write_splits(path: Path, used) -> None:
     """Every image the study used and its role (train, val, test): what ``evaluate`` must not count as external."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["sha256", "split", "label", "path"])
-    for item, role in used:
-        writer.writerow([item.sha256, role, item.label, item.relpath])
-    atomic_write(path, out.getvalue())
+    rows = [["sha256", "split", "label", "path"], *([item.sha256, role, item.label, item.relpath] for item, role in used)]
+    atomic_write(path, csv_text(rows))
 
 
 def write_predictions(path: Path, items, y_true, classes, probabilities: dict) -> None:
     """One row per test image: path, sha256, patient, source, true label, then P(class) per model."""
-    out = io.StringIO()
-    writer = csv.writer(out)
     header = ["path", "sha256", "patient_id", "source", "label", "y_true"]
     for model in probabilities:
         header += [f"{model}:{c}" for c in classes]
-    writer.writerow(header)
+    rows = [header]
     for i, item in enumerate(items):
         row = [item.relpath, item.sha256, item.patient_id or "", item.source or "", item.label, int(y_true[i])]
         for proba in probabilities.values():
             row += [f"{p:.6g}" for p in proba[i]]
-        writer.writerow(row)
-    atomic_write(path, out.getvalue())
+        rows.append(row)
+    atomic_write(path, csv_text(rows))
