@@ -27,6 +27,20 @@ line naming it, or, with ``on_error="skip"``, is left out and listed in
 :attr:`Dataset.skipped` for extraction to report. Problems with the dataset as a
 whole (an empty class folder, a manifest without its columns) always stop it.
 
+Names are data. A class name holding a control character (a newline, an escape,
+a bidi override) is refused, and so is a hidden folder where class folders or
+images are (``DATA/train/.ipynb_checkpoints``, ``DATA/.x`` beside class folders,
+``DATA/a/.x``): a class named ``.ipynb_checkpoints`` is never what was meant, and
+leaving it out silently would drop its images. At the root of a split-folder
+dataset, where only split folders count, hidden folders (``.git``, ``.cache``) are
+left alone, as are version-control folders beside class folders. Hidden *files*
+(``.DS_Store``, macOS' ``._name.png`` resource forks) are not images and are skipped. A manifest
+naming one column twice is refused (which one would count?), and so is a path
+that leaves the manifest's folder, by ``..``, as an absolute path, or through a
+symbolic link (of the file or of any folder on its way). A manifest cell that
+xrayfeat's own CSV writer protected from spreadsheets (``'=x``, see
+:func:`xrayfeat.fileio.csv_cell`) reads as the name it protects.
+
 Class names are sorted with plain ``sorted()``, which is the order Keras'
 ``flow_from_directory`` gives its class indices (upper case before lower case),
 so label indices agree with models trained the classic way. Items are kept in
@@ -47,7 +61,8 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from xrayfeat.data import images
-from xrayfeat.errors import DatasetError
+from xrayfeat.errors import DatasetError, control_characters, one_line
+from xrayfeat.fileio import csv_value
 from xrayfeat.data.hashes import HashCache, hash_files
 from xrayfeat.options.settings import ON_ERROR
 from xrayfeat.options.constraints import Choice, OptionError
@@ -68,6 +83,7 @@ MANIFEST_NAME = "manifest.csv"
 _SPLIT_ORDER = {name: i for i, name in enumerate(SPLITS)}
 _ROOT_DOCS = ("manifest.csv", "source.md")  # besides README*, skipped at the root
 _JUNK = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})  # OS artefacts, skipped everywhere
+_VCS = frozenset({".git", ".hg", ".svn", ".dvc"})  # a version-controlled dataset's own folders, skipped at its root
 _REQUIRED_COLUMNS = ("path", "label")
 _OPTIONAL_COLUMNS = ("split", "patient_id", "source")
 _SHOW_MISSING = 5  # how many missing manifest files an error names
@@ -320,7 +336,7 @@ def printable(text: str) -> str:
 
 def _one_line(text: str) -> str:
     """Keep an error message on one printable line even when a file name holds a newline or non-UTF-8 bytes."""
-    return printable(text).replace("\r", "\\r").replace("\n", "\\n")
+    return one_line(text)
 
 
 def _suffix(name: str) -> str:
@@ -333,17 +349,49 @@ def _is_skipped(name: str) -> bool:
     return name.startswith(".") or name in _JUNK
 
 
-def _list(folder: str, shown: str) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
-    """Non-hidden sub-folders and other entries of ``folder``, each sorted by name."""
+def _list(folder: str, shown: str, *, root: bool = False) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """The sub-folders and the other entries of ``folder``, each sorted by name; hidden files and OS junk left out.
+
+    A hidden sub-folder is refused (see :func:`_refuse_hidden`), except at the
+    dataset's ``root``, where :func:`_scan_folders` decides once it knows the layout.
+    """
     try:
         with os.scandir(folder) as it:
-            entries = [entry for entry in it if not _is_skipped(entry.name)]
+            entries = [entry for entry in it if entry.name not in _JUNK]
     except OSError as error:
         raise DatasetError(_one_line(f"{shown}: cannot list folder ({error.strerror}); check its permissions")) from error
     entries.sort(key=lambda entry: entry.name)
     dirs = [entry for entry in entries if _is_dir(entry)]
-    others = [entry for entry in entries if not _is_dir(entry)]
-    return dirs, others
+    others = [entry for entry in entries if not _is_dir(entry) and not entry.name.startswith(".")]
+    if not root:
+        _refuse_hidden([d for d in dirs if d.name.startswith(".")], shown)
+    return [d for d in dirs if not d.name.startswith(".")], others
+
+
+def _hidden_folders(folder: str, spared: frozenset[str]) -> list[os.DirEntry]:
+    """The hidden sub-folders of ``folder`` but the ``spared`` ones, sorted by name."""
+    with os.scandir(folder) as it:
+        found = [entry for entry in it if entry.name.startswith(".") and entry.name not in spared and _is_dir(entry)]
+    return sorted(found, key=lambda entry: entry.name)
+
+
+def _refuse_hidden(hidden: list[os.DirEntry], shown: str) -> None:
+    """A hidden folder inside a dataset is a problem with the dataset: it would be a class named ``.something``."""
+    if hidden:
+        raise DatasetError(_one_line(
+            f"{os.path.join(shown, hidden[0].name)}: hidden folder inside the dataset (a class name cannot start "
+            f"with '.', as Jupyter's .ipynb_checkpoints does); move it out of the dataset or remove it"
+        ))
+
+
+def _check_class_name(label: str, where: str) -> None:
+    """Refuse a class name that holds control characters: it would reach every table, report and terminal line."""
+    found = control_characters(label)
+    if found:
+        raise DatasetError(_one_line(
+            f"{where}: the class name {label!r} holds control character{'s' if len(found) > 1 else ''} "
+            f"{', '.join(found)}; rename the class without them"
+        ))
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -398,7 +446,7 @@ def _check_loose_files(entries: list[os.DirEntry], shown: str, suffixes: frozens
 def _scan_folders(root: str, shown_root: str, suffixes: frozenset[str],
                   wanted: set[str] | None, problems: _Problems) -> tuple[str, list[_Found]]:
     """Decide the folder layout and list the image files of the wanted classes."""
-    subdirs, others = _list(root, shown_root)
+    subdirs, others = _list(root, shown_root, root=True)
     by_split: dict[str, list[str]] = defaultdict(list)
     for entry in subdirs:
         if entry.name.lower() in _SPLIT_ORDER:
@@ -437,8 +485,9 @@ def _scan_folders(root: str, shown_root: str, suffixes: frozenset[str],
                     f"{shown_split}: split folder has no class folders; add {shown_split}/<class>/ folders or remove it"
                 ))
             class_dirs.extend((split, d.name, f"{entry.name}/{d.name}") for d in dirs)
-    else:
+    else:  # the root's folders are the class folders: a hidden one would be a class (a .git folder is not)
         layout = "class-folders"
+        _refuse_hidden(_hidden_folders(root, _VCS), shown_root)
         class_dirs = [("train", entry.name, entry.name) for entry in subdirs]
 
     _check_wanted(wanted, (label for _, label, _ in class_dirs), shown_root)
@@ -446,6 +495,7 @@ def _scan_folders(root: str, shown_root: str, suffixes: frozenset[str],
     for split, label, rel_dir in class_dirs:
         if wanted is not None and label not in wanted:
             continue
+        _check_class_name(label, os.path.join(shown_root, rel_dir))
         found.extend(_scan_class(root, shown_root, rel_dir, label, split, suffixes, problems))
     return layout, found
 
@@ -501,6 +551,7 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]]
             header = [name.strip().lower() for name in next(reader, [])]
             if "path" not in header or not ({"patient_id", "source"} & set(header)):
                 return None
+            _refuse_duplicate_columns(header, manifest)
             i_path = header.index("path")
             i_pid = header.index("patient_id") if "patient_id" in header else None
             i_src = header.index("source") if "source" in header else None
@@ -517,11 +568,37 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]]
 
 
 def _cell(row: list[str], index: int | None) -> str | None:
-    """A stripped optional cell; empty or absent becomes None."""
+    """A stripped optional cell, as written before xrayfeat's CSV writer protected it; empty or absent becomes None."""
     if index is None or index >= len(row):
         return None
-    value = row[index].strip()
+    value = csv_value(row[index].strip()).strip()
     return value or None
+
+
+def _refuse_duplicate_columns(header: list[str], shown_csv: str) -> None:
+    """A column named twice (``label,...,label``) is ambiguous: which one holds the labels?"""
+    first: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name and name in first:
+            raise DatasetError(_one_line(
+                f"{shown_csv}: the manifest has the column {name!r} twice (columns {first[name]} and {number}); "
+                f"keep one of them"
+            ))
+        first.setdefault(name, number)
+
+
+def _outside(path: str, base: str, real_base: str, real_dirs: dict[str, str]) -> str | None:
+    """Where ``path`` (inside ``base`` by name) really is when a symbolic link takes it out of ``base``; else None.
+
+    The folders on its way are resolved once each (``real_dirs`` caches them), the
+    file itself only when it is a link: one ``lstat`` per row.
+    """
+    folder = os.path.dirname(path)
+    real_dir = real_dirs.get(folder)
+    if real_dir is None:
+        real_dir = real_dirs[folder] = os.path.realpath(folder)
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_dir, os.path.basename(path))
+    return None if real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep) else real
 
 
 def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], problems: _Problems) -> list[_Found]:
@@ -542,6 +619,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise DatasetError(f"{shown_csv}: manifest is empty; it needs a header row {','.join(_REQUIRED_COLUMNS + _OPTIONAL_COLUMNS)} and one row per image")
     header = [name.strip().lower() for name in rows[0]]
+    _refuse_duplicate_columns(header, shown_csv)
     missing = [name for name in _REQUIRED_COLUMNS if name not in header]
     if missing:
         raise DatasetError(_one_line(
@@ -555,6 +633,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
     seen: dict[str, int] = {}
     missing_files: list[str] = []
     bad_splits: dict[str, int] = {}
+    real_base, real_dirs = os.path.realpath(base), {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -564,6 +643,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
             raise DatasetError(f"{shown_csv}: line {line} has an empty path; fill it in or delete the row")
         if label is None:
             raise DatasetError(_one_line(f"{shown_csv}: line {line} ({value}) has an empty label; fill it in or delete the row"))
+        _check_class_name(label, f"{shown_csv}: line {line}")
         split = (_cell(row, col["split"]) if "split" in col else None) or "train"
         if split.lower() not in _SPLIT_ORDER:
             bad_splits.setdefault(split, line)
@@ -575,6 +655,13 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
             raise DatasetError(_one_line(
                 f"{shown_csv}: line {line} path {value} leaves the manifest's folder {shown_base or '.'}; "
                 f"list only files inside it (or move the manifest up to a folder that holds every image)"
+            ))
+        real = _outside(path, base, real_base, real_dirs)
+        if real is not None:
+            raise DatasetError(_one_line(
+                f"{shown_csv}: line {line} path {value} leads, through a symbolic link, to {real}, outside the "
+                f"manifest's folder {shown_base or '.'}; list only files inside it (copy the image in, or move the "
+                f"manifest up to a folder that holds every image)"
             ))
         if path in seen:
             raise DatasetError(_one_line(
@@ -678,15 +765,18 @@ def _csv_paths(csv_path: str, shown: str) -> list[tuple[str, str]]:
     """(absolute path, path as written) of each row of a CSV with a ``path`` column, relative to the CSV."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+            header, *rows = list(csv.reader(fh)) or [[]]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"{shown}: cannot read this CSV ({exc}); save it as UTF-8 CSV") from None
-    if not rows or "path" not in rows[0]:
+        raise DatasetError(_one_line(f"{shown}: cannot read this CSV ({exc}); save it as UTF-8 CSV")) from None
+    header = [name.strip().lower() for name in header]
+    if not rows or "path" not in header:
         raise DatasetError(f"{shown}: a CSV of images needs a 'path' column (one image path per row)")
+    _refuse_duplicate_columns(header, shown)
+    column = header.index("path")
     folder = os.path.dirname(csv_path)
     out = []
     for line, row in enumerate(rows, start=2):
-        value = (row.get("path") or "").strip()
+        value = _cell(row, column)
         if not value:
             continue
         if "\0" in value:
