@@ -9,7 +9,15 @@ twice, so the two outputs always say the same thing. Inline content is a
 :func:`render_html` embeds every figure as a ``data:`` URI and carries its own
 CSS (screen and print), so the page opens offline and loads nothing from
 anywhere. Every string is escaped by both renderers: text from a run record is
-data, not markup. The page fits a laptop screen: every table sits in a box of
+data, not markup. Each sink has one encoder: :func:`md_text` (Markdown:
+backslash escapes for what would start emphasis, code, a table cell, a link or
+an image, ``&lt;`` and ``&amp;`` for raw HTML and entities, and a marker at the
+start of a block that would make a heading, list, quote or link definition),
+:func:`_md_code` (code spans fenced by a longer run of backticks than they
+hold), :func:`html_text` (``html.escape`` with quotes, for text and attribute
+values alike) and :func:`url_path` (percent-encoding for ``href``s and image
+paths). All of them show control characters escaped
+(:func:`~xrayfeat.errors.one_line`), never raw. The page fits a laptop screen: every table sits in a box of
 the page's width that scrolls sideways when the table is wider, long words in
 text and headers wrap instead of widening the page, and figures scale down.
 
@@ -21,11 +29,15 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import struct
+import urllib.parse
 from dataclasses import dataclass, field
 
+from xrayfeat.errors import one_line
+
 __all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "Folded", "png_size",
-           "render_markdown", "render_html"]
+           "render_markdown", "render_html", "md_text", "html_text", "url_path"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A figure at least this much wider than tall gets the full page width.
@@ -116,47 +128,85 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- Markdown
 
 
-def _md_text(text: str) -> str:
-    """Escape what would break a table or turn record text into markup."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
-            .replace("\r", " ").replace("\n", " "))
+# Markdown characters escaped wherever they are: emphasis (* ~), code (`), tables (|), backslash itself
+_MD_ALWAYS = re.compile(r"[\\`*~|]")
+# "_" opens emphasis only at a word's edge ("hosp_b" stays as it is); "](" is where a link or an image starts
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# what makes a line a heading, quote, list item, thematic break, setext underline or link reference definition
+_MD_BLOCK_START = re.compile(r"^(\s*)([#>+=\-\[]|\d{1,9}(?=[.)]))")
+# a link the renderer made ("[text](#anchor)": its text holds no bracket, and escaped text never holds "](")
+_MD_OWN_LINK = re.compile(r"\s*\[[^\[\]]*\]\(#")
+
+
+def md_text(text) -> str:
+    """``text`` as Markdown that shows it as it is: no emphasis, code, link, image, HTML or table cell can come of it.
+
+    Control characters are shown escaped (``\\n``), so the text stays on its line.
+    """
+    text = one_line(text)
+    text = _MD_ALWAYS.sub(lambda m: "\\" + m.group(), text)
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace("](", "]\\(")
+
+
+def _md_block_start(line: str) -> str:
+    """A block's first line with the character that would make it a heading, list, quote or link definition escaped."""
+    match = _MD_BLOCK_START.match(line)
+    if not match or _MD_OWN_LINK.match(line):
+        return line
+    if match.group(2)[0].isdigit():  # "1. x" or "1) x": escape the dot
+        end = match.end()
+        return line[:end] + "\\" + line[end:]
+    return line[:match.start(2)] + "\\" + line[match.start(2):]
+
+
+def _md_code(text) -> str:
+    """``text`` as a code span: fenced by more backticks than it holds in a row, pipes escaped for table cells."""
+    text = one_line(text).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _md_inline(content) -> str:
     if isinstance(content, list):
-        return "".join(_md_inline(c) for c in content)
+        parts = [_md_inline(c) for c in content]
+        # a fragment ending in "]" followed by one starting with "(" would join into a link: keep them apart
+        return "".join(p if i == 0 or not (parts[i - 1].endswith("]") and p.startswith("(")) else "\\" + p
+                       for i, p in enumerate(parts))
     if isinstance(content, Span):
-        text = _md_text(content.text)
+        text = md_text(content.text)
         if content.role in ("flag", "strong"):
             stripped = text.strip()
             return text.replace(stripped, f"**{stripped}**") if stripped else text
         if content.role == "code":
-            return "`" + str(content.text).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+            return _md_code(content.text)
         if content.role == "link":
-            return f"[{text.replace('[', '(').replace(']', ')')}](#{content.target})"
+            return f"[{text.replace('[', '(').replace(']', ')')}](#{url_path(content.target)})"
         return text
-    return _md_text(content)
+    return md_text(content)
 
 
 def _md_block(b) -> str:
     if isinstance(b, Heading):
-        return "#" * b.level + " " + _md_text(b.text)
+        return "#" * b.level + " " + md_text(b.text).replace("#", "\\#")  # a closing "#" sequence would be dropped
     if isinstance(b, Para):
-        text = _md_inline(b.content)
+        text = _md_block_start(_md_inline(b.content))
         return f"*{text}*" if b.cls == "note" and not text.startswith("`") else text
     if isinstance(b, List):
-        return "\n".join("- " + _md_inline(item) for item in b.items)
+        return "\n".join("- " + _md_block_start(_md_inline(item)) for item in b.items)
     if isinstance(b, Table):
-        lines = ["| " + " | ".join(_md_text(h) for h in b.header) + " |",
+        lines = ["| " + " | ".join(_md_inline(h) for h in b.header) + " |",
                  "|" + "|".join("---:" if i in b.numeric else "---" for i in range(len(b.header))) + "|"]
         lines += ["| " + " | ".join(_md_inline(c) for c in row) + " |" for row in b.rows]
         return "\n".join(lines)
     if isinstance(b, Figures):
         return "\n\n".join(
-            f"![{_md_text(f.caption).replace('[', '(').replace(']', ')')}]({f.md_path})  \n*{_md_text(f.caption)}*"
+            f"![{md_text(f.caption).replace('[', '(').replace(']', ')')}]({url_path(f.md_path)})  \n*{md_text(f.caption)}*"
             for f in b.figures)
     if isinstance(b, Folded):  # Markdown has no folding: the summary, then everything
-        return "\n\n".join([_md_inline(b.summary), *(_md_block(inner) for inner in b.blocks)])
+        return "\n\n".join([_md_block_start(_md_inline(b.summary)), *(_md_block(inner) for inner in b.blocks)])
     raise TypeError(f"A report block must be a Heading, Para, List, Table, Figures or Folded. Got {b!r} instead.")
 
 
@@ -239,8 +289,24 @@ figcaption { font-size: 12px; color: #57606a; margin-top: 4px; }
 """
 
 
-def _esc(text) -> str:
-    return html.escape(str(text), quote=True)
+def html_text(text) -> str:
+    """``text`` for HTML, as element content or a double-quoted attribute value: ``& < > " '`` escaped.
+
+    Control characters are shown escaped (``\\x1b``), as on the terminal.
+    """
+    return html.escape(one_line(text), quote=True)
+
+
+_esc = html_text
+
+
+def url_path(text) -> str:
+    """``text`` as a URL path or fragment: everything but letters, digits, ``-._~`` and ``/`` percent-encoded.
+
+    For the ``#anchor`` of a link and a Markdown image's relative path, so a name
+    with a space, a parenthesis or a quote can never end the URL early.
+    """
+    return urllib.parse.quote(str(text), safe="/")
 
 
 def _html_inline(content) -> str:
@@ -249,7 +315,7 @@ def _html_inline(content) -> str:
     if isinstance(content, Span):
         text = _esc(content.text)
         if content.role == "link":
-            return f'<a href="#{_esc(content.target)}">{text}</a>'
+            return f'<a href="#{_esc(url_path(content.target))}">{text}</a>'
         if content.role == "code":
             return f"<code>{text}</code>"
         if content.role == "strong":
