@@ -108,8 +108,9 @@ class Run:
                             dtype={"patient_id": str, "source": str})
         # the names as they were: the quote that kept a spreadsheet from running one as a formula is taken off
         table.columns = [csv_value(c) for c in table.columns]
-        for column in table.columns[table.dtypes == object]:
-            table[column] = table[column].map(lambda v: csv_value(v) if isinstance(v, str) else v)
+        for column in table.columns:
+            if not pd.api.types.is_numeric_dtype(table[column]):  # object, or pandas' own string dtype
+                table[column] = table[column].map(lambda v: csv_value(v) if isinstance(v, str) else v)
         return table
 
     def history(self):
