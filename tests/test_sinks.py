@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import html
 import html.parser
 import io
 import json
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import urllib.parse
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,7 +49,8 @@ FORGED_SHOWN = "x\\nxrayfeat: error: forged\\r\\x1b[2K\\x85\\u2028\\u2029\\u202e
     ("\x85", "\\x85"), ("\x9b", "\\x9b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\u202e", "\\u202e"),
     ("\u202a", "\\u202a"), ("\u2066", "\\u2066"), ("\u2069", "\\u2069"), ("\u200f", "\\u200f"),
     ("\udcff", "\\xff"),  # a non-UTF-8 byte of a file name, as Python reads it
-])
+], ids=["LF", "CR", "TAB", "NUL", "BEL", "BS", "VT", "FF", "ESC", "US", "DEL", "NEL", "CSI", "LS", "PS", "RLO", "LRE", "LRI",
+        "PDI", "RLM", "non-UTF-8-byte"])
 def test_one_line_escapes_every_control_character(char, shown):
     line = one_line(f"a{char}b")
     assert line == f"a{shown}b"
@@ -316,6 +319,34 @@ def test_hostile_names_in_the_report_are_text_in_html_and_markdown(hostile_run):
     assert "alert(1)" in rendered and "alert(4)" in rendered  # the class and run names are there, as text
 
 
+@pytest.mark.parametrize("name", ["# heading", "- item", "+ item", "1. first", "2) second", "> quote", "=== x", "---",
+                                  "[a]: http://evil.example", "*a* _b_ ~~c~~ `d` **e**", "x](http://evil.example)",
+                                  "![i](http://evil.example/i.png)", "<b>&amp;</b>", "end ##", "a|b"])
+def test_markdown_shows_a_name_at_any_place_as_its_text(name):
+    """A name that starts a paragraph, a list item or a heading, fills a table cell, captions a figure or names its
+    file: the Markdown shows its characters, never a heading, list, quote, link, image, emphasis or extra cell."""
+    from markdown_it import MarkdownIt
+
+    from xrayfeat.report.document import Figure, Figures, Heading, List, Para, Span, Table, render_markdown
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 30
+    blocks = [Heading(2, name), Para(name), Para([name, Span(name, "code")], cls="note"), List([name, [Span(name, "link", "x")]]),
+              Table(["h", name], [[name, [Span("[", "sub"), name, Span("](#y)", "sub")]]]),
+              Figures([Figure(name, png, f"figures/{name}.png")])]
+    rendered = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(render_markdown(blocks))
+    parser = _Tags()
+    parser.feed(rendered)
+    tags = [tag for tag, _ in parser.tags]
+    assert tags.count("h2") == 1 and tags.count("li") == 2 and tags.count("td") == 2 and tags.count("img") == 1
+    assert set(tags) <= {"h2", "p", "em", "code", "ul", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "img", "br"}
+    assert tags.count("em") == 2  # the note, and the figure's caption: nothing more
+    assert [attrs["href"] for tag, attrs in parser.tags if tag == "a"] == ["#x"]
+    [src] = [attrs["src"] for tag, attrs in parser.tags if tag == "img"]
+    assert urllib.parse.unquote(src) == f"figures/{name}.png"  # one URL, whatever the name holds
+    shown = html.unescape(re.sub("<[^>]+>", "", rendered))
+    assert shown.count(name) >= 6  # heading, paragraph, note, list item, cell, caption
+
+
 # --------------------------------------------------------------------------- discovery
 
 
@@ -334,7 +365,8 @@ def _two_classes(root: Path, *, split: str | None = "train") -> Path:
     return root
 
 
-@pytest.mark.parametrize("where", ["train/.ipynb_checkpoints", ".hidden", "train/a/.ipynb_checkpoints"])
+@pytest.mark.parametrize("where", ["train/.ipynb_checkpoints", ".hidden", "train/a/.ipynb_checkpoints"],
+                         ids=["in-a-split", "beside-class-folders", "in-a-class"])
 @pytest.mark.parametrize("on_error", ["fail", "skip"])
 def test_a_hidden_folder_where_classes_or_images_are_is_a_dataset_problem(tmp_path, where, on_error):
     data = _two_classes(tmp_path / "data", split=None if where == ".hidden" else "train")
@@ -356,7 +388,8 @@ def test_hidden_files_and_tool_folders_at_the_root_are_left_alone(tmp_path):
     assert discover(flat).classes == ("a", "b")
 
 
-@pytest.mark.parametrize("name", ["a\nb", "c\x1b[31m", "d\u202eg", "e\u2028f", "f\x85g", "g\x7fh", "h\ti"])
+@pytest.mark.parametrize("name", ["a\nb", "c\x1b[31m", "d\u202eg", "e\u2028f", "f\x85g", "g\x7fh", "h\ti"],
+                         ids=["newline", "escape", "bidi-override", "line-separator", "NEL", "DEL", "tab"])
 def test_a_class_name_with_control_characters_is_refused(tmp_path, name):
     data = _two_classes(tmp_path / "data")
     _png(data / "train" / name / "x.png", 5)
@@ -379,7 +412,8 @@ def test_a_control_character_class_is_one_line_and_exit_2_from_the_cli(tmp_path)
     assert line.startswith(f"xrayfeat: error: {data}/train/b\\nxrayfeat: error: forged: the class name")
 
 
-@pytest.mark.parametrize("header", ["path,label,label", "path,label,Label", "path, label,split,label ", "path,label,x,x"])
+@pytest.mark.parametrize("header", ["path,label,label", "path,label,Label", "path, label,split,label ", "path,label,x,x"],
+                         ids=["label-twice", "label-Label", "label-with-blanks", "other-column-twice"])
 @pytest.mark.parametrize("on_error", ["fail", "skip"])
 def test_a_manifest_naming_a_column_twice_is_a_dataset_problem(tmp_path, header, on_error):
     data = _two_classes(tmp_path / "data")

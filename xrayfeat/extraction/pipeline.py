@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from xrayfeat.data.datasets import Dataset, printable
 from xrayfeat.devices import confirm_device
-from xrayfeat.errors import DatasetError, ImageReadError, XrayfeatError
+from xrayfeat.errors import DatasetError, ImageReadError, XrayfeatError, one_line
 from xrayfeat.extraction.chunks import run_chunks
 from xrayfeat.extraction.config import FeatureConfig, resolve
 from xrayfeat.extraction.decoding import decoder_version
@@ -118,7 +118,7 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
     run.validate()
     if dataset.skipped and run.on_error == "fail":  # discovered with on_error="skip"
         first = dataset.skipped[0]
-        raise DatasetError(printable(f"{first.path}: {first.reason} {SKIP_HINT}"))
+        raise DatasetError(one_line(f"{first.path}: {first.reason} {SKIP_HINT}"))
     started = time.perf_counter()
     configs = [resolve(f, run.device) for f in features]
     sizes = {c.fingerprint["image_size"] for c in configs}
@@ -182,7 +182,7 @@ def _fail_on_known(dataset, known: dict[str, dict[str, str]]) -> None:
     reasons = {sha: reason for record in known.values() for sha, reason in record.items()}
     for item in dataset.items:
         if item.sha256 in reasons:
-            raise ImageReadError(printable(str(item.path)), f"{reasons[item.sha256]} {SKIP_HINT}")
+            raise ImageReadError(one_line(item.path), f"{reasons[item.sha256]} {SKIP_HINT}")
 
 
 def _build(config: FeatureConfig, writer, device: str):
@@ -261,6 +261,6 @@ def _warn_skipped(reasons: dict[str, str]) -> None:
     """One warning per file left out, up to a few; the rest are counted (the result lists them all)."""
     lines = sorted(reasons.items())
     for path, reason in lines[:_SHOW_SKIPPED]:
-        log.warning("%s", printable(f"skipped {path}: {reason}"))
+        log.warning("%s", one_line(f"skipped {path}: {reason}"))
     if len(lines) > _SHOW_SKIPPED:
         log.warning("skipped %d more files (see skipped_files in --json output)", len(lines) - _SHOW_SKIPPED)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from xrayfeat.backbones import get_spec
-from xrayfeat.data.datasets import printable
 from xrayfeat.devices import device_scope
-from xrayfeat.errors import ImageReadError, StoreError
+from xrayfeat.errors import ImageReadError, StoreError, one_line
 from xrayfeat.extraction.config import FeatureConfig
 from xrayfeat.extraction.decoding import decoded, default_workers
 from xrayfeat.extraction.progress import progress_bar
@@ -88,7 +87,7 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
         for (sha, path), (pixels, failure) in zip(todo, decoded(paths, size, workers)):
             if failure is not None:
                 if run.on_error == "fail":  # the path as it can be printed: its message is the CLI's one line
-                    raise ImageReadError(printable(path), f"{failure.reason} {SKIP_HINT}")
+                    raise ImageReadError(one_line(path), f"{failure.reason} {SKIP_HINT}")
                 skipped[sha] = failure.reason
                 if failure.lasting and _holds(path, sha):
                     lasting.add(sha)
