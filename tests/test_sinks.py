@@ -424,6 +424,13 @@ def test_a_manifest_naming_a_column_twice_is_a_dataset_problem(tmp_path, header,
         discover(manifest, on_error=on_error)
 
 
+def test_a_folder_manifest_naming_an_annotation_column_twice_is_refused(tmp_path):
+    data = _two_classes(tmp_path / "data")
+    (data / "manifest.csv").write_text("path,patient_id,patient_id\ntrain/a/a.png,p1,p2\n")
+    with pytest.raises(DatasetError, match=r"manifest\.csv: the manifest has the column 'patient_id' twice"):
+        discover(data)
+
+
 def test_a_csv_of_images_naming_path_twice_is_refused(tmp_path):
     data = _two_classes(tmp_path / "data")
     (data / "new.csv").write_text("path,path\ntrain/a/a.png,train/b/b.png\n")

@@ -559,7 +559,7 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]]
             for row in reader:
                 if len(row) <= i_path or not row[i_path].strip():
                     continue
-                annotations[_normalise_relpath(row[i_path])] = (_cell(row, i_pid), _cell(row, i_src))
+                annotations[_normalise_relpath(csv_value(row[i_path].strip()))] = (_cell(row, i_pid), _cell(row, i_src))
             return annotations
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         if not isinstance(error, FileNotFoundError):
