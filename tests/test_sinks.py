@@ -468,6 +468,14 @@ def test_a_manifest_path_leaving_its_folder_through_a_symbolic_link_is_refused(t
         f"{data}; list only files inside it (copy the image in, or move the manifest up to a folder that holds every image)")
 
 
+def test_a_nul_byte_in_a_manifest_path_is_a_missing_file_not_a_crash(tmp_path):
+    data = _two_classes(tmp_path / "data")
+    (data / "m.csv").write_text("path,label\ntrain/a/a.png,a\ntrain/b/b\0.png,b\n")
+    with pytest.raises(DatasetError, match=r"1 listed file does not exist: train/b/b\\x00\.png"):
+        discover(data / "m.csv")
+    assert len(discover(data / "m.csv", on_error="skip")) == 1
+
+
 def test_a_symbolic_link_that_stays_inside_the_manifest_folder_is_fine(tmp_path):
     data = _two_classes(tmp_path / "data")
     os.symlink("b", data / "train" / "alias")

@@ -593,6 +593,8 @@ def _outside(path: str, base: str, real_base: str, real_dirs: dict[str, str]) ->
     The folders on its way are resolved once each (``real_dirs`` caches them), the
     file itself only when it is a link: one ``lstat`` per row.
     """
+    if "\0" in path:  # no such file (the row's own check says so); realpath would raise
+        return None
     folder = os.path.dirname(path)
     real_dir = real_dirs.get(folder)
     if real_dir is None:
