@@ -36,6 +36,7 @@ from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.models.baselines import columns_for, read_pixels
+from xrayfeat.runs.outputs import check_output
 
 log = logging.getLogger("xrayfeat")
 
@@ -209,8 +210,11 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
 
     ``run``: a loaded :class:`~xrayfeat.runs.loaded.Run` (``xf.load_run``). ``inputs``: image
     files, folders or CSVs with a ``path`` column (a single path is fine).
-    ``out``: a CSV to write (atomically), or None.
+    ``out``: a CSV to write (atomically), or None; never a run's or a cache's file
+    (:func:`~xrayfeat.runs.outputs.check_output`, checked before anything else).
     """
+    if out is not None:
+        check_output(out, "predict")
     dataset, folder = gather_inputs(run, inputs, cache_dir)
     scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                    cluster=cluster, progress=progress, models=models)
