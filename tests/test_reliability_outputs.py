@@ -158,6 +158,18 @@ def test_embed_from_a_run_may_draw_its_own_map_but_not_anothers(shared_run, plac
                                f"would overwrite it; pass an --out outside the run folder, or {run}/embed-*.png")
 
 
+def test_the_cache_folder_a_command_is_told_to_use_is_a_cache_folder_before_it_exists(shared_run, tmp_path):
+    fresh = tmp_path / "fresh"
+    line = f"{fresh / 'out.csv'}: lies inside the feature cache folder {fresh} (its stores and hash memory); pass an --out outside it"
+    with pytest.raises(OutputError) as info:
+        xf.predict(shared_run.path, shared_run.data / "test", out=fresh / "out.csv", cache_dir=fresh)
+    assert str(info.value) == line
+    with pytest.raises(OutputError) as info:
+        xf.embed(shared_run.data, "vgg16", out=fresh / "out.csv", weights="none", image_size=32, cache_dir=fresh)
+    assert str(info.value) == line
+    assert not fresh.exists()
+
+
 def test_an_evaluation_may_not_write_through_a_link_out_of_its_run(shared_run, place):
     """``RUN/external`` made a link into another run (or out of the run) is refused before any scoring."""
     run, other = place / "run", shared_run.copy(place / "other")

@@ -184,7 +184,8 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = None if from_run is not None else _features(backbone, features, options)
     _no_leftovers(options, "embed")
-    check_output(out, "embed", run=from_run.path if isinstance(from_run, Run) else from_run)  # before discovery
+    check_output(out, "embed", run=from_run.path if isinstance(from_run, Run) else from_run,  # before discovery
+                 cache=run.cache_dir)
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     if from_run is not None and not isinstance(from_run, Run):
         from_run = load_run(from_run)

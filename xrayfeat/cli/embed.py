@@ -56,7 +56,7 @@ def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device
         features.validate()
     if out is None:
         out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
-    check_output(out, "embed", run=from_run)  # before the data is discovered (embed_map checks it again)
+    check_output(out, "embed", run=from_run, cache=cache_dir)  # before the data is discovered (embed_map checks it again)
     dataset = dataset_of(data, classes, cache_dir, on_error)
     outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed),
                         from_run=load_run(from_run) if from_run else None,

@@ -128,7 +128,7 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise OptionError(f"The 'name' of an external evaluation must be a plain folder name. Got {name!r} instead.")
     _check_place(run, name)
-    run.record = runs.read_record(run.path)  # read again (under the run's lock) before the result is recorded
+    run.record = runs.read_record(run.path)  # the record as it is now; _write reads it again under the run's lock
     found = _check_classes(run, dataset)
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap

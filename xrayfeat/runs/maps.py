@@ -72,7 +72,7 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     from xrayfeat.analysis.maps import embed_features
 
     embed.validate()
-    owner = check_output(out, "embed", run=from_run.path if from_run is not None else None)
+    owner = check_output(out, "embed", run=from_run.path if from_run is not None else None, cache=run.cache_dir)
     head = None
     if from_run is not None:
         if list(dataset.classes) != from_run.classes:

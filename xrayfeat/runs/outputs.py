@@ -55,16 +55,19 @@ class OutputError(XrayfeatError):
 
 
 def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike | None = None,
-                 name: str | None = None) -> Path | None:
+                 name: str | None = None, cache: str | os.PathLike | None = None) -> Path | None:
     """Refuse ``out`` where ``command`` must not write; the run folder when ``out`` is the place it owns there, else None.
 
     ``run``: the run ``command`` works on (its owned place, :data:`OWNED`, is in
     that run only); ``name``: what fills the place's ``{name}``. A caller given
-    a run folder back writes there under the run's lock. See the module docstring.
+    a run folder back writes there under the run's lock. ``cache``: the cache
+    folder the command will use, a cache folder even before the command makes it.
+    See the module docstring.
     """
     given = os.fspath(out)
     target = Path(os.path.realpath(given))
     own = Path(os.path.realpath(run)) if run is not None else None
+    cache = Path(os.path.realpath(cache)) if cache is not None else None
     for folder in (target, *target.parents):
         if is_run_folder(folder):
             rel = PurePosixPath(target.relative_to(folder).as_posix())
@@ -74,7 +77,7 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
         if is_store_folder(folder):
             what = "is the feature store" if folder == target else "lies inside the feature store"
             raise OutputError(f"{given}: {what} {folder}; pass an --out outside the cache folder {folder.parent}")
-        if is_cache_folder(folder):
+        if folder == cache or is_cache_folder(folder):
             what = "is the feature cache folder" if folder == target else "lies inside the feature cache folder"
             raise OutputError(f"{given}: {what} {folder} (its stores and hash memory); pass an --out outside it")
     return None
