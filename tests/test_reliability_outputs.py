@@ -170,6 +170,12 @@ def test_the_cache_folder_a_command_is_told_to_use_is_a_cache_folder_before_it_e
     assert not fresh.exists()
 
 
+def test_an_out_holding_a_nul_byte_is_one_line_not_a_traceback(shared_run, tmp_path):
+    with pytest.raises(OutputError) as info:
+        xf.predict(shared_run.path, shared_run.data / "test", out="pred\0.csv", cache_dir=tmp_path / "cache")
+    assert str(info.value) == "'pred\\x00.csv': not a path (it holds a NUL byte); pass another --out"
+
+
 def test_an_evaluation_may_not_write_through_a_link_out_of_its_run(shared_run, place):
     """``RUN/external`` made a link into another run (or out of the run) is refused before any scoring."""
     run, other = place / "run", shared_run.copy(place / "other")

@@ -65,6 +65,8 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
     See the module docstring.
     """
     given = os.fspath(out)
+    if "\0" in str(given):
+        raise OutputError(f"{given!r}: not a path (it holds a NUL byte); pass another --out")
     target = Path(os.path.realpath(given))
     own = Path(os.path.realpath(run)) if run is not None else None
     cache = Path(os.path.realpath(cache)) if cache is not None else None
