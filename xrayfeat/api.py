@@ -179,10 +179,13 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
     Images left out by ``on_error="skip"`` are not on the map; the outcome's ``skipped_files`` lists them.
     """
     from xrayfeat.runs.maps import embed_map
+    from xrayfeat.runs.outputs import check_output
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = None if from_run is not None else _features(backbone, features, options)
     _no_leftovers(options, "embed")
+    check_output(out, "embed", run=from_run.path if isinstance(from_run, Run) else from_run,  # before discovery
+                 cache=run.cache_dir)
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     if from_run is not None and not isinstance(from_run, Run):
         from_run = load_run(from_run)

@@ -148,7 +148,9 @@ def cache_export(data, out, as_json, **kw):
       xrayfeat cache export demo_data --backbone vgg16 --weights none --out vgg16.npz
     """
     from xrayfeat.extraction.feature_export import export_features
+    from xrayfeat.runs.outputs import check_output
 
+    check_output(out, "cache export", cache=kw["cache_dir"])
     features = single_feature(kw)
     result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,
                              cache_dir=kw["cache_dir"], device=kw["device"])

@@ -48,6 +48,7 @@ def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device
     """
     from xrayfeat.runs.maps import embed_map
     from xrayfeat.runs.loaded import load_run
+    from xrayfeat.runs.outputs import check_output
 
     if not backbone and not from_run:
         raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
@@ -56,6 +57,7 @@ def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device
         features.validate()
     if out is None:
         out = Path(from_run) / f"embed-{method}.png" if from_run else Path("embeddings") / f"{backbone}-{method}.png"
+    check_output(out, "embed", run=from_run, cache=cache_dir)  # before the data is discovered (embed_map checks it again)
     dataset = dataset_of(data, classes, cache_dir, on_error)
     outcome = embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed),
                         from_run=load_run(from_run) if from_run else None,

@@ -86,6 +86,7 @@ from xrayfeat.runs.record import (
     read_record,
 )
 from xrayfeat.errors import RunError
+from xrayfeat.runs.outputs import check_output
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "GRADCAM"]
 
@@ -1040,7 +1041,9 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
 
     Returns ``{"markdown": path, "html": path, "runs": n, "tables": k}`` (paths as
     str). Raises :class:`~xrayfeat.errors.RunError` naming the folder when one is
-    not a run or its record or a checked file is damaged, and
+    not a run or its record or a checked file is damaged,
+    :class:`~xrayfeat.runs.outputs.OutputError` when ``OUT`` or ``OUT/figures``
+    lies inside a run or a cache folder (checked first), and
     :class:`~xrayfeat.errors.XrayfeatError` when no run is given.
     """
     if isinstance(runs, (str, os.PathLike)):
@@ -1048,6 +1051,8 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     paths = list(runs or [])
     if not paths:
         raise XrayfeatError("no runs given; pass one or more run folders made by fit-head (runs/<name>)")
+    check_output(out, "report")
+    check_output(Path(os.fspath(out)) / "figures", "report")  # a link there would put the copies into a run
     loaded = _load_runs(paths)
     out = Path(os.fspath(out))
     if out.exists() and not out.is_dir():

@@ -4,6 +4,10 @@
   telling unfinished folders apart (:func:`new_run_dir`, :func:`unfinished_state`);
 * :mod:`.record`: the typed, schema-checked :class:`RunRecord` (``config.json``) with a sha256 per
   artifact, :class:`RunWarning`, and the writers of its tables;
+* :mod:`.lock`: one writer at a time per run: the run folder's lock, and the record read again and
+  written back under it (:func:`updating_record`);
+* :mod:`.outputs`: where a command may write what its user names: never over a run's recorded files,
+  never inside a run, a store or a cache folder but in the place it owns (:func:`check_output`);
 * :mod:`.fit`: the fit-head pipeline (:func:`fit_head` → :class:`FitResult`): features, splits,
   head, baselines, metrics, figures, record;
 * :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);

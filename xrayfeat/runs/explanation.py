@@ -33,7 +33,8 @@ from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.fileio import atomic_path, atomic_write, csv_text
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
-from xrayfeat.runs.prediction import gather_inputs, run_features
+from xrayfeat.runs.outputs import check_output
+from xrayfeat.runs.prediction import cache_dir_of, gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
 CHUNK = 64
@@ -67,8 +68,10 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
     ``run``: a loaded :class:`~xrayfeat.runs.loaded.Run`. ``target_class``: a class
     of the run every map explains (default: each image's predicted class).
     Features come from the run's cache (or ``cache_dir``), computed there first
-    for images it lacks.
+    for images it lacks. ``out`` is never inside a run or a cache folder
+    (:func:`~xrayfeat.runs.outputs.check_output`, checked before anything else).
     """
+    check_output(out, "explain", cache=cache_dir_of(run, cache_dir))
     target = _target_index(run, target_class)
     head = _head_arrays(run)
     dataset, folder = gather_inputs(run, inputs, cache_dir)

@@ -53,6 +53,7 @@ from xrayfeat.fileio import file_digest, fsync_dir, write_json
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
+from xrayfeat.runs.outputs import check_output
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess"]
 
@@ -406,11 +407,13 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
     and the pixels it expects. Errors are :class:`~xrayfeat.errors.XrayfeatError`
     lines: not a run (:class:`~xrayfeat.errors.RunError`), weights missing or not
     those of the run (:class:`~xrayfeat.errors.WeightsError`), a bad format,
-    backend or output folder (:class:`ExportError`).
+    backend or output folder (:class:`ExportError`), an ``out`` inside a run or a
+    cache folder (:class:`~xrayfeat.runs.outputs.OutputError`).
     """
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
     started = time.perf_counter()
+    check_output(out, "export")
     out = Path(out)
     run = _load(run)
     _check_out(out)

@@ -32,6 +32,8 @@ from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
 from xrayfeat.provenance import utc_timestamp
+from xrayfeat.runs.lock import updating_record
+from xrayfeat.runs.outputs import OutputError, check_output
 from xrayfeat.runs.prediction import run_cache_dir, score_images
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
@@ -108,8 +110,10 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     :class:`~xrayfeat.data.datasets.Dataset` already discovered. Files found but
     not decodable are met at extraction and handled by ``on_error`` the same
     way (as fit-head does). The result is recorded under ``RUN/external/<name>/``
-    and in the run record, re-read first (another evaluate may have added to
-    it). Re-evaluating under an existing name replaces that result.
+    and in the run record, both written under the run's lock with the record
+    read again under it (:func:`~xrayfeat.runs.lock.updating_record`): what
+    another evaluate added meanwhile is kept. Re-evaluating under an existing
+    name replaces that result.
     """
     folder = run_cache_dir(run, cache_dir)
     if isinstance(data, Dataset):
@@ -123,7 +127,8 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     name = name or default_evaluation_name(dataset)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise OptionError(f"The 'name' of an external evaluation must be a plain folder name. Got {name!r} instead.")
-    run.record = runs.read_record(run.path)  # another evaluate may have added to the record since
+    _check_place(run, name)
+    run.record = runs.read_record(run.path)  # the record as it is now; _write reads it again under the run's lock
     found = _check_classes(run, dataset)
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap
@@ -188,26 +193,37 @@ def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
     return found
 
 
-def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded: int, found, skipped) -> Path:
-    """``RUN/external/<name>/`` (metrics, predictions, figures), then the run record naming them with their sha256."""
+def _check_place(run, name: str) -> None:
+    """Refuse before any work when ``RUN/external/<name>`` leads out of the run (a link), into another run or a cache."""
     folder = run.path / "external" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    head = results["head"]
-    write_json(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
-    runs.write_predictions(folder / "predictions.csv", dataset.items, y, run.classes, scored.probabilities)
-    title = f"{run.task} · {run.backbone} · external: {name}"
-    plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)
-    plots.plot_roc(y, scored.probabilities["head"], run.classes, folder / "roc.png", title=title)
-    plots.plot_calibration({m: r["calibration"] for m, r in results.items()}, folder / "calibration.png", title=title)
-    record = run.record
-    for part, file in (("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("confusion", "confusion.png"),
-                       ("roc", "roc.png"), ("calibration", "calibration.png")):
-        key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
-        record.artifacts[key] = artifact
-    record.external[name] = {
-        "data": str(dataset.root), "created": utc_timestamp(),
-        "n": len(dataset), "excluded": excluded, "classes": list(dataset.classes),
-        "warnings": [{"kind": w.kind, "message": w.message} for w in found], "skipped_files": list(skipped),
-    }
-    runs.write_record(record, run.path)
+    if check_output(folder, "evaluate", run=run.path, name=name) is None:
+        raise OutputError(f"{folder}: leads outside the run folder {run.path} (a link); remove the link, then re-run")
+
+
+def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded: int, found, skipped) -> Path:
+    """``RUN/external/<name>/`` (metrics, predictions, figures), then the run record naming them with their sha256.
+
+    All under the run's lock, the record read again under it: one writer at a time, and nobody's result lost.
+    """
+    folder = run.path / "external" / name
+    _check_place(run, name)  # again: the folder may have changed while the images were scored
+    with updating_record(run.path, "evaluate") as record:
+        folder.mkdir(parents=True, exist_ok=True)
+        head = results["head"]
+        write_json(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
+        runs.write_predictions(folder / "predictions.csv", dataset.items, y, run.classes, scored.probabilities)
+        title = f"{run.task} · {run.backbone} · external: {name}"
+        plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)
+        plots.plot_roc(y, scored.probabilities["head"], run.classes, folder / "roc.png", title=title)
+        plots.plot_calibration({m: r["calibration"] for m, r in results.items()}, folder / "calibration.png", title=title)
+        for part, file in (("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("confusion", "confusion.png"),
+                           ("roc", "roc.png"), ("calibration", "calibration.png")):
+            key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
+            record.artifacts[key] = artifact
+        record.external[name] = {
+            "data": str(dataset.root), "created": utc_timestamp(),
+            "n": len(dataset), "excluded": excluded, "classes": list(dataset.classes),
+            "warnings": [{"kind": w.kind, "message": w.message} for w in found], "skipped_files": list(skipped),
+        }
+    run.record = record
     return folder

@@ -6,6 +6,7 @@ Features come from the store (extracting what it lacks first); the map itself is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from xrayfeat.errors import DatasetError
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, RunOptions
+from xrayfeat.runs.lock import run_lock
+from xrayfeat.runs.outputs import check_output
 from xrayfeat.store.feature_store import FeatureStore
 
 
@@ -62,10 +65,14 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     checked) projects the spatial maps; ``features`` is then ignored. Images
     left out by ``run.on_error="skip"`` (at discovery or at decoding) are not
     on the map, as fit-head leaves them out of its study; the outcome lists them.
+
+    ``out`` is never a run's or a cache's file (:func:`~xrayfeat.runs.outputs.check_output`),
+    except ``embed-<method>.png`` in ``from_run``'s own folder, which is drawn under the run's lock.
     """
     from xrayfeat.analysis.maps import embed_features
 
     embed.validate()
+    owner = check_output(out, "embed", run=from_run.path if from_run is not None else None, cache=run.cache_dir)
     head = None
     if from_run is not None:
         if list(dataset.classes) != from_run.classes:
@@ -89,9 +96,10 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     else:
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
         source = f"{features.backbone} pooled features"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
-                            classes=list(dataset.classes), splits=[item.split for item in dataset.items],
-                            title=title or f"{METHOD_NAMES[embed.method]} of {source}")
+    with run_lock(owner, "embed") if owner is not None else contextlib.nullcontext():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
+                                classes=list(dataset.classes), splits=[item.split for item in dataset.items],
+                                title=title or f"{METHOD_NAMES[embed.method]} of {source}")
     return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset),
                         skipped_files=extraction.skipped_files)

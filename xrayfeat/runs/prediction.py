@@ -36,6 +36,7 @@ from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.models.baselines import columns_for, read_pixels
+from xrayfeat.runs.outputs import check_output
 
 log = logging.getLogger("xrayfeat")
 
@@ -101,11 +102,16 @@ def check_reproducible(run, options: FeatureOptions, device: str = "auto") -> No
     raise ReproduceError(f"{run.path}: this installation cannot reproduce the run's features ({details}); {fix}")
 
 
+def cache_dir_of(run, cache_dir=None) -> Path:
+    """The cache folder a command on ``run`` uses, found or not: ``cache_dir`` if given, else the one holding its store."""
+    return Path(cache_dir) if cache_dir is not None else Path(run.record.store["path"]).parent
+
+
 def run_cache_dir(run, cache_dir=None) -> Path:
-    """Where the run's features live: ``cache_dir`` if given, else the folder holding the run's store."""
+    """Where the run's features live: ``cache_dir`` if given, else the folder holding the run's store (it must exist)."""
     if cache_dir is not None:
         return Path(cache_dir)
-    folder = Path(run.record.store["path"]).parent
+    folder = cache_dir_of(run)
     if not folder.is_dir():
         raise XrayfeatError(f"{run.path}: its cache folder {folder} is not found from here; pass --cache-dir "
                             f"(the run's features are computed into it if missing)")
@@ -209,8 +215,11 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
 
     ``run``: a loaded :class:`~xrayfeat.runs.loaded.Run` (``xf.load_run``). ``inputs``: image
     files, folders or CSVs with a ``path`` column (a single path is fine).
-    ``out``: a CSV to write (atomically), or None.
+    ``out``: a CSV to write (atomically), or None; never a run's or a cache's file
+    (:func:`~xrayfeat.runs.outputs.check_output`, checked before anything else).
     """
+    if out is not None:
+        check_output(out, "predict", cache=cache_dir_of(run, cache_dir))
     dataset, folder = gather_inputs(run, inputs, cache_dir)
     scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                    cluster=cluster, progress=progress, models=models)

@@ -19,9 +19,14 @@ from xrayfeat.errors import StoreError
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 
-__all__ = ["DamagedStore", "list_stores"]
+__all__ = ["DamagedStore", "list_stores", "is_store_folder", "is_cache_folder", "STORE_MARKER", "HASH_MEMORY"]
 
 log = logging.getLogger("xrayfeat")
+
+#: The file that makes a folder a feature store: its definition (:mod:`xrayfeat.store.fingerprint`).
+STORE_MARKER = "fingerprint.json"
+#: The hash memory a cache folder keeps beside its stores (:mod:`xrayfeat.data.hashes`).
+HASH_MEMORY = "file-hashes.json"
 
 
 @dataclass(frozen=True)
@@ -82,3 +87,23 @@ def list_stores(cache_dir: str | os.PathLike, *, warn: bool = True) -> list[Feat
                 log.warning("%s", exc)
             stores.append(DamagedStore(meta.parent, str(exc)))
     return stores
+
+
+def is_store_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a feature store: a folder holding a :data:`STORE_MARKER` (damaged or not)."""
+    return (Path(path) / STORE_MARKER).is_file()
+
+
+def is_cache_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a feature cache folder: it holds the :data:`HASH_MEMORY` or a store (:func:`list_stores`' folders).
+
+    Folders are read by ``scandir``: only sub-folders cost a ``stat`` each.
+    """
+    root = Path(path)
+    if (root / HASH_MEMORY).is_file():
+        return True
+    try:
+        with os.scandir(root) as entries:
+            return any(entry.is_dir() and is_store_folder(entry.path) for entry in entries)
+    except OSError:  # not a folder, or not one we may list
+        return False

@@ -9,6 +9,11 @@ folder has no lock file to take, readers read without one.
 A full disk or a read-only folder fails a write before anything is renamed
 into place; :func:`write_failure` is the one :class:`~xrayfeat.errors.StoreError`
 line that says so, naming the file, the reason and the fix.
+
+:func:`flock` is the one fcntl lock of xrayfeat: a run folder's lock
+(:mod:`xrayfeat.runs.lock`) is the same lock with a bounded wait (``timeout``)
+and its own line for a folder it cannot write (``failure``). A lock dies with
+the process that holds it, so a killed writer never blocks the next one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from xrayfeat.errors import StoreError, first_line
@@ -49,10 +55,11 @@ def writing(where: Path):
         raise write_failure(exc, where) from None
 
 
-def _lock_file(path: Path, *, required: bool):
+def _lock_file(path: Path, *, required: bool, failure=write_failure):
     """The lock file opened for locking, or None where a read-only folder has none and ``required`` is false.
 
     In a read-only folder an existing lock file is opened for reading: ``flock`` works on it all the same.
+    Any other OS error is ``failure(exc, path)``'s exception.
     """
     try:
         return open(path, "a+")
@@ -61,18 +68,22 @@ def _lock_file(path: Path, *, required: bool):
             return open(path)
         if exc.errno in READ_ONLY and not required:
             return None
-        raise write_failure(exc, path) from None
+        raise failure(exc, path) from None
 
 
 @contextlib.contextmanager
-def flock(path: Path, mode: int, *, on_wait=None, required: bool = True):
-    """Hold an fcntl lock on ``path``; call ``on_wait()`` once if we have to wait for it.
+def flock(path: Path, mode: int, *, on_wait=None, required: bool = True, timeout: float | None = None,
+          failure=write_failure):
+    """Hold an fcntl lock on ``path``, yielding the open lock file; call ``on_wait()`` once if we have to wait for it.
 
-    ``required=False`` (readers) reads without a lock where a read-only folder has no lock file to take.
+    ``required=False`` (readers) reads without a lock where a read-only folder has no lock file to take
+    (and yields None). ``timeout``: wait at most that many seconds, then raise :class:`TimeoutError`
+    (None: as long as it takes). ``failure(exc, path)``: the exception for a lock file that cannot be
+    opened (:func:`write_failure`'s store line by default).
     """
-    fh = _lock_file(path, required=required)
+    fh = _lock_file(path, required=required, failure=failure)
     if fh is None:
-        yield
+        yield None
         return
     with fh:
         try:
@@ -80,8 +91,27 @@ def flock(path: Path, mode: int, *, on_wait=None, required: bool = True):
         except BlockingIOError:
             if on_wait:
                 on_wait()
-            fcntl.flock(fh, mode)
+            _wait(fh, mode, timeout, path)
         try:
-            yield
+            yield fh
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _wait(fh, mode: int, timeout: float | None, path: Path) -> None:
+    """Block until the lock is ours; with a ``timeout``, poll (10 ms, doubling to 200 ms) until it runs out."""
+    if timeout is None:
+        fcntl.flock(fh, mode)
+        return
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{path}: still locked after {timeout:g} s") from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.2)
