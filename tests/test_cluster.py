@@ -98,6 +98,7 @@ LOADED = (  # runs the CLI, then prints which deep-learning frameworks this proc
 )
 
 
+@pytest.mark.fault
 def test_local_cluster_equals_one_process_even_with_a_worker_killed_mid_run(tmp_path, data, reference):
     """``local:2`` against one process, with one of its two workers killed by SIGKILL once two chunks are in."""
     cache = tmp_path / "cache"
@@ -185,6 +186,7 @@ def test_a_cache_folder_a_worker_cannot_see_is_refused_in_one_line(tmp_path, dat
     assert not any(cache.glob("*/shards/*")) and not any(cache.glob(".xrayfeat-probe-*"))
 
 
+@pytest.mark.fault
 def test_a_lost_scheduler_fails_in_one_line_and_a_rerun_resumes(tmp_path, data, scheduler):
     address, file, procs, dask = scheduler
     procs.append(start_worker(file, dask))

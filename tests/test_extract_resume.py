@@ -34,7 +34,7 @@ def reference_export(data, tmp_path_factory):
     return export(data, fresh / "cache", fresh / "fresh.npz")
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.parametrize("wait_shards", [2])  # tests/test_store_faults.py kills a writer at 12 more moments
 def test_kill_9_then_rerun_gives_the_same_export(tmp_path, data, reference_export, wait_shards):
     cache = tmp_path / "cache"
@@ -60,7 +60,7 @@ def test_kill_9_then_rerun_gives_the_same_export(tmp_path, data, reference_expor
     assert_same_export(export(data, cache, tmp_path / "resumed.npz"), reference_export)
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_two_extractions_at_once_both_succeed_with_no_row_lost_or_doubled(tmp_path, data, reference_export):
     cache = tmp_path / "cache"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

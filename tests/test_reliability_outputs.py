@@ -243,7 +243,7 @@ xf.evaluate(run, data, name=name, cache_dir=cache)
 """
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_two_evaluations_at_once_both_land_in_the_record_and_the_report(shared_run, tmp_path):
     from xrayfeat.report.writer import write_report
 

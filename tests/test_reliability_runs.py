@@ -242,6 +242,7 @@ def _kill_group(proc) -> None:
         pass
 
 
+@pytest.mark.fault
 def test_two_fit_heads_into_one_out_then_kill_9_during_training(payload_run, tmp_path):
     folder = tmp_path / "contested"
     started = [_start_fit_head(payload_run, folder) for _ in range(2)]
@@ -309,6 +310,7 @@ def _claim_without_links(folder: str, start, done, results) -> None:
     _claim(folder, start, done, results)
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("claim", [_claim, _claim_without_links], ids=["hard-links", "no-hard-links"])
 def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path, claim):
     folder = tmp_path / "contested"

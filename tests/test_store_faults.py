@@ -107,6 +107,7 @@ def _kill_when(proc, progress, step: int, delay: float) -> None:
     proc.join()
 
 
+@pytest.mark.fault
 def test_kill_9_at_random_moments_of_a_writer_leaves_whole_batches_that_read_right(tmp_path):
     rng = random.Random(KILL_SEED)
     print(f"kill seed {KILL_SEED}")
@@ -140,6 +141,7 @@ def _gc(cache: Path) -> None:
     _store(cache).gc()
 
 
+@pytest.mark.fault
 def test_kill_9_during_gc_compaction_leaves_a_store_that_reads_right(tmp_path, monkeypatch):
     template = _many_small_shards(tmp_path / "template", monkeypatch).path.parent
     started = time.perf_counter()
@@ -174,6 +176,7 @@ def _write_in_sessions(cache: Path) -> None:
             w.append(*batch)
 
 
+@pytest.mark.fault
 def test_gc_while_a_writer_writes_waits_its_turn_and_loses_nothing(tmp_path):
     FeatureStore.open(tmp_path / "cache", FP, create=True)
     store = _store(tmp_path / "cache")
