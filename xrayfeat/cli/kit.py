@@ -25,6 +25,7 @@ from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.errors import XrayfeatError, first_line
+from xrayfeat.fileio import as_disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
@@ -75,12 +76,23 @@ def quiet_frameworks() -> None:
 
 
 def handle_errors(func):
-    """Turn library errors into one line and the contract's exit codes."""
+    """Turn library errors into one line and the contract's exit codes.
+
+    A write that found no room and arrives in a library's own words (an
+    OSError, h5py's or TensorFlow's exception: :func:`~xrayfeat.fileio.as_disk_full`)
+    still gets the one full-disk line, naming the folder when the error does.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                full = None if isinstance(exc, XrayfeatError) else as_disk_full(exc)
+                if full is None:
+                    raise
+                raise full from exc
         except XrayfeatError as exc:
             click.echo(f"xrayfeat: error: {exc}", err=True)
             sys.exit(exc.exit_code)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
+from xrayfeat.fileio import writing_to
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, RunOptions
@@ -89,9 +90,10 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     else:
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
         source = f"{features.backbone} pooled features"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
-                            classes=list(dataset.classes), splits=[item.split for item in dataset.items],
-                            title=title or f"{METHOD_NAMES[embed.method]} of {source}")
+    with writing_to(Path(out).parent, option="--out"):  # a full disk: one line naming the folder
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
+                                classes=list(dataset.classes), splits=[item.split for item in dataset.items],
+                                title=title or f"{METHOD_NAMES[embed.method]} of {source}")
     return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset),
                         skipped_files=extraction.skipped_files)
