@@ -13,6 +13,7 @@ framework-free commands.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -302,6 +303,49 @@ def test_the_run_marker_says_the_disk_was_full_even_without_room_for_a_new_marke
     assert result["marker"]["failed"].startswith(f"the disk was full ({disk / 'run'}: no space left on the device")
     assert "the disk was full" in result["refused"] and "killed or interrupted" not in result["refused"]
     assert result["files"] == ["INCOMPLETE", "splits.csv"]
+
+
+@pytest.mark.parametrize("raised, code", [
+    (OSError(errno.ENOSPC, "No space left on device"), errno.ENOSPC),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), errno.EDQUOT),
+    (OSError(errno.EFBIG, "File too large"), errno.EFBIG),
+    (RuntimeError("Can't decrement id ref count (file write failed: time = Mon Dec  7 05:43:08 2026\n, filename = "
+                  "'x.h5', file descriptor = 14, errno = 28, error message = 'No space left on device')"), errno.ENOSPC),
+    (OSError("Can't synchronously write data (file write failed: ... errno = 27, error message = 'File too large')"),
+     errno.EFBIG),
+    (RuntimeError("UNKNOWN: model/variables.data-00000-of-00001.tempstate; No space left on device"), errno.ENOSPC),
+    (ValueError("unsupported pixel format"), None),
+    (OSError(errno.EACCES, "Permission denied"), None),
+], ids=["ENOSPC", "EDQUOT", "EFBIG", "h5py-dealloc", "h5py-write", "tensorflow", "other", "EACCES"])
+def test_a_write_that_found_no_room_is_recognised_in_every_library_s_words(raised, code):
+    from xrayfeat.fileio import no_room
+
+    assert no_room(raised) == code
+    try:  # and through the exception a library raised from it
+        try:
+            raise raised
+        except Exception as inner:
+            raise KeyError("wrapped") from inner
+    except KeyError as outer:
+        assert no_room(outer) == code
+
+
+def test_a_full_disk_in_the_head_child_is_the_parent_s_one_line(tmp_path):
+    from xrayfeat.errors import DiskFullError
+    from xrayfeat.fileio import disk_full
+    from xrayfeat.models import head_process
+
+    full = disk_full(tmp_path / "run", errno.ENOSPC)  # what the child's atomic head.keras write raises
+
+    class Child:  # the child's answer: its stderr, the failure line last
+        backend = "jax"
+
+        def run(self, folder):
+            return 1, "some jax log line\n" + head_process._failure_line(full) + "\n"
+
+    with pytest.raises(DiskFullError) as caught:
+        head_process._run_child(tmp_path, Child())
+    assert str(caught.value) == str(full) and caught.value.errno == errno.ENOSPC
 
 
 if __name__ == "__main__":  # the driver: CASE WORK SIZE ARGS_JSON
