@@ -85,3 +85,6 @@ class DiskFullError(XrayfeatError):
         self.fix = fix
         self.option = option
         super().__init__(f"{self.folder or 'a write'}: {reason}; {fix}")
+
+    def __reduce__(self):  # whole across processes (a Dask worker, the head's child)
+        return type(self), (self.folder, self.errno, self.reason, self.fix, self.option)

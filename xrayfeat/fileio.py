@@ -123,8 +123,8 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 def no_room(exc: BaseException | None) -> int | None:
     """The errno (one of :data:`NO_ROOM`) when ``exc``, or an exception it came from, is a write that found no room.
 
-    Reads an OSError's ``errno`` and a :class:`~xrayfeat.errors.DiskFullError`'s;
-    libraries that wrap the system's error leave it only in their text, so the
+    Reads the ``errno`` of an OSError and of xrayfeat's own errors that carry one
+    (:class:`~xrayfeat.errors.DiskFullError`, a store's write failure); libraries that wrap the system's error leave it only in their text, so the
     text of any other exception is read too: HDF5's ``errno = 28`` (h5py raises
     RuntimeError or an OSError without it), or the system's own message
     (``No space left on device``, as TensorFlow quotes it). Follows
@@ -134,7 +134,7 @@ def no_room(exc: BaseException | None) -> int | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         code = getattr(exc, "errno", None)
-        if isinstance(exc, (OSError, DiskFullError)) and code in NO_ROOM:
+        if isinstance(exc, (OSError, XrayfeatError)) and code in NO_ROOM:
             return code
         if not isinstance(exc, XrayfeatError):  # our own lines are read through their causes, never their text
             text = str(exc)

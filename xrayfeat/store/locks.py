@@ -31,15 +31,22 @@ _UNCHANGED = "the store is as it was"
 
 
 def write_failure(exc: OSError | DiskFullError, where: Path) -> StoreError:
-    """One line for an OS error (or a full disk) while changing a store: the file, the reason, the fix."""
+    """One line for an OS error (or a full disk) while changing a store: the file, the reason, the fix.
+
+    The error keeps the ``errno`` (:func:`xrayfeat.fileio.no_room` reads it, even
+    once the error has crossed from a worker process without its cause).
+    """
     if exc.errno in NO_ROOM:
-        return StoreError(f"{disk_full(where, exc.errno, option='--cache-dir')}; {_UNCHANGED}")
-    reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
-    if exc.errno in READ_ONLY:
-        fix = "the cache folder is read-only: make it writable, or pass another --cache-dir"
+        error = StoreError(f"{disk_full(where, exc.errno, option='--cache-dir')}; {_UNCHANGED}")
     else:
-        fix = "check the cache folder, then re-run"
-    return StoreError(f"{where}: cannot write ({reason}); {fix}; {_UNCHANGED}")
+        reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
+        if exc.errno in READ_ONLY:
+            fix = "the cache folder is read-only: make it writable, or pass another --cache-dir"
+        else:
+            fix = "check the cache folder, then re-run"
+        error = StoreError(f"{where}: cannot write ({reason}); {fix}; {_UNCHANGED}")
+    error.errno = exc.errno
+    return error
 
 
 @contextlib.contextmanager
