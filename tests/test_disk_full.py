@@ -270,6 +270,11 @@ OUTPUTS = {
     "report": (["report", "{run}", "--out", "{disk}/report"], 20_000, None, "report", "--out", False),
     "predict": (["predict", "{run}", "{data}/test", "--out", "{disk}/predictions.csv"], 0, None, "", "--out", True),
     "export": (["export", "{run}", "--out", "{disk}/export"], 200_000, None, "export", "--out", True),
+    "explain": (["explain", "{run}", "{data}/test", "--out", "{disk}/explain"], 0, None, "explain", "--out", True),
+    "embed": (["embed", "{data}", *FEATURES, "--cache-dir", "{cache}", "--out", "{disk}/map.png"], 0, None, "", "--out",
+              True),
+    "cache-export": (["cache", "export", "{data}", *FEATURES, "--cache-dir", "{cache}", "--out", "{disk}/features.npz"],
+                     0, None, "", "--out", True),
     "phantoms": (["phantoms", "{disk}/phantoms", "--per-class", "10", "--size", "64"], 100_000, None, "phantoms", None,
                  False),
     "stdout": (["cache", "ls", "--cache-dir", "{cache}"], 0, "ls.txt", "ls.txt", None, False),
@@ -286,11 +291,12 @@ def test_each_output_on_a_full_disk_is_one_line_and_leaves_nothing_truncated(tmp
     disk = tmp_path / "disk"
     _assert_one_error_line(result, _line(disk / named if named else disk, option), warnings=warnings)
     assert result["temps"] == [], result
-    left = {"hash-cache": [], "predict": [], "export": [], "phantoms": [], "stdout": ["ls.txt"]}
+    left = {"hash-cache": [], "predict": [], "export": [], "phantoms": [], "stdout": ["ls.txt"], "embed": [],
+            "cache-export": []}
     if case in left:
-        assert [p for p in result["left"] if p != "cache"] == left[case], result["left"]
-    else:  # report: what is there is whole (figures copied), and no report.html claims to be complete
-        assert "report/report.html" not in result["left"], result["left"]
+        assert [p for p in result["left"] if p not in ("cache", "explain")] == left[case], result["left"]
+    else:  # report, explain: the folder may hold whole figures, but not the file that lists them all
+        assert not {"report/report.html", "explain/explain.csv"} & set(result["left"]), result["left"]
 
 
 @pytest.mark.slow
