@@ -92,12 +92,21 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
     _note_failure(path, {**info, **_failure(error)})
 
 
+#: How a marker names a write that found no room, by errno (the quota and the file size limit are not the disk).
+_NO_ROOM_WORDS = {errno.EDQUOT: "the disk quota was full", errno.EFBIG: "a file reached the size limit"}
+
+
 def _failure(error: BaseException) -> dict:
-    """What a marker records about the failure that stopped fit-head: ``failed`` (one line), ``disk_full`` if it was."""
+    """What a marker records about the failure that stopped fit-head: ``failed`` (one line), ``disk_full`` if it was.
+
+    ``disk_full`` is true for every write that found no room (:data:`xrayfeat.fileio.NO_ROOM`); ``failed`` says
+    which: "the disk was full (FOLDER: no space left on the device (N MB free))", or the quota, or the size limit.
+    """
     full = as_disk_full(error)
     if full is not None:
         where = f"{full.folder}: " if full.folder else ""
-        return {"failed": " ".join(f"the disk was full ({where}{full.reason})".split()), "disk_full": True}
+        words = _NO_ROOM_WORDS.get(full.errno, "the disk was full")
+        return {"failed": " ".join(f"{words} ({where}{full.reason})".split()), "disk_full": True}
     reason = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
     return {"failed": reason}
 
