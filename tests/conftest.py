@@ -33,7 +33,7 @@ REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 #: collection order, so the longest files start first and the many short ones fill in at the end (without the
 #: option xdist orders files by their number of tests, and a long file with few tests may start last).
 FILE_COST = {
-    "test_demo.py": 90, "test_cluster.py": 76, "test_extract.py": 75, "test_fit_real.py": 69, "test_cli.py": 62,
+    "test_demo.py": 90, "test_cluster.py": 76, "test_extract.py": 75, "test_disk_full.py": 70, "test_fit_real.py": 69, "test_cli.py": 62,
     "test_export.py": 55, "test_extract_resume.py": 50, "test_headproc.py": 47, "test_heads_jax.py": 46,
     "test_reliability_runs.py": 45, "test_streaming.py": 45, "test_heads.py": 43, "test_operating.py": 42,
     "test_fit_learns.py": 41, "test_fit_tail.py": 39, "test_fit.py": 35, "test_docs.py": 34, "test_headproc_cli.py": 30,

@@ -17,6 +17,7 @@ from xrayfeat.backbones import REGISTRY
 from xrayfeat.extraction.weights import weights_status
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import writing_to
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.data.phantoms import write_phantoms
@@ -64,7 +65,8 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
     size, png = (80, 96) if quick else (224, 256)
     data = root / "data"
     if not data.exists():
-        write_phantoms(data, task="four", per_class=per_class, size=png, seed=0)
+        with writing_to(root, option="--out"):  # a full disk: the demo's folder and option, not the phantoms'
+            write_phantoms(data, task="four", per_class=per_class, size=png, seed=0)
     dataset = discover(data, hash_cache=None)
     run = RunOptions(cache_dir=root / "cache", progress=progress)
     features = {b: FeatureOptions(b, weights=weights, image_size=size) for b in REGISTRY}

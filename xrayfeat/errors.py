@@ -109,3 +109,26 @@ class ClusterError(XrayfeatError):
 
 class RunError(XrayfeatError):
     """A folder is not a run, or a run's record or artifact is missing or damaged."""
+
+
+class DiskFullError(XrayfeatError):
+    """A write found no room: the filesystem or the quota is full, or a file reached the size limit.
+
+    Made by :func:`xrayfeat.fileio.disk_full` (see :func:`xrayfeat.fileio.writing_to`):
+    ``folder`` is where the file was being written (None where nothing said), ``errno`` one of
+    :data:`xrayfeat.fileio.NO_ROOM`, ``reason`` and ``fix`` the two halves of
+    the line, ``option`` the flag that chooses another folder (None when unknown).
+    """
+
+    exit_code = 1
+
+    def __init__(self, folder: str | os.PathLike | None, errno: int, reason: str, fix: str, option: str | None = None):
+        self.folder = None if folder is None else os.fspath(folder)
+        self.errno = errno
+        self.reason = reason
+        self.fix = fix
+        self.option = option
+        super().__init__(f"{self.folder or 'a write'}: {reason}; {fix}")
+
+    def __reduce__(self):  # whole across processes (a Dask worker, the head's child)
+        return type(self), (self.folder, self.errno, self.reason, self.fix, self.option)

@@ -1,4 +1,4 @@
-"""The one way xrayfeat writes a file, and the one way it digests one.
+"""The one way xrayfeat writes a file, the one way it digests one, and what a full disk becomes.
 
 :func:`atomic_path` yields a temporary path beside the target (a unique name, so
 two processes writing the same file never share a temporary); when the block
@@ -16,12 +16,22 @@ is always one of the two complete versions.
 (a name such as ``=HYPERLINK(...)``, ``@SUM(1)`` or ``-2+3.png``), headers
 included, as OWASP advises for CSV injection; :func:`csv_value` undoes it, so
 xrayfeat reading its own CSVs gets the names back exactly.
+
+A full disk (``ENOSPC``), a full quota (``EDQUOT``) or the file size limit
+(``EFBIG``) is one failure wherever it strikes: :func:`no_room` recognises it,
+in an OSError or in the text of a library's own exception (HDF5, TensorFlow);
+:func:`disk_full` makes it one :class:`~xrayfeat.errors.DiskFullError` line
+naming the folder, the free space and the fix; :func:`writing_to` does that for
+a block of writes, naming the folder and the option that chooses another one.
+:func:`atomic_path` raises it itself, after removing its temporary file, so a
+full disk never leaves a truncated file under a real name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -29,11 +39,18 @@ import math
 import numbers
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
 
+from xrayfeat.errors import DiskFullError, XrayfeatError
+
 TEMP_GLOB = ".*.tmp*"  # what a killed writer leaves behind (see atomic_path)
+
+#: The errors of a write that finds no room: a full filesystem, a full quota, a file over the size limit.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")  # how HDF5 (through h5py) quotes the system's error in its own
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -56,20 +73,30 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[Path
 
     ``suffix`` ends the temporary name, for writers that insist on an extension
     (``numpy.savez`` appends ``.npz`` to any other name). On an exception the
-    temporary file is removed and ``target`` is left as it was.
+    temporary file is removed and ``target`` is left as it was; a write that
+    found no room (:func:`no_room`, whoever wrote) becomes :func:`disk_full`'s
+    line for ``target``'s folder, once the temporary file's space is given back.
     """
     target = Path(target)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    # O_EXCL: never share a temporary; mode 0o666 less the umask, as open() gives (mkstemp would give 0600)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        # O_EXCL: never share a temporary; mode 0o666 less the umask, as open() gives (mkstemp would give 0600)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        if exc.errno in NO_ROOM:
+            raise disk_full(target.parent, exc.errno) from exc
+        raise
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        code = no_room(exc) if isinstance(exc, Exception) and not isinstance(exc, DiskFullError) else None
+        if code is not None:
+            raise disk_full(target.parent, code) from exc
         raise
     fsync_dir(target.parent)
 
@@ -168,3 +195,128 @@ def _formatted(value, float_format: str | None) -> str:
 def csv_rows(text: str) -> list[list[str]]:
     """CSV text (as :func:`csv_text` writes it) as rows of strings, every cell through :func:`csv_value`."""
     return [[csv_value(cell) for cell in row] for row in csv.reader(io.StringIO(text))]
+
+# --------------------------------------------------------------------------- a write that finds no room
+
+
+def no_room(exc: BaseException | None) -> int | None:
+    """The errno (one of :data:`NO_ROOM`) when ``exc``, or an exception it came from, is a write that found no room.
+
+    Reads the ``errno`` of an OSError and of xrayfeat's own errors that carry one
+    (:class:`~xrayfeat.errors.DiskFullError`, a store's write failure); libraries that wrap the system's error leave it only in their text, so the
+    text of any other exception is read too: HDF5's ``errno = 28`` (h5py raises
+    RuntimeError or an OSError without it), or the system's own message
+    (``No space left on device``, as TensorFlow quotes it). Follows
+    ``__cause__`` and ``__context__``; None when nothing says so.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "errno", None)
+        if isinstance(exc, (OSError, XrayfeatError)) and code in NO_ROOM:
+            return code
+        if not isinstance(exc, XrayfeatError):  # our own lines are read through their causes, never their text
+            text = str(exc)
+            quoted = [int(n) for n in _HDF5_ERRNO.findall(text)]
+            code = next((n for n in quoted if n in NO_ROOM), None) or next(
+                (n for n in sorted(NO_ROOM) if os.strerror(n) in text), None)
+            if code:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 10e6 else f"{n / 1e6:,.0f} MB"
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the filesystem of ``folder`` (or of its nearest existing parent); None if unknown."""
+    path = Path(os.path.abspath(folder))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_full(folder: str | os.PathLike | None, code: int, *, option: str | None = None) -> DiskFullError:
+    """The one line for a write into ``folder`` that found no room (``code``: ENOSPC, EDQUOT or EFBIG).
+
+    Names the folder as an absolute path (which disk it is matters), says what
+    is full (with the free space the filesystem reports) and the fix: free
+    space, or choose another folder with ``option`` (``--out``, ``--cache-dir``)
+    when one does; then re-run.
+    """
+    folder = None if folder is None else os.path.abspath(folder)
+    elsewhere = f" or choose another {option}" if option else ""
+    if code == errno.EFBIG:  # a process or filesystem limit on one file's size
+        reason, fix = f"cannot write ({os.strerror(code)})", "free disk space (or raise the file size limit), then re-run"
+    elif code == errno.EDQUOT:
+        reason, fix = "disk quota exceeded", f"free space within your quota{elsewhere}, then re-run"
+    else:
+        free = None if folder is None else free_bytes(folder)
+        reason = "no space left on the device" + (f" ({_megabytes(free)} free)" if free is not None else "")
+        fix = f"free space{' there' if folder else ''}{elsewhere}, then re-run"
+    return DiskFullError(folder, code, reason, fix, option)
+
+
+def _folder_of(exc: BaseException) -> Path | None:
+    """The folder of the file an OSError (or one it came from) names; None when none names a file."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.filename:
+            named = Path(os.fsdecode(exc.filename))
+            return named if named.is_dir() else named.parent
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def as_disk_full(exc: BaseException, folder: str | os.PathLike | None = None) -> DiskFullError | None:
+    """``exc`` as a full disk: the DiskFullError it is or came from, else one naming the folder of the file it names
+    (or ``folder``); None when ``exc`` is not a write that found no room (:func:`no_room`)."""
+    seen = set()
+    cause = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, DiskFullError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    code = no_room(exc)
+    return None if code is None else disk_full(_folder_of(exc) or folder, code)
+
+
+def _belongs_to(inner: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``inner`` is ``folder``, inside it, or inside a temporary folder beside it (``.<name>.<random>.tmp``)."""
+    inner, folder = Path(os.path.abspath(inner)), Path(os.path.abspath(folder))
+    beside = [p for p in (inner, *inner.parents) if p.parent == folder.parent and p.name.startswith(f".{folder.name}.")]
+    return inner == folder or folder in inner.parents or bool(beside)
+
+
+@contextlib.contextmanager
+def writing_to(folder: str | os.PathLike | None, *, option: str | None = None):
+    """Turn a write inside the block that finds no room into one :class:`~xrayfeat.errors.DiskFullError`.
+
+    The line names ``folder`` (None: the folder of the file the error names) and
+    ``option``, the flag that chooses another folder. A DiskFullError raised by
+    :func:`atomic_path` for a file in ``folder`` (or in a temporary folder beside
+    it) is named the same way; one that already names its option (an inner
+    ``writing_to`` that knows better, e.g. ``TMPDIR``) or another folder, and
+    every other error, pass unchanged.
+    """
+    try:
+        yield
+    except DiskFullError as exc:
+        if exc.option is not None or (folder is not None and not _belongs_to(exc.folder, folder)):
+            raise
+        raise disk_full(folder or exc.folder, exc.errno, option=option) from exc
+    except XrayfeatError:
+        raise
+    except Exception as exc:
+        code = no_room(exc)
+        where = folder or _folder_of(exc)
+        if code is None or where is None:
+            raise
+        raise disk_full(where, code, option=option) from exc

@@ -16,10 +16,12 @@ working for one release, hidden from ``--help`` and with a notice (the names com
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import stat
 import sys
 import warnings
 
@@ -27,7 +29,8 @@ import click
 from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
-from xrayfeat.errors import XrayfeatError, first_line, one_line
+from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line
+from xrayfeat.fileio import as_disk_full, disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
@@ -87,12 +90,23 @@ def quiet_frameworks() -> None:
 
 
 def handle_errors(func):
-    """Turn library errors into one line and the contract's exit codes."""
+    """Turn library errors into one line and the contract's exit codes.
+
+    A write that found no room and arrives in a library's own words (an
+    OSError, h5py's or TensorFlow's exception: :func:`~xrayfeat.fileio.as_disk_full`)
+    still gets the one full-disk line, naming the folder when the error does.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                full = None if isinstance(exc, XrayfeatError) else full_disk(exc)
+                if full is None:
+                    raise
+                raise full from exc
         except XrayfeatError as exc:
             say(f"xrayfeat: error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -110,6 +124,39 @@ def handle_errors(func):
             sys.exit(1)
 
     return wrapper
+
+
+def full_disk(exc: BaseException) -> DiskFullError | None:
+    """``exc`` as the one full-disk line (:func:`~xrayfeat.fileio.as_disk_full`), or None when it is another error.
+
+    A write that found no room and names no file is standard output's, redirected
+    to a file on a full disk (every file xrayfeat writes goes through a writer that
+    names its folder): the line names that file, and standard output is
+    pointed at the null device so that its last flush at exit cannot fail again
+    ("Exception ignored ... stdout").
+    """
+    full = as_disk_full(exc)
+    if full is None or full.folder is not None:
+        return full
+    target = _stdout_file()
+    if target is None:
+        return full
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    return disk_full(target, full.errno)
+
+
+def _stdout_file() -> str | None:
+    """The regular file standard output is redirected to (Linux), else None."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def emit(data: dict, as_json: bool, human) -> None:
@@ -286,12 +333,24 @@ class Group(click.Group):
         return list(self.commands)
 
     def main(self, *args, **kwargs):
+        try:
+            self._main(*args, **kwargs)
+        except OSError as exc:  # outside a command (--help into a full disk): the same one line as inside
+            full = full_disk(exc)
+            if full is None:
+                raise
+            say(f"xrayfeat: error: {full}", err=True)
+            sys.exit(full.exit_code)
+
+    def _main(self, *args, **kwargs):
         kwargs.pop("standalone_mode", None)
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # standard output on a full disk fails here, in one line, not at exit
             sys.exit(status if isinstance(status, int) else 0)  # as click's standalone mode ends
         except _NO_ARGS as exc:  # plain `xrayfeat`: the help, as click prints it
             click.echo(exc.format_message())
+            sys.stdout.flush()
             sys.exit(0)
         except click.UsageError as exc:
             where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""

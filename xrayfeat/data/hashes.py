@@ -17,7 +17,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from xrayfeat.fileio import atomic_write, file_digest
+from xrayfeat.fileio import atomic_write, file_digest, writing_to
 
 __all__ = ["HashCache", "hash_files"]
 
@@ -74,12 +74,19 @@ class HashCache:
             self.changed = True
 
     def save(self) -> None:
-        """Write the cache if an entry changed; a failure is logged, never raised."""
+        """Write the cache if an entry changed; a failure is logged, not raised, except a full disk.
+
+        A full disk (:class:`~xrayfeat.errors.DiskFullError`, naming the cache
+        folder and ``--cache-dir``) stops the command here, before any work whose
+        results the same disk could not hold; the file is left as it was.
+        """
         if self.path is None or not self.changed:
             return
+        folder = os.path.dirname(self.path)
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            atomic_write(self.path, json.dumps(self.entries, separators=(",", ":")))
+            with writing_to(folder, option="--cache-dir"):
+                os.makedirs(folder, exist_ok=True)
+                atomic_write(self.path, json.dumps(self.entries, separators=(",", ":")))
             self.changed = False
         except OSError as error:
             logger.warning("could not save hash cache %s (%s); files will be hashed again next time", self.path, error)

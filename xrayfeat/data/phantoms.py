@@ -44,14 +44,15 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from xrayfeat.errors import DatasetError
-from xrayfeat.fileio import atomic_write, csv_text
+from xrayfeat.errors import DatasetError, DiskFullError
+from xrayfeat.fileio import atomic_write, csv_text, writing_to
 from xrayfeat.options.constraints import Choice, declaration, validate_params
 from xrayfeat.options.settings import PHANTOM_TASKS, PhantomOptions
 
@@ -714,14 +715,33 @@ def write_phantoms(
     (the CLI's flags): a bad one raises :class:`~xrayfeat.options.constraints.OptionError`
     (a ``ValueError``; :class:`~xrayfeat.options.constraints.OptionTypeError` for a
     wrong type) before anything is written. An ``OUT`` that is not an empty
-    folder raises :class:`~xrayfeat.errors.DatasetError`.
+    folder raises :class:`~xrayfeat.errors.DatasetError`. A full disk raises
+    :class:`~xrayfeat.errors.DiskFullError` naming ``OUT``, after removing what
+    was written into it, so the same command can be run again once there is room.
     """
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; choose a new folder")
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out}: folder is not empty; choose a new folder or delete it")
+    created = not out.exists()
+    try:
+        with writing_to(out):
+            return _write_all(out, task, per_class, size, seed, test_fraction)
+    except DiskFullError:  # OUT was new or empty: all it holds is ours
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
 
+
+def _write_all(out: pathlib.Path, task: str, per_class: int, size: int, seed: int, test_fraction: float) -> pathlib.Path:
+    """The images and the manifest of :func:`write_phantoms` into the new or empty folder ``out``."""
     jobs = []
     for label in TASKS[task]:
         cls = FOUR_CLASSES.index(label)

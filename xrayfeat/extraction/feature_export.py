@@ -6,11 +6,12 @@ Reads the store only (extracting nothing); the file is written atomically.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from xrayfeat.data.datasets import Dataset
-from xrayfeat.fileio import atomic_path
+from xrayfeat.fileio import atomic_path, writing_to
 from xrayfeat.options.settings import FeatureOptions
 
 
@@ -43,7 +44,7 @@ def export_features(dataset: Dataset, features: FeatureOptions, out, *, cache_di
     features.validate()
     store = open_store(features, cache_dir, device)
     arrays = store.read(dataset.hashes, store.parts)
-    with atomic_path(out, suffix=".npz") as tmp:
+    with writing_to(Path(out).parent, option="--out"), atomic_path(out, suffix=".npz") as tmp:
         np.savez(
             tmp,
             sha256=np.array(dataset.hashes),

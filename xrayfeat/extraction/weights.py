@@ -20,7 +20,7 @@ from pathlib import Path
 
 from xrayfeat.backbones import REGISTRY, BackboneSpec, get_spec
 from xrayfeat.errors import WeightsError
-from xrayfeat.fileio import atomic_path, file_digest
+from xrayfeat.fileio import atomic_path, file_digest, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,10 @@ def install_weights(source: str | os.PathLike) -> dict:
         raise WeightsError(f"{source}: md5 {md5} matches no known weight file (expected one of: {known})")
     spec = matches[0]
     target = weights_dir() / spec.weights_file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+    with writing_to(target.parent, option="KERAS_HOME"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
     return {"backbone": spec.name, "file": str(target), "md5": md5}
 
 
@@ -230,11 +231,12 @@ def download_weights(
         )
     log.info("downloading %s ImageNet weights from %s into %s", spec.name, url, target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            md5 = _fetch(url, tmp, timeout=timeout, label=f"{spec.name} weights" if progress else None)
-            if md5 != spec.weights_md5:
-                raise _Failed(f"md5 {md5} is not the expected {spec.weights_md5}, so the file was deleted")
+        with writing_to(target.parent, option="KERAS_HOME"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                md5 = _fetch(url, tmp, timeout=timeout, label=f"{spec.name} weights" if progress else None)
+                if md5 != spec.weights_md5:
+                    raise _Failed(f"md5 {md5} is not the expected {spec.weights_md5}, so the file was deleted")
     except _Failed as exc:
         raise WeightsDownloadError(
             f"could not download {spec.name} ImageNet weights from {url}: {exc}; check the network "

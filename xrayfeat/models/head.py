@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 from xrayfeat.devices import backend_device
+from xrayfeat.fileio import atomic_path
 from xrayfeat.models import head_jax as heads_jax
 from xrayfeat.options.settings import HeadOptions
 from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, declaration, validate_params
@@ -749,11 +750,16 @@ class TrainedHead:
         return np.asarray(sub.predict(np.asarray(x, "float32"), batch_size=batch_size, verbose=0))
 
     def save(self, path) -> str:
-        """Write the model (architecture, weights, optimizer state) as a ``.keras`` file."""
+        """Write the model (architecture, weights, optimizer state) as a ``.keras`` file, atomically.
+
+        Through :func:`xrayfeat.fileio.atomic_path`: a full disk leaves no truncated
+        file under ``path`` and is one :class:`~xrayfeat.errors.DiskFullError` line.
+        """
         path = str(path)
         if not path.endswith(".keras"):
             raise ValueError(f"save path must end in .keras; got {path!r}")
-        self.model.save(path)
+        with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the suffix
+            self.model.save(str(tmp))
         return path
 
 

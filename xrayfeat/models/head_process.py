@@ -50,7 +50,8 @@ import numpy as np
 
 from xrayfeat.devices import keras_backend_name, release_jax_at_exit
 from xrayfeat.models import head_numpy
-from xrayfeat.errors import XrayfeatError
+from xrayfeat.errors import DiskFullError, XrayfeatError
+from xrayfeat.fileio import disk_full, writing_to
 from xrayfeat.options.settings import HEAD_BACKENDS
 from xrayfeat.store.rows import StoreRows
 
@@ -199,12 +200,14 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
     with tempfile.TemporaryDirectory(prefix="xrayfeat-head-") as tmp:
         folder = Path(tmp)
         arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test}
-        for name, value in arrays.items():
-            if value is not None and not isinstance(value, StoreRows):
-                np.save(folder / f"{name}.npy", np.asarray(value))
-        rows = {name: value.spec() for name, value in arrays.items() if isinstance(value, StoreRows)}
-        job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds, "rows": rows}
-        (folder / "job.json").write_text(json.dumps(job))
+        with writing_to(folder.parent, option="TMPDIR"):  # the job's folder is the system's temporary one
+            for name, value in arrays.items():
+                if value is not None and not isinstance(value, StoreRows):
+                    np.save(folder / f"{name}.npy", np.asarray(value))
+            rows = {name: value.spec() for name, value in arrays.items() if isinstance(value, StoreRows)}
+            job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds,
+                   "rows": rows}
+            (folder / "job.json").write_text(json.dumps(job))
         _run_child(folder, child or HeadChild(backend, device))
         outcome = _read_outcome(folder)
     return replace(outcome, process="child process", process_seconds=time.perf_counter() - started)
@@ -310,6 +313,9 @@ def _run_child(folder: Path, child: HeadChild) -> None:
     if status != 0 or not (folder / "result.json").exists():
         lines = [line for line in err.splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit status {status}"
+        if reason.startswith(_NO_ROOM_LINE):  # the child's write found no room: the same line as if written here
+            code, where, option = json.loads(reason[len(_NO_ROOM_LINE):])
+            raise disk_full(where, code, option=option)
         raise XrayfeatError(
             f"training the head on {child.backend} failed: {reason}; rerun with --head-backend {process_backend()} "
             f"to train in this process, or XRAYFEAT_DEBUG=1 for the child's traceback"
@@ -329,15 +335,27 @@ def _child_main(folder: Path) -> int:
 
         outcome = _train_all(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), load("x_test"),
                              head_file=job["head_file"], seeds=job["repeat_seeds"], tail=None, train=job["train"])
-        _write_outcome(folder, outcome)
+        with writing_to(folder.parent, option="TMPDIR"):
+            _write_outcome(folder, outcome)
         return 0
     except Exception as error:  # reported to the parent as one line
         if os.environ.get("XRAYFEAT_DEBUG"):
             import traceback
 
             traceback.print_exc()
-        print(f"{type(error).__name__}: {error}".replace("\n", " "), file=sys.stderr)
+        print(_failure_line(error), file=sys.stderr)
         return 1
+
+
+#: How the child's last stderr line starts when a write found no room; JSON ``[errno, folder, option]`` follows.
+_NO_ROOM_LINE = "xrayfeat-no-room: "
+
+
+def _failure_line(error: Exception) -> str:
+    """The child's one line about ``error`` for the parent: a full disk as :data:`_NO_ROOM_LINE`, else type and text."""
+    if isinstance(error, DiskFullError):
+        return _NO_ROOM_LINE + json.dumps([error.errno, error.folder, error.option])
+    return f"{type(error).__name__}: {error}".replace("\n", " ")
 
 
 def _wait_main() -> int:

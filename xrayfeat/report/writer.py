@@ -60,7 +60,7 @@ from pathlib import Path
 
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.fileio import atomic_write
+from xrayfeat.fileio import atomic_write, writing_to
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.report.document import (
@@ -1057,11 +1057,12 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     out = Path(os.fspath(out))
     if out.exists() and not out.is_dir():
         raise XrayfeatError(f"{out}: exists and is not a folder; pass a folder for the report")
-    out.mkdir(parents=True, exist_ok=True)
-    blocks, n_tables = _document(loaded, out)
-    md_path, html_path = out / "report.md", out / "report.html"
-    atomic_write(md_path, render_markdown(blocks))
-    title = "xrayfeat report: " + ", ".join(r.name for r in loaded[:6]) + (" …" if len(loaded) > 6 else "")
-    atomic_write(html_path, render_html(blocks, title))
+    with writing_to(out, option="--out"):  # a full disk: one line naming the report's folder
+        out.mkdir(parents=True, exist_ok=True)
+        blocks, n_tables = _document(loaded, out)
+        md_path, html_path = out / "report.md", out / "report.html"
+        atomic_write(md_path, render_markdown(blocks))
+        title = "xrayfeat report: " + ", ".join(r.name for r in loaded[:6]) + (" …" if len(loaded) > 6 else "")
+        atomic_write(html_path, render_html(blocks, title))
     log.info("report: %s and %s (%d runs, %d tables)", md_path, html_path, len(loaded), n_tables)
     return {"markdown": str(md_path), "html": str(html_path), "runs": len(loaded), "tables": n_tables}

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.fileio import atomic_path, atomic_write, csv_text
+from xrayfeat.fileio import atomic_path, atomic_write, csv_text, writing_to
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
 from xrayfeat.runs.outputs import check_output
@@ -79,20 +79,21 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
                                  workers=workers, cluster=cluster, progress=progress, need=("spatial",),
                                  purpose="explain (Grad-CAM)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     layer = f"{run.backbone}:{store.fingerprint['layer']}"
     size = int(store.fingerprint["image_size"])
     stems = _stems(dataset.items)
     rows, map_size = [], (0, 0)
-    for start in range(0, len(dataset), CHUNK):
-        items = dataset.items[start:start + CHUNK]
-        spatial = store.read([item.sha256 for item in items], ("spatial",))["spatial"]
-        map_size = spatial.shape[1:3]
-        cams = grad_cam(spatial, head, target)
-        for i, item in enumerate(items):
-            rows.append(_write_image(run, item, cams, i, out / stems[start + i], layer=layer, size=size))
-    table = out / "explain.csv"
-    _write_table(table, rows)
+    with writing_to(out, option="--out"):  # a full disk: one line naming the folder
+        out.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(dataset), CHUNK):
+            items = dataset.items[start:start + CHUNK]
+            spatial = store.read([item.sha256 for item in items], ("spatial",))["spatial"]
+            map_size = spatial.shape[1:3]
+            cams = grad_cam(spatial, head, target)
+            for i, item in enumerate(items):
+                rows.append(_write_image(run, item, cams, i, out / stems[start + i], layer=layer, size=size))
+        table = out / "explain.csv"
+        _write_table(table, rows)
     return ExplainResult(out=str(out), csv=str(table), images=len(dataset), extracted=result.extracted,
                          reused=result.reused, layer=layer, map_size=tuple(int(s) for s in map_size),
                          target_class=target_class, rows=rows)

@@ -49,7 +49,7 @@ from xrayfeat import __version__
 from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec
 from xrayfeat.extraction.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError
-from xrayfeat.fileio import file_digest, fsync_dir, write_json
+from xrayfeat.fileio import file_digest, fsync_dir, write_json, writing_to
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
@@ -427,19 +427,20 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
     from xrayfeat.models.head import count_params
 
     params = count_params(model)["total"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.mkdir()
-    try:
-        target = _save(model, tmp, format)
-        sha256 = _digests(tmp, target)
-        n_bytes = sum((tmp / name).stat().st_size for name in sha256)
-        info = _describe(run, facts, format, sha256, n_bytes, params)
-        write_json(tmp / "export.json", info)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing_to(out, option="--out"):  # a full disk: one line naming the export's folder, nothing left
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp.mkdir()
+        try:
+            target = _save(model, tmp, format)
+            sha256 = _digests(tmp, target)
+            n_bytes = sum((tmp / name).stat().st_size for name in sha256)
+            info = _describe(run, facts, format, sha256, n_bytes, params)
+            write_json(tmp / "export.json", info)
+            _replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     record = run.record
     return ExportResult(
         out=str(out), model=str(out / FORMATS[format]), format=format, bytes=n_bytes, classes=list(record.classes),

@@ -58,7 +58,7 @@ from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
-from xrayfeat.fileio import write_json
+from xrayfeat.fileio import write_json, writing_to
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
 from xrayfeat.provenance import library_versions, utc_timestamp
@@ -439,8 +439,9 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
-        return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
-    except BaseException as exc:  # the folder says fit-head failed, or is given back when nothing was written
+        with writing_to(run_dir, option="--out"):  # a full disk while writing the run: one line naming it
+            return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
+    except BaseException as exc:  # the folder says fit-head failed (the disk was full), or is given back
         folder.abandon_run_dir(run_dir, exc)
         raise
 

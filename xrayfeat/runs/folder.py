@@ -9,6 +9,7 @@ abandoned by a dead one; :func:`unfinished` says which.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from xrayfeat.errors import RunError
-from xrayfeat.fileio import atomic_write, fsync_dir
+from xrayfeat.errors import DiskFullError, RunError
+from xrayfeat.fileio import as_disk_full, atomic_write, fsync_dir, writing_to
 from xrayfeat.provenance import utc_timestamp
 
 
@@ -50,8 +51,15 @@ def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: s
     if path.exists() and not path.is_dir():
         raise RunError(f"{path}: exists and is a file, not a folder; pass another --out")
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    _claim(path, created)
+    try:
+        with writing_to(path, option="--out"):  # a full disk: one line, and no empty folder left behind
+            path.mkdir(parents=True, exist_ok=True)
+            _claim(path, created)
+    except DiskFullError:
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     if _holds_files(path):
         (path / MARKER).unlink()
         raise RunError(f"{path}: {_occupied(path)}")
@@ -64,7 +72,10 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
     A folder that holds nothing but the claim is left as it was found (a
     re-run may use it); one with some run files keeps its marker, now naming
     the failure, so every reader calls it an incomplete run even while this
-    process lives on (a notebook). Does nothing to a folder claimed by another process.
+    process lives on (a notebook). A failure because a write found no room
+    (:func:`~xrayfeat.fileio.no_room`) is recorded as "the disk was full"; on
+    that full disk the marker is rewritten in place if a new copy finds no room
+    (:func:`_note_failure`). Does nothing to a folder claimed by another process.
     """
     path = Path(path)
     info = _marker_info(path)
@@ -78,8 +89,45 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
             except OSError:  # something arrived meanwhile: leave it
                 pass
         return
+    _note_failure(path, {**info, **_failure(error)})
+
+
+#: How a marker names a write that found no room, by errno (the quota and the file size limit are not the disk).
+_NO_ROOM_WORDS = {errno.EDQUOT: "the disk quota was full", errno.EFBIG: "a file reached the size limit"}
+
+
+def _failure(error: BaseException) -> dict:
+    """What a marker records about the failure that stopped fit-head: ``failed`` (one line), ``disk_full`` if it was.
+
+    ``disk_full`` is true for every write that found no room (:data:`xrayfeat.fileio.NO_ROOM`); ``failed`` says
+    which: "the disk was full (FOLDER: no space left on the device (N MB free))", or the quota, or the size limit.
+    """
+    full = as_disk_full(error)
+    if full is not None:
+        where = f"{full.folder}: " if full.folder else ""
+        words = _NO_ROOM_WORDS.get(full.errno, "the disk was full")
+        return {"failed": " ".join(f"{words} ({where}{full.reason})".split()), "disk_full": True}
     reason = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
-    atomic_write(path / MARKER, json.dumps({**info, "failed": reason}) + "\n")
+    return {"failed": reason}
+
+
+def _note_failure(path: Path, info: dict) -> None:
+    """Replace ``path``'s marker by ``info``: atomically, else (no room for a new file) overwritten in place.
+
+    A full disk may have no room for the new copy :func:`~xrayfeat.fileio.atomic_write`
+    makes; the marker's own block has room for a note of under 4 KiB, so it is
+    overwritten and cut to length (a reader meanwhile sees an unreadable
+    marker, which still means an incomplete run).
+    """
+    content = (json.dumps(info) + "\n").encode()
+    try:
+        atomic_write(path / MARKER, content)
+    except DiskFullError:
+        with open(path / MARKER, "r+b") as fh:
+            fh.write(content)
+            fh.truncate()
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 #: What ``os.link`` fails with where the filesystem has no hard links (some FUSE, SMB and FAT mounts).

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
+from xrayfeat.fileio import writing_to
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, RunOptions
@@ -96,7 +97,8 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     else:
         values = store.read(dataset.hashes, ("pooled",))["pooled"]
         source = f"{features.backbone} pooled features"
-    with run_lock(owner, "embed") if owner is not None else contextlib.nullcontext():
+    with run_lock(owner, "embed") if owner is not None else contextlib.nullcontext(), \
+            writing_to(Path(out).parent, option="--out"):  # one writer per run; a full disk: one line naming the folder
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
                                 classes=list(dataset.classes), splits=[item.split for item in dataset.items],

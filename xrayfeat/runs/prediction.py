@@ -31,7 +31,7 @@ from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
-from xrayfeat.fileio import atomic_write, csv_text
+from xrayfeat.fileio import atomic_write, csv_text, writing_to
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
@@ -225,7 +225,8 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
                    cluster=cluster, progress=progress, models=models)
     table = predictions_table(scored, run.classes)
     if out is not None:
-        atomic_write(out, csv_text([list(table.columns), *table.itertuples(index=False)], float_format=".6g", lineterminator="\n"))
+        with writing_to(Path(out).parent, option="--out"):
+            atomic_write(out, csv_text([list(table.columns), *table.itertuples(index=False)], float_format=".6g", lineterminator="\n"))
     counts = {name: {c: int((table[f"{name}:predicted"] == c).sum()) for c in run.classes}
               for name in scored.probabilities}
     return PredictResult(table=table, out=None if out is None else str(out), images=len(dataset),

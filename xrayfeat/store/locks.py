@@ -8,7 +8,8 @@ folder has no lock file to take, readers read without one.
 
 A full disk or a read-only folder fails a write before anything is renamed
 into place; :func:`write_failure` is the one :class:`~xrayfeat.errors.StoreError`
-line that says so, naming the file, the reason and the fix.
+line that says so, naming the file, the reason and the fix (a full disk in the
+words of :func:`xrayfeat.fileio.disk_full`, with ``--cache-dir`` as the other folder).
 
 :func:`flock` is the one fcntl lock of xrayfeat: a run folder's lock
 (:mod:`xrayfeat.runs.lock`) is the same lock with a bounded wait (``timeout``)
@@ -25,34 +26,46 @@ import os
 import time
 from pathlib import Path
 
-from xrayfeat.errors import StoreError, first_line
+from xrayfeat.errors import DiskFullError, StoreError, first_line
+from xrayfeat.fileio import NO_ROOM, disk_full
 
 __all__ = ["READ_ONLY", "flock", "write_failure", "writing"]
 
 #: The errors of a folder that cannot be written (read-only mount, permissions).
 READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_UNCHANGED = "the store is as it was"
 
 
-def write_failure(exc: OSError, where: Path) -> StoreError:
-    """One line for an OS error while changing a store: the file, the reason, the fix."""
-    reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
-    if exc.errno in _FULL:
-        fix = "free disk space (or raise the file size limit), then re-run"
-    elif exc.errno in READ_ONLY:
-        fix = "the cache folder is read-only: make it writable, or pass another --cache-dir"
+def write_failure(exc: OSError | DiskFullError, where: Path) -> StoreError:
+    """One line for an OS error (or a full disk) while changing a store: the file, the reason, the fix.
+
+    The error keeps the ``errno`` (:func:`xrayfeat.fileio.no_room` reads it, even
+    once the error has crossed from a worker process without its cause).
+    """
+    if exc.errno in NO_ROOM:
+        error = StoreError(f"{disk_full(where, exc.errno, option='--cache-dir')}; {_UNCHANGED}")
     else:
-        fix = "check the cache folder, then re-run"
-    return StoreError(f"{where}: cannot write ({reason}); {fix}; the store is as it was")
+        reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
+        if exc.errno in READ_ONLY:
+            fix = "the cache folder is read-only: make it writable, or pass another --cache-dir"
+        else:
+            fix = "check the cache folder, then re-run"
+        error = StoreError(f"{where}: cannot write ({reason}); {fix}; {_UNCHANGED}")
+    error.errno = exc.errno
+    return error
 
 
 @contextlib.contextmanager
 def writing(where: Path):
-    """Turn an OS error raised while changing the store into :func:`write_failure`'s line."""
+    """Turn an OS error or a full disk met while changing the store into :func:`write_failure`'s line.
+
+    The line keeps the error as its cause, so :func:`xrayfeat.fileio.no_room`
+    still tells a full disk (a run's marker says so).
+    """
     try:
         yield
-    except OSError as exc:
-        raise write_failure(exc, where) from None
+    except (OSError, DiskFullError) as exc:
+        raise write_failure(exc, where) from exc
 
 
 def _lock_file(path: Path, *, required: bool, failure=write_failure):
@@ -68,7 +81,7 @@ def _lock_file(path: Path, *, required: bool, failure=write_failure):
             return open(path)
         if exc.errno in READ_ONLY and not required:
             return None
-        raise failure(exc, path) from None
+        raise failure(exc, path) from exc
 
 
 @contextlib.contextmanager

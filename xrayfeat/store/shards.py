@@ -43,6 +43,9 @@ the file is filled under a temporary name, flushed (so a full disk fails here),
 closed, sealed with its digest, fsync-ed and renamed into place, so a reader sees a whole shard or none. A
 writer killed on the way leaves a ``.<name>.<random>.tmp`` file (``.tmp-<name>``
 before xrayfeat used fileio); :data:`TEMP_GLOBS` is how ``cache gc`` finds both.
+A write that fails (a full disk) closes the HDF5 file at once without writing
+to the disk again (:func:`_discard`), so no h5py object is left to fail once
+more, print "Exception ignored" or crash the process as it is freed.
 
 h5py is imported only when a shard is opened.
 """
@@ -127,28 +130,38 @@ class ShardWriter:
         if not self.parts:
             raise ValueError("A shard must hold at least one part; both 'spatial_shape' and 'pooled_shape' are None.")
         self.file = h5py.File(path, "w", libver="v110", userblock_size=USERBLOCK)  # checksummed metadata
-        self.file.create_dataset("sha256", (rows,), dtype="S64")
-        if "spatial" in self.parts:
-            self.file.create_dataset("spatial", (rows, *spatial_shape), dtype=dtype, chunks=(1, *spatial_shape))
-        if "pooled" in self.parts:
-            self.file.create_dataset("pooled", (rows, *pooled_shape), dtype=dtype)
-        for part in self.parts:
-            self.file.create_dataset(f"{part}_digest", (rows, 32), dtype=np.uint8)
-        for key, value in attrs.items():
-            self.file.attrs[key] = value
+        # the datasets stay open until the file closes: closing one flushes its chunk cache, which would
+        # fail unseen (in h5py's __dealloc__) on a full disk if a temporary dataset object were freed
+        self._datasets = {}
+        try:
+            create = self.file.create_dataset
+            self._datasets["sha256"] = create("sha256", (rows,), dtype="S64")
+            if "spatial" in self.parts:
+                self._datasets["spatial"] = create("spatial", (rows, *spatial_shape), dtype=dtype,
+                                                   chunks=(1, *spatial_shape))
+            if "pooled" in self.parts:
+                self._datasets["pooled"] = create("pooled", (rows, *pooled_shape), dtype=dtype)
+            for part in self.parts:
+                self._datasets[f"{part}_digest"] = create(f"{part}_digest", (rows, 32), dtype=np.uint8)
+            for key, value in attrs.items():
+                self.file.attrs[key] = value
+        except BaseException:
+            _discard(self.file)
+            raise
 
     def write(self, hashes: np.ndarray, spatial: np.ndarray | None, pooled: np.ndarray | None) -> None:
         """Append rows; the block of a part this shard does not hold is ignored (may be None)."""
         hashes = np.asarray(hashes, dtype="S64")
         end = self.filled + len(hashes)
         rows = slice(self.filled, end)
-        self.file["sha256"][rows] = hashes
+        datasets = self._datasets
+        datasets["sha256"][rows] = hashes
         for part, block in zip(PARTS, (spatial, pooled)):
             if part not in self.parts:
                 continue
-            block = np.asarray(block, dtype=self.file[part].dtype)
-            self.file[part][rows] = block
-            self.file[f"{part}_digest"][rows] = row_digests(hashes, block)
+            block = np.asarray(block, dtype=datasets[part].dtype)
+            datasets[part][rows] = block
+            datasets[f"{part}_digest"][rows] = row_digests(hashes, block)
         self._keys_digest.update(hashes.tobytes())
         self.filled = end
 
@@ -179,12 +192,34 @@ def write_shard(folder: Path, rows: int, spatial_shape, pooled_shape, dtype, att
             shard._finish()
             shard.file.close()
         except BaseException as exc:
-            with contextlib.suppress(*_HDF5_ERRORS):  # closing a file whose write failed fails again
-                shard.file.close()
+            _discard(shard.file)
             if isinstance(exc, (OSError, RuntimeError)):
                 raise _os_error(exc) from None
             raise
         _seal(tmp)
+
+
+def _discard(f) -> None:
+    """Close an HDF5 file being written that will be thrown away, without writing to its disk again.
+
+    Closing flushes HDF5's caches; after a full disk (or the file size limit)
+    that flush fails too, the file stays open, and each h5py object of it then
+    fails again when freed ("Exception ignored in ... __dealloc__") or crashes
+    the process. So the file's descriptor (h5py's ``get_vfd_handle``) is first
+    pointed at the null device, where every write succeeds and lands nowhere;
+    the close then succeeds, and the caller deletes the temporary file.
+    """
+    if not f.id.valid:
+        return
+    with contextlib.suppress(*_HDF5_ERRORS):
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    with contextlib.suppress(*_HDF5_ERRORS):
+        f.close()
 
 
 def _os_error(exc: OSError | RuntimeError) -> OSError:
