@@ -236,7 +236,7 @@ def _line(folder: Path, option: str | None = None) -> str:
     return rf"xrayfeat: error: {re.escape(str(folder))}: {NO_SPACE}; free space there{other}, then re-run"
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_extract_then_fit_head_on_a_full_disk(tmp_path):
     data = write_tiny_dataset(tmp_path / "data")
     disk = tmp_path / "disk"
@@ -281,7 +281,7 @@ OUTPUTS = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.parametrize("case", list(OUTPUTS))
 def test_each_output_on_a_full_disk_is_one_line_and_leaves_nothing_truncated(tmp_path, shared_run, case):
     argv, leave, stdout, named, option, warnings = OUTPUTS[case]
@@ -299,7 +299,7 @@ def test_each_output_on_a_full_disk_is_one_line_and_leaves_nothing_truncated(tmp
         assert not {"report/report.html", "explain/explain.csv"} & set(result["left"]), result["left"]
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_the_run_marker_says_the_disk_was_full_even_without_room_for_a_new_marker(tmp_path):
     result = _on_small_disk(tmp_path, "marker", size="1m")
     disk = tmp_path / "disk"
