@@ -1,8 +1,11 @@
 """How every xrayfeat command behaves: one-line errors, exit codes, --json output, options derived from declarations.
 
 :func:`handle_errors` turns library errors into one line on stderr and the
-contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
-same for click's own usage errors. :func:`emit` prints ``--json`` output on
+contract's exit codes (2 bad input, 1 anything else, 128 + the signal for an
+interrupt); :class:`Group` does the same for click's own usage errors, and
+around every command makes SIGTERM and SIGHUP interrupt as SIGINT does
+(:func:`~xrayfeat.distributed.lifetime.signals_unwind`), so helpers and temporary
+files go with the command. :func:`emit` prints ``--json`` output on
 stdout and human text on stderr. Every human line goes out through :func:`say`
 (or a :func:`console` for tables), which writes names as data: control
 characters escaped by :func:`~xrayfeat.errors.one_line`, so a file name holding
@@ -20,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -28,6 +32,7 @@ from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.errors import XrayfeatError, first_line, one_line
+from xrayfeat.distributed.lifetime import signal_of, signals_unwind
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
@@ -96,9 +101,8 @@ def handle_errors(func):
         except XrayfeatError as exc:
             say(f"xrayfeat: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            say("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM/SIGHUP through signals_unwind
+            _interrupted(exc)
         except (MemoryError, OSError) as exc:
             say(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
@@ -110,6 +114,14 @@ def handle_errors(func):
             sys.exit(1)
 
     return wrapper
+
+
+def _interrupted(exc: KeyboardInterrupt):
+    """One line for an interrupt, and exit ``128 + signal`` (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
+    number = signal_of(exc)
+    by = "" if number == signal.SIGINT else f" by {signal.Signals(number).name}"
+    say(f"xrayfeat: interrupted{by}; completed batches are kept, rerun to resume", err=True)
+    sys.exit(128 + number)
 
 
 def emit(data: dict, as_json: bool, human) -> None:
@@ -286,6 +298,10 @@ class Group(click.Group):
         return list(self.commands)
 
     def main(self, *args, **kwargs):
+        with signals_unwind():
+            self._main(*args, **kwargs)
+
+    def _main(self, *args, **kwargs):
         kwargs.pop("standalone_mode", None)
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
@@ -300,7 +316,9 @@ class Group(click.Group):
         except click.ClickException as exc:
             say(f"xrayfeat: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt) and signal_of(exc.__context__) != signal.SIGINT:
+                _interrupted(exc.__context__)  # SIGTERM or SIGHUP outside a command's body
             say("xrayfeat: aborted", err=True)
             sys.exit(1)
 

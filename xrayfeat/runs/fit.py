@@ -277,7 +277,7 @@ def _validation(dataset, split: _Split, head: HeadOptions):
 
 
 def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes: int, head_file: Path,
-           backend: str, child):
+           backend: str, child, guard):
     """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.models.head_process`."""
     from xrayfeat.models.head_process import train_and_predict
 
@@ -290,7 +290,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
     x, y = split.train_arrays[head.head_input], split.y_train
     return train_and_predict(
         backend, take(x, fit_idx), y[fit_idx], take(x, val_idx), y[val_idx], split.test_arrays[head.head_input],
-        head_file=head_file, tail=tail, child=child, device=config.device,
+        head_file=head_file, tail=tail, child=child, device=config.device, guard=guard,
         n_classes=n_classes, epochs=head.epochs, batch_size=head.head_batch_size,
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
         learning_rate=head.learning_rate, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
@@ -321,7 +321,7 @@ def _baselines_budget(memory: dict, widths, y_fit) -> tuple[int, str]:
 
 
 def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, memory: dict,
-               cluster: str | None = None):
+               cluster: str | None, guard):
     """Fit the baselines on the head's training rows, predict validation and test, save each.
 
     With ``cluster`` (``--cluster``), the grid searches run on its Dask workers
@@ -334,8 +334,9 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     leaves them (:func:`_baselines_budget`) is sampled (see
     :func:`~xrayfeat.models.baselines.fit_baselines`), and each sample
     becomes a ``subsample`` warning. ``memory["baselines_budget_bytes"]`` is
-    set to the bytes they were given. Returns (test probabilities, validation
-    probabilities, artifacts, summaries, warnings).
+    set to the bytes they were given. The models are saved only while
+    ``guard`` (the claim on the run folder) holds. Returns (test
+    probabilities, validation probabilities, artifacts, summaries, warnings).
     """
     from xrayfeat.models.baselines import columns_for, fit_baselines, predict_rows, read_pixels, save_baseline
     from xrayfeat.distributed.session import joblib_backend, session
@@ -343,7 +344,8 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     if not head.baselines:
         return {}, {}, {}, {}, []
     needs_pixels = "pixels" in head.baselines
-    pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
+    with joblib_backend(None):  # this machine's joblib workers, which die with this process
+        pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
     fit_items = [split.train[k] for k in fit_idx]
     pooled = split.train_arrays.get("pooled")
     widths = [int(np.prod(x.shape[1:])) for x in (pooled, pixels_train) if x is not None]
@@ -358,10 +360,13 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
             y_train=split.y_train[fit_idx], groups=groups_of(fit_items), seed=head.seed,
             n_jobs=-1 if live else head.n_jobs, class_weight=head.class_weight,
         )
+    with joblib_backend(None):
+        pixels_test = read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None
     inputs = {
-        "test": (split.test_arrays.get("pooled"), read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
+        "test": (split.test_arrays.get("pooled"), pixels_test),
         "val": (None if pooled is None else take(pooled, val_idx), pixels_train[val_idx] if needs_pixels else None),
     }
+    guard.check()
     (run_dir / "baselines").mkdir(exist_ok=True)
     probabilities = {"test": {}, "val": {}}
     artifacts, summaries = {}, {}
@@ -439,19 +444,21 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
-        return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
+        guard = folder.claim_guard(run_dir)  # every write into the folder checks the claim is still this run's
+        return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, guard,
+                      started)
     except BaseException as exc:  # the folder says fit-head failed, or is given back when nothing was written
         folder.abandon_run_dir(run_dir, exc)
         raise
 
 
-def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path,
+def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path, guard,
            started: float) -> FitResult:
-    """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed."""
+    """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed (each write checks ``guard``, the claim)."""
     from xrayfeat.models.head_process import start_child
 
     # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
-    # (if this function fails before training, the child sees its input close and exits)
+    # (if this function fails or is interrupted before training, the child is stopped at once)
     child = start_child(head_backend, config.device)
     try:
         split = _extract_split(dataset, features, run)
@@ -459,12 +466,13 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
         memory = _hold(split, head, val_idx, len(dataset.classes))
     except BaseException:
         if child is not None:
-            child.close()
+            child.stop()
         raise
     log.info("validation: %s (%d images)", val_source, len(val_idx))
     log.info("head backend: %s (%s)", head_backend, backend_reason)
     n_classes = len(dataset.classes)
-    trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child)
+    trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child,
+                     guard)
     found = []
     trained_on = trained.settings.get("device")
     if trained_on and trained_on != config.device:
@@ -473,7 +481,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
 
     t = time.perf_counter()
     probabilities, val_probabilities, baseline_artifacts, baseline_info, sampled = _baselines(
-        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster)
+        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster, guard)
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
@@ -510,6 +518,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     roles = np.array(["train"] * len(split.train), dtype=object)
     roles[val_idx] = "val"
     used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
+    guard.check()
     runs.write_splits(run_dir / "splits.csv", used)
     val_items = [split.train[k] for k in val_idx]
     runs.write_predictions(run_dir / "predictions-val.csv", val_items, split.y_train[val_idx], dataset.classes,
@@ -517,15 +526,19 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
     if spread:
         summary["repeats"] = spread
-    _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes)
+    _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes, guard)
     return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings, operating=head_metrics.get("operating_points"),
                      repeats=spread, skipped_files=record.skipped_files)
 
 
 def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, probabilities, baseline_artifacts,
-               classes) -> None:
-    """Every artifact, then the record naming each with its sha256 (written last: its presence means complete)."""
+               classes, guard) -> None:
+    """Every artifact, then the record naming each with its sha256 (written last: its presence means complete).
+
+    ``guard`` (the claim on the folder) is checked before the artifacts and again before the record.
+    """
+    guard.check()
     head_metrics = summary["head"]
     write_json(run_dir / "metrics.json", summary)
     runs.write_history(run_dir / "history.csv", trained.history, trained.epoch_seconds)
@@ -549,6 +562,7 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
             files["gradcam"] = "gradcam.png"
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
+    guard.check()
     runs.write_record(record, run_dir)
 
 

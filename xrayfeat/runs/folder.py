@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import time
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from xrayfeat.errors import RunError
 from xrayfeat.fileio import atomic_write, fsync_dir
+from xrayfeat.distributed.lifetime import TOKEN_KEY, WriteGuard, signal_of
 from xrayfeat.provenance import utc_timestamp
 
 
@@ -63,8 +65,10 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
 
     A folder that holds nothing but the claim is left as it was found (a
     re-run may use it); one with some run files keeps its marker, now naming
-    the failure, so every reader calls it an incomplete run even while this
-    process lives on (a notebook). Does nothing to a folder claimed by another process.
+    the failure (or the signal, for an interrupt), so every reader calls it an
+    incomplete run even while this process lives on (a notebook). The marker
+    loses its token, so no helper still running writes there. Does nothing to a
+    folder claimed by another process.
     """
     path = Path(path)
     info = _marker_info(path)
@@ -78,8 +82,21 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
             except OSError:  # something arrived meanwhile: leave it
                 pass
         return
-    reason = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
-    atomic_write(path / MARKER, json.dumps({**info, "failed": reason}) + "\n")
+    info = {key: value for key, value in info.items() if key != TOKEN_KEY}
+    if isinstance(error, KeyboardInterrupt):
+        info["interrupted"] = signal.Signals(signal_of(error)).name
+    else:
+        info["failed"] = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
+    atomic_write(path / MARKER, json.dumps(info) + "\n")
+
+
+def claim_guard(path: str | os.PathLike) -> WriteGuard:
+    """The :class:`~xrayfeat.distributed.lifetime.WriteGuard` of this process' claim on ``path`` (see the module docstring)."""
+    path = Path(path)
+    info = _marker_info(path)
+    if not info or not _is_this_process(info) or not isinstance(info.get(TOKEN_KEY), str):
+        raise RunError(f"{path}: not a run folder claimed by this process; claim it with new_run_dir first")
+    return WriteGuard(path / MARKER, info[TOKEN_KEY])
 
 
 #: What ``os.link`` fails with where the filesystem has no hard links (some FUSE, SMB and FAT mounts).
@@ -96,7 +113,7 @@ def _claim(path: Path, created: bool) -> None:
     """
     info = {"command": "fit-head", "pid": os.getpid(), "host": socket.gethostname(),
             "started": utc_timestamp(), "process": _process_token(os.getpid()),
-            "created": created}
+            "created": created, TOKEN_KEY: uuid.uuid4().hex}
     content = (json.dumps(info) + "\n").encode()
     staged = path / f".{MARKER}.{uuid.uuid4().hex[:12]}"
     atomic_write(staged, content)
@@ -178,6 +195,8 @@ def unfinished_state(path: Path) -> tuple[str, str] | None:
     writer = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
     if info.get("failed"):
         return "stopped", f"fit-head failed before finishing it: {info['failed']}; {writer}"
+    if info.get("interrupted"):
+        return "stopped", f"fit-head was interrupted by {info['interrupted']} before finishing it; {writer}"
     if info.get("host") != socket.gethostname():
         return "elsewhere", f"fit-head is writing it on another host, or stopped there; {writer}"
     process = info.get("process")
