@@ -344,8 +344,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     if not head.baselines:
         return {}, {}, {}, {}, []
     needs_pixels = "pixels" in head.baselines
-    with joblib_backend(None):  # this machine's joblib workers, which die with this process
-        pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
+    pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
     fit_items = [split.train[k] for k in fit_idx]
     pooled = split.train_arrays.get("pooled")
     widths = [int(np.prod(x.shape[1:])) for x in (pooled, pixels_train) if x is not None]
@@ -360,10 +359,8 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
             y_train=split.y_train[fit_idx], groups=groups_of(fit_items), seed=head.seed,
             n_jobs=-1 if live else head.n_jobs, class_weight=head.class_weight,
         )
-    with joblib_backend(None):
-        pixels_test = read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None
     inputs = {
-        "test": (split.test_arrays.get("pooled"), pixels_test),
+        "test": (split.test_arrays.get("pooled"), read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
         "val": (None if pooled is None else take(pooled, val_idx), pixels_train[val_idx] if needs_pixels else None),
     }
     guard.check()
