@@ -204,6 +204,27 @@ def test_a_claim_that_changes_while_a_file_is_written_keeps_the_file_out(tmp_pat
     assert WriteGuard.from_json(guard.to_json()) == guard
 
 
+@pytest.mark.slow
+def test_a_fit_head_whose_folder_is_claimed_again_meanwhile_writes_nothing_more_there(tmp_path, shared_run,
+                                                                                    monkeypatch):
+    import xrayfeat as xf
+    from xrayfeat.runs import fit as fit_module
+
+    run = tmp_path / "run"
+    write_json = fit_module.write_json
+
+    def then_claimed_again(*args, **kwargs):  # metrics.json is written; then the folder is deleted and claimed again
+        write_json(*args, **kwargs)
+        _claimed_again(run)
+
+    monkeypatch.setattr(fit_module, "write_json", then_claimed_again)
+    with pytest.raises(RunError, match="no longer the run folder this fit-head was started for"):
+        xf.fit_head(shared_run.data, "vgg16", weights="none", image_size=32, epochs=1, baselines=(), n_bootstrap=50,
+                    head_backend="tensorflow", cache_dir=shared_run.copy_cache(tmp_path / "cache"), out=run)
+    assert sorted(p.name for p in run.iterdir()) == [MARKER]  # the other claim, untouched: nothing written after it
+    assert run_folder.unfinished_state(run)[0] == "running"
+
+
 def test_sigterm_and_sighup_unwind_as_sigint_does():
     for number in (signal.SIGTERM, signal.SIGHUP):
         before = signal.getsignal(number)

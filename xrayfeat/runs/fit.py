@@ -363,8 +363,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
         "test": (split.test_arrays.get("pooled"), read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
         "val": (None if pooled is None else take(pooled, val_idx), pixels_train[val_idx] if needs_pixels else None),
     }
-    guard.check()
-    (run_dir / "baselines").mkdir(exist_ok=True)
+    _guarded(guard, (run_dir / "baselines").mkdir, exist_ok=True)
     probabilities = {"test": {}, "val": {}}
     artifacts, summaries = {}, {}
     for name, model in fitted.items():
@@ -372,7 +371,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
             x = pixels.reshape(len(pixels), -1).astype(np.float32) if name == "pixels" else pooled_x
             probabilities[role][name] = columns_for(model, predict_rows(model, x, budget_bytes), n_classes)
         file = f"baselines/{name}.joblib"
-        artifacts[f"baseline/{name}"] = runs.Artifact(file, save_baseline(model, run_dir / file))
+        artifacts[f"baseline/{name}"] = runs.Artifact(file, _guarded(guard, save_baseline, model, run_dir / file))
         summaries[name] = model.summary()
     for sample in samples:
         for name in sample.names:
@@ -440,12 +439,13 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
+    guard = None
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
         guard = folder.claim_guard(run_dir)  # every write into the folder checks the claim is still this run's
         return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, guard,
                       started)
     except BaseException as exc:  # the folder says fit-head failed, or is given back when nothing was written
-        folder.abandon_run_dir(run_dir, exc)
+        folder.abandon_run_dir(run_dir, exc, guard)
         raise
 
 
@@ -515,11 +515,10 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     roles = np.array(["train"] * len(split.train), dtype=object)
     roles[val_idx] = "val"
     used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
-    guard.check()
-    runs.write_splits(run_dir / "splits.csv", used)
+    _guarded(guard, runs.write_splits, run_dir / "splits.csv", used)
     val_items = [split.train[k] for k in val_idx]
-    runs.write_predictions(run_dir / "predictions-val.csv", val_items, split.y_train[val_idx], dataset.classes,
-                           val_probabilities)
+    _guarded(guard, runs.write_predictions, run_dir / "predictions-val.csv", val_items, split.y_train[val_idx],
+             dataset.classes, val_probabilities)
     summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
     if spread:
         summary["repeats"] = spread
@@ -533,20 +532,20 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
                classes, guard) -> None:
     """Every artifact, then the record naming each with its sha256 (written last: its presence means complete).
 
-    ``guard`` (the claim on the folder) is checked before the artifacts and again before the record.
+    ``guard`` (the claim on the folder) is checked before each write (:func:`_guarded`).
     """
-    guard.check()
     head_metrics = summary["head"]
-    write_json(run_dir / "metrics.json", summary)
-    runs.write_history(run_dir / "history.csv", trained.history, trained.epoch_seconds)
-    runs.write_predictions(run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
+    _guarded(guard, write_json, run_dir / "metrics.json", summary)
+    _guarded(guard, runs.write_history, run_dir / "history.csv", trained.history, trained.epoch_seconds)
+    _guarded(guard, runs.write_predictions, run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
     title = f"{record.task} · {record.backbone}" + (" · RANDOM weights" if record.weights["random"] else "")
-    plots.plot_curves(trained.history, run_dir / "curves.png", title=title, best_epoch=trained.settings.get("best_epoch"))
-    plots.plot_confusion(head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
-    plots.plot_roc(split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
+    _guarded(guard, plots.plot_curves, trained.history, run_dir / "curves.png", title=title,
+             best_epoch=trained.settings.get("best_epoch"))
+    _guarded(guard, plots.plot_confusion, head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
+    _guarded(guard, plots.plot_roc, split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
     models = {"head": head_metrics, **summary["baselines"]}
-    plots.plot_calibration({name: m["calibration"] for name, m in models.items()}, run_dir / "calibration.png",
-                           title=title)
+    _guarded(guard, plots.plot_calibration, {name: m["calibration"] for name, m in models.items()},
+             run_dir / "calibration.png", title=title)
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
              "predictions": "predictions.csv", "predictions_val": "predictions-val.csv", "splits": "splits.csv",
              "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png", "calibration": "calibration.png"}
@@ -555,12 +554,22 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
         if record.head_input != "spatial":
             log.info("no gradcam.png: Grad-CAM needs a head on spatial maps, this one reads %s vectors",
                      record.head_input)
-        elif _gradcam_grid(record, run_dir, split, trained, classes, title):
+        elif _guarded(guard, _gradcam_grid, record, run_dir, split, trained, classes, title):
             files["gradcam"] = "gradcam.png"
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
+    _guarded(guard, runs.write_record, record, run_dir)
+
+
+def _guarded(guard, write, *args, **kwargs):
+    """``write(*args, **kwargs)``, a write into the run folder, only while the claim on it holds.
+
+    ``guard`` is the :class:`~xrayfeat.distributed.lifetime.WriteGuard` of
+    :func:`~xrayfeat.runs.folder.claim_guard`: a folder deleted and claimed by
+    another fit-head meanwhile (this one was stopped, say) is never written.
+    """
     guard.check()
-    runs.write_record(record, run_dir)
+    return write(*args, **kwargs)
 
 
 def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title: str) -> bool:

@@ -60,7 +60,7 @@ def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: s
     return path
 
 
-def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
+def abandon_run_dir(path: str | os.PathLike, error: BaseException, guard: WriteGuard | None = None) -> None:
     """After fit-head failed on the folder this process claimed: make the folder say so, or give it back.
 
     A folder that holds nothing but the claim is left as it was found (a
@@ -68,11 +68,12 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
     the failure (or the signal, for an interrupt), so every reader calls it an
     incomplete run even while this process lives on (a notebook). The marker
     loses its token, so no helper still running writes there. Does nothing to a
-    folder claimed by another process.
+    folder claimed by another process, nor (with ``guard``, the claim this
+    fit-head holds: :func:`claim_guard`) to one claimed again since.
     """
     path = Path(path)
     info = _marker_info(path)
-    if not info or not _is_this_process(info):
+    if not info or not _is_this_process(info) or (guard is not None and info.get(TOKEN_KEY) != guard.token):
         return
     if not _holds_files(path):
         (path / MARKER).unlink()
