@@ -298,8 +298,11 @@ class Group(click.Group):
         return list(self.commands)
 
     def main(self, *args, **kwargs):
-        with signals_unwind():
-            self._main(*args, **kwargs)
+        try:
+            with signals_unwind():
+                self._main(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # a signal that came while the command was already ending
+            _interrupted(exc)
 
     def _main(self, *args, **kwargs):
         kwargs.pop("standalone_mode", None)
