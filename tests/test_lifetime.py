@@ -8,6 +8,8 @@ files go with it. A helper checks the run's claim before each write, so a run
 folder deleted and claimed again by a new fit-head is never written by the old
 one's helpers. See :mod:`xrayfeat.distributed.lifetime`.
 
+The tests that signal or kill processes carry the ``fault`` marker (``./scripts/test.sh -m fault``; CI runs them).
+
 Processes are followed through ``/proc`` (pid and start time, so a reused pid
 is never mistaken for a helper; a zombie counts as ended).
 """
@@ -204,7 +206,7 @@ def test_a_claim_that_changes_while_a_file_is_written_keeps_the_file_out(tmp_pat
     assert WriteGuard.from_json(guard.to_json()) == guard
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_a_fit_head_whose_folder_is_claimed_again_meanwhile_writes_nothing_more_there(tmp_path, shared_run,
                                                                                     monkeypatch):
     import xrayfeat as xf
@@ -225,6 +227,7 @@ def test_a_fit_head_whose_folder_is_claimed_again_meanwhile_writes_nothing_more_
     assert run_folder.unfinished_state(run)[0] == "running"
 
 
+@pytest.mark.fault
 def test_sigterm_and_sighup_unwind_as_sigint_does():
     for number in (signal.SIGTERM, signal.SIGHUP):
         before = signal.getsignal(number)
@@ -236,6 +239,7 @@ def test_sigterm_and_sighup_unwind_as_sigint_does():
         assert signal.getsignal(number) == before  # put back
 
 
+@pytest.mark.fault
 def test_a_second_signal_while_unwinding_ends_the_process_at_once():
     code = textwrap.dedent("""
         import os, signal, time
@@ -304,7 +308,7 @@ PARENTS = {
 
 
 @needs_proc
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.parametrize("kind", sorted(PARENTS))
 def test_helpers_die_with_a_parent_killed_by_sigkill(tmp_path, kind):
     if kind == "head-child":
@@ -345,7 +349,7 @@ def _record_digests(run: Path) -> dict:
 
 @needs_proc
 @needs_jax
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda n: signal.Signals(n).name)
 def test_fit_head_ended_while_its_head_child_trains_leaves_nothing_then_a_rerun_stays_intact(tmp_path, shared_run,
                                                                                              number):
@@ -400,7 +404,7 @@ def test_fit_head_ended_while_its_head_child_trains_leaves_nothing_then_a_rerun_
 
 
 @needs_proc
-@pytest.mark.slow
+@pytest.mark.fault
 def test_sigterm_of_an_extract_leaves_no_decode_worker(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", per_split=(("train", 300),), size=64)
     proc = _start([sys.executable, "-m", "xrayfeat", "extract", data, "-b", "vgg16", "--weights", "none",
