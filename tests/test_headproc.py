@@ -127,12 +127,22 @@ def test_same_inputs_same_head_from_two_children_with_or_without_repeats(jax_chi
 
 class ChildHere:
     """A stand-in for HeadChild that runs the child's entry point in this process: the whole job protocol
-    (arrays and job.json in, proba.npz and result.json out) on this process' backend."""
+    (arrays and job.json in, proba.npz and result.json out) on this process' backend, in ``folder``."""
 
     backend = "this process' backend"
 
+    def __init__(self, folder):
+        self.folder = folder
+        folder.mkdir()
+
+    def job_folder(self):
+        return self.folder
+
     def run(self, folder):
         return headproc._child_main(folder), ""
+
+    def stop(self):
+        pass
 
 
 def test_in_process_and_through_the_child_protocol(tmp_path, monkeypatch):
@@ -146,7 +156,7 @@ def test_in_process_and_through_the_child_protocol(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.keras", "h.npz"]  # only the first head is saved
 
     monkeypatch.setattr(headproc, "process_backend", lambda: "another backend")
-    there = headproc.train_and_predict("jax", *arrays, head_file=tmp_path / "c.keras", child=ChildHere(),
+    there = headproc.train_and_predict("jax", *arrays, head_file=tmp_path / "c.keras", child=ChildHere(tmp_path / "job"),
                                        **REPEATED, **HERE)
     assert there.process == "child process"
     np.testing.assert_array_equal(there.proba_test, here.proba_test)

@@ -37,6 +37,10 @@ class FakeClient:
         self.closed = 0
         self.scheduler = type("Scheduler", (), {"address": "tcp://127.0.0.1:40000"})()
         self.dashboard_link = "http://127.0.0.1:8787/status"
+        self.plugins = []  # the names of the worker plugins registered
+
+    def register_plugin(self, plugin, name=None):
+        self.plugins.append(name)
 
     def run(self, function, *args, on_error="raise", **kwargs):
         if self.run_error is not None:
@@ -177,6 +181,7 @@ def test_a_dead_session_is_closed_before_it_is_replaced(monkeypatch, fake_dask):
     assert dead_client.closed == 1 and dead_cluster.closed == 1
     assert sessions.session("local:2") is live  # a live one is kept
     assert live.client.closed == 0
+    assert live.client.plugins == ["xrayfeat-die-with-parent"]  # its own workers die with this process
 
 
 def test_a_session_without_workers_closes_what_it_started(monkeypatch, fake_dask):

@@ -1,8 +1,11 @@
 """How every xrayfeat command behaves: one-line errors, exit codes, --json output, options derived from declarations.
 
 :func:`handle_errors` turns library errors into one line on stderr and the
-contract's exit codes (2 bad input, 1 anything else); :class:`Group` does the
-same for click's own usage errors. :func:`emit` prints ``--json`` output on
+contract's exit codes (2 bad input, 1 anything else, 128 + the signal for an
+interrupt); :class:`Group` does the same for click's own usage errors, and
+around every command makes SIGTERM and SIGHUP interrupt as SIGINT does
+(:func:`~xrayfeat.distributed.lifetime.signals_unwind`), so helpers and temporary
+files go with the command. :func:`emit` prints ``--json`` output on
 stdout and human text on stderr. Every human line goes out through :func:`say`
 (or a :func:`console` for tables), which writes names as data: control
 characters escaped by :func:`~xrayfeat.errors.one_line`, so a file name holding
@@ -21,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import stat
 import sys
 import warnings
@@ -29,6 +33,7 @@ import click
 from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
+from xrayfeat.distributed.lifetime import signal_of, signals_unwind
 from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line
 from xrayfeat.fileio import as_disk_full, disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
@@ -110,9 +115,8 @@ def handle_errors(func):
         except XrayfeatError as exc:
             say(f"xrayfeat: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            say("xrayfeat: interrupted; completed batches are kept, rerun to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM/SIGHUP through signals_unwind
+            _interrupted(exc)
         except (MemoryError, OSError) as exc:
             say(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
@@ -157,6 +161,14 @@ def _stdout_file() -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _interrupted(exc: KeyboardInterrupt):
+    """One line for an interrupt, and exit ``128 + signal`` (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
+    number = signal_of(exc)
+    by = "" if number == signal.SIGINT else f" by {signal.Signals(number).name}"
+    say(f"xrayfeat: interrupted{by}; completed batches are kept, rerun to resume", err=True)
+    sys.exit(128 + number)
 
 
 def emit(data: dict, as_json: bool, human) -> None:
@@ -334,7 +346,10 @@ class Group(click.Group):
 
     def main(self, *args, **kwargs):
         try:
-            self._main(*args, **kwargs)
+            with signals_unwind():
+                self._main(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # a signal that came while the command was already ending
+            _interrupted(exc)
         except OSError as exc:  # outside a command (--help into a full disk): the same one line as inside
             full = full_disk(exc)
             if full is None:
@@ -359,7 +374,9 @@ class Group(click.Group):
         except click.ClickException as exc:
             say(f"xrayfeat: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt) and signal_of(exc.__context__) != signal.SIGINT:
+                _interrupted(exc.__context__)  # SIGTERM or SIGHUP outside a command's body
             say("xrayfeat: aborted", err=True)
             sys.exit(1)
 

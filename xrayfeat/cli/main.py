@@ -2,7 +2,9 @@
 
 Conventions for every command: ``--help`` shows an example; ``--json`` prints
 one JSON object on stdout and sends human output to stderr; exit code 0 on
-success, 2 for bad usage or input, 1 for other failures. Library errors
+success, 2 for bad usage or input, 1 for other failures, 128 + the signal when
+SIGINT, SIGTERM or SIGHUP interrupts it (its helper processes and temporary
+files go with it: :mod:`xrayfeat.distributed.lifetime`). Library errors
 (:class:`~xrayfeat.errors.XrayfeatError`) become one line on stderr, never a
 traceback. Heavy modules are imported inside commands so that ``--help`` and a
 cache hit stay fast. Each command lives in the module of its group (see

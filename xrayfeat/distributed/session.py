@@ -28,7 +28,13 @@ What a user of Dask expects, and what this module promises:
   same command again resumes from it.
 * **Nothing left running.** A local cluster whose client cannot connect is
   closed before the error is raised, and a session whose scheduler was lost is
-  closed before another replaces it.
+  closed before another replaces it. The workers of a local cluster die with
+  this process however it ends, SIGKILL included: Dask's own pipe from each
+  worker to its parent ends it, and :func:`~xrayfeat.distributed.lifetime.die_with_parent`
+  runs on every worker too (the rule every xrayfeat helper follows). A worker's
+  scratch folder goes when the cluster closes; after a SIGKILL, Dask removes it
+  the next time a cluster starts. joblib's workers on this machine
+  (:func:`joblib_backend` without a session) die with this process as well.
 * **Quiet.** Dask's own log lines stay off the user's terminal below CRITICAL
   (xrayfeat's one line says what failed; ``silence_logs`` on local workers);
   ``XRAYFEAT_DEBUG=1`` shows them.
@@ -50,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfeat.errors import ClusterError, XrayfeatError, first_line, one_line
+from xrayfeat.distributed.lifetime import die_with_parent
 from xrayfeat.options.parsers import parse_cluster
 
 log = logging.getLogger("xrayfeat")
@@ -311,6 +318,8 @@ def session(address: str, *, announce: bool = False) -> Session:
                                f"`dask scheduler` and workers with `dask worker {value}`") from None
     try:
         live = Session(address, client, cluster)
+        if cluster is not None:  # our own workers: each dies with this process (remote ones belong to their machines)
+            live.prepare("xrayfeat-die-with-parent", _die_with, os.getpid())
         workers = live.workers()
     except BaseException:
         _close(client, cluster, timeout=2)
@@ -341,13 +350,28 @@ def _quiet_dask(level: int) -> None:
             logging.getLogger(name).setLevel(level)
 
 
+def _die_with(parent: int) -> None:
+    """(On a local worker) die with ``parent``; Dask's workers keep their own signal handling."""
+    die_with_parent(parent, group_signals=False)
+
+
 @contextlib.contextmanager
 def joblib_backend(live: Session | None):
-    """joblib's Dask backend on ``live`` (scikit-learn's searches then run on the workers); nothing without one."""
-    if live is None:
-        yield
-        return
+    """joblib's Dask backend on ``live`` (scikit-learn's searches then run on the workers).
+
+    Without a session, joblib's process workers on this machine (loky), which
+    die with this process however it ends (:func:`~xrayfeat.distributed.lifetime.die_with_parent`
+    as their initializer; loky's own workers would otherwise wait out their
+    idle timeout, 300 s, after a SIGKILL). Naming the backend makes it explicit
+    to joblib: a ``prefer="threads"`` hint no longer picks threads, while a
+    ``require="sharedmem"`` still does.
+    """
     import joblib
+
+    if live is None:
+        with joblib.parallel_config(backend="loky", initializer=die_with_parent, initargs=(os.getpid(),)):
+            yield
+        return
 
     with live.client.as_current(), joblib.parallel_config(backend="dask"):
         yield

@@ -3,7 +3,11 @@
 Decoding (:func:`xrayfeat.data.images.read_image`) runs in spawned worker
 processes, never in threads (decoders' warnings filters are process-wide), and
 a failure comes back as data (:class:`DecodeFailure`: its one-line reason), not
-as an exception, so one damaged file never stops the pool.
+as an exception, so one damaged file never stops the pool. The workers die with
+this process however it ends (:func:`~xrayfeat.distributed.lifetime.die_with_parent` is
+their initializer); when the consumer stops early (an error, an interrupt) the
+chunks not yet started are dropped, and the pool ends as soon as each worker
+has finished the chunk it holds.
 
 :func:`decoder_version` names what decides whether a file decodes at all; the
 store remembers the files that do not under it (:mod:`xrayfeat.store.unreadable`).
@@ -20,6 +24,7 @@ import numpy as np
 
 from xrayfeat.data import images
 from xrayfeat.errors import ImageReadError
+from xrayfeat.distributed.lifetime import die_with_parent
 from xrayfeat.provenance import library_versions
 
 __all__ = ["DecodeFailure", "decoded", "decoder_version", "default_workers"]
@@ -68,7 +73,9 @@ def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead:
 
     ``workers`` processes decode ahead of the consumer, but at most
     ``workers * ahead`` chunks are in flight, so memory stays bounded however
-    slow the device is and however many files there are.
+    slow the device is and however many files there are. A consumer that may
+    stop early closes the generator (``contextlib.closing``), so the pool stops
+    then, not when the generator is collected.
     """
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     if workers == 0:
@@ -77,19 +84,18 @@ def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead:
         return
     import multiprocessing
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+    try:
         pending: deque = deque()
-        queue = iter(chunks)
-        try:
-            for part in queue:
-                pending.append(pool.submit(_decode_chunk, part, size))
-                if len(pending) >= workers * ahead:
-                    yield from pending.popleft().result()
-            while pending:
+        for part in chunks:
+            pending.append(pool.submit(_decode_chunk, part, size))
+            if len(pending) >= workers * ahead:
                 yield from pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield from pending.popleft().result()
+    finally:  # also when the consumer stops early (an error, an interrupt): chunks not started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_workers(n_images: int, batch_size: int) -> int:

@@ -8,6 +8,8 @@ composition), and each image is decoded once however many backbones read it.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from xrayfeat.backbones import get_spec
@@ -83,8 +85,8 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
         progress.advance(n)
         batch_hashes.clear()
 
-    with progress:
-        for (sha, path), (pixels, failure) in zip(todo, decoded(paths, size, workers)):
+    with progress, contextlib.closing(decoded(paths, size, workers)) as images:  # an early stop stops the pool
+        for (sha, path), (pixels, failure) in zip(todo, images):
             if failure is not None:
                 if run.on_error == "fail":  # the path as it can be printed: its message is the CLI's one line
                     raise ImageReadError(one_line(path), f"{failure.reason} {SKIP_HINT}")

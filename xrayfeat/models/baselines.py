@@ -763,15 +763,21 @@ def baseline_from_bytes(data: bytes, source: str | os.PathLike) -> FittedBaselin
 
 
 def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
-    """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone)."""
+    """32×32 grayscale pixels of each image, for the pixels sentinel (no backbone).
+
+    Read on this machine's cores (the files are this machine's), by joblib
+    workers that die with this process (:func:`~xrayfeat.distributed.session.joblib_backend`).
+    """
     from joblib import Parallel, delayed
 
     from xrayfeat.data.images import read_gray
+    from xrayfeat.distributed.session import joblib_backend
 
     paths = [str(item.path) for item in items]
     if len(paths) < 64:
         return np.stack([read_gray(p, size) for p in paths])
-    arrays = Parallel(n_jobs=n_jobs or -1, batch_size=16)(delayed(read_gray)(p, size) for p in paths)
+    with joblib_backend(None):
+        arrays = Parallel(n_jobs=n_jobs or -1, batch_size=16)(delayed(read_gray)(p, size) for p in paths)
     return np.stack(arrays)
 
 

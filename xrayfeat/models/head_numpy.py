@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from xrayfeat.fileio import atomic_path
+from xrayfeat.distributed.lifetime import WriteGuard, guarded_path
 
 #: The layers of the seed's head, in order (see :func:`xrayfeat.models.head.build_head`).
 LAYOUT = ("head_bn", "head_flatten", "head_dense", "head_dropout", "head_output")
@@ -43,12 +43,16 @@ def arrays_of(model) -> dict | None:
             "out_kernel": out_kernel, "out_bias": out_bias, "activation": np.array(activation)}
 
 
-def save(model, path: str | os.PathLike) -> bool:
-    """Write ``model``'s arrays to ``path`` (``.npz``, atomically); False when it is not the plain seed head."""
+def save(model, path: str | os.PathLike, *, guard: WriteGuard | None = None) -> bool:
+    """Write ``model``'s arrays to ``path`` (``.npz``, atomically); False when it is not the plain seed head.
+
+    ``guard``: the claim on the run folder, checked before the file is written
+    and before it takes its name (:func:`~xrayfeat.distributed.lifetime.guarded_path`).
+    """
     arrays = arrays_of(model)
     if arrays is None:
         return False
-    with atomic_path(path, suffix=".npz") as tmp:
+    with guarded_path(path, guard, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
     return True
 

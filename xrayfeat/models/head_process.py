@@ -10,14 +10,24 @@ fingerprint names the *extraction* backend and stays as it is; the head's
 backend only decides how the head is trained, and the run record says which
 was used and why.
 
-How: the features go to a temporary folder as ``.npy`` files (features
-streamed from the store, :class:`~xrayfeat.store.rows.StoreRows`, go as the store's
-folder and the rows' keys in ``job.json``, and the child reads them from the
-store itself), ``python -m xrayfeat.models.head_process DIR`` runs :func:`xrayfeat.models.head.train_head` there with
-``KERAS_BACKEND`` set, saves ``head.keras`` where the caller asked, and writes
-the validation and test probabilities and what training recorded back into the
-folder. A ``.keras`` file is backend-neutral, so the head loads anywhere
-afterwards.
+How: the child (``python -m xrayfeat.models.head_process --wait --parent PID``,
+with ``KERAS_BACKEND`` set) makes a job folder of its own and says where on
+its stdout, then imports Keras while this process works. The features go to
+that folder as ``.npy`` files (features streamed from the store,
+:class:`~xrayfeat.store.rows.StoreRows`, go as the store's folder and the rows'
+keys in ``job.json``, and the child reads them from the store itself); the
+line ``run`` on the child's stdin starts it: it runs
+:func:`xrayfeat.models.head.train_head`, saves ``head.keras`` where the caller
+asked, and writes the validation and test probabilities and what training
+recorded back into the folder. A ``.keras`` file is backend-neutral, so the
+head loads anywhere afterwards.
+
+Lifetime (:mod:`xrayfeat.distributed.lifetime`): the child dies with this process, however
+it ends, and its job folder with it; this process kills it and removes the
+folder when it is interrupted or fails. The head files are written only while
+the run's claim holds (a :class:`~xrayfeat.distributed.lifetime.WriteGuard`, checked before
+training and before each file takes its name), so a child never writes into a
+run folder that was given up, or deleted and claimed by a new fit-head.
 
 Repeats: ``repeat_seeds`` trains the head again once per seed on the same data
 and settings (the spread over seeds says how much of a result is the seed's
@@ -35,10 +45,12 @@ run, interleaved): 1.57× faster per step (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.devices import keras_backend_name, release_jax_at_exit
+from xrayfeat.distributed.lifetime import WriteGuard, die_with_parent, guarded_path, removed_on_death
 from xrayfeat.models import head_numpy
 from xrayfeat.errors import DiskFullError, XrayfeatError
 from xrayfeat.fileio import disk_full, writing_to
@@ -145,30 +158,50 @@ class HeadChild:
     """A child process started ahead of time: it imports Keras on ``backend`` while this process works.
 
     Start it before extraction and hand it to :func:`train_and_predict`; its
-    import (about 4 s for Keras on jax) then overlaps with the work here. It waits
-    for one job on its stdin; closing stdin, or this process ending, makes it exit.
+    import (about 4 s for Keras on jax) then overlaps with the work here. It
+    makes its job folder first (:meth:`job_folder`), then waits for the line
+    ``run`` on its stdin; end of input makes it remove the folder and exit, and
+    so does this process ending, however it ends (:mod:`xrayfeat.distributed.lifetime`).
     """
 
     def __init__(self, backend: str, device: str = "cpu"):
         self.backend = backend
+        self._folder: Path | None = None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xrayfeat.models.head_process", "--wait"], env=_child_env(backend, device),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "xrayfeat.models.head_process", "--wait", "--parent", str(os.getpid())],
+            env=_child_env(backend, device), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    def job_folder(self) -> Path | None:
+        """The folder the child made for its job (it says where on its first line); None if it died first."""
+        if self._folder is None:
+            line = self.proc.stdout.readline().strip()
+            self._folder = Path(line) if line else None
+        return self._folder
 
     def run(self, folder: Path) -> tuple[int, str]:
-        """Hand the child its job folder and wait for it: (exit status, stderr)."""
+        """Start the job in ``folder`` (:meth:`job_folder`, filled) and wait for the child: (exit status, stderr)."""
         try:
-            _, err = self.proc.communicate(f"{folder}\n")
-        except BaseException:
-            self.proc.kill()
-            self.proc.wait()
+            _, err = self.proc.communicate("run\n")
+        except BaseException:  # interrupted: the child goes now, not when it has finished training
+            self.stop()
             raise
         return self.proc.returncode, err
 
     def close(self) -> None:
-        """Let an unused child go (it exits on end of input)."""
+        """Let an unused child go (on end of input it removes its folder and exits)."""
         if self.proc.poll() is None:
             self.proc.communicate("")
+
+    def stop(self) -> None:
+        """End the child now if it still runs, and remove its job folder."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        out, _ = self.proc.communicate()
+        if self._folder is None and out.strip():
+            self._folder = Path(out.splitlines()[0].strip())
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
@@ -178,7 +211,7 @@ def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
 
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
                       child: HeadChild | None = None, device: str = "cpu", repeat_seeds=(),
-                      **train_kwargs) -> HeadOutcome:
+                      guard: WriteGuard | None = None, **train_kwargs) -> HeadOutcome:
     """Train the head on ``backend``, predict ``x_val`` and ``x_test``, save the model to ``head_file``.
 
     Runs here when ``backend`` is this process' backend, else in a child process
@@ -188,28 +221,35 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
     ``repeat_seeds``: after the head, train it again with each of these seeds
     and the same data and settings, in the same process; their probabilities
     are in :attr:`HeadOutcome.repeats`, and only the first head is saved.
+    ``guard``: the claim on the run folder ``head_file`` goes into, checked
+    before training and before each head file is written (here or in the
+    child); None writes unconditionally.
     """
     started = time.perf_counter()
     seeds = _seeds(repeat_seeds)
     if backend == process_backend():
         outcome = _train_all(x_fit, y_fit, x_val, y_val, x_test, head_file=head_file, seeds=seeds, tail=tail,
-                             train=train_kwargs)
+                             train=train_kwargs, guard=guard)
         return replace(outcome, process="in-process", process_seconds=time.perf_counter() - started)
     if tail is not None:
         raise XrayfeatError("a backbone tail can only be trained on the extraction backend; use --head-backend auto")
-    with tempfile.TemporaryDirectory(prefix="xrayfeat-head-") as tmp:
-        folder = Path(tmp)
-        arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test}
-        with writing_to(folder.parent, option="TMPDIR"):  # the job's folder is the system's temporary one
-            for name, value in arrays.items():
-                if value is not None and not isinstance(value, StoreRows):
-                    np.save(folder / f"{name}.npy", np.asarray(value))
-            rows = {name: value.spec() for name, value in arrays.items() if isinstance(value, StoreRows)}
-            job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds,
-                   "rows": rows}
-            (folder / "job.json").write_text(json.dumps(job))
-        _run_child(folder, child or HeadChild(backend, device))
+    child = child or HeadChild(backend, device)
+    try:
+        folder = child.job_folder()
+        if folder is not None:
+            with writing_to(folder.parent, option="TMPDIR"):  # the job's folder is the system's temporary one
+                arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test}
+                for name, value in arrays.items():
+                    if value is not None and not isinstance(value, StoreRows):
+                        np.save(folder / f"{name}.npy", np.asarray(value))
+                rows = {name: value.spec() for name, value in arrays.items() if isinstance(value, StoreRows)}
+                job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds,
+                       "rows": rows, "guard": None if guard is None else guard.to_json()}
+                (folder / "job.json").write_text(json.dumps(job))
+        _run_child(folder, child)
         outcome = _read_outcome(folder)
+    finally:  # the child is done, failed, or this process was interrupted: it goes, and its folder with it
+        child.stop()
     return replace(outcome, process="child process", process_seconds=time.perf_counter() - started)
 
 
@@ -221,19 +261,22 @@ def _seeds(repeat_seeds) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, tail, train: dict) -> HeadOutcome:
+def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, tail, train: dict,
+               guard: WriteGuard | None = None) -> HeadOutcome:
     """Train the head, predict validation and test, save it; then train and predict once more per repeat seed.
 
     With a tail (in-process only), every repeat fine-tunes it again from the
     weights it had before the first training, as the first head did; the tail
     is left as the last training left it.
     """
+    if guard is not None:  # a run given up or claimed again already: train nothing (not even import Keras)
+        guard.check()
     from xrayfeat.models.head import train_head
 
     start_tail = tail.get_weights() if tail is not None and seeds else None
     trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train)
     proba_val, proba_test = _predict(trained, x_val, x_test)
-    _save(trained, head_file)
+    _save(trained, head_file, guard)
     repeats = []
     for seed in seeds:
         if start_tail is not None:
@@ -282,10 +325,14 @@ def _read_outcome(folder: Path) -> HeadOutcome:
     return HeadOutcome(**result, proba_test=proba["test"], proba_val=proba.get("val"), repeats=repeats)
 
 
-def _save(trained, head_file) -> None:
-    """``head.keras``, and beside it ``head.npz`` (the plain head's arrays, for inference without Keras)."""
-    trained.save(head_file)
-    head_numpy.save(trained.model, Path(head_file).with_suffix(".npz"))
+def _save(trained, head_file, guard: WriteGuard | None = None) -> None:
+    """``head.keras``, and beside it ``head.npz`` (the plain head's arrays, for inference without Keras).
+
+    Each is written atomically and only while ``guard`` holds (:func:`~xrayfeat.distributed.lifetime.guarded_path`).
+    """
+    with guarded_path(head_file, guard, suffix=".keras") as tmp:
+        trained.save(tmp)
+    head_numpy.save(trained.model, Path(head_file).with_suffix(".npz"), guard=guard)
 
 
 def _child_env(backend: str, device: str = "cpu") -> dict:
@@ -303,14 +350,19 @@ def _child_env(backend: str, device: str = "cpu") -> dict:
     return env
 
 
-def _run_child(folder: Path, child: HeadChild) -> None:
+def _run_child(folder: Path | None, child: HeadChild) -> None:
+    """Run the job in ``folder`` (None: the child died before making it) and turn a failure into one line."""
     log.info("training the head on %s in a child process", child.backend)
-    status, err = child.run(folder)
+    if folder is None:  # the child ended before making its folder: its stderr says why
+        _, err = child.proc.communicate("")
+        status = child.proc.returncode
+    else:
+        status, err = child.run(folder)
     if os.environ.get("XRAYFEAT_DEBUG"):
         sys.stderr.write(err)
     for line in err.splitlines():
         log.debug("head child: %s", line)
-    if status != 0 or not (folder / "result.json").exists():
+    if status != 0 or folder is None or not (folder / "result.json").exists():
         lines = [line for line in err.splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit status {status}"
         if reason.startswith(_NO_ROOM_LINE):  # the child's write found no room: the same line as if written here
@@ -326,6 +378,7 @@ def _child_main(folder: Path) -> int:
     """Entry point of the child: train, predict, save, then the repeats; one line on stderr and status 1 on failure."""
     try:
         job = json.loads((folder / "job.json").read_text())
+        guard = WriteGuard.from_json(job["guard"]) if job.get("guard") else None
 
         def load(name):
             if name in job["rows"]:
@@ -334,7 +387,8 @@ def _child_main(folder: Path) -> int:
             return np.load(path, mmap_mode="r") if path.exists() else None
 
         outcome = _train_all(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), load("x_test"),
-                             head_file=job["head_file"], seeds=job["repeat_seeds"], tail=None, train=job["train"])
+                             head_file=job["head_file"], seeds=job["repeat_seeds"], tail=None, train=job["train"],
+                             guard=guard)
         with writing_to(folder.parent, option="TMPDIR"):
             _write_outcome(folder, outcome)
         return 0
@@ -358,14 +412,34 @@ def _failure_line(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".replace("\n", " ")
 
 
-def _wait_main() -> int:
-    """``--wait``: import Keras and the trainer now, then run the job whose folder arrives on stdin."""
-    import keras  # noqa: F401  (the slow part, done while the parent works)
+def _wait_main(parent: int) -> int:
+    """``--wait``: make the job folder and say where, import Keras and the trainer, then run the job on ``run``.
 
-    from xrayfeat.models import head as heads  # noqa: F401
+    The child dies with ``parent`` and its folder goes with it
+    (:func:`~xrayfeat.distributed.lifetime.die_with_parent`); on end of input (an unused
+    child) it removes the folder itself. After a job the parent reads the
+    folder, then removes it.
+    """
+    die_with_parent(parent)
+    folder = Path(tempfile.mkdtemp(prefix="xrayfeat-head-"))
+    with removed_on_death(folder):
+        print(folder, flush=True)
+        import keras  # noqa: F401  (the slow part, done while the parent works)
 
-    line = sys.stdin.readline().strip()
-    return _child_main(Path(line)) if line else 0
+        from xrayfeat.models import head as heads  # noqa: F401
+
+        if sys.stdin.readline().strip() != "run":
+            shutil.rmtree(folder, ignore_errors=True)
+            return 0
+        return _child_main(folder)
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xrayfeat.models.head_process")
+    parser.add_argument("--wait", action="store_true", help="make a job folder, then wait for `run` on stdin")
+    parser.add_argument("--parent", type=int, default=None, help="the parent's pid: the child dies with it")
+    parser.add_argument("folder", nargs="?", type=Path, help="without --wait: run the job in this folder")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
@@ -374,4 +448,9 @@ if __name__ == "__main__":
     if os.environ.get("KERAS_BACKEND") not in (None, "tensorflow"):
         # keep TensorFlow out of a jax or torch child: Keras would import it (4 s) only to seed it
         sys.modules["tensorflow"] = None
-    sys.exit(_wait_main() if sys.argv[1:] == ["--wait"] else _child_main(Path(sys.argv[1])))
+    arguments = _arguments(sys.argv[1:])
+    parent = arguments.parent if arguments.parent is not None else os.getppid()
+    if arguments.wait:
+        sys.exit(_wait_main(parent))
+    die_with_parent(parent)
+    sys.exit(_child_main(arguments.folder))

@@ -277,7 +277,7 @@ def _validation(dataset, split: _Split, head: HeadOptions):
 
 
 def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes: int, head_file: Path,
-           backend: str, child):
+           backend: str, child, guard):
     """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.models.head_process`."""
     from xrayfeat.models.head_process import train_and_predict
 
@@ -290,7 +290,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
     x, y = split.train_arrays[head.head_input], split.y_train
     return train_and_predict(
         backend, take(x, fit_idx), y[fit_idx], take(x, val_idx), y[val_idx], split.test_arrays[head.head_input],
-        head_file=head_file, tail=tail, child=child, device=config.device,
+        head_file=head_file, tail=tail, child=child, device=config.device, guard=guard,
         n_classes=n_classes, epochs=head.epochs, batch_size=head.head_batch_size,
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
         learning_rate=head.learning_rate, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
@@ -321,7 +321,7 @@ def _baselines_budget(memory: dict, widths, y_fit) -> tuple[int, str]:
 
 
 def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, memory: dict,
-               cluster: str | None = None):
+               cluster: str | None, guard):
     """Fit the baselines on the head's training rows, predict validation and test, save each.
 
     With ``cluster`` (``--cluster``), the grid searches run on its Dask workers
@@ -334,8 +334,9 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     leaves them (:func:`_baselines_budget`) is sampled (see
     :func:`~xrayfeat.models.baselines.fit_baselines`), and each sample
     becomes a ``subsample`` warning. ``memory["baselines_budget_bytes"]`` is
-    set to the bytes they were given. Returns (test probabilities, validation
-    probabilities, artifacts, summaries, warnings).
+    set to the bytes they were given. The models are saved only while
+    ``guard`` (the claim on the run folder) holds. Returns (test
+    probabilities, validation probabilities, artifacts, summaries, warnings).
     """
     from xrayfeat.models.baselines import columns_for, fit_baselines, predict_rows, read_pixels, save_baseline
     from xrayfeat.distributed.session import joblib_backend, session
@@ -362,7 +363,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
         "test": (split.test_arrays.get("pooled"), read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
         "val": (None if pooled is None else take(pooled, val_idx), pixels_train[val_idx] if needs_pixels else None),
     }
-    (run_dir / "baselines").mkdir(exist_ok=True)
+    _guarded(guard, (run_dir / "baselines").mkdir, exist_ok=True)
     probabilities = {"test": {}, "val": {}}
     artifacts, summaries = {}, {}
     for name, model in fitted.items():
@@ -370,7 +371,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
             x = pixels.reshape(len(pixels), -1).astype(np.float32) if name == "pixels" else pooled_x
             probabilities[role][name] = columns_for(model, predict_rows(model, x, budget_bytes), n_classes)
         file = f"baselines/{name}.joblib"
-        artifacts[f"baseline/{name}"] = runs.Artifact(file, save_baseline(model, run_dir / file))
+        artifacts[f"baseline/{name}"] = runs.Artifact(file, _guarded(guard, save_baseline, model, run_dir / file))
         summaries[name] = model.summary()
     for sample in samples:
         for name in sample.names:
@@ -438,21 +439,24 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
+    guard = None
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
+        guard = folder.claim_guard(run_dir)  # every write into the folder checks the claim is still this run's
         with writing_to(run_dir, option="--out"):  # a full disk while writing the run: one line naming it
-            return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, started)
+            return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, guard,
+                          started)
     except BaseException as exc:  # the folder says fit-head failed (the disk was full), or is given back
-        folder.abandon_run_dir(run_dir, exc)
+        folder.abandon_run_dir(run_dir, exc, guard)
         raise
 
 
-def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path,
+def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path, guard,
            started: float) -> FitResult:
-    """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed."""
+    """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed (each write checks ``guard``, the claim)."""
     from xrayfeat.models.head_process import start_child
 
     # a head on another backend trains in a child process; starting it now overlaps its imports with extraction
-    # (if this function fails before training, the child sees its input close and exits)
+    # (if this function fails or is interrupted before training, the child is stopped at once)
     child = start_child(head_backend, config.device)
     try:
         split = _extract_split(dataset, features, run)
@@ -460,12 +464,13 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
         memory = _hold(split, head, val_idx, len(dataset.classes))
     except BaseException:
         if child is not None:
-            child.close()
+            child.stop()
         raise
     log.info("validation: %s (%d images)", val_source, len(val_idx))
     log.info("head backend: %s (%s)", head_backend, backend_reason)
     n_classes = len(dataset.classes)
-    trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child)
+    trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child,
+                     guard)
     found = []
     trained_on = trained.settings.get("device")
     if trained_on and trained_on != config.device:
@@ -474,7 +479,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
 
     t = time.perf_counter()
     probabilities, val_probabilities, baseline_artifacts, baseline_info, sampled = _baselines(
-        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster)
+        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster, guard)
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
@@ -511,33 +516,37 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     roles = np.array(["train"] * len(split.train), dtype=object)
     roles[val_idx] = "val"
     used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
-    runs.write_splits(run_dir / "splits.csv", used)
+    _guarded(guard, runs.write_splits, run_dir / "splits.csv", used)
     val_items = [split.train[k] for k in val_idx]
-    runs.write_predictions(run_dir / "predictions-val.csv", val_items, split.y_train[val_idx], dataset.classes,
-                           val_probabilities)
+    _guarded(guard, runs.write_predictions, run_dir / "predictions-val.csv", val_items, split.y_train[val_idx],
+             dataset.classes, val_probabilities)
     summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
     if spread:
         summary["repeats"] = spread
-    _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes)
+    _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes, guard)
     return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings, operating=head_metrics.get("operating_points"),
                      repeats=spread, skipped_files=record.skipped_files)
 
 
 def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, probabilities, baseline_artifacts,
-               classes) -> None:
-    """Every artifact, then the record naming each with its sha256 (written last: its presence means complete)."""
+               classes, guard) -> None:
+    """Every artifact, then the record naming each with its sha256 (written last: its presence means complete).
+
+    ``guard`` (the claim on the folder) is checked before each write (:func:`_guarded`).
+    """
     head_metrics = summary["head"]
-    write_json(run_dir / "metrics.json", summary)
-    runs.write_history(run_dir / "history.csv", trained.history, trained.epoch_seconds)
-    runs.write_predictions(run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
+    _guarded(guard, write_json, run_dir / "metrics.json", summary)
+    _guarded(guard, runs.write_history, run_dir / "history.csv", trained.history, trained.epoch_seconds)
+    _guarded(guard, runs.write_predictions, run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
     title = f"{record.task} · {record.backbone}" + (" · RANDOM weights" if record.weights["random"] else "")
-    plots.plot_curves(trained.history, run_dir / "curves.png", title=title, best_epoch=trained.settings.get("best_epoch"))
-    plots.plot_confusion(head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
-    plots.plot_roc(split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
+    _guarded(guard, plots.plot_curves, trained.history, run_dir / "curves.png", title=title,
+             best_epoch=trained.settings.get("best_epoch"))
+    _guarded(guard, plots.plot_confusion, head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
+    _guarded(guard, plots.plot_roc, split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
     models = {"head": head_metrics, **summary["baselines"]}
-    plots.plot_calibration({name: m["calibration"] for name, m in models.items()}, run_dir / "calibration.png",
-                           title=title)
+    _guarded(guard, plots.plot_calibration, {name: m["calibration"] for name, m in models.items()},
+             run_dir / "calibration.png", title=title)
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
              "predictions": "predictions.csv", "predictions_val": "predictions-val.csv", "splits": "splits.csv",
              "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png", "calibration": "calibration.png"}
@@ -546,11 +555,22 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
         if record.head_input != "spatial":
             log.info("no gradcam.png: Grad-CAM needs a head on spatial maps, this one reads %s vectors",
                      record.head_input)
-        elif _gradcam_grid(record, run_dir, split, trained, classes, title):
+        elif _guarded(guard, _gradcam_grid, record, run_dir, split, trained, classes, title):
             files["gradcam"] = "gradcam.png"
     record.artifacts = dict(runs.artifact(run_dir, name, file) for name, file in files.items())
     record.artifacts.update(baseline_artifacts)
-    runs.write_record(record, run_dir)
+    _guarded(guard, runs.write_record, record, run_dir)
+
+
+def _guarded(guard, write, *args, **kwargs):
+    """``write(*args, **kwargs)``, a write into the run folder, only while the claim on it holds.
+
+    ``guard`` is the :class:`~xrayfeat.distributed.lifetime.WriteGuard` of
+    :func:`~xrayfeat.runs.folder.claim_guard`: a folder deleted and claimed by
+    another fit-head meanwhile (this one was stopped, say) is never written.
+    """
+    guard.check()
+    return write(*args, **kwargs)
 
 
 def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title: str) -> bool:

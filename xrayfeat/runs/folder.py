@@ -13,11 +13,13 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import time
 import uuid
 from pathlib import Path
 
+from xrayfeat.distributed.lifetime import TOKEN_KEY, WriteGuard, signal_of
 from xrayfeat.errors import DiskFullError, RunError
 from xrayfeat.fileio import as_disk_full, atomic_write, fsync_dir, writing_to
 from xrayfeat.provenance import utc_timestamp
@@ -66,20 +68,23 @@ def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: s
     return path
 
 
-def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
+def abandon_run_dir(path: str | os.PathLike, error: BaseException, guard: WriteGuard | None = None) -> None:
     """After fit-head failed on the folder this process claimed: make the folder say so, or give it back.
 
     A folder that holds nothing but the claim is left as it was found (a
     re-run may use it); one with some run files keeps its marker, now naming
-    the failure, so every reader calls it an incomplete run even while this
-    process lives on (a notebook). A failure because a write found no room
-    (:func:`~xrayfeat.fileio.no_room`) is recorded as "the disk was full"; on
-    that full disk the marker is rewritten in place if a new copy finds no room
-    (:func:`_note_failure`). Does nothing to a folder claimed by another process.
+    the failure (or the signal, for an interrupt), so every reader calls it an
+    incomplete run even while this process lives on (a notebook). A failure
+    because a write found no room (:func:`~xrayfeat.fileio.no_room`) is recorded
+    as "the disk was full"; on that full disk the marker is rewritten in place if
+    a new copy finds no room (:func:`_note_failure`). The marker loses its token,
+    so no helper still running writes there. Does nothing to a folder claimed by
+    another process, nor (with ``guard``, the claim this fit-head holds:
+    :func:`claim_guard`) to one claimed again since.
     """
     path = Path(path)
     info = _marker_info(path)
-    if not info or not _is_this_process(info):
+    if not info or not _is_this_process(info) or (guard is not None and info.get(TOKEN_KEY) != guard.token):
         return
     if not _holds_files(path):
         (path / MARKER).unlink()
@@ -89,7 +94,11 @@ def abandon_run_dir(path: str | os.PathLike, error: BaseException) -> None:
             except OSError:  # something arrived meanwhile: leave it
                 pass
         return
-    _note_failure(path, {**info, **_failure(error)})
+    info = {key: value for key, value in info.items() if key != TOKEN_KEY}
+    if isinstance(error, KeyboardInterrupt):
+        _note_failure(path, {**info, "interrupted": signal.Signals(signal_of(error)).name})
+    else:
+        _note_failure(path, {**info, **_failure(error)})
 
 
 #: How a marker names a write that found no room, by errno (the quota and the file size limit are not the disk).
@@ -130,6 +139,15 @@ def _note_failure(path: Path, info: dict) -> None:
             os.fsync(fh.fileno())
 
 
+def claim_guard(path: str | os.PathLike) -> WriteGuard:
+    """The :class:`~xrayfeat.distributed.lifetime.WriteGuard` of this process' claim on ``path`` (see the module docstring)."""
+    path = Path(path)
+    info = _marker_info(path)
+    if not info or not _is_this_process(info) or not isinstance(info.get(TOKEN_KEY), str):
+        raise RunError(f"{path}: not a run folder claimed by this process; claim it with new_run_dir first")
+    return WriteGuard(path / MARKER, info[TOKEN_KEY])
+
+
 #: What ``os.link`` fails with where the filesystem has no hard links (some FUSE, SMB and FAT mounts).
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS})
 
@@ -144,7 +162,7 @@ def _claim(path: Path, created: bool) -> None:
     """
     info = {"command": "fit-head", "pid": os.getpid(), "host": socket.gethostname(),
             "started": utc_timestamp(), "process": _process_token(os.getpid()),
-            "created": created}
+            "created": created, TOKEN_KEY: uuid.uuid4().hex}
     content = (json.dumps(info) + "\n").encode()
     staged = path / f".{MARKER}.{uuid.uuid4().hex[:12]}"
     atomic_write(staged, content)
@@ -226,6 +244,8 @@ def unfinished_state(path: Path) -> tuple[str, str] | None:
     writer = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
     if info.get("failed"):
         return "stopped", f"fit-head failed before finishing it: {info['failed']}; {writer}"
+    if info.get("interrupted"):
+        return "stopped", f"fit-head was interrupted by {info['interrupted']} before finishing it; {writer}"
     if info.get("host") != socket.gethostname():
         return "elsewhere", f"fit-head is writing it on another host, or stopped there; {writer}"
     process = info.get("process")
