@@ -4,6 +4,8 @@
   telling unfinished folders apart (:func:`new_run_dir`, :func:`unfinished_state`);
 * :mod:`.record`: the typed, schema-checked :class:`RunRecord` (``config.json``) with a sha256 per
   artifact, :class:`RunWarning`, and the writers of its tables;
+* :mod:`.schema`: the declared schema of each record file (``config.json`` per version, ``metrics.json``,
+  ``export.json``), the strict JSON reader and the one validator (:func:`parse`, :class:`Damaged`);
 * :mod:`.fit`: the fit-head pipeline (:func:`fit_head` → :class:`FitResult`): features, splits,
   head, baselines, metrics, figures, record;
 * :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);
