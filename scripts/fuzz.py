@@ -385,6 +385,8 @@ class _RecordsTarget:
         self.cli = _CliSample(cli_every)
         self.report_every = report_every
         self.cases = 0
+        self.dirty: set[str] = set()
+        self.replay_args = f" --run {run}" if run is not None else ""  # a case is a change to this run
 
     def strategy(self):
         from hypothesis import strategies as st
@@ -519,13 +521,15 @@ class _RecordsTarget:
         from xrayfeat.fileio import file_digest
 
         file, ops, rerecord = case
-        for name in self.FILES[:3]:
+        for name in self.dirty:  # the files the last case changed, as in the sound run
             (self.case / name).write_bytes(self.texts[name])
+        self.dirty = set()
         data = self.mutate(file, ops)
         if file == "export.json":
             (self.export / "export.json").write_bytes(data)
             return self.case
         (self.case / file).write_bytes(data)
+        self.dirty = {file, "config.json"} if rerecord else {file}
         if rerecord and file != "config.json":  # the damage reaches the schema, not only the sha256
             config = json.loads(self.texts["config.json"])
             for entry in config.get("artifacts", {}).values():
@@ -702,7 +706,8 @@ class _Fuzzer:
         self.failures[key] = path
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"FAILURE (batch seed {seed}): {type(exc).__name__}: {first} at {frame.filename}:{frame.lineno}; "
-              f"reproduce: python scripts/fuzz.py --target {self.target.name} --replay {path}", flush=True)
+              f"reproduce: python scripts/fuzz.py --target {self.target.name}{getattr(self.target, 'replay_args', '')} "
+              f"--replay {path}", flush=True)
 
 
 def make_target(name: str, scratch: Path, *, run: Path | None = None, cli_every: int = 0, report_every: int = 1):

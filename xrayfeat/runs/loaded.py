@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 
 from xrayfeat.errors import first_line
@@ -125,8 +126,13 @@ class Run:
         path = self.record.verified("head")
         from xrayfeat.models.head import load_head
 
-        head = load_head(path)
-        self._check_outputs(path, head.model.output_shape[-1])
+        try:
+            head = load_head(path)
+            outputs = head.model.output_shape[-1]
+        except (ValueError, TypeError, KeyError, IndexError, OSError, zipfile.BadZipFile) as exc:  # its sha256 matched
+            raise Damaged(f"{path}: run record damaged: not a Keras head ({first_line(exc, typed=True)}); "
+                          f"re-run fit-head") from None
+        self._check_outputs(path, outputs)
         return head
 
     def head_arrays(self):
@@ -137,8 +143,6 @@ class Run:
         if "head_arrays" not in self.record.artifacts:
             return None
         data = self.record.read_bytes("head_arrays")  # what is checked is what is loaded
-        import zipfile
-
         from xrayfeat.models.head_numpy import NumpyHead
 
         path = self.path / self.record.artifacts["head_arrays"].file

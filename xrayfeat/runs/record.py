@@ -272,7 +272,7 @@ class RunRecord:
         size = target.stat().st_size
         if size > schemas.MAX_BYTES:
             raise schemas.Damaged.of(target, f"{size} bytes, more than any record holds ({schemas.MAX_BYTES})",
-                                  f"re-run {_writer_of(name)}")
+                                     f"re-run {_writer_of(name)}")
         return self.read_bytes(name, say_unverified=say_unverified)
 
     def _table(self, name: str, required: tuple = (), say_unverified: bool = True) -> tuple[list[str], list[dict]]:
@@ -303,7 +303,7 @@ class RunRecord:
         for i, row in enumerate(rows):
             if row["epoch"] is None or not row["epoch"].isdigit() or None in row:
                 raise schemas.Damaged.of(target, f"row {i + 1}: expected an epoch number and one value per column",
-                                      f"re-run {_writer_of('history')}")
+                                         f"re-run {_writer_of('history')}")
         return [{k: finite_float(v) for k, v in row.items() if k} for row in rows]
 
     def predictions_csv(self) -> str:
@@ -322,13 +322,15 @@ class RunRecord:
             model, _, cls = column.partition(":")
             if column in PREDICTION_COLUMNS or model not in ("head", *BASELINES) or cls not in self.classes:
                 raise schemas.Damaged.of(target, f"header: {schemas.show(column)} is not a <model>:<class> column of "
-                                              f"this run (classes {', '.join(map(schemas.show, self.classes))})",
-                                      f"re-run {_writer_of(name)}")
+                                         f"this run (classes {', '.join(map(schemas.show, self.classes))})",
+                                         f"re-run {_writer_of(name)}")
             models.setdefault(model, []).append(cls)
         for model, seen in models.items():
-            if sorted(seen) != sorted(self.classes):
-                raise schemas.Damaged.of(target, f"header: the {model} columns are not one per class of this run",
-                                      f"re-run {_writer_of(name)}")
+            if seen != list(self.classes):  # one per class, in the classes' order: a swap shows
+                raise schemas.Damaged.of(target, f"header: the {model} columns ({', '.join(map(schemas.show, seen))}) "
+                                         f"are not one per class of this run, in its order "
+                                         f"({', '.join(map(schemas.show, self.classes))})",
+                                         f"re-run {_writer_of(name)}")
 
     def split_hashes(self) -> dict[str, str] | None:
         """sha256 → role (train, val, test) of every image the study used; None for runs that did not record it."""
@@ -339,7 +341,7 @@ class RunRecord:
         for i, row in enumerate(rows):
             if row["split"] not in ("train", "val", "test"):
                 raise schemas.Damaged.of(target, f"row {i + 1}: split: expected train, val or test, got "
-                                              f"{schemas.show(row['split'])}", "re-run fit-head")
+                                         f"{schemas.show(row['split'])}", "re-run fit-head")
         return {row["sha256"]: row["split"] for row in rows}
 
     def check_files(self) -> None:

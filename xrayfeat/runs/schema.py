@@ -80,7 +80,7 @@ def show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_/:.+-]{1,64}")
+_PLAIN_KEY = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_/:.+-]{0,63}")  # no "..": a path key is shown quoted
 
 
 def join(at: str, key) -> str:
@@ -200,8 +200,8 @@ class Maybe(Shape):
             try:
                 self.shape.check(value, at, ctx)
             except Problem as problem:
-                if problem.at == at and problem.text.startswith("expected "):
-                    raise self.wrong(value, at) from None
+                if problem.at == at and problem.text == f"expected {self.shape.what}, got {show(value)}":
+                    raise self.wrong(value, at) from None  # "expected X or null", where null was allowed
                 raise
 
 
@@ -284,6 +284,9 @@ class MapOf(Shape):
             if self.over == ALL_CLASSES and len(value) != len(classes):
                 missing = [c for c in classes if c not in value]
                 raise Problem(at, f"has no entry for class {show(missing[0])} (the run has {len(classes)} classes)")
+            if self.over == ALL_CLASSES and list(value) != list(classes):  # written in class order: a swap shows
+                raise Problem(at, f"lists the classes in another order ({', '.join(map(show, value))}) than the "
+                                  f"run ({', '.join(map(show, classes))})")
 
 
 @dataclass(frozen=True)
@@ -555,9 +558,9 @@ def _sources_agree(value: dict, at: str, ctx: dict) -> None:
 
 
 def _point() -> Obj:
-    rates = {name: may(Maybe(PROBABILITY)) for name in ("sensitivity", "specificity", "ppv", "npv", "f1")}
-    counts = {name: may(COUNT) for name in ("tp", "fp", "tn", "fn")}
-    return Obj({**rates, **counts, "ci": may(MapOf(Maybe(INTERVAL)))})
+    rates = {name: need(Maybe(PROBABILITY)) for name in ("sensitivity", "specificity", "ppv", "npv", "f1")}
+    counts = {name: need(COUNT) for name in ("tp", "fp", "tn", "fn")}
+    return Obj({**rates, **counts, "ci": need(MapOf(Maybe(INTERVAL)))})
 
 
 @functools.cache
@@ -577,12 +580,12 @@ def model_metrics() -> Obj:
         "confusion": need(ListOf(ListOf(COUNT))),
         "n_patients": may(COUNT),
         "ci": need(Obj({"accuracy": need(Maybe(INTERVAL)), "balanced_accuracy": need(Maybe(INTERVAL)),
-                        "roc_auc": may(Maybe(INTERVAL))})),
+                        "roc_auc": need(Maybe(INTERVAL))})),
         "ci_method": need(TEXT),
         "ci_level": need(Number(0.0, 1.0)),
         "by_source": may(MapOf(Obj({"n": need(COUNT), "accuracy": need(PROBABILITY),
-                                    "balanced_accuracy": may(Maybe(PROBABILITY)),
-                                    "ci_accuracy": may(Maybe(INTERVAL))}))),
+                                    "balanced_accuracy": need(Maybe(PROBABILITY)),
+                                    "ci_accuracy": need(Maybe(INTERVAL))}))),
         "calibration": may(Obj({
             "brier": need(Number(0.0)), "ece": need(Number(0.0)), "n_bins": need(Whole(1)),
             "curve": need(ListOf(Obj({"lo": need(PROBABILITY), "hi": need(PROBABILITY), "n": need(COUNT),
@@ -616,11 +619,15 @@ def metrics_schema() -> Obj:
 # ..................................................................... config.json
 
 
-#: Artifact names a run records, besides ``baseline/<name>`` and ``external/<name>/<part>``.
-RUN_ARTIFACTS = ("head", "head_arrays", "metrics", "history", "predictions", "predictions_val", "splits", "curves",
-                 "confusion", "roc", "calibration", "gradcam")
+#: Artifact names a run records, besides ``baseline/<name>`` and ``external/<name>/<part>``, and their files' suffix.
+RUN_ARTIFACTS = {"head": ".keras", "head_arrays": ".npz", "metrics": ".json", "history": ".csv", "predictions": ".csv",
+                 "predictions_val": ".csv", "splits": ".csv", "curves": ".png", "confusion": ".png", "roc": ".png",
+                 "calibration": ".png", "gradcam": ".png"}
 #: The parts of an evaluation (``external/<name>/<part>``), as :func:`xrayfeat.runs.external.evaluate` records them.
-EVALUATION_ARTIFACTS = ("metrics", "predictions", "confusion", "roc", "calibration")
+EVALUATION_ARTIFACTS = {"metrics": ".json", "predictions": ".csv", "confusion": ".png", "roc": ".png",
+                        "calibration": ".png"}
+#: The suffix of a baseline's file (``baseline/<name>``).
+BASELINE_SUFFIX = ".joblib"
 #: The artifacts of the first layout that had no sha256 (the only ones whose sha256 may be null).
 UNCHECKSUMMED = ("metrics", "history", "predictions")
 
@@ -656,9 +663,26 @@ class _Artifacts(Shape):
     def check(self, value, at, ctx):
         if not isinstance(value, dict):
             raise self.wrong(value, at)
+        owner = {}
         for name, entry in value.items():
             _ArtifactName().check(name, join(at, name), ctx)
             _artifact(name in UNCHECKSUMMED).check(entry, join(at, name), ctx)
+            file, where = entry["file"], join(join(at, name), "file")
+            suffix = _suffix(name)
+            if not file.endswith(suffix):  # a reader opens it as what its name says: a head never reads a table
+                raise Problem(where, f"expected a {suffix} file, got {show(file)}")
+            if file in owner:
+                raise Problem(where, f"{show(file)} is the file of {join(at, owner[file])} too")
+            owner[file] = name
+
+
+def _suffix(name: str) -> str:
+    """The suffix of the file of artifact ``name`` (a name :class:`_ArtifactName` accepted)."""
+    if name.startswith("baseline/"):
+        return BASELINE_SUFFIX
+    if name.startswith("external/"):
+        return EVALUATION_ARTIFACTS[name.rpartition("/")[2]]
+    return RUN_ARTIFACTS[name]
 
 
 def _classes_agree(record: dict, at: str, ctx: dict) -> None:
@@ -730,7 +754,7 @@ def _record_fields() -> dict:
     fingerprint = Obj({name: Field(fingerprint_shapes.get(name, TEXT), name in used)
                        for name in (*FINGERPRINT_FIELDS, *OPTIONAL_FIELDS)})
     baseline = Text(f"a baseline ({', '.join(BASELINES)})", choices=BASELINES)
-    params = Obj({"total": may(COUNT), "trainable": may(COUNT), "non_trainable": may(COUNT)})
+    params = Obj({"total": need(COUNT), "trainable": need(COUNT), "non_trainable": need(COUNT)})
     summary = Obj({
         "name": may(baseline), "cv_accuracy": may(Maybe(PROBABILITY)), "cv_accuracy_std": may(Maybe(Number(0.0))),
         "cv_log_loss": may(Maybe(Number(0.0))), "selection_metric": may(Maybe(TEXT)), "n_splits": may(Maybe(COUNT)),
@@ -851,5 +875,5 @@ __all__ = [
     "Damaged", "Problem", "Shape", "Text", "Whole", "Number", "Flag", "Maybe", "OneOf", "ListOf", "MapOf", "Obj",
     "OptionsOf", "Field", "need", "may", "check", "loads", "parse", "parse_json", "read_json", "show", "join",
     "config_schema", "metrics_schema", "model_metrics", "export_schema", "MAX_BYTES", "MAX_DEPTH", "MAX_INTEGER",
-    "RUN_ARTIFACTS", "EVALUATION_ARTIFACTS", "UNCHECKSUMMED", "ALL_CLASSES", "SOME_CLASSES", "FIRST_FIELDS",
+    "RUN_ARTIFACTS", "EVALUATION_ARTIFACTS", "BASELINE_SUFFIX", "UNCHECKSUMMED", "ALL_CLASSES", "SOME_CLASSES", "FIRST_FIELDS",
 ]
