@@ -297,3 +297,15 @@ def test_a_short_fuzz_of_the_record_lets_only_xrayfeat_errors_escape(shared_run,
     assert fuzzer.failures == {}
     assert fuzzer.outcomes["cases"] >= 250
     assert fuzzer.outcomes["load_run:refused"] > 100 and fuzzer.outcomes["read_export:refused"] > 10
+
+
+def test_a_timing_that_is_not_a_number_is_written_as_null_and_the_record_still_loads(shared_run, tmp_path):
+    """JSON has no NaN, and the reader refuses the literal: a writer never puts one in config.json."""
+    from xrayfeat.runs import record as runs
+
+    copy = shared_run.copy(tmp_path / "run")
+    record = runs.read_record(copy)
+    record.timings["seconds_per_step"] = float("nan")
+    runs.write_record(record, copy)
+    assert "NaN" not in (copy / "config.json").read_text()
+    assert xf.load_run(copy).record.timings["seconds_per_step"] is None

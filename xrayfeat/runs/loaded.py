@@ -5,8 +5,10 @@ with a run: its test metrics as a table, the per-image test predictions, the
 training history, the figures, the head and baseline models (each loaded only
 after its sha256 matches the record, checked before the library that loads it
 is imported; the head's arrays and the baselines are loaded from the very bytes
-checked), and the feature options that select the run's store. Nothing is
-loaded until asked for.
+checked), and the feature options that select the run's store. Loading a run
+reads its record and holds it against its schema (:func:`~xrayfeat.runs.record.read_record`);
+models and tables are loaded when asked for, the head and each baseline checked
+against the record's classes then.
 """
 
 from __future__ import annotations

@@ -360,10 +360,14 @@ class RunRecord:
     # ------------------------------------------------------------------ serialisation
 
     def to_json(self) -> dict:
+        """``config.json``'s contents; a float that is not finite (a timing never measured) is written as null.
+
+        JSON has no NaN: the schema refuses the ``NaN`` literal Python's encoder would write.
+        """
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         data["artifacts"] = {k: asdict(v) for k, v in self.artifacts.items()}
         data["warnings"] = [asdict(w) for w in self.warnings]
-        return {"schema": self.schema, **{k: v for k, v in data.items() if k != "schema"}}
+        return _finite_or_null({"schema": self.schema, **{k: v for k, v in data.items() if k != "schema"}})
 
     @classmethod
     def from_json(cls, data: dict, path: Path | None = None) -> RunRecord:
@@ -378,6 +382,19 @@ class RunRecord:
         record.warnings = [RunWarning(w["kind"] if w["kind"] in WARNING_KINDS else "other", w["message"])
                            for w in data.get("warnings") or []]
         return record
+
+
+def _finite_or_null(value):
+    """``value`` with every float that is not finite (numpy's too) replaced by None, containers copied."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 #: The first columns of every predictions table (``predictions.csv``, ``predictions-val.csv``, an evaluation's).
