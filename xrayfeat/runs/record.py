@@ -57,10 +57,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from xrayfeat.errors import RunError
-from xrayfeat.runs import schema as schemas
 from xrayfeat.fileio import atomic_write, file_digest, fsync_dir, write_json
 from xrayfeat.options.constraints import Choice, option, validate
 from xrayfeat.options.settings import current_keys
+from xrayfeat.runs import schema as schemas
 from xrayfeat.runs.folder import MARKER, UNFINISHED, unfinished_state
 from xrayfeat.runs.schema import UNCHECKSUMMED
 
@@ -121,7 +121,6 @@ class Artifact:
 
 #: What a reader says of a file whose run recorded no sha256 for it.
 UNVERIFIED_NOTE = "written before checksums; not verified"
-
 
 
 @dataclass
