@@ -222,7 +222,8 @@ COMMANDS = {  # every command that reads a run: its arguments, given the run, it
     "predict": lambda run, data, out: ["predict", run, data / "test", "--out", out / "p.csv"],
     "evaluate": lambda run, data, out: ["evaluate", run, data / "test", "--name", "again"],
     "explain": lambda run, data, out: ["explain", run, data / "test", "--out", out / "maps"],
-    "embed": lambda run, data, out: ["embed", data, "--from-run", run, "--out", out / "map.png"],
+    "embed": lambda run, data, out: ["embed", data, "--from-run", run, "--out", out / "map.png",
+                                     "--cache-dir", out.parent / "cache"],  # discovery remembers hashes there first
     "report": lambda run, data, out: ["report", run, "--out", out / "report"],
     "export": lambda run, data, out: ["export", run, "--out", out / "export"],
 }
