@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from xrayfeat.runs.export import read_export
 
 SIZE = 32
 # The store keeps features as float16; the run's predictions.csv (6 significant
@@ -99,6 +100,7 @@ def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run):
     assert result["random_weights"] is True and result["weights"] == "none:seed=0"
 
     info = json.loads((out / "export.json").read_text())
+    assert read_export(out) == info  # what export_run writes is what its schema holds
     from xrayfeat.fileio import file_digest
 
     assert info["sha256"] == {"model.keras": file_digest(model_file)}

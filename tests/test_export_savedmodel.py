@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from test_export import ATOL, SIZE, _child, _export, export_inputs
+from xrayfeat.runs.export import read_export
 
 # Runs in a fresh interpreter: TensorFlow and numpy only. argv: folder, pixels.npy, out.npy.
 SAVEDMODEL_CHILD = """
@@ -46,6 +47,7 @@ def test_savedmodel_export_serves_the_same_probabilities(tiny_run):
     folder = out / "savedmodel"
     assert result["model"] == str(folder) and (folder / "saved_model.pb").is_file()
     info = json.loads((out / "export.json").read_text())
+    assert read_export(out) == info  # what export_run writes is what its schema holds
     assert info["format"] == "savedmodel" and "savedmodel/saved_model.pb" in info["sha256"]
 
     probs = root / "probs-savedmodel.npy"

@@ -139,12 +139,17 @@ def add_external(run: Path, name: str, *, head: dict, baselines: dict | None = N
     return folder
 
 
+def record_as_written(run: Path) -> runs.RunRecord:
+    """The run's config.json as a record, its artifacts unchecked (for a fixture that changes one, then records it)."""
+    return runs.RunRecord.from_json(json.loads((run / "config.json").read_text()), run)
+
+
 def rewrite_metrics(run: Path, change) -> None:
     """Let ``change`` edit the run's metrics.json, then record the file's new sha256 as fit-head would have."""
     metrics = json.loads((run / "metrics.json").read_text())
     change(metrics)
     write_json(run / "metrics.json", metrics)
-    record = runs.read_record(run)
+    record = record_as_written(run)  # read_record would refuse the metrics until their sha256 is recorded
     record.artifacts.update([runs.artifact(run, "metrics", "metrics.json")])
     runs.write_record(record, run)
 
@@ -510,7 +515,7 @@ def test_not_a_run_names_the_folder(tmp_path):
 def test_damaged_record_and_no_runs(tmp_path):
     run = make_run(tmp_path, "r")
     (run / "config.json").write_text("{not json")
-    with pytest.raises(RunError, match="config.json: run record is damaged") as info:
+    with pytest.raises(RunError, match="config.json: run record damaged: not valid JSON") as info:
         write_report([run], tmp_path / "out")
     assert "\n" not in str(info.value)
     with pytest.raises(XrayfeatError, match="no runs"):
@@ -718,10 +723,10 @@ def test_external_metrics_not_json_is_one_line_run_error(tmp_path):
     add_external(run, "hosp_b", head=_external(0.7, (0.6, 0.8)))
     target = run / "external" / "hosp_b" / "metrics.json"
     target.write_text("{not json")
-    record = runs.read_record(run)
+    record = record_as_written(run)
     record.artifacts.update([runs.artifact(run, "external/hosp_b/metrics", "external/hosp_b/metrics.json")])
     runs.write_record(record, run)
-    with pytest.raises(RunError, match=r"metrics.json: not valid JSON .*re-run xrayfeat evaluate") as info:
+    with pytest.raises(RunError, match=r"metrics.json: run record damaged: not valid JSON .*re-run xrayfeat evaluate") as info:
         write_report([run], tmp_path / "out")
     assert "\n" not in str(info.value) and str(info.value).startswith(str(target))
 

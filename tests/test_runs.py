@@ -22,17 +22,38 @@ def make_record(**overrides) -> RunRecord:
         counts={"train": 8, "val": 2, "test": 4, "skipped": 0}, validation="val split",
         features={"backbone": "vgg16", "weights": "none", "image_size": 32, "layer": None, "precision": "auto",
                   "store_dtype": "float16", "seed": 0},
-        head={"epochs": 2}, run={"device": "cpu"}, store={"path": "s", "fingerprint": {"weights": "none-seed0"}},
-        weights={"kind": "none", "identity": "none-seed0", "path": None, "random": True}, params={}, training={},
+        head=HEAD, run={"device": "cpu", "batch_size": 32, "cache_dir": "cache"},
+        store={"path": "s", "fingerprint": FINGERPRINT, "fingerprint_id": "0123456789abcdef"},
+        weights={"kind": "none", "identity": "none-seed0", "path": None, "random": True},
+        params={"total": 10, "trainable": 8, "non_trainable": 2},
+        training={"n_classes": 2},
         timings={"head_seconds": 1.0}, baselines={}, versions={},
         warnings=[RunWarning("random_weights", "RANDOM backbone weights"), RunWarning("small_test", "tiny")],
     )
     return RunRecord(**{**fields, **overrides})
 
 
+HEAD = {"epochs": 2, "head_batch_size": 10, "steps_per_epoch": 10, "validation_steps": 2, "learning_rate": 1e-3,
+        "units": 8, "dropout": 0.3, "l2": 1e-3, "train_tail": False, "val_fraction": 0.2, "baselines": [], "seed": 0,
+        "n_bootstrap": 0, "n_jobs": None}
+FINGERPRINT = {"backbone": "vgg16", "weights": "none-seed0", "image_size": 32, "layer": "block5_pool",
+               "precision": "float32", "preprocess": "caffe", "store_dtype": "float16"}
+
+
+def metrics_of(classes=("covid", "normal"), accuracy=0.75, n=4) -> dict:
+    """One model's test figures as metrics.score writes them (the fields every layout has)."""
+    k, per = len(classes), n // len(classes)
+    return {"n": n, "accuracy": accuracy, "loss": 0.5, "balanced_accuracy": accuracy,
+            "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": per} for c in classes},
+            "roc_auc": 0.5, "roc_auc_per_class": {c: 0.5 for c in classes},
+            "confusion": [[per if i == j else 0 for j in range(k)] for i in range(k)],
+            "ci": {"accuracy": [0.2, 1.0], "balanced_accuracy": None, "roc_auc": None},
+            "ci_method": "none", "ci_level": 0.95}
+
+
 def write_run(folder: Path) -> RunRecord:
     folder.mkdir(parents=True, exist_ok=True)
-    fileio.write_json(folder / "metrics.json", {"head": {"accuracy": 0.75}, "baselines": {}})
+    fileio.write_json(folder / "metrics.json", {"head": metrics_of(), "baselines": {}})
     (folder / "head.keras").write_bytes(b"not really a model")
     record = make_record()
     record.artifacts = dict([runs.artifact(folder, "metrics", "metrics.json"), runs.artifact(folder, "head", "head.keras")])
@@ -99,10 +120,10 @@ def test_unknown_warning_kind_is_a_value_error():
         RunWarning("gossip", "x")
 
 
-def _rewrite_record(folder: str, task: str, times: int) -> None:
+def _rewrite_record(folder: str, validation: str, times: int) -> None:
     record = runs.read_record(folder)
     for _ in range(times):
-        record.task = task
+        record.validation = validation  # a field no other field is checked against
         runs.write_record(record, Path(folder))
 
 
@@ -111,17 +132,18 @@ def test_two_processes_writing_one_run_record_never_corrupt_it(tmp_path):
     folder = tmp_path / "run"
     write_run(folder)
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_rewrite_record, args=(str(folder), task, 150)) for task in ("binary", "4class")]
+    texts = ("val split", "20% of train")
+    writers = [context.Process(target=_rewrite_record, args=(str(folder), text, 150)) for text in texts]
     for w in writers:
         w.start()
     seen = set()
     while any(w.is_alive() for w in writers):
-        seen.add(runs.read_record(folder).task)  # raises if a reader ever sees half a file
+        seen.add(runs.read_record(folder).validation)  # raises if a reader ever sees half a file
     for w in writers:
         w.join()
         assert w.exitcode == 0
-    assert runs.read_record(folder).task in {"binary", "4class"}
-    assert seen <= {"binary", "4class"}
+    assert runs.read_record(folder).validation in set(texts)
+    assert seen <= set(texts)
     assert not list(folder.glob(".*tmp*"))
 
 
@@ -232,7 +254,7 @@ def test_a_malformed_record_is_one_run_error_naming_the_file_and_the_fix(sound_r
         xf.load_run(sound_run)
     message = str(info.value)
     assert "\n" not in message and "\x00" not in message
-    assert message.startswith(f"{sound_run / 'config.json'}: run record is damaged (")
+    assert message.startswith(f"{sound_run / 'config.json'}: run record damaged: ")
     assert message.endswith("re-run fit-head"), message
 
 
@@ -248,8 +270,8 @@ def test_malformed_records_make_report_exit_2_with_one_line(sound_run, tmp_path)
         result = CliRunner().invoke(main, ["report", str(sound_run), "--out", str(tmp_path / "report")])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2, (name, result.output)
-        assert len(lines) == 1 and lines[0].startswith(f"xrayfeat: error: {sound_run / 'config.json'}: run record is "
-                                                       f"damaged ("), (name, lines)
+        assert len(lines) == 1 and lines[0].startswith(f"xrayfeat: error: {sound_run / 'config.json'}: run record "
+                                                       f"damaged: "), (name, lines)
         assert not (tmp_path / "report").exists()
         write_run(sound_run)  # sound again for the next case
 
@@ -262,8 +284,8 @@ def test_a_hostile_record_in_the_real_cli_is_one_line_without_traceback(sound_ru
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"xrayfeat: error: {sound_run / 'config.json'}: run record is damaged (artifacts.metrics.file must be a "
-        f"relative path inside the run folder; got '../outside.keras'); restore config.json or re-run fit-head"]
+        f"xrayfeat: error: {sound_run / 'config.json'}: run record damaged: artifacts.metrics.file: expected a "
+        f"relative path inside the run folder, got \"../outside.keras\"; restore config.json or re-run fit-head"]
 
 
 def test_an_artifact_linked_out_of_the_run_folder_is_refused(sound_run, tmp_path):
@@ -277,19 +299,23 @@ def test_an_artifact_linked_out_of_the_run_folder_is_refused(sound_run, tmp_path
 
 
 def test_a_record_from_a_newer_xrayfeat_keeps_what_it_can_read(sound_run):
-    """Unknown top-level keys and unknown warning kinds are a newer writer's, not damage."""
+    """An unknown warning kind is a newer writer's and reads as "other"; an unknown field is damage (a writer that
+    adds a field raises the schema version, which says "upgrade xrayfeat")."""
     data = json.loads((sound_run / "config.json").read_text())
-    data["quantum"] = {"entangled": True}
     data["warnings"].append({"kind": "solar_flare", "message": "the sun was active"})
     (sound_run / "config.json").write_text(json.dumps(data))
     record = runs.read_record(sound_run)
     assert record.warnings[-1] == RunWarning("other", "the sun was active")
+    data["quantum"] = {"entangled": True}
+    (sound_run / "config.json").write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"run record damaged: quantum: unexpected field"):
+        runs.read_record(sound_run)
 
 
 def _legacy_run(folder: Path, warnings: list[str] | None = None) -> Path:
     folder.mkdir()
     (folder / "head.keras").write_bytes(b"model")
-    (folder / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.5}, "baselines": {}}))
+    (folder / "metrics.json").write_text(json.dumps({"head": metrics_of(accuracy=0.5), "baselines": {}}))
     legacy = make_record().to_json()
     for key in ("schema", "artifacts", "warnings"):
         legacy.pop(key)
@@ -305,7 +331,7 @@ def test_a_legacy_run_says_it_is_unverified_and_invents_no_digest(tmp_path, capl
     import xrayfeat as xf
 
     folder = _legacy_run(tmp_path / "old")
-    (folder / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.99}, "baselines": {}}))  # tampered
+    (folder / "metrics.json").write_text(json.dumps({"head": metrics_of(accuracy=0.99), "baselines": {}}))  # tampered
     run = xf.load_run(folder)
     assert run.record.verified_artifacts is False and run.verified_artifacts is False
     assert run.record.artifacts["metrics"] == Artifact("metrics.json", None)  # no digest computed from today's file
@@ -333,14 +359,15 @@ def test_an_unverified_legacy_artifact_stays_unverified_when_the_record_is_rewri
 
 def test_a_tampered_file_of_a_schema_2_run_is_still_refused(tmp_path):
     write_run(tmp_path / "run")
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"head": {"accuracy": 0.99}, "baselines": {}}))
-    record = runs.read_record(tmp_path / "run")
-    assert record.verified_artifacts is True
-    with pytest.raises(RunError, match=r"metrics\.json: sha256 differs"):
-        record.metrics()
+    assert runs.read_record(tmp_path / "run").verified_artifacts is True
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"head": metrics_of(accuracy=0.99), "baselines": {}}))
+    with pytest.raises(RunError, match=r"metrics\.json: sha256 differs"):  # refused when the run is loaded
+        runs.read_record(tmp_path / "run")
 
 
 def test_the_schema_table_names_every_field_of_the_record():
     from dataclasses import fields
 
-    assert set(runs._RECORD) == {f.name for f in fields(RunRecord)} - {"path"}
+    from xrayfeat.runs.schema import config_schema
+
+    assert set(config_schema(runs.SCHEMA_VERSION).fields) == {f.name for f in fields(RunRecord)} - {"path"}

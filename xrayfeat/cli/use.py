@@ -56,10 +56,12 @@ def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluste
     Example:
       xrayfeat predict runs/4class-vgg16-20261126-101500 new_xrays/ --out predictions.csv
     """
-    from xrayfeat.runs.prediction import predict as run_predict
     from xrayfeat.runs.loaded import load_run
 
-    result = run_predict(load_run(run), list(inputs), out=out, cache_dir=cache_dir, device=device,
+    loaded = load_run(run)  # a damaged or unfinished run is refused before the heavy imports
+    from xrayfeat.runs.prediction import predict as run_predict
+
+    result = run_predict(loaded, list(inputs), out=out, cache_dir=cache_dir, device=device,
                          batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
 
     def human(err):
@@ -98,10 +100,12 @@ def explain_cmd(run, inputs, out, target_class, cache_dir, device, batch_size, w
     Example:
       xrayfeat explain runs/4class-vgg16-20261126-101500 new_xrays/ --out explained/
     """
-    from xrayfeat.runs.explanation import explain as run_explain
     from xrayfeat.runs.loaded import load_run
 
-    result = run_explain(load_run(run), list(inputs), out, target_class=target_class, cache_dir=cache_dir,
+    loaded = load_run(run)  # a damaged or unfinished run is refused before the heavy imports
+    from xrayfeat.runs.explanation import explain as run_explain
+
+    result = run_explain(loaded, list(inputs), out, target_class=target_class, cache_dir=cache_dir,
                          device=device, batch_size=batch_size, workers=workers, cluster=cluster,
                          progress=True)
 
@@ -140,10 +144,12 @@ def evaluate_cmd(run, data, name, classes, on_error, cache_dir, device, batch_si
     Example:
       xrayfeat evaluate runs/4class-vgg16-20261126-101500 other_hospital/ --name hospital_b
     """
-    from xrayfeat.runs.external import evaluate as run_evaluate
     from xrayfeat.runs.loaded import load_run
 
-    result = run_evaluate(load_run(run), data, name=name, classes=classes_of(classes), cache_dir=cache_dir,
+    loaded = load_run(run)  # a damaged or unfinished run is refused before the heavy imports
+    from xrayfeat.runs.external import evaluate as run_evaluate
+
+    result = run_evaluate(loaded, data, name=name, classes=classes_of(classes), cache_dir=cache_dir,
                           on_error=on_error, device=device, batch_size=batch_size, workers=workers, cluster=cluster,
                           progress=True)
 

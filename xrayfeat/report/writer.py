@@ -51,7 +51,6 @@ Only the standard library is used; no model is loaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -85,7 +84,6 @@ from xrayfeat.runs.record import (
     finite_float,
     read_record,
 )
-from xrayfeat.errors import RunError
 from xrayfeat.runs.outputs import check_output
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "GRADCAM"]
@@ -175,20 +173,9 @@ def _slug(text: str) -> str:
 
 
 def _external_metrics(record: RunRecord, name: str) -> dict:
-    """``{"head": {...}, "baselines": {...}}`` of ``external/<name>/metrics``, read after its sha256 matches."""
-    key = f"external/{name}/metrics"
-    data = record.read_bytes(key)  # RunError (one line) when not recorded, missing or changed
-    where = record.path / record.artifacts[key].file
-    try:
-        metrics = json.loads(data)
-    except ValueError as exc:
-        raise RunError(f"{where}: not valid JSON ({exc}); re-run xrayfeat evaluate") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("head"), dict):
-        raise RunError(f"{where}: has no head metrics; re-run xrayfeat evaluate")
-    baselines = metrics.get("baselines") or {}
-    if not isinstance(baselines, dict):
-        raise RunError(f"{where}: its baselines are not a mapping of name to metrics; re-run xrayfeat evaluate")
-    return {"head": metrics["head"], "baselines": baselines}
+    """``{"head": {...}, "baselines": {...}}`` of ``external/<name>/metrics``, read after its sha256 and schema check."""
+    metrics = record.external_metrics(name)  # RunError (one line) when not recorded, missing, changed or damaged
+    return {"head": metrics["head"], "baselines": metrics["baselines"]}
 
 
 def _external_warnings(info: dict) -> list[RunWarning]:
@@ -203,10 +190,7 @@ def _external_warnings(info: dict) -> list[RunWarning]:
 def _load_external(record: RunRecord, anchor: str) -> list[_External]:
     """The run's external evaluations in the order the record holds them, their metrics checked."""
     found = []
-    for name, info in (record.external or {}).items():
-        if not isinstance(info, dict):
-            raise RunError(f"{record.path / 'config.json'}: external result {name!r} is damaged (not a JSON object); "
-                           f"re-run xrayfeat evaluate")
+    for name, info in (record.external or {}).items():  # each entry checked against the record's schema
         slug = _slug(str(name))
         found.append(_External(name=str(name), slug=slug, anchor=f"{anchor}-external-{slug}", info=info,
                                metrics=_external_metrics(record, name), warnings=_external_warnings(info)))
@@ -353,7 +337,7 @@ def _weights_cell(r: _Run) -> list:
 
 def _layer_text(r: _Run) -> str:
     layer = r.record.store["fingerprint"]["layer"]
-    return f"{layer} + trained tail" if r.record.head["train_tail"] else str(layer)
+    return f"{layer} + trained tail" if r.record.head.get("train_tail") else str(layer)
 
 
 def _backbone_cell(r: _Run) -> list:

@@ -8,6 +8,8 @@
   written back under it (:func:`updating_record`);
 * :mod:`.outputs`: where a command may write what its user names: never over a run's recorded files,
   never inside a run, a store or a cache folder but in the place it owns (:func:`check_output`);
+* :mod:`.schema`: the declared schema of each record file (``config.json`` per version, ``metrics.json``,
+  ``export.json``), the strict JSON reader and the one validator (:func:`parse`, :class:`Damaged`);
 * :mod:`.fit`: the fit-head pipeline (:func:`fit_head` → :class:`FitResult`): features, splits,
   head, baselines, metrics, figures, record;
 * :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);

@@ -55,7 +55,7 @@ from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
 from xrayfeat.runs.outputs import check_output
 
-__all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess"]
+__all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess", "read_export"]
 
 log = logging.getLogger("xrayfeat")
 
@@ -162,6 +162,29 @@ def _check_out(out: Path) -> None:
     if names and ("export.json" not in names or names - _EXPORT_FILES):
         raise ExportError(f"{out}: folder exists and holds other files than a previous export; "
                           f"pass another --out or empty it")
+    if names:  # replaced only when it is one: its record sound, the model it names the one there
+        model = read_export(out)["model"]
+        if names - {"export.json", model}:
+            raise ExportError(f"{out}: folder holds {', '.join(sorted(names - {'export.json', model}))} beside the "
+                              f"export its export.json describes ({model}); pass another --out or empty it")
+
+
+def read_export(folder) -> dict:
+    """``export.json`` of an export folder, checked against :func:`~xrayfeat.runs.schema.export_schema`.
+
+    One :class:`~xrayfeat.runs.schema.Damaged` line (exit 2) naming the file and the field when it is not
+    what :func:`export_run` writes; ``export_run`` replaces a previous export only after this check.
+    """
+    from xrayfeat.runs import schema
+
+    path = Path(folder) / "export.json"
+    fix = "re-run xrayfeat export into an empty folder"
+    data = schema.read_json(path, fix=fix, what="export record")
+    try:
+        schema.check(data, schema.export_schema())
+    except schema.Problem as problem:
+        raise schema.Damaged.of(path, str(problem), fix, what="export record") from None
+    return data
 
 
 def _weights(record):

@@ -5,19 +5,24 @@ with a run: its test metrics as a table, the per-image test predictions, the
 training history, the figures, the head and baseline models (each loaded only
 after its sha256 matches the record, checked before the library that loads it
 is imported; the head's arrays and the baselines are loaded from the very bytes
-checked), and the feature options that select the run's store. Nothing is
-loaded until asked for.
+checked), and the feature options that select the run's store. Loading a run
+reads its record and holds it against its schema (:func:`~xrayfeat.runs.record.read_record`);
+models and tables are loaded when asked for, the head and each baseline checked
+against the record's classes then.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 
+from xrayfeat.errors import first_line
 from xrayfeat.fileio import csv_value
 from xrayfeat.options.settings import FeatureOptions
 from xrayfeat.runs.record import RunRecord, read_record
+from xrayfeat.runs.schema import Damaged
 
 #: The figures fit-head draws, by name.
 FIGURES = ("curves", "confusion", "roc", "calibration", "gradcam")
@@ -130,7 +135,14 @@ class Run:
         path = self.record.verified("head")
         from xrayfeat.models.head import load_head
 
-        return load_head(path)
+        try:
+            head = load_head(path)
+            outputs = head.model.output_shape[-1]
+        except (ValueError, TypeError, KeyError, IndexError, OSError, zipfile.BadZipFile) as exc:  # its sha256 matched
+            raise Damaged(f"{path}: run record damaged: not a Keras head ({first_line(exc, typed=True)}); "
+                          f"re-run fit-head") from None
+        self._check_outputs(path, outputs)
+        return head
 
     def head_arrays(self):
         """The head as numpy arrays (:class:`~xrayfeat.models.head_numpy.NumpyHead`: inference without Keras), or None.
@@ -142,7 +154,15 @@ class Run:
         data = self.record.read_bytes("head_arrays")  # what is checked is what is loaded
         from xrayfeat.models.head_numpy import NumpyHead
 
-        return NumpyHead(io.BytesIO(data))
+        path = self.path / self.record.artifacts["head_arrays"].file
+        try:
+            head = NumpyHead(io.BytesIO(data))
+            outputs = head.arrays["out_kernel"].shape[-1]
+        except (KeyError, IndexError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise Damaged(f"{path}: run record damaged: not the arrays of a head ({first_line(exc, typed=True)}); "
+                          f"re-run fit-head") from None
+        self._check_outputs(path, outputs)
+        return head
 
     def baseline(self, name: str):
         """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches.
@@ -155,7 +175,23 @@ class Run:
         data = self.record.read_bytes(key)
         from xrayfeat.models.baselines import baseline_from_bytes
 
-        return baseline_from_bytes(data, self.path / self.record.artifacts[key].file)
+        path = self.path / self.record.artifacts[key].file
+        fitted = baseline_from_bytes(data, path)
+        try:  # the class indices it was fitted on; columns_for puts its columns there
+            known = sorted(int(k) for k in fitted.classes_)
+        except Exception:  # an object that only looks like a fitted baseline
+            known = []
+        if not known or known[0] < 0 or known[-1] >= len(self.classes):
+            raise Damaged(f"{path}: run record damaged: the baseline predicts other classes than the "
+                          f"{len(self.classes)} of config.json; re-run fit-head")
+        return fitted
+
+    def _check_outputs(self, path: Path, outputs: int) -> None:
+        """The head has one output per class (one sigmoid unit for two): else the record and the head disagree."""
+        k = len(self.classes)
+        if outputs != (1 if k == 2 else k):
+            raise Damaged(f"{path}: run record damaged: the head has {outputs} output{'s' if outputs != 1 else ''}, "
+                          f"but config.json has {k} classes (a head for them has {1 if k == 2 else k}); re-run fit-head")
 
     # ------------------------------------------------------------------ use
 

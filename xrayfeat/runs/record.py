@@ -27,10 +27,17 @@ line that says which, as it refuses a folder of run files without
 
 Reading goes through :func:`read_record` and :meth:`RunRecord.verified`, the
 one place where an artifact's sha256 is checked before anything parses,
-unpickles or deserialises it. ``config.json`` itself is untrusted input too:
-:func:`check_record` checks its types, required keys and file names (each
-inside the run folder) against one table before anything is built from it, so
-a damaged or hostile record is one :class:`~xrayfeat.errors.RunError` line.
+unpickles or deserialises it. The record's own files are untrusted input too:
+``config.json`` is parsed strictly (no duplicate key, no NaN, no number beyond
+64 bits) and held by :func:`check_record` against its schema version's declared
+schema (:mod:`xrayfeat.runs.schema`: types, required and unexpected fields, file
+names inside the run folder, classes against the task and the head's settings)
+before anything is built from it; then :meth:`RunRecord.check_files` holds
+``metrics.json``, each evaluation's metrics and the predictions tables' headers
+against their schemas and the run's classes. So a damaged or hostile record is
+refused when the run is loaded, by every command alike, in one
+:class:`~xrayfeat.runs.schema.Damaged` line (a :class:`~xrayfeat.errors.RunError`,
+exit 2): ``FILE: run record damaged: FIELD: expected ..., got ...; re-run fit-head``.
 
 Runs written before the schema existed (the first ``config.json`` layout) are
 read and upgraded in memory; their warnings have no recorded kind and are
@@ -42,18 +49,20 @@ they are read as they are, with a warning saying they were
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import logging
 import os
-from itertools import zip_longest
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from xrayfeat.errors import RunError
-from xrayfeat.fileio import atomic_write, csv_rows, csv_text, file_digest, fsync_dir, write_json
+from xrayfeat.fileio import atomic_write, csv_text, csv_value, file_digest, fsync_dir, write_json
 from xrayfeat.options.constraints import Choice, option, validate
 from xrayfeat.options.settings import current_keys
+from xrayfeat.runs import schema as schemas
 from xrayfeat.runs.folder import MARKER, UNFINISHED, unfinished_state
+from xrayfeat.runs.schema import UNCHECKSUMMED
 
 log = logging.getLogger("xrayfeat")
 
@@ -112,9 +121,6 @@ class Artifact:
 
 #: What a reader says of a file whose run recorded no sha256 for it.
 UNVERIFIED_NOTE = "written before checksums; not verified"
-
-#: The artifacts the first config.json layout did not checksum: the only ones whose sha256 may be null.
-UNCHECKSUMMED = ("metrics", "history", "predictions")
 
 
 @dataclass
@@ -196,13 +202,21 @@ class RunRecord:
         self._check(name, target, file_digest(target), entry)
         return target
 
-    def read_bytes(self, name: str) -> bytes:
-        """An artifact's bytes, read once and checked against its recorded sha256: what is checked is what is used."""
+    def read_bytes(self, name: str, *, say_unverified: bool = True) -> bytes:
+        """An artifact's bytes, read once and checked against its recorded sha256: what is checked is what is used.
+
+        ``say_unverified``: whether reading a table of a run written before checksums logs that it is
+        not verified (the check :func:`read_record` makes when loading stays quiet; the reader says it).
+        """
         import hashlib
 
         target, entry = self._locate(name)
-        data = target.read_bytes()
-        self._check(name, target, hashlib.sha256(data).hexdigest(), entry)
+        try:
+            data = target.read_bytes()
+        except OSError as exc:
+            raise RunError(f"{target}: cannot be read ({exc.strerror or type(exc).__name__}); check its permissions "
+                           f"or re-run {_writer_of(name)}") from None
+        self._check(name, target, hashlib.sha256(data).hexdigest(), entry, say_unverified)
         return data
 
     def _locate(self, name: str) -> tuple[Path, Artifact]:
@@ -212,17 +226,21 @@ class RunRecord:
         if entry is None:
             raise RunError(f"{self.path}: the run records no artifact {name!r} (it has: {', '.join(self.artifacts)})")
         target = self.path / entry.file
-        if not target.resolve().is_relative_to(self.path.resolve()):  # a link out of the folder, or a record made so
+        try:
+            inside = target.resolve().is_relative_to(self.path.resolve())
+        except (OSError, RuntimeError):  # a link loop
+            inside = False
+        if not inside:  # a link out of the folder (or in a loop), or a record made so
             raise RunError(f"{target}: lies outside the run folder {self.path}; refusing to read it "
                            f"(restore the file or re-run {_writer_of(name)})")
         if not target.is_file():
             raise RunError(f"{target}: missing; the run folder is incomplete (re-run {_writer_of(name)})")
         return target, entry
 
-    def _check(self, name: str, target: Path, digest: str, entry: Artifact) -> None:
+    def _check(self, name: str, target: Path, digest: str, entry: Artifact, say_unverified: bool = True) -> None:
         if entry.sha256 is None:  # a table of a run written before checksums: used as it is, and said once
             said = self.__dict__.setdefault("_said_unverified", set())
-            if name not in said:
+            if say_unverified and name not in said:
                 said.add(name)
                 log.warning("%s: %s (a run of the first config.json layout); re-run fit-head for a run whose files "
                             "are checked", target, UNVERIFIED_NOTE)
@@ -233,37 +251,123 @@ class RunRecord:
 
     def metrics(self) -> dict:
         """``{"head": {...}, "baselines": {name: {...}}}`` from the checked ``metrics.json``."""
-        try:
-            data = json.loads(self.read_bytes("metrics"))
-        except ValueError as exc:
-            raise RunError(f"{self.path / 'metrics.json'}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("head"), dict):
-            raise RunError(f"{self.path / 'metrics.json'}: has no head metrics; re-run fit-head")
+        return self._metrics("metrics")
+
+    def external_metrics(self, name: str) -> dict:
+        """``{"head": {...}, "baselines": {...}}`` of evaluation ``name`` (``external/<name>/metrics.json``), checked."""
+        return self._metrics(f"external/{name}/metrics")
+
+    def _metrics(self, name: str, say_unverified: bool = True) -> dict:
+        """A metrics artifact: its sha256, then :func:`~xrayfeat.runs.schema.metrics_schema` against this run's classes."""
+        target = self._locate(name)[0]
+        data = schemas.parse(self._small(name, say_unverified), target, schemas.metrics_schema(),
+                             fix=f"re-run {_writer_of(name)}", ctx={"classes": list(self.classes)})
         data.setdefault("baselines", {})
         return data
 
+    def _small(self, name: str, say_unverified: bool = True) -> bytes:
+        """:meth:`read_bytes` of an artifact a record reads whole (JSON, a table), refused beyond its size bound."""
+        target = self._locate(name)[0]
+        size = target.stat().st_size
+        if size > schemas.MAX_BYTES:
+            raise schemas.Damaged.of(target, f"{size} bytes, more than any record holds ({schemas.MAX_BYTES})",
+                                     f"re-run {_writer_of(name)}")
+        return self.read_bytes(name, say_unverified=say_unverified)
+
+    def _table(self, name: str, required: tuple = (), say_unverified: bool = True) -> tuple[list[str], list[dict]]:
+        """(header, rows) of a CSV artifact; :class:`~xrayfeat.runs.schema.Damaged` when it is not UTF-8 CSV
+        holding the columns ``required``."""
+        target = self._locate(name)[0]
+        fix = f"re-run {_writer_of(name)}"
+        try:
+            reader = csv.DictReader(io.StringIO(self._small(name, say_unverified).decode("utf-8")))
+            header = [csv_value(column) for column in reader.fieldnames or []]  # names as csv_text protected them
+            reader.fieldnames = header
+            rows = [{k: csv_value(v) if isinstance(v, str) else v for k, v in row.items()} for row in reader]
+        except UnicodeDecodeError as exc:
+            raise schemas.Damaged.of(target, f"not UTF-8 text ({exc.reason} at byte {exc.start})", fix) from None
+        except csv.Error as exc:
+            raise schemas.Damaged.of(target, f"not a CSV table ({exc})", fix) from None
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise schemas.Damaged.of(target, f"header: has no column {schemas.show(missing[0])}", fix)
+        if len(set(header)) != len(header):
+            twice = next(c for c in header if header.count(c) > 1)
+            raise schemas.Damaged.of(target, f"header: the column {schemas.show(twice)} appears twice", fix)
+        return header, rows
+
     def history(self) -> list[dict]:
-        """``history.csv`` as rows of {column: float or None}."""
-        header, *rows = csv_rows(self.read_bytes("history").decode()) or [[]]
-        return [{k: finite_float(v) for k, v in zip_longest(header, row) if k} for row in rows]
+        """``history.csv`` as rows of {column: float or None}, one per epoch (``epoch`` 1, 2, ...)."""
+        target = self._locate("history")[0]
+        _, rows = self._table("history", ("epoch",))
+        for i, row in enumerate(rows):
+            if row["epoch"] is None or not row["epoch"].isdigit() or None in row:
+                raise schemas.Damaged.of(target, f"row {i + 1}: expected an epoch number and one value per column",
+                                         f"re-run {_writer_of('history')}")
+        return [{k: finite_float(v) for k, v in row.items() if k} for row in rows]
 
     def predictions_csv(self) -> str:
-        return self.read_bytes("predictions").decode()
+        """``predictions.csv`` (its header checked against :data:`PREDICTION_COLUMNS` and the classes) as text."""
+        self.check_predictions("predictions")
+        return self.read_bytes("predictions").decode("utf-8")
+
+    def check_predictions(self, name: str, say_unverified: bool = True) -> None:
+        """A predictions table's header: :data:`PREDICTION_COLUMNS`, then ``<model>:<class>`` for every class."""
+        from xrayfeat.options.settings import BASELINES
+
+        target = self._locate(name)[0]
+        header, _ = self._table(name, PREDICTION_COLUMNS, say_unverified)
+        models: dict[str, list[str]] = {}
+        for column in header[len(PREDICTION_COLUMNS):]:
+            model, _, cls = column.partition(":")
+            if column in PREDICTION_COLUMNS or model not in ("head", *BASELINES) or cls not in self.classes:
+                raise schemas.Damaged.of(target, f"header: {schemas.show(column)} is not a <model>:<class> column of "
+                                         f"this run (classes {', '.join(map(schemas.show, self.classes))})",
+                                         f"re-run {_writer_of(name)}")
+            models.setdefault(model, []).append(cls)
+        for model, seen in models.items():
+            if seen != list(self.classes):  # one per class, in the classes' order: a swap shows
+                raise schemas.Damaged.of(target, f"header: the {model} columns ({', '.join(map(schemas.show, seen))}) "
+                                         f"are not one per class of this run, in its order "
+                                         f"({', '.join(map(schemas.show, self.classes))})",
+                                         f"re-run {_writer_of(name)}")
 
     def split_hashes(self) -> dict[str, str] | None:
         """sha256 → role (train, val, test) of every image the study used; None for runs that did not record it."""
         if "splits" not in self.artifacts:
             return None
-        header, *rows = csv_rows(self.read_bytes("splits").decode()) or [[]]
-        return {entry["sha256"]: entry["split"] for entry in (dict(zip_longest(header, row)) for row in rows)}
+        target = self._locate("splits")[0]
+        _, rows = self._table("splits", ("sha256", "split"))
+        for i, row in enumerate(rows):
+            if row["split"] not in ("train", "val", "test"):
+                raise schemas.Damaged.of(target, f"row {i + 1}: split: expected train, val or test, got "
+                                         f"{schemas.show(row['split'])}", "re-run fit-head")
+        return {row["sha256"]: row["split"] for row in rows}
+
+    def check_files(self) -> None:
+        """Hold every JSON artifact against its schema, and each predictions table's header against the classes.
+
+        Done by :func:`read_record`, so that a damaged record is refused when a run is loaded, by every
+        command alike, not by whichever reader happens to open the damaged file later.
+        """
+        names = [n for n in self.artifacts if n == "metrics" or (n.startswith("external/") and n.endswith("/metrics"))]
+        for name in names:
+            self._metrics(name, say_unverified=False)
+        for name in ("predictions", "predictions_val"):
+            if name in self.artifacts:
+                self.check_predictions(name, say_unverified=False)
 
     # ------------------------------------------------------------------ serialisation
 
     def to_json(self) -> dict:
+        """``config.json``'s contents; a float that is not finite (a timing never measured) is written as null.
+
+        JSON has no NaN: the schema refuses the ``NaN`` literal Python's encoder would write.
+        """
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         data["artifacts"] = {k: asdict(v) for k, v in self.artifacts.items()}
         data["warnings"] = [asdict(w) for w in self.warnings]
-        return {"schema": self.schema, **{k: v for k, v in data.items() if k != "schema"}}
+        return _finite_or_null({"schema": self.schema, **{k: v for k, v in data.items() if k != "schema"}})
 
     @classmethod
     def from_json(cls, data: dict, path: Path | None = None) -> RunRecord:
@@ -278,6 +382,23 @@ class RunRecord:
         record.warnings = [RunWarning(w["kind"] if w["kind"] in WARNING_KINDS else "other", w["message"])
                            for w in data.get("warnings") or []]
         return record
+
+
+def _finite_or_null(value):
+    """``value`` with every float that is not finite (numpy's too) replaced by None, containers copied."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+#: The first columns of every predictions table (``predictions.csv``, ``predictions-val.csv``, an evaluation's).
+PREDICTION_COLUMNS = ("path", "sha256", "patient_id", "source", "label", "y_true")
 
 
 def _writer_of(artifact: str) -> str:
@@ -302,197 +423,44 @@ def _upgrade_v1(data: dict) -> dict:
     data["warnings"] = [{"kind": "other", "message": w} for w in data.get("warnings") or []]
     data["schema"] = SCHEMA_VERSION
     data.setdefault("baselines", {})
+    data.setdefault("external", {})
+    data.setdefault("skipped_files", [])
     return data
 
 
 # --------------------------------------------------------------------------- the schema
 #
-# config.json is read as untrusted input: one table says what each key must
-# hold, and check_record walks it before anything is built from the record.
+# config.json is read as untrusted input: its schema, one per version, is declared in
+# xrayfeat.runs.schema, and check_record holds it against the record before anything is built from it.
 
-
-def _json_value(value) -> str:
-    """A JSON value as an error message shows it: its type for containers, a short repr otherwise."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _at(where: str, key) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-@dataclass(frozen=True)
-class _Is:
-    """A JSON scalar or container of one of ``types`` (true and false are not integers)."""
-
-    types: tuple
-    what: str
-
-    def problem(self, value, where: str) -> str | None:
-        if isinstance(value, self.types) and (bool in self.types or not isinstance(value, bool)):
-            return None
-        return f"{where} must be {self.what}; got {_json_value(value)}"
-
-
-@dataclass(frozen=True)
-class _ListOf:
-    item: object
-    what: str
-    at_least: int = 0
-
-    def problem(self, value, where: str) -> str | None:
-        if not isinstance(value, list):
-            return f"{where} must be {self.what}; got {_json_value(value)}"
-        if len(value) < self.at_least:
-            return f"{where} must be {self.what}; got {len(value)}"
-        return next(filter(None, (self.item.problem(v, f"{where}[{i}]") for i, v in enumerate(value))), None)
-
-
-@dataclass(frozen=True)
-class _MapOf:
-    value: object
-
-    def problem(self, value, where: str) -> str | None:
-        if not isinstance(value, dict):
-            return f"{where} must be an object; got {_json_value(value)}"
-        return next(filter(None, (self.value.problem(v, _at(where, k)) for k, v in value.items())), None)
-
-
-@dataclass(frozen=True)
-class _Object:
-    """An object with these keys (others are allowed: a newer writer's), ``required`` among them."""
-
-    keys: dict
-    required: tuple = ()
-
-    def problem(self, value, where: str) -> str | None:
-        if not isinstance(value, dict):
-            return f"{where} must be an object; got {_json_value(value)}"
-        for key in self.required:
-            if key not in value:
-                return f"{_at(where, key)} is missing"
-        return next(filter(None, (shape.problem(value[key], _at(where, key))
-                                  for key, shape in self.keys.items() if key in value)), None)
-
-
-@dataclass(frozen=True)
-class _Optional:
-    """``shape``, or null."""
-
-    shape: object
-
-    def problem(self, value, where: str) -> str | None:
-        return None if value is None else self.shape.problem(value, where)
-
-
-@dataclass(frozen=True)
-class _RelativePath:
-    """A file name inside the run folder: relative, no ``..``, no control characters."""
-
-    def problem(self, value, where: str) -> str | None:
-        from pathlib import PurePosixPath
-
-        if (isinstance(value, str) and value and value.isprintable() and "\\" not in value
-                and not PurePosixPath(value).is_absolute() and ".." not in PurePosixPath(value).parts):
-            return None
-        return f"{where} must be a relative path inside the run folder; got {_json_value(value)}"
-
-
-@dataclass(frozen=True)
-class _Digest:
-    """A sha256 in hex; null too where ``nullable`` (a table of a run written before checksums)."""
-
-    nullable: bool = False
-
-    def problem(self, value, where: str) -> str | None:
-        if value is None and self.nullable:
-            return None
-        if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-            return None
-        return f"{where} must be a sha256 (64 hex digits); got {_json_value(value)}"
-
-
-@dataclass(frozen=True)
-class _Artifacts:
-    """Artifact name → {file, sha256}; the sha256 may be null only for :data:`UNCHECKSUMMED` names."""
-
-    def problem(self, value, where: str) -> str | None:
-        if not isinstance(value, dict):
-            return f"{where} must be an object; got {_json_value(value)}"
-        for name, entry in value.items():
-            shape = _Object({"file": _RelativePath(), "sha256": _Digest(nullable=name in UNCHECKSUMMED)},
-                            required=("file", "sha256"))
-            found = shape.problem(entry, _at(where, name))
-            if found:
-                return found
-        return None
-
-
-_TEXT = _Is((str,), "a string")
-_OBJECT = _Is((dict,), "an object")
-_ARTIFACT = _Object({"file": _RelativePath(), "sha256": _Digest()}, required=("file", "sha256"))
-
-#: What each key of a schema-2 record holds (every field of :class:`RunRecord` but ``path``).
-_RECORD = {
-    "xrayfeat": _TEXT, "created": _TEXT, "data": _TEXT, "task": _TEXT, "validation": _TEXT,
-    "classes": _ListOf(_TEXT, "a list of at least 2 class names", at_least=2),
-    "counts": _MapOf(_Is((int,), "an integer")),
-    "features": _Object({"backbone": _TEXT}, required=("backbone",)),
-    "head": _Object({"head_input": _TEXT}),
-    "run": _OBJECT,
-    "store": _Object({"path": _TEXT, "fingerprint": _OBJECT, "fingerprint_id": _TEXT}, required=("path", "fingerprint")),
-    "weights": _OBJECT, "params": _OBJECT, "training": _OBJECT, "timings": _OBJECT, "baselines": _OBJECT,
-    "versions": _OBJECT,
-    "artifacts": _Artifacts(),
-    "warnings": _ListOf(_Object({"kind": _TEXT, "message": _TEXT}, required=("kind", "message")),
-                        "a list of {kind, message} objects"),
-    "external": _MapOf(_OBJECT),
-    "skipped_files": _ListOf(_TEXT, "a list of strings"),
-    "schema": _Is((int,), "an integer"),
-}
-
-#: The first layout's own keys, checked before it is upgraded.
-_RECORD_V1 = {
-    "files": _Optional(_Object({"head": _Optional(_ARTIFACT), "baselines": _Optional(_MapOf(_ARTIFACT))})),
-    "warnings": _Optional(_ListOf(_TEXT, "a list of strings")),
-}
+#: What to do about a damaged config.json.
+_FIX_RECORD = "restore config.json or re-run fit-head"
 
 
 def check_record(data, where) -> int:
-    """The schema of config.json ``data`` (1: the first layout, or 2); :class:`RunError` naming ``where`` when damaged.
+    """The schema version of config.json ``data`` (1: the first layout, or 2); :class:`Damaged` naming ``where``.
 
-    Types, required keys and artifact file names (inside the run folder) are
-    checked against one table (:data:`_RECORD`, and :data:`_RECORD_V1` for the
-    first layout), so every way a record can be wrong is one line, never a
-    ``TypeError`` or ``KeyError`` from a reader further on.
+    Types, required and unexpected keys, artifact file names (inside the run folder) and what fields say
+    about one another (the classes against the task and the head's settings) are checked against
+    :func:`~xrayfeat.runs.schema.config_schema` of the record's version; a record of the first layout is
+    checked as it is, then as the schema-2 record it is read as. So every way a record can be wrong is
+    one line, never a ``TypeError`` or ``KeyError`` from a reader further on.
     """
-    def damaged(problem: str) -> RunError:
-        return RunError(f"{where}: run record is damaged ({problem}); restore config.json or re-run fit-head")
-
     if not isinstance(data, dict):
-        raise damaged(f"not a JSON object but {_json_value(data)}")
-    schema = data.get("schema", 1)
-    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
-        raise damaged(f"schema must be a positive integer; got {_json_value(schema)}")
-    if schema > SCHEMA_VERSION:
-        raise RunError(f"{where}: run record schema {schema} is newer than this xrayfeat reads ({SCHEMA_VERSION}); "
+        raise schemas.Damaged.of(where, f"expected an object, got {schemas.show(data)}", _FIX_RECORD)
+    version = data.get("schema", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise schemas.Damaged.of(where, f"schema: expected a positive integer, got {schemas.show(version)}", _FIX_RECORD)
+    if version > SCHEMA_VERSION:
+        raise RunError(f"{where}: run record schema {version} is newer than this xrayfeat reads ({SCHEMA_VERSION}); "
                        f"upgrade xrayfeat")
-    if schema == 1:
-        problem = _Object({k: v for k, v in _RECORD_V1.items() if k in data}).problem(data, "")
-        if problem:
-            raise damaged(problem)
-        data = _upgrade_v1(data)
-    required = tuple(f.name for f in fields(RunRecord) if f.default is MISSING and f.default_factory is MISSING)
-    problem = _Object(_RECORD, required=required).problem(data, "")
-    if problem:
-        raise damaged(problem)
-    return schema
+    try:
+        schemas.check(data, schemas.config_schema(version))
+        if version < SCHEMA_VERSION:
+            schemas.check(_upgrade_v1(data), schemas.config_schema(SCHEMA_VERSION))
+    except schemas.Problem as problem:
+        raise schemas.Damaged.of(where, str(problem), _FIX_RECORD) from None
+    return version
 
 
 def finite_float(value) -> float | None:
@@ -520,18 +488,17 @@ def read_record(path: str | os.PathLike) -> RunRecord:
         state, detail = unfinished
         what, fix = UNFINISHED[state]
         raise RunError(f"{path}: {what} ({detail}); {fix}")
-    try:
-        data = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path}: not a run folder (no config.json); pass a folder made by fit-head") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path / 'config.json'}: run record is damaged ({exc}); re-run fit-head") from None
+    config = path / "config.json"
+    if not os.path.lexists(config):
+        raise RunError(f"{path}: not a run folder (no config.json); pass a folder made by fit-head")
+    data = schemas.read_json(config, fix=_FIX_RECORD)
     legacy = isinstance(data, dict) and "schema" not in data
     record = RunRecord.from_json(data, path)
     if legacy:  # the first layout did not checksum its tables: they are recorded with none, never with today's
         for name, file in zip(UNCHECKSUMMED, ("metrics.json", "history.csv", "predictions.csv")):
             if (path / file).is_file():
                 record.artifacts.setdefault(name, Artifact(file, None))
+    record.check_files()
     return record
 
 
