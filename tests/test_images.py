@@ -5,6 +5,7 @@ Fixtures write tiny images into tmp_path; one test reads the real sample X-rays 
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from xrayfeat.data.images import (
     DECODE_VERSION,
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
+    MAX_DECODE_BYTES_ENV,
     MAX_PIXELS_ENV,
     probe,
     read_gray,
@@ -34,6 +36,7 @@ REAL_COUNT = 284
 @pytest.fixture(autouse=True)
 def _default_pixel_limit(monkeypatch):
     monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    monkeypatch.delenv(MAX_DECODE_BYTES_ENV, raising=False)
 
 
 # -- writers -------------------------------------------------------------------------
@@ -605,3 +608,125 @@ def test_real_sample_decodes_and_probes():
         assert info["width"] > 0 and info["height"] > 0, path
         formats.add((info["format"], info["bit_depth"]))
     assert formats >= {("JPEG", 8), ("PNG", 8), ("PNG", 16)}
+
+
+# -- crafted headers: bytes held and pixel data shorter than declared ---------------------
+
+
+def test_too_many_bytes_is_refused_before_decoding(tmp_path, monkeypatch):
+    """64 x 64 gray is 4,096 bytes held: refused under that byte limit (though under the pixel limit), decoded at it."""
+    monkeypatch.setenv(MAX_DECODE_BYTES_ENV, "4095")
+    path = _write_png_l(tmp_path)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path, 8)
+    assert str(info.value) == (
+        f"{path}: image is 64x64 x 1 sample x 1 byte = 4,096 bytes decoded, over the limit of 4,095 "
+        f"(a guard against decompression bombs): if it is genuine, set {MAX_DECODE_BYTES_ENV}=4096")
+    monkeypatch.setenv(MAX_DECODE_BYTES_ENV, "4096")
+    assert read_image(path, 8).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "1.5"])
+def test_bad_byte_limit_setting_is_explained(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(MAX_DECODE_BYTES_ENV, value)
+    with pytest.raises(ImageReadError, match=f"{MAX_DECODE_BYTES_ENV}='{value}' is not a positive whole number: fix or unset it"):
+        read_image(_write_png_l(tmp_path), 8)
+
+
+def test_byte_limit_counts_what_decoding_holds(tmp_path, monkeypatch):
+    """16-bit samples are held as float32 (4 bytes), a palette as RGBA, a JPEG at its draft size, a DICOM as
+    float32 plus the file read whole."""
+    monkeypatch.setenv(MAX_DECODE_BYTES_ENV, "1")
+    cases = {
+        _png16(tmp_path / "rgb16.png", np.zeros((10, 20, 3))): "20x10 x 3 samples x 4 bytes (float32, from 16 bits) = 2,400 bytes",
+        _save(Image.new("P", (20, 10)), tmp_path / "p.png"): "20x10 x 4 samples x 1 byte = 800 bytes",
+        _big_jpeg(tmp_path / "big.jpg"): "200x250 x 1 sample x 1 byte = 50,000 bytes",  # 1600x2000 drafted to 1/8
+    }
+    for path, held in cases.items():
+        with pytest.raises(ImageReadError, match=re.escape(held)):
+            read_image(path, 200)
+    dicom = _write_dicom_mono2_8(tmp_path)
+    with pytest.raises(ImageReadError, match=re.escape(
+            f"x 1 sample x 4 bytes (float32, from 9 bits) + {dicom.stat().st_size:,} bytes of stored pixel data")):
+        read_image(dicom, 8)
+
+
+def _short_png(path: Path, rows_present: int, *, width: int = 64, height: int = 64) -> Path:
+    """A valid PNG (every CRC right, a complete zlib stream) whose IDAT holds only ``rows_present`` rows."""
+    raw = b"".join(b"\x00" + bytes([200]) * width for _ in range(rows_present))
+    return _png_raw(path, width, height, 8, 0, raw)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 32, 63])
+def test_png_whose_pixel_data_is_short_is_refused_not_zero_filled(tmp_path, rows):
+    path = _short_png(tmp_path / "short.png", rows)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path, 8)
+    assert str(info.value) == (
+        f"{path}: the PNG pixel data is shorter than the header declares ({rows * 65:,} of 4,160 bytes): "
+        "the file is damaged or incomplete: re-export or re-download it")
+    assert (read_image(_short_png(tmp_path / "full.png", 64), 8) == 200).all()
+
+
+def test_png_short_data_is_counted_across_idat_chunks_and_interlacing(tmp_path):
+    """The stream split into many IDAT chunks decodes; an interlaced (Adam7) image is measured pass by pass."""
+    data = _write_png_l(tmp_path).read_bytes()
+    ihdr_end = 8 + 25
+    idat_len = struct.unpack(">I", data[ihdr_end:ihdr_end + 4])[0]
+    stream = data[ihdr_end + 8:ihdr_end + 8 + idat_len]
+
+    def chunk(tag, payload):
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+
+    split = data[:ihdr_end] + b"".join(chunk(b"IDAT", stream[i:i + 7]) for i in range(0, len(stream), 7)) + chunk(b"IEND", b"")
+    (tmp_path / "split.png").write_bytes(split)
+    assert read_image(tmp_path / "split.png", 8).shape == (8, 8, 3)
+    arr = np.random.default_rng(3).integers(0, 256, (37, 23), dtype=np.uint8)
+    passes = [b"".join(b"\x00" + arr[y, x0::dx].tobytes() for y in range(y0, 37, dy))
+              for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                                     (0, 1, 1, 2))]
+    adam7 = tmp_path / "adam7.png"
+    _png_raw(adam7, 23, 37, 8, 0, b"".join(passes))
+    adam7.write_bytes(adam7.read_bytes().replace(struct.pack(">IIBBBBB", 23, 37, 8, 0, 0, 0, 0),
+                                                 struct.pack(">IIBBBBB", 23, 37, 8, 0, 0, 0, 1)))
+    ihdr = adam7.read_bytes()[12:29]
+    adam7.write_bytes(adam7.read_bytes()[:29] + struct.pack(">I", zlib.crc32(ihdr)) + adam7.read_bytes()[33:])
+    flat = _save(Image.fromarray(arr), tmp_path / "flat.png")
+    assert (read_image(adam7, 8) == read_image(flat, 8)).all()
+    short = tmp_path / "adam7-short.png"
+    _png_raw(short, 23, 37, 8, 0, b"".join(passes[:-1]))
+    short.write_bytes(short.read_bytes()[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + short.read_bytes()[33:])
+    with pytest.raises(ImageReadError, match="PNG pixel data is shorter than the header declares"):
+        read_image(short, 8)
+
+
+def test_jpeg_without_its_end_marker_is_refused(tmp_path):
+    """A JPEG whose scan is cut and padded with zeros (a pre-allocated download) decodes in libjpeg with only a
+    warning; the end-of-image marker is missing, so it is refused. Trailing bytes after the marker are fine."""
+    good = _big_jpeg(tmp_path / "good.jpg")
+    data = good.read_bytes()
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data[: len(data) - 40] + b"\x00" * 4000)
+    with pytest.raises(ImageReadError) as info:
+        read_image(padded, 64)
+    assert str(info.value) == (f"{padded}: the JPEG pixel data is shorter than the header declares (the data ends "
+                               "before its end-of-image marker): the file is damaged or incomplete: re-export or re-download it")
+    trailing = tmp_path / "trailing.jpg"
+    trailing.write_bytes(data + b"\x00" * 100)
+    assert read_image(trailing, 64).shape == (64, 64, 3)
+    assert read_image(_save(Image.open(good), tmp_path / "prog.jpg", progressive=True), 64).shape == (64, 64, 3)
+
+
+def test_dicom_whose_pixel_data_is_short_is_refused(tmp_path):
+    """Two frames declared, one stored: pydicom would decode frame 0; the file is incomplete."""
+    import pydicom
+
+    path = _write_dicom_mono2_8(tmp_path)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.save_as(path, enforce_file_format=True)
+    size = ds.Rows * ds.Columns
+    with pytest.raises(ImageReadError) as info:
+        read_image(path, 8)
+    assert str(info.value) == (f"{path}: the DICOM pixel data is shorter than the header declares ({size:,} of "
+                               f"{2 * size:,} bytes): the file is damaged or incomplete: re-export or re-download it")

@@ -153,6 +153,30 @@ def _big(path: Path, side: int = 10_000) -> Path:
     return _png_raw(path, side, side, 8, 0, (dark if y < side // 2 else bright for y in range(side)))
 
 
+def _short_png(path: Path) -> Path:
+    """64 x 64 gray, every CRC right and a complete zlib stream, but only 10 rows of pixel data."""
+    _png_raw(path, 64, 64, 8, 0, [b"\xc8" * 64] * 10)
+    return path
+
+
+def _zero_padded_jpeg(path: Path) -> Path:
+    """A JPEG cut inside its scan and padded with zeros to its size (a pre-allocated download): no end marker."""
+    data = _save(path, _noise(13, (64, 64)), quality=95).read_bytes()
+    path.write_bytes(data[: len(data) // 2] + b"\x00" * (len(data) - len(data) // 2))
+    return path
+
+
+def _short_dicom(path: Path) -> Path:
+    """Two 32 x 32 frames declared, one stored."""
+    import pydicom
+
+    _dicom(path, _ramp(32, 32, 0, 255).astype(np.uint8), "MONOCHROME2", 8)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 # good: (class, file name, writer); every file holds different bytes
 GOOD = {
     "png-16bit-gray": ("normal", "gray16.png",
@@ -205,6 +229,15 @@ BROKEN = {
     "identical-broken-2": ("neumonía viral", "dup_b.png", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30),
                            "damaged or incomplete"),
     "broken-in-non-utf8-class": (NON_UTF8_CLASS, "empty2.png", lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    "decode-bytes-bomb": ("normal", "tiny_bomb.png", lambda p: _tiny_bomb(p),
+                          "= 2,304,000,000 bytes decoded, over the limit of 536,870,912 (a guard against decompression "
+                          "bombs): if it is genuine, set XRAYFEAT_MAX_DECODE_BYTES=2304000000"),
+    "short-png": ("normal", "short.png", lambda p: _short_png(p), "the PNG pixel data is shorter than the header "
+                  "declares (650 of 4,160 bytes): the file is damaged or incomplete: re-export or re-download it"),
+    "short-jpeg": ("normal", "short.jpg", lambda p: _zero_padded_jpeg(p), "the JPEG pixel data is shorter than the "
+                   "header declares (the data ends before its end-of-image marker): the file is damaged"),
+    "short-dicom": ("normal", "short.dcm", lambda p: _short_dicom(p), "the DICOM pixel data is shorter than the "
+                    "header declares (1,024 of 2,048 bytes): the file is damaged or incomplete"),
 }
 
 
@@ -238,7 +271,7 @@ def _cli(*args, teardown_collects=False) -> subprocess.CompletedProcess:
     ``teardown_collects``: the same command, started after :data:`TEARDOWN_COLLECTS`.
     """
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "XRAYFEAT_DEBUG", images.MAX_PIXELS_ENV)}
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "XRAYFEAT_DEBUG", images.MAX_PIXELS_ENV, images.MAX_DECODE_BYTES_ENV)}
     start = ([sys.executable, "-c", TEARDOWN_COLLECTS + "import runpy\n"
               "runpy.run_module('xrayfeat', run_name='__main__', alter_sys=True)\n"] if teardown_collects
              else [sys.executable, "-m", "xrayfeat"])
@@ -342,9 +375,29 @@ def test_decode_failure_after_tensorflow_starts_is_xrayfeat_lines_only(tmp_path)
     assert proc.returncode == 2
     warning, error = proc.stderr.splitlines()
     assert warning.startswith("xrayfeat: warning: vgg16 runs with RANDOM weights")
-    assert error.startswith(f"xrayfeat: error: {broken}: cannot ")
+    assert error.startswith(f"xrayfeat: error: {broken}: the PNG pixel data is shorter than the header declares (")
     assert error.endswith("damaged or incomplete: re-export or re-download it "
                           "(or pass --on-error skip to leave such files out)")
+    assert _stored_rows(tmp_path / "cache") == 0
+
+
+@pytest.mark.parametrize("case", ["short-png", "decode-bytes-bomb"])
+def test_crafted_image_stops_extract_in_one_line_in_fail_mode(tmp_path, case):
+    """Pixel data shorter than the header, or more bytes to decode than the limit: `--on-error fail` exits 2
+    with one line naming the file and the reason (never a zero-filled image stored); skip mode lists it
+    (`test_each_broken_file_is_listed_once_with_its_reason`)."""
+    data = tmp_path / "DATA"
+    for label, seed in (("a", 20), ("b", 21)):
+        (data / label).mkdir(parents=True)
+        _save(data / label / "ok.png", _noise(seed))
+    label, name, writer, reason = BROKEN[case]
+    broken = data / "b" / name
+    writer(broken)
+    proc = _cli("extract", data, *FEATURES, "--cache-dir", tmp_path / "cache", "--workers", "0")
+    assert proc.returncode == 2, proc.stderr
+    error = proc.stderr.splitlines()[-1]
+    assert error.startswith(f"xrayfeat: error: {broken}: ") and reason in error, proc.stderr
+    assert error.endswith("(or pass --on-error skip to leave such files out)")
     assert _stored_rows(tmp_path / "cache") == 0
 
 
@@ -547,3 +600,138 @@ def test_quiet_frameworks_sets_the_tensorflow_log_level(monkeypatch, env, expect
         monkeypatch.setenv(key, value)
     quiet_frameworks()
     assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == expected
+
+
+# --------------------------------------------------------------------------- crafted images: bytes, short data, memory
+
+#: The bound docs/RELIABILITY.md states: decoding one file peaks under 5 x XRAYFEAT_MAX_DECODE_BYTES + 64 MiB
+#: above what the process held before (plus the output array, 224 x 224 x 3 bytes here).
+PEAK_FACTOR, PEAK_SLACK = 5, 64 * 2**20
+SMALL_LIMIT = 16 * 2**20  # XRAYFEAT_MAX_DECODE_BYTES in the memory tests: worst cases just under it stay cheap
+
+_MEASURE = r"""
+import json, resource, sys
+from xrayfeat.data import images
+from xrayfeat.errors import ImageReadError
+for warm in sys.argv[3:]:  # the decoders' imports and first-use allocations are not the file's
+    images.read_image(warm, 8)
+if len(sys.argv) > 3:  # were the guard gone, fail with MemoryError rather than take the machine's memory
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    room = int(status["VmSize"].split()[0]) * 1024 + 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (room, room))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:
+    images.read_image(sys.argv[1], int(sys.argv[2]))
+    error = None
+except ImageReadError as exc:
+    error = exc.reason
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak": after - before, "error": error}))
+"""
+
+
+def _measure(path: Path, warm: list[Path], env: dict, size: int = 224) -> dict:
+    """Decode ``path`` to ``size`` in a fresh interpreter: how far its peak resident memory rose, and the error
+    if refused. With ``warm`` files (decoded first), the address space is capped 1 GiB above what it is then."""
+    env = {**{k: v for k, v in os.environ.items() if k not in (images.MAX_PIXELS_ENV, images.MAX_DECODE_BYTES_ENV)},
+           **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(size), *map(str, warm)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _png_rows(path: Path, width: int, height: int, bit_depth: int, color_type: int, extra: bytes = b"") -> Path:
+    """A ``width x height`` PNG of varied rows (so it is not one repeated line), with optional chunks before IDAT."""
+    row_bytes = (width * bit_depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type] + 7) // 8
+    pattern = (bytes(range(256)) * (row_bytes // 256 + 2))
+    _png_raw(path, width, height, bit_depth, color_type, (pattern[y % 256: y % 256 + row_bytes] for y in range(height)))
+    if extra:  # PLTE/tRNS go between IHDR and IDAT
+        data = path.read_bytes()
+        path.write_bytes(data[:33] + extra + data[33:])
+    return path
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _side(per_pixel: int, limit: int = SMALL_LIMIT) -> int:
+    """The largest square side whose decoding holds at most ``limit`` bytes at ``per_pixel`` bytes a pixel."""
+    side = int((limit / per_pixel) ** 0.5)
+    while side * side * per_pixel > limit:
+        side -= 1
+    return side
+
+
+def _worst_dicom(path: Path) -> Path:
+    """8-bit DICOM with a rescale and a window: pydicom's LUTs work in float64, the heaviest DICOM path."""
+    side = _side(5, SMALL_LIMIT - 4096)  # a float32 working copy + the file, read whole (its header: 4 KiB)
+    arr = np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)
+    path = _dicom(path, arr, "MONOCHROME2", 8)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1.5, -10, 100, 200
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+WORST = {  # name -> writer of a file whose decoding holds just under SMALL_LIMIT
+    "png-8bit-rgba": lambda p: _png_rows(p, _side(4), _side(4), 8, 6),
+    "png-palette-transparency": lambda p: _png_rows(p, _side(4), _side(4), 8, 3, _chunk(b"PLTE", bytes(range(256)) * 3)
+                                                    + _chunk(b"tRNS", bytes(range(0, 256, 2)))),
+    "png-1bit-palette": lambda p: _png_rows(p, _side(4), _side(4), 1, 3, _chunk(b"PLTE", b"\0\0\0\xff\xff\xff")),
+    "png-16bit-rgba": lambda p: _png_rows(p, _side(16), _side(16), 16, 6),
+    "png-16bit-rgb": lambda p: _png_rows(p, _side(12), _side(12), 16, 2),
+    "png-16bit-gray": lambda p: _png_rows(p, _side(4), _side(4), 16, 0),
+    "png-8bit-gray": lambda p: _png_rows(p, _side(1), _side(1), 8, 0),
+    "jpeg-cmyk": lambda p: _save(p, Image.fromarray(np.random.default_rng(1).integers(
+        0, 256, (_side(4), _side(4), 4), dtype=np.uint8), mode="CMYK"), quality=90),
+    "dicom-8bit-rescaled-windowed": _worst_dicom,
+}
+
+
+@pytest.fixture(scope="module")
+def warm_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("warm")
+    return [_png_rows(tmp / "w16.png", 4, 4, 16, 6), _save(tmp / "w.jpg", _noise(1, (8, 8))),
+            _dicom(tmp / "w.dcm", np.zeros((4, 4), np.uint8), "MONOCHROME2", 8)]
+
+
+@pytest.mark.parametrize("case", sorted(WORST))
+def test_decoding_one_file_peaks_under_the_documented_bound(tmp_path, warm_files, case):
+    """A crafted worst case of each decoding path, holding just under the byte limit: it decodes, and peak
+    resident memory, in a fresh interpreter, rises by less than the documented bound; under half that limit,
+    the same file is refused from its header, before its pixels take any memory."""
+    suffix = ".dcm" if case.startswith("dicom") else ".jpg" if case.startswith("jpeg") else ".png"
+    path = WORST[case](tmp_path / f"worst{suffix}")
+    size = Image.open(path).width if case.startswith("jpeg") else 224  # no draft scaling: the full decode
+    result = _measure(path, warm_files, {images.MAX_DECODE_BYTES_ENV: str(SMALL_LIMIT)}, size)
+    assert result["error"] is None
+    assert result["peak"] < PEAK_FACTOR * SMALL_LIMIT + PEAK_SLACK + size * size * 3, result
+    refused = _measure(path, warm_files, {images.MAX_DECODE_BYTES_ENV: str(SMALL_LIMIT // 2)}, size)
+    assert f"bytes decoded, over the limit of {SMALL_LIMIT // 2:,} " in refused["error"]
+    suggested = int(refused["error"].rsplit(f"set {images.MAX_DECODE_BYTES_ENV}=", 1)[1])
+    assert SMALL_LIMIT // 2 < suggested <= SMALL_LIMIT  # what it holds: under the limit it decoded at
+    assert refused["peak"] < 8 * 2**20, refused
+
+
+def _tiny_bomb(path: Path) -> Path:
+    """Under 200 bytes declaring 12000 x 12000 16-bit RGBA: 144 million pixels, under the pixel limit, but
+    2.3 GB to decode as float32 (and about 5 GB before the byte limit existed)."""
+    ihdr = struct.pack(">IIBBBBB", 12_000, 12_000, 16, 6, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 96_001))
+                     + _chunk(b"IEND", b""))
+    return path
+
+
+def test_tiny_png_declaring_12000_square_16bit_rgba_is_refused_with_bounded_memory(tmp_path, warm_files):
+    path = _tiny_bomb(tmp_path / "tiny.png")
+    assert path.stat().st_size < 200
+    result = _measure(path, warm_files, {})  # the default limits; a fresh interpreter capped 1 GiB above its start
+    assert result["error"] == (
+        "image is 12000x12000 x 4 samples x 4 bytes (float32, from 16 bits) = 2,304,000,000 bytes decoded, "
+        f"over the limit of {images.DEFAULT_MAX_DECODE_BYTES:,} (a guard against decompression bombs): "
+        f"if it is genuine, set {images.MAX_DECODE_BYTES_ENV}=2304000000")
+    assert result["peak"] < 8 * 2**20, result

@@ -345,3 +345,18 @@ def test_the_record_of_unreadable_files_is_trusted_only_when_sound_and_for_its_d
         record.write_text(junk)
         assert load_unreadable(store.path, "v1") == {}
     assert store.verify() == [] and len(store) == 12  # the record is no part of the rows
+
+
+@pytest.mark.parametrize("command", ["ls", "verify", "gc"])
+@pytest.mark.parametrize("kind", ["missing", "file", "under-a-file"])
+def test_cache_commands_refuse_a_missing_folder_or_a_file_in_one_line(tmp_path, command, kind):
+    """A mistyped --cache-dir is bad input (exit 2, one line naming it and the fix), never a healthy empty cache."""
+    from conftest import run_cli
+
+    (tmp_path / "notes.txt").write_text("not a cache")
+    path = {"missing": tmp_path / "cahce", "file": tmp_path / "notes.txt", "under-a-file": tmp_path / "notes.txt" / "cache"}[kind]
+    proc = run_cli("cache", command, "--cache-dir", path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"xrayfeat: error: {path}: ") and line.endswith("pass --cache-dir the folder extract wrote its features to")
+    assert proc.stdout == "" and not (tmp_path / "cahce").exists()

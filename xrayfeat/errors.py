@@ -97,6 +97,10 @@ class StoreError(XrayfeatError):
     exit_code = 1
 
 
+class CacheFolderError(XrayfeatError):
+    """The cache folder a command reads is missing or is not a folder (exit 2, bad input)."""
+
+
 class DeviceError(XrayfeatError):
     """The requested device or precision is not available."""
 

@@ -48,7 +48,9 @@ def cache_ls(cache_dir, as_json):
     Example:
       xrayfeat cache ls --cache-dir data_cache
     """
-    from xrayfeat.store.catalog import list_stores
+    from xrayfeat.store.catalog import check_cache_folder, list_stores
+
+    check_cache_folder(cache_dir)
 
     infos = [s.info() for s in list_stores(cache_dir, warn=False)]
 
@@ -81,7 +83,9 @@ def cache_verify(cache_dir, as_json):
     Example:
       xrayfeat cache verify
     """
-    from xrayfeat.store.catalog import list_stores
+    from xrayfeat.store.catalog import check_cache_folder, list_stores
+
+    check_cache_folder(cache_dir)
 
     report = {}
     for store in list_stores(cache_dir, warn=False):  # a damaged store's problem is listed below, once
@@ -112,7 +116,9 @@ def cache_gc(cache_dir, as_json):
     Example:
       xrayfeat cache gc
     """
-    from xrayfeat.store.catalog import list_stores
+    from xrayfeat.store.catalog import check_cache_folder, list_stores
+
+    check_cache_folder(cache_dir)
 
     def waiting(store):
         say(f"{store.path} is being written by another process; waiting for it", err=True)

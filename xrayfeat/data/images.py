@@ -22,8 +22,14 @@ The rules, and why:
   then MONOCHROME1 is inverted so that bone is bright, like MONOCHROME2; the
   first frame of a multi-frame file is used. This is done silently (it is the
   documented meaning of MONOCHROME1, not a problem with the file).
-* Width x height is checked from the header before any decoding (a guard
-  against decompression bombs); see :data:`DEFAULT_MAX_PIXELS`.
+* Width x height, and the bytes decoding will hold, are checked from the header
+  before any decoding (a guard against decompression bombs); see
+  :data:`DEFAULT_MAX_PIXELS` and :data:`DEFAULT_MAX_DECODE_BYTES`. Peak memory
+  while decoding one file stays under ``5 x`` those bytes plus 64 MiB
+  (docs/RELIABILITY.md, ## Images; measured by the tests).
+* Pixel data shorter than the header declares is refused before decoding (a
+  PNG's inflated IDAT stream, a JPEG without its end-of-image marker, a DICOM's
+  PixelData): decoders would fill the rest with zeros.
 * Every failure is an :class:`~xrayfeat.errors.ImageReadError` naming the file,
   the reason and, where there is one, the fix. Truncated files are errors,
   never silently padded; running out of memory is one too, never a MemoryError.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,9 +60,12 @@ from xrayfeat.errors import ImageReadError
 
 __all__ = [
     "DECODE_VERSION",
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "MAX_DECODE_BYTES_ENV",
     "MAX_PIXELS_ENV",
+    "decode_bytes",
     "probe",
     "read_gray",
     "read_image",
@@ -69,6 +79,13 @@ DEFAULT_MAX_PIXELS = 150_000_000
 bomb. Set the environment variable ``XRAYFEAT_MAX_PIXELS`` to change it."""
 
 MAX_PIXELS_ENV = "XRAYFEAT_MAX_PIXELS"
+
+DEFAULT_MAX_DECODE_BYTES = 512 * 1024 * 1024
+"""Largest number of bytes decoding one file may hold (see :func:`decode_bytes`);
+more is refused from the header, before decoding. Decoding one file peaks
+under ``5 x`` this plus 64 MiB. Set ``XRAYFEAT_MAX_DECODE_BYTES`` to change it."""
+
+MAX_DECODE_BYTES_ENV = "XRAYFEAT_MAX_DECODE_BYTES"
 
 DECODE_VERSION = "pil-draft-bilinear-v1"
 """Identifies the decoding rules; part of the feature-cache fingerprint.
@@ -173,11 +190,11 @@ def _decode(path: str | os.PathLike, size: int) -> np.ndarray:
     # then either decodes or fails with its reason, so the warnings are not shown.
     with _open(path) as f, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kind, _ = _sniff(path, f)
+        kind, head = _sniff(path, f)
         try:
             if kind == "DICOM":
                 return _decode_dicom(path, f, size)
-            return _decode_pil(path, f, kind, size)
+            return _decode_pil(path, f, kind, size, head)
         except MemoryError:
             raise ImageReadError(path, f"not enough memory to decode it: free memory, "
                                        f"or set {MAX_PIXELS_ENV} lower to refuse images this large") from None
@@ -221,17 +238,26 @@ def _sniff(path: str, f) -> tuple[str, bytes]:
     )
 
 
-def _max_pixels(path: str) -> int:
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+def _env_limit(path: str, name: str, default: int) -> int:
+    """A positive whole number from the environment variable ``name`` (``default`` when unset)."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_PIXELS
+        return default
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise ImageReadError(path, f"{MAX_PIXELS_ENV}={raw!r} is not a positive whole number: fix or unset it")
+        raise ImageReadError(path, f"{name}={raw!r} is not a positive whole number: fix or unset it")
     return value
+
+
+def _max_pixels(path: str) -> int:
+    return _env_limit(path, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+
+
+def _max_decode_bytes(path: str) -> int:
+    return _env_limit(path, MAX_DECODE_BYTES_ENV, DEFAULT_MAX_DECODE_BYTES)
 
 
 def _check_pixels(path: str, width: int, height: int) -> None:
@@ -246,6 +272,37 @@ def _check_pixels(path: str, width: int, height: int) -> None:
         )
 
 
+def decode_bytes(width: int, height: int, samples: int, bits: int, *, stored_bytes: int = 0) -> int:
+    """Bytes decoding a ``width x height`` image of ``samples`` per pixel at ``bits`` holds.
+
+    Samples of 8 bits or fewer are held as one byte each; deeper ones (16-bit
+    PNG, every DICOM) as float32, four bytes each. ``stored_bytes``: what is
+    read whole besides (a DICOM's pixel data, every frame of it).
+    """
+    per_sample = 1 if bits <= 8 else 4
+    return int(width) * int(height) * int(samples) * per_sample + int(stored_bytes)
+
+
+def _check_bytes(path: str, width: int, height: int, samples: int, bits: int, *, stored_bytes: int = 0) -> None:
+    """Refuse images whose decoding would hold more than the byte limit, from the header, before decoding."""
+    limit = _max_decode_bytes(path)
+    held = decode_bytes(width, height, samples, bits, stored_bytes=stored_bytes)
+    if held > limit:
+        how = f"{samples} sample{'s' * (samples != 1)} x {'1 byte' if bits <= 8 else f'4 bytes (float32, from {bits} bits)'}"
+        stored = f" + {stored_bytes:,} bytes of stored pixel data" if stored_bytes else ""
+        raise ImageReadError(
+            path,
+            f"image is {width}x{height} x {how}{stored} = {held:,} bytes decoded, over the limit of {limit:,} "
+            f"(a guard against decompression bombs): if it is genuine, set {MAX_DECODE_BYTES_ENV}={held}",
+        )
+
+
+def _short(path: str, kind: str, got: int | None, expected: int | None, what: str = "") -> ImageReadError:
+    """Pixel data that ends before the header's size: never decoded (decoders would fill the rest with zeros)."""
+    counts = f" ({got:,} of {expected:,} bytes)" if got is not None else ""
+    return ImageReadError(path, f"the {kind} pixel data is shorter than the header declares{counts}{what}: {_DAMAGED}")
+
+
 # -- PNG and JPEG (PIL) --------------------------------------------------------------
 
 
@@ -257,11 +314,17 @@ def _open_pil(path: str, f, kind: str):
         raise ImageReadError(path, f"cannot read the {kind} header ({_why(exc)}): {_DAMAGED}") from None
 
 
-def _decode_pil(path: str, f, kind: str, size: int) -> np.ndarray:
+def _decode_pil(path: str, f, kind: str, size: int, head: bytes) -> np.ndarray:
     im = _open_pil(path, f, kind)
     _check_pixels(path, *im.size)
     if kind == "JPEG":
         im.draft(im.mode, (size, size))  # DCT scaling; the result stays >= size
+        _check_bytes(path, *im.size, len(im.getbands()), 8)
+        _check_jpeg_end(path, f)
+    else:
+        width, height, bits, color_type, interlace = struct.unpack(">IIBB2xB", head[16:29])
+        _check_bytes(path, width, height, _PNG_SAMPLES.get(color_type, 4), bits)
+        _check_png_data(path, f, width, height, bits, color_type, interlace)
     try:
         pixels = _load_pixels(im, f)
         orientation = _orientation(im)
@@ -272,6 +335,133 @@ def _decode_pil(path: str, f, kind: str, size: int) -> np.ndarray:
     except _PIL_ERRORS as exc:
         raise ImageReadError(path, f"cannot decode the {kind} pixel data ({_why(exc)}): {_DAMAGED}") from None
     return _ORIENT.get(orientation, lambda a: a)(out)
+
+# PNG colour type -> samples held per pixel (a palette is expanded to RGBA)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel as stored
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_CHUNK = 1 << 16
+
+
+def _png_raw_size(width: int, height: int, bits: int, color_type: int, interlace: int) -> int:
+    """Bytes the IDAT stream must inflate to: each row's filter byte and packed samples, per Adam7 pass if interlaced."""
+    bits_per_pixel = bits * _PNG_CHANNELS.get(color_type, 4)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if w > 0 and h > 0:
+            total += h * (1 + (w * bits_per_pixel + 7) // 8)
+    return total
+
+
+def _check_png_data(path: str, f, width: int, height: int, bits: int, color_type: int, interlace: int) -> None:
+    """Refuse a PNG whose IDAT data inflates to fewer bytes than its header declares.
+
+    Pillow fills the missing rows with zeros (a black image, stored and trained
+    on). The IDAT chunks are inflated in pieces, counting bytes and keeping
+    none, and only up to the declared size.
+    """
+    expected = _png_raw_size(width, height, bits, color_type, interlace)
+    inflate = zlib.decompressobj()
+    got, seen_idat = 0, False
+    try:
+        f.seek(8)
+        while got < expected and not inflate.eof:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length, tag = struct.unpack(">I4s", header)
+            if tag != b"IDAT":
+                if seen_idat or tag == b"IEND":  # IDAT chunks are consecutive
+                    break
+                f.seek(length + 4, os.SEEK_CUR)
+                continue
+            seen_idat, left = True, length
+            while left and got < expected and not inflate.eof:
+                data = f.read(min(left, _CHUNK))
+                if not data:
+                    break
+                left -= len(data)
+                while data and got < expected and not inflate.eof:
+                    got += len(inflate.decompress(data, _CHUNK))
+                    data = inflate.unconsumed_tail
+            f.seek(left + 4, os.SEEK_CUR)
+    except (OSError, zlib.error) as exc:
+        raise ImageReadError(path, f"cannot decode the PNG pixel data ({_why(exc)}): {_DAMAGED}") from None
+    finally:
+        f.seek(0)
+    if got < expected:
+        raise _short(path, "PNG", got, expected)
+
+
+def _check_jpeg_end(path: str, f) -> None:
+    """Refuse a JPEG whose data ends before its end-of-image marker (cut, or padded with zeros).
+
+    Walks the marker segments and the entropy-coded data of each scan, in
+    pieces; libjpeg would fill what is missing with grey and only warn.
+    """
+    try:
+        if not _jpeg_has_end(f):
+            raise _short(path, "JPEG", None, None, " (the data ends before its end-of-image marker)")
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        f.seek(0)
+
+
+def _jpeg_has_end(f) -> bool:
+    f.seek(2)  # after SOI
+    while True:
+        if not _next_ff(f):  # bytes between segments: libjpeg skips them too
+            return False
+        byte = f.read(1)
+        while byte == b"\xff":  # fill bytes
+            byte = f.read(1)
+        if not byte:
+            return False
+        marker = byte[0]
+        if marker == 0xD9:
+            return True
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue
+        size = f.read(2)
+        if len(size) < 2:
+            return False
+        f.seek(struct.unpack(">H", size)[0] - 2, os.SEEK_CUR)
+        if marker == 0xDA and not _skip_entropy_data(f):
+            return False
+
+
+def _next_ff(f) -> bool:
+    """Move ``f`` to the next 0xFF byte; False at the end of the file."""
+    while True:
+        start = f.tell()
+        block = f.read(_CHUNK)
+        if not block:
+            return False
+        at = block.find(b"\xff")
+        if at != -1:
+            f.seek(start + at)
+            return True
+
+
+def _skip_entropy_data(f) -> bool:
+    """Move ``f`` to the marker after a scan's entropy-coded data; False at the end of the file."""
+    carry = b""
+    while True:
+        start = f.tell() - len(carry)
+        block = carry + f.read(_CHUNK)
+        if len(block) <= len(carry):
+            return False
+        at = block.find(b"\xff")
+        while at != -1 and at + 1 < len(block):
+            nxt = block[at + 1]
+            if nxt != 0x00 and not 0xD0 <= nxt <= 0xD7 and nxt != 0xFF:
+                f.seek(start + at)
+                return True
+            at = block.find(b"\xff", at + 1)
+        carry = block[-1:] if block.endswith(b"\xff") else b""
 
 
 def _load_pixels(im, f) -> Image.Image | np.ndarray:
@@ -364,6 +554,8 @@ class _DicomHeader(NamedTuple):
     photometric: str
     bits: int
     has_pixels: bool
+    samples: int = 1
+    stored_bytes: int = 0  # Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames
 
 
 def _dicom_errors() -> tuple[type[BaseException], ...]:
@@ -395,21 +587,54 @@ def _read_dicom(path: str, f, stop_before_pixels: bool):
             photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
             bits=int(ds.get("BitsStored", ds.get("BitsAllocated", 8))),
             has_pixels=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+            samples=max(1, int(ds.get("SamplesPerPixel", 1) or 1)),
+            stored_bytes=_dicom_stored_bytes(ds, int(rows), int(cols)),
         )
     except _dicom_errors() as exc:
         raise ImageReadError(path, f"cannot read the DICOM file ({_why(exc)}): {_DAMAGED}") from None
     return ds, header
 
 
+def _dicom_stored_bytes(ds, rows: int, cols: int) -> int:
+    """The pixel data's declared size: Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames."""
+    samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+    allocated = max(1, int(ds.get("BitsAllocated", 8) or 8))
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    return (rows * cols * samples * allocated * frames + 7) // 8
+
+
+def _check_dicom_length(path: str, ds, header: _DicomHeader) -> None:
+    """Refuse native (uncompressed) pixel data shorter than the header declares, for every frame."""
+    meta = getattr(ds, "file_meta", None)
+    try:
+        uid = meta.get("TransferSyntaxUID") if meta is not None else None
+        if uid is not None and uid.is_compressed:
+            return  # encapsulated: the decoder finds a short frame
+        element = next((ds[k] for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+        value = element.value if element is not None else None
+    except _dicom_errors():
+        return  # pixel_array then gives the reason
+    if isinstance(value, (bytes, bytearray)) and len(value) < header.stored_bytes:
+        raise _short(path, "DICOM", len(value), header.stored_bytes)
+
+
 def _decode_dicom(path: str, f, size: int) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
-    ds, header = _read_dicom(path, f, stop_before_pixels=False)
+    # The header alone first: the limits hold before the pixel data is read (pydicom reads it whole).
+    _, header = _read_dicom(path, f, stop_before_pixels=True)
     _check_pixels(path, header.columns, header.rows)
+    f.seek(0, os.SEEK_END)
+    file_size = f.tell()
+    f.seek(0)
+    stored = max(header.stored_bytes, file_size)
+    _check_bytes(path, header.columns, header.rows, header.samples, max(header.bits, 9), stored_bytes=stored)
+    ds, header = _read_dicom(path, f, stop_before_pixels=False)
     if not header.has_pixels:
         raise ImageReadError(
             path, "this DICOM file has no pixel data (only a header): export the image itself from the PACS or viewer"
         )
+    _check_dicom_length(path, ds, header)
     try:
         arr = pixel_array(ds, index=0)  # first frame only; YBR becomes RGB
         if header.photometric == "PALETTE COLOR":

@@ -50,11 +50,12 @@ def decoder_version() -> str:
 
     Failures remembered under one version are tried again under another (after
     upgrading Pillow, installing a DICOM decoder or raising
-    ``XRAYFEAT_MAX_PIXELS``). Reads package metadata only: no decoder is imported.
+    ``XRAYFEAT_MAX_PIXELS`` or ``XRAYFEAT_MAX_DECODE_BYTES``). Reads package metadata only: no decoder is imported.
     """
     versions = [f"{name} {version}" for name, version in library_versions(_DECODER_PACKAGES).items()]
     limit = os.environ.get(images.MAX_PIXELS_ENV, "").strip() or str(images.DEFAULT_MAX_PIXELS)
-    return "; ".join([images.DECODE_VERSION, *versions, f"max pixels {limit}"])
+    held = os.environ.get(images.MAX_DECODE_BYTES_ENV, "").strip() or str(images.DEFAULT_MAX_DECODE_BYTES)
+    return "; ".join([images.DECODE_VERSION, *versions, f"max pixels {limit}", f"max decode bytes {held}"])
 
 
 def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, DecodeFailure | None]]:

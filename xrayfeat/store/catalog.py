@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -66,6 +67,30 @@ class DamagedStore:
         """Nothing is touched: without its definition the store's shards cannot be checked."""
         return {"store": str(self.path), "damaged": self.problem, "removed_temp_files": [], "damaged_shards": [],
                 "kept_rows": 0, "lost_rows": 0, "rebuilt_index": False, "merged_shards": 0, "dropped_duplicates": 0}
+
+
+def check_cache_folder(cache_dir: str | os.PathLike) -> Path:
+    """``cache_dir`` as a folder to read, or :class:`~xrayfeat.errors.CacheFolderError` (exit 2) naming it and the fix.
+
+    For the commands that read a cache (``cache ls``, ``verify``, ``gc``): a mistyped
+    path must not read as a healthy, empty cache.
+    """
+    from xrayfeat.errors import CacheFolderError
+
+    root = Path(cache_dir)
+    try:
+        mode = root.stat().st_mode
+    except FileNotFoundError:
+        raise CacheFolderError(f"{root}: no such folder: pass --cache-dir the folder extract wrote its features to") from None
+    except NotADirectoryError:
+        raise CacheFolderError(f"{root}: a part of this path is a file, not a folder: "
+                               "pass --cache-dir the folder extract wrote its features to") from None
+    except OSError as exc:
+        raise CacheFolderError(f"{root}: cannot be read ({exc.strerror or exc}): check the path and its permissions") from None
+    if not stat.S_ISDIR(mode):
+        raise CacheFolderError(f"{root}: is a file, not a cache folder: "
+                               "pass --cache-dir the folder extract wrote its features to")
+    return root
 
 
 def list_stores(cache_dir: str | os.PathLike, *, warn: bool = True) -> list[FeatureStore | DamagedStore]:
