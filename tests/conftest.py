@@ -90,6 +90,24 @@ def run_cli(*args, cwd=None, env=None, check=False, timeout=600) -> subprocess.C
     return proc
 
 
+def run_cli_here(*args, env=None, check=False) -> subprocess.CompletedProcess:
+    """Run ``xrayfeat ARGS`` in this process through click's runner, with :func:`run_cli`'s result.
+
+    The same command, exit code, stdout and stderr, without a new interpreter's imports (seconds per call):
+    for tests about what a command computes and prints. Tests about the process itself (stderr free of
+    third-party lines, imports, signals, environment read at start-up) keep :func:`run_cli`.
+    """
+    from click.testing import CliRunner
+
+    from xrayfeat.cli.main import main
+
+    words = [str(a) for a in args]
+    result = CliRunner().invoke(main, words, env={"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, catch_exceptions=False)
+    if check and result.exit_code != 0:
+        raise AssertionError(f"xrayfeat {' '.join(words)} exited {result.exit_code}:\n{result.stderr}")
+    return subprocess.CompletedProcess(["xrayfeat", *words], result.exit_code, result.stdout, result.stderr)
+
+
 #: What the shared run is trained with, as keyword options of ``xf.fit_head`` (its data: ``write_tiny_dataset`` defaults).
 SHARED_RUN_OPTIONS = dict(weights="none", image_size=32, epochs=3, baselines=("logreg", "pixels"), n_bootstrap=50)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 from xrayfeat import backbones, errors
 from xrayfeat.extraction import building, weights
 from xrayfeat.cli.main import main
@@ -206,15 +206,16 @@ def test_inspect_counts_the_real_sample(real_sample):
 # --------------------------------------------------------------------------- embed, report, demo
 
 
-def test_embed_pooled_then_reused(tmp_path, tiny_data):
-    args = ["embed", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--method", "tsne",
-            "--cache-dir", tmp_path / "cache", "--out", tmp_path / "map.png", "--json"]
-    first = run_cli(*args)
+def test_embed_pooled_then_reused(tmp_path, shared_run):
+    # the session's tiny dataset with its features already cached: the map, not the backbone, is under test
+    args = ["embed", shared_run.data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--method", "tsne",
+            "--cache-dir", shared_run.copy_cache(tmp_path / "cache"), "--out", tmp_path / "map.png", "--json"]
+    first = run_cli_here(*args)
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
     assert data["reused"] is False and (tmp_path / "map.png").is_file() and (tmp_path / "map.coords.npz").is_file()
     assert 0 <= data["scores"]["knn_agreement_2d"] <= 1
-    again = json.loads(run_cli(*args).stdout)
+    again = json.loads(run_cli_here(*args).stdout)
     assert again["reused"] is True
     coords = np.load(tmp_path / "map.coords.npz")["coords"]
     assert coords.shape == (18, 2)
@@ -225,14 +226,15 @@ def test_embed_needs_a_source(tmp_path, tiny_data):
     assert proc.returncode == 2 and "--backbone" in proc.stderr and "--from-run" in proc.stderr
 
 
-def test_embed_on_error_skip_leaves_out_a_file_that_cannot_be_decoded_as_xf_embed_does(tmp_path, tiny_data):
+def test_embed_on_error_skip_leaves_out_a_file_that_cannot_be_decoded_as_xf_embed_does(tmp_path, tiny_data, shared_run):
+    # tiny_data holds the shared run's images (same seed, same bytes): their features come from its cache
     bad = tiny_data / "train" / "a" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # a PNG signature, then nothing an image needs
     args = ["embed", tiny_data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--method", "umap",
-            "--cache-dir", tmp_path / "cache", "--out", tmp_path / "map.png", "--json"]
-    failed = run_cli(*args)
+            "--cache-dir", shared_run.copy_cache(tmp_path / "cache"), "--out", tmp_path / "map.png", "--json"]
+    failed = run_cli_here(*args)
     assert failed.returncode == 2 and "broken.png" in failed.stderr and "--on-error skip" in failed.stderr
-    proc = run_cli(*args, "--on-error", "skip")
+    proc = run_cli_here(*args, "--on-error", "skip")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["images"] == 18 and data["skipped"] == 1 and data["skipped_files"][0].startswith(f"{bad}: ")

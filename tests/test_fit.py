@@ -16,7 +16,7 @@ import pytest
 
 import xrayfeat as xf
 
-from conftest import run_cli, write_tiny_dataset
+from conftest import run_cli_here, write_tiny_dataset
 from xrayfeat.analysis import metrics
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DatasetError
@@ -136,15 +136,15 @@ def test_cli_json_and_bad_combination(tmp_path, shared_run):
     args = ["fit-head", shared_run.data, "-b", "vgg16", "--weights", "none", "--image-size", "32", "--epochs", "2",
             "--steps-per-epoch", "2", "--units", "8", "--baselines", "logreg", "--n-bootstrap", "50",
             "--cache-dir", shared_run.copy_cache(tmp_path / "cache")]
-    proc = run_cli(*args, "--out", tmp_path / "cli", "--json")
+    proc = run_cli_here(*args, "--out", tmp_path / "cli", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data) >= {"run", "test", "baselines"} and set(data["baselines"]) == {"logreg"}
     assert 0 <= data["test"]["accuracy"] <= 1
-    bad = run_cli(*args, "--train-tail", "--out", tmp_path / "bad")
+    bad = run_cli_here(*args, "--train-tail", "--out", tmp_path / "bad")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("xrayfeat: error: --train-tail needs")
-    again = run_cli(*args, "--out", tmp_path / "cli")
+    again = run_cli_here(*args, "--out", tmp_path / "cli")
     assert again.returncode == 2 and "not empty" in again.stderr
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import xrayfeat as xf
-from tests.conftest import run_cli, write_tiny_dataset
+from tests.conftest import run_cli, run_cli_here, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def fresh_copy(trained, tmp_path):
 def test_predict_on_the_runs_test_images_equals_its_predictions_csv(trained, tmp_path):
     run, data, root = trained
     out = tmp_path / "pred.csv"
-    proc = run_cli("predict", run.path, data / "test", "--out", out, "--json", check=True)
+    proc = run_cli_here("predict", run.path, data / "test", "--out", out, "--json", check=True)
     summary = json.loads(proc.stdout)
     assert summary["images"] == 6 and summary["extracted"] == 0 and summary["reused"] == 6
     assert summary["models"] == ["head", "logreg", "pixels"]
@@ -79,7 +79,7 @@ def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_pa
             fh.write(b"x")
         target = copy.path
     out = tmp_path / "pred.csv"
-    proc = run_cli("predict", target, *inputs, "--out", out)
+    proc = run_cli("predict", target, *inputs, "--out", out)  # a process of its own: stderr holds nothing else
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("xrayfeat: error: "), proc.stderr
@@ -91,7 +91,7 @@ def test_predict_refuses_features_it_cannot_reproduce(trained, tmp_path):
     record = json.loads((copy.path / "config.json").read_text())
     record["store"]["fingerprint"]["keras"] = "2.0.0"
     (copy.path / "config.json").write_text(json.dumps(record))
-    proc = run_cli("predict", copy.path, data / "test", "--out", tmp_path / "p.csv")
+    proc = run_cli_here("predict", copy.path, data / "test", "--out", tmp_path / "p.csv")
     assert proc.returncode == 2
     assert "cannot reproduce the run's features (keras: run '2.0.0'" in proc.stderr
 
@@ -99,7 +99,7 @@ def test_predict_refuses_features_it_cannot_reproduce(trained, tmp_path):
 def test_evaluate_on_the_runs_own_test_folder_reproduces_its_metrics(trained, tmp_path):
     run, data, root = trained
     copy, _, _ = fresh_copy(trained, tmp_path)
-    proc = run_cli("evaluate", copy.path, data / "test", "--name", "self", "--json", check=True)
+    proc = run_cli_here("evaluate", copy.path, data / "test", "--name", "self", "--json", check=True)
     result = json.loads(proc.stdout)
     assert result["n"] == 6 and result["excluded"] == 0
     external = json.loads((copy.path / "external" / "self" / "metrics.json").read_text())

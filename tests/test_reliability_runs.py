@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_tiny_dataset
+from conftest import run_cli, run_cli_here, write_tiny_dataset
 from xrayfeat.runs import folder as run_folder
 from xrayfeat.runs import record as runs
 from xrayfeat.report.writer import write_report
@@ -50,7 +50,7 @@ def payload_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs-reliability")
     data = write_tiny_dataset(root / DATA_NAME, classes=(SCRIPT, IMG), per_split=(("train", 5), ("test", 3)), size=32)
     run = root / RUN_NAME
-    run_cli("fit-head", data, *CHEAP, "--epochs", "2", "--baselines", "logreg", "--head-backend", "tensorflow",
+    run_cli_here("fit-head", data, *CHEAP, "--epochs", "2", "--baselines", "logreg", "--head-backend", "tensorflow",
             "--cache-dir", root / "cache", "--out", run, check=True)  # in-process head: no second framework to start
     return {"root": root, "data": data, "run": run, "cache": root / "cache"}
 
@@ -85,7 +85,7 @@ def test_html_in_class_file_data_and_run_names_is_escaped_in_the_report(payload_
     run = payload_run["run"]
     assert load_run(run).classes == [IMG, SCRIPT]  # the payloads went through fit-head as class names
     assert any(SCRIPT in line for line in load_run(run).record.read_bytes("predictions").decode().splitlines()[1:])
-    proc = run_cli("report", run, "--out", tmp_path / "report")
+    proc = run_cli_here("report", run, "--out", tmp_path / "report")
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "report" / "report.html").read_text()
     for raw in ("<script", "<img src=x", "alert(1)<", "\"q\" 'a'"):
@@ -428,9 +428,9 @@ def test_evaluate_in_python_discovers_as_the_cli_does(payload_run, tmp_path):
 def test_evaluate_in_the_cli_is_the_same_call(payload_run, tmp_path):
     copy = copy_run(payload_run, tmp_path)
     site, broken, cache = _external_site(payload_run, tmp_path)
-    proc = run_cli("evaluate", copy, site, "--name", "site_b", "--cache-dir", cache, "--json")
+    proc = run_cli_here("evaluate", copy, site, "--name", "site_b", "--cache-dir", cache, "--json")
     assert proc.returncode == 2 and error_line(proc).startswith(f"{broken}: ")
-    proc = run_cli("evaluate", copy, site, "--name", "site_b", "--cache-dir", cache, "--on-error", "skip", "--json")
+    proc = run_cli_here("evaluate", copy, site, "--name", "site_b", "--cache-dir", cache, "--on-error", "skip", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["n"] == 6 and [line.split(": ", 1)[0] for line in result["skipped_files"]] == [str(broken)]
@@ -453,6 +453,6 @@ def test_evaluate_skips_a_found_file_that_cannot_be_decoded_as_fit_head_does(pay
     assert recorded["n"] == 6 and recorded["skipped_files"] == result.skipped_files
     predictions = (copy / "external" / "site_b" / "predictions.csv").read_text()
     assert "corrupt.png" not in predictions and len(predictions.strip().splitlines()) == 1 + 6
-    proc = run_cli("evaluate", copy, site, "--name", "site_c", "--cache-dir", cache, "--on-error", "skip", "--json")
+    proc = run_cli_here("evaluate", copy, site, "--name", "site_c", "--cache-dir", cache, "--on-error", "skip", "--json")
     assert proc.returncode == 0, proc.stderr
     assert [line.split(": ", 1)[0] for line in json.loads(proc.stdout)["skipped_files"]] == [str(corrupt)]
