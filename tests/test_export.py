@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 from xrayfeat.runs.export import read_export
 
 SIZE = 32
@@ -75,7 +75,7 @@ def tiny_run(shared_run, tmp_path_factory):
 
 
 def _export(run, out, *extra) -> dict:
-    proc = run_cli("export", run.path, "--out", out, *extra, "--json")
+    proc = run_cli_here("export", run.path, "--out", out, *extra, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

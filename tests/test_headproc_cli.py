@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import run_cli_here
 from test_headproc import needs_jax
 
 
@@ -18,7 +18,7 @@ def test_cli_records_where_the_head_trained(tmp_path, shared_run):
               "--epochs", "2", "--steps-per-epoch", "2", "--units", "8", "--baselines", "none", "--n-bootstrap", "50",
               "--cache-dir", shared_run.copy_cache(tmp_path / "cache"), "--workers", "0"]
     for backend in ("jax", "tensorflow"):
-        proc = run_cli(*common, "--head-backend", backend, "--out", tmp_path / backend, "--json", check=True)
+        proc = run_cli_here(*common, "--head-backend", backend, "--out", tmp_path / backend, "--json", check=True)
         assert json.loads(proc.stdout)["test"]["n"] == 6
         training = json.loads((tmp_path / backend / "config.json").read_text())["training"]
         assert training["backend"] == backend
