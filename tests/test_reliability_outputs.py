@@ -216,6 +216,31 @@ def test_the_cli_refuses_in_one_line_with_exit_2(shared_run, place, argv):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("argv, where", [
+    (("fit-head", "{data}", "-b", "vgg16", "--out", "run/again"), "lies inside the run folder"),
+    (("fit-head", "{data}", "-b", "vgg16", "--out", "runlink/baselines/more"), "lies inside the run folder"),
+    (("fit-head", "{data}", "-b", "vgg16", "--out", "claimed/sub"), "lies inside the run folder"),
+    (("fit-head", "{data}", "-b", "vgg16", "--cache-dir", "cache", "--out", "cache"), "is the feature cache folder"),
+    (("fit-head", "{data}", "-b", "vgg16", "--out", "{store}/run"), "lies inside the feature store"),
+    (("demo", "--quick", "--out", "run/demo"), "lies inside the run folder"),
+    (("demo", "--quick", "--out", "cache/demo"), "lies inside the feature cache folder"),
+], ids=["fit-head-in-run", "fit-head-through-link", "fit-head-in-claimed", "fit-head-is-cache", "fit-head-in-store",
+        "demo-in-run", "demo-in-cache"])
+def test_a_new_run_or_study_is_never_made_inside_a_run_or_a_cache(shared_run, place, argv, where):
+    from click.testing import CliRunner
+
+    from xrayfeat.cli.main import main
+
+    before = _tree(place / "run", place / "cache", place / "claimed")
+    args = [a.format(data=shared_run.data, store=_store(place)) for a in argv]
+    result = CliRunner().invoke(main, args)
+    out = args[args.index("--out") + 1]
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"xrayfeat: error: {out}: {where}"), lines
+    assert _tree(place / "run", place / "cache", place / "claimed") == before  # nothing made, nothing changed
+
+
 # --------------------------------------------------------------------------- one writer at a time per run record
 
 

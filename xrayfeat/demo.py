@@ -25,6 +25,7 @@ from xrayfeat.report.writer import write_report
 from xrayfeat.runs.fit import fit_head
 from xrayfeat.runs.maps import METHOD_NAMES, embed_map
 from xrayfeat.runs.loaded import load_run
+from xrayfeat.runs.outputs import check_new_folder
 
 log = logging.getLogger("xrayfeat")
 
@@ -57,6 +58,7 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
     root = Path(out)
     if root.exists() and any(p.name in ("runs", "report") for p in root.iterdir()):
         raise XrayfeatError(f"{root}: holds an earlier demo; pass another --out or delete it")
+    check_new_folder(root, "demo")  # never a study inside a run or a feature cache
     installed = all(r["verified"] for r in weights_status())
     weights = "imagenet" if installed else "none"
     if not installed:

@@ -56,7 +56,9 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
     """
     from xrayfeat.extraction.config import resolve
     from xrayfeat.runs.fit import fit_head
+    from xrayfeat.runs.outputs import check_new_folder
 
+    check_new_folder(out or "runs", "fit-head", cache=kw["cache_dir"])  # before the data is discovered (fit_head checks it again)
     features = single_feature(kw)
     resolve(features, kw["device"])
     head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],

@@ -47,6 +47,7 @@ import numpy as np
 
 from xrayfeat import __version__
 from xrayfeat.runs import folder
+from xrayfeat.runs.outputs import check_new_folder
 from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
@@ -438,6 +439,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
+    check_new_folder(out if out else runs_root, "fit-head", cache=run.cache_dir)  # never a run inside a run or a cache
     run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
     guard = None
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')

@@ -5,7 +5,9 @@ checksums. A feature cache is the evidence's source: its stores (shards, index,
 fingerprint) and its hash memory. ``predict --out``, ``explain --out``,
 ``embed --out``, ``report --out``, ``export --out`` and ``cache export --out``
 (and the library calls behind them) write where they are told, so each asks
-:func:`check_output` first, before anything is read, computed or created:
+:func:`check_output` first, before anything is read, computed or created
+(``fit-head --out`` and ``demo --out``, which make a folder of their own, ask
+:func:`check_new_folder`):
 
 * the path is resolved (:func:`os.path.realpath`: links, ``..``, a trailing
   slash, a path relative to a folder inside the run) before anything is decided;
@@ -36,7 +38,7 @@ from xrayfeat.errors import XrayfeatError
 from xrayfeat.runs.folder import MARKER, RUN_FILES
 from xrayfeat.store.catalog import is_cache_folder, is_store_folder
 
-__all__ = ["OWNED", "OutputError", "check_output", "is_run_folder"]
+__all__ = ["OWNED", "OutputError", "check_new_folder", "check_output", "is_run_folder"]
 
 #: The place each command owns in the run it works on, relative to the run folder, and who writes there: a
 #: pattern ending in ``/`` is a folder (it and everything in it), any other one file directly in the run folder.
@@ -83,6 +85,18 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
             what = "is the feature cache folder" if folder == target else "lies inside the feature cache folder"
             raise OutputError(f"{given}: {what} {folder} (its stores and hash memory); pass an --out outside it")
     return None
+
+
+def check_new_folder(out: str | os.PathLike, command: str, *, cache: str | os.PathLike | None = None) -> None:
+    """Refuse a folder ``command`` will make and fill (fit-head's run, the demo's study) inside a run, store or cache.
+
+    A run folder is left to the command's own refusal, which says what the run
+    holds (:func:`~xrayfeat.runs.folder.new_run_dir`: a run, or any folder
+    holding files, is never written over); anything else is judged as
+    :func:`check_output` judges an output.
+    """
+    if not is_run_folder(out):
+        check_output(out, command, cache=cache)
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
