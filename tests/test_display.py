@@ -219,7 +219,7 @@ def test_each_table_equals_the_record(shared_run):
 def test_per_source_reads_the_recorded_sources():
     m = {"by_source": {"hosp_a": {"n": 10, "accuracy": 0.9, "balanced_accuracy": 0.85, "ci_accuracy": [0.7, 1.0]},
                        "<b>x</b>": {"n": 4, "accuracy": 0.5, "balanced_accuracy": None, "ci_accuracy": None}}}
-    table = tables.per_source(m)
+    table = tables.per_source_table(m)
     assert table.loc["hosp_a"].tolist() == [10, 0.9, 0.7, 1.0, 0.85]
     assert table.loc["<b>x</b>", "n"] == 4 and np.isnan(table.loc["<b>x</b>", "accuracy_low"])
 

@@ -161,27 +161,27 @@ class Run:
 
     def summary(self):
         """One row per model (head, then baselines): accuracy with its CI, balanced accuracy, ROC-AUC, log-loss, n."""
-        return tables.summary(self.metrics)
+        return tables.summary_table(self.metrics)
 
     def per_class(self, model: str = "head"):
         """One row per class of ``model`` (``"head"`` or a baseline): precision, recall, F1, ROC-AUC, support."""
-        return tables.per_class(self._model(model, "per_class"))
+        return tables.per_class_table(self._model(model, "per_class"))
 
     def per_source(self, model: str = "head"):
         """One row per source of ``model``'s test images (empty when the data named no sources): n, accuracy and CI."""
-        return tables.per_source(self._model(model, "per_source"))
+        return tables.per_source_table(self._model(model, "per_source"))
 
     def operating_points(self, model: str = "head"):
         """``model``'s operating points per (class, decision): the argmax and the threshold chosen on validation."""
-        return tables.operating_points(self._model(model, "operating_points"))
+        return tables.operating_points_table(self._model(model, "operating_points"))
 
     def calibration(self):
         """One row per model: Brier score and expected calibration error on test."""
-        return tables.calibration(self.metrics)
+        return tables.calibration_table(self.metrics)
 
     def external(self):
         """One row per (evaluation, model) of ``evaluate``'s recorded results, beside the internal accuracy and AUC."""
-        return tables.external(self.record, self.metrics)
+        return tables.external_table(self.record, self.metrics)
 
     def _model(self, model: str, where: str) -> dict:
         """The metrics of ``model`` (``"head"`` or a baseline the run has); an OptionError naming them otherwise."""

@@ -13,7 +13,7 @@ pandas is imported by each function, never at import.
 
 from __future__ import annotations
 
-__all__ = ["RATES", "summary", "per_class", "per_source", "operating_points", "calibration", "external"]
+__all__ = ["RATES", "models_of", "summary_row", "summary_table", "per_class_table", "per_source_table", "operating_points_table", "calibration_table", "external_table"]
 
 #: The rates of an operating point, in the order the tables show them.
 RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
@@ -45,13 +45,13 @@ def summary_row(m: dict) -> dict:
             "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "loss": m["loss"], "n": m["n"]}
 
 
-def summary(metrics: dict):
+def summary_table(metrics: dict):
     """One row per model (head, then baselines), indexed by ``model``: :func:`summary_row`'s columns."""
     rows = [{"model": name, **summary_row(m)} for name, m in models_of(metrics).items()]
     return _frame(rows, _SUMMARY, "model")
 
 
-def per_class(m: dict):
+def per_class_table(m: dict):
     """One row per class of one model: precision, recall, F1, one-vs-rest ROC-AUC, support (images on test)."""
     auc = m.get("roc_auc_per_class") or {}
     rows = [{"class": name, "precision": c["precision"], "recall": c["recall"], "f1": c["f1"],
@@ -59,7 +59,7 @@ def per_class(m: dict):
     return _frame(rows, ("precision", "recall", "f1", "roc_auc", "support"), "class")
 
 
-def per_source(m: dict):
+def per_source_table(m: dict):
     """One row per source (hospital, scanner) of one model, when the data named them: n, accuracy and its interval."""
     rows = []
     for source, s in (m.get("by_source") or {}).items():
@@ -69,7 +69,7 @@ def per_source(m: dict):
     return _frame(rows, ("n", "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy"), "source")
 
 
-def operating_points(m: dict):
+def operating_points_table(m: dict):
     """Per (class, decision) of one model: ``argmax``, then ``threshold`` (chosen on validation), with each rate.
 
     Columns: ``threshold`` (NaN on the argmax row, and where no threshold could
@@ -96,7 +96,7 @@ def operating_points(m: dict):
     return table
 
 
-def calibration(metrics: dict):
+def calibration_table(metrics: dict):
     """One row per model: Brier score, expected calibration error and its number of bins (NaN when not recorded)."""
     rows = []
     for name, m in models_of(metrics).items():
@@ -105,7 +105,7 @@ def calibration(metrics: dict):
     return _frame(rows, ("brier", "ece", "n_bins"), "model")
 
 
-def external(record, internal: dict):
+def external_table(record, internal: dict):
     """One row per (evaluation, model) of the run's external evaluations, beside the internal accuracy and AUC.
 
     ``record`` is the run's :class:`~xrayfeat.runs.record.RunRecord` (each evaluation's
