@@ -59,6 +59,17 @@ class ExplainResult:
                 "reused": self.reused, "layer": self.layer, "map": list(self.map_size), "class": self.target_class,
                 "explained": self.rows}
 
+    def __repr__(self) -> str:
+        from xrayfeat.report.notebook import explain_repr
+
+        return explain_repr(self)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the first overlays as thumbnails and each image's predicted and explained class."""
+        from xrayfeat.report.notebook import explain_html
+
+        return explain_html(self)
+
 
 def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, cluster: str | None = None,

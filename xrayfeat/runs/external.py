@@ -59,6 +59,17 @@ class EvaluateResult:
                 "warnings": [{"kind": w.kind, "message": w.message} for w in self.warnings],
                 "skipped_files": self.skipped_files}
 
+    def __repr__(self) -> str:
+        from xrayfeat.report.notebook import evaluate_repr
+
+        return evaluate_repr(self)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the warnings first, then each model's external figures beside its internal ones."""
+        from xrayfeat.report.notebook import evaluate_html
+
+        return evaluate_html(self)
+
 
 def default_evaluation_name(dataset: Dataset) -> str:
     """A folder-safe name for the external dataset: its folder (or manifest) name."""

@@ -21,11 +21,22 @@ from pathlib import Path
 from xrayfeat.errors import first_line
 from xrayfeat.fileio import csv_value
 from xrayfeat.options.settings import FeatureOptions
+from xrayfeat.runs import tables
 from xrayfeat.runs.record import RunRecord, read_record
 from xrayfeat.runs.schema import Damaged
 
 #: The figures fit-head draws, by name.
 FIGURES = ("curves", "confusion", "roc", "calibration", "gradcam")
+
+
+class _Metrics(dict):
+    """The metrics dict as recorded; a missing key says where a baseline's figures are."""
+
+    def __missing__(self, key):
+        baselines = self.get("baselines") or {}
+        hint = (f"; a baseline's figures are run.metrics['baselines'][{key!r}]" if key in baselines else
+                f"; it holds {', '.join(map(repr, self))} (baselines: {', '.join(baselines) or 'none'})")
+        raise KeyError(f"{key!r}{hint}")
 
 
 class Run:
@@ -37,7 +48,16 @@ class Run:
         self._metrics = None
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, task={self.task!r}, backbone={self.backbone!r}, classes={self.classes})"
+        """One line of bounded length: path, task, backbone, classes (at most eight named), warnings."""
+        from xrayfeat.report.notebook import run_repr
+
+        return run_repr(self)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the warnings first, the test summary (and external results), thumbnails of the figures."""
+        from xrayfeat.report.notebook import run_html
+
+        return run_html(self)
 
     # ------------------------------------------------------------------ facts
 
@@ -70,9 +90,13 @@ class Run:
 
     @property
     def metrics(self) -> dict:
-        """``{"head": {...}, "baselines": {name: {...}}}``: every test figure fit-head computed."""
+        """``{"head": {...}, "baselines": {name: {...}}}``: every test figure fit-head computed.
+
+        A baseline's figures are under ``metrics["baselines"][name]``; asking for
+        ``metrics[name]`` is a KeyError that says so.
+        """
         if self._metrics is None:
-            self._metrics = self.record.metrics()
+            self._metrics = _Metrics(self.record.metrics())
         return self._metrics
 
     @property
@@ -81,6 +105,48 @@ class Run:
         found = {name: self.record.verified(name) for name in FIGURES if name in self.record.artifacts}
         found.update({p.stem: p for p in sorted(self.path.glob("embed-*.png"))})
         return found
+
+    def figure_names(self, *, external: bool = True) -> list[str]:
+        """The names :meth:`show` takes: the recorded figures, ``embed-*`` maps, and (``external``) each evaluation's."""
+        artifacts = self.record.artifacts
+        names = [name for name in FIGURES if name in artifacts]
+        names += [p.stem for p in sorted(self.path.glob("embed-*.png"))]
+        if external:
+            names += [name for name, entry in artifacts.items()
+                      if name.startswith("external/") and entry.file.endswith(".png")]
+        return names
+
+    def figure_bytes(self, name: str) -> bytes:
+        """The PNG bytes of figure ``name`` (one of :meth:`figure_names`), sha256-checked when the record lists it."""
+        self._check_figure(name)
+        if name in self.record.artifacts:
+            return self.record.read_bytes(name)
+        return (self.path / f"{name}.png").read_bytes()  # an embed-* map drawn later: taken as found
+
+    def show(self, name: str):
+        """Show figure ``name`` (``"curves"``, ``"confusion"``, ``"roc"``, ``"calibration"``, ``"gradcam"``...) inline.
+
+        Inside IPython or Jupyter the figure is displayed in the cell's output
+        and None returned; elsewhere the result is a
+        :class:`~xrayfeat.report.notebook.FigureImage` (its ``data`` the PNG bytes,
+        its ``path`` the file; a notebook shows it as an image). No window opens.
+        An unknown name is an :class:`~xrayfeat.options.constraints.OptionError`
+        listing the run's figures (:meth:`figure_names`).
+        """
+        from xrayfeat.report.notebook import show_figure
+
+        data = self.figure_bytes(name)
+        artifact = self.record.artifacts.get(name)
+        path = self.path / (artifact.file if artifact else f"{name}.png")
+        return show_figure(name, path, data)
+
+    def _check_figure(self, name) -> None:
+        names = self.figure_names()
+        if name not in names:
+            from xrayfeat.options.constraints import Choice, OptionError
+
+            allowed = Choice(tuple(names)).describe() if names else "a figure this run records (it records none)"
+            raise OptionError(f"The 'name' parameter of Run.show must be {allowed}. Got {name!r} instead.")
 
     @property
     def head_input(self) -> str:
@@ -95,15 +161,37 @@ class Run:
 
     def summary(self):
         """One row per model (head, then baselines): accuracy with its CI, balanced accuracy, ROC-AUC, log-loss, n."""
-        import pandas as pd
+        return tables.summary_table(self.metrics)
 
-        rows = []
-        for name, m in [("head", self.metrics["head"]), *self.metrics["baselines"].items()]:
-            ci = (m.get("ci") or {}).get("accuracy") or [None, None]
-            rows.append({"model": name, "accuracy": m["accuracy"], "accuracy_low": ci[0], "accuracy_high": ci[1],
-                         "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "loss": m["loss"],
-                         "n": m["n"]})
-        return pd.DataFrame(rows).set_index("model")
+    def per_class(self, model: str = "head"):
+        """One row per class of ``model`` (``"head"`` or a baseline): precision, recall, F1, ROC-AUC, support."""
+        return tables.per_class_table(self._model(model, "per_class"))
+
+    def per_source(self, model: str = "head"):
+        """One row per source of ``model``'s test images (empty when the data named no sources): n, accuracy and CI."""
+        return tables.per_source_table(self._model(model, "per_source"))
+
+    def operating_points(self, model: str = "head"):
+        """``model``'s operating points per (class, decision): the argmax and the threshold chosen on validation."""
+        return tables.operating_points_table(self._model(model, "operating_points"))
+
+    def calibration(self):
+        """One row per model: Brier score and expected calibration error on test."""
+        return tables.calibration_table(self.metrics)
+
+    def external(self):
+        """One row per (evaluation, model) of ``evaluate``'s recorded results, beside the internal accuracy and AUC."""
+        return tables.external_table(self.record, self.metrics)
+
+    def _model(self, model: str, where: str) -> dict:
+        """The metrics of ``model`` (``"head"`` or a baseline the run has); an OptionError naming them otherwise."""
+        found = tables.models_of(self.metrics)
+        if model not in found:
+            from xrayfeat.options.constraints import Choice, OptionError
+
+            raise OptionError(f"The 'model' parameter of Run.{where} must be {Choice(tuple(found)).describe()}. "
+                              f"Got {model!r} instead.")
+        return found[model]
 
     def predictions(self):
         """The test predictions: path, sha256, patient_id, source, label, y_true, then ``<model>:<class>`` probabilities."""

@@ -77,6 +77,17 @@ class PredictResult:
         return {"out": self.out, "images": self.images, "extracted": self.extracted, "reused": self.reused,
                 "models": self.models, "counts": self.counts}
 
+    def __repr__(self) -> str:
+        from xrayfeat.report.notebook import predict_repr
+
+        return predict_repr(self)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the images predicted as each class per model, and the table's first rows."""
+        from xrayfeat.report.notebook import predict_html
+
+        return predict_html(self)
+
 
 def run_feature_options(run) -> FeatureOptions:
     """The run's feature options with everything "auto" pinned to what the run's store holds."""
