@@ -17,8 +17,8 @@ import pytest
 
 from xrayfeat.data.datasets import Dataset, Item
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.report import notebook
-from xrayfeat.report.document import png_size
+from xrayfeat import display as notebook
+from xrayfeat.display import png_size
 from xrayfeat.runs import tables
 from xrayfeat.runs.explanation import ExplainResult
 from xrayfeat.runs.external import EvaluateResult
@@ -77,7 +77,8 @@ def test_a_dataset_shows_its_counts_per_split_and_class_with_hostile_names_escap
 
 
 def test_the_display_modules_import_nothing_heavy():
-    code = ("import sys, xrayfeat.report.notebook, xrayfeat.runs.tables, xrayfeat.runs.loaded; "
+    # (a Dataset's display, in xrayfeat.data.summary, loads what discovery has loaded already: Pillow, for image headers)
+    code = ("import sys, xrayfeat.display, xrayfeat.runs.display, xrayfeat.runs.tables, xrayfeat.runs.loaded; "
             "print(sorted(m for m in ('pandas', 'matplotlib', 'PIL', 'keras', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

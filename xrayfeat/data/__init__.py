@@ -4,7 +4,8 @@
   into a :class:`Dataset` of :class:`Item` (path, sha256, label, split, patient_id, source);
 * :mod:`.hashes`: the file-hash cache (:class:`HashCache`, :func:`hash_files`) that keys every store row;
 * :mod:`.images`: decoding PNG/JPEG/DICOM into uint8 RGB (:func:`read_image`, :func:`read_gray`, :func:`probe`);
-* :mod:`.summary`: what ``inspect`` shows (:func:`summarize`, :func:`imbalance_warning`);
+* :mod:`.summary`: what ``inspect`` shows (:func:`summarize`, :func:`imbalance_warning`), and how a dataset looks in a
+  notebook (:func:`dataset_repr`, :func:`dataset_html`);
 * :mod:`.phantoms`: built-in synthetic chest X-rays for the demo and the tests (:func:`write_phantoms`).
 
 Nothing here loads a deep-learning framework.

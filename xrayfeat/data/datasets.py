@@ -148,13 +148,13 @@ class Dataset:
 
     def __repr__(self) -> str:
         """One line of bounded length whatever the number of items: root, layout, counts, classes, splits."""
-        from xrayfeat.report.notebook import dataset_repr
+        from xrayfeat.data.summary import dataset_repr
 
         return dataset_repr(self)
 
     def _repr_html_(self) -> str:
         """In a notebook: the images per class and split, with totals."""
-        from xrayfeat.report.notebook import dataset_html
+        from xrayfeat.data.summary import dataset_html
 
         return dataset_html(self)
 

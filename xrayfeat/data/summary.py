@@ -11,9 +11,10 @@ from typing import Iterable
 
 from xrayfeat.data import images
 from xrayfeat.data.datasets import SPLITS, Dataset, Item
+from xrayfeat.display import MAX_ROWS, html_block, html_table, html_title, names_repr, path_repr
 from xrayfeat.errors import ImageReadError
 
-__all__ = ["summarize", "imbalance_warning", "IMBALANCE_RATIO"]
+__all__ = ["summarize", "imbalance_warning", "IMBALANCE_RATIO", "dataset_repr", "dataset_html"]
 
 #: Train is called imbalanced when its largest class has more than this many times the images of its smallest.
 IMBALANCE_RATIO = 2.0
@@ -118,3 +119,38 @@ def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
         "unreadable": unreadable,
         "imbalance": imbalance_warning(counts["train"]) if "train" in counts else None,
     }
+
+
+# --------------------------------------------------------------------------- in a notebook
+
+
+def _dataset_counts(dataset) -> tuple[Counter, Counter]:
+    by_cell = Counter((item.label, item.split) for item in dataset.items)
+    by_split = Counter(item.split for item in dataset.items)
+    return by_cell, by_split
+
+
+def dataset_repr(dataset) -> str:
+    """``Dataset('ROOT', layout=…, images=N, classes=[…], splits={…}, skipped=K)``, bounded whatever N."""
+    _, by_split = _dataset_counts(dataset)
+    splits = ", ".join(f"{s!r}: {by_split[s]}" for s in dataset.splits)
+    return (f"Dataset({path_repr(dataset.root)}, layout={dataset.layout!r}, images={len(dataset.items)}, "
+            f"classes={names_repr(dataset.classes)}, splits={{{splits}}}, skipped={len(dataset.skipped)})")
+
+
+def dataset_html(dataset) -> str:
+    """The images per class (rows) and split (columns) with totals, under the root, layout and what items carry."""
+    by_cell, by_split = _dataset_counts(dataset)
+    splits = list(dataset.splits)
+    rows = [[name, *(by_cell[name, s] for s in splits), sum(by_cell[name, s] for s in splits)]
+            for name in dataset.classes[:MAX_ROWS]]
+    rows.append(["total", *(by_split[s] for s in splits), len(dataset.items)])
+    notes = [f"layout {dataset.layout}", f"{len(dataset.items)} images", f"{len(dataset.classes)} classes"]
+    if dataset.has_patients:
+        notes.append(f"{len({i.patient_id for i in dataset.items if i.patient_id is not None})} patients")
+    if dataset.has_sources:
+        notes.append(f"{len({i.source for i in dataset.items if i.source is not None})} sources")
+    if dataset.skipped:
+        notes.append(f"{len(dataset.skipped)} files skipped (see .skipped)")
+    return html_block(html_title("Dataset", str(dataset.root), " · ".join(notes)),
+                 html_table(["class", *splits, "total"], rows, more=len(dataset.classes) - MAX_ROWS))

@@ -28,12 +28,11 @@ business; this module knows nothing of runs.
 from __future__ import annotations
 
 import base64
-import html
 import re
-import struct
 import urllib.parse
 from dataclasses import dataclass, field
 
+from xrayfeat.display import html_text, png_size
 from xrayfeat.errors import one_line
 
 __all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "Folded", "png_size",
@@ -116,13 +115,6 @@ class Folded:
 
     summary: object
     blocks: list
-
-
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR chunk; None when ``data`` is not a PNG."""
-    if len(data) < 24 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", data[16:24])
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -287,14 +279,6 @@ figcaption { font-size: 12px; color: #57606a; margin-top: 4px; }
   .flag, h2 + ul.warnings, thead th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
 """
-
-
-def html_text(text) -> str:
-    """``text`` for HTML, as element content or a double-quoted attribute value: ``& < > " '`` escaped.
-
-    Control characters are shown escaped (``\\x1b``), as on the terminal.
-    """
-    return html.escape(one_line(text), quote=True)
 
 
 _esc = html_text

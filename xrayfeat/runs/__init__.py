@@ -17,5 +17,9 @@
 * :mod:`.prediction`: new images through a run (:func:`predict`; every model on a set of images: :func:`score_images`);
 * :mod:`.external`: a run scored on another site's data, recorded under ``external/<name>/``;
 * :mod:`.explanation`: Grad-CAM overlays from cached maps (:func:`explain`);
+* :mod:`.tables`: a run's recorded metrics as pandas DataFrames (summary, per class, per source, operating points,
+  calibration, external results), read off the checked record;
+* :mod:`.display`: how a run and the results of predict, evaluate and explain look in a notebook (a short
+  ``repr``, a ``_repr_html_`` with the warnings first);
 * :mod:`.export`: a run as one portable Keras model, preprocessing included (:func:`export_run`).
 """

@@ -60,13 +60,13 @@ class ExplainResult:
                 "explained": self.rows}
 
     def __repr__(self) -> str:
-        from xrayfeat.report.notebook import explain_repr
+        from xrayfeat.runs.display import explain_repr
 
         return explain_repr(self)
 
     def _repr_html_(self) -> str:
         """In a notebook: the first overlays as thumbnails and each image's predicted and explained class."""
-        from xrayfeat.report.notebook import explain_html
+        from xrayfeat.runs.display import explain_html
 
         return explain_html(self)
 

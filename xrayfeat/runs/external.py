@@ -60,13 +60,13 @@ class EvaluateResult:
                 "skipped_files": self.skipped_files}
 
     def __repr__(self) -> str:
-        from xrayfeat.report.notebook import evaluate_repr
+        from xrayfeat.runs.display import evaluate_repr
 
         return evaluate_repr(self)
 
     def _repr_html_(self) -> str:
         """In a notebook: the warnings first, then each model's external figures beside its internal ones."""
-        from xrayfeat.report.notebook import evaluate_html
+        from xrayfeat.runs.display import evaluate_html
 
         return evaluate_html(self)
 

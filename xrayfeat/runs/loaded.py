@@ -49,13 +49,13 @@ class Run:
 
     def __repr__(self) -> str:
         """One line of bounded length: path, task, backbone, classes (at most eight named), warnings."""
-        from xrayfeat.report.notebook import run_repr
+        from xrayfeat.runs.display import run_repr
 
         return run_repr(self)
 
     def _repr_html_(self) -> str:
         """In a notebook: the warnings first, the test summary (and external results), thumbnails of the figures."""
-        from xrayfeat.report.notebook import run_html
+        from xrayfeat.runs.display import run_html
 
         return run_html(self)
 
@@ -128,12 +128,12 @@ class Run:
 
         Inside IPython or Jupyter the figure is displayed in the cell's output
         and None returned; elsewhere the result is a
-        :class:`~xrayfeat.report.notebook.FigureImage` (its ``data`` the PNG bytes,
+        :class:`~xrayfeat.display.FigureImage` (its ``data`` the PNG bytes,
         its ``path`` the file; a notebook shows it as an image). No window opens.
         An unknown name is an :class:`~xrayfeat.options.constraints.OptionError`
         listing the run's figures (:meth:`figure_names`).
         """
-        from xrayfeat.report.notebook import show_figure
+        from xrayfeat.display import show_figure
 
         data = self.figure_bytes(name)
         artifact = self.record.artifacts.get(name)

@@ -78,13 +78,13 @@ class PredictResult:
                 "models": self.models, "counts": self.counts}
 
     def __repr__(self) -> str:
-        from xrayfeat.report.notebook import predict_repr
+        from xrayfeat.runs.display import predict_repr
 
         return predict_repr(self)
 
     def _repr_html_(self) -> str:
         """In a notebook: the images predicted as each class per model, and the table's first rows."""
-        from xrayfeat.report.notebook import predict_html
+        from xrayfeat.runs.display import predict_html
 
         return predict_html(self)
 
