@@ -34,7 +34,7 @@ from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.distributed.lifetime import signal_of, signals_unwind
-from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line
+from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line, os_error
 from xrayfeat.fileio import as_disk_full, disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
@@ -117,7 +117,11 @@ def handle_errors(func):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM/SIGHUP through signals_unwind
             _interrupted(exc)
-        except (MemoryError, OSError) as exc:
+        except OSError as exc:  # named and fixed by errors.OS_ERRORS: exit 2 where the path given is wrong
+            line = os_error(exc, _written_path())
+            say(f"xrayfeat: error: {line}", err=True)
+            sys.exit(line.exit_code)
+        except MemoryError as exc:
             say(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
         except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
@@ -128,6 +132,17 @@ def handle_errors(func):
             sys.exit(1)
 
     return wrapper
+
+
+def _written_path() -> str | None:
+    """What the running command writes (its ``--out``, else its ``--cache-dir``): the path an OSError naming no
+    file is reported against. None outside a command or when it has neither."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.params if ctx is not None else {}
+    for name in ("out", "cache_dir"):
+        if params.get(name) is not None:
+            return os.fspath(params[name])
+    return None
 
 
 def full_disk(exc: BaseException) -> DiskFullError | None:
@@ -351,9 +366,7 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:  # a signal that came while the command was already ending
             _interrupted(exc)
         except OSError as exc:  # outside a command (--help into a full disk): the same one line as inside
-            full = full_disk(exc)
-            if full is None:
-                raise
+            full = full_disk(exc) or os_error(exc, _stdout_file())
             say(f"xrayfeat: error: {full}", err=True)
             sys.exit(full.exit_code)
 
