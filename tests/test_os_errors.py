@@ -190,3 +190,46 @@ def test_explain_names_an_overlay_after_a_long_image_within_the_limit():
     assert first != second
     for stem in (first, second):
         assert len(os.fsencode(stem + ".png")) <= 255 and len(os.fsencode(stem + ".npz")) <= 255
+
+
+# --------------------------------------------------------------------------- --cache-dir of the commands that write a cache
+
+CACHE_COMMANDS = {
+    "extract": ["extract", "{data}", "-b", "vgg16", "--weights", "none", "--image-size", "32"],
+    "fit-head": ["fit-head", "{data}", "-b", "vgg16", "--weights", "none", "--image-size", "32", "--out", "newrun"],
+    "embed": ["embed", "{data}", "-b", "vgg16", "--weights", "none", "--image-size", "32", "--out", "map.png"],
+    "cache-export": ["cache", "export", "{data}", "-b", "vgg16", "--weights", "none", "--image-size", "32",
+                     "--out", "f.npz"],
+    "predict": ["predict", "{run}", "{data}", "--out", "p.csv"],
+    "explain": ["explain", "{run}", "{data}", "--out", "overlays"],
+    "evaluate": ["evaluate", "{run}", "{data}", "--name", "site_b"],
+}
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "link-loop"])
+@pytest.mark.parametrize("command", CACHE_COMMANDS)
+def test_a_cache_dir_that_is_a_file_or_under_one_is_one_line_and_nothing_is_made(shared_run, place, command, where):
+    from xrayfeat.cli.main import main
+
+    cache = {"a-file": "afile", "under-a-file": "afile/cache", "link-loop": "loop"}[where]
+    run = shared_run.copy(place / "run") if command == "evaluate" else shared_run.path
+    args = [a.format(run=run, data=shared_run.data / "test") for a in CACHE_COMMANDS[command]] + ["--cache-dir", cache]
+    before = sorted(p.name for p in place.iterdir())
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    expected = {"a-file": "xrayfeat: error: afile: is a file, not a cache folder: pass --cache-dir a folder",
+                "under-a-file": "xrayfeat: error: afile: a part of --cache-dir afile/cache is a file, not a folder: "
+                                "pass --cache-dir a folder",
+                "link-loop": "xrayfeat: error: loop: too many levels of symbolic links"}[where]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert result.stdout == "" and sorted(p.name for p in place.iterdir()) == before  # no run, cache or output made
+    if command == "evaluate":
+        assert not (run / "external").exists()
+
+
+def test_a_cache_folder_that_does_not_exist_yet_is_made(tmp_path):
+    from xrayfeat.store.catalog import check_cache_target
+
+    assert check_cache_target(tmp_path / "new" / "cache") == tmp_path / "new" / "cache"
+    assert not (tmp_path / "new").exists()  # checked, not made: the command makes it

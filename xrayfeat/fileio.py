@@ -164,7 +164,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
         elif path.exists() and folder:
             raise FileSystemError(errno.ENOTDIR, f"{path}: is a file, where a folder is expected; pass the path of a "
                                   "folder (a new one is made)", os.fspath(path))
-        existing = path.parent if path.exists() or path.is_symlink() else path
+        existing = path
         while not existing.exists():
             if existing.is_symlink():  # a dangling link or a link loop on the way: the write would fail on it
                 try:
@@ -173,6 +173,8 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
                     raise os_error(exc, existing) from None
                 raise refuse(errno.ENOENT, existing)
             existing = existing.parent
+        if existing == path:  # the output exists, as the file or folder it must be: what matters is its folder
+            existing = path.parent if not folder else path
         if not existing.is_dir():
             raise refuse(errno.ENOTDIR, existing)
     except OSError as exc:  # a link loop, a folder we may not look into

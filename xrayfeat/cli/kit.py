@@ -320,7 +320,7 @@ feature_options = stack(
     declared(FeatureOptions, "keep"),
     declared(FeatureOptions, "seed"),
     click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
-    declared(RunOptions, "cache_dir", type=click.Path(file_okay=False)),
+    declared(RunOptions, "cache_dir", type=click.Path()),  # a file there: store.catalog.check_cache_target's line
     declared(RunOptions, "device"),
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (human text on stderr).")
