@@ -233,3 +233,70 @@ def test_a_cache_folder_that_does_not_exist_yet_is_made(tmp_path):
 
     assert check_cache_target(tmp_path / "new" / "cache") == tmp_path / "new" / "cache"
     assert not (tmp_path / "new").exists()  # checked, not made: the command makes it
+
+
+# --------------------------------------------------------------------------- options that size an allocation
+
+from xrayfeat.options import settings as _settings  # noqa: E402
+
+BOUNDED = {  # option -> (argv before it, its maximum)
+    "phantoms-size": (["phantoms", "out", "--size"], _settings.MAX_PHANTOM_SIZE),
+    "phantoms-per-class": (["phantoms", "out", "--per-class"], _settings.MAX_PHANTOMS_PER_CLASS),
+    "demo-per-class": (["demo", "--out", "out", "--per-class"], _settings.MAX_PHANTOMS_PER_CLASS),
+    "extract-batch-size": (["extract", "{data}", "-b", "vgg16", "--cache-dir", "out", "--batch-size"],
+                           _settings.MAX_BATCH_SIZE),
+    "extract-workers": (["extract", "{data}", "-b", "vgg16", "--cache-dir", "out", "--workers"], _settings.MAX_WORKERS),
+    "extract-chunk-images": (["extract", "{data}", "-b", "vgg16", "--cache-dir", "out", "--chunk-images"],
+                             _settings.MAX_CHUNK_IMAGES),
+    "fit-head-head-batch-size": (["fit-head", "{data}", "-b", "vgg16", "--out", "out", "--head-batch-size"],
+                                 _settings.MAX_HEAD_BATCH_SIZE),
+    "fit-head-n-bootstrap": (["fit-head", "{data}", "-b", "vgg16", "--out", "out", "--n-bootstrap"],
+                             _settings.MAX_BOOTSTRAP),
+    "fit-head-bootstrap-old-flag": (["fit-head", "{data}", "-b", "vgg16", "--out", "out", "--bootstrap"],
+                                    _settings.MAX_BOOTSTRAP),
+    "fit-head-repeats": (["fit-head", "{data}", "-b", "vgg16", "--out", "out", "--repeats"], _settings.MAX_REPEATS),
+    "fit-head-units": (["fit-head", "{data}", "-b", "vgg16", "--out", "out", "--units"], _settings.MAX_UNITS),
+    "predict-batch-size": (["predict", "{data}", "{data}", "--out", "out/p.csv", "--batch-size"],
+                           _settings.MAX_BATCH_SIZE),
+}
+
+
+@pytest.mark.parametrize("case", BOUNDED)
+def test_an_option_that_sizes_an_allocation_is_refused_over_its_maximum_before_anything_is_made(tmp_path, monkeypatch,
+                                                                                                case):
+    from xrayfeat.cli.main import main
+
+    argv, maximum = BOUNDED[case]
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    flag = argv[-1]
+    result = CliRunner().invoke(main, [a.format(data="data") for a in argv] + [str(maximum + 1)])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"xrayfeat: error: Invalid value for '{flag}': {maximum + 1} is not in the range ")
+    assert f"<={maximum} (at most {maximum:,}: " in line  # the maximum, and why
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no folder made
+
+
+@pytest.mark.parametrize("owner, name", [
+    (_settings.PhantomOptions, "size"), (_settings.PhantomOptions, "per_class"), (_settings.RunOptions, "batch_size"),
+    (_settings.RunOptions, "workers"), (_settings.RunOptions, "chunk_images"), (_settings.HeadOptions, "head_batch_size"),
+    (_settings.HeadOptions, "n_bootstrap"), (_settings.HeadOptions, "repeats"), (_settings.HeadOptions, "units"),
+])
+def test_each_maximum_is_declared_once_accepted_itself_and_refused_past_it_by_the_api(owner, name):
+    from xrayfeat.options.constraints import OptionError, declaration
+
+    check = declaration(owner, name)["check"]
+    assert check.high is not None and check.why and check.accepts(check.high) and not check.accepts(check.high + 1)
+    owner(**({"backbone": "vgg16"} if owner is _settings.FeatureOptions else {}), **{name: check.high}).validate()
+    with pytest.raises(OptionError, match=rf"at most {check.high:,}: "):
+        owner(**{name: check.high + 1}).validate()
+
+
+def test_write_phantoms_refuses_a_size_over_its_maximum_before_making_its_folder(tmp_path):
+    import xrayfeat as xf
+    from xrayfeat.options.constraints import OptionError
+
+    with pytest.raises(OptionError, match=r"'size' parameter of write_phantoms must be an int in \[32, 2048\] \(at most"):
+        xf.write_phantoms(tmp_path / "out", size=_settings.MAX_PHANTOM_SIZE + 1, per_class=2)
+    assert not (tmp_path / "out").exists()

@@ -210,6 +210,26 @@ def console(err: bool):
     return _DataConsole(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
+class IntRange(click.IntRange):
+    """click's IntRange for a declared :class:`~xrayfeat.options.constraints.Interval`, its ``why`` said on a refusal.
+
+    Refused at parse time (one line, exit 2, before the command makes anything):
+    ``Invalid value for '--size': 100000 is not in the range 32<=x<=4096 (at most 4,096: ...)``.
+    """
+
+    def __init__(self, check: Interval):
+        super().__init__(check.low, check.high)
+        self.why = check.why
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            if self.why and "range" in exc.message:
+                exc.message = f"{exc.message.rstrip('.')} ({self.why})"
+            raise
+
+
 def declared(cls, name: str, *flags: str, param: str | None = None, **overrides):
     """A click option for field ``name`` of option class ``cls``: type, default and help from its declaration.
 
@@ -222,7 +242,7 @@ def declared(cls, name: str, *flags: str, param: str | None = None, **overrides)
     if isinstance(check, Choice):
         kwargs["type"] = click.Choice(check.values)
     elif isinstance(check, Interval) and check.integer:
-        kwargs["type"] = click.INT if check.low is None and check.high is None else click.IntRange(check.low, check.high)
+        kwargs["type"] = click.INT if check.low is None and check.high is None else IntRange(check)
     elif isinstance(check, Interval):
         kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
     elif isinstance(check, AnyOf) and all(isinstance(c, Interval) and c.integer or isinstance(c, Constant)
