@@ -164,3 +164,58 @@ def test_two_processes_saving_one_hash_cache_never_tear_it(tmp_path):
     for key, (_, _, _, digest) in entries.items():
         assert digest == hashlib.sha256(Path(key).read_bytes()).hexdigest()
     assert [p.name for p in cache_dir.iterdir()] == ["file-hashes.json"]
+
+
+# --------------------------------------------------------------------------- names at the file system's limit
+
+#: Names of exactly NAME_MAX bytes: ASCII, and multi-byte characters whose cut must fall between characters.
+LONG_NAMES = {
+    "ascii": "r" * 250 + ".json",
+    "two-byte": "é" * 125 + ".json",  # 250 bytes + 5
+    "four-byte": "🫁" * 62 + "xy.json",  # 248 + 2 + 5 bytes
+}
+
+
+@pytest.mark.parametrize("name", LONG_NAMES.values(), ids=LONG_NAMES.keys())
+def test_an_atomic_write_to_a_name_of_255_bytes_works_and_leaves_no_temporary(tmp_path, name):
+    from xrayfeat.fileio import NAME_MAX
+
+    assert len(os.fsencode(name)) == NAME_MAX
+    target = tmp_path / name
+    seen = []
+    with atomic_path(target, suffix=".npz") as tmp:
+        seen.append(tmp)
+        assert len(os.fsencode(tmp.name)) <= NAME_MAX and fnmatch.fnmatch(tmp.name, TEMP_GLOB)  # `cache gc` finds it
+        tmp.write_text("data")
+    assert target.read_text() == "data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    write_json(target, {"a": 1})  # and again, over the old one
+    assert json.loads(target.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_sibling_names_stay_within_the_limit_unique_and_stable():
+    from xrayfeat.fileio import NAME_MAX, bounded_name, is_sibling_of, sibling
+
+    short = Path("/x/emb.png")
+    assert sibling(short, ".coords.npz") == Path("/x/emb.png.coords.npz")  # short names are left as they are
+    assert sibling(short, ".abc.tmp", hidden=True) == Path("/x/.emb.png.abc.tmp")
+    a, b = "a" * 250 + "-one.png", "a" * 250 + "-two.png"  # 258 bytes each; differ only past any cut
+    names = {bounded_name(n, ".0123456789ab.tmp", head=".") for n in (a, b)}
+    assert len(names) == 2 and all(len(os.fsencode(n)) == NAME_MAX for n in names)
+    assert bounded_name(a, ".coords.npz") == bounded_name(a, ".coords.npz")  # the same file found again
+    for name in (a, "é" * 200, "🫁" * 80, os.fsdecode(b"\xff" * 300)):  # non-UTF-8 bytes count as one byte each
+        derived = bounded_name(name, ".coords.npz")
+        assert len(os.fsencode(derived)) <= NAME_MAX and derived.endswith(".coords.npz")
+        os.fsencode(derived)  # never half a character
+        assert is_sibling_of(Path("/x") / bounded_name(name, ".1.tmp", head="."), Path("/x") / name, hidden=True)
+    assert not is_sibling_of(Path("/x") / bounded_name(b, ".1.tmp", head="."), Path("/x") / a, hidden=True)
+
+
+def test_a_map_s_coordinates_beside_a_png_of_255_bytes_stay_within_the_limit(tmp_path):
+    from xrayfeat.analysis.maps import coords_path_for
+
+    out = tmp_path / ("m" * 251 + ".png")
+    coords = coords_path_for(out)
+    assert len(os.fsencode(coords.name)) <= 255 and coords.name.endswith(".coords.npz") and coords.parent == tmp_path
+    coords.write_bytes(b"")  # a name the file system takes
+    assert coords_path_for(tmp_path / "emb.png").name == "emb.coords.npz"  # as before for ordinary names

@@ -123,9 +123,9 @@ def test_images_do_not_depend_on_task_or_per_class(tmp_path):
     ("kwargs", "pattern"),
     [
         ({"task": "three"}, r"'task' parameter .* one of \{'four', 'binary'\}\. Got 'three'"),
-        ({"per_class": 1}, r"'per_class' parameter .* in \[2, inf\]\. Got 1 instead"),
+        ({"per_class": 1}, r"'per_class' parameter .* in \[2, 100000\] \(at most 100,000: .*\)\. Got 1 instead"),
         ({"per_class": 2.5}, r"'per_class' parameter .* Got 2.5 instead"),
-        ({"size": 16}, r"'size' parameter .* in \[32, inf\]\. Got 16 instead"),
+        ({"size": 16}, r"'size' parameter .* in \[32, 2048\] \(at most 2,048: .*\)\. Got 16 instead"),
         ({"seed": -1}, r"'seed' parameter .* Got -1 instead"),
         ({"test_fraction": 1.0}, r"'test_fraction' parameter .* in \(0, 1\)\. Got 1.0 instead"),
         ({"test_fraction": 0}, r"'test_fraction' parameter .* Got 0 instead"),

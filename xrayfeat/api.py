@@ -77,7 +77,9 @@ def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_
         return data.select_classes(classes) if classes else data
     hash_cache = None
     if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        from xrayfeat.store.catalog import check_cache_target
+
+        check_cache_target(cache_dir).mkdir(parents=True, exist_ok=True)  # a file there: one line, nothing made
         hash_cache = Path(cache_dir) / "file-hashes.json"
     return _discover(data, classes=list(classes) if classes else None, hash_cache=hash_cache, on_error=on_error)
 

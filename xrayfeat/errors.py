@@ -9,10 +9,17 @@ A message that quotes another exception quotes :func:`first_line` of it.
 warnings, human output) goes through it, so a name that carries a newline, an
 escape sequence or a bidi override is shown escaped and can never forge a line
 or repaint the terminal.
+
+:func:`describe_os_error` is the one table of operating-system errors: each
+errno a reason and a fix, and :func:`os_error` the one-line
+:class:`FileSystemError` (naming the file) the CLI prints for an OSError that
+reached it, exit 2 where the path is the user's input (a missing folder, no
+permission, a name too long), 1 otherwise.
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import re
 
@@ -136,3 +143,96 @@ class DiskFullError(XrayfeatError):
 
     def __reduce__(self):  # whole across processes (a Dask worker, the head's child)
         return type(self), (self.folder, self.errno, self.reason, self.fix, self.option)
+
+
+# --------------------------------------------------------------------------- operating-system errors
+
+#: Where a failure names a path the user gave (or its folder): exit 2, bad input. Any other errno: exit 1.
+_INPUT_ERRNOS = frozenset({_errno.ENOENT, _errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.ENAMETOOLONG,
+                           _errno.EISDIR, _errno.ENOTDIR, _errno.EEXIST, _errno.ELOOP, _errno.ENOTEMPTY})
+
+#: errno -> (reason, fix): the one table every OSError a user sees is described by (:func:`describe_os_error`).
+#: A full disk (ENOSPC, EDQUOT, EFBIG) written by xrayfeat becomes :func:`xrayfeat.fileio.disk_full`'s line, which
+#: also gives the free space; these rows are for the rest (a full disk met while reading, say).
+OS_ERRORS: dict[int, tuple[str, str]] = {
+    _errno.ENOENT: ("no such file or folder", "check the path (every folder in it must exist: create it first)"),
+    _errno.EACCES: ("permission denied", "check the permissions of this path and of the folders above it, "
+                    "or choose another path"),
+    _errno.EPERM: ("operation not permitted", "check the permissions and attributes (chattr, mount options) of this "
+                   "path, or choose another path"),
+    _errno.EROFS: ("read-only file system", "choose a path on a writable file system"),
+    _errno.ENOSPC: ("no space left on the device", "free space there or choose another path, then re-run"),
+    _errno.EDQUOT: ("disk quota exceeded", "free space within your quota or choose another path, then re-run"),
+    _errno.EFBIG: ("file too large", "free disk space (or raise the file size limit), then re-run"),
+    _errno.ENAMETOOLONG: ("the name is too long (at most 255 bytes per name and 4096 per path)",
+                          "choose a shorter name or a shorter path"),
+    _errno.EISDIR: ("is a folder, where a file is expected", "pass the path of a file (in this folder, say)"),
+    _errno.ENOTDIR: ("a part of this path is a file, not a folder", "check the path: every part but the last must be "
+                     "a folder"),
+    _errno.EMFILE: ("too many open files (this process's limit)", "raise the limit (ulimit -n) or use fewer --workers, "
+                    "then re-run"),
+    _errno.ENFILE: ("too many open files on this system", "close other programs or raise the system's limit "
+                    "(fs.file-max), then re-run"),
+    _errno.EEXIST: ("already exists", "remove it or choose another path"),
+    _errno.ENOTEMPTY: ("the folder is not empty", "empty or remove it, or choose another path"),
+    _errno.ELOOP: ("too many levels of symbolic links (a link loop?)", "fix or remove the link"),
+    _errno.EXDEV: ("cannot be moved to another file system", "keep the output on one file system "
+                   "(choose another path)"),
+    _errno.EBUSY: ("busy (in use, or a mount point)", "wait until it is free or choose another path, then re-run"),
+    _errno.EIO: ("input/output error (the disk or network file system failed)", "check the disk and its "
+                 "connection (dmesg), then re-run"),
+}
+_DEFAULT_FIX = "check the path and its file system, then re-run"
+
+
+def os_reason(exc: OSError) -> str:
+    """What went wrong, in the table's words (:data:`OS_ERRORS`), else the system's own (``strerror``)."""
+    code = getattr(exc, "errno", None)
+    if code in OS_ERRORS:
+        return OS_ERRORS[code][0]
+    return exc.strerror or (os.strerror(code) if code else first_line(exc))
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """``PATH: reason; fix`` for an OSError: the file it names (or ``path``), the table's reason and fix.
+
+    The path is the exception's ``filename`` (with ``filename2`` for a rename or
+    link: ``A -> B``); ``path`` is used when the exception names none (the file or
+    folder the caller was writing). Without either, the line says ``a file``, never nothing.
+    """
+    named = getattr(exc, "filename", None)
+    where = os.fsdecode(named) if named is not None else (os.fspath(path) if path is not None else None)
+    other = getattr(exc, "filename2", None)
+    if where is not None and other is not None:
+        where = f"{where} -> {os.fsdecode(other)}"
+    code = getattr(exc, "errno", None)
+    fix = OS_ERRORS[code][1] if code in OS_ERRORS else _DEFAULT_FIX
+    return f"{where if where is not None else 'a file'}: {os_reason(exc)}; {fix}"
+
+
+class FileSystemError(XrayfeatError, OSError):
+    """An OSError as one line (:func:`describe_os_error`); still an OSError (``errno``, ``filename``) for callers.
+
+    ``exit_code`` is 2 where the errno says the path is wrong (missing, not permitted,
+    too long, a file for a folder or a folder for a file), else 1.
+    """
+
+    def __init__(self, code: int | None, line: str, filename=None):
+        OSError.__init__(self, code, line, filename)
+        self.line = line
+        self.exit_code = 2 if code in _INPUT_ERRNOS else 1
+
+    def __str__(self):
+        return self.line
+
+    def __reduce__(self):
+        return type(self), (self.errno, self.line, self.filename)
+
+
+def os_error(exc: OSError, path: str | os.PathLike | None = None) -> FileSystemError:
+    """``exc`` as the one line the CLI prints (:func:`describe_os_error`), the same errno and file kept."""
+    if isinstance(exc, FileSystemError):
+        return exc
+    named = getattr(exc, "filename", None)
+    return FileSystemError(getattr(exc, "errno", None), describe_os_error(exc, path),
+                           named if named is not None else (None if path is None else os.fspath(path)))

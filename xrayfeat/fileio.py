@@ -17,6 +17,13 @@ is always one of the two complete versions.
 included, as OWASP advises for CSV injection; :func:`csv_value` undoes it, so
 xrayfeat reading its own CSVs gets the names back exactly.
 
+Every name xrayfeat derives from another (a temporary beside its target, a
+``.coords.npz`` beside a map, an overlay named after an image) comes from
+:func:`sibling` or :func:`bounded_name`, which keep it within :data:`NAME_MAX`
+bytes (as the file system encodes it, :func:`os.fsencode`): a target whose name
+is already 255 bytes long still gets a temporary, its stem shortened and ended by
+a digest of the whole name, so two long names never share one.
+
 A full disk (``ENOSPC``), a full quota (``EDQUOT``) or the file size limit
 (``EFBIG``) is one failure wherever it strikes: :func:`no_room` recognises it,
 in an OSError or in the text of a library's own exception (HDF5, TensorFlow);
@@ -44,9 +51,15 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from xrayfeat.errors import DiskFullError, XrayfeatError
+from xrayfeat.errors import DiskFullError, FileSystemError, XrayfeatError, os_error
 
 TEMP_GLOB = ".*.tmp*"  # what a killed writer leaves behind (see atomic_path)
+
+#: The longest file name (one path component) in bytes, as Linux, macOS and Windows file systems allow.
+NAME_MAX = 255
+#: The longest path Linux takes in one system call, in bytes.
+PATH_MAX = 4096
+_DIGEST_CHARS = 10  # hex digits of sha256 that keep a shortened name unique ("~" and these end the shortened part)
 
 #: The errors of a write that finds no room: a full filesystem, a full quota, a file over the size limit.
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -67,6 +80,113 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _fs_len(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def bounded_name(name: str, tail: str = "", *, head: str = "") -> str:
+    """``head + name + tail`` when that is within :data:`NAME_MAX` bytes; else ``name`` shortened to fit.
+
+    ``head`` and ``tail`` (a leading ``.``, a ``.<random>.tmp`` or ``.coords.npz``)
+    are kept whole; ``name`` is cut at a character (never inside one) and ended by
+    ``~`` and a digest of the whole ``name``, so the result depends on ``name``
+    alone (a cache file is found again) and two names that differ only past the
+    cut still differ. Lengths are the bytes the file system is given
+    (:func:`os.fsencode`, so a non-UTF-8 byte of a name counts as one byte).
+    """
+    whole = head + name + tail
+    if _fs_len(whole) <= NAME_MAX:
+        return whole
+    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:_DIGEST_CHARS]
+    room = NAME_MAX - _fs_len(head + tail + mark)
+    if room < 1:
+        raise ValueError(f"no room for a name within {NAME_MAX} bytes beside {head!r} and {tail!r}")
+    cut = name
+    while _fs_len(cut) > room:
+        cut = cut[:len(cut) - max(1, (_fs_len(cut) - room) // 4)]  # a character is 1 to 4 bytes: never too much
+    return head + cut + mark + tail
+
+
+def sibling(path: str | os.PathLike, tail: str, *, hidden: bool = False) -> Path:
+    """A file beside ``path`` named after it: ``NAME`` + ``tail`` (``.NAME`` + ``tail`` when ``hidden``).
+
+    The one way a name is derived from another (:func:`bounded_name`): within
+    :data:`NAME_MAX` bytes however long ``path``'s own name is.
+    """
+    path = Path(path)
+    return path.with_name(bounded_name(path.name, tail, head="." if hidden else ""))
+
+
+def is_sibling_of(candidate: str | os.PathLike, path: str | os.PathLike, *, hidden: bool = False) -> bool:
+    """Whether ``candidate`` is a :func:`sibling` of ``path`` (beside it, named after it, with some tail)."""
+    candidate, path = Path(candidate), Path(path)
+    if candidate.parent != path.parent:
+        return False
+    head, name, found = "." if hidden else "", path.name, candidate.name
+    if found.startswith(head + name + "."):
+        return True
+    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:_DIGEST_CHARS]
+    cut, sep, _ = found.partition(mark)
+    return bool(sep) and cut.startswith(head) and name.startswith(cut[len(head):])
+
+
+def check_name_lengths(path: str | os.PathLike) -> None:
+    """Refuse (``ENAMETOOLONG``, exit 2) a path with a name over :data:`NAME_MAX` bytes or over :data:`PATH_MAX` in all."""
+    path = os.fspath(path)
+    too_long = len(os.fsencode(os.path.abspath(path))) >= PATH_MAX or any(
+        len(os.fsencode(part)) > NAME_MAX for part in Path(path).parts)
+    if too_long:
+        raise os_error(OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path))
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Refuse, before any work, an output ``path`` the system would refuse to create; ``path`` when it may be.
+
+    ``folder``: the output is a folder (else a file). The same one line as the
+    write itself would give (:func:`~xrayfeat.errors.os_error`, exit 2), naming the
+    part of the path at fault: a name over :data:`NAME_MAX` bytes or a path over
+    :data:`PATH_MAX` (``ENAMETOOLONG``), a file where a folder must be (``ENOTDIR``),
+    a folder where the file must be (``EISDIR``), a folder that exists where nothing
+    may be written (``EACCES``, ``EROFS``: checked with :func:`os.access`, which
+    the super-user passes except on a read-only file system). Folders missing on
+    the way are fine: the command makes them.
+    """
+    path = Path(os.fspath(path))
+
+    def refuse(code: int, where) -> FileSystemError:
+        return os_error(OSError(code, os.strerror(code), os.fspath(where)))
+
+    check_name_lengths(path)
+    try:
+        if path.is_dir():
+            if not folder:
+                raise refuse(errno.EISDIR, path)
+        elif path.exists() and folder:
+            raise FileSystemError(errno.ENOTDIR, f"{path}: is a file, where a folder is expected; pass the path of a "
+                                  "folder (a new one is made)", os.fspath(path))
+        existing = path
+        while not existing.exists():
+            if existing.is_symlink():  # a dangling link or a link loop on the way: the write would fail on it
+                try:
+                    os.stat(existing)
+                except OSError as exc:
+                    raise os_error(exc, existing) from None
+                raise refuse(errno.ENOENT, existing)
+            existing = existing.parent
+        if existing == path:  # the output exists, as the file or folder it must be: what matters is its folder
+            existing = path.parent if not folder else path
+        if not existing.is_dir():
+            raise refuse(errno.ENOTDIR, existing)
+    except OSError as exc:  # a link loop, a folder we may not look into
+        raise os_error(exc, path) from None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = False
+        with contextlib.suppress(OSError):
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        raise refuse(errno.EROFS if read_only else errno.EACCES, existing)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a unique temporary path beside ``target``; on success it replaces ``target`` atomically.
@@ -78,7 +198,7 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[Path
     line for ``target``'s folder, once the temporary file's space is given back.
     """
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    tmp = sibling(target, f".{uuid.uuid4().hex[:12]}.tmp{suffix}", hidden=True)
     try:
         # O_EXCL: never share a temporary; mode 0o666 less the umask, as open() gives (mkstemp would give 0600)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -291,7 +411,7 @@ def as_disk_full(exc: BaseException, folder: str | os.PathLike | None = None) ->
 def _belongs_to(inner: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether ``inner`` is ``folder``, inside it, or inside a temporary folder beside it (``.<name>.<random>.tmp``)."""
     inner, folder = Path(os.path.abspath(inner)), Path(os.path.abspath(folder))
-    beside = [p for p in (inner, *inner.parents) if p.parent == folder.parent and p.name.startswith(f".{folder.name}.")]
+    beside = [p for p in (inner, *inner.parents) if is_sibling_of(p, folder, hidden=True)]
     return inner == folder or folder in inner.parents or bool(beside)
 
 
@@ -304,7 +424,8 @@ def writing_to(folder: str | os.PathLike | None, *, option: str | None = None):
     :func:`atomic_path` for a file in ``folder`` (or in a temporary folder beside
     it) is named the same way; one that already names its option (an inner
     ``writing_to`` that knows better, e.g. ``TMPDIR``) or another folder, and
-    every other error, pass unchanged.
+    every other error, pass unchanged, except that an OSError naming no file is
+    given ``folder`` as its ``filename``, so its one line names where the write was.
     """
     try:
         yield
@@ -317,6 +438,8 @@ def writing_to(folder: str | os.PathLike | None, *, option: str | None = None):
     except Exception as exc:
         code = no_room(exc)
         where = folder or _folder_of(exc)
+        if code is None and isinstance(exc, OSError) and exc.filename is None and folder is not None:
+            exc.filename = os.fspath(folder)  # named after what was written (errors.describe_os_error reads it)
         if code is None or where is None:
             raise
         raise disk_full(where, code, option=option) from exc

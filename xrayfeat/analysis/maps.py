@@ -93,7 +93,7 @@ import numpy as np
 
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
-from xrayfeat.fileio import atomic_path
+from xrayfeat.fileio import atomic_path, sibling
 from xrayfeat.options.constraints import Interval, declaration, validate_params
 from xrayfeat.options.settings import METHODS, N_JOBS, EmbedOptions
 from xrayfeat.provenance import library_versions
@@ -451,7 +451,8 @@ def cache_key(features_digest: str, method: str, params: dict) -> str:
 
 def coords_path_for(out_path) -> Path:
     """Where :func:`embed_features` keeps the coordinates for the image ``out_path``: ``emb.png`` -> ``emb.coords.npz``."""
-    return Path(os.fspath(out_path)).with_suffix(".coords.npz")
+    out = Path(os.fspath(out_path))
+    return sibling(out.with_name(out.stem), ".coords.npz")  # within NAME_MAX (fileio.sibling)
 
 
 @dataclass(frozen=True)

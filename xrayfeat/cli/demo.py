@@ -5,16 +5,18 @@ from __future__ import annotations
 import click
 
 from xrayfeat.cli.kit import (
+    IntRange,
     emit,
     handle_errors,
     json_option,
     say,
 )
+from xrayfeat.options.settings import MAX_PHANTOMS_PER_CLASS, bounded
 
 
 @click.command("demo")
 @click.option("--out", default="demo_out", show_default=True, help="Folder for the phantoms, cache, runs and report.")
-@click.option("--per-class", type=click.IntRange(4, None), default=60, show_default=True, help="Phantom images per class.")
+@click.option("--per-class", type=IntRange(bounded(4, MAX_PHANTOMS_PER_CLASS, "each image is a file on disk")), default=60, show_default=True, help="Phantom images per class.")
 @click.option("--quick", is_flag=True, help="A smoke run: tiny images, few epochs (for tests).")
 @json_option
 @handle_errors

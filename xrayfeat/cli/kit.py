@@ -34,7 +34,7 @@ from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.distributed.lifetime import signal_of, signals_unwind
-from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line
+from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line, os_error
 from xrayfeat.fileio import as_disk_full, disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
@@ -117,7 +117,11 @@ def handle_errors(func):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM/SIGHUP through signals_unwind
             _interrupted(exc)
-        except (MemoryError, OSError) as exc:
+        except OSError as exc:  # named and fixed by errors.OS_ERRORS: exit 2 where the path given is wrong
+            line = os_error(exc, _written_path())
+            say(f"xrayfeat: error: {line}", err=True)
+            sys.exit(line.exit_code)
+        except MemoryError as exc:
             say(f"xrayfeat: error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
         except Exception as exc:  # the CLI boundary: a bug still gets one line, the traceback on request
@@ -128,6 +132,17 @@ def handle_errors(func):
             sys.exit(1)
 
     return wrapper
+
+
+def _written_path() -> str | None:
+    """What the running command writes (its ``--out``, else its ``--cache-dir``): the path an OSError naming no
+    file is reported against. None outside a command or when it has neither."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.params if ctx is not None else {}
+    for name in ("out", "cache_dir"):
+        if params.get(name) is not None:
+            return os.fspath(params[name])
+    return None
 
 
 def full_disk(exc: BaseException) -> DiskFullError | None:
@@ -195,6 +210,26 @@ def console(err: bool):
     return _DataConsole(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
+class IntRange(click.IntRange):
+    """click's IntRange for a declared :class:`~xrayfeat.options.constraints.Interval`, its ``why`` said on a refusal.
+
+    Refused at parse time (one line, exit 2, before the command makes anything):
+    ``Invalid value for '--size': 100000 is not in the range 32<=x<=4096 (at most 4,096: ...)``.
+    """
+
+    def __init__(self, check: Interval):
+        super().__init__(check.low, check.high)
+        self.why = check.why
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            if self.why and "range" in exc.message:
+                exc.message = f"{exc.message.rstrip('.')} ({self.why})"
+            raise
+
+
 def declared(cls, name: str, *flags: str, param: str | None = None, **overrides):
     """A click option for field ``name`` of option class ``cls``: type, default and help from its declaration.
 
@@ -207,7 +242,7 @@ def declared(cls, name: str, *flags: str, param: str | None = None, **overrides)
     if isinstance(check, Choice):
         kwargs["type"] = click.Choice(check.values)
     elif isinstance(check, Interval) and check.integer:
-        kwargs["type"] = click.INT if check.low is None and check.high is None else click.IntRange(check.low, check.high)
+        kwargs["type"] = click.INT if check.low is None and check.high is None else IntRange(check)
     elif isinstance(check, Interval):
         kwargs["type"] = click.FloatRange(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
     elif isinstance(check, AnyOf) and all(isinstance(c, Interval) and c.integer or isinstance(c, Constant)
@@ -305,7 +340,7 @@ feature_options = stack(
     declared(FeatureOptions, "keep"),
     declared(FeatureOptions, "seed"),
     click.option("--classes", default=None, help="Keep only these classes, comma-separated (e.g. covid,normal)."),
-    declared(RunOptions, "cache_dir", type=click.Path(file_okay=False)),
+    declared(RunOptions, "cache_dir", type=click.Path()),  # a file there: store.catalog.check_cache_target's line
     declared(RunOptions, "device"),
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (human text on stderr).")
@@ -351,9 +386,7 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:  # a signal that came while the command was already ending
             _interrupted(exc)
         except OSError as exc:  # outside a command (--help into a full disk): the same one line as inside
-            full = full_disk(exc)
-            if full is None:
-                raise
+            full = full_disk(exc) or os_error(exc, _stdout_file())
             say(f"xrayfeat: error: {full}", err=True)
             sys.exit(full.exit_code)
 

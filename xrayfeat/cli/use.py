@@ -25,7 +25,7 @@ from xrayfeat.options.settings import RunOptions
 def _run_options(func):
     """Where features are computed when a run is used on new images."""
     return stack(
-        click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+        click.option("--cache-dir", default=None, type=click.Path(),  # checked by store.catalog.check_cache_target
                      help="Feature cache (default: the folder holding the run's store); missing rows are computed into it."),
         declared(RunOptions, "device"),
         declared(RunOptions, "batch_size"),

@@ -58,6 +58,8 @@ class Interval:
     """A number in [low, high] (``None`` for an open end); ``integer`` for whole numbers only.
 
     ``low_open``/``high_open`` exclude the end itself (``Interval(0, 1, low_open=True)``: 0 < x <= 1).
+    ``why``: the reason for the bound, said with it (an option that sizes an allocation
+    has a maximum, and the message says what a larger value would cost).
     """
 
     low: float | None = None
@@ -65,6 +67,7 @@ class Interval:
     integer: bool = False
     low_open: bool = False
     high_open: bool = False
+    why: str | None = None
 
     def accepts(self, value) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -87,7 +90,7 @@ class Interval:
         right = ")" if self.high_open else "]"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{kind} in {left}{low}, {high}{right}"
+        return f"{kind} in {left}{low}, {high}{right}" + (f" ({self.why})" if self.why else "")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,27 @@ PHANTOM_TASKS: tuple[str, ...] = ("four", "binary")
 N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
 
 
+def bounded(low: int, high: int, why: str) -> Interval:
+    """A whole number in [low, high] for an option that sizes an allocation: the maximum and ``why`` it is there.
+
+    Refused before anything is made (the CLI at parse time, the API by its
+    declaration), so a mistyped 10**6 never starts allocating or writing.
+    """
+    return Interval(low, high, integer=True, why=f"at most {high:,}: {why}")
+
+
+#: The maxima of the options that size an allocation (docs/RELIABILITY.md, Operating-system errors).
+MAX_BATCH_SIZE = 4096
+MAX_WORKERS = 256
+MAX_CHUNK_IMAGES = 100_000
+MAX_HEAD_BATCH_SIZE = 65_536
+MAX_UNITS = 65_536
+MAX_BOOTSTRAP = 100_000
+MAX_REPEATS = 1000
+MAX_PHANTOM_SIZE = 2048  # the largest --image-size a backbone reads; one image takes minutes to draw at 4096
+MAX_PHANTOMS_PER_CLASS = 100_000
+
+
 @dataclass(frozen=True)
 class Renamed:
     """An option under a new name; the old one works for one more release, with a notice naming the new one.
@@ -187,9 +208,11 @@ class RunOptions:
     """How to run an extraction; none of these change a feature value."""
 
     device: str = option("auto", check=Choice(DEVICES), help="auto: the GPU when one is visible, else the CPU.")
-    batch_size: int = option(32, check=Interval(1, None, integer=True), flag="--batch-size",
+    batch_size: int = option(32, check=bounded(1, MAX_BATCH_SIZE, "a batch of decoded images is held in memory at once"),
+                             flag="--batch-size",
                              help="Images per backbone batch.")
-    workers: int | None = option(None, check=Interval(0, None, integer=True), none=True,
+    workers: int | None = option(None, check=bounded(0, MAX_WORKERS, "each is a process with its own memory "
+                                                                    "and open files"), none=True,
                                  help="Decoding processes (default: all cores; 0: in-process).")
     cache_dir: str | os.PathLike = option("data_cache", check=Is((str, os.PathLike)), help="Feature cache folder.")
     on_error: str = option("fail", check=Choice(ON_ERROR),
@@ -199,7 +222,8 @@ class RunOptions:
                                  help="Compute missing features on Dask: local:N starts N worker processes here, "
                                       "tcp://HOST:PORT joins a running scheduler; --cache-dir must be the same "
                                       "folder on every worker (checked). Default: this process.")
-    chunk_images: int = option(256, check=Interval(1, None, integer=True),
+    chunk_images: int = option(256, check=bounded(1, MAX_CHUNK_IMAGES, "a chunk's features are one shard, held in "
+                                                  "memory before it is written"),
                                help="With --cluster: images per Dask task; each task writes one shard.")
 
     def validate(self) -> None:
@@ -212,7 +236,8 @@ class HeadOptions:
     """The seed's hyper-parameters (its values are the defaults) and the study's options."""
 
     epochs: int = option(40, check=Interval(1, None, integer=True), help="Training epochs (the seed's 40; 100 for 4 classes).")
-    head_batch_size: int = option(10, check=Interval(1, None, integer=True),
+    head_batch_size: int = option(10, check=bounded(1, MAX_HEAD_BATCH_SIZE, "a batch of feature maps is held in "
+                                                    "memory at once"),
                                   help="Head training batch size (the seed's 10; the backbone's is --batch-size).")
     steps_per_epoch: int = option(10, check=Interval(0, None, integer=True),
                                   help="Batches per epoch, drawn from a continuing shuffled stream (0: one pass over train).")
@@ -220,7 +245,8 @@ class HeadOptions:
                                           help="Validation batches per epoch (default: the seed's 2 binary, 5 otherwise; "
                                                "0: the whole validation set).")
     learning_rate: float = option(1e-3, check=Interval(0, None, low_open=True), help="Adam learning rate.")
-    units: int = option(256, check=Interval(1, None, integer=True), help="Units of the hidden Dense layer.")
+    units: int = option(256, check=bounded(1, MAX_UNITS, "the hidden layer's weights grow with it"),
+                        help="Units of the hidden Dense layer.")
     dropout: float = option(0.3, check=Interval(0, 1, high_open=True), help="Dropout after the hidden layer.")
     l2: float = option(1e-3, check=Interval(0, None), help="L2 penalty on the hidden layer's kernel.")
     train_tail: bool = option(False, check=Is((bool,)),
@@ -233,7 +259,8 @@ class HeadOptions:
     baselines: tuple[str, ...] = option(BASELINES, check=Subset(BASELINES),
                                         help="Comma-separated subset of logreg,svm,pixels, or none.")
     seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (splits, training, bootstrap).")
-    n_bootstrap: int = option(1000, check=Interval(0, None, integer=True),
+    n_bootstrap: int = option(1000, check=bounded(0, MAX_BOOTSTRAP, "every resample is scored for every model; "
+                                                  "intervals settle long before"),
                               help="Bootstrap resamples for confidence intervals (0: none).")
     n_jobs: int | None = option(None, check=N_JOBS, none=True,
                                 help="Parallel jobs of the baselines, as scikit-learn's n_jobs (-1: all cores; default: "
@@ -248,7 +275,7 @@ class HeadOptions:
     restore_best: str | None = option(None, check=Choice(RESTORE_BEST), none=True,
                                       help="Keep the head's weights from the epoch with the best val_loss or "
                                            "val_accuracy (default: the last epoch, as the seed).")
-    repeats: int = option(1, check=Interval(1, None, integer=True),
+    repeats: int = option(1, check=bounded(1, MAX_REPEATS, "each repeat trains and keeps a head"),
                           help="Train the head N times (seeds seed..seed+N-1) on the same features and split; "
                                "report mean, SD and range across seeds.")
     threshold: str = option("youden", check=Threshold(),
@@ -288,8 +315,11 @@ class PhantomOptions:
     """The built-in synthetic chest X-rays (:func:`xrayfeat.data.phantoms.write_phantoms`): what and how many."""
 
     task: str = option("four", check=Choice(PHANTOM_TASKS), help="Four classes, or covid against normal (binary).")
-    per_class: int = option(60, check=Interval(2, None, integer=True), help="Images per class (train + test).")
-    size: int = option(256, check=Interval(32, None, integer=True), help="Image size in pixels.")
+    per_class: int = option(60, check=bounded(2, MAX_PHANTOMS_PER_CLASS, "each image is a file on disk"),
+                            help="Images per class (train + test).")
+    size: int = option(256, check=bounded(32, MAX_PHANTOM_SIZE, "each image is drawn in memory, in floating point, "
+                                                                 "and no backbone reads more (--image-size)"),
+                       help="Image size in pixels.")
     seed: int = option(0, check=Interval(0, None, integer=True), help="Seed (anatomy, findings, exposure, splits).")
     test_fraction: float = option(0.3, check=Interval(0, 1, low_open=True, high_open=True),
                                   help="Share of each class's images in test (split by patient).")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.errors import DatasetError, XrayfeatError
-from xrayfeat.fileio import atomic_path, atomic_write, csv_text, writing_to
+from xrayfeat.fileio import atomic_path, atomic_write, bounded_name, csv_text, sibling, writing_to
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
 from xrayfeat.runs.outputs import check_output
@@ -137,14 +137,22 @@ def _head_arrays(run) -> dict:
 
 
 def _stems(items) -> list[str]:
-    """One output name per image: its file stem, then ``-2``, ``-3``... for stems already taken (case-insensitive)."""
+    """One output name per image: its file stem, then ``-2``, ``-3``... for stems already taken (case-insensitive).
+
+    Each name leaves room for ``.png`` and ``.npz`` within the file system's name limit
+    (:func:`~xrayfeat.fileio.bounded_name`: a long stem is shortened and ends with its digest).
+    """
     taken: set[str] = set()
     names = []
     for item in items:
         stem = Path(item.path).stem
-        name, n = stem, 2
+
+        def fitting(tail: str) -> str:
+            return bounded_name(stem, tail + ".png")[:-len(".png")]
+
+        name, n = fitting(""), 2
         while name.lower() in taken:
-            name, n = f"{stem}-{n}", n + 1
+            name, n = fitting(f"-{n}"), n + 1
         taken.add(name.lower())
         names.append(name)
     return names
@@ -156,7 +164,7 @@ def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int) 
     proba = cams.proba[i]
     predicted, explained = int(proba.argmax()), int(cams.target[i])
     cam = cams.maps[i]
-    npz = base.with_name(base.name + ".npz")
+    npz = sibling(base, ".npz")
     with atomic_path(npz, suffix=".npz") as tmp:
         np.savez(tmp, cam=cam, channel_weights=cams.weights[i], explained=np.array(classes[explained]),
                  explained_index=np.int64(explained), predicted=np.array(classes[predicted]),
@@ -166,7 +174,7 @@ def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int) 
     if explained != predicted:
         title += f"\nGrad-CAM of {classes[explained]} (p = {proba[explained]:.3f})"
     note = f"{cam.shape[0]}×{cam.shape[1]} map at {layer}, upsampled to {size} px · {item.relpath}"
-    png = plot_overlay(read_image(item.path, size), cam, base.with_name(base.name + ".png"), title=title, note=note)
+    png = plot_overlay(read_image(item.path, size), cam, sibling(base, ".png"), title=title, note=note)
     return {"path": str(item.path), "sha256": item.sha256, "predicted": classes[predicted],
             "probability": round(float(proba[predicted]), 6), "explained": classes[explained],
             "png": str(png), "npz": str(npz)}

@@ -49,7 +49,7 @@ from xrayfeat import __version__
 from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec
 from xrayfeat.extraction.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError
-from xrayfeat.fileio import file_digest, fsync_dir, write_json, writing_to
+from xrayfeat.fileio import file_digest, fsync_dir, sibling, write_json, writing_to
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
@@ -412,7 +412,7 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished temporary folder to ``out`` (replacing a previous export)."""
     _check_out(out)  # again: another process may have written there meanwhile
     if out.exists():
-        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.old.tmp")
+        old = sibling(out, f".{uuid.uuid4().hex[:12]}.old.tmp", hidden=True)
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -452,7 +452,7 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
     params = count_params(model)["total"]
     with writing_to(out, option="--out"):  # a full disk: one line naming the export's folder, nothing left
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp = sibling(out, f".{uuid.uuid4().hex[:12]}.tmp", hidden=True)
         tmp.mkdir()
         try:
             target = _save(model, tmp, format)

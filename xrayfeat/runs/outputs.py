@@ -35,10 +35,14 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from xrayfeat.errors import XrayfeatError
+from xrayfeat.fileio import check_name_lengths, check_writable
 from xrayfeat.runs.folder import MARKER, RUN_FILES
 from xrayfeat.store.catalog import is_cache_folder, is_store_folder
 
-__all__ = ["OWNED", "OutputError", "check_new_folder", "check_output", "is_run_folder"]
+__all__ = ["OWNED", "FOLDER_OUTPUTS", "OutputError", "check_new_folder", "check_output", "is_run_folder"]
+
+#: The commands whose ``--out`` is a folder (the others write one file).
+FOLDER_OUTPUTS = frozenset({"report", "explain", "export", "evaluate", "fit-head", "demo"})
 
 #: The place each command owns in the run it works on, relative to the run folder, and who writes there: a
 #: pattern ending in ``/`` is a folder (it and everything in it), any other one file directly in the run folder.
@@ -69,6 +73,7 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
     given = os.fspath(out)
     if "\0" in str(given):
         raise OutputError(f"{given!r}: not a path (it holds a NUL byte); pass another --out")
+    check_name_lengths(given)  # before any folder on the way is looked at (a long name fails every stat)
     target = Path(os.path.realpath(given))
     own = Path(os.path.realpath(run)) if run is not None else None
     cache = Path(os.path.realpath(cache)) if cache is not None else None
@@ -84,6 +89,8 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
         if folder == cache or is_cache_folder(folder):
             what = "is the feature cache folder" if folder == target else "lies inside the feature cache folder"
             raise OutputError(f"{given}: {what} {folder} (its stores and hash memory); pass an --out outside it")
+    if command != "evaluate":  # its folder is RUN/external/<name>, which it checks itself (a link out of the run)
+        check_writable(given, folder=command in FOLDER_OUTPUTS)  # a name too long, a file on the way, no permission
     return None
 
 

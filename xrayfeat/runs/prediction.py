@@ -121,7 +121,9 @@ def cache_dir_of(run, cache_dir=None) -> Path:
 def run_cache_dir(run, cache_dir=None) -> Path:
     """Where the run's features live: ``cache_dir`` if given, else the folder holding the run's store (it must exist)."""
     if cache_dir is not None:
-        return Path(cache_dir)
+        from xrayfeat.store.catalog import check_cache_target
+
+        return check_cache_target(cache_dir)  # a file, or a path under one: one line, exit 2
     folder = cache_dir_of(run)
     if not folder.is_dir():
         raise XrayfeatError(f"{run.path}: its cache folder {folder} is not found from here; pass --cache-dir "

@@ -20,7 +20,7 @@ from xrayfeat.errors import StoreError
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 
-__all__ = ["DamagedStore", "list_stores", "is_store_folder", "is_cache_folder", "STORE_MARKER", "HASH_MEMORY"]
+__all__ = ["DamagedStore", "check_cache_folder", "check_cache_target", "list_stores", "is_store_folder", "is_cache_folder", "STORE_MARKER", "HASH_MEMORY"]
 
 log = logging.getLogger("xrayfeat")
 
@@ -90,6 +90,33 @@ def check_cache_folder(cache_dir: str | os.PathLike) -> Path:
     if not stat.S_ISDIR(mode):
         raise CacheFolderError(f"{root}: is a file, not a cache folder: "
                                "pass --cache-dir the folder extract wrote its features to")
+    return root
+
+
+def check_cache_target(cache_dir: str | os.PathLike) -> Path:
+    """``cache_dir`` as a folder a command may create or add to, or :class:`~xrayfeat.errors.CacheFolderError` (exit 2).
+
+    For the commands that write a cache (``extract``, ``fit-head``, ``embed``,
+    ``predict``, ``explain``, ``evaluate``, ``cache export``), before anything is
+    created: a folder that does not exist yet is fine (it is made); a file, a path
+    under a file, a name over the file system's limit, a link loop or a folder
+    without write permission is one line naming the path and the fix.
+    """
+    from xrayfeat.errors import CacheFolderError, FileSystemError
+    from xrayfeat.fileio import check_writable
+
+    root = Path(cache_dir)
+    fix = "pass --cache-dir a folder (a new one is made there)"
+    try:
+        check_writable(root, folder=True)
+    except FileSystemError as exc:
+        import errno
+
+        if exc.errno == errno.ENOTDIR and Path(exc.filename) == root:
+            raise CacheFolderError(f"{root}: is a file, not a cache folder: {fix}") from None
+        if exc.errno == errno.ENOTDIR:
+            raise CacheFolderError(f"{exc.filename}: a part of --cache-dir {root} is a file, not a folder: {fix}") from None
+        raise CacheFolderError(f"{exc}; or {fix}") from None
     return root
 
 

@@ -122,6 +122,9 @@ class FeatureStore:
             return cls(path, stored)
         if not create:
             raise StoreError(f"no feature store for this fingerprint in {cache_dir} (looked for {path.name})")
+        from xrayfeat.store.catalog import check_cache_target
+
+        check_cache_target(cache_dir)  # a file, or a path under one: one line naming it, nothing made
         with writing(Path(cache_dir)):
             (path / "shards").mkdir(parents=True, exist_ok=True)
             for lock in ("write.lock", "read.lock"):  # so that readers of a read-only copy find them
