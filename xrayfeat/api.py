@@ -120,18 +120,16 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     """
     import pandas as pd
 
-    from xrayfeat.extraction.pipeline import extract as _extract
     from xrayfeat.extraction.selection import store_for
-    from xrayfeat.store.feature_store import FeatureStore
+    from xrayfeat.extraction.transformer import read_part
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = _features(backbone, features, options)
     _no_leftovers(options, "features")
     features = store_for(features, run.cache_dir, (part,), f"features(part={part!r})", run.device)
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
-    [result] = _extract(dataset, features, run)
-    items = result.kept(dataset).items
-    X = FeatureStore.at(result.store).read([i.sha256 for i in items], (part,))[part].astype(np.float32)
+    result, kept, X = read_part(dataset, features, run, part)
+    items = kept.items
     index = {c: i for i, c in enumerate(dataset.classes)}
     y = np.array([index[i.label] for i in items], dtype=np.int64)
     meta = pd.DataFrame({
