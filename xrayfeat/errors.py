@@ -9,10 +9,18 @@ A message that quotes another exception quotes :func:`first_line` of it.
 warnings, human output) goes through it, so a name that carries a newline, an
 escape sequence or a bidi override is shown escaped and can never forge a line
 or repaint the terminal.
+
+A refusal to write where the user pointed (an existing run, an output folder)
+names the fix in the words of whoever called: the CLI's ``--out`` on the command
+line, the ``out=`` and ``overwrite=True`` keywords from Python. The CLI says it is
+the caller (:func:`called_from`, around every command); the library's default is
+Python. :func:`out_words` and :func:`another_out` build those words.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 
@@ -136,3 +144,42 @@ class DiskFullError(XrayfeatError):
 
     def __reduce__(self):  # whole across processes (a Dask worker, the head's child)
         return type(self), (self.folder, self.errno, self.reason, self.fix, self.option)
+
+
+#: Who called the library: ``"python"`` (the default) or ``"cli"`` (set by every command, :func:`called_from`).
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("xrayfeat_caller", default="python")
+
+
+@contextlib.contextmanager
+def called_from(caller: str):
+    """Within this block the library is called by ``caller`` (``"cli"`` or ``"python"``): refusals use its words."""
+    if caller not in ("cli", "python"):
+        raise ValueError(f"caller must be 'cli' or 'python'; got {caller!r}")
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def caller() -> str:
+    """``"cli"`` inside a command, else ``"python"``."""
+    return _CALLER.get()
+
+
+def out_words() -> str:
+    """How the caller names the output path: ``--out`` on the command line, ``out=`` from Python."""
+    return "--out" if caller() == "cli" else "out="
+
+
+def another_out(cli: str, *, overwrite: bool = False) -> str:
+    """The fix of a refusal to write at an output path, in the caller's words.
+
+    ``cli``: the command line's words (they name ``--out``), returned unchanged
+    there. From Python: ``pass overwrite=True or another out=`` when
+    ``overwrite=True`` would be allowed to replace what is there, else ``pass
+    another out=``.
+    """
+    if caller() == "cli":
+        return cli
+    return "pass overwrite=True or another out=" if overwrite else "pass another out="
