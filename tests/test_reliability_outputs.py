@@ -61,46 +61,46 @@ def _store(root: Path) -> Path:
 #: {shard}, {claimed} and {command} filled in; the path is given relative to the test's folder.
 CASES = [
     ("recorded-table", "run/metrics.json",
-     "is metrics.json, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run folder", "."),
+     "is metrics.json, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run folder", "."),
     ("the-record", "run/config.json",
-     "is config.json, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run folder", "."),
+     "is config.json, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run folder", "."),
     ("a-baseline", "run/baselines/logreg.joblib",
-     "is baselines/logreg.joblib, a file the run {run} recorded; writing there would overwrite it; pass an --out outside "
+     "is baselines/logreg.joblib, a file the run {run} recorded; writing there would overwrite it; pass an out= outside "
      "the run folder", "."),
     ("new-file-in-run", "run/mine.csv",
-     "lies inside the run folder {run}, where {command} must not write; pass an --out outside the run folder", "."),
-    ("the-run-folder", "run", "is the run folder {run}; pass an --out outside the run folder", "."),
-    ("trailing-slash", "run/", "is the run folder {run}; pass an --out outside the run folder", "."),
+     "lies inside the run folder {run}, where {command} must not write; pass an out= outside the run folder", "."),
+    ("the-run-folder", "run", "is the run folder {run}; pass an out= outside the run folder", "."),
+    ("trailing-slash", "run/", "is the run folder {run}; pass an out= outside the run folder", "."),
     ("dot-dot", "run/baselines/../head.keras",
-     "is head.keras, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run folder", "."),
+     "is head.keras, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run folder", "."),
     ("file-with-trailing-slash", "run/metrics.json/",
-     "is metrics.json, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run folder", "."),
+     "is metrics.json, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run folder", "."),
     ("linked-folder", "runlink/predictions.csv",
-     "is predictions.csv, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run "
+     "is predictions.csv, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run "
      "folder", "."),
     ("linked-file", "alias.csv",
-     "is predictions.csv, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run "
+     "is predictions.csv, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run "
      "folder", "."),
     ("relative-inside-run", "../predictions.csv",
-     "is predictions.csv, a file the run {run} recorded; writing there would overwrite it; pass an --out outside the run "
+     "is predictions.csv, a file the run {run} recorded; writing there would overwrite it; pass an out= outside the run "
      "folder", "run/baselines"),
     ("another-evaluation", "run/external/site_b/metrics.json",
-     "lies in {run}/external/site_b, where `evaluate --name site_b` records its result; pass an --out outside the run "
+     "lies in {run}/external/site_b, where `evaluate --name site_b` records its result; pass an out= outside the run "
      "folder", "."),
     ("embed-map-of-the-run", "run/embed-tsne.png",
-     "is embed-tsne.png in the run folder {run}, where only `embed --from-run {run}` draws its maps; pass an --out "
+     "is embed-tsne.png in the run folder {run}, where only `embed --from-run {run}` draws its maps; pass an out= "
      "outside the run folder", "."),
     ("unfinished-run", "claimed/out", "lies inside the run folder {claimed}, where {command} must not write; pass an "
-                                      "--out outside the run folder", "."),
-    ("cache-root", "cache", "is the feature cache folder {cache} (its stores and hash memory); pass an --out outside it", "."),
+                                      "out= outside the run folder", "."),
+    ("cache-root", "cache", "is the feature cache folder {cache} (its stores and hash memory); pass an out= outside it", "."),
     ("hash-memory", "cache/file-hashes.json",
-     "lies inside the feature cache folder {cache} (its stores and hash memory); pass an --out outside it", "."),
+     "lies inside the feature cache folder {cache} (its stores and hash memory); pass an out= outside it", "."),
     ("new-file-in-cache", "cache/features.npz",
-     "lies inside the feature cache folder {cache} (its stores and hash memory); pass an --out outside it", "."),
-    ("a-store", "{store}", "is the feature store {store}; pass an --out outside the cache folder {cache}", "."),
+     "lies inside the feature cache folder {cache} (its stores and hash memory); pass an out= outside it", "."),
+    ("a-store", "{store}", "is the feature store {store}; pass an out= outside the cache folder {cache}", "."),
     ("a-store-index", "{store}/index.npz",
-     "lies inside the feature store {store}; pass an --out outside the cache folder {cache}", "."),
-    ("a-store-shard", "{shard}", "lies inside the feature store {store}; pass an --out outside the cache folder {cache}", "."),
+     "lies inside the feature store {store}; pass an out= outside the cache folder {cache}", "."),
+    ("a-store-shard", "{shard}", "lies inside the feature store {store}; pass an out= outside the cache folder {cache}", "."),
 ]
 
 
@@ -151,16 +151,16 @@ def test_embed_from_a_run_may_draw_its_own_map_but_not_anothers(shared_run, plac
     with pytest.raises(OutputError) as info:  # another run's map
         xf.embed(shared_run.data, out=run / "embed-tsne.png", from_run=shared_run.path, cache_dir=shared_run.cache)
     assert str(info.value) == (f"{run / 'embed-tsne.png'}: is embed-tsne.png in the run folder {run}, where only "
-                               f"`embed --from-run {run}` draws its maps; pass an --out outside the run folder")
+                               f"`embed --from-run {run}` draws its maps; pass an out= outside the run folder")
     with pytest.raises(OutputError) as info:  # its own run, but not the file it owns there
         xf.embed(shared_run.data, out=run / "history.csv", from_run=run, cache_dir=shared_run.cache)
     assert str(info.value) == (f"{run / 'history.csv'}: is history.csv, a file the run {run} recorded; writing there "
-                               f"would overwrite it; pass an --out outside the run folder, or {run}/embed-*.png")
+                               f"would overwrite it; pass an out= outside the run folder, or {run}/embed-*.png")
 
 
 def test_the_cache_folder_a_command_is_told_to_use_is_a_cache_folder_before_it_exists(shared_run, tmp_path):
     fresh = tmp_path / "fresh"
-    line = f"{fresh / 'out.csv'}: lies inside the feature cache folder {fresh} (its stores and hash memory); pass an --out outside it"
+    line = f"{fresh / 'out.csv'}: lies inside the feature cache folder {fresh} (its stores and hash memory); pass an out= outside it"
     with pytest.raises(OutputError) as info:
         xf.predict(shared_run.path, shared_run.data / "test", out=fresh / "out.csv", cache_dir=fresh)
     assert str(info.value) == line
@@ -173,7 +173,7 @@ def test_the_cache_folder_a_command_is_told_to_use_is_a_cache_folder_before_it_e
 def test_an_out_holding_a_nul_byte_is_one_line_not_a_traceback(shared_run, tmp_path):
     with pytest.raises(OutputError) as info:
         xf.predict(shared_run.path, shared_run.data / "test", out="pred\0.csv", cache_dir=tmp_path / "cache")
-    assert str(info.value) == "'pred\\x00.csv': not a path (it holds a NUL byte); pass another --out"
+    assert str(info.value) == "'pred\\x00.csv': not a path (it holds a NUL byte); pass another out="
 
 
 def test_an_evaluation_may_not_write_through_a_link_out_of_its_run(shared_run, place):
@@ -183,7 +183,7 @@ def test_an_evaluation_may_not_write_through_a_link_out_of_its_run(shared_run, p
     with pytest.raises(OutputError) as info:
         xf.evaluate(run, shared_run.data / "test", name="site_b", cache_dir=place / "cache")
     assert str(info.value) == (f"{run / 'external' / 'site_b'}: lies inside the run folder {other}, where evaluate must "
-                               f"not write; pass an --out outside the run folder")
+                               f"not write; pass an out= outside the run folder")
     (run / "external").unlink()
     (run / "external").symlink_to(place / "elsewhere", target_is_directory=True)
     with pytest.raises(OutputError) as info:

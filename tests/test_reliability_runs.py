@@ -278,7 +278,7 @@ def test_two_fit_heads_into_one_out_then_kill_9_during_training(payload_run, tmp
     assert not (tmp_path / "report").exists() and not (tmp_path / "p.csv").exists()
     with pytest.raises(RunError) as info:
         run_folder.new_run_dir(folder, "binary", "vgg16")
-    assert str(info.value) == f"{folder}: not empty: it holds {incomplete}; delete it or choose another --out"
+    assert str(info.value) == f"{folder}: not empty: it holds {incomplete}; pass overwrite=True or another out="
 
 
 def test_a_finished_run_is_never_overwritten(payload_run):
@@ -286,7 +286,7 @@ def test_a_finished_run_is_never_overwritten(payload_run):
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(RunError) as info:
         run_folder.new_run_dir(run, "binary", "vgg16")
-    assert str(info.value) == f"{run}: not empty: it already holds a finished run; choose another --out or delete it"
+    assert str(info.value) == f"{run}: not empty: it already holds a finished run; pass overwrite=True or another out="
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # no marker left either
 
 
@@ -330,7 +330,7 @@ def test_of_concurrent_claims_on_one_folder_exactly_one_wins(tmp_path, claim):
     assert len(refusals) == n - 1
     for message in refusals:
         assert message.startswith(f"{folder}: another fit-head is writing a run into this folder (pid {winner} on ")
-        assert message.endswith("; choose another --out")
+        assert message.endswith("; pass another out=")  # from Python; the CLI says "choose another --out"
     assert sorted(p.name for p in folder.iterdir()) == [MARKER]  # no staged marker left behind
 
 

@@ -279,7 +279,7 @@ def two_tasks(tmp_path):
 def test_returns_paths_and_counts(two_tasks, tmp_path):
     out = tmp_path / "nested" / "report"  # created when missing
     result = write_report(two_tasks, out)
-    assert result == {"markdown": str(out / "report.md"), "html": str(out / "report.html"), "runs": 3, "tables": 2}
+    assert result.as_json() == {"markdown": str(out / "report.md"), "html": str(out / "report.html"), "runs": 3, "tables": 2}
     assert Path(result["markdown"]).is_file() and Path(result["html"]).is_file()
 
 

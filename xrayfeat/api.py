@@ -20,7 +20,7 @@ import numpy as np
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.datasets import discover as _discover
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions, renamed_keywords
-from xrayfeat.options.constraints import Choice, declaration, validate_params
+from xrayfeat.options.constraints import Choice, Interval, check_value, declaration, validate_params
 from xrayfeat.runs.loaded import Run, load_run
 from xrayfeat.store.shards import PARTS
 
@@ -122,18 +122,16 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     """
     import pandas as pd
 
-    from xrayfeat.extraction.pipeline import extract as _extract
     from xrayfeat.extraction.selection import store_for
-    from xrayfeat.store.feature_store import FeatureStore
+    from xrayfeat.extraction.transformer import read_part
 
     run = _given(RunOptions, run, _pop(RunOptions, options))
     features = _features(backbone, features, options)
     _no_leftovers(options, "features")
     features = store_for(features, run.cache_dir, (part,), f"features(part={part!r})", run.device)
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
-    [result] = _extract(dataset, features, run)
-    items = result.kept(dataset).items
-    X = FeatureStore.at(result.store).read([i.sha256 for i in items], (part,))[part].astype(np.float32)
+    result, kept, X = read_part(dataset, features, run, part)
+    items = kept.items
     index = {c: i for i, c in enumerate(dataset.classes)}
     y = np.array([index[i.label] for i in items], dtype=np.int64)
     meta = pd.DataFrame({
@@ -147,7 +145,8 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
 
 
 def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
-             run: RunOptions | None = None, classes=None, out=None, runs_root="runs", **options):
+             run: RunOptions | None = None, classes=None, out=None, runs_root="runs", overwrite: bool = False,
+             **options):
     """Train the seed's head and the baselines on cached features; the written run as a :class:`~xrayfeat.runs.loaded.Run`.
 
     Keyword options: fields of FeatureOptions, HeadOptions and RunOptions, each
@@ -156,6 +155,9 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     random weights and the study. The names of the previous release (``lr``,
     ``n_boot``, ``backend``, ``extract_batch_size``; see
     :data:`~xrayfeat.options.settings.RENAMED`) still work, with a ``DeprecationWarning``.
+
+    A folder ``out`` that holds a run is refused; ``overwrite=True`` replaces
+    that run once the new one is complete (re-running a notebook cell).
     """
     from xrayfeat.runs.fit import fit_head as _fit_head
 
@@ -169,7 +171,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     head = _given(HeadOptions, head, _pop(HeadOptions, options))
     _no_leftovers(options, "fit_head")
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
-    result = _fit_head(dataset, features, head, run, out=out, runs_root=runs_root)
+    result = _fit_head(dataset, features, head, run, out=out, runs_root=runs_root, overwrite=overwrite)
     return load_run(result.run)
 
 
@@ -207,3 +209,68 @@ def explain(run, inputs, out, **options):
 def evaluate(run, data, **options):
     """Score a trained run on another site's labelled data; see ``Run.evaluate``."""
     return (run if isinstance(run, Run) else load_run(run)).evaluate(data, **options)
+
+
+# --------------------------------------------------------------------------- the rest of the CLI, call by call
+
+
+def inspect(data, *, classes=None):
+    """``xrayfeat inspect DATA``: counts per split and class, formats, sizes, duplicates and patient overlap.
+
+    ``data``: a folder, a manifest or a Dataset. Returns an
+    :class:`~xrayfeat.data.summary.Inspection`; ``as_json()`` is the command's ``--json``.
+    """
+    from xrayfeat.data.summary import inspect_data
+
+    return inspect_data(data, classes=classes)
+
+
+def describe(backbone: str, n_classes: int, *, image_size: int | None = None, units: int = 256,
+             dropout: float = 0.3, l2: float = 1e-3):
+    """``xrayfeat describe``: the seed's full model (frozen backbone + head) and its parameter counts.
+
+    Returns a :class:`~xrayfeat.models.head.ModelDescription` (``total``,
+    ``trainable``, ``non_trainable``, Keras' ``summary`` lines); ``as_json()`` is the command's ``--json``.
+    """
+    from xrayfeat.models.head import describe_seed_model
+
+    for cls, name, value in ((FeatureOptions, "image_size", image_size), (HeadOptions, "units", units),
+                             (HeadOptions, "dropout", dropout), (HeadOptions, "l2", l2)):
+        spec = declaration(cls, name)
+        check_value("describe", name, value, spec["check"], spec["none"])
+    check_value("describe", "backbone", backbone, declaration(FeatureOptions, "backbone")["check"])
+    check_value("describe", "n_classes", n_classes, Interval(2, None, integer=True))
+    return describe_seed_model(backbone, n_classes, image_size=image_size, units=units, dropout=dropout, l2=l2)
+
+
+def export(run, out, *, format: str = "keras", overwrite: bool = False):
+    """``xrayfeat export RUN --out OUT``: the run's deployable model (uint8 pixels in, class probabilities out).
+
+    Returns an :class:`~xrayfeat.runs.export.ExportResult`. A previous export
+    at ``out`` is replaced; a folder holding anything else is refused unless
+    ``overwrite=True`` (the new export takes its place only once complete).
+    """
+    from xrayfeat.runs.export import export_run
+
+    return export_run(run, out, format=format, overwrite=overwrite)
+
+
+def cache_ls(cache_dir="data_cache"):
+    """``xrayfeat cache ls``: the feature stores of ``cache_dir`` (:class:`~xrayfeat.store.catalog.CacheListing`)."""
+    from xrayfeat.store.catalog import cache_ls as _cache_ls
+
+    return _cache_ls(cache_dir)
+
+
+def cache_verify(cache_dir="data_cache"):
+    """``xrayfeat cache verify``: every shard and index checked (:class:`~xrayfeat.store.catalog.CacheCheck`; ``.ok``)."""
+    from xrayfeat.store.catalog import cache_verify as _cache_verify
+
+    return _cache_verify(cache_dir)
+
+
+def cache_gc(cache_dir="data_cache"):
+    """``xrayfeat cache gc``: repair, clean up and compact every store (:class:`~xrayfeat.store.catalog.CacheCleanup`)."""
+    from xrayfeat.store.catalog import cache_gc as _cache_gc
+
+    return _cache_gc(cache_dir)

@@ -15,10 +15,18 @@ errno a reason and a fix, and :func:`os_error` the one-line
 :class:`FileSystemError` (naming the file) the CLI prints for an OSError that
 reached it, exit 2 where the path is the user's input (a missing folder, no
 permission, a name too long), 1 otherwise.
+
+A refusal to write where the user pointed (an existing run, an output folder)
+names the fix in the words of whoever called: the CLI's ``--out`` on the command
+line, the ``out=`` and ``overwrite=True`` keywords from Python. The CLI says it is
+the caller (:func:`called_from`, around every command); the library's default is
+Python. :func:`out_words` and :func:`another_out` build those words.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno as _errno
 import os
 import re
@@ -236,3 +244,42 @@ def os_error(exc: OSError, path: str | os.PathLike | None = None) -> FileSystemE
     named = getattr(exc, "filename", None)
     return FileSystemError(getattr(exc, "errno", None), describe_os_error(exc, path),
                            named if named is not None else (None if path is None else os.fspath(path)))
+
+
+#: Who called the library: ``"python"`` (the default) or ``"cli"`` (set by every command, :func:`called_from`).
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("xrayfeat_caller", default="python")
+
+
+@contextlib.contextmanager
+def called_from(caller: str):
+    """Within this block the library is called by ``caller`` (``"cli"`` or ``"python"``): refusals use its words."""
+    if caller not in ("cli", "python"):
+        raise ValueError(f"caller must be 'cli' or 'python'; got {caller!r}")
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def caller() -> str:
+    """``"cli"`` inside a command, else ``"python"``."""
+    return _CALLER.get()
+
+
+def out_words() -> str:
+    """How the caller names the output path: ``--out`` on the command line, ``out=`` from Python."""
+    return "--out" if caller() == "cli" else "out="
+
+
+def another_out(cli: str, *, overwrite: bool = False) -> str:
+    """The fix of a refusal to write at an output path, in the caller's words.
+
+    ``cli``: the command line's words (they name ``--out``), returned unchanged
+    there. From Python: ``pass overwrite=True or another out=`` when
+    ``overwrite=True`` would be allowed to replace what is there, else ``pass
+    another out=``.
+    """
+    if caller() == "cli":
+        return cli
+    return "pass overwrite=True or another out=" if overwrite else "pass another out="

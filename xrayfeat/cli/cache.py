@@ -18,7 +18,6 @@ from xrayfeat.cli.kit import (
     single_feature,
     stack,
 )
-from xrayfeat.errors import StoreError
 from xrayfeat.options.settings import RunOptions
 
 
@@ -48,11 +47,10 @@ def cache_ls(cache_dir, as_json):
     Example:
       xrayfeat cache ls --cache-dir data_cache
     """
-    from xrayfeat.store.catalog import check_cache_folder, list_stores
+    from xrayfeat.store.catalog import cache_ls as list_cache
 
-    check_cache_folder(cache_dir)
-
-    infos = [s.info() for s in list_stores(cache_dir, warn=False)]
+    listing = list_cache(cache_dir)
+    infos = listing.stores
 
     def human(err):
         from rich.table import Table
@@ -72,7 +70,7 @@ def cache_ls(cache_dir, as_json):
             if "damaged" in i:
                 say(f"damaged: {i['damaged']}", err=err)
 
-    emit({"cache_dir": str(cache_dir), "stores": infos}, as_json, human)
+    emit(listing.as_json(), as_json, human)
 
 
 @_cache_command("verify", _cache_dir)
@@ -83,14 +81,10 @@ def cache_verify(cache_dir, as_json):
     Example:
       xrayfeat cache verify
     """
-    from xrayfeat.store.catalog import check_cache_folder, list_stores
+    from xrayfeat.store.catalog import cache_verify as verify_cache
 
-    check_cache_folder(cache_dir)
-
-    report = {}
-    for store in list_stores(cache_dir, warn=False):  # a damaged store's problem is listed below, once
-        report[str(store.path)] = store.verify()
-    problems = [p for ps in report.values() for p in ps]
+    checked = verify_cache(cache_dir)
+    report = checked.stores
 
     def human(err):
         for path, ps in report.items():
@@ -100,9 +94,8 @@ def cache_verify(cache_dir, as_json):
         if not report:
             say(f"no feature stores in {cache_dir}", err=err)
 
-    emit({"ok": not problems, "stores": report}, as_json, human)
-    if problems:  # each problem names the file, what is wrong and the repair
-        raise StoreError(f"{len(problems)} problem(s) found; first: {problems[0]}")
+    emit(checked.as_json(), as_json, human)
+    checked.raise_for_problems()  # each problem names the file, what is wrong and the repair
 
 
 @_cache_command("gc", _cache_dir)
@@ -116,14 +109,13 @@ def cache_gc(cache_dir, as_json):
     Example:
       xrayfeat cache gc
     """
-    from xrayfeat.store.catalog import check_cache_folder, list_stores
-
-    check_cache_folder(cache_dir)
+    from xrayfeat.store.catalog import cache_gc as clean_cache
 
     def waiting(store):
         say(f"{store.path} is being written by another process; waiting for it", err=True)
 
-    results = [s.gc(on_wait=lambda s=s: waiting(s)) for s in list_stores(cache_dir, warn=False)]
+    cleaned = clean_cache(cache_dir, on_wait=waiting)
+    results = cleaned.stores
 
     def human(err):
         for r in results:
@@ -138,7 +130,7 @@ def cache_gc(cache_dir, as_json):
                 f"{'rebuilt the damaged index, ' if r['rebuilt_index'] else ''}merged "
                 f"{r['merged_shards']} shards, dropped {r['dropped_duplicates']} duplicate rows", err=err)
 
-    emit({"stores": results}, as_json, human)
+    emit(cleaned.as_json(), as_json, human)
 
 
 @_cache_command("export", click.argument("data"), feature_options,

@@ -32,11 +32,10 @@ def inspect_cmd(data, classes, as_json):
     Example:
       xrayfeat inspect ../shared/data/cxr-sample/all
     """
-    from xrayfeat.data.datasets import discover
-    from xrayfeat.data.summary import summarize
+    from xrayfeat.data.summary import inspect_data
 
     chosen = [c.strip() for c in classes.split(",")] if classes else None
-    summary = summarize(discover(data, classes=chosen))
+    summary = inspect_data(data, classes=chosen).as_json()
 
     def human(err):
         from rich.table import Table

@@ -33,26 +33,15 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
     Example:
       xrayfeat describe --backbone inception_v3 --n-classes 4
     """
-    from xrayfeat.backbones import get_spec
-    from xrayfeat.extraction.building import build_backbone
-    from xrayfeat.extraction.weights import WeightsInfo
-    from xrayfeat.models.head import build_seed_model, count_params
+    from xrayfeat.models.head import describe_seed_model
 
-    spec = get_spec(backbone)
-    model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
-                             units=units, dropout=dropout, l2=l2)
-    counts = count_params(model)
-    lines: list[str] = []
-    model.summary(print_fn=lambda text, line_break=None: lines.append(text), line_length=100,
-                  expand_nested=False)
-    data = {"backbone": backbone, "classes": n_classes, "image_size": image_size or spec.input_size, **counts}
+    described = describe_seed_model(backbone, n_classes, image_size=image_size, units=units, dropout=dropout, l2=l2)
 
     def human(err):
-        for text in lines:  # Keras hands its whole summary over at once
-            for line in text.splitlines():
-                say(line, err=err)
-        say(f"Total params: {counts['total']:,}", err=err)
-        say(f"Trainable params: {counts['trainable']:,}", err=err)
-        say(f"Non-trainable params: {counts['non_trainable']:,}", err=err)
+        for line in described.summary:
+            say(line, err=err)
+        say(f"Total params: {described.total:,}", err=err)
+        say(f"Trainable params: {described.trainable:,}", err=err)
+        say(f"Non-trainable params: {described.non_trainable:,}", err=err)
 
-    emit(data, as_json, human)
+    emit(described.as_json(), as_json, human)

@@ -34,7 +34,7 @@ from click.core import ParameterSource
 
 from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.distributed.lifetime import signal_of, signals_unwind
-from xrayfeat.errors import DiskFullError, XrayfeatError, first_line, one_line, os_error
+from xrayfeat.errors import DiskFullError, XrayfeatError, called_from, first_line, one_line, os_error
 from xrayfeat.fileio import as_disk_full, disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
@@ -106,7 +106,8 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         try:
             try:
-                return func(*args, **kwargs)
+                with called_from("cli"):  # refusals name the command's flags (--out), not Python's keywords
+                    return func(*args, **kwargs)
             except Exception as exc:
                 full = None if isinstance(exc, XrayfeatError) else full_disk(exc)
                 if full is None:

@@ -27,4 +27,4 @@ def report_cmd(runs, out, as_json):
     from xrayfeat.report.writer import write_report
 
     result = write_report(list(runs), out)
-    emit(result, as_json, lambda err: say(f"wrote {result['markdown']} and {result['html']}", err=err))
+    emit(result.as_json(), as_json, lambda err: say(f"wrote {result.markdown} and {result.html}", err=err))

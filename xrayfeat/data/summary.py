@@ -6,7 +6,9 @@ sizes) and, optionally, each image file's header; it never decodes pixels.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
 from typing import Iterable
 
 from xrayfeat.data import images
@@ -14,7 +16,7 @@ from xrayfeat.data.datasets import SPLITS, Dataset, Item
 from xrayfeat.display import MAX_ROWS, html_block, html_table, html_title, names_repr, path_repr
 from xrayfeat.errors import ImageReadError
 
-__all__ = ["summarize", "imbalance_warning", "IMBALANCE_RATIO", "dataset_repr", "dataset_html"]
+__all__ = ["summarize", "inspect_data", "Inspection", "imbalance_warning", "IMBALANCE_RATIO", "dataset_repr", "dataset_html"]
 
 #: Train is called imbalanced when its largest class has more than this many times the images of its smallest.
 IMBALANCE_RATIO = 2.0
@@ -121,6 +123,42 @@ def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
     }
 
 
+@dataclass
+class Inspection:
+    """What ``xrayfeat inspect`` shows about a dataset (:func:`summarize`'s fields, typed); ``as_json()`` is its ``--json``."""
+
+    root: str
+    layout: str
+    classes: list
+    images: int
+    counts: dict  # split -> class -> images
+    probed: bool
+    formats: dict
+    modes: dict
+    bit_depths: dict
+    width: list | None  # [min, max] in pixels
+    height: list | None
+    bytes: int
+    duplicates: list  # groups of files with the same bytes: paths, splits, labels, cross_split
+    patients_in_several_splits: list
+    unreadable: list
+    imbalance: str | None  # the warning about train's classes, if any
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def inspect_data(data: str | os.PathLike | Dataset, *, classes: Iterable[str] | None = None) -> Inspection:
+    """``xrayfeat inspect DATA``: counts, formats, sizes, duplicates and patient overlap of a folder, manifest or Dataset."""
+    from xrayfeat.data.datasets import discover
+
+    if isinstance(data, Dataset):
+        dataset = data.select_classes(classes) if classes else data
+    else:
+        dataset = discover(data, classes=list(classes) if classes else None)
+    return Inspection(**summarize(dataset))
+
+
 # --------------------------------------------------------------------------- in a notebook
 
 
@@ -153,4 +191,4 @@ def dataset_html(dataset) -> str:
     if dataset.skipped:
         notes.append(f"{len(dataset.skipped)} files skipped (see .skipped)")
     return html_block(html_title("Dataset", str(dataset.root), " · ".join(notes)),
-                 html_table(["class", *splits, "total"], rows, more=len(dataset.classes) - MAX_ROWS))
+                      html_table(["class", *splits, "total"], rows, more=len(dataset.classes) - MAX_ROWS))

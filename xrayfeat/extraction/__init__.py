@@ -21,6 +21,8 @@
 * :mod:`.selection`: choosing the store a command reads, the one that keeps the parts it needs
   (:func:`store_for`, :func:`open_store`);
 * :mod:`.feature_export`: ``cache export``, a dataset's cached features in one ``.npz`` (:func:`export_features`).
+* :mod:`.transformer`: a dataset's cached features as an array (:func:`read_part`, behind ``xf.features``) and
+  :class:`CachedFeatures`, the scikit-learn transformer from image file paths to them (``xf.CachedFeatures``).
 
 The facts about each backbone are one row of :data:`xrayfeat.backbones.REGISTRY`.
 A warm extraction (everything cached) imports no deep-learning framework.

@@ -115,6 +115,45 @@ def count_params(model) -> dict:
     return {"total": trainable + frozen, "trainable": trainable, "non_trainable": frozen}
 
 
+@dataclass
+class ModelDescription:
+    """What ``xrayfeat describe`` shows: the seed's full model (frozen backbone + head) and its parameter counts.
+
+    ``summary``: Keras' model summary, one string per line (as the command prints it).
+    """
+
+    backbone: str
+    classes: int
+    image_size: int
+    total: int
+    trainable: int
+    non_trainable: int
+    summary: list = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        """What ``xrayfeat describe --json`` prints."""
+        return {"backbone": self.backbone, "classes": self.classes, "image_size": self.image_size,
+                "total": self.total, "trainable": self.trainable, "non_trainable": self.non_trainable}
+
+
+def describe_seed_model(backbone: str, n_classes: int, *, image_size: int | None = None, units: int = 256,
+                        dropout: float = 0.3, l2: float = 1e-3) -> ModelDescription:
+    """The seed's full model for ``backbone`` and ``n_classes`` (random weights: only the shapes matter), described."""
+    from xrayfeat.backbones import get_spec
+    from xrayfeat.extraction.building import build_backbone
+    from xrayfeat.extraction.weights import WeightsInfo
+
+    spec = get_spec(backbone)
+    model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
+                             units=units, dropout=dropout, l2=l2)
+    counts = count_params(model)
+    texts: list[str] = []
+    model.summary(print_fn=lambda text, line_break=None: texts.append(text), line_length=100, expand_nested=False)
+    lines = [line for text in texts for line in text.splitlines()]  # Keras hands its whole summary over at once
+    return ModelDescription(backbone=backbone, classes=n_classes, image_size=image_size or spec.input_size,
+                            summary=lines, **counts)
+
+
 # --------------------------------------------------------------------------- training
 
 

@@ -1011,7 +1011,27 @@ def _document(runs: list[_Run], out: Path) -> tuple[list, int]:
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote: the two files, and how many runs and comparison tables they hold.
+
+    ``as_json()`` is ``xrayfeat report --json``; ``result["html"]`` (the dict it
+    used to be) still works.
+    """
+
+    markdown: str
+    html: str
+    runs: int
+    tables: int
+
+    def as_json(self) -> dict:
+        return {"markdown": self.markdown, "html": self.html, "runs": self.runs, "tables": self.tables}
+
+    def __getitem__(self, key: str):
+        return self.as_json()[key]
+
+
+def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> ReportResult:
     """Write ``OUT/report.md`` and a self-contained ``OUT/report.html`` comparing ``runs``.
 
     ``runs`` are run folders written by ``fit-head``; each is read through
@@ -1023,8 +1043,8 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     missing; the figures are copied to ``OUT/figures/<run>-<file>.png`` for the
     Markdown and embedded in the HTML. Both files are written atomically.
 
-    Returns ``{"markdown": path, "html": path, "runs": n, "tables": k}`` (paths as
-    str). Raises :class:`~xrayfeat.errors.RunError` naming the folder when one is
+    Returns a :class:`ReportResult` (``markdown`` and ``html`` paths as str,
+    ``runs``, ``tables``). Raises :class:`~xrayfeat.errors.RunError` naming the folder when one is
     not a run or its record or a checked file is damaged,
     :class:`~xrayfeat.runs.outputs.OutputError` when ``OUT`` or ``OUT/figures``
     lies inside a run or a cache folder (checked first), and
@@ -1049,4 +1069,4 @@ def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
         title = "xrayfeat report: " + ", ".join(r.name for r in loaded[:6]) + (" …" if len(loaded) > 6 else "")
         atomic_write(html_path, render_html(blocks, title))
     log.info("report: %s and %s (%d runs, %d tables)", md_path, html_path, len(loaded), n_tables)
-    return {"markdown": str(md_path), "html": str(html_path), "runs": len(loaded), "tables": n_tables}
+    return ReportResult(markdown=str(md_path), html=str(html_path), runs=len(loaded), tables=n_tables)

@@ -48,7 +48,7 @@ from pathlib import Path
 from xrayfeat import __version__
 from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec
 from xrayfeat.extraction.weights import resolve_weights
-from xrayfeat.errors import WeightsError, XrayfeatError
+from xrayfeat.errors import WeightsError, XrayfeatError, another_out, out_words
 from xrayfeat.fileio import file_digest, fsync_dir, sibling, write_json, writing_to
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
@@ -152,21 +152,24 @@ def _load(run):
     return run if isinstance(run, Run) else load_run(run)
 
 
-def _check_out(out: Path) -> None:
-    """``out`` must be absent, empty, or a previous export (which the new one replaces)."""
+def _check_out(out: Path, overwrite: bool = False) -> None:
+    """``out`` must be absent, empty, or a previous export (which the new one replaces); any folder with ``overwrite``."""
     if not out.exists():
         return
     if not out.is_dir():
-        raise ExportError(f"{out}: is a file; pass a folder for --out")
+        raise ExportError(f"{out}: is a file; pass a folder for {out_words()}")
+    if overwrite:  # the caller asked for the folder to be replaced (check_output has kept runs and caches out)
+        return
     names = {p.name for p in out.iterdir()}
     if names and ("export.json" not in names or names - _EXPORT_FILES):
         raise ExportError(f"{out}: folder exists and holds other files than a previous export; "
-                          f"pass another --out or empty it")
+                          f"{another_out('pass another --out or empty it', overwrite=True)}")
     if names:  # replaced only when it is one: its record sound, the model it names the one there
         model = read_export(out)["model"]
         if names - {"export.json", model}:
             raise ExportError(f"{out}: folder holds {', '.join(sorted(names - {'export.json', model}))} beside the "
-                              f"export its export.json describes ({model}); pass another --out or empty it")
+                              f"export its export.json describes ({model}); "
+                              f"{another_out('pass another --out or empty it', overwrite=True)}")
 
 
 def read_export(folder) -> dict:
@@ -408,9 +411,9 @@ def _describe(run, facts: dict, format: str, sha256: dict, n_bytes: int, params:
     }
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out`` (replacing a previous export)."""
-    _check_out(out)  # again: another process may have written there meanwhile
+def _replace(tmp: Path, out: Path, overwrite: bool = False) -> None:
+    """Move the finished temporary folder to ``out`` (replacing a previous export, or with ``overwrite`` any folder)."""
+    _check_out(out, overwrite)  # again: another process may have written there meanwhile
     if out.exists():
         old = sibling(out, f".{uuid.uuid4().hex[:12]}.old.tmp", hidden=True)
         os.rename(out, old)
@@ -421,7 +424,7 @@ def _replace(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
 
 
-def export_run(run, out, *, format: str = "keras") -> ExportResult:
+def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> ExportResult:
     """Write a run's deployable model (pixels → probabilities) and ``export.json`` to folder ``out``.
 
     ``run``: a :class:`~xrayfeat.runs.loaded.Run` or a run folder. ``format``:
@@ -432,6 +435,10 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
     those of the run (:class:`~xrayfeat.errors.WeightsError`), a bad format,
     backend or output folder (:class:`ExportError`), an ``out`` inside a run or a
     cache folder (:class:`~xrayfeat.runs.outputs.OutputError`).
+
+    A previous export at ``out`` is replaced; a folder holding anything else is
+    refused unless ``overwrite=True``. Either way the new export is written
+    beside it and takes its place only once complete.
     """
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
@@ -439,7 +446,7 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
     check_output(out, "export")
     out = Path(out)
     run = _load(run)
-    _check_out(out)
+    _check_out(out, overwrite)
     if format == "savedmodel":
         import keras
 
@@ -460,7 +467,7 @@ def export_run(run, out, *, format: str = "keras") -> ExportResult:
             n_bytes = sum((tmp / name).stat().st_size for name in sha256)
             info = _describe(run, facts, format, sha256, n_bytes, params)
             write_json(tmp / "export.json", info)
-            _replace(tmp, out)
+            _replace(tmp, out, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

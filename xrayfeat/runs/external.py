@@ -13,11 +13,16 @@ the CLI (the hash memory of the cache folder, ``classes``, ``on_error``), so
 both make one call. Images whose sha256 is among the run's training or
 validation images are left out and counted (their scores would not be external). A class the run does not
 know is an error; a class of the run missing from the data is a warning (its
-per-class figures are then undefined).
+per-class figures are then undefined). Data that is not another site's is
+said: images that are the run's own test images (``not_external``: the internal
+result again), and sources the run's own data has (``shared_source``: the
+manifest's source column against the run's per-source breakdown). Every
+warning is in the result and logged (the CLI prints it as fit-head's).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +42,8 @@ from xrayfeat.runs.outputs import OutputError, check_output
 from xrayfeat.runs.prediction import run_cache_dir, score_images
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
+
+log = logging.getLogger("xrayfeat")
 
 
 @dataclass
@@ -107,6 +114,28 @@ def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarn
     return Dataset(root=dataset.root, items=kept, classes=dataset.classes, layout=dataset.layout), dropped, found
 
 
+def _not_another_site(run, dataset: Dataset) -> list[RunWarning]:
+    """Warnings for data that is not another site's: the run's own test images, or the run's own sources."""
+    found = []
+    roles = run.record.split_hashes() or {}
+    own = sum(1 for item in dataset.items if roles.get(item.sha256) == "test")
+    if own == len(dataset):
+        found.append(RunWarning("not_external", f"all {own} images of {dataset.root} are the run's own test images "
+                                                f"(byte-identical): these are its internal results again, not an "
+                                                f"external validation; pass another site's images"))
+    elif own:
+        found.append(RunWarning("not_external", f"{own} of {len(dataset)} images of {dataset.root} are the run's own "
+                                                f"test images (byte-identical): they are not external, and pull the "
+                                                f"external figures toward the internal ones"))
+    theirs = set((run.metrics.get("head") or {}).get("by_source") or {})
+    shared = sorted({item.source for item in dataset.items if item.source} & theirs)
+    if shared:
+        found.append(RunWarning("shared_source", f"images of {dataset.root} come from {', '.join(shared)}, a source "
+                                                 f"the run's own test data has too: they are not another site's, and "
+                                                 f"a shortcut the run learned there still works on them"))
+    return found
+
+
 def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None, on_error: str = "fail",
              device: str = "auto", batch_size: int = 32, workers: int | None = None, cluster: str | None = None,
              progress: bool = False) -> EvaluateResult:
@@ -142,7 +171,7 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     run.record = runs.read_record(run.path)  # the record as it is now; _write reads it again under the run's lock
     found = _check_classes(run, dataset)
     dataset, excluded, overlap = _exclude_training(run, dataset)
-    found += overlap
+    found += overlap + _not_another_site(run, dataset)
     scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                           cluster=cluster, progress=progress, on_error=on_error)
     if scored.skipped_files:  # files found but not decodable, left out as discovery leaves out the rest
@@ -156,6 +185,8 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
                               thresholds=thresholds, rule=rule)
     results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)
+    for warning in found:
+        log.warning("%s", warning.message)
     written = _write(run, name, dataset, y, scored, results, excluded, found, skipped)
     internal = run.metrics
     return EvaluateResult(

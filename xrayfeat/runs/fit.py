@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -432,24 +433,40 @@ def _versions() -> dict:
 
 
 def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
-             run: RunOptions = RunOptions(), *, out=None, runs_root="runs") -> FitResult:
-    """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring."""
+             run: RunOptions = RunOptions(), *, out=None, runs_root="runs", overwrite: bool = False) -> FitResult:
+    """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring.
+
+    ``overwrite=True`` replaces a previous run at ``out`` (finished, or left
+    incomplete by a stopped fit-head: :func:`~xrayfeat.runs.folder.replaceable`):
+    the new run is written beside it and takes its place only once complete, so
+    a failure leaves the previous run as it was. A run being written, or a folder
+    of other files, is still refused.
+    """
     from xrayfeat.models.head_process import resolve_head_backend
 
     started = time.perf_counter()
     config = _check_options(dataset, features, head, run)
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     check_new_folder(out if out else runs_root, "fit-head", cache=run.cache_dir)  # never a run inside a run or a cache
-    run_dir = folder.new_run_dir(out, folder.task_name(dataset.classes), features.backbone, runs_root)
+    target = Path(out) if overwrite and out and folder.replaceable(out) else None
+    run_dir = folder.new_run_dir(folder.staging_dir(target) if target else out, folder.task_name(dataset.classes),
+                                 features.backbone, runs_root)
     guard = None
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
         guard = folder.claim_guard(run_dir)  # every write into the folder checks the claim is still this run's
         with writing_to(run_dir, option="--out"):  # a full disk while writing the run: one line naming it
-            return _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, guard,
-                          started)
+            result = _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, guard,
+                            started)
     except BaseException as exc:  # the folder says fit-head failed (the disk was full), or is given back
         folder.abandon_run_dir(run_dir, exc, guard)
+        if target is not None:  # the previous run stays; nothing of the new one is left beside it
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if target is None:
+        return result
+    folder.replace_run(run_dir, target)
+    log.info("replaced the previous run at %s", target)
+    return replace(result, run=str(target))
 
 
 def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path, guard,

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -20,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from xrayfeat.distributed.lifetime import TOKEN_KEY, WriteGuard, signal_of
-from xrayfeat.errors import DiskFullError, RunError
+from xrayfeat.errors import DiskFullError, RunError, another_out
 from xrayfeat.fileio import as_disk_full, atomic_write, fsync_dir, writing_to
 from xrayfeat.provenance import utc_timestamp
 
@@ -51,7 +52,7 @@ def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: s
     """
     path = Path(out) if out else Path(root) / default_run_name(task, backbone)
     if path.exists() and not path.is_dir():
-        raise RunError(f"{path}: exists and is a file, not a folder; pass another --out")
+        raise RunError(f"{path}: exists and is a file, not a folder; {another_out('pass another --out')}")
     created = not path.exists()
     try:
         with writing_to(path, option="--out"):  # a full disk: one line, and no empty folder left behind
@@ -66,6 +67,41 @@ def new_run_dir(out: str | os.PathLike | None, task: str, backbone: str, root: s
         (path / MARKER).unlink()
         raise RunError(f"{path}: {_occupied(path)}")
     return path
+
+
+def replaceable(path: str | os.PathLike) -> bool:
+    """Whether ``overwrite=True`` may replace ``path``: a finished run, or one a stopped fit-head left incomplete.
+
+    Never a run another fit-head is writing (or may be, on another host), nor a folder of other files.
+    """
+    path = Path(path)
+    if not path.is_dir() or not ((path / "config.json").is_file() or (path / MARKER).exists()
+                                 or any((path / name).exists() for name in RUN_FILES)):
+        return False
+    state = unfinished_state(path)
+    return state is None or state[0] == "stopped"
+
+
+def staging_dir(target: str | os.PathLike) -> Path:
+    """A hidden sibling of ``target`` where a run that will replace it is written (:func:`replace_run`)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.new.tmp")
+
+
+def replace_run(staged: Path, target: Path) -> None:
+    """Put the finished run ``staged`` in place of the run ``target``; the old one is deleted only after.
+
+    Checks again that ``target`` may be replaced (:func:`replaceable`): a fit-head
+    that claimed it meanwhile keeps it, and the new run stays at ``staged``, named in the error.
+    """
+    if target.exists() and not replaceable(target):
+        raise RunError(f"{target}: {_occupied(target)} (the new run is complete at {staged})")
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old.tmp")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staged, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def abandon_run_dir(path: str | os.PathLike, error: BaseException, guard: WriteGuard | None = None) -> None:
@@ -220,11 +256,12 @@ def _occupied(path: Path) -> str:
     if unfinished:
         state, detail = unfinished
         if state == "running":
-            return f"another fit-head is writing a run into this folder ({detail}); choose another --out"
-        return f"not empty: it holds an incomplete run ({detail}); delete it or choose another --out"
+            return f"another fit-head is writing a run into this folder ({detail}); {another_out('choose another --out')}"
+        return (f"not empty: it holds an incomplete run ({detail}); "
+                f"{another_out('delete it or choose another --out', overwrite=state == 'stopped')}")
     if (path / "config.json").is_file():
-        return "not empty: it already holds a finished run; choose another --out or delete it"
-    return "run folder exists and is not empty; choose another --out or delete it"
+        return f"not empty: it already holds a finished run; {another_out('choose another --out or delete it', overwrite=True)}"
+    return f"run folder exists and is not empty; {another_out('choose another --out or delete it')}"
 
 
 def unfinished_state(path: Path) -> tuple[str, str] | None:

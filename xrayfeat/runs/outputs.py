@@ -24,7 +24,7 @@ fingerprint) and its hash memory. ``predict --out``, ``explain --out``,
 
 A refusal is one :class:`OutputError` line (exit 2): the path as given, what it
 is (the run's recorded file, the run folder itself, the store or cache folder
-that holds it) and the fix: another ``--out``.
+that holds it) and the fix: another ``--out`` (``out=`` from Python: :func:`~xrayfeat.errors.out_words`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import os
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
-from xrayfeat.errors import XrayfeatError
+from xrayfeat.errors import XrayfeatError, another_out, out_words
 from xrayfeat.fileio import check_name_lengths, check_writable
 from xrayfeat.runs.folder import MARKER, RUN_FILES
 from xrayfeat.store.catalog import is_cache_folder, is_store_folder
@@ -72,7 +72,7 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
     """
     given = os.fspath(out)
     if "\0" in str(given):
-        raise OutputError(f"{given!r}: not a path (it holds a NUL byte); pass another --out")
+        raise OutputError(f"{given!r}: not a path (it holds a NUL byte); {another_out('pass another --out')}")
     check_name_lengths(given)  # before any folder on the way is looked at (a long name fails every stat)
     target = Path(os.path.realpath(given))
     own = Path(os.path.realpath(run)) if run is not None else None
@@ -85,10 +85,10 @@ def check_output(out: str | os.PathLike, command: str, *, run: str | os.PathLike
             raise OutputError(f"{given}: {_in_run(folder, rel, command)}; {_run_fix(command, folder, own)}")
         if is_store_folder(folder):
             what = "is the feature store" if folder == target else "lies inside the feature store"
-            raise OutputError(f"{given}: {what} {folder}; pass an --out outside the cache folder {folder.parent}")
+            raise OutputError(f"{given}: {what} {folder}; pass an {out_words()} outside the cache folder {folder.parent}")
         if folder == cache or is_cache_folder(folder):
             what = "is the feature cache folder" if folder == target else "lies inside the feature cache folder"
-            raise OutputError(f"{given}: {what} {folder} (its stores and hash memory); pass an --out outside it")
+            raise OutputError(f"{given}: {what} {folder} (its stores and hash memory); pass an {out_words()} outside it")
     if command != "evaluate":  # its folder is RUN/external/<name>, which it checks itself (a link out of the run)
         check_writable(given, folder=command in FOLDER_OUTPUTS)  # a name too long, a file on the way, no permission
     return None
@@ -184,5 +184,5 @@ def _run_fix(command: str, folder: Path, own: Path | None) -> str:
     """The fix of a refusal inside a run folder: another --out, or the file the command may write there."""
     pattern = OWNED.get(command, ("{name}",))[0]
     if folder == own and "{name}" not in pattern:
-        return f"pass an --out outside the run folder, or {folder / pattern}"
-    return "pass an --out outside the run folder"
+        return f"pass an {out_words()} outside the run folder, or {folder / pattern}"
+    return f"pass an {out_words()} outside the run folder"

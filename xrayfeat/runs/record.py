@@ -79,6 +79,8 @@ WARNING_KINDS: dict[str, str] = {
     "source_gap": "Source gap",
     "small_test": "Small test set",
     "overlap": "External data overlaps training",
+    "not_external": "External data is the run's own test data",
+    "shared_source": "External data shares the run's sources",
     "missing_class": "Classes missing from external data",
     "device": "Device",
     "imbalance": "Class imbalance",

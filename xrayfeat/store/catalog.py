@@ -1,6 +1,8 @@
 """The stores of a cache folder: every folder under it that holds a ``fingerprint.json``.
 
-``cache ls``, ``cache verify`` and ``cache gc`` walk this list. One damaged
+``cache ls``, ``cache verify`` and ``cache gc`` walk this list: :func:`cache_ls`,
+:func:`cache_verify` and :func:`cache_gc` are those commands, each returning a
+typed result whose ``as_json()`` is the command's ``--json``. One damaged
 store must not hide the others: a folder whose ``fingerprint.json`` cannot be
 read is listed as a :class:`DamagedStore`, in its place, with a warning naming
 the folder and its repair (left to the caller with ``warn=False``: the ``cache``
@@ -12,15 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from xrayfeat.errors import StoreError
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 
-__all__ = ["DamagedStore", "check_cache_folder", "check_cache_target", "list_stores", "is_store_folder", "is_cache_folder", "STORE_MARKER", "HASH_MEMORY"]
+__all__ = ["DamagedStore", "check_cache_folder", "check_cache_target", "list_stores", "is_store_folder", "is_cache_folder",
+           "STORE_MARKER", "HASH_MEMORY", "cache_ls", "cache_verify", "cache_gc", "CacheListing", "CacheCheck", "CacheCleanup"]
 
 log = logging.getLogger("xrayfeat")
 
@@ -159,3 +162,80 @@ def is_cache_folder(path: str | os.PathLike) -> bool:
             return any(entry.is_dir() and is_store_folder(entry.path) for entry in entries)
     except OSError:  # not a folder, or not one we may list
         return False
+
+
+@dataclass
+class CacheListing:
+    """``xrayfeat cache ls``: each store's :meth:`~xrayfeat.store.feature_store.FeatureStore.info` (a damaged one flagged)."""
+
+    cache_dir: str
+    stores: list = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"cache_dir": self.cache_dir, "stores": self.stores}
+
+
+@dataclass
+class CacheCheck:
+    """``xrayfeat cache verify``: store folder → its problems (each names the file, what is wrong and the repair)."""
+
+    cache_dir: str
+    stores: dict = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for ps in self.stores.values() for p in ps]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict:
+        return {"ok": self.ok, "stores": self.stores}
+
+    def raise_for_problems(self) -> None:
+        """:class:`~xrayfeat.errors.StoreError` (exit 1) counting the problems and naming the first, if any."""
+        if self.problems:
+            raise StoreError(f"{len(self.problems)} problem(s) found; first: {self.problems[0]}")
+
+
+@dataclass
+class CacheCleanup:
+    """``xrayfeat cache gc``: what gc did to each store (temporary files removed, shards repaired and merged...)."""
+
+    cache_dir: str
+    stores: list = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"stores": self.stores}
+
+
+def cache_ls(cache_dir: str | os.PathLike = "data_cache") -> CacheListing:
+    """The feature stores of ``cache_dir``: fingerprints, rows, size (``xrayfeat cache ls``).
+
+    A missing folder, or a file, is a :class:`~xrayfeat.errors.CacheFolderError` naming it.
+    """
+    check_cache_folder(cache_dir)
+    return CacheListing(str(cache_dir), [s.info() for s in list_stores(cache_dir, warn=False)])
+
+
+def cache_verify(cache_dir: str | os.PathLike = "data_cache") -> CacheCheck:
+    """Every shard's checksum and every index checked (``xrayfeat cache verify``); ``result.ok`` says whether all are sound.
+
+    Nothing is raised for a damaged store: ``result.problems`` lists them
+    (``result.raise_for_problems()`` raises as the command exits, 1).
+    """
+    check_cache_folder(cache_dir)
+    # a damaged store's problem is listed in its place, once
+    return CacheCheck(str(cache_dir), {str(store.path): store.verify() for store in list_stores(cache_dir, warn=False)})
+
+
+def cache_gc(cache_dir: str | os.PathLike = "data_cache", *, on_wait: Callable | None = None) -> CacheCleanup:
+    """Repair damaged shards and indexes, remove what killed runs left, compact small shards (``xrayfeat cache gc``).
+
+    Waits for a running extraction; ``on_wait(store)`` is called first when it must.
+    """
+    check_cache_folder(cache_dir)
+    stores = list_stores(cache_dir, warn=False)
+    return CacheCleanup(str(cache_dir), [s.gc(on_wait=None if on_wait is None else (lambda s=s: on_wait(s)))
+                                         for s in stores])
