@@ -37,6 +37,8 @@ BY_KIND = {
     "small_test": TINY.message,
     "overlap": "3 of 120 images of /data/hosp_b are byte-identical to the run's training or validation images",
     "missing_class": "covid absent from /data/hosp_b: per-class figures for it and the macro ROC-AUC are undefined",
+    "not_external": "all 6 images of /data/hosp_b are the run's own test images: this is not an external evaluation",
+    "shared_source": "the external images come from site_a, a source the run trained and was tested on",
     "device": "trained on the CPU although a GPU was requested: timings are not comparable",
     "imbalance": "train has 48 pneumonia and 16 normal images (3.0:1): consider --class-weight balanced",
     "subsample": "baselines logreg fitted on a stratified random sample of 4 of 9 training images",

@@ -40,7 +40,7 @@ def _cache_command(name: str, *options):
 
 
 @_cache_command("ls", _cache_dir)
-def cache_ls(cache_dir, as_json):
+def ls_cmd(cache_dir, as_json):
     """List the feature stores, their fingerprints, rows and size; a damaged store below, with its repair.
 
     \b
@@ -74,7 +74,7 @@ def cache_ls(cache_dir, as_json):
 
 
 @_cache_command("verify", _cache_dir)
-def cache_verify(cache_dir, as_json):
+def verify_cmd(cache_dir, as_json):
     """Check every shard's checksum and every index; exit 1 naming what is damaged.
 
     \b
@@ -99,7 +99,7 @@ def cache_verify(cache_dir, as_json):
 
 
 @_cache_command("gc", _cache_dir)
-def cache_gc(cache_dir, as_json):
+def gc_cmd(cache_dir, as_json):
     """Repair damaged shards and indexes, remove temporary files left by killed runs, compact small shards.
 
     A damaged shard is replaced by its sound rows; re-running extract then
