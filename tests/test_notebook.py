@@ -78,6 +78,12 @@ def test_the_external_evaluation_is_shown_and_recorded(executed):
     assert (folder / "runs" / "four-vgg16" / "external" / "site_b" / "metrics.json").is_file()
 
 
+def test_a_scikit_learn_pipeline_cross_validates_by_patient(executed):
+    cells, _ = executed
+    printed = "".join(o.get("text", "") for o in cells[8].outputs if o.get("name") == "stdout")
+    assert printed.startswith("accuracy per fold: [") and printed.count(".") >= 4  # four folds' scores
+
+
 def test_no_framework_start_up_lines_reach_the_notebook(executed):
     cells, _ = executed
     noise = ("cuda", "absl::InitializeLog", "oneDNN", "cpu_feature_guard", "TF_ENABLE_ONEDNN_OPTS")
