@@ -16,7 +16,7 @@ from pathlib import Path
 from xrayfeat.backbones import REGISTRY
 from xrayfeat.extraction.weights import weights_status
 from xrayfeat.data.datasets import discover
-from xrayfeat.errors import XrayfeatError
+from xrayfeat.errors import XrayfeatError, another_out
 from xrayfeat.fileio import writing_to
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions
@@ -57,7 +57,7 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
     started = time.perf_counter()
     root = Path(out)
     if root.exists() and any(p.name in ("runs", "report") for p in root.iterdir()):
-        raise XrayfeatError(f"{root}: holds an earlier demo; pass another --out or delete it")
+        raise XrayfeatError(f"{root}: holds an earlier demo; {another_out('pass another --out or delete it')}")
     check_new_folder(root, "demo")  # never a study inside a run or a feature cache
     installed = all(r["verified"] for r in weights_status())
     weights = "imagenet" if installed else "none"
