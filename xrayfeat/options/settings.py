@@ -190,7 +190,8 @@ class RunOptions:
     batch_size: int = option(32, check=Interval(1, None, integer=True), flag="--batch-size",
                              help="Images per backbone batch.")
     workers: int | None = option(None, check=Interval(0, None, integer=True), none=True,
-                                 help="Decoding processes (default: all cores; 0: in-process).")
+                                 help="Decoding processes (default: one per core, or none for fewer than two batches "
+                                      "of images; 0: decode in this process).")
     cache_dir: str | os.PathLike = option("data_cache", check=Is((str, os.PathLike)), help="Feature cache folder.")
     on_error: str = option("fail", check=Choice(ON_ERROR),
                            help="An undecodable image stops the run (fail) or is left out and reported (skip).")
