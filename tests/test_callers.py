@@ -134,34 +134,48 @@ def test_with_no_interpreter_to_run_decoding_happens_here_with_one_warning(tmp_p
 # --------------------------------------------------------------------------- a lock held by one's own process tree
 
 
-def test_a_store_lock_held_by_the_parent_is_refused_at_once_in_the_child_with_one_line(tmp_path, reference):
-    """The parent holds the store's write lock; a child asked to extract into that store says so at once."""
+def test_a_lock_held_by_the_parent_is_refused_at_once_in_the_child_that_runs_its_script_again(tmp_path):
+    """The issue's hang: a script without a main guard holds a store lock and starts a spawned child, which runs
+    the script again and asks for the same lock while the parent waits for it. The child now says so at once."""
+    lock = tmp_path / "write.lock"
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""\
+        import fcntl, multiprocessing
+        from xrayfeat.store.locks import flock
+        with flock({str(lock)!r}, fcntl.LOCK_EX):   # runs again in the spawned child, as __mp_main__
+            child = multiprocessing.get_context("spawn").Process(target=print)
+            child.start()
+            child.join()
+            print("child exit", child.exitcode, flush=True)
+        """))
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=_env(tmp_path / "tmp"))
+    assert proc.returncode == 0 and "child exit 1" in proc.stdout, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("xrayfeat.store.locks.LockedBySelfError: ") and str(lock) in last, proc.stderr
+    assert "which started this one and runs the same script" in last
+    assert 'if __name__ == "__main__":' in last
+
+
+def test_a_lock_held_by_a_parent_that_forked_this_process_is_waited_for(tmp_path):
+    """A parent holding the lock may release it (here after a second): its child waits, then takes it."""
     import fcntl
     import time
 
-    import xrayfeat as xf
     from xrayfeat.store.locks import flock
 
-    data, _ = reference
-    cache = tmp_path / "cache"
-    # a first extraction makes the store; the parent then holds its write lock as a writer would
-    _, _, meta = xf.features(str(data), "vgg16", weights="none", image_size=32, cache_dir=str(cache), workers=0)
-    store = Path(meta.attrs["store"])
     (tmp_path / "tmp").mkdir()
-    more = write_tiny_dataset(tmp_path / "more", per_split=(("train", 2),), size=40, seed=5)
-    code = (f"import xrayfeat as xf\n"
-            f"xf.features({str(more)!r}, 'vgg16', weights='none', image_size=32, cache_dir={str(cache)!r}, workers=0)\n")
-    with flock(store / "write.lock", fcntl.LOCK_EX):
-        start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
-                              cwd=tmp_path, env=_env(tmp_path / "tmp"))
-        elapsed = time.monotonic() - start
-    assert proc.returncode == 1
-    assert elapsed < 60  # at once: the import and the discovery, no wait for the lock
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("xrayfeat.store.locks.LockedBySelfError: ") and str(store / "write.lock") in last, proc.stderr
-    assert f"locked by process {os.getpid()}, which started this one" in last
-    assert 'if __name__ == "__main__":' in last
+    lock = tmp_path / "write.lock"
+    code = (f"import fcntl, time\nfrom xrayfeat.store.locks import flock\nstart = time.monotonic()\n"
+            f"with flock({str(lock)!r}, fcntl.LOCK_EX):\n    print(round(time.monotonic() - start, 1))\n")
+    with flock(lock, fcntl.LOCK_EX):
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=_env(tmp_path / "tmp"))
+        time.sleep(3)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert float(out) >= 1.0  # it waited for the parent, then got the lock
 
 
 def test_a_lock_held_by_this_process_is_refused_at_once(tmp_path):
@@ -171,7 +185,7 @@ def test_a_lock_held_by_this_process_is_refused_at_once(tmp_path):
 
     lock = tmp_path / "write.lock"
     with flock(lock, fcntl.LOCK_EX):
-        with pytest.raises(LockedBySelfError, match="locked by this process"):
+        with pytest.raises(LockedBySelfError, match="already locked by this thread"):
             with flock(lock, fcntl.LOCK_EX):
                 pass
     assert lock.read_text() == ""  # released: it names nobody

@@ -16,11 +16,15 @@ words of :func:`xrayfeat.fileio.disk_full`, with ``--cache-dir`` as the other fo
 and its own line for a folder it cannot write (``failure``). A lock dies with
 the process that holds it, so a killed writer never blocks the next one.
 
-While an exclusive lock is held, its file names the holder (``{"pid": ..., "host": ...}``,
-a run's lock adds the command). A process that finds the lock held by itself or
-by a process that started it (a script re-run by a worker of its own pool, a
-child started while the parent writes) would wait for ever: it gets one line at
-once instead (:class:`LockedBySelfError`).
+While an exclusive lock is held, its file names the holder (``{"pid": ..., "host": ...,
+"thread": ...}``, a run's lock adds the command). Two waits would never end, and
+get one line at once instead (:class:`LockedBySelfError`): a thread asking again
+for a lock it holds, and a script that ``multiprocessing``'s spawn runs again in
+a child (it runs it as module ``__mp_main__``: code without an ``if __name__ ==
+"__main__":`` guard) asking for a lock that the process which started it holds
+while it waits for that child. Any other holder, another thread of this process
+or a parent that forked this one included, is waited for as usual: it may well
+release the lock.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import fcntl
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -122,7 +128,7 @@ def flock(path: Path, mode: int, *, on_wait=None, required: bool = True, timeout
             _wait(fh, mode, timeout, path)
         exclusive = mode & fcntl.LOCK_EX
         if exclusive:
-            _write_holder(fh, {"pid": os.getpid(), "host": socket.gethostname()})
+            _write_holder(fh, {"pid": os.getpid(), "host": socket.gethostname(), "thread": threading.get_ident()})
         try:
             yield fh
         finally:
@@ -167,17 +173,23 @@ def lineage() -> list[int]:
 
 
 def _refuse_own(path: Path) -> None:
-    """:class:`LockedBySelfError` if the lock file names this process or one that started it, on this host."""
+    """:class:`LockedBySelfError` where waiting for the lock's holder would never end (see the module's text)."""
     info = holder(path)
-    if info is None or info.get("host") != socket.gethostname() or info["pid"] not in lineage():
+    if info is None or info.get("host") != socket.gethostname():
         return
     pid = info["pid"]
-    who = "this process" if pid == os.getpid() else f"process {pid}, which started this one"
-    command = f" ({info['command']})" if info.get("command") else ""
-    raise LockedBySelfError(
-        f"{path}: locked by {who}{command}, so waiting for it would never end; a script that starts worker "
-        f"processes which run it again (multiprocessing without an `if __name__ == \"__main__\":` guard) does "
-        f"this: put the script's work under that guard, or call xrayfeat once, from the parent only")
+    if pid == os.getpid() and info.get("thread") == threading.get_ident():
+        raise LockedBySelfError(f"{path}: already locked by this thread, so waiting for it would never end; "
+                                f"finish the call that holds it before starting another on the same folder")
+    # a child of multiprocessing's spawn runs (or ran) the main script as "__mp_main__"; in its parent that
+    # name is only an alias of "__main__"
+    rerun = getattr(sys.modules.get("__mp_main__"), "__name__", None) == "__mp_main__"
+    if rerun and pid in lineage()[1:]:
+        command = f" ({info['command']})" if info.get("command") else ""
+        raise LockedBySelfError(
+            f"{path}: locked by process {pid}{command}, which started this one and runs the same script: this "
+            f"process runs it again (multiprocessing's spawn imports the main script in each child), so waiting "
+            f"would never end; put the script's work under `if __name__ == \"__main__\":`")
 
 
 def _wait(fh, mode: int, timeout: float | None, path: Path) -> None:
