@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import click
 
 from xrayfeat.cli.kit import (
@@ -43,8 +47,9 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
                              units=units, dropout=dropout, l2=l2)
     counts = count_params(model)
     lines: list[str] = []
-    model.summary(print_fn=lambda text, line_break=None: lines.append(text), line_length=100,
-                  expand_nested=False)
+    with _full_width(sys.stderr if as_json else sys.stdout, SUMMARY_WIDTH):
+        model.summary(print_fn=lambda text, line_break=None: lines.append(text), line_length=SUMMARY_WIDTH,
+                      expand_nested=False)
     data = {"backbone": backbone, "classes": n_classes, "image_size": image_size or spec.input_size, **counts}
 
     def human(err):
@@ -56,3 +61,25 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
         say(f"Non-trainable params: {counts['non_trainable']:,}", err=err)
 
     emit(data, as_json, human)
+
+
+#: The width of Keras' summary table (its four columns, "Param #" last).
+SUMMARY_WIDTH = 100
+
+
+@contextlib.contextmanager
+def _full_width(stream, width: int):
+    """Keras renders its summary on a rich console of its own, 80 columns wide where the output is no terminal
+    (a pipe, a file), which cuts off the table's last column: there, that console is told the table's width."""
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal or os.environ.get("COLUMNS"):
+        yield
+        return
+    os.environ["COLUMNS"] = str(width)  # rich reads it when the console is made, inside summary()
+    try:
+        yield
+    finally:
+        os.environ.pop("COLUMNS", None)

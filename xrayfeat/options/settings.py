@@ -195,7 +195,9 @@ class RunOptions:
     cache_dir: str | os.PathLike = option("data_cache", check=Is((str, os.PathLike)), help="Feature cache folder.")
     on_error: str = option("fail", check=Choice(ON_ERROR),
                            help="An undecodable image stops the run (fail) or is left out and reported (skip).")
-    progress: bool = option(False, check=Is((bool,)), help="Show a progress bar on stderr.")
+    progress: bool = option(True, check=Is((bool,)),
+                            help="Show progress: a bar on a terminal or in Jupyter, else a line on stderr every "
+                                 "XRAYFEAT_PROGRESS_EVERY seconds (default 10).")
     cluster: str | None = option(None, check=Cluster(), none=True,
                                  help="Compute missing features on Dask: local:N starts N worker processes here, "
                                       "tcp://HOST:PORT joins a running scheduler; --cache-dir must be the same "

@@ -60,6 +60,7 @@ from pathlib import Path
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write, writing_to
+from xrayfeat.runtime import library_call
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.report.document import (
@@ -1011,6 +1012,7 @@ def _document(runs: list[_Run], out: Path) -> tuple[list, int]:
 # --------------------------------------------------------------------------- entry point
 
 
+@library_call
 def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     """Write ``OUT/report.md`` and a self-contained ``OUT/report.html`` comparing ``runs``.
 
