@@ -1,7 +1,7 @@
 """The package's layering and surface: the folder layout is the data flow, and imports only run down it.
 
 ``LAYERS`` lists xrayfeat's top-level parts from the foundations (errors, file
-writing, the notebook display's pieces, devices, provenance, the backbone registry's facts, the options that read them)
+writing, the library's logging and quiet frameworks, the notebook display's pieces, devices, provenance, the backbone registry's facts, the options that read them)
 through the data flow (data → store → distributed → extraction → models →
 analysis → runs → report) to the faces (the Python API, the demo, the CLI). A
 module may import its own package and any part listed before its own; an import
@@ -23,7 +23,7 @@ PACKAGE = ROOT / "xrayfeat"
 
 LAYERS = [
     # foundations
-    "errors", "fileio", "display", "devices", "provenance", "backbones", "options",
+    "errors", "fileio", "runtime", "display", "devices", "provenance", "backbones", "options",
     # the data flow
     "data", "store", "distributed", "extraction", "models", "analysis", "runs", "report",
     # faces
@@ -81,7 +81,7 @@ def test_no_module_imports_a_part_above_its_own():
 
 def test_the_layout_is_a_few_packages_not_a_flat_folder():
     top = [p for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__main__.py", "__pycache__")]
-    assert len(top) == len(LAYERS) <= 18
+    assert len(top) == len(LAYERS) <= 19
 
 
 def test_every_subpackage_names_its_concept_and_its_modules():

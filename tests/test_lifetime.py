@@ -413,7 +413,7 @@ def test_sigterm_of_an_extract_leaves_no_decode_worker(tmp_path):
     try:
         def pool():
             found = descendants(proc.pid)
-            return found if any("spawn_main" in cmd for cmd in found.values()) else None
+            return found if any("xrayfeat.extraction.decode_worker" in cmd for cmd in found.values()) else None
 
         helpers = _wait_for(pool, 300, "the decode pool", proc)
         proc.send_signal(signal.SIGTERM)

@@ -14,8 +14,13 @@ framework (nor scikit-learn, h5py or pandas). See ``docs/python-api.md``.
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+# a library's logger: records go where the application says; a call shows its warnings where it says nothing
+# (xrayfeat.runtime.library_logging)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: Public name → module that defines it.
 _EXPORTS = {

@@ -22,6 +22,7 @@ from xrayfeat.data.datasets import discover as _discover
 from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions, renamed_keywords
 from xrayfeat.options.constraints import Choice, Interval, check_value, declaration, validate_params
 from xrayfeat.runs.loaded import Run, load_run
+from xrayfeat.runtime import library_call
 from xrayfeat.store.shards import PARTS
 
 
@@ -61,6 +62,7 @@ def _features(backbone, given: FeatureOptions | None, kwargs: dict) -> FeatureOp
     return FeatureOptions(backbone=backbone, **built)
 
 
+@library_call
 @validate_params({"cache_dir": {**declaration(RunOptions, "cache_dir"), "none": True},
                   "on_error": declaration(RunOptions, "on_error")})
 def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_cache",
@@ -84,6 +86,7 @@ def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_
     return _discover(data, classes=list(classes) if classes else None, hash_cache=hash_cache, on_error=on_error)
 
 
+@library_call
 def extract(data, backbone=None, *, features: FeatureOptions | None = None, run: RunOptions | None = None,
             classes=None, **options):
     """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.extraction.pipeline.ExtractResult`.
@@ -107,6 +110,7 @@ def extract(data, backbone=None, *, features: FeatureOptions | None = None, run:
     return results[0] if len(results) == 1 else results
 
 
+@library_call
 @validate_params({"part": Choice(PARTS)})
 def features(data, backbone=None, *, part: str = "pooled", features: FeatureOptions | None = None,
              run: RunOptions | None = None, classes=None, **options):
@@ -144,6 +148,7 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     return X, y, meta
 
 
+@library_call
 def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
              run: RunOptions | None = None, classes=None, out=None, runs_root="runs", overwrite: bool = False,
              **options):
@@ -175,6 +180,7 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     return load_run(result.run)
 
 
+@library_call
 @validate_params({"method": declaration(EmbedOptions, "method"), "seed": declaration(EmbedOptions, "seed")})
 def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from_run=None,
           features: FeatureOptions | None = None, run: RunOptions | None = None, classes=None, **options):
@@ -196,16 +202,19 @@ def embed(data, backbone=None, *, out, method: str = "tsne", seed: int = 0, from
     return embed_map(dataset, features, out, EmbedOptions(method=method, seed=seed), from_run=from_run, run=run)
 
 
+@library_call
 def predict(run, inputs, **options):
     """Classify new images with a trained run (a :class:`~xrayfeat.runs.loaded.Run` or its folder); see ``Run.predict``."""
     return (run if isinstance(run, Run) else load_run(run)).predict(inputs, **options)
 
 
+@library_call
 def explain(run, inputs, out, **options):
     """Grad-CAM overlays of a trained run's head on images, written to the folder ``out``; see ``Run.explain``."""
     return (run if isinstance(run, Run) else load_run(run)).explain(inputs, out, **options)
 
 
+@library_call
 def evaluate(run, data, **options):
     """Score a trained run on another site's labelled data; see ``Run.evaluate``."""
     return (run if isinstance(run, Run) else load_run(run)).evaluate(data, **options)

@@ -26,6 +26,7 @@ from xrayfeat.runs.fit import fit_head
 from xrayfeat.runs.maps import METHOD_NAMES, embed_map
 from xrayfeat.runs.loaded import load_run
 from xrayfeat.runs.outputs import check_new_folder
+from xrayfeat.runtime import library_call
 
 log = logging.getLogger("xrayfeat")
 
@@ -48,6 +49,7 @@ class DemoResult:
                 "seconds": self.seconds}
 
 
+@library_call
 def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progress: bool = True,
              say=log.info) -> DemoResult:
     """Run the demo into ``out`` (phantoms, cache, runs, report); ``quick`` is a smoke run (tiny images, 3 epochs).

@@ -126,6 +126,12 @@ class ClusterError(XrayfeatError):
     exit_code = 1
 
 
+class WorkerError(XrayfeatError):
+    """A helper process of this machine (a decode worker) ended before it answered: killed, or out of memory."""
+
+    exit_code = 1
+
+
 class RunError(XrayfeatError):
     """A folder is not a run, or a run's record or artifact is missing or damaged."""
 

@@ -34,7 +34,8 @@ _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_step
 @click.option("--baselines", default=",".join(BASELINES), show_default=True,
               help=declaration(HeadOptions, "baselines")["help"])
 @declared(RunOptions, "batch_size")
-@declared(RunOptions, "workers", help="Decoding processes for extraction (default: all cores; 0: in-process).")
+@declared(RunOptions, "workers", help="Decoding processes for extraction (default: one per core, or none for fewer than two "
+                                            "batches of images; 0: decode in this process).")
 @declared(RunOptions, "on_error")
 @click.option("--out", default=None, help="Run folder (default: runs/<task>-<backbone>-<time>).")
 @declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT",

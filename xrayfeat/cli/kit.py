@@ -32,13 +32,13 @@ import warnings
 import click
 from click.core import ParameterSource
 
-from xrayfeat.devices import release_jax_at_exit
 from xrayfeat.distributed.lifetime import signal_of, signals_unwind
 from xrayfeat.errors import DiskFullError, XrayfeatError, called_from, first_line, one_line, os_error
 from xrayfeat.fileio import as_disk_full, disk_full
 from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
 from xrayfeat.options.parsers import parse_list
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
+from xrayfeat.runtime import quiet_frameworks  # noqa: F401  (the CLI calls it first: xrayfeat.cli.main)
 
 log = logging.getLogger("xrayfeat")
 
@@ -71,27 +71,6 @@ def setup_logging(verbose: bool) -> None:
         log.warning("%s", message)
 
     warnings.showwarning = showwarning
-
-
-def quiet_frameworks() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (before it is imported).
-
-    Level 3 hides its C++ log lines of every severity: at level 2, the error-level
-    lines of a start-up on a machine without CUDA ("Unable to register cuDNN
-    factory", "failed call to cuInit") still print, with absl's "All log messages
-    before absl::InitializeLog()" banner, around xrayfeat's own one-line error.
-    Real failures still reach the user: they are Python exceptions, which the CLI
-    reports in one line. jax's garbage-collection hook is taken out at exit
-    (:func:`~xrayfeat.devices.release_jax_at_exit`), so no "Exception ignored" traceback
-    follows the command's output. A level the user set is kept, and ``XRAYFEAT_DEBUG=1``
-    leaves TensorFlow's own default (everything shown).
-    """
-    if not os.environ.get("XRAYFEAT_DEBUG"):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # jax's gc hook would print a traceback after the command's last line as the interpreter shuts down
-    release_jax_at_exit()
-    # tf.function retracing notices (predictions on train, val and test of different sizes) are not the user's problem
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def handle_errors(func):
@@ -201,14 +180,26 @@ def emit(data: dict, as_json: bool, human) -> None:
 
 
 def console(err: bool):
-    """A rich console for tables whose every string is data: no markup, control characters escaped."""
+    """A rich console for tables whose every string is data: no markup, control characters escaped.
+
+    On a terminal, tables fit its width; into a pipe or a file (rich would assume
+    80 columns and drop or squeeze columns) they keep every column at its full
+    width, unless ``COLUMNS`` says otherwise.
+    """
     from rich.console import Console
 
     class _DataConsole(Console):
         def render_str(self, text, **kwargs):  # every str a table, a title or print() renders passes here
             return super().render_str(one_line(text), **{**kwargs, "markup": False, "emoji": False})
 
-    return _DataConsole(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
+    out = _DataConsole(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):  # a pipe or a file: every column, however wide
+        out.width = UNBOUNDED_WIDTH
+    return out
+
+
+#: The width of a table written to a pipe or a file (no terminal to fit): wide enough for every column.
+UNBOUNDED_WIDTH = 10_000
 
 
 class IntRange(click.IntRange):

@@ -295,6 +295,7 @@ def session(address: str, *, announce: bool = False) -> Session:
     import distributed
 
     if kind == "local":
+        refuse_unguarded_main(address)
         try:
             cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                                dashboard_address=":0", silence_logs=quiet)
@@ -335,6 +336,71 @@ def session(address: str, *, announce: bool = False) -> Session:
     if announce:
         print(one_line(line), file=sys.stderr, flush=True)
     return live
+
+
+def refuse_unguarded_main(address: str) -> None:
+    """:class:`XrayfeatError` at once where a local cluster's workers would run the caller's script again.
+
+    Dask starts a local cluster's workers with ``multiprocessing``'s spawn,
+    which imports the main module of this process again in each one (as
+    ``__mp_main__``). Code of a script that is not under an ``if __name__ ==
+    "__main__":`` guard then runs in every worker (it starts clusters of its own
+    and waits on the locks this process holds), and a script read from standard
+    input cannot be imported at all. Both are refused here, in one line that
+    says what to add. ``python -c``, IPython and Jupyter have no main file to
+    import: nothing to check.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None:
+        return
+    if not os.path.isfile(path):
+        raise XrayfeatError(f"cluster={address!r} starts Dask worker processes, which import the main script again, "
+                            f"and a script read from {path} cannot be: save it to a file with its work under "
+                            f"`if __name__ == \"__main__\":`, or leave out the cluster (decoding runs in "
+                            f"worker processes all the same)")
+    line = _main_call_line(main)
+    if line is not None and not _guarded(path, line):
+        raise XrayfeatError(f"cluster={address!r} starts Dask worker processes, which run {path} again: line {line} "
+                            f"is not under `if __name__ == \"__main__\":`, so each worker would run it too; put the "
+                            f"script's work under that guard (or leave out the cluster)")
+
+
+def _main_call_line(main) -> int | None:
+    """The line of the main module's top-level code that this call comes from, None if not from there."""
+    frame = sys._getframe(1)
+    line = None
+    while frame is not None:
+        if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    return line
+
+
+def _guarded(path: str, line: int) -> bool:
+    """Whether ``line`` of the script at ``path`` lies under an ``if __name__ == "__main__":`` (unknown: True)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.body:
+            if node.body[0].lineno <= line <= (node.body[-1].end_lineno or line):
+                return True
+    return False
+
+
+def _is_main_test(test) -> bool:
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    mains = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return len(names) == 1 and len(mains) == 1
 
 
 def _quiet_dask(level: int) -> None:

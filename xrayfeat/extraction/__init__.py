@@ -9,11 +9,14 @@
 * :mod:`.decoding`: the reader, image files decoded ahead of the device by a bounded process pool
   (:func:`decoded`, :func:`default_workers`), a failure as data (:class:`DecodeFailure`), and the
   :func:`decoder_version` under which the store remembers the files that do not decode;
+* :mod:`.decode_worker`: one worker of that pool, a fresh interpreter fed over pipes, so no caller's
+  ``__main__`` is ever imported again (:func:`~.decode_worker.command`, :func:`~.decode_worker.interpreter`);
 * :mod:`.runner`: the mapper, full device batches through every backbone and out to every writer
   (:func:`run_batches`, :func:`build_model`, :func:`check_weights`);
 * :mod:`.writing`: the writer, every store's write lock held for a run (:func:`writing_session`,
   :class:`WritingSession`) and a Dask worker's staged shard (:class:`ChunkWriter`);
-* :mod:`.progress`: the progress bar, on a terminal only (:func:`progress_bar`);
+* :mod:`.progress`: the progress, a bar on a terminal or in Jupyter, else a line every few seconds
+  (:func:`progress_bar`);
 * :mod:`.chunks`: extraction on Dask, chunk jobs sent, computed on workers and committed here
   (:class:`ChunkJob`, :func:`run_chunks`, :func:`compute_chunk`, :func:`prepare_worker`);
 * :mod:`.pipeline`: the pipeline joined, dataset → missing rows → store, in this process or on Dask

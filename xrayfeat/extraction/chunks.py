@@ -161,7 +161,7 @@ def _compute_chunk(job: ChunkJob) -> dict:
         writers.append((ChunkWriter(store, provenance), config))
         models.append(model)
         wanted.append(set(hashes))
-    run = RunOptions(device=job.device, batch_size=job.batch_size, workers=0, on_error=job.on_error)
+    run = RunOptions(device=job.device, batch_size=job.batch_size, workers=0, on_error=job.on_error, progress=False)
     size = writers[0][1].fingerprint["image_size"]
     computed, skipped, lasting = run_batches(list(job.todo), writers, wanted, models, run, job.device, size)
     shards = [shard for shard in (writer.finish() for writer, _ in writers) if shard is not None]

@@ -12,7 +12,9 @@ keeping the epoch with the best validation score (``restore_best``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 
 from xrayfeat.devices import backend_device
@@ -136,6 +138,26 @@ class ModelDescription:
                 "total": self.total, "trainable": self.trainable, "non_trainable": self.non_trainable}
 
 
+#: The width of Keras' summary table (its four columns, "Param #" last).
+SUMMARY_WIDTH = 100
+
+
+@contextlib.contextmanager
+def _summary_width(width: int):
+    """Keras draws its summary on a rich console of its own, as wide as the terminal (80 columns where there
+    is none: a pipe, a file, a notebook), which cuts the table's last column: that console is told the table's
+    width (rich reads ``COLUMNS`` when the console is made, inside ``summary()``)."""
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = before
+
+
 def describe_seed_model(backbone: str, n_classes: int, *, image_size: int | None = None, units: int = 256,
                         dropout: float = 0.3, l2: float = 1e-3) -> ModelDescription:
     """The seed's full model for ``backbone`` and ``n_classes`` (random weights: only the shapes matter), described."""
@@ -148,7 +170,9 @@ def describe_seed_model(backbone: str, n_classes: int, *, image_size: int | None
                              units=units, dropout=dropout, l2=l2)
     counts = count_params(model)
     texts: list[str] = []
-    model.summary(print_fn=lambda text, line_break=None: texts.append(text), line_length=100, expand_nested=False)
+    with _summary_width(SUMMARY_WIDTH):
+        model.summary(print_fn=lambda text, line_break=None: texts.append(text), line_length=SUMMARY_WIDTH,
+                      expand_nested=False)
     lines = [line for text in texts for line in text.splitlines()]  # Keras hands its whole summary over at once
     return ModelDescription(backbone=backbone, classes=n_classes, image_size=image_size or spec.input_size,
                             summary=lines, **counts)

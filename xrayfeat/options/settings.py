@@ -213,11 +213,14 @@ class RunOptions:
                              help="Images per backbone batch.")
     workers: int | None = option(None, check=bounded(0, MAX_WORKERS, "each is a process with its own memory "
                                                                     "and open files"), none=True,
-                                 help="Decoding processes (default: all cores; 0: in-process).")
+                                 help="Decoding processes (default: one per core, or none for fewer than two batches "
+                                      "of images; 0: decode in this process).")
     cache_dir: str | os.PathLike = option("data_cache", check=Is((str, os.PathLike)), help="Feature cache folder.")
     on_error: str = option("fail", check=Choice(ON_ERROR),
                            help="An undecodable image stops the run (fail) or is left out and reported (skip).")
-    progress: bool = option(False, check=Is((bool,)), help="Show a progress bar on stderr.")
+    progress: bool = option(True, check=Is((bool,)),
+                            help="Show progress: a bar on a terminal or in Jupyter, else a line on stderr every "
+                                 "XRAYFEAT_PROGRESS_EVERY seconds (default 10).")
     cluster: str | None = option(None, check=Cluster(), none=True,
                                  help="Compute missing features on Dask: local:N starts N worker processes here, "
                                       "tcp://HOST:PORT joins a running scheduler; --cache-dir must be the same "

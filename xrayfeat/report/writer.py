@@ -60,6 +60,7 @@ from pathlib import Path
 from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write, writing_to
+from xrayfeat.runtime import library_call
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.report.document import (
@@ -1031,6 +1032,7 @@ class ReportResult:
         return self.as_json()[key]
 
 
+@library_call
 def write_report(runs: list[str | os.PathLike], out: str | os.PathLike) -> ReportResult:
     """Write ``OUT/report.md`` and a self-contained ``OUT/report.html`` comparing ``runs``.
 

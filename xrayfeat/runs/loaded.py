@@ -24,6 +24,7 @@ from xrayfeat.options.settings import FeatureOptions
 from xrayfeat.runs import tables
 from xrayfeat.runs.record import RunRecord, read_record
 from xrayfeat.runs.schema import Damaged
+from xrayfeat.runtime import library_call
 
 #: The figures fit-head draws, by name.
 FIGURES = ("curves", "confusion", "roc", "calibration", "gradcam")
@@ -215,6 +216,7 @@ class Run:
 
     # ------------------------------------------------------------------ models
 
+    @library_call
     def head(self):
         """The trained head (:class:`~xrayfeat.models.head.TrainedHead`), loaded after its sha256 is checked.
 
@@ -252,6 +254,7 @@ class Run:
         self._check_outputs(path, outputs)
         return head
 
+    @library_call
     def baseline(self, name: str):
         """A fitted baseline (``logreg``, ``svm`` or ``pixels``), unpickled only from bytes whose sha256 matches.
 
@@ -283,7 +286,8 @@ class Run:
 
     # ------------------------------------------------------------------ use
 
-    def predict(self, inputs, *, out=None, cache_dir=None, device: str = "auto", progress: bool = False, **options):
+    @library_call
+    def predict(self, inputs, *, out=None, cache_dir=None, device: str = "auto", progress: bool = True, **options):
         """Classify new images (files, folders, CSVs of paths): a table with each model's class and probabilities.
 
         See :func:`xrayfeat.runs.prediction.predict`; the table is ``result.table``.
@@ -292,8 +296,9 @@ class Run:
 
         return predict(self, inputs, out=out, cache_dir=cache_dir, device=device, progress=progress, **options)
 
+    @library_call
     def explain(self, inputs, out, *, target_class: str | None = None, cache_dir=None, device: str = "auto",
-                progress: bool = False, **options):
+                progress: bool = True, **options):
         """Grad-CAM overlays (``OUT/<image>.png``) and raw maps (``.npz``) of the head on images, from cached maps.
 
         Each map explains the image's predicted class, or ``target_class``. See :func:`xrayfeat.runs.explanation.explain`.
@@ -303,8 +308,9 @@ class Run:
         return explain(self, inputs, out, target_class=target_class, cache_dir=cache_dir, device=device,
                        progress=progress, **options)
 
+    @library_call
     def evaluate(self, data, *, name: str | None = None, classes=None, cache_dir=None, on_error: str = "fail",
-                 device: str = "auto", progress: bool = False, **options):
+                 device: str = "auto", progress: bool = True, **options):
         """Score the run on another site's labelled data (a folder or manifest), recorded under ``external/<name>``.
 
         ``data`` is discovered as ``xrayfeat evaluate`` discovers it (``classes``,
@@ -317,6 +323,7 @@ class Run:
                         progress=progress, **options)
 
 
+@library_call
 def load_run(path: str | os.PathLike) -> Run:
     """The run in folder ``path`` (a :class:`Run`); one clear error when it is not a run or is damaged."""
     return Run(path)

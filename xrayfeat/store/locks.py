@@ -15,6 +15,16 @@ words of :func:`xrayfeat.fileio.disk_full`, with ``--cache-dir`` as the other fo
 (:mod:`xrayfeat.runs.lock`) is the same lock with a bounded wait (``timeout``)
 and its own line for a folder it cannot write (``failure``). A lock dies with
 the process that holds it, so a killed writer never blocks the next one.
+
+While an exclusive lock is held, its file names the holder (``{"pid": ..., "host": ...,
+"thread": ...}``, a run's lock adds the command). Two waits would never end, and
+get one line at once instead (:class:`LockedBySelfError`): a thread asking again
+for a lock it holds, and a script that ``multiprocessing``'s spawn runs again in
+a child (it runs it as module ``__mp_main__``: code without an ``if __name__ ==
+"__main__":`` guard) asking for a lock that the process which started it holds
+while it waits for that child. Any other holder, another thread of this process
+or a parent that forked this one included, is waited for as usual: it may well
+release the lock.
 """
 
 from __future__ import annotations
@@ -22,14 +32,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
+import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
-from xrayfeat.errors import DiskFullError, StoreError, first_line
+from xrayfeat.errors import DiskFullError, StoreError, XrayfeatError, first_line
 from xrayfeat.fileio import NO_ROOM, disk_full
 
-__all__ = ["READ_ONLY", "flock", "write_failure", "writing"]
+__all__ = ["READ_ONLY", "LockedBySelfError", "flock", "holder", "lineage", "write_failure", "writing"]
+
+
+class LockedBySelfError(XrayfeatError):
+    """A lock is held by this process or one that started it: waiting for it would never end."""
+
+    exit_code = 1
 
 #: The errors of a folder that cannot be written (read-only mount, permissions).
 READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
@@ -102,13 +122,74 @@ def flock(path: Path, mode: int, *, on_wait=None, required: bool = True, timeout
         try:
             fcntl.flock(fh, mode | fcntl.LOCK_NB)
         except BlockingIOError:
+            _refuse_own(path)
             if on_wait:
                 on_wait()
             _wait(fh, mode, timeout, path)
+        exclusive = mode & fcntl.LOCK_EX
+        if exclusive:
+            _write_holder(fh, {"pid": os.getpid(), "host": socket.gethostname(), "thread": threading.get_ident()})
         try:
             yield fh
         finally:
+            if exclusive:
+                _write_holder(fh, None)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_holder(fh, holder: dict | None) -> None:
+    """Name the holder in the lock file (empty it for None); best effort: a read-only lock file says nothing."""
+    try:
+        fh.seek(0)
+        fh.truncate()
+        if holder is not None:
+            fh.write(json.dumps(holder) + "\n")
+        fh.flush()
+    except (OSError, ValueError):  # read-only (io.UnsupportedOperation is both)
+        pass
+
+
+def holder(path: Path) -> dict | None:
+    """What the lock file at ``path`` says of its holder (``pid``, ``host``, maybe ``command``), None if nothing."""
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+
+
+def lineage() -> list[int]:
+    """This process and those that started it, nearest first (through ``/proc``; else this process and its parent)."""
+    pids = [os.getpid()]
+    pid = os.getppid()
+    while pid > 1 and pid not in pids and len(pids) < 256:
+        pids.append(pid)
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(text.rsplit(")", 1)[1].split()[1])  # the field after the command name, which may hold ")"
+    return pids
+
+
+def _refuse_own(path: Path) -> None:
+    """:class:`LockedBySelfError` where waiting for the lock's holder would never end (see the module's text)."""
+    info = holder(path)
+    if info is None or info.get("host") != socket.gethostname():
+        return
+    pid = info["pid"]
+    if pid == os.getpid() and info.get("thread") == threading.get_ident():
+        raise LockedBySelfError(f"{path}: already locked by this thread, so waiting for it would never end; "
+                                f"finish the call that holds it before starting another on the same folder")
+    # a child of multiprocessing's spawn runs (or ran) the main script as "__mp_main__"; in its parent that
+    # name is only an alias of "__main__"
+    rerun = getattr(sys.modules.get("__mp_main__"), "__name__", None) == "__mp_main__"
+    if rerun and pid in lineage()[1:]:
+        command = f" ({info['command']})" if info.get("command") else ""
+        raise LockedBySelfError(
+            f"{path}: locked by process {pid}{command}, which started this one and runs the same script: this "
+            f"process runs it again (multiprocessing's spawn imports the main script in each child), so waiting "
+            f"would never end; put the script's work under `if __name__ == \"__main__\":`")
 
 
 def _wait(fh, mode: int, timeout: float | None, path: Path) -> None:
