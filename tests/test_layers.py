@@ -23,7 +23,7 @@ PACKAGE = ROOT / "xrayfeat"
 
 LAYERS = [
     # foundations
-    "errors", "fileio", "runtime", "display", "devices", "provenance", "backbones", "options",
+    "errors", "fileio", "devices", "runtime", "display", "provenance", "backbones", "options",
     # the data flow
     "data", "store", "distributed", "extraction", "models", "analysis", "runs", "report",
     # faces

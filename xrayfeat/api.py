@@ -223,6 +223,7 @@ def evaluate(run, data, **options):
 # --------------------------------------------------------------------------- the rest of the CLI, call by call
 
 
+@library_call
 def inspect(data, *, classes=None):
     """``xrayfeat inspect DATA``: counts per split and class, formats, sizes, duplicates and patient overlap.
 
@@ -234,6 +235,7 @@ def inspect(data, *, classes=None):
     return inspect_data(data, classes=classes)
 
 
+@library_call
 def describe(backbone: str, n_classes: int, *, image_size: int | None = None, units: int = 256,
              dropout: float = 0.3, l2: float = 1e-3):
     """``xrayfeat describe``: the seed's full model (frozen backbone + head) and its parameter counts.
@@ -252,6 +254,7 @@ def describe(backbone: str, n_classes: int, *, image_size: int | None = None, un
     return describe_seed_model(backbone, n_classes, image_size=image_size, units=units, dropout=dropout, l2=l2)
 
 
+@library_call
 def export(run, out, *, format: str = "keras", overwrite: bool = False):
     """``xrayfeat export RUN --out OUT``: the run's deployable model (uint8 pixels in, class probabilities out).
 
@@ -264,6 +267,7 @@ def export(run, out, *, format: str = "keras", overwrite: bool = False):
     return export_run(run, out, format=format, overwrite=overwrite)
 
 
+@library_call
 def cache_ls(cache_dir="data_cache"):
     """``xrayfeat cache ls``: the feature stores of ``cache_dir`` (:class:`~xrayfeat.store.catalog.CacheListing`)."""
     from xrayfeat.store.catalog import cache_ls as _cache_ls
@@ -271,6 +275,7 @@ def cache_ls(cache_dir="data_cache"):
     return _cache_ls(cache_dir)
 
 
+@library_call
 def cache_verify(cache_dir="data_cache"):
     """``xrayfeat cache verify``: every shard and index checked (:class:`~xrayfeat.store.catalog.CacheCheck`; ``.ok``)."""
     from xrayfeat.store.catalog import cache_verify as _cache_verify
@@ -278,6 +283,7 @@ def cache_verify(cache_dir="data_cache"):
     return _cache_verify(cache_dir)
 
 
+@library_call
 def cache_gc(cache_dir="data_cache"):
     """``xrayfeat cache gc``: repair, clean up and compact every store (:class:`~xrayfeat.store.catalog.CacheCleanup`)."""
     from xrayfeat.store.catalog import cache_gc as _cache_gc

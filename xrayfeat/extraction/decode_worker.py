@@ -2,7 +2,7 @@
 
 :func:`xrayfeat.extraction.decoding.decoded` starts each worker as
 ``python -c BOOT SYS_PATH PARENT`` (:func:`command`): a new interpreter that
-takes the parent's ``sys.path``, imports this module and runs :func:`main`. It
+takes the parent's ``sys.path``, imports this module and runs :func:`serve`. It
 never imports the parent's ``__main__`` (what ``multiprocessing``'s spawn does,
 and why a script without an ``if __name__ == "__main__":`` guard, a script on
 standard input or a notebook cell could hang or crash a spawned pool), so the
@@ -26,11 +26,11 @@ import pickle
 import sys
 from pathlib import Path
 
-__all__ = ["command", "interpreter", "main"]
+__all__ = ["command", "interpreter", "serve"]
 
-#: What the new interpreter runs: the parent's ``sys.path``, then :func:`main` (argv: sys.path as JSON, parent pid).
+#: What the new interpreter runs: the parent's ``sys.path``, then :func:`serve` (argv: sys.path as JSON, parent pid).
 BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-        "from xrayfeat.extraction.decode_worker import main; main(int(sys.argv[2]))")
+        "from xrayfeat.extraction.decode_worker import serve; serve(int(sys.argv[2]))")
 
 
 def interpreter() -> str | None:
@@ -58,7 +58,7 @@ def command(python: str, parent: int) -> list[str]:
     return [python, "-c", BOOT, json.dumps(sys.path), str(parent)]
 
 
-def main(parent: int) -> None:
+def serve(parent: int) -> None:
     """Serve requests from standard input until it ends; answers on standard output."""
     from xrayfeat.distributed.lifetime import die_with_parent
 

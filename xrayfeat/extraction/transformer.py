@@ -33,6 +33,7 @@ from xrayfeat.options.constraints import Choice, check_value, declaration
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.shards import PARTS
+from xrayfeat.runtime import library_call
 
 __all__ = ["CachedFeatures", "EXPECTED_FAILED_CHECKS", "PathsError", "read_part"]
 
@@ -149,6 +150,7 @@ class CachedFeatures(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ scikit-learn API
 
+    @library_call
     def fit(self, X, y=None):
         """Compute the features of ``X`` the cache lacks; record their store and width (see the class docstring)."""
         self._fit(X)
@@ -158,6 +160,7 @@ class CachedFeatures(TransformerMixin, BaseEstimator):
         """:meth:`fit`, then :meth:`transform` of the same ``X``, in one pass over the store."""
         return self._fit(X)
 
+    @library_call
     def transform(self, X):
         """The features of ``X``, one row per path in its order, float32; only what the cache lacks is computed."""
         check_is_fitted(self, "fingerprint_")
