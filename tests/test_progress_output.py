@@ -38,8 +38,9 @@ def test_describe_into_a_pipe_keeps_the_param_column(tmp_path):
     assert proc.stderr == ""
 
 
-def test_a_table_into_a_pipe_keeps_every_column(capsys):
+def test_a_table_into_a_pipe_keeps_every_column(capsys, monkeypatch):
     """The CLI's one console (fit-head's operating points, cache ls...): no 80-column cut where there is no terminal."""
+    monkeypatch.delenv("COLUMNS", raising=False)  # (pytest-xdist's workers set COLUMNS=80; a user's COLUMNS is obeyed)
     from rich.table import Table
 
     from xrayfeat.cli.kit import console
