@@ -32,7 +32,9 @@ def executed(tmp_path_factory):
 
 
 def _data(cell, kind: str) -> str:
-    for output in cell.outputs:
+    """The cell's value as Jupyter shows it (its last expression), else what it displayed, in ``kind``."""
+    outputs = sorted(cell.outputs, key=lambda o: o.output_type != "execute_result")
+    for output in outputs:
         if kind in output.get("data", {}):
             return output["data"][kind]
     raise AssertionError(f"no {kind} output in cell:\n{cell.source}")
@@ -82,6 +84,13 @@ def test_a_scikit_learn_pipeline_cross_validates_by_patient(executed):
     cells, _ = executed
     printed = "".join(o.get("text", "") for o in cells[8].outputs if o.get("name") == "stdout")
     assert printed.startswith("accuracy per fold: [") and printed.count(".") >= 4  # four folds' scores
+
+
+def test_long_calls_show_a_progress_bar_in_the_cell(executed):
+    cells, _ = executed
+    bars = [o["data"]["text/html"] for o in cells[1].outputs  # xf.features: the backbone on 40 images
+            if o.output_type in ("display_data", "update_display_data") and "text/html" in o.get("data", {})]
+    assert bars and "<progress" in bars[-1] and "40/40 images" in bars[-1], cells[1].outputs
 
 
 def test_no_framework_start_up_lines_reach_the_notebook(executed):

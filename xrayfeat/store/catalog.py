@@ -102,8 +102,10 @@ def check_cache_target(cache_dir: str | os.PathLike) -> Path:
     For the commands that write a cache (``extract``, ``fit-head``, ``embed``,
     ``predict``, ``explain``, ``evaluate``, ``cache export``), before anything is
     created: a folder that does not exist yet is fine (it is made); a file, a path
-    under a file, a name over the file system's limit, a link loop or a folder
-    without write permission is one line naming the path and the fix.
+    under a file, a name over the file system's limit or a link loop is one line
+    naming the path and the fix. A folder this user may not write to passes: a
+    read-only cache is read (a lab's shared cache), and a write it needs is
+    refused where it happens, naming the store (:mod:`xrayfeat.store.feature_store`).
     """
     from xrayfeat.errors import CacheFolderError, FileSystemError
     from xrayfeat.fileio import check_writable
@@ -115,6 +117,8 @@ def check_cache_target(cache_dir: str | os.PathLike) -> Path:
     except FileSystemError as exc:
         import errno
 
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return root  # read-only: reading needs no write permission
         if exc.errno == errno.ENOTDIR and Path(exc.filename) == root:
             raise CacheFolderError(f"{root}: is a file, not a cache folder: {fix}") from None
         if exc.errno == errno.ENOTDIR:
