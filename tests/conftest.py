@@ -17,8 +17,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Two xdist workers on as many cores: each worker, and every process it starts, computes on one thread, so the
+# frameworks' thread pools do not fight over the cores (measured on 2 cores: the four heaviest model files took
+# 110 s instead of 126 s). Set before anything imports TensorFlow or jax; a value already set is kept.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0) >= (os.cpu_count() or 1):  # set in xdist's workers only
+    for _name, _value in {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                          "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}.items():
+        os.environ.setdefault(_name, _value)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from xrayfeat.devices import release_jax_at_exit
 
@@ -28,19 +36,20 @@ release_jax_at_exit()
 
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-sample" / "all"
 
-#: Rough CPU seconds of the heaviest test files (worker and child processes, 2-core machine); only their order
-#: matters. scripts/test.sh runs ``--dist loadfile --no-loadscope-reorder``: the workers take whole files in
+#: Seconds each file took in the default run of scripts/test.sh on 2 cores (files under 5 s left out); only their
+#: order matters. scripts/test.sh runs ``--dist loadfile --no-loadscope-reorder``: the workers take whole files in
 #: collection order, so the longest files start first and the many short ones fill in at the end (without the
 #: option xdist orders files by their number of tests, and a long file with few tests may start last).
 FILE_COST = {
-    "test_demo.py": 90, "test_cluster.py": 76, "test_extract.py": 75, "test_disk_full.py": 70, "test_fit_real.py": 69, "test_cli.py": 62,
-    "test_export.py": 55, "test_extract_resume.py": 50, "test_headproc.py": 47, "test_heads_jax.py": 46,
-    "test_reliability_runs.py": 45, "test_streaming.py": 45, "test_heads.py": 43, "test_operating.py": 42,
-    "test_fit_learns.py": 41, "test_fit_tail.py": 39, "test_fit.py": 35, "test_docs.py": 34, "test_headproc_cli.py": 30,
-    "test_api.py": 26, "test_predict.py": 25, "test_reliability_images.py": 23, "test_explain.py": 19,
-    "test_embed.py": 19, "test_export_savedmodel.py": 19, "test_store_faults.py": 12, "test_keep.py": 10,
-    "test_baselines.py": 10, "test_exit_quiet.py": 9, "test_plots.py": 6, "test_imbalance.py": 6,
-    "test_lifetime.py": 55,  # (fault) three fit-heads and an extract ended by signals
+    "test_demo.py": 82, "test_callers.py": 76, "test_extract.py": 74, "test_reliability_images.py": 59,
+    "test_cli.py": 51, "test_streaming.py": 48, "test_heads.py": 48, "test_export.py": 47, "test_headproc.py": 46,
+    "test_progress_output.py": 43, "test_fit_tail.py": 42, "test_notebook.py": 40, "test_operating.py": 40,
+    "test_fit_real.py": 40, "test_heads_jax.py": 39, "test_docs.py": 37, "test_fit_learns.py": 32, "test_fit.py": 31,
+    "test_api.py": 28, "test_explain.py": 23, "test_python_calls.py": 18, "test_predict.py": 17,
+    "test_headproc_cli.py": 16, "test_reliability_runs.py": 15, "test_baselines.py": 13,
+    "test_export_savedmodel.py": 12, "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11,
+    "test_embed.py": 8, "test_plots.py": 7, "test_record_schema.py": 6, "test_store.py": 6, "test_imbalance.py": 6,
+    "test_weights.py": 5,
 }
 
 
