@@ -130,9 +130,10 @@ def _not_another_site(run, dataset: Dataset) -> list[RunWarning]:
     theirs = set((run.metrics.get("head") or {}).get("by_source") or {})
     shared = sorted({item.source for item in dataset.items if item.source} & theirs)
     if shared:
-        found.append(RunWarning("shared_source", f"images of {dataset.root} come from {', '.join(shared)}, a source "
-                                                 f"the run's own test data has too: they are not another site's, and "
-                                                 f"a shortcut the run learned there still works on them"))
+        which = f"{shared[0]}, a source" if len(shared) == 1 else f"{', '.join(shared)}, sources"
+        found.append(RunWarning("shared_source", f"images of {dataset.root} come from {which} the run's own test data "
+                                                 f"has too: they are not another site's, and a shortcut the run "
+                                                 f"learned there still works on them"))
     return found
 
 
