@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 
@@ -79,10 +78,9 @@ def discover(data, *, classes=None, cache_dir: str | os.PathLike | None = "data_
         return data.select_classes(classes) if classes else data
     hash_cache = None
     if cache_dir is not None:
-        from xrayfeat.store.catalog import check_cache_target
+        from xrayfeat.store.catalog import hash_memory
 
-        check_cache_target(cache_dir).mkdir(parents=True, exist_ok=True)  # a file there: one line, nothing made
-        hash_cache = Path(cache_dir) / "file-hashes.json"
+        hash_cache = hash_memory(cache_dir)  # a file there: one line, nothing made
     return _discover(data, classes=list(classes) if classes else None, hash_cache=hash_cache, on_error=on_error)
 
 

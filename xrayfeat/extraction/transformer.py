@@ -20,7 +20,6 @@ session) reads them and builds no backbone.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -31,6 +30,7 @@ from xrayfeat.extraction.pipeline import ExtractResult, extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.options.constraints import Choice, check_value, declaration
 from xrayfeat.options.settings import FeatureOptions, RunOptions
+from xrayfeat.store.catalog import hash_memory
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.shards import PARTS
 from xrayfeat.runtime import library_call
@@ -214,8 +214,7 @@ class CachedFeatures(TransformerMixin, BaseEstimator):
         from xrayfeat.data.datasets import gather_images
 
         paths = _paths(X)
-        Path(run.cache_dir).mkdir(parents=True, exist_ok=True)
-        dataset = gather_images(sorted(set(paths)), hash_cache=Path(run.cache_dir) / "file-hashes.json")
+        dataset = gather_images(sorted(set(paths)), hash_cache=hash_memory(run.cache_dir))
         result, kept, rows = read_part(dataset, features, run, self.part)
         fitted = getattr(self, "fingerprint_", None)
         if fitted is not None and result.store != self.store_:

@@ -37,6 +37,7 @@ from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
 from xrayfeat.provenance import utc_timestamp
+from xrayfeat.store.catalog import hash_memory
 from xrayfeat.runs.lock import updating_record
 from xrayfeat.runs.outputs import OutputError, check_output
 from xrayfeat.runs.prediction import run_cache_dir, score_images
@@ -160,9 +161,8 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     if isinstance(data, Dataset):
         dataset = data.select_classes(classes) if classes else data
     else:
-        folder.mkdir(parents=True, exist_ok=True)
         dataset = discover(data, classes=[classes] if isinstance(classes, str) else classes,
-                           hash_cache=folder / "file-hashes.json", on_error=on_error)
+                           hash_cache=hash_memory(folder), on_error=on_error)
     skipped = [printable(f"{s.path}: {s.reason}") for s in dataset.skipped]
     dataset = replace(dataset, skipped=())  # listed here and in the record; extraction gets the images only
     name = name or default_evaluation_name(dataset)

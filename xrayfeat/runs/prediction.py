@@ -183,9 +183,10 @@ def gather_inputs(run, inputs, cache_dir=None):
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    from xrayfeat.store.catalog import hash_memory
+
     folder = run_cache_dir(run, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return gather_images(inputs, hash_cache=folder / "file-hashes.json"), folder
+    return gather_images(inputs, hash_cache=hash_memory(folder)), folder
 
 
 def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_size: int = 32,

@@ -22,7 +22,7 @@ from xrayfeat.errors import StoreError
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
 
-__all__ = ["DamagedStore", "check_cache_folder", "check_cache_target", "list_stores", "is_store_folder", "is_cache_folder",
+__all__ = ["DamagedStore", "check_cache_folder", "check_cache_target", "hash_memory", "list_stores", "is_store_folder", "is_cache_folder",
            "STORE_MARKER", "HASH_MEMORY", "cache_ls", "cache_verify", "cache_gc", "CacheListing", "CacheCheck", "CacheCleanup"]
 
 log = logging.getLogger("xrayfeat")
@@ -81,18 +81,17 @@ def check_cache_folder(cache_dir: str | os.PathLike) -> Path:
     from xrayfeat.errors import CacheFolderError
 
     root = Path(cache_dir)
+    fix = "pass --cache-dir the folder extract wrote its features to"
     try:
         mode = root.stat().st_mode
     except FileNotFoundError:
-        raise CacheFolderError(f"{root}: no such folder: pass --cache-dir the folder extract wrote its features to") from None
+        raise CacheFolderError(f"{root}: no such folder: {fix}") from None
     except NotADirectoryError:
-        raise CacheFolderError(f"{root}: a part of this path is a file, not a folder: "
-                               "pass --cache-dir the folder extract wrote its features to") from None
+        raise CacheFolderError(f"{root}: a part of this path is a file, not a folder: {fix}") from None
     except OSError as exc:
         raise CacheFolderError(f"{root}: cannot be read ({exc.strerror or exc}): check the path and its permissions") from None
     if not stat.S_ISDIR(mode):
-        raise CacheFolderError(f"{root}: is a file, not a cache folder: "
-                               "pass --cache-dir the folder extract wrote its features to")
+        raise CacheFolderError(f"{root}: is a file, not a cache folder: {fix}")
     return root
 
 
@@ -125,6 +124,17 @@ def check_cache_target(cache_dir: str | os.PathLike) -> Path:
             raise CacheFolderError(f"{exc.filename}: a part of --cache-dir {root} is a file, not a folder: {fix}") from None
         raise CacheFolderError(f"{exc}; or {fix}") from None
     return root
+
+
+def hash_memory(cache_dir: str | os.PathLike) -> Path:
+    """The cache folder's file-hash memory (:data:`HASH_MEMORY`), the folder checked (:func:`check_cache_target`) and made.
+
+    Where every command that hashes images for a cache keeps their hashes, so the
+    next command on the same files reads no bytes.
+    """
+    root = check_cache_target(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return root / HASH_MEMORY
 
 
 def list_stores(cache_dir: str | os.PathLike, *, warn: bool = True) -> list[FeatureStore | DamagedStore]:
