@@ -84,6 +84,11 @@ def _fs_len(text: str) -> int:
     return len(os.fsencode(text))
 
 
+def _mark(name: str) -> str:
+    """What ends a shortened ``name``: ``~`` and the first hex digits of the whole name's sha256."""
+    return "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:_DIGEST_CHARS]
+
+
 def bounded_name(name: str, tail: str = "", *, head: str = "") -> str:
     """``head + name + tail`` when that is within :data:`NAME_MAX` bytes; else ``name`` shortened to fit.
 
@@ -97,7 +102,7 @@ def bounded_name(name: str, tail: str = "", *, head: str = "") -> str:
     whole = head + name + tail
     if _fs_len(whole) <= NAME_MAX:
         return whole
-    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:_DIGEST_CHARS]
+    mark = _mark(name)
     room = NAME_MAX - _fs_len(head + tail + mark)
     if room < 1:
         raise ValueError(f"no room for a name within {NAME_MAX} bytes beside {head!r} and {tail!r}")
@@ -125,8 +130,7 @@ def is_sibling_of(candidate: str | os.PathLike, path: str | os.PathLike, *, hidd
     head, name, found = "." if hidden else "", path.name, candidate.name
     if found.startswith(head + name + "."):
         return True
-    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:_DIGEST_CHARS]
-    cut, sep, _ = found.partition(mark)
+    cut, sep, _ = found.partition(_mark(name))
     return bool(sep) and cut.startswith(head) and name.startswith(cut[len(head):])
 
 

@@ -142,12 +142,13 @@ class Run:
         return show_figure(name, path, data)
 
     def _check_figure(self, name) -> None:
-        names = self.figure_names()
-        if name not in names:
-            from xrayfeat.options.constraints import Choice, OptionError
+        from xrayfeat.options.constraints import Choice, OptionError, check_value
 
-            allowed = Choice(tuple(names)).describe() if names else "a figure this run records (it records none)"
-            raise OptionError(f"The 'name' parameter of Run.show must be {allowed}. Got {name!r} instead.")
+        names = self.figure_names()
+        if not names:
+            raise OptionError(f"The 'name' parameter of Run.show must be a figure this run records (it records none). "
+                              f"Got {name!r} instead.")
+        check_value("Run.show", "name", name, Choice(tuple(names)))
 
     @property
     def head_input(self) -> str:
@@ -186,12 +187,10 @@ class Run:
 
     def _model(self, model: str, where: str) -> dict:
         """The metrics of ``model`` (``"head"`` or a baseline the run has); an OptionError naming them otherwise."""
-        found = tables.models_of(self.metrics)
-        if model not in found:
-            from xrayfeat.options.constraints import Choice, OptionError
+        from xrayfeat.options.constraints import Choice, check_value
 
-            raise OptionError(f"The 'model' parameter of Run.{where} must be {Choice(tuple(found)).describe()}. "
-                              f"Got {model!r} instead.")
+        found = tables.models_of(self.metrics)
+        check_value(f"Run.{where}", "model", model, Choice(tuple(found)))  # one message for every option
         return found[model]
 
     def predictions(self):
