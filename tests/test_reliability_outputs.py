@@ -345,3 +345,21 @@ def test_a_held_run_lock_is_waited_for_visibly_and_for_a_bounded_time_and_dies_w
     assert time.monotonic() - started < 1
     assert (run / "write.lock").read_text() == ""  # released: it names nobody
     xf.load_run(run)  # the lock file does not make the run unreadable
+
+
+def test_a_run_lock_names_its_holder_once_and_its_own_thread_asking_again_is_refused_at_once(tmp_path):
+    """The run's lock is the store's lock with a command: one record of the holder (pid, host, thread, command)."""
+    from xrayfeat.runs.lock import RUN_LOCK, lock_holder
+    from xrayfeat.store.locks import LockedBySelfError, holder
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with run_lock(folder, "evaluate"):
+        info = holder(folder / RUN_LOCK)
+        assert info["command"] == "evaluate" and info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+        assert "thread" in info and "since" in info
+        assert lock_holder(folder).startswith(f"evaluate (pid {os.getpid()} on {socket.gethostname()}, since ")
+        with pytest.raises(LockedBySelfError, match="already locked by this thread"):
+            with run_lock(folder, "embed", timeout=60):  # without the refusal: a 60 s wait, then RunLockError
+                pass
+    assert (folder / RUN_LOCK).read_text() == ""  # released: it names nobody

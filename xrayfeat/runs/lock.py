@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
-import socket
 from pathlib import Path
 
 from xrayfeat.errors import RunError, XrayfeatError, first_line
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.runs.record import RunRecord, read_record, write_record
-from xrayfeat.store.locks import READ_ONLY, flock
+from xrayfeat.store.locks import READ_ONLY, flock, holder
 
 log = logging.getLogger("xrayfeat")
 
@@ -78,16 +76,13 @@ def run_lock(path: str | os.PathLike, command: str, *, timeout: float | None = N
 
     held = contextlib.ExitStack()
     try:
-        fh = held.enter_context(flock(lock, fcntl.LOCK_EX, on_wait=waiting, timeout=timeout, failure=_unlockable))
+        held.enter_context(flock(lock, fcntl.LOCK_EX, on_wait=waiting, timeout=timeout, failure=_unlockable,
+                                 about={"command": command, "since": utc_timestamp()}))
     except TimeoutError:
         raise RunLockError(f"{folder}: {lock_holder(folder)} has been writing this run for more than {timeout:g} s; "
                            f"wait for it to finish (or stop it), then re-run") from None
     with held:
-        _name_holder(fh, command)
-        try:
-            yield
-        finally:
-            _name_holder(fh, None)
+        yield
 
 
 @contextlib.contextmanager
@@ -105,33 +100,11 @@ def updating_record(path: str | os.PathLike, command: str):
 
 def lock_holder(path: str | os.PathLike) -> str:
     """Who holds run folder ``path``'s lock, as its lock file says (``evaluate (pid 12 on host, since T)``)."""
-    try:
-        info = json.loads((Path(path) / RUN_LOCK).read_text())
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict) or not info.get("command"):
+    info = holder(Path(path) / RUN_LOCK)
+    if info is None or not info.get("command"):
         return "another xrayfeat command"
     return (f"{info['command']} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
             f"since {info.get('since', '?')})")
-
-
-def _name_holder(fh, command: str | None) -> None:
-    """Write who holds the lock into the lock file (nothing for ``None``: released); best effort.
-
-    A lock file opened read-only (a read-only run folder) cannot say it: the
-    command then fails at its first write into the run, with that write's line.
-    """
-    if fh is None:
-        return
-    text = "" if command is None else json.dumps({"command": command, "pid": os.getpid(),
-                                                  "host": socket.gethostname(), "since": utc_timestamp()}) + "\n"
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(text)
-        fh.flush()
-    except (OSError, ValueError):  # read-only (io.UnsupportedOperation is both)
-        pass
 
 
 def _unlockable(exc: OSError, path: Path) -> RunLockError:

@@ -106,13 +106,14 @@ def _lock_file(path: Path, *, required: bool, failure=write_failure):
 
 @contextlib.contextmanager
 def flock(path: Path, mode: int, *, on_wait=None, required: bool = True, timeout: float | None = None,
-          failure=write_failure):
+          failure=write_failure, about: dict | None = None):
     """Hold an fcntl lock on ``path``, yielding the open lock file; call ``on_wait()`` once if we have to wait for it.
 
     ``required=False`` (readers) reads without a lock where a read-only folder has no lock file to take
     (and yields None). ``timeout``: wait at most that many seconds, then raise :class:`TimeoutError`
     (None: as long as it takes). ``failure(exc, path)``: the exception for a lock file that cannot be
-    opened (:func:`write_failure`'s store line by default).
+    opened (:func:`write_failure`'s store line by default). ``about``: more of what an exclusive
+    holder's record says (a run's lock: the command, since when), beside its pid, host and thread.
     """
     fh = _lock_file(path, required=required, failure=failure)
     if fh is None:
@@ -128,7 +129,8 @@ def flock(path: Path, mode: int, *, on_wait=None, required: bool = True, timeout
             _wait(fh, mode, timeout, path)
         exclusive = mode & fcntl.LOCK_EX
         if exclusive:
-            _write_holder(fh, {"pid": os.getpid(), "host": socket.gethostname(), "thread": threading.get_ident()})
+            _write_holder(fh, {**(about or {}), "pid": os.getpid(), "host": socket.gethostname(),
+                               "thread": threading.get_ident()})
         try:
             yield fh
         finally:
