@@ -367,8 +367,10 @@ def refuse_unguarded_main(address: str) -> None:
 
 
 def _main_call_line(main) -> int | None:
-    """The line of the main module's top-level code that this call comes from, None if not from there."""
-    frame = sys._getframe(1)
+    """The line of the main module's top-level code that this call comes from, None if not from there (or unknown)."""
+    import inspect
+
+    frame = inspect.currentframe()  # public; None where the interpreter keeps no frames (then nothing is refused)
     line = None
     while frame is not None:
         if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
