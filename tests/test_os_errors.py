@@ -180,6 +180,20 @@ def test_report_and_predict_write_to_names_of_255_bytes(shared_run, place):
     assert len(list((place / folder).glob(".*"))) == 0
 
 
+def test_a_run_of_255_bytes_is_replaced_through_names_within_the_limit(shared_run, place):
+    """overwrite=True stages the new run and sets the old one aside beside it: both names derived, both bounded."""
+    from xrayfeat.runs import folder
+
+    old, new = shared_run.copy(place / ("o" * 255)), shared_run.copy(place / "staged")
+    staged = folder.staging_dir(old)
+    assert len(os.fsencode(staged.name)) <= 255 and staged.parent == place and staged.name.startswith(".")
+    new.rename(staged)
+    (staged / "marker.txt").write_text("the new run")
+    folder.replace_run(staged, old)
+    assert (old / "marker.txt").read_text() == "the new run" and (old / "config.json").is_file()
+    assert sorted(p.name for p in place.iterdir() if p.name.startswith(".")) == []  # the old run is gone, nothing left
+
+
 def test_explain_names_an_overlay_after_a_long_image_within_the_limit():
     from types import SimpleNamespace
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from xrayfeat.distributed.lifetime import TOKEN_KEY, WriteGuard, signal_of
 from xrayfeat.errors import DiskFullError, RunError, another_out
-from xrayfeat.fileio import as_disk_full, atomic_write, fsync_dir, writing_to
+from xrayfeat.fileio import as_disk_full, atomic_write, fsync_dir, sibling, writing_to
 from xrayfeat.provenance import utc_timestamp
 
 
@@ -85,7 +85,7 @@ def replaceable(path: str | os.PathLike) -> bool:
 def staging_dir(target: str | os.PathLike) -> Path:
     """A hidden sibling of ``target`` where a run that will replace it is written (:func:`replace_run`)."""
     target = Path(target)
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.new.tmp")
+    return sibling(target, f".{uuid.uuid4().hex[:12]}.new.tmp", hidden=True)  # within 255 bytes, as every derived name
 
 
 def replace_run(staged: Path, target: Path) -> None:
@@ -96,7 +96,7 @@ def replace_run(staged: Path, target: Path) -> None:
     """
     if target.exists() and not replaceable(target):
         raise RunError(f"{target}: {_occupied(target)} (the new run is complete at {staged})")
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old.tmp")
+    old = sibling(target, f".{uuid.uuid4().hex[:12]}.old.tmp", hidden=True)
     if target.exists():
         os.rename(target, old)
     os.rename(staged, target)
