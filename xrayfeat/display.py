@@ -30,7 +30,7 @@ from xrayfeat.errors import one_line
 
 __all__ = ["SHOWN_NAMES", "NAME_CHARS", "MAX_ROWS", "THUMB_PIXELS", "MAX_THUMBS", "MUTED", "html_text", "png_size",
            "short", "names_repr", "path_repr", "html_table", "html_title", "warnings_box", "error_box", "html_block",
-           "thumbnail", "html_figure", "FigureImage", "show_figure"]
+           "thumbnail", "html_figure", "FigureImage", "ipython_shell", "show_figure"]
 
 #: How many class (or model) names a ``repr`` lists before ``+N more``.
 SHOWN_NAMES = 8
@@ -181,20 +181,28 @@ class FigureImage:
         return f"FigureImage({self.name!r}, {path_repr(self.path)}, {len(self.data)} bytes)"
 
 
+def ipython_shell():
+    """The running IPython shell (a terminal IPython or a Jupyter kernel), or None; IPython is never imported here.
+
+    Only a running IPython has imported it, so its absence from ``sys.modules`` is a plain interpreter.
+    """
+    import sys
+
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return None
+    try:
+        return ipython.get_ipython()
+    except Exception:  # an IPython too old or too broken to say: treated as none
+        return None
+
+
 def show_figure(name: str, path, data: bytes):
     """Display the PNG inline when running inside IPython/Jupyter (and return None), else return a :class:`FigureImage`.
 
     Never opens a window: the bytes are the figure file the run recorded.
     """
-    import sys
-
-    shell = None
-    if "IPython" in sys.modules:  # only a running IPython has imported it; never imported here
-        try:
-            shell = sys.modules["IPython"].get_ipython()
-        except Exception:
-            shell = None
-    if shell is not None:
+    if ipython_shell() is not None:
         from IPython.display import Image, display
 
         display(Image(data=data, format="png"))

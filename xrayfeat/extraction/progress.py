@@ -38,14 +38,9 @@ def progress_every() -> float:
 
 def in_notebook() -> bool:
     """Whether this process is a Jupyter kernel (an IPython kernel shell); IPython is never imported here."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:
-        return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    from xrayfeat.display import ipython_shell
+
+    return type(ipython_shell()).__name__ == "ZMQInteractiveShell"
 
 
 def _eta(seconds: float) -> str:
