@@ -11,7 +11,9 @@ A :class:`Dataset` is the list of labelled image files that every later step
 ``manifest``
     a CSV file with the columns ``path,label[,split][,patient_id][,source]``;
     paths are relative to the CSV's folder and stay inside it, the split defaults
-    to ``train``.
+    to ``train``. Instead of ``label``, a ``labels`` column (``A|B``) or one
+    column per finding (1, 0, -1 uncertain, blank) makes a multi-label task, and
+    ``group:NAME`` columns put images in patient groups: see :mod:`xrayfeat.data.labels`.
 
 Every item carries the SHA-256 of its file's bytes, because the feature store is
 keyed by content, not by path: the same image in two datasets is extracted once,
@@ -54,7 +56,7 @@ import logging
 import os
 import posixpath
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -64,6 +66,7 @@ from xrayfeat.data import images
 from xrayfeat.errors import DatasetError, control_characters, one_line
 from xrayfeat.fileio import csv_value
 from xrayfeat.data.hashes import HashCache, hash_files
+from xrayfeat.data.labels import finding_value, is_group_column, label_columns, positive_names, split_labels
 from xrayfeat.options.settings import ON_ERROR
 from xrayfeat.options.constraints import Choice, OptionError
 
@@ -98,6 +101,13 @@ class Item:
     machines); ``sha256`` is the hex digest of the file's bytes (the feature
     store key) and ``nbytes`` its size. ``patient_id`` and ``source`` are
     ``None`` unless a manifest gives them.
+
+    In a multi-label task, ``findings`` holds the value of each finding of
+    :attr:`Dataset.classes` as the table gives it (1.0, 0.0, -1.0 uncertain,
+    NaN blank) and ``label`` the positive findings joined by ``|`` (``-`` for
+    none); in a single-label task ``findings`` is None. ``groups`` holds the
+    image's ``(group, value)`` pairs (``("sex", "F")``), sorted, for the
+    subgroup metrics.
     """
 
     path: Path
@@ -108,6 +118,15 @@ class Item:
     source: str | None
     sha256: str
     nbytes: int
+    findings: tuple[float, ...] | None = None
+    groups: tuple[tuple[str, str], ...] = ()
+
+    def group(self, name: str) -> str | None:
+        """This image's value of group ``name`` (``"sex"``), or None where unknown."""
+        for key, value in self.groups:
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,10 @@ class Dataset:
     :meth:`select_classes` makes a new task and renumbers them. ``skipped``
     lists the files that discovery left out with ``on_error="skip"`` (empty,
     unreadable, not an image); they are not items, but extraction reports them.
+
+    A multi-label dataset (``multilabel=True``) has findings for classes, in
+    its table's order, and each item's values in :attr:`Item.findings`; its
+    :attr:`targets` replace :attr:`labels`.
     """
 
     root: Path
@@ -142,6 +165,7 @@ class Dataset:
     classes: tuple[str, ...]
     layout: str
     skipped: tuple[Skipped, ...] = ()
+    multilabel: bool = False
 
     def __len__(self) -> int:
         return len(self.items)
@@ -162,8 +186,35 @@ class Dataset:
         return iter(self.items)
 
     @property
+    def task(self) -> str:
+        """``"multilabel"``, ``"binary"`` or ``"multiclass"``."""
+        if self.multilabel:
+            return "multilabel"
+        return "binary" if len(self.classes) == 2 else "multiclass"
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The finding values of a multi-label dataset, (items, findings) float32: 1, 0, -1 uncertain, NaN blank.
+
+        A single-label dataset gives its labels one-hot, so code written for
+        findings reads either.
+        """
+        if not self.multilabel:
+            return np.eye(len(self.classes), dtype=np.float32)[self.labels]
+        return np.array([item.findings for item in self.items], dtype=np.float32).reshape(len(self.items),
+                                                                                         len(self.classes))
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The patient groups some item belongs to (``sex``, ``age``, ``view``), sorted."""
+        return tuple(sorted({key for item in self.items for key, _ in item.groups}))
+
+    @property
     def labels(self) -> np.ndarray:
-        """Label indices into :attr:`classes`, one per item, as int64."""
+        """Label indices into :attr:`classes`, one per item, as int64 (a multi-label dataset has :attr:`targets`)."""
+        if self.multilabel:
+            raise DatasetError(f"{self.root}: a multi-label dataset has no single label per image; "
+                               f"read Dataset.targets (one column per finding)")
         index = {name: i for i, name in enumerate(self.classes)}
         return np.fromiter((index[item.label] for item in self.items), dtype=np.int64, count=len(self.items))
 
@@ -199,13 +250,16 @@ class Dataset:
             raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
         items = tuple(item for item in self.items if item.split == split)
         skipped = tuple(s for s in self.skipped if s.split == split)
-        return Dataset(root=self.root, items=items, classes=self.classes, layout=self.layout, skipped=skipped)
+        return Dataset(root=self.root, items=items, classes=self.classes, layout=self.layout, skipped=skipped,
+                       multilabel=self.multilabel)
 
     def select_classes(self, names: Iterable[str]) -> Dataset:
         """Keep only the named classes, e.g. covid and normal out of a four-class folder.
 
         The kept classes are re-sorted, so label indices are those a folder with
         only these classes would give. A single string is taken as one class name.
+        In a multi-label dataset every image stays (an image without the kept
+        findings is a negative for each) and the findings keep the table's order.
         """
         wanted = {names} if isinstance(names, str) else set(names)
         if not wanted:
@@ -216,9 +270,23 @@ class Dataset:
                 f"{self.root}: unknown class{'es' if len(unknown) > 1 else ''} "
                 f"{', '.join(map(repr, unknown))}; available: {', '.join(self.classes)}"
             )
+        if self.multilabel:
+            return _select_findings(self, wanted)
         items = tuple(item for item in self.items if item.label in wanted)
         skipped = tuple(s for s in self.skipped if s.label in wanted)
         return Dataset(root=self.root, items=items, classes=tuple(sorted(wanted)), layout=self.layout, skipped=skipped)
+
+
+def _select_findings(dataset: Dataset, wanted: set[str]) -> Dataset:
+    """A multi-label dataset with only the ``wanted`` findings, in the table's order."""
+    keep = [i for i, name in enumerate(dataset.classes) if name in wanted]
+    classes = tuple(dataset.classes[i] for i in keep)
+    items = []
+    for item in dataset.items:
+        values = tuple(item.findings[i] for i in keep)
+        items.append(replace(item, findings=values, label=positive_names(values, classes)))
+    return Dataset(root=dataset.root, items=tuple(sorted(items, key=_order)), classes=classes, layout=dataset.layout,
+                   skipped=dataset.skipped, multilabel=True)
 
 
 class _Found(NamedTuple):
@@ -232,6 +300,8 @@ class _Found(NamedTuple):
     split: str
     patient_id: str | None = None
     source: str | None = None
+    findings: tuple[float, ...] | None = None
+    groups: tuple[tuple[str, str], ...] = ()
 
     @property
     def shown(self) -> str:
@@ -300,14 +370,17 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
         annotations = _read_annotations(os.path.join(absolute, MANIFEST_NAME))
         if annotations:
             found = [
-                f._replace(patient_id=annotations[f.relpath][0], source=annotations[f.relpath][1])
+                f._replace(patient_id=annotations[f.relpath][0], source=annotations[f.relpath][1],
+                           groups=annotations[f.relpath][2])
                 if f.relpath in annotations else f
                 for f in found
             ]
     elif os.path.isfile(absolute) and absolute.lower().endswith(".csv"):
         layout = "manifest"
         root = os.path.dirname(absolute)
-        found = _read_manifest(absolute, shown_root, suffixes, problems)
+        found, findings = _read_manifest(absolute, shown_root, suffixes, problems)
+        if findings is not None:
+            return _multilabel(Path(root), found, findings, wanted, hash_cache, problems, shown_root)
         labels = {f.label for f in found} | {s.label for s in problems.skipped}
         _check_wanted(wanted, labels, shown_root)
         if wanted is not None:
@@ -326,6 +399,18 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     cache.save()
     return Dataset(root=Path(root), items=tuple(sorted(items, key=_order)), classes=tuple(all_classes), layout=layout,
                    skipped=tuple(sorted(problems.skipped, key=_order)))
+
+
+def _multilabel(root: Path, found: list[_Found], findings: tuple[str, ...], wanted: set[str] | None, hash_cache,
+                problems: _Problems, shown_root: str) -> Dataset:
+    """The multi-label dataset of a manifest's found files: hashed, with only the ``wanted`` findings."""
+    _check_wanted(wanted, findings, shown_root)
+    cache = HashCache(hash_cache)
+    items = _hash(found, cache, problems)
+    cache.save()
+    dataset = Dataset(root=root, items=tuple(sorted(items, key=_order)), classes=findings, layout="manifest",
+                      skipped=tuple(sorted(problems.skipped, key=_order)), multilabel=True)
+    return dataset if wanted is None else dataset.select_classes(wanted)
 
 
 def _order(entry: Item | Skipped) -> tuple[int, str, str]:
@@ -551,8 +636,8 @@ def _normalise_relpath(value: str) -> str:
     return posixpath.normpath(value.strip().replace("\\", "/"))
 
 
-def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]] | None:
-    """patient_id/source per relpath from a folder's manifest.csv, or None if it has no such columns.
+def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None, tuple]] | None:
+    """patient_id, source and groups per relpath from a folder's manifest.csv, or None if it has no such columns.
 
     Written by the phantom generator; a manifest with other columns (like the
     real sample's ``relpath,...,label,...``) or one that cannot be read is ignored.
@@ -561,7 +646,8 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]]
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [name.strip().lower() for name in next(reader, [])]
-            if "path" not in header or not ({"patient_id", "source"} & set(header)):
+            group_columns = _group_columns(header)
+            if "path" not in header or not ({"patient_id", "source"} & set(header) or group_columns):
                 return None
             _refuse_duplicate_columns(header, manifest)
             i_path = header.index("path")
@@ -571,12 +657,29 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None]]
             for row in reader:
                 if len(row) <= i_path or not row[i_path].strip():
                     continue
-                annotations[_normalise_relpath(csv_value(row[i_path].strip()))] = (_cell(row, i_pid), _cell(row, i_src))
+                annotations[_normalise_relpath(csv_value(row[i_path].strip()))] = (
+                    _cell(row, i_pid), _cell(row, i_src), _groups(row, group_columns))
             return annotations
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         if not isinstance(error, FileNotFoundError):
             logger.debug("ignoring %s: %s", manifest, error)
         return None
+
+
+def _group_columns(header: list[str]) -> list[tuple[str, int]]:
+    """(group name, column index) of each ``group:NAME`` column, the name lower-cased (``group:Sex`` is ``sex``)."""
+    return [(name.strip()[len("group:"):].strip().lower(), i) for i, name in enumerate(header)
+            if is_group_column(name.strip())]
+
+
+def _groups(row: list[str], columns: list[tuple[str, int]]) -> tuple[tuple[str, str], ...]:
+    """A row's known groups, sorted by name (an empty cell is an unknown group, left out)."""
+    pairs = []
+    for name, index in columns:
+        value = _cell(row, index)
+        if value is not None:
+            pairs.append((name, value))
+    return tuple(sorted(pairs))
 
 
 def _cell(row: list[str], index: int | None) -> str | None:
@@ -615,8 +718,12 @@ def _outside(path: str, base: str, real_base: str, real_dirs: dict[str, str]) ->
     return None if real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep) else real
 
 
-def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], problems: _Problems) -> list[_Found]:
+def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
+                   problems: _Problems) -> tuple[list[_Found], tuple[str, ...] | None]:
     """Parse a CSV manifest into found files, checking columns, splits and that files exist.
+
+    Returns the found files and, for a multi-label manifest, its findings (see
+    :func:`xrayfeat.data.labels.label_columns`); None for a single-label one.
 
     Its values are only ever data: paths are joined to the manifest's folder and
     must stay inside it; nothing is evaluated or handed to a shell.
@@ -632,16 +739,23 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
         raise DatasetError(_one_line(f"{shown_csv}: cannot read the manifest ({error}); check the file")) from error
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise DatasetError(f"{shown_csv}: manifest is empty; it needs a header row {','.join(_REQUIRED_COLUMNS + _OPTIONAL_COLUMNS)} and one row per image")
-    header = [name.strip().lower() for name in rows[0]]
+    written = [name.strip() for name in rows[0]]
+    header = [name.lower() for name in written]
     _refuse_duplicate_columns(header, shown_csv)
-    missing = [name for name in _REQUIRED_COLUMNS if name not in header]
+    kind, finding_columns = label_columns(written)
+    findings = _finding_names(written, finding_columns, shown_csv) if kind == "findings" else None
+    group_columns = _group_columns(header)
+    multilabel = kind == "labels" or (finding_columns and "path" in header)  # without a path, nothing reads as findings
+    missing = [name for name in _REQUIRED_COLUMNS if name not in header and not (name == "label" and multilabel)]
     if missing:
         raise DatasetError(_one_line(
             f"{shown_csv}: manifest lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(found: {', '.join(header)}); required: {', '.join(_REQUIRED_COLUMNS)}, "
-            f"optional: {', '.join(_OPTIONAL_COLUMNS)}"
+            f"optional: {', '.join(_OPTIONAL_COLUMNS)}; or, for a multi-label task, a 'labels' column (A|B) or "
+            f"one column per finding (1, 0, -1, blank)"
         ))
-    col = {name: header.index(name) for name in _REQUIRED_COLUMNS + _OPTIONAL_COLUMNS if name in header}
+    col = {name: header.index(name) for name in _REQUIRED_COLUMNS + _OPTIONAL_COLUMNS + ("labels",) if name in header}
+    named_labels: list[list[str]] = []  # a 'labels' manifest: each found row's findings, valued once all are known
     allowed = ", ".join(sorted(suffixes))
     found: list[_Found] = []
     seen: dict[str, int] = {}
@@ -652,12 +766,24 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
         if not any(cell.strip() for cell in row):
             continue
         value = _cell(row, col["path"])
-        label = _cell(row, col["label"])
         if value is None:
             raise DatasetError(f"{shown_csv}: line {line} has an empty path; fill it in or delete the row")
-        if label is None:
-            raise DatasetError(_one_line(f"{shown_csv}: line {line} ({value}) has an empty label; fill it in or delete the row"))
-        _check_class_name(label, f"{shown_csv}: line {line}")
+        values, names = None, None
+        if kind == "label":
+            label = _cell(row, col["label"])
+            if label is None:
+                raise DatasetError(_one_line(f"{shown_csv}: line {line} ({value}) has an empty label; fill it in or delete the row"))
+            _check_class_name(label, f"{shown_csv}: line {line}")
+        elif kind == "labels":
+            names = split_labels(_cell(row, col["labels"]) or "")
+            for name in names:
+                _check_class_name(name, f"{shown_csv}: line {line}")
+            label = "|".join(names) or "-"
+        else:
+            where = f"{shown_csv}: line {line}"
+            values = tuple(finding_value(row[i] if i < len(row) else "", where=where, column=written[i])
+                           for i in finding_columns)
+            label = positive_names(values, findings)
         split = (_cell(row, col["split"]) if "split" in col else None) or "train"
         if split.lower() not in _SPLIT_ORDER:
             bad_splits.setdefault(split, line)
@@ -683,7 +809,8 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
             ))
         seen[path] = line
         file = _Found(path, shown_base, value, relpath, label, split,
-                      _cell(row, col.get("patient_id")), _cell(row, col.get("source")))
+                      _cell(row, col.get("patient_id")), _cell(row, col.get("source")), values,
+                      _groups(row, group_columns))
         if _suffix(value) not in suffixes:
             problems.report(file, f"not an image (allowed: {allowed}); fix line {line} of {shown_csv}")
         elif not os.path.exists(path) and not problems.skip:
@@ -695,6 +822,8 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
             problems.report(file, f"not a regular file; fix line {line} of {shown_csv}")
         else:
             found.append(file)
+            if names is not None:
+                named_labels.append(names)
     if bad_splits:
         listed = ", ".join(f"{value!r} (line {line})" for value, line in bad_splits.items())
         raise DatasetError(_one_line(
@@ -709,7 +838,21 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], prob
         ))
     if not found and not problems.skipped:
         raise DatasetError(f"{shown_csv}: manifest has a header but no rows; add one row per image")
-    return found
+    if kind == "labels":
+        findings = tuple(sorted({name for names in named_labels for name in names}))
+        if not findings:
+            raise DatasetError(f"{shown_csv}: the 'labels' column names no finding; write findings as A|B")
+        found = [f._replace(findings=tuple(1.0 if name in names else 0.0 for name in findings))
+                 for f, names in zip(found, named_labels)]
+    return found, findings
+
+
+def _finding_names(written: list[str], columns: list[int], shown_csv: str) -> tuple[str, ...]:
+    """The findings of a manifest with one column per finding: the columns' names, checked."""
+    names = tuple(written[i] for i in columns)
+    for name in names:
+        _check_class_name(name, f"{shown_csv}: header")
+    return names
 
 
 def _hash(found: list[_Found], cache: HashCache, problems: _Problems) -> list[Item]:
@@ -727,7 +870,8 @@ def _hash(found: list[_Found], cache: HashCache, problems: _Problems) -> list[It
         parent = folders.get(folder)
         if parent is None:
             parent = folders[folder] = Path(folder)
-        items.append(Item(parent / name, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size))
+        items.append(Item(parent / name, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
+                          f.findings, f.groups))
     return items
 
 

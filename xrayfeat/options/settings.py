@@ -46,7 +46,10 @@ CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 #: What ``--restore-best`` may monitor on the validation data.
 RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
 #: The tasks of the built-in synthetic data set: four classes, or covid against normal.
-PHANTOM_TASKS: tuple[str, ...] = ("four", "binary")
+PHANTOM_TASKS: tuple[str, ...] = ("four", "binary", "multilabel")
+#: What a multi-label study makes of an uncertain finding (-1): the U-Ignore, U-Zeros and U-Ones policies of
+#: Irvin et al. 2019. ``ignore`` masks it out of the loss and the metrics.
+UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
 #: ``n_jobs`` wherever it is taken (the baselines, the maps), as scikit-learn means it: a number of jobs
 #: (at least 1) or -1 for every core; None (allowed beside it) leaves the choice to the callee. 0 is refused.
 N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
@@ -287,6 +290,9 @@ class HeadOptions:
     positive: str | None = option(None, check=Is((str,)), none=True,
                                   help="The positive class of a binary task (default: the second class); "
                                        "multiclass tasks report every class one-vs-rest.")
+    uncertain: str = option("ignore", check=Choice(UNCERTAIN_POLICIES),
+                            help="Multi-label tasks: an uncertain finding (-1) is masked out of the loss and the metrics "
+                                 "(ignore), or read as negative (zeros) or positive (ones); blank entries are always masked.")
     memory_budget: str | int | None = option(None, check=ByteSize(), none=True,
                                              help="Memory for features, e.g. 8G: larger head inputs are streamed from "
                                                   "the store, larger baseline training sets are subsampled "
@@ -317,7 +323,8 @@ class EmbedOptions:
 class PhantomOptions:
     """The built-in synthetic chest X-rays (:func:`xrayfeat.data.phantoms.write_phantoms`): what and how many."""
 
-    task: str = option("four", check=Choice(PHANTOM_TASKS), help="Four classes, or covid against normal (binary).")
+    task: str = option("four", check=Choice(PHANTOM_TASKS),
+                       help="Four classes, covid against normal (binary), or co-occurring findings (multilabel).")
     per_class: int = option(60, check=bounded(2, MAX_PHANTOMS_PER_CLASS, "each image is a file on disk"),
                             help="Images per class (train + test).")
     size: int = option(256, check=bounded(32, MAX_PHANTOM_SIZE, "each image is drawn in memory, in floating point, "
@@ -333,5 +340,5 @@ class PhantomOptions:
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "PhantomOptions",
            "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS",
+           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]
