@@ -14,7 +14,9 @@ from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError, OptionTypeError
 from xrayfeat.data.phantoms import (
     BINARY_CLASSES,
+    FINDINGS,
     FOUR_CLASSES,
+    GROUP_COLUMNS,
     MANIFEST_COLUMNS,
     SITES,
     TASKS,
@@ -48,7 +50,7 @@ def small(tmp_path_factory):
 def test_constants():
     assert FOUR_CLASSES == ("covid", "normal", "pneumonia_bac", "pneumonia_vir")
     assert BINARY_CLASSES == ("covid", "normal")
-    assert TASKS == {"four": FOUR_CLASSES, "binary": BINARY_CLASSES}
+    assert TASKS == {"four": FOUR_CLASSES, "binary": BINARY_CLASSES, "multilabel": FINDINGS}
     assert MANIFEST_COLUMNS == ("path", "label", "split", "patient_id", "source")
 
 
@@ -122,7 +124,7 @@ def test_images_do_not_depend_on_task_or_per_class(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"task": "three"}, r"'task' parameter .* one of \{'four', 'binary'\}\. Got 'three'"),
+        ({"task": "three"}, r"'task' parameter .* one of \{'four', 'binary', 'multilabel'\}\. Got 'three'"),
         ({"per_class": 1}, r"'per_class' parameter .* in \[2, 100000\] \(at most 100,000: .*\)\. Got 1 instead"),
         ({"per_class": 2.5}, r"'per_class' parameter .* Got 2.5 instead"),
         ({"size": 16}, r"'size' parameter .* in \[32, 2048\] \(at most 2,048: .*\)\. Got 16 instead"),
@@ -221,3 +223,29 @@ def test_global_statistics_do_not_give_the_class_away(learn_set):
     stats = np.stack([flat.mean(1), flat.std(1)], axis=1)
     # Measured 0.33 (chance 0.25): exposure, size and noise carry no class.
     assert _test_accuracy(stats, labels, split, pca=False) < 0.5
+
+
+def test_multilabel_phantoms_have_co_occurring_findings_uncertain_labels_and_groups(tmp_path):
+    """--task multilabel: one column per finding (1, 0, -1), groups, patient-grouped splits, read as multi-label."""
+    import numpy as np
+
+    from xrayfeat.data.datasets import discover
+
+    manifest = write_phantoms(tmp_path / "ml", task="multilabel", per_class=20, size=48, seed=3)
+    with open(manifest, newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["path", "split", "patient_id", "source", *FINDINGS, *GROUP_COLUMNS]
+    dataset = discover(manifest)
+    assert dataset.multilabel and dataset.classes == FINDINGS and len(dataset) == 80
+    values = dataset.targets
+    assert set(np.unique(values)) <= {-1.0, 0.0, 1.0}
+    positive = values == 1
+    assert positive.sum(axis=0).min() > 0 and (values == -1).any()  # every finding seen; some written uncertain
+    assert (positive.sum(axis=1) >= 2).any() and (~(values != 0).any(axis=1)).any()  # co-occurrence; clear lungs
+    splits = {}
+    for item in dataset.items:
+        splits.setdefault(item.patient_id, set()).add(item.split)
+        assert {name for name, _ in item.groups} == {"sex", "age", "view"}
+    assert all(len(s) == 1 for s in splits.values())  # no patient spans train and test
+    again = write_phantoms(tmp_path / "again", task="multilabel", per_class=20, size=48, seed=3)
+    assert again.read_bytes() == manifest.read_bytes()

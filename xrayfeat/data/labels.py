@@ -36,7 +36,7 @@ import numpy as np
 
 from xrayfeat.errors import DatasetError, one_line
 
-__all__ = ["FINDING_VALUES", "GROUP_PREFIX", "RESERVED_COLUMNS", "UNCERTAIN", "finding_value", "is_group_column",
+__all__ = ["AGE_BANDS", "age_band", "FINDING_VALUES", "GROUP_PREFIX", "RESERVED_COLUMNS", "UNCERTAIN", "finding_value", "is_group_column",
            "label_columns", "positive_names", "split_labels", "targets"]
 
 RESERVED_COLUMNS = ("path", "label", "labels", "split", "patient_id", "source")
@@ -52,6 +52,16 @@ FINDING_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": UNCERTAIN, "
 """What a finding column's cell may hold, and the value it stands for (blank: not mentioned)."""
 
 LABELS_SEPARATOR = "|"
+
+AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
+"""The age bands of ``group:age``: those of the CheXclusion audit (Seyyed-Kalantari et al. 2021), lower bound inclusive."""
+
+
+def age_band(years: float) -> str:
+    """The :data:`AGE_BANDS` band of an age in years (``20`` is ``20-40``; ``80`` and above ``80+``)."""
+    if years < 0:
+        raise ValueError(f"an age is at least 0 years; got {years}")
+    return AGE_BANDS[min(int(years // 20), len(AGE_BANDS) - 1)]
 
 
 def is_group_column(name: str) -> bool:

@@ -22,7 +22,17 @@ The four classes carry the textbook patterns:
     clear lung fields.
 
 Severity varies from barely visible to obvious, so the classes are learnable but
-not trivially. Every global nuisance (exposure, contrast, body size, position,
+not trivially.
+
+The ``multilabel`` task draws the same three patterns as findings that co-occur
+(:data:`FINDINGS`: ``ground_glass``, ``consolidation``, ``interstitial``): a
+patient is infected or not (:data:`_INFECTED_P`); an infected patient has each
+finding with its own probability, and an infected patient with ground glass
+more often has interstitial markings too (:func:`_draw_present`), so the
+findings are correlated as in real data. A finding seen at low severity is
+written as uncertain (-1) a share of the time (:data:`_UNSURE_P`), as a
+radiologist's hedge would be; each image also gets ``group:sex`` (from the
+breast-shadow variant), ``group:age`` in bands and ``group:view`` (PA). Every global nuisance (exposure, contrast, body size, position,
 noise, simulated site) is drawn from one distribution for every class, from a
 random stream separate from the findings, so a model that sees only the image's
 mean and standard deviation stays near chance.
@@ -51,6 +61,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from xrayfeat.data.labels import age_band
 from xrayfeat.errors import DatasetError, DiskFullError
 from xrayfeat.fileio import atomic_write, csv_text, writing_to
 from xrayfeat.options.constraints import Choice, declaration, validate_params
@@ -62,13 +73,25 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "SITES",
     "TASKS",
+    "FINDINGS",
+    "GROUP_COLUMNS",
     "render",
     "write_phantoms",
 ]
 
 FOUR_CLASSES = ("covid", "normal", "pneumonia_bac", "pneumonia_vir")
 BINARY_CLASSES = ("covid", "normal")
-TASKS = dict(zip(PHANTOM_TASKS, (FOUR_CLASSES, BINARY_CLASSES)))
+#: The findings of the multi-label task, each drawn with the pattern of one of the four classes.
+FINDINGS = ("ground_glass", "consolidation", "interstitial")
+_PATTERN = {"ground_glass": "covid", "consolidation": "pneumonia_bac", "interstitial": "pneumonia_vir"}
+TASKS = dict(zip(PHANTOM_TASKS, (FOUR_CLASSES, BINARY_CLASSES, FINDINGS)))
+#: The multi-label manifest's group columns, after its finding columns.
+GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
+# Multi-label task: the share of infected patients, each finding's probability given infection (ground glass
+# first; interstitial more likely with it), and how often a finding below _UNSURE_SEVERITY is written -1.
+_INFECTED_P = 0.65
+_GLASS_P, _CONSOLIDATION_P, _INTERSTITIAL_P, _INTERSTITIAL_WITH_GLASS_P = 0.55, 0.4, 0.25, 0.6
+_UNSURE_P, _UNSURE_SEVERITY = 0.5, 0.4
 SITES = ("site_a", "site_b")
 MANIFEST_COLUMNS = ("path", "label", "split", "patient_id", "source")
 
@@ -471,16 +494,16 @@ def _render_patient(p: dict, take: dict, n: int) -> tuple[np.ndarray, float]:
         gx, gy = p["granuloma"]
         A += 0.3 * fr.blob(gx, gy, 0.01, 0.01) * lung
 
-    # Findings.
-    f = p["findings"]
-    sev = f["severity"] * take["sev_jitter"]
-    rng = np.random.default_rng(f["seed"])
-    if p["label"] == "covid":
-        A += _ggo(fr, f, sev, rng) * lung
-    elif p["label"] == "pneumonia_bac":
-        A += _consolidation(fr, f, sev, rng, lung)
-    elif p["label"] == "pneumonia_vir":
-        A += _interstitial(fr, f, sev, rng, vessels) * lung
+    # Findings: one class's pattern, or each present finding's (multi-label).
+    for pattern, f in p.get("patterns", ((p["label"], p["findings"]),)):
+        sev = f["severity"] * take["sev_jitter"]
+        rng = np.random.default_rng(f["seed"])
+        if pattern == "covid":
+            A += _ggo(fr, f, sev, rng) * lung
+        elif pattern == "pneumonia_bac":
+            A += _consolidation(fr, f, sev, rng, lung)
+        elif pattern == "pneumonia_vir":
+            A += _interstitial(fr, f, sev, rng, vessels) * lung
 
     # Soft-tissue mottle everywhere in the body.
     A += p["mottle_amp"] * fr.noise(np.random.default_rng(p["mottle_seed"]), 0.04) * body
@@ -674,6 +697,58 @@ def _plan_class(seed: int, cls: int, per_class: int, test_fraction: float):
     return [(i, k, "test" if i in test else "train") for i, k in patients]
 
 
+def _draw_present(r: np.random.Generator) -> list[str]:
+    """The findings one multi-label patient has: none, or a correlated set (see the module docstring)."""
+    if r.random() >= _INFECTED_P:
+        return []
+    glass = r.random() < _GLASS_P
+    present = ["ground_glass"] if glass else []
+    if r.random() < _CONSOLIDATION_P:
+        present.append("consolidation")
+    if r.random() < (_INTERSTITIAL_WITH_GLASS_P if glass else _INTERSTITIAL_P):
+        present.append("interstitial")
+    return present
+
+
+def _multilabel_patient(seed: int, patient: int) -> tuple[dict, list[str]]:
+    """A multi-label patient: anatomy as any patient's, then each present finding's pattern, and its manifest cells.
+
+    The cells are one per :data:`FINDINGS` (``1``, ``0``, or ``-1`` for a subtle
+    finding written as uncertain) and one per :data:`GROUP_COLUMNS`.
+    """
+    rng = np.random.default_rng(_seq(seed, _PATIENT, len(FOUR_CLASSES), patient))
+    rng.random()  # the re-take draw of _plan_class
+    p = _draw_patient("normal", rng)
+    r = np.random.default_rng(rng.integers(2**63))
+    present = _draw_present(r)
+    p["patterns"] = tuple((_PATTERN[name], _draw_findings(_PATTERN[name], r)) for name in present)
+    cells = []
+    for name in FINDINGS:
+        found = dict(zip(present, p["patterns"])).get(name)
+        unsure = r.random() < _UNSURE_P
+        if found is None:
+            cells.append("0")
+        else:
+            cells.append("-1" if found[1]["severity"] < _UNSURE_SEVERITY and unsure else "1")
+    age = int(r.integers(18, 90))
+    cells += ["F" if p["breasts"] > 0 else "M", age_band(age), "PA"]
+    return p, cells
+
+
+def _write_multilabel_patient(job) -> list[tuple[str, ...]]:
+    """Render and save one multi-label patient's images into ``OUT/<split>/``; return their manifest rows."""
+    out, patient, takes, split, seed, size = job
+    pat, cells = _multilabel_patient(seed, patient)
+    rows = []
+    for take in range(takes):
+        image = _render(pat, _draw_take(np.random.default_rng(_seq(seed, _TAKE, len(FOUR_CLASSES), patient, take))),
+                        size)
+        name = f"p{patient:05d}_{take}.png"
+        Image.fromarray(image).save(out / split / name, format="PNG", compress_level=1)
+        rows.append((f"{split}/{name}", split, f"p{patient:05d}", pat["site"], *cells))
+    return rows
+
+
 def _write_patient(job) -> list[tuple[str, ...]]:
     """Render and save one patient's images; return their manifest rows."""
     out, label, cls, patient, takes, split, seed, size = job
@@ -703,7 +778,10 @@ def write_phantoms(
 
     Layout: ``OUT/<split>/<class>/<class>_p<patient>_<take>.png`` (8-bit grayscale
     PNG) and ``OUT/manifest.csv`` with the columns :data:`MANIFEST_COLUMNS`, paths
-    relative to ``OUT``. ``per_class`` images per class; about 30% of the patients
+    relative to ``OUT``. The ``multilabel`` task writes ``per_class`` times 4
+    images as ``OUT/<split>/p<patient>_<take>.png`` and a manifest with one column
+    per finding of :data:`FINDINGS` (1, 0, -1 uncertain) and :data:`GROUP_COLUMNS`
+    instead of ``label``; pass that manifest, not the folder, to the commands. ``per_class`` images per class; about 30% of the patients
     have a second image (a re-take: new position, exposure and noise, same anatomy
     and findings). Splits are drawn by patient, stratified by class, with about
     ``test_fraction`` of each class's images in ``test``. ``source`` is one of
@@ -742,21 +820,41 @@ def write_phantoms(
 
 def _write_all(out: pathlib.Path, task: str, per_class: int, size: int, seed: int, test_fraction: float) -> pathlib.Path:
     """The images and the manifest of :func:`write_phantoms` into the new or empty folder ``out``."""
+    if task == "multilabel":
+        return _write_multilabel(out, per_class * len(FOUR_CLASSES), size, seed, test_fraction)
     jobs = []
     for label in TASKS[task]:
         cls = FOUR_CLASSES.index(label)
         for patient, takes, split in _plan_class(seed, cls, per_class, float(test_fraction)):
             (out / split / label).mkdir(parents=True, exist_ok=True)
             jobs.append((out, label, cls, patient, takes, split, seed, size))
-    # Every image has its own seed, so the order of the work does not matter;
-    # numpy, scipy and PIL release the GIL in their inner loops.
+    rows = sorted(_render_jobs(_write_patient, jobs))
+    manifest = out / "manifest.csv"
+    atomic_write(manifest, csv_text([MANIFEST_COLUMNS, *rows], lineterminator="\n"))
+    return manifest
+
+
+def _render_jobs(work, jobs: list) -> list:
+    """``work(job)`` for every job, on a few threads when there are enough.
+
+    Every image has its own seed, so the order of the work does not matter;
+    numpy, scipy and PIL release the GIL in their inner loops.
+    """
     workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            rows = [row for rows in pool.map(_write_patient, jobs) for row in rows]
-    else:
-        rows = [row for job in jobs for row in _write_patient(job)]
-    rows.sort()
+            return [row for rows in pool.map(work, jobs) for row in rows]
+    return [row for job in jobs for row in work(job)]
+
+
+def _write_multilabel(out: pathlib.Path, n_images: int, size: int, seed: int, test_fraction: float) -> pathlib.Path:
+    """The multi-label task: ``n_images`` images of patients with co-occurring findings, split by patient."""
+    jobs = []
+    for patient, takes, split in _plan_class(seed, len(FOUR_CLASSES), n_images, float(test_fraction)):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        jobs.append((out, patient, takes, split, seed, size))
+    rows = sorted(_render_jobs(_write_multilabel_patient, jobs))
     manifest = out / "manifest.csv"
-    atomic_write(manifest, csv_text([MANIFEST_COLUMNS, *rows], lineterminator="\n"))
+    header = ("path", "split", "patient_id", "source", *FINDINGS, *GROUP_COLUMNS)
+    atomic_write(manifest, csv_text([header, *rows], lineterminator="\n"))
     return manifest
