@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 
-import numpy as np
 
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.datasets import discover as _discover
@@ -115,9 +114,14 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     """``X, y, meta``: cached features of every image of ``data``, extracting only what is missing.
 
     ``part``: ``"pooled"`` (n, C) or ``"spatial"`` (n, H, W, C), as float32.
-    ``y``: class indices into ``meta.attrs["classes"]`` (sorted class names).
+    ``y``: class indices into ``meta.attrs["classes"]`` (sorted class names);
+    for a multi-label dataset, the multi-hot (n, findings) float32 matrix of
+    its findings as the data gives them (1, 0, -1 uncertain, NaN blank; apply a
+    policy with :func:`xrayfeat.data.labels.targets`), the findings in
+    ``meta.attrs["classes"]`` and ``meta.attrs["multilabel"]`` True.
     ``meta``: a pandas DataFrame, one row per image in the dataset's order, with
-    path, sha256, label, split, patient_id and source. Images skipped by
+    path, sha256, label, split, patient_id and source, and a ``group:<name>``
+    column per patient group the data gives. Images skipped by
     ``on_error="skip"`` are left out of all three. The store is the existing one
     of these features that keeps ``part``, whatever its ``keep`` (as the CLI
     commands choose it: :func:`~xrayfeat.extraction.selection.store_for`).
@@ -134,14 +138,15 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     result, kept, X = read_part(dataset, features, run, part)
     items = kept.items
-    index = {c: i for i, c in enumerate(dataset.classes)}
-    y = np.array([index[i.label] for i in items], dtype=np.int64)
+    y = kept.targets if kept.multilabel else kept.labels
     meta = pd.DataFrame({
         "path": [str(i.path) for i in items], "sha256": [i.sha256 for i in items],
         "label": [i.label for i in items], "split": [i.split for i in items],
         "patient_id": [i.patient_id for i in items], "source": [i.source for i in items],
+        **{f"group:{name}": [i.group(name) for i in items] for name in kept.group_names},
     })
     meta.attrs["classes"] = list(dataset.classes)
+    meta.attrs["multilabel"] = dataset.multilabel
     meta.attrs["store"] = str(result.store)
     return X, y, meta
 

@@ -214,12 +214,16 @@ def plot_confusion(confusion, classes: Sequence[str], path, title: str = "") -> 
 # --------------------------------------------------------------------------- ROC
 
 
-def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Path:
+def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "", *, mask=None) -> Path:
     """ROC curves, one-vs-rest per class, with each AUC in the legend.
 
     Two classes give one curve, for ``classes[1]`` (a sigmoid output (n,) or
     (n, 1) is accepted). A class that is absent from ``y_true`` (or is all of
     it) has no ROC curve; the legend says so instead of failing.
+
+    Multi-label: ``y_true`` is (n, K) 0/1 targets, ``proba`` (n, K) and
+    ``mask`` (n, K) says which entries count (the others are left out of that
+    finding's curve); every finding gets a curve.
     """
     from sklearn.metrics import auc as _auc
     from sklearn.metrics import roc_curve
@@ -227,11 +231,17 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
     from xrayfeat.analysis.metrics import as_proba
 
     k = len(classes)
-    p = as_proba(proba, k)
-    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    multilabel = np.ndim(y_true) == 2
+    p = np.asarray(proba, dtype=np.float64) if multilabel else as_proba(proba, k)
+    y = np.asarray(y_true).astype(np.int64) if multilabel else np.asarray(y_true).astype(np.int64).reshape(-1)
     if len(y) != len(p):
         raise ValueError(f"'proba' has {len(p)} rows but 'y_true' has {len(y)} labels.")
-    which = [1] if k == 2 else list(range(k))
+    if multilabel:
+        counted = np.ones(y.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        columns = [(y[counted[:, c], c] == 1, p[counted[:, c], c]) for c in range(k)]
+    else:
+        columns = [(y == c, p[:, c]) for c in range(k)]
+    which = list(range(k)) if multilabel or k != 2 else [1]
     colours = class_colours(k)
     with _rc():
         fig = new_figure(5.6, 5.2)
@@ -239,12 +249,12 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
         ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance (0.500)")
         aucs = []
         for c in which:
-            pos = y == c
+            pos, score = columns[c]
             name = str(classes[c])
             if pos.all() or not pos.any():
                 ax.plot([], [], color=colours[c], lw=2, ls=":", label=f"{name}: undefined (class {'absent' if not pos.any() else 'only'})")
                 continue
-            fpr, tpr, _ = roc_curve(pos, p[:, c])
+            fpr, tpr, _ = roc_curve(pos, score)
             a = float(_auc(fpr, tpr))
             aucs.append(a)
             ax.plot(fpr, tpr, color=colours[c], lw=2, label=f"{name} (AUC {a:.3f})", drawstyle="default")
@@ -256,8 +266,8 @@ def plot_roc(y_true, proba, classes: Sequence[str], path, title: str = "") -> Pa
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]  # chance line last
-        header = "one-vs-rest" if k > 2 else f"positive class: {classes[1]}"
-        if k > 2 and len(aucs) == k:
+        header = "per finding" if multilabel else "one-vs-rest" if k > 2 else f"positive class: {classes[1]}"
+        if (k > 2 or multilabel) and len(aucs) == k:
             header += f", macro AUC {np.mean(aucs):.3f}"
         ax.legend(handles, labels, loc="lower right", title=header, frameon=True, framealpha=0.9,
                   fontsize=8.5 if k <= 6 else 7, title_fontsize=8.5)

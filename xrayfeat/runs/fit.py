@@ -54,8 +54,9 @@ from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
 from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
+from xrayfeat.data.labels import targets
 from xrayfeat.devices import keras_backend_name
-from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.errors import DatasetError, XrayfeatError, one_line
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
@@ -77,6 +78,8 @@ log = logging.getLogger("xrayfeat")
 
 def check_task(dataset: Dataset) -> None:
     """Stop early, in one line, on datasets that cannot make an honest classification study."""
+    if dataset.multilabel:
+        return _check_findings(dataset)
     root = dataset.root
     if len(dataset.classes) < 2:
         raise DatasetError(f"{root}: only one class ({', '.join(dataset.classes)}); a classifier needs at least two")
@@ -100,6 +103,41 @@ def check_task(dataset: Dataset) -> None:
     if few:
         raise DatasetError(f"{root}: classes with fewer than 2 training images ({', '.join(few)}); add images or drop the class with --classes")
 
+
+
+def _check_findings(dataset: Dataset) -> None:
+    """A multi-label study needs train and test, and 2 positive and 2 negative training images of every finding."""
+    root = dataset.root
+    splits = set(dataset.splits)
+    if "train" not in splits or "test" not in splits:
+        raise DatasetError(f"{root}: fit-head needs a train and a test split (found: {', '.join(sorted(splits)) or 'none'}); "
+                           f"give the manifest a split column")
+    values = np.array([item.findings for item in dataset.items if item.split in ("train", "val")], dtype=np.float32)
+    values = values.reshape(-1, len(dataset.classes))
+    short = [f"{name} ({int(pos)} positive, {int(neg)} negative)"
+             for name, pos, neg in zip(dataset.classes, (values == 1).sum(0), (values == 0).sum(0)) if min(pos, neg) < 2]
+    if short:
+        raise DatasetError(one_line(
+            f"{root}: findings with fewer than 2 positive or 2 negative training images: {', '.join(short)}; "
+            f"add images or keep other findings with --classes"))
+
+
+def finding_strata(y: np.ndarray, mask: np.ndarray, groups=None) -> np.ndarray:
+    """One stratum per multi-label image, for stratified splits: its rarest counted positive finding, else "none".
+
+    A stratum with fewer than 2 patients (images, without patients) joins the
+    "none" stratum (index K), so every stratum can be split.
+    """
+    k = y.shape[1]
+    positive = (y == 1) & mask
+    frequency = positive.sum(axis=0)
+    rarity = np.where(positive, frequency[None, :], np.iinfo(np.int64).max)
+    strata = np.where(positive.any(axis=1), np.argmin(rarity, axis=1), k)
+    members = groups if groups is not None else np.arange(len(y))
+    for stratum in np.unique(strata):
+        if stratum != k and len(set(members[strata == stratum])) < 2:
+            strata[strata == stratum] = k
+    return strata
 
 
 def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DATA"):
@@ -165,6 +203,13 @@ class _Split:
     train_arrays: dict
     test_arrays: dict
     seconds: float
+    # a multi-label study: y_* are (n, findings) 0/1 targets and mask_* say which entries count
+    mask_train: np.ndarray | None = None
+    mask_test: np.ndarray | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.mask_train is not None
 
 
 
@@ -200,8 +245,12 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
     return config
 
 
-def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split:
-    """Extract what the store lacks, drop skipped images, read train (with val) and test rows."""
+def _extract_split(dataset, features: FeatureOptions, run: RunOptions, uncertain: str = "ignore") -> _Split:
+    """Extract what the store lacks, drop skipped images, read train (with val) and test rows.
+
+    A multi-label dataset's targets and masks follow the ``uncertain`` policy
+    (:func:`xrayfeat.data.labels.targets`).
+    """
     t = time.perf_counter()
     [extraction] = extract(dataset, features, run)
     seconds = time.perf_counter() - t
@@ -212,12 +261,24 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions) -> _Split
         check_task(kept)
     train = [item for item in items if item.split in ("train", "val")]
     test = [item for item in items if item.split == "test"]
+    if dataset.multilabel:
+        (y_train, mask_train), (y_test, mask_test) = (_targets(part, len(dataset.classes), uncertain)
+                                                      for part in (train, test))
+        return _Split(extraction=extraction, store=store, train=train, test=test, y_train=y_train, y_test=y_test,
+                      train_arrays=_views(store, train), test_arrays=_views(store, test), seconds=seconds,
+                      mask_train=mask_train, mask_test=mask_test)
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     return _Split(
         extraction=extraction, store=store, train=train, test=test,
         y_train=np.array([class_index[i.label] for i in train]), y_test=np.array([class_index[i.label] for i in test]),
         train_arrays=_views(store, train), test_arrays=_views(store, test), seconds=seconds,
     )
+
+
+def _targets(items, k: int, uncertain: str) -> tuple[np.ndarray, np.ndarray]:
+    """(0/1 targets, mask) of multi-label items under the ``uncertain`` policy."""
+    values = np.array([item.findings for item in items], dtype=np.float32).reshape(len(items), k)
+    return targets(values, uncertain)
 
 
 def _views(store: FeatureStore, items) -> dict:
@@ -273,7 +334,8 @@ def _validation(dataset, split: _Split, head: HeadOptions):
         fit_idx = np.array([k for k, i in enumerate(split.train) if i.split == "train"])
         val_idx = np.array([k for k, i in enumerate(split.train) if i.split == "val"])
         return fit_idx, val_idx, "val split"
-    fit_idx, val_idx = split_validation(split.train, split.y_train, head.val_fraction, head.seed, root=dataset.root)
+    y = finding_strata(split.y_train, split.mask_train, groups_of(split.train)) if split.multilabel else split.y_train
+    fit_idx, val_idx = split_validation(split.train, y, head.val_fraction, head.seed, root=dataset.root)
     grouped = ", grouped by patient" if groups_of(split.train) is not None else ""
     return fit_idx, val_idx, f"{head.val_fraction:.0%} of train, stratified{grouped}"
 
@@ -478,7 +540,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     # (if this function fails or is interrupted before training, the child is stopped at once)
     child = start_child(head_backend, config.device)
     try:
-        split = _extract_split(dataset, features, run)
+        split = _extract_split(dataset, features, run, head.uncertain)
         fit_idx, val_idx, val_source = _validation(dataset, split, head)
         memory = _hold(split, head, val_idx, len(dataset.classes))
     except BaseException:

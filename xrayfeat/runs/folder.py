@@ -35,8 +35,10 @@ def default_run_name(task: str, backbone: str) -> str:
     return f"{task}-{backbone}-{utc_timestamp('%Y%m%d-%H%M%S')}"
 
 
-def task_name(classes) -> str:
-    """A short task label from the class names (``binary`` for two classes, else ``<K>class``)."""
+def task_name(classes, multilabel: bool = False) -> str:
+    """A short task label: ``binary`` for two classes, else ``<K>class``; ``<K>finding`` for a multi-label task."""
+    if multilabel:
+        return f"{len(classes)}finding"
     return "binary" if len(classes) == 2 else f"{len(classes)}class"
 
 

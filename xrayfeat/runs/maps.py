@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.errors import DatasetError
 from xrayfeat.fileio import writing_to
@@ -57,6 +59,27 @@ class EmbedOutcome:
         return out
 
 
+#: The colours of a multi-label map besides one per finding: images with several positive findings, and with none.
+SEVERAL, NONE = "several findings", "no finding"
+
+
+def map_colours(dataset: Dataset) -> tuple[np.ndarray, list[str]]:
+    """(label index per image, the names they index) for a map's colours and its neighbour score.
+
+    A single-label dataset colours by class. A multi-label one colours each
+    image by its positive finding when it has exactly one, else as
+    :data:`SEVERAL` or :data:`NONE`: a bounded legend, where colouring by
+    combination would need hundreds of colours on NIH's fifteen findings.
+    """
+    if not dataset.multilabel:
+        return dataset.labels, list(dataset.classes)
+    names = [*dataset.classes, SEVERAL, NONE]
+    positive = dataset.targets == 1
+    count = positive.sum(axis=1)
+    labels = np.where(count == 1, positive.argmax(axis=1), np.where(count > 1, len(names) - 2, len(names) - 1))
+    return labels.astype(np.int64), names
+
+
 def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: EmbedOptions = EmbedOptions(), *,
               from_run=None, run: RunOptions = RunOptions(), title: str = "") -> EmbedOutcome:
     """Pooled store features, or a run head's penultimate activations, → a 2-D map PNG (+ coordinates).
@@ -100,8 +123,9 @@ def embed_map(dataset: Dataset, features: FeatureOptions | None, out, embed: Emb
     with run_lock(owner, "embed") if owner is not None else contextlib.nullcontext(), \
             writing_to(Path(out).parent, option="--out"):  # one writer per run; a full disk: one line naming the folder
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        result = embed_features(values, dataset.labels, out, method=embed.method, seed=embed.seed,
-                                classes=list(dataset.classes), splits=[item.split for item in dataset.items],
+        labels, classes = map_colours(dataset)
+        result = embed_features(values, labels, out, method=embed.method, seed=embed.seed,
+                                classes=classes, splits=[item.split for item in dataset.items],
                                 title=title or f"{METHOD_NAMES[embed.method]} of {source}")
     return EmbedOutcome(result=result, method=embed.method, source=source, images=len(dataset),
                         skipped_files=extraction.skipped_files)

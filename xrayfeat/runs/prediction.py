@@ -209,17 +209,47 @@ def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
     return result, FeatureStore.at(result.store)
 
 
-def predictions_table(scored: Scored, classes):
-    """One row per image: path, sha256, then per model its predicted class and ``<model>:<class>`` probabilities."""
+def predictions_table(scored: Scored, classes, thresholds: dict | None = None):
+    """One row per image: path, sha256, then per model its predicted class and ``<model>:<class>`` probabilities.
+
+    A multi-label run passes ``thresholds`` ({model: (K,) thresholds}, see
+    :func:`finding_thresholds`): a model's ``predicted`` cell then names the
+    findings at or above their thresholds, joined by ``|`` (``-`` for none).
+    """
     import pandas as pd
 
     columns = {"path": [str(item.path) for item in scored.dataset.items],
                "sha256": [item.sha256 for item in scored.dataset.items]}
     for name, proba in scored.probabilities.items():
-        columns[f"{name}:predicted"] = [classes[k] for k in proba.argmax(axis=1)]
+        if thresholds is None:
+            columns[f"{name}:predicted"] = [classes[k] for k in proba.argmax(axis=1)]
+        else:
+            called = proba >= thresholds[name][None, :]
+            columns[f"{name}:predicted"] = ["|".join(c for c, on in zip(classes, row) if on) or "-" for row in called]
         for k, c in enumerate(classes):
             columns[f"{name}:{c}"] = proba[:, k]
     return pd.DataFrame(columns)
+
+
+def finding_thresholds(run, models) -> dict[str, np.ndarray]:
+    """Each model's threshold per finding of a multi-label run: those fit-head chose on validation.
+
+    A finding without one (validation had no positive or no negative of it)
+    is called at 0.5, and the log says so.
+    """
+    chosen = {}
+    for model in models:
+        figures = run.metrics["head"] if model == "head" else run.metrics["baselines"][model]
+        points = (figures.get("operating_points") or {}).get("classes") or {}
+        values = []
+        for finding in run.classes:
+            threshold = (points.get(finding) or {}).get("threshold")
+            if threshold is None:
+                log.info("%s: no threshold chosen for %s on validation; it is called at 0.5", model, finding)
+                threshold = 0.5
+            values.append(float(threshold))
+        chosen[model] = np.array(values)
+    return chosen
 
 
 def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
@@ -237,12 +267,17 @@ def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batc
     dataset, folder = gather_inputs(run, inputs, cache_dir)
     scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                    cluster=cluster, progress=progress, models=models)
-    table = predictions_table(scored, run.classes)
+    thresholds = finding_thresholds(run, scored.probabilities) if run.record.multilabel else None
+    table = predictions_table(scored, run.classes, thresholds)
     if out is not None:
         with writing_to(Path(out).parent, option="--out"):
             atomic_write(out, csv_text([list(table.columns), *table.itertuples(index=False)], float_format=".6g", lineterminator="\n"))
-    counts = {name: {c: int((table[f"{name}:predicted"] == c).sum()) for c in run.classes}
-              for name in scored.probabilities}
+    if thresholds is None:
+        counts = {name: {c: int((table[f"{name}:predicted"] == c).sum()) for c in run.classes}
+                  for name in scored.probabilities}
+    else:  # images called positive for each finding
+        counts = {name: dict(zip(run.classes, (proba >= thresholds[name][None, :]).sum(axis=0).tolist()))
+                  for name, proba in scored.probabilities.items()}
     return PredictResult(table=table, out=None if out is None else str(out), images=len(dataset),
                          extracted=scored.extracted, reused=scored.reused, models=list(scored.probabilities),
                          counts=counts)

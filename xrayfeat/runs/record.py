@@ -150,6 +150,7 @@ class RunRecord:
     warnings: list[RunWarning] = field(default_factory=list)
     external: dict = field(default_factory=dict)  # name -> what `evaluate` found on another site's data
     skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
+    multilabel: bool = False  # classes are findings, each a sigmoid of its own (data.labels)
     schema: int = SCHEMA_VERSION
     path: Path | None = None  # the folder it was read from or written to; not stored
 
@@ -314,13 +315,25 @@ class RunRecord:
         return self.read_bytes("predictions").decode("utf-8")
 
     def check_predictions(self, name: str, say_unverified: bool = True) -> None:
-        """A predictions table's header: :data:`PREDICTION_COLUMNS`, then ``<model>:<class>`` for every class."""
+        """A predictions table's header: :data:`PREDICTION_COLUMNS`, then ``<model>:<class>`` for every class.
+
+        Between them, a multi-label run's table has a ``true:<finding>`` column
+        per finding, in order, and any table may have ``group:<name>`` columns.
+        """
         from xrayfeat.options.settings import BASELINES
 
         target = self._locate(name)[0]
         header, _ = self._table(name, PREDICTION_COLUMNS, say_unverified)
+        rest = header[len(PREDICTION_COLUMNS):]
+        truth = [f"{TRUTH_PREFIX}{c}" for c in self.classes] if self.multilabel else []
+        if rest[:len(truth)] != truth:
+            raise schemas.Damaged.of(target, f"header: expected the columns {', '.join(map(schemas.show, truth))} "
+                                     f"after {PREDICTION_COLUMNS[-1]}", f"re-run {_writer_of(name)}")
+        rest = rest[len(truth):]
+        while rest and rest[0].startswith("group:"):
+            rest = rest[1:]
         models: dict[str, list[str]] = {}
-        for column in header[len(PREDICTION_COLUMNS):]:
+        for column in rest:
             model, _, cls = column.partition(":")
             if column in PREDICTION_COLUMNS or model not in ("head", *BASELINES) or cls not in self.classes:
                 raise schemas.Damaged.of(target, f"header: {schemas.show(column)} is not a <model>:<class> column of "
@@ -401,6 +414,8 @@ def _finite_or_null(value):
 
 #: The first columns of every predictions table (``predictions.csv``, ``predictions-val.csv``, an evaluation's).
 PREDICTION_COLUMNS = ("path", "sha256", "patient_id", "source", "label", "y_true")
+#: A multi-label predictions table's ``true:<finding>`` columns hold the data's value of each finding.
+TRUTH_PREFIX = "true:"
 
 
 def _writer_of(artifact: str) -> str:
@@ -541,15 +556,33 @@ def write_splits(path: Path, used) -> None:
     atomic_write(path, csv_text(rows))
 
 
-def write_predictions(path: Path, items, y_true, classes, probabilities: dict) -> None:
-    """One row per test image: path, sha256, patient, source, true label, then P(class) per model."""
-    header = ["path", "sha256", "patient_id", "source", "label", "y_true"]
+def write_predictions(path: Path, items, y_true, classes, probabilities: dict, *, multilabel: bool = False) -> None:
+    """One row per image: path, sha256, patient, source, true label, then P(class) per model.
+
+    A multi-label table leaves ``y_true`` empty and gives each finding's value as
+    the data gave it (1, 0, -1 uncertain, empty) in a ``true:<finding>`` column;
+    ``label`` then names the positive findings. Images in patient groups add a
+    ``group:<name>`` column per group, so every figure of the run, the subgroup
+    ones too, can be recomputed from the table.
+    """
+    groups = sorted({name for item in items for name, _ in item.groups})
+    header = [*PREDICTION_COLUMNS, *([f"{TRUTH_PREFIX}{c}" for c in classes] if multilabel else ()),
+              *(f"group:{g}" for g in groups)]
     for model in probabilities:
         header += [f"{model}:{c}" for c in classes]
     rows = [header]
     for i, item in enumerate(items):
-        row = [item.relpath, item.sha256, item.patient_id or "", item.source or "", item.label, int(y_true[i])]
+        row = [item.relpath, item.sha256, item.patient_id or "", item.source or "", item.label,
+               "" if multilabel else int(y_true[i])]
+        if multilabel:
+            row += [_finding_text(v) for v in item.findings]
+        row += [item.group(g) or "" for g in groups]
         for proba in probabilities.values():
             row += [f"{p:.6g}" for p in proba[i]]
         rows.append(row)
     atomic_write(path, csv_text(rows))
+
+
+def _finding_text(value: float) -> str:
+    """A finding's value as a manifest writes it: ``1``, ``0``, ``-1``, or empty for blank."""
+    return "" if value != value else str(int(value))

@@ -690,10 +690,14 @@ def _classes_agree(record: dict, at: str, ctx: dict) -> None:
     from xrayfeat.runs.folder import task_name
 
     classes = record["classes"]
+    multilabel = record.get("multilabel", False)
     ctx = {**ctx, "classes": classes}
-    if record["task"] != task_name(classes):
-        raise Problem(join(at, "task"), f"is {show(record['task'])}, but the record has {len(classes)} classes "
-                                        f"(a task {show(task_name(classes))})")
+    if len(classes) < 2 and not multilabel:
+        raise Problem(join(at, "classes"), f"expected a list of at least 2 distinct class names, got {len(classes)}")
+    if record["task"] != task_name(classes, multilabel):
+        raise Problem(join(at, "task"), f"is {show(record['task'])}, but the record has {len(classes)} "
+                                        f"{'findings' if multilabel else 'classes'} "
+                                        f"(a task {show(task_name(classes, multilabel))})")
     n_classes = record["training"].get("n_classes")
     if n_classes is not None and n_classes != len(classes):
         raise Problem(join(join(at, "training"), "n_classes"), f"the head was trained for {n_classes} classes, but "
@@ -771,7 +775,8 @@ def _record_fields() -> dict:
     return {
         "schema": need(Whole(2, 2)),
         "xrayfeat": need(NONEMPTY), "created": need(TEXT), "data": need(PATH_TEXT), "task": need(NONEMPTY),
-        "classes": need(ListOf(CLASS_NAME, 2, unique=True, what="a list of at least 2 distinct class names")),
+        "classes": need(ListOf(CLASS_NAME, 1, unique=True, what="a list of distinct class names")),
+        "multilabel": may(Flag()),
         "counts": need(Obj({"train": need(COUNT), "val": need(COUNT), "test": need(COUNT), "skipped": may(COUNT)})),
         "validation": need(TEXT),
         "features": need(OptionsOf(FeatureOptions, FIRST_FIELDS["features"])),
@@ -781,7 +786,7 @@ def _record_fields() -> dict:
         "weights": need(Obj({"kind": need(NONEMPTY), "identity": need(NONEMPTY), "path": need(Maybe(PATH_TEXT)),
                              "random": need(Flag())})),
         "params": need(params.with_fields(tail=may(Maybe(params)))),
-        "training": need(Obj({"n_classes": may(Whole(2)), "best_epoch": may(Maybe(Whole(1))),
+        "training": need(Obj({"n_classes": may(Whole(1)), "best_epoch": may(Maybe(Whole(1))),
                               "restore_best": may(Maybe(TEXT)), "backend": may(Maybe(TEXT)),
                               "device": may(Maybe(TEXT))}, rest=SCALAR)),
         "timings": need(MapOf(Maybe(Number()))),
