@@ -413,3 +413,22 @@ def plot_embedding(
         if subtitle:
             ax.set_title(subtitle, fontsize=9, color="0.35", loc="left")
         return save_figure(fig, path)
+
+
+def calibration_curves(models: Mapping[str, Mapping]) -> dict:
+    """What :func:`plot_calibration` draws for scored models (``{name: metrics}``): each model's reliability curve.
+
+    A multi-label model's calibration is one curve per finding; the head's
+    findings are drawn (``head: <finding>``), as one line per model would
+    mix findings of very different prevalence.
+    """
+    curves = {}
+    for name, figures in models.items():
+        calibration = figures.get("calibration")
+        if not calibration:
+            continue
+        if "curve" in calibration:
+            curves[name] = calibration
+        elif name == "head":
+            curves.update({f"head: {finding}": cal for finding, cal in calibration.items() if cal})
+    return curves

@@ -36,7 +36,7 @@ import numpy as np
 
 from xrayfeat.errors import DatasetError, one_line
 
-__all__ = ["AGE_BANDS", "age_band", "FINDING_VALUES", "GROUP_PREFIX", "RESERVED_COLUMNS", "UNCERTAIN", "finding_value", "is_group_column",
+__all__ = ["AGE_BANDS", "age_band", "aligned_targets", "FINDING_VALUES", "GROUP_PREFIX", "RESERVED_COLUMNS", "UNCERTAIN", "finding_value", "is_group_column",
            "label_columns", "positive_names", "split_labels", "targets"]
 
 RESERVED_COLUMNS = ("path", "label", "labels", "split", "patient_id", "source")
@@ -132,3 +132,19 @@ def targets(values: np.ndarray, uncertain: str = "ignore") -> tuple[np.ndarray, 
     mask = known & ~unsure if uncertain == "ignore" else known
     y = np.where(unsure, 1.0 if uncertain == "ones" else 0.0, np.nan_to_num(values, nan=0.0))
     return y.astype(np.float32), mask
+
+
+def aligned_targets(items, findings, order, uncertain: str = "ignore") -> tuple[np.ndarray, np.ndarray]:
+    """(targets, mask) of multi-label ``items`` whose values follow ``findings``, in the finding ``order`` of a run.
+
+    A finding of ``order`` the data lacks is masked for every image (its
+    figures are undefined), so a run is scored on another site's table with
+    the findings it has.
+    """
+    where = {name: i for i, name in enumerate(findings)}
+    values = np.full((len(items), len(order)), np.nan, dtype=np.float32)
+    for j, name in enumerate(order):
+        if name in where:
+            column = where[name]
+            values[:, j] = [item.findings[column] for item in items]
+    return targets(values, uncertain)

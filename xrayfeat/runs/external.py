@@ -33,6 +33,7 @@ from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
 from xrayfeat.data.datasets import Dataset, discover, printable
+from xrayfeat.data.labels import aligned_targets
 from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
@@ -43,6 +44,7 @@ from xrayfeat.runs.outputs import OutputError, check_output
 from xrayfeat.runs.prediction import run_cache_dir, score_images
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
+from xrayfeat.analysis.subgroups import GROUP_GAP, group_gap_warnings
 
 log = logging.getLogger("xrayfeat")
 
@@ -86,6 +88,13 @@ def default_evaluation_name(dataset: Dataset) -> str:
 
 
 def _check_classes(run, dataset: Dataset) -> list[RunWarning]:
+    if dataset.multilabel != run.record.multilabel:
+        has, needs = (("findings", "one label per image") if dataset.multilabel else
+                      ("one label per image", "findings (a manifest with a column per finding, or a labels column)"))
+        raise DatasetError(f"{dataset.root}: has {has}, but {run.path} was trained on {needs}; pass data of the "
+                           f"run's task")
+    if run.record.multilabel:
+        return _check_findings(run, dataset)
     unknown = sorted(set(dataset.classes) - set(run.classes))
     if unknown:
         raise DatasetError(f"{dataset.root}: class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} unknown to "
@@ -95,6 +104,22 @@ def _check_classes(run, dataset: Dataset) -> list[RunWarning]:
         return []
     return [RunWarning("missing_class", f"{', '.join(missing)} absent from {dataset.root}: per-class figures for "
                                         f"{'them' if len(missing) > 1 else 'it'} and the macro ROC-AUC are undefined")]
+
+
+def _check_findings(run, dataset: Dataset) -> list[RunWarning]:
+    """Findings the run does not know are left out (said in the log); findings it knows but the data lacks warn."""
+    unknown = [c for c in dataset.classes if c not in run.classes]
+    if unknown:
+        log.info("%s: finding%s %s unknown to %s, left out", dataset.root, "s" if len(unknown) > 1 else "",
+                 ", ".join(unknown), run.path)
+    missing = [c for c in run.classes if c not in dataset.classes]
+    if len(missing) == len(run.classes):
+        raise DatasetError(f"{dataset.root}: none of the run's findings ({', '.join(run.classes)}) is among its "
+                           f"columns ({', '.join(dataset.classes)}); pass data labelled with them")
+    if not missing:
+        return []
+    return [RunWarning("missing_class", f"{', '.join(missing)} absent from {dataset.root}: figures for "
+                                        f"{'them' if len(missing) > 1 else 'it'} are undefined")]
 
 
 def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarning]]:
@@ -112,7 +137,7 @@ def _exclude_training(run, dataset: Dataset) -> tuple[Dataset, int, list[RunWarn
     if not kept:
         raise DatasetError(f"{dataset.root}: every image is one the run trained or validated on; "
                            f"pass data the run has not seen")
-    return Dataset(root=dataset.root, items=kept, classes=dataset.classes, layout=dataset.layout), dropped, found
+    return replace(dataset, items=kept, skipped=()), dropped, found
 
 
 def _not_another_site(run, dataset: Dataset) -> list[RunWarning]:
@@ -178,17 +203,17 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     if scored.skipped_files:  # files found but not decodable, left out as discovery leaves out the rest
         skipped = sorted([*skipped, *scored.skipped_files])
         dataset = scored.dataset
-    index = {c: k for k, c in enumerate(run.classes)}
-    y = np.array([index[item.label] for item in dataset.items])
+    y, mask = _truth(run, dataset)
     thresholds, rule = run_thresholds(run.metrics)
     results = evaluate_models(scored.probabilities, y, run.classes, dataset.items,
                               n_boot=run.record.head.get("n_bootstrap", 1000), seed=run.record.head.get("seed", 0),
-                              thresholds=thresholds, rule=rule)
-    results = {model: _with_present_auc(result) for model, result in results.items()}
+                              thresholds=thresholds, rule=rule, mask=mask)
+    if mask is None:
+        results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)
     for warning in found:
         log.warning("%s", warning.message)
-    written = _write(run, name, dataset, y, scored, results, excluded, found, skipped)
+    written = _write(run, name, dataset, (y, mask), scored, results, excluded, found, skipped)
     internal = run.metrics
     return EvaluateResult(
         run=str(run.path), name=name, folder=str(written), n=len(dataset), excluded=excluded,
@@ -196,6 +221,18 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
         internal={"head": headline(internal["head"]), **{m: headline(r) for m, r in internal["baselines"].items()}},
         warnings=found, skipped_files=skipped,
     )
+
+
+def _truth(run, dataset: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels, None) of a single-label dataset in the run's class order; (targets, mask) of a multi-label one.
+
+    Multi-label values follow the run's ``--uncertain`` policy, so an external
+    table is read as the run's own was.
+    """
+    if not run.record.multilabel:
+        index = {c: k for k, c in enumerate(run.classes)}
+        return np.array([index[item.label] for item in dataset.items]), None
+    return aligned_targets(dataset.items, dataset.classes, run.classes, run.record.head.get("uncertain", "ignore"))
 
 
 def run_thresholds(run_metrics: dict) -> tuple[dict, str | None]:
@@ -227,13 +264,23 @@ def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
     found = []
     if run.record.random_weights:
         found.append(runs.RANDOM_WEIGHTS_WARNING)
-    tiny = metrics.tiny_test_warning(len(dataset), results["head"]["accuracy"])
+    tiny = metrics.tiny_test_warning(len(dataset), results["head"].get("accuracy"))
     if tiny:
         found.append(RunWarning("small_test", tiny))
-    gap = metrics.source_gap_warning(results["head"].get("by_source"))
-    if gap:
-        found.append(RunWarning("source_gap", gap))
+    if "per_finding" not in results["head"]:  # a multi-label breakdown by source has no accuracy to compare
+        gap = metrics.source_gap_warning(results["head"].get("by_source"))
+        if gap:
+            found.append(RunWarning("source_gap", gap))
+    found += [RunWarning(GROUP_GAP, text) for text in group_gap_warnings(results["head"].get("by_group"))]
     return found
+
+
+def _in_run_order(dataset: Dataset, run) -> tuple:
+    """A multi-label dataset's items with their findings in the run's order (a finding the data lacks: blank)."""
+    where = {name: i for i, name in enumerate(dataset.classes)}
+    nan = float("nan")
+    return tuple(replace(item, findings=tuple(item.findings[where[c]] if c in where else nan for c in run.classes))
+                 for item in dataset.items)
 
 
 def _check_place(run, name: str) -> None:
@@ -243,8 +290,12 @@ def _check_place(run, name: str) -> None:
         raise OutputError(f"{folder}: leads outside the run folder {run.path} (a link); remove the link, then re-run")
 
 
-def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded: int, found, skipped) -> Path:
+def _write(run, name: str, dataset: Dataset, truth, scored, results: dict, excluded: int, found, skipped) -> Path:
     """``RUN/external/<name>/`` (metrics, predictions, figures), then the run record naming them with their sha256.
+
+    ``truth`` is :func:`_truth`'s (labels or targets, mask). A multi-label
+    evaluation has no confusion matrix: its figures are the ROC curve and the
+    calibration per finding.
 
     All under the run's lock, the record read again under it: one writer at a time, and nobody's result lost.
     """
@@ -254,13 +305,19 @@ def _write(run, name: str, dataset: Dataset, y, scored, results: dict, excluded:
         folder.mkdir(parents=True, exist_ok=True)
         head = results["head"]
         write_json(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
-        runs.write_predictions(folder / "predictions.csv", dataset.items, y, run.classes, scored.probabilities)
+        y, mask = truth
+        multilabel = mask is not None
+        runs.write_predictions(folder / "predictions.csv", _in_run_order(dataset, run) if multilabel else dataset.items,
+                               y, run.classes, scored.probabilities, multilabel=multilabel)
         title = f"{run.task} · {run.backbone} · external: {name}"
-        plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)
-        plots.plot_roc(y, scored.probabilities["head"], run.classes, folder / "roc.png", title=title)
-        plots.plot_calibration({m: r["calibration"] for m, r in results.items()}, folder / "calibration.png", title=title)
-        for part, file in (("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("confusion", "confusion.png"),
-                           ("roc", "roc.png"), ("calibration", "calibration.png")):
+        parts = [("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("roc", "roc.png"),
+                 ("calibration", "calibration.png")]
+        if not multilabel:
+            plots.plot_confusion(head["confusion"], run.classes, folder / "confusion.png", title=title)
+            parts.append(("confusion", "confusion.png"))
+        plots.plot_roc(y, scored.probabilities["head"], run.classes, folder / "roc.png", title=title, mask=mask)
+        plots.plot_calibration(plots.calibration_curves(results), folder / "calibration.png", title=title)
+        for part, file in parts:
             key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
             record.artifacts[key] = artifact
         record.external[name] = {

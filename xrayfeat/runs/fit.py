@@ -60,6 +60,7 @@ from xrayfeat.errors import DatasetError, XrayfeatError, one_line
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
+from xrayfeat.analysis.subgroups import GROUP_GAP, group_gap_warnings
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json, writing_to
 from xrayfeat.models.head import steady_epoch_seconds
@@ -454,23 +455,46 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
         [i.patient_id for i in train if i.patient_id], [i.patient_id for i in test if i.patient_id],
     )
     found += [RunWarning("leakage", text) for text in metrics.overlap_warnings(overlap)]
-    tiny = metrics.tiny_test_warning(len(test), head_metrics["accuracy"])
+    multilabel = "per_finding" in head_metrics
+    tiny = metrics.tiny_test_warning(len(test), head_metrics.get("accuracy"))
     if tiny:
         found.append(RunWarning("small_test", tiny))
+    if multilabel:
+        few = few_positives_warning(head_metrics)
+        if few:
+            found.append(RunWarning("small_test", few))
+    figure = "macro_roc_auc" if multilabel else "accuracy"  # what the sentinel compares: the task's headline
     if "pixels" in baseline_metrics:
-        deep = max([head_metrics["accuracy"]] + [m["accuracy"] for n, m in baseline_metrics.items() if n != "pixels"])
-        sentinel = metrics.sentinel_warning(deep, baseline_metrics["pixels"]["accuracy"])
+        deep = max([head_metrics[figure] or 0.0] + [m[figure] or 0.0 for n, m in baseline_metrics.items()
+                                                    if n != "pixels"])
+        sentinel = metrics.sentinel_warning(deep, baseline_metrics["pixels"][figure])
         if sentinel:
-            found.append(RunWarning("shortcut", sentinel))
-    if head_metrics.get("by_source"):
+            found.append(RunWarning("shortcut", f"{figure.replace('_', ' ')}: {sentinel}" if multilabel else sentinel))
+    if head_metrics.get("by_source") and not multilabel:
         gap = metrics.source_gap_warning(head_metrics["by_source"])
         if gap:
             found.append(RunWarning("source_gap", gap))
-    labels = sorted({i.label for i in [*train, *test]})
-    imbalance = imbalance_warning({c: sum(1 for i in train if i.label == c) for c in labels})
-    if imbalance:
-        found.append(RunWarning("imbalance", imbalance))
+    found += [RunWarning(GROUP_GAP, text) for text in group_gap_warnings(head_metrics.get("by_group"))]
+    if not multilabel:
+        labels = sorted({i.label for i in [*train, *test]})
+        imbalance = imbalance_warning({c: sum(1 for i in train if i.label == c) for c in labels})
+        if imbalance:
+            found.append(RunWarning("imbalance", imbalance))
     return found
+
+
+#: Fewer positive test images than this make a finding's AUROC interval too wide to compare.
+FEW_POSITIVES = 10
+
+
+def few_positives_warning(head_metrics: dict) -> str | None:
+    """A sentence naming the findings with fewer than :data:`FEW_POSITIVES` counted positive test images."""
+    few = [f"{name} ({entry['positives']})" for name, entry in head_metrics["per_finding"].items()
+           if entry["positives"] < FEW_POSITIVES]
+    if not few:
+        return None
+    return (f"findings with fewer than {FEW_POSITIVES} positive test images: {', '.join(few)}; their AUROC "
+            f"intervals are wide, so treat differences between them as noise")
 
 
 def _timings(split: _Split, trained, baselines_seconds: float, started: float) -> dict:
@@ -511,7 +535,8 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     head_backend, backend_reason = resolve_head_backend(head.head_backend, device=config.device, train_tail=head.train_tail)
     check_new_folder(out if out else runs_root, "fit-head", cache=run.cache_dir)  # never a run inside a run or a cache
     target = Path(out) if overwrite and out and folder.replaceable(out) else None
-    run_dir = folder.new_run_dir(folder.staging_dir(target) if target else out, folder.task_name(dataset.classes),
+    run_dir = folder.new_run_dir(folder.staging_dir(target) if target else out,
+                                 folder.task_name(dataset.classes, dataset.multilabel),
                                  features.backbone, runs_root)
     guard = None
     try:  # config.options: the store chosen for the parts the study reads (its keep may differ from features')
@@ -564,20 +589,23 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     baselines_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
-    positive = positive_class(dataset.classes, head.positive)
-    thresholds = choose_model_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive)
+    positive = None if split.multilabel else positive_class(dataset.classes, head.positive)
+    val_mask = None if not split.multilabel else split.mask_train[val_idx]
+    thresholds = choose_model_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive,
+                                         mask=val_mask)
     scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_bootstrap, seed=head.seed,
-                             thresholds=thresholds, rule=head.threshold)
+                             thresholds=thresholds, rule=head.threshold, mask=split.mask_test)
     head_metrics = scored.pop("head")
     spread = seed_spread(head_metrics, trained.repeats, split.y_test, dataset.classes,
-                         list(range(head.seed, head.seed + head.repeats)))
+                         list(range(head.seed, head.seed + head.repeats)), mask=split.mask_test)
     found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights) + sampled
     for warning in found:
         log.warning("%s", warning.message)
 
     record = runs.RunRecord(
         xrayfeat=__version__, created=utc_timestamp(), data=str(dataset.root),
-        task=folder.task_name(dataset.classes), classes=list(dataset.classes),
+        task=folder.task_name(dataset.classes, dataset.multilabel), classes=list(dataset.classes),
+        multilabel=dataset.multilabel,
         counts={"train": len(fit_idx), "val": len(val_idx), "test": len(split.test), "skipped": split.extraction.skipped},
         skipped_files=list(split.extraction.skipped_files),
         validation=val_source, features=asdict(features),
@@ -600,7 +628,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     _guarded(guard, runs.write_splits, run_dir / "splits.csv", used)
     val_items = [split.train[k] for k in val_idx]
     _guarded(guard, runs.write_predictions, run_dir / "predictions-val.csv", val_items, split.y_train[val_idx],
-             dataset.classes, val_probabilities)
+             dataset.classes, val_probabilities, multilabel=split.multilabel)
     summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
     if spread:
         summary["repeats"] = spread
@@ -619,21 +647,27 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
     head_metrics = summary["head"]
     _guarded(guard, write_json, run_dir / "metrics.json", summary)
     _guarded(guard, runs.write_history, run_dir / "history.csv", trained.history, trained.epoch_seconds)
-    _guarded(guard, runs.write_predictions, run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities)
+    _guarded(guard, runs.write_predictions, run_dir / "predictions.csv", split.test, split.y_test, classes, probabilities,
+             multilabel=split.multilabel)
     title = f"{record.task} · {record.backbone}" + (" · RANDOM weights" if record.weights["random"] else "")
     _guarded(guard, plots.plot_curves, trained.history, run_dir / "curves.png", title=title,
              best_epoch=trained.settings.get("best_epoch"))
-    _guarded(guard, plots.plot_confusion, head_metrics["confusion"], list(classes), run_dir / "confusion.png", title=title)
-    _guarded(guard, plots.plot_roc, split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title)
-    models = {"head": head_metrics, **summary["baselines"]}
-    _guarded(guard, plots.plot_calibration, {name: m["calibration"] for name, m in models.items()},
-             run_dir / "calibration.png", title=title)
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
              "predictions": "predictions.csv", "predictions_val": "predictions-val.csv", "splits": "splits.csv",
-             "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png", "calibration": "calibration.png"}
+             "curves": "curves.png", "roc": "roc.png", "calibration": "calibration.png"}
+    if not split.multilabel:  # findings have no confusion matrix: each has its operating point instead
+        _guarded(guard, plots.plot_confusion, head_metrics["confusion"], list(classes), run_dir / "confusion.png",
+                 title=title)
+        files["confusion"] = "confusion.png"
+    _guarded(guard, plots.plot_roc, split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title,
+             mask=split.mask_test)
+    models = {"head": head_metrics, **summary["baselines"]}
+    _guarded(guard, plots.plot_calibration, plots.calibration_curves(models), run_dir / "calibration.png", title=title)
     if (run_dir / "head.npz").is_file():  # the plain seed head's arrays, for inference without Keras
         files["head_arrays"] = "head.npz"
-        if record.head_input != "spatial":
+        if split.multilabel:
+            log.info("no gradcam.png: a multi-label run explains each finding with xrayfeat explain --finding")
+        elif record.head_input != "spatial":
             log.info("no gradcam.png: Grad-CAM needs a head on spatial maps, this one reads %s vectors",
                      record.head_input)
         elif _guarded(guard, _gradcam_grid, record, run_dir, split, trained, classes, title):

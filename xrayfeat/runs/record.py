@@ -77,6 +77,7 @@ WARNING_KINDS: dict[str, str] = {
     "leakage": "Leakage",
     "shortcut": "Shortcut sentinel",
     "source_gap": "Source gap",
+    "group_gap": "Subgroup gap",
     "small_test": "Small test set",
     "overlap": "External data overlaps training",
     "not_external": "External data is the run's own test data",
