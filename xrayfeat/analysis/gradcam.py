@@ -18,7 +18,10 @@ The class score is the pre-activation logit, as in the Grad-CAM paper. A
 softmax head has one logit per class. A binary (sigmoid) head has one logit
 ``z``, the log-odds of class 1: the score of class 1 is ``z`` and that of class
 0 is ``-z``, so the two classes' maps are the positive and negative parts of
-the same weighted sum, and never both positive at one place.
+the same weighted sum, and never both positive at one place. A multi-label head
+(``multilabel`` in its arrays) has one sigmoid logit per finding, and a
+finding's score is its own logit: its map shows where that finding is seen,
+whatever the other findings.
 
 The maps have the cut layer's resolution (7×7 for VGG16 ``block5_pool`` at
 224 px; 14×14 at an earlier cut). :func:`plot_overlay` draws one map on its
@@ -80,7 +83,7 @@ def grad_cam(spatial, head: Mapping[str, np.ndarray], target: int | None = None,
     if a.ndim != 4 or int(np.prod(a.shape[1:])) != kernel.shape[0]:
         raise ValueError(f"The 'spatial' parameter of grad_cam must have shape (n, H, W, C) with H*W*C = "
                          f"{kernel.shape[0]} (the head's input). Got shape {a.shape} instead.")
-    n_classes = max(2, head["out_kernel"].shape[1])
+    n_classes = head["out_kernel"].shape[1] if _multilabel(head) else max(2, head["out_kernel"].shape[1])
     if target is not None and not (isinstance(target, (int, np.integer)) and 0 <= target < n_classes):
         raise ValueError(f"The 'target' parameter of grad_cam must be a class index in 0..{n_classes - 1} or None. "
                          f"Got {target!r} instead.")
@@ -100,10 +103,11 @@ def _batch(a: np.ndarray, head, scale: np.ndarray, shift: np.ndarray, target: in
     hidden = (a * scale + shift).reshape(n, -1) @ head["hidden_kernel"] + head["hidden_bias"]
     logits = np.maximum(hidden, 0) @ head["out_kernel"] + head["out_bias"]
     sigmoid = str(head["activation"]) == "sigmoid"
-    proba = _probabilities(logits, sigmoid)
+    multilabel = _multilabel(head)
+    proba = _sigmoid(logits) if multilabel else _probabilities(logits, sigmoid)
     k = proba.argmax(axis=1) if target is None else np.full(n, target)
     out = head["out_kernel"]
-    if sigmoid:  # one logit z: score z for class 1, -z for class 0
+    if sigmoid and not multilabel:  # one logit z: score z for class 1, -z for class 0
         d_score = out[:, 0][None, :] * np.where(k == 1, 1.0, -1.0).astype(np.float32)[:, None]
     else:
         d_score = out[:, k].T
@@ -114,10 +118,19 @@ def _batch(a: np.ndarray, head, scale: np.ndarray, shift: np.ndarray, target: in
     return maps.astype(np.float32), weights.astype(np.float32), k.astype(np.int64), proba.astype(np.float32)
 
 
+def _multilabel(head) -> bool:
+    """Whether the head gives one sigmoid per finding (each finding's map is its own logit's gradient)."""
+    return bool(head.get("multilabel", False))
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a logit below -88 gives exp = inf and p = 0, as it should
+        return 1 / (1 + np.exp(-logits))
+
+
 def _probabilities(logits: np.ndarray, sigmoid: bool) -> np.ndarray:
     if sigmoid:
-        with np.errstate(over="ignore"):  # a logit below -88 gives exp = inf and p = 0, as it should
-            p = 1 / (1 + np.exp(-logits))
+        p = _sigmoid(logits)
         return np.concatenate([1 - p, p], axis=1)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)

@@ -79,7 +79,8 @@ def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluste
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for <image>.png (overlay), <image>.npz (raw map) and explain.csv.")
 @click.option("--class", "target_class", default=None, metavar="CLASS",
-              help="Explain this class of the run for every image (default: each image's predicted class).")
+              help="Explain this class (or finding, for a multi-label run) of the run for every image (default: "
+                   "each image's predicted class; for a multi-label run its most probable finding).")
 @_run_options
 @json_option
 @handle_errors

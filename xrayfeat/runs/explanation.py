@@ -34,7 +34,7 @@ from xrayfeat.fileio import atomic_path, atomic_write, bounded_name, csv_text, s
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
 from xrayfeat.runs.outputs import check_output
-from xrayfeat.runs.prediction import cache_dir_of, gather_inputs, run_features
+from xrayfeat.runs.prediction import cache_dir_of, finding_thresholds, gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
 CHUNK = 64
@@ -93,6 +93,7 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
     layer = f"{run.backbone}:{store.fingerprint['layer']}"
     size = int(store.fingerprint["image_size"])
     stems = _stems(dataset.items)
+    thresholds = finding_thresholds(run, ["head"])["head"] if run.record.multilabel else None
     rows, map_size = [], (0, 0)
     with writing_to(out, option="--out"):  # a full disk: one line naming the folder
         out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,8 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
             map_size = spatial.shape[1:3]
             cams = grad_cam(spatial, head, target)
             for i, item in enumerate(items):
-                rows.append(_write_image(run, item, cams, i, out / stems[start + i], layer=layer, size=size))
+                rows.append(_write_image(run, item, cams, i, out / stems[start + i], layer=layer, size=size,
+                                         thresholds=thresholds))
         table = out / "explain.csv"
         _write_table(table, rows)
     return ExplainResult(out=str(out), csv=str(table), images=len(dataset), extracted=result.extracted,
@@ -158,25 +160,34 @@ def _stems(items) -> list[str]:
     return names
 
 
-def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int) -> dict:
-    """``base.png`` (the overlay) and ``base.npz`` (the raw map and what it explains) for one image; its table row."""
+def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int, thresholds=None) -> dict:
+    """``base.png`` (the overlay) and ``base.npz`` (the raw map and what it explains) for one image; its table row.
+
+    A multi-label run (``thresholds``: the head's per finding) explains one
+    finding (the most probable, or the chosen one); ``predicted`` then names
+    every finding called at its threshold.
+    """
     classes = run.classes
     proba = cams.proba[i]
     predicted, explained = int(proba.argmax()), int(cams.target[i])
     cam = cams.maps[i]
+    called = None if thresholds is None else "|".join(c for c, p, t in zip(classes, proba, thresholds) if p >= t) or "-"
     npz = sibling(base, ".npz")
     with atomic_path(npz, suffix=".npz") as tmp:
         np.savez(tmp, cam=cam, channel_weights=cams.weights[i], explained=np.array(classes[explained]),
                  explained_index=np.int64(explained), predicted=np.array(classes[predicted]),
                  probabilities=proba, classes=np.array(classes), layer=np.array(layer),
+                 **({} if called is None else {"called": np.array(called)}),
                  image_size=np.int64(size), sha256=np.array(item.sha256), path=np.array(str(item.path)))
     title = f"predicted: {classes[predicted]} (p = {proba[predicted]:.3f})"
-    if explained != predicted:
+    if called is not None:
+        title = f"Grad-CAM of {classes[explained]} (p = {proba[explained]:.3f})\nfindings called: {called}"
+    elif explained != predicted:
         title += f"\nGrad-CAM of {classes[explained]} (p = {proba[explained]:.3f})"
     note = f"{cam.shape[0]}×{cam.shape[1]} map at {layer}, upsampled to {size} px · {item.relpath}"
     png = plot_overlay(read_image(item.path, size), cam, sibling(base, ".png"), title=title, note=note)
-    return {"path": str(item.path), "sha256": item.sha256, "predicted": classes[predicted],
-            "probability": round(float(proba[predicted]), 6), "explained": classes[explained],
+    return {"path": str(item.path), "sha256": item.sha256, "predicted": called or classes[predicted],
+            "probability": round(float(proba[explained if called else predicted]), 6), "explained": classes[explained],
             "png": str(png), "npz": str(npz)}
 
 

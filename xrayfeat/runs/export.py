@@ -321,7 +321,7 @@ def build_portable_model(run):
         x = keras.layers.GlobalAveragePooling2D(dtype="float32", name="pooled")(x)
     head = _head_model(run, x)
     p = head(x)
-    if len(record.classes) == 2:
+    if len(record.classes) == 2 and not record.multilabel:
         p = _both_columns()(p)
     else:
         p = keras.layers.Activation("linear", dtype="float32", name="probabilities")(p)
@@ -390,10 +390,10 @@ def _describe(run, facts: dict, format: str, sha256: dict, n_bytes: int, params:
         "input_shape": [None, size, size, 3],
         "input_dtype": "uint8",
         "image_size": size,
-        "output": "class probabilities, one column per class in the order of 'classes'"
-                  + (" ([1 - p, p] of the sigmoid head)" if len(record.classes) == 2 else ""),
+        "output": _output_text(record),
         "output_shape": [None, len(record.classes)],
         "classes": list(record.classes),
+        "multilabel": bool(record.multilabel),
         "backbone": fingerprint["backbone"],
         "layer": fingerprint["layer"],
         "preprocess": fingerprint["preprocess"],
@@ -409,6 +409,15 @@ def _describe(run, facts: dict, format: str, sha256: dict, n_bytes: int, params:
         "load": ("keras.saving.load_model('model.keras', compile=False)" if format == "keras"
                  else "tf.saved_model.load('savedmodel').serve(pixels)['probabilities']"),
     }
+
+
+def _output_text(record) -> str:
+    """What the model's output columns are, for ``export.json``."""
+    if record.multilabel:
+        return ("finding probabilities, one sigmoid column per finding in the order of 'classes' (independent: "
+                "they need not sum to 1)")
+    return ("class probabilities, one column per class in the order of 'classes'"
+            + (" ([1 - p, p] of the sigmoid head)" if len(record.classes) == 2 else ""))
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool = False) -> None:

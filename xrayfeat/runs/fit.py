@@ -666,7 +666,7 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
     if (run_dir / "head.npz").is_file():  # the plain seed head's arrays, for inference without Keras
         files["head_arrays"] = "head.npz"
         if split.multilabel:
-            log.info("no gradcam.png: a multi-label run explains each finding with xrayfeat explain --finding")
+            log.info("no gradcam.png: a multi-label run explains each finding with xrayfeat explain --class FINDING")
         elif record.head_input != "spatial":
             log.info("no gradcam.png: Grad-CAM needs a head on spatial maps, this one reads %s vectors",
                      record.head_input)

@@ -836,6 +836,8 @@ def _export_agrees(value: dict, at: str, ctx: dict) -> None:
                                          f"{show(FORMATS[value['format']])}")
     if value["input_shape"][1:] != [size, size, 3]:
         raise Problem(join(at, "input_shape"), f"expected [null, {size}, {size}, 3] for image_size {size}")
+    if len(classes) < 2 and not value.get("multilabel", False):
+        raise Problem(join(at, "classes"), f"expected at least 2 distinct class names, got {len(classes)}")
     if value["output_shape"][1] != len(classes):
         raise Problem(join(at, "output_shape"), f"says {value['output_shape'][1]} outputs, but classes holds "
                                                 f"{len(classes)} names")
@@ -863,7 +865,8 @@ def export_schema() -> Obj:
         "image_size": need(Whole(32, 2048)),
         "output": need(TEXT),
         "output_shape": need(ListOf(Maybe(dimension), 2, 2, what="[null, K]")),
-        "classes": need(ListOf(CLASS_NAME, 2, unique=True, what="a list of at least 2 distinct class names")),
+        "classes": need(ListOf(CLASS_NAME, 1, unique=True, what="a list of distinct class names")),
+        "multilabel": may(Flag()),
         "backbone": need(Text(f"a backbone ({', '.join(BACKBONES)})", choices=BACKBONES)),
         "layer": need(NONEMPTY), "preprocess": need(NONEMPTY), "precision": need(NONEMPTY),
         "train_tail": need(Flag()),
