@@ -265,7 +265,8 @@ class RunRecord:
         """A metrics artifact: its sha256, then :func:`~xrayfeat.runs.schema.metrics_schema` against this run's classes."""
         target = self._locate(name)[0]
         data = schemas.parse(self._small(name, say_unverified), target, schemas.metrics_schema(),
-                             fix=f"re-run {_writer_of(name)}", ctx={"classes": list(self.classes)})
+                             fix=f"re-run {_writer_of(name)}",
+                             ctx={"classes": list(self.classes), "multilabel": self.multilabel})
         data.setdefault("baselines", {})
         return data
 

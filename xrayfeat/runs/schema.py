@@ -586,6 +586,7 @@ def model_metrics() -> Obj:
         "by_source": may(MapOf(Obj({"n": need(COUNT), "accuracy": need(PROBABILITY),
                                     "balanced_accuracy": need(Maybe(PROBABILITY)),
                                     "ci_accuracy": need(Maybe(INTERVAL))}))),
+        "by_group": may(_by_group(_single_label_group())),
         "calibration": may(Obj({
             "brier": need(Number(0.0)), "ece": need(Number(0.0)), "n_bins": need(Whole(1)),
             "curve": need(ListOf(Obj({"lo": need(PROBABILITY), "hi": need(PROBABILITY), "n": need(COUNT),
@@ -600,6 +601,74 @@ def model_metrics() -> Obj:
     }, checks=(_matrix_fits,))
 
 
+def _by_group(value: Shape) -> Shape:
+    """``by_group``: {group: {unknown, values: {value: figures}}} (:func:`xrayfeat.analysis.subgroups.by_group`)."""
+    return MapOf(Obj({"unknown": need(COUNT), "values": need(MapOf(value))}))
+
+
+@functools.cache
+def _single_label_group() -> Obj:
+    return Obj({"n": need(COUNT), "n_patients": may(COUNT), "accuracy": need(PROBABILITY),
+                "balanced_accuracy": need(Maybe(PROBABILITY)), "roc_auc": need(Maybe(PROBABILITY)),
+                "ci": need(Obj({"accuracy": need(Maybe(INTERVAL)), "balanced_accuracy": need(Maybe(INTERVAL)),
+                                "roc_auc": need(Maybe(INTERVAL))}))})
+
+
+@functools.cache
+def multilabel_metrics() -> Obj:
+    """One model's multi-label test figures (:func:`xrayfeat.analysis.multilabel.score_multilabel`), tied to the findings."""
+    point = _point()
+    auc = {"roc_auc": need(Maybe(PROBABILITY)), "roc_auc_ci": need(Maybe(INTERVAL))}
+    finding = Obj({"n": need(COUNT), "positives": need(COUNT), "prevalence": need(Maybe(PROBABILITY)), **auc,
+                   "average_precision": need(Maybe(PROBABILITY)), "average_precision_ci": need(Maybe(INTERVAL))})
+    calibration = Obj({
+        "brier": need(Number(0.0)), "ece": need(Number(0.0)), "n_bins": need(Whole(1)),
+        "curve": need(ListOf(Obj({"lo": need(PROBABILITY), "hi": need(PROBABILITY), "n": need(COUNT),
+                                  "confidence": need(Maybe(PROBABILITY)), "accuracy": need(Maybe(PROBABILITY))}))),
+    })
+    group_value = Obj({"n": need(COUNT), "n_patients": may(COUNT), "macro_roc_auc": need(Maybe(PROBABILITY)),
+                       "ci": need(Obj({"macro_roc_auc": need(Maybe(INTERVAL))})),
+                       "per_finding": need(MapOf(Obj(auc), over=ALL_CLASSES))})
+    return Obj({
+        "task": need(Text('"multilabel"', choices=("multilabel",))),
+        "n": need(COUNT), "n_patients": may(COUNT),
+        "findings": need(ListOf(CLASS_NAME, 1, unique=True)),
+        "per_finding": need(MapOf(finding, over=ALL_CLASSES)),
+        "macro_roc_auc": need(Maybe(PROBABILITY)), "micro_roc_auc": need(Maybe(PROBABILITY)),
+        "macro_average_precision": need(Maybe(PROBABILITY)), "loss": need(Maybe(Number(0.0))),
+        "ci": need(Obj({"macro_roc_auc": need(Maybe(INTERVAL)), "micro_roc_auc": need(Maybe(INTERVAL)),
+                        "macro_average_precision": need(Maybe(INTERVAL))})),
+        "ci_method": need(TEXT), "ci_level": need(Number(0.0, 1.0)),
+        "by_source": may(MapOf(Obj({"n": need(COUNT), "macro_roc_auc": need(Maybe(PROBABILITY)),
+                                    "ci_macro_roc_auc": need(Maybe(INTERVAL))}))),
+        "by_group": may(_by_group(group_value)),
+        "calibration": may(MapOf(Maybe(calibration), over=ALL_CLASSES)),
+        "operating_points": may(Maybe(Obj({
+            "rule": need(TEXT), "chosen_on": need(TEXT),
+            "classes": need(MapOf(Obj({"threshold": need(Maybe(Number())), "note": need(Maybe(TEXT)),
+                                       "argmax": need(Maybe(point)), "at_threshold": need(Maybe(point))}),
+                                  over=SOME_CLASSES)),
+        }))),
+    })
+
+
+@dataclass(frozen=True)
+class _ModelFigures(Shape):
+    """A model's figures: multi-label ones (``task: "multilabel"``) or single-label ones."""
+
+    what: str = "a model's figures (an object)"
+
+    def check(self, value, at, ctx):
+        if isinstance(value, dict) and value.get("task") == "multilabel":
+            if not ctx.get("multilabel", True):
+                raise Problem(join(at, "task"), "is multilabel, but the run has one label per image")
+            multilabel_metrics().check(value, at, ctx)
+        else:
+            if ctx.get("multilabel", False):
+                raise Problem(at, "holds single-label figures, but the run is multi-label")
+            model_metrics().check(value, at, ctx)
+
+
 @functools.cache
 def metrics_schema() -> Obj:
     """``metrics.json`` of a run or of an evaluation: the head's and each baseline's figures on their test data."""
@@ -608,8 +677,8 @@ def metrics_schema() -> Obj:
     spread = Obj({"mean": need(Number()), "sd": need(Maybe(Number(0.0))), "min": need(Number()),
                   "max": need(Number()), "values": need(ListOf(Number()))})
     return Obj({
-        "head": need(model_metrics()),
-        "baselines": may(MapOf(model_metrics(), key=Text(f"a baseline ({', '.join(BASELINES)})", choices=BASELINES))),
+        "head": need(_ModelFigures()),
+        "baselines": may(MapOf(_ModelFigures(), key=Text(f"a baseline ({', '.join(BASELINES)})", choices=BASELINES))),
         "positive": may(Maybe(CLASS_NAME)),
         "threshold_rule": may(TEXT),
         "repeats": may(Obj({"seeds": need(ListOf(Whole(0))), "head": need(MapOf(spread))})),
