@@ -34,6 +34,7 @@ BY_KIND = {
     "leakage": "3 images in test are byte-identical to images in train: test accuracy is optimistic",
     "shortcut": "a logistic regression on 32x32 grayscale pixels scores 0.8, above the deep model (0.7): the data",
     "source_gap": "accuracy differs by source beyond the intervals: a 0.90 [0.80, 0.95] (n=40) vs b 0.50 (n=40)",
+    "group_gap": "sex: accuracy 0.62 [0.55, 0.69] for F against 0.81 [0.76, 0.86] for M; the gap exceeds both intervals",
     "small_test": TINY.message,
     "overlap": "3 of 120 images of /data/hosp_b are byte-identical to the run's training or validation images",
     "missing_class": "covid absent from /data/hosp_b: per-class figures for it and the macro ROC-AUC are undefined",

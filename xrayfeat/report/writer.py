@@ -63,6 +63,7 @@ from xrayfeat.fileio import atomic_write, writing_to
 from xrayfeat.runtime import library_call
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
+from xrayfeat.report.cells import DASH, difference, duration, number, signed_number, whole, with_ci
 from xrayfeat.report.document import (
     Figure,
     Figures,
@@ -98,8 +99,6 @@ FIGURE_CAPTIONS = (("curves.png", "training curves"), ("confusion.png", "confusi
 #: The Grad-CAM grid fit-head draws for the seed's head: shown in a section of its own, with what it shows.
 GRADCAM = "gradcam.png"
 
-_DASH = "—"
-_MINUS = "\u2212"  # a true minus sign, as wide as the plus
 _PRESENT = "\u2020"  # marks an AUC averaged over the classes present (the macro AUC is undefined)
 #: A head whose external accuracy falls more than this below its internal one does not carry.
 DROP_LIMIT = 0.1
@@ -231,39 +230,6 @@ def _load_runs(paths) -> list[_Run]:
 # --------------------------------------------------------------------------- values
 
 
-def _num(x, digits: int = 3) -> str:
-    x = finite_float(x)
-    return _DASH if x is None else f"{x:.{digits}f}"
-
-
-def _seconds(x) -> str:
-    x = finite_float(x)
-    if x is None:
-        return _DASH
-    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def _int(x) -> str:
-    return _DASH if x is None else f"{int(x):,}"
-
-
-def _signed(x) -> str:
-    """``−0.312``, ``+0.020`` (a true minus sign); ``0.000`` when it rounds to nothing."""
-    x = finite_float(x)
-    if x is None:
-        return _DASH
-    text = f"{abs(x):.3f}"
-    if text == f"{0:.3f}":
-        return text
-    return (_MINUS if x < 0 else "+") + text
-
-
-def _change(internal, external) -> float | None:
-    """external − internal; None when either is missing."""
-    internal, external = finite_float(internal), finite_float(external)
-    return None if internal is None or external is None else external - internal
-
-
 def _auc(m: dict | None) -> tuple[float | None, bool]:
     """The macro ROC-AUC or, when a class is absent (macro undefined), the mean over the classes present; and which."""
     if m is None:
@@ -276,17 +242,8 @@ def _auc(m: dict | None) -> tuple[float | None, bool]:
 
 
 def _marked(x, present: bool, signed: bool = False) -> str:
-    text = _signed(x) if signed else _num(x)
-    return text + _PRESENT if present and text != _DASH else text
-
-
-def _with_ci(value, ci, role: str = "muted") -> list:
-    """``0.812 [0.74, 0.87]`` with the interval in ``role``; the bare value when there is no interval."""
-    text = _num(value)
-    if text == _DASH or ci is None:
-        return [text]
-    lo, hi = ci
-    return [text, Span(f" [{lo:.3f}, {hi:.3f}]", role)]
+    text = signed_number(x) if signed else number(x)
+    return text + _PRESENT if present and text != DASH else text
 
 
 def _ci_level(runs) -> str:
@@ -359,18 +316,18 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
     for r in runs:
         head, params, timings = r.head, r.record.params, r.record.timings
         extracted = timings.get("extracted_images")
-        extraction = [_seconds(timings.get("extraction_seconds"))]
+        extraction = [duration(timings.get("extraction_seconds"))]
         if extracted is not None:
-            extraction.append(Span(" (all cached)" if extracted == 0 else f" ({_int(extracted)} new)", "sub"))
+            extraction.append(Span(" (all cached)" if extracted == 0 else f" ({whole(extracted)} new)", "sub"))
         row = [
             Span(r.name, "link", r.anchor), _backbone_cell(r), _layer_text(r), _weights_cell(r),
-            [_int(params["total"]), Span(f" ({_int(params['trainable'])} trainable)", "sub")],
-            _seconds(timings.get("seconds_per_epoch")), _seconds(timings.get("head_seconds")),
-            extraction, _num(head["loss"]), _with_ci(head["accuracy"], head["ci"]["accuracy"], "sub"),
+            [whole(params["total"]), Span(f" ({whole(params['trainable'])} trainable)", "sub")],
+            duration(timings.get("seconds_per_epoch")), duration(timings.get("head_seconds")),
+            extraction, number(head["loss"]), with_ci(head["accuracy"], head["ci"]["accuracy"], "sub"),
         ]
         row += [_spread_cell(r)] if seeds else []
-        row += [_num(head["balanced_accuracy"]), _num(head["roc_auc"])]
-        row += [_num(r.baselines[name]["accuracy"]) if name in r.baselines else _DASH for name in baselines]
+        row += [number(head["balanced_accuracy"]), number(head["roc_auc"])]
+        row += [number(r.baselines[name]["accuracy"]) if name in r.baselines else DASH for name in baselines]
         rows.append(row)
     numeric = set(range(5, len(header)))
     blocks: list = [
@@ -425,9 +382,9 @@ def _spread_cell(r: _Run) -> list:
     """``0.660 ± 0.083``, then ``[0.560–0.760]`` and ``(4 seeds)`` under it; a dash for a run under one seed."""
     spread = _spread(r, "accuracy")
     if spread is None:
-        return [_DASH]
-    return [f"{_num(spread['mean'])} ± {_num(spread['sd'])}",
-            Span(f" [{_num(spread['min'])}–{_num(spread['max'])}]", "sub"),
+        return [DASH]
+    return [f"{number(spread['mean'])} ± {number(spread['sd'])}",
+            Span(f" [{number(spread['min'])}–{number(spread['max'])}]", "sub"),
             Span(f" ({_plural(_n_seeds(r, spread), 'seed')})", "sub")]
 
 
@@ -446,14 +403,14 @@ def _wider_than_interval(r: _Run, metric: str, label: str) -> str | None:
 
 def _seeds_section(r: _Run) -> list:
     """The head's accuracy, balanced accuracy and ROC-AUC across seeds, and what the bootstrap interval misses."""
-    rows = [[_capital(label), _num(s["mean"]), _num(s["sd"]), _num(s["min"]), _num(s["max"]), str(_n_seeds(r, s))]
+    rows = [[_capital(label), number(s["mean"]), number(s["sd"]), number(s["min"]), number(s["max"]), str(_n_seeds(r, s))]
             for metric, label in _SPREAD for s in [_spread(r, metric)] if s]
     if not rows:
         return []
     seeds = r.metrics["repeats"].get("seeds") or []
     blocks: list = [Heading(3, "Seed variance (head)"),
                     Table(["Metric", "Mean", "SD", "Min", "Max", "Seeds"], rows, {1, 2, 3, 4, 5}),
-                    Para(f"The head trained under seeds {', '.join(map(str, seeds)) or _DASH} on the same features "
+                    Para(f"The head trained under seeds {', '.join(map(str, seeds)) or DASH} on the same features "
                          "and split, scored on the same test images (SD with ddof 1); the Test results above are the "
                          "first seed's. Baselines are fitted once: they do not depend on the head's seed.", cls="note")]
     blocks += [Para(_capital(note)) for note in (_wider_than_interval(r, metric, label) for metric, label in _SPREAD)
@@ -521,12 +478,12 @@ def _carry_note(r: _Run, e: _External) -> str | None:
     if k and ci is not None and ci[0] <= 1 / k <= ci[1]:
         reasons.append(f"its {_ci_level([e])} interval [{ci[0]:.3f}, {ci[1]:.3f}] includes chance "
                        f"(1/{k} = {1 / k:.3f})")
-    change = _change(r.head["accuracy"], e.head.get("accuracy"))
+    change = difference(r.head["accuracy"], e.head.get("accuracy"))
     if change is not None and round(-change, 9) > DROP_LIMIT:
-        reasons.append(f"it is {-change:.3f} below the internal {_num(r.head['accuracy'])}")
+        reasons.append(f"it is {-change:.3f} below the internal {number(r.head['accuracy'])}")
     if not reasons:
         return None
-    return (f"Head accuracy on {e.name} is {_num(e.head.get('accuracy'))}: {' and '.join(reasons)}; "
+    return (f"Head accuracy on {e.name} is {number(e.head.get('accuracy'))}: {' and '.join(reasons)}; "
             f"the internal result does not carry to {e.name}.")
 
 
@@ -543,7 +500,7 @@ def _auc_cells(inside: dict | None, outside: dict | None) -> tuple[str, str, str
     ext_auc, ext_present = _auc(outside)
     present = int_present or ext_present
     return (_marked(int_auc, int_present), _marked(ext_auc, ext_present),
-            _marked(_change(int_auc, ext_auc), present, signed=True), present)
+            _marked(difference(int_auc, ext_auc), present, signed=True), present)
 
 
 def _external_overview(runs: list[_Run]) -> list:
@@ -559,9 +516,9 @@ def _external_overview(runs: list[_Run]) -> list:
         ext_ci = (e.head.get("ci") or {}).get("accuracy")
         rows.append([
             Span(r.name, "link", r.anchor), Span(e.name, "link", e.anchor),
-            _int(e.info.get("n", e.head.get("n"))), _int(e.info.get("excluded")),
-            [f"{_num(r.head['accuracy'])} → ", *_with_ci(e.head.get("accuracy"), ext_ci, "sub")],
-            _signed(_change(r.head["accuracy"], e.head.get("accuracy"))),
+            whole(e.info.get("n", e.head.get("n"))), whole(e.info.get("excluded")),
+            [f"{number(r.head['accuracy'])} → ", *with_ci(e.head.get("accuracy"), ext_ci, "sub")],
+            signed_number(difference(r.head["accuracy"], e.head.get("accuracy"))),
             f"{int_auc} → {ext_auc}", auc_change,
         ])
         if present:
@@ -597,10 +554,10 @@ def _external_table(r: _Run) -> tuple[Table, bool]:
         inside = r.head if model == "head" else r.baselines.get(model)
         outside = [e.head if model == "head" else e.baselines.get(model) for e in r.external]
         row: list = [_model_label(model)]
-        row.append(_with_ci(inside["accuracy"], inside["ci"]["accuracy"]) if inside else _DASH)
+        row.append(with_ci(inside["accuracy"], inside["ci"]["accuracy"]) if inside else DASH)
         for m in outside:
-            row.append(_with_ci(m.get("accuracy"), (m.get("ci") or {}).get("accuracy")) if m else _DASH)
-            row.append(_signed(_change(inside and inside["accuracy"], m and m.get("accuracy"))))
+            row.append(with_ci(m.get("accuracy"), (m.get("ci") or {}).get("accuracy")) if m else DASH)
+            row.append(signed_number(difference(inside and inside["accuracy"], m and m.get("accuracy"))))
         aucs = [_auc_cells(inside, m) for m in outside]
         row.append(aucs[0][0])
         for _, ext_auc, auc_change, present in aucs:
@@ -624,17 +581,17 @@ def _external_section(r: _Run, out: Path) -> list:
                                      or any(_auc(m)[1] for m in e.baselines.values())]))
     for e in r.external:
         info = e.info
-        parts = [f"{_int(info.get('n', e.head.get('n')))} images scored as test data"]
+        parts = [f"{whole(info.get('n', e.head.get('n')))} images scored as test data"]
         if info.get("excluded") is not None:
-            parts.append(f"{_int(info['excluded'])} left out as byte-identical to training or validation images")
+            parts.append(f"{whole(info['excluded'])} left out as byte-identical to training or validation images")
         if info.get("classes") is not None:
-            parts.append("classes " + (", ".join(info["classes"]) or _DASH))
+            parts.append("classes " + (", ".join(info["classes"]) or DASH))
         if _absent(r, e):
             parts.append("absent: " + ", ".join(_absent(r, e)))
         if info.get("created"):
             parts.append(f"evaluated {info['created']}")
         blocks += [Heading(4, f"External: {e.name}", e.anchor),
-                   Para(["Data ", Span(str(info.get("data", _DASH)), "code"), " · " + " · ".join(parts)], cls="note")]
+                   Para(["Data ", Span(str(info.get("data", DASH)), "code"), " · " + " · ".join(parts)], cls="note")]
         blocks += _external_points(e)
         figures = _external_figures(r, e, out)
         if figures:
@@ -665,10 +622,10 @@ def _decision(point: dict, rule) -> list:
 def _point_cells(p: dict | None) -> list:
     """Each rate with its interval (its own line in HTML), then the counts; dashes when there is no such point."""
     if not p:
-        return [_DASH] * (len(_RATES) + 1)
+        return [DASH] * (len(_RATES) + 1)
     ci = p.get("ci") or {}
-    counts = " · ".join(_int(p.get(k)) for k in ("tp", "fp", "tn", "fn"))
-    return [_with_ci(p.get(key), ci.get(key), "sub") for key, _ in _RATES] + [counts]
+    counts = " · ".join(whole(p.get(k)) for k in ("tp", "fp", "tn", "fn"))
+    return [with_ci(p.get(key), ci.get(key), "sub") for key, _ in _RATES] + [counts]
 
 
 def _head_points_table(points: dict) -> Table:
@@ -688,8 +645,8 @@ def _baseline_points_table(baselines: dict) -> Table | None:
         points = _operating_points(m)
         for cls, point in (points["classes"] if points else {}).items():
             argmax, at = point.get("argmax") or {}, point.get("at_threshold") or {}
-            rows.append([_model_label(name), str(cls), _num(point.get("threshold")),
-                         *(f"{_num(argmax.get(key))} → {_num(at.get(key))}" for key, _ in _RATES)])
+            rows.append([_model_label(name), str(cls), number(point.get("threshold")),
+                         *(f"{number(argmax.get(key))} → {number(at.get(key))}" for key, _ in _RATES)])
     if not rows:
         return None
     return Table(["Model", "Class", "Threshold", *(f"{label} argmax → thr." for _, label in _RATES)], rows,
@@ -734,7 +691,7 @@ def _external_points(e: _External) -> list:
 
 def _calibration_cells(m: dict | None) -> list:
     found = (m or {}).get("calibration") or {}
-    return [_num(found.get("brier")), _num(found.get("ece"))]
+    return [number(found.get("brier")), number(found.get("ece"))]
 
 
 def _calibration_section(r: _Run) -> list:
@@ -766,8 +723,8 @@ def _config_rows(r: _Run) -> list:
     head, fp = record.head, record.store["fingerprint"]
     rows = [
         ("Data", [Span(record.data, "code")]),
-        ("Classes", f"{', '.join(record.classes) or _DASH} (task {record.task})"),
-        ("Images", " · ".join(f"{k} {_int(v)}" for k, v in record.counts.items()) or _DASH),
+        ("Classes", f"{', '.join(record.classes) or DASH} (task {record.task})"),
+        ("Images", " · ".join(f"{k} {whole(v)}" for k, v in record.counts.items()) or DASH),
         ("Validation", record.validation),
         ("Features", ", ".join(f"{k} {fp[k]}" for k in ("backbone", "layer", "image_size", "preprocess",
                                                          "precision", "store_dtype") if k in fp)),
@@ -785,7 +742,7 @@ def _config_rows(r: _Run) -> list:
     head_text = " · ".join(f"{label} {head[k]}" for k, label in keys if head.get(k) is not None)
     if head["train_tail"]:
         head_text += " · trains the backbone tail"
-    rows.append(("Head", head_text or _DASH))
+    rows.append(("Head", head_text or DASH))
     rows.append(("Baselines", ", ".join(head["baselines"]) or "none"))
     rows.append(("Seed", str(head["seed"])))
     rows.append(("Store fingerprint", [Span(record.store["fingerprint_id"], "code"),
@@ -797,10 +754,10 @@ def _config_rows(r: _Run) -> list:
     timings = record.timings
     if timings:
         rows.append(("Timings", " · ".join(
-            f"{label} {_seconds(timings[k])} s" for k, label in (
+            f"{label} {duration(timings[k])} s" for k, label in (
                 ("extraction_seconds", "extraction"), ("head_seconds", "head"),
                 ("baselines_seconds", "baselines"), ("total_seconds", "total")) if timings.get(k) is not None)
-            or _DASH))
+            or DASH))
     rows.append(("Intervals", f"{_ci_level([r])} {r.head['ci_method']}"))
     shown = [f"xrayfeat {record.xrayfeat}"] + [
         f"{k} {v}" for k, v in record.versions.items() if k != "keras_backend"]
@@ -817,15 +774,15 @@ def _results_table(r: _Run) -> Table:
     rows = []
     for name, m in [("head", r.head), *r.baselines.items()]:
         cv = r.record.baselines.get(name, {})  # the head has no cross-validation; old runs lack summaries
-        cv_text = _DASH
+        cv_text = DASH
         if finite_float(cv.get("cv_accuracy")) is not None:
-            cv_text = _num(cv["cv_accuracy"])
+            cv_text = number(cv["cv_accuracy"])
             if finite_float(cv.get("cv_accuracy_std")) is not None:
-                cv_text += f" ± {_num(cv['cv_accuracy_std'])}"
+                cv_text += f" ± {number(cv['cv_accuracy_std'])}"
         ci = m["ci"]
-        rows.append([_model_label(name), _with_ci(m["accuracy"], ci["accuracy"]),
-                     _with_ci(m["balanced_accuracy"], ci["balanced_accuracy"]),
-                     _with_ci(m["roc_auc"], ci["roc_auc"]), _num(m["loss"]), _int(m["n"]), cv_text])
+        rows.append([_model_label(name), with_ci(m["accuracy"], ci["accuracy"]),
+                     with_ci(m["balanced_accuracy"], ci["balanced_accuracy"]),
+                     with_ci(m["roc_auc"], ci["roc_auc"]), number(m["loss"]), whole(m["n"]), cv_text])
     return Table(header, rows, set(range(1, len(header))))
 
 
@@ -834,7 +791,7 @@ def _per_class_table(r: _Run) -> Table | None:
     if not per_class:
         return None
     auc = r.head["roc_auc_per_class"]
-    rows = [[name, _num(m["precision"]), _num(m["recall"]), _num(m["f1"]), _num(auc.get(name)), _int(m["support"])]
+    rows = [[name, number(m["precision"]), number(m["recall"]), number(m["f1"]), number(auc.get(name)), whole(m["support"])]
             for name, m in per_class.items()]
     return Table(["Class", "Precision", "Recall", "F1", "ROC-AUC (one vs rest)", "Support"], rows, {1, 2, 3, 4, 5})
 
@@ -847,8 +804,8 @@ def _by_source_table(r: _Run) -> Table | None:
     header = ["Source", "n", "Head accuracy", "Head balanced acc."] + [f"{n} acc." for n in names]
     rows = []
     for source, m in by_source.items():
-        row = [str(source), _int(m["n"]), _with_ci(m["accuracy"], m["ci_accuracy"]), _num(m["balanced_accuracy"])]
-        row += [_num(r.baselines[n]["by_source"][source]["accuracy"]) for n in names]
+        row = [str(source), whole(m["n"]), with_ci(m["accuracy"], m["ci_accuracy"]), number(m["balanced_accuracy"])]
+        row += [number(r.baselines[n]["by_source"][source]["accuracy"]) for n in names]
         rows.append(row)
     return Table(header, rows, set(range(1, len(header))))
 
@@ -870,9 +827,9 @@ def _history_text(r: _Run) -> str | None:
         parts.append(f"last training accuracy {last['accuracy']:.3f}")
     secs = [row.get("seconds") for row in rows if row.get("seconds") is not None]
     if secs:
-        text = f"first epoch {_seconds(secs[0])} s (includes compilation)"
+        text = f"first epoch {duration(secs[0])} s (includes compilation)"
         if len(secs) > 1:
-            text += f", later epochs median {_seconds(steady_epoch_seconds(secs))} s"
+            text += f", later epochs median {duration(steady_epoch_seconds(secs))} s"
         parts.append(text)
     return "; ".join(parts) + "."
 
