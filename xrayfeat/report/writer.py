@@ -63,6 +63,7 @@ from xrayfeat.fileio import atomic_write, writing_to
 from xrayfeat.runtime import library_call
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
+from xrayfeat.report import findings
 from xrayfeat.report.cells import DASH, difference, duration, number, signed_number, whole, with_ci
 from xrayfeat.report.document import (
     Figure,
@@ -234,7 +235,7 @@ def _auc(m: dict | None) -> tuple[float | None, bool]:
     """The macro ROC-AUC or, when a class is absent (macro undefined), the mean over the classes present; and which."""
     if m is None:
         return None, False
-    macro = finite_float(m.get("roc_auc"))
+    macro = finite_float(m.get("macro_roc_auc" if findings.is_multilabel(m) else "roc_auc"))
     if macro is not None:
         return macro, False
     present = finite_float(m.get("roc_auc_present"))
@@ -302,29 +303,44 @@ def _backbone_cell(r: _Run) -> list:
     return [r.record.backbone, Span(f" ({r.record.store['fingerprint']['image_size']} px)", "sub")]
 
 
+#: The comparison table's columns that say what a run is and what it cost, before its figures.
+_RUN_COLUMNS = ("Run", "Backbone", "Layer", "Weights", "Params", "s / epoch", "Head s", "Extraction s")
+
+
+def _run_cells(r: _Run) -> list:
+    """A run's cells of :data:`_RUN_COLUMNS`."""
+    params, timings = r.record.params, r.record.timings
+    extracted = timings.get("extracted_images")
+    extraction = [duration(timings.get("extraction_seconds"))]
+    if extracted is not None:
+        extraction.append(Span(" (all cached)" if extracted == 0 else f" ({whole(extracted)} new)", "sub"))
+    return [Span(r.name, "link", r.anchor), _backbone_cell(r), _layer_text(r), _weights_cell(r),
+            [whole(params["total"]), Span(f" ({whole(params['trainable'])} trainable)", "sub")],
+            duration(timings.get("seconds_per_epoch")), duration(timings.get("head_seconds")), extraction]
+
+
 def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
     """One task's table (the seed's comparison) and the notes that make it readable."""
     baselines = _baseline_order(runs)
     level = _ci_level(runs)
     seeds = any(_spread(r, "accuracy") for r in runs)  # the column only where a run was trained under several seeds
-    header = ["Run", "Backbone", "Layer", "Weights", "Params", "s / epoch", "Head s",
-              "Extraction s", "Test loss", f"Accuracy [{level} CI]"]
-    header += ["Accuracy over seeds (mean ± SD)"] if seeds else []
-    header += ["Balanced acc.", "ROC-AUC"]
-    header += [f"{name} acc." + (" (sentinel)" if name == "pixels" else "") for name in baselines]
+    multilabel = findings.is_multilabel(runs[0].head)
+    header = list(_RUN_COLUMNS)
+    if multilabel:
+        header += findings.comparison_columns(level, baselines)
+    else:
+        header += ["Test loss", f"Accuracy [{level} CI]"]
+        header += ["Accuracy over seeds (mean ± SD)"] if seeds else []
+        header += ["Balanced acc.", "ROC-AUC"]
+        header += [f"{name} acc." + (" (sentinel)" if name == "pixels" else "") for name in baselines]
     rows = []
     for r in runs:
-        head, params, timings = r.head, r.record.params, r.record.timings
-        extracted = timings.get("extracted_images")
-        extraction = [duration(timings.get("extraction_seconds"))]
-        if extracted is not None:
-            extraction.append(Span(" (all cached)" if extracted == 0 else f" ({whole(extracted)} new)", "sub"))
-        row = [
-            Span(r.name, "link", r.anchor), _backbone_cell(r), _layer_text(r), _weights_cell(r),
-            [whole(params["total"]), Span(f" ({whole(params['trainable'])} trainable)", "sub")],
-            duration(timings.get("seconds_per_epoch")), duration(timings.get("head_seconds")),
-            extraction, number(head["loss"]), with_ci(head["accuracy"], head["ci"]["accuracy"], "sub"),
-        ]
+        head = r.head
+        row = _run_cells(r)
+        if multilabel:
+            rows.append(row + findings.comparison_cells(r, baselines))
+            continue
+        row += [number(head["loss"]), with_ci(head["accuracy"], head["ci"]["accuracy"], "sub")]
         row += [_spread_cell(r)] if seeds else []
         row += [number(head["balanced_accuracy"]), number(head["roc_auc"])]
         row += [number(r.baselines[name]["accuracy"]) if name in r.baselines else DASH for name in baselines]
@@ -339,6 +355,8 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
              for note in [_wider_than_interval(r, "accuracy", "accuracy")] if note]
     if wider:
         blocks.append(List(wider))
+    if multilabel:
+        blocks.append(Para(findings.MULTILABEL_NOTE, cls="note"))
     tested_on = {(r.record.data, r.record.counts["test"]) for r in runs}
     if len(tested_on) > 1:
         blocks.append(Para("These runs were tested on different data or test sets: compare them with care.",
@@ -473,17 +491,19 @@ def _carry_note(r: _Run, e: _External) -> str | None:
     """One sentence when the head's accuracy does not carry to ``e``: chance inside the external interval, or a
     fall of more than :data:`DROP_LIMIT`; None otherwise."""
     reasons = []
+    multilabel = findings.is_multilabel(r.head)
+    figure, label = ("macro_roc_auc", "macro ROC-AUC") if multilabel else ("accuracy", "accuracy")
     k = len(r.record.classes)
-    ci = (e.head.get("ci") or {}).get("accuracy")
-    if k and ci is not None and ci[0] <= 1 / k <= ci[1]:
-        reasons.append(f"its {_ci_level([e])} interval [{ci[0]:.3f}, {ci[1]:.3f}] includes chance "
-                       f"(1/{k} = {1 / k:.3f})")
-    change = difference(r.head["accuracy"], e.head.get("accuracy"))
+    chance, chance_text = (0.5, "0.500") if multilabel else (1 / k if k else None, f"1/{k} = {1 / k:.3f}" if k else "")
+    ci = (e.head.get("ci") or {}).get(figure)
+    if chance is not None and ci is not None and ci[0] <= chance <= ci[1]:
+        reasons.append(f"its {_ci_level([e])} interval [{ci[0]:.3f}, {ci[1]:.3f}] includes chance ({chance_text})")
+    change = difference(r.head.get(figure), e.head.get(figure))
     if change is not None and round(-change, 9) > DROP_LIMIT:
-        reasons.append(f"it is {-change:.3f} below the internal {number(r.head['accuracy'])}")
+        reasons.append(f"it is {-change:.3f} below the internal {number(r.head.get(figure))}")
     if not reasons:
         return None
-    return (f"Head accuracy on {e.name} is {number(e.head.get('accuracy'))}: {' and '.join(reasons)}; "
+    return (f"Head {label} on {e.name} is {number(e.head.get(figure))}: {' and '.join(reasons)}; "
             f"the internal result does not carry to {e.name}.")
 
 
@@ -517,8 +537,8 @@ def _external_overview(runs: list[_Run]) -> list:
         rows.append([
             Span(r.name, "link", r.anchor), Span(e.name, "link", e.anchor),
             whole(e.info.get("n", e.head.get("n"))), whole(e.info.get("excluded")),
-            [f"{number(r.head['accuracy'])} → ", *with_ci(e.head.get("accuracy"), ext_ci, "sub")],
-            signed_number(difference(r.head["accuracy"], e.head.get("accuracy"))),
+            [f"{number(r.head.get('accuracy'))} → ", *with_ci(e.head.get("accuracy"), ext_ci, "sub")],
+            signed_number(difference(r.head.get("accuracy"), e.head.get("accuracy"))),
             f"{int_auc} → {ext_auc}", auc_change,
         ])
         if present:
@@ -571,7 +591,8 @@ def _external_section(r: _Run, out: Path) -> list:
     """"Internal vs external" in a run's section: the table, what does not carry, then each dataset's details."""
     if not r.external:
         return []
-    table, present = _external_table(r)
+    multilabel = findings.is_multilabel(r.head)
+    table, present = (findings.external_table(r), False) if multilabel else _external_table(r)
     blocks: list = [Heading(3, "Internal vs external"), table]
     blocks += [Para(note) for note in (_carry_note(r, e) for e in r.external) if note]
     blocks.append(Para("Internal: the run's own test split. Δ is external − internal: negative means worse on the "
@@ -592,7 +613,7 @@ def _external_section(r: _Run, out: Path) -> list:
             parts.append(f"evaluated {info['created']}")
         blocks += [Heading(4, f"External: {e.name}", e.anchor),
                    Para(["Data ", Span(str(info.get("data", DASH)), "code"), " · " + " · ".join(parts)], cls="note")]
-        blocks += _external_points(e)
+        blocks += [] if multilabel else _external_points(e)
         figures = _external_figures(r, e, out)
         if figures:
             blocks.append(Figures(figures))
@@ -917,17 +938,28 @@ def _run_section(r: _Run, out: Path) -> list:
     blocks: list = [Heading(2, f"Run {r.name}", r.anchor, cls="run"),
                     Para([Span(str(r.path), "code")], cls="note")]
     blocks += [Heading(3, "Configuration"), Table(["Setting", "Value"], _config_rows(r), cls="kv")]
-    blocks += [Heading(3, "Test results"), _results_table(r)]
-    blocks += _seeds_section(r)
-    blocks += _points_section(r)
-    blocks += _calibration_section(r)
-    blocks += _external_section(r, out)
-    per_class = _per_class_table(r)
-    if per_class:
-        blocks += [Heading(3, "Per class (head)"), per_class]
-    by_source = _by_source_table(r)
+    if findings.is_multilabel(r.head):
+        blocks += [Heading(3, "Test results"), findings.results_table(r, _model_label),
+                   Para(findings.MULTILABEL_NOTE, cls="note"),
+                   Heading(3, "Per finding (head, test)"), findings.findings_table(r.head),
+                   Para(f"Each finding's threshold was chosen on the validation split by the rule "
+                        f"{r.metrics.get('threshold_rule') or DASH}, never on test; sensitivity and specificity are "
+                        f"those it gives on the test images.", cls="note")]
+        blocks += _external_section(r, out)
+        by_source = findings.by_source_table(r.head)
+    else:
+        blocks += [Heading(3, "Test results"), _results_table(r)]
+        blocks += _seeds_section(r)
+        blocks += _points_section(r)
+        blocks += _calibration_section(r)
+        blocks += _external_section(r, out)
+        per_class = _per_class_table(r)
+        if per_class:
+            blocks += [Heading(3, "Per class (head)"), per_class]
+        by_source = _by_source_table(r)
     if by_source:
         blocks += [Heading(3, "By source"), by_source]
+    blocks += findings.group_tables(r.head, _ci_level([r]))
     history = _history_text(r)
     if history:
         blocks += [Heading(3, "Training"), Para(history)]
