@@ -46,9 +46,18 @@ def inspect_cmd(data, classes, as_json):
         for name in summary["classes"]:
             table.add_column(name, justify="right")
         table.add_column("total", justify="right")
-        for split, counts in summary["counts"].items():
-            table.add_row(split, *[str(counts[c]) for c in summary["classes"]], str(sum(counts.values())))
+        if summary["multilabel"]:  # positive images per finding; an image counts under each of its findings
+            table.title += " · positive images per finding"
+            table.columns[-1].header = "uncertain"
+            for split, counts in summary["counts"].items():
+                table.add_row(split, *[str(counts[c]) for c in summary["classes"]],
+                              str(sum(summary["uncertain"][split].values())))
+        else:
+            for split, counts in summary["counts"].items():
+                table.add_row(split, *[str(counts[c]) for c in summary["classes"]], str(sum(counts.values())))
         out.print(table)
+        for group, values in summary["groups"].items():
+            out.print(f"group {group}: " + ", ".join(f"{value} {n}" for value, n in values.items()))
         out.print(f"formats: {summary['formats']}  modes: {summary['modes']}  bit depths: {summary['bit_depths']}")
         if summary["width"]:
             out.print(f"width {summary['width'][0]}–{summary['width'][1]} px, height "
@@ -80,6 +89,10 @@ def inspect_cmd(data, classes, as_json):
 @handle_errors
 def phantoms_cmd(out, task, per_class, size, seed, as_json):
     """Write built-in synthetic chest X-rays (OUT/{train,test}/<class>/*.png + manifest.csv).
+
+    --task multilabel writes OUT/{train,test}/*.png and a manifest with one
+    column per finding (1, 0, -1 uncertain) and group columns: pass the
+    manifest to the other commands.
 
     \b
     Example:

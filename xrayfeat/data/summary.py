@@ -47,7 +47,9 @@ def imbalance_warning(counts: dict[str, int], where: str = "train") -> str | Non
 def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
     """The facts ``xrayfeat inspect`` shows about a dataset, as a JSON-serialisable dict.
 
-    Counts per split and class, total bytes, exact duplicate files (same SHA-256;
+    Counts per split and class (a multi-label dataset: positive images per
+    finding, with its uncertain and blank entries counted apart), the images
+    per patient group, total bytes, exact duplicate files (same SHA-256;
     ``cross_split`` marks leakage between splits), patients found in several
     splits, and, when ``probe_images``, image formats, modes, bit depths and the
     width/height range read from file headers (no pixels are decoded). Files
@@ -55,10 +57,21 @@ def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
     raising: inspection reports problems, extraction is where they fail.
     """
     counts = {split: {name: 0 for name in dataset.classes} for split in dataset.splits}
+    unsure = {split: {name: 0 for name in dataset.classes} for split in dataset.splits}
+    blank = {split: {name: 0 for name in dataset.classes} for split in dataset.splits}
+    groups: dict[str, Counter] = defaultdict(Counter)
     by_hash: dict[str, list[Item]] = defaultdict(list)
     patient_splits: dict[str, set[str]] = defaultdict(set)
     for item in dataset.items:
-        counts[item.split][item.label] += 1
+        if dataset.multilabel:
+            for name, value in zip(dataset.classes, item.findings):
+                where = counts if value == 1 else unsure if value == -1 else blank if value != value else None
+                if where is not None:
+                    where[item.split][name] += 1
+        else:
+            counts[item.split][item.label] += 1
+        for name, value in item.groups:
+            groups[name][value] += 1
         by_hash[item.sha256].append(item)
         if item.patient_id is not None:
             patient_splits[item.patient_id].add(item.split)
@@ -109,6 +122,10 @@ def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
         "classes": list(dataset.classes),
         "images": len(dataset),
         "counts": counts,
+        "multilabel": dataset.multilabel,
+        "uncertain": unsure if dataset.multilabel else None,
+        "blank": blank if dataset.multilabel else None,
+        "groups": {name: dict(sorted(values.items())) for name, values in sorted(groups.items())},
         "probed": probe_images,
         "formats": dict(sorted(formats.items())),
         "modes": dict(sorted(modes.items())),
@@ -119,7 +136,7 @@ def summarize(dataset: Dataset, *, probe_images: bool = True) -> dict:
         "duplicates": duplicates,
         "patients_in_several_splits": patients,
         "unreadable": unreadable,
-        "imbalance": imbalance_warning(counts["train"]) if "train" in counts else None,
+        "imbalance": imbalance_warning(counts["train"]) if "train" in counts and not dataset.multilabel else None,
     }
 
 
@@ -131,7 +148,11 @@ class Inspection:
     layout: str
     classes: list
     images: int
-    counts: dict  # split -> class -> images
+    counts: dict  # split -> class -> images (multi-label: split -> finding -> positive images)
+    multilabel: bool
+    uncertain: dict | None  # multi-label: split -> finding -> images labelled uncertain (-1)
+    blank: dict | None  # multi-label: split -> finding -> images the table leaves blank
+    groups: dict  # group -> value -> images (group:* columns, DICOM headers)
     probed: bool
     formats: dict
     modes: dict
@@ -163,7 +184,12 @@ def inspect_data(data: str | os.PathLike | Dataset, *, classes: Iterable[str] | 
 
 
 def _dataset_counts(dataset) -> tuple[Counter, Counter]:
-    by_cell = Counter((item.label, item.split) for item in dataset.items)
+    """Images per (class, split), for a multi-label dataset positive images per (finding, split); images per split."""
+    if dataset.multilabel:
+        by_cell = Counter((name, item.split) for item in dataset.items
+                          for name, value in zip(dataset.classes, item.findings) if value == 1)
+    else:
+        by_cell = Counter((item.label, item.split) for item in dataset.items)
     by_split = Counter(item.split for item in dataset.items)
     return by_cell, by_split
 
@@ -183,7 +209,8 @@ def dataset_html(dataset) -> str:
     rows = [[name, *(by_cell[name, s] for s in splits), sum(by_cell[name, s] for s in splits)]
             for name in dataset.classes[:MAX_ROWS]]
     rows.append(["total", *(by_split[s] for s in splits), len(dataset.items)])
-    notes = [f"layout {dataset.layout}", f"{len(dataset.items)} images", f"{len(dataset.classes)} classes"]
+    kind = "findings (positive images)" if dataset.multilabel else "classes"
+    notes = [f"layout {dataset.layout}", f"{len(dataset.items)} images", f"{len(dataset.classes)} {kind}"]
     if dataset.has_patients:
         notes.append(f"{len({i.patient_id for i in dataset.items if i.patient_id is not None})} patients")
     if dataset.has_sources:
