@@ -207,7 +207,7 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     thresholds, rule = run_thresholds(run.metrics)
     results = evaluate_models(scored.probabilities, y, run.classes, dataset.items,
                               n_boot=run.record.head.get("n_bootstrap", 1000), seed=run.record.head.get("seed", 0),
-                              thresholds=thresholds, rule=rule, mask=mask)
+                              thresholds=thresholds, rule=rule, multilabel=mask is not None, mask=mask)
     if mask is None:
         results = {model: _with_present_auc(result) for model, result in results.items()}
     found += _warnings(run, dataset, results)

@@ -353,6 +353,8 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
         spec = get_spec(config.options.backbone)
         tail = build_tail(spec, config.weights, image_size=config.fingerprint["image_size"], layer=config.fingerprint["layer"])
     x, y = split.train_arrays[head.head_input], split.y_train
+    masks = {} if not split.multilabel else {"multilabel": True, "mask_train": split.mask_train[fit_idx],
+                                             "mask_val": split.mask_train[val_idx]}
     return train_and_predict(
         backend, take(x, fit_idx), y[fit_idx], take(x, val_idx), y[val_idx], split.test_arrays[head.head_input],
         head_file=head_file, tail=tail, child=child, device=config.device, guard=guard,
@@ -360,7 +362,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
         learning_rate=head.learning_rate, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
         class_weight=head.class_weight, restore_best=head.restore_best,
-        repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)),
+        repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)), **masks,
     )
 
 
@@ -423,6 +425,7 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
             pixels_train=pixels_train[fit_idx] if needs_pixels else None,
             y_train=split.y_train[fit_idx], groups=groups_of(fit_items), seed=head.seed,
             n_jobs=-1 if live else head.n_jobs, class_weight=head.class_weight,
+            **({"multilabel": True, "mask": split.mask_train[fit_idx]} if split.multilabel else {}),
         )
     inputs = {
         "test": (split.test_arrays.get("pooled"), read_pixels(split.test, n_jobs=head.n_jobs) if needs_pixels else None),
@@ -592,9 +595,10 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     positive = None if split.multilabel else positive_class(dataset.classes, head.positive)
     val_mask = None if not split.multilabel else split.mask_train[val_idx]
     thresholds = choose_model_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive,
-                                         mask=val_mask)
+                                         multilabel=split.multilabel, mask=val_mask)
     scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_bootstrap, seed=head.seed,
-                             thresholds=thresholds, rule=head.threshold, mask=split.mask_test)
+                             thresholds=thresholds, rule=head.threshold, multilabel=split.multilabel,
+                             mask=split.mask_test)
     head_metrics = scored.pop("head")
     spread = seed_spread(head_metrics, trained.repeats, split.y_test, dataset.classes,
                          list(range(head.seed, head.seed + head.repeats)), mask=split.mask_test)
