@@ -23,7 +23,7 @@ from xrayfeat.options.constraints import declaration
 
 _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_steps", "learning_rate", "units", "dropout",
                 "l2", "train_tail", "head_input", "val_fraction", "n_bootstrap", "n_jobs", "head_backend", "class_weight",
-                "restore_best", "repeats", "threshold", "positive", "memory_budget")
+                "restore_best", "repeats", "threshold", "positive", "uncertain", "memory_budget")
 
 
 @click.command("fit-head")
@@ -73,13 +73,10 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
         from rich.table import Table
 
         table = Table(title=f"test results ({result.test['n']} images) — {result.run}")
-        for col in ("model", "accuracy", "95% CI", "balanced acc.", "ROC-AUC", "log-loss"):
-            table.add_column(col, justify="right" if col != "model" else "left")
-        for name, m in [("head", result.test), *result.baselines.items()]:
-            ci = m["accuracy_ci"]
-            table.add_row(name, f"{m['accuracy']:.3f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
-                          f"{m['balanced_accuracy']:.3f}", f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-",
-                          f"{m['loss']:.3f}")
+        if "macro_roc_auc" in result.test:
+            _multilabel_table(table, result)
+        else:
+            _single_label_rows(table, result)
         out = console(err)
         out.print(table)
         if result.operating:
@@ -92,6 +89,28 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
                       f"{t['baselines_seconds']:.1f} s, total {t['total_seconds']:.1f} s")
 
     emit(result.as_json(), as_json, human)
+
+
+def _multilabel_table(table, result) -> None:
+    """A multi-label run's headline: each model's macro ROC-AUC with its interval, micro ROC-AUC and loss."""
+    table.title += " · multi-label, ROC-AUC per finding in metrics.json and the report"
+    for col in ("model", "macro ROC-AUC", "95% CI", "micro ROC-AUC", "loss"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in [("head", result.test), *result.baselines.items()]:
+        ci = m["macro_roc_auc_ci"]
+        table.add_row(name, _fraction(m["macro_roc_auc"]), f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+                      _fraction(m["micro_roc_auc"]), _fraction(m["loss"]))
+
+
+def _single_label_rows(table, result) -> None:
+    """The single-label headline: accuracy with its interval, balanced accuracy, ROC-AUC and log-loss per model."""
+    for col in ("model", "accuracy", "95% CI", "balanced acc.", "ROC-AUC", "log-loss"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in [("head", result.test), *result.baselines.items()]:
+        ci = m["accuracy_ci"]
+        table.add_row(name, f"{m['accuracy']:.3f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+                      f"{m['balanced_accuracy']:.3f}", f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-",
+                      f"{m['loss']:.3f}")
 
 
 def _operating_table(operating: dict, n: int):
