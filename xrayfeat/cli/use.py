@@ -161,14 +161,16 @@ def evaluate_cmd(run, data, name, classes, on_error, cache_dir, device, batch_si
 
         table = Table(title=f"{result.run} on {result.name}: {result.n} external images ({result.excluded} left out)",
                       box=box.SIMPLE_HEAD)
-        for col in ("model", "acc. int", "acc. ext", "95% CI", "Δ acc", "AUC int", "AUC ext", "Δ AUC"):
+        multilabel = "macro_roc_auc" in result.external["head"]  # a multi-label run: macro and micro ROC-AUC
+        key, auc, short = ("macro_roc_auc", "micro_roc_auc", "macro") if multilabel else ("accuracy", "roc_auc", "acc.")
+        for col in ("model", f"{short} int", f"{short} ext", "95% CI", f"Δ {short}", "AUC int", "AUC ext", "Δ AUC"):
             table.add_column(col, justify="right" if col != "model" else "left", no_wrap=col == "95% CI")
         for model, ext in result.external.items():
             inside = result.internal.get(model, {})
-            ci = ext["accuracy_ci"]
-            table.add_row(model, _fmt(inside.get("accuracy")), _fmt(ext["accuracy"]),
-                          f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _delta(ext["accuracy"], inside.get("accuracy")),
-                          _fmt(inside.get("roc_auc")), _fmt(ext["roc_auc"]), _delta(ext["roc_auc"], inside.get("roc_auc")))
+            ci = ext[f"{key}_ci"]
+            table.add_row(model, _fmt(inside.get(key)), _fmt(ext[key]),
+                          f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _delta(ext[key], inside.get(key)),
+                          _fmt(inside.get(auc)), _fmt(ext[auc]), _delta(ext[auc], inside.get(auc)))
         console(err).print(table)
         say("Δ: external − internal (negative: worse on the external data)", err=err)
         say(f"written to {result.folder}", err=err)

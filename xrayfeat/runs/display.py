@@ -60,12 +60,24 @@ def run_repr(run) -> str:
 def _summary_rows(models: dict) -> list[list]:
     rows = []
     for name, m in models.items():
-        rows.append([name, _with_ci(m["accuracy"], (m.get("ci") or {}).get("accuracy")), _num(m["balanced_accuracy"]),
-                     _num(m["roc_auc"]), _num(m["loss"]), m["n"]])
+        if m.get("task") == "multilabel":
+            rows.append([name, _with_ci(m["macro_roc_auc"], m["ci"]["macro_roc_auc"]), _num(m["micro_roc_auc"]),
+                         _num(m["macro_average_precision"]), _num(m["loss"]), m["n"]])
+        else:
+            rows.append([name, _with_ci(m["accuracy"], (m.get("ci") or {}).get("accuracy")),
+                         _num(m["balanced_accuracy"]), _num(m["roc_auc"]), _num(m["loss"]), m["n"]])
     return rows
 
 
 _SUMMARY_HEADER = ["model", "accuracy [CI]", "balanced accuracy", "ROC-AUC", "loss", "n"]
+_MULTILABEL_HEADER = ["model", "macro ROC-AUC [CI]", "micro ROC-AUC", "macro AP", "loss", "n"]
+
+
+def _headline(m: dict) -> tuple[str, str, str]:
+    """(label, value key, interval key) of a headline's main figure: accuracy, or a multi-label run's macro ROC-AUC."""
+    if "macro_roc_auc" in m:
+        return "macro ROC-AUC", "macro_roc_auc", "macro_roc_auc_ci"
+    return "accuracy", "accuracy", "accuracy_ci"
 
 
 def _run_figures(run) -> list[tuple[str, bytes | None, str]]:
@@ -90,7 +102,8 @@ def run_html(run) -> str:
     parts = [html_title("Run", str(run.path), detail), warnings_box(record.warnings)]
     try:
         models = models_of(run.metrics)
-        parts.append(html_table(_SUMMARY_HEADER, _summary_rows(models)))
+        multilabel = models["head"].get("task") == "multilabel"
+        parts.append(html_table(_MULTILABEL_HEADER if multilabel else _SUMMARY_HEADER, _summary_rows(models)))
     except XrayfeatError as exc:
         parts.append(error_box(first_line(exc)))
         models = {}
@@ -100,12 +113,15 @@ def run_html(run) -> str:
         except XrayfeatError as exc:
             parts.append(error_box(first_line(exc)))
             continue
-        rows = [[model, _with_ci(m["accuracy"], (m.get("ci") or {}).get("accuracy")),
-                 _signed(_change((models.get(model) or {}).get("accuracy"), m["accuracy"])), _num(m["roc_auc"]), m["n"]]
+        figure, label = ("macro_roc_auc", "macro ROC-AUC") if "task" in outside["head"] else ("accuracy", "accuracy")
+        rows = [[model, _with_ci(m[figure], (m.get("ci") or {}).get(figure)),
+                 _signed(_change((models.get(model) or {}).get(figure), m[figure])),
+                 _num(m.get("micro_roc_auc" if figure != "accuracy" else "roc_auc")), m["n"]]
                 for model, m in outside.items()]
         parts.append(f"<div>External: <code>{html_text(name)}</code> "
                      f'<span style="{MUTED}">{html_text(info.get("excluded", 0))} excluded</span></div>')
-        parts.append(html_table(["model", "accuracy [CI]", "Δ accuracy vs internal", "ROC-AUC", "n"], rows))
+        auc = "micro ROC-AUC" if figure != "accuracy" else "ROC-AUC"
+        parts.append(html_table(["model", f"{label} [CI]", f"Δ {label} vs internal", auc, "n"], rows))
     figures = []
     for name, data, error in _run_figures(run):
         figures.append(html_figure(data, name) if data is not None else error_box(f"{name}: {error}"))
@@ -148,25 +164,29 @@ def predict_html(result) -> str:
 def evaluate_repr(result) -> str:
     head = result.external.get("head") or {}
     internal = result.internal.get("head") or {}
+    _, key, _ = _headline(head)
     return (f"EvaluateResult(name={short(result.name)!r}, n={result.n}, excluded={result.excluded}, "
-            f"head_accuracy={_num(head.get('accuracy'))} (internal {_num(internal.get('accuracy'))}), "
+            f"head_{key}={_num(head.get(key))} (internal {_num(internal.get(key))}), "
             f"warnings={len(result.warnings)}, folder={path_repr(result.folder)})")
 
 
 def evaluate_html(result) -> str:
     """The evaluation's warnings first, then each model's external figures beside its internal ones."""
     rows = []
+    label, key, ci = _headline(result.external.get("head") or {})
+    auc = "micro_roc_auc" if key != "accuracy" else "roc_auc"
     for model, m in result.external.items():
         own = result.internal.get(model) or {}
-        rows.append([model, _with_ci(own.get("accuracy"), own.get("accuracy_ci")),
-                     _with_ci(m.get("accuracy"), m.get("accuracy_ci")), _signed(_change(own.get("accuracy"), m.get("accuracy"))),
-                     _num(own.get("roc_auc")), _num(m.get("roc_auc")), _num(m.get("balanced_accuracy")), m.get("n")])
+        rows.append([model, _with_ci(own.get(key), own.get(ci)), _with_ci(m.get(key), m.get(ci)),
+                     _signed(_change(own.get(key), m.get(key))), _num(own.get(auc)), _num(m.get(auc)),
+                     _num(m.get("balanced_accuracy")), m.get("n")])
+    auc_label = "micro ROC-AUC" if key != "accuracy" else "ROC-AUC"
     detail = f"{result.n} images · {result.excluded} excluded as the run's own"
     if result.skipped_files:
         detail += f" · {len(result.skipped_files)} files skipped"
     return html_block(html_title("External evaluation", result.name, detail), warnings_box(result.warnings),
-                 html_table(["model", "internal accuracy [CI]", "external accuracy [CI]", "Δ accuracy", "internal ROC-AUC",
-                         "external ROC-AUC", "external balanced accuracy", "n"], rows),
+                 html_table(["model", f"internal {label} [CI]", f"external {label} [CI]", f"Δ {label}",
+                             f"internal {auc_label}", f"external {auc_label}", "external balanced accuracy", "n"], rows),
                  f'<div style="{MUTED}">Recorded in <code>{html_text(result.folder)}</code>; Δ is external − internal.</div>')
 
 

@@ -162,16 +162,29 @@ class Run:
     # ------------------------------------------------------------------ tables
 
     def summary(self):
-        """One row per model (head, then baselines): accuracy with its CI, balanced accuracy, ROC-AUC, log-loss, n."""
+        """One row per model (head, then baselines): accuracy with its CI, balanced accuracy, ROC-AUC, log-loss, n.
+
+        A multi-label run: macro ROC-AUC with its CI, micro ROC-AUC, macro average precision, loss, n.
+        """
         return tables.summary_table(self.metrics)
 
     def per_class(self, model: str = "head"):
-        """One row per class of ``model`` (``"head"`` or a baseline): precision, recall, F1, ROC-AUC, support."""
+        """One row per class of ``model`` (``"head"`` or a baseline): precision, recall, F1, ROC-AUC, support.
+
+        A multi-label run: one row per finding (counted images, positives, prevalence, ROC-AUC with CI, AP).
+        """
         return tables.per_class_table(self._model(model, "per_class"))
 
     def per_source(self, model: str = "head"):
         """One row per source of ``model``'s test images (empty when the data named no sources): n, accuracy and CI."""
         return tables.per_source_table(self._model(model, "per_source"))
+
+    def per_group(self, model: str = "head"):
+        """One row per (group, value) of ``model``'s test images (sex, age band, view...), with intervals.
+
+        Empty when the data put no image in a group (``group:*`` manifest columns, DICOM headers).
+        """
+        return tables.per_group_table(self._model(model, "per_group"))
 
     def operating_points(self, model: str = "head"):
         """``model``'s operating points per (class, decision): the argmax and the threshold chosen on validation."""

@@ -8,17 +8,32 @@ exactly what the report and the record say. A figure the record holds as null
 (runs written before operating points, calibration or sources) is a table with
 its columns and no rows.
 
+A multi-label run's tables hold its figures: macro and micro ROC-AUC in the
+summary, one row per finding in :func:`per_class_table`, macro ROC-AUC per
+source, and calibration per (model, finding).
+
 pandas is imported by each function, never at import.
 """
 
 from __future__ import annotations
 
-__all__ = ["RATES", "models_of", "summary_row", "summary_table", "per_class_table", "per_source_table", "operating_points_table", "calibration_table", "external_table"]
+__all__ = ["RATES", "models_of", "summary_row", "summary_table", "per_class_table", "per_source_table",
+           "per_group_table", "operating_points_table", "calibration_table", "external_table"]
 
 #: The rates of an operating point, in the order the tables show them.
 RATES = ("sensitivity", "specificity", "ppv", "npv", "f1")
 _COUNTS = ("tp", "fp", "tn", "fn")
 _SUMMARY = ("accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "roc_auc", "loss", "n")
+_MULTILABEL_SUMMARY = ("macro_roc_auc", "macro_roc_auc_low", "macro_roc_auc_high", "micro_roc_auc",
+                       "macro_average_precision", "loss", "n")
+
+
+def _multilabel(m: dict) -> bool:
+    return m.get("task") == "multilabel"
+
+
+def _summary_columns(metrics: dict) -> tuple:
+    return _MULTILABEL_SUMMARY if _multilabel(metrics["head"]) else _SUMMARY
 
 
 def _interval(ci) -> tuple:
@@ -39,7 +54,15 @@ def models_of(metrics: dict) -> dict:
 
 
 def summary_row(m: dict) -> dict:
-    """One model's headline figures: accuracy and its interval, balanced accuracy, ROC-AUC, log-loss, n."""
+    """One model's headline figures: accuracy and its interval, balanced accuracy, ROC-AUC, log-loss, n.
+
+    Multi-label: macro ROC-AUC and its interval, micro ROC-AUC, macro average precision, loss, n.
+    """
+    if _multilabel(m):
+        low, high = _interval(m["ci"].get("macro_roc_auc"))
+        return {"macro_roc_auc": m["macro_roc_auc"], "macro_roc_auc_low": low, "macro_roc_auc_high": high,
+                "micro_roc_auc": m["micro_roc_auc"], "macro_average_precision": m["macro_average_precision"],
+                "loss": m["loss"], "n": m["n"]}
     low, high = _interval((m.get("ci") or {}).get("accuracy"))
     return {"accuracy": m["accuracy"], "accuracy_low": low, "accuracy_high": high,
             "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "loss": m["loss"], "n": m["n"]}
@@ -48,11 +71,24 @@ def summary_row(m: dict) -> dict:
 def summary_table(metrics: dict):
     """One row per model (head, then baselines), indexed by ``model``: :func:`summary_row`'s columns."""
     rows = [{"model": name, **summary_row(m)} for name, m in models_of(metrics).items()]
-    return _frame(rows, _SUMMARY, "model")
+    return _frame(rows, _summary_columns(metrics), "model")
 
 
 def per_class_table(m: dict):
-    """One row per class of one model: precision, recall, F1, one-vs-rest ROC-AUC, support (images on test)."""
+    """One row per class of one model: precision, recall, F1, one-vs-rest ROC-AUC, support (images on test).
+
+    Multi-label: one row per finding: counted images, positives, prevalence, ROC-AUC and its interval, average
+    precision.
+    """
+    if _multilabel(m):
+        rows = []
+        for name, f in m["per_finding"].items():
+            low, high = _interval(f.get("roc_auc_ci"))
+            rows.append({"finding": name, "n": f["n"], "positives": f["positives"], "prevalence": f["prevalence"],
+                         "roc_auc": f["roc_auc"], "roc_auc_low": low, "roc_auc_high": high,
+                         "average_precision": f["average_precision"]})
+        return _frame(rows, ("n", "positives", "prevalence", "roc_auc", "roc_auc_low", "roc_auc_high",
+                             "average_precision"), "finding")
     auc = m.get("roc_auc_per_class") or {}
     rows = [{"class": name, "precision": c["precision"], "recall": c["recall"], "f1": c["f1"],
              "roc_auc": auc.get(name), "support": c["support"]} for name, c in (m.get("per_class") or {}).items()]
@@ -62,11 +98,41 @@ def per_class_table(m: dict):
 def per_source_table(m: dict):
     """One row per source (hospital, scanner) of one model, when the data named them: n, accuracy and its interval."""
     rows = []
+    if _multilabel(m):
+        for source, s in (m.get("by_source") or {}).items():
+            low, high = _interval(s.get("ci_macro_roc_auc"))
+            rows.append({"source": source, "n": s["n"], "macro_roc_auc": s["macro_roc_auc"],
+                         "macro_roc_auc_low": low, "macro_roc_auc_high": high})
+        return _frame(rows, ("n", "macro_roc_auc", "macro_roc_auc_low", "macro_roc_auc_high"), "source")
     for source, s in (m.get("by_source") or {}).items():
         low, high = _interval(s.get("ci_accuracy"))
         rows.append({"source": source, "n": s["n"], "accuracy": s["accuracy"], "accuracy_low": low,
                      "accuracy_high": high, "balanced_accuracy": s["balanced_accuracy"]})
     return _frame(rows, ("n", "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy"), "source")
+
+
+def per_group_table(m: dict):
+    """One row per (group, value) of one model (sex, age band, view...): images, patients, the headline figure.
+
+    Single-label: accuracy, balanced accuracy and ROC-AUC with their intervals;
+    multi-label: macro ROC-AUC and its interval. ``attrs["unknown"]`` holds, per
+    group, the images without a value (left out of its rows).
+    """
+    multilabel = _multilabel(m)
+    figures = ("macro_roc_auc",) if multilabel else ("accuracy", "balanced_accuracy", "roc_auc")
+    columns = ["n", "n_patients", *(f"{f}{end}" for f in figures for end in ("", "_low", "_high"))]
+    rows, unknown = [], {}
+    for group, table in (m.get("by_group") or {}).items():
+        unknown[group] = table["unknown"]
+        for value, v in table["values"].items():
+            row = {"group": group, "value": value, "n": v["n"], "n_patients": v.get("n_patients")}
+            for figure in figures:
+                low, high = _interval(v["ci"].get(figure))
+                row.update({figure: v[figure], f"{figure}_low": low, f"{figure}_high": high})
+            rows.append(row)
+    table = _frame(rows, columns, ["group", "value"])
+    table.attrs["unknown"] = unknown
+    return table
 
 
 def operating_points_table(m: dict):
@@ -97,8 +163,18 @@ def operating_points_table(m: dict):
 
 
 def calibration_table(metrics: dict):
-    """One row per model: Brier score, expected calibration error and its number of bins (NaN when not recorded)."""
+    """One row per model: Brier score, expected calibration error and its number of bins (NaN when not recorded).
+
+    Multi-label: one row per (model, finding), each finding calibrated on its own.
+    """
     rows = []
+    if _multilabel(metrics["head"]):
+        for name, m in models_of(metrics).items():
+            for finding, found in (m.get("calibration") or {}).items():
+                found = found or {}
+                rows.append({"model": name, "finding": finding, "brier": found.get("brier"), "ece": found.get("ece"),
+                             "n_bins": found.get("n_bins")})
+        return _frame(rows, ("brier", "ece", "n_bins"), ["model", "finding"])
     for name, m in models_of(metrics).items():
         found = m.get("calibration") or {}
         rows.append({"model": name, "brier": found.get("brier"), "ece": found.get("ece"), "n_bins": found.get("n_bins")})
@@ -114,10 +190,13 @@ def external_table(record, internal: dict):
     and ``internal_roc_auc`` (NaN for a model the run did not test).
     """
     inside = models_of(internal)
+    multilabel = _multilabel(internal["head"])
+    figures = ("macro_roc_auc", "micro_roc_auc") if multilabel else ("accuracy", "roc_auc")
     rows = []
     for name, info in (record.external or {}).items():
         for model, m in models_of(record.external_metrics(name)).items():
             own = inside.get(model) or {}
             rows.append({"evaluation": name, "model": model, "excluded": info.get("excluded"), **summary_row(m),
-                         "internal_accuracy": own.get("accuracy"), "internal_roc_auc": own.get("roc_auc")})
-    return _frame(rows, ("excluded", *_SUMMARY, "internal_accuracy", "internal_roc_auc"), ["evaluation", "model"])
+                         **{f"internal_{f}": own.get(f) for f in figures}})
+    return _frame(rows, ("excluded", *_summary_columns(internal), *(f"internal_{f}" for f in figures)),
+                  ["evaluation", "model"])
