@@ -582,12 +582,10 @@ def fit_baseline(
     bool, True where an entry counts (None: every entry counts); the result is a
     :class:`MultiLabelBaseline`, one-vs-rest (see there).
     """
+    mask = _multilabel_mask(mask, multilabel, f"The '{name}' baseline")
     if multilabel:
         return _fit_one_vs_rest(name, X_train, y_train, mask, groups=groups, seed=seed, n_jobs=n_jobs,
                                 class_weight=class_weight)
-    if mask is not None:
-        raise XrayfeatError(f"The '{name}' baseline: a mask applies to multi-label targets; pass multilabel=True "
-                            f"with (n, K) targets, or leave mask None.")
     start = time.perf_counter()
     X = _as_matrix(X_train, name, "X_train")
     y = np.asarray(y_train)
@@ -659,6 +657,14 @@ def fit_baseline(
         fitted.fit_seconds_, search_seconds, fitted.fit_seconds_ - search_seconds,
     )
     return fitted
+
+
+def _multilabel_mask(mask: Any, multilabel: bool, who: str) -> np.ndarray | None:
+    """``mask`` as an array (None stays None), refused in one line without ``multilabel``."""
+    if mask is not None and not multilabel:
+        raise XrayfeatError(f"{who}: a mask applies to multi-label targets; pass multilabel=True with (n, K) "
+                            f"targets, or leave mask None.")
+    return None if mask is None else np.asarray(mask)
 
 
 def _fit_one_vs_rest(name: str, X_train: Any, y_train: Any, mask: Any, *, groups: Any, seed: int,
@@ -851,10 +857,7 @@ def fit_baselines(
     names = _NAMES.parse(names)
     arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
     y, groups = np.asarray(y_train), None if groups is None else np.asarray(groups)
-    if mask is not None and not multilabel:
-        raise XrayfeatError("fit_baselines: a mask applies to multi-label targets; pass multilabel=True with "
-                            "(n, K) targets, or leave mask None.")
-    mask = None if mask is None else np.asarray(mask)
+    mask = _multilabel_mask(mask, multilabel, "fit_baselines")
     task = {"multilabel": True} if multilabel else {}
     fitted, samples = {}, []
     for param in dict.fromkeys(_INPUTS[name] for name in names):
