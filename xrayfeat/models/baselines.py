@@ -85,6 +85,16 @@ Cross-validation
     ``Memory`` in a temporary folder), so PCA is fitted once per fold, not once
     per candidate.
 
+Multi-label tasks
+    One-vs-rest (:class:`MultiLabelBaseline`): for each finding, the baseline
+    above, fitted on the rows whose mask counts that finding (uncertain or
+    blank entries left out), with its own search and folds (grouped by patient
+    when known). ``predict_proba`` gives each finding's positive-class
+    probability, (n, K). A finding that cannot be cross-validated among its
+    counted rows (one class only, or under 2 images or patients of a class) is
+    predicted as its training prevalence, a constant, and its summary says
+    why. ``class_weight="balanced"`` balances each finding's two classes.
+
 Memory
     A baseline is fitted on its whole training matrix as float64. When that
     matrix would exceed the memory budget (``--memory-budget``),
@@ -137,6 +147,8 @@ from xrayfeat.store.rows import StoreRows, human_bytes
 
 __all__ = [
     "BASELINES",
+    "CrossValidationError",
+    "MultiLabelBaseline",
     "columns_for",
     "read_pixels",
     "FittedBaseline",
@@ -154,6 +166,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class CrossValidationError(XrayfeatError):
+    """The training data cannot be cross-validated: one class only, or too few images (patients) of a class.
+
+    A multi-label baseline catches it for one finding and predicts that
+    finding's training prevalence instead (see :class:`MultiLabelBaseline`).
+    """
 
 
 #: Which training array each baseline reads (the argument name of :func:`fit_baselines`).
@@ -284,14 +304,14 @@ def cv_splitter(y: Any, groups: Any = None, seed: int = 0) -> StratifiedKFold | 
     class, or distinct patients per class when grouped, so that every class can
     be in every training fold. Folds are shuffled with ``seed``. A class with
     fewer than 2 images (patients) cannot be cross-validated and raises
-    :class:`~xrayfeat.errors.XrayfeatError`.
+    :class:`CrossValidationError` (an :class:`~xrayfeat.errors.XrayfeatError`).
     """
     y = np.asarray(y)
     if y.ndim != 1 or y.size == 0:
         raise XrayfeatError(f"Cannot cross-validate: labels must be a non-empty 1-D array; got shape {y.shape}.")
     classes, y_idx = np.unique(y, return_inverse=True)
     if classes.size < 2:
-        raise XrayfeatError(
+        raise CrossValidationError(
             f"Cannot cross-validate: the training data has only one class ({_label(classes[0])!r}); at least 2 are needed."
         )
     if groups is None:
@@ -309,7 +329,7 @@ def cv_splitter(y: Any, groups: Any = None, seed: int = 0) -> StratifiedKFold | 
     smallest = int(counts.min())
     if smallest < 2:
         worst = _label(classes[int(counts.argmin())])
-        raise XrayfeatError(
+        raise CrossValidationError(
             f"Cannot cross-validate: class {worst!r} has {smallest} {unit} in the training data; "
             f"every class needs at least 2 {unit}s."
         )
@@ -375,6 +395,82 @@ class FittedBaseline:
         }
 
 
+@dataclass
+class MultiLabelBaseline:
+    """One baseline for a multi-label task: one-vs-rest, a binary :class:`FittedBaseline` per finding.
+
+    Finding k's baseline is fitted on the rows whose mask is True for k, with
+    its own search, folds grouped by patient when patient ids are known
+    (:func:`fit_baseline`). A finding that cannot be cross-validated there (one
+    class only among its counted rows, or too few images or patients of a
+    class) gets no model: it is predicted as its training prevalence, the share
+    of positives among its counted rows (0.5 with none), and
+    ``constant_reasons_[k]`` says why. ``findings_[k]``: the fitted baseline or
+    None; ``prevalence_[k]``; ``n_rows_[k]``: its counted training rows.
+    ``classes_`` are the finding indices, so :func:`columns_for` and a run's
+    loader read it as a classifier whose columns are the findings.
+    """
+
+    name: str
+    findings_: list
+    prevalence_: list
+    n_rows_: list
+    constant_reasons_: list
+    fit_seconds_: float
+    class_weight: str = "none"
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The finding indices, in the column order of :meth:`predict_proba`."""
+        return np.arange(len(self.findings_))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Each finding's positive-class probability, shape ``(n, K)`` (rows do not sum to 1)."""
+        X = _as_matrix(X, self.name, "X")
+        columns = []
+        for fitted, prevalence in zip(self.findings_, self.prevalence_):
+            if fitted is None:
+                columns.append(np.full(X.shape[0], prevalence, dtype=np.float64))
+            else:
+                positive = int(np.flatnonzero(np.asarray(fitted.classes_) == 1)[0])
+                columns.append(fitted.estimator_.predict_proba(X)[:, positive])
+        return np.stack(columns, axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``(n, K)`` 0/1: each finding predicted present when its probability is at least 0.5."""
+        return (self.predict_proba(X) >= 0.5).astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serialisable description for the run record: the findings' mean scores, then each finding's.
+
+        ``cv_accuracy`` and ``cv_log_loss`` are the means over the findings that
+        have a model (None when none has); ``findings`` holds, per finding,
+        ``rows``, ``prevalence``, ``constant`` (True: predicted as its
+        prevalence, with the ``reason``) and, for a fitted one, its
+        :meth:`FittedBaseline.summary` fields.
+        """
+        fitted = [f for f in self.findings_ if f is not None]
+        losses = [f.cv_log_loss_ for f in fitted if f.cv_log_loss_ is not None]
+        findings = []
+        for k, (model, prevalence, rows, reason) in enumerate(
+                zip(self.findings_, self.prevalence_, self.n_rows_, self.constant_reasons_)):
+            entry = {"finding": k, "rows": int(rows), "prevalence": float(prevalence), "constant": model is None}
+            if model is None:
+                entry["reason"] = reason
+            else:
+                entry.update({key: value for key, value in model.summary().items() if key != "name"})
+            findings.append(entry)
+        return {
+            "name": self.name,
+            "multilabel": True,
+            "cv_accuracy": float(np.mean([f.cv_score_ for f in fitted])) if fitted else None,
+            "cv_log_loss": float(np.mean(losses)) if losses else None,
+            "class_weight": self.class_weight,
+            "fit_seconds": self.fit_seconds_,
+            "findings": findings,
+        }
+
+
 def _label(value: Any) -> Any:
     """A class label or group id as a plain Python value, for messages."""
     return value.item() if isinstance(value, np.generic) else value
@@ -418,7 +514,7 @@ def _folds(name: str, y: np.ndarray, groups: np.ndarray | None, seed: int) -> Pr
     for i, (train, test) in enumerate(splits):
         missing = np.setdiff1d(classes, y[train])
         if missing.size:
-            raise XrayfeatError(
+            raise CrossValidationError(
                 f"Cannot cross-validate the '{name}' baseline: fold {i + 1} of {len(splits)} has no training "
                 f"example of class {_label(missing[0])!r} (too few patients of that class)."
             )
@@ -457,7 +553,7 @@ def _search_rows(name: str, y: np.ndarray, groups: np.ndarray | None, seed: int,
     return rows
 
 
-@validate_params({"name": _NAME, **_OPTIONS})
+@validate_params({"name": _NAME, "multilabel": Is((bool,)), **_OPTIONS})
 def fit_baseline(
     name: str,
     X_train: Any,
@@ -467,7 +563,9 @@ def fit_baseline(
     seed: int = 0,
     n_jobs: int | None = None,
     class_weight: str = "none",
-) -> FittedBaseline:
+    multilabel: bool = False,
+    mask: Any = None,
+) -> FittedBaseline | MultiLabelBaseline:
     """Choose hyper-parameters by cross-validation on the training data, then refit on all of it.
 
     ``X_train`` is pooled features ``(n, C)`` for ``logreg``/``svm`` and pixels
@@ -479,7 +577,15 @@ def fit_baseline(
     For ``svm`` on more than :data:`_SVM_SEARCH_MAX` images the search runs on a
     stratified subsample (see :func:`_search_rows`); ``n_search_samples_`` says
     how many rows it used.
+
+    ``multilabel=True``: ``y_train`` is (n, K) 0/1 targets and ``mask`` (n, K)
+    bool, True where an entry counts (None: every entry counts); the result is a
+    :class:`MultiLabelBaseline`, one-vs-rest (see there).
     """
+    mask = _multilabel_mask(mask, multilabel, f"The '{name}' baseline")
+    if multilabel:
+        return _fit_one_vs_rest(name, X_train, y_train, mask, groups=groups, seed=seed, n_jobs=n_jobs,
+                                class_weight=class_weight)
     start = time.perf_counter()
     X = _as_matrix(X_train, name, "X_train")
     y = np.asarray(y_train)
@@ -553,6 +659,65 @@ def fit_baseline(
     return fitted
 
 
+def _multilabel_mask(mask: Any, multilabel: bool, who: str) -> np.ndarray | None:
+    """``mask`` as an array (None stays None), refused in one line without ``multilabel``."""
+    if mask is not None and not multilabel:
+        raise XrayfeatError(f"{who}: a mask applies to multi-label targets; pass multilabel=True with (n, K) "
+                            f"targets, or leave mask None.")
+    return None if mask is None else np.asarray(mask)
+
+
+def _fit_one_vs_rest(name: str, X_train: Any, y_train: Any, mask: Any, *, groups: Any, seed: int,
+                     n_jobs: int | None, class_weight: str) -> MultiLabelBaseline:
+    """:class:`MultiLabelBaseline`: per finding, :func:`fit_baseline` on the rows that count, or its prevalence."""
+    from xrayfeat.models.multilabel import check_targets
+
+    start = time.perf_counter()
+    X = _as_matrix(X_train, name, "X_train")
+    y = np.asarray(y_train)
+    if y.ndim != 2 or y.shape[0] != X.shape[0]:
+        raise XrayfeatError(
+            f"The '{name}' baseline needs one row of finding targets per row: X_train has {X.shape[0]} rows, "
+            f"y_train has shape {y.shape}.")
+    try:
+        targets, mask = check_targets(y, mask, y.shape[1], "y_train/mask")
+    except ValueError as exc:
+        raise XrayfeatError(f"The '{name}' baseline: {exc}.") from None
+    if groups is not None:
+        groups = np.asarray(groups)
+    findings, prevalence, n_rows, reasons = [], [], [], []
+    for k in range(targets.shape[1]):
+        rows = np.flatnonzero(mask[:, k])
+        y_k = targets[rows, k].astype(np.int64)
+        n_rows.append(int(rows.size))
+        prevalence.append(float(y_k.mean()) if rows.size else 0.5)
+        reason = _constant_reason(y_k)
+        fitted = None
+        if reason is None:
+            try:
+                fitted = fit_baseline(name, X[rows], y_k, groups=None if groups is None else groups[rows], seed=seed,
+                                      n_jobs=n_jobs, class_weight=class_weight)
+            except CrossValidationError as exc:
+                reason = str(exc)
+        if fitted is None:
+            logger.info("baseline %s: finding %d predicted as its training prevalence %.4g: %s", name, k,
+                        prevalence[-1], reason)
+        findings.append(fitted)
+        reasons.append(reason)
+    return MultiLabelBaseline(name=name, findings_=findings, prevalence_=prevalence, n_rows_=n_rows,
+                              constant_reasons_=reasons, fit_seconds_=time.perf_counter() - start,
+                              class_weight=class_weight)
+
+
+def _constant_reason(y: np.ndarray) -> str | None:
+    """Why a finding's counted training targets ``y`` give no classifier (no rows, one class), or None."""
+    if y.size == 0:
+        return "no training row counts for this finding"
+    if np.unique(y).size < 2:
+        return f"all {y.size} counted training rows are {'positive' if y[0] == 1 else 'negative'}"
+    return None
+
+
 def _calibrate_svm(estimator: Pipeline, y: np.ndarray, cv: Any, n_jobs: int | None, class_weight: str) -> dict:
     """Wrap the chosen SVC in its calibration; the fit parameters that carry balanced weights, if asked.
 
@@ -601,19 +766,27 @@ class Subsample:
 
 
 def sample_rows(y: Any, n_features: int, budget_bytes: int, seed: int = 0, *,
-                names: tuple[str, ...] = ()) -> np.ndarray | None:
+                names: tuple[str, ...] = (), mask: Any = None) -> np.ndarray | None:
     """None when the float64 matrix of all rows fits ``budget_bytes``; else the sorted rows of a sample that fits.
 
     The sample is stratified (each class in proportion, at least 2 rows each so
     it can be cross-validated) and drawn with ``numpy.random.default_rng(seed)``.
     A budget below 2 rows per class raises :class:`~xrayfeat.errors.XrayfeatError`
     naming the baselines (``names``).
+
+    Multi-label targets ``y`` (n, K), with their ``mask`` (None: all count): the
+    strata are the rows' label sets (each entry positive, negative or masked)
+    when the budget holds 2 rows of each; with more label sets than that, the
+    sample is a plain random one of as many rows as fit (same seed). Either way
+    at most the rows that fit, and at least 4 (2 of each class) must fit.
     """
     y = np.asarray(y)
     row_bytes = _MATRIX_ITEMSIZE * int(n_features)
     fit = int(budget_bytes) // row_bytes
     if fit >= len(y):
         return None
+    if y.ndim == 2:
+        return _sample_multilabel(y, mask, fit, n_features, budget_bytes, seed, names)
     labels, counts = np.unique(y, return_counts=True)
     if fit < 2 * len(labels):
         raise XrayfeatError(
@@ -628,7 +801,25 @@ def sample_rows(y: Any, n_features: int, budget_bytes: int, seed: int = 0, *,
                                    for label, k in zip(labels, take)]))
 
 
-@validate_params({"names": _NAMES, "budget_bytes": {"check": _COUNT, "none": True}, **_OPTIONS})
+def _sample_multilabel(y: np.ndarray, mask: Any, fit: int, n_features: int, budget_bytes: int, seed: int,
+                       names: tuple[str, ...]) -> np.ndarray:
+    """:func:`sample_rows` for (n, K) targets: stratified by label set when 2 rows of each fit, else random."""
+    if fit < 4:
+        raise XrayfeatError(
+            f"the memory budget ({human_bytes(budget_bytes)}) holds {fit} rows of {n_features} features for the "
+            f"baselines {', '.join(names)}; cross-validating a finding's 2 classes needs at least 4: "
+            f"raise --memory-budget, or leave them out with --baselines")
+    counted = np.ones(y.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    states = np.where(counted, (np.nan_to_num(y.astype(np.float64)) == 1).astype(np.int8), np.int8(2))
+    _, label_set = np.unique(states, axis=0, return_inverse=True)
+    label_set = label_set.reshape(-1)
+    if 2 * (label_set.max() + 1) <= fit:
+        return sample_rows(label_set, n_features, budget_bytes, seed, names=names)
+    return np.sort(np.random.default_rng(seed).choice(len(y), size=fit, replace=False))
+
+
+@validate_params({"names": _NAMES, "budget_bytes": {"check": _COUNT, "none": True}, "multilabel": Is((bool,)),
+                  **_OPTIONS})
 def fit_baselines(
     names: Iterable[str] | str,
     budget_bytes: int | None = None,
@@ -640,7 +831,9 @@ def fit_baselines(
     seed: int = 0,
     n_jobs: int | None = None,
     class_weight: str = "none",
-) -> tuple[dict[str, FittedBaseline], list[Subsample]]:
+    multilabel: bool = False,
+    mask: Any = None,
+) -> tuple[dict[str, FittedBaseline | MultiLabelBaseline], list[Subsample]]:
     """Fit each named baseline on its input, within ``budget_bytes``; ``names`` may be the CLI text (:func:`parse_baselines`).
 
     ``logreg`` and ``svm`` read ``pooled_train`` ``(n, C)`` (an array or a
@@ -655,10 +848,17 @@ def fit_baselines(
     :func:`sample_rows` draws; each sample is logged and returned as a
     :class:`Subsample`. Returns (``{name: FittedBaseline}`` in the order of
     ``names``, the samples drawn).
+
+    ``multilabel=True``: ``y_train`` is (n, K) 0/1 finding targets and ``mask``
+    (n, K) bool, True where an entry counts (None: all count); each baseline is
+    one-vs-rest, a :class:`MultiLabelBaseline` (see there), and a sample keeps
+    the mask rows of the target rows it takes.
     """
     names = _NAMES.parse(names)
     arrays = _present_inputs(names, {"pooled_train": pooled_train, "pixels_train": pixels_train})
     y, groups = np.asarray(y_train), None if groups is None else np.asarray(groups)
+    mask = _multilabel_mask(mask, multilabel, "fit_baselines")
+    task = {"multilabel": True} if multilabel else {}
     fitted, samples = {}, []
     for param in dict.fromkeys(_INPUTS[name] for name in names):
         group = tuple(name for name in names if _INPUTS[name] == param)
@@ -666,17 +866,20 @@ def fit_baselines(
         rows = None
         if budget_bytes is not None:
             n_features = int(np.prod(source.shape[1:]))
-            rows = sample_rows(y, n_features, budget_bytes, seed, names=group)
+            rows = sample_rows(y, n_features, budget_bytes, seed, names=group, mask=mask)
         if rows is None:
-            x, y_fit, g = source[:], y, groups
+            x, y_fit, g, m = source[:], y, groups, mask
         else:
             x, y_fit, g = source[rows], y[rows], None if groups is None else groups[rows]
+            m = None if mask is None else mask[rows]
             samples.append(Subsample(group, len(rows), len(y), _MATRIX_ITEMSIZE * n_features * len(y), int(budget_bytes)))
             logger.info("%s", samples[-1].message)
         matrix = _as_matrix(x, group[0], param)  # one float64 matrix for the baselines that share it
         for name in group:
+            if multilabel:
+                task["mask"] = m
             fitted[name] = fit_baseline(name, matrix, y_fit, groups=g, seed=seed, n_jobs=n_jobs,
-                                        class_weight=class_weight)
+                                        class_weight=class_weight, **task)
     return {name: fitted[name] for name in names}, samples
 
 
@@ -696,8 +899,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@validate_params({"fitted": Is((FittedBaseline,))})
-def save_baseline(fitted: FittedBaseline, path: str | os.PathLike) -> str:
+@validate_params({"fitted": Is((FittedBaseline, MultiLabelBaseline))})
+def save_baseline(fitted: FittedBaseline | MultiLabelBaseline, path: str | os.PathLike) -> str:
     """Write ``fitted`` with joblib and return the SHA-256 (hex) of the file written.
 
     The file is written to a temporary name beside ``path`` and renamed into
@@ -710,7 +913,7 @@ def save_baseline(fitted: FittedBaseline, path: str | os.PathLike) -> str:
     return digest
 
 
-def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseline:
+def load_baseline(path: str | os.PathLike, expected_sha256: str) -> FittedBaseline | MultiLabelBaseline:
     """Load a baseline written by :func:`save_baseline`, refusing any other file.
 
     The file is read once, hashed, and unpickled from those same bytes only if
@@ -750,14 +953,14 @@ def _earlier_module_names():
             sys.modules.pop(name, None)
 
 
-def baseline_from_bytes(data: bytes, source: str | os.PathLike) -> FittedBaseline:
+def baseline_from_bytes(data: bytes, source: str | os.PathLike) -> FittedBaseline | MultiLabelBaseline:
     """Unpickle a baseline from bytes whose sha256 the caller has already checked (``source`` names them in errors).
 
     Baselines pickled by earlier releases, whose class lived at another module path, load too.
     """
     with _earlier_module_names():
         fitted = joblib.load(io.BytesIO(data))
-    if not isinstance(fitted, FittedBaseline):
+    if not isinstance(fitted, (FittedBaseline, MultiLabelBaseline)):
         raise XrayfeatError(f"{os.fspath(source)}: not a saved xrayfeat baseline (found {type(fitted).__name__}).")
     return fitted
 
@@ -782,7 +985,11 @@ def read_pixels(items, size: int = 32, n_jobs: int | None = None) -> np.ndarray:
 
 
 def columns_for(model, proba: np.ndarray, n_classes: int) -> np.ndarray:
-    """Put a baseline's probability columns in class-index order (all classes are in train)."""
+    """Put a baseline's probability columns in class-index order (all classes are in train).
+
+    For a :class:`MultiLabelBaseline`, ``n_classes`` is the number of findings
+    and the columns are already the findings' (``classes_`` is ``0..K-1``): (n, K).
+    """
     out = np.zeros((len(proba), n_classes))
     out[:, np.asarray(model.classes_, dtype=int)] = proba
     return out

@@ -1,7 +1,9 @@
 """The seed's Keras classification head, trained on cached backbone features.
 
 Head: BatchNormalization → Flatten → Dense(units, ReLU, L2 on the kernel) →
-Dropout → Dense(1, sigmoid) for two classes or Dense(K, softmax) for K.
+Dropout → Dense(1, sigmoid) for two classes or Dense(K, softmax) for K; for a
+multi-label task of K findings (``multilabel=True``), Dense(K, sigmoid) with
+binary cross-entropy over the entries that count (:mod:`xrayfeat.models.multilabel`).
 With ``tail`` (a model of the backbone's last block), the head first runs the
 cached cut-point activations through that block, which is trained too.
 Compiled on jax, the head trains in the loop of :mod:`xrayfeat.models.head_jax` when
@@ -20,8 +22,9 @@ from dataclasses import dataclass, field
 from xrayfeat.devices import backend_device
 from xrayfeat.fileio import atomic_path
 from xrayfeat.models import head_jax as heads_jax
+from xrayfeat.models.multilabel import MULTILABEL_MODEL_NAME
 from xrayfeat.options.settings import HeadOptions
-from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, declaration, validate_params
+from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, check_value, declaration, validate_params
 
 __all__ = [
     "TrainedHead",
@@ -39,6 +42,8 @@ _logger = logging.getLogger(__name__)
 
 #: A classifier's class count.
 _N_CLASSES = Interval(2, None, integer=True)
+#: ``n_classes`` as declared where it may also count a multi-label task's findings (one is enough there).
+_N_OUTPUTS = Interval(1, None, integer=True)
 #: The head's layers, as HeadOptions declares them.
 _LAYERS = {name: declaration(HeadOptions, name) for name in ("units", "dropout", "l2")}
 #: train_head's counts of batches: None (one pass, or the whole validation set) or at least one
@@ -51,10 +56,16 @@ def output_units(n_classes: int) -> int:
     return 1 if n_classes == 2 else n_classes
 
 
-def _head_layers(n_classes: int, units: int, dropout: float, l2: float):
+def _check_n_classes(owner: str, n_classes: int, multilabel: bool) -> None:
+    """A single-label task needs two classes at least (the message of :data:`_N_CLASSES`); findings, one."""
+    if not multilabel:
+        check_value(owner, "n_classes", n_classes, _N_CLASSES)
+
+
+def _head_layers(n_classes: int, units: int, dropout: float, l2: float, multilabel: bool = False):
     import keras
 
-    binary = n_classes == 2
+    binary = n_classes == 2 or multilabel
     return [
         keras.layers.BatchNormalization(name="head_bn"),
         keras.layers.Flatten(name="head_flatten"),
@@ -66,14 +77,14 @@ def _head_layers(n_classes: int, units: int, dropout: float, l2: float):
         ),
         keras.layers.Dropout(dropout, name="head_dropout"),
         keras.layers.Dense(
-            output_units(n_classes),
+            n_classes if multilabel else output_units(n_classes),
             activation="sigmoid" if binary else "softmax",
             name="head_output",
         ),
     ]
 
 
-@validate_params({"n_classes": _N_CLASSES, **_LAYERS})
+@validate_params({"n_classes": _N_OUTPUTS, "multilabel": Is((bool,)), **_LAYERS})
 def build_head(
     input_shape: tuple[int, ...],
     n_classes: int,
@@ -82,28 +93,37 @@ def build_head(
     dropout: float = 0.3,
     l2: float = 1e-3,
     tail=None,
+    multilabel: bool = False,
 ):
     """The uncompiled head model taking cached features of ``input_shape``.
 
     ``tail``: optional Keras model (the backbone after the cut layer) inserted
-    before the head and left trainable.
+    before the head and left trainable. ``multilabel``: ``n_classes`` counts
+    findings, and the head ends in that many sigmoid units (its model is named
+    :data:`~xrayfeat.models.multilabel.MULTILABEL_MODEL_NAME`, which is how a saved head says so).
     """
     import keras
 
+    _check_n_classes("build_head", n_classes, multilabel)
     features = keras.Input(tuple(input_shape), name="features")
     x = tail(features) if tail is not None else features
-    for layer in _head_layers(n_classes, units, dropout, l2):
+    for layer in _head_layers(n_classes, units, dropout, l2, multilabel):
         x = layer(x)
-    return keras.Model(features, x, name="head")
+    return keras.Model(features, x, name=MULTILABEL_MODEL_NAME if multilabel else "head")
 
 
-def build_seed_model(backbone, n_classes: int, *, units: int = 256, dropout: float = 0.3, l2: float = 1e-3):
-    """The seed's whole model: the frozen backbone followed by the head (for ``describe``)."""
+def build_seed_model(backbone, n_classes: int, *, units: int = 256, dropout: float = 0.3, l2: float = 1e-3,
+                     multilabel: bool = False):
+    """The seed's whole model: the frozen backbone followed by the head (for ``describe``).
+
+    ``multilabel``: ``n_classes`` findings, one sigmoid unit each (see :func:`build_head`).
+    """
     import keras
 
+    _check_n_classes("build_seed_model", n_classes, multilabel)
     backbone.trainable = False
     x = backbone.output
-    for layer in _head_layers(n_classes, units, dropout, l2):
+    for layer in _head_layers(n_classes, units, dropout, l2, multilabel):
         x = layer(x)
     return keras.Model(backbone.input, x, name=f"{backbone.name}_seed")
 
@@ -405,7 +425,8 @@ def _restore_best_callback(monitor: str):
 
 
 @validate_params({
-    "n_classes": _N_CLASSES,
+    "n_classes": _N_OUTPUTS,
+    "multilabel": Is((bool,)),
     "steps_per_epoch": _STEPS,
     "validation_steps": _STEPS,
     **{name: declaration(HeadOptions, name)
@@ -436,6 +457,9 @@ def train_head(
     verbose: int = 0,
     class_weight: str = "none",
     restore_best: str | None = None,
+    multilabel: bool = False,
+    mask_train=None,
+    mask_val=None,
 ) -> TrainedHead:
     """Train the seed's head (optionally behind a trainable backbone tail) on cached features.
 
@@ -469,6 +493,21 @@ def train_head(
     ``val_loss`` compares between weighted and unweighted runs and
     ``restore_best`` judges epochs on the data as it is. ``"none"`` (the seed's)
     trains exactly as before the option existed.
+
+    Multi-label (``multilabel=True``): ``n_classes`` is the number of findings K,
+    ``y_*`` are (n, K) 0/1 targets and ``mask_train``/``mask_val`` (n, K) bool
+    masks, True where an entry counts (None: every entry counts; a masked
+    entry's target may hold anything, NaN included). The head ends in K sigmoid
+    units; the loss is binary cross-entropy summed over the entries that count
+    and divided by their number in the batch, and ``accuracy`` is binary
+    accuracy over them (:mod:`xrayfeat.models.multilabel`), so a masked entry
+    changes nothing in training. Targets and masks travel to Keras as ``y_true``
+    (targets, then per-entry weights): the batches draw the same rows as for a
+    single-label head, on every backend and in either loop. ``class_weight="balanced"``
+    balances each finding's positives and negatives among its counted entries
+    (:func:`xrayfeat.models.multilabel.balanced_weights`), in the training loss
+    only. ``settings["multilabel"]`` is True (the key is absent for a
+    single-label head, whose settings are as before).
 
     ``restore_best="val_loss"`` or ``"val_accuracy"``: when training ends, the
     model holds the weights of the epoch with the lowest validation loss or the
@@ -518,19 +557,28 @@ def train_head(
 
     import numpy as np
 
+    _check_n_classes("train_head", n_classes, multilabel)
     _check_together(x_val, y_val, restore_best)
-    x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
+    _check_masks(multilabel, mask_train, mask_val, x_val)
+    if multilabel:
+        x_train, y_train = _check_multilabel_xy(x_train, y_train, mask_train, n_classes, "x_train/y_train",
+                                                class_weight=class_weight)
+        weights = None  # the entries' weights are in y_train
+    else:
+        x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
     _check_tail_input(x_train, tail)
     batch, steps = _batch_and_steps(len(x_train), batch_size, steps_per_epoch)
-    validation = _validation(x_val, y_val, x_train, n_classes, batch_size, validation_steps, seed)
+    validation = _validation(x_val, y_val, x_train, n_classes, batch_size, validation_steps, seed,
+                             multilabel=multilabel, mask_val=mask_val)
     jit = _resolve_and_log_jit(jit_compile)
-    weights = _sample_weights(y_train, class_weight)
+    if not multilabel:
+        weights = _sample_weights(y_train, class_weight)
 
     saved = random.getstate(), np.random.get_state()
     try:
         model = _build_and_compile(
             x_train.shape[1:], n_classes, units=units, dropout=dropout, l2=l2, learning_rate=learning_rate, seed=seed, jit=jit,
-            tail=tail, freeze_tail_bn=freeze_tail_bn,
+            tail=tail, freeze_tail_bn=freeze_tail_bn, multilabel=multilabel,
         )
         timing = _timing_callback(step_timing)
         best = _restore_best_callback(restore_best) if restore_best else None
@@ -566,6 +614,7 @@ def train_head(
         "class_weight": class_weight,
         "restore_best": restore_best,
         "best_epoch": best.best_epoch if best else None,
+        **({"multilabel": True} if multilabel else {}),
     }
     return _result(model, history, timing, tail=tail, steps=steps, step_timing=step_timing, settings=settings)
 
@@ -576,6 +625,36 @@ def _check_together(x_val, y_val, restore_best) -> None:
         raise ValueError("x_val and y_val must be given together (or both left None)")
     if restore_best is not None and x_val is None:
         raise ValueError(f"restore_best={restore_best!r} picks an epoch by its validation score: pass x_val and y_val")
+
+
+def _check_masks(multilabel: bool, mask_train, mask_val, x_val) -> None:
+    """Masks belong to a multi-label head, and a validation mask to validation data."""
+    given = [name for name, mask in (("mask_train", mask_train), ("mask_val", mask_val)) if mask is not None]
+    if given and not multilabel:
+        raise ValueError(f"{' and '.join(given)} mask the entries of multi-label targets: pass multilabel=True "
+                         f"with (n, K) targets, or leave {' and '.join(given)} None")
+    if mask_val is not None and x_val is None:
+        raise ValueError("mask_val masks the validation targets: pass x_val and y_val with it (or leave it None)")
+
+
+def _check_multilabel_xy(x, y, mask, n_findings: int, name: str, *, class_weight: str = "none"):
+    """Features as :func:`_check_xy` takes them, and ``y_true`` for the masked loss, (n, 2K) (:func:`~xrayfeat.models.multilabel.keras_targets`).
+
+    ``class_weight="balanced"`` puts each counted entry's balanced weight in
+    ``y_true``; otherwise every counted entry weighs 1.
+    """
+    from xrayfeat.models import multilabel as ml
+
+    x = _features(x, name)
+    if len(x.shape) < 2:
+        raise ValueError(f"{name}: features must have shape (n, ...); got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name}: no samples")
+    targets, mask = ml.check_targets(y, mask, n_findings, name)
+    if len(targets) != len(x):
+        raise ValueError(f"{name}: targets must have one row per sample ({len(x)}); got {len(targets)}")
+    weights = ml.balanced_weights(targets, mask, log_as="train_head") if class_weight == "balanced" else None
+    return x, ml.keras_targets(targets, mask, weights)
 
 
 def _sample_weights(y_train, class_weight: str):
@@ -620,19 +699,23 @@ def _batch_and_steps(n: int, batch_size: int, steps_per_epoch: int | None) -> tu
     return batch, steps
 
 
-def _validation(x_val, y_val, x_train, n_classes: int, batch_size: int, validation_steps, seed: int) -> dict:
+def _validation(x_val, y_val, x_train, n_classes: int, batch_size: int, validation_steps, seed: int, *,
+                multilabel: bool = False, mask_val=None) -> dict:
     """The validation arguments for ``model.fit`` (and the jax loop, which reads the same dict); {} without.
 
     ``validation_steps=None``: the whole set, in memory as float32, evaluated in
     batches of ``batch_size``. An integer: that many batches per epoch from a
     continuing shuffled stream seeded with ``seed + 1``, so it never follows the
-    training stream.
+    training stream. Multi-label validation targets carry the mask, unweighted.
     """
     import numpy as np
 
     if x_val is None:
         return {}
-    x_val, y_val = _check_xy(x_val, y_val, n_classes, "x_val/y_val")
+    if multilabel:
+        x_val, y_val = _check_multilabel_xy(x_val, y_val, mask_val, n_classes, "x_val/y_val")
+    else:
+        x_val, y_val = _check_xy(x_val, y_val, n_classes, "x_val/y_val")
     if tuple(x_val.shape[1:]) != tuple(x_train.shape[1:]):
         raise ValueError(f"x_val has feature shape {tuple(x_val.shape[1:])}, x_train {tuple(x_train.shape[1:])}")
     if validation_steps is None:
@@ -651,7 +734,8 @@ def _resolve_and_log_jit(jit_compile) -> bool:
     return jit
 
 
-def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, learning_rate, seed, jit, tail, freeze_tail_bn):
+def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, learning_rate, seed, jit, tail, freeze_tail_bn,
+                       multilabel: bool = False):
     """Seed every generator, prepare the tail, build the head and compile it with its loss, Adam and accuracy.
 
     Seeding comes first: the initial weights are drawn when the layers are
@@ -664,11 +748,19 @@ def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, learn
     frozen_bn = _freeze_tail_batchnorm(tail, freeze_tail_bn) if tail is not None else 0
     if frozen_bn:
         _logger.info("train_head: %d BatchNormalization layers of the tail kept frozen (inference mode)", frozen_bn)
-    model = build_head(input_shape, n_classes, units=units, dropout=dropout, l2=l2, tail=tail)
+    model = build_head(input_shape, n_classes, units=units, dropout=dropout, l2=l2, tail=tail, multilabel=multilabel)
+    if multilabel:
+        from xrayfeat.models.multilabel import masked_objects
+
+        masked_loss, masked_accuracy = masked_objects()
+        loss, metrics = masked_loss(), [masked_accuracy()]
+    else:
+        loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+        metrics = ["accuracy"]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=metrics,
         jit_compile=jit,
     )
     return model
@@ -784,22 +876,34 @@ class TrainedHead:
     settings: dict = field(default_factory=dict)
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the head was built for a multi-label task (its model is named :data:`~xrayfeat.models.multilabel.MULTILABEL_MODEL_NAME`)."""
+        return self.model.name == MULTILABEL_MODEL_NAME
+
+    @property
     def n_classes(self) -> int:
+        """The classes of a single-label head; the findings of a multi-label one."""
         units = int(self.model.output_shape[-1])
-        return 2 if units == 1 else units
+        return 2 if units == 1 and not self.multilabel else units
 
     def predict_proba(self, x, batch_size: int = 256):
-        """Class probabilities, shape (n, K); for two classes the columns are [1 - p, p]."""
+        """Class probabilities, shape (n, K); for two classes the columns are [1 - p, p].
+
+        A multi-label head gives each finding's probability, shape (n, K) (rows do not sum to 1).
+        """
         import numpy as np
 
         p = np.asarray(self.model.predict(np.asarray(x, "float32"), batch_size=batch_size, verbose=0))
-        if p.shape[-1] == 1:
+        if p.shape[-1] == 1 and not self.multilabel:
             p = np.concatenate([1.0 - p, p], axis=1)
         return p
 
     def predict(self, x, batch_size: int = 256):
-        """The most probable class index for each row."""
-        return self.predict_proba(x, batch_size=batch_size).argmax(axis=1)
+        """The most probable class index for each row; for a multi-label head, (n, K) 0/1 (probability >= 0.5)."""
+        proba = self.predict_proba(x, batch_size=batch_size)
+        if self.multilabel:
+            return (proba >= 0.5).astype("int64")
+        return proba.argmax(axis=1)
 
     def embed(self, x, batch_size: int = 256):
         """The penultimate activations (the Dense(units) layer after its ReLU), shape (n, units).

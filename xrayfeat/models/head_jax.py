@@ -136,6 +136,9 @@ def fit(model, batches, *, epochs: int, steps: int, validation: dict, callbacks:
     the model's variables at the end of every epoch, before the epoch-end hooks,
     as ``fit`` does, and the train-end hooks run after the last write, so
     weights a callback sets there (``train_head``'s ``restore_best``) stay.
+    A multi-label head trains here unchanged: its masked loss and accuracy
+    are the model's compiled loss and metric, and its masks and weights
+    ride in each batch's targets (:mod:`xrayfeat.models.multilabel`).
 
     ``validation``: ``{}``, ``{"validation_data": (x, y), "validation_batch_size": n}``
     (the whole set each epoch) or ``{"validation_data": batches, "validation_steps": n}``

@@ -1,7 +1,8 @@
 """The seed's head as plain arrays: its inference in numpy, without a deep-learning framework.
 
 The seed's head is BatchNormalization → Flatten → Dense(ReLU) → Dropout →
-Dense(sigmoid or softmax). At inference Dropout does nothing and
+Dense(sigmoid or softmax); a multi-label head ends in one sigmoid unit per
+finding, and ``head.npz`` says so (``multilabel``). At inference Dropout does nothing and
 BatchNormalization is an affine map with its moving statistics, so the whole
 head is two matrix products. ``fit-head`` saves the trained head's parameters
 (read through Keras' public ``get_weights``) as ``head.npz`` beside
@@ -18,6 +19,7 @@ import os
 import numpy as np
 
 from xrayfeat.distributed.lifetime import WriteGuard, guarded_path
+from xrayfeat.models.multilabel import MULTILABEL_MODEL_NAME
 
 #: The layers of the seed's head, in order (see :func:`xrayfeat.models.head.build_head`).
 LAYOUT = ("head_bn", "head_flatten", "head_dense", "head_dropout", "head_output")
@@ -38,9 +40,14 @@ def arrays_of(model) -> dict | None:
     activation = out.get_config()["activation"]
     if dense.get_config()["activation"] != "relu" or activation not in ("sigmoid", "softmax"):
         return None
-    return {"bn_gamma": gamma, "bn_beta": beta, "bn_mean": mean, "bn_variance": variance,
-            "bn_epsilon": np.float32(bn.epsilon), "hidden_kernel": hidden_kernel, "hidden_bias": hidden_bias,
-            "out_kernel": out_kernel, "out_bias": out_bias, "activation": np.array(activation)}
+    arrays = {"bn_gamma": gamma, "bn_beta": beta, "bn_mean": mean, "bn_variance": variance,
+              "bn_epsilon": np.float32(bn.epsilon), "hidden_kernel": hidden_kernel, "hidden_bias": hidden_bias,
+              "out_kernel": out_kernel, "out_bias": out_bias, "activation": np.array(activation)}
+    if model.name == MULTILABEL_MODEL_NAME:  # only then: a single-label head's arrays stay as they were
+        if activation != "sigmoid":
+            return None
+        arrays["multilabel"] = np.array(True)
+    return arrays
 
 
 def save(model, path: str | os.PathLike, *, guard: WriteGuard | None = None) -> bool:
@@ -68,9 +75,13 @@ class NumpyHead:
         self._scale = (a["bn_gamma"] / np.sqrt(a["bn_variance"] + a["bn_epsilon"])).astype(np.float32)
         self._shift = (a["bn_beta"] - a["bn_mean"] * self._scale).astype(np.float32)
         self.activation = str(a["activation"])
+        # arrays written before multi-label heads existed have no flag: K sigmoid units were always one (binary)
+        self.multilabel = bool(a["multilabel"]) if "multilabel" in a else False
 
     def predict_proba(self, x, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape (n, K); for two classes the columns are [1 - p, p] (as Keras' head gives).
+
+        A multi-label head gives each finding's sigmoid probability, shape (n, K), as Keras' head does.
 
         ``x``: what the head was trained on, spatial maps (n, H, W, C) or pooled vectors (n, C).
         """
@@ -79,7 +90,7 @@ class NumpyHead:
 
     def _classes(self) -> int:
         k = self.arrays["out_kernel"].shape[1]
-        return 2 if k == 1 else k
+        return 2 if k == 1 and not self.multilabel else k
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         a = self.arrays
@@ -88,7 +99,7 @@ class NumpyHead:
         z = h @ a["out_kernel"] + a["out_bias"]
         if self.activation == "sigmoid":
             p = 1 / (1 + np.exp(-z))
-            return np.concatenate([1 - p, p], axis=1)
+            return p if self.multilabel else np.concatenate([1 - p, p], axis=1)
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)

@@ -13,7 +13,7 @@ was used and why.
 How: the child (``python -m xrayfeat.models.head_process --wait --parent PID``,
 with ``KERAS_BACKEND`` set) makes a job folder of its own and says where on
 its stdout, then imports Keras while this process works. The features go to
-that folder as ``.npy`` files (features streamed from the store,
+that folder as ``.npy`` files (a multi-label head's masks too; features streamed from the store,
 :class:`~xrayfeat.store.rows.StoreRows`, go as the store's folder and the rows'
 keys in ``job.json``, and the child reads them from the store itself); the
 line ``run`` on the child's stdin starts it: it runs
@@ -211,7 +211,8 @@ def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
 
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
                       child: HeadChild | None = None, device: str = "cpu", repeat_seeds=(),
-                      guard: WriteGuard | None = None, **train_kwargs) -> HeadOutcome:
+                      guard: WriteGuard | None = None, multilabel: bool = False, mask_train=None, mask_val=None,
+                      **train_kwargs) -> HeadOutcome:
     """Train the head on ``backend``, predict ``x_val`` and ``x_test``, save the model to ``head_file``.
 
     Runs here when ``backend`` is this process' backend, else in a child process
@@ -224,12 +225,22 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
     ``guard``: the claim on the run folder ``head_file`` goes into, checked
     before training and before each head file is written (here or in the
     child); None writes unconditionally.
+
+    ``multilabel=True``: a multi-label head (see :func:`~xrayfeat.models.head.train_head`):
+    ``n_classes`` findings, ``y_fit``/``y_val`` (n, K) 0/1 targets and
+    ``mask_train``/``mask_val`` (n, K) bool masks for them (True where an entry
+    counts; None: all count). The masks go to a child as ``.npy`` files in its
+    job folder beside the other arrays; every repeat trains with them too. The
+    probabilities are then (n, K), one sigmoid per finding.
     """
     started = time.perf_counter()
     seeds = _seeds(repeat_seeds)
+    masks = _masks(multilabel, mask_train, mask_val)
+    if multilabel:
+        train_kwargs = {**train_kwargs, "multilabel": True}
     if backend == process_backend():
         outcome = _train_all(x_fit, y_fit, x_val, y_val, x_test, head_file=head_file, seeds=seeds, tail=tail,
-                             train=train_kwargs, guard=guard)
+                             train=train_kwargs, guard=guard, masks=masks)
         return replace(outcome, process="in-process", process_seconds=time.perf_counter() - started)
     if tail is not None:
         raise XrayfeatError("a backbone tail can only be trained on the extraction backend; use --head-backend auto")
@@ -238,7 +249,7 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         folder = child.job_folder()
         if folder is not None:
             with writing_to(folder.parent, option="TMPDIR"):  # the job's folder is the system's temporary one
-                arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test}
+                arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test, **masks}
                 for name, value in arrays.items():
                     if value is not None and not isinstance(value, StoreRows):
                         np.save(folder / f"{name}.npy", np.asarray(value))
@@ -253,6 +264,20 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
     return replace(outcome, process="child process", process_seconds=time.perf_counter() - started)
 
 
+def _masks(multilabel: bool, mask_train, mask_val) -> dict:
+    """``{"mask_train": ..., "mask_val": ...}`` for a multi-label head (the ones given); {} for a single-label one.
+
+    A mask without ``multilabel=True`` is refused here, before a child is asked to train.
+    """
+    if not isinstance(multilabel, bool):
+        raise TypeError(f"The 'multilabel' parameter must be a bool. Got {multilabel!r} instead.")
+    masks = {name: mask for name, mask in (("mask_train", mask_train), ("mask_val", mask_val)) if mask is not None}
+    if masks and not multilabel:
+        raise ValueError(f"{' and '.join(masks)} mask the entries of multi-label targets: pass multilabel=True, "
+                         f"or leave {' and '.join(masks)} None")
+    return {name: np.asarray(mask) for name, mask in masks.items()}
+
+
 def _seeds(repeat_seeds) -> list[int]:
     """``repeat_seeds`` as a list of ints (they travel to a child as JSON)."""
     seeds = list(repeat_seeds) if isinstance(repeat_seeds, (list, tuple, range)) else None
@@ -262,8 +287,10 @@ def _seeds(repeat_seeds) -> list[int]:
 
 
 def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, tail, train: dict,
-               guard: WriteGuard | None = None) -> HeadOutcome:
+               guard: WriteGuard | None = None, masks: dict | None = None) -> HeadOutcome:
     """Train the head, predict validation and test, save it; then train and predict once more per repeat seed.
+
+    ``masks``: ``mask_train``/``mask_val`` of a multi-label head, given to every training.
 
     With a tail (in-process only), every repeat fine-tunes it again from the
     weights it had before the first training, as the first head did; the tail
@@ -274,6 +301,7 @@ def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, ta
     from xrayfeat.models.head import train_head
 
     start_tail = tail.get_weights() if tail is not None and seeds else None
+    train = {**train, **(masks or {})}
     trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train)
     proba_val, proba_test = _predict(trained, x_val, x_test)
     _save(trained, head_file, guard)
@@ -386,9 +414,10 @@ def _child_main(folder: Path) -> int:
             path = folder / f"{name}.npy"
             return np.load(path, mmap_mode="r") if path.exists() else None
 
+        masks = {name: mask for name in ("mask_train", "mask_val") if (mask := load(name)) is not None}
         outcome = _train_all(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), load("x_test"),
                              head_file=job["head_file"], seeds=job["repeat_seeds"], tail=None, train=job["train"],
-                             guard=guard)
+                             guard=guard, masks=masks)
         with writing_to(folder.parent, option="TMPDIR"):
             _write_outcome(folder, outcome)
         return 0
