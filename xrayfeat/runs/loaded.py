@@ -290,11 +290,13 @@ class Run:
         return fitted
 
     def _check_outputs(self, path: Path, outputs: int) -> None:
-        """The head has one output per class (one sigmoid unit for two): else the record and the head disagree."""
+        """The head has one output per class (one sigmoid unit for two; one per finding): else the record and the head disagree."""
         k = len(self.classes)
-        if outputs != (1 if k == 2 else k):
+        expected = k if self.record.multilabel or k != 2 else 1
+        if outputs != expected:
+            kind = "findings" if self.record.multilabel else "classes"
             raise Damaged(f"{path}: run record damaged: the head has {outputs} output{'s' if outputs != 1 else ''}, "
-                          f"but config.json has {k} classes (a head for them has {1 if k == 2 else k}); re-run fit-head")
+                          f"but config.json has {k} {kind} (a head for them has {expected}); re-run fit-head")
 
     # ------------------------------------------------------------------ use
 

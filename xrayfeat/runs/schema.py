@@ -835,6 +835,10 @@ def _record_fields() -> dict:
         "class_weight": may(Maybe(TEXT)), "fit_seconds": may(Maybe(Number(0.0))),
         "subsample": may(Obj({"rows": need(COUNT), "of": need(COUNT)})),
     })
+    finding_summary = summary.with_fields(  # one finding's model of a multi-label baseline (one-vs-rest)
+        finding=need(COUNT), rows=need(COUNT), prevalence=need(PROBABILITY), constant=need(Flag()),
+        reason=may(TEXT))
+    summary = summary.with_fields(multilabel=may(Flag()), findings=may(ListOf(finding_summary)))
     warning = Obj({"kind": need(TEXT), "message": need(TEXT)}, what="a {kind, message} object")
     evaluation = Obj({
         "data": need(PATH_TEXT), "created": need(TEXT), "n": need(COUNT), "excluded": need(COUNT),
