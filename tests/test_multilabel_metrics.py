@@ -72,8 +72,8 @@ def test_per_finding_figures_match_sklearn_on_the_masked_column():
 
 def test_masked_entries_change_nothing():
     groups = list("aabbccddee")
-    kw = dict(groups=groups, sources=list("xxyyxxyyxy"), subgroups={"sex": list("FMFMFMFMF") + [None]},
-              n_boot=200, seed=3)
+    kw = {"groups": groups, "sources": list("xxyyxxyyxy"), "subgroups": {"sex": list("FMFMFMFMF") + [None]},
+              "n_boot": 200, "seed": 3}
     th = {"Atelectasis": {"threshold": 0.5, "note": None}, "Effusion": {"threshold": 0.45, "note": None}}
     before = score_multilabel(Y, MASK, P, FINDINGS, thresholds=th, threshold_rule="0.5", **kw)
     y2, p2 = Y.copy(), P.copy()
@@ -89,7 +89,7 @@ def test_masked_entries_change_nothing():
 def test_result_is_plain_json_and_deterministic():
     y, mask, p = _synthetic(300, seed=1)
     names = list("abcd")
-    kw = dict(groups=np.arange(300) // 3, sources=np.array(["s1", "s2"])[np.arange(300) % 2], n_boot=100)
+    kw = {"groups": np.arange(300) // 3, "sources": np.array(["s1", "s2"])[np.arange(300) % 2], "n_boot": 100}
     a = score_multilabel(y, mask, p, names, seed=5, **kw)
     assert json.loads(json.dumps(a)) == a
     assert a == score_multilabel(y, mask, p, names, seed=5, **kw)
@@ -115,18 +115,18 @@ def test_one_finding_and_a_mask_of_none():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(y=Y[:, :2]), "'y' must have shape"),
-    (dict(proba=P * 3), "'proba' must hold sigmoid probabilities"),
-    (dict(y=np.where(MASK, 2.0, Y)), "'y' must hold 0 or 1 wherever 'mask' is True"),
-    (dict(mask=np.zeros_like(MASK)), "'mask' leaves out every entry"),
-    (dict(mask=MASK.astype(float) * 0.5), "'mask' must be boolean"),
-    (dict(findings=["a", "a", "b"]), "'findings' must be unique"),
-    (dict(findings="abc"), "'findings' must be a sequence"),
-    (dict(groups=[1, 2]), "'groups' must have one entry per prediction"),
+    ({"y": Y[:, :2]}, "'y' must have shape"),
+    ({"proba": P * 3}, "'proba' must hold sigmoid probabilities"),
+    ({"y": np.where(MASK, 2.0, Y)}, "'y' must hold 0 or 1 wherever 'mask' is True"),
+    ({"mask": np.zeros_like(MASK)}, "'mask' leaves out every entry"),
+    ({"mask": MASK.astype(float) * 0.5}, "'mask' must be boolean"),
+    ({"findings": ["a", "a", "b"]}, "'findings' must be unique"),
+    ({"findings": "abc"}, "'findings' must be a sequence"),
+    ({"groups": [1, 2]}, "'groups' must have one entry per prediction"),
 ])
 def test_bad_input_names_the_parameter(kwargs, match):
-    args = dict(y=Y, mask=MASK, proba=P, findings=FINDINGS) | kwargs
-    with pytest.raises(ValueError, match=match):
+    args = {"y": Y, "mask": MASK, "proba": P, "findings": FINDINGS} | kwargs
+    with pytest.raises((TypeError, ValueError), match=match):
         score_multilabel(args.pop("y"), args.pop("mask"), args.pop("proba"), args.pop("findings"), n_boot=0, **args)
 
 

@@ -31,8 +31,8 @@ from xrayfeat.analysis import metrics
 from xrayfeat.analysis.metrics import (
     _BLOCK,
     _RATES,
-    _AucPlan,
     _as_keys,
+    _AucPlan,
     _cells,
     _check_bootstrap,
     _checked_thresholds,
@@ -48,7 +48,7 @@ from xrayfeat.analysis.metrics import (
     _weighted_auc,
 )
 
-__all__ = ["score_multilabel", "choose_multilabel_thresholds", "headline_multilabel"]
+__all__ = ["choose_multilabel_thresholds", "headline_multilabel", "score_multilabel"]
 
 TASK = "multilabel"
 """The ``task`` a :func:`score_multilabel` result names (single-label results have no ``task`` key)."""
@@ -59,7 +59,7 @@ TASK = "multilabel"
 
 def _as_findings(findings: Sequence[str]) -> list[str]:
     if isinstance(findings, str):
-        raise ValueError(f"'findings' must be a sequence of finding names. Got the string {findings!r} instead.")
+        raise TypeError(f"'findings' must be a sequence of finding names. Got the string {findings!r} instead.")
     names = [str(f) for f in findings]
     if not names:
         raise ValueError("'findings' must name at least one finding. Got [] instead.")

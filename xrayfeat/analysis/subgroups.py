@@ -19,7 +19,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from xrayfeat.analysis import metrics
-from xrayfeat.analysis.metrics import _as_classes, _as_keys, _as_predictions, _check_bootstrap, _clusters, _interval
+from xrayfeat.analysis.metrics import (
+    _as_classes,
+    _as_keys,
+    _as_predictions,
+    _check_bootstrap,
+    _clusters,
+    _interval,
+)
 from xrayfeat.analysis.multilabel import _as_findings, _as_multilabel, _macro_table
 from xrayfeat.errors import one_line
 
@@ -73,7 +80,7 @@ def by_group(
     """
     n_boot = _check_bootstrap(n_boot, ci)
     if not isinstance(subgroups, Mapping):
-        raise ValueError(f"'subgroups' must map group names to one value per image. Got {type(subgroups).__name__} "
+        raise TypeError(f"'subgroups' must map group names to one value per image. Got {type(subgroups).__name__} "
                          f"instead.")
     if multilabel:
         names = _as_findings(classes)
