@@ -291,3 +291,16 @@ def test_scoring_chooses_on_validation_and_scores_on_test():
         scoring.evaluate_models({"head": p[test]}, y[test], names, items, n_boot=0, seed=0, mask=mask[test])
     with pytest.raises(Exception, match="--positive"):
         scoring.choose_model_thresholds(y[val], {"head": p[val]}, names, "youden", "a", multilabel=True)
+
+
+def test_seed_spread_of_a_multilabel_head():
+    y, mask, p = _synthetic(200, seed=10)
+    names = list("abcd")
+    primary = score_multilabel(y, mask, p, names, n_boot=0)
+    other = np.clip(p + 0.05, 0, 1)
+    spread = scoring.seed_spread(primary, [{"proba_test": other}], y, names, [0, 1], mask=mask)
+    again = score_multilabel(y, mask, other, names, n_boot=0)
+    assert spread["seeds"] == [0, 1]
+    assert set(spread["head"]) == {"macro_roc_auc", "micro_roc_auc", "macro_average_precision"}
+    assert spread["head"]["micro_roc_auc"]["values"] == [primary["micro_roc_auc"], again["micro_roc_auc"]]
+    assert scoring.seed_spread(primary, [], y, names, [0], mask=mask) is None

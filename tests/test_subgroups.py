@@ -135,20 +135,29 @@ def test_overlapping_intervals_do_not_warn():
     assert group_gap_warnings(m["by_group"]) == []
 
 
-def _value(estimate, lo, hi, n=100, key="accuracy"):
+def _value(estimate, lo, hi, n=1000, key="accuracy"):
     return {"n": n, key: estimate, "ci": {key: [lo, hi]}}
 
 
 @pytest.mark.parametrize("values, want", [
     ({"F": _value(0.62, 0.55, 0.69), "M": _value(0.81, 0.76, 0.86)},
-     "sex: accuracy 0.62 [0.55, 0.69] for F (n=100) against 0.81 [0.76, 0.86] for M (n=100); "),
+     "sex: accuracy 0.62 [0.55, 0.69] for F (n=1000) against 0.81 [0.76, 0.86] for M (n=1000); "),
     ({"F": _value(0.62, 0.55, 0.76), "M": _value(0.81, 0.76, 0.86)}, None),  # touching: not beyond both
     ({"F": _value(0.62, 0.50, 0.80), "M": _value(0.81, 0.76, 0.86)}, None),  # the gap is within F's interval
     ({"F": {"n": 100, "accuracy": 0.5, "ci": {"accuracy": None}}, "M": _value(0.81, 0.76, 0.86)}, None),
     ({"a": _value(0.70, 0.50, 0.95), "b": _value(0.75, 0.72, 0.78), "c": _value(0.60, 0.55, 0.65)},
-     "sex: accuracy 0.60 [0.55, 0.65] for c (n=100) against 0.75 [0.72, 0.78] for b (n=100)"),
+     "sex: accuracy 0.60 [0.55, 0.65] for c (n=1000) against 0.75 [0.72, 0.78] for b (n=1000)"),
     ({"F": _value(0.70, 0.65, 0.75, key="macro_roc_auc"), "M": _value(0.85, 0.80, 0.90, key="macro_roc_auc")},
-     "sex: macro ROC-AUC 0.70 [0.65, 0.75] for F (n=100) against 0.85 [0.80, 0.90] for M (n=100)"),
+     "sex: macro ROC-AUC 0.70 [0.65, 0.75] for F (n=1000) against 0.85 [0.80, 0.90] for M (n=1000)"),
+    # a few images: a bootstrap interval that collapsed to a point is not evidence
+    ({"40-60": _value(0.44, 0.14, 0.80, n=9), "80+": _value(1.0, 1.0, 1.0, n=4)}, None),
+    ({"F": _value(0.50, 0.40, 0.60, n=19, key="roc_auc"), "M": _value(0.90, 0.85, 0.95, key="roc_auc")}, None),
+    ({"F": _value(0.50, 0.40, 0.60, n=20, key="roc_auc"), "M": _value(0.90, 0.85, 0.95, key="roc_auc")},
+     "sex: ROC-AUC 0.50 [0.40, 0.60] for F (n=20) against 0.90 [0.85, 0.95] for M (n=1000)"),
+    # 30 of 30 right: [1.00, 1.00] by the bootstrap, but its Wilson interval reaches down to 0.89
+    ({"F": _value(0.85, 0.80, 0.88, n=200), "M": _value(1.0, 1.0, 1.0, n=30)}, None),
+    ({"F": _value(0.85, 0.80, 0.88, n=200), "M": _value(1.0, 1.0, 1.0, n=300)},
+     "sex: accuracy 0.85 [0.80, 0.88] for F (n=200) against 1.00 [1.00, 1.00] for M (n=300)"),
 ])
 def test_gap_warnings_by_hand(values, want):
     found = group_gap_warnings({"sex": {"unknown": 0, "values": values}})
@@ -163,6 +172,12 @@ def test_gap_warnings_escape_what_they_carry():
                                                       "b": _value(0.9, 0.85, 0.95)}}})
     assert len(found) == 1 and "\n" not in found[0] and "\x1b" not in found[0]
     assert group_gap_warnings(None) == [] and group_gap_warnings({}) == []
+
+
+def test_min_n_is_a_parameter():
+    values = {"F": _value(0.50, 0.40, 0.60, n=10, key="roc_auc"), "M": _value(0.90, 0.85, 0.95, n=10, key="roc_auc")}
+    assert group_gap_warnings({"sex": {"values": values}}) == []
+    assert len(group_gap_warnings({"sex": {"values": values}}, min_n=10)) == 1
 
 
 # --------------------------------------------------------------------------- scoring

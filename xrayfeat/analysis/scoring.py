@@ -96,17 +96,27 @@ def choose_model_thresholds(y_val, val_probabilities: dict, classes, rule: str, 
             for name, proba in val_probabilities.items()}
 
 
-def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list[int]) -> dict | None:
+def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list[int], *, mask=None) -> dict | None:
     """The head's accuracy, balanced accuracy and ROC-AUC across seeds: mean, SD (ddof=1), min, max, values.
 
     ``primary`` is the first seed's test metrics; ``repeats`` the other seeds'
     test probabilities (:class:`~xrayfeat.models.head_process.HeadOutcome` ``repeats``).
+    A multi-label ``primary`` (``mask`` as in :func:`evaluate_models`) gives the
+    spread of its macro and micro ROC-AUC and macro average precision instead.
     """
     if not repeats:
         return None
-    scored = [primary] + [metrics.score(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
+    if primary.get("task") == MULTILABEL:
+        scored = [primary] + [score_multilabel(y_test, mask, r["proba_test"], list(classes), n_boot=0)
+                              for r in repeats]
+        keys = ("macro_roc_auc", "micro_roc_auc", "macro_average_precision")
+    elif mask is not None:
+        raise ValueError("'mask' applies to multi-label scoring; leave it out for single-label figures.")
+    else:
+        scored = [primary] + [metrics.score(y_test, r["proba_test"], list(classes), n_boot=0) for r in repeats]
+        keys = ("accuracy", "balanced_accuracy", "roc_auc")
     spread = {}
-    for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+    for key in keys:
         values = [m[key] for m in scored]
         if any(v is None for v in values):
             spread[key] = None

@@ -26,14 +26,18 @@ from xrayfeat.analysis.metrics import (
     _check_bootstrap,
     _clusters,
     _interval,
+    _wilson_half_width,
 )
 from xrayfeat.analysis.multilabel import _as_findings, _as_multilabel, _macro_table
 from xrayfeat.errors import one_line
 
-__all__ = ["GROUP_GAP", "by_group", "group_gap_warnings"]
+__all__ = ["GROUP_GAP", "MIN_GROUP_IMAGES", "by_group", "group_gap_warnings"]
 
 GROUP_GAP = "group_gap"
 """The kind of warning :func:`group_gap_warnings` gives (a key of ``xrayfeat.runs.record.WARNING_KINDS``)."""
+
+MIN_GROUP_IMAGES = 20
+"""A group value with fewer images is shown but never compared by :func:`group_gap_warnings`."""
 
 _GAP_METRICS = {"accuracy": "accuracy", "roc_auc": "ROC-AUC", "macro_roc_auc": "macro ROC-AUC"}
 """The figures compared between values of a group, and how a warning names them."""
@@ -133,14 +137,21 @@ def _single_label(y: np.ndarray, p: np.ndarray, k: int, grp, n_boot: int, rng: n
     return entry
 
 
-def group_gap_warnings(by_group: Mapping[str, Mapping] | None) -> list[str]:
+def group_gap_warnings(by_group: Mapping[str, Mapping] | None, *, min_n: int = MIN_GROUP_IMAGES) -> list[str]:
     """One sentence per group and figure where two values differ by more than both their intervals.
 
     For each group of a :func:`by_group` result and each headline figure it
     holds (accuracy and ROC-AUC; macro ROC-AUC for multi-label), the values
-    with an interval are compared pairwise; where one's interval lies wholly
-    below the other's, the gap is unlikely to be noise. Of such pairs the one
-    with the largest gap is named. Empty when there is none.
+    with an interval and at least ``min_n`` images are compared pairwise;
+    where one's interval lies wholly below the other's, the gap is unlikely to
+    be noise. Of such pairs the one with the largest gap is named. Empty when
+    there is none.
+
+    A percentile bootstrap of a few images can collapse to a point (4 images
+    all right give [1.00, 1.00]), so values under ``min_n`` images are not
+    compared, and an accuracy interval is compared no narrower than the
+    Wilson 95% interval of its ``n`` (as :func:`metrics.source_gap_warning`
+    falls back to). The sentence shows the bootstrap intervals.
     """
     out: list[str] = []
     for group, table in (by_group or {}).items():
@@ -148,11 +159,17 @@ def group_gap_warnings(by_group: Mapping[str, Mapping] | None) -> list[str]:
         for key, label in _GAP_METRICS.items():
             rows = []
             for value, entry in values.items():
+                n = int(entry.get("n") or 0)
                 estimate, interval = entry.get(key), (entry.get("ci") or {}).get(key)
-                if estimate is not None and interval:
-                    rows.append((str(value), int(entry.get("n") or 0), float(estimate), float(interval[0]),
-                                 float(interval[1])))
-            pairs = [(high[2] - low[2], low, high) for low in rows for high in rows if low[4] < high[3]]
+                if estimate is None or not interval or n < min_n:
+                    continue
+                lo, hi = float(interval[0]), float(interval[1])
+                wide_lo, wide_hi = lo, hi
+                if key == "accuracy":
+                    w_lo, w_hi = _wilson(n, float(estimate))
+                    wide_lo, wide_hi = min(lo, w_lo), max(hi, w_hi)
+                rows.append((str(value), n, float(estimate), lo, hi, wide_lo, wide_hi))
+            pairs = [(high[2] - low[2], low, high) for low in rows for high in rows if low[6] < high[5]]
             if not pairs:
                 continue
             _, low, high = max(pairs, key=lambda pair: pair[0])
@@ -161,6 +178,15 @@ def group_gap_warnings(by_group: Mapping[str, Mapping] | None) -> list[str]:
                 f"(n={high[1]}); the gap exceeds both intervals: report results per {group} and check each value's "
                 f"class balance and sources (Seyyed-Kalantari et al. 2021 audit such gaps)"))
     return out
+
+
+def _wilson(n: int, p: float) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion ``p`` of ``n`` (not centred on ``p``; stays inside [0, 1])."""
+    p = min(max(p, 0.0), 1.0)
+    z2 = metrics._Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    h = _wilson_half_width(n, p)
+    return max(0.0, centre - h), min(1.0, centre + h)
 
 
 def _shown(row: tuple) -> str:
