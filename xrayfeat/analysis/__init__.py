@@ -2,6 +2,10 @@
 
 * :mod:`.metrics`: accuracy, balanced accuracy, ROC-AUC, confusion matrices with patient-cluster
   bootstrap intervals, operating points, calibration (:func:`score`, :func:`choose_thresholds`);
+* :mod:`.multilabel`: multi-label scoring, entry by entry with uncertain and blank entries masked: per-finding,
+  macro and micro ROC-AUC, average precision, thresholds per finding (:func:`score_multilabel`);
+* :mod:`.subgroups`: the figures per patient group (sex, age band, view) and the gaps between them
+  (:func:`by_group`, :func:`group_gap_warnings`);
 * :mod:`.scoring`: several models scored on the same rows, one way for fit-head and evaluate
   (:func:`evaluate_models`, thresholds chosen on validation, the spread across seeds);
 * :mod:`.maps`: 2-D maps of features (PCA → t-SNE / UMAP) with agreement scores (:func:`embed_features`);

@@ -201,10 +201,13 @@ class _AucPlan:
     """What the weighted ROC-AUC of one score needs, computed once for all resamples.
 
     Scores are sorted once; for each positive we keep its position in that order
-    and the bounds [start, end) of its run of tied scores.
+    and the bounds [start, end) of its run of tied scores. ``rows``, when given,
+    says which column of the weights each score belongs to (a subset of the
+    predictions, or several scores per prediction), so that one resample's
+    weights over all predictions serve every plan.
     """
 
-    def __init__(self, score: np.ndarray, positive: np.ndarray):
+    def __init__(self, score: np.ndarray, positive: np.ndarray, rows: np.ndarray | None = None):
         order = np.argsort(score, kind="mergesort")
         s = score[order]
         n = len(s)
@@ -213,14 +216,25 @@ class _AucPlan:
         run_end_marks = np.concatenate([s[1:] != s[:-1], [True]])
         run_end = np.minimum.accumulate(np.where(run_end_marks, np.arange(n) + 1, n)[::-1])[::-1]
         where_pos = np.flatnonzero(positive[order])
+        if rows is not None:
+            order = np.asarray(rows)[order]
         self.order = order
         self.pos_index = order[where_pos]
         self.start = run_start[where_pos]
         self.end = run_end[where_pos]
 
 
-def _weighted_auc(weights: np.ndarray, plan: _AucPlan) -> np.ndarray:
+def _cumulative(weights: np.ndarray, plan: _AucPlan) -> np.ndarray:
+    """(b, n + 1) cumulative weight of the plan's scores in ascending order, with a leading zero."""
+    cum = np.zeros((len(weights), len(plan.order) + 1), dtype=weights.dtype)
+    np.cumsum(weights[:, plan.order], axis=1, out=cum[:, 1:])
+    return cum
+
+
+def _weighted_auc(weights: np.ndarray, plan: _AucPlan, cum: np.ndarray | None = None) -> np.ndarray:
     """ROC-AUC for each row of ``weights`` (b, n), exactly as with integer-repeated samples.
+
+    ``n`` is the number of predictions; a plan made with ``rows`` scores only those columns.
 
     The Mann-Whitney form: the weighted fraction of (positive, negative) pairs the
     score orders correctly, ties counting one half. With ``A`` the cumulative
@@ -228,11 +242,11 @@ def _weighted_auc(weights: np.ndarray, plan: _AucPlan) -> np.ndarray:
     above ``A[s] + (A[e] - A[s]) / 2`` of weight; subtracting the positive-positive
     pairs (exactly half of ``Wp**2``, ties included) leaves the negatives. One
     cumulative sum per block of resamples. NaN where a resample has no positives
-    or no negatives.
+    or no negatives. ``cum``: :func:`_cumulative`, when the caller needs it too.
     """
-    b, n = weights.shape
-    cum = np.zeros((b, n + 1), dtype=weights.dtype)
-    np.cumsum(weights[:, plan.order], axis=1, out=cum[:, 1:])
+    n = len(plan.order)
+    if cum is None:
+        cum = _cumulative(weights, plan)
     wp = weights[:, plan.pos_index]
     above = cum[:, plan.start] + cum[:, plan.end]
     total_pos = wp.sum(axis=1)
@@ -334,6 +348,7 @@ def score(
     ci: float = 0.95,
     thresholds: Mapping[str, Mapping] | None = None,
     threshold_rule: str | None = None,
+    subgroups: Mapping[str, Sequence[str | None]] | None = None,
 ) -> dict:
     """Score predicted probabilities against true labels, with bootstrap intervals.
 
@@ -356,6 +371,9 @@ def score(
         on validation data); adds ``operating_points``.
     threshold_rule : the rule text the thresholds were chosen by; required with
         ``thresholds``.
+    subgroups : optional ``{group: (n,) values}`` (``{"sex": ["F", "M", None, ...]}``);
+        adds ``by_group``, the figures per value of each group with patient-bootstrap
+        intervals (see :func:`xrayfeat.analysis.subgroups.by_group`).
 
     Returns
     -------
@@ -371,7 +389,8 @@ def score(
     {source: {n, accuracy, balanced_accuracy, ci_accuracy}}), ``calibration``
     (see :func:`calibration`) and ``operating_points`` (when ``thresholds`` given;
     see :func:`operating_points`, bootstrapped with a generator of its own from
-    ``seed``, so that every other value is the same with or without it).
+    ``seed``, so that every other value is the same with or without it) and
+    ``by_group`` (when ``subgroups`` given; a generator of its own too).
 
     Predictions are the argmax of ``proba`` (ties go to the lower index; for a
     sigmoid that is a 0.5 threshold with 0.5 itself predicting ``classes[0]``).
@@ -444,6 +463,10 @@ def score(
                 entry["ci_accuracy"] = _interval(d["accuracy"], ci)
             by_source[name] = entry
         result["by_source"] = by_source
+    if subgroups is not None:
+        from xrayfeat.analysis.subgroups import by_group  # it builds on this module
+
+        result["by_group"] = by_group(subgroups, y, p, classes, groups=grp, n_boot=n_boot, seed=seed, ci=ci)
 
     result["calibration"] = calibration(y, p, classes)
     if thresholds is not None:

@@ -14,6 +14,8 @@ A :class:`Dataset` is the list of labelled image files that every later step
     to ``train``. Instead of ``label``, a ``labels`` column (``A|B``) or one
     column per finding (1, 0, -1 uncertain, blank) makes a multi-label task, and
     ``group:NAME`` columns put images in patient groups: see :mod:`xrayfeat.data.labels`.
+    A DICOM file's header puts it in the groups ``sex``, ``age`` and ``view``
+    where no such column says otherwise (:func:`xrayfeat.data.images.dicom_groups`).
 
 Every item carries the SHA-256 of its file's bytes, because the feature store is
 keyed by content, not by path: the same image in two datasets is extracted once,
@@ -344,6 +346,11 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     a ``path`` column and ``patient_id``/``source`` columns, they annotate the
     items it lists (a manifest with other columns is ignored).
 
+    DICOM files (``.dcm``, ``.dicom``) get the groups their headers state
+    (``sex``, ``age`` band, ``view``; see :func:`xrayfeat.data.images.dicom_groups`),
+    except a group the manifest has a ``group:NAME`` column for: the column wins,
+    even where its cell is empty. Only DICOM headers are read for this.
+
     ``classes`` keeps only those classes (see :meth:`Dataset.select_classes`);
     files of other classes are neither checked nor hashed. ``hash_cache`` is a
     JSON file reused across runs so unchanged files are not read again.
@@ -367,7 +374,7 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     if os.path.isdir(absolute):
         layout, found = _scan_folders(absolute, shown_root, suffixes, wanted, problems)
         root = absolute
-        annotations = _read_annotations(os.path.join(absolute, MANIFEST_NAME))
+        annotations, declared = _read_annotations(os.path.join(absolute, MANIFEST_NAME))
         if annotations:
             found = [
                 f._replace(patient_id=annotations[f.relpath][0], source=annotations[f.relpath][1],
@@ -378,8 +385,9 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     elif os.path.isfile(absolute) and absolute.lower().endswith(".csv"):
         layout = "manifest"
         root = os.path.dirname(absolute)
-        found, findings = _read_manifest(absolute, shown_root, suffixes, problems)
+        found, findings, declared = _read_manifest(absolute, shown_root, suffixes, problems)
         if findings is not None:
+            found = _with_dicom_groups(found, declared)
             return _multilabel(Path(root), found, findings, wanted, hash_cache, problems, shown_root)
         labels = {f.label for f in found} | {s.label for s in problems.skipped}
         _check_wanted(wanted, labels, shown_root)
@@ -394,6 +402,7 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     all_classes = sorted({f.label for f in found} | {s.label for s in problems.skipped})
     if not all_classes:
         raise DatasetError(f"{shown_root}: no classes found; expected DATA/<class>/<image>, DATA/<split>/<class>/<image> or a CSV manifest")
+    found = _with_dicom_groups(found, declared)
     cache = HashCache(hash_cache)
     items = _hash(found, cache, problems)
     cache.save()
@@ -636,8 +645,9 @@ def _normalise_relpath(value: str) -> str:
     return posixpath.normpath(value.strip().replace("\\", "/"))
 
 
-def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None, tuple]] | None:
-    """patient_id, source and groups per relpath from a folder's manifest.csv, or None if it has no such columns.
+def _read_annotations(manifest: str) -> tuple[dict[str, tuple[str | None, str | None, tuple]] | None, frozenset[str]]:
+    """patient_id, source and groups per relpath from a folder's manifest.csv (None if it has no such columns),
+    and the names of its ``group:NAME`` columns.
 
     Written by the phantom generator; a manifest with other columns (like the
     real sample's ``relpath,...,label,...``) or one that cannot be read is ignored.
@@ -648,7 +658,7 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None, 
             header = [name.strip().lower() for name in next(reader, [])]
             group_columns = _group_columns(header)
             if "path" not in header or not ({"patient_id", "source"} & set(header) or group_columns):
-                return None
+                return None, frozenset()
             _refuse_duplicate_columns(header, manifest)
             i_path = header.index("path")
             i_pid = header.index("patient_id") if "patient_id" in header else None
@@ -659,11 +669,11 @@ def _read_annotations(manifest: str) -> dict[str, tuple[str | None, str | None, 
                     continue
                 annotations[_normalise_relpath(csv_value(row[i_path].strip()))] = (
                     _cell(row, i_pid), _cell(row, i_src), _groups(row, group_columns))
-            return annotations
+            return annotations, frozenset(name for name, _ in group_columns)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         if not isinstance(error, FileNotFoundError):
             logger.debug("ignoring %s: %s", manifest, error)
-        return None
+        return None, frozenset()
 
 
 def _group_columns(header: list[str]) -> list[tuple[str, int]]:
@@ -680,6 +690,22 @@ def _groups(row: list[str], columns: list[tuple[str, int]]) -> tuple[tuple[str, 
         if value is not None:
             pairs.append((name, value))
     return tuple(sorted(pairs))
+
+
+def _with_dicom_groups(found: list[_Found], declared: frozenset[str]) -> list[_Found]:
+    """Found files with the groups their DICOM headers state (:func:`images.dicom_groups`) added.
+
+    Only DICOM files are opened, and only their headers; a group the manifest
+    has a column for (``declared``) is the manifest's, even where its cell is empty.
+    """
+    out = []
+    for f in found:
+        if _suffix(f.path) in images.DICOM_SUFFIXES:
+            stated = [(name, value) for name, value in images.dicom_groups(f.path) if name not in declared]
+            if stated:
+                f = f._replace(groups=tuple(sorted({**dict(stated), **dict(f.groups)}.items())))
+        out.append(f)
+    return out
 
 
 def _cell(row: list[str], index: int | None) -> str | None:
@@ -719,11 +745,12 @@ def _outside(path: str, base: str, real_base: str, real_dirs: dict[str, str]) ->
 
 
 def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
-                   problems: _Problems) -> tuple[list[_Found], tuple[str, ...] | None]:
+                   problems: _Problems) -> tuple[list[_Found], tuple[str, ...] | None, frozenset[str]]:
     """Parse a CSV manifest into found files, checking columns, splits and that files exist.
 
-    Returns the found files and, for a multi-label manifest, its findings (see
-    :func:`xrayfeat.data.labels.label_columns`); None for a single-label one.
+    Returns the found files, for a multi-label manifest its findings (see
+    :func:`xrayfeat.data.labels.label_columns`; None for a single-label one),
+    and the names of its ``group:NAME`` columns.
 
     Its values are only ever data: paths are joined to the manifest's folder and
     must stay inside it; nothing is evaluated or handed to a shell.
@@ -844,7 +871,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
             raise DatasetError(f"{shown_csv}: the 'labels' column names no finding; write findings as A|B")
         found = [f._replace(findings=tuple(1.0 if name in names else 0.0 for name in findings))
                  for f, names in zip(found, named_labels)]
-    return found, findings
+    return found, findings, frozenset(name for name, _ in group_columns)
 
 
 def _finding_names(written: list[str], columns: list[int], shown_csv: str) -> tuple[str, ...]:

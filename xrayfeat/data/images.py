@@ -47,6 +47,7 @@ with the PNG/JPEG plugin classes directly, and replaced by ours).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -56,16 +57,19 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
-from xrayfeat.errors import ImageReadError
+from xrayfeat.data.labels import age_band
+from xrayfeat.errors import ImageReadError, control_characters
 
 __all__ = [
     "DECODE_VERSION",
     "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "MAX_DECODE_BYTES_ENV",
     "MAX_PIXELS_ENV",
     "decode_bytes",
+    "dicom_groups",
     "probe",
     "read_gray",
     "read_image",
@@ -73,6 +77,9 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 """File suffixes treated as images (compare ``Path.suffix.lower()``)."""
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+"""The image suffixes of DICOM files: the only files whose headers :func:`dicom_groups` reads."""
 
 DEFAULT_MAX_PIXELS = 150_000_000
 """Largest width x height decoded; more is refused as a likely decompression
@@ -673,3 +680,64 @@ def _dicom_decode_error(path: str, ds, exc: BaseException) -> ImageReadError:
         path, f"pixel data is compressed as '{name}' ({uid}) and could not be decoded ({_why(exc)}); "
         f"if the file is intact, install a decoder for it: {fix}"
     )
+
+
+# -- patient groups from DICOM headers ------------------------------------------------
+
+_DICOM_GROUP_TAGS = ("PatientSex", "PatientAge", "ViewPosition")
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}  # DICOM AS: nnnD, nnnW, nnnM, nnnY
+_SEXES = frozenset({"F", "M"})
+
+
+def dicom_groups(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
+    """The patient groups a DICOM header states: ``(("age", "60-80"), ("sex", "F"), ("view", "PA"))``, sorted.
+
+    Reads only the three elements, never the pixel data: PatientSex (0010,0040)
+    gives ``sex`` (F or M; O and anything else are left out), PatientAge
+    (0010,1010; ``065Y``, ``012M``, ``003W``, ``010D``, or a bare number of
+    years) gives ``age`` as a band of :data:`xrayfeat.data.labels.AGE_BANDS`,
+    and ViewPosition (0018,5101) gives ``view``, upper case. An element that is
+    absent, empty or unreadable is left out, and so is every group of a file
+    whose header cannot be read (decoding it later says what is wrong with it).
+    """
+    import pydicom
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid values are common in real headers; see _decode
+            ds = pydicom.dcmread(f, force=True, stop_before_pixels=True, specific_tags=list(_DICOM_GROUP_TAGS))
+            sex, age, view = (_dicom_text(ds, tag) for tag in _DICOM_GROUP_TAGS)
+    except _dicom_errors():
+        return ()
+    pairs = []
+    band = _dicom_age(age)
+    if band is not None:
+        pairs.append(("age", band))
+    if sex is not None and sex.upper() in _SEXES:
+        pairs.append(("sex", sex.upper()))
+    if view is not None:
+        pairs.append(("view", view.upper()))
+    return tuple(pairs)
+
+
+def _dicom_text(ds, tag: str) -> str | None:
+    """One element's value as stripped text; None when absent, empty, multi-valued or holding control characters."""
+    from pydicom.multival import MultiValue
+
+    value = ds.get(tag)
+    if value is None or isinstance(value, (MultiValue, list, tuple, bytes)):
+        return None
+    text = str(value).strip()
+    return text if text and not control_characters(text) else None
+
+
+def _dicom_age(text: str | None) -> str | None:
+    """The age band of a DICOM age string (``065Y`` is 65 years, ``012M`` one year, ``003W`` three weeks)."""
+    if not text:
+        return None
+    unit = text[-1].upper()
+    digits = (text[:-1] if unit in _AGE_UNITS else text).strip()
+    if not re.fullmatch(r"[0-9]{1,3}", digits):
+        return None
+    return age_band(int(digits) * _AGE_UNITS.get(unit, 1.0))
