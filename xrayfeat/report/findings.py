@@ -8,7 +8,7 @@ baseline's macro ROC-AUC), :func:`results_table` each model's,
 :func:`findings_table` each finding's (prevalence, ROC-AUC and average
 precision with intervals, the threshold chosen on validation and the
 sensitivity and specificity it gives on test), and
-:func:`external_table` the head's findings internal → external.
+`external_findings_table` the head's findings internal → external.
 
 :func:`group_tables` shows the ``by_group`` figures of any run (sex, age
 band, view...), each value's headline figure with its interval, so that a gap
@@ -24,7 +24,7 @@ from __future__ import annotations
 from xrayfeat.report.cells import DASH, difference, number, signed_number, whole, with_ci
 from xrayfeat.report.document import Heading, Para, Table
 
-__all__ = ["is_multilabel", "comparison_columns", "results_table", "findings_table", "external_table",
+__all__ = ["is_multilabel", "comparison_columns", "results_table", "findings_table", "external_findings_table",
            "group_tables", "by_source_table", "MULTILABEL_NOTE"]
 
 #: What a multi-label run's figures mean, said under its tables.
@@ -79,7 +79,7 @@ def findings_table(head: dict) -> Table:
                   "Sensitivity", "Specificity"], rows, set(range(1, 9)))
 
 
-def external_table(r) -> Table:
+def external_findings_table(r) -> Table:
     """The head's ROC-AUC per finding on its own test split beside each external dataset's, and the change."""
     header = ["Finding", "Internal ROC-AUC"]
     for e in r.external:

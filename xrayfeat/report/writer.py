@@ -592,7 +592,7 @@ def _external_section(r: _Run, out: Path) -> list:
     if not r.external:
         return []
     multilabel = findings.is_multilabel(r.head)
-    table, present = (findings.external_table(r), False) if multilabel else _external_table(r)
+    table, present = (findings.external_findings_table(r), False) if multilabel else _external_table(r)
     blocks: list = [Heading(3, "Internal vs external"), table]
     blocks += [Para(note) for note in (_carry_note(r, e) for e in r.external) if note]
     blocks.append(Para("Internal: the run's own test split. Δ is external − internal: negative means worse on the "
