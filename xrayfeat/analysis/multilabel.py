@@ -482,3 +482,20 @@ def _operating_points(t: np.ndarray, m: np.ndarray, p: np.ndarray, names: list[s
     for i, (name, where) in enumerate(points):
         scored[name][where] = _point(cells[:, i].sum(axis=0), dict(intervals[i]))
     return {"rule": str(rule), "chosen_on": "validation", "classes": scored}
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+#: Fewer positive test images than this make a finding's AUROC interval too wide to compare.
+FEW_POSITIVES = 10
+
+
+def few_positives_warning(head_metrics: dict) -> str | None:
+    """A sentence naming the findings with fewer than :data:`FEW_POSITIVES` counted positive test images."""
+    few = [f"{name} ({entry['positives']})" for name, entry in head_metrics["per_finding"].items()
+           if entry["positives"] < FEW_POSITIVES]
+    if not few:
+        return None
+    return (f"findings with fewer than {FEW_POSITIVES} positive test images: {', '.join(few)}; their AUROC "
+            f"intervals are wide, so treat differences between them as noise")

@@ -37,7 +37,7 @@ def export_cmd(run, out, format_, as_json):
     result = export_run(run, out, format=format_)
 
     def human(err):
-        say(f"exported {run} to {result.model} ({result.bytes / 1e6:.1f} MB, {len(result.classes)} classes, "
+        say(f"exported {run} to {result.model} ({result.bytes / 1e6:.1f} MB, {len(result.classes)} {'findings' if result.multilabel else 'classes'}, "
             f"{result.image_size} px {result.input_dtype} input)"
             + ("  [RANDOM WEIGHTS]" if result.random_weights else ""), err=err)
 

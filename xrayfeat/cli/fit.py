@@ -80,7 +80,7 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
         out = console(err)
         out.print(table)
         if result.operating:
-            out.print(_operating_table(result.operating, result.test["n"]))
+            out.print(_operating_table(result.operating, result.test["n"], "macro_roc_auc" in result.test))
         if result.repeats:
             out.print(_repeats_line(result.repeats))
         t = result.timings
@@ -113,8 +113,11 @@ def _single_label_rows(table, result) -> None:
                       f"{m['loss']:.3f}")
 
 
-def _operating_table(operating: dict, n: int):
-    """The head's operating points: per class, at argmax and at the threshold chosen on validation."""
+def _operating_table(operating: dict, n: int, multilabel: bool = False):
+    """The head's operating points: per class, at argmax and at the threshold chosen on validation.
+
+    A multi-label head has no argmax: each finding is called at p > 0.5, then at its threshold.
+    """
     from rich.table import Table
 
     table = Table(title=f"head operating points on test ({n} images; threshold: {operating['rule']}, chosen on "
@@ -124,7 +127,7 @@ def _operating_table(operating: dict, n: int):
     keys = ("sensitivity", "specificity", "ppv", "npv", "f1")
     for name, entry in operating["classes"].items():
         argmax, at = entry["argmax"], entry.get("at_threshold")
-        table.add_row(name, "argmax", "-", *[_fraction(argmax.get(key)) for key in keys])
+        table.add_row(name, "p > 0.5" if multilabel else "argmax", "-", *[_fraction(argmax.get(key)) for key in keys])
         threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
         table.add_row("", "threshold", threshold, *[_fraction(at.get(key) if at else None) for key in keys])
         if entry.get("note"):

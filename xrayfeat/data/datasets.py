@@ -106,7 +106,7 @@ class Item:
 
     In a multi-label task, ``findings`` holds the value of each finding of
     :attr:`Dataset.classes` as the table gives it (1.0, 0.0, -1.0 uncertain,
-    NaN blank) and ``label`` the positive findings joined by ``|`` (``-`` for
+    NaN blank) and ``label`` the positive findings joined by ``|`` (empty for
     none); in a single-label task ``findings`` is None. ``groups`` holds the
     image's ``(group, value)`` pairs (``("sex", "F")``), sorted, for the
     subgroup metrics.
@@ -805,7 +805,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
             names = split_labels(_cell(row, col["labels"]) or "")
             for name in names:
                 _check_class_name(name, f"{shown_csv}: line {line}")
-            label = "|".join(names) or "-"
+            label = "|".join(names)
         else:
             where = f"{shown_csv}: line {line}"
             values = tuple(finding_value(row[i] if i < len(row) else "", where=where, column=written[i])

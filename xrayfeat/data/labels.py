@@ -110,9 +110,9 @@ def split_labels(cell: str) -> list[str]:
 
 
 def positive_names(findings, classes) -> str:
-    """An image's label text in a multi-label task: its positive findings joined by ``|``, or ``-`` for none."""
+    """An image's label text in a multi-label task: its positive findings joined by ``|`` (empty for none)."""
     names = [name for name, value in zip(classes, findings) if value == 1.0]
-    return LABELS_SEPARATOR.join(names) if names else "-"
+    return LABELS_SEPARATOR.join(names) if names else ""
 
 
 def targets(values: np.ndarray, uncertain: str = "ignore") -> tuple[np.ndarray, np.ndarray]:

@@ -171,7 +171,7 @@ def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int, 
     proba = cams.proba[i]
     predicted, explained = int(proba.argmax()), int(cams.target[i])
     cam = cams.maps[i]
-    called = None if thresholds is None else "|".join(c for c, p, t in zip(classes, proba, thresholds) if p >= t) or "-"
+    called = None if thresholds is None else "|".join(c for c, p, t in zip(classes, proba, thresholds) if p >= t)
     npz = sibling(base, ".npz")
     with atomic_path(npz, suffix=".npz") as tmp:
         np.savez(tmp, cam=cam, channel_weights=cams.weights[i], explained=np.array(classes[explained]),
@@ -181,13 +181,14 @@ def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int, 
                  image_size=np.int64(size), sha256=np.array(item.sha256), path=np.array(str(item.path)))
     title = f"predicted: {classes[predicted]} (p = {proba[predicted]:.3f})"
     if called is not None:
-        title = f"Grad-CAM of {classes[explained]} (p = {proba[explained]:.3f})\nfindings called: {called}"
+        title = f"Grad-CAM of {classes[explained]} (p = {proba[explained]:.3f})\nfindings called: {called or 'none'}"
     elif explained != predicted:
         title += f"\nGrad-CAM of {classes[explained]} (p = {proba[explained]:.3f})"
     note = f"{cam.shape[0]}×{cam.shape[1]} map at {layer}, upsampled to {size} px · {item.relpath}"
     png = plot_overlay(read_image(item.path, size), cam, sibling(base, ".png"), title=title, note=note)
-    return {"path": str(item.path), "sha256": item.sha256, "predicted": called or classes[predicted],
-            "probability": round(float(proba[explained if called else predicted]), 6), "explained": classes[explained],
+    multilabel = called is not None
+    return {"path": str(item.path), "sha256": item.sha256, "predicted": called if multilabel else classes[predicted],
+            "probability": round(float(proba[explained if multilabel else predicted]), 6), "explained": classes[explained],
             "png": str(png), "npz": str(npz)}
 
 

@@ -87,6 +87,7 @@ class ExportResult:
     run: str
     sha256: dict = field(default_factory=dict)  # {path relative to out: sha256}
     params: int = 0
+    multilabel: bool = False  # classes are findings, one sigmoid column each
     seconds: float = 0.0
 
     def as_json(self) -> dict:
@@ -95,7 +96,7 @@ class ExportResult:
             "classes": list(self.classes), "image_size": self.image_size, "input_dtype": self.input_dtype,
             "backbone": self.backbone, "layer": self.layer, "weights": self.weights,
             "random_weights": self.random_weights, "run": self.run, "sha256": dict(self.sha256),
-            "params": self.params, "seconds": self.seconds,
+            "params": self.params, "seconds": self.seconds, "multilabel": self.multilabel,
         }
 
 
@@ -486,4 +487,5 @@ def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> E
         image_size=facts["size"], input_dtype="uint8", backbone=info["backbone"], layer=info["layer"],
         weights=facts["weights"].identity, random_weights=facts["weights"].random, run=str(record.path),
         sha256=sha256, params=params, seconds=round(time.perf_counter() - started, 3),
+        multilabel=bool(record.multilabel),
     )

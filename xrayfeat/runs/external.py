@@ -44,6 +44,7 @@ from xrayfeat.runs.outputs import OutputError, check_output
 from xrayfeat.runs.prediction import run_cache_dir, score_images
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.analysis.scoring import evaluate_models, headline
+from xrayfeat.analysis.multilabel import few_positives_warning
 from xrayfeat.analysis.subgroups import GROUP_GAP, group_gap_warnings
 
 log = logging.getLogger("xrayfeat")
@@ -264,9 +265,14 @@ def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
     found = []
     if run.record.random_weights:
         found.append(runs.RANDOM_WEIGHTS_WARNING)
-    tiny = metrics.tiny_test_warning(len(dataset), results["head"].get("accuracy"))
-    if tiny:
-        found.append(RunWarning("small_test", tiny))
+    if "per_finding" in results["head"]:  # a finding's interval is as wide as its positives are few
+        few = few_positives_warning(results["head"])
+        if few:
+            found.append(RunWarning("small_test", few))
+    else:
+        tiny = metrics.tiny_test_warning(len(dataset), results["head"]["accuracy"])
+        if tiny:
+            found.append(RunWarning("small_test", tiny))
     if "per_finding" not in results["head"]:  # a multi-label breakdown by source has no accuracy to compare
         gap = metrics.source_gap_warning(results["head"].get("by_source"))
         if gap:

@@ -60,6 +60,7 @@ from xrayfeat.errors import DatasetError, XrayfeatError, one_line
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
+from xrayfeat.analysis.multilabel import few_positives_warning
 from xrayfeat.analysis.subgroups import GROUP_GAP, group_gap_warnings
 from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
 from xrayfeat.fileio import write_json, writing_to
@@ -459,10 +460,10 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
     )
     found += [RunWarning("leakage", text) for text in metrics.overlap_warnings(overlap)]
     multilabel = "per_finding" in head_metrics
-    tiny = metrics.tiny_test_warning(len(test), head_metrics.get("accuracy"))
+    tiny = None if multilabel else metrics.tiny_test_warning(len(test), head_metrics["accuracy"])
     if tiny:
         found.append(RunWarning("small_test", tiny))
-    if multilabel:
+    if multilabel:  # a finding's interval is as wide as its positives are few
         few = few_positives_warning(head_metrics)
         if few:
             found.append(RunWarning("small_test", few))
@@ -472,7 +473,7 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
                                                     if n != "pixels"])
         sentinel = metrics.sentinel_warning(deep, baseline_metrics["pixels"][figure])
         if sentinel:
-            found.append(RunWarning("shortcut", f"{figure.replace('_', ' ')}: {sentinel}" if multilabel else sentinel))
+            found.append(RunWarning("shortcut", f"macro ROC-AUC: {sentinel}" if multilabel else sentinel))
     if head_metrics.get("by_source") and not multilabel:
         gap = metrics.source_gap_warning(head_metrics["by_source"])
         if gap:
@@ -484,20 +485,6 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
         if imbalance:
             found.append(RunWarning("imbalance", imbalance))
     return found
-
-
-#: Fewer positive test images than this make a finding's AUROC interval too wide to compare.
-FEW_POSITIVES = 10
-
-
-def few_positives_warning(head_metrics: dict) -> str | None:
-    """A sentence naming the findings with fewer than :data:`FEW_POSITIVES` counted positive test images."""
-    few = [f"{name} ({entry['positives']})" for name, entry in head_metrics["per_finding"].items()
-           if entry["positives"] < FEW_POSITIVES]
-    if not few:
-        return None
-    return (f"findings with fewer than {FEW_POSITIVES} positive test images: {', '.join(few)}; their AUROC "
-            f"intervals are wide, so treat differences between them as noise")
 
 
 def _timings(split: _Split, trained, baselines_seconds: float, started: float) -> dict:

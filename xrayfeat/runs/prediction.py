@@ -214,7 +214,7 @@ def predictions_table(scored: Scored, classes, thresholds: dict | None = None):
 
     A multi-label run passes ``thresholds`` ({model: (K,) thresholds}, see
     :func:`finding_thresholds`): a model's ``predicted`` cell then names the
-    findings at or above their thresholds, joined by ``|`` (``-`` for none).
+    findings at or above their thresholds, joined by ``|`` (empty for none).
     """
     import pandas as pd
 
@@ -225,7 +225,7 @@ def predictions_table(scored: Scored, classes, thresholds: dict | None = None):
             columns[f"{name}:predicted"] = [classes[k] for k in proba.argmax(axis=1)]
         else:
             called = proba >= thresholds[name][None, :]
-            columns[f"{name}:predicted"] = ["|".join(c for c, on in zip(classes, row) if on) or "-" for row in called]
+            columns[f"{name}:predicted"] = ["|".join(c for c, on in zip(classes, row) if on) for row in called]
         for k, c in enumerate(classes):
             columns[f"{name}:{c}"] = proba[:, k]
     return pd.DataFrame(columns)
