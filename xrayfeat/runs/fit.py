@@ -645,11 +645,12 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
              best_epoch=trained.settings.get("best_epoch"))
     files = {"head": "head.keras", "metrics": "metrics.json", "history": "history.csv",
              "predictions": "predictions.csv", "predictions_val": "predictions-val.csv", "splits": "splits.csv",
-             "curves": "curves.png", "roc": "roc.png", "calibration": "calibration.png"}
-    if not split.multilabel:  # findings have no confusion matrix: each has its operating point instead
+             "curves": "curves.png", "confusion": "confusion.png", "roc": "roc.png", "calibration": "calibration.png"}
+    if split.multilabel:  # findings have no confusion matrix: each has its operating point instead
+        del files["confusion"]
+    else:
         _guarded(guard, plots.plot_confusion, head_metrics["confusion"], list(classes), run_dir / "confusion.png",
                  title=title)
-        files["confusion"] = "confusion.png"
     _guarded(guard, plots.plot_roc, split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title,
              mask=split.mask_test)
     models = {"head": head_metrics, **summary["baselines"]}
