@@ -140,8 +140,11 @@ def _fraction(value) -> str:
 
 
 def _repeats_line(repeats: dict) -> str:
-    """The head's accuracy across seeds, beside the single run's bootstrap interval."""
-    acc = repeats["head"]["accuracy"]
+    """The head's accuracy (a multi-label head's macro ROC-AUC) across seeds, beside the single run's bootstrap interval."""
+    key = "macro_roc_auc" if "macro_roc_auc" in repeats["head"] else "accuracy"
+    acc = repeats["head"][key]
     seeds = repeats["seeds"]
-    return (f"head accuracy over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}): mean {acc['mean']:.3f}, "
-            f"SD {acc['sd']:.3f}, range {acc['min']:.3f}–{acc['max']:.3f}")
+    if acc is None:
+        return f"head {key.replace('_', ' ')} over {len(seeds)} seeds: undefined in some seed"
+    return (f"head {key.replace('_roc_auc', ' ROC-AUC')} over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}): mean "
+            f"{acc['mean']:.3f}, SD {acc['sd']:.3f}, range {acc['min']:.3f}–{acc['max']:.3f}")
