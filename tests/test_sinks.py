@@ -209,7 +209,7 @@ def _renamed(value, names: dict):
 
 
 def _item(relpath, sha256, label, patient_id=None, source=None):
-    return SimpleNamespace(relpath=relpath, sha256=sha256, label=label, patient_id=patient_id, source=source)
+    return SimpleNamespace(relpath=relpath, sha256=sha256, label=label, patient_id=patient_id, source=source, groups=())
 
 
 @pytest.fixture(scope="module")
