@@ -139,3 +139,16 @@ def test_a_finding_column_with_an_unknown_value_is_refused_in_one_line(study, tm
     done = run_cli_here("inspect", bad)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "'2.0'" in done.stderr and "bad.csv" in done.stderr
+
+
+def test_a_multilabel_map_colours_by_the_one_positive_finding_else_several_or_none(study):
+    from xrayfeat.data.datasets import discover
+    from xrayfeat.runs.maps import NONE, SEVERAL, map_colours
+
+    dataset = discover(study["manifest"])
+    labels, names = map_colours(dataset)
+    assert names == [*FINDINGS, SEVERAL, NONE]
+    positive = dataset.targets == 1
+    for k, row in zip(labels, positive):
+        expected = int(np.argmax(row)) if row.sum() == 1 else (3 if row.sum() > 1 else 4)
+        assert k == expected
