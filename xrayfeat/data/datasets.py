@@ -52,6 +52,8 @@ a stable order: by split (``train``, ``val``, ``test``), then label, then path.
 from __future__ import annotations
 
 import csv
+import functools
+import gc
 import logging
 import operator
 import os
@@ -338,6 +340,29 @@ class _Problems:
             raise error
 
 
+def _cycle_collection_paused(function):
+    """Run ``function`` with Python's cycle collector paused (and resumed after, if it ran before).
+
+    Discovery allocates an object or three per image and frees no cycles; on
+    10^5 images the collector's full passes, each walking every object alive,
+    were a third of a warm discovery (4.7 of 14.8 s for 224,316 manifest rows).
+    Reference counting still frees everything as usual.
+    """
+
+    @functools.wraps(function)
+    def paused(*args, **kwargs):
+        running = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if running:
+                gc.enable()
+
+    return paused
+
+
+@_cycle_collection_paused
 def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
              hash_cache: str | os.PathLike | None = None, on_error: str = "fail") -> Dataset:
     """Find the labelled images in a folder or CSV manifest and hash them.
@@ -719,9 +744,36 @@ def _outside(path: str, is_link: bool, real_base: str, real_dirs: dict[str, str]
     folder = os.path.dirname(path)
     real_dir = real_dirs.get(folder)
     if real_dir is None:
-        real_dir = real_dirs[folder] = os.path.realpath(folder)
+        real_dir = _real_folder(folder, real_dirs)
     real = os.path.realpath(path) if is_link else os.path.join(real_dir, os.path.basename(path))
     return None if real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep) else real
+
+
+def _real_folder(folder: str, real_dirs: dict[str, str]) -> str:
+    """``os.path.realpath(folder)``, from the nearest folder above it already resolved: one ``lstat`` per new folder.
+
+    A folder that is not a link resolves to its parent's real path joined with
+    its name, as ``realpath`` resolves it component by component; a link is
+    resolved by ``realpath`` itself. ``real_dirs`` keeps every folder resolved
+    (a CheXpert manifest has a folder per study: 10^5 folders, each resolved once).
+    """
+    todo = []
+    while folder not in real_dirs:
+        parent, name = os.path.split(folder)
+        if not name or parent == folder:  # the file system's root
+            real_dirs[folder] = os.path.realpath(folder)
+            break
+        todo.append(folder)
+        folder = parent
+    real = real_dirs[folder]
+    for folder in reversed(todo):
+        link = _lstat(folder)
+        if link is not None and stat.S_ISLNK(link.st_mode):
+            real = os.path.realpath(folder)
+        else:
+            real = os.path.join(real, os.path.basename(folder))
+        real_dirs[folder] = real
+    return real
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -785,7 +837,8 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     seen: dict[str, int] = {}
     missing_files: list[str] = []
     bad_splits: dict[str, int] = {}
-    real_base, real_dirs = os.path.realpath(base), {}
+    real_base = os.path.realpath(base)
+    real_dirs = {base: real_base}
     base_prefix = base if base.endswith(os.sep) else base + os.sep  # base is absolute and normalised (discover's)
     value_of = FINDING_VALUES.get
     if kind == "findings" and finding_columns:
@@ -904,16 +957,19 @@ def _hash(found: list[_Found], cache: HashCache, problems: _Problems) -> list[It
     """
     stats, digests = hash_files([f.path for f in found], cache, lambda i, reason: problems.error(found[i], reason),
                                 known=[f.file_stat for f in found])
-    folders: dict[str, Path] = {}  # one Path per folder, then a cheap join per file
+    folders: dict[str, Path] = {}  # a folder's Path, kept from its first file's: then a cheap join per file
     items = []
     for f, st, digest in zip(found, stats, digests):
         if digest is None:
             continue
         folder, name = os.path.split(f.path)
         parent = folders.get(folder)
-        if parent is None:
-            parent = folders[folder] = Path(folder)
-        items.append(Item(parent / name, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
+        if parent is None:  # one parse of the whole path (a CheXpert study folder holds one to three images)
+            path = Path(f.path)
+            folders[folder] = path.parent
+        else:
+            path = parent / name
+        items.append(Item(path, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
                           f.findings, f.groups))
     return items
 
