@@ -37,7 +37,9 @@ __all__ = ["AGE_BANDS", "FINDING_CELLS", "GROUP_COLUMNS", "PATIENT_SPLIT", "VALI
 
 #: The age groups of the subgroup metrics (CheXclusion's bands), each lower bound inclusive.
 AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
-#: The group columns every converted manifest has, in this order (an empty cell: unknown).
+#: The group columns of a converted manifest whose tables know the patients' groups, in this order (an empty
+#: cell: unknown). A dataset whose tables do not (RSNA, COVIDx) writes none, so that discovery takes a DICOM
+#: file's groups from its header.
 GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
 #: A finding cell of CheXpert's and MIMIC-CXR's tables, and what the manifest writes for it.
 FINDING_CELLS = {"1.0": "1", "1": "1", "0.0": "0", "0": "0", "-1.0": "-1", "-1": "-1", "": ""}
@@ -98,12 +100,15 @@ class Conversion:
     ``label`` column); ``missing`` lists the images the tables name that do not
     exist, as the tables name them; ``filtered`` counts rows a filter left out
     (``--frontal-only``); ``split_rule`` says where the splits come from;
-    ``counts`` holds counts particular to the dataset (RSNA's detailed classes).
+    ``counts`` holds counts particular to the dataset (RSNA's detailed classes);
+    ``groups`` says whether the manifest has the :data:`GROUP_COLUMNS` (False
+    where the tables say nothing of sex, age and view).
     """
 
     tables: list[Path]
     findings: tuple[str, ...] | None
     split_rule: str
+    groups: bool = True
     rows: list[Row] = field(default_factory=list)
     table_rows: int = 0
     missing: list[str] = field(default_factory=list)

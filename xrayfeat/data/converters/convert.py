@@ -199,7 +199,8 @@ def convert_manifest(dataset: str, root: str | os.PathLike, out: str | os.PathLi
 def _manifest_lines(conversion: Conversion, prefix: str, shown_out: str) -> list[list[str]]:
     """The manifest's header and rows; a path that would leave the manifest's folder, or one listed twice, is refused."""
     label_columns = list(conversion.findings) if conversion.findings is not None else ["label"]
-    lines = [["path", "patient_id", "source", "split", *label_columns, *GROUP_COLUMNS]]
+    groups = conversion.groups
+    lines = [["path", "patient_id", "source", "split", *label_columns, *(GROUP_COLUMNS if groups else ())]]
     seen: dict[str, tuple[str, int]] = {}
     join, normpath = posixpath.join, posixpath.normpath
     for row in conversion.rows:
@@ -214,7 +215,10 @@ def _manifest_lines(conversion: Conversion, prefix: str, shown_out: str) -> list
                 f"{row.where[0]}: line {row.where[1]}: the image {row.path} is also on line {first[1]} of "
                 f"{first[0]}; keep one row per image"))
         seen[path] = row.where
-        lines.append([path, row.patient_id, row.source, row.split, *row.cells, row.sex, row.age, row.view])
+        line = [path, row.patient_id, row.source, row.split, *row.cells]
+        if groups:
+            line += (row.sex, row.age, row.view)
+        lines.append(line)
     return lines
 
 

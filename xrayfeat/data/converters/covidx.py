@@ -6,7 +6,8 @@ Each line is ``patient_id filename class source``, separated by spaces (COVIDx
 (8A and earlier); one conversion uses one of the two vocabularies. Images are in
 ``ROOT/train/``, ``ROOT/val/`` and ``ROOT/test/``, the folder of the table's
 split, each folder listed once. The manifest has a ``label`` column, and its
-``source`` is the line's fourth field (the collection it came from), else ``covidx``.
+``source`` is the line's fourth field (the collection it came from), else
+``covidx``; the tables say nothing of sex, age or view, so it has no group columns.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def convert_covidx(root: Path, shown_root: str, options: ConvertOptions) -> Conv
         raise DatasetError(one_line(
             f"{shown_root}: no train.txt, val.txt nor test.txt here (COVIDx's tables); pass the folder that holds "
             f"them and the train/ and test/ image folders"))
-    conversion = Conversion(tables=[root / name for name, _ in found], findings=None,
+    conversion = Conversion(tables=[root / name for name, _ in found], findings=None, groups=False,
                             split_rule="official (" + ", ".join(f"{name}: {split}" for name, split in found) + ")")
     vocabulary: tuple[str, ...] | None = None
     first: tuple[str, int] | None = None

@@ -8,7 +8,8 @@ manifest row with a ``Pneumonia`` column, its ``Target``. The optional
 ``stage_2_detailed_class_info.csv`` (``patientId,class``) is checked against the
 labels and its classes counted in the record. RSNA has no official split of its
 labelled images: the split is patient-grouped. Sex, age and view live in the
-DICOM headers, not in the tables, so the group columns are left empty.
+DICOM headers, not in the tables, so the manifest has no group columns (and
+discovery, where it reads DICOM headers for groups, reads them there).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def convert_rsna(root: Path, shown_root: str, options: ConvertOptions) -> Conver
                 f"{shown}: line {line}: {patient} has Target {target} here and {first[0]} on line {first[1]}; "
                 f"an image's boxes share one Target; pass the dataset's own table"))
     split_of = patient_split(options.seed)
-    conversion = Conversion(tables=[path], findings=(_FINDING,), split_rule=split_of.rule(), table_rows=rows)
+    conversion = Conversion(tables=[path], findings=(_FINDING,), split_rule=split_of.rule(), table_rows=rows,
+                            groups=False)
     details = find_table(root, shown_root, (_DETAILS,))
     if details is not None:
         conversion.tables.append(details[0])
@@ -74,7 +76,7 @@ def convert_rsna(root: Path, shown_root: str, options: ConvertOptions) -> Conver
             continue
         conversion.rows.append(Row(f"{_IMAGES}/{name}", patient, split_of(patient), (target,), "", "", "", "rsna",
                                    (shown, line)))
-    conversion.notes.append("group:sex, group:age and group:view are empty: RSNA keeps them in the DICOM headers")
+    conversion.notes.append("no group columns: RSNA keeps sex, age and view in the DICOM headers, which discovery reads")
     return conversion
 
 
