@@ -17,12 +17,14 @@ format this converter does not know, never something to guess about.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -118,20 +120,16 @@ class Conversion:
 
 
 class OfficialTable:
-    """An official table, its header checked: its rows with their line numbers, cells by column name.
+    """An official table, its header checked; :meth:`lines` streams its rows (10^5 rows are never all held).
 
     ``shown`` is how refusals name it (the path as the user's ROOT makes it).
     """
 
-    def __init__(self, path: Path, shown: str, header: list[str], rows: list[list[str]], columns: dict[str, int]):
+    def __init__(self, path: Path, shown: str, header: list[str], columns: dict[str, int]):
         self.path = path
         self.shown = shown
         self.header = header
-        self.rows = rows
         self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def index(self, name: str) -> int:
         """The position of column ``name`` (one :func:`read_table` was asked to require)."""
@@ -139,9 +137,12 @@ class OfficialTable:
 
     def lines(self) -> Iterator[tuple[int, list[str]]]:
         """(line number, cells) of every row that is not blank; line 1 is the header."""
-        for line, row in enumerate(self.rows, start=2):
-            if row and any(row):
-                yield line, row
+        with _reading(self.shown), _open_text(self.path) as handle:
+            rows = csv.reader(handle)
+            next(rows, None)
+            for row in rows:
+                if row and any(row):
+                    yield rows.line_num, row
 
 
 def cell(row: list[str], index: int) -> str:
@@ -175,23 +176,28 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def read_table(path: Path, shown: str, required: tuple[str, ...], *, official: str,
-               delimiter: str = ",") -> OfficialTable:
-    """Read a CSV table (``.csv`` or ``.csv.gz``) and check that its header has every ``required`` column.
+@contextlib.contextmanager
+def _reading(shown: str):
+    """A table that cannot be read or decoded, as one line naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise DatasetError(one_line(f"{shown}: not UTF-8 text; pass the dataset's own file")) from error
+    except (OSError, EOFError, csv.Error, gzip.BadGzipFile, zlib.error) as error:
+        raise DatasetError(one_line(f"{shown}: cannot read it ({error}); download it again")) from error
+
+
+def read_table(path: Path, shown: str, required: tuple[str, ...], *, official: str) -> OfficialTable:
+    """Open a CSV table (``.csv`` or ``.csv.gz``) and check that its header has every ``required`` column.
 
     Column names are compared exactly (case and spaces), after stripping each
     cell; trailing empty header cells (a trailing comma, as NIH's 2017 table
     has) are dropped. ``official`` is the header as the dataset publishes it,
-    quoted by the refusal.
+    quoted by the refusal. The rows are read by :meth:`OfficialTable.lines`.
     """
-    try:
-        with _open_text(path) as handle:
-            rows = list(csv.reader(handle, delimiter=delimiter))
-    except UnicodeDecodeError as error:
-        raise DatasetError(one_line(f"{shown}: not UTF-8 text; pass the dataset's own table")) from error
-    except (OSError, EOFError, csv.Error, gzip.BadGzipFile) as error:
-        raise DatasetError(one_line(f"{shown}: cannot read the table ({error}); download it again")) from error
-    header = [name.strip() for name in rows[0]] if rows else []
+    with _reading(shown), _open_text(path) as handle:
+        first = next(csv.reader(handle), [])
+    header = [name.strip() for name in first]
     while header and not header[-1]:
         header.pop()
     missing = [name for name in required if name not in header]
@@ -200,19 +206,13 @@ def read_table(path: Path, shown: str, required: tuple[str, ...], *, official: s
             f"{shown}: the header lacks column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
             f"(found: {','.join(header) or 'nothing'}); this is not the official table, whose header is "
             f"{official}; pass the dataset's own file"))
-    columns = {name: header.index(name) for name in required}
-    return OfficialTable(path, shown, header, rows[1:], columns)
+    return OfficialTable(path, shown, header, {name: header.index(name) for name in required})
 
 
 def read_lines(path: Path, shown: str) -> list[tuple[int, str]]:
     """(line number, stripped text) of each non-blank line of a text file (NIH's split lists, COVIDx's tables)."""
-    try:
-        with _open_text(path) as handle:
-            return [(number, text.strip()) for number, text in enumerate(handle, start=1) if text.strip()]
-    except UnicodeDecodeError as error:
-        raise DatasetError(one_line(f"{shown}: not UTF-8 text; pass the dataset's own file")) from error
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DatasetError(one_line(f"{shown}: cannot read it ({error}); download it again")) from error
+    with _reading(shown), _open_text(path) as handle:
+        return [(number, text.strip()) for number, text in enumerate(handle, start=1) if text.strip()]
 
 
 def refuse_value(shown: str, line: int, column: str, value: str, allowed: str) -> DatasetError:
