@@ -36,7 +36,7 @@ from pathlib import Path
 
 from xrayfeat.data.converters import convert_manifest
 from xrayfeat.data.converters.chexpert import OBSERVATIONS
-from xrayfeat.data.converters.nih import FINDINGS
+from xrayfeat.data.converters.nih import NIH_FINDINGS
 from xrayfeat.data.datasets import discover
 
 NIH_IMAGES, NIH_PATIENTS = 112_120, 30_805
@@ -76,7 +76,7 @@ def write_nih(root: Path, rng: random.Random) -> None:
         for follow in range(count):
             name = f"{patient:08d}_{follow:03d}.png"
             (folders[n // per_folder] / name).write_bytes(png(n))
-            labels = "|".join(sorted(rng.sample(FINDINGS, rng.choice((1, 1, 2, 3))))) if rng.random() < 0.46 else "No Finding"
+            labels = "|".join(sorted(rng.sample(NIH_FINDINGS, rng.choice((1, 1, 2, 3))))) if rng.random() < 0.46 else "No Finding"
             lines.append(f"{name},{labels},{follow},{patient},{age},{sex},{rng.choice(('PA', 'AP'))},2500,2048,"
                          f"0.168,0.168,")
             (test if patient % 4 == 0 else train).append(name)  # patient-grouped, as the official lists

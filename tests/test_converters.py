@@ -23,8 +23,8 @@ from conftest import run_cli_here
 from xrayfeat.api import convert_manifest
 from xrayfeat.data.converters import CONVERTERS, DATASET_NAMES
 from xrayfeat.data.converters.chexpert import OBSERVATIONS
-from xrayfeat.data.converters.common import age_band, patient_split, sex_group, view_group
-from xrayfeat.data.converters.nih import FINDINGS, NO_FINDING
+from xrayfeat.data.converters.common import age_group, patient_split, sex_group, view_group
+from xrayfeat.data.converters.nih import NIH_FINDINGS, NO_FINDING
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
@@ -114,7 +114,7 @@ def test_nih_counts_patients_and_official_split_are_the_tables_own(tmp_path):
     assert record["table_rows"] == 10 and record["images"] == 9 == len(kept)
     assert record["missing"] == 1 and record["missing_paths"] == [NIH_MISSING]
     assert record["patients"] == len({r["Patient ID"] for r in kept})
-    for name in (*FINDINGS, NO_FINDING):
+    for name in (*NIH_FINDINGS, NO_FINDING):
         positives = sum(name in r["Finding Labels"].split("|") for r in kept)
         assert record["findings"][name] == {"positive": positives, "negative": 9 - positives, "uncertain": 0, "blank": 0}
     expected_split = {n: "train" for n in NIH_TRAIN_VAL} | {n: "test" for n in NIH_TEST}
@@ -142,7 +142,7 @@ def test_nih_manifest_is_discovered_as_a_multilabel_dataset(tmp_path):
     out = root / "manifest.csv"  # in ROOT itself: paths relative to ROOT
     result = convert_manifest("nih", root, out)
     dataset = discover(out)
-    assert dataset.multilabel and dataset.classes == (*FINDINGS, NO_FINDING)
+    assert dataset.multilabel and dataset.classes == (*NIH_FINDINGS, NO_FINDING)
     assert len(dataset) == result.images == 9
     targets = dataset.targets
     assert targets.shape == (9, 15)
@@ -512,7 +512,9 @@ def test_tables_absent_or_no_image_present_are_refused(tmp_path):
 def test_registry_and_groups():
     assert DATASET_NAMES == ("nih", "chexpert", "mimic", "rsna", "covidx")
     assert all(name == c.name and c.title and c.tables for name, c in CONVERTERS.items())
-    assert [age_band(a) for a in (None, 0, 19.9, 20, 59, 60, 79.5, 80, 145)] == [
-        "", "0-20", "0-20", "20-40", "40-60", "60-80", "60-80", "80+", "80+"]
+    assert [age_group(a) for a in ("", "0", "19.9", "20", "59", "60.0", "79.5", "80", "145", "058Y", "006M", "012D")] == [
+        "", "0-20", "0-20", "20-40", "40-60", "60-80", "60-80", "80+", "80+", "40-60", "0-20", "0-20"]
+    with pytest.raises(ValueError):
+        age_group("fifty")
     assert [sex_group(s) for s in ("M", "F", "Male", "female", "Unknown", "")] == ["M", "F", "M", "F", "", ""]
     assert [view_group(v) for v in ("pa", "AP", "LL", "Lateral", "")] == ["PA", "AP", "LL", "Lateral", ""]

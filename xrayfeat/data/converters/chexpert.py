@@ -22,8 +22,7 @@ from xrayfeat.data.converters.common import (
     Conversion,
     ConvertOptions,
     Row,
-    age_band,
-    age_years,
+    age_group,
     cell,
     find_table,
     read_table,
@@ -90,7 +89,7 @@ def _convert_table(path: Path, shown: str, split: str, root: Path, parent: Path,
             conversion.filtered += 1
             continue
         try:
-            years = age_years(cell(row, i_age))
+            age = age_group(cell(row, i_age))
         except ValueError:
             raise refuse_value(shown, line, "Age", cell(row, i_age), "years") from None
         inside = "/".join(parts[1:])
@@ -103,4 +102,4 @@ def _convert_table(path: Path, shown: str, split: str, root: Path, parent: Path,
             continue
         view = view_group(cell(row, i_view)) or frontal
         conversion.rows.append(Row(relpath, patient, split, tuple(cells), sex_group(cell(row, i_sex)),
-                                   age_band(years), view, "chexpert", (shown, line)))
+                                   age, view, "chexpert", (shown, line)))

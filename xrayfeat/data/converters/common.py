@@ -21,7 +21,6 @@ import contextlib
 import csv
 import gzip
 import hashlib
-import math
 import os
 import re
 import zlib
@@ -32,17 +31,17 @@ from typing import Iterator, NamedTuple
 from xrayfeat.errors import DatasetError, caller, one_line
 from xrayfeat.options.constraints import Choice, Interval, Is, option
 
-__all__ = ["AGE_BANDS", "FINDING_CELLS", "GROUP_COLUMNS", "PATIENT_SPLIT", "VALID_AS", "Conversion", "ConvertOptions",
-           "OfficialTable", "PatientSplit", "Row", "age_band", "age_years", "cell", "find_table", "flag", "image_index",
+__all__ = ["FINDING_CELLS", "PATIENT_SPLIT", "VALID_AS", "Conversion", "ConvertOptions",
+           "OfficialTable", "PatientSplit", "Row", "age_group", "cell", "find_table", "flag", "image_index",
            "listing", "patient_split", "read_lines", "read_table", "refuse_value", "require_table", "sex_group",
            "view_group"]
 
-#: The age groups of the subgroup metrics (CheXclusion's bands), each lower bound inclusive.
-AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
-#: The group columns of a converted manifest whose tables know the patients' groups, in this order (an empty
-#: cell: unknown). A dataset whose tables do not (RSNA, COVIDx) writes none, so that discovery takes a DICOM
-#: file's groups from its header.
-GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
+# The age bands of group:age (CheXclusion's, lower bound inclusive): the same as discovery's DICOM groups use
+_AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
+# The group columns of a converted manifest whose tables know the patients' groups, in this order (an empty
+# cell: unknown). A dataset whose tables do not (RSNA, COVIDx) writes none, so that discovery takes a DICOM
+# file's groups from its header.
+_GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
 #: A finding cell of CheXpert's and MIMIC-CXR's tables, and what the manifest writes for it.
 FINDING_CELLS = {"1.0": "1", "1": "1", "0.0": "0", "0": "0", "-1.0": "-1", "-1": "-1", "": ""}
 #: Where CheXpert's validation images go: the test split (what studies evaluate on) or the validation split.
@@ -103,7 +102,7 @@ class Conversion:
     exist, as the tables name them; ``filtered`` counts rows a filter left out
     (``--frontal-only``); ``split_rule`` says where the splits come from;
     ``counts`` holds counts particular to the dataset (RSNA's detailed classes);
-    ``groups`` says whether the manifest has the :data:`GROUP_COLUMNS` (False
+    ``groups`` says whether the manifest has the group columns (False
     where the tables say nothing of sex, age and view).
     """
 
@@ -247,25 +246,20 @@ _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([YyMmDd]?)")
 _AGE_UNIT = {"": 1.0, "y": 1.0, "m": 12.0, "d": 365.25}
 
 
-def age_years(text: str) -> float | None:
-    """An age as the tables write it (``58``, ``58.0``, ``058Y``, ``007M``, ``012D``) in years; None when blank.
+def age_group(text: str) -> str:
+    """The ``group:age`` cell of an age as the tables write it (``58``, ``58.0``, ``058Y``, ``007M``, ``012D``).
 
-    Raises ValueError for anything else.
+    Bands of 20 years, lower bound inclusive (``20`` is ``20-40``, ``80`` and
+    more ``80+``); '' for a blank cell. Raises ValueError for anything else.
     """
     text = text.strip()
     if not text:
-        return None
+        return ""
     match = _AGE.fullmatch(text)
     if match is None:
         raise ValueError(text)
-    return float(match.group(1)) / _AGE_UNIT[match.group(2).lower()]
-
-
-def age_band(years: float | None) -> str:
-    """The :data:`AGE_BANDS` band of an age in years (lower bound inclusive); '' when unknown."""
-    if years is None or math.isnan(years) or years < 0:
-        return ""
-    return AGE_BANDS[min(int(years // 20), len(AGE_BANDS) - 1)]
+    years = float(match.group(1)) / _AGE_UNIT[match.group(2).lower()]
+    return _AGE_BANDS[min(int(years // 20), len(_AGE_BANDS) - 1)]
 
 
 _SEXES = {"f": "F", "female": "F", "m": "M", "male": "M"}

@@ -23,8 +23,7 @@ from xrayfeat.data.converters.common import (
     Conversion,
     ConvertOptions,
     Row,
-    age_band,
-    age_years,
+    age_group,
     cell,
     read_table,
     refuse_value,
@@ -92,10 +91,10 @@ def _patients(given: str | os.PathLike) -> tuple[Path, dict[str, tuple[str, str]
     patients = {}
     for line, row in table.lines():
         try:
-            years = age_years(cell(row, i_age))
+            age = age_group(cell(row, i_age))
         except ValueError:
             raise refuse_value(shown, line, "anchor_age", cell(row, i_age), "years") from None
-        patients[cell(row, i_subject)] = (sex_group(cell(row, i_sex)), age_band(years))
+        patients[cell(row, i_subject)] = (sex_group(cell(row, i_sex)), age)
     return path, patients
 
 

@@ -1,7 +1,7 @@
 """NIH ChestX-ray14: ``Data_Entry_2017.csv`` (or ``_v2020``) and the official split lists into a manifest.
 
 The table has one row per image: ``Finding Labels`` names its findings
-(``Cardiomegaly|Effusion``) among the fourteen of :data:`FINDINGS`, or says
+(``Cardiomegaly|Effusion``) among the fourteen of :data:`NIH_FINDINGS`, or says
 ``No Finding``. The manifest gets one column per finding (1 or 0; NIH's
 labels are never uncertain nor blank) and a ``No Finding`` column, 1 where the
 table says so. Images are found by name in ``ROOT/images/`` or in the Kaggle
@@ -21,8 +21,7 @@ from xrayfeat.data.converters.common import (
     Conversion,
     ConvertOptions,
     Row,
-    age_band,
-    age_years,
+    age_group,
     cell,
     find_table,
     image_index,
@@ -36,12 +35,12 @@ from xrayfeat.data.converters.common import (
 )
 from xrayfeat.errors import DatasetError, one_line
 
-__all__ = ["FINDINGS", "NO_FINDING", "convert_nih", "image_folders"]
+__all__ = ["NIH_FINDINGS", "NO_FINDING", "convert_nih", "image_folders"]
 
 logger = logging.getLogger(__name__)
 
 #: The fourteen findings of ChestX-ray14, in the order the dataset's paper lists them.
-FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
 #: What ``Finding Labels`` says of an image without any of them; also a manifest column.
 NO_FINDING = "No Finding"
@@ -95,9 +94,9 @@ def _official_split(root: Path, shown_root: str) -> dict[str, str] | None:
 
 def _labels(value: str, shown: str, line: int) -> tuple[str, ...]:
     names = tuple(part.strip() for part in value.split("|") if part.strip())
-    allowed = f"{', '.join(FINDINGS)}, or {NO_FINDING}, joined by |"
+    allowed = f"{', '.join(NIH_FINDINGS)}, or {NO_FINDING}, joined by |"
     for name in names:
-        if name != NO_FINDING and name not in FINDINGS:
+        if name != NO_FINDING and name not in NIH_FINDINGS:
             raise refuse_value(shown, line, "Finding Labels", name, allowed)
     if not names or (NO_FINDING in names and len(names) > 1):
         raise refuse_value(shown, line, "Finding Labels", value, allowed)
@@ -113,7 +112,7 @@ def convert_nih(root: Path, shown_root: str, options: ConvertOptions) -> Convers
     official = _official_split(root, shown_root)
     split_of = None if official is not None else patient_split(options.seed)
     lists = [root / name for name, _ in _SPLIT_LISTS] if official is not None else []
-    conversion = Conversion(tables=[path, *lists], findings=(*FINDINGS, NO_FINDING),
+    conversion = Conversion(tables=[path, *lists], findings=(*NIH_FINDINGS, NO_FINDING),
                             split_rule="official (train_val_list.txt: train, test_list.txt: test)"
                             if official is not None else split_of.rule())
     if official is None:
@@ -132,7 +131,7 @@ def convert_nih(root: Path, shown_root: str, options: ConvertOptions) -> Convers
         if not patient:
             raise refuse_value(shown, line, "Patient ID", patient, "a patient number")
         try:
-            years = age_years(cell(row, i_age))
+            age = age_group(cell(row, i_age))
         except ValueError:
             raise refuse_value(shown, line, "Patient Age", cell(row, i_age), "years, as 58 or 058Y") from None
         if official is not None:
@@ -147,8 +146,8 @@ def convert_nih(root: Path, shown_root: str, options: ConvertOptions) -> Convers
         if relpath is None:
             conversion.missing.append(image)
             continue
-        cells = tuple(positive if name in names else negative for name in FINDINGS)
+        cells = tuple(positive if name in names else negative for name in NIH_FINDINGS)
         cells += (positive if names == (NO_FINDING,) else negative,)
-        conversion.rows.append(Row(relpath, patient, split, cells, sex_group(cell(row, i_sex)), age_band(years),
+        conversion.rows.append(Row(relpath, patient, split, cells, sex_group(cell(row, i_sex)), age,
                                    view_group(cell(row, i_view)), "nih", (shown, line)))
     return conversion
