@@ -239,6 +239,24 @@ def inspect(data, *, classes=None):
 
 
 @library_call
+def convert_manifest(dataset: str, root, out, **filters):
+    """``xrayfeat manifest DATASET ROOT --out OUT``: a public dataset's official tables as a manifest, reading no image.
+
+    ``dataset``: ``nih``, ``chexpert``, ``mimic``, ``rsna`` or ``covidx``
+    (:data:`~xrayfeat.data.converters.convert.CONVERTERS`). ``out`` is a ``.csv``
+    in ``root`` or a folder above it; its record is written beside it as
+    ``out.json``. ``filters``: ``frontal_only=True`` (chexpert, mimic),
+    ``valid_as="val"`` (chexpert), ``patients=PATH`` (mimic), ``seed=N`` (the
+    patient-grouped split of nih without its split lists, and of rsna). Returns a
+    :class:`~xrayfeat.data.converters.convert.ConversionResult` (counts, missing
+    images); ``as_json()`` is the record and the command's ``--json``.
+    """
+    from xrayfeat.data.converters.convert import convert_manifest as _convert_manifest
+
+    return _convert_manifest(dataset, root, out, **filters)
+
+
+@library_call
 def describe(backbone: str, n_classes: int, *, image_size: int | None = None, units: int = 256,
              dropout: float = 0.3, l2: float = 1e-3):
     """``xrayfeat describe``: the seed's full model (frozen backbone + head) and its parameter counts.

@@ -5,6 +5,7 @@
 * :mod:`.kit`: what every command shares (``--json``, one-line errors with exit codes, option
   declarations turned into click options);
 * :mod:`.data`: ``inspect`` (what a data set holds) and ``phantoms`` (a synthetic one);
+* :mod:`.manifest`: ``manifest``, a public dataset's official tables as a manifest;
 * :mod:`.describe`: ``describe``, the seed's model and its parameter counts;
 * :mod:`.weights`: ``weights status|install|download``;
 * :mod:`.extract`: ``extract``, features into the cache;

@@ -27,6 +27,7 @@ from xrayfeat.cli.export import export_cmd
 from xrayfeat.cli.extract import extract_cmd
 from xrayfeat.cli.fit import fit_head_cmd
 from xrayfeat.cli.kit import Group, quiet_frameworks, setup_logging
+from xrayfeat.cli.manifest import manifest_cmd
 from xrayfeat.cli.report import report_cmd
 from xrayfeat.cli.use import evaluate_cmd, explain_cmd, predict_cmd
 from xrayfeat.cli.weights import weights_group
@@ -54,7 +55,7 @@ def main(verbose: bool, offline: bool) -> None:
 
 
 #: The commands, in the order ``xrayfeat --help`` lists them.
-COMMANDS = (inspect_cmd, describe_cmd, weights_group, phantoms_cmd, extract_cmd, fit_head_cmd, predict_cmd,
+COMMANDS = (inspect_cmd, manifest_cmd, describe_cmd, weights_group, phantoms_cmd, extract_cmd, fit_head_cmd, predict_cmd,
             explain_cmd, evaluate_cmd, embed_cmd, report_cmd, export_cmd, demo_cmd, cache_group)
 for _command in COMMANDS:
     main.add_command(_command)

@@ -8,6 +8,8 @@
 * :mod:`.images`: decoding PNG/JPEG/DICOM into uint8 RGB (:func:`read_image`, :func:`read_gray`, :func:`probe`);
 * :mod:`.summary`: what ``inspect`` shows (:func:`summarize`, :func:`imbalance_warning`), and how a dataset looks in a
   notebook (:func:`dataset_repr`, :func:`dataset_html`);
+* :mod:`.converters`: a public dataset's official tables (NIH, CheXpert, MIMIC-CXR, RSNA, COVIDx) into a manifest
+  (:func:`convert_manifest`), reading no image;
 * :mod:`.phantoms`: built-in synthetic chest X-rays for the demo and the tests (:func:`write_phantoms`).
 
 Nothing here loads a deep-learning framework.

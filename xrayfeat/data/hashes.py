@@ -92,11 +92,14 @@ class HashCache:
             logger.warning("could not save hash cache %s (%s); files will be hashed again next time", self.path, error)
 
 
-def hash_files(paths: Sequence[str], cache: HashCache,
-               error: Callable[[int, str], Exception | None]) -> tuple[list[os.stat_result | None], list[str | None]]:
+def hash_files(paths: Sequence[str], cache: HashCache, error: Callable[[int, str], Exception | None], *,
+               known: Sequence[os.stat_result | None] | None = None,
+               ) -> tuple[list[os.stat_result | None], list[str | None]]:
     """The ``stat`` and hex SHA-256 of each file, reusing cached hashes where size, mtime and inode match.
 
-    ``paths`` are absolute. Fresh hashes are added to ``cache`` (not saved).
+    ``paths`` are absolute. ``known``, where given, are the files' ``os.stat``
+    taken by the caller just before (a manifest's rows are stat'ed once, not
+    twice); a ``None`` among them is stat'ed here. Fresh hashes are added to ``cache`` (not saved).
     A file that cannot be read, is empty or is not a regular file calls ``error(i, reason)``: the
     caller names ``paths[i]`` the way its user wrote it and returns the
     exception to raise, or ``None`` to leave the file out, whose stat and
@@ -106,7 +109,8 @@ def hash_files(paths: Sequence[str], cache: HashCache,
     stats: list[os.stat_result | None] = []
     digests: list[str | None] = []
     for i, path in enumerate(paths):
-        st = _stat(i, path, error)
+        given = known[i] if known is not None else None
+        st = _stat(i, path, error) if given is None else _checked(i, given, error)
         stats.append(st)
         digests.append(None if st is None else cache.lookup(path, st))
     todo = [i for i, (st, digest) in enumerate(zip(stats, digests)) if st is not None and digest is None]
@@ -144,6 +148,11 @@ def _stat(i: int, path: str, error: Callable[[int, str], Exception | None]) -> o
     except ValueError:  # a NUL byte in the name: no file can have it
         _refuse(error(i, "the name holds a NUL byte, which no file name can; fix the path"), None)
         return None
+    return _checked(i, st, error)
+
+
+def _checked(i: int, st: os.stat_result, error: Callable[[int, str], Exception | None]) -> os.stat_result | None:
+    """``st`` when it is a non-empty regular file's, else ``None`` once ``error`` leaves the file out."""
     if not stat.S_ISREG(st.st_mode):  # reading a pipe or a device could wait forever
         _refuse(error(i, "not a regular file (a folder, pipe or device); replace it with the image file"), None)
         return None
