@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xrayfeat.data.labels import GROUP_COLUMNS
 from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError, OptionTypeError
 from xrayfeat.data.phantoms import (
     BINARY_CLASSES,
     FINDINGS,
     FOUR_CLASSES,
-    GROUP_COLUMNS,
     MANIFEST_COLUMNS,
     SITES,
     TASKS,

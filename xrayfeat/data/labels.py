@@ -36,7 +36,7 @@ import numpy as np
 
 from xrayfeat.errors import DatasetError, one_line
 
-__all__ = ["AGE_BANDS", "age_band", "aligned_targets", "FINDING_VALUES", "GROUP_PREFIX", "RESERVED_COLUMNS", "UNCERTAIN", "finding_value", "is_group_column",
+__all__ = ["AGE_BANDS", "age_band", "GROUP_COLUMNS", "aligned_targets", "FINDING_VALUES", "GROUP_PREFIX", "RESERVED_COLUMNS", "UNCERTAIN", "finding_value", "is_group_column",
            "label_columns", "positive_names", "split_labels", "targets"]
 
 RESERVED_COLUMNS = ("path", "label", "labels", "split", "patient_id", "source")
@@ -52,6 +52,9 @@ FINDING_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": UNCERTAIN, "
 """What a finding column's cell may hold, and the value it stands for (blank: not mentioned)."""
 
 LABELS_SEPARATOR = "|"
+
+#: The group columns of a manifest that knows its patients' sex, age and view (converters and phantoms write them).
+GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
 
 AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
 """The age bands of ``group:age``: those of the CheXclusion audit (Seyyed-Kalantari et al. 2021), lower bound inclusive."""

@@ -61,7 +61,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from xrayfeat.data.labels import age_band
+from xrayfeat.data.labels import GROUP_COLUMNS, age_band
 from xrayfeat.errors import DatasetError, DiskFullError
 from xrayfeat.fileio import atomic_write, csv_text, writing_to
 from xrayfeat.options.constraints import Choice, declaration, validate_params
@@ -74,7 +74,6 @@ __all__ = [
     "SITES",
     "TASKS",
     "FINDINGS",
-    "GROUP_COLUMNS",
     "render",
     "write_phantoms",
 ]
@@ -86,7 +85,6 @@ FINDINGS = ("ground_glass", "consolidation", "interstitial")
 _PATTERN = {"ground_glass": "covid", "consolidation": "pneumonia_bac", "interstitial": "pneumonia_vir"}
 TASKS = dict(zip(PHANTOM_TASKS, (FOUR_CLASSES, BINARY_CLASSES, FINDINGS)))
 #: The multi-label manifest's group columns, after its finding columns.
-GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
 # Multi-label task: the share of infected patients, each finding's probability given infection (ground glass
 # first; interstitial more likely with it), and how often a finding below _UNSURE_SEVERITY is written -1.
 _INFECTED_P = 0.65

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from xrayfeat.data.labels import age_band
 from xrayfeat.errors import DatasetError, caller, one_line
 from xrayfeat.options.constraints import Choice, Interval, Is, option
 
@@ -36,12 +37,6 @@ __all__ = ["FINDING_CELLS", "PATIENT_SPLIT", "VALID_AS", "Conversion", "ConvertO
            "listing", "patient_split", "read_lines", "read_table", "refuse_value", "require_table", "sex_group",
            "view_group"]
 
-# The age bands of group:age (CheXclusion's, lower bound inclusive): the same as discovery's DICOM groups use
-_AGE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80+")
-# The group columns of a converted manifest whose tables know the patients' groups, in this order (an empty
-# cell: unknown). A dataset whose tables do not (RSNA, COVIDx) writes none, so that discovery takes a DICOM
-# file's groups from its header.
-_GROUP_COLUMNS = ("group:sex", "group:age", "group:view")
 #: A finding cell of CheXpert's and MIMIC-CXR's tables, and what the manifest writes for it.
 FINDING_CELLS = {"1.0": "1", "1": "1", "0.0": "0", "0": "0", "-1.0": "-1", "-1": "-1", "": ""}
 #: Where CheXpert's validation images go: the test split (what studies evaluate on) or the validation split.
@@ -259,7 +254,7 @@ def age_group(text: str) -> str:
     if match is None:
         raise ValueError(text)
     years = float(match.group(1)) / _AGE_UNIT[match.group(2).lower()]
-    return _AGE_BANDS[min(int(years // 20), len(_AGE_BANDS) - 1)]
+    return age_band(years)
 
 
 _SEXES = {"f": "F", "female": "F", "m": "M", "male": "M"}

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from xrayfeat.data.converters.chexpert import convert_chexpert
-from xrayfeat.data.converters.common import _GROUP_COLUMNS, Conversion, ConvertOptions, flag
+from xrayfeat.data.converters.common import Conversion, ConvertOptions, flag
+from xrayfeat.data.labels import GROUP_COLUMNS
 from xrayfeat.data.converters.covidx import convert_covidx
 from xrayfeat.data.converters.mimic import convert_mimic
 from xrayfeat.data.converters.nih import convert_nih
@@ -200,7 +201,7 @@ def _manifest_lines(conversion: Conversion, prefix: str, shown_out: str) -> list
     """The manifest's header and rows; a path that would leave the manifest's folder, or one listed twice, is refused."""
     label_columns = list(conversion.findings) if conversion.findings is not None else ["label"]
     groups = conversion.groups
-    lines = [["path", "patient_id", "source", "split", *label_columns, *(_GROUP_COLUMNS if groups else ())]]
+    lines = [["path", "patient_id", "source", "split", *label_columns, *(GROUP_COLUMNS if groups else ())]]
     seen: dict[str, tuple[str, int]] = {}
     join, normpath = posixpath.join, posixpath.normpath
     for row in conversion.rows:
