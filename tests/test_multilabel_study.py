@@ -152,3 +152,23 @@ def test_a_multilabel_map_colours_by_the_one_positive_finding_else_several_or_no
     for k, row in zip(labels, positive):
         expected = int(np.argmax(row)) if row.sum() == 1 else (3 if row.sum() > 1 else 4)
         assert k == expected
+
+
+def test_a_finding_without_training_positives_warns_and_a_task_without_any_is_refused(tmp_path):
+    from xrayfeat.data.datasets import discover
+    from xrayfeat.errors import DatasetError
+    from xrayfeat.runs.fit import check_task, rare_findings_warning
+
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("L", (8, 8), i * 20).save(tmp_path / f"{i}.png")
+    rows = [f"{i}.png,{'test' if i > 5 else 'train'},{i % 2},{int(i < 3)},0" for i in range(8)]
+    (tmp_path / "m.csv").write_text("path,split,Effusion,Mass,Hernia\n" + "\n".join(rows) + "\n")
+    dataset = discover(tmp_path / "m.csv")
+    check_task(dataset)  # Effusion has both in train: the study runs
+    train = [item for item in dataset.items if item.split == "train"]
+    assert "Hernia (0 positive, 6 negative)" in rare_findings_warning(train, dataset.classes)
+    assert "Effusion" not in rare_findings_warning(train, dataset.classes)
+    with pytest.raises(DatasetError, match="no finding has 2 positive and 2 negative training images"):
+        check_task(dataset.select_classes(["Hernia"]))

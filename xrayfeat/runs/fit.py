@@ -108,20 +108,39 @@ def check_task(dataset: Dataset) -> None:
 
 
 def _check_findings(dataset: Dataset) -> None:
-    """A multi-label study needs train and test, and 2 positive and 2 negative training images of every finding."""
+    """A multi-label study needs train and test, and some finding with 2 positive and 2 negative training images.
+
+    Findings short of that still train (their figures are then undefined or
+    noise, and :func:`rare_findings_warning` says so): NIH's Hernia has 227
+    positives in 112,120 images, and a sample of the table may have none.
+    """
     root = dataset.root
     splits = set(dataset.splits)
     if "train" not in splits or "test" not in splits:
         raise DatasetError(f"{root}: fit-head needs a train and a test split (found: {', '.join(sorted(splits)) or 'none'}); "
                            f"give the manifest a split column")
-    values = np.array([item.findings for item in dataset.items if item.split in ("train", "val")], dtype=np.float32)
-    values = values.reshape(-1, len(dataset.classes))
-    short = [f"{name} ({int(pos)} positive, {int(neg)} negative)"
-             for name, pos, neg in zip(dataset.classes, (values == 1).sum(0), (values == 0).sum(0)) if min(pos, neg) < 2]
-    if short:
+    short = _short_findings([item for item in dataset.items if item.split in ("train", "val")], dataset.classes)
+    if len(short) == len(dataset.classes):
         raise DatasetError(one_line(
-            f"{root}: findings with fewer than 2 positive or 2 negative training images: {', '.join(short)}; "
-            f"add images or keep other findings with --classes"))
+            f"{root}: no finding has 2 positive and 2 negative training images ({', '.join(short)}); "
+            f"add images or give the images findings"))
+
+
+def _short_findings(items, findings) -> list[str]:
+    """Findings with fewer than 2 positive or 2 negative ``items``, each with its counts."""
+    values = np.array([item.findings for item in items], dtype=np.float32).reshape(len(items), len(findings))
+    return [f"{name} ({int(pos)} positive, {int(neg)} negative)"
+            for name, pos, neg in zip(findings, (values == 1).sum(0), (values == 0).sum(0)) if min(pos, neg) < 2]
+
+
+def rare_findings_warning(train, findings) -> str | None:
+    """A sentence naming the findings with fewer than 2 positive or 2 negative training images, if any."""
+    short = _short_findings(train, findings)
+    if not short:
+        return None
+    return (f"findings with fewer than 2 positive or 2 negative training images: {', '.join(short)}; the head learns "
+            f"nothing useful for them and their figures are undefined or noise; add images or leave them out with "
+            f"--classes")
 
 
 def finding_strata(y: np.ndarray, mask: np.ndarray, groups=None) -> np.ndarray:
@@ -464,6 +483,9 @@ def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, rand
     if tiny:
         found.append(RunWarning("small_test", tiny))
     if multilabel:  # a finding's interval is as wide as its positives are few
+        rare = rare_findings_warning(train, list(head_metrics["per_finding"]))
+        if rare:
+            found.append(RunWarning("imbalance", rare))
         few = few_positives_warning(head_metrics)
         if few:
             found.append(RunWarning("small_test", few))
