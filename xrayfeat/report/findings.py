@@ -116,14 +116,17 @@ def by_source_table(head: dict) -> Table | None:
     return Table(["Source", "Images", "Head macro ROC-AUC"], rows, {1, 2})
 
 
-def group_tables(head: dict, level: str) -> list:
-    """A table per patient group (``by_group``): each value's images, patients and headline figure with its interval."""
+def group_tables(head: dict, level: str, where: str = "test", depth: int = 3) -> list:
+    """A table per patient group (``by_group``): each value's images, patients and headline figure with its interval.
+
+    ``where`` names the images (``test``, or ``external: <name>``) in the heading, of level ``depth``.
+    """
     by_group = head.get("by_group")
     if not by_group:
         return []
     multilabel = is_multilabel(head)
     figure = "Macro ROC-AUC" if multilabel else "Accuracy"
-    blocks: list = [Heading(3, "By patient group (head, test)")]
+    blocks: list = [Heading(depth, f"By patient group (head, {where})")]
     for group, table in by_group.items():
         rows = []
         for value, v in table["values"].items():
@@ -139,7 +142,7 @@ def group_tables(head: dict, level: str) -> list:
         header += [] if multilabel else ["Balanced acc.", "ROC-AUC"]
         blocks.append(Table(header, rows, set(range(1, len(header)))))
         if table["unknown"]:
-            blocks.append(Para(f"{whole(table['unknown'])} test images have no {group} recorded; they are left out "
+            blocks.append(Para(f"{whole(table['unknown'])} images have no {group} recorded; they are left out "
                                f"of this table.", cls="note"))
     blocks.append(Para("Each value's figure with its bootstrap interval over its own patients. Where two values' "
                        "intervals do not overlap, the gap is unlikely to be noise and the warnings say so "

@@ -614,6 +614,7 @@ def _external_section(r: _Run, out: Path) -> list:
         blocks += [Heading(4, f"External: {e.name}", e.anchor),
                    Para(["Data ", Span(str(info.get("data", DASH)), "code"), " · " + " · ".join(parts)], cls="note")]
         blocks += [] if multilabel else _external_points(e)
+        blocks += findings.group_tables(e.head, _ci_level([e]), f"external: {e.name}", depth=5)
         figures = _external_figures(r, e, out)
         if figures:
             blocks.append(Figures(figures))
