@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import gc
 import logging
 import operator
@@ -208,8 +209,9 @@ class Dataset:
         """
         if not self.multilabel:
             return np.eye(len(self.classes), dtype=np.float32)[self.labels]
-        return np.array([item.findings for item in self.items], dtype=np.float32).reshape(len(self.items),
-                                                                                         len(self.classes))
+        n, k = len(self.items), len(self.classes)  # one flat pass: a list of 10^5 tuples costs several times more
+        flat = itertools.chain.from_iterable(item.findings for item in self.items)
+        return np.fromiter(flat, dtype=np.float32, count=n * k).reshape(n, k)
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -721,6 +723,19 @@ def _groups(row: list[str], columns: list[tuple[str, int]]) -> tuple[tuple[str, 
     return tuple(sorted(pairs))
 
 
+def _shared_groups(row: list[str], columns: list[tuple[str, int]], seen: dict) -> tuple[tuple[str, str], ...]:
+    """:func:`_groups` of a row, one tuple per combination of group cells (``seen`` keeps them).
+
+    A manifest of 10^5 images has a few dozen combinations of sex, age band and
+    view: sharing them keeps 10^5 tuples fewer alive for the collector to walk.
+    """
+    key = tuple(row[i] if i < len(row) else "" for _, i in columns)
+    groups = seen.get(key)
+    if groups is None:
+        groups = seen[key] = _groups(row, columns)
+    return groups
+
+
 def _with_dicom_groups(found: list[_Found], declared: frozenset[str]) -> list[_Found]:
     """Found files with the groups their DICOM headers state (:func:`images.dicom_groups`) added.
 
@@ -868,6 +883,8 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     real_dirs = {base: real_base}
     base_prefix = base if base.endswith(os.sep) else base + os.sep  # base is absolute and normalised (discover's)
     value_of = FINDING_VALUES.get
+    seen_values: dict[tuple, tuple] = {}  # a row's finding cells -> (values, label), shared by the rows that have them
+    seen_groups: dict[tuple, tuple] = {}  # a row's group cells -> its groups, likewise
     if kind == "findings" and finding_columns:
         last_finding = max(finding_columns)
         pick = operator.itemgetter(*finding_columns)
@@ -894,12 +911,15 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
                 cells = (pick(row),) if single else pick(row)
             else:
                 cells = tuple(row[i] if i < len(row) else "" for i in finding_columns)
-            values = tuple(map(value_of, map(str.strip, cells)))  # finding_value's table, without a call per cell
-            if None in values:  # a value it refuses: its one line, naming the first such cell
-                where = f"{shown_csv}: line {line}"
-                values = tuple(finding_value(cell, where=where, column=written[i])
-                               for cell, i in zip(cells, finding_columns))
-            label = positive_names(values, findings)
+            known = seen_values.get(cells)  # rows share few combinations: one tuple and one label per combination
+            if known is None:
+                values = tuple(map(value_of, map(str.strip, cells)))  # finding_value's table, without a call per cell
+                if None in values:  # a value it refuses: its one line, naming the first such cell
+                    where = f"{shown_csv}: line {line}"
+                    values = tuple(finding_value(cell, where=where, column=written[i])
+                                   for cell, i in zip(cells, finding_columns))
+                known = seen_values[cells] = (values, positive_names(values, findings))
+            values, label = known
         split = (_cell(row, col["split"]) if "split" in col else None) or "train"
         if split.lower() not in _SPLIT_ORDER:
             bad_splits.setdefault(split, line)
@@ -932,7 +952,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
         st = _followed(path, link_stat) if image else None  # os.path.exists and isfile: one lstat (a stat for a link)
         file = _Found(path, shown_base, value, relpath, label, split,
                       _cell(row, col.get("patient_id")), _cell(row, col.get("source")), values,
-                      _groups(row, group_columns), st)
+                      _shared_groups(row, group_columns, seen_groups), st)
         if not image:
             problems.report(file, f"not an image (allowed: {allowed}); fix line {line} of {shown_csv}")
         elif st is None and not problems.skip:
