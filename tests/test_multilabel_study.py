@@ -172,3 +172,17 @@ def test_a_finding_without_training_positives_warns_and_a_task_without_any_is_re
     assert "Effusion" not in rare_findings_warning(train, dataset.classes)
     with pytest.raises(DatasetError, match="no finding has 2 positive and 2 negative training images"):
         check_task(dataset.select_classes(["Hernia"]))
+
+
+def test_validation_strata_follow_each_image_s_rarest_finding_and_fold_rare_ones_into_none():
+    from xrayfeat.runs.fit import finding_strata
+
+    y = np.array([[1, 0], [1, 1], [1, 0], [1, 0], [1, 0], [0, 1], [0, 0], [0, 0]], dtype=np.float32)
+    mask = np.ones_like(y, dtype=bool)
+    assert finding_strata(y, mask).tolist() == [0, 1, 0, 0, 0, 1, 2, 2]  # finding 1 is rarer: row 1 is its
+    assert finding_strata(y, mask, min_members=3).tolist() == [0, 2, 0, 0, 0, 2, 2, 2]  # 2 members: too few for 3 folds
+    groups = np.array(["a", "b", "c", "d", "e", "b", "f", "g"])
+    assert finding_strata(y, mask, groups, min_members=2).tolist() == [0, 2, 0, 0, 0, 2, 2, 2]  # one patient: folded
+    masked = mask.copy()
+    masked[1, 1] = False  # an uncertain entry under ignore is not a positive
+    assert finding_strata(y, masked)[1] == 0

@@ -143,11 +143,13 @@ def rare_findings_warning(train, findings) -> str | None:
             f"--classes")
 
 
-def finding_strata(y: np.ndarray, mask: np.ndarray, groups=None) -> np.ndarray:
+def finding_strata(y: np.ndarray, mask: np.ndarray, groups=None, min_members: int = 2) -> np.ndarray:
     """One stratum per multi-label image, for stratified splits: its rarest counted positive finding, else "none".
 
-    A stratum with fewer than 2 patients (images, without patients) joins the
-    "none" stratum (index K), so every stratum can be split.
+    A stratum with fewer than ``min_members`` patients (images, without
+    patients) joins the "none" stratum (index K), so every stratum can be split
+    into the folds asked for: a finding seen in 3 patients does not make
+    validation take half of train.
     """
     k = y.shape[1]
     positive = (y == 1) & mask
@@ -156,7 +158,7 @@ def finding_strata(y: np.ndarray, mask: np.ndarray, groups=None) -> np.ndarray:
     strata = np.where(positive.any(axis=1), np.argmin(rarity, axis=1), k)
     members = groups if groups is not None else np.arange(len(y))
     for stratum in np.unique(strata):
-        if stratum != k and len(set(members[strata == stratum])) < 2:
+        if stratum != k and len(set(members[strata == stratum])) < min_members:
             strata[strata == stratum] = k
     return strata
 
@@ -355,7 +357,9 @@ def _validation(dataset, split: _Split, head: HeadOptions):
         fit_idx = np.array([k for k, i in enumerate(split.train) if i.split == "train"])
         val_idx = np.array([k for k, i in enumerate(split.train) if i.split == "val"])
         return fit_idx, val_idx, "val split"
-    y = finding_strata(split.y_train, split.mask_train, groups_of(split.train)) if split.multilabel else split.y_train
+    folds = max(2, round(1 / head.val_fraction))  # the folds split_validation draws validation from
+    y = (finding_strata(split.y_train, split.mask_train, groups_of(split.train), min_members=folds)
+         if split.multilabel else split.y_train)
     fit_idx, val_idx = split_validation(split.train, y, head.val_fraction, head.seed, root=dataset.root)
     grouped = ", grouped by patient" if groups_of(split.train) is not None else ""
     return fit_idx, val_idx, f"{head.val_fraction:.0%} of train, stratified{grouped}"
