@@ -186,3 +186,33 @@ def test_validation_strata_follow_each_image_s_rarest_finding_and_fold_rare_ones
     masked = mask.copy()
     masked[1, 1] = False  # an uncertain entry under ignore is not a positive
     assert finding_strata(y, masked)[1] == 0
+
+
+def test_evaluate_leaves_out_findings_the_run_lacks_and_refuses_data_with_nothing_counted(study, tmp_path):
+    run = xf.load_run(shutil.copytree(study["run"].path, tmp_path / "run"))
+    test_images = sorted((study["manifest"].parent / "test").glob("*.png"))[:6]
+    for i, image in enumerate(test_images):
+        shutil.copy(image, tmp_path / f"{i}.png")
+    rows = [f"{i}.png,{i % 2},{int(i < 3)},{i % 2}" for i in range(len(test_images))]
+    (tmp_path / "other.csv").write_text("path,consolidation,Fracture,ground_glass\n" + "\n".join(rows) + "\n")
+    done = run_cli_here("evaluate", run.path, tmp_path / "other.csv", "--name", "other", "--cache-dir", study["cache"])
+    assert done.returncode == 0, done.stderr
+    loaded = xf.load_run(run.path)  # the record stays readable: the unknown finding was not scored
+    assert loaded.record.external["other"]["classes"] == ["ground_glass", "consolidation"]
+    assert "Fracture" not in loaded.record.external_metrics("other")["head"]["per_finding"]
+    (tmp_path / "unsure.csv").write_text("path,consolidation\n" + "\n".join(f"{i}.png,-1" for i in range(3)) + "\n")
+    done = run_cli_here("evaluate", run.path, tmp_path / "unsure.csv", "--name", "unsure", "--cache-dir", study["cache"])
+    assert done.returncode == 2 and "no entry of the run's findings counts" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_one_group_in_two_columns_and_control_characters_in_groups_are_refused(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "0.png")
+    for name, text, words in (("two.csv", "path,Edema,Group:Sex,group: sex\n0.png,1,F,M\n", "two columns of the group"),
+                              ("value.csv", "path,label,group:sex\n0.png,a,F\x1b[31m\n", "group value"),
+                              ("name.csv", "path,label,group:s\x1bx\n0.png,a,F\n", "group name")):
+        (tmp_path / name).write_text(text)
+        done = run_cli_here("inspect", tmp_path / name)
+        assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1

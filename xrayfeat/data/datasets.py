@@ -521,13 +521,14 @@ def _refuse_hidden(hidden: list[os.DirEntry], shown: str) -> None:
         ))
 
 
-def _check_class_name(label: str, where: str) -> None:
-    """Refuse a class name that holds control characters: it would reach every table, report and terminal line."""
+def _check_class_name(label: str, where: str, what: str = "class name", fix: str = "rename the class") -> None:
+    """Refuse a class name (or a group's name or value: ``what``) holding control characters: it would reach every
+    table, report and terminal line."""
     found = control_characters(label)
     if found:
         raise DatasetError(_one_line(
-            f"{where}: the class name {label!r} holds control character{'s' if len(found) > 1 else ''} "
-            f"{', '.join(found)}; rename the class without them"
+            f"{where}: the {what} {label!r} holds control character{'s' if len(found) > 1 else ''} "
+            f"{', '.join(found)}; {fix} without them"
         ))
 
 
@@ -691,6 +692,7 @@ def _read_annotations(manifest: str) -> tuple[dict[str, tuple[str | None, str | 
             if "path" not in header or not ({"patient_id", "source"} & set(header) or group_columns):
                 return None, frozenset()
             _refuse_duplicate_columns(header, manifest)
+            _check_groups(group_columns, manifest)
             i_path = header.index("path")
             i_pid = header.index("patient_id") if "patient_id" in header else None
             i_src = header.index("source") if "source" in header else None
@@ -713,17 +715,38 @@ def _group_columns(header: list[str]) -> list[tuple[str, int]]:
             if is_group_column(name.strip())]
 
 
-def _groups(row: list[str], columns: list[tuple[str, int]]) -> tuple[tuple[str, str], ...]:
-    """A row's known groups, sorted by name (an empty cell is an unknown group, left out)."""
+def _check_groups(columns: list[tuple[str, int]], shown_csv: str) -> None:
+    """Refuse two columns of one group (``group:Sex`` and ``group: sex``) and a group name with control characters."""
+    first: dict[str, int] = {}
+    for name, index in columns:
+        _check_class_name(name, f"{shown_csv}: header", "group name", "rename the group")
+        if name in first:
+            raise DatasetError(_one_line(
+                f"{shown_csv}: the manifest has two columns of the group {name!r} (columns {first[name] + 1} and "
+                f"{index + 1}); keep one of them"))
+        first[name] = index
+
+
+def _groups(row: list[str], columns: list[tuple[str, int]], where: tuple[str, int] = ("manifest", 0),
+            ) -> tuple[tuple[str, str], ...]:
+    """A row's known groups, sorted by name (an empty cell is an unknown group, left out).
+
+    A value is a name like a class's: one holding control characters is refused,
+    naming ``where`` (the manifest as shown, and the line).
+    """
     pairs = []
     for name, index in columns:
         value = _cell(row, index)
         if value is not None:
+            if control_characters(value):
+                _check_class_name(value, f"{where[0]}: line {where[1]}, column group:{name}", "group value",
+                                  "write the value")
             pairs.append((name, value))
     return tuple(sorted(pairs))
 
 
-def _shared_groups(row: list[str], columns: list[tuple[str, int]], seen: dict) -> tuple[tuple[str, str], ...]:
+def _shared_groups(row: list[str], columns: list[tuple[str, int]], seen: dict,
+                   where: tuple[str, int]) -> tuple[tuple[str, str], ...]:
     """:func:`_groups` of a row, one tuple per combination of group cells (``seen`` keeps them).
 
     A manifest of 10^5 images has a few dozen combinations of sex, age band and
@@ -732,7 +755,7 @@ def _shared_groups(row: list[str], columns: list[tuple[str, int]], seen: dict) -
     key = tuple(row[i] if i < len(row) else "" for _, i in columns)
     groups = seen.get(key)
     if groups is None:
-        groups = seen[key] = _groups(row, columns)
+        groups = seen[key] = _groups(row, columns, where)
     return groups
 
 
@@ -863,6 +886,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     kind, finding_columns = label_columns(written)
     findings = _finding_names(written, finding_columns, shown_csv) if kind == "findings" else None
     group_columns = _group_columns(header)
+    _check_groups(group_columns, shown_csv)
     multilabel = kind == "labels" or (finding_columns and "path" in header)  # without a path, nothing reads as findings
     missing = [name for name in _REQUIRED_COLUMNS if name not in header and not (name == "label" and multilabel)]
     if missing:
@@ -952,7 +976,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
         st = _followed(path, link_stat) if image else None  # os.path.exists and isfile: one lstat (a stat for a link)
         file = _Found(path, shown_base, value, relpath, label, split,
                       _cell(row, col.get("patient_id")), _cell(row, col.get("source")), values,
-                      _shared_groups(row, group_columns, seen_groups), st)
+                      _shared_groups(row, group_columns, seen_groups, (shown_csv, line)), st)
         if not image:
             problems.report(file, f"not an image (allowed: {allowed}); fix line {line} of {shown_csv}")
         elif st is None and not problems.skip:

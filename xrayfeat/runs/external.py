@@ -205,6 +205,10 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
         skipped = sorted([*skipped, *scored.skipped_files])
         dataset = scored.dataset
     y, mask = _truth(run, dataset)
+    if mask is not None and not mask.any():
+        raise DatasetError(f"{dataset.root}: no entry of the run's findings counts (every one is blank, or uncertain "
+                           f"under the run's --uncertain {run.record.head.get('uncertain', 'ignore')}); pass data "
+                           f"labelled 1 or 0 for them")
     thresholds, rule = run_thresholds(run.metrics)
     results = evaluate_models(scored.probabilities, y, run.classes, dataset.items,
                               n_boot=run.record.head.get("n_bootstrap", 1000), seed=run.record.head.get("seed", 0),
@@ -326,9 +330,10 @@ def _write(run, name: str, dataset: Dataset, truth, scored, results: dict, exclu
         for part, file in parts:
             key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
             record.artifacts[key] = artifact
+        scored_classes = [c for c in run.classes if c in dataset.classes]  # a finding the run lacks was not scored
         record.external[name] = {
             "data": str(dataset.root), "created": utc_timestamp(),
-            "n": len(dataset), "excluded": excluded, "classes": list(dataset.classes),
+            "n": len(dataset), "excluded": excluded, "classes": scored_classes,
             "warnings": [{"kind": w.kind, "message": w.message} for w in found], "skipped_files": list(skipped),
         }
     run.record = record
