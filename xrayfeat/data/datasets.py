@@ -100,7 +100,7 @@ _OPTIONAL_COLUMNS = ("split", "patient_id", "source")
 _SHOW_MISSING = 5  # how many missing manifest files an error names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One labelled image file.
 
