@@ -719,6 +719,9 @@ def _check_groups(columns: list[tuple[str, int]], shown_csv: str) -> None:
     """Refuse two columns of one group (``group:Sex`` and ``group: sex``) and a group name with control characters."""
     first: dict[str, int] = {}
     for name, index in columns:
+        if not name:
+            raise DatasetError(_one_line(f"{shown_csv}: column {index + 1} is named group: without a group; "
+                                         f"name it group:NAME (group:sex, group:age, group:view)"))
         _check_class_name(name, f"{shown_csv}: header", "group name", "rename the group")
         if name in first:
             raise DatasetError(_one_line(

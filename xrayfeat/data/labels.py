@@ -68,8 +68,8 @@ def age_band(years: float) -> str:
 
 
 def is_group_column(name: str) -> bool:
-    """Whether a manifest column is a ``group:NAME`` column (with a name after the colon)."""
-    return name.lower().startswith(GROUP_PREFIX) and len(name) > len(GROUP_PREFIX)
+    """Whether a manifest column is a ``group:NAME`` column (one without a name is refused at discovery)."""
+    return name.lower().startswith(GROUP_PREFIX)
 
 
 def label_columns(header: list[str]) -> tuple[str, list[int]]:
