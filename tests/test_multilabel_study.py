@@ -21,13 +21,13 @@ from xrayfeat.data.phantoms import FINDINGS, write_phantoms
 
 from conftest import run_cli_here
 
-OPTIONS = dict(weights="none", image_size=32, epochs=3, baselines=("logreg", "pixels"), n_bootstrap=50)
+OPTIONS = dict(weights="none", image_size=32, epochs=2, baselines=("logreg", "pixels"), n_bootstrap=20)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("multilabel")
-    manifest = write_phantoms(root / "data", task="multilabel", per_class=12, size=48, seed=1)
+    manifest = write_phantoms(root / "data", task="multilabel", per_class=8, size=40, seed=1)
     run = xf.fit_head(manifest, "vgg16", cache_dir=root / "cache", out=root / "run", **OPTIONS)
     return {"root": root, "manifest": manifest, "run": run, "cache": root / "cache"}
 
