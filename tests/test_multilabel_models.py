@@ -129,20 +129,6 @@ def test_a_masked_entry_changes_nothing_and_its_mask_reaches_the_child(here, tmp
     assert not all(np.array_equal(u, v) for u, v in zip(a, other.model.get_weights()))
 
 
-@needs_jax
-def test_the_jax_child_trains_it_balanced_in_its_own_loop(tmp_path):
-    (x, y, m), (xv, yv, mv), (xt, yt, mt) = data()
-    out = headproc.train_and_predict("jax", x, y, xv, yv, xt, head_file=tmp_path / "head.keras", mask_train=m,
-                                     mask_val=mv, restore_best="val_loss", class_weight="balanced",
-                                     **{**TRAIN, "jit_compile": "auto"})
-    assert out.process == "child process" and out.settings["backend"] == "jax" and out.settings["loop"] == "jax"
-    assert out.settings["class_weight"] == "balanced" and out.settings["multilabel"] is True
-    assert min(aurocs(yt, mt, out.proba_test)) > 0.85
-    np.testing.assert_allclose(heads.load_head(tmp_path / "head.keras").predict_proba(xt), out.proba_test, atol=1e-5)
-    np.testing.assert_allclose(head_numpy.NumpyHead(tmp_path / "head.npz").predict_proba(xt), out.proba_test,
-                               atol=1e-5)
-
-
 def test_the_masked_loss_and_accuracy_count_only_the_entries_that_count():
     loss_class, accuracy_class = ml.masked_objects()
     rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ write (evaluate, export) work on a copy of the run.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,8 @@ from xrayfeat.data.phantoms import FINDINGS, write_phantoms
 
 from conftest import run_cli_here
 
-OPTIONS = dict(weights="none", image_size=32, epochs=2, baselines=("logreg", "pixels"), n_bootstrap=20)
+OPTIONS = dict(weights="none", image_size=32, epochs=2, baselines=("logreg", "pixels"), n_bootstrap=20,
+               class_weight="balanced")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,10 @@ def _table(path: Path) -> list[dict]:
 def test_the_run_is_multilabel_and_its_figures_are_recomputable_from_its_predictions(study):
     run = study["run"]
     assert run.record.multilabel and run.classes == list(FINDINGS) and run.task == "3finding"
+    training = run.record.training  # the default head backend on a CPU: a jax child, its own loop, each finding balanced
+    if importlib.util.find_spec("jax") is not None:
+        assert training["backend"] == "jax" and training["process"] == "child process" and training["loop"] == "jax"
+    assert training["multilabel"] is True and training["class_weight"] == "balanced"
     head = run.metrics["head"]
     assert head["task"] == "multilabel" and list(head["per_finding"]) == list(FINDINGS)
     rows = _table(run.path / "predictions.csv")
