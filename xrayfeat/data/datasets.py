@@ -55,9 +55,9 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import gc
 import logging
+import math
 import operator
 import os
 import posixpath
@@ -73,7 +73,7 @@ from xrayfeat.data import images
 from xrayfeat.errors import DatasetError, control_characters, one_line
 from xrayfeat.fileio import csv_value
 from xrayfeat.data.hashes import HashCache, hash_files
-from xrayfeat.data.labels import (FINDING_VALUES, finding_value, is_group_column, label_columns, positive_names,
+from xrayfeat.data.labels import (FINDING_VALUES, finding_value, finding_values, is_group_column, label_columns, positive_names,
                                   split_labels)
 from xrayfeat.options.settings import ON_ERROR
 from xrayfeat.options.constraints import Choice, OptionError
@@ -209,9 +209,7 @@ class Dataset:
         """
         if not self.multilabel:
             return np.eye(len(self.classes), dtype=np.float32)[self.labels]
-        n, k = len(self.items), len(self.classes)  # one flat pass: a list of 10^5 tuples costs several times more
-        flat = itertools.chain.from_iterable(item.findings for item in self.items)
-        return np.fromiter(flat, dtype=np.float32, count=n * k).reshape(n, k)
+        return finding_values(self.items, len(self.classes))
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -280,22 +278,26 @@ class Dataset:
                 f"{', '.join(map(repr, unknown))}; available: {', '.join(self.classes)}"
             )
         if self.multilabel:
-            return _select_findings(self, wanted)
+            return self.with_findings([name for name in self.classes if name in wanted])
         items = tuple(item for item in self.items if item.label in wanted)
         skipped = tuple(s for s in self.skipped if s.label in wanted)
         return Dataset(root=self.root, items=items, classes=tuple(sorted(wanted)), layout=self.layout, skipped=skipped)
 
+    def with_findings(self, order: Iterable[str]) -> Dataset:
+        """This multi-label dataset with the findings ``order``, in that order (a run's, to score it on this data).
 
-def _select_findings(dataset: Dataset, wanted: set[str]) -> Dataset:
-    """A multi-label dataset with only the ``wanted`` findings, in the table's order."""
-    keep = [i for i, name in enumerate(dataset.classes) if name in wanted]
-    classes = tuple(dataset.classes[i] for i in keep)
-    items = []
-    for item in dataset.items:
-        values = tuple(item.findings[i] for i in keep)
-        items.append(replace(item, findings=values, label=positive_names(values, classes)))
-    return Dataset(root=dataset.root, items=tuple(sorted(items, key=_order)), classes=classes, layout=dataset.layout,
-                   skipped=dataset.skipped, multilabel=True)
+        Each image keeps its value of each finding; a finding of ``order`` the
+        data lacks is blank (NaN: it counts nowhere), and a finding not in
+        ``order`` is left out.
+        """
+        classes = tuple(order)
+        where = {name: i for i, name in enumerate(self.classes)}
+        items = []
+        for item in self.items:
+            values = tuple(item.findings[where[name]] if name in where else math.nan for name in classes)
+            items.append(replace(item, findings=values, label=positive_names(values, classes)))
+        return Dataset(root=self.root, items=tuple(sorted(items, key=_order)), classes=classes, layout=self.layout,
+                       skipped=self.skipped, multilabel=True)
 
 
 class _Found(NamedTuple):

@@ -33,6 +33,7 @@ from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.fileio import atomic_path, atomic_write, bounded_name, csv_text, sibling, writing_to
 from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
+from xrayfeat.data.labels import positive_names
 from xrayfeat.runs.outputs import check_output
 from xrayfeat.runs.prediction import cache_dir_of, finding_thresholds, gather_inputs, run_features
 
@@ -171,7 +172,7 @@ def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int, 
     proba = cams.proba[i]
     predicted, explained = int(proba.argmax()), int(cams.target[i])
     cam = cams.maps[i]
-    called = None if thresholds is None else "|".join(c for c, p, t in zip(classes, proba, thresholds) if p >= t)
+    called = None if thresholds is None else positive_names(proba >= thresholds, classes)
     npz = sibling(base, ".npz")
     with atomic_path(npz, suffix=".npz") as tmp:
         np.savez(tmp, cam=cam, channel_weights=cams.weights[i], explained=np.array(classes[explained]),

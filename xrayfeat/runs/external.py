@@ -33,7 +33,7 @@ from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
 from xrayfeat.data.datasets import Dataset, discover, printable
-from xrayfeat.data.labels import aligned_targets
+from xrayfeat.data.labels import targets
 from xrayfeat.errors import DatasetError
 from xrayfeat.options.constraints import OptionError
 from xrayfeat.fileio import write_json
@@ -197,6 +197,9 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     _check_place(run, name)
     run.record = runs.read_record(run.path)  # the record as it is now; _write reads it again under the run's lock
     found = _check_classes(run, dataset)
+    scored_classes = [c for c in run.classes if c in dataset.classes]  # a class the run lacks is not scored
+    if run.record.multilabel:  # the run's findings, in its order: one the data lacks is blank (counts nowhere)
+        dataset = dataset.with_findings(run.classes)
     dataset, excluded, overlap = _exclude_training(run, dataset)
     found += overlap + _not_another_site(run, dataset)
     scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
@@ -218,7 +221,7 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
     found += _warnings(run, dataset, results)
     for warning in found:
         log.warning("%s", warning.message)
-    written = _write(run, name, dataset, (y, mask), scored, results, excluded, found, skipped)
+    written = _write(run, name, dataset, scored_classes, (y, mask), scored, results, excluded, found, skipped)
     internal = run.metrics
     return EvaluateResult(
         run=str(run.path), name=name, folder=str(written), n=len(dataset), excluded=excluded,
@@ -231,13 +234,13 @@ def evaluate(run, data, *, name: str | None = None, classes=None, cache_dir=None
 def _truth(run, dataset: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels, None) of a single-label dataset in the run's class order; (targets, mask) of a multi-label one.
 
-    Multi-label values follow the run's ``--uncertain`` policy, so an external
-    table is read as the run's own was.
+    Multi-label values (the dataset already in the run's findings) follow the
+    run's ``--uncertain`` policy, so an external table is read as the run's own was.
     """
     if not run.record.multilabel:
         index = {c: k for k, c in enumerate(run.classes)}
         return np.array([index[item.label] for item in dataset.items]), None
-    return aligned_targets(dataset.items, dataset.classes, run.classes, run.record.head.get("uncertain", "ignore"))
+    return targets(dataset.targets, run.record.head.get("uncertain", "ignore"))
 
 
 def run_thresholds(run_metrics: dict) -> tuple[dict, str | None]:
@@ -285,14 +288,6 @@ def _warnings(run, dataset: Dataset, results: dict) -> list[RunWarning]:
     return found
 
 
-def _in_run_order(dataset: Dataset, run) -> tuple:
-    """A multi-label dataset's items with their findings in the run's order (a finding the data lacks: blank)."""
-    where = {name: i for i, name in enumerate(dataset.classes)}
-    nan = float("nan")
-    return tuple(replace(item, findings=tuple(item.findings[where[c]] if c in where else nan for c in run.classes))
-                 for item in dataset.items)
-
-
 def _check_place(run, name: str) -> None:
     """Refuse before any work when ``RUN/external/<name>`` leads out of the run (a link), into another run or a cache."""
     folder = run.path / "external" / name
@@ -300,10 +295,12 @@ def _check_place(run, name: str) -> None:
         raise OutputError(f"{folder}: leads outside the run folder {run.path} (a link); remove the link, then re-run")
 
 
-def _write(run, name: str, dataset: Dataset, truth, scored, results: dict, excluded: int, found, skipped) -> Path:
+def _write(run, name: str, dataset: Dataset, classes: list[str], truth, scored, results: dict, excluded: int, found,
+           skipped) -> Path:
     """``RUN/external/<name>/`` (metrics, predictions, figures), then the run record naming them with their sha256.
 
-    ``truth`` is :func:`_truth`'s (labels or targets, mask). A multi-label
+    ``classes`` are the run's classes the data has (those scored); ``truth``
+    is :func:`_truth`'s (labels or targets, mask). A multi-label
     evaluation has no confusion matrix: its figures are the ROC curve and the
     calibration per finding.
 
@@ -317,8 +314,8 @@ def _write(run, name: str, dataset: Dataset, truth, scored, results: dict, exclu
         write_json(folder / "metrics.json", {"head": head, "baselines": {m: r for m, r in results.items() if m != "head"}})
         y, mask = truth
         multilabel = mask is not None
-        runs.write_predictions(folder / "predictions.csv", _in_run_order(dataset, run) if multilabel else dataset.items,
-                               y, run.classes, scored.probabilities, multilabel=multilabel)
+        runs.write_predictions(folder / "predictions.csv", dataset.items, y, run.classes, scored.probabilities,
+                               multilabel=multilabel)
         title = f"{run.task} · {run.backbone} · external: {name}"
         parts = [("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("roc", "roc.png"),
                  ("calibration", "calibration.png")]
@@ -330,10 +327,9 @@ def _write(run, name: str, dataset: Dataset, truth, scored, results: dict, exclu
         for part, file in parts:
             key, artifact = runs.artifact(run.path, f"external/{name}/{part}", f"external/{name}/{file}")
             record.artifacts[key] = artifact
-        scored_classes = [c for c in run.classes if c in dataset.classes]  # a finding the run lacks was not scored
         record.external[name] = {
             "data": str(dataset.root), "created": utc_timestamp(),
-            "n": len(dataset), "excluded": excluded, "classes": scored_classes,
+            "n": len(dataset), "excluded": excluded, "classes": classes,
             "warnings": [{"kind": w.kind, "message": w.message} for w in found], "skipped_files": list(skipped),
         }
     run.record = record

@@ -54,7 +54,7 @@ from xrayfeat.analysis import metrics
 from xrayfeat.analysis import plots
 from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
-from xrayfeat.data.labels import targets
+from xrayfeat.data.labels import finding_values, targets
 from xrayfeat.devices import keras_backend_name
 from xrayfeat.errors import DatasetError, XrayfeatError, one_line
 from xrayfeat.extraction.config import resolve
@@ -85,12 +85,7 @@ def check_task(dataset: Dataset) -> None:
     root = dataset.root
     if len(dataset.classes) < 2:
         raise DatasetError(f"{root}: only one class ({', '.join(dataset.classes)}); a classifier needs at least two")
-    splits = set(dataset.splits)
-    if "train" not in splits or "test" not in splits:
-        raise DatasetError(
-            f"{root}: fit-head needs a train and a test split (found: {', '.join(sorted(splits)) or 'none'}); "
-            f"use DATA/train/<class>/ and DATA/test/<class>/ or a manifest with a split column"
-        )
+    _check_splits(dataset, "use DATA/train/<class>/ and DATA/test/<class>/ or a manifest with a split column")
     train_counts = {c: 0 for c in dataset.classes}
     test_classes = set()
     for item in dataset.items:
@@ -115,10 +110,7 @@ def _check_findings(dataset: Dataset) -> None:
     positives in 112,120 images, and a sample of the table may have none.
     """
     root = dataset.root
-    splits = set(dataset.splits)
-    if "train" not in splits or "test" not in splits:
-        raise DatasetError(f"{root}: fit-head needs a train and a test split (found: {', '.join(sorted(splits)) or 'none'}); "
-                           f"give the manifest a split column")
+    _check_splits(dataset, "give the manifest a split column")
     short = _short_findings([item for item in dataset.items if item.split in ("train", "val")], dataset.classes)
     if len(short) == len(dataset.classes):
         raise DatasetError(one_line(
@@ -126,9 +118,17 @@ def _check_findings(dataset: Dataset) -> None:
             f"add images or give the images findings"))
 
 
+def _check_splits(dataset: Dataset, fix: str) -> None:
+    """A study needs a train and a test split; one line with ``fix`` when the dataset lacks either."""
+    splits = set(dataset.splits)
+    if "train" not in splits or "test" not in splits:
+        raise DatasetError(f"{dataset.root}: fit-head needs a train and a test split (found: "
+                           f"{', '.join(sorted(splits)) or 'none'}); {fix}")
+
+
 def _short_findings(items, findings) -> list[str]:
     """Findings with fewer than 2 positive or 2 negative ``items``, each with its counts."""
-    values = np.array([item.findings for item in items], dtype=np.float32).reshape(len(items), len(findings))
+    values = finding_values(items, len(findings))
     return [f"{name} ({int(pos)} positive, {int(neg)} negative)"
             for name, pos, neg in zip(findings, (values == 1).sum(0), (values == 0).sum(0)) if min(pos, neg) < 2]
 
@@ -285,23 +285,17 @@ def _extract_split(dataset, features: FeatureOptions, run: RunOptions, uncertain
     train = [item for item in items if item.split in ("train", "val")]
     test = [item for item in items if item.split == "test"]
     if dataset.multilabel:
-        (y_train, mask_train), (y_test, mask_test) = (_targets(part, len(dataset.classes), uncertain)
+        (y_train, mask_train), (y_test, mask_test) = (targets(finding_values(part, len(dataset.classes)), uncertain)
                                                       for part in (train, test))
-        return _Split(extraction=extraction, store=store, train=train, test=test, y_train=y_train, y_test=y_test,
-                      train_arrays=_views(store, train), test_arrays=_views(store, test), seconds=seconds,
-                      mask_train=mask_train, mask_test=mask_test)
-    class_index = {c: i for i, c in enumerate(dataset.classes)}
+    else:
+        class_index = {c: i for i, c in enumerate(dataset.classes)}
+        y_train, y_test = (np.array([class_index[i.label] for i in part]) for part in (train, test))
+        mask_train = mask_test = None
     return _Split(
-        extraction=extraction, store=store, train=train, test=test,
-        y_train=np.array([class_index[i.label] for i in train]), y_test=np.array([class_index[i.label] for i in test]),
+        extraction=extraction, store=store, train=train, test=test, y_train=y_train, y_test=y_test,
         train_arrays=_views(store, train), test_arrays=_views(store, test), seconds=seconds,
+        mask_train=mask_train, mask_test=mask_test,
     )
-
-
-def _targets(items, k: int, uncertain: str) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 targets, mask) of multi-label items under the ``uncertain`` policy."""
-    values = np.array([item.findings for item in items], dtype=np.float32).reshape(len(items), k)
-    return targets(values, uncertain)
 
 
 def _views(store: FeatureStore, items) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xrayfeat.data.labels import positive_names
 from xrayfeat.errors import DatasetError, XrayfeatError
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
@@ -225,7 +226,7 @@ def predictions_table(scored: Scored, classes, thresholds: dict | None = None):
             columns[f"{name}:predicted"] = [classes[k] for k in proba.argmax(axis=1)]
         else:
             called = proba >= thresholds[name][None, :]
-            columns[f"{name}:predicted"] = ["|".join(c for c, on in zip(classes, row) if on) for row in called]
+            columns[f"{name}:predicted"] = [positive_names(row, classes) for row in called]
         for k, c in enumerate(classes):
             columns[f"{name}:{c}"] = proba[:, k]
     return pd.DataFrame(columns)
