@@ -243,3 +243,19 @@ def test_baselines_grid_searches_on_dask_choose_and_predict_as_on_local_cores():
     timeless = [{k: v for k, v in m["logreg"].summary().items() if k != "fit_seconds"} for m in (on_dask, local)]
     assert timeless[0] == timeless[1]  # the same grid point chosen, with the same scores
     np.testing.assert_array_equal(on_dask["logreg"].predict_proba(pooled), local["logreg"].predict_proba(pooled))
+
+
+def test_a_scheduler_port_is_asked_directly_whether_it_still_listens():
+    """A gather can fail before the client notices the scheduler is gone; the port itself is asked then."""
+    import socket
+
+    from xrayfeat.distributed.session import _listens
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    address = "tcp://127.0.0.1:%d" % server.getsockname()[1]
+    assert _listens(address)
+    server.close()
+    assert not _listens(address)
+    assert _listens("inproc://somewhere/1/2")

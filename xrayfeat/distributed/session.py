@@ -208,8 +208,13 @@ class Session:
                             f"{total} were committed; run the same command again to resume from them")
 
     def _scheduler_alive(self) -> bool:
-        """Whether the client still holds its scheduler connection (asking the scheduler would wait out a timeout)."""
-        return self.client.status == "running"
+        """Whether the scheduler is still there: the client holds its connection and its port still listens.
+
+        A gather can fail on the closed connection before the client itself has
+        noticed (its status still says running), so the port is asked too; asking
+        the scheduler through the client would wait out a timeout instead.
+        """
+        return self.client.status == "running" and _listens(self.scheduler)
 
     def close(self, timeout: float = 5) -> None:
         """Close the client and a local cluster, giving up after ``timeout`` seconds each.
@@ -219,6 +224,20 @@ class Session:
         so the process exits instead of waiting (its workers end with it).
         """
         _close(self.client, self.cluster, timeout)
+
+
+def _listens(address: str, timeout: float = 2.0) -> bool:
+    """Whether a TCP or TLS scheduler address accepts a connection within ``timeout`` seconds (other protocols: True)."""
+    from distributed.comm import parse_address, parse_host_port
+
+    protocol, location = parse_address(address)
+    if protocol not in ("tcp", "tls"):
+        return True
+    try:
+        with socket.create_connection(parse_host_port(location), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _close(client, cluster, timeout: float) -> None:
