@@ -63,7 +63,7 @@ import os
 import posixpath
 import stat
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -73,8 +73,8 @@ from xrayfeat.data import images
 from xrayfeat.errors import DatasetError, control_characters, one_line
 from xrayfeat.fileio import csv_value
 from xrayfeat.data.hashes import HashCache, hash_files
-from xrayfeat.data.labels import (FINDING_VALUES, finding_value, finding_values, is_group_column, label_columns, positive_names,
-                                  split_labels)
+from xrayfeat.data.labels import (FINDING_VALUES, GROUP_COLUMNS, GROUP_PREFIX, finding_value, finding_values, is_group_column,
+                                  label_columns, positive_names, split_labels)
 from xrayfeat.options.settings import ON_ERROR
 from xrayfeat.options.constraints import Choice, OptionError
 
@@ -97,6 +97,7 @@ _JUNK = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})  # OS artefacts, ski
 _VCS = frozenset({".git", ".hg", ".svn", ".dvc"})  # a version-controlled dataset's own folders, skipped at its root
 _REQUIRED_COLUMNS = ("path", "label")
 _OPTIONAL_COLUMNS = ("split", "patient_id", "source")
+_DICOM_GROUPS = frozenset(column[len(GROUP_PREFIX):] for column in GROUP_COLUMNS)  # what images.dicom_groups can state
 _SHOW_MISSING = 5  # how many missing manifest files an error names
 
 
@@ -104,7 +105,9 @@ _SHOW_MISSING = 5  # how many missing manifest files an error names
 class Item:
     """One labelled image file.
 
-    ``path`` is absolute (what readers open); ``relpath`` is the POSIX path
+    ``path`` is absolute (what readers open; made from ``file``, the same path
+    as text, only when asked for: a 224k-image manifest then builds no Path
+    object until a file is opened); ``relpath`` is the POSIX path
     relative to the dataset root (what reports and exports show, stable across
     machines); ``sha256`` is the hex digest of the file's bytes (the feature
     store key) and ``nbytes`` its size. ``patient_id`` and ``source`` are
@@ -118,7 +121,7 @@ class Item:
     subgroup metrics.
     """
 
-    path: Path
+    path: InitVar[str | os.PathLike]
     relpath: str
     label: str
     split: str
@@ -128,6 +131,10 @@ class Item:
     nbytes: int
     findings: tuple[float, ...] | None = None
     groups: tuple[tuple[str, str], ...] = ()
+    file: str = field(init=False)
+
+    def __post_init__(self, path) -> None:
+        object.__setattr__(self, "file", os.fspath(path))
 
     def group(self, name: str) -> str | None:
         """This image's value of group ``name`` (``"sex"``), or None where unknown."""
@@ -135,6 +142,13 @@ class Item:
             if key == name:
                 return value
         return None
+
+
+def _item_path(item: Item) -> Path:
+    return Path(item.file)
+
+
+Item.path = property(_item_path, doc="The file's absolute path (a Path made from :attr:`Item.file`).")
 
 
 @dataclass(frozen=True)
@@ -295,7 +309,7 @@ class Dataset:
         items = []
         for item in self.items:
             values = tuple(item.findings[where[name]] if name in where else math.nan for name in classes)
-            items.append(replace(item, findings=values, label=positive_names(values, classes)))
+            items.append(replace(item, path=item.file, findings=values, label=positive_names(values, classes)))
         return Dataset(root=self.root, items=tuple(sorted(items, key=_order)), classes=classes, layout=self.layout,
                        skipped=self.skipped, multilabel=True)
 
@@ -757,7 +771,7 @@ def _shared_groups(row: list[str], columns: list[tuple[str, int]], seen: dict,
     A manifest of 10^5 images has a few dozen combinations of sex, age band and
     view: sharing them keeps 10^5 tuples fewer alive for the collector to walk.
     """
-    key = tuple(row[i] if i < len(row) else "" for _, i in columns)
+    key = tuple([row[i] if i < len(row) else "" for _, i in columns])
     groups = seen.get(key)
     if groups is None:
         groups = seen[key] = _groups(row, columns, where)
@@ -770,6 +784,8 @@ def _with_dicom_groups(found: list[_Found], declared: frozenset[str]) -> list[_F
     Only DICOM files are opened, and only their headers; a group the manifest
     has a column for (``declared``) is the manifest's, even where its cell is empty.
     """
+    if _DICOM_GROUPS <= declared:  # the manifest has a column for every group a header could state
+        return found
     out = []
     for f in found:
         if _suffix(f.path) in images.DICOM_SUFFIXES:
@@ -802,47 +818,65 @@ def _refuse_duplicate_columns(header: list[str], shown_csv: str) -> None:
         first.setdefault(name, number)
 
 
-def _outside(path: str, is_link: bool, real_base: str, real_dirs: dict[str, str]) -> str | None:
-    """Where ``path`` (inside the manifest's folder by name) really is when a symbolic link takes it out; else None.
+class _Containment:
+    """Where a manifest's file really is when symbolic links take it out of the manifest's folder.
 
-    The folders on its way are resolved once each (``real_dirs`` caches them), the
-    file itself only when it ``is_link`` (from the row's one ``lstat``, :func:`_lstat`).
+    Each folder on the files' ways is resolved once, by one ``lstat`` (see
+    :meth:`_real`), and whether it lies inside the folder is kept with it; a
+    file that is not itself a link then costs one dictionary lookup (a CheXpert
+    manifest has 224k files in 134k study folders).
     """
-    if "\0" in path:  # no such file (the row's own check says so); realpath would raise
-        return None
-    folder = os.path.dirname(path)
-    real_dir = real_dirs.get(folder)
-    if real_dir is None:
-        real_dir = _real_folder(folder, real_dirs)
-    real = os.path.realpath(path) if is_link else os.path.join(real_dir, os.path.basename(path))
-    return None if real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep) else real
 
+    def __init__(self, base: str):
+        self.real_base = os.path.realpath(base)
+        self.prefix = self.real_base.rstrip(os.sep) + os.sep
+        self.real_dirs = {base: self.real_base}
+        self.inside: dict[str, bool] = {}
 
-def _real_folder(folder: str, real_dirs: dict[str, str]) -> str:
-    """``os.path.realpath(folder)``, from the nearest folder above it already resolved: one ``lstat`` per new folder.
+    def outside(self, path: str, is_link: bool) -> str | None:
+        """The real path of ``path`` (a normalised path under the base by name) if it is outside; else None.
 
-    A folder that is not a link resolves to its parent's real path joined with
-    its name, as ``realpath`` resolves it component by component; a link is
-    resolved by ``realpath`` itself. ``real_dirs`` keeps every folder resolved
-    (a CheXpert manifest has a folder per study: 10^5 folders, each resolved once).
-    """
-    todo = []
-    while folder not in real_dirs:
-        parent, name = os.path.split(folder)
-        if not name or parent == folder:  # the file system's root
-            real_dirs[folder] = os.path.realpath(folder)
-            break
-        todo.append(folder)
-        folder = parent
-    real = real_dirs[folder]
-    for folder in reversed(todo):
-        link = _lstat(folder)
-        if link is not None and stat.S_ISLNK(link.st_mode):
-            real = os.path.realpath(folder)
-        else:
-            real = os.path.join(real, os.path.basename(folder))
-        real_dirs[folder] = real
-    return real
+        ``is_link`` comes from the row's one ``lstat`` (:func:`_lstat`).
+        """
+        if "\0" in path:  # no such file (the row's own check says so); realpath would raise
+            return None
+        folder, _, name = path.rpartition(os.sep)
+        inside = self.inside.get(folder)
+        if inside is None:
+            inside = self.inside[folder] = self._within(self._real(folder))
+        if inside and not is_link:
+            return None
+        real = os.path.realpath(path) if is_link else os.path.join(self._real(folder), name)
+        return None if self._within(real) else real
+
+    def _within(self, real: str) -> bool:
+        return real == self.real_base or real.startswith(self.prefix)
+
+    def _real(self, folder: str) -> str:
+        """``os.path.realpath(folder)``, from the nearest folder above it already resolved: one ``lstat`` per new folder.
+
+        A folder that is not a link resolves to its parent's real path joined with
+        its name, as ``realpath`` resolves it component by component; a link is
+        resolved by ``realpath`` itself.
+        """
+        real_dirs = self.real_dirs
+        todo = []
+        while folder not in real_dirs:
+            parent, _, name = folder.rpartition(os.sep)  # a normalised path: os.path.split's answer below the root
+            if not parent or not name:  # the file system's root, or its child
+                real_dirs[folder] = os.path.realpath(folder)
+                break
+            todo.append(folder)
+            folder = parent
+        real = real_dirs[folder]
+        for folder in reversed(todo):
+            link = _lstat(folder)
+            if link is not None and stat.S_ISLNK(link.st_mode):
+                real = os.path.realpath(folder)
+            else:
+                real = real + folder[folder.rfind(os.sep):] if real != os.sep else folder[folder.rfind(os.sep):]
+            real_dirs[folder] = real
+        return real
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -908,8 +942,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     seen: dict[str, int] = {}
     missing_files: list[str] = []
     bad_splits: dict[str, int] = {}
-    real_base = os.path.realpath(base)
-    real_dirs = {base: real_base}
+    containment = _Containment(base)
     base_prefix = base if base.endswith(os.sep) else base + os.sep  # base is absolute and normalised (discover's)
     value_of = FINDING_VALUES.get
     seen_values: dict[tuple, tuple] = {}  # a row's finding cells -> (values, label), shared by the rows that have them
@@ -919,7 +952,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
         pick = operator.itemgetter(*finding_columns)
         single = len(finding_columns) == 1
     for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
+        if not (row and row[0].strip()) and not any(cell.strip() for cell in row):  # the first cell decides most rows
             continue
         value = _cell(row, col["path"])
         if value is None:
@@ -965,7 +998,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
                 f"list only files inside it (or move the manifest up to a folder that holds every image)"
             ))
         link_stat = _lstat(path)
-        real = _outside(path, link_stat is not None and stat.S_ISLNK(link_stat.st_mode), real_base, real_dirs)
+        real = containment.outside(path, link_stat is not None and stat.S_ISLNK(link_stat.st_mode))
         if real is not None:
             raise DatasetError(_one_line(
                 f"{shown_csv}: line {line} path {value} leads, through a symbolic link, to {real}, outside the "
@@ -1033,20 +1066,11 @@ def _hash(found: list[_Found], cache: HashCache, problems: _Problems) -> list[It
     """
     stats, digests = hash_files([f.path for f in found], cache, lambda i, reason: problems.error(found[i], reason),
                                 known=[f.file_stat for f in found])
-    folders: dict[str, Path] = {}  # a folder's Path, kept from its first file's: then a cheap join per file
     items = []
     for f, st, digest in zip(found, stats, digests):
-        if digest is None:
-            continue
-        folder, name = os.path.split(f.path)
-        parent = folders.get(folder)
-        if parent is None:  # one parse of the whole path (a CheXpert study folder holds one to three images)
-            path = Path(f.path)
-            folders[folder] = path.parent
-        else:
-            path = parent / name
-        items.append(Item(path, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
-                          f.findings, f.groups))
+        if digest is not None:
+            items.append(Item(f.path, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
+                              f.findings, f.groups))
     return items
 
 
