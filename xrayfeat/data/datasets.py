@@ -910,16 +910,11 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     """
     base = os.path.dirname(csv_path)
     shown_base = os.path.dirname(shown_csv)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{shown_csv}: not UTF-8 text; save the manifest as UTF-8 CSV") from error
-    except (OSError, csv.Error) as error:
-        raise DatasetError(_one_line(f"{shown_csv}: cannot read the manifest ({error}); check the file")) from error
-    if not rows or not any(cell.strip() for cell in rows[0]):
+    rows = _manifest_rows(csv_path, shown_csv)
+    first = next(rows, None)
+    if first is None or not any(cell.strip() for cell in first):
         raise DatasetError(f"{shown_csv}: manifest is empty; it needs a header row {','.join(_REQUIRED_COLUMNS + _OPTIONAL_COLUMNS)} and one row per image")
-    written = [name.strip() for name in rows[0]]
+    written = [name.strip() for name in first]
     header = [name.lower() for name in written]
     _refuse_duplicate_columns(header, shown_csv)
     kind, finding_columns = label_columns(written)
@@ -951,7 +946,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
         last_finding = max(finding_columns)
         pick = operator.itemgetter(*finding_columns)
         single = len(finding_columns) == 1
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(rows, start=2):
         if not (row and row[0].strip()) and not any(cell.strip() for cell in row):  # the first cell decides most rows
             continue
         value = _cell(row, col["path"])
@@ -1049,6 +1044,21 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
         found = [f._replace(findings=tuple(1.0 if name in names else 0.0 for name in findings))
                  for f, names in zip(found, named_labels)]
     return found, findings, frozenset(name for name, _ in group_columns)
+
+
+def _manifest_rows(csv_path: str, shown_csv: str):
+    """The manifest's rows as lists of cells, read as they are used (a 224k-row table is never held whole).
+
+    A file that is not UTF-8 CSV, or cannot be read, is refused in one line
+    wherever in the file that shows.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            yield from csv.reader(handle)
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{shown_csv}: not UTF-8 text; save the manifest as UTF-8 CSV") from error
+    except (OSError, csv.Error) as error:
+        raise DatasetError(_one_line(f"{shown_csv}: cannot read the manifest ({error}); check the file")) from error
 
 
 def _finding_names(written: list[str], columns: list[int], shown_csv: str) -> tuple[str, ...]:
