@@ -108,7 +108,11 @@ def test_cv_reads_the_cache_only_and_the_run_loads(cv_run):
     assert result["timings"]["extracted_images"] == 0  # every feature came from the cache
     loaded = xf.load_run(run)  # config.json names predictions-oof.csv with its sha256; metrics.json's cv is checked
     assert "predictions_oof" in loaded.record.artifacts
-    assert loaded.metrics["cv"]["models"]["head"]["accuracy"]["values"]
+    table = loaded.cv()  # one row per (model, repeat, fold), then each model's mean and SD
+    assert len(table) == 2 * (K * REPEATS + 2)
+    means = table[table.index.get_level_values("fold") == "mean"]
+    assert list(means.index.get_level_values("model")) == ["head", "logreg"]
+    assert means["accuracy"].iloc[0] == loaded.metrics["cv"]["models"]["head"]["accuracy"]["mean"]
 
 
 def test_report_shows_the_cross_validation(cv_run, tmp_path):
