@@ -135,3 +135,22 @@ def headline(m: dict) -> dict:
         "accuracy": m["accuracy"], "accuracy_ci": m["ci"]["accuracy"], "loss": m["loss"],
         "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"], "n": m["n"],
     }
+
+
+#: The figures ``fit-head --cv`` gives per fold and across folds: single-label, and multi-label.
+FOLD_FIGURES = ("accuracy", "balanced_accuracy", "roc_auc")
+MULTILABEL_FOLD_FIGURES = ("macro_roc_auc", "micro_roc_auc", "macro_average_precision")
+
+
+def fold_figures(y, proba, classes, *, multilabel: bool = False, mask=None) -> dict:
+    """One held-out fold's figures, threshold-free and without intervals: :data:`FOLD_FIGURES` (argmax accuracy,
+    balanced accuracy, ROC-AUC), or :data:`MULTILABEL_FOLD_FIGURES` with ``multilabel`` (``mask`` as in
+    :func:`evaluate_models`). A figure the fold cannot define (one class present) is None.
+    """
+    if multilabel:
+        scored = score_multilabel(y, mask, proba, list(classes), n_boot=0)
+        return {key: scored[key] for key in MULTILABEL_FOLD_FIGURES}
+    if mask is not None:
+        raise ValueError("'mask' applies to multi-label scoring; pass multilabel=True with it, or leave it out.")
+    scored = metrics.score(y, proba, list(classes), n_boot=0)
+    return {key: scored[key] for key in FOLD_FIGURES}

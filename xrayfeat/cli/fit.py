@@ -23,7 +23,7 @@ from xrayfeat.options.constraints import declaration
 
 _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_steps", "learning_rate", "units", "dropout",
                 "l2", "train_tail", "head_input", "val_fraction", "n_bootstrap", "n_jobs", "head_backend", "class_weight",
-                "restore_best", "repeats", "threshold", "positive", "uncertain", "memory_budget")
+                "restore_best", "repeats", "cv", "threshold", "positive", "uncertain", "memory_budget")
 
 
 @click.command("fit-head")
@@ -83,6 +83,9 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
             out.print(_operating_table(result.operating, result.test["n"], "macro_roc_auc" in result.test))
         if result.repeats:
             out.print(_repeats_line(result.repeats))
+        if result.cv:
+            for line in _cv_lines(result.cv):
+                out.print(line)
         t = result.timings
         out.print(f"extraction {t['extraction_seconds']:.1f} s ({t['extracted_images']} images computed), head "
                       f"{t['head_seconds']:.1f} s ({t['seconds_per_epoch']:.3f} s/epoch), baselines "
@@ -148,3 +151,22 @@ def _repeats_line(repeats: dict) -> str:
         return f"head {key.replace('_', ' ')} over {len(seeds)} seeds: undefined in some seed"
     return (f"head {key.replace('_roc_auc', ' ROC-AUC')} over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}): mean "
             f"{acc['mean']:.3f}, SD {acc['sd']:.3f}, range {acc['min']:.3f}–{acc['max']:.3f}")
+
+
+def _cv_lines(cv: dict) -> list[str]:
+    """Each model's cross-validated accuracy (a multi-label run's macro ROC-AUC): mean ± SD over the folds."""
+    seeds = cv["seeds"]
+    folds = f"{cv['k']} folds" + (f" × {len(seeds)} repeats" if len(seeds) > 1 else "")
+    n = sum(f["n_out"] for f in cv["folds"]) // len(seeds)
+    lines = [f"cross-validation on the {n} training images ({folds}, grouped by {cv['grouped_by']}; "
+             f"mean ± SD over folds; per fold in metrics.json):"]
+    for name, figures in cv["models"].items():
+        cells = []
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("roc_auc", "ROC-AUC"),
+                           ("macro_roc_auc", "macro ROC-AUC"), ("micro_roc_auc", "micro ROC-AUC")):
+            if key in figures:
+                s = figures[key]
+                cells.append(f"{label} " + ("-" if s is None else f"{s['mean']:.3f} ± " +
+                                            ("-" if s["sd"] is None else f"{s['sd']:.3f}")))
+        lines.append(f"  {name}: " + ", ".join(cells))
+    return lines

@@ -35,6 +35,12 @@ luck). They run where the head runs, one after the other in the same process
 (one child for all of them: each child pays the Keras import), and only their
 probabilities and best epochs come back; only the first head is saved.
 
+Cross-validation (``cv``, :class:`CrossValidation`): after the head and its
+repeats, one more head per fold, trained on that fold's rows of the training
+matrix and predicting its held-out rows, in the same process too. The matrix
+travels once (the folds as one small table of row roles), and only the held-out
+probabilities come back; no fold's head is saved.
+
 The child also gets glibc malloc settings that keep freed memory for reuse
 (:data:`MALLOC_TUNABLES`): every training step allocates ~52 MB gradient and
 update buffers, and by default glibc returns each to the kernel, which then
@@ -66,7 +72,7 @@ from xrayfeat.models import head_numpy
 from xrayfeat.errors import DiskFullError, XrayfeatError
 from xrayfeat.fileio import disk_full, writing_to
 from xrayfeat.options.settings import HEAD_BACKENDS
-from xrayfeat.store.rows import StoreRows
+from xrayfeat.store.rows import StoreRows, take
 
 log = logging.getLogger("xrayfeat")
 
@@ -141,12 +147,38 @@ class HeadOutcome:
     proba_test: np.ndarray
     proba_val: np.ndarray | None = None
     repeats: list = field(default_factory=list)
+    cv: list = field(default_factory=list)  # per fold of CrossValidation: {"proba_out": array, "best_epoch": int|None}
     process: str = "in-process"
     process_seconds: float = float("nan")
 
 
 #: The fields of :class:`HeadOutcome` that a :class:`~xrayfeat.models.head.TrainedHead` records, all JSON-ready.
 _RECORD_FIELDS = ("history", "epoch_seconds", "seconds", "step_seconds", "params", "settings")
+
+
+#: The role of a row in one fold of :class:`CrossValidation` (``roles``): not used, trained on, validation, held out.
+UNUSED, FIT, VAL, OUT = -1, 0, 1, 2
+
+
+@dataclass
+class CrossValidation:
+    """The folds a head is trained on after the main fit: one matrix, and each fold's role for each of its rows.
+
+    ``x``: the training matrix (an array or a :class:`~xrayfeat.store.rows.StoreRows`),
+    ``y`` its targets and ``mask`` (multi-label only) where they count.
+    ``roles[j, i]``: what row ``i`` is in fold ``j`` (:data:`FIT`, :data:`VAL`,
+    :data:`OUT` or :data:`UNUSED`); ``seeds[j]``: the seed fold ``j``'s head trains with.
+    """
+
+    x: object
+    y: np.ndarray
+    roles: np.ndarray
+    seeds: list
+    mask: np.ndarray | None = None
+
+    def rows(self, j: int, role: int) -> np.ndarray:
+        """The rows (sorted) that have ``role`` in fold ``j``."""
+        return np.flatnonzero(self.roles[j] == role)
 
 
 def _record(trained) -> dict:
@@ -212,7 +244,7 @@ def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
                       child: HeadChild | None = None, device: str = "cpu", repeat_seeds=(),
                       guard: WriteGuard | None = None, multilabel: bool = False, mask_train=None, mask_val=None,
-                      **train_kwargs) -> HeadOutcome:
+                      cv: CrossValidation | None = None, **train_kwargs) -> HeadOutcome:
     """Train the head on ``backend``, predict ``x_val`` and ``x_test``, save the model to ``head_file``.
 
     Runs here when ``backend`` is this process' backend, else in a child process
@@ -232,6 +264,10 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
     counts; None: all count). The masks go to a child as ``.npy`` files in its
     job folder beside the other arrays; every repeat trains with them too. The
     probabilities are then (n, K), one sigmoid per finding.
+
+    ``cv``: after the repeats, a head per fold of this :class:`CrossValidation`
+    (same settings, the fold's seed and rows); the held-out probabilities are
+    in :attr:`HeadOutcome.cv`, in the folds' order.
     """
     started = time.perf_counter()
     seeds = _seeds(repeat_seeds)
@@ -240,7 +276,7 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         train_kwargs = {**train_kwargs, "multilabel": True}
     if backend == process_backend():
         outcome = _train_all(x_fit, y_fit, x_val, y_val, x_test, head_file=head_file, seeds=seeds, tail=tail,
-                             train=train_kwargs, guard=guard, masks=masks)
+                             train=train_kwargs, guard=guard, masks=masks, cv=cv)
         return replace(outcome, process="in-process", process_seconds=time.perf_counter() - started)
     if tail is not None:
         raise XrayfeatError("a backbone tail can only be trained on the extraction backend; use --head-backend auto")
@@ -250,12 +286,16 @@ def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_
         if folder is not None:
             with writing_to(folder.parent, option="TMPDIR"):  # the job's folder is the system's temporary one
                 arrays = {"x_fit": x_fit, "y_fit": y_fit, "x_val": x_val, "y_val": y_val, "x_test": x_test, **masks}
+                if cv is not None:
+                    arrays.update({"cv_x": cv.x, "cv_y": cv.y, "cv_roles": cv.roles, "cv_mask": cv.mask})
                 for name, value in arrays.items():
                     if value is not None and not isinstance(value, StoreRows):
                         np.save(folder / f"{name}.npy", np.asarray(value))
                 rows = {name: value.spec() for name, value in arrays.items() if isinstance(value, StoreRows)}
                 job = {"head_file": str(Path(head_file).resolve()), "train": train_kwargs, "repeat_seeds": seeds,
                        "rows": rows, "guard": None if guard is None else guard.to_json()}
+                if cv is not None:
+                    job["cv_seeds"] = _seeds(cv.seeds)
                 (folder / "job.json").write_text(json.dumps(job))
         _run_child(folder, child)
         outcome = _read_outcome(folder)
@@ -287,20 +327,21 @@ def _seeds(repeat_seeds) -> list[int]:
 
 
 def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, tail, train: dict,
-               guard: WriteGuard | None = None, masks: dict | None = None) -> HeadOutcome:
+               guard: WriteGuard | None = None, masks: dict | None = None,
+               cv: CrossValidation | None = None) -> HeadOutcome:
     """Train the head, predict validation and test, save it; then train and predict once more per repeat seed.
 
     ``masks``: ``mask_train``/``mask_val`` of a multi-label head, given to every training.
 
     With a tail (in-process only), every repeat fine-tunes it again from the
     weights it had before the first training, as the first head did; the tail
-    is left as the last training left it.
+    is left as the last training left it. So does every fold of ``cv``.
     """
     if guard is not None:  # a run given up or claimed again already: train nothing (not even import Keras)
         guard.check()
     from xrayfeat.models.head import train_head
 
-    start_tail = tail.get_weights() if tail is not None and seeds else None
+    start_tail = tail.get_weights() if tail is not None and (seeds or cv is not None) else None
     train = {**train, **(masks or {})}
     trained = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **train)
     proba_val, proba_test = _predict(trained, x_val, x_test)
@@ -312,7 +353,18 @@ def _train_all(x_fit, y_fit, x_val, y_val, x_test, *, head_file, seeds: list, ta
         again = train_head(x_fit, y_fit, x_val, y_val, tail=tail, **{**train, "seed": seed})
         val, test = _predict(again, x_val, x_test)
         repeats.append({"seed": seed, "proba_val": val, "proba_test": test, "best_epoch": again.settings["best_epoch"]})
-    return HeadOutcome(**_record(trained), proba_test=proba_test, proba_val=proba_val, repeats=repeats)
+    folds = []
+    for j, seed in enumerate(cv.seeds if cv is not None else ()):
+        if start_tail is not None:
+            tail.set_weights(start_tail)
+        if guard is not None:
+            guard.check()
+        fit, val, out = (cv.rows(j, role) for role in (FIT, VAL, OUT))
+        fold_masks = {} if cv.mask is None else {"mask_train": cv.mask[fit], "mask_val": cv.mask[val]}
+        head = train_head(take(cv.x, fit), cv.y[fit], take(cv.x, val), cv.y[val], tail=tail,
+                          **{**train, **fold_masks, "seed": seed})
+        folds.append({"proba_out": _predict_rows(head, take(cv.x, out)), "best_epoch": head.settings["best_epoch"]})
+    return HeadOutcome(**_record(trained), proba_test=proba_test, proba_val=proba_val, repeats=repeats, cv=folds)
 
 
 def _predict(trained, x_val, x_test) -> tuple:
@@ -335,9 +387,12 @@ def _write_outcome(folder: Path, outcome: HeadOutcome) -> None:
     arrays = {"test": outcome.proba_test, "val": outcome.proba_val}
     for i, repeat in enumerate(outcome.repeats):
         arrays[f"repeat{i}_test"], arrays[f"repeat{i}_val"] = repeat["proba_test"], repeat["proba_val"]
+    for j, fold in enumerate(outcome.cv):
+        arrays[f"cv{j}_out"] = fold["proba_out"]
     np.savez(folder / "proba.npz", **{name: value for name, value in arrays.items() if value is not None})
     repeats = [{"seed": r["seed"], "best_epoch": r["best_epoch"]} for r in outcome.repeats]
-    (folder / "result.json").write_text(json.dumps({**_record(outcome), "repeats": repeats}))
+    cv = {"cv": [{"best_epoch": f["best_epoch"]} for f in outcome.cv]} if outcome.cv else {}
+    (folder / "result.json").write_text(json.dumps({**_record(outcome), "repeats": repeats, **cv}))
 
 
 def _read_outcome(folder: Path) -> HeadOutcome:
@@ -350,7 +405,8 @@ def _read_outcome(folder: Path) -> HeadOutcome:
          "best_epoch": r["best_epoch"]}
         for i, r in enumerate(result.pop("repeats"))
     ]
-    return HeadOutcome(**result, proba_test=proba["test"], proba_val=proba.get("val"), repeats=repeats)
+    folds = [{"proba_out": proba[f"cv{j}_out"], "best_epoch": f["best_epoch"]} for j, f in enumerate(result.pop("cv", []))]
+    return HeadOutcome(**result, proba_test=proba["test"], proba_val=proba.get("val"), repeats=repeats, cv=folds)
 
 
 def _save(trained, head_file, guard: WriteGuard | None = None) -> None:
@@ -415,9 +471,13 @@ def _child_main(folder: Path) -> int:
             return np.load(path, mmap_mode="r") if path.exists() else None
 
         masks = {name: mask for name in ("mask_train", "mask_val") if (mask := load(name)) is not None}
+        cv = None
+        if "cv_seeds" in job:
+            cv = CrossValidation(load("cv_x"), np.asarray(load("cv_y")), np.asarray(load("cv_roles")), job["cv_seeds"],
+                                 None if (mask := load("cv_mask")) is None else np.asarray(mask))
         outcome = _train_all(load("x_fit"), load("y_fit"), load("x_val"), load("y_val"), load("x_test"),
                              head_file=job["head_file"], seeds=job["repeat_seeds"], tail=None, train=job["train"],
-                             guard=guard, masks=masks)
+                             guard=guard, masks=masks, cv=cv)
         with writing_to(folder.parent, option="TMPDIR"):
             _write_outcome(folder, outcome)
         return 0

@@ -72,6 +72,7 @@ MAX_HEAD_BATCH_SIZE = 65_536
 MAX_UNITS = 65_536
 MAX_BOOTSTRAP = 100_000
 MAX_REPEATS = 1000
+MAX_FOLDS = 1000
 MAX_PHANTOM_SIZE = 2048  # the largest --image-size a backbone reads; one image takes minutes to draw at 4096
 MAX_PHANTOMS_PER_CLASS = 100_000
 
@@ -284,6 +285,13 @@ class HeadOptions:
     repeats: int = option(1, check=bounded(1, MAX_REPEATS, "each repeat trains and keeps a head"),
                           help="Train the head N times (seeds seed..seed+N-1) on the same features and split; "
                                "report mean, SD and range across seeds.")
+    cv: int | None = option(None, check=bounded(2, MAX_FOLDS, "each fold trains a head and the baselines"), none=True,
+                            help="Also cross-validate on the training images (all but test): K folds grouped by "
+                                 "patient and stratified by class, the head and the baselines trained on K-1 folds "
+                                 "(validation carved out of them) and predicting the held-out one; out-of-fold "
+                                 "predictions in predictions-oof.csv, per-fold figures and mean ± SD in metrics.json "
+                                 "and the report. With --repeats, each repeat draws new folds with its seed. The "
+                                 "main fit and the test split are unchanged (default: no cross-validation).")
     threshold: str = option("youden", check=Threshold(),
                             help="Operating point chosen on the validation data, never on test: youden, sens=X, "
                                  "spec=X, or a fixed probability.")

@@ -5,6 +5,7 @@
 * :mod:`.cells`: how a figure reads in a table (numbers, durations, counts, changes, intervals);
 * :mod:`.findings`: what the report says of multi-label runs (ROC-AUC per finding) and of any run's
   patient groups;
+* :mod:`.crossval`: a run's cross-validation (``fit-head --cv``): its section and the comparison table's cell;
 * :mod:`.writer`: :func:`write_report`, which reads each run through its record and lays out its
   metrics, warnings, external evaluations and figures.
 """

@@ -63,7 +63,7 @@ from xrayfeat.fileio import atomic_write, writing_to
 from xrayfeat.runtime import library_call
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
-from xrayfeat.report import findings
+from xrayfeat.report import crossval, findings
 from xrayfeat.report.cells import DASH, difference, duration, number, signed_number, whole, with_ci
 from xrayfeat.report.document import (
     Figure,
@@ -324,6 +324,7 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
     baselines = _baseline_order(runs)
     level = _ci_level(runs)
     seeds = any(_spread(r, "accuracy") for r in runs)  # the column only where a run was trained under several seeds
+    cv = any(r.metrics.get("cv") for r in runs)  # the column only where a run was cross-validated
     multilabel = findings.is_multilabel(runs[0].head)
     header = list(_RUN_COLUMNS)
     if multilabel:
@@ -331,6 +332,7 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
     else:
         header += ["Test loss", f"Accuracy [{level} CI]"]
         header += ["Accuracy over seeds (mean ± SD)"] if seeds else []
+        header += ["CV accuracy (mean ± SD)"] if cv else []
         header += ["Balanced acc.", "ROC-AUC"]
         header += [f"{name} acc." + (" (sentinel)" if name == "pixels" else "") for name in baselines]
     rows = []
@@ -342,6 +344,7 @@ def _comparison(task: str, classes: list[str], runs: list[_Run]) -> list:
             continue
         row += [number(head["loss"]), with_ci(head["accuracy"], head["ci"]["accuracy"], "sub")]
         row += [_spread_cell(r)] if seeds else []
+        row += [crossval.comparison_cell(r.metrics)] if cv else []
         row += [number(head["balanced_accuracy"]), number(head["roc_auc"])]
         row += [number(r.baselines[name]["accuracy"]) if name in r.baselines else DASH for name in baselines]
         rows.append(row)
@@ -946,11 +949,13 @@ def _run_section(r: _Run, out: Path) -> list:
                    Para(f"Each finding's threshold was chosen on the validation split by the rule "
                         f"{r.metrics.get('threshold_rule') or DASH}, never on test; sensitivity and specificity are "
                         f"those it gives on the test images.", cls="note")]
+        blocks += crossval.section(r.metrics, _model_label)
         blocks += _external_section(r, out)
         by_source = findings.by_source_table(r.head)
     else:
         blocks += [Heading(3, "Test results"), _results_table(r)]
         blocks += _seeds_section(r)
+        blocks += crossval.section(r.metrics, _model_label)
         blocks += _points_section(r)
         blocks += _calibration_section(r)
         blocks += _external_section(r, out)

@@ -12,13 +12,15 @@
   ``export.json``), the strict JSON reader and the one validator (:func:`parse`, :class:`Damaged`);
 * :mod:`.fit`: the fit-head pipeline (:func:`fit_head` → :class:`FitResult`): features, splits,
   head, baselines, metrics, figures, record;
+* :mod:`.crossval`: ``fit-head --cv``'s patient-grouped, stratified folds (:func:`assign_folds`), the check of K
+  against the training patients (:func:`check_folds`) and the ``cv`` part of ``metrics.json``;
 * :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);
 * :mod:`.loaded`: a finished run to use from Python (:func:`load_run` → :class:`Run`);
 * :mod:`.prediction`: new images through a run (:func:`predict`; every model on a set of images: :func:`score_images`);
 * :mod:`.external`: a run scored on another site's data, recorded under ``external/<name>/``;
 * :mod:`.explanation`: Grad-CAM overlays from cached maps (:func:`explain`);
 * :mod:`.tables`: a run's recorded metrics as pandas DataFrames (summary, per class, per source, operating points,
-  calibration, external results), read off the checked record;
+  calibration, external results, cross-validation folds), read off the checked record;
 * :mod:`.display`: how a run and the results of predict, evaluate and explain look in a notebook (a short
   ``repr``, a ``_repr_html_`` with the warnings first);
 * :mod:`.export`: a run as one portable Keras model, preprocessing included (:func:`export_run`).

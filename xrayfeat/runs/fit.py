@@ -26,6 +26,13 @@
    calibration, predictions (test and validation), history, figures and the
    :class:`~xrayfeat.runs.record.RunRecord`.
 
+With ``cv`` (``--cv K``, :mod:`xrayfeat.runs.crossval`), steps 3 to 5 also run
+per fold of the training images (:func:`_cross_validation`, :func:`_cv_baselines`):
+the head and the baselines trained on K-1 folds predict the held-out one, from
+the features already read (nothing more is extracted), and the run adds
+``predictions-oof.csv`` and the ``cv`` part of ``metrics.json``
+(:func:`_score_folds`). The main fit is the same with or without it.
+
 Every figure and every metric is computed from ``predictions.csv`` (test) and
 ``predictions-val.csv`` (validation, where thresholds come from), so anyone can
 recompute them from the run folder.
@@ -47,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat import __version__
-from xrayfeat.runs import folder
+from xrayfeat.runs import crossval, folder
 from xrayfeat.runs.outputs import check_new_folder
 from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
@@ -62,7 +69,9 @@ from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.analysis.multilabel import few_positives_warning
 from xrayfeat.analysis.subgroups import GROUP_GAP, group_gap_warnings
-from xrayfeat.analysis.scoring import choose_model_thresholds, evaluate_models, groups_of, headline, positive_class, seed_spread
+from xrayfeat.analysis.scoring import (choose_model_thresholds, evaluate_models, fold_figures, groups_of, headline,
+                                       positive_class, seed_spread)
+from xrayfeat.models.head_process import FIT, OUT, VAL, CrossValidation
 from xrayfeat.fileio import write_json, writing_to
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.options.settings import FeatureOptions, HeadOptions, RunOptions
@@ -163,11 +172,12 @@ def finding_strata(y: np.ndarray, mask: np.ndarray, groups=None, min_members: in
     return strata
 
 
-def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DATA"):
+def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DATA", say_share: bool = True):
     """Indices (fit, val) of a stratified split of train, grouped by patient when known.
 
     ``root`` is the dataset (folder or manifest) named in the error when no
-    patient-grouped split is possible.
+    patient-grouped split is possible. ``say_share``: log when few patients make
+    validation's share larger than ``val_fraction`` (``--cv`` says it once, not per fold).
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
@@ -184,7 +194,7 @@ def split_validation(train_items, y, val_fraction: float, seed: int, *, root="DA
             f"add images or a val split"
         )
     n_splits = min(max(2, round(1 / val_fraction)), patients_per_class)
-    if n_splits < round(1 / val_fraction):
+    if n_splits < round(1 / val_fraction) and say_share:
         log.warning("only %d patients in the smallest class: validation takes 1/%d of train", patients_per_class, n_splits)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fit_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, groups))
@@ -205,11 +215,12 @@ class FitResult:
     timings: dict = field(default_factory=dict)
     operating: dict | None = None  # the head's operating points on test (metrics.json's head.operating_points)
     repeats: dict | None = None  # the head across seeds (metrics.json's repeats), with --repeats > 1
+    cv: dict | None = None  # cross-validation (metrics.json's cv), with --cv K
     skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
 
     def as_json(self) -> dict:
         return {"run": self.run, "test": self.test, "baselines": self.baselines, "operating": self.operating,
-                "repeats": self.repeats, "warnings": [asdict(w) for w in self.warnings], "timings": self.timings,
+                "repeats": self.repeats, "cv": self.cv, "warnings": [asdict(w) for w in self.warnings], "timings": self.timings,
                 "skipped_files": self.skipped_files}
 
 
@@ -253,6 +264,8 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
         options.validate()
     check_task(dataset)
     positive_class(dataset.classes, head.positive)
+    if head.cv:
+        _check_cv(dataset, head)
     if head.train_tail and head.head_input == "pooled":
         raise XrayfeatError("--train-tail trains the backbone's last block, which gives spatial maps, not pooled "
                             "vectors: drop --head-input pooled or --train-tail")
@@ -351,16 +364,85 @@ def _validation(dataset, split: _Split, head: HeadOptions):
         fit_idx = np.array([k for k, i in enumerate(split.train) if i.split == "train"])
         val_idx = np.array([k for k, i in enumerate(split.train) if i.split == "val"])
         return fit_idx, val_idx, "val split"
-    folds = max(2, round(1 / head.val_fraction))  # the folds split_validation draws validation from
-    y = (finding_strata(split.y_train, split.mask_train, groups_of(split.train), min_members=folds)
-         if split.multilabel else split.y_train)
-    fit_idx, val_idx = split_validation(split.train, y, head.val_fraction, head.seed, root=dataset.root)
+    fit_idx, val_idx = _carve_validation(split.train, split.y_train, split.mask_train, head.val_fraction, head.seed,
+                                         dataset.root)
     grouped = ", grouped by patient" if groups_of(split.train) is not None else ""
     return fit_idx, val_idx, f"{head.val_fraction:.0%} of train, stratified{grouped}"
 
 
+def _carve_validation(items, y, mask, val_fraction: float, seed: int, root, say_share: bool = True):
+    """(fit, val) indices into ``items``: :func:`split_validation` on the classes, or on a multi-label task's strata."""
+    folds = max(2, round(1 / val_fraction))  # the folds split_validation draws validation from
+    strata = finding_strata(y, mask, groups_of(items), min_members=folds) if mask is not None else y
+    return split_validation(items, strata, val_fraction, seed, root=root, say_share=say_share)
+
+
+def _cv_strata(items, y, mask, k: int, groups) -> np.ndarray:
+    """What the folds are stratified by: the class, or a multi-label image's :func:`finding_strata` (for ``k`` folds)."""
+    return finding_strata(y, mask, groups, min_members=k) if mask is not None else y
+
+
+def _check_cv(dataset, head: HeadOptions) -> None:
+    """``--cv K`` against the dataset's training images, before anything is extracted (:func:`crossval.check_folds`)."""
+    items = [item for item in dataset.items if item.split in ("train", "val")]
+    groups, known = crossval.fold_groups(items)
+    if dataset.multilabel:
+        y, mask = targets(finding_values(items, len(dataset.classes)), head.uncertain)
+        crossval.check_folds(head.cv, _cv_strata(items, y, mask, head.cv, groups), groups, dataset.root, known=known)
+        return
+    index = {c: i for i, c in enumerate(dataset.classes)}
+    y = np.array([index[item.label] for item in items])
+    crossval.check_folds(head.cv, y, groups, dataset.root, known=known, baselines=bool(head.baselines),
+                         class_names={index[c]: c for c in dataset.classes if c in {i.label for i in items}})
+
+
+def _cross_validation(dataset, split: _Split, head: HeadOptions) -> tuple[CrossValidation, list[dict]]:
+    """The folds of every repeat over ``split.train`` (repeat-major), each with its validation carved out.
+
+    Returns the head's :class:`~xrayfeat.models.head_process.CrossValidation`
+    (its matrix is the head's training input) and one description per fold for
+    ``metrics.json``. Nothing is trained here, so a fold that cannot carve out
+    its validation stops the run before any training.
+    """
+    k = head.cv
+    groups, known = crossval.fold_groups(split.train)
+    crossval.check_folds(k, split.y_train if not split.multilabel else np.zeros(len(groups)), groups, dataset.root,
+                         known=known, baselines=bool(head.baselines), class_names=None if split.multilabel else
+                         {i: c for i, c in enumerate(dataset.classes) if (split.y_train == i).any()})
+    strata = _cv_strata(split.train, split.y_train, split.mask_train, k, groups)
+    seeds = [head.seed + r for r in range(head.repeats)]
+    roles = np.full((len(seeds) * k, len(split.train)), -1, dtype=np.int8)
+    folds = []
+    for r, seed in enumerate(seeds):
+        fold = crossval.assign_folds(strata, groups, k, seed)
+        for f in range(k):
+            j = r * k + f
+            rest = np.flatnonzero(fold != f)
+            items = [split.train[i] for i in rest]
+            mask = None if split.mask_train is None else split.mask_train[rest]
+            try:
+                fit_rel, val_rel = _carve_validation(items, split.y_train[rest], mask, head.val_fraction, seed,
+                                                     dataset.root, say_share=False)
+            except DatasetError as exc:
+                reason = str(exc).removeprefix(f"{dataset.root}: ")
+                raise DatasetError(one_line(f"{dataset.root}: --cv {k}, fold {f + 1} of repeat {r + 1}: no validation "
+                                            f"split in the other folds ({reason}); use fewer folds")) from None
+            roles[j, rest[fit_rel]] = FIT
+            roles[j, rest[val_rel]] = VAL
+            roles[j, fold == f] = OUT
+            folds.append({"repeat": r + 1, "seed": seed, "fold": f + 1, "n_fit": len(fit_rel), "n_val": len(val_rel),
+                          "n_out": int((fold == f).sum()), "n_patients_out": len(set(groups[fold == f]))})
+    share = np.mean([f["n_val"] / (f["n_fit"] + f["n_val"]) for f in folds])
+    if share > head.val_fraction + 0.05:
+        log.warning("cross-validation: few patients per fold, so validation takes %.0f%% of each fold's training "
+                    "images on average (--val-fraction %g)", 100 * share, head.val_fraction)
+    cv = CrossValidation(split.train_arrays[head.head_input], split.y_train, roles, [f["seed"] for f in folds],
+                         split.mask_train)
+    return cv, folds
+
+
 def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes: int, head_file: Path,
-           backend: str, child, guard):
+           backend: str, child, guard, cv: CrossValidation | None = None):
     """Train the seed's head (and the tail with ``train_tail``) and predict test; see :mod:`xrayfeat.models.head_process`."""
     from xrayfeat.models.head_process import train_and_predict
 
@@ -380,7 +462,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
         learning_rate=head.learning_rate, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
         class_weight=head.class_weight, restore_best=head.restore_best,
-        repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)), **masks,
+        repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)), cv=cv, **masks,
     )
 
 
@@ -406,7 +488,7 @@ def _baselines_budget(memory: dict, widths, y_fit) -> tuple[int, str]:
 
 
 def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, fit_idx, val_idx, memory: dict,
-               cluster: str | None, guard):
+               cluster: str | None, guard, pixels_train=None):
     """Fit the baselines on the head's training rows, predict validation and test, save each.
 
     With ``cluster`` (``--cluster``), the grid searches run on its Dask workers
@@ -420,7 +502,8 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     :func:`~xrayfeat.models.baselines.fit_baselines`), and each sample
     becomes a ``subsample`` warning. ``memory["baselines_budget_bytes"]`` is
     set to the bytes they were given. The models are saved only while
-    ``guard`` (the claim on the run folder) holds. Returns (test
+    ``guard`` (the claim on the run folder) holds. ``pixels_train``: the
+    training images' pixels when already read (:func:`_pixels`). Returns (test
     probabilities, validation probabilities, artifacts, summaries, warnings).
     """
     from xrayfeat.models.baselines import columns_for, fit_baselines, predict_rows, read_pixels, save_baseline
@@ -429,7 +512,8 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
     if not head.baselines:
         return {}, {}, {}, {}, []
     needs_pixels = "pixels" in head.baselines
-    pixels_train = read_pixels(split.train, n_jobs=head.n_jobs) if needs_pixels else None
+    if needs_pixels and pixels_train is None:
+        pixels_train = read_pixels(split.train, n_jobs=head.n_jobs)
     fit_items = [split.train[k] for k in fit_idx]
     pooled = split.train_arrays.get("pooled")
     widths = [int(np.prod(x.shape[1:])) for x in (pooled, pixels_train) if x is not None]
@@ -464,6 +548,90 @@ def _baselines(split: _Split, head: HeadOptions, n_classes: int, run_dir: Path, 
             summaries[name]["subsample"] = {"rows": sample.rows, "of": sample.of}
     return (probabilities["test"], probabilities["val"], artifacts, summaries,
             [RunWarning("subsample", sample.message + where) for sample in samples])
+
+
+def _pixels(split: _Split, head: HeadOptions):
+    """The training images' 32×32 pixels when the pixels baseline is fitted more than once (``--cv``), else None."""
+    from xrayfeat.models.baselines import read_pixels
+
+    return read_pixels(split.train, n_jobs=head.n_jobs) if head.cv and "pixels" in head.baselines else None
+
+
+def _cv_baselines(split: _Split, head: HeadOptions, n_classes: int, cv: CrossValidation, pixels_train,
+                  budget_bytes: int, cluster: str | None) -> tuple[list[dict], list[RunWarning]]:
+    """Each baseline fitted on every fold's training rows (the head's, validation held out) and predicting its
+    held-out rows, within the budget the main baselines had; ({name: held-out probabilities} per fold, warnings).
+
+    Nothing is saved: the main fit's baselines are the run's models.
+    """
+    from xrayfeat.models.baselines import columns_for, fit_baselines, predict_rows
+    from xrayfeat.distributed.session import joblib_backend, session
+
+    if not head.baselines:
+        return [{} for _ in cv.seeds], []
+    pooled = split.train_arrays.get("pooled")
+    live = session(cluster) if cluster else None
+    per_fold, found = [], {}
+    for j, seed in enumerate(cv.seeds):
+        fit, out = cv.rows(j, FIT), cv.rows(j, OUT)
+        with joblib_backend(live):
+            fitted, samples = fit_baselines(
+                head.baselines, budget_bytes,
+                pooled_train=None if pooled is None else take(pooled, fit),
+                pixels_train=None if pixels_train is None else pixels_train[fit],
+                y_train=split.y_train[fit], groups=groups_of([split.train[i] for i in fit]), seed=seed,
+                n_jobs=-1 if live else head.n_jobs, class_weight=head.class_weight,
+                **({"multilabel": True, "mask": split.mask_train[fit]} if split.multilabel else {}),
+            )
+        probabilities = {}
+        for name, model in fitted.items():
+            x = (pixels_train[out].reshape(len(out), -1).astype(np.float32) if name == "pixels"
+                 else take(pooled, out))
+            probabilities[name] = columns_for(model, predict_rows(model, x, budget_bytes), n_classes)
+        per_fold.append(probabilities)
+        for sample in samples:
+            found.setdefault(sample.message, RunWarning("subsample", f"cross-validation: {sample.message}"))
+    return per_fold, list(found.values())
+
+
+def _score_folds(dataset, split: _Split, head: HeadOptions, cv: CrossValidation, folds: list[dict],
+                 head_folds: list[dict], baseline_folds: list[dict]) -> tuple[dict, dict]:
+    """The ``cv`` part of ``metrics.json``, and the out-of-fold probabilities of each model per repeat."""
+    classes, k = dataset.classes, head.cv
+    n, n_out = len(split.train), len(classes)
+    names = ["head", *(baseline_folds[0] if baseline_folds else {})]
+    oof = {name: np.full((head.repeats, n, n_out), np.nan) for name in names}
+    figures = {name: [] for name in names}
+    for j, info in enumerate(folds):
+        out = cv.rows(j, OUT)
+        mask = None if split.mask_train is None else split.mask_train[out]
+        for name in names:
+            proba = head_folds[j]["proba_out"] if name == "head" else baseline_folds[j][name]
+            oof[name][info["repeat"] - 1, out] = proba
+            figures[name].append(fold_figures(split.y_train[out], proba, classes, multilabel=split.multilabel,
+                                              mask=mask))
+    grouped = ", grouped by patient" if groups_of(split.train) is not None else ""
+    validation = (f"{head.val_fraction:.0%} of each fold's training images, stratified{grouped}, as the main fit's "
+                  f"validation (thresholds are not used: the figures are threshold-free)")
+    summary = crossval.cv_summary(k, [head.seed + r for r in range(head.repeats)], folds, figures,
+                                  grouped=bool(grouped), validation=validation)
+    return summary, oof
+
+
+def _write_oof(path: Path, split: _Split, classes, cv: CrossValidation, folds: list[dict], oof: dict,
+               repeats: int) -> None:
+    """``predictions-oof.csv``: every training image once per repeat, with its held-out fold (and repeat, with
+    ``--repeats``), then each model's out-of-fold probabilities: the columns of ``predictions.csv`` otherwise."""
+    n = len(split.train)
+    fold = np.full((repeats, n), -1, dtype=np.int64)
+    for j, info in enumerate(folds):
+        fold[info["repeat"] - 1, cv.rows(j, OUT)] = info["fold"]
+    extra = {"fold": [int(f) for f in fold.ravel()]}
+    if repeats > 1:
+        extra["repeat"] = [r + 1 for r in range(repeats) for _ in range(n)]
+    runs.write_predictions(path, split.train * repeats, np.tile(split.y_train, repeats) if not split.multilabel
+                           else None, classes, {name: p.reshape(repeats * n, -1) for name, p in oof.items()},
+                           multilabel=split.multilabel, extra=extra)
 
 
 def study_warnings(train, test, head_metrics: dict, baseline_metrics: dict, random_weights: bool) -> list[RunWarning]:
@@ -577,6 +745,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     try:
         split = _extract_split(dataset, features, run, head.uncertain)
         fit_idx, val_idx, val_source = _validation(dataset, split, head)
+        cv, folds = _cross_validation(dataset, split, head) if head.cv else (None, [])
         memory = _hold(split, head, val_idx, len(dataset.classes))
     except BaseException:
         if child is not None:
@@ -585,8 +754,12 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     log.info("validation: %s (%d images)", val_source, len(val_idx))
     log.info("head backend: %s (%s)", head_backend, backend_reason)
     n_classes = len(dataset.classes)
+    if cv is not None:  # the head's matrix as _hold left it: in memory, or streamed from the store
+        cv.x = split.train_arrays[head.head_input]
+        log.info("cross-validation: %d folds%s on %d training images", head.cv,
+                 f" × {head.repeats} repeats" if head.repeats > 1 else "", len(split.train))
     trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child,
-                     guard)
+                     guard, cv)
     found = []
     trained_on = trained.settings.get("device")
     if trained_on and trained_on != config.device:
@@ -594,9 +767,18 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
                                           f"this run asked for (--head-backend {head_backend} found no {config.device.upper()})"))
 
     t = time.perf_counter()
+    pixels_train = _pixels(split, head)
     probabilities, val_probabilities, baseline_artifacts, baseline_info, sampled = _baselines(
-        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster, guard)
+        split, head, n_classes, run_dir, fit_idx, val_idx, memory, run.cluster, guard, pixels_train)
     baselines_seconds = time.perf_counter() - t
+    cv_summary = oof = None
+    if cv is not None:
+        t = time.perf_counter()
+        baseline_folds, cv_sampled = _cv_baselines(split, head, n_classes, cv, pixels_train,
+                                                   memory["baselines_budget_bytes"], run.cluster)
+        sampled += cv_sampled
+        cv_summary, oof = _score_folds(dataset, split, head, cv, folds, trained.cv, baseline_folds)
+        cv_seconds = time.perf_counter() - t
     probabilities = {"head": trained.proba_test, **probabilities}
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
     positive = None if split.multilabel else positive_class(dataset.classes, head.positive)
@@ -633,6 +815,8 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
         timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=_versions(),
         warnings=found,
     )
+    if cv is not None:  # the folds' heads trained with the main head (head_process_seconds); their baselines here
+        record.timings["cv_baselines_seconds"] = round(cv_seconds, 3)
     roles = np.array(["train"] * len(split.train), dtype=object)
     roles[val_idx] = "val"
     used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
@@ -643,10 +827,14 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
     if spread:
         summary["repeats"] = spread
+    if cv is not None:
+        summary["cv"] = cv_summary
+        _guarded(guard, _write_oof, run_dir / "predictions-oof.csv", split, dataset.classes, cv, folds, oof,
+                 head.repeats)
     _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes, guard)
     return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings, operating=head_metrics.get("operating_points"),
-                     repeats=spread, skipped_files=record.skipped_files)
+                     repeats=spread, cv=cv_summary, skipped_files=record.skipped_files)
 
 
 def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, probabilities, baseline_artifacts,
@@ -675,6 +863,8 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
              mask=split.mask_test)
     models = {"head": head_metrics, **summary["baselines"]}
     _guarded(guard, plots.plot_calibration, plots.calibration_curves(models), run_dir / "calibration.png", title=title)
+    if "cv" in summary:
+        files["predictions_oof"] = "predictions-oof.csv"
     if (run_dir / "head.npz").is_file():  # the plain seed head's arrays, for inference without Keras
         files["head_arrays"] = "head.npz"
         if split.multilabel:

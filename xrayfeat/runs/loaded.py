@@ -198,6 +198,11 @@ class Run:
         """One row per (evaluation, model) of ``evaluate``'s recorded results, beside the internal accuracy and AUC."""
         return tables.external_table(self.record, self.metrics)
 
+    def cv(self):
+        """``fit-head --cv``: one row per (model, repeat, fold) with the held-out images and each figure, then each
+        model's mean and SD across folds; empty for a run without cross-validation."""
+        return tables.cv_table(self.metrics)
+
     def _model(self, model: str, where: str) -> dict:
         """The metrics of ``model`` (``"head"`` or a baseline the run has); an OptionError naming them otherwise."""
         from xrayfeat.options.constraints import Choice, check_value

@@ -334,6 +334,11 @@ class RunRecord:
         rest = rest[len(truth):]
         while rest and rest[0].startswith("group:"):
             rest = rest[1:]
+        if name == "predictions_oof":  # the held-out fold, then (with --repeats) the repeat
+            if not rest or rest[0] != "fold":
+                raise schemas.Damaged.of(target, "header: expected the column \"fold\" before the models' columns",
+                                         f"re-run {_writer_of(name)}")
+            rest = rest[2:] if rest[1:2] == ["repeat"] else rest[1:]
         models: dict[str, list[str]] = {}
         for column in rest:
             model, _, cls = column.partition(":")
@@ -370,7 +375,7 @@ class RunRecord:
         names = [n for n in self.artifacts if n == "metrics" or (n.startswith("external/") and n.endswith("/metrics"))]
         for name in names:
             self._metrics(name, say_unverified=False)
-        for name in ("predictions", "predictions_val"):
+        for name in ("predictions", "predictions_val", "predictions_oof"):
             if name in self.artifacts:
                 self.check_predictions(name, say_unverified=False)
 
@@ -418,6 +423,8 @@ def _finite_or_null(value):
 PREDICTION_COLUMNS = ("path", "sha256", "patient_id", "source", "label", "y_true")
 #: A multi-label predictions table's ``true:<finding>`` columns hold the data's value of each finding.
 TRUTH_PREFIX = "true:"
+#: ``predictions-oof.csv``'s columns after the groups: the image's held-out fold, and the repeat (``--repeats``).
+FOLD_COLUMNS = ("fold", "repeat")
 
 
 def _writer_of(artifact: str) -> str:
@@ -558,18 +565,24 @@ def write_splits(path: Path, used) -> None:
     atomic_write(path, csv_text(rows))
 
 
-def write_predictions(path: Path, items, y_true, classes, probabilities: dict, *, multilabel: bool = False) -> None:
+def write_predictions(path: Path, items, y_true, classes, probabilities: dict, *, multilabel: bool = False,
+                      extra: dict | None = None) -> None:
     """One row per image: path, sha256, patient, source, true label, then P(class) per model.
 
     A multi-label table leaves ``y_true`` empty and gives each finding's value as
     the data gave it (1, 0, -1 uncertain, empty) in a ``true:<finding>`` column;
     ``label`` then names the positive findings. Images in patient groups add a
     ``group:<name>`` column per group, so every figure of the run, the subgroup
-    ones too, can be recomputed from the table.
+    ones too, can be recomputed from the table. ``extra`` ({column: value per
+    row}, among :data:`FOLD_COLUMNS`) come next, before the models' columns
+    (``predictions-oof.csv``'s ``fold`` and ``repeat``).
     """
+    extra = extra or {}
+    if set(extra) - set(FOLD_COLUMNS):
+        raise ValueError(f"extra columns must be among {', '.join(FOLD_COLUMNS)}; got {', '.join(extra)}")
     groups = sorted({name for item in items for name, _ in item.groups})
     header = [*PREDICTION_COLUMNS, *([f"{TRUTH_PREFIX}{c}" for c in classes] if multilabel else ()),
-              *(f"group:{g}" for g in groups)]
+              *(f"group:{g}" for g in groups), *extra]
     for model in probabilities:
         header += [f"{model}:{c}" for c in classes]
     rows = [header]
@@ -579,6 +592,7 @@ def write_predictions(path: Path, items, y_true, classes, probabilities: dict, *
         if multilabel:
             row += [_finding_text(v) for v in item.findings]
         row += [item.group(g) or "" for g in groups]
+        row += [values[i] for values in extra.values()]
         for proba in probabilities.values():
             row += [f"{p:.6g}" for p in proba[i]]
         rows.append(row)

@@ -669,6 +669,46 @@ class _ModelFigures(Shape):
             model_metrics().check(value, at, ctx)
 
 
+def _folds_agree(value: dict, at: str, ctx: dict) -> None:
+    """K folds per seed, each named once, and every model's figures one value per fold, of the run's kind."""
+    k, seeds, folds = value["k"], value["seeds"], value["folds"]
+    expected = [(r + 1, seed, f + 1) for r, seed in enumerate(seeds) for f in range(k)]
+    if [(f["repeat"], f["seed"], f["fold"]) for f in folds] != expected:
+        raise Problem(join(at, "folds"), f"expected {k} folds for each of the {len(seeds)} seeds, in order "
+                                         f"(repeat, seed, fold)")
+    multilabel = ctx.get("multilabel")
+    for name, figures in value["models"].items():
+        if multilabel is not None and ("macro_roc_auc" in figures) != multilabel:
+            raise Problem(join(join(at, "models"), name), "holds the figures of the other kind of task than the run's")
+        for figure, entry in figures.items():
+            if entry is not None and len(entry["values"]) != len(folds):
+                raise Problem(join(join(join(join(at, "models"), name), figure), "values"),
+                              f"expected one value per fold ({len(folds)}), got {len(entry['values'])}")
+
+
+@functools.cache
+def cv_metrics() -> Obj:
+    """``metrics.json``'s ``cv`` (``fit-head --cv``, :func:`xrayfeat.runs.crossval.cv_summary`): the folds, and each
+    model's figures per fold with their mean ± SD."""
+    from xrayfeat.analysis.scoring import FOLD_FIGURES, MULTILABEL_FOLD_FIGURES
+    from xrayfeat.options.settings import BASELINES
+
+    spread = Maybe(Obj({"mean": need(PROBABILITY), "sd": need(Maybe(Number(0.0))), "min": need(PROBABILITY),
+                        "max": need(PROBABILITY), "values": need(ListOf(Maybe(PROBABILITY), 1))}))
+    figures = OneOf((Obj({key: need(spread) for key in FOLD_FIGURES}),
+                     Obj({key: need(spread) for key in MULTILABEL_FOLD_FIGURES})),
+                    what="a model's figures across folds")
+    fold = Obj({"repeat": need(Whole(1)), "seed": need(Whole(0)), "fold": need(Whole(1)), "n_fit": need(COUNT),
+                "n_val": need(COUNT), "n_out": need(Whole(1)), "n_patients_out": need(Whole(1))})
+    models = ("head", *BASELINES)
+    return Obj({
+        "k": need(Whole(2)), "seeds": need(ListOf(Whole(0), 1)),
+        "grouped_by": need(Text("patient or image", choices=("patient", "image"))), "validation": need(TEXT),
+        "folds": need(ListOf(fold, 2)),
+        "models": need(MapOf(figures, key=Text(f"a model ({', '.join(models)})", choices=models))),
+    }, checks=(_folds_agree,))
+
+
 @functools.cache
 def metrics_schema() -> Obj:
     """``metrics.json`` of a run or of an evaluation: the head's and each baseline's figures on their test data."""
@@ -682,6 +722,7 @@ def metrics_schema() -> Obj:
         "positive": may(Maybe(CLASS_NAME)),
         "threshold_rule": may(TEXT),
         "repeats": may(Obj({"seeds": need(ListOf(Whole(0))), "head": need(MapOf(spread))})),
+        "cv": may(cv_metrics()),
     }, checks=(lambda v, at, ctx: _within_classes(v, at, ctx, "positive"), _sources_agree))
 
 
@@ -690,7 +731,7 @@ def metrics_schema() -> Obj:
 
 #: Artifact names a run records, besides ``baseline/<name>`` and ``external/<name>/<part>``, and their files' suffix.
 RUN_ARTIFACTS = {"head": ".keras", "head_arrays": ".npz", "metrics": ".json", "history": ".csv", "predictions": ".csv",
-                 "predictions_val": ".csv", "splits": ".csv", "curves": ".png", "confusion": ".png", "roc": ".png",
+                 "predictions_val": ".csv", "predictions_oof": ".csv", "splits": ".csv", "curves": ".png", "confusion": ".png", "roc": ".png",
                  "calibration": ".png", "gradcam": ".png"}
 #: The parts of an evaluation (``external/<name>/<part>``), as :func:`xrayfeat.runs.external.evaluate` records them.
 EVALUATION_ARTIFACTS = {"metrics": ".json", "predictions": ".csv", "confusion": ".png", "roc": ".png",

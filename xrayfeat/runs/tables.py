@@ -200,3 +200,21 @@ def external_table(record, internal: dict):
                          **{f"internal_{f}": own.get(f) for f in figures}})
     return _frame(rows, ("excluded", *_summary_columns(internal), *(f"internal_{f}" for f in figures)),
                   ["evaluation", "model"])
+
+
+def cv_table(metrics: dict):
+    """One row per (model, fold) of ``fit-head --cv`` (repeat, fold, seed, images held out, each figure), then each
+    model's mean and SD (rows ``fold`` = ``"mean"``, ``"sd"``); empty for a run without cross-validation."""
+    cv = metrics.get("cv")
+    rows = []
+    for model, figures in (cv or {}).get("models", {}).items():
+        keys = list(figures)
+        for j, fold in enumerate(cv["folds"]):
+            rows.append({"model": model, "repeat": fold["repeat"], "fold": fold["fold"], "seed": fold["seed"],
+                         "n": fold["n_out"], **{key: (figures[key] or {}).get("values", [None] * (j + 1))[j]
+                                                for key in keys}})
+        for stat in ("mean", "sd"):
+            rows.append({"model": model, "repeat": None, "fold": stat, "seed": None, "n": None,
+                         **{key: (figures[key] or {}).get(stat) for key in keys}})
+    keys = list(rows[0])[5:] if rows else []
+    return _frame(rows, ["seed", "n", *keys], ["model", "repeat", "fold"])
