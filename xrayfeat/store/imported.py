@@ -24,8 +24,10 @@ folder) and every one must exist then. When the file has both columns,
 
 Values: float32 and float16 are stored as given, so ``cache export`` gives back
 the same matrix bit for bit (float16 read back as float32, exactly). Other
-numbers (float64, a CSV's text, integers) are stored as float32, and the result
-says when that changed a value (by how much at most).
+numbers (float64, integers) are stored as float32, and the result says when
+that changed a value (by how much at most); a CSV's numbers are read as the
+nearest float32, so a CSV written from float32 values with enough digits
+(numpy's shortest repr, or ``%.9g``) gives them back bit for bit.
 
 The store's fingerprint (:data:`~xrayfeat.store.fingerprint.IMPORTED_FIELDS`)
 is the file's SHA-256 and the provenance declared at import (``model``,
@@ -58,13 +60,13 @@ from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import IMPORTED, fingerprint_id, is_imported, store_dirname
 from xrayfeat.store.locks import flock, writing
 
-__all__ = ["IMPORTS_FILE", "FORMATS", "ImportRefused", "ImportResult", "Embeddings", "import_features",
+__all__ = ["IMPORTS_FILE", "FILE_FORMATS", "ImportRefused", "ImportResult", "Embeddings", "import_features",
            "read_embeddings", "imported_names", "imported_entry", "imported_options"]
 
 #: The cache folder's map from each import name to its store.
 IMPORTS_FILE = "imports.json"
 #: File formats by extension.
-FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FILE_FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _KEYS = ("sha256", "path")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ROWS_PER_SHARD = 4096
@@ -123,7 +125,7 @@ def read_embeddings(file, *, root=None, hash_cache=None) -> Embeddings:
     ``hash_cache`` (a path) remembers the hashes of path keys.
     """
     path = Path(file)
-    fmt = FORMATS.get(path.suffix.lower())
+    fmt = FILE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImportRefused(f"{path}: not an embeddings file xrayfeat reads (by its extension): give a .npz, .csv or "
                             f".parquet file")
@@ -160,7 +162,7 @@ def read_embeddings(file, *, root=None, hash_cache=None) -> Embeddings:
             stored.append(None)
             continue
         kept = values.astype(dtype, copy=False)
-        if values.dtype != kept.dtype:
+        if values.dtype != kept.dtype and fmt != "csv":  # a CSV's text has no dtype: its numbers are read to float32
             wide = values.astype(np.float64)
             gap = float(np.max(np.abs(kept.astype(np.float64) - wide))) if wide.size else 0.0
             if gap:
