@@ -179,8 +179,9 @@ def _read_npz(path: Path):
             arrays = {name: data[name] for name in names & {*_KEYS, "features", "pooled", "spatial"}}
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "bject arrays" in str(exc):
-            raise ImportRefused(f"{path}: holds object arrays (ragged rows, or Python objects): save every array "
-                                f"as numbers or strings of one shape") from None
+            raise ImportRefused(f"{path}: holds object arrays (ragged rows, or a pandas column saved as it is), "
+                                f"which xrayfeat does not unpickle: save keys as strings (.astype(str)) and features "
+                                f"as one numeric array") from None
         raise ImportRefused(f"{path}: not a readable .npz ({one_line(exc)}): write it with numpy.savez") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ImportRefused(f"{path}: not a readable .npz ({one_line(exc)}): write it with numpy.savez") from None
@@ -228,12 +229,17 @@ def _read_csv(path: Path):
         if len(row) != len(header):
             raise ImportRefused(f"{path}: line {r + 2} has {len(row)} fields, the header {len(header)} (ragged rows): "
                                 f"give every row one value per column")
-        for j, i in enumerate(columns):
-            try:
-                matrix[r, j] = float(row[i])
-            except ValueError:
-                raise ImportRefused(one_line(f"{path}: line {r + 2}, column {header[i]!r}: {row[i]!r} is not a number; "
-                                             f"every column besides {'/'.join(_KEYS)} is a feature")) from None
+        try:  # numpy parses the row's text at once; a failure is then found cell by cell
+            matrix[r] = np.asarray([row[i] for i in columns], dtype=np.float64)
+        except ValueError:
+            for i in columns:
+                try:
+                    float(row[i])
+                except ValueError:
+                    raise ImportRefused(one_line(
+                        f"{path}: line {r + 2}, column {header[i]!r}: {row[i]!r} is not a number; every column "
+                        f"besides {'/'.join(_KEYS)} is a feature")) from None
+            raise
     keys = [row[header.index(key)].strip() for row in rows[1:]]
     return keys, key, matrix, None
 
