@@ -1,4 +1,4 @@
-"""``xrayfeat cache ls|verify|gc|export``: the feature stores of a cache folder."""
+"""``xrayfeat cache ls|verify|gc|export|import``: the feature stores of a cache folder."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from xrayfeat.options.settings import RunOptions
 
 @click.group("cache")
 def cache_group():
-    """Feature stores: list, verify, clean up, export."""
+    """Feature stores: list, verify, clean up, export, import features computed elsewhere."""
 
 
 #: Which cache folder ls, verify and gc look in.
