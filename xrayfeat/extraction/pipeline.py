@@ -35,6 +35,7 @@ __all__ = ["ExtractResult", "MissingFeaturesError", "extract"]
 
 log = logging.getLogger("xrayfeat")
 
+
 class MissingFeaturesError(DatasetError):
     """Images the imported features lack, which xrayfeat cannot compute (exit 2: the fix is the input)."""
 
