@@ -110,7 +110,7 @@ def test_xf_keeps_exactly_its_public_names():
     assert sorted(xrayfeat.__all__) == sorted([
         "__version__",
         "discover", "extract", "features", "fit_head", "embed", "predict", "evaluate", "explain", "CachedFeatures",
-        "inspect", "describe", "export", "cache_ls", "cache_verify", "cache_gc", "convert_manifest",
+        "inspect", "describe", "export", "cache_ls", "cache_verify", "cache_gc", "import_features", "convert_manifest",
         "load_run", "Run", "RunRecord", "RunWarning", "FeatureStore", "list_stores", "Dataset", "Item",
         "FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions",
         "write_report", "write_phantoms", "run_demo",

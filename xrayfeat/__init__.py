@@ -27,7 +27,7 @@ _EXPORTS = {
     "discover": "xrayfeat.api", "extract": "xrayfeat.api", "features": "xrayfeat.api", "fit_head": "xrayfeat.api", "embed": "xrayfeat.api",
     "predict": "xrayfeat.api", "evaluate": "xrayfeat.api", "explain": "xrayfeat.api",
     "inspect": "xrayfeat.api", "describe": "xrayfeat.api", "export": "xrayfeat.api",
-    "cache_ls": "xrayfeat.api", "cache_verify": "xrayfeat.api", "cache_gc": "xrayfeat.api", "convert_manifest": "xrayfeat.api",
+    "cache_ls": "xrayfeat.api", "cache_verify": "xrayfeat.api", "cache_gc": "xrayfeat.api", "import_features": "xrayfeat.api", "convert_manifest": "xrayfeat.api",
     "CachedFeatures": "xrayfeat.extraction.transformer",
     "load_run": "xrayfeat.runs.loaded", "Run": "xrayfeat.runs.loaded",
     "RunRecord": "xrayfeat.runs.record", "RunWarning": "xrayfeat.runs.record",

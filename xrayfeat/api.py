@@ -310,3 +310,24 @@ def cache_gc(cache_dir="data_cache"):
     from xrayfeat.store.catalog import cache_gc as _cache_gc
 
     return _cache_gc(cache_dir)
+
+
+@library_call
+def import_features(file, name: str, *, cache_dir="data_cache", model: str = "", source_url: str = "",
+                    description: str = "", root=None, replace: bool = False):
+    """``xrayfeat cache import FILE --name NAME``: embeddings computed elsewhere as a store that ``backbone=name`` selects.
+
+    ``file``: an ``.npz`` (arrays ``sha256`` or ``path``, ``features`` (n, c),
+    optionally ``spatial`` (n, h, w, c)), a ``.csv`` (a ``sha256`` or ``path``
+    column, one numeric column per feature) or a ``.parquet`` (as the CSV;
+    needs pyarrow). ``path`` keys are hashed now, relative to ``root`` (default:
+    the file's folder). ``model``, ``source_url``, ``description``: the
+    provenance you declare, part of the store's fingerprint with the file's
+    SHA-256. ``replace``: point ``name`` at these features when it names others.
+    Returns an :class:`~xrayfeat.store.imported.ImportResult`; see
+    :mod:`xrayfeat.store.imported` for what is refused.
+    """
+    from xrayfeat.store.imported import import_features as _import_features
+
+    return _import_features(file, name, cache_dir=cache_dir, model=model, source_url=source_url,
+                            description=description, root=root, replace_name=replace)

@@ -1,4 +1,4 @@
-"""``xrayfeat cache ls|verify|gc|export``: the feature stores of a cache folder."""
+"""``xrayfeat cache ls|verify|gc|export|import``: the feature stores of a cache folder."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from xrayfeat.options.settings import RunOptions
 
 @click.group("cache")
 def cache_group():
-    """Feature stores: list, verify, clean up, export."""
+    """Feature stores: list, verify, clean up, export, import features computed elsewhere."""
 
 
 #: Which cache folder ls, verify and gc look in.
@@ -48,6 +48,7 @@ def ls_cmd(cache_dir, as_json):
       xrayfeat cache ls --cache-dir data_cache
     """
     from xrayfeat.store.catalog import cache_ls as list_cache
+    from xrayfeat.store.fingerprint import is_imported
 
     listing = list_cache(cache_dir)
     infos = listing.stores
@@ -62,6 +63,10 @@ def ls_cmd(cache_dir, as_json):
             if "damaged" in i:
                 continue  # its fingerprint is unknown: said below, with its repair
             fp = i["fingerprint"]
+            if is_imported(fp):  # no backbone, layer, size nor precision: the file it came from instead
+                table.add_row(Path(i["path"]).name, f"imported: {', '.join(i.get('names', [])) or '(no name)'}", "-",
+                              "-", "-", f"file sha256 {fp['file_sha256'][:12]}", str(i["rows"]), f"{i['bytes'] / 1e6:.1f}")
+                continue
             table.add_row(Path(i["path"]).name, fp["backbone"], fp["layer"], str(fp["image_size"]), fp["precision"],
                           fp["weights"] + (" (RANDOM)" if i["random_weights"] else ""), str(i["rows"]),
                           f"{i['bytes'] / 1e6:.1f}")
@@ -153,3 +158,55 @@ def cache_export(data, out, as_json, **kw):
     result = export_features(dataset_of(data, kw["classes"], kw["cache_dir"]), features, out,
                              cache_dir=kw["cache_dir"], device=kw["device"])
     emit(result.as_json(), as_json, lambda err: say(f"wrote {result.rows} rows to {result.out}", err=err))
+
+
+@_cache_command("import", click.argument("file", type=click.Path(dir_okay=False)),
+                click.option("--name", required=True,
+                             help="The name -b takes for these features (lowercase letters, digits, _ - .; not a "
+                                  "backbone's)."),
+                click.option("--model", default="", help="Declared provenance: the model that computed the features "
+                                                         "(e.g. 'torchxrayvision densenet121-res224-all')."),
+                click.option("--source-url", default="", help="Declared provenance: where the model or the file "
+                                                              "comes from."),
+                click.option("--description", default="", help="Declared provenance: anything else a reader should know."),
+                click.option("--root", default=None, type=click.Path(file_okay=False),
+                             help="Folder that a 'path' key column is relative to (default: the file's folder)."),
+                click.option("--replace", "replace_name", is_flag=True,
+                             help="Point --name at these features when it names other imported ones."),
+                _cache_dir)
+def import_cmd(file, name, model, source_url, description, root, replace_name, cache_dir, as_json):
+    """Import features computed elsewhere (npz, csv, parquet) as a store that -b NAME selects.
+
+    The file has a key, 'sha256' (each image file's SHA-256, as xrayfeat
+    computes it) or 'path' (hashed now; relative to --root), and a feature
+    matrix: in an .npz, arrays 'sha256' or 'path' (n,) and 'features' (n, c),
+    optionally 'spatial' (n, h, w, c) maps for --head-input spatial and
+    explain; in a .csv, the key column and one numeric column per feature;
+    a .parquet file (needs pyarrow) as a .csv. float32 and float16 are stored
+    as given (cache export gives them back bit for bit), other numbers as
+    float32. The store's fingerprint is the file's SHA-256 and the provenance
+    declared here; fit-head, embed, evaluate, report, cache export and
+    xf.features then take -b NAME. predict and explain refuse images the file
+    lacks: xrayfeat cannot compute imported features.
+
+    \b
+    Example:
+      xrayfeat cache import txv.npz --name txv-densenet --model "torchxrayvision densenet121-res224-all"
+      xrayfeat fit-head DATA -b txv-densenet --head-input pooled
+    """
+    from xrayfeat.api import import_features
+
+    result = import_features(file, name, cache_dir=cache_dir, model=model, source_url=source_url,
+                             description=description, root=root, replace=replace_name)
+
+    def human(err):
+        spatial = f", spatial maps {tuple(result.spatial)}" if result.spatial else ", no spatial maps"
+        again = "" if result.written else " (imported before: nothing written)"
+        say(f"imported {result.rows} rows of {result.pooled[1]} features{spatial} from {result.file} as "
+            f"{result.name!r} into {result.store}{again}", err=err)
+        if result.converted:
+            say(f"xrayfeat: warning: {result.converted}", err=err)
+        if result.replaced:
+            say(f"{result.name!r} pointed at {result.replaced} before; that store is left in the cache", err=err)
+
+    emit(result.as_json(), as_json, human)

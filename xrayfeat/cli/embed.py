@@ -13,6 +13,7 @@ from xrayfeat.cli.kit import (
     handle_errors,
     json_option,
     say,
+    single_feature,
     stack,
 )
 from xrayfeat.errors import XrayfeatError
@@ -21,8 +22,9 @@ from xrayfeat.options.settings import BACKBONES, EmbedOptions, FeatureOptions, R
 
 @click.command("embed")
 @click.argument("data")
-@click.option("--backbone", "-b", default=None, type=click.Choice(BACKBONES),
-              help="Backbone of the features (not needed with --from-run).")
+@click.option("--backbone", "-b", default=None,
+              help=f"Backbone of the features ({' or '.join(BACKBONES)}), or the name of features imported with "
+                   f"`xrayfeat cache import` (not needed with --from-run).")
 @stack(*(declared(FeatureOptions, name) for name in ("weights", "image_size", "layer", "precision", "store_dtype", "keep")))
 @declared(EmbedOptions, "method")
 @click.option("--from-run", default=None, help="Embed a trained head's penultimate (Dense) activations instead of pooled features.")
@@ -52,7 +54,7 @@ def embed_cmd(data, backbone, method, from_run, seed, classes, cache_dir, device
 
     if not backbone and not from_run:
         raise XrayfeatError("embed needs --backbone (pooled features) or --from-run RUN (a trained head)")
-    features = None if from_run else FeatureOptions(backbone=backbone, seed=seed, **kw)
+    features = None if from_run else single_feature({"backbone": backbone, "seed": seed, "cache_dir": cache_dir, **kw})
     if features is not None:
         features.validate()
     if out is None:

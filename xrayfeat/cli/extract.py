@@ -46,7 +46,7 @@ def extract_cmd(data, batch_size, workers, on_error, cluster, chunk_images, as_j
     run.validate()
     features = feature_list(kw)
     for feature in features:  # fail on options and weights before scanning a large dataset
-        resolve(feature, kw["device"])
+        resolve(feature, kw["device"], cache_dir=kw["cache_dir"])
     results = run_extract(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, run)
     payload = results[0].as_json() if len(results) == 1 else {"stores": [r.as_json() for r in results]}
 

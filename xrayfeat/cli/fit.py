@@ -61,7 +61,7 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
 
     check_new_folder(out or "runs", "fit-head", cache=kw["cache_dir"])  # before the data is discovered (fit_head checks it again)
     features = single_feature(kw)
-    resolve(features, kw["device"])
+    resolve(features, kw["device"], cache_dir=kw["cache_dir"])
     head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
                        **{name: kw[name] for name in _HEAD_FIELDS})
     head.validate()

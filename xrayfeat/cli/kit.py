@@ -323,7 +323,8 @@ def stack(*options):
 #: The options that select a feature store (extract, fit-head, embed, cache export), and where to find it.
 feature_options = stack(
     click.option("--backbone", "-b", "backbone", required=True,
-                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list)."),
+                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list), or the name of "
+                      f"features imported with `xrayfeat cache import`."),
     declared(FeatureOptions, "weights"),
     declared(FeatureOptions, "image_size"),
     declared(FeatureOptions, "layer"),
@@ -339,10 +340,27 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def feature_list(kw) -> list[FeatureOptions]:
-    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list)."""
-    names = parse_list(kw["backbone"], BACKBONES, "backbone")
+    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list).
+
+    A name of features imported into ``--cache-dir`` (``xrayfeat cache import``) is taken as a backbone's is;
+    its options are its store's (:func:`~xrayfeat.store.imported.imported_options`).
+    """
+    from xrayfeat.store.imported import imported_names, imported_options
+
+    text = kw["backbone"]
+    given = [name.strip().lower() for name in text.split(",")] if isinstance(text, str) else []
+    imported = {name for name in given if name not in BACKBONES and name in _imported_here(kw, imported_names)}
+    names = parse_list(text, (*BACKBONES, *sorted(imported)), "backbone") if imported else \
+        parse_list(text, BACKBONES, "backbone")
     fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed", "keep")
-    return [FeatureOptions(backbone=b, **{k: kw[k] for k in fields}) for b in names]
+    return [imported_options(FeatureOptions(backbone=b, **{k: kw[k] for k in fields}), kw.get("cache_dir"))
+            for b in names]
+
+
+def _imported_here(kw, imported_names) -> dict:
+    """The names imported into the command's ``--cache-dir`` (none when it has no such folder)."""
+    cache_dir = kw.get("cache_dir")
+    return imported_names(cache_dir) if cache_dir is not None else {}
 
 
 def single_feature(kw) -> FeatureOptions:

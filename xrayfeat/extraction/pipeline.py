@@ -31,9 +31,14 @@ from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.unreadable import UNREADABLE_FILE, load_unreadable
 
-__all__ = ["ExtractResult", "extract"]
+__all__ = ["ExtractResult", "MissingFeaturesError", "extract"]
 
 log = logging.getLogger("xrayfeat")
+
+
+class MissingFeaturesError(DatasetError):
+    """Images the imported features lack, which xrayfeat cannot compute (exit 2: the fix is the input)."""
+
 
 _WARNED_RANDOM: set = set()  # say it once per process and backbone, not on every call
 _SHOW_SKIPPED = 20  # skipped files named on stderr; --json and the result list them all
@@ -120,7 +125,9 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
         first = dataset.skipped[0]
         raise DatasetError(one_line(f"{first.path}: {first.reason} {SKIP_HINT}"))
     started = time.perf_counter()
-    configs = [resolve(f, run.device) for f in features]
+    configs = [resolve(f, run.device, cache_dir=run.cache_dir) for f in features]
+    if any(c.options.imported for c in configs):
+        return [_imported(dataset, configs, run, started)]
     sizes = {c.fingerprint["image_size"] for c in configs}
     if len(sizes) > 1:
         raise XrayfeatError("backbones extracted together must share --image-size; run them separately")
@@ -167,6 +174,30 @@ def extract(dataset, features: list[FeatureOptions] | FeatureOptions, run: RunOp
                                                      configs[0].fingerprint["image_size"])
             session.remember({sha: skipped[sha] for sha in lasting})
     return _results(dataset, stores, configs, computed, skipped, session.known, time.perf_counter() - started)
+
+
+def _imported(dataset, configs, run: RunOptions, started: float) -> ExtractResult:
+    """:func:`extract` for imported features: nothing can be computed, so images the file lacks are refused or left out.
+
+    With ``on_error="fail"`` one line counts the images the imported file lacks
+    and says what to do; with ``"skip"`` they are left out, each with why.
+    """
+    if len(configs) > 1:
+        raise XrayfeatError(f"{', '.join(c.options.backbone for c in configs)}: imported features are read one name at a "
+                            f"time, never together with others: name one --backbone")
+    [config] = configs
+    store = FeatureStore.open(run.cache_dir, config.fingerprint)
+    name = config.options.backbone
+    lacking = store.missing(dataset.hashes)
+    if lacking and run.on_error == "fail":
+        first = next(item.path for item in dataset.items if item.sha256 == lacking[0])
+        raise MissingFeaturesError(one_line(
+            f"{len(lacking)} of {len(set(dataset.hashes))} images of {dataset.root} are not in the features imported "
+            f"as {name!r} from {config.weights.path} (first: {first}), and xrayfeat cannot compute imported features: "
+            f"leave those images out of the input (fit-head, embed, evaluate and extract take --on-error skip), or "
+            f"import a file that also holds them (`xrayfeat cache import FILE --name NAME`)"))
+    skipped = dict.fromkeys(lacking, f"not in the features imported as {name!r}")
+    return _results(dataset, [store], [config], set(), skipped, {}, time.perf_counter() - started)[0]
 
 
 def _known(path: str, lacking: list[str], decoder: str) -> dict[str, str]:

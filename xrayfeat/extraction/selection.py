@@ -30,7 +30,12 @@ def store_for(options: FeatureOptions, cache_dir, need, purpose: str, device: st
     cannot hold it, :class:`~xrayfeat.store.fingerprint.KeepError` names the store,
     what it keeps, what ``purpose`` needs and the fix.
     """
-    fingerprint = resolve(options, device).fingerprint
+    config = resolve(options, device, cache_dir=cache_dir)
+    fingerprint = config.fingerprint
+    if config.options.imported:  # one store per name: what it holds is what there is
+        if missing_parts(fingerprint, need):
+            raise keep_error(Path(cache_dir) / store_dirname(fingerprint), fingerprint, need, purpose)
+        return config.options
     lacking = None
     for keep in (options.keep, *(k for k in KEEPS if k != options.keep)):
         variant = {**fingerprint, "keep": keep}
@@ -52,7 +57,7 @@ def open_store(options: FeatureOptions, cache_dir, device: str = "auto", *, need
     A clear error says what to run when there is none.
     """
     options = store_for(options, cache_dir, need, purpose, device)
-    config = resolve(options, device)
+    config = resolve(options, device, cache_dir=cache_dir)
     if not (Path(cache_dir) / store_dirname(config.fingerprint)).is_dir():
         raise StoreError(
             f"no features for {options.backbone} ({config.fingerprint['layer']}, {config.fingerprint['precision']}, "

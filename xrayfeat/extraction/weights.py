@@ -31,15 +31,18 @@ _MD5_SEEN: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> md5, for th
 class WeightsInfo:
     """Which weights a backbone carries. ``identity`` goes into the feature fingerprint."""
 
-    kind: str  # "imagenet", "none" or "file"
+    kind: str  # "imagenet", "none", "file", or "imported" (no backbone: features computed elsewhere, cache import)
     path: str | None = None
     md5: str | None = None
     seed: int | None = None
+    sha256: str | None = None  # "imported": the imported file's
 
     @property
     def identity(self) -> str:
         if self.kind == "none":
             return f"none:seed={self.seed}"
+        if self.kind == "imported":
+            return f"imported:sha256={self.sha256}"
         return f"{self.kind}:md5={self.md5}"
 
     @property
@@ -49,6 +52,8 @@ class WeightsInfo:
     def describe(self) -> str:
         if self.random:
             return f"RANDOM weights (seed {self.seed}): features carry no ImageNet knowledge"
+        if self.kind == "imported":
+            return f"no backbone: features imported from {self.path} (sha256 {self.sha256})"
         return f"{self.kind} weights {self.path} (md5 {self.md5})"
 
 

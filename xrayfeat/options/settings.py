@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
-from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, Is, Subset, option, validate
+from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, Is, OptionError, Subset, option, validate
 from xrayfeat.options.parsers import ByteSize, Cluster, Threshold
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
+#: The ``weights`` of feature options that name features imported with ``xrayfeat cache import`` (no backbone ran).
+IMPORTED_WEIGHTS = "imported"
+#: A name given to imported features (``cache import --name``): lowercase letters, digits, ``_``, ``-`` and ``.``,
+#: starting with a letter or digit, at most 64 characters; never a backbone's name (checked by :func:`check_import_name`).
+IMPORT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 STORE_DTYPES: tuple[str, ...] = ("float16", "float32")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 ON_ERROR: tuple[str, ...] = ("fail", "skip")
@@ -204,7 +210,27 @@ class FeatureOptions:
                             "the baselines, embed and --head-input pooled) or the spatial map only.")
 
     def validate(self) -> None:
+        if self.weights == IMPORTED_WEIGHTS:  # features imported under a name: the name, then the other fields
+            check_import_name(self.backbone, "FeatureOptions")
+            validate(replace(self, backbone=BACKBONES[0]))
+            return
         validate(self)
+
+    @property
+    def imported(self) -> bool:
+        """Whether these options name features imported with ``xrayfeat cache import`` (no backbone computes them)."""
+        return self.weights == IMPORTED_WEIGHTS
+
+
+def check_import_name(name, owner: str = "cache import") -> str:
+    """``name`` if it may name imported features (:data:`IMPORT_NAME`, not a backbone's), else :class:`OptionError`."""
+    if not isinstance(name, str) or not IMPORT_NAME.fullmatch(name):
+        raise OptionError(f"The 'name' of imported features ({owner}) must be 1 to 64 lowercase letters, digits, "
+                          f"'_', '-' or '.', starting with a letter or digit. Got {name!r} instead.")
+    if name in BACKBONES or name == "all":
+        raise OptionError(f"The name {name!r} is a backbone's ({', '.join(BACKBONES)}, all): imported features "
+                          f"need another name, e.g. {name}-imported")
+    return name
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from xrayfeat import __version__
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write, writing_to
 from xrayfeat.runtime import library_call
+from xrayfeat.store.fingerprint import is_imported
 from xrayfeat.models.head import steady_epoch_seconds
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.report import crossval, findings
@@ -295,12 +296,15 @@ def _weights_cell(r: _Run) -> list:
 
 
 def _layer_text(r: _Run) -> str:
-    layer = r.record.store["fingerprint"]["layer"]
+    layer = r.record.store["fingerprint"].get("layer", "imported")  # imported features: no layer is known
     return f"{layer} + trained tail" if r.record.head.get("train_tail") else str(layer)
 
 
 def _backbone_cell(r: _Run) -> list:
-    return [r.record.backbone, Span(f" ({r.record.store['fingerprint']['image_size']} px)", "sub")]
+    fp = r.record.store["fingerprint"]
+    if is_imported(fp):
+        return [r.record.backbone, Span(" (imported)", "sub")]
+    return [r.record.backbone, Span(f" ({fp['image_size']} px)", "sub")]
 
 
 #: The comparison table's columns that say what a run is and what it cost, before its figures.
@@ -743,6 +747,16 @@ def _calibration_section(r: _Run) -> list:
                  "is under Figures.", cls="note")]
 
 
+def _features_line(record, fp: dict) -> str:
+    """What computed the features: the backbone's fields, or, imported, the name, the file and the declared provenance."""
+    if is_imported(fp):
+        declared = ", ".join(f"{k.replace('_', ' ')} {fp[k]}" for k in ("model", "source_url", "description") if fp.get(k))
+        return (f"imported as {record.backbone} (no backbone ran here) from a file with sha256 {fp['file_sha256']}"
+                f"{'; declared: ' + declared if declared else '; no provenance declared'}, stored {fp['store_dtype']}")
+    return ", ".join(f"{k} {fp[k]}" for k in ("backbone", "layer", "image_size", "preprocess", "precision",
+                                              "store_dtype") if k in fp)
+
+
 def _config_rows(r: _Run) -> list:
     record = r.record
     head, fp = record.head, record.store["fingerprint"]
@@ -751,8 +765,7 @@ def _config_rows(r: _Run) -> list:
         ("Classes", f"{', '.join(record.classes) or DASH} (task {record.task})"),
         ("Images", " · ".join(f"{k} {whole(v)}" for k, v in record.counts.items()) or DASH),
         ("Validation", record.validation),
-        ("Features", ", ".join(f"{k} {fp[k]}" for k in ("backbone", "layer", "image_size", "preprocess",
-                                                         "precision", "store_dtype") if k in fp)),
+        ("Features", _features_line(record, fp)),
     ]
     weights = [str(record.weights["identity"])]
     if record.weights["path"]:
@@ -925,7 +938,7 @@ def _gradcam_section(r: _Run, out: Path) -> list:
         return [Heading(3, "Grad-CAM (head, test)"),
                 Para(f"None: the head reads {r.record.head_input} vectors (--head-input {r.record.head_input}), "
                      f"which have no spatial layout for a Grad-CAM map.", cls="note")]
-    layer = r.record.store["fingerprint"]["layer"]
+    layer = r.record.store["fingerprint"].get("layer", "the imported maps'")
     figure = _run_figure(r, GRADCAM, f"Grad-CAM of the head on test images: per class, right and wrong predictions; "
                                      f"map resolution is the cut layer's ({layer})", out, full=True)
     if figure is None:

@@ -35,6 +35,7 @@ from xrayfeat.analysis.gradcam import grad_cam, plot_overlay
 from xrayfeat.data.images import read_image
 from xrayfeat.data.labels import positive_names
 from xrayfeat.runs.outputs import check_output
+from xrayfeat.store.fingerprint import drawing_size
 from xrayfeat.runs.prediction import cache_dir_of, finding_thresholds, gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
@@ -91,8 +92,8 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
                                  workers=workers, cluster=cluster, progress=progress, need=("spatial",),
                                  purpose="explain (Grad-CAM)")
     out = Path(out)
-    layer = f"{run.backbone}:{store.fingerprint['layer']}"
-    size = int(store.fingerprint["image_size"])
+    layer = f"{run.backbone}:{store.fingerprint.get('layer', 'imported')}"  # imported maps: no layer is known
+    size = drawing_size(store.fingerprint)
     stems = _stems(dataset.items)
     thresholds = finding_thresholds(run, ["head"])["head"] if run.record.multilabel else None
     rows, map_size = [], (0, 0)

@@ -53,6 +53,7 @@ from xrayfeat.fileio import file_digest, fsync_dir, sibling, write_json, writing
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
+from xrayfeat.store.fingerprint import is_imported
 from xrayfeat.runs.outputs import check_output
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess", "read_export"]
@@ -456,6 +457,11 @@ def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> E
     check_output(out, "export")
     out = Path(out)
     run = _load(run)
+    if is_imported(run.record.store["fingerprint"]):  # pixels in needs the model that computed the features
+        raise ExportError(f"{run.path}: cannot export this run: its features were imported as {run.record.backbone!r} "
+                          f"({run.record.weights.get('path')}), and a deployable model needs the backbone that "
+                          f"computed them, which xrayfeat does not have; deploy that model and the head "
+                          f"(head.keras) together, or fit-head on a backbone xrayfeat has (-b vgg16)")
     _check_out(out, overwrite)
     if format == "savedmodel":
         import keras

@@ -79,6 +79,8 @@ from xrayfeat.provenance import library_versions, utc_timestamp
 from xrayfeat.store.rows import StoreRows, float32_bytes, human_bytes, resolve_budget, take
 from xrayfeat.runs.record import RunWarning
 from xrayfeat.store.feature_store import FeatureStore
+from xrayfeat.store.fingerprint import drawing_size
+from xrayfeat.store.imported import imported_options
 from xrayfeat.data.summary import imbalance_warning
 
 log = logging.getLogger("xrayfeat")
@@ -260,6 +262,7 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
     pooled head, and a head that needs spatial maps is refused in one line where
     only such a store exists.
     """
+    features = imported_options(features, run.cache_dir)  # a name of imported features: its store's options
     for options in (features, head, run):
         options.validate()
     check_task(dataset)
@@ -271,7 +274,12 @@ def _check_options(dataset, features: FeatureOptions, head: HeadOptions, run: Ru
                             "vectors: drop --head-input pooled or --train-tail")
     features = store_for(features, run.cache_dir, study_parts(head), f"fit-head with --head-input {head.head_input}",
                          run.device)
-    config = resolve(features, run.device)
+    config = resolve(features, run.device, cache_dir=run.cache_dir)
+    if config.options.imported:
+        if head.train_tail:
+            raise XrayfeatError(f"--train-tail trains the backbone's last block, and the features imported as "
+                                f"{features.backbone!r} come from no backbone here: drop --train-tail")
+        return config
     spec = get_spec(features.backbone)
     if head.train_tail and config.fingerprint["layer"] == spec.final_layer:
         raise XrayfeatError(
@@ -905,7 +913,7 @@ def _gradcam_grid(record, run_dir: Path, split: _Split, trained, classes, title:
     drawn = gradcam.example_grid(
         [split.test[i].path for i in rows], split.test_arrays["spatial"][rows], head, split.y_test[rows],
         trained.proba_test[rows], list(classes), run_dir / "gradcam.png",
-        image_size=record.features.get("image_size") or split.store.fingerprint["image_size"], title=title)
+        image_size=record.features.get("image_size") or drawing_size(split.store.fingerprint), title=title)
     return drawn is not None
 
 

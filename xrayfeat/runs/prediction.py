@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.data.labels import positive_names
-from xrayfeat.errors import DatasetError, XrayfeatError
+from xrayfeat.errors import DatasetError, XrayfeatError, one_line
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.fileio import atomic_write, csv_text, writing_to
-from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
+from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, fingerprint_id, is_imported
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.models.baselines import columns_for, read_pixels
@@ -93,16 +93,28 @@ class PredictResult:
 def run_feature_options(run) -> FeatureOptions:
     """The run's feature options with everything "auto" pinned to what the run's store holds."""
     fingerprint = run.record.store["fingerprint"]
+    if is_imported(fingerprint):  # nothing to pin: the name selects the imported store
+        return run.feature_options()
     return replace(run.feature_options(), precision=fingerprint["precision"], image_size=fingerprint["image_size"],
                    layer=fingerprint["layer"].split(":")[-1] if fingerprint.get("layer") else None)
 
 
-def check_reproducible(run, options: FeatureOptions, device: str = "auto") -> None:
+def check_reproducible(run, options: FeatureOptions, device: str = "auto", cache_dir=None) -> None:
     """Refuse when resolving the run's options here gives another fingerprint than the one it was trained on.
 
     Only the fields that change a value count: a store that keeps other parts (``keep``) holds the same values.
+    Imported features: the name must still select the store the run was trained on (in ``cache_dir``).
     """
     recorded = run.record.store["fingerprint"]
+    if is_imported(recorded):
+        here = resolve(options, device, cache_dir=cache_dir).fingerprint
+        if fingerprint_id(here) != fingerprint_id(recorded):
+            raise ReproduceError(one_line(
+                f"{run.path}: {options.backbone!r} in {cache_dir} now names other imported features (file sha256 "
+                f"{here.get('file_sha256', '?')[:12]}) than the run was trained on (file sha256 "
+                f"{recorded['file_sha256'][:12]}, {run.record.weights.get('path')}): import that file again under a "
+                f"name (`xrayfeat cache import FILE --name {options.backbone} --replace`)"))
+        return
     here = resolve(options, device).fingerprint
     differs = [key for key in FINGERPRINT_FIELDS if key in recorded and here.get(key) != recorded[key]]
     if not differs:
@@ -203,7 +215,7 @@ def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
     """
     folder = run_cache_dir(run, cache_dir)
     options = store_for(run_feature_options(run), folder, need, purpose, device)
-    check_reproducible(run, options, device)
+    check_reproducible(run, options, device, cache_dir=folder)
     run_options = RunOptions(device=device, batch_size=batch_size, workers=workers, cache_dir=folder,
                              progress=progress, cluster=cluster, on_error=on_error)
     [result] = extract(dataset, options, run_options)

@@ -381,6 +381,22 @@ class OptionsOf(Shape):
                 raise Problem(join(at, name), f"expected {check.describe()}{' or null' if none else ''}, got {show(item)}")
 
 
+@dataclass(frozen=True)
+class _FeaturesOf(OptionsOf):
+    """A record's FeatureOptions; those of imported features (weights ``imported``) name them instead of a backbone."""
+
+    def check(self, value, at, ctx):
+        from xrayfeat.options.settings import BACKBONES, IMPORTED_WEIGHTS, check_import_name
+
+        if isinstance(value, dict) and value.get("weights") == IMPORTED_WEIGHTS:
+            try:
+                check_import_name(value.get("backbone"))
+            except ValueError as exc:
+                raise Problem(join(at, "backbone"), str(exc)) from None
+            value = {**value, "backbone": BACKBONES[0]}  # every other field as declared
+        super().check(value, at, ctx)
+
+
 def _accepts(check, value) -> bool:
     """Whether an option's declared constraint takes a JSON value (never a container, but a Subset's tuple)."""
     if isinstance(value, (dict, list)):
@@ -837,7 +853,17 @@ def _artifacts_agree(record: dict, at: str, ctx: dict) -> None:
 
 
 def _fingerprint_agrees(record: dict, at: str, ctx: dict) -> None:
-    """The features' backbone is the store's."""
+    """The features' backbone is the store's; features imported under a name (weights ``imported``) are an imported store's."""
+    from xrayfeat.options.settings import IMPORTED_WEIGHTS
+    from xrayfeat.store.fingerprint import is_imported
+
+    imported = is_imported(record["store"]["fingerprint"])
+    if imported or record["features"].get("weights") == IMPORTED_WEIGHTS:
+        if not imported or record["features"].get("weights") != IMPORTED_WEIGHTS:
+            raise Problem(join(join(at, "features"), "weights"), f"is {show(record['features'].get('weights'))}, but the "
+                                                                  f"store's fingerprint says {'' if imported else 'not '}"
+                                                                  f"imported")
+        return
     backbone = record["store"]["fingerprint"]["backbone"]
     if record["features"]["backbone"] != backbone:
         raise Problem(join(join(at, "features"), "backbone"), f"is {show(record['features']['backbone'])}, but the "
@@ -858,15 +884,19 @@ def _record_fields() -> dict:
     """The fields of a schema-2 ``config.json`` (:class:`~xrayfeat.runs.record.RunRecord`, but ``path``)."""
     from xrayfeat.backbones import PRECISIONS
     from xrayfeat.options.settings import BACKBONES, BASELINES, KEEPS, STORE_DTYPES, FeatureOptions, HeadOptions, RunOptions
-    from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, OPTIONAL_FIELDS
+    from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, IMPORTED, IMPORTED_FIELDS, OPTIONAL_FIELDS
 
     fingerprint_shapes = {"backbone": Text(f"a backbone ({', '.join(BACKBONES)})", choices=BACKBONES),
                           "image_size": Whole(32, 2048), "store_dtype": Text(choices=STORE_DTYPES, what="a store dtype"),
                           "precision": Text(choices=PRECISIONS, what=f"a precision ({', '.join(PRECISIONS)})"),
                           "keep": Text(choices=KEEPS, what="what the store keeps"), "layer": NONEMPTY}
     used = ("backbone", "weights", "image_size", "layer", "precision", "preprocess")  # what readers index directly
-    fingerprint = Obj({name: Field(fingerprint_shapes.get(name, TEXT), name in used)
-                       for name in (*FINGERPRINT_FIELDS, *OPTIONAL_FIELDS)})
+    computed = Obj({name: Field(fingerprint_shapes.get(name, TEXT), name in used)
+                    for name in (*FINGERPRINT_FIELDS, *OPTIONAL_FIELDS)}, what="a computed store's fingerprint")
+    imported = Obj({**{name: need(TEXT) for name in IMPORTED_FIELDS}, "kind": need(Text(choices=(IMPORTED,))),
+                    "file_sha256": need(SHA256), "store_dtype": need(fingerprint_shapes["store_dtype"]),
+                    "keep": may(fingerprint_shapes["keep"])}, what="an imported store's fingerprint")
+    fingerprint = OneOf((computed, imported))
     baseline = Text(f"a baseline ({', '.join(BASELINES)})", choices=BASELINES)
     params = Obj({"total": need(COUNT), "trainable": need(COUNT), "non_trainable": need(COUNT)})
     summary = Obj({
@@ -893,7 +923,7 @@ def _record_fields() -> dict:
         "multilabel": may(Flag()),
         "counts": need(Obj({"train": need(COUNT), "val": need(COUNT), "test": need(COUNT), "skipped": may(COUNT)})),
         "validation": need(TEXT),
-        "features": need(OptionsOf(FeatureOptions, FIRST_FIELDS["features"])),
+        "features": need(_FeaturesOf(FeatureOptions, FIRST_FIELDS["features"])),
         "head": need(OptionsOf(HeadOptions, FIRST_FIELDS["head"], lenient=True)),
         "run": need(OptionsOf(RunOptions, FIRST_FIELDS["run"], lenient=True)),
         "store": need(Obj({"path": need(PATH_TEXT), "fingerprint": need(fingerprint), "fingerprint_id": need(NONEMPTY)})),

@@ -8,6 +8,8 @@
 * :mod:`.unreadable`: the files a store knows it cannot decode, by content hash and decoder version;
 * :mod:`.maintenance`: verify, repair, gc and compaction of one store (``store.verify()``, ``store.gc()``);
 * :mod:`.catalog`: the stores of a cache folder, a damaged one flagged in its place (:func:`list_stores`);
+* :mod:`.imported`: features computed elsewhere made a store (``cache import``), and the names ``-b`` takes for them
+  (:func:`~xrayfeat.store.imported.import_features`, :func:`~xrayfeat.store.imported.imported_options`);
 * :mod:`.rows`: :class:`StoreRows`, views of a store's rows read in batches (training past memory),
   and the memory-budget helpers.
 

@@ -20,7 +20,7 @@ from typing import Callable, ClassVar
 
 from xrayfeat.errors import StoreError
 from xrayfeat.store.feature_store import FeatureStore
-from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS
+from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, is_imported
 
 __all__ = ["DamagedStore", "check_cache_folder", "check_cache_target", "hash_memory", "list_stores", "is_store_folder", "is_cache_folder",
            "STORE_MARKER", "HASH_MEMORY", "cache_ls", "cache_verify", "cache_gc", "CacheListing", "CacheCheck", "CacheCleanup"]
@@ -229,8 +229,16 @@ def cache_ls(cache_dir: str | os.PathLike = "data_cache") -> CacheListing:
 
     A missing folder, or a file, is a :class:`~xrayfeat.errors.CacheFolderError` naming it.
     """
+    from xrayfeat.store.imported import imported_names
+
     check_cache_folder(cache_dir)
-    return CacheListing(str(cache_dir), [s.info() for s in list_stores(cache_dir, warn=False)])
+    infos = [s.info() for s in list_stores(cache_dir, warn=False)]
+    names = imported_names(cache_dir)
+    for info in infos:  # an imported store: the names -b takes for it (cache import --name)
+        if is_imported(info["fingerprint"]):
+            info["names"] = sorted(n for n, e in names.items() if isinstance(e, dict) and
+                                   e.get("store") == Path(info["path"]).name)
+    return CacheListing(str(cache_dir), infos)
 
 
 def cache_verify(cache_dir: str | os.PathLike = "data_cache") -> CacheCheck:

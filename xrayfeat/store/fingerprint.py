@@ -17,6 +17,12 @@ and a store that keeps one part shows it in its folder name
 fingerprint's store holds, :func:`missing_parts` what a command would lack, and
 :class:`KeepError` is the one line a command gets when it does. Nothing here
 reads or writes files.
+
+A store of features computed elsewhere (``xrayfeat cache import``,
+:mod:`xrayfeat.store.imported`) has another kind of fingerprint
+(:data:`IMPORTED_FIELDS`): the imported file's digest and the provenance its
+user declared, and no backbone, weights, input size, preprocessing or layer,
+since xrayfeat computed none of them. :func:`is_imported` tells it apart.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 from xrayfeat.errors import StoreError
 
 __all__ = [
-    "FINGERPRINT_FIELDS", "OPTIONAL_FIELDS", "FLOAT16_MAX", "FLOAT16_TINY", "KeepError",
+    "FINGERPRINT_FIELDS", "OPTIONAL_FIELDS", "IMPORTED", "IMPORTED_FIELDS", "is_imported", "drawing_size", "IMPORTED_DRAWING_SIZE", "FLOAT16_MAX", "FLOAT16_TINY", "KeepError",
     "fingerprint_id", "defining_fields", "kept_parts", "missing_parts", "keep_error", "store_dirname", "check_storable",
 ]
 
@@ -46,6 +52,11 @@ FINGERPRINT_FIELDS = (
     "keras",
     "backend",
 )
+#: The ``kind`` of an imported store's fingerprint (a computed store's has no ``kind``).
+IMPORTED = "imported"
+#: Fields that make up an imported store's fingerprint: the file's sha256, the provenance declared at import
+#: (``--model``, ``--source-url``, ``--description``; empty when not declared) and how the values are stored.
+IMPORTED_FIELDS = ("kind", "file_sha256", "model", "source_url", "description", "store_dtype")
 #: Fields a fingerprint holds only when they differ from this default, so that stores made before them keep their id.
 OPTIONAL_FIELDS = {"keep": "both"}
 #: The parts of a row each ``keep`` stores, in the order shards hold them.
@@ -59,13 +70,30 @@ def defining_fields(fingerprint: dict) -> dict:
     """The fields that define a fingerprint: every :data:`FINGERPRINT_FIELDS`, and optional ones off their default.
 
     This is what ``fingerprint.json`` holds and what :func:`fingerprint_id` hashes.
+    An imported store's (:func:`is_imported`) are :data:`IMPORTED_FIELDS` and ``keep``.
     """
-    missing = [f for f in FINGERPRINT_FIELDS if f not in fingerprint]
+    names = IMPORTED_FIELDS if is_imported(fingerprint) else FINGERPRINT_FIELDS
+    missing = [f for f in names if f not in fingerprint]
     if missing:
         raise ValueError(f"fingerprint lacks {missing}")
-    fields = {k: fingerprint[k] for k in FINGERPRINT_FIELDS}
+    fields = {k: fingerprint[k] for k in names}
     fields.update((k, fingerprint[k]) for k, default in OPTIONAL_FIELDS.items() if fingerprint.get(k, default) != default)
     return fields
+
+
+def is_imported(fingerprint: dict) -> bool:
+    """Whether ``fingerprint`` is an imported store's (features computed elsewhere, ``xrayfeat cache import``)."""
+    return isinstance(fingerprint, dict) and fingerprint.get("kind") == IMPORTED
+
+
+#: The size an image is decoded at to draw the map of imported spatial features over it (a display choice: the
+#: model that computed them is not known to xrayfeat).
+IMPORTED_DRAWING_SIZE = 224
+
+
+def drawing_size(fingerprint: dict) -> int:
+    """The size images are decoded at to draw a store's maps over them: its input size, or, imported, a fixed one."""
+    return IMPORTED_DRAWING_SIZE if is_imported(fingerprint) else int(fingerprint["image_size"])
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -102,6 +130,9 @@ def keep_error(where, fingerprint: dict, need, purpose: str) -> KeepError:
     keep = fingerprint.get("keep", OPTIONAL_FIELDS["keep"])
     kept = " and ".join(_PART_WORDS[p] for p in kept_parts(fingerprint))
     lacking = " and ".join(_PART_WORDS[p] for p in missing_parts(fingerprint, need))
+    if is_imported(fingerprint):
+        return KeepError(f"{where} holds imported {kept} only, but {purpose} needs {lacking}: import a file that "
+                         f"holds them (an npz with a 'spatial' array of shape (n, h, w, c) for spatial maps)")
     return KeepError(
         f"{where} keeps {kept} only (--keep {keep}), but {purpose} needs {lacking}: run "
         f"`xrayfeat extract DATA --backbone {fingerprint['backbone']} --keep both` with the same feature options"
@@ -109,11 +140,16 @@ def keep_error(where, fingerprint: dict, need, purpose: str) -> KeepError:
 
 
 def store_dirname(fingerprint: dict) -> str:
-    """The store's folder name: ``<backbone>-<layer>-<size>-<precision>[-<keep>]-<id>``, keep shown unless both."""
-    short = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
-    precision = short.get(fingerprint["precision"], fingerprint["precision"])
+    """The store's folder name: ``<backbone>-<layer>-<size>-<precision>[-<keep>]-<id>``, keep shown unless both.
+
+    An imported store's: ``imported[-<keep>]-<id>``.
+    """
     keep = fingerprint.get("keep", OPTIONAL_FIELDS["keep"])
     shown = "" if keep == OPTIONAL_FIELDS["keep"] else f"-{keep}"
+    if is_imported(fingerprint):
+        return f"{IMPORTED}{shown}-{fingerprint_id(fingerprint)}"
+    short = {"float32": "f32", "mixed_bfloat16": "bf16", "mixed_float16": "f16"}
+    precision = short.get(fingerprint["precision"], fingerprint["precision"])
     return (
         f"{fingerprint['backbone']}-{fingerprint['layer']}-{fingerprint['image_size']}"
         f"-{precision}{shown}-{fingerprint_id(fingerprint)}"
