@@ -771,7 +771,7 @@ def _shared_groups(row: list[str], columns: list[tuple[str, int]], seen: dict,
     A manifest of 10^5 images has a few dozen combinations of sex, age band and
     view: sharing them keeps 10^5 tuples fewer alive for the collector to walk.
     """
-    key = tuple([row[i] if i < len(row) else "" for _, i in columns])
+    key = tuple([row[i] if i < len(row) else "" for _, i in columns]) if columns else ()
     groups = seen.get(key)
     if groups is None:
         groups = seen[key] = _groups(row, columns, where)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 
 import numpy as np
 
@@ -118,8 +119,7 @@ def positive_names(findings, classes) -> str:
 
     ``findings`` are values (1 positive) or booleans (True: called positive, as predict decides).
     """
-    names = [name for name, value in zip(classes, findings) if value == 1.0]
-    return LABELS_SEPARATOR.join(names) if names else ""
+    return LABELS_SEPARATOR.join(itertools.compress(classes, map(operator.eq, findings, itertools.repeat(1.0))))
 
 
 def finding_values(items, k: int) -> np.ndarray:
