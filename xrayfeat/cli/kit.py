@@ -35,8 +35,7 @@ from click.core import ParameterSource
 from xrayfeat.distributed.lifetime import signal_of, signals_unwind
 from xrayfeat.errors import DiskFullError, XrayfeatError, called_from, first_line, one_line, os_error
 from xrayfeat.fileio import as_disk_full, disk_full
-from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
-from xrayfeat.options.parsers import parse_list
+from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, backbone_names, flag_of
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
 from xrayfeat.runtime import quiet_frameworks  # noqa: F401  (the CLI calls it first: xrayfeat.cli.main)
 
@@ -323,7 +322,7 @@ def stack(*options):
 #: The options that select a feature store (extract, fit-head, embed, cache export), and where to find it.
 feature_options = stack(
     click.option("--backbone", "-b", "backbone", required=True,
-                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list)."),
+                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list, or all)."),
     declared(FeatureOptions, "weights"),
     declared(FeatureOptions, "image_size"),
     declared(FeatureOptions, "layer"),
@@ -339,8 +338,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def feature_list(kw) -> list[FeatureOptions]:
-    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list)."""
-    names = parse_list(kw["backbone"], BACKBONES, "backbone")
+    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list, or ``all``)."""
+    names = backbone_names(kw["backbone"])
     fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed", "keep")
     return [FeatureOptions(backbone=b, **{k: kw[k] for k in fields}) for b in names]
 

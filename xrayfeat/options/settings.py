@@ -26,10 +26,12 @@ from dataclasses import dataclass
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, Is, Subset, option, validate
-from xrayfeat.options.parsers import ByteSize, Cluster, Threshold
+from xrayfeat.options.parsers import ByteSize, Cluster, Threshold, parse_list
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
+#: ``-b all`` (extract): every backbone of the registry, in its order.
+ALL_BACKBONES = "all"
 STORE_DTYPES: tuple[str, ...] = ("float16", "float32")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 ON_ERROR: tuple[str, ...] = ("fail", "skip")
@@ -53,6 +55,15 @@ UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
 #: ``n_jobs`` wherever it is taken (the baselines, the maps), as scikit-learn means it: a number of jobs
 #: (at least 1) or -1 for every core; None (allowed beside it) leaves the choice to the callee. 0 is refused.
 N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
+
+
+def backbone_names(text: str) -> tuple[str, ...]:
+    """``--backbone``'s text: a backbone, a comma-separated list of them, or ``all`` (:data:`BACKBONES`).
+
+    Order kept, duplicates dropped, case and spaces ignored (:func:`~xrayfeat.options.parsers.parse_list`).
+    """
+    names = parse_list(text, (*BACKBONES, ALL_BACKBONES), "backbone")
+    return BACKBONES if ALL_BACKBONES in names else names
 
 
 def bounded(low: int, high: int, why: str) -> Interval:
@@ -186,7 +197,7 @@ def _old_names_work(cls):
 class FeatureOptions:
     """Everything that selects a feature store; changing any field changes the features."""
 
-    backbone: str = option(check=Choice(BACKBONES), help="Backbone (extract accepts a comma-separated list).")
+    backbone: str = option(check=Choice(BACKBONES), help="Backbone (extract accepts a comma-separated list, or all).")
     weights: str = option("imagenet", check=Is((str,)),
                           help="imagenet (from $KERAS_HOME/models, md5-checked), none (random, seeded) or a weights file.")
     image_size: int | None = option(None, check=Interval(32, 2048, integer=True), none=True,
@@ -339,6 +350,6 @@ class PhantomOptions:
 
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "PhantomOptions",
-           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
+           "BACKBONES", "ALL_BACKBONES", "backbone_names", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
            "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]
