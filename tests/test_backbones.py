@@ -152,8 +152,6 @@ def test_densenet_extracts_fits_explains_exports_and_describes_as_keras_does(tmp
     ``preprocess_input`` of the decoded pixels; the export's probabilities are the run's; ``describe`` counts
     the backbone's parameters as Keras' ``count_params()`` does. (The tails are checked on the other three.)
     """
-    import keras
-
     from xrayfeat.data import images
     from xrayfeat.runs.export import build_portable_model
     from xrayfeat.store.feature_store import FeatureStore

@@ -77,7 +77,7 @@ def _fold_input_scale(model, scale) -> None:
     import keras
     import numpy as np
 
-    [norm] = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)][:1]
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
     mean, variance, count = norm.get_weights()
     factor = np.asarray(scale, dtype="float64").reshape(variance.shape)
     norm.set_weights([mean, (variance.astype("float64") / factor**2).astype(variance.dtype), count])
@@ -109,7 +109,8 @@ def _preprocess_layer(mode: str):
     from keras import ops
 
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"The 'mode' parameter must be one of {set(PREPROCESS_MODES)}. Got {mode!r} instead.")
+        raise ValueError(f"The 'mode' parameter must be one of {{{', '.join(map(repr, PREPROCESS_MODES))}}}. "
+                         f"Got {mode!r} instead.")
 
     class Preprocess(keras.layers.Layer):
         def __init__(self, mode, **kwargs):

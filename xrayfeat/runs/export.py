@@ -147,7 +147,7 @@ def portable_preprocess(mode: str) -> list:
         ]
     if mode == "in_model":
         return [cast]
-    raise ValueError(f"The 'mode' parameter of portable_preprocess must be one of {set(PREPROCESS_MODES)}. "
+    raise ValueError(f"The 'mode' parameter of portable_preprocess must be one of {{{', '.join(map(repr, PREPROCESS_MODES))}}}. "
                      f"Got {mode!r} instead.")
 
 
