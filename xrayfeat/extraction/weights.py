@@ -1,5 +1,9 @@
 """A backbone's weights: resolve (imagenet, none or a file), check (md5), install, download.
 
+Each ImageNet file is checked against the hash Keras declares for it: an md5, or a
+sha256 for ConvNeXt (:attr:`~xrayfeat.backbones.BackboneSpec.weights_hash`); the
+identity in the fingerprint is always the file's md5.
+
 ``resolve_weights`` turns ``--weights`` into a :class:`WeightsInfo` whose ``identity``
 goes into the feature fingerprint. ImageNet weights are Keras' own files, found in
 ``$KERAS_HOME/models``; ``download_weights`` fetches one over HTTP(S) (or from a
