@@ -42,7 +42,7 @@ REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 #: option xdist orders files by their number of tests, and a long file with few tests may start last).
 FILE_COST = {
     "test_demo.py": 82, "test_callers.py": 76, "test_extract.py": 74, "test_reliability_images.py": 59,
-    "test_cli.py": 51, "test_streaming.py": 48, "test_heads.py": 48, "test_export.py": 47, "test_headproc.py": 46,
+    "test_cli.py": 51, "test_backbones.py": 45, "test_streaming.py": 48, "test_heads.py": 48, "test_export.py": 47, "test_headproc.py": 46,
     "test_progress_output.py": 43, "test_fit_tail.py": 42, "test_notebook.py": 40, "test_operating.py": 40,
     "test_fit_real.py": 40, "test_heads_jax.py": 39, "test_docs.py": 37, "test_fit_learns.py": 32, "test_fit.py": 31,
     "test_multilabel_models.py": 18, "test_import.py": 20, "test_api.py": 28, "test_explain.py": 23, "test_python_calls.py": 18,

@@ -89,7 +89,7 @@ def test_imagenet_path_installs_verifies_and_loads_a_weight_file(tmp_path, monke
     assert missing.exit_code == 2 and "xrayfeat weights install FILE" in missing.stderr
 
     status = invoke("weights", "status", "--json")
-    assert [r["present"] for r in json.loads(status.stdout)["weights"]] == [False, False]
+    assert [r["present"] for r in json.loads(status.stdout)["weights"]] == [False] * len(backbones.REGISTRY)
     installed = invoke("weights", "install", source)
     assert installed.exit_code == 0, installed.output
     target = tmp_path / "keras_home" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -141,7 +141,7 @@ def test_weights_for_another_backbone_are_one_clear_error(tmp_path):
 BAD_INPUT = [
     (["inspect", "{tmp}/nope"], "nope: no such folder"),
     (["extract", "{tmp}/nope", "-b", "vgg16", "--weights", "none"], "nope: no such folder"),
-    (["extract", "{data}", "-b", "resnet50", "--weights", "none"], ("'resnet50'", "vgg16, inception_v3")),
+    (["extract", "{data}", "-b", "resnet", "--weights", "none"], ("'resnet'", "vgg16, inception_v3, densenet121, resnet50")),
     (["extract", "{data}", "-b", "vgg16", "--weights", "{tmp}/missing.h5"], "missing.h5"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--layer", "mixed9"], "not a known cut point"),
     (["extract", "{data}", "-b", "vgg16", "--weights", "none", "--layer", "inception_v3:mixed9"], "names backbone"),

@@ -14,8 +14,8 @@ from xrayfeat.options.constraints import OptionError, OptionTypeError
 
 
 @pytest.mark.parametrize("options,message", [
-    (FeatureOptions("resnet"), "The 'backbone' parameter of FeatureOptions must be one of {'vgg16', 'inception_v3'}. "
-                               "Got 'resnet' instead."),
+    (FeatureOptions("resnet"), "The 'backbone' parameter of FeatureOptions must be one of {'vgg16', 'inception_v3', "
+                               "'densenet121', 'resnet50', 'efficientnet_b0', 'convnext_tiny'}. Got 'resnet' instead."),
     (FeatureOptions("vgg16", image_size=16), "The 'image_size' parameter of FeatureOptions must be an int in [32, 2048] "
                                              "or None. Got 16 instead."),
     (RunOptions(device="tpu"), "The 'device' parameter of RunOptions must be one of {'auto', 'cpu', 'gpu'}. Got 'tpu' instead."),
@@ -63,7 +63,8 @@ def test_the_cli_derives_choices_and_defaults_from_the_declarations():
 def test_parse_list_keeps_order_drops_duplicates_and_names_the_choices():
     assert parse_list("Inception_V3, vgg16,vgg16", BACKBONES, "backbone") == ("inception_v3", "vgg16")
     assert parse_list("none", ("a",), "baselines", none=True) == ()
-    with pytest.raises(OptionError, match=r"subset of \{vgg16, inception_v3\}"):
+    with pytest.raises(OptionError, match=r"subset of \{vgg16, inception_v3, densenet121, resnet50, efficientnet_b0, "
+                                          r"convnext_tiny\}"):
         parse_list("vgg16,", BACKBONES, "backbone")
 
 

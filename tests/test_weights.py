@@ -40,8 +40,17 @@ def md5_of(path) -> str:
 
 
 def expect(monkeypatch, spec, path):
-    """Make ``path`` the published file of ``spec`` (the real md5 belongs to the real ImageNet file)."""
-    monkeypatch.setitem(backbones.REGISTRY, spec.name, backbones.replace_md5(spec, md5_of(path)))
+    """Make ``path`` the published file of ``spec`` (the real hash belongs to the real ImageNet file).
+
+    By the hash Keras declares for it: the md5, or the sha256 (ConvNeXt).
+    """
+    if spec.weights_sha256:
+        import dataclasses
+
+        changed = dataclasses.replace(spec, weights_sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    else:
+        changed = backbones.replace_md5(spec, md5_of(path))
+    monkeypatch.setitem(backbones.REGISTRY, spec.name, changed)
 
 
 def one_line(stderr: str) -> str:
@@ -261,13 +270,13 @@ def test_offline_env_var_is_read_at_call_time(monkeypatch):
 
 
 def test_weights_download_base_url_fetches_all_then_keeps_them(server, isolated, monkeypatch):
-    served = {spec.name: serve_small(server, spec, monkeypatch) for spec in (VGG, INCEPTION)}
+    served = {spec.name: serve_small(server, spec, monkeypatch) for spec in list(backbones.REGISTRY.values())}
     monkeypatch.setenv("XRAYFEAT_WEIGHTS_URL", "http://127.0.0.1:9/never-used")  # --base-url wins
 
     result = invoke("weights", "download", "--base-url", server.url, "--json")
     assert result.exit_code == 0, result.output
     rows = {r["backbone"]: r for r in json.loads(result.stdout)["weights"]}
-    assert set(rows) == {"vgg16", "inception_v3"}
+    assert set(rows) == set(backbones.REGISTRY)  # no backbone named: every one (convnext_tiny checked by sha256)
     for name, path in served.items():
         assert rows[name]["action"] == "downloaded" and rows[name]["url"] == f"{server.url}/{path.name}"
         assert Path(rows[name]["file"]) == isolated / path.name and md5_of(isolated / path.name) == md5_of(path)
@@ -275,7 +284,10 @@ def test_weights_download_base_url_fetches_all_then_keeps_them(server, isolated,
 
     again = invoke("weights", "download", "--base-url", server.url, "vgg16")
     assert again.exit_code == 0 and again.stdout.split()[:2] == ["vgg16", "ok"]
-    assert len(server.requests) == 2  # already there and verified: not fetched again
+    assert len(server.requests) == len(served)  # already there and verified: not fetched again
+    status = {r["backbone"]: r for r in weights.weights_status()}
+    assert all(r["verified"] for r in status.values())
+    assert status["convnext_tiny"]["expected_md5"] is None and status["convnext_tiny"]["expected_sha256"]
 
 
 def test_weights_download_replaces_a_damaged_file(server, isolated, monkeypatch):
@@ -303,8 +315,8 @@ def test_weights_status_before_and_after_a_download(server, isolated, monkeypatc
 
 
 def test_weights_download_rejects_an_unknown_backbone(server):
-    result = invoke("weights", "download", "--base-url", server.url, "resnet50")
-    assert result.exit_code == 2 and "resnet50" in result.output and server.requests == []
+    result = invoke("weights", "download", "--base-url", server.url, "alexnet")
+    assert result.exit_code == 2 and "alexnet" in result.output and server.requests == []
 
 
 def test_importing_backbones_loads_no_framework():

@@ -17,7 +17,7 @@ from dataclasses import fields
 
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.datasets import discover as _discover
-from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions, renamed_keywords
+from xrayfeat.options.settings import EmbedOptions, FeatureOptions, HeadOptions, RunOptions, backbone_names, renamed_keywords
 from xrayfeat.options.constraints import Choice, Interval, check_value, declaration, validate_params
 from xrayfeat.runs.loaded import Run, load_run
 from xrayfeat.runtime import library_call
@@ -88,8 +88,8 @@ def extract(data, backbone=None, *, features: FeatureOptions | None = None, run:
             classes=None, **options):
     """Compute what the feature cache lacks for ``data``; one :class:`~xrayfeat.extraction.pipeline.ExtractResult`.
 
-    ``backbone`` may also be a list (several backbones of one input size share a
-    decoding pass); the result is then a list. Keyword options: the fields of
+    ``backbone`` may also be a list, a comma-separated text or ``"all"`` (several
+    backbones of one input size share a decoding pass); the result is then a list. Keyword options: the fields of
     FeatureOptions and RunOptions (``weights="none"``, ``image_size=64``,
     ``cache_dir=...``, ``device="cpu"``...).
     """
@@ -101,7 +101,7 @@ def extract(data, backbone=None, *, features: FeatureOptions | None = None, run:
     if features is not None:
         feature_list = [_given(FeatureOptions, features, feature_kw)]
     else:
-        names = [backbone] if isinstance(backbone, str) or backbone is None else list(backbone)
+        names = backbone_names(backbone) if isinstance(backbone, str) else [backbone] if backbone is None else list(backbone)
         feature_list = [FeatureOptions(backbone=b, **feature_kw) for b in names]
     results = _extract(discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error), feature_list, run)
     return results[0] if len(results) == 1 else results

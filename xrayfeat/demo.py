@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xrayfeat.backbones import REGISTRY
+from xrayfeat.backbones import SEED_BACKBONES
 from xrayfeat.extraction.weights import weights_status
 from xrayfeat.data.datasets import discover
 from xrayfeat.errors import XrayfeatError, another_out
@@ -61,7 +61,7 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
     if root.exists() and any(p.name in ("runs", "report") for p in root.iterdir()):
         raise XrayfeatError(f"{root}: holds an earlier demo; {another_out('pass another --out or delete it')}")
     check_new_folder(root, "demo")  # never a study inside a run or a feature cache
-    installed = all(r["verified"] for r in weights_status())
+    installed = all(r["verified"] for r in weights_status() if r["backbone"] in SEED_BACKBONES)
     weights = "imagenet" if installed else "none"
     if not installed:
         log.warning("ImageNet weights are not installed (see `xrayfeat weights status`): the demo runs with RANDOM "
@@ -73,7 +73,7 @@ def run_demo(out="demo_out", *, per_class: int = 60, quick: bool = False, progre
             write_phantoms(data, task="four", per_class=per_class, size=png, seed=0)
     dataset = discover(data, hash_cache=None)
     run = RunOptions(cache_dir=root / "cache", progress=progress)
-    features = {b: FeatureOptions(b, weights=weights, image_size=size) for b in REGISTRY}
+    features = {b: FeatureOptions(b, weights=weights, image_size=size) for b in SEED_BACKBONES}
     say(f"demo: extracting {len(dataset)} phantom X-rays with {' and '.join(features)} (one decoding pass)")
     extract(dataset, list(features.values()), run)
 

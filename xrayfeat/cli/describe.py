@@ -44,5 +44,6 @@ def describe_cmd(backbone, n_classes, image_size, units, dropout, l2, as_json):
         say(f"Total params: {described.total:,}", err=err)
         say(f"Trainable params: {described.trainable:,}", err=err)
         say(f"Non-trainable params: {described.non_trainable:,}", err=err)
+        say(f"Backbone params: {described.backbone_params:,} ({backbone}, frozen)", err=err)
 
     emit(described.as_json(), as_json, human)

@@ -32,7 +32,8 @@ def extract_cmd(data, batch_size, workers, on_error, cluster, chunk_images, as_j
 
     Only images whose content hash has no row yet are decoded and computed; a
     rerun on the same data computes nothing. Several backbones of the same input
-    size (``-b vgg16,inception_v3``) share one decoding pass.
+    size (``-b vgg16,inception_v3``, or ``-b all`` for every backbone) share one
+    decoding pass.
 
     \b
     Example:

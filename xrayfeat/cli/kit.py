@@ -35,8 +35,7 @@ from click.core import ParameterSource
 from xrayfeat.distributed.lifetime import signal_of, signals_unwind
 from xrayfeat.errors import DiskFullError, XrayfeatError, called_from, first_line, one_line, os_error
 from xrayfeat.fileio import as_disk_full, disk_full
-from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, flag_of
-from xrayfeat.options.parsers import parse_list
+from xrayfeat.options.settings import BACKBONES, REDEFINED, RENAMED, FeatureOptions, RunOptions, backbone_names, flag_of
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, declaration
 from xrayfeat.runtime import quiet_frameworks  # noqa: F401  (the CLI calls it first: xrayfeat.cli.main)
 
@@ -323,8 +322,8 @@ def stack(*options):
 #: The options that select a feature store (extract, fit-head, embed, cache export), and where to find it.
 feature_options = stack(
     click.option("--backbone", "-b", "backbone", required=True,
-                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list), or the name of "
-                      f"features imported with `xrayfeat cache import`."),
+                 help=f"Backbone: {' or '.join(BACKBONES)} (extract accepts a comma-separated list, or all), or the "
+                      f"name of features imported with `xrayfeat cache import`."),
     declared(FeatureOptions, "weights"),
     declared(FeatureOptions, "image_size"),
     declared(FeatureOptions, "layer"),
@@ -340,7 +339,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def feature_list(kw) -> list[FeatureOptions]:
-    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list).
+    """One FeatureOptions per backbone named in ``--backbone`` (a comma-separated list, or ``all``).
 
     A name of features imported into ``--cache-dir`` (``xrayfeat cache import``) is taken as a backbone's is;
     its options are its store's (:func:`~xrayfeat.store.imported.imported_options`).
@@ -349,9 +348,8 @@ def feature_list(kw) -> list[FeatureOptions]:
 
     text = kw["backbone"]
     given = [name.strip().lower() for name in text.split(",")] if isinstance(text, str) else []
-    imported = {name for name in given if name not in BACKBONES and name in _imported_here(kw, imported_names)}
-    names = parse_list(text, (*BACKBONES, *sorted(imported)), "backbone") if imported else \
-        parse_list(text, BACKBONES, "backbone")
+    imported = sorted(name for name in given if name not in BACKBONES and name in _imported_here(kw, imported_names))
+    names = backbone_names(text, imported)
     fields = ("weights", "image_size", "layer", "precision", "store_dtype", "seed", "keep")
     return [imported_options(FeatureOptions(backbone=b, **{k: kw[k] for k in fields}), kw.get("cache_dir"))
             for b in names]

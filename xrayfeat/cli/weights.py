@@ -38,9 +38,11 @@ def weights_status_cmd(as_json):
     rows = weights_status()
 
     def human(err):
+        width = max(len(r["backbone"]) for r in rows)
         for r in rows:
-            state = "ok" if r["verified"] else ("WRONG MD5" if r["present"] else "missing")
-            say(f"{r['backbone']:13} {state:9} {r['file']}", err=err)
+            wrong = "WRONG SHA256" if r["expected_sha256"] else "WRONG MD5"
+            state = "ok" if r["verified"] else (wrong if r["present"] else "missing")
+            say(f"{r['backbone']:{width}} {state:9} {r['file']}", err=err)
         if not all(r["verified"] for r in rows):
             say(f"get them with: xrayfeat weights download  (or, from a file you downloaded: "
                 f"xrayfeat weights install FILE; into {weights_dir()})", err=err)
@@ -88,8 +90,9 @@ def weights_download_cmd(backbone_names, base_url, as_json):
     rows = ensure_weights(backbone_names or None, base_url=base_url)
 
     def human(err):
+        width = max(len(r["backbone"]) for r in rows)
         for r in rows:
             state = "downloaded" if r["action"] == "downloaded" else "ok"
-            say(f"{r['backbone']:13} {state:10} {r['file']}", err=err)
+            say(f"{r['backbone']:{width}} {state:10} {r['file']}", err=err)
 
     emit({"weights": rows}, as_json, human)

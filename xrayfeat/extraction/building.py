@@ -2,7 +2,9 @@
 
 Keras is imported inside each function, so importing this module stays cheap.
 Each backbone's preprocessing is a layer equal to Keras' own ``preprocess_input``
-(``caffe``: BGR minus ImageNet means; ``tf``: scaled to [-1, 1]).
+(``caffe``: BGR minus ImageNet means; ``tf``: scaled to [-1, 1]; ``torch``: scaled to
+[0, 1], then ImageNet mean and std; ``in_model``: float pixels, which the model itself
+normalizes; see :data:`xrayfeat.backbones.PREPROCESS_MODES`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
-from xrayfeat.backbones import CAFFE_MEAN_BGR, PRECISIONS, BackboneSpec
+from xrayfeat.backbones import CAFFE_MEAN_BGR, PRECISIONS, PREPROCESS_MODES, TORCH_MEAN_RGB, TORCH_STD_RGB, BackboneSpec
 from xrayfeat.errors import WeightsError, XrayfeatError, first_line
 from xrayfeat.extraction.weights import WeightsInfo
 
@@ -57,8 +59,34 @@ def build_backbone(spec: BackboneSpec, weights: WeightsInfo, image_size: int | N
                 f"{weights.path}: cannot be loaded into {spec.name} ({first_line(exc)}); "
                 f"pass a no-top weight file made for {spec.name}"
             ) from None
+        if spec.loaded_input_scale:
+            _fold_input_scale(model, spec.loaded_input_scale)
     model.trainable = False
     return model
+
+
+def _fold_input_scale(model, scale) -> None:
+    """Multiply the model's input normalization by ``scale`` per channel, as Keras' ImageNet build does.
+
+    Keras' EfficientNet adds ``Rescaling(scale)`` right after its ``Normalization``
+    layer only when it downloads the ImageNet weights itself; a model built with
+    ``weights=None`` and given the same file lacks it. ``(x - m) / sqrt(v) * s`` is
+    ``(x - m) / sqrt(v / s**2)``, so the factor goes into the normalization's variance:
+    the same function, with Keras layers only (an export loads with Keras alone).
+    """
+    import keras
+    import numpy as np
+
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
+    mean, variance, count = norm.get_weights()
+    factor = np.asarray(scale, dtype="float64").reshape(variance.shape)
+    norm.set_weights([mean, (variance.astype("float64") / factor**2).astype(variance.dtype), count])
+    norm.finalize_state()  # the layer computes from copies of its statistics, refreshed here (as Keras' loaders do)
+
+
+def cut_output(backbone, spec: BackboneSpec, cut: str):
+    """The output of layer ``cut`` of ``backbone``; the final layer is the model's output (Keras may leave it unnamed)."""
+    return backbone.output if cut == spec.final_layer else backbone.get_layer(cut).output
 
 
 def weights_digest(model) -> str:
@@ -80,6 +108,10 @@ def _preprocess_layer(mode: str):
     import keras
     from keras import ops
 
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"The 'mode' parameter must be one of {{{', '.join(map(repr, PREPROCESS_MODES))}}}. "
+                         f"Got {mode!r} instead.")
+
     class Preprocess(keras.layers.Layer):
         def __init__(self, mode, **kwargs):
             super().__init__(dtype="float32", **kwargs)
@@ -89,9 +121,12 @@ def _preprocess_layer(mode: str):
             x = ops.cast(pixels, "float32")
             if self.mode == "caffe":
                 x = ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_MEAN_BGR, "float32")
-            else:
+            elif self.mode == "tf":
                 x = x / 127.5 - 1.0
-            return x
+            elif self.mode == "torch":
+                x = x / 255.0 - ops.convert_to_tensor(TORCH_MEAN_RGB, "float32")
+                x = x / ops.convert_to_tensor(TORCH_STD_RGB, "float32")
+            return x  # in_model: the float pixels, which the model normalizes itself
 
         def get_config(self):
             return {**super().get_config(), "mode": self.mode}
@@ -120,7 +155,7 @@ def build_extractor(
         backbone = build_backbone(spec, weights, size)
         pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
         x = _preprocess_layer(spec.preprocess)(pixels)
-        trunk = keras.Model(backbone.input, backbone.get_layer(cut).output, name=f"{spec.name}_to_{cut}")
+        trunk = keras.Model(backbone.input, cut_output(backbone, spec, cut), name=f"{spec.name}_to_{cut}")
         spatial = keras.layers.Activation("linear", dtype="float32", name="spatial")(trunk(x))
         pooled = keras.layers.GlobalAveragePooling2D(dtype="float32", name="pooled")(spatial)
         model = keras.Model(pixels, [spatial, pooled], name=f"{spec.name}_extractor")

@@ -1,5 +1,9 @@
 """A backbone's weights: resolve (imagenet, none or a file), check (md5), install, download.
 
+Each ImageNet file is checked against the hash Keras declares for it: an md5, or a
+sha256 for ConvNeXt (:attr:`~xrayfeat.backbones.BackboneSpec.weights_hash`); the
+identity in the fingerprint is always the file's md5.
+
 ``resolve_weights`` turns ``--weights`` into a :class:`WeightsInfo` whose ``identity``
 goes into the feature fingerprint. ImageNet weights are Keras' own files, found in
 ``$KERAS_HOME/models``; ``download_weights`` fetches one over HTTP(S) (or from a
@@ -24,7 +28,7 @@ from xrayfeat.fileio import atomic_path, file_digest, writing_to
 
 log = logging.getLogger(__name__)
 
-_MD5_SEEN: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> md5, for this process
+_DIGESTS_SEEN: dict[tuple, str] = {}  # (algorithm, path, size, mtime_ns, inode) -> hex digest, for this process
 
 
 @dataclass(frozen=True)
@@ -66,13 +70,33 @@ def weights_dir() -> Path:
     return keras_home() / "models"
 
 
-def file_md5(path: str | os.PathLike) -> str:
-    """md5 of a file; remembered per file version, since one command resolves weights several times."""
+def _seen_key(algorithm: str, path) -> tuple:
     st = os.stat(path)
-    key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _MD5_SEEN:
-        _MD5_SEEN[key] = file_digest(path, "md5")
-    return _MD5_SEEN[key]
+    return (algorithm, os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def file_hash(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    """A file's md5 (or sha256); remembered per file version, since one command resolves weights several times."""
+    key = _seen_key(algorithm, path)
+    if key not in _DIGESTS_SEEN:
+        _DIGESTS_SEEN[key] = file_digest(path, algorithm)
+    return _DIGESTS_SEEN[key]
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """md5 of a file: what the weights' identity in the fingerprint names."""
+    return file_hash(path, "md5")
+
+
+def verifies(path: str | os.PathLike, spec: BackboneSpec) -> bool:
+    """Whether the file at ``path`` has the hash Keras declares for ``spec``'s ImageNet weights (md5 or sha256)."""
+    algorithm, expected = spec.weights_hash
+    return file_hash(path, algorithm) == expected
+
+
+def _expected(spec: BackboneSpec) -> str:
+    algorithm, expected = spec.weights_hash
+    return f"{algorithm} {expected}"
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> WeightsInfo:
@@ -89,14 +113,14 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> WeightsI
         path = weights_dir() / spec.weights_file
         if not path.is_file():
             path = download_weights(spec)
-        md5 = file_md5(path)
-        if md5 != spec.weights_md5:
+        if not verifies(path, spec):
+            algorithm, _ = spec.weights_hash
             raise WeightsError(
-                f"{path}: md5 {md5} is not the expected {spec.weights_md5} for {spec.name}; "
+                f"{path}: {algorithm} {file_hash(path, algorithm)} is not the expected {_expected(spec)} for {spec.name}; "
                 f"the file is damaged or another version: replace it with `xrayfeat weights download {spec.name}` "
                 f"or `xrayfeat weights install FILE`"
             )
-        return WeightsInfo("imagenet", path=str(path), md5=md5)
+        return WeightsInfo("imagenet", path=str(path), md5=file_md5(path))
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
@@ -106,7 +130,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> WeightsI
 
 
 def weights_status() -> list[dict]:
-    """What ImageNet weight files are installed, and whether their md5 checks out."""
+    """What ImageNet weight files are installed, and whether their md5 (ConvNeXt: sha256) checks out."""
     rows = []
     for spec in REGISTRY.values():
         path = weights_dir() / spec.weights_file
@@ -117,9 +141,10 @@ def weights_status() -> list[dict]:
                 "backbone": spec.name,
                 "file": str(path),
                 "present": present,
-                "verified": md5 == spec.weights_md5,
+                "verified": present and verifies(path, spec),
                 "md5": md5,
-                "expected_md5": spec.weights_md5,
+                "expected_md5": spec.weights_md5 or None,
+                "expected_sha256": spec.weights_sha256 or None,
             }
         )
     return rows
@@ -128,7 +153,7 @@ def weights_status() -> list[dict]:
 def install_weights(source: str | os.PathLike) -> dict:
     """Copy a downloaded ImageNet weight file into ``$KERAS_HOME/models`` after checking its md5.
 
-    The file is recognised by its md5 alone (names of downloads vary); the copy is
+    The file is recognised by its md5 (or sha256, where Keras declares that) alone (names of downloads vary); the copy is
     written beside its destination and renamed, so a half-copied file never sits
     under the final name.
     """
@@ -136,9 +161,9 @@ def install_weights(source: str | os.PathLike) -> dict:
     if not source.is_file():
         raise WeightsError(f"{source}: no such file; pass the path of a downloaded weight file")
     md5 = file_md5(source)
-    matches = [s for s in REGISTRY.values() if s.weights_md5 == md5]
+    matches = [s for s in REGISTRY.values() if verifies(source, s)]
     if not matches:
-        known = "; ".join(f"{s.weights_file} md5 {s.weights_md5}" for s in REGISTRY.values())
+        known = "; ".join(f"{s.weights_file} {_expected(s)}" for s in REGISTRY.values())
         raise WeightsError(f"{source}: md5 {md5} matches no known weight file (expected one of: {known})")
     spec = matches[0]
     target = weights_dir() / spec.weights_file
@@ -239,9 +264,11 @@ def download_weights(
         with writing_to(target.parent, option="KERAS_HOME"):
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
-                md5 = _fetch(url, tmp, timeout=timeout, label=f"{spec.name} weights" if progress else None)
-                if md5 != spec.weights_md5:
-                    raise _Failed(f"md5 {md5} is not the expected {spec.weights_md5}, so the file was deleted")
+                digests = _fetch(url, tmp, timeout=timeout, label=f"{spec.name} weights" if progress else None)
+                algorithm, expected = spec.weights_hash
+                if digests[algorithm] != expected:
+                    raise _Failed(f"{algorithm} {digests[algorithm]} is not the expected {expected}, "
+                                  f"so the file was deleted")
     except _Failed as exc:
         raise WeightsDownloadError(
             f"could not download {spec.name} ImageNet weights from {url}: {exc}; check the network "
@@ -252,9 +279,9 @@ def download_weights(
         raise WeightsDownloadError(
             f"cannot write {target}: {exc.strerror or exc}; free some space or set KERAS_HOME to a writable folder"
         ) from None
-    st = os.stat(target)
-    _MD5_SEEN[(os.fspath(target), st.st_size, st.st_mtime_ns, st.st_ino)] = md5  # no second read of the file
-    log.info("%s: md5 %s verified", target, md5)
+    for algorithm, digest in digests.items():  # no second read of the file
+        _DIGESTS_SEEN[_seen_key(algorithm, target)] = digest
+    log.info("%s: %s verified", target, _expected(spec))
     return target
 
 
@@ -273,19 +300,19 @@ def ensure_weights(
     rows = []
     for spec in specs:
         path = weights_dir() / spec.weights_file
-        if path.is_file() and file_md5(path) == spec.weights_md5:
+        if path.is_file() and verifies(path, spec):
             action, url = "present", None
         else:
             url = download_url(spec, base_url)
             path = download_weights(spec, base_url=base_url, progress=progress)
             action = "downloaded"
-        rows.append({"backbone": spec.name, "file": str(path), "md5": spec.weights_md5,
+        rows.append({"backbone": spec.name, "file": str(path), "md5": file_md5(path),
                      "action": action, "url": url})
     return rows
 
 
-def _fetch(url: str, dest: Path, *, timeout: float, label: str | None) -> str:
-    """Stream ``url`` into ``dest``; return the md5 of the bytes. Network failures raise :class:`_Failed`."""
+def _fetch(url: str, dest: Path, *, timeout: float, label: str | None) -> dict[str, str]:
+    """Stream ``url`` into ``dest``; return the md5 and sha256 of the bytes. Network failures raise :class:`_Failed`."""
     import http.client
     import urllib.error
     import urllib.request
@@ -304,7 +331,7 @@ def _fetch(url: str, dest: Path, *, timeout: float, label: str | None) -> str:
     with response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.strip().isdigit() else None
-        digest = hashlib.md5(usedforsecurity=False)
+        digests = {"md5": hashlib.md5(usedforsecurity=False), "sha256": hashlib.sha256()}
         done = 0
         with open(dest, "wb") as out, _download_progress(label, total) as advance:
             while True:
@@ -315,12 +342,13 @@ def _fetch(url: str, dest: Path, *, timeout: float, label: str | None) -> str:
                 if not chunk:
                     break
                 out.write(chunk)
-                digest.update(chunk)
+                for digest in digests.values():
+                    digest.update(chunk)
                 done += len(chunk)
                 advance(len(chunk))
     if total is not None and done != total:
         raise _Failed(f"the connection closed after {done:,} of {total:,} bytes")
-    return digest.hexdigest()
+    return {algorithm: digest.hexdigest() for algorithm, digest in digests.items()}
 
 
 def _reason(exc, timeout: float) -> str:

@@ -151,11 +151,13 @@ class ModelDescription:
     trainable: int
     non_trainable: int
     summary: list = field(default_factory=list)
+    backbone_params: int = 0  # the frozen backbone alone, as Keras' count_params() counts it
 
     def as_json(self) -> dict:
         """What ``xrayfeat describe --json`` prints."""
         return {"backbone": self.backbone, "classes": self.classes, "image_size": self.image_size,
-                "total": self.total, "trainable": self.trainable, "non_trainable": self.non_trainable}
+                "total": self.total, "trainable": self.trainable, "non_trainable": self.non_trainable,
+                "backbone_params": self.backbone_params}
 
 
 #: The width of Keras' summary table (its four columns, "Param #" last).
@@ -186,8 +188,8 @@ def describe_seed_model(backbone: str, n_classes: int, *, image_size: int | None
     from xrayfeat.extraction.weights import WeightsInfo
 
     spec = get_spec(backbone)
-    model = build_seed_model(build_backbone(spec, WeightsInfo("none", seed=0), image_size), n_classes,
-                             units=units, dropout=dropout, l2=l2)
+    frozen = build_backbone(spec, WeightsInfo("none", seed=0), image_size)
+    model = build_seed_model(frozen, n_classes, units=units, dropout=dropout, l2=l2)
     counts = count_params(model)
     texts: list[str] = []
     with _summary_width(SUMMARY_WIDTH):
@@ -195,7 +197,7 @@ def describe_seed_model(backbone: str, n_classes: int, *, image_size: int | None
                       expand_nested=False)
     lines = [line for text in texts for line in text.splitlines()]  # Keras hands its whole summary over at once
     return ModelDescription(backbone=backbone, classes=n_classes, image_size=image_size or spec.input_size,
-                            summary=lines, **counts)
+                            summary=lines, backbone_params=count_params(frozen)["total"], **counts)
 
 
 # --------------------------------------------------------------------------- training

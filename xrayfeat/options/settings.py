@@ -27,10 +27,12 @@ from dataclasses import dataclass, replace
 
 from xrayfeat.backbones import PRECISIONS, REGISTRY
 from xrayfeat.options.constraints import AnyOf, Choice, Constant, Interval, Is, OptionError, Subset, option, validate
-from xrayfeat.options.parsers import ByteSize, Cluster, Threshold
+from xrayfeat.options.parsers import ByteSize, Cluster, Threshold, parse_list
 
 #: Backbone names, in the registry's order.
 BACKBONES: tuple[str, ...] = tuple(REGISTRY)
+#: ``-b all`` (extract): every backbone of the registry, in its order.
+ALL_BACKBONES = "all"
 #: The ``weights`` of feature options that name features imported with ``xrayfeat cache import`` (no backbone ran).
 IMPORTED_WEIGHTS = "imported"
 #: A name given to imported features (``cache import --name``): lowercase letters, digits, ``_``, ``-`` and ``.``,
@@ -59,6 +61,16 @@ UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
 #: ``n_jobs`` wherever it is taken (the baselines, the maps), as scikit-learn means it: a number of jobs
 #: (at least 1) or -1 for every core; None (allowed beside it) leaves the choice to the callee. 0 is refused.
 N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
+
+
+def backbone_names(text: str, imported=()) -> tuple[str, ...]:
+    """``--backbone``'s text: a backbone, a comma-separated list of them, or ``all`` (:data:`BACKBONES`).
+
+    ``imported`` are the names of imported features that may be named too (``all`` does not include them).
+    Order kept, duplicates dropped, case and spaces ignored (:func:`~xrayfeat.options.parsers.parse_list`).
+    """
+    names = parse_list(text, (*BACKBONES, *imported, ALL_BACKBONES), "backbone")
+    return BACKBONES if ALL_BACKBONES in names else names
 
 
 def bounded(low: int, high: int, why: str) -> Interval:
@@ -193,7 +205,7 @@ def _old_names_work(cls):
 class FeatureOptions:
     """Everything that selects a feature store; changing any field changes the features."""
 
-    backbone: str = option(check=Choice(BACKBONES), help="Backbone (extract accepts a comma-separated list).")
+    backbone: str = option(check=Choice(BACKBONES), help="Backbone (extract accepts a comma-separated list, or all).")
     weights: str = option("imagenet", check=Is((str,)),
                           help="imagenet (from $KERAS_HOME/models, md5-checked), none (random, seeded) or a weights file.")
     image_size: int | None = option(None, check=Interval(32, 2048, integer=True), none=True,
@@ -227,7 +239,7 @@ def check_import_name(name, owner: str = "cache import") -> str:
     if not isinstance(name, str) or not IMPORT_NAME.fullmatch(name):
         raise OptionError(f"The 'name' of imported features ({owner}) must be 1 to 64 lowercase letters, digits, "
                           f"'_', '-' or '.', starting with a letter or digit. Got {name!r} instead.")
-    if name in BACKBONES or name == "all":
+    if name in BACKBONES or name == ALL_BACKBONES:
         raise OptionError(f"The name {name!r} is a backbone's ({', '.join(BACKBONES)}, all): imported features "
                           f"need another name, e.g. {name}-imported")
     return name
@@ -373,6 +385,6 @@ class PhantomOptions:
 
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "PhantomOptions",
-           "BACKBONES", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
+           "BACKBONES", "ALL_BACKBONES", "backbone_names", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
            "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfeat import __version__
-from xrayfeat.backbones import CAFFE_MEAN_BGR, get_spec
+from xrayfeat.backbones import CAFFE_MEAN_BGR, PREPROCESS_MODES, TORCH_MEAN_RGB, TORCH_STD_RGB, get_spec
 from xrayfeat.extraction.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError, another_out, out_words
 from xrayfeat.fileio import file_digest, fsync_dir, sibling, write_json, writing_to
@@ -114,7 +114,11 @@ def portable_preprocess(mode: str) -> list:
       reverses the channels (RGB → BGR; each output is one input times 1 plus
       zeros, which is exact) and whose bias subtracts the BGR means;
     * ``tf`` (InceptionV3): cast, divide by 127.5 (``Normalization`` with mean 0
-      and variance 127.5², whose square root is exact), subtract 1.
+      and variance 127.5², whose square root is exact), subtract 1;
+    * ``torch`` (DenseNet121): cast, divide by 255 (variance 255², exact), then
+      ``Normalization`` with the ImageNet mean and the float32 std squared as variance
+      (the square root of a float32's square, rounded to float32, is that float32);
+    * ``in_model`` (EfficientNet, ConvNeXt): cast only; the model normalizes its input.
     """
     import keras
     import numpy as np
@@ -134,7 +138,18 @@ def portable_preprocess(mode: str) -> list:
             keras.layers.Normalization(mean=0.0, variance=127.5**2, dtype="float32", name="divide_127_5"),
             keras.layers.Rescaling(1.0, offset=-1.0, dtype="float32", name="minus_1"),
         ]
-    raise ValueError(f"The 'mode' parameter of portable_preprocess must be one of {{'caffe', 'tf'}}. Got {mode!r} instead.")
+    if mode == "torch":
+        std = np.asarray(TORCH_STD_RGB, "float32").astype("float64")
+        return [
+            cast,
+            keras.layers.Normalization(mean=0.0, variance=255.0**2, dtype="float32", name="divide_255"),
+            keras.layers.Normalization(mean=np.asarray(TORCH_MEAN_RGB, "float32").astype("float64"),
+                                       variance=std**2, dtype="float32", name="imagenet_mean_std"),
+        ]
+    if mode == "in_model":
+        return [cast]
+    raise ValueError(f"The 'mode' parameter of portable_preprocess must be one of {{{', '.join(map(repr, PREPROCESS_MODES))}}}. "
+                     f"Got {mode!r} instead.")
 
 
 def _both_columns():
@@ -251,7 +266,7 @@ def _trunk(spec, weights, record):
     import keras
     import numpy as np
 
-    from xrayfeat.extraction.building import build_backbone, dtype_policy, weights_digest
+    from xrayfeat.extraction.building import build_backbone, cut_output, dtype_policy, weights_digest
 
     fingerprint = record.store["fingerprint"]
     saved = random.getstate(), np.random.get_state()  # build_backbone reseeds the global generators
@@ -280,7 +295,7 @@ def _trunk(spec, weights, record):
         log.warning("%s: the run's store is not here, so the export's %s weights cannot be checked against it "
                     "(weights %s, digest %s)", record.path, spec.name, weights.identity, digest[:12])
     cut = fingerprint["layer"]
-    trunk = keras.Model(backbone.input, backbone.get_layer(cut).output, name=f"{spec.name}_to_{cut}")
+    trunk = keras.Model(backbone.input, cut_output(backbone, spec, cut), name=f"{spec.name}_to_{cut}")
     trunk.trainable = False
     return trunk, digest
 
