@@ -304,6 +304,7 @@ def test_two_tasks_two_tables_with_union_of_baselines(two_tasks, tmp_path):
     assert cells[-3:] == ["0.700", "—", "—"]  # logreg only
     assert "acc." not in four[0].split("ROC-AUC")[1]  # no baseline columns for a run without baselines
     assert "inception_v3" in four[2] and "mixed10" in four[2]
+    assert "21.8M frozen params" in four[2] and "14.7M frozen params" in vgg  # each backbone's size, as Keras counts it
     # the accuracy with its interval
     assert "0.800 [0.700, 0.900]" in vgg
 

@@ -47,6 +47,9 @@ class BackboneSpec:
     #: the ImageNet weights itself (``weights="imagenet"``; EfficientNet's 1/sqrt(std), tensorflow/tensorflow#49930).
     #: Applied whenever a weight file is loaded, so the model computes what Keras' ImageNet model computes.
     loaded_input_scale: tuple[float, ...] = ()
+    #: The no-top backbone's parameter count as Keras' ``count_params()`` gives it (any input size): the report's
+    #: comparison of backbones shows it without building one; tests/test_backbones.py checks it against Keras.
+    params: int = 0
 
     @property
     def weights_hash(self) -> tuple[str, str]:
@@ -79,6 +82,7 @@ _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications"
 REGISTRY: dict[str, BackboneSpec] = {
     "vgg16": BackboneSpec(
         name="vgg16",
+        params=14_714_688,
         constructor="VGG16",
         input_size=224,
         min_input_size=32,
@@ -91,6 +95,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     ),
     "inception_v3": BackboneSpec(
         name="inception_v3",
+        params=21_802_784,
         constructor="InceptionV3",
         input_size=224,
         min_input_size=75,
@@ -105,6 +110,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     # no-top ImageNet weights; the minimum size is the min_size Keras enforces (32 for each of them).
     "densenet121": BackboneSpec(
         name="densenet121",
+        params=7_037_504,
         constructor="DenseNet121",
         input_size=224,
         min_input_size=32,
@@ -117,6 +123,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     ),
     "resnet50": BackboneSpec(  # ResNet50 V1 (keras.applications.ResNet50), "caffe" preprocessing as VGG16
         name="resnet50",
+        params=23_587_712,
         constructor="ResNet50",
         input_size=224,
         min_input_size=32,
@@ -129,6 +136,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     ),
     "efficientnet_b0": BackboneSpec(
         name="efficientnet_b0",
+        params=4_049_571,
         constructor="EfficientNetB0",
         input_size=224,
         min_input_size=32,
@@ -142,6 +150,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     ),
     "convnext_tiny": BackboneSpec(
         name="convnext_tiny",
+        params=27_820_128,
         constructor="ConvNeXtTiny",
         input_size=224,
         min_input_size=32,

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfeat import __version__
+from xrayfeat.backbones import REGISTRY
 from xrayfeat.errors import XrayfeatError
 from xrayfeat.fileio import atomic_write, writing_to
 from xrayfeat.runtime import library_call
@@ -304,7 +305,9 @@ def _backbone_cell(r: _Run) -> list:
     fp = r.record.store["fingerprint"]
     if is_imported(fp):
         return [r.record.backbone, Span(" (imported)", "sub")]
-    return [r.record.backbone, Span(f" ({fp['image_size']} px)", "sub")]
+    spec = REGISTRY.get(r.record.backbone)
+    size = f"{spec.params / 1e6:.1f}M frozen params, " if spec is not None and spec.params else ""
+    return [r.record.backbone, Span(f" ({size}{fp['image_size']} px)", "sub")]
 
 
 #: The comparison table's columns that say what a run is and what it cost, before its figures.
@@ -376,7 +379,8 @@ def _comparison_note(runs: list[_Run]) -> Para:
     methods = sorted({str(r.head["ci_method"]) for r in runs})
     text = (f"All figures are on the test split. Accuracy intervals: {_ci_level(runs)}, "
             f"{'; '.join(methods) or 'method not recorded'}. Test loss is the mean log-loss of the true class. "
-            "Params count the trained model (the head, and the backbone tail when it is trained). "
+            "Params count the trained model (the head, and the backbone tail when it is trained); beside each "
+            "backbone, its own frozen parameters as Keras counts them. "
             "s / epoch is the mean over epochs, the first of which includes compilation; extraction time "
             "covers only the features the cache lacked.")
     if any(_spread(r, "accuracy") for r in runs):
