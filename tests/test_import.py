@@ -170,11 +170,27 @@ def test_a_name_is_refused_when_a_backbone_has_it_or_other_features_do(imported,
     assert again.returncode == 0 and json.loads(again.stdout)["replaced"]
 
 
-def test_parquet_without_pyarrow_is_one_line_naming_the_extra(imported, tmp_path):
-    import importlib.util
+def test_parquet_without_an_engine_is_one_line_naming_the_extra(imported, tmp_path, monkeypatch):
+    from xrayfeat.store import imported as module
 
-    if importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet"):
-        pytest.skip("a parquet engine is installed here")
+    monkeypatch.setattr(module, "_importable", lambda name: False)  # as on a machine without pyarrow or fastparquet
     (tmp_path / "f.parquet").write_bytes(b"PAR1 not really")
     result = run_cli_here("cache", "import", tmp_path / "f.parquet", "--name", "pq", "--cache-dir", tmp_path / "c")
     assert result.returncode == 2 and "pip install pyarrow" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("layout", ["one column per feature", "a list column 'features'"])
+def test_a_parquet_import_exports_back_bit_for_bit(imported, tmp_path, layout):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow", reason="the test extra installs pyarrow; without it parquet is refused (above)")
+    data, _, dataset, features, _ = imported
+    if layout == "one column per feature":
+        table = pd.DataFrame({f"f{j}": features[:, j] for j in range(features.shape[1])})
+    else:
+        table = pd.DataFrame({"features": list(features)})
+    table.insert(0, "sha256", dataset.hashes)
+    table.to_parquet(tmp_path / "emb.parquet", engine="pyarrow")
+    cache = tmp_path / "cache"
+    run_cli_here("cache", "import", tmp_path / "emb.parquet", "--name", "toy-pq", "--cache-dir", cache, check=True)
+    exported = _export(data, cache, "toy-pq", tmp_path / "out.npz")
+    assert exported["pooled"].dtype == np.float32 and exported["pooled"].tobytes() == features.tobytes()
