@@ -76,10 +76,10 @@ def predict_cmd(run, inputs, out, decision, cache_dir, device, batch_size, worke
             f"cache), models: {', '.join(result.models)}{calibrated}", err=err)
         for model, counts in result.counts.items():
             rule = result.decisions[model]
-            how = rule["decision"] if not rule["thresholds"] else "threshold " + ", ".join(
-                f"{c} >= {t:.3g}" for c, t in rule["thresholds"].items())
+            how = "" if not rule["thresholds"] else " (threshold " + ", ".join(
+                f"{c} >= {t:.3g}" for c, t in rule["thresholds"].items()) + ")"
             none = f", none {result.undecided[model]}" if model in result.undecided else ""
-            say(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()) + f"{none} ({how})", err=err)
+            say(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()) + none + how, err=err)
 
     emit(result.as_json(), as_json, human)
 
