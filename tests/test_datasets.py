@@ -561,3 +561,20 @@ def test_real_sample(tmp_path):
     assert summary["images"] == 284
     two = ds.select_classes(["normal", "covid"])
     assert two.classes == ("covid", "normal") and len(two) == 142
+
+
+def test_an_item_keeps_its_path_as_text_and_replace_keeps_it():
+    """Discovery builds no Path per image (Item.file); Item.path makes one, and dataclasses.replace carries the file."""
+    from dataclasses import fields, replace
+
+    from xrayfeat.data.datasets import _ITEM_FIELDS
+
+    assert tuple(f.name for f in fields(Item)) == _ITEM_FIELDS
+    item = Item(Path("/x/a.png"), "a.png", "covid", "train", "p1", None, "0" * 64, 3)
+    assert item.file == "/x/a.png" and item.path == Path("/x/a.png")
+    moved = replace(item, split="val")
+    assert (moved.split, moved.file, moved.relpath, moved.patient_id) == ("val", "/x/a.png", "a.png", "p1")
+    assert item == Item(path="/x/a.png", relpath="a.png", label="covid", split="train", patient_id="p1", source=None,
+                        sha256="0" * 64, nbytes=3)
+    with pytest.raises(TypeError, match="sha256"):
+        Item("/x/a.png", "a.png", "covid", "train")

@@ -63,7 +63,7 @@ import os
 import posixpath
 import stat
 from collections import defaultdict
-from dataclasses import InitVar, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -101,7 +101,7 @@ _DICOM_GROUPS = frozenset(column[len(GROUP_PREFIX):] for column in GROUP_COLUMNS
 _SHOW_MISSING = 5  # how many missing manifest files an error names
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Item:
     """One labelled image file.
 
@@ -121,7 +121,7 @@ class Item:
     subgroup metrics.
     """
 
-    path: InitVar[str | os.PathLike]
+    file: str
     relpath: str
     label: str
     split: str
@@ -131,10 +131,27 @@ class Item:
     nbytes: int
     findings: tuple[float, ...] | None = None
     groups: tuple[tuple[str, str], ...] = ()
-    file: str = field(init=False)
 
-    def __post_init__(self, path) -> None:
-        object.__setattr__(self, "file", os.fspath(path))
+    def __init__(self, path: str | os.PathLike | None = None, relpath: str | None = None, label: str | None = None,
+                 split: str | None = None, patient_id: str | None = None, source: str | None = None,
+                 sha256: str | None = None, nbytes: int | None = None, findings: tuple[float, ...] | None = None,
+                 groups: tuple[tuple[str, str], ...] = (), *, file: str | None = None) -> None:
+        """``Item(path, relpath, label, split, patient_id, source, sha256, nbytes[, findings, groups])``.
+
+        ``path`` (text or a Path) is kept as text in ``file``; ``file=`` is what
+        ``dataclasses.replace`` passes. Every field but ``findings`` and
+        ``groups`` must be given (``patient_id`` and ``source`` may be None).
+        """
+        if (path is None) == (file is None):
+            raise TypeError("Item() takes the image's path: give path (or file), not both and not neither")
+        missing = [name for name, value in (("relpath", relpath), ("label", label), ("split", split),
+                                            ("sha256", sha256), ("nbytes", nbytes)) if value is None]
+        if missing:
+            raise TypeError(f"Item() missing required argument{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+        values = (os.fspath(path) if file is None else file, relpath, label, split, patient_id, source, sha256, nbytes,
+                  findings, groups)
+        for name, value in zip(_ITEM_FIELDS, values):
+            object.__setattr__(self, name, value)
 
     def group(self, name: str) -> str | None:
         """This image's value of group ``name`` (``"sex"``), or None where unknown."""
@@ -142,6 +159,9 @@ class Item:
             if key == name:
                 return value
         return None
+
+
+_ITEM_FIELDS = ("file", "relpath", "label", "split", "patient_id", "source", "sha256", "nbytes", "findings", "groups")
 
 
 def _item_path(item: Item) -> Path:
@@ -309,7 +329,7 @@ class Dataset:
         items = []
         for item in self.items:
             values = tuple(item.findings[where[name]] if name in where else math.nan for name in classes)
-            items.append(replace(item, path=item.file, findings=values, label=positive_names(values, classes)))
+            items.append(replace(item, findings=values, label=positive_names(values, classes)))
         return Dataset(root=self.root, items=tuple(sorted(items, key=_order)), classes=classes, layout=self.layout,
                        skipped=self.skipped, multilabel=True)
 
