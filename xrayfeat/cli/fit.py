@@ -98,7 +98,7 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
     Example (the seed's task 2 on the real sample, random weights):
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
     Run that study again from its record, into a new folder:
-      xrayfeat fit-head --config runs/four-inception_v3-20260101-120000/config.json --out runs/again
+      xrayfeat fit-head --config runs/4class-inception_v3-20261126-071502/config.json --out runs/again
     """
     from xrayfeat.extraction.config import resolve
     from xrayfeat.runs.fit import fit_head
