@@ -165,6 +165,12 @@ def test_an_image_relabelled_or_in_another_split_is_refused(shared_run):
                                            r"another split since the run .*\(relabelled: train/a/a_train_0.png; in "
                                            r"another split: test/a/a_test_0.png\)"):
         check_data(record, replace(dataset, items=tuple(items)), "DATA")
+    # an image the run left out as unreadable (--on-error skip) and readable now is other data; one left out is not
+    extra = replace(items[1], path=items[1].file, relpath="train/a/fixed.png")
+    with pytest.raises(DatasetError, match=r"0 of 18 images changed, 0 missing, 1 added .*added: train/a/fixed.png"):
+        check_data(record, replace(dataset, items=(*dataset.items, extra)), "DATA")
+    record.skipped_files = [f"{shared_run.data / 'train/a/fixed.png'}: not an image (empty file)"]
+    check_data(record, replace(dataset, items=(*dataset.items, extra)), "DATA")
 
 
 @pytest.mark.parametrize("content, fragment", [
