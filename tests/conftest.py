@@ -51,6 +51,7 @@ FILE_COST = {
     "test_export_savedmodel.py": 12, "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11,
     "test_embed.py": 8, "test_plots.py": 7, "test_record_schema.py": 6, "test_store.py": 6, "test_imbalance.py": 6,
     "test_weights.py": 5, "test_multilabel_metrics.py": 5, "test_converters.py": 2, "test_multilabel_study.py": 30, "test_cv.py": 20,
+    "test_replay.py": 15,
 }
 
 

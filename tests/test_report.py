@@ -43,6 +43,7 @@ BY_KIND = {
     "device": "trained on the CPU although a GPU was requested: timings are not comparable",
     "imbalance": "train has 48 pneumonia and 16 normal images (3.0:1): consider --class-weight balanced",
     "subsample": "baselines logreg fitted on a stratified random sample of 4 of 9 training images",
+    "replay": "replaying runs/r1 with other versions than it recorded: keras 3.0.0 in the run, 3.15.1 here",
     "other": "something a study noticed",
 }
 

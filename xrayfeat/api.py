@@ -152,9 +152,9 @@ def features(data, backbone=None, *, part: str = "pooled", features: FeatureOpti
 
 
 @library_call
-def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
+def fit_head(data=None, backbone=None, *, features: FeatureOptions | None = None, head: HeadOptions | None = None,
              run: RunOptions | None = None, classes=None, out=None, runs_root="runs", overwrite: bool = False,
-             **options):
+             config=None, **options):
     """Train the seed's head and the baselines on cached features; the written run as a :class:`~xrayfeat.runs.loaded.Run`.
 
     Keyword options: fields of FeatureOptions, HeadOptions and RunOptions, each
@@ -166,9 +166,23 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
 
     A folder ``out`` that holds a run is refused; ``overwrite=True`` replaces
     that run once the new one is complete (re-running a notebook cell).
+
+    ``config="RUN/config.json"`` (or the run folder) runs that run's study again
+    with the options it recorded (``fit-head --config``; see
+    :mod:`xrayfeat.runs.replay`): beside it only ``data`` (where the run's data
+    is now; default: where the record says), ``out``, ``runs_root``,
+    ``overwrite`` and how to run (``cache_dir``, ``workers``, ``cluster``,
+    ``chunk_images``, ``progress``). Data that differs from the run's
+    ``splits.csv`` is refused before anything is computed; other library versions
+    than the run recorded are warned about, and the study runs.
     """
     from xrayfeat.runs.fit import fit_head as _fit_head
 
+    if config is not None:
+        return _replay(config, data, backbone, features, head, run, classes, out, runs_root, overwrite, options)
+    if data is None:
+        raise TypeError("fit_head() needs data (a folder, a manifest or a Dataset), or config='RUN/config.json' "
+                        "to run a recorded study again")
     options = renamed_keywords("fit_head", options)
     run = _given(RunOptions, run, _pop(RunOptions, options))
     seed = options.get("seed", 0)  # one seed for the random weights and the study, as on the command line
@@ -180,6 +194,25 @@ def fit_head(data, backbone=None, *, features: FeatureOptions | None = None, hea
     _no_leftovers(options, "fit_head")
     dataset = discover(data, classes=classes, cache_dir=run.cache_dir, on_error=run.on_error)
     result = _fit_head(dataset, features, head, run, out=out, runs_root=runs_root, overwrite=overwrite)
+    return load_run(result.run)
+
+
+#: What ``fit_head(config=...)`` takes beside the record, as keywords: how the study runs, never what it computes.
+_REPLAY_KEYWORDS = ("cache_dir", "workers", "cluster", "chunk_images", "progress")
+
+
+def _replay(config, data, backbone, features, head, run, classes, out, runs_root, overwrite, options) -> Run:
+    """``fit_head(config=...)``: the recorded study again (:func:`xrayfeat.runs.replay.replay`), loaded."""
+    from xrayfeat.runs.replay import replay
+
+    given = [name for name, value in (("backbone", backbone), ("features", features), ("head", head), ("run", run),
+                                      ("classes", classes)) if value is not None]
+    given += sorted(set(options) - set(_REPLAY_KEYWORDS))
+    if given:
+        raise TypeError(f"fit_head(config=...) runs the recorded study with its own options; got {', '.join(given)} "
+                        f"(beside config: data, out, runs_root, overwrite, {', '.join(_REPLAY_KEYWORDS)}); for other "
+                        f"options, call fit_head without config (a new study)")
+    result = replay(config, data=data, out=out, runs_root=runs_root, overwrite=overwrite, **options)
     return load_run(result.run)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
+from click.core import ParameterSource
 
 from xrayfeat.cli.kit import (
     console,
@@ -26,9 +29,43 @@ _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_step
                 "restore_best", "repeats", "cv", "threshold", "calibrate", "positive", "uncertain", "memory_budget")
 
 
+def _given(ctx, name: str) -> bool:
+    """Whether the command line (or the environment) gave the parameter ``name``, rather than its default."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+#: What ``--config`` takes beside it (:data:`xrayfeat.runs.replay.HOW_TO_RUN`, and --json): never what is computed.
+_BESIDE_CONFIG = ("data", "out", "cache_dir", "workers", "cluster", "chunk_images", "config", "as_json")
+
+
+def _config_or_options(func):
+    """Usage, checked as click checks it (one line, exit 2): with ``--config``, only :data:`_BESIDE_CONFIG`;
+    without it, DATA and ``--backbone`` are required."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        params = {param.name: param for param in ctx.command.params}
+        if kwargs["config"] is None:
+            for name in ("data", "backbone"):
+                if kwargs[name] is None:
+                    raise click.MissingParameter(ctx=ctx, param=params[name])
+            return func(*args, **kwargs)
+        for name, param in params.items():
+            if name not in _BESIDE_CONFIG and _given(ctx, name):
+                flag = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+                raise click.UsageError(f"--config runs the recorded study with its own options, and {flag} would "
+                                       f"change it; beside --config give only DATA (where the data is now), --out, "
+                                       f"--cache-dir, --workers, --cluster, --chunk-images or --json, or run fit-head "
+                                       f"without --config (a new study)", ctx)
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 @click.command("fit-head")
 @renamed_flags("fit-head")
-@click.argument("data")
+@click.argument("data", required=False, metavar="DATA")
 @feature_options
 @stack(*(declared(HeadOptions, name) for name in _HEAD_FIELDS))
 @click.option("--baselines", default=",".join(BASELINES), show_default=True,
@@ -42,9 +79,15 @@ _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_step
           help="Run extraction and the baselines' grid searches on Dask: local:N starts N worker processes here, "
                "tcp://HOST:PORT joins a running scheduler (--cache-dir must be the same folder on every worker).")
 @declared(RunOptions, "chunk_images")
+@click.option("--config", "config", default=None, metavar="RUN/config.json",
+              help="Run a recorded study again: the data, features and every option of RUN, on the data now "
+                   "(refused when its images differ from the run's splits.csv; a warning names each library version "
+                   "that differs). Beside it only DATA (where the data is now), --out, --cache-dir, --workers, "
+                   "--cluster and --chunk-images.")
 @json_option
+@_config_or_options
 @handle_errors
-def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, chunk_images, as_json, **kw):
+def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, chunk_images, config, as_json, **kw):
     """Train the seed's head on cached features, beside scikit-learn baselines; write a run record.
 
     Extracts whatever the cache lacks first. Reports test accuracy, loss, balanced
@@ -54,20 +97,30 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
     \b
     Example (the seed's task 2 on the real sample, random weights):
       xrayfeat fit-head ../shared/data/cxr-sample/all --backbone inception_v3 --weights none --epochs 100
+    Run that study again from its record, into a new folder:
+      xrayfeat fit-head --config runs/4class-inception_v3-20261126-071502/config.json --out runs/again
     """
     from xrayfeat.extraction.config import resolve
     from xrayfeat.runs.fit import fit_head
     from xrayfeat.runs.outputs import check_new_folder
 
-    check_new_folder(out or "runs", "fit-head", cache=kw["cache_dir"])  # before the data is discovered (fit_head checks it again)
-    features = single_feature(kw)
-    resolve(features, kw["device"], cache_dir=kw["cache_dir"])
-    head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
-                       **{name: kw[name] for name in _HEAD_FIELDS})
-    head.validate()
-    run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
-                     on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
-    result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
+    ctx = click.get_current_context()
+    if config is not None:
+        from xrayfeat.runs.replay import replay
+
+        cache_dir = kw["cache_dir"] if _given(ctx, "cache_dir") else None
+        result = replay(config, data=data, out=out, cache_dir=cache_dir, workers=workers, cluster=cluster,
+                        chunk_images=chunk_images if _given(ctx, "chunk_images") else None)
+    else:
+        check_new_folder(out or "runs", "fit-head", cache=kw["cache_dir"])  # before the data is discovered (fit_head checks it again)
+        features = single_feature(kw)
+        resolve(features, kw["device"], cache_dir=kw["cache_dir"])
+        head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
+                           **{name: kw[name] for name in _HEAD_FIELDS})
+        head.validate()
+        run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
+                         on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
+        result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
 
     def human(err):
         from rich.table import Table
@@ -78,6 +131,11 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
         else:
             _single_label_rows(table, result)
         out = console(err)
+        if result.replay_of:
+            differences = result.replay_of["differences"]
+            out.print(f"a replay of {result.replay_of['path']} (created {result.replay_of['created']}) on the same data; "
+                      + (f"{len(differences)} differences, each in a warning above" if differences
+                         else "same versions, store and head backend"))
         out.print(table)
         if result.operating:
             out.print(_operating_table(result.operating, result.test["n"], "macro_roc_auc" in result.test))
@@ -185,3 +243,13 @@ def _cv_lines(cv: dict) -> list[str]:
                                             ("-" if s["sd"] is None else f"{s['sd']:.3f}")))
         lines.append(f"  {name}: " + ", ".join(cells))
     return lines
+
+
+def _backbone_unless_config(command) -> None:
+    """``--backbone`` is required unless ``--config`` gives it (checked in the command; --help still says required)."""
+    backbone = next(p for p in command.params if p.name == "backbone")
+    backbone.required = False
+    backbone.help += " Required, unless --config gives it."
+
+
+_backbone_unless_config(fit_head_cmd)

@@ -200,6 +200,10 @@ class Dataset:
     A multi-label dataset (``multilabel=True``) has findings for classes, in
     its table's order, and each item's values in :attr:`Item.findings`; its
     :attr:`targets` replace :attr:`labels`.
+
+    ``manifest`` is the CSV a ``manifest`` layout was read from (absolute; its
+    folder is ``root``), None for folders: what names the data in a run record,
+    so that the study can be run again on it (``fit-head --config``).
     """
 
     root: Path
@@ -208,6 +212,12 @@ class Dataset:
     layout: str
     skipped: tuple[Skipped, ...] = ()
     multilabel: bool = False
+    manifest: Path | None = None
+
+    @property
+    def data_path(self) -> Path:
+        """The data as a command takes it again: the manifest of a manifest layout, else the folder."""
+        return self.manifest if self.manifest is not None else self.root
 
     def __len__(self) -> int:
         return len(self.items)
@@ -291,8 +301,7 @@ class Dataset:
             raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
         items = tuple(item for item in self.items if item.split == split)
         skipped = tuple(s for s in self.skipped if s.split == split)
-        return Dataset(root=self.root, items=items, classes=self.classes, layout=self.layout, skipped=skipped,
-                       multilabel=self.multilabel)
+        return replace(self, items=items, skipped=skipped)
 
     def select_classes(self, names: Iterable[str]) -> Dataset:
         """Keep only the named classes, e.g. covid and normal out of a four-class folder.
@@ -315,7 +324,7 @@ class Dataset:
             return self.with_findings([name for name in self.classes if name in wanted])
         items = tuple(item for item in self.items if item.label in wanted)
         skipped = tuple(s for s in self.skipped if s.label in wanted)
-        return Dataset(root=self.root, items=items, classes=tuple(sorted(wanted)), layout=self.layout, skipped=skipped)
+        return replace(self, items=items, classes=tuple(sorted(wanted)), skipped=skipped)
 
     def with_findings(self, order: Iterable[str]) -> Dataset:
         """This multi-label dataset with the findings ``order``, in that order (a run's, to score it on this data).
@@ -330,8 +339,7 @@ class Dataset:
         for item in self.items:
             values = tuple(item.findings[where[name]] if name in where else math.nan for name in classes)
             items.append(replace(item, findings=values, label=positive_names(values, classes)))
-        return Dataset(root=self.root, items=tuple(sorted(items, key=_order)), classes=classes, layout=self.layout,
-                       skipped=self.skipped, multilabel=True)
+        return replace(self, items=tuple(sorted(items, key=_order)), classes=classes, multilabel=True)
 
 
 class _Found(NamedTuple):
@@ -455,7 +463,8 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
         found, findings, declared = _read_manifest(absolute, shown_root, suffixes, problems)
         if findings is not None:
             found = _with_dicom_groups(found, declared)
-            return _multilabel(Path(root), found, findings, wanted, hash_cache, problems, shown_root)
+            return replace(_multilabel(Path(root), found, findings, wanted, hash_cache, problems, shown_root),
+                           manifest=Path(absolute))
         labels = {f.label for f in found} | {s.label for s in problems.skipped}
         _check_wanted(wanted, labels, shown_root)
         if wanted is not None:
@@ -474,7 +483,8 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
     items = _hash(found, cache, problems)
     cache.save()
     return Dataset(root=Path(root), items=tuple(sorted(items, key=_order)), classes=tuple(all_classes), layout=layout,
-                   skipped=tuple(sorted(problems.skipped, key=_order)))
+                   skipped=tuple(sorted(problems.skipped, key=_order)),
+                   manifest=Path(absolute) if layout == "manifest" else None)
 
 
 def _multilabel(root: Path, found: list[_Found], findings: tuple[str, ...], wanted: set[str] | None, hash_cache,

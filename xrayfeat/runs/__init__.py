@@ -12,6 +12,8 @@
   ``export.json``), the strict JSON reader and the one validator (:func:`parse`, :class:`Damaged`);
 * :mod:`.fit`: the fit-head pipeline (:func:`fit_head` → :class:`FitResult`): features, splits,
   head, baselines, metrics, figures, record;
+* :mod:`.replay`: ``fit-head --config``: a recorded study run again from its record (:func:`replay`), its data
+  held against ``splits.csv`` first, other library versions warned about, the new record saying what it repeats;
 * :mod:`.crossval`: ``fit-head --cv``'s patient-grouped, stratified folds (:func:`assign_folds`), the check of K
   against the training patients (:func:`check_folds`) and the ``cv`` part of ``metrics.json``;
 * :mod:`.maps`: the ``embed`` command on a dataset's cached features (:func:`embed_map`);

@@ -227,11 +227,13 @@ class FitResult:
     skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
     decision: str | None = None  # the rule predict applies by default (metrics.json's decision)
     calibrated: dict | None = None  # the calibrators and their before/after figures (metrics.json's calibrated)
+    replay_of: dict | None = None  # a replay (fit-head --config): the run it repeats (config.json's replay_of)
 
     def as_json(self) -> dict:
         return {"run": self.run, "test": self.test, "baselines": self.baselines, "operating": self.operating,
                 "repeats": self.repeats, "cv": self.cv, "warnings": [asdict(w) for w in self.warnings], "timings": self.timings,
-                "skipped_files": self.skipped_files, "decision": self.decision, "calibrated": self.calibrated}
+                "skipped_files": self.skipped_files, "decision": self.decision, "calibrated": self.calibrated,
+                **({"replay_of": self.replay_of} if self.replay_of else {})}
 
 
 @dataclass
@@ -707,13 +709,15 @@ def _timings(split: _Split, trained, baselines_seconds: float, started: float) -
     }
 
 
-def _versions() -> dict:
+def study_versions() -> dict:
+    """The versions a run records (``versions``): Python, the frameworks and libraries that compute it, Keras' backend."""
     libraries = library_versions(("keras", "tensorflow-cpu", "tensorflow", "jax", "torch", "numpy", "scikit-learn", "h5py"))
     return {"python": platform.python_version(), **libraries, "keras_backend": keras_backend_name()}
 
 
 def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = HeadOptions(),
-             run: RunOptions = RunOptions(), *, out=None, runs_root="runs", overwrite: bool = False) -> FitResult:
+             run: RunOptions = RunOptions(), *, out=None, runs_root="runs", overwrite: bool = False,
+             replay=None) -> FitResult:
     """Run the whole study on ``dataset`` and write ``runs/<name>/``; see the module docstring.
 
     ``overwrite=True`` replaces a previous run at ``out`` (finished, or left
@@ -721,6 +725,10 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
     the new run is written beside it and takes its place only once complete, so
     a failure leaves the previous run as it was. A run being written, or a folder
     of other files, is still refused.
+
+    ``replay``: the :class:`~xrayfeat.runs.replay.Replay` this study repeats
+    (``fit-head --config``, :func:`xrayfeat.runs.replay.replay`); its record then
+    says so (``replay_of``), with what differed from the run as warnings.
     """
     from xrayfeat.models.head_process import resolve_head_backend
 
@@ -737,7 +745,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
         guard = folder.claim_guard(run_dir)  # every write into the folder checks the claim is still this run's
         with writing_to(run_dir, option="--out"):  # a full disk while writing the run: one line naming it
             result = _study(dataset, config.options, head, run, config, head_backend, backend_reason, run_dir, guard,
-                            started)
+                            started, replay)
     except BaseException as exc:  # the folder says fit-head failed (the disk was full), or is given back
         folder.abandon_run_dir(run_dir, exc, guard)
         if target is not None:  # the previous run stays; nothing of the new one is left beside it
@@ -751,7 +759,7 @@ def fit_head(dataset: Dataset, features: FeatureOptions, head: HeadOptions = Hea
 
 
 def _study(dataset, features, head, run, config, head_backend: str, backend_reason: str, run_dir: Path, guard,
-           started: float) -> FitResult:
+           started: float, replay=None) -> FitResult:
     """Steps 2 to 8 of :func:`fit_head`, into the run folder it claimed (each write checks ``guard``, the claim)."""
     from xrayfeat.models.head_process import start_child
 
@@ -778,7 +786,10 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
                  f" × {head.repeats} repeats" if head.repeats > 1 else "", len(split.train))
     trained = _train(config, split, fit_idx, val_idx, head, n_classes, run_dir / "head.keras", head_backend, child,
                      guard, cv)
-    found = []
+    roles = np.array(["train"] * len(split.train), dtype=object)
+    roles[val_idx] = "val"
+    used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
+    found = [] if replay is None else replay.warnings(split.store.fingerprint, trained.settings, used)
     trained_on = trained.settings.get("device")
     if trained_on and trained_on != config.device:
         found.append(RunWarning("device", f"the head trained on the {trained_on.upper()}, not the {config.device.upper()} "
@@ -817,17 +828,18 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
                          list(range(head.seed, head.seed + head.repeats)), mask=split.mask_test)
     found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights) + sampled
     for warning in found:
-        log.warning("%s", warning.message)
+        if replay is None or warning not in replay.told:  # a replay said its version differences before extracting
+            log.warning("%s", warning.message)
 
     record = runs.RunRecord(
-        xrayfeat=__version__, created=utc_timestamp(), data=str(dataset.root),
+        xrayfeat=__version__, created=utc_timestamp(), data=str(dataset.data_path),
         task=folder.task_name(dataset.classes, dataset.multilabel), classes=list(dataset.classes),
         multilabel=dataset.multilabel,
         counts={"train": len(fit_idx), "val": len(val_idx), "test": len(split.test), "skipped": split.extraction.skipped},
         skipped_files=list(split.extraction.skipped_files),
         validation=val_source, features=asdict(features),
         head={**asdict(head), "validation_steps": head.seed_validation_steps(n_classes), "baselines": list(head.baselines)},
-        run={"device": run.device, "batch_size": run.batch_size, "cache_dir": str(run.cache_dir),
+        run={"device": run.device, "batch_size": run.batch_size, "cache_dir": str(run.cache_dir), "on_error": run.on_error,
              **({"cluster": run.cluster, "chunk_images": run.chunk_images} if run.cluster else {})},
         store={"path": str(split.store.path), "fingerprint": split.store.fingerprint,
                "fingerprint_id": split.store.fingerprint_id},
@@ -836,14 +848,11 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
         params=trained.params,
         training={**trained.settings, "backend_requested": head.head_backend, "backend_reason": backend_reason,
                   "process": trained.process, **memory},
-        timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=_versions(),
-        warnings=found,
+        timings=_timings(split, trained, baselines_seconds, started), baselines=baseline_info, versions=study_versions(),
+        warnings=found, replay_of=None if replay is None else replay.provenance(),
     )
     if cv is not None:  # the folds' heads trained with the main head (head_process_seconds); their baselines here
         record.timings["cv_baselines_seconds"] = round(cv_seconds, 3)
-    roles = np.array(["train"] * len(split.train), dtype=object)
-    roles[val_idx] = "val"
-    used = [(item, role) for item, role in zip(split.train, roles)] + [(item, "test") for item in split.test]
     _guarded(guard, runs.write_splits, run_dir / "splits.csv", used)
     val_items = [split.train[k] for k in val_idx]
     _guarded(guard, runs.write_predictions, run_dir / "predictions-val.csv", val_items, split.y_train[val_idx],
@@ -862,7 +871,7 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings, operating=head_metrics.get("operating_points"),
                      repeats=spread, cv=cv_summary, skipped_files=record.skipped_files, decision=summary["decision"],
-                     calibrated=calibrated)
+                     calibrated=calibrated, replay_of=record.replay_of)
 
 
 def run_decision(thresholds: dict, multilabel: bool) -> dict:

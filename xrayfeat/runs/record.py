@@ -53,6 +53,7 @@ import csv
 import io
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -86,6 +87,7 @@ WARNING_KINDS: dict[str, str] = {
     "device": "Device",
     "imbalance": "Class imbalance",
     "subsample": "Baselines on a sample",
+    "replay": "Replay differs from the run it repeats",
     "other": "Other",
 }
 
@@ -122,6 +124,17 @@ class Artifact:
     sha256: str | None
 
 
+@dataclass(frozen=True)
+class UsedImage:
+    """An image a study used (a row of ``splits.csv``): its file's sha256, its role (train, val, test) and label."""
+
+    sha256: str
+    role: str
+    label: str
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 #: What a reader says of a file whose run recorded no sha256 for it.
 UNVERIFIED_NOTE = "written before checksums; not verified"
 
@@ -152,6 +165,8 @@ class RunRecord:
     external: dict = field(default_factory=dict)  # name -> what `evaluate` found on another site's data
     skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
     multilabel: bool = False  # classes are findings, each a sigmoid of its own (data.labels)
+    # a replay (fit-head --config): the run it repeats (path, name, created, config_sha256, xrayfeat) and what differed
+    replay_of: dict | None = None
     schema: int = SCHEMA_VERSION
     path: Path | None = None  # the folder it was read from or written to; not stored
 
@@ -356,15 +371,36 @@ class RunRecord:
 
     def split_hashes(self) -> dict[str, str] | None:
         """sha256 → role (train, val, test) of every image the study used; None for runs that did not record it."""
+        rows = self._split_rows(("sha256", "split"))
+        return None if rows is None else {row["sha256"]: row["split"] for row in rows}
+
+    def used_images(self) -> dict[str, UsedImage] | None:
+        """Path (relative to the data, as the run saw it) → :class:`UsedImage` of every image the study used.
+
+        From ``splits.csv``; None for runs that did not record it. A path listed twice is damage.
+        """
+        rows = self._split_rows(("sha256", "split", "label", "path"))
+        if rows is None:
+            return None
+        used: dict[str, UsedImage] = {}
+        for i, row in enumerate(rows):
+            if not row["path"] or row["path"] in used or not _SHA256.fullmatch(row["sha256"] or ""):
+                what = "no path" if not row["path"] else ("a path listed twice" if row["path"] in used else "no sha256")
+                raise schemas.Damaged.of(self._locate("splits")[0], f"row {i + 1}: {what}", "re-run fit-head")
+            used[row["path"]] = UsedImage(row["sha256"], row["split"], row["label"] or "")
+        return used
+
+    def _split_rows(self, required: tuple) -> list[dict] | None:
+        """``splits.csv``'s rows, each role checked; None for a run that did not record it."""
         if "splits" not in self.artifacts:
             return None
         target = self._locate("splits")[0]
-        _, rows = self._table("splits", ("sha256", "split"))
+        _, rows = self._table("splits", required)
         for i, row in enumerate(rows):
             if row["split"] not in ("train", "val", "test"):
                 raise schemas.Damaged.of(target, f"row {i + 1}: split: expected train, val or test, got "
                                          f"{schemas.show(row['split'])}", "re-run fit-head")
-        return {row["sha256"]: row["split"] for row in rows}
+        return rows
 
     def check_files(self) -> None:
         """Hold every JSON artifact against its schema, and each predictions table's header against the classes.
@@ -389,6 +425,8 @@ class RunRecord:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         data["artifacts"] = {k: asdict(v) for k, v in self.artifacts.items()}
         data["warnings"] = [asdict(w) for w in self.warnings]
+        if data["replay_of"] is None:  # only a replay says what it repeats
+            del data["replay_of"]
         return _finite_or_null({"schema": self.schema, **{k: v for k, v in data.items() if k != "schema"}})
 
     @classmethod

@@ -988,6 +988,10 @@ def _record_fields() -> dict:
         "warnings": need(ListOf(warning, what="a list of {kind, message} objects")),
         "external": need(MapOf(evaluation, key=EVALUATION_NAME)),
         "skipped_files": need(ListOf(TEXT, what="a list of strings")),
+        "replay_of": may(Obj({"path": need(PATH_TEXT), "name": need(TEXT), "created": need(TEXT),
+                              "config_sha256": need(SHA256), "xrayfeat": need(NONEMPTY),
+                              "differences": need(ListOf(TEXT, what="a list of strings"))},
+                             what="the run a replay repeats")),
     }
 
 
