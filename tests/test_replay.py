@@ -159,14 +159,14 @@ def test_an_image_relabelled_or_in_another_split_is_refused(shared_run):
     check_data(record, dataset, "DATA")  # the data as it was: nothing to say
     items = list(dataset.items)
     first_test = next(i for i, item in enumerate(items) if item.split == "test")
-    items[0] = replace(items[0], path=items[0].file, label="b")
-    items[first_test] = replace(items[first_test], path=items[first_test].file, split="train")
+    items[0] = replace(items[0], label="b")
+    items[first_test] = replace(items[first_test], split="train")
     with pytest.raises(DatasetError, match=r"^DATA: 0 of 18 images changed, 0 missing, 0 added, 1 relabelled, 1 in "
                                            r"another split since the run .*\(relabelled: train/a/a_train_0.png; in "
                                            r"another split: test/a/a_test_0.png\)"):
         check_data(record, replace(dataset, items=tuple(items)), "DATA")
     # an image the run left out as unreadable (--on-error skip) and readable now is other data; one left out is not
-    extra = replace(items[1], path=items[1].file, relpath="train/a/fixed.png")
+    extra = replace(items[1], relpath="train/a/fixed.png")
     with pytest.raises(DatasetError, match=r"0 of 18 images changed, 0 missing, 1 added .*added: train/a/fixed.png"):
         check_data(record, replace(dataset, items=(*dataset.items, extra)), "DATA")
     record.skipped_files = [f"{shared_run.data / 'train/a/fixed.png'}: not an image (empty file)"]
