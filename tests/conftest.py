@@ -46,7 +46,7 @@ FILE_COST = {
     "test_progress_output.py": 43, "test_fit_tail.py": 42, "test_notebook.py": 40, "test_operating.py": 40,
     "test_fit_real.py": 40, "test_heads_jax.py": 39, "test_docs.py": 37, "test_fit_learns.py": 32, "test_fit.py": 31,
     "test_multilabel_models.py": 18, "test_import.py": 20, "test_api.py": 28, "test_explain.py": 23, "test_python_calls.py": 18,
-    "test_predict.py": 17,
+    "test_predict.py": 17, "test_decision.py": 18,
     "test_headproc_cli.py": 16, "test_reliability_runs.py": 15, "test_baselines.py": 13,
     "test_export_savedmodel.py": 12, "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11,
     "test_embed.py": 8, "test_plots.py": 7, "test_record_schema.py": 6, "test_store.py": 6, "test_imbalance.py": 6,

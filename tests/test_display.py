@@ -168,7 +168,7 @@ def test_metrics_keep_their_structure_and_say_where_baselines_are(shared_run):
     run = shared_run.run
     recorded = json.loads((shared_run.path / "metrics.json").read_text())
     assert run.metrics == recorded and isinstance(run.metrics, dict)
-    assert list(run.metrics) == ["head", "baselines", "positive", "threshold_rule"]
+    assert list(run.metrics) == ["head", "baselines", "positive", "threshold_rule", "decision"]
     with pytest.raises(KeyError, match=re.escape("run.metrics['baselines']['logreg']")):
         run.metrics["logreg"]
 

@@ -33,7 +33,7 @@ def fresh_copy(trained, tmp_path):
 def test_predict_on_the_runs_test_images_equals_its_predictions_csv(trained, tmp_path):
     run, data, root = trained
     out = tmp_path / "pred.csv"
-    proc = run_cli_here("predict", run.path, data / "test", "--out", out, "--json", check=True)
+    proc = run_cli_here("predict", run.path, data / "test", "--out", out, "--decision", "argmax", "--json", check=True)
     summary = json.loads(proc.stdout)
     assert summary["images"] == 6 and summary["extracted"] == 0 and summary["reused"] == 6
     assert summary["models"] == ["head", "logreg", "pixels"]

@@ -8,6 +8,9 @@
   (:func:`by_group`, :func:`group_gap_warnings`);
 * :mod:`.scoring`: several models scored on the same rows, one way for fit-head and evaluate
   (:func:`evaluate_models`, thresholds chosen on validation, the spread across seeds);
+* :mod:`.calibrators`: calibration fitted on validation and applied after (temperature, isotonic), as plain data
+  (:func:`fit_calibrator`, :func:`apply_calibrator`);
+* :mod:`.decision`: from probabilities to a decision, by the argmax or the thresholds (:func:`decide`);
 * :mod:`.maps`: 2-D maps of features (PCA → t-SNE / UMAP) with agreement scores (:func:`embed_features`);
 * :mod:`.gradcam`: Grad-CAM arithmetic on cached maps and overlays;
 * :mod:`.plots`: every figure (curves, confusion, ROC, calibration, maps), saved atomically.

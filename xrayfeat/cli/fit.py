@@ -23,7 +23,7 @@ from xrayfeat.options.constraints import declaration
 
 _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_steps", "learning_rate", "units", "dropout",
                 "l2", "train_tail", "head_input", "val_fraction", "n_bootstrap", "n_jobs", "head_backend", "class_weight",
-                "restore_best", "repeats", "cv", "threshold", "positive", "uncertain", "memory_budget")
+                "restore_best", "repeats", "cv", "threshold", "calibrate", "positive", "uncertain", "memory_budget")
 
 
 @click.command("fit-head")
@@ -81,6 +81,8 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
         out.print(table)
         if result.operating:
             out.print(_operating_table(result.operating, result.test["n"], "macro_roc_auc" in result.test))
+        if result.calibrated:
+            out.print(_calibration_line(result.calibrated))
         if result.repeats:
             out.print(_repeats_line(result.repeats))
         if result.cv:
@@ -92,6 +94,19 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
                       f"{t['baselines_seconds']:.1f} s, total {t['total_seconds']:.1f} s")
 
     emit(result.as_json(), as_json, human)
+
+
+def _calibration_line(calibrated: dict) -> str:
+    """The head's Brier score and ECE before → after calibration, on validation (where it was fitted) and test."""
+    head = calibrated["models"]["head"]
+
+    def change(where: str, figure: str) -> str:
+        before, after = head[where]["before"][figure], head[where]["after"][figure]
+        return f"{_fraction(before)} → {_fraction(after)}"
+
+    return (f"calibration ({calibrated['method']}, fitted on {calibrated['n']} validation images), head: ECE "
+            f"validation {change('validation', 'ece')}, test {change('test', 'ece')}; Brier validation "
+            f"{change('validation', 'brier')}, test {change('test', 'brier')}")
 
 
 def _multilabel_table(table, result) -> None:

@@ -19,7 +19,7 @@ from xrayfeat.cli.kit import (
     say,
     stack,
 )
-from xrayfeat.options.settings import RunOptions
+from xrayfeat.options.settings import DecisionOptions, RunOptions
 
 
 def _run_options(func):
@@ -39,10 +39,11 @@ def _run_options(func):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
               help="CSV: path, sha256, then per model its predicted class and a probability per class.")
+@declared(DecisionOptions, "decision")
 @_run_options
 @json_option
 @handle_errors
-def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluster, as_json):
+def predict_cmd(run, inputs, out, decision, cache_dir, device, batch_size, workers, cluster, as_json):
     """Classify new X-rays with a trained run: its head and every saved baseline.
 
     INPUTS are image files, folders (searched recursively; no class folders
@@ -52,9 +53,14 @@ def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluste
     a run whose files changed, missing weights, or features this installation
     cannot reproduce.
 
+    Probabilities go through the run's calibration (fit-head --calibrate), then
+    the decision: the run's thresholds chosen on validation, or the argmax
+    (--decision); the CSV names the rule and the thresholds applied per model.
+
     \b
     Example:
       xrayfeat predict runs/4class-vgg16-20261126-101500 new_xrays/ --out predictions.csv
+      xrayfeat predict runs/binary-vgg16-20261126-101500 new_xrays/ --decision argmax
     """
     from xrayfeat.runs.loaded import load_run
 
@@ -62,13 +68,18 @@ def predict_cmd(run, inputs, out, cache_dir, device, batch_size, workers, cluste
     from xrayfeat.runs.prediction import predict as run_predict
 
     result = run_predict(loaded, list(inputs), out=out, cache_dir=cache_dir, device=device,
-                         batch_size=batch_size, workers=workers, cluster=cluster, progress=True)
+                         batch_size=batch_size, workers=workers, cluster=cluster, progress=True, decision=decision)
 
     def human(err):
+        calibrated = f", calibrated ({result.calibration})" if result.calibration else ""
         say(f"{result.out}: {result.images} images ({result.extracted} computed, {result.reused} from the "
-            f"cache), models: {', '.join(result.models)}", err=err)
+            f"cache), models: {', '.join(result.models)}{calibrated}", err=err)
         for model, counts in result.counts.items():
-            say(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()), err=err)
+            rule = result.decisions[model]
+            how = "" if not rule["thresholds"] else " (threshold " + ", ".join(
+                f"{c} >= {t:.3g}" for c, t in rule["thresholds"].items()) + ")"
+            none = f", none {result.undecided[model]}" if model in result.undecided else ""
+            say(f"  {model:8} " + ", ".join(f"{c} {n}" for c, n in counts.items()) + none + how, err=err)
 
     emit(result.as_json(), as_json, human)
 

@@ -58,6 +58,12 @@ PHANTOM_TASKS: tuple[str, ...] = ("four", "binary", "multilabel")
 #: What a multi-label study makes of an uncertain finding (-1): the U-Ignore, U-Zeros and U-Ones policies of
 #: Irvin et al. 2019. ``ignore`` masks it out of the loss and the metrics.
 UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
+#: How fit-head calibrates each model's probabilities on the validation rows: not at all, one temperature on the
+#: logits (softmax, or sigmoid per finding), or isotonic regression per class one-vs-rest (per finding).
+CALIBRATIONS: tuple[str, ...] = ("none", "temperature", "isotonic")
+#: How predict turns probabilities into a decision: the most probable class, or the run's thresholds (chosen on
+#: validation) per class; a multi-label run always calls each finding at its threshold.
+DECISIONS: tuple[str, ...] = ("argmax", "threshold")
 #: ``n_jobs`` wherever it is taken (the baselines, the maps), as scikit-learn means it: a number of jobs
 #: (at least 1) or -1 for every core; None (allowed beside it) leaves the choice to the callee. 0 is refused.
 N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
@@ -336,6 +342,11 @@ class HeadOptions:
     positive: str | None = option(None, check=Is((str,)), none=True,
                                   help="The positive class of a binary task (default: the second class); "
                                        "multiclass tasks report every class one-vs-rest.")
+    calibrate: str = option("none", check=Choice(CALIBRATIONS),
+                            help="Calibrate each model's probabilities on the validation rows only: temperature (one "
+                                 "scalar on the logits, by least log-loss) or isotonic (per class one-vs-rest, "
+                                 "renormalised; per finding for multi-label). Thresholds are then chosen on the "
+                                 "calibrated probabilities, and predict, evaluate and export apply it (default: none).")
     uncertain: str = option("ignore", check=Choice(UNCERTAIN_POLICIES),
                             help="Multi-label tasks: an uncertain finding (-1) is masked out of the loss and the metrics "
                                  "(ignore), or read as negative (zeros) or positive (ones); blank entries are always masked.")
@@ -352,6 +363,21 @@ class HeadOptions:
         if self.validation_steps is None:
             return 2 if n_classes == 2 else 5
         return self.validation_steps or None
+
+
+@dataclass(frozen=True)
+class DecisionOptions:
+    """How predict decides: the option of ``predict --decision`` and ``xf.predict(decision=...)``."""
+
+    decision: str | None = option(None, check=Choice(DECISIONS), none=True,
+                                  help="argmax (the most probable class) or threshold (the run's thresholds, chosen on "
+                                       "validation: binary, the positive class at its threshold; more classes, the "
+                                       "class furthest above its own threshold, none when no class reaches it; "
+                                       "multi-label, each finding at its own). Default: the rule the run recorded "
+                                       "(threshold for runs that chose thresholds; argmax for runs written before).")
+
+    def validate(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -384,7 +410,7 @@ class PhantomOptions:
         validate(self)
 
 
-__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "EmbedOptions", "PhantomOptions",
+__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "DecisionOptions", "EmbedOptions", "PhantomOptions",
            "BACKBONES", "ALL_BACKBONES", "backbone_names", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES",
+           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES", "CALIBRATIONS", "DECISIONS",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]

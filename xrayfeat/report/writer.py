@@ -748,7 +748,33 @@ def _calibration_section(r: _Run) -> list:
                  "when there are more than two classes); 0 is perfect. ECE: the top label's expected calibration "
                  f"error, |accuracy − confidence| over {n_bins} equal-width confidence bins weighted by their "
                  "images; 0 means that predictions made with 0.8 are right 8 times in 10. The reliability diagram "
-                 "is under Figures.", cls="note")]
+                 "is under Figures.", cls="note"), *_calibrated_blocks(r)]
+
+
+def _change(figures: dict, figure: str) -> str:
+    """``before → after`` of one figure of a calibrator's record."""
+    return f"{number(figures['before'].get(figure))} → {number(figures['after'].get(figure))}"
+
+
+def _calibrated_blocks(r: _Run) -> list:
+    """The calibration fit-head fitted on validation (``--calibrate``): Brier and ECE before → after; none without it."""
+    calibrated = r.metrics.get("calibrated")
+    if not calibrated:
+        return []
+    rows = []
+    for name, model in calibrated["models"].items():
+        fitted = (f"T = {model['temperature']:.3g}" if "temperature" in model else
+                  f"isotonic, {sum(1 for m in model['isotonic'].values() if m)} map(s)")
+        rows.append([_model_label(name), fitted, _change(model["validation"], "brier"),
+                     _change(model["validation"], "ece"), _change(model["test"], "brier"), _change(model["test"], "ece")])
+    mean = " (means over findings)" if r.record.multilabel else ""
+    return [Heading(4, f"Calibrated on validation ({calibrated['method']})"),
+            Table(["Model", "Calibrator", "Brier val", "ECE val", "Brier test", "ECE test"], rows, set(range(2, 6))),
+            Para(f"fit-head --calibrate {calibrated['method']} fitted each model's calibrator on the "
+                 f"{calibrated['n']} validation images only, and its probabilities are read through it everywhere "
+                 f"after: the thresholds were chosen on the calibrated validation probabilities, and the test "
+                 f"figures above, predict and evaluate use the calibrated ones. Brier and ECE{mean} before → after; "
+                 f"the test change is the honest one.", cls="note")]
 
 
 def _features_line(record, fp: dict) -> str:
@@ -965,7 +991,7 @@ def _run_section(r: _Run, out: Path) -> list:
                    Heading(3, "Per finding (head, test)"), findings.findings_table(r.head),
                    Para(f"Each finding's threshold was chosen on the validation split by the rule "
                         f"{r.metrics.get('threshold_rule') or DASH}, never on test; sensitivity and specificity are "
-                        f"those it gives on the test images.", cls="note")]
+                        f"those it gives on the test images.", cls="note"), *_calibrated_blocks(r)]
         blocks += crossval.section(r.metrics, _model_label)
         blocks += _external_section(r, out)
         by_source = findings.by_source_table(r.head)

@@ -36,6 +36,7 @@ from xrayfeat.data.images import read_image
 from xrayfeat.data.labels import positive_names
 from xrayfeat.runs.outputs import check_output
 from xrayfeat.store.fingerprint import drawing_size
+from xrayfeat.analysis.calibrators import apply_calibrator
 from xrayfeat.runs.prediction import cache_dir_of, finding_thresholds, gather_inputs, run_features
 
 #: Images whose maps are computed and drawn together (bounds memory on large inputs).
@@ -96,6 +97,7 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
     size = drawing_size(store.fingerprint)
     stems = _stems(dataset.items)
     thresholds = finding_thresholds(run, ["head"])["head"] if run.record.multilabel else None
+    calibrator = ((run.metrics.get("calibrated") or {}).get("models") or {}).get("head")  # fit-head --calibrate
     rows, map_size = [], (0, 0)
     with writing_to(out, option="--out"):  # a full disk: one line naming the folder
         out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ def explain(run, inputs, out, *, target_class: str | None = None, cache_dir=None
             cams = grad_cam(spatial, head, target)
             for i, item in enumerate(items):
                 rows.append(_write_image(run, item, cams, i, out / stems[start + i], layer=layer, size=size,
-                                         thresholds=thresholds))
+                                         thresholds=thresholds, calibrator=calibrator))
         table = out / "explain.csv"
         _write_table(table, rows)
     return ExplainResult(out=str(out), csv=str(table), images=len(dataset), extracted=result.extracted,
@@ -162,15 +164,17 @@ def _stems(items) -> list[str]:
     return names
 
 
-def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int, thresholds=None) -> dict:
+def _write_image(run, item, cams, i: int, base: Path, *, layer: str, size: int, thresholds=None,
+                 calibrator=None) -> dict:
     """``base.png`` (the overlay) and ``base.npz`` (the raw map and what it explains) for one image; its table row.
 
     A multi-label run (``thresholds``: the head's per finding) explains one
     finding (the most probable, or the chosen one); ``predicted`` then names
-    every finding called at its threshold.
+    every finding called at its threshold. The probabilities shown are the
+    head's through the run's ``calibrator`` (``fit-head --calibrate``), as predict's.
     """
     classes = run.classes
-    proba = cams.proba[i]
+    proba = apply_calibrator(calibrator, cams.proba[i][None, :], classes, multilabel=run.record.multilabel)[0]
     predicted, explained = int(proba.argmax()), int(cams.target[i])
     cam = cams.maps[i]
     called = None if thresholds is None else positive_names(proba >= thresholds, classes)

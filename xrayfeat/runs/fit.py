@@ -19,7 +19,12 @@
 5. :func:`_baselines`: the scikit-learn baselines on pooled features and the
    pixels sentinel, fitted on the same training rows as the head;
 6. :func:`choose_model_thresholds`: each model's operating point, chosen on the
-   validation rows only (test labels never reach it);
+   validation rows only (test labels never reach it); with ``calibrate``
+   (``--calibrate temperature|isotonic``) each model's calibrator is fitted on
+   those rows first (:func:`_calibrate`), and the thresholds, the test figures
+   and the predictions are those of the calibrated probabilities (the
+   cross-validation folds are not calibrated); :func:`run_decision` records the
+   rule predict applies by default;
 7. :func:`study_warnings`: what this field must be told (random weights,
    leakage, tiny test sets, shortcuts, source gaps, class imbalance);
 8. :func:`_write_run`: metrics with bootstrap intervals, operating points and
@@ -58,7 +63,8 @@ from xrayfeat.runs import crossval, folder
 from xrayfeat.runs.outputs import check_new_folder
 from xrayfeat.runs import record as runs
 from xrayfeat.analysis import metrics
-from xrayfeat.analysis import plots
+from xrayfeat.analysis import calibrators, plots
+from xrayfeat.analysis.calibrators import apply_calibrator, check_calibration_data, fit_calibrator
 from xrayfeat.backbones import get_spec
 from xrayfeat.data.datasets import Dataset
 from xrayfeat.data.labels import finding_values, targets
@@ -219,11 +225,13 @@ class FitResult:
     repeats: dict | None = None  # the head across seeds (metrics.json's repeats), with --repeats > 1
     cv: dict | None = None  # cross-validation (metrics.json's cv), with --cv K
     skipped_files: list[str] = field(default_factory=list)  # "path: reason" per image left out (--on-error skip)
+    decision: str | None = None  # the rule predict applies by default (metrics.json's decision)
+    calibrated: dict | None = None  # the calibrators and their before/after figures (metrics.json's calibrated)
 
     def as_json(self) -> dict:
         return {"run": self.run, "test": self.test, "baselines": self.baselines, "operating": self.operating,
                 "repeats": self.repeats, "cv": self.cv, "warnings": [asdict(w) for w in self.warnings], "timings": self.timings,
-                "skipped_files": self.skipped_files}
+                "skipped_files": self.skipped_files, "decision": self.decision, "calibrated": self.calibrated}
 
 
 @dataclass
@@ -753,6 +761,8 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     try:
         split = _extract_split(dataset, features, run, head.uncertain)
         fit_idx, val_idx, val_source = _validation(dataset, split, head)
+        check_calibration_data(head.calibrate, split.y_train[val_idx], dataset.classes, multilabel=split.multilabel,
+                               mask=None if not split.multilabel else split.mask_train[val_idx])
         cv, folds = _cross_validation(dataset, split, head) if head.cv else (None, [])
         memory = _hold(split, head, val_idx, len(dataset.classes))
     except BaseException:
@@ -791,13 +801,19 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     val_probabilities = {"head": trained.proba_val, **val_probabilities}
     positive = None if split.multilabel else positive_class(dataset.classes, head.positive)
     val_mask = None if not split.multilabel else split.mask_train[val_idx]
+    repeats = trained.repeats
+    calibrated = None
+    if head.calibrate != "none":  # fitted on validation; the thresholds below are chosen on what it gives
+        probabilities, val_probabilities, calibrated = _calibrate(head.calibrate, split, val_idx, probabilities,
+                                                                  val_probabilities, dataset.classes)
+        repeats = _calibrated_repeats(head.calibrate, split, val_idx, repeats, dataset.classes)
     thresholds = choose_model_thresholds(split.y_train[val_idx], val_probabilities, dataset.classes, head.threshold, positive,
                                          multilabel=split.multilabel, mask=val_mask)
     scored = evaluate_models(probabilities, split.y_test, dataset.classes, split.test, n_boot=head.n_bootstrap, seed=head.seed,
                              thresholds=thresholds, rule=head.threshold, multilabel=split.multilabel,
                              mask=split.mask_test)
     head_metrics = scored.pop("head")
-    spread = seed_spread(head_metrics, trained.repeats, split.y_test, dataset.classes,
+    spread = seed_spread(head_metrics, repeats, split.y_test, dataset.classes,
                          list(range(head.seed, head.seed + head.repeats)), mask=split.mask_test)
     found += study_warnings(split.train, split.test, head_metrics, scored, split.extraction.random_weights) + sampled
     for warning in found:
@@ -832,7 +848,10 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     val_items = [split.train[k] for k in val_idx]
     _guarded(guard, runs.write_predictions, run_dir / "predictions-val.csv", val_items, split.y_train[val_idx],
              dataset.classes, val_probabilities, multilabel=split.multilabel)
-    summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold}
+    summary = {"head": head_metrics, "baselines": scored, "positive": positive, "threshold_rule": head.threshold,
+               **run_decision(thresholds, split.multilabel)}
+    if calibrated is not None:
+        summary["calibrated"] = calibrated
     if spread:
         summary["repeats"] = spread
     if cv is not None:
@@ -842,7 +861,65 @@ def _study(dataset, features, head, run, config, head_backend: str, backend_reas
     _write_run(record, run_dir, split, trained, summary, probabilities, baseline_artifacts, dataset.classes, guard)
     return FitResult(run=str(run_dir), test=headline(head_metrics), baselines={n: headline(m) for n, m in scored.items()},
                      warnings=found, timings=record.timings, operating=head_metrics.get("operating_points"),
-                     repeats=spread, cv=cv_summary, skipped_files=record.skipped_files)
+                     repeats=spread, cv=cv_summary, skipped_files=record.skipped_files, decision=summary["decision"],
+                     calibrated=calibrated)
+
+
+def run_decision(thresholds: dict, multilabel: bool) -> dict:
+    """``metrics.json``'s ``decision``: the rule predict applies by default, and why where it is not the thresholds.
+
+    A multi-label run calls each finding at its threshold. A single-label run
+    decides by its thresholds when every model has one for every class it
+    scores (:func:`xrayfeat.analysis.decision.decide`), else by the argmax, and
+    ``decision_note`` names what is missing.
+    """
+    if multilabel:
+        return {"decision": "threshold"}
+    missing = [f"{model} has none for {name!r} ({entry.get('note') or 'none chosen'})"
+               for model, chosen in thresholds.items() for name, entry in chosen.items() if entry["threshold"] is None]
+    if missing:
+        return {"decision": "argmax", "decision_note": "argmax, not the thresholds: " + "; ".join(missing)}
+    return {"decision": "threshold"}
+
+
+def _calibrate(method: str, split: _Split, val_idx, probabilities: dict, val_probabilities: dict, classes):
+    """Each model's calibrator, fitted on its validation probabilities: (test, validation) calibrated, and the record.
+
+    The record (``metrics.json``'s ``calibrated``) holds each model's calibrator
+    and its Brier score and ECE before and after on validation and test.
+    """
+    multilabel = split.multilabel
+    y_val = split.y_train[val_idx]
+    mask_val = split.mask_train[val_idx] if multilabel else None
+    models, test, val = {}, {}, {}
+    for name, raw_val in val_probabilities.items():
+        calibrator = fit_calibrator(method, y_val, raw_val, classes, multilabel=multilabel, mask=mask_val)
+        models[name] = calibrators.summary(calibrator, {"validation": (y_val, mask_val, raw_val),
+                                                        "test": (split.y_test, split.mask_test, probabilities[name])},
+                                           classes, multilabel=multilabel)
+        val[name] = apply_calibrator(calibrator, raw_val, classes, multilabel=multilabel)
+        test[name] = apply_calibrator(calibrator, probabilities[name], classes, multilabel=multilabel)
+        uncalibrated = [c for c, m in (calibrator.get("isotonic") or {}).items() if m is None] if multilabel else []
+        if uncalibrated:
+            log.warning("%s: findings left uncalibrated (validation has no positive or no negative of them): %s",
+                        name, ", ".join(uncalibrated))
+    log.info("calibration (%s, fitted on %d validation images): head ECE on validation %.3f -> %.3f", method,
+             len(val_idx), models["head"]["validation"]["before"]["ece"] or 0.0,
+             models["head"]["validation"]["after"]["ece"] or 0.0)
+    return test, val, {"method": method, "fitted_on": "validation", "n": int(len(val_idx)), "models": models}
+
+
+def _calibrated_repeats(method: str, split: _Split, val_idx, repeats: list[dict], classes) -> list[dict]:
+    """The head's other seeds, each through a calibrator fitted on its own validation probabilities (as the first)."""
+    multilabel = split.multilabel
+    y_val = split.y_train[val_idx]
+    mask_val = split.mask_train[val_idx] if multilabel else None
+    out = []
+    for repeat in repeats:
+        calibrator = fit_calibrator(method, y_val, repeat["proba_val"], classes, multilabel=multilabel, mask=mask_val)
+        out.append({**repeat, "proba_test": apply_calibrator(calibrator, repeat["proba_test"], classes,
+                                                             multilabel=multilabel)})
+    return out
 
 
 def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, probabilities, baseline_artifacts,
@@ -867,7 +944,7 @@ def _write_run(record, run_dir: Path, split: _Split, trained, summary: dict, pro
     else:
         _guarded(guard, plots.plot_confusion, head_metrics["confusion"], list(classes), run_dir / "confusion.png",
                  title=title)
-    _guarded(guard, plots.plot_roc, split.y_test, trained.proba_test, list(classes), run_dir / "roc.png", title=title,
+    _guarded(guard, plots.plot_roc, split.y_test, probabilities["head"], list(classes), run_dir / "roc.png", title=title,
              mask=split.mask_test)
     models = {"head": head_metrics, **summary["baselines"]}
     _guarded(guard, plots.plot_calibration, plots.calibration_curves(models), run_dir / "calibration.png", title=title)

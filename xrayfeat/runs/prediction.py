@@ -16,6 +16,17 @@ The features are read from any store of the run's features that keeps the
 parts its models read (:func:`model_parts`): the head's input (``spatial``, or
 ``pooled`` for a ``--head-input pooled`` run) and pooled vectors for the
 logreg and svm baselines; what a store keeps never changes a value.
+
+Every model's probabilities go through the calibrator fit-head fitted on
+validation (``fit-head --calibrate``; none for runs without one), and then the
+decision (:func:`run_decisions`, :func:`xrayfeat.analysis.decision.decide`):
+``decision="argmax"`` or ``"threshold"`` (the run's thresholds, chosen on those
+calibrated validation probabilities), by default the rule the run recorded
+(``metrics.json``'s ``decision``; argmax for runs written before it, each
+finding at its threshold for a multi-label run). The table says, per model,
+the rule applied (``<model>:decision``) and each threshold
+(``<model>:threshold:<class>``), and with more than two classes by thresholds
+the classes called one-vs-rest (``<model>:called``).
 """
 
 from __future__ import annotations
@@ -27,14 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from xrayfeat.data.labels import positive_names
+from xrayfeat.analysis.calibrators import apply_calibrator
+from xrayfeat.analysis.decision import NONE, decide
 from xrayfeat.errors import DatasetError, XrayfeatError, one_line
 from xrayfeat.extraction.config import resolve
 from xrayfeat.extraction.pipeline import extract
 from xrayfeat.extraction.selection import store_for
 from xrayfeat.fileio import atomic_write, csv_text, writing_to
 from xrayfeat.store.fingerprint import FINGERPRINT_FIELDS, fingerprint_id, is_imported
-from xrayfeat.options.settings import FeatureOptions, RunOptions
+from xrayfeat.options.constraints import check_value, declaration
+from xrayfeat.options.settings import DecisionOptions, FeatureOptions, RunOptions
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.models.baselines import columns_for, read_pixels
 from xrayfeat.runs.outputs import check_output
@@ -60,6 +73,7 @@ class Scored:
     reused: int
     store: str
     skipped_files: list[str] = field(default_factory=list)
+    calibration: str | None = None  # the run's calibration method, applied to every model's probabilities
 
 
 @dataclass
@@ -73,10 +87,14 @@ class PredictResult:
     reused: int
     models: list[str]
     counts: dict = field(default_factory=dict)  # model -> {class: images predicted as it}
+    decisions: dict = field(default_factory=dict)  # model -> {"decision", "thresholds": {class: t} | None}
+    undecided: dict = field(default_factory=dict)  # model -> images no class reached the threshold of (K > 2)
+    calibration: str | None = None  # the calibration applied to the probabilities (fit-head --calibrate)
 
     def as_json(self) -> dict:
         return {"out": self.out, "images": self.images, "extracted": self.extracted, "reused": self.reused,
-                "models": self.models, "counts": self.counts}
+                "models": self.models, "counts": self.counts, "decisions": self.decisions,
+                "undecided": self.undecided, "calibration": self.calibration}
 
     def __repr__(self) -> str:
         from xrayfeat.runs.display import predict_repr
@@ -154,10 +172,7 @@ def score_images(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
     decoded stops the call (``on_error="fail"``) or is left out of the result
     and listed in its ``skipped_files`` (``"skip"``), as fit-head does.
     """
-    names = ["head", *run.record.baseline_names] if models is None else list(models)
-    unknown = [m for m in names if m != "head" and m not in run.record.baseline_names]
-    if unknown:
-        raise ValueError(f"{run.path} has no model(s) {unknown}; it has head and {run.record.baseline_names}")
+    names = model_names(run, models)
     # sha256 checked here; the plain head runs in numpy (no Keras import), a head with a tail in Keras
     run.record.verified("head")  # a changed head.keras means a changed run, even when its arrays are what runs
     loaded = {name: (run.head_arrays() or run.head()) if name == "head" else run.baseline(name) for name in names}
@@ -178,8 +193,23 @@ def score_images(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
             probabilities[name] = columns_for(model, model.predict_proba(x), n_classes)
         else:
             probabilities[name] = columns_for(model, model.predict_proba(parts["pooled"]), n_classes)
+    calibrated = run.metrics.get("calibrated")
+    if calibrated:  # fitted on the run's validation rows: every use of the run applies it
+        probabilities = {name: apply_calibrator(calibrated["models"].get(name), proba, run.classes,
+                                                multilabel=run.record.multilabel)
+                         for name, proba in probabilities.items()}
     return Scored(dataset=dataset, probabilities=probabilities, extracted=result.extracted, reused=result.reused,
-                  store=str(store.path), skipped_files=result.skipped_files)
+                  store=str(store.path), skipped_files=result.skipped_files,
+                  calibration=calibrated["method"] if calibrated else None)
+
+
+def model_names(run, models=None) -> list[str]:
+    """``models`` (default: the head and every saved baseline), each checked to be a model of ``run``."""
+    names = ["head", *run.record.baseline_names] if models is None else list(models)
+    unknown = [m for m in names if m != "head" and m not in run.record.baseline_names]
+    if unknown:
+        raise ValueError(f"{run.path} has no model(s) {unknown}; it has head and {run.record.baseline_names}")
+    return names
 
 
 def model_parts(run, names) -> tuple[str, ...]:
@@ -222,26 +252,70 @@ def run_features(run, dataset, *, cache_dir=None, device: str = "auto", batch_si
     return result, FeatureStore.at(result.store)
 
 
-def predictions_table(scored: Scored, classes, thresholds: dict | None = None):
-    """One row per image: path, sha256, then per model its predicted class and ``<model>:<class>`` probabilities.
+def predictions_table(scored: Scored, classes, decisions: dict, multilabel: bool = False):
+    """One row per image: path, sha256, then per model its decision, the rule behind it and its probabilities.
 
-    A multi-label run passes ``thresholds`` ({model: (K,) thresholds}, see
-    :func:`finding_thresholds`): a model's ``predicted`` cell then names the
-    findings at or above their thresholds, joined by ``|`` (empty for none).
+    ``decisions`` is :func:`run_decisions`'. Per model: ``<model>:predicted``
+    (:func:`~xrayfeat.analysis.decision.decide`: a class; for more than two
+    classes by thresholds, empty when no class reaches its threshold; for a
+    multi-label run the findings called, joined by ``|``), ``<model>:called``
+    (more than two classes by thresholds: every class at or above its
+    threshold), ``<model>:decision`` (``argmax`` or ``threshold``),
+    ``<model>:threshold:<class>`` (each threshold applied) and ``<model>:<class>``
+    (the probabilities, calibrated where the run is).
     """
     import pandas as pd
 
     columns = {"path": [str(item.path) for item in scored.dataset.items],
                "sha256": [item.sha256 for item in scored.dataset.items]}
     for name, proba in scored.probabilities.items():
-        if thresholds is None:
-            columns[f"{name}:predicted"] = [classes[k] for k in proba.argmax(axis=1)]
-        else:
-            called = proba >= thresholds[name][None, :]
-            columns[f"{name}:predicted"] = [positive_names(row, classes) for row in called]
+        rule = decisions[name]
+        decided = decide(proba, classes, rule["decision"], rule["thresholds"], multilabel=multilabel)
+        columns[f"{name}:predicted"] = decided.predicted
+        if decided.called is not None:
+            columns[f"{name}:called"] = decided.called
+        columns[f"{name}:decision"] = [rule["decision"]] * len(proba)
+        for c, t in (rule["thresholds"] or {}).items():
+            columns[f"{name}:threshold:{c}"] = [t] * len(proba)
         for k, c in enumerate(classes):
             columns[f"{name}:{c}"] = proba[:, k]
     return pd.DataFrame(columns)
+
+
+def run_decisions(run, models, decision: str | None = None) -> dict[str, dict]:
+    """The rule each of ``models`` is decided by: ``{model: {"decision", "thresholds": {class: t} | None}}``.
+
+    ``decision``: ``"argmax"``, ``"threshold"`` or None (the run's own rule,
+    ``metrics.json``'s ``decision``: argmax for runs written before it). A
+    multi-label run calls each finding at its threshold (:func:`finding_thresholds`)
+    and refuses ``"argmax"``. ``"threshold"`` on a run, or a model, without a
+    threshold for every class it scores is refused in one line naming the fix.
+    """
+    spec = declaration(DecisionOptions, "decision")
+    check_value("predict", "decision", decision, spec["check"], spec["none"])
+    if run.record.multilabel:
+        if decision == "argmax":
+            raise XrayfeatError(f"{run.path}: --decision argmax picks one class per image, and this run is "
+                                f"multi-label (each finding is called at its own threshold): leave --decision out")
+        chosen = finding_thresholds(run, models)
+        return {m: {"decision": "threshold", "thresholds": dict(zip(run.classes, map(float, chosen[m])))}
+                for m in models}
+    rule = decision or run.metrics.get("decision") or "argmax"
+    if rule == "argmax":
+        return {m: {"decision": "argmax", "thresholds": None} for m in models}
+    out = {}
+    for model in models:
+        figures = run.metrics["head"] if model == "head" else run.metrics["baselines"][model]
+        points = (figures.get("operating_points") or {}).get("classes") or {}
+        lacking = [c for c in points if points[c].get("threshold") is None]
+        if not points or lacking:
+            why = (f"none for {', '.join(map(repr, lacking))} ({points[lacking[0]].get('note') or 'none chosen'})"
+                   if points else "none (it was written before fit-head chose thresholds)")
+            raise XrayfeatError(one_line(
+                f"{run.path}: --decision threshold applies the thresholds fit-head chose on validation, and {model} "
+                f"has {why}: use --decision argmax, or re-run fit-head (--threshold sets how they are chosen)"))
+        out[model] = {"decision": "threshold", "thresholds": {c: float(points[c]["threshold"]) for c in points}}
+    return out
 
 
 def finding_thresholds(run, models) -> dict[str, np.ndarray]:
@@ -267,30 +341,37 @@ def finding_thresholds(run, models) -> dict[str, np.ndarray]:
 
 def predict(run, inputs, *, out=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
             workers: int | None = None, cluster: str | None = None, progress: bool = False,
-            models=None) -> PredictResult:
+            models=None, decision: str | None = None) -> PredictResult:
     """Classify new images with a trained run; see the module docstring.
 
     ``run``: a loaded :class:`~xrayfeat.runs.loaded.Run` (``xf.load_run``). ``inputs``: image
     files, folders or CSVs with a ``path`` column (a single path is fine).
     ``out``: a CSV to write (atomically), or None; never a run's or a cache's file
     (:func:`~xrayfeat.runs.outputs.check_output`, checked before anything else).
+    ``decision``: ``"argmax"``, ``"threshold"`` or None, the run's own rule
+    (:func:`run_decisions`, checked before anything is computed).
     """
+    decisions = run_decisions(run, model_names(run, models), decision)
     if out is not None:
         check_output(out, "predict", cache=cache_dir_of(run, cache_dir))
     dataset, folder = gather_inputs(run, inputs, cache_dir)
     scored = score_images(run, dataset, cache_dir=folder, device=device, batch_size=batch_size, workers=workers,
                    cluster=cluster, progress=progress, models=models)
-    thresholds = finding_thresholds(run, scored.probabilities) if run.record.multilabel else None
-    table = predictions_table(scored, run.classes, thresholds)
+    multilabel = run.record.multilabel
+    table = predictions_table(scored, run.classes, decisions, multilabel)
     if out is not None:
         with writing_to(Path(out).parent, option="--out"):
             atomic_write(out, csv_text([list(table.columns), *table.itertuples(index=False)], float_format=".6g", lineterminator="\n"))
-    if thresholds is None:
+    undecided = {}
+    if multilabel:  # images called positive for each finding
+        counts = {name: dict(zip(run.classes, decide(proba, run.classes, "threshold", decisions[name]["thresholds"],
+                                                     multilabel=True).calls.sum(axis=0).tolist()))
+                  for name, proba in scored.probabilities.items()}
+    else:
         counts = {name: {c: int((table[f"{name}:predicted"] == c).sum()) for c in run.classes}
                   for name in scored.probabilities}
-    else:  # images called positive for each finding
-        counts = {name: dict(zip(run.classes, (proba >= thresholds[name][None, :]).sum(axis=0).tolist()))
-                  for name, proba in scored.probabilities.items()}
+        undecided = {name: int((table[f"{name}:predicted"] == NONE).sum()) for name in scored.probabilities
+                     if f"{name}:called" in table.columns}
     return PredictResult(table=table, out=None if out is None else str(out), images=len(dataset),
                          extracted=scored.extracted, reused=scored.reused, models=list(scored.probabilities),
-                         counts=counts)
+                         counts=counts, decisions=decisions, undecided=undecided, calibration=scored.calibration)

@@ -728,7 +728,7 @@ def cv_metrics() -> Obj:
 @functools.cache
 def metrics_schema() -> Obj:
     """``metrics.json`` of a run or of an evaluation: the head's and each baseline's figures on their test data."""
-    from xrayfeat.options.settings import BASELINES
+    from xrayfeat.options.settings import BASELINES, DECISIONS
 
     spread = Obj({"mean": need(Number()), "sd": need(Maybe(Number(0.0))), "min": need(Number()),
                   "max": need(Number()), "values": need(ListOf(Number()))})
@@ -739,7 +739,55 @@ def metrics_schema() -> Obj:
         "threshold_rule": may(TEXT),
         "repeats": may(Obj({"seeds": need(ListOf(Whole(0))), "head": need(MapOf(spread))})),
         "cv": may(cv_metrics()),
+        "decision": may(Text(f"a decision rule ({', '.join(DECISIONS)})", choices=DECISIONS)),
+        "decision_note": may(TEXT),
+        "calibrated": may(calibrated_metrics()),
     }, checks=(lambda v, at, ctx: _within_classes(v, at, ctx, "positive"), _sources_agree))
+
+
+def _isotonic_map(value, at, ctx) -> None:
+    """An isotonic map's breakpoints: as many x as y, x non-decreasing, y non-decreasing."""
+    x, y = value["x"], value["y"]
+    if len(x) != len(y):
+        raise Problem(at, f"has {len(x)} x and {len(y)} y breakpoints (expected as many)")
+    if any(b < a for a, b in zip(x, x[1:])) or any(b < a for a, b in zip(y, y[1:])):
+        raise Problem(at, "is not non-decreasing (an isotonic map never decreases)")
+
+
+@functools.cache
+def calibrated_metrics() -> Obj:
+    """``metrics.json``'s ``calibrated`` (``fit-head --calibrate``, :func:`xrayfeat.runs.fit._calibrate`): each
+    model's calibrator and its Brier score and ECE before and after, on validation and on test."""
+    from xrayfeat.options.settings import BASELINES, CALIBRATIONS
+
+    figures = Obj({"brier": need(Maybe(Number(0.0))), "ece": need(Maybe(Number(0.0)))})
+    change = Obj({"before": need(figures), "after": need(figures)})
+    curve = Obj({"x": need(ListOf(Number(), 1)), "y": need(ListOf(PROBABILITY, 1))}, checks=(_isotonic_map,))
+    model = Obj({"temperature": may(Number(0.0)),
+                 "isotonic": may(MapOf(Maybe(curve), over=ALL_CLASSES)),
+                 "validation": need(change), "test": need(change)},
+                checks=(_one_calibrator,))
+    models = ("head", *BASELINES)
+    return Obj({"method": need(Text(f"a calibration ({', '.join(CALIBRATIONS[1:])})", choices=CALIBRATIONS[1:])),
+                "fitted_on": need(Text('"validation"', choices=("validation",))), "n": need(Whole(1)),
+                "models": need(MapOf(model, key=Text(f"a model ({', '.join(models)})", choices=models)))},
+               checks=(_calibrators_agree,))
+
+
+def _one_calibrator(value, at, ctx) -> None:
+    if ("temperature" in value) == ("isotonic" in value):
+        raise Problem(at, "expected one calibrator (temperature or isotonic)")
+    if "temperature" in value and not value["temperature"] > 0:
+        raise Problem(join(at, "temperature"), f"expected a number > 0, got {show(value['temperature'])}")
+
+
+def _calibrators_agree(value, at, ctx) -> None:
+    """Every model's calibrator is of the method the record names, and the head has one."""
+    if "head" not in value["models"]:
+        raise Problem(join(at, "models"), "has no calibrator of the head")
+    for name, model in value["models"].items():
+        if value["method"] not in model:
+            raise Problem(join(join(at, "models"), name), f"holds no {value['method']} calibrator (the method)")
 
 
 # ..................................................................... config.json
