@@ -386,7 +386,9 @@ def _interp_layers(maps: list, name: str):
     subtraction is exact where it matters), r = relu(dx_i - a), so
     dx_i - r = min(a, dx_i) = clip(p_k, x_i, x_{i+1}) - x_i, and the output is
     y_last - sum_i slope_i * r_i, which is numpy.interp with its clamping at both
-    ends. Steps (repeated x) have no slope and are refused.
+    ends. Exact when the breakpoints are float32 values, as fit-head's are (its
+    isotonic maps are fitted on the head's float32 probabilities). Steps
+    (repeated x) have no slope and are refused.
     """
     import keras
     import numpy as np
@@ -421,15 +423,13 @@ def _interp_layers(maps: list, name: str):
     above = keras.layers.Dense(m, activation="relu", dtype="float32", trainable=False, name=f"{name}_above")
     above.build((None, k_cols))
     above.set_weights([select, bias])
-    # r = relu(dx - a): subtract dx (Normalization with variance 1 divides by exactly 1), negate, relu
-    minus = keras.layers.Normalization(mean=np.asarray(width, np.float32).astype(np.float64), variance=np.ones(m),
-                                       dtype="float32", name=f"{name}_minus_width")
-    flip = keras.layers.Rescaling(-1.0, dtype="float32", name=f"{name}_negate")
+    # r = relu(dx - a): -a + dx in one rounding (Rescaling by -1, which is exact, with dx as its offset)
+    minus = keras.layers.Rescaling(-1.0, offset=np.asarray(width, np.float32), dtype="float32", name=f"{name}_width_left")
     rest = keras.layers.ReLU(dtype="float32", name=f"{name}_rest")
     out = keras.layers.Dense(k_cols, dtype="float32", trainable=False, name=name)
     out.build((None, m))
     out.set_weights([combine, np.asarray(ends, np.float32)])
-    return [above, minus, flip, rest, out]
+    return [above, minus, rest, out]
 
 
 def _calibrated(run, head, x, binary: bool):
@@ -548,6 +548,7 @@ def _save(model, folder: Path, format: str) -> Path:
     named = keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="xrayfeat_export")
     with _quiet_converters():
         if format == "onnx":
+            _normalization_as_constants(named)
             named.export(str(target), format="onnx", verbose=False, input_signature=signature)
         else:
             import tensorflow as tf
@@ -555,6 +556,25 @@ def _save(model, folder: Path, format: str) -> Path:
             named.export(str(target), format="litert", verbose=False, input_signature=signature,
                          target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
     return target
+
+
+def _normalization_as_constants(model) -> None:
+    """Hold each ``Normalization`` layer's mean and variance as numpy arrays, so a traced graph embeds them.
+
+    Keras makes them tensors when the layer is built; tf2onnx takes tensors
+    captured that way for inputs of the graph (the ONNX file would ask the caller
+    for ``.../Sub/y:0``). The values are the same float32 numbers, so the
+    arithmetic (and :func:`portable_preprocess`'s bit-exactness) is unchanged.
+    """
+    import keras
+    import numpy as np
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            _normalization_as_constants(layer)
+        elif isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
+            layer.mean = np.asarray(layer.mean)
+            layer.variance = np.asarray(layer.variance)
 
 
 @contextlib.contextmanager
@@ -575,6 +595,13 @@ def _quiet_converters():
             logger.setLevel(level)
 
 
+def _missing(modules) -> list[str]:
+    """The modules of ``modules`` that are not installed."""
+    import importlib.util
+
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
 def _check_format(format: str) -> None:
     """The format's backend and optional packages, checked before anything is built (one line, exit 2)."""
     import keras
@@ -583,9 +610,7 @@ def _check_format(format: str) -> None:
         raise ExportError(f"--format {format} needs the TensorFlow backend (this process runs "
                           f"{keras.backend.backend()}); run with KERAS_BACKEND=tensorflow, or use --format keras")
     if format == "onnx":
-        import importlib.util
-
-        missing = [name for name in ("tf2onnx", "onnx") if importlib.util.find_spec(name) is None]
+        missing = _missing(("tf2onnx", "onnx"))
         if missing:
             raise ExportError(f"--format onnx converts with {' and '.join(missing)}, which is not installed; {EXTRA}")
 
