@@ -270,6 +270,16 @@ def test_the_export_carries_the_contract_and_the_model_card(tiny_run, deployed):
     assert f"| accuracy | {head['accuracy']:.3f} [{head['ci']['accuracy'][0]:.3f}, {head['ci']['accuracy'][1]:.3f}] |" in card
     assert f"thresholds `{positive}` {decision['thresholds'][positive]:.4f} (rule youden, chosen on validation)" in card
 
+    # an external evaluation that scores lower is said in the box, after the sentinel, with both figures
+    from xrayfeat.runs.model_card import model_card
+
+    worse = {**info["metrics"]["head"], "accuracy": {"value": 0.25, "ci": [0.0, 0.5]}}
+    info["external"] = {"site_b": {"data": "site_b", "created": "now", "n": 4, "excluded": 0, "head": worse,
+                                   "per_class": {}, "warnings": []}}
+    lines = model_card(info).splitlines()
+    drop = f"> - **External drop (site_b):** accuracy {head['accuracy']:.3f} internal → 0.250 external ({0.25 - head['accuracy']:+.3f})"
+    assert lines[6] == drop, lines[:8]
+
 
 def test_calibration_layers_match_numpy(tmp_path):
     """The isotonic maps as Keras layers give numpy.interp's values (clamped at both ends), columns kept apart."""

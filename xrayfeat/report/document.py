@@ -33,7 +33,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from xrayfeat.display import html_text, md_code as _md_code, md_text, png_size
-from xrayfeat.errors import one_line
 
 __all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "Folded", "png_size",
            "render_markdown", "render_html", "md_text", "html_text", "url_path"]

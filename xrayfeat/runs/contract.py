@@ -23,7 +23,7 @@ import sys
 
 from xrayfeat.runs.record import RANDOM_WEIGHTS_WARNING, RunWarning, WARNING_KINDS
 
-__all__ = ["contract", "headline", "external_drops", "INTENDED_USE"]
+__all__ = ["contract", "headline_figures", "external_drops", "INTENDED_USE"]
 
 #: What every export may be used for, said first in its card and in export.json.
 INTENDED_USE = ("Research use only: not a medical device, not validated for clinical decisions, diagnosis or "
@@ -34,7 +34,7 @@ _SINGLE = ("accuracy", "balanced_accuracy", "roc_auc")
 _MULTI = ("macro_roc_auc", "micro_roc_auc", "macro_average_precision")
 
 
-def headline(figures: dict) -> dict:
+def headline_figures(figures: dict) -> dict:
     """A model's headline figures with their intervals: ``{figure: {"value", "ci"}}``, plus n and the CI method."""
     names = _MULTI if figures.get("task") == "multilabel" else _SINGLE
     out = {name: {"value": figures.get(name), "ci": (figures.get("ci") or {}).get(name)} for name in names}
@@ -94,7 +94,7 @@ def _external(record) -> dict:
             kind, message = (w.get("kind"), w.get("message")) if isinstance(w, dict) else ("other", w)
             warnings.append(RunWarning(kind if kind in WARNING_KINDS else "other", str(message)))
         out[name] = {"data": info.get("data"), "created": info.get("created"), "n": info.get("n"),
-                     "excluded": info.get("excluded"), "head": headline(figures), "per_class": _per_class(figures),
+                     "excluded": info.get("excluded"), "head": headline_figures(figures), "per_class": _per_class(figures),
                      "warnings": [{"kind": w.kind, "message": w.message} for w in dict.fromkeys(warnings)]}
     return out
 
@@ -178,9 +178,9 @@ def contract(run, facts: dict, applied: bool, note: str) -> dict:
                  "created": record.created},
         "decision": _decision(run),
         "calibration": _calibration(run, applied, note),
-        "metrics": {"head": headline(metrics["head"]), "per_class": _per_class(metrics["head"]),
+        "metrics": {"head": headline_figures(metrics["head"]), "per_class": _per_class(metrics["head"]),
                     "by_group": _groups(metrics["head"]),
-                    "baselines": {name: headline(figures) for name, figures in metrics.get("baselines", {}).items()}},
+                    "baselines": {name: headline_figures(figures) for name, figures in metrics.get("baselines", {}).items()}},
         "external": _external(record),
         "warnings": _warnings(record),
         "weights_file": {"kind": weights.kind, "file": weights.path, "md5": weights.md5, "sha256": weights_sha256,
