@@ -48,7 +48,7 @@ FILE_COST = {
     "test_multilabel_models.py": 18, "test_import.py": 20, "test_api.py": 28, "test_explain.py": 23, "test_python_calls.py": 18,
     "test_predict.py": 17, "test_decision.py": 18,
     "test_headproc_cli.py": 16, "test_reliability_runs.py": 15, "test_baselines.py": 13,
-    "test_export_savedmodel.py": 12, "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11,
+    "test_export_savedmodel.py": 12, "test_export_formats.py": 95, "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11,
     "test_embed.py": 8, "test_plots.py": 7, "test_record_schema.py": 6, "test_store.py": 6, "test_imbalance.py": 6,
     "test_weights.py": 5, "test_multilabel_metrics.py": 5, "test_converters.py": 2, "test_multilabel_study.py": 30, "test_cv.py": 20,
     "test_replay.py": 15,

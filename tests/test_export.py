@@ -89,11 +89,17 @@ def _h5_groups(keras_file) -> set[str]:
             return set(weights.keys())
 
 
+@pytest.fixture(scope="module")
+def deployed(tiny_run) -> dict:
+    """The shared run exported once with no option (format keras), as ``export --json`` reported it."""
+    out = tiny_run["root"] / "deploy"
+    return {"out": out, "result": _export(tiny_run["run"], out)}
+
+
 @pytest.mark.slow
-def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run):
+def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run, deployed):
     run, root = tiny_run["run"], tiny_run["root"]
-    out = root / "deploy"
-    result = _export(run, out)
+    out, result = deployed["out"], deployed["result"]
     model_file = out / "model.keras"
     assert result["model"] == str(model_file) and model_file.is_file()
     assert result["classes"] == ["a", "b"] and result["image_size"] == SIZE and result["input_dtype"] == "uint8"
@@ -147,7 +153,7 @@ def test_a_previous_export_is_replaced_and_a_foreign_folder_is_refused(tiny_run)
     out = root / "again"
     export_run(run, out, format="savedmodel" if keras.backend.backend() == "tensorflow" else "keras")
     second = export_run(run, out)
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.keras"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "export.json", "model.keras"]
     assert json.loads((out / "export.json").read_text())["sha256"] == second.sha256
     assert not [p for p in root.iterdir() if p.name.startswith(".again.")]  # no temporary folder left
 
@@ -212,3 +218,105 @@ def test_portable_preprocessing_is_bit_identical_to_extraction(mode):
     want = np.asarray(_preprocess_layer(mode)(pixels))
     assert got.dtype == want.dtype == np.float32
     assert np.array_equal(got, want)
+
+
+def test_the_export_carries_the_contract_and_the_model_card(tiny_run, deployed):
+    """export.json holds the decision, calibration, metrics with CIs, warnings, weights and preprocessing of the
+    run's record; MODEL_CARD.md says them in Mitchell et al.'s sections, random weights and the shortcut first."""
+    from xrayfeat.fileio import file_digest
+    from xrayfeat.runs.model_card import RANDOM_LINE, SECTIONS
+    from xrayfeat.runs.prediction import run_decisions
+
+    run, out, result = tiny_run["run"], deployed["out"], deployed["result"]
+    info = read_export(out)
+    record, metrics = run.record, run.metrics
+    assert result["card"] == str(out / "MODEL_CARD.md") and info["card"] == "MODEL_CARD.md"
+    assert info["run_id"] == file_digest(run.path / "config.json") == info["run"]["config_sha256"]
+    # the decision predict applies by default, with the thresholds chosen on validation
+    decision = run_decisions(run, ["head"])["head"]
+    assert (info["decision"]["rule"], info["decision"]["thresholds"]) == (decision["decision"], decision["thresholds"])
+    assert result["decision"] == decision["decision"] == "threshold"
+    assert info["decision"]["chosen_on"] == "validation" and info["decision"]["positive"] == metrics["positive"]
+    assert info["calibration"]["method"] is None and info["calibration"]["applied_in_model"] is False
+    # internal metrics with their intervals, per class, and the baselines (the pixels sentinel among them)
+    head = metrics["head"]
+    for figure in ("accuracy", "balanced_accuracy", "roc_auc"):
+        assert info["metrics"]["head"][figure] == {"value": head[figure], "ci": head["ci"][figure]}
+    assert info["metrics"]["head"]["n"] == head["n"] == record.counts["test"]
+    positive = metrics["positive"]
+    point = head["operating_points"]["classes"][positive]
+    assert info["metrics"]["per_class"][positive]["at_threshold"]["sensitivity"] == point["at_threshold"]["sensitivity"]
+    assert sorted(info["metrics"]["baselines"]) == sorted(metrics["baselines"]) == ["logreg", "pixels"]
+    assert info["external"] == {}
+    # the warnings as the record holds them, random weights first; the weights' provenance; the preprocessing
+    assert info["warnings"][0] == {"kind": "random_weights", "message": record.warnings[0].message}
+    assert sorted(map(str, (w["message"] for w in info["warnings"]))) == sorted(w.message for w in record.warnings)
+    assert info["weights_file"] == {"kind": "none", "file": None, "md5": None, "sha256": None, "random": True, "seed": 0}
+    assert info["preprocessing"]["mode"] == "caffe" and info["preprocessing"]["image_size"] == SIZE
+    assert info["preprocessing"]["features_rounded_to"] == record.store["fingerprint"]["store_dtype"] == "float16"
+    assert info["versions"]["xrayfeat"] == info["xrayfeat"] and info["versions"]["trained_with"] == record.versions
+    assert info["data"]["counts"] == record.counts and info["intended_use"].startswith("Research use only")
+
+    card = (out / "MODEL_CARD.md").read_text()
+    lines = card.splitlines()
+    assert lines[0] == f"# Model card: {run.path.name}"
+    assert lines[2:5] == ["> **Read this first**", ">", f"> - **{RANDOM_LINE}**"]
+    shortcut = next(w.message for w in record.warnings if w.kind == "shortcut")  # the shared run's pixels ≈ head
+    assert lines[5].startswith("> - **Shortcut sentinel:** ") and lines[5].endswith(shortcut[-40:])
+    headings = [line[3:] for line in lines if line.startswith("## ")]
+    assert headings == list(SECTIONS)
+    assert card.index("## Intended use") < card.index("Research use only") < card.index("## Factors")
+    assert f"- Trained on: `{record.data}`" in card
+    assert f"| accuracy | {head['accuracy']:.3f} [{head['ci']['accuracy'][0]:.3f}, {head['ci']['accuracy'][1]:.3f}] |" in card
+    assert f"thresholds `{positive}` {decision['thresholds'][positive]:.4f} (rule youden, chosen on validation)" in card
+
+    # an external evaluation that scores lower is said in the box, after the sentinel, with both figures
+    from xrayfeat.runs.model_card import model_card
+
+    worse = {**info["metrics"]["head"], "accuracy": {"value": 0.25, "ci": [0.0, 0.5]}}
+    info["external"] = {"site_b": {"data": "site_b", "created": "now", "n": 4, "excluded": 0, "head": worse,
+                                   "per_class": {}, "warnings": []}}
+    lines = model_card(info).splitlines()
+    drop = f"> - **External drop (site_b):** accuracy {head['accuracy']:.3f} internal → 0.250 external ({0.25 - head['accuracy']:+.3f})"
+    assert lines[6] == drop, lines[:8]
+
+
+def test_calibration_layers_match_numpy(tmp_path):
+    """The isotonic maps as Keras layers give numpy.interp's values (clamped at both ends), columns kept apart."""
+    import keras
+
+    from xrayfeat.runs.export import _interp_layers
+
+    rng = np.random.default_rng(0)
+    x1 = np.sort(rng.random(40)).astype(np.float32).astype(np.float64)
+    x1 = np.unique(x1)
+    y1 = np.sort(rng.random(len(x1)))
+    # breakpoints are float32 values, as fit-head's are (the head's float32 probabilities); a steep segment 4 ulp wide
+    a = np.float32(0.2)
+    steep = [float(a), float(a + 4 * np.spacing(a)), float(np.float32(0.9))]
+    maps = [{"x": x1.tolist(), "y": y1.tolist()}, None, {"x": [0.3], "y": [0.7]},  # None: unchanged; one point: constant
+            {"x": steep, "y": [0.0, 0.5, 1.0]}]
+    p = np.concatenate([rng.random((500, 4)), [[0.0] * 4, [1.0] * 4, [0.2, 0.5, 0.3, a + 2 * np.spacing(a)]]]).astype(np.float32)
+    inputs = keras.Input((4,), dtype="float32")
+    z = inputs
+    for layer in _interp_layers(maps, "cal"):
+        z = layer(z)
+    got = np.asarray(keras.Model(inputs, z)(p), dtype=np.float64)
+    want = np.stack([np.interp(p[:, 0], x1, y1), p[:, 1], np.full(len(p), 0.7),
+                     np.interp(p[:, 3], steep, [0.0, 0.5, 1.0])], axis=1)
+    assert want[-1, 3] == pytest.approx(0.25)  # half-way up the steep segment's first half
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_missing_converter_is_one_line_naming_the_extra(shared_run, tmp_path, monkeypatch):
+    import keras
+
+    from xrayfeat.runs import export
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("--format onnx needs the TensorFlow backend")
+    monkeypatch.setattr(export, "_missing", lambda modules: ["tf2onnx"])
+    proc = run_cli_here("export", shared_run.path, "--out", tmp_path / "onnx", "--format", "onnx")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and 'pip install "xrayfeat[export]"' in proc.stderr
+    assert not (tmp_path / "onnx").exists()

@@ -312,7 +312,9 @@ def describe(backbone: str, n_classes: int, *, image_size: int | None = None, un
 def export(run, out, *, format: str = "keras", overwrite: bool = False):
     """``xrayfeat export RUN --out OUT``: the run's deployable model (uint8 pixels in, class probabilities out).
 
-    Returns an :class:`~xrayfeat.runs.export.ExportResult`. A previous export
+    ``format``: ``"keras"``, ``"savedmodel"``, ``"onnx"`` or ``"litert"``
+    (:class:`~xrayfeat.options.settings.ExportOptions`). The folder also holds
+    ``export.json`` (the contract) and ``MODEL_CARD.md``. Returns an :class:`~xrayfeat.runs.export.ExportResult`. A previous export
     at ``out`` is replaced; a folder holding anything else is refused unless
     ``overwrite=True`` (the new export takes its place only once complete).
     """

@@ -24,11 +24,12 @@ import base64
 import html
 import io
 import os
+import re
 import struct
 
 from xrayfeat.errors import one_line
 
-__all__ = ["SHOWN_NAMES", "NAME_CHARS", "MAX_ROWS", "THUMB_PIXELS", "MAX_THUMBS", "MUTED", "html_text", "png_size",
+__all__ = ["SHOWN_NAMES", "NAME_CHARS", "MAX_ROWS", "THUMB_PIXELS", "MAX_THUMBS", "MUTED", "html_text", "md_text", "md_code", "png_size",
            "short", "names_repr", "path_repr", "html_table", "html_title", "warnings_box", "error_box", "html_block",
            "thumbnail", "html_figure", "FigureImage", "ipython_shell", "show_figure"]
 
@@ -62,6 +63,32 @@ def html_text(text) -> str:
     Control characters are shown escaped (``\\x1b``), as on the terminal.
     """
     return html.escape(one_line(text), quote=True)
+
+
+# Markdown characters escaped wherever they are: emphasis (* ~), code (`), tables (|), backslash itself
+_MD_ALWAYS = re.compile(r"[\\`*~|]")
+# "_" opens emphasis only at a word's edge ("hosp_b" stays as it is); "](" is where a link or an image starts
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md_text(text) -> str:
+    """``text`` as Markdown that shows it as it is: no emphasis, code, link, image, HTML or table cell can come of it.
+
+    Control characters are shown escaped (``\\n``), so the text stays on its line.
+    """
+    text = one_line(text)
+    text = _MD_ALWAYS.sub(lambda m: "\\" + m.group(), text)
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace("](", "]\\(")
+
+
+def md_code(text) -> str:
+    """``text`` as a code span: fenced by more backticks than it holds in a row, pipes escaped for table cells."""
+    text = one_line(text).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:

@@ -64,6 +64,9 @@ CALIBRATIONS: tuple[str, ...] = ("none", "temperature", "isotonic")
 #: How predict turns probabilities into a decision: the most probable class, or the run's thresholds (chosen on
 #: validation) per class; a multi-label run always calls each finding at its threshold.
 DECISIONS: tuple[str, ...] = ("argmax", "threshold")
+#: What ``export`` writes the deployable model as: one .keras file (any Keras 3 backend), a TensorFlow SavedModel,
+#: an ONNX file or a LiteRT (.tflite) flatbuffer; the last three need the TensorFlow backend, ONNX the export extra.
+EXPORT_FORMATS: tuple[str, ...] = ("keras", "savedmodel", "onnx", "litert")
 #: ``n_jobs`` wherever it is taken (the baselines, the maps), as scikit-learn means it: a number of jobs
 #: (at least 1) or -1 for every core; None (allowed beside it) leaves the choice to the callee. 0 is refused.
 N_JOBS = AnyOf((Interval(1, None, integer=True), Constant(-1)))
@@ -381,6 +384,20 @@ class DecisionOptions:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """What export writes: the option of ``export --format`` and ``xf.export(format=...)``."""
+
+    format: str = option("keras", check=Choice(EXPORT_FORMATS),
+                         help="keras: one .keras file (any Keras 3 backend); savedmodel: a TF SavedModel (serve "
+                              "endpoint, TF Serving); onnx: model.onnx (onnxruntime); litert: model.tflite (the LiteRT "
+                              "interpreter). savedmodel, onnx and litert need the TensorFlow backend; onnx needs "
+                              'pip install "xrayfeat[export]".')
+
+    def validate(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
 class EmbedOptions:
     """A 2-D map of features: the method and its seed."""
 
@@ -410,7 +427,7 @@ class PhantomOptions:
         validate(self)
 
 
-__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "DecisionOptions", "EmbedOptions", "PhantomOptions",
+__all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "DecisionOptions", "ExportOptions", "EmbedOptions", "PhantomOptions",
            "BACKBONES", "ALL_BACKBONES", "backbone_names", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES", "CALIBRATIONS", "DECISIONS",
+           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES", "CALIBRATIONS", "DECISIONS", "EXPORT_FORMATS",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]

@@ -32,8 +32,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
-from xrayfeat.display import html_text, png_size
-from xrayfeat.errors import one_line
+from xrayfeat.display import html_text, md_code as _md_code, md_text, png_size
 
 __all__ = ["Span", "Heading", "Para", "Table", "List", "Figure", "Figures", "Folded", "png_size",
            "render_markdown", "render_html", "md_text", "html_text", "url_path"]
@@ -120,25 +119,10 @@ class Folded:
 # --------------------------------------------------------------------------- Markdown
 
 
-# Markdown characters escaped wherever they are: emphasis (* ~), code (`), tables (|), backslash itself
-_MD_ALWAYS = re.compile(r"[\\`*~|]")
-# "_" opens emphasis only at a word's edge ("hosp_b" stays as it is); "](" is where a link or an image starts
-_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 # what makes a line a heading, quote, list item, thematic break, setext underline or link reference definition
 _MD_BLOCK_START = re.compile(r"^(\s*)([#>+=\-\[]|\d{1,9}(?=[.)]))")
 # a link the renderer made ("[text](#anchor)": its text holds no bracket, and escaped text never holds "](")
 _MD_OWN_LINK = re.compile(r"\s*\[[^\[\]]*\]\(#")
-
-
-def md_text(text) -> str:
-    """``text`` as Markdown that shows it as it is: no emphasis, code, link, image, HTML or table cell can come of it.
-
-    Control characters are shown escaped (``\\n``), so the text stays on its line.
-    """
-    text = one_line(text)
-    text = _MD_ALWAYS.sub(lambda m: "\\" + m.group(), text)
-    text = _MD_UNDERSCORE.sub(r"\\_", text)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace("](", "]\\(")
 
 
 def _md_block_start(line: str) -> str:
@@ -150,15 +134,6 @@ def _md_block_start(line: str) -> str:
         end = match.end()
         return line[:end] + "\\" + line[end:]
     return line[:match.start(2)] + "\\" + line[match.start(2):]
-
-
-def _md_code(text) -> str:
-    """``text`` as a code span: fenced by more backticks than it holds in a row, pipes escaped for table cells."""
-    text = one_line(text).replace("|", "\\|")
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _md_inline(content) -> str:

@@ -25,5 +25,9 @@
   calibration, external results, cross-validation folds), read off the checked record;
 * :mod:`.display`: how a run and the results of predict, evaluate and explain look in a notebook (a short
   ``repr``, a ``_repr_html_`` with the warnings first);
-* :mod:`.export`: a run as one portable Keras model, preprocessing included (:func:`export_run`).
+* :mod:`.export`: a run as one portable model, preprocessing and calibration included, in the format asked
+  (keras, savedmodel, onnx, litert) (:func:`export_run`);
+* :mod:`.contract`: what export.json says beside the model: the decision, calibration, metrics with CIs,
+  warnings, weights, preprocessing and versions, from the checked record (:func:`contract`);
+* :mod:`.model_card`: ``MODEL_CARD.md`` from that contract, in the sections of Mitchell et al. 2019 (:func:`model_card`).
 """

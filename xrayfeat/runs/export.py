@@ -37,6 +37,7 @@ place, so ``DIR`` is either absent, the previous export, or complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -49,21 +50,31 @@ from xrayfeat import __version__
 from xrayfeat.backbones import CAFFE_MEAN_BGR, PREPROCESS_MODES, TORCH_MEAN_RGB, TORCH_STD_RGB, get_spec
 from xrayfeat.extraction.weights import resolve_weights
 from xrayfeat.errors import WeightsError, XrayfeatError, another_out, out_words
-from xrayfeat.fileio import file_digest, fsync_dir, sibling, write_json, writing_to
+from xrayfeat.fileio import atomic_write, file_digest, fsync_dir, sibling, write_json, writing_to
 from xrayfeat.provenance import utc_timestamp
 from xrayfeat.data.images import DECODE_VERSION
 from xrayfeat.errors import RunError
+from xrayfeat.options.constraints import check_value, declaration
+from xrayfeat.options.settings import EXPORT_FORMATS, ExportOptions
 from xrayfeat.store.fingerprint import is_imported
+from xrayfeat.runs.contract import contract
+from xrayfeat.runs.model_card import model_card
 from xrayfeat.runs.outputs import check_output
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_run", "portable_preprocess", "read_export"]
 
 log = logging.getLogger("xrayfeat")
 
-#: Export formats and the file or folder each writes inside ``DIR``.
-FORMATS: dict[str, str] = {"keras": "model.keras", "savedmodel": "savedmodel"}
+#: Export formats (:data:`~xrayfeat.options.settings.EXPORT_FORMATS`) and the file or folder each writes inside ``DIR``.
+FORMATS: dict[str, str] = dict(zip(EXPORT_FORMATS, ("model.keras", "savedmodel", "model.onnx", "model.tflite")))
+#: The formats written through TensorFlow (its SavedModel machinery, tf2onnx, its LiteRT converter).
+_TENSORFLOW_FORMATS = ("savedmodel", "onnx", "litert")
+#: The model card every export holds beside export.json.
+CARD = "MODEL_CARD.md"
 #: What ``DIR`` may already hold to be replaced by a new export (a previous export).
-_EXPORT_FILES = frozenset({"export.json", *FORMATS.values()})
+_EXPORT_FILES = frozenset({"export.json", CARD, *FORMATS.values()})
+#: The line a missing optional converter or runtime ends with.
+EXTRA = 'pip install "xrayfeat[export]"'
 
 
 class ExportError(XrayfeatError):
@@ -90,6 +101,10 @@ class ExportResult:
     params: int = 0
     multilabel: bool = False  # classes are findings, one sigmoid column each
     seconds: float = 0.0
+    card: str = ""  # MODEL_CARD.md's path
+    decision: str = "argmax"  # the run's decision rule (export.json "decision"), applied outside the model
+    calibration: str | None = None  # the run's calibration method, if any
+    calibration_applied: bool = False  # whether the exported model applies it
 
     def as_json(self) -> dict:
         return {
@@ -97,7 +112,9 @@ class ExportResult:
             "classes": list(self.classes), "image_size": self.image_size, "input_dtype": self.input_dtype,
             "backbone": self.backbone, "layer": self.layer, "weights": self.weights,
             "random_weights": self.random_weights, "run": self.run, "sha256": dict(self.sha256),
-            "params": self.params, "seconds": self.seconds, "multilabel": self.multilabel,
+            "params": self.params, "seconds": self.seconds, "multilabel": self.multilabel, "card": self.card,
+            "decision": self.decision, "calibration": self.calibration,
+            "calibration_applied": self.calibration_applied,
         }
 
 
@@ -183,8 +200,8 @@ def _check_out(out: Path, overwrite: bool = False) -> None:
                           f"{another_out('pass another --out or empty it', overwrite=True)}")
     if names:  # replaced only when it is one: its record sound, the model it names the one there
         model = read_export(out)["model"]
-        if names - {"export.json", model}:
-            raise ExportError(f"{out}: folder holds {', '.join(sorted(names - {'export.json', model}))} beside the "
+        if names - {"export.json", CARD, model}:
+            raise ExportError(f"{out}: folder holds {', '.join(sorted(names - {'export.json', CARD, model}))} beside the "
                               f"export its export.json describes ({model}); "
                               f"{another_out('pass another --out or empty it', overwrite=True)}")
 
@@ -201,7 +218,8 @@ def read_export(folder) -> dict:
     fix = "re-run xrayfeat export into an empty folder"
     data = schema.read_json(path, fix=fix, what="export record")
     try:
-        schema.check(data, schema.export_schema())
+        classes = data.get("classes") if isinstance(data, dict) and isinstance(data.get("classes"), list) else []
+        schema.check(data, schema.export_schema(), {"classes": classes})
     except schema.Problem as problem:
         raise schema.Damaged.of(path, str(problem), fix, what="export record") from None
     return data
@@ -318,7 +336,145 @@ def _head_model(run, features):
     return head
 
 
-def build_portable_model(run):
+def _store_rounding(fingerprint, format: str):
+    """Layers rounding the features as the store keeps them (``store_dtype`` float16), or [] for a float32 store.
+
+    The head learnt, chose its thresholds and was scored on features read back
+    from the store, so the export feeds it the same values: a float16 cast and
+    back (round to nearest even, as numpy stores them). tf2onnx folds a bare
+    float32 → float16 → float32 cast pair into one cast (its back-to-back
+    optimizer treats float casts as lossless), so the ONNX graph does the
+    float16 step with ``ReLU(negative_slope=1, max_value=65504)``: the identity
+    on every finite float16, computed in float16. The LiteRT converter keeps the
+    casts, and its builtin kernels have no float16 arithmetic, so it gets the
+    plain pair.
+    """
+    import keras
+
+    if fingerprint.get("store_dtype") != "float16":
+        return []
+    if format == "onnx":
+        first = keras.layers.ReLU(max_value=65504.0, negative_slope=1.0, dtype="float16", name="store_float16")
+    else:
+        first = keras.layers.Activation("linear", dtype="float16", name="store_float16")
+    return [first, keras.layers.Activation("linear", dtype="float32", name="read_as_float32")]
+
+
+def _logit_head(head):
+    """The head up to its output layer's pre-activation (the logits), and the output's activation name."""
+    import keras
+
+    try:
+        output = head.get_layer("head_output")
+    except ValueError:
+        output = None
+    if output is None or head.layers[-1] is not output:
+        raise ExportError(f"the head has no final 'head_output' layer ({head.layers[-1].name}); a temperature cannot "
+                          f"be put into the exported model: export the run uncalibrated or re-run fit-head")
+    penultimate = keras.Model(head.inputs, output.input, name="head_to_logits")
+    logits = keras.layers.Dense(output.units, dtype="float32", trainable=False, name="head_logits")
+    logits.build((None, output.input.shape[-1]))
+    logits.set_weights(output.get_weights())
+    return penultimate, logits, keras.activations.serialize(output.activation)
+
+
+def _interp_layers(maps: list, name: str):
+    """Layers mapping each column k of (n, K) probabilities by ``numpy.interp(p, x_k, y_k)`` (None: unchanged).
+
+    Exact in float32 to a few units in the last place of the output: for each
+    segment i of column k, a = relu(p_k - x_i) (p and x are float32 values: the
+    subtraction is exact where it matters), r = relu(dx_i - a), so
+    dx_i - r = min(a, dx_i) = clip(p_k, x_i, x_{i+1}) - x_i, and the output is
+    y_last - sum_i slope_i * r_i, which is numpy.interp with its clamping at both
+    ends. Exact when the breakpoints are float32 values, as fit-head's are (its
+    isotonic maps are fitted on the head's float32 probabilities). Steps
+    (repeated x) have no slope and are refused.
+    """
+    import keras
+    import numpy as np
+
+    k_cols = len(maps)
+    rows, lows, widths, slopes, ends = [], [], [], [], []
+    for k, curve in enumerate(maps):
+        if curve is None:  # unchanged: the identity is the map 0 → 0, 1 → 1
+            curve = {"x": [0.0, 1.0], "y": [0.0, 1.0]}
+        x, y = np.asarray(curve["x"], np.float64), np.asarray(curve["y"], np.float64)
+        dx = np.diff(x)
+        if (dx <= 0).any():
+            raise ExportError(f"the isotonic map of column {k} repeats a breakpoint (a step), which a piecewise-linear "
+                              f"layer cannot reproduce exactly; export the run uncalibrated")
+        ends.append(y[-1])
+        for i in range(len(dx)):
+            rows.append(k)
+            lows.append(x[i])
+            widths.append(dx[i])
+            slopes.append((y[i + 1] - y[i]) / dx[i])
+    m = max(len(rows), 1)
+    select = np.zeros((k_cols, m), np.float32)
+    for unit, k in enumerate(rows):
+        select[k, unit] = 1.0
+    bias = np.zeros(m, np.float32)
+    bias[:len(lows)] = -np.asarray(lows, np.float32)
+    width = np.zeros(m, np.float64)
+    width[:len(widths)] = widths
+    combine = np.zeros((m, k_cols), np.float32)
+    for unit, k in enumerate(rows):
+        combine[unit, k] = -slopes[unit]
+    above = keras.layers.Dense(m, activation="relu", dtype="float32", trainable=False, name=f"{name}_above")
+    above.build((None, k_cols))
+    above.set_weights([select, bias])
+    # r = relu(dx - a): -a + dx in one rounding (Rescaling by -1, which is exact, with dx as its offset)
+    minus = keras.layers.Rescaling(-1.0, offset=np.asarray(width, np.float32), dtype="float32", name=f"{name}_width_left")
+    rest = keras.layers.ReLU(dtype="float32", name=f"{name}_rest")
+    out = keras.layers.Dense(k_cols, dtype="float32", trainable=False, name=name)
+    out.build((None, m))
+    out.set_weights([combine, np.asarray(ends, np.float32)])
+    return [above, minus, rest, out]
+
+
+def _calibrated(run, head, x, binary: bool):
+    """The head's output on ``x``, through the run's calibrator when a Keras graph can apply it exactly.
+
+    Returns ``(p, applied, note)``: ``p`` the head's output (one column for a
+    binary head), ``applied`` whether the calibrator is in it. Temperature:
+    the head's logits over T, then its own activation (softmax, or sigmoid per
+    unit), which is what :func:`~xrayfeat.analysis.calibrators.apply_calibrator`
+    computes from the probabilities. Isotonic: each mapped column by
+    :func:`_interp_layers` (binary: the positive column, the other its
+    complement; multi-label: each finding); with more than two single-label
+    classes the mapped row is divided by its sum, which built-in Keras layers
+    cannot do exactly: that export keeps the head's own probabilities and says so.
+    """
+    import keras
+
+    record = run.record
+    calibrated = run.metrics.get("calibrated")
+    if not calibrated:
+        return head(x), False, "not calibrated (fit-head --calibrate none): the probabilities are the head's own"
+    calibrator = calibrated["models"]["head"]
+    if "temperature" in calibrator:
+        t = float(calibrator["temperature"])
+        penultimate, logits, activation = _logit_head(head)
+        z = keras.layers.Rescaling(1.0 / t, dtype="float32", name="over_temperature")(logits(penultimate(x)))
+        p = keras.layers.Activation(activation, dtype="float32", name="calibrated")(z)
+        return p, True, f"temperature T={t:.6g} applied inside the model (the head's logits divided by T)"
+    maps = calibrator["isotonic"]
+    classes = list(record.classes)
+    if not record.multilabel and len(classes) > 2:
+        note = ("isotonic calibration NOT applied by the exported model (the per-class maps are renormalised by the "
+                "row sum, a division Keras' built-in layers cannot do exactly): apply export.json "
+                "calibration.calibrator to its output (numpy.interp(p[:, k], x, y) per class, then divide each row "
+                "by its sum; 1/K where the sum is 0), as xrayfeat predict does")
+        log.warning("%s: %s", record.path, note)
+        return head(x), False, note
+    columns = [maps[classes[1]]] if binary else [maps[c] for c in classes]
+    p = head(x)
+    for layer in _interp_layers(columns, "calibrated"):
+        p = layer(p)
+    return p, True, "isotonic maps applied inside the model (piecewise linear, as numpy.interp)"
+
+
+def build_portable_model(run, format: str = "keras"):
     """The export model of a run (uint8 pixels → probabilities) and the facts ``export.json`` records."""
     import keras
 
@@ -336,15 +492,21 @@ def build_portable_model(run):
     x = keras.layers.Activation("linear", dtype="float32", name="features")(trunk(x))
     if record.head_input == "pooled":  # as the extractor pools what it stores
         x = keras.layers.GlobalAveragePooling2D(dtype="float32", name="pooled")(x)
+    rounding = _store_rounding(record.store["fingerprint"], format)
+    for layer in rounding:
+        x = layer(x)
     head = _head_model(run, x)
-    p = head(x)
-    if len(record.classes) == 2 and not record.multilabel:
+    binary = len(record.classes) == 2 and not record.multilabel
+    p, applied, note = _calibrated(run, head, x, binary)
+    if binary:
         p = _both_columns()(p)
     else:
         p = keras.layers.Activation("linear", dtype="float32", name="probabilities")(p)
     model = keras.Model(pixels, p, name="xrayfeat_export")
     model.trainable = False
-    facts = {"spec": spec, "weights": weights, "digest": digest, "backend": backend, "size": size}
+    facts = {"spec": spec, "weights": weights, "digest": digest, "backend": backend, "size": size,
+             "rounding": "float16" if rounding else None, "calibration_applied": applied, "calibration_note": note,
+             "xrayfeat": __version__}
     return model, facts
 
 
@@ -352,7 +514,7 @@ def build_portable_model(run):
 
 
 def _save(model, folder: Path, format: str) -> Path:
-    """Write the model into ``folder``: ``model.keras``, or ``savedmodel/`` with a ``serve`` endpoint.
+    """Write the model into ``folder``: ``model.keras``, ``savedmodel/``, ``model.onnx`` or ``model.tflite``.
 
     The SavedModel is written with :class:`keras.export.ExportArchive` rather
     than ``model.export``: on the TensorFlow backend ``model.export`` stores every
@@ -361,6 +523,11 @@ def _save(model, folder: Path, format: str) -> Path:
     Without ``track`` the archive keeps the variables its endpoint uses, once.
     The endpoint (and TF Serving's ``serving_default``) maps ``pixels`` to
     ``{"probabilities": ...}``.
+
+    ONNX and LiteRT go through Keras' own exporters (``Model.export(format=...)``:
+    tf2onnx, and TensorFlow's LiteRT converter), on a model whose output is named
+    ``probabilities``; the LiteRT converter is held to the builtin operators, so
+    the file runs in the plain LiteRT interpreter (no Flex delegate).
     """
     import keras
 
@@ -368,15 +535,84 @@ def _save(model, folder: Path, format: str) -> Path:
     if format == "keras":
         model.save(str(target))
         return target
-
-    def serve(pixels):
-        return {"probabilities": model(pixels, training=False)}
-
     shape = tuple(model.inputs[0].shape)
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint("serve", serve, input_signature=[keras.InputSpec(shape=shape, dtype="uint8", name="pixels")])
-    archive.write_out(str(target), verbose=False)
+    signature = [keras.InputSpec(shape=shape, dtype="uint8", name="pixels")]
+    if format == "savedmodel":
+        def serve(pixels):
+            return {"probabilities": model(pixels, training=False)}
+
+        archive = keras.export.ExportArchive()
+        archive.add_endpoint("serve", serve, input_signature=signature)
+        archive.write_out(str(target), verbose=False)
+        return target
+    named = keras.Model(model.inputs, {"probabilities": model.outputs[0]}, name="xrayfeat_export")
+    with _quiet_converters():
+        if format == "onnx":
+            _normalization_as_constants(named)
+            named.export(str(target), format="onnx", verbose=False, input_signature=signature)
+        else:
+            import tensorflow as tf
+
+            named.export(str(target), format="litert", verbose=False, input_signature=signature,
+                         target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
     return target
+
+
+def _normalization_as_constants(model) -> None:
+    """Hold each ``Normalization`` layer's mean and variance as numpy arrays, so a traced graph embeds them.
+
+    Keras makes them tensors when the layer is built; tf2onnx takes tensors
+    captured that way for inputs of the graph (the ONNX file would ask the caller
+    for ``.../Sub/y:0``). The values are the same float32 numbers, so the
+    arithmetic (and :func:`portable_preprocess`'s bit-exactness) is unchanged.
+    """
+    import keras
+    import numpy as np
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            _normalization_as_constants(layer)
+        elif isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
+            layer.mean = np.asarray(layer.mean)
+            layer.variance = np.asarray(layer.variance)
+
+
+@contextlib.contextmanager
+def _quiet_converters():
+    """tf2onnx's and the LiteRT converter's Python warnings and INFO logs kept off the user's stderr."""
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("tf2onnx", "absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _missing(modules) -> list[str]:
+    """The modules of ``modules`` that are not installed."""
+    import importlib.util
+
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
+def _check_format(format: str) -> None:
+    """The format's backend and optional packages, checked before anything is built (one line, exit 2)."""
+    import keras
+
+    if format in _TENSORFLOW_FORMATS and keras.backend.backend() != "tensorflow":
+        raise ExportError(f"--format {format} needs the TensorFlow backend (this process runs "
+                          f"{keras.backend.backend()}); run with KERAS_BACKEND=tensorflow, or use --format keras")
+    if format == "onnx":
+        missing = _missing(("tf2onnx", "onnx"))
+        if missing:
+            raise ExportError(f"--format onnx converts with {' and '.join(missing)}, which is not installed; {EXTRA}")
 
 
 def _digests(folder: Path, target: Path) -> dict[str, str]:
@@ -423,9 +659,21 @@ def _describe(run, facts: dict, format: str, sha256: dict, n_bytes: int, params:
                 "store_fingerprint_id": record.store.get("fingerprint_id")},
         "keras": keras.__version__,
         "backend": facts["backend"],
-        "load": ("keras.saving.load_model('model.keras', compile=False)" if format == "keras"
-                 else "tf.saved_model.load('savedmodel').serve(pixels)['probabilities']"),
+        "load": _LOAD[format],
+        "run_id": file_digest(config),
+        "card": CARD,
+        **contract(run, facts, facts["calibration_applied"], facts["calibration_note"]),
     }
+
+
+#: How each format is loaded and called, as export.json says it.
+_LOAD = {
+    "keras": "keras.saving.load_model('model.keras', compile=False)",
+    "savedmodel": "tf.saved_model.load('savedmodel').serve(pixels)['probabilities']",
+    "onnx": "onnxruntime.InferenceSession('model.onnx').run(['probabilities'], {'pixels': pixels})[0]",
+    "litert": "ai_edge_litert.interpreter.Interpreter('model.tflite').get_signature_runner()(pixels=pixels)"
+              "['probabilities']",
+}
 
 
 def _output_text(record) -> str:
@@ -466,8 +714,7 @@ def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> E
     refused unless ``overwrite=True``. Either way the new export is written
     beside it and takes its place only once complete.
     """
-    if format not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
+    check_value("export", "format", format, declaration(ExportOptions, "format")["check"])
     started = time.perf_counter()
     check_output(out, "export")
     out = Path(out)
@@ -478,13 +725,8 @@ def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> E
                           f"computed them, which xrayfeat does not have; deploy that model and the head "
                           f"(head.keras) together, or fit-head on a backbone xrayfeat has (-b vgg16)")
     _check_out(out, overwrite)
-    if format == "savedmodel":
-        import keras
-
-        if keras.backend.backend() != "tensorflow":
-            raise ExportError(f"--format savedmodel needs the TensorFlow backend (this process runs "
-                              f"{keras.backend.backend()}); run with KERAS_BACKEND=tensorflow, or use --format keras")
-    model, facts = build_portable_model(run)
+    _check_format(format)
+    model, facts = build_portable_model(run, format)
     from xrayfeat.models.head import count_params
 
     params = count_params(model)["total"]
@@ -498,6 +740,7 @@ def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> E
             n_bytes = sum((tmp / name).stat().st_size for name in sha256)
             info = _describe(run, facts, format, sha256, n_bytes, params)
             write_json(tmp / "export.json", info)
+            atomic_write(tmp / CARD, model_card(info))
             _replace(tmp, out, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -508,5 +751,6 @@ def export_run(run, out, *, format: str = "keras", overwrite: bool = False) -> E
         image_size=facts["size"], input_dtype="uint8", backbone=info["backbone"], layer=info["layer"],
         weights=facts["weights"].identity, random_weights=facts["weights"].random, run=str(record.path),
         sha256=sha256, params=params, seconds=round(time.perf_counter() - started, 3),
-        multilabel=bool(record.multilabel),
+        multilabel=bool(record.multilabel), card=str(out / CARD), decision=info["decision"]["rule"],
+        calibration=info["calibration"]["method"], calibration_applied=info["calibration"]["applied_in_model"],
     )

@@ -1022,6 +1022,31 @@ def config_schema(version: int) -> Obj:
 # ..................................................................... export.json
 
 
+@dataclass(frozen=True)
+class _Json(Shape):
+    """Any JSON value (already parsed strictly, depth-bounded): parts of the contract copied from checked records."""
+
+    what: str = "a JSON value"
+
+    def check(self, value, at, ctx):
+        if value is None or isinstance(value, (str, bool, int, float)):
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                self.check(item, f"{at}[{i}]", ctx)
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise self.wrong(value, at)
+                self.check(item, join(at, key), ctx)
+            return
+        raise self.wrong(value, at)
+
+
+JSON = _Json()
+
+
 def _export_agrees(value: dict, at: str, ctx: dict) -> None:
     """The shapes, the model file and the classes agree with one another."""
     from xrayfeat.runs.export import FORMATS
@@ -1045,7 +1070,7 @@ def _export_agrees(value: dict, at: str, ctx: dict) -> None:
 @functools.cache
 def export_schema() -> Obj:
     """``export.json``, as :func:`xrayfeat.runs.export.export_run` writes it."""
-    from xrayfeat.options.settings import BACKBONES
+    from xrayfeat.options.settings import BACKBONES, CALIBRATIONS, DECISIONS
     from xrayfeat.runs.export import FORMATS
 
     dimension = Whole(1, 1 << 20)
@@ -1072,6 +1097,30 @@ def export_schema() -> Obj:
                          "config_sha256": need(SHA256), "head_sha256": need(Maybe(SHA256)),
                          "store_fingerprint_id": need(Maybe(TEXT))})),
         "keras": need(NONEMPTY), "backend": need(NONEMPTY), "load": need(TEXT),
+        # the contract (xrayfeat.runs.contract); exports written before it lack these
+        "run_id": may(SHA256), "card": may(Text('"MODEL_CARD.md"', choices=("MODEL_CARD.md",))),
+        "intended_use": may(TEXT), "task": may(TEXT),
+        "data": may(Obj({"path": need(TEXT), "counts": need(MapOf(COUNT)), "validation": need(TEXT),
+                         "created": need(TEXT)})),
+        "decision": may(Obj({"rule": need(Text(f"a decision rule ({', '.join(DECISIONS)})", choices=DECISIONS)),
+                             "thresholds": need(Maybe(MapOf(Number(), over=SOME_CLASSES))), "how": need(TEXT),
+                             "threshold_rule": need(Maybe(TEXT)), "chosen_on": need(Maybe(TEXT)),
+                             "positive": need(Maybe(CLASS_NAME)), "applied_in_model": need(Flag()),
+                             "note": need(TEXT)})),
+        "calibration": may(Obj({"method": need(Maybe(Text("a calibration", choices=CALIBRATIONS[1:]))),
+                                "applied_in_model": need(Flag()), "calibrator": need(Maybe(JSON)),
+                                "note": need(TEXT), "fitted_on": may(TEXT), "n": may(COUNT),
+                                "validation": may(JSON), "test": may(JSON)})),
+        "metrics": may(Obj({"head": need(MapOf(JSON)), "per_class": need(MapOf(JSON, over=SOME_CLASSES)),
+                            "by_group": need(MapOf(JSON)), "baselines": need(MapOf(MapOf(JSON)))})),
+        "external": may(MapOf(JSON)),
+        "warnings": may(ListOf(Obj({"kind": need(NONEMPTY), "message": need(TEXT)}))),
+        "weights_file": may(Obj({"kind": need(NONEMPTY), "file": need(Maybe(PATH_TEXT)), "md5": need(Maybe(TEXT)),
+                                 "sha256": need(Maybe(SHA256)), "random": need(Flag()), "seed": need(Maybe(COUNT))})),
+        "preprocessing": may(Obj({"mode": need(NONEMPTY), "image_size": need(Whole(32, 2048)), "decode": need(TEXT),
+                                  "store_dtype": need(Maybe(TEXT)), "features_rounded_to": need(Maybe(TEXT)),
+                                  "model_input": need(TEXT)})),
+        "versions": may(MapOf(OneOf((TEXT, MapOf(TEXT)), what="a version, or the versions trained with"))),
     }, checks=(_export_agrees,))
 
 
