@@ -40,18 +40,17 @@ REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 #: order matters. scripts/test.sh runs ``--dist loadfile --no-loadscope-reorder``: the workers take whole files in
 #: collection order, so the longest files start first and the many short ones fill in at the end (without the
 #: option xdist orders files by their number of tests, and a long file with few tests may start last).
-FILE_COST = {
-    "test_demo.py": 82, "test_callers.py": 76, "test_extract.py": 74, "test_reliability_images.py": 59,
-    "test_cli.py": 51, "test_backbones.py": 45, "test_streaming.py": 48, "test_heads.py": 48, "test_export.py": 47, "test_headproc.py": 46,
-    "test_progress_output.py": 43, "test_fit_tail.py": 42, "test_notebook.py": 40, "test_operating.py": 40,
-    "test_fit_real.py": 40, "test_heads_jax.py": 39, "test_docs.py": 37, "test_fit_learns.py": 32, "test_fit.py": 31,
-    "test_multilabel_models.py": 18, "test_import.py": 20, "test_api.py": 28, "test_explain.py": 23, "test_python_calls.py": 18,
-    "test_predict.py": 17, "test_decision.py": 18,
-    "test_headproc_cli.py": 16, "test_reliability_runs.py": 15, "test_baselines.py": 13,
-    "test_export_savedmodel.py": 12, "test_export_formats.py": 95, "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11,
-    "test_embed.py": 8, "test_plots.py": 7, "test_record_schema.py": 6, "test_store.py": 6, "test_imbalance.py": 6,
-    "test_weights.py": 5, "test_multilabel_metrics.py": 5, "test_converters.py": 2, "test_multilabel_study.py": 30, "test_cv.py": 20,
-    "test_replay.py": 15,
+FILE_COST = {  # seconds in ./scripts/test.sh (heavy tests, run by .ci/run's second half, are not counted)
+    "test_callers.py": 76, "test_docs.py": 55, "test_reliability_images.py": 59, "test_cli.py": 51, "test_heads.py": 48,
+    "test_headproc.py": 46, "test_extract.py": 45, "test_progress_output.py": 43, "test_operating.py": 40,
+    "test_heads_jax.py": 39, "test_cv.py": 35, "test_fit.py": 31, "test_multilabel_study.py": 30, "test_api.py": 28,
+    "test_explain.py": 23, "test_backbones.py": 22, "test_streaming.py": 21, "test_import.py": 20, "test_decision.py": 18,
+    "test_multilabel_models.py": 18, "test_python_calls.py": 18, "test_predict.py": 17, "test_replay.py": 17,
+    "test_headproc_cli.py": 16, "test_export.py": 15, "test_reliability_runs.py": 15, "test_baselines.py": 13,
+    "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11, "test_embed.py": 8, "test_plots.py": 7,
+    "test_record_schema.py": 6, "test_store.py": 6, "test_imbalance.py": 6, "test_weights.py": 5, "test_fit_tail.py": 5,
+    "test_multilabel_metrics.py": 5, "test_export_savedmodel.py": 3, "test_demo.py": 3, "test_fit_real.py": 2,
+    "test_fit_learns.py": 2, "test_converters.py": 2, "test_export_formats.py": 95, "test_notebook.py": 30,
 }
 
 

@@ -146,6 +146,7 @@ def test_efficientnet_with_a_weight_file_computes_what_keras_imagenet_model_comp
     check_against_keras("efficientnet_b0", resolve_weights(spec, str(path)), reference, pixels)
 
 
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_densenet_extracts_fits_explains_exports_and_describes_as_keras_does(tmp_path):
     """extract → fit-head → explain → export with DenseNet121 (random weights, 32 px), checked against Keras:
 

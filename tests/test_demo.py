@@ -14,6 +14,7 @@ from conftest import run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_demo_quick_runs_end_to_end(tmp_path):
     proc = run_cli("demo", "--out", tmp_path / "demo", "--quick", "--per-class", "8", "--json", timeout=1200)
     assert proc.returncode == 0, proc.stderr

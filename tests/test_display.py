@@ -56,7 +56,8 @@ def test_a_large_dataset_has_a_short_repr_and_a_bounded_table():
     assert f"… {50 - notebook.MAX_ROWS} more rows" in html
     assert re.search(r"<td[^>]*>total</td><td[^>]*>7500</td><td[^>]*>2500</td><td[^>]*>10000</td>", html)
     # the dataclass is as it was: its fields, and equality by value
-    assert [f.name for f in dataclasses.fields(Dataset)] == ["root", "items", "classes", "layout", "skipped", "multilabel"]
+    assert [f.name for f in dataclasses.fields(Dataset)] == ["root", "items", "classes", "layout", "skipped", "multilabel",
+                                                            "manifest"]
     assert ds == _dataset(10_000, classes) and ds != _dataset(9_999, classes)
 
 

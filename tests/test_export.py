@@ -97,6 +97,7 @@ def deployed(tiny_run) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_keras_export_reproduces_the_run_in_a_keras_only_process(tiny_run, deployed):
     run, root = tiny_run["run"], tiny_run["root"]
     out, result = deployed["out"], deployed["result"]

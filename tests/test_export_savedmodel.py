@@ -36,6 +36,7 @@ def tiny_run(shared_run, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_savedmodel_export_serves_the_same_probabilities(tiny_run):
     import keras
 

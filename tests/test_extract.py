@@ -160,6 +160,7 @@ def test_warm_run_does_not_import_the_framework(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_jax_backend_extracts_into_its_own_store(tmp_path, tiny_data):
     pytest.importorskip("jax")
     env = {"KERAS_BACKEND": "jax"}

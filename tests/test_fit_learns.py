@@ -13,6 +13,7 @@ from xrayfeat.runs.fit import HeadOptions, fit_head
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_four_class_phantoms_are_learned_well_above_chance(tmp_path):
     from xrayfeat.data.phantoms import write_phantoms
 

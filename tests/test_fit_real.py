@@ -15,6 +15,7 @@ from test_fit import has_sentinel, read_predictions, sentinel_expected
 
 @pytest.mark.slow
 @pytest.mark.realdata
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_real_sample_runs_to_the_end(tmp_path, real_sample):
     proc = run_cli("fit-head", real_sample, "-b", "vgg16", "--weights", "none", "--image-size", "64",
                    "--epochs", "5", "--n-bootstrap", "200", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "real",

@@ -22,6 +22,7 @@ def test_train_tail_without_cut_point_is_one_line(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("backbone,size,layer", [("vgg16", 32, "block4_pool"), ("inception_v3", 75, "mixed9")])
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_train_tail_runs_and_records_counts(tmp_path, tiny_data, backbone, size, layer):
     features = FeatureOptions(backbone, weights="none", image_size=size, layer=layer)
     head = HeadOptions(epochs=1, steps_per_epoch=2, units=8, baselines=(), train_tail=True, n_bootstrap=20)

@@ -19,6 +19,9 @@ nbclient = pytest.importorskip("nbclient", reason="nbclient is a test dependency
 pytest.importorskip("ipykernel", reason="ipykernel is a test dependency (pip install -e .[test])")
 
 
+#: Executing the notebook costs half a minute: .ci/run runs these, ./scripts/test.sh leaves them out.
+pytestmark = pytest.mark.heavy
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """The notebook run top to bottom in a fresh kernel, in a folder of its own."""

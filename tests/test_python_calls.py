@@ -70,7 +70,7 @@ def test_export_equals_the_command_and_overwrite_replaces_a_folder_only_when_ask
     assert code == 0
     mine = ours.as_json()
     assert mine.keys() == cli.keys()
-    for key in ("out", "model", "seconds", "sha256", "bytes"):  # a .keras file is a zip stamped with its time
+    for key in ("out", "model", "card", "seconds", "sha256", "bytes"):  # paths; a .keras file is a zip stamped with its time
         mine.pop(key), cli.pop(key)
     assert mine == cli
 
@@ -85,7 +85,7 @@ def test_export_equals_the_command_and_overwrite_replaces_a_folder_only_when_ask
     assert proc.returncode == 2 and proc.stderr.strip().endswith("pass another --out or empty it")
     assert (taken / "notes.txt").read_text() == "mine"
     replaced = xf.export(shared_run.path, taken, overwrite=True)
-    assert sorted(p.name for p in taken.iterdir()) == ["export.json", "model.keras"]
+    assert sorted(p.name for p in taken.iterdir()) == ["MODEL_CARD.md", "export.json", "model.keras"]
     assert replaced.out == str(taken) and replaced.classes == ours.classes
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing staged left
 

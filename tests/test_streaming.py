@@ -119,6 +119,7 @@ def head_columns(path):
         return [{k: v for k, v in row.items() if not k.startswith("logreg:")} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.heavy  # costly end to end: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_fit_head_streams_past_a_tiny_budget_with_the_same_head(tmp_path, shared_run):
     """A budget below the features: the head streams (in the jax child where jax is installed) and is the same head;
     the baselines fit on a stratified sample and say so."""
