@@ -118,13 +118,22 @@ def seed_spread(primary: dict, repeats: list[dict], y_test, classes, seeds: list
     spread = {}
     for key in keys:
         values = [m[key] for m in scored]
-        if any(v is None for v in values):
-            spread[key] = None
-            continue
-        values = np.array(values, dtype=float)
-        spread[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)), "min": float(values.min()),
-                       "max": float(values.max()), "values": [float(v) for v in values]}
+        spread[key] = None if any(v is None for v in values) else spread_of(values)
     return {"seeds": list(seeds), "head": spread}
+
+
+def spread_of(values: list) -> dict | None:
+    """Mean, SD (ddof 1; null with one value), min and max of the values that are defined, and every value in order.
+
+    None when none is defined (a ROC-AUC of folds holding one class). Seeds
+    (:func:`seed_spread`) and cross-validation folds are summarised by it.
+    """
+    defined = np.array([v for v in values if v is not None], dtype=float)
+    if not len(defined):
+        return None
+    return {"mean": float(defined.mean()), "sd": float(defined.std(ddof=1)) if len(defined) > 1 else None,
+            "min": float(defined.min()), "max": float(defined.max()),
+            "values": [None if v is None else float(v) for v in values]}
 
 
 def headline(m: dict) -> dict:

@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from xrayfeat.analysis.scoring import spread_of
 from xrayfeat.errors import DatasetError
 
 #: Patients of every class a fold's training part needs: to carve out its validation split by patient
@@ -91,19 +92,6 @@ def assign_folds(strata, groups, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def spread(values: list) -> dict | None:
-    """Mean, SD (ddof 1; null with one value), min and max of the values that are defined, and every value in order.
-
-    None when no fold defines the figure (a ROC-AUC of folds holding one class).
-    """
-    defined = np.array([v for v in values if v is not None], dtype=float)
-    if not len(defined):
-        return None
-    return {"mean": float(defined.mean()), "sd": float(defined.std(ddof=1)) if len(defined) > 1 else None,
-            "min": float(defined.min()), "max": float(defined.max()),
-            "values": [None if v is None else float(v) for v in values]}
-
-
 def cv_summary(k: int, seeds: list[int], folds: list[dict], figures: dict[str, list[dict]], *, grouped: bool,
                validation: str) -> dict:
     """The ``cv`` part of ``metrics.json``.
@@ -116,6 +104,6 @@ def cv_summary(k: int, seeds: list[int], folds: list[dict], figures: dict[str, l
     models = {}
     for name, per_fold in figures.items():
         keys = list(per_fold[0]) if per_fold else []
-        models[name] = {key: spread([f[key] for f in per_fold]) for key in keys}
+        models[name] = {key: spread_of([f[key] for f in per_fold]) for key in keys}
     return {"k": k, "seeds": list(seeds), "grouped_by": "patient" if grouped else "image", "validation": validation,
             "folds": folds, "models": models}
