@@ -63,7 +63,7 @@ import os
 import posixpath
 import stat
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -153,6 +153,11 @@ class Item:
         for name, value in zip(_ITEM_FIELDS, values):
             object.__setattr__(self, name, value)
 
+    @property
+    def path(self) -> Path:
+        """The file's absolute path (a Path made from :attr:`file`)."""
+        return Path(self.file)
+
     def group(self, name: str) -> str | None:
         """This image's value of group ``name`` (``"sex"``), or None where unknown."""
         for key, value in self.groups:
@@ -161,14 +166,7 @@ class Item:
         return None
 
 
-_ITEM_FIELDS = ("file", "relpath", "label", "split", "patient_id", "source", "sha256", "nbytes", "findings", "groups")
-
-
-def _item_path(item: Item) -> Path:
-    return Path(item.file)
-
-
-Item.path = property(_item_path, doc="The file's absolute path (a Path made from :attr:`Item.file`).")
+_ITEM_FIELDS = tuple(f.name for f in fields(Item))  # in the order of Item()'s parameters (path given as file)
 
 
 @dataclass(frozen=True)
