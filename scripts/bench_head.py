@@ -1,21 +1,29 @@
-"""Benchmark: the head trained by ``heads.train_head`` vs bare Keras ``fit`` on arrays.
+"""Benchmark: the head's training step, fused and Keras' own, vs bare Keras ``fit`` on arrays.
 
-Both train the same seed head (BatchNormalization → Flatten → Dense(256) →
-Dropout → Dense(K)) on random cached features of one backbone's shape, with
-batch 10 and 10 steps per epoch, and time each training step the same way (a
-callback; the first epoch, which compiles, is left out). Repetitions are
-interleaved (bare, head, bare, head, ...) so that load from other processes
-hits both alike; each figure is the median over rounds.
+Three variants train the same seed head (BatchNormalization → Flatten →
+Dense(256) → Dropout → Dense(K)) on random cached features of one backbone's
+shape, with batch 10 and 10 steps per epoch, and time each training step the
+same way (a callback; the first epoch, which compiles, is left out):
+
+- ``bare``: bare Keras, ``model.fit`` on in-memory numpy arrays;
+- ``loop``: ``heads.train_head(step="keras")``, Keras' own jitted step in
+  xrayfeat's loop (on jax; ``model.fit`` on another backend);
+- ``fused``: ``heads.train_head(step="fused")``, the fused step of
+  ``xrayfeat/models/head_fused.py`` (jax on a CPU only; left out elsewhere).
+
+Repetitions are interleaved (the order rotates every round) so that load from
+other processes hits all alike; each figure is the median over rounds, each
+ratio the median of per-round ratios. The backend is ``KERAS_BACKEND``, jax
+when unset (where fit-head trains the head on a CPU).
 
     python scripts/bench_head.py --backbone inception_v3 --classes 4
-    KERAS_BACKEND=jax python scripts/bench_head.py --backbone inception_v3
-    python scripts/bench_head.py --jit 0          # TensorFlow without XLA
+    KERAS_BACKEND=tensorflow python scripts/bench_head.py --jit 0     # TensorFlow without XLA (no fused step)
 
 ``--compare-backends`` runs this script again in child processes, interleaved
 round by round, for TensorFlow without XLA, TensorFlow with XLA, JAX, and JAX
 with the glibc malloc settings fit-head gives its head's child process
-(``xrayfeat.models.head_process.MALLOC_TUNABLES``), and compares their train_head step
-times (a backend is fixed per process).
+(``xrayfeat.models.head_process.MALLOC_TUNABLES``), and compares their
+train_head step times with Keras' own step (a backend is fixed per process).
 
 The last line holds the key=value figures, ratios first.
 """
@@ -29,6 +37,8 @@ import subprocess
 import sys
 import time
 import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 SHAPES = {"inception_v3": (5, 5, 2048), "vgg16": (7, 7, 512)}
 JIT = {"auto": "auto", "0": False, "1": True}
@@ -70,14 +80,16 @@ def _bare(x, y, args, jit):
     return timing
 
 
-def _head(x, y, args, jit):
+def _head(x, y, args, jit, step="keras"):
     from xrayfeat.models import head as heads
 
     timing = heads._timing_callback()  # the same clock as bare's
-    heads.train_head(
+    trained = heads.train_head(
         x, y, n_classes=args.classes, epochs=args.epochs, batch_size=10, steps_per_epoch=10,
-        seed=0, jit_compile=jit, callbacks=[timing], step_timing=True,
+        seed=0, jit_compile=jit, callbacks=[timing], step_timing=True, step=step,
     )
+    if step == "fused" and trained.settings["loop"] != "fused":
+        raise SystemExit(f"the fused step did not train ({trained.settings['loop']})")
     return timing
 
 
@@ -89,33 +101,38 @@ def bench(args) -> dict:
     jit = heads.resolve_jit_compile(JIT[args.jit])
     shape = SHAPES[args.backbone]
     x, y = _features(args.n, shape, args.classes)
-    rows = {"bare": [], "head": []}
+    variants = ["bare", "loop"] + (["fused"] if keras.backend.backend() == "jax" and jit else [])
+    rows = {name: [] for name in variants}
     for r in range(args.rounds):
-        order = ("bare", "head") if r % 2 == 0 else ("head", "bare")
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
         for name in order:
-            t = (_bare if name == "bare" else _head)(x, y, args, jit)
+            t = _bare(x, y, args, jit) if name == "bare" else _head(x, y, args, jit, "keras" if name == "loop" else "fused")
             row = {"step": t.mean_step(), "cpu": t.mean_step(cpu=True), "first": t.epoch_seconds[0],
                    "fit": t.train_end - t.train_start}
             rows[name].append(row)
-            print(f"round {r + 1}/{args.rounds} {name:4s}: {row['step'] * 1e3:7.1f} ms/step "
+            print(f"round {r + 1}/{args.rounds} {name:5s}: {row['step'] * 1e3:7.1f} ms/step "
                   f"(cpu {row['cpu'] * 1e3:7.1f} ms)  first epoch {row['first']:5.1f} s  fit {row['fit']:6.1f} s",
                   file=sys.stderr, flush=True)
 
     def med(name, key):
         return statistics.median(row[key] for row in rows[name])
 
-    def ratio(key):
-        return statistics.median(h[key] / b[key] for h, b in zip(rows["head"], rows["bare"]))
+    def ratio(a, b, key="step"):
+        return statistics.median(u[key] / v[key] for u, v in zip(rows[a], rows[b]))
 
+    figures = {}
+    if "fused" in rows:
+        figures.update(ratio_fused_bare=ratio("fused", "bare"), ratio_fused_loop=ratio("fused", "loop"),
+                       ratio_cpu_fused_bare=ratio("fused", "bare", "cpu"))
+    figures.update(ratio_loop_bare=ratio("loop", "bare"), ratio_cpu_loop_bare=ratio("loop", "bare", "cpu"))
+    for name in rows:
+        figures[f"{name}_ms"] = med(name, "step") * 1e3
+    for name in rows:
+        figures[f"{name}_cpu_ms"] = med(name, "cpu") * 1e3
+    for name in rows:
+        figures[f"{name}_first_s"] = med(name, "first")
     return {
-        "ratio_step": ratio("step"),
-        "ratio_cpu": ratio("cpu"),
-        "head_ms": med("head", "step") * 1e3,
-        "bare_ms": med("bare", "step") * 1e3,
-        "head_cpu_ms": med("head", "cpu") * 1e3,
-        "bare_cpu_ms": med("bare", "cpu") * 1e3,
-        "head_first_s": med("head", "first"),
-        "bare_first_s": med("bare", "first"),
+        **figures,
         "backend": keras.backend.backend(),
         "jit": int(jit),
         "backbone": args.backbone,
@@ -237,12 +254,16 @@ def main(argv=None) -> int:
         print(f"\n{args.backbone} {args.classes}-class head ({figures['params']:,} parameters), "
               f"n={args.n}, batch 10, 10 steps/epoch, {args.epochs} epochs, backend "
               f"{figures['backend']}, jit_compile={bool(figures['jit'])}")
-        print(f"  {'':18s} {'ms/step':>8s} {'cpu ms/step':>12s} {'1st epoch s':>12s}")
-        for label, key in (("bare model.fit", "bare"), ("heads.train_head", "head")):
-            print(f"  {label:18s} {figures[key + '_ms']:8.1f} {figures[key + '_cpu_ms']:12.1f} "
-                  f"{figures[key + '_first_s']:12.1f}")
-        print(f"  train_head / bare per step (median of per-round ratios): wall {figures['ratio_step']:.3f}, "
-              f"cpu {figures['ratio_cpu']:.3f}")
+        print(f"  {'':26s} {'ms/step':>8s} {'cpu ms/step':>12s} {'1st epoch s':>12s}")
+        labels = {"bare": "bare model.fit", "loop": "train_head, Keras' step", "fused": "train_head, fused step"}
+        for key, label in labels.items():
+            if f"{key}_ms" in figures:
+                print(f"  {label:26s} {figures[key + '_ms']:8.1f} {figures[key + '_cpu_ms']:12.1f} "
+                      f"{figures[key + '_first_s']:12.1f}")
+        if "ratio_fused_bare" in figures:
+            print(f"  fused / bare per step (median of per-round ratios): wall {figures['ratio_fused_bare']:.3f}, "
+                  f"cpu {figures['ratio_cpu_fused_bare']:.3f}; fused / Keras' step {figures['ratio_fused_loop']:.3f}")
+        print(f"  Keras' step in train_head / bare: wall {figures['ratio_loop_bare']:.3f}, cpu {figures['ratio_cpu_loop_bare']:.3f}")
     figures["wall_s"] = time.perf_counter() - start
     print(_line(figures), flush=True)
     return 0

@@ -299,6 +299,7 @@ def _fit_head(data, args, cache: Path, out: Path, baselines: str, what: str) -> 
     result["backend"] = config["training"]["backend"]
     result["jit_compile"] = config["training"]["jit_compile"]
     result["head_process"] = config["training"].get("process", "in-process")
+    result["loop"] = config["training"].get("loop")
     return wall, result
 
 
@@ -311,6 +312,26 @@ def _steady(epoch_seconds: list) -> float:
 def _project(total: float, fit: float, epoch_seconds: list) -> float:
     """Whole time projected to FULL_EPOCHS from the measured epochs: the non-epoch part + first + steady × rest."""
     return total - fit + epoch_seconds[0] + _steady(epoch_seconds) * (FULL_EPOCHS - 1)
+
+
+def _where_seconds_go(label: str, wall: float, result: dict, epochs: int) -> str:
+    """One line: the process' wall time split into start-up and exit, extraction, the head and the rest.
+
+    From the run's own timings (``--json``): ``total_seconds`` is the command's
+    clock, so the process' wall time beyond it is interpreter start-up, imports
+    before the clock starts, and exit; the head's part is its child process
+    (start-up not hidden behind the parent's work, the training itself, saving).
+    """
+    t = result["timings"]
+    outside = wall - t["total_seconds"]
+    head, training = t["head_process_seconds"], t["head_seconds"]
+    first, later = t["first_epoch_seconds"] or 0.0, t["seconds_per_epoch"] or 0.0
+    rest = t["total_seconds"] - t["extraction_seconds"] - head - t["baselines_seconds"]
+    return (f"where {label}'s {wall:.1f} s go: start-up and exit {outside:.1f} s; discovery and extraction "
+            f"{t['extraction_seconds']:.1f} s ({t['extracted_images']} images computed); head {head:.1f} s, of which "
+            f"training {training:.1f} s (first epoch {first:.2f} s with compilation, then {epochs - 1} × {later:.3f} s; "
+            f"step {t['seconds_per_step'] * 1e3:.1f} ms) and {head - training:.1f} s around it (child start-up not "
+            f"hidden, data hand-over, saving); split, metrics, plots and record {rest:.1f} s; step: {result.get('loop')}")
 
 
 def _resolve_data(args, work: Path) -> tuple[Path, str]:
@@ -436,6 +457,9 @@ def _bench(args, work: Path) -> None:
     print("seconds: what the ratio uses (seed: its fit; others: the whole process, start-up included); process: the "
           "whole subprocess wall time; fit/head: model.fit alone; s/epoch: fit/head over epochs; 1st ep: the first "
           "epoch (tracing/compilation); later ep: median of the later epochs; ×seed: seed seconds / seconds")
+
+    for key in ("cold", "warm"):
+        print(_where_seconds_go(labels[key], rows[key]["wall"], rows[key]["r"], n))
 
     counts = rows["cold"]["r"]["counts"]
     n_images = counts["train"] + counts["val"] + counts["test"]

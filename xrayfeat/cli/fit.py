@@ -25,7 +25,7 @@ from xrayfeat.options.constraints import declaration
 
 
 _HEAD_FIELDS = ("epochs", "head_batch_size", "steps_per_epoch", "validation_steps", "learning_rate", "units", "dropout",
-                "l2", "train_tail", "head_input", "val_fraction", "n_bootstrap", "n_jobs", "head_backend", "class_weight",
+                "l2", "train_tail", "head_input", "val_fraction", "n_bootstrap", "n_jobs", "head_backend", "head_step", "class_weight",
                 "restore_best", "repeats", "cv", "threshold", "calibrate", "positive", "uncertain", "memory_budget")
 
 

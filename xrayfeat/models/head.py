@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 from xrayfeat.devices import backend_device
 from xrayfeat.fileio import atomic_path
+from xrayfeat.models import head_fused as heads_fused
 from xrayfeat.models import head_jax as heads_jax
+from xrayfeat.models.head_numpy import LAYOUT
 from xrayfeat.models.multilabel import MULTILABEL_MODEL_NAME
 from xrayfeat.options.settings import HeadOptions
 from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, check_value, declaration, validate_params
@@ -433,6 +435,7 @@ def _restore_best_callback(monitor: str):
     "validation_steps": _STEPS,
     **{name: declaration(HeadOptions, name)
        for name in ("epochs", "learning_rate", "units", "dropout", "l2", "seed", "class_weight", "restore_best")},
+    "step": declaration(HeadOptions, "head_step"),
     "batch_size": declaration(HeadOptions, "head_batch_size"),
 })
 def train_head(
@@ -462,6 +465,7 @@ def train_head(
     multilabel: bool = False,
     mask_train=None,
     mask_val=None,
+    step: str = "auto",
 ) -> TrainedHead:
     """Train the seed's head (optionally behind a trainable backbone tail) on cached features.
 
@@ -539,6 +543,18 @@ def train_head(
     the other backends): the same training history and weights, with validation
     as ``fit`` draws it.
 
+    ``step``: ``"auto"`` (the default) trains the plain seed head on jax on a
+    CPU with the fused step of :mod:`xrayfeat.models.head_fused`
+    (``settings["loop"] == "fused"``): the hidden Dense kernel's gradient, its
+    L2 term and Adam in one pass over kernel and moments, everything else by
+    Keras' own layers, loss and metrics, so the history, weights and
+    predictions equal Keras' step up to the order of float32 additions
+    (tests/test_head_fused.py). Where it should apply but cannot (numba
+    missing, its kernel failing its start-up check, a Keras without the
+    internals it reads), one warning says why and Keras' step trains.
+    ``"keras"``: Keras' own step (the jax loop or ``fit``) always. ``"fused"``:
+    the fused step, or a ``ValueError`` saying why it cannot run here.
+
     Timing: epochs are always timed. ``step_timing=True`` also times each step,
     reading its logs back, so steps run synchronously and ``step_seconds`` is the
     real time of a finished step (what ``scripts/bench_head.py`` compares). By
@@ -593,6 +609,7 @@ def train_head(
             validation=validation,
             callbacks=[timing, *([best] if best else []), *(callbacks or [])],
             verbose=verbose,
+            step=step,
         )
     finally:
         random.setstate(saved[0])
@@ -768,21 +785,43 @@ def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, learn
     return model
 
 
-def _run_loop(model, batches, *, jit: bool, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int):
-    """Train: ``(history, loop)``, where ``loop`` is ``"jax"`` (:func:`xrayfeat.models.head_jax.fit`) or ``"keras-fit"``.
+def _run_loop(model, batches, *, jit: bool, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int,
+              step: str = "auto"):
+    """Train: ``(history, loop)``, where ``loop`` is ``"fused"`` (:func:`xrayfeat.models.head_fused.fit_fused`),
+    ``"jax"`` (:func:`xrayfeat.models.head_jax.fit`) or ``"keras-fit"``.
 
     ``batches``: ``(x, y)`` or, with class weights, ``(x, y, sample_weight)``.
-    The jax loop is tried only where it applies (compiled, on jax) and runs only
-    when :func:`xrayfeat.models.head_jax.missing_internals` finds every Keras internal
+    ``step="auto"``: the fused step where it applies (compiled, on jax, on a
+    CPU, the plain seed head) and :func:`xrayfeat.models.head_fused.unavailable`
+    finds nothing missing; when it should apply but cannot, one warning says
+    why. ``"keras"``: Keras' own step. The jax loop is tried next, only where
+    it applies (compiled, on jax), and runs only when
+    :func:`xrayfeat.models.head_jax.missing_internals` finds every Keras internal
     it needs (checked on the first batch, weights included); otherwise one
     warning says why, and the public ``model.fit`` trains on the same batch
     stream (the same training history and weights).
     """
     import keras
 
-    if jit and keras.backend.backend() == "jax":
+    on_jax = jit and keras.backend.backend() == "jax"
+    if step == "fused" and not on_jax:
+        raise _fused_refused([f"the head trains on {keras.backend.backend()}"
+                              + ("" if keras.backend.backend() != "jax" else " without jit_compile") + ", not compiled jax"])
+    if on_jax:
         first = next(batches)
         batches = _prepend(first, batches)
+        if step == "fused" or (step == "auto" and _fused_applies(model)):
+            unavailable = heads_fused.unavailable(model, first)
+            if not unavailable:
+                history = heads_fused.fit_fused(
+                    model, batches, epochs=epochs, steps=steps, validation=validation, callbacks=callbacks, verbose=verbose
+                )
+                return history, heads_fused.STEP_NAME
+            if step == "fused":
+                raise _fused_refused(unavailable)
+            logging.getLogger("xrayfeat").warning(
+                "train_head: the fused training step is unavailable (%s); training with Keras' own step instead, "
+                "which gives the same results up to float32 rounding", "; ".join(unavailable))
         missing = heads_jax.missing_internals(model, first)
         if not missing:
             history = heads_jax.fit(
@@ -805,6 +844,18 @@ def _run_loop(model, batches, *, jit: bool, epochs: int, steps: int, validation:
         **validation,
     ).history
     return history, "keras-fit"
+
+
+def _fused_refused(why: list[str]) -> ValueError:
+    """The error of ``step="fused"`` where the fused step cannot run, with the reasons and the fix."""
+    return ValueError(f"the fused training step cannot train this head here ({'; '.join(why)}); "
+                      "use --head-step auto or keras (step='auto' or 'keras')")
+
+
+def _fused_applies(model) -> bool:
+    """Whether the fused step is meant for ``model`` here: the plain seed head, trained on a CPU (else no notice)."""
+    names = tuple(layer.name for layer in model.layers if type(layer).__name__ != "InputLayer")
+    return names == LAYOUT and backend_device() == "cpu"
 
 
 def _prepend(first, rest):

@@ -516,6 +516,9 @@ def _wait_main(parent: int) -> int:
         import keras  # noqa: F401  (the slow part, done while the parent works)
 
         from xrayfeat.models import head as heads  # noqa: F401
+        from xrayfeat.models.fused_kernel import warm_up
+
+        warm_up()  # the fused step's kernels, compiled or loaded from numba's cache, while the parent works
 
         if sys.stdin.readline().strip() != "run":
             shutil.rmtree(folder, ignore_errors=True)

@@ -51,6 +51,9 @@ KEEPS: tuple[str, ...] = ("both", "pooled", "spatial")
 #: The feature part the head reads: the spatial map (the seed's) or the pooled vector.
 HEAD_INPUTS: tuple[str, ...] = ("spatial", "pooled")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+#: How the head's training step runs: the fused step where it applies (the plain seed head on jax on a CPU), else
+#: Keras' own (auto); the fused step or a one-line refusal (fused); Keras' own step always (keras).
+HEAD_STEPS: tuple[str, ...] = ("auto", "fused", "keras")
 #: What ``--restore-best`` may monitor on the validation data.
 RESTORE_BEST: tuple[str, ...] = ("val_loss", "val_accuracy")
 #: The tasks of the built-in synthetic data set: four classes, or covid against normal.
@@ -323,6 +326,10 @@ class HeadOptions:
                                help="Keras backend the head trains on (auto: jax on a CPU when installed, in a child process; "
                                     "features stay in the extraction backend's store).")
 
+    head_step: str = option("auto", check=Choice(HEAD_STEPS),
+                            help="The head's training step: fused (its Dense kernel's gradient, L2 and Adam in one pass; "
+                                 "the plain head on jax on a CPU), keras (Keras' own step), or auto (fused where it "
+                                 "applies, else keras). Both give the same results up to float32 rounding.")
     class_weight: str = option("none", check=Choice(CLASS_WEIGHTS),
                                help="Weight classes by inverse frequency in train (balanced) for the head and the "
                                     "baselines, or not (none, the seed's).")
@@ -429,5 +436,5 @@ class PhantomOptions:
 
 __all__ = ["FeatureOptions", "RunOptions", "HeadOptions", "DecisionOptions", "ExportOptions", "EmbedOptions", "PhantomOptions",
            "BACKBONES", "ALL_BACKBONES", "backbone_names", "STORE_DTYPES", "DEVICES", "ON_ERROR", "HEAD_BACKENDS", "BASELINES", "METHODS", "KEEPS", "HEAD_INPUTS",
-           "CLASS_WEIGHTS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES", "CALIBRATIONS", "DECISIONS", "EXPORT_FORMATS",
+           "CLASS_WEIGHTS", "HEAD_STEPS", "RESTORE_BEST", "N_JOBS", "UNCERTAIN_POLICIES", "CALIBRATIONS", "DECISIONS", "EXPORT_FORMATS",
            "Renamed", "RENAMED", "Redefined", "REDEFINED", "flag_of", "renamed_keywords", "current_keys", "PHANTOM_TASKS"]

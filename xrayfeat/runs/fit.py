@@ -479,7 +479,7 @@ def _train(config, split: _Split, fit_idx, val_idx, head: HeadOptions, n_classes
         n_classes=n_classes, epochs=head.epochs, batch_size=head.head_batch_size,
         steps_per_epoch=head.steps_per_epoch or None, validation_steps=head.seed_validation_steps(n_classes),
         learning_rate=head.learning_rate, units=head.units, dropout=head.dropout, l2=head.l2, seed=head.seed,
-        class_weight=head.class_weight, restore_best=head.restore_best,
+        class_weight=head.class_weight, restore_best=head.restore_best, step=head.head_step,
         repeat_seeds=tuple(range(head.seed + 1, head.seed + head.repeats)), cv=cv, **masks,
     )
 

@@ -78,6 +78,7 @@ def replay_options(record: RunRecord, *, cache_dir=None, workers: int | None = N
 
     * ``validation_steps`` is recorded resolved: null was 0 (the whole validation set), never the default;
     * a null that a record written before a default existed holds is that default, as those runs ran;
+    * a record written before ``head_step`` existed trained its head with Keras' own step: replayed so;
     * a run whose baselines were fitted on a sample (kind ``subsample``) under the default memory budget
       (half the memory then available) is replayed with the budget it resolved, in bytes, so that the
       same sample is drawn;
@@ -90,6 +91,8 @@ def replay_options(record: RunRecord, *, cache_dir=None, workers: int | None = N
         values["validation_steps"] = 0
     if values.get("baselines") is not None:
         values["baselines"] = tuple(values["baselines"])
+    if "head_step" not in values:  # recorded before the fused step existed: those heads trained with Keras' own step
+        values["head_step"] = "keras"
     if values.get("memory_budget") is None and any(w.kind == "subsample" for w in record.warnings):
         values["memory_budget"] = record.training.get("memory_budget_bytes")
         log.info("replaying with the memory budget the run resolved (%s bytes): its baselines were fitted on a "

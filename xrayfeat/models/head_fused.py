@@ -1,0 +1,392 @@
+"""The seed head's training step with its large Dense layer fused into one pass (CPU, jax backend).
+
+Why: on a CPU the head's training step is bound by memory traffic over the
+hidden Dense kernel (51,200 × 256 float32 for InceptionV3's maps), which Keras'
+step reads and writes about 16 times (:mod:`xrayfeat.models.fused_kernel`).
+This step splits the head at that kernel and lets Keras do everything else:
+
+1. BatchNormalization (training mode: batch statistics, moving averages) and
+   Flatten: the layers' own ``stateless_call`` on jax, jitted;
+2. the kernel's forward product ``x_n @ W``: one pass over the kernel (:func:`fused_kernel.forward`);
+3. the bias, ReLU, Dropout (the layer's own seed generator, so the same masks
+   as Keras' step draws), the output layer, the model's compiled loss
+   (``model.compute_loss``, sample and multi-label weights included) and its
+   compiled metrics with the loss tracker: jitted, differentiated by jax with
+   respect to the Dense pre-activation, the bias and the output layer;
+4. the kernel's gradient, its L2 term and Adam on kernel and moments, plus the
+   gradient w.r.t. ``x_n``: one fused pass (:func:`fused_kernel.step`);
+5. BatchNormalization's gradient w.r.t. its scale and offset (a jax
+   ``vjp`` of step 1) and Adam on the small variables, jitted, with the
+   formula of ``keras.optimizers.Adam.update_step``.
+
+The kernel and its moments live in numpy arrays during training; every
+variable is written back to the model at the end of every epoch, before
+validation (Keras' own jitted ``test_step``) and the epoch-end hooks, and the
+optimizer's moments and step count at the end, so a saved head carries the
+same optimizer state as after ``fit``. The training history is Keras': the
+loss tracker and compiled metrics are the model's own. The L2 term of the
+reported loss is ``l2 · Σ W²``, with the sum made in float64 by the fused pass.
+
+When it applies (:func:`unavailable` says why not, one phrase each): the
+jax backend on a CPU; the plain seed head (no backbone tail); Adam without
+AMSGrad, weight decay, clipping, EMA or a schedule; an L2 (or no) kernel
+regularizer; numba present and its kernel agreeing with a numpy reference
+(:func:`fused_kernel.check_kernel`); the Keras internals the write-back needs
+(the optimizer's ``_momentums``, ``_velocities`` and ``_get_variable_index``).
+:func:`xrayfeat.models.head.train_head` falls back to Keras' own step (the
+jax loop) with one notice otherwise. Results equal Keras' step up to the
+order of float32 additions (tests/test_head_fused.py says how close).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xrayfeat.devices import backend_device
+from xrayfeat.models import fused_kernel
+from xrayfeat.models import head_jax
+from xrayfeat.models.head_numpy import LAYOUT
+
+__all__ = ["STEP_NAME", "fit_fused", "unavailable"]
+
+#: What ``settings["loop"]`` says when this step trained the head.
+STEP_NAME = "fused"
+
+
+
+def unavailable(model, batch) -> list[str]:
+    """Why the fused step cannot train ``model`` (compiled by ``train_head``) here, one phrase each; [] when it can.
+
+    ``batch``: the first training batch, ``(x, y)`` or ``(x, y, w)``; the
+    jitted pieces are traced with it (``jax.eval_shape``, no computation).
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return [f"the Keras backend is {keras.backend.backend()}, not jax"]
+    if backend_device() != "cpu":
+        return [f"the head trains on a {backend_device().upper()} (the fused step is for CPUs)"]
+    names = tuple(layer.name for layer in model.layers if type(layer).__name__ != "InputLayer")
+    if names != LAYOUT:  # the plain seed head, as head.npz describes it
+        return ["the model is not the plain seed head (a backbone tail trains with Keras' step)"]
+    problems = _layer_problems(model)
+    if problems:
+        return problems
+    # the jax loop's internals: the fused loop builds the model and validates as that loop does
+    problems = head_jax.missing_internals(model, batch) or _optimizer_problems(model.optimizer)
+    if problems:
+        return problems
+    problem = fused_kernel.check_kernel()
+    if problem:
+        return [problem]
+    try:
+        _Pieces(model).trace(batch)
+    except Exception as exc:  # whatever tracing raises means this Keras does not work as the step expects
+        return [f"the step's jax pieces do not trace with Keras {keras.__version__} ({head_jax._one_line(exc)})"]
+    return []
+
+
+def _layer_problems(model) -> list[str]:
+    import keras
+
+    bn, dense, out = (model.get_layer(n) for n in ("head_bn", "head_dense", "head_output"))
+    problems = []
+    if bn.axis not in (-1, len(model.inputs[0].shape) - 1) or not (bn.center and bn.scale):
+        problems.append("head_bn is not a centred, scaled BatchNormalization over the channels")
+    regularizer = dense.kernel.regularizer
+    if regularizer is not None and type(regularizer) is not keras.regularizers.L2:
+        problems.append(f"head_dense's kernel regularizer is {type(regularizer).__name__}, not L2")
+    if dense.bias is None or getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None):
+        problems.append("head_dense is not a plain Dense layer with a bias")
+    if out.kernel.regularizer is not None or out.bias is None:
+        problems.append("head_output is not a plain Dense layer with a bias")
+    if keras.config.dtype_policy().name != "float32":
+        problems.append(f"the dtype policy is {keras.config.dtype_policy().name}, not float32")
+    return problems
+
+
+def _optimizer_problems(optimizer) -> list[str]:
+    import keras
+
+    if type(optimizer) is not keras.optimizers.Adam:
+        return [f"the optimizer is {type(optimizer).__name__}, not Adam"]
+    config = optimizer.get_config()
+    settings = {k: config.get(k) for k in ("amsgrad", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
+                                         "use_ema", "loss_scale_factor", "gradient_accumulation_steps")}
+    problems = [f"Adam's {k} is {val!r}" for k, val in settings.items() if val not in (None, False)]
+    if not isinstance(config.get("learning_rate"), (int, float)):
+        problems.append("Adam's learning rate is a schedule")
+    for name in ("_momentums", "_velocities", "_get_variable_index"):
+        if not hasattr(optimizer, name):
+            problems.append(f"optimizer.{name}")
+    return problems
+
+
+class _Pieces:
+    """The jitted jax pieces of one step, and the model's variables they take, for ``model``."""
+
+    def __init__(self, model):
+        import jax
+
+        self.model = model
+        self.bn, self.dense, self.dropout, self.out = (
+            model.get_layer(n) for n in ("head_bn", "head_dense", "head_dropout", "head_output"))
+        tracker = [m for m in model.metrics if m.name == "loss"]
+        if not tracker:
+            raise RuntimeError("the compiled model has no loss tracker")
+        self.tracker = tracker[0]
+        self.front = jax.jit(self._front)
+        self.front_grads = jax.jit(self._front_grads)
+        self.back = jax.jit(self._back)
+        self.adam = jax.jit(self._adam)
+
+    # --- the pieces (pure functions of arrays)
+
+    def _front(self, bn_trainable, bn_non_trainable, x):
+        """BatchNormalization in training mode, then Flatten: (x_n, the new moving statistics)."""
+        y, moving = self.bn.stateless_call(bn_trainable, bn_non_trainable, x, training=True)
+        return y.reshape(y.shape[0], -1), moving
+
+    def _front_grads(self, bn_trainable, bn_non_trainable, x, dx_n):
+        """The gradient of the loss w.r.t. BatchNormalization's scale and offset, given the one w.r.t. x_n."""
+        import jax
+
+        def flat(trainable):
+            return self._front(trainable, bn_non_trainable, x)[0]
+
+        return jax.vjp(flat, bn_trainable)[1](dx_n)[0]
+
+    def _back(self, z0, dense_bias, out_vars, dropout_vars, metrics_vars, regularization, y, sample_weight):
+        """From the kernel's product to the loss: (logs, gradients, new dropout state, new metric variables)."""
+        import jax
+        import keras
+
+        def loss(z0, dense_bias, out_vars):
+            h = self.dense.activation(keras.ops.add(z0, dense_bias))
+            h, dropout_state = self.dropout.stateless_call([], dropout_vars, h, training=True)
+            y_pred, _ = self.out.stateless_call(out_vars, [], h)
+            data = self.model.compute_loss(x=None, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            return data, (y_pred, dropout_state)
+
+        (data, (y_pred, dropout_state)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+            z0, dense_bias, out_vars)
+        total = keras.ops.sum([data, regularization]) if regularization is not None else data
+        mapping = list(zip(self.model.metrics_variables, metrics_vars))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self.tracker.update_state(total, sample_weight=z0.shape[0])
+            logs = self.model.compute_metrics(None, y, y_pred, sample_weight)
+        new_metrics = [scope.get_current_value(v) if scope.get_current_value(v) is not None else value
+                       for v, value in mapping]
+        return logs, grads, dropout_state, new_metrics
+
+    def _adam(self, variables, grads, moments, velocities, iteration, learning_rate, beta_1, beta_2, epsilon):
+        """``keras.optimizers.Adam.update_step`` on a list of small variables; also Adam's α (for the kernel)."""
+        from keras import ops
+
+        dtype = "float32"
+        local_step = ops.cast(iteration + 1, dtype)
+        alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(ops.cast(beta_2, dtype), local_step)) / (
+            1 - ops.power(ops.cast(beta_1, dtype), local_step))
+        new = []
+        for var, g, m, v in zip(variables, grads, moments, velocities):
+            m = m + (g - m) * (1 - beta_1)
+            v = v + (ops.square(g) - v) * (1 - beta_2)
+            new.append((var - (m * alpha) / (ops.sqrt(v) + epsilon), m, v))
+        return [n[0] for n in new], [n[1] for n in new], [n[2] for n in new], alpha
+
+    def trace(self, batch) -> None:
+        """Trace every piece with shapes only (``jax.eval_shape``): raises when this Keras breaks the step."""
+        import jax
+
+        state = _State(self.model)
+        x, y, w = _unpack(batch)
+        x_n, moving = jax.eval_shape(self._front, state.bn_trainable, state.bn_non_trainable, x)
+        z0 = jax.ShapeDtypeStruct((x_n.shape[0], self.dense.units), "float32")
+        jax.eval_shape(self._front_grads, state.bn_trainable, state.bn_non_trainable, x, x_n)
+        jax.eval_shape(self._back, z0, state.dense_bias, state.out_vars, state.dropout_vars,
+                       state.metrics_vars, state.regularization(), y, w)
+
+
+class _State:
+    """The head's variables as arrays during training: the kernel and its moments in numpy, the rest in jax."""
+
+    def __init__(self, model):
+        optimizer = model.optimizer
+        self.model = model
+        self.bn, self.dense, self.dropout, self.out = (
+            model.get_layer(n) for n in ("head_bn", "head_dense", "head_dropout", "head_output"))
+        regularizer = self.dense.kernel.regularizer
+        self.l2 = float(regularizer.l2) if regularizer is not None else 0.0
+        self.kernel = np.array(self.dense.kernel.numpy(), np.float32, order="C")
+        self.kernel_m = np.array(self._slot(optimizer._momentums, self.dense.kernel), np.float32, order="C")
+        self.kernel_v = np.array(self._slot(optimizer._velocities, self.dense.kernel), np.float32, order="C")
+        self.sumsq = float(np.square(self.kernel, dtype=np.float64).sum())
+        self.small = self._small_variables()
+        self.small_values = [v.value for v in self.small]
+        self.small_m = [self._slot(optimizer._momentums, v) for v in self.small]
+        self.small_v = [self._slot(optimizer._velocities, v) for v in self.small]
+        self.bn_non_trainable = [v.value for v in self.bn.non_trainable_variables]
+        self.dropout_vars = [v.value for v in self.dropout.non_trainable_variables]
+        self.metrics_vars = [v.value for v in model.metrics_variables]
+        self.iteration = int(np.asarray(optimizer.iterations.numpy()))
+
+    def refresh(self) -> None:
+        """Take the jax-held values back from the model's variables (after a step that donated them, e.g. validation)."""
+        self.small_values = [v.value for v in self.small]
+        self.bn_non_trainable = [v.value for v in self.bn.non_trainable_variables]
+        self.dropout_vars = [v.value for v in self.dropout.non_trainable_variables]
+
+    def _slot(self, slots, variable):
+        return slots[self.model.optimizer._get_variable_index(variable)].value
+
+    def _small_variables(self) -> list:
+        """Every trainable variable but the kernel, in the order of ``model.trainable_variables``."""
+        return [v for v in self.model.trainable_variables if v is not self.dense.kernel]
+
+    def _values_of(self, variables) -> list:
+        index = {id(v): i for i, v in enumerate(self.small)}
+        return [self.small_values[index[id(v)]] for v in variables]
+
+    @property
+    def bn_trainable(self):
+        return self._values_of(self.bn.trainable_variables)
+
+    @property
+    def dense_bias(self):
+        return self._values_of([self.dense.bias])[0]
+
+    @property
+    def out_vars(self):
+        return self._values_of(self.out.trainable_variables)
+
+    def regularization(self):
+        """This step's L2 loss of the kernel, ``l2 · Σ W²`` (None without a regularizer), in float32."""
+        return np.float32(self.l2 * self.sumsq) if self.l2 else None
+
+    def write_back(self, *, optimizer_state: bool) -> None:
+        """Assign the arrays to the model's variables (and, with ``optimizer_state``, to Adam's)."""
+        self.dense.kernel.assign(self.kernel)
+        for variable, value in zip(self.small, self.small_values):
+            variable.assign(value)
+        for variable, value in zip(self.bn.non_trainable_variables, self.bn_non_trainable):
+            variable.assign(value)
+        for variable, value in zip(self.dropout.non_trainable_variables, self.dropout_vars):
+            variable.assign(value)
+        for variable, value in zip(self.model.metrics_variables, self.metrics_vars):
+            variable.assign(value)
+        if optimizer_state:
+            optimizer = self.model.optimizer
+            index = optimizer._get_variable_index
+            optimizer._momentums[index(self.dense.kernel)].assign(self.kernel_m)
+            optimizer._velocities[index(self.dense.kernel)].assign(self.kernel_v)
+            for variable, m, v in zip(self.small, self.small_m, self.small_v):
+                optimizer._momentums[index(variable)].assign(m)
+                optimizer._velocities[index(variable)].assign(v)
+            optimizer.iterations.assign(self.iteration)
+
+
+def _unpack(batch):
+    """``(x, y, sample_weight or None)`` of a training batch."""
+    x, y, *rest = batch
+    return np.asarray(x, np.float32), y, (rest[0] if rest else None)
+
+
+def _train_step(pieces: _Pieces, state: _State, batch) -> dict:
+    """One training step on ``batch``; updates ``state``; returns the step's logs (Keras' running metrics)."""
+    x, y, w = _unpack(batch)
+    optimizer = state.model.optimizer
+    bn_trainable = state.bn_trainable
+    x_n, moving = pieces.front(bn_trainable, state.bn_non_trainable, x)
+    z0, x_t = fused_kernel.forward(x_n, state.kernel)
+    logs, (dz0, d_bias, d_out), dropout_state, metrics = pieces.back(
+        z0, state.dense_bias, state.out_vars, state.dropout_vars, state.metrics_vars, state.regularization(), y, w)
+    lr, beta_1, beta_2, epsilon = (float(optimizer.get_config()[k]) for k in
+                                   ("learning_rate", "beta_1", "beta_2", "epsilon"))
+    dx_n, sumsq = fused_kernel.step(
+        x_t, np.asarray(dz0), state.kernel, state.kernel_m, state.kernel_v, l2=state.l2, beta_1=beta_1,
+        beta_2=beta_2, epsilon=epsilon, alpha=_alpha(pieces, state, lr, beta_1, beta_2, epsilon))
+    d_bn = pieces.front_grads(bn_trainable, state.bn_non_trainable, x, dx_n)
+    grads = _small_grads(state, pieces, d_bn, d_bias, d_out)
+    state.small_values, state.small_m, state.small_v, _ = pieces.adam(
+        state.small_values, grads, state.small_m, state.small_v, state.iteration, lr, beta_1, beta_2, epsilon)
+    state.iteration += 1
+    state.sumsq = sumsq
+    state.bn_non_trainable = list(moving)
+    state.dropout_vars = list(dropout_state)
+    state.metrics_vars = list(metrics)
+    return logs
+
+
+def _alpha(pieces, state, lr, beta_1, beta_2, epsilon):
+    """Adam's α at this step from the jitted Adam (no variables: it returns α alone)."""
+    return np.asarray(pieces.adam([], [], [], [], state.iteration, lr, beta_1, beta_2, epsilon)[3])
+
+
+def _small_grads(state: _State, pieces: _Pieces, d_bn, d_bias, d_out) -> list:
+    """The small variables' gradients in the order of ``state.small``."""
+    by_id = {id(v): g for v, g in zip(pieces.bn.trainable_variables, d_bn)}
+    by_id[id(pieces.dense.bias)] = d_bias
+    by_id.update({id(v): g for v, g in zip(pieces.out.trainable_variables, d_out)})
+    return [by_id[id(v)] for v in state.small]
+
+
+def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int) -> dict:
+    """Train ``model`` with the fused step; the same contract as :func:`xrayfeat.models.head_jax.fit`.
+
+    Call only when :func:`unavailable` reported nothing for ``model`` and the
+    first batch of ``batches``. The regularizer of the hidden kernel is taken
+    off the model while training (the fused pass adds its gradient and its
+    loss) and put back however this returns.
+    """
+    import itertools
+
+    import jax
+    import keras
+
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    model._symbolic_build(data_batch=first)  # the optimizer's and the metrics' variables, as fit builds them
+    dense = model.get_layer("head_dense")
+    regularizer = dense.kernel.regularizer
+    pieces = _Pieces(model)
+    test_step = jax.jit(model.test_step, donate_argnums=0)
+    val_batches, val_steps = head_jax._validation_batches(validation)
+    callbacks = keras.callbacks.CallbackList(
+        callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
+    )
+    history: dict = {}
+    model.stop_training = False
+    state = _State(model)
+    dense.kernel.regularizer = None
+    try:
+        callbacks.on_train_begin()
+        epoch_logs: dict = {}
+        for epoch in range(epochs):
+            model.reset_metrics()
+            state.metrics_vars = [v.value for v in model.metrics_variables]
+            callbacks.on_epoch_begin(epoch)
+            for step in range(steps):
+                callbacks.on_train_batch_begin(step)
+                logs = _train_step(pieces, state, next(batches))
+                callbacks.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            state.write_back(optimizer_state=False)
+            epoch_logs = {k: float(v) for k, v in logs.items()}
+            if val_batches is not None:
+                dense.kernel.regularizer = regularizer  # Keras' test_step reports the loss with its L2 term
+                try:
+                    epoch_logs.update(head_jax._evaluate(model, test_step, val_batches, val_steps, callbacks))
+                finally:
+                    dense.kernel.regularizer = None
+                state.refresh()  # Keras' test_step was given (donated) the values write_back assigned
+            for key, value in epoch_logs.items():
+                history.setdefault(key, []).append(value)
+            callbacks.on_epoch_end(epoch, epoch_logs)
+            if model.stop_training:
+                break
+    finally:
+        dense.kernel.regularizer = regularizer
+    state.write_back(optimizer_state=True)
+    callbacks.on_train_end(epoch_logs)
+    return history
