@@ -33,6 +33,9 @@ class _InProcess:
     def workers(self):
         return ["inproc://worker"]
 
+    def host_threads(self):
+        return {"inproc://worker": 1}
+
     def prepare(self, name, function, *args):
         function(*args)
 
@@ -75,3 +78,36 @@ def test_chunks_skip_and_remember_a_corrupt_file_as_one_process_does(tmp_path, t
 
     [again] = extract(dataset, OPTIONS, chunked)  # the corrupt file is known: no chunk is sent
     assert in_process.jobs == 4 and (again.extracted, again.skipped, again.remembered) == (0, 1, 1)
+
+
+def test_a_chunk_decodes_with_a_pool_kept_from_chunk_to_chunk_and_stores_the_same_bits(tmp_path, tiny_data, in_process):
+    """A worker's chunks decode in processes (``workers=2``), started once for every chunk, into the rows one thread gives."""
+    import psutil
+
+    from xrayfeat.extraction.decoding import end_kept_pools
+
+    dataset = discover(tiny_data)
+    runs = {workers: RunOptions(cache_dir=tmp_path / f"w{workers}", workers=workers, batch_size=2, cluster="local:1",
+                                chunk_images=6) for workers in (0, 2)}
+    started = set()
+    real_map = in_process.map
+
+    def map_watching_the_pool(function, jobs, *, on_result, what="chunk"):
+        def watched(job):
+            result = function(job)
+            started.update(child.pid for child in psutil.Process().children()
+                           if "decode_worker" in " ".join(child.cmdline()))
+            return result
+        real_map(watched, jobs, on_result=on_result, what=what)
+
+    in_process.map = map_watching_the_pool
+    try:
+        results = {workers: extract(dataset, OPTIONS, run)[0] for workers, run in runs.items()}
+    finally:
+        end_kept_pools()
+    assert in_process.jobs == 6 and results[0].extracted == results[2].extracted == 18  # 18 images in chunks of 6
+    assert len(started) == 2  # one pool of two processes served all three chunks
+    a = open_store(OPTIONS, tmp_path / "w0").read(dataset.hashes)
+    b = open_store(OPTIONS, tmp_path / "w2").read(dataset.hashes)
+    for part in ("spatial", "pooled"):
+        np.testing.assert_array_equal(a[part], b[part], err_msg=part)
