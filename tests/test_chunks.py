@@ -111,3 +111,28 @@ def test_a_chunk_decodes_with_a_pool_kept_from_chunk_to_chunk_and_stores_the_sam
     b = open_store(OPTIONS, tmp_path / "w2").read(dataset.hashes)
     for part in ("spatial", "pooled"):
         np.testing.assert_array_equal(a[part], b[part], err_msg=part)
+
+
+def test_a_task_decodes_with_its_share_of_its_machines_cores(monkeypatch):
+    """The default pool: the cores a worker may run on ÷ the Dask threads of the session's workers on its machine."""
+    import os
+    from types import SimpleNamespace
+
+    import distributed
+
+    from xrayfeat.distributed.session import Session, task_cores
+
+    workers = {"tcp://gpu:1": {"host": "gpu", "nthreads": 1},  # one GPU worker alone on its machine
+               "tcp://cpu:1": {"host": "cpu", "nthreads": 2}, "tcp://cpu:2": {"host": "cpu", "nthreads": 2}}
+    client = SimpleNamespace(scheduler=SimpleNamespace(address="tcp://scheduler:8786"),
+                             scheduler_info=lambda n_workers=0: {"workers": workers})
+    shares = Session("tcp://scheduler:8786", client).host_threads()
+    assert shares == {"tcp://gpu:1": 1, "tcp://cpu:1": 4, "tcp://cpu:2": 4}
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert task_cores(shares) == 16  # not in a Dask task: every core
+    for address, nthreads, expected in (("tcp://gpu:1", 1, 16), ("tcp://cpu:1", 2, 4),
+                                        ("tcp://late:1", 4, 4), ("tcp://late:1", 32, 1)):  # joined later: its own threads
+        worker = SimpleNamespace(address=address, state=SimpleNamespace(nthreads=nthreads))
+        monkeypatch.setattr(distributed, "get_worker", lambda worker=worker: worker)
+        assert task_cores(shares) == expected, address
