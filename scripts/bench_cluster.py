@@ -16,8 +16,20 @@ Everything is measured in ONE run, so the ratios compare under the same load:
 3. The streaming head vs the in-memory head, seconds per step
    (``scripts/bench_stream.py``'s ``measure``).
 
+4. With ``--decode`` (only this): decoding on ONE Dask worker (``local:1``), as a
+   chunk decodes (:func:`~xrayfeat.extraction.decoding.decoded` with the pool kept
+   between chunks), without the backbone: in the task's own thread (N=0, one core:
+   what a worker did before issue 26) and with N=1 and N=2 decode processes. Rounds
+   interleave the three (the order rotates), each timed alone, after a warm-up
+   round that starts the pools; the median per N gives images/s, and the ratio
+   ``N=2 / one core`` is what the issue's target (≥ 0.8 × 2) is about: feeding a GPU.
+   Beside the wall-clock rates, the CPU seconds per image of the worker and its
+   decode processes together: what the pool adds to each image's work, which
+   load from other processes does not change the way it changes wall time.
+
     python scripts/bench_cluster.py                      # the real sample if ../shared is there, else phantoms
     python scripts/bench_cluster.py --n 96 --backbone vgg16 --image-size 224
+    python scripts/bench_cluster.py --decode --rounds 7  # decode images/s on one worker: N = 0 (one core), 1, 2
 
 Ends with one ``key=value`` line, ratios first.
 """
@@ -118,20 +130,99 @@ def extraction(data: Path, work: Path, features: list[str], batch: int, workers:
     return out
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds so far of this process and of its decode processes (idle kept pools add next to nothing)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children():
+        try:
+            if "decode_worker" in " ".join(child.cmdline()):
+                total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+def decode_for(paths: list[str], size: int, workers: int) -> tuple[float, float]:
+    """(On the Dask worker) wall and CPU seconds (this worker and its decode processes) to decode ``paths`` as a
+    chunk does: ``workers`` kept processes, 0 = this thread."""
+    from xrayfeat.extraction.decoding import decoded
+
+    cpu = _cpu_seconds()
+    started = time.perf_counter()
+    for pixels, failure in decoded(paths, size, workers, keep=True):
+        if failure is not None:
+            raise RuntimeError(failure.reason)
+    return time.perf_counter() - started, _cpu_seconds() - cpu
+
+
+def decode_rates(data: Path, size: int, rounds: int) -> dict:
+    """Images/s decoded on one ``local:1`` worker with N = 0 (its thread), 1 and 2 decode processes, interleaved."""
+    from statistics import median
+
+    from xrayfeat.data.datasets import discover
+    from xrayfeat.distributed.session import session
+
+    paths = [str(item.path) for item in discover(data).items]
+    live = session("local:1")
+    modes = (0, 1, 2)
+    for workers in modes:  # warm-up: the pools start, the decoders load
+        live.client.submit(decode_for, paths[:16], size, workers, pure=False).result()
+    seconds: dict[int, list[float]] = {n: [] for n in modes}
+    cpu: dict[int, list[float]] = {n: [] for n in modes}
+    load = [os.getloadavg()[0]]
+    for r in range(rounds):
+        order = modes[r % 3:] + modes[: r % 3]
+        for workers in order:
+            wall, used = live.client.submit(decode_for, paths, size, workers, pure=False).result()
+            seconds[workers].append(wall)
+            cpu[workers].append(used)
+        line = ", ".join(f"N={n} {len(paths) / seconds[n][-1]:.1f}" for n in modes)
+        load.append(os.getloadavg()[0])
+        print(f"round {r + 1}: images/s {line} (load {load[-1]:.2f})", flush=True)
+    rates = {n: len(paths) / median(seconds[n]) for n in modes}
+    cpu_ms = {n: median(cpu[n]) / len(paths) * 1e3 for n in modes}
+    return {"rates": rates, "cpu_ms": cpu_ms, "images": len(paths), "load_min": min(load), "load_max": max(load)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=160, help="Images (default 160).")
+    parser.add_argument("--n", type=int, default=160, help="Images (default 160; --decode: up to 284 here).")
     parser.add_argument("--backbone", default="inception_v3", choices=["vgg16", "inception_v3"])
     parser.add_argument("--image-size", type=int, default=None, help="Model input size (default: the backbone's).")
     parser.add_argument("--batch", type=int, default=32, help="Backbone batch size (the CLI's default).")
     parser.add_argument("--workers", type=int, default=2, help="Workers of the local cluster (default 2).")
     parser.add_argument("--chunk", type=int, default=32, help="--chunk-images of the cluster run (default 32).")
     parser.add_argument("--stream-rows", type=int, default=2000, help="Rows of the streaming-head store (0: skip).")
+    parser.add_argument("--decode", action="store_true",
+                        help="Only decoding on one Dask worker: N=0 (its thread), 1 and 2 decode processes.")
+    parser.add_argument("--rounds", type=int, default=5, help="--decode: interleaved rounds (default 5).")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     try:
         data = dataset_folder(work, args.n)
+        if args.decode:
+            size = args.image_size or 224
+            found = decode_rates(data, size, args.rounds)
+            rates = found["rates"]
+            print(f"decode on one Dask worker ({found['images']} images to {size} px, median of {args.rounds} "
+                  f"rounds): one core {rates[0]:.1f}/s, N=1 {rates[1]:.1f}/s, N=2 {rates[2]:.1f}/s; CPU per image "
+                  f"(the worker and its decode processes) {found['cpu_ms'][0]:.1f}, {found['cpu_ms'][1]:.1f}, "
+                  f"{found['cpu_ms'][2]:.1f} ms", flush=True)
+            figures = {
+                "ratio_n2_vs_one_core": rates[2] / rates[0], "ratio_n2_vs_n1": rates[2] / rates[1],
+                "ratio_n1_vs_one_core": rates[1] / rates[0],
+                "ratio_cpu_per_image_n2_vs_one_core": found["cpu_ms"][2] / found["cpu_ms"][0],
+                "cpu_ms_one_core": found["cpu_ms"][0], "cpu_ms_n1": found["cpu_ms"][1], "cpu_ms_n2": found["cpu_ms"][2],
+                "rate_one_core": rates[0], "rate_n1": rates[1], "rate_n2": rates[2], "images": found["images"],
+                "input": size, "load1_min": found["load_min"], "load1_max": found["load_max"],
+                "cores": len(os.sched_getaffinity(0)),
+            }
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+            return 0
         features = ["--backbone", args.backbone, "--weights", "none",
                     *(["--image-size", args.image_size] if args.image_size else [])]
         stages = stage_costs(data, args.backbone, args.image_size, args.batch, work)

@@ -33,6 +33,9 @@ class _InProcess:
     def workers(self):
         return ["inproc://worker"]
 
+    def host_threads(self):
+        return {"inproc://worker": 1}
+
     def prepare(self, name, function, *args):
         function(*args)
 
@@ -75,3 +78,61 @@ def test_chunks_skip_and_remember_a_corrupt_file_as_one_process_does(tmp_path, t
 
     [again] = extract(dataset, OPTIONS, chunked)  # the corrupt file is known: no chunk is sent
     assert in_process.jobs == 4 and (again.extracted, again.skipped, again.remembered) == (0, 1, 1)
+
+
+def test_a_chunk_decodes_with_a_pool_kept_from_chunk_to_chunk_and_stores_the_same_bits(tmp_path, tiny_data, in_process):
+    """A worker's chunks decode in processes (``workers=2``), started once for every chunk, into the rows one thread gives."""
+    import psutil
+
+    from xrayfeat.extraction.decoding import end_kept_pools
+
+    dataset = discover(tiny_data)
+    runs = {workers: RunOptions(cache_dir=tmp_path / f"w{workers}", workers=workers, batch_size=2, cluster="local:1",
+                                chunk_images=6) for workers in (0, 2)}
+    started = set()
+    real_map = in_process.map
+
+    def map_watching_the_pool(function, jobs, *, on_result, what="chunk"):
+        def watched(job):
+            result = function(job)
+            started.update(child.pid for child in psutil.Process().children()
+                           if "decode_worker" in " ".join(child.cmdline()))
+            return result
+        real_map(watched, jobs, on_result=on_result, what=what)
+
+    in_process.map = map_watching_the_pool
+    try:
+        results = {workers: extract(dataset, OPTIONS, run)[0] for workers, run in runs.items()}
+    finally:
+        end_kept_pools()
+    assert in_process.jobs == 6 and results[0].extracted == results[2].extracted == 18  # 18 images in chunks of 6
+    assert len(started) == 2  # one pool of two processes served all three chunks
+    a = open_store(OPTIONS, tmp_path / "w0").read(dataset.hashes)
+    b = open_store(OPTIONS, tmp_path / "w2").read(dataset.hashes)
+    for part in ("spatial", "pooled"):
+        np.testing.assert_array_equal(a[part], b[part], err_msg=part)
+
+
+def test_a_task_decodes_with_its_share_of_its_machines_cores(monkeypatch):
+    """The default pool: the cores a worker may run on ÷ the Dask threads of the session's workers on its machine."""
+    import os
+    from types import SimpleNamespace
+
+    import distributed
+
+    from xrayfeat.distributed.session import Session, task_cores
+
+    workers = {"tcp://gpu:1": {"host": "gpu", "nthreads": 1},  # one GPU worker alone on its machine
+               "tcp://cpu:1": {"host": "cpu", "nthreads": 2}, "tcp://cpu:2": {"host": "cpu", "nthreads": 2}}
+    client = SimpleNamespace(scheduler=SimpleNamespace(address="tcp://scheduler:8786"),
+                             scheduler_info=lambda n_workers=0: {"workers": workers})
+    shares = Session("tcp://scheduler:8786", client).host_threads()
+    assert shares == {"tcp://gpu:1": 1, "tcp://cpu:1": 4, "tcp://cpu:2": 4}
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert task_cores(shares) == 16  # not in a Dask task: every core
+    for address, nthreads, expected in (("tcp://gpu:1", 1, 16), ("tcp://cpu:1", 2, 4),
+                                        ("tcp://late:1", 4, 4), ("tcp://late:1", 32, 1)):  # joined later: its own threads
+        worker = SimpleNamespace(address=address, state=SimpleNamespace(nthreads=nthreads))
+        monkeypatch.setattr(distributed, "get_worker", lambda worker=worker: worker)
+        assert task_cores(shares) == expected, address

@@ -132,6 +132,83 @@ def test_local_cluster_equals_one_process_even_with_a_worker_killed_mid_run(tmp_
     assert again.returncode == 0 and json.loads(again.stdout)["reused"] == N_IMAGES
 
 
+def decode_processes(parent: int) -> list:
+    """The decode pool's processes below ``parent`` (psutil processes)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            if "xrayfeat.extraction.decode_worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return found
+
+
+def ended(processes: list, timeout: float) -> bool:
+    """Whether every one of ``processes`` ends (or is a zombie) within ``timeout`` seconds."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in processes):
+                return True
+        except psutil.Error:
+            continue  # one ended between the two questions: ask again
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.fault
+def test_a_worker_decodes_with_a_pool_a_killed_decode_process_fails_in_one_line_and_a_rerun_resumes(tmp_path, data,
+                                                                                                     reference):
+    """``local:1``: the worker decodes its chunks with its default pool; killing it fails the run in one line; the
+    rerun resumes, and when its worker is killed the worker's pool ends with it; the rows equal one process's."""
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(extract_cmd(data, cache, "local:1", "--chunk-images", "2"), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_shards(cache, 2, proc) >= 2 and proc.poll() is None, "the run ended before its pool was killed"
+        pool = decode_processes(proc.pid)
+        assert pool, "the worker decodes in its own thread, not in a pool"
+        for process in pool:  # stopped first: the chunk that runs (or is about to) waits on them, then they die
+            process.send_signal(signal.SIGSTOP)
+        time.sleep(1)
+        for process in pool:
+            process.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    lines = [line for line in err.strip().splitlines() if "RANDOM weights" not in line and line.startswith("xrayfeat")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("xrayfeat: error: Dask worker on ") and \
+        ": a decode worker was killed by SIGKILL while decoding " in lines[0] and "rerun to resume" in lines[0], lines
+    committed = stored_rows(cache)
+    assert 2 <= committed < N_IMAGES
+
+    proc = subprocess.Popen(extract_cmd(data, cache, "local:1", "--chunk-images", "2", "--json"), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (pool := decode_processes(proc.pid)) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert pool and proc.poll() is None, "the rerun ended before its pool was seen"
+        [worker] = worker_processes(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        assert ended(pool, 5), "the decode pool outlived its Dask worker"
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert (result["extracted"], result["reused"]) == (N_IMAGES - committed, committed)
+    assert_same(export(data, cache, tmp_path / "cluster.npz"), reference)
+    assert stored_rows(cache) == N_IMAGES and not any(cache.glob("*/incoming/*"))
+
+
 @pytest.fixture
 def scheduler(tmp_path):
     """A ``dask scheduler`` on a free port; yields (address, the scheduler file, started processes)."""

@@ -72,7 +72,8 @@ def _config_or_options(func):
               help=declaration(HeadOptions, "baselines")["help"])
 @declared(RunOptions, "batch_size")
 @declared(RunOptions, "workers", help="Decoding processes for extraction (default: one per core, or none for fewer than two "
-                                            "batches of images; 0: decode in this process).")
+                                            "batches of images; 0: decode in this process). With --cluster, per "
+                                            "task on each worker (default: the task's share of its machine's cores).")
 @declared(RunOptions, "on_error")
 @click.option("--out", default=None, help="Run folder (default: runs/<task>-<backbone>-<time>).")
 @declared(RunOptions, "cluster", metavar="local:N|tcp://HOST:PORT",

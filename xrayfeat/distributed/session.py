@@ -87,6 +87,19 @@ class Session:
         """The addresses of the workers connected now."""
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
 
+    def host_threads(self) -> dict[str, int]:
+        """Each worker's address → the Dask threads of all this session's workers on its machine.
+
+        That is how many tasks may run on the machine at once, which share its
+        cores (:func:`task_cores`). Machines are told apart by the host Dask
+        knows each worker by.
+        """
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        on_host: dict[str, int] = {}
+        for info in workers.values():
+            on_host[info["host"]] = on_host.get(info["host"], 0) + int(info["nthreads"])
+        return {address: on_host[info["host"]] for address, info in workers.items()}
+
     def describe(self) -> dict:
         """What the run record keeps: where it ran and on how many workers."""
         return {"cluster": self.address, "scheduler": self.scheduler, "workers": len(self.workers()),
@@ -246,6 +259,27 @@ def _close(client, cluster, timeout: float) -> None:
         if thing is not None:
             with contextlib.suppress(Exception):
                 thing.close(timeout=timeout)
+
+
+def task_cores(host_threads: dict[str, int]) -> int:
+    """(In a Dask task) this task's share of its machine's cores: at least 1.
+
+    The cores this process may run on (its CPU affinity), divided by the tasks
+    that may run on the machine at once: the threads of the session's workers
+    there (:meth:`Session.host_threads`, sent with the task), else this worker's
+    own (a worker that joined later). Outside a Dask task: every core. So one
+    ``dask worker --nthreads 1`` per GPU on a 16-core machine gets 16, and
+    ``local:2`` on 2 cores gets 1 per worker.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a Dask task
+        return max(1, cores)
+    threads = host_threads.get(worker.address) or worker.state.nthreads
+    return max(1, cores // max(1, threads))
 
 
 def write_probe(folder: str, token: str, dask_worker=None) -> dict:

@@ -7,17 +7,27 @@ as a single-process extraction) and writes one complete shard per store into
 the store's staging folder, and this process adopts each shard as its task
 finishes. A worker builds each extractor once (:func:`prepare_worker`) and
 keeps it for every chunk it is sent.
+
+A worker decodes its chunk with the same decode pool as one process
+(:func:`~xrayfeat.extraction.decoding.decoded`): ``--workers`` processes, by
+default the task's share of its machine's cores
+(:func:`~xrayfeat.distributed.session.task_cores`), kept from chunk to chunk and
+ended with the worker. So a GPU worker is fed by every core of its machine, not
+one; the rows are the same whatever the pool's size.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from xrayfeat.devices import confirm_device
-from xrayfeat.errors import XrayfeatError
+from xrayfeat.distributed.session import task_cores
+from xrayfeat.errors import WorkerError, XrayfeatError
 from xrayfeat.extraction.config import FeatureConfig, resolve
+from xrayfeat.extraction.decoding import default_workers
 from xrayfeat.extraction.progress import progress_bar
 from xrayfeat.extraction.runner import build_model, check_weights, run_batches
 from xrayfeat.extraction.writing import ChunkWriter
@@ -26,6 +36,8 @@ from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.store.fingerprint import fingerprint_id
 
 __all__ = ["ChunkJob", "compute_chunk", "prepare_worker", "run_chunks"]
+
+log = logging.getLogger("xrayfeat")
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,8 @@ class ChunkJob:
     batch_size: int
     on_error: str
     provenance: dict
+    workers: int | None = None  # decode processes (--workers); None: the task's share of its machine's cores
+    host_threads: tuple = ()  # ((worker address, Dask threads on its machine), ...): Session.host_threads
 
 
 def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
@@ -50,6 +64,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     staging folder and is cleared when the run ends, so no row is stored twice.
     """
     provenance = {"device": device, "batch_size": run.batch_size, "cluster": live.scheduler}
+    host_threads = tuple(sorted(live.host_threads().items()))
     jobs = []
     for start in range(0, len(todo), run.chunk_images):
         part = tuple(todo[start : start + run.chunk_images])
@@ -59,7 +74,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
             tuple((str(Path(run.cache_dir).resolve()), config.fingerprint, config.options,
                    tuple(sha for sha, _ in part if sha in missing)) for (_, config), missing in zip(writers, wanted)
                   if hashes & missing),
-            device, run.batch_size, run.on_error, provenance,
+            device, run.batch_size, run.on_error, provenance, run.workers, host_threads,
         ))
     for writer, _ in writers:
         writer.store.clear_staging()
@@ -72,6 +87,7 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
     lasting: set[str] = set()
     progress = progress_bar(run.progress, len(todo))
     saved = [time.monotonic()]
+    decoders: dict[str, int] = {}
 
     def commit(job: ChunkJob, result: dict) -> None:
         if "error" in result:
@@ -84,6 +100,10 @@ def run_chunks(live, todo, writers, wanted, run: RunOptions, device: str):
             writer.store.adopt(Path(shard["path"]), shard["hashes"])
             writer.note_subnormal(shard["subnormal"])
             writer.rows_written += len(shard["hashes"])
+        if result["worker"] not in decoders:  # the default resolved on each machine, said once per machine
+            decoders[result["worker"]] = result["decoders"]
+            log.info("Dask worker on %s decodes each chunk with %s", result["worker"],
+                     f"{result['decoders']} processes" if result["decoders"] else "its own thread")
         computed.update(result["computed"])
         skipped.update(result["skipped"])
         lasting.update(result["lasting"])
@@ -161,11 +181,19 @@ def _compute_chunk(job: ChunkJob) -> dict:
         writers.append((ChunkWriter(store, provenance), config))
         models.append(model)
         wanted.append(set(hashes))
-    run = RunOptions(device=job.device, batch_size=job.batch_size, workers=0, on_error=job.on_error, progress=False)
+    workers = job.workers if job.workers is not None else \
+        default_workers(len(job.todo), job.batch_size, task_cores(dict(job.host_threads)), kept=True)
+    run = RunOptions(device=job.device, batch_size=job.batch_size, workers=workers, on_error=job.on_error,
+                     progress=False)
     size = writers[0][1].fingerprint["image_size"]
-    computed, skipped, lasting = run_batches(list(job.todo), writers, wanted, models, run, job.device, size)
+    try:
+        computed, skipped, lasting = run_batches(list(job.todo), writers, wanted, models, run, job.device, size,
+                                                 keep_pool=True)
+    except WorkerError as exc:  # a decode process died: say on which machine
+        raise WorkerError(f"Dask worker on {socket.gethostname()}: {exc}") from None
     shards = [shard for shard in (writer.finish() for writer, _ in writers) if shard is not None]
-    return {"shards": shards, "computed": sorted(computed), "skipped": skipped, "lasting": sorted(lasting)}
+    return {"shards": shards, "computed": sorted(computed), "skipped": skipped, "lasting": sorted(lasting),
+            "decoders": workers, "worker": socket.gethostname()}
 
 
 def _worker_config(options: FeatureOptions, fingerprint: dict, device: str) -> FeatureConfig:

@@ -12,6 +12,12 @@ process however it ends (:func:`~xrayfeat.distributed.lifetime.die_with_parent` 
 the first thing they run); when the consumer stops early (an error, an interrupt)
 the pool ends at once, and the chunks not yet decoded are dropped.
 
+A long-lived process that decodes one job after another (a Dask worker, one
+chunk per task: :mod:`xrayfeat.extraction.chunks`) keeps its pool between jobs
+(``keep=True``): a pool that finished its job cleanly is shelved and the next
+job of the same size takes it, so an interpreter's start-up is paid once per
+worker, not once per chunk. Its processes still die with that process.
+
 :func:`decoder_version` names what decides whether a file decodes at all; the
 store remembers the files that do not under it (:mod:`xrayfeat.store.unreadable`).
 """
@@ -35,7 +41,7 @@ from xrayfeat.data import images
 from xrayfeat.errors import ImageReadError, WorkerError, one_line
 from xrayfeat.provenance import library_versions
 
-__all__ = ["DecodeFailure", "decoded", "decoder_version", "default_workers"]
+__all__ = ["DecodeFailure", "decoded", "decoder_version", "default_workers", "end_kept_pools"]
 
 log = logging.getLogger("xrayfeat")
 
@@ -79,7 +85,7 @@ def _decode_chunk(paths: list[str], size: int) -> list[tuple[np.ndarray | None, 
     return out
 
 
-def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead: int = 4):
+def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead: int = 4, keep: bool = False):
     """Yield ``(array | None, DecodeFailure | None)`` for each path, in order.
 
     ``workers`` processes decode ahead of the consumer, but at most
@@ -89,13 +95,18 @@ def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead:
     then, not when the generator is collected. Where no worker can be started
     (no Python interpreter to run, or it does not start), the files are decoded
     in this process, with one warning.
+
+    ``keep``: take a pool of ``workers`` processes kept from an earlier call in
+    this process (or start one), and keep it for the next call when every file
+    was yielded; a pool stopped early or failed is ended as without ``keep``.
     """
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     if workers == 0 or len(chunks) == 0:
         for part in chunks:
             yield from _decode_chunk(part, size)
         return
-    pool = _Pool(min(workers, len(chunks)))
+    pool = _shelved(workers) if keep else _Pool(min(workers, len(chunks)))
+    finished = False
     try:
         pending: deque = deque()
         done = 0
@@ -104,14 +115,56 @@ def decoded(paths: list[str], size: int, workers: int, *, chunk: int = 8, ahead:
                 break
             pending.append(index)
             if len(pending) >= pool.size * ahead:
-                yield from pool.result(pending.popleft(), chunks, size)
+                answer = pool.result(pending.popleft(), chunks, size)
                 done += 1
+                finished = done == len(chunks)  # every chunk answered: nothing left in the workers' pipes
+                yield from answer
         while pending:
-            yield from pool.result(pending.popleft(), chunks, size)
+            answer = pool.result(pending.popleft(), chunks, size)
             done += 1
+            finished = done == len(chunks)  # a consumer may stop after the last file without asking for more
+            yield from answer
         for part in chunks[done:]:  # the pool could not start: this process decodes what is left
             yield from _decode_chunk(part, size)
     finally:  # also when the consumer stops early (an error, an interrupt): chunks not started are dropped
+        if keep and finished and not pool.broken:
+            _shelve(pool)
+        else:
+            pool.close()
+
+
+_SHELF: list = []  # pools kept between calls with keep=True, idle (each dies with this process)
+_SHELF_LOCK = threading.Lock()
+
+
+def _shelved(workers: int) -> _Pool:
+    """An idle kept pool of ``workers`` processes, or a new one (one per caller at a time: threads may each decode).
+
+    A kept pool one of whose processes ended while it was idle (killed, out of
+    memory) is ended and replaced: no job is sent to it.
+    """
+    with _SHELF_LOCK:
+        found = next((pool for pool in _SHELF if pool.size == workers), None)
+        if found is not None:
+            _SHELF.remove(found)
+    if found is not None and all(proc.poll() is None for proc in found.procs):
+        return found
+    if found is not None:
+        found.close()
+    return _Pool(workers)
+
+
+def _shelve(pool: _Pool) -> None:
+    with _SHELF_LOCK:
+        _SHELF.append(pool)
+
+
+def end_kept_pools() -> None:
+    """End the idle pools kept by ``keep=True`` now (they would otherwise end with this process)."""
+    with _SHELF_LOCK:
+        pools = list(_SHELF)
+        _SHELF.clear()
+    for pool in pools:
         pool.close()
 
 
@@ -222,8 +275,13 @@ def _read_lines(stream, lines: deque) -> None:
             lines.append(line.decode(errors="replace"))
 
 
-def default_workers(n_images: int, batch_size: int) -> int:
-    """All cores, but decode in-process for jobs too small to repay starting a pool."""
-    if n_images < 2 * batch_size:
+def default_workers(n_images: int, batch_size: int, cores: int | None = None, *, kept: bool = False) -> int:
+    """One process per core, but in-process for a job too small to repay starting a pool.
+
+    ``cores``: how many this job may use (default: all of this machine's).
+    ``kept``: the pool outlives the job (``keep=True`` of :func:`decoded`), so its
+    start-up is paid once, not by this job: any job uses it.
+    """
+    if n_images < 2 * batch_size and not kept:
         return 0
-    return max(1, os.cpu_count() or 1)
+    return max(1, cores or os.cpu_count() or 1)

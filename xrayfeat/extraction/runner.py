@@ -50,11 +50,14 @@ def check_weights(store, digest: str, backbone: str) -> None:
         )
 
 
-def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, size: int):
+def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, size: int, *, keep_pool: bool = False):
     """Decode → batch → every model → every store that lacks the rows.
 
     ``todo`` is ``[(sha256, path), ...]``; ``writers`` pairs each store's writer
     with its config, ``wanted`` the hashes each lacks, ``models`` its extractor.
+    ``run.workers`` decode processes (None: :func:`~xrayfeat.extraction.decoding.default_workers`);
+    ``keep_pool`` keeps them for the next call in this process (a Dask worker's
+    next chunk: :func:`~xrayfeat.extraction.decoding.decoded`).
     Returns (computed hashes, skipped {hash: reason}, the skipped hashes whose
     failure belongs to their bytes); a hash that fails once is not decoded again
     from another path with the same bytes. A failure belongs to the bytes when
@@ -62,7 +65,7 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
     still holds the bytes its hash was taken from, so the store may remember it
     (:mod:`xrayfeat.store.unreadable`).
     """
-    workers = default_workers(len(todo), run.batch_size) if run.workers is None else run.workers
+    workers = default_workers(len(todo), run.batch_size, kept=keep_pool) if run.workers is None else run.workers
     paths = [path for _, path in todo]
     computed: set[str] = set()
     skipped: dict[str, str] = {}
@@ -85,7 +88,7 @@ def run_batches(todo, writers, wanted, models, run: RunOptions, device: str, siz
         progress.advance(n)
         batch_hashes.clear()
 
-    with progress, contextlib.closing(decoded(paths, size, workers)) as images:  # an early stop stops the pool
+    with progress, contextlib.closing(decoded(paths, size, workers, keep=keep_pool)) as images:  # an early stop stops the pool
         for (sha, path), (pixels, failure) in zip(todo, images):
             if failure is not None:
                 if run.on_error == "fail":  # the path as it can be printed: its message is the CLI's one line

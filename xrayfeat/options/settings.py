@@ -268,7 +268,8 @@ class RunOptions:
     workers: int | None = option(None, check=bounded(0, MAX_WORKERS, "each is a process with its own memory "
                                                                     "and open files"), none=True,
                                  help="Decoding processes (default: one per core, or none for fewer than two batches "
-                                      "of images; 0: decode in this process).")
+                                      "of images; 0: decode in this process). With --cluster, per task on each worker "
+                                      "(default: the task's share of its machine's cores).")
     cache_dir: str | os.PathLike = option("data_cache", check=Is((str, os.PathLike)), help="Feature cache folder.")
     on_error: str = option("fail", check=Choice(ON_ERROR),
                            help="An undecodable image stops the run (fail) or is left out and reported (skip).")
