@@ -13,6 +13,15 @@ float32 out). Training on a view is therefore bitwise training on the array
 keys and the part, so a head child process rebuilds it (:meth:`StoreRows.from_spec`)
 instead of receiving the arrays.
 
+Training reads its batches ahead (:meth:`StoreRows.read_ahead`, a
+:class:`ReadAhead`): a thread reads the next :data:`READ_AHEAD` batches while
+the model trains on the current one, so a streamed step does not wait for the
+store (``scripts/bench_stream.py``). The batches, their order and their values
+are those the synchronous reads give; an error the thread meets is raised in
+the caller when it asks for the batch that met it, and closing the
+:class:`ReadAhead` (end of training, an error, Ctrl-C) stops the thread, whose
+reads close their shard files as they end.
+
 :func:`resolve_budget` turns ``--memory-budget`` into bytes; by default half of
 the memory available when the run starts (``MemAvailable`` in
 ``/proc/meminfo``, else the free physical pages ``os.sysconf`` reports), which
@@ -23,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +42,15 @@ from xrayfeat.errors import StoreError
 from xrayfeat.options.parsers import parse_size
 from xrayfeat.store.feature_store import FeatureStore
 
-__all__ = ["Budget", "StoreRows", "available_memory", "float32_bytes", "human_bytes", "resolve_budget", "take"]
+__all__ = ["READ_AHEAD", "Budget", "ReadAhead", "ReadingAhead", "StoreRows", "available_memory", "float32_bytes", "human_bytes", "resolve_budget", "take"]
 
 log = logging.getLogger("xrayfeat")
 
 #: The default budget's share of the available memory.
 DEFAULT_SHARE = 0.5
+
+#: Batches a :class:`ReadAhead` holds read and waiting (the bound on its memory, with the one being read).
+READ_AHEAD = 3
 
 
 class StoreRows:
@@ -122,6 +136,13 @@ class StoreRows:
         """Every row at once: exactly ``store.read(hashes, (part,))[part]``."""
         return self._read(self.hashes)
 
+    def read_ahead(self, row_batches, depth: int = READ_AHEAD) -> ReadAhead:
+        """``(rows, view[rows])`` for each array of row numbers ``row_batches`` yields, read on a thread ahead of use.
+
+        See :class:`ReadAhead`; ``row_batches`` is consumed on that thread.
+        """
+        return ReadAhead(self.__getitem__, row_batches, depth)
+
     # ------------------------------------------------------------------ travelling to another process
 
     def spec(self) -> dict:
@@ -140,6 +161,135 @@ class StoreRows:
 
     def __reduce__(self):
         return StoreRows.from_spec, (self.spec(),)
+
+
+class ReadAhead:
+    """``(key, read(key))`` for each key ``keys`` yields, in order, read on a thread at most ``depth`` items ahead.
+
+    Iterate it, and close it (or use it as a context manager) when done: closing
+    stops the thread and waits for it, so no read runs afterwards and every file
+    a read opened is closed. An exception raised by ``read`` or by ``keys`` (a
+    damaged row, a shard removed) is raised by ``next`` at the item that met it,
+    after the items before it, as the same exception object; iteration then ends.
+    Closed, it yields nothing more. ``keys`` is consumed on the thread, so it
+    must not be touched elsewhere meanwhile.
+
+    Memory: ``depth`` items wait in the queue and one is being read.
+    """
+
+    _END = object()
+    _POLL_S = 0.1
+
+    def __init__(self, read, keys, depth: int = READ_AHEAD):
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"The 'depth' parameter of ReadAhead must be an int >= 1. Got {depth!r} instead.")
+        self._read, self._keys = read, keys
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self.error: BaseException | None = None  # what __next__ raised, once it has
+        self._thread = threading.Thread(target=self._run, name="xrayfeat-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for key in self._keys:
+                if self._stop.is_set():
+                    return
+                if not self._put((key, self._read(key))):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+        else:
+            self._put(self._END)
+
+    def _put(self, item) -> bool:
+        """Queue ``item`` once there is room; False if the reader was closed meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=self._POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> ReadAhead:
+        return self
+
+    def __next__(self):
+        while not self._done:
+            try:
+                item = self._queue.get(timeout=self._POLL_S)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():  # closed: nothing more will come
+                    self._done = True
+                continue
+            if item is self._END:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._done = True
+                self.error = item
+                raise item
+            else:
+                return item
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (a read under way finishes first); what was read ahead is dropped."""
+        self._done = True
+        self._stop.set()
+        self._thread.join()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    @property
+    def running(self) -> bool:
+        """Whether the reading thread is still alive."""
+        return self._thread.is_alive()
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ReadingAhead:
+    """The read-ahead threads of one training (:class:`ReadAhead`): started by :meth:`start`, all stopped by :meth:`close`.
+
+    :attr:`error` is the first error one of them raised to its consumer: a
+    training that fails because of it can raise it as it is, instead of the
+    error a framework wrapped it in (TensorFlow's ``fit`` reads its batches on
+    a thread of its own and reports ``UnknownError: Graph execution error``).
+    """
+
+    def __init__(self):
+        self._readers: list[ReadAhead] = []
+        self._lock = threading.Lock()
+
+    def start(self, view: StoreRows, row_batches, depth: int = READ_AHEAD) -> ReadAhead:
+        """``view.read_ahead(row_batches, depth)``, stopped with the others on :meth:`close`."""
+        reader = view.read_ahead(row_batches, depth)
+        with self._lock:
+            self._readers.append(reader)
+        return reader
+
+    @property
+    def error(self) -> BaseException | None:
+        return next((r.error for r in self._readers if r.error is not None), None)
+
+    def close(self) -> None:
+        """Stop every thread started so far and wait for them."""
+        with self._lock:
+            readers = list(self._readers)
+        for reader in readers:
+            reader.close()
+
+    def __enter__(self) -> ReadingAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def take(x, rows):
