@@ -14,7 +14,7 @@ it, as before the read-ahead; the view behind a wrapper that is no
 ``StoreRows``), so the read-ahead's gain is measured in the same run. The
 rows are synthetic, written through the store API into a temporary store
 (about 300 MB for 3,000 rows); the page cache is warm, since they were just
-written, so a cold disk adds its read time to the streamed steps. Both runs
+written, so a cold disk adds its read time to the streamed steps. The runs
 train the same head (13.1 M parameters on 5x5x2048 maps, batch 10) with the
 same seed on the same rows, in this process, on ``KERAS_BACKEND`` (jax by
 default when installed, as fit-head trains the head on a CPU), timing every
@@ -23,7 +23,7 @@ The runs alternate, ``--repeats`` times each; the table shows the median of
 each, a single batch read, and whether all the histories are identical. The last line holds the
 figures as key=value, ratios first: ``ratio_step`` (streamed with read-ahead /
 in memory, the figure the read-ahead is judged by) and ``ratio_sync``
-(streamed without it / in memory).
+(streamed without it / in memory); ``load1`` is the load average at the end.
 
 ``measure()`` is the same measurement for other scripts (``scripts/bench_cluster.py``).
 """
@@ -164,7 +164,8 @@ def main(argv=None) -> int:
     print(f"ratio_step={r['ratio_step']:.3f} ratio_sync={r['ratio_sync']:.3f} memory_step_s={r['step_s_memory']:.4f} "
           f"stream_step_s={r['step_s_stream']:.4f} sync_step_s={r['step_s_sync']:.4f} "
           f"read_batch_ms={r['read_batch_ms']:.2f} identical={int(r['identical'])} rows={r['rows']} "
-          f"load_s={r['load_s']:.2f} build_s={r['build_s']:.1f} backend={r['backend']}")
+          f"load_s={r['load_s']:.2f} build_s={r['build_s']:.1f} backend={r['backend']} repeats={r['repeats']} "
+          f"load1={os.getloadavg()[0]:.2f}")
     return 0
 
 

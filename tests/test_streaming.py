@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import itertools
 import json
 import pickle
@@ -256,38 +257,44 @@ def test_read_ahead_gives_the_synchronous_batches_in_order(tmp_path):
 
 
 def test_read_ahead_is_bounded_and_raises_the_readers_error_in_order():
-    reads = []
+    reads, groups = [], []
 
-    def read(key):
-        reads.append(key)
-        return key * 10
+    def read(keys):
+        groups.append(keys)
+        for key in keys:
+            reads.append(key)
+            yield key * 10
 
-    with ReadAhead(read, itertools.count(), depth=2) as ahead:
-        assert next(ahead) == (0, 0)
-        for _ in range(100):  # until the queue is full and the thread waits with the next item read
-            if ahead._queue.full() and len(reads) == 4:
-                break
-            threading.Event().wait(0.05)
-        threading.Event().wait(0.3)
-        assert reads == [0, 1, 2, 3]  # 1 taken, 2 queued, 1 waiting for room: no more
-        assert [next(ahead) for _ in range(3)] == [(1, 10), (2, 20), (3, 30)]
-    assert not ahead.running and list(ahead) == []
+    for group, held in ((1, [0, 1, 2, 3]), (3, [0, 1, 2, 3])):  # 1 taken, 2 queued, 1 read and waiting for room
+        reads.clear(), groups.clear()
+        with ReadAhead(read, itertools.count(), depth=2, group=group) as ahead:
+            assert next(ahead) == (0, 0)
+            for _ in range(100):  # until the queue is full and the thread waits with the next item read
+                if ahead._queue.full() and len(reads) == len(held):
+                    break
+                threading.Event().wait(0.05)
+            threading.Event().wait(0.3)
+            assert reads == held and groups == [list(range(i, i + group)) for i in range(0, len(held), group)]
+            assert [next(ahead) for _ in range(3)] == [(1, 10), (2, 20), (3, 30)]
+        assert not ahead.running and list(ahead) == []
 
     error = StoreError("shard.h5: spatial of row 3 does not match its checksum")
 
-    def failing(key):
-        if key == 3:
-            raise error
-        return key
+    def failing(keys):
+        for key in keys:
+            if key == 3:
+                raise error
+            yield key
 
-    with ReadAhead(failing, iter(range(10))) as ahead:
+    with ReadAhead(failing, iter(range(10)), group=2) as ahead:
         assert [next(ahead) for _ in range(3)] == [(0, 0), (1, 1), (2, 2)]
         with pytest.raises(StoreError) as raised:
             next(ahead)
-        assert raised.value is error and list(ahead) == []
+        assert raised.value is error and ahead.error is error and list(ahead) == []
     assert not ahead.running
-    with pytest.raises(ValueError, match="The 'depth' parameter of ReadAhead must be an int >= 1. Got 0 instead."):
-        ReadAhead(read, iter(()), depth=0)
+    for name in ("depth", "group"):
+        with pytest.raises(ValueError, match=f"The '{name}' parameter of ReadAhead must be an int >= 1. Got 0 instead."):
+            ReadAhead(read, iter(()), **{name: 0})
 
 
 @pytest.mark.parametrize("harm", ["damaged row", "shard removed"])
@@ -341,3 +348,22 @@ def test_an_interrupted_training_stops_its_readers(tmp_path):
     trained = train_head(x, y[:30], x_val, y[30:], **_train_kwargs())  # and a training that ends: the same
     assert len(trained.history["loss"]) == 1
     assert not _readers_alive() and _open_hdf5_files() == files
+
+
+@pytest.mark.heavy  # a jax child: .ci/run runs it, ./scripts/test.sh leaves it out
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_store_error_met_ahead_in_the_jax_child_is_its_one_line(tmp_path):
+    """The head child (jax, its own loop) reading ahead meets a damaged row: the parent gets the one line it gave
+    before reading ahead (the child's error, named), not a hang."""
+    store, hashes = small_store(tmp_path)
+    y = np.arange(40) % 2
+    x, x_val, x_test = (StoreRows(store, hashes[p], "spatial") for p in (slice(0, 30), slice(30, 36), slice(36, 40)))
+    third = next(itertools.islice(heads._batch_stream(30, 10, np.random.default_rng(0)), 2, None))
+    _damage(store, 0, int(third[-1]))
+    with pytest.raises(StoreError) as synchronous:
+        list(itertools.islice(heads._batches(x, y[:30], 10, 0), 3))
+    train = _train_kwargs(epochs=2, jit_compile="auto")
+    with pytest.raises(XrayfeatError) as failed:
+        headproc.train_and_predict("jax", x, y[:30], x_val, y[30:36], x_test, head_file=tmp_path / "h.keras", **train)
+    text = str(failed.value)
+    assert "\n" not in text and text.startswith(f"training the head on jax failed: StoreError: {synchronous.value}; ")
