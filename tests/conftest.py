@@ -44,7 +44,7 @@ FILE_COST = {  # seconds in ./scripts/test.sh (heavy tests, run by .ci/run's sec
     "test_callers.py": 76, "test_docs.py": 55, "test_reliability_images.py": 59, "test_cli.py": 51, "test_heads.py": 48,
     "test_headproc.py": 46, "test_extract.py": 45, "test_progress_output.py": 43, "test_operating.py": 40,
     "test_heads_jax.py": 39, "test_cv.py": 35, "test_fit.py": 31, "test_multilabel_study.py": 30, "test_api.py": 28,
-    "test_explain.py": 23, "test_backbones.py": 22, "test_streaming.py": 21, "test_import.py": 20, "test_decision.py": 18,
+    "test_explain.py": 23, "test_backbones.py": 22, "test_streaming.py": 28, "test_import.py": 20, "test_decision.py": 18,
     "test_multilabel_models.py": 18, "test_python_calls.py": 18, "test_predict.py": 17, "test_replay.py": 17,
     "test_headproc_cli.py": 16, "test_export.py": 15, "test_reliability_runs.py": 15, "test_baselines.py": 13,
     "test_keep.py": 12, "test_cluster.py": 12, "test_exit_quiet.py": 11, "test_embed.py": 8, "test_plots.py": 7,

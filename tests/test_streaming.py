@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
+import itertools
 import json
 import pickle
+import re
+import threading
+
+import h5py
 
 import numpy as np
 import pytest
 
 from conftest import write_tiny_dataset
+from xrayfeat.models import head as heads
 from xrayfeat.models import head_process as headproc
+from xrayfeat.models.head import train_head
 from xrayfeat.models.baselines import sample_rows
 from xrayfeat.cli.main import main
 from xrayfeat.data.datasets import discover
@@ -19,7 +27,7 @@ from xrayfeat.errors import StoreError, XrayfeatError
 from xrayfeat.options.settings import FeatureOptions, RunOptions
 from xrayfeat.options.parsers import parse_size
 from xrayfeat.options.constraints import OptionError
-from xrayfeat.store.rows import StoreRows
+from xrayfeat.store.rows import ReadAhead, ReadingAhead, StoreRows
 from xrayfeat.store.feature_store import FeatureStore
 from xrayfeat.runs.fit import HeadOptions, fit_head
 
@@ -86,6 +94,7 @@ def test_training_on_views_is_bitwise_training_in_memory(tmp_path):
         out[name] = headproc.train_and_predict(headproc.process_backend(), x_fit, y[parts[0]], x_val, y[parts[1]],
                                                x_test, head_file=tmp_path / f"{name}.keras", **train)
     assert out["views"].history == out["arrays"].history
+    assert not _readers_alive()  # training read its batches ahead (tests below), and stopped reading when it ended
     assert np.array_equal(out["views"].proba_val, out["arrays"].proba_val)
     assert np.array_equal(out["views"].proba_test, out["arrays"].proba_test)
     with np.load(tmp_path / "views.npz") as a, np.load(tmp_path / "arrays.npz") as b:
@@ -200,3 +209,159 @@ def test_the_baselines_get_the_budget_the_features_in_memory_leave(tmp_path, sha
     else:
         assert notice.endswith("leaving nothing for the baselines: they were fitted on the smallest sample they can "
                                "cross-validate (2 images per class, 16.0 KiB)")
+
+
+# --------------------------------------------------------------------------- reading ahead
+
+
+def _readers_alive() -> list:
+    """The read-ahead threads still running in this process."""
+    return [t for t in threading.enumerate() if t.name == "xrayfeat-read-ahead" and t.is_alive()]
+
+
+def _open_hdf5_files() -> int:
+    import h5py
+
+    return len(h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE))
+
+
+def _damage(store, shard: int, row: int) -> None:
+    """A valid HDF5 edit of one stored value (HDF5's own checksums agree): only the row's digest tells."""
+    with h5py.File(store.path / "shards" / store.shard_names()[shard], "r+") as f:
+        f["spatial"][row, 0, 0, 0] += 1.0
+
+
+def _train_kwargs(**more) -> dict:
+    return {"n_classes": 2, "units": 8, "epochs": 1, "steps_per_epoch": 4, "batch_size": 10, "validation_steps": 2,
+            "jit_compile": False if headproc.process_backend() == "tensorflow" else "auto", **more}
+
+
+def test_read_ahead_gives_the_synchronous_batches_in_order(tmp_path):
+    """The batch stream read ahead on a thread is the synchronous stream (and the in-memory one), batch for batch,
+    across passes and their straddling batches; closing stops the thread and leaves no shard file open."""
+    store, hashes = small_store(tmp_path)
+    view = StoreRows(store, hashes, "spatial")
+    y = np.arange(40) % 2
+    weights = np.linspace(0.5, 1.5, 40).astype("float32")
+    n = 25  # 175 rows: four passes and more, batches of 7 straddling their ends
+    sync = list(itertools.islice(heads._batches(view, y, 7, 5, weights), n))
+    memory = list(itertools.islice(heads._batches(view.read(), y, 7, 5, weights), n))
+    files = _open_hdf5_files()
+    with ReadingAhead() as reading:
+        ahead = list(itertools.islice(heads._batches(view, y, 7, 5, weights, reading=reading), n))
+        assert len(_readers_alive()) == 1
+    assert not _readers_alive() and _open_hdf5_files() == files
+    assert len(ahead) == len(sync) == len(memory) == n
+    for a, s, m in zip(ahead, sync, memory):
+        assert len(a) == 3 and all(np.array_equal(u, v) and np.array_equal(u, w) for u, v, w in zip(a, s, m))
+        assert a[0].dtype == np.float32
+
+
+def test_read_ahead_is_bounded_and_raises_the_readers_error_in_order():
+    reads, groups = [], []
+
+    def read(keys):
+        groups.append(keys)
+        for key in keys:
+            reads.append(key)
+            yield key * 10
+
+    for group, held in ((1, [0, 1, 2, 3]), (3, [0, 1, 2, 3])):  # 1 taken, 2 queued, 1 read and waiting for room
+        reads.clear(), groups.clear()
+        with ReadAhead(read, itertools.count(), depth=2, group=group) as ahead:
+            assert next(ahead) == (0, 0)
+            for _ in range(100):  # until the queue is full and the thread waits with the next item read
+                if ahead._queue.full() and len(reads) == len(held):
+                    break
+                threading.Event().wait(0.05)
+            threading.Event().wait(0.3)
+            assert reads == held and groups == [list(range(i, i + group)) for i in range(0, len(held), group)]
+            assert [next(ahead) for _ in range(3)] == [(1, 10), (2, 20), (3, 30)]
+        assert not ahead.running and list(ahead) == []
+
+    error = StoreError("shard.h5: spatial of row 3 does not match its checksum")
+
+    def failing(keys):
+        for key in keys:
+            if key == 3:
+                raise error
+            yield key
+
+    with ReadAhead(failing, iter(range(10)), group=2) as ahead:
+        assert [next(ahead) for _ in range(3)] == [(0, 0), (1, 1), (2, 2)]
+        with pytest.raises(StoreError) as raised:
+            next(ahead)
+        assert raised.value is error and ahead.error is error and list(ahead) == []
+    assert not ahead.running
+    for name in ("depth", "group"):
+        with pytest.raises(ValueError, match=f"The '{name}' parameter of ReadAhead must be an int >= 1. Got 0 instead."):
+            ReadAhead(read, iter(()), **{name: 0})
+
+
+@pytest.mark.parametrize("harm", ["damaged row", "shard removed"])
+def test_a_store_error_met_ahead_is_raised_by_training_as_the_store_raises_it(tmp_path, harm):
+    """A row that fails its checksum (in the third batch: read on the thread that feeds the steps), or the shard
+    removed after the first step: training raises the store's own one-line error, the one reading each batch when
+    the step asks for it gives (on TensorFlow too, whose fit would wrap it in a "Graph execution error"), rather
+    than hanging; no reader thread or file stays open."""
+    import keras
+
+    class Remove(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                (store.path / "shards" / store.shard_names()[0]).unlink()
+
+    store, hashes = small_store(tmp_path)
+    y = np.arange(40) % 2
+    x, x_val = StoreRows(store, hashes[:30], "spatial"), StoreRows(store, hashes[30:], "spatial")
+    if harm == "damaged row":
+        third = next(itertools.islice(heads._batch_stream(30, 10, np.random.default_rng(0)), 2, None))
+        _damage(store, 0, int(third[-1]))
+        with pytest.raises(StoreError) as synchronous:  # the training stream read batch by batch
+            list(itertools.islice(heads._batches(x, y[:30], 10, 0), 3))
+        expected = re.escape(str(synchronous.value))
+    else:
+        expected = rf"^10 of 10 images have no features in {re.escape(str(store.path))} \(e\.g\. [0-9a-f]{{12}}\); run"
+    files = _open_hdf5_files()
+    with pytest.raises(StoreError, match=expected):
+        train_head(x, y[:30], x_val, y[30:], callbacks=[Remove()] if harm == "shard removed" else [],
+                   **_train_kwargs(epochs=2))
+    assert not _readers_alive() and _open_hdf5_files() == files
+
+
+def test_an_interrupted_training_stops_its_readers(tmp_path):
+    """Ctrl-C in a step (a callback raising KeyboardInterrupt): the interrupt propagates, the read-ahead threads of
+    the training and validation streams stop, and no shard file stays open."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise KeyboardInterrupt
+
+    store, hashes = small_store(tmp_path)
+    y = np.arange(40) % 2
+    x, x_val = StoreRows(store, hashes[:30], "spatial"), StoreRows(store, hashes[30:], "spatial")
+    files = _open_hdf5_files()
+    with pytest.raises(KeyboardInterrupt):
+        train_head(x, y[:30], x_val, y[30:], callbacks=[Interrupt()], **_train_kwargs())
+    assert not _readers_alive() and _open_hdf5_files() == files
+
+
+@pytest.mark.heavy  # a jax child: .ci/run runs it, ./scripts/test.sh leaves it out
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_store_error_met_ahead_in_the_jax_child_is_its_one_line(tmp_path):
+    """The head child (jax, its own loop) reading ahead meets a damaged row: the parent gets the one line it gave
+    before reading ahead (the child's error, named), not a hang."""
+    store, hashes = small_store(tmp_path)
+    y = np.arange(40) % 2
+    x, x_val, x_test = (StoreRows(store, hashes[p], "spatial") for p in (slice(0, 30), slice(30, 36), slice(36, 40)))
+    third = next(itertools.islice(heads._batch_stream(30, 10, np.random.default_rng(0)), 2, None))
+    _damage(store, 0, int(third[-1]))
+    with pytest.raises(StoreError) as synchronous:
+        list(itertools.islice(heads._batches(x, y[:30], 10, 0), 3))
+    train = _train_kwargs(epochs=2, jit_compile="auto")
+    with pytest.raises(XrayfeatError) as failed:
+        headproc.train_and_predict("jax", x, y[:30], x_val, y[30:36], x_test, head_file=tmp_path / "h.keras", **train)
+    text = str(failed.value)
+    assert "\n" not in text and text.startswith(f"training the head on jax failed: StoreError: {synchronous.value}; ")

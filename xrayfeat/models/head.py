@@ -231,7 +231,7 @@ def _batch_stream(n: int, batch_size: int, rng):
         pending = stream[full:]
 
 
-def _batches(x, y, batch_size: int, seed: int, sample_weight=None):
+def _batches(x, y, batch_size: int, seed: int, sample_weight=None, *, reading=None):
     """``(x, y)`` batches from :func:`_batch_stream`, for ``model.fit``; ``(x, y, w)`` with ``sample_weight``.
 
     Rows are gathered in increasing index order (the order inside a batch does
@@ -239,15 +239,27 @@ def _batches(x, y, batch_size: int, seed: int, sample_weight=None):
     one batch at a time, so float16 features from the store are never widened as
     a whole. ``sample_weight`` (one weight per row) does not change which rows a
     batch holds: weighted and unweighted training see the same stream.
+
+    ``reading`` (a :class:`~xrayfeat.store.rows.ReadingAhead`): features streamed
+    from the store (:class:`~xrayfeat.store.rows.StoreRows`) are read ahead on a
+    thread (the same batches, in the same order) that stops when ``reading``
+    closes; without it, and for any other features, each batch is read when it
+    is asked for.
     """
     import numpy as np
 
-    for idx in _batch_stream(len(x), batch_size, np.random.default_rng(seed)):
-        idx = np.sort(idx)
+    from xrayfeat.store.rows import StoreRows
+
+    rows = (np.sort(idx) for idx in _batch_stream(len(x), batch_size, np.random.default_rng(seed)))
+    if reading is not None and isinstance(x, StoreRows):
+        blocks = reading.start(x, rows)
+    else:
+        blocks = ((idx, x[idx]) for idx in rows)
+    for idx, block in blocks:
         if sample_weight is None:
-            yield np.asarray(x[idx], dtype="float32"), y[idx]
+            yield np.asarray(block, dtype="float32"), y[idx]
         else:
-            yield np.asarray(x[idx], dtype="float32"), y[idx], sample_weight[idx]
+            yield np.asarray(block, dtype="float32"), y[idx], sample_weight[idx]
 
 
 def _features(x, name: str):
@@ -575,6 +587,8 @@ def train_head(
 
     import numpy as np
 
+    from xrayfeat.store.rows import ReadingAhead
+
     _check_n_classes("train_head", n_classes, multilabel)
     _check_together(x_val, y_val, restore_best)
     _check_masks(multilabel, mask_train, mask_val, x_val)
@@ -586,8 +600,9 @@ def train_head(
         x_train, y_train = _check_xy(x_train, y_train, n_classes, "x_train/y_train")
     _check_tail_input(x_train, tail)
     batch, steps = _batch_and_steps(len(x_train), batch_size, steps_per_epoch)
+    reading = ReadingAhead()  # the read-ahead of streamed features: stopped however training ends
     validation = _validation(x_val, y_val, x_train, n_classes, batch_size, validation_steps, seed,
-                             multilabel=multilabel, mask_val=mask_val)
+                             multilabel=multilabel, mask_val=mask_val, reading=reading)
     jit = _resolve_and_log_jit(jit_compile)
     if not multilabel:
         weights = _sample_weights(y_train, class_weight)
@@ -602,7 +617,7 @@ def train_head(
         best = _restore_best_callback(restore_best) if restore_best else None
         history, loop = _run_loop(
             model,
-            _batches(x_train, y_train, batch, seed, weights),
+            _batches(x_train, y_train, batch, seed, weights, reading=reading),
             jit=jit,
             epochs=int(epochs),
             steps=steps,
@@ -611,7 +626,12 @@ def train_head(
             verbose=verbose,
             step=step,
         )
+    except Exception:
+        if isinstance(reading.error, Exception):  # a store error met reading ahead, as it is (not as TF's fit wraps it)
+            raise reading.error from None
+        raise
     finally:
+        reading.close()
         random.setstate(saved[0])
         np.random.set_state(saved[1])
 
@@ -719,13 +739,14 @@ def _batch_and_steps(n: int, batch_size: int, steps_per_epoch: int | None) -> tu
 
 
 def _validation(x_val, y_val, x_train, n_classes: int, batch_size: int, validation_steps, seed: int, *,
-                multilabel: bool = False, mask_val=None) -> dict:
+                multilabel: bool = False, mask_val=None, reading=None) -> dict:
     """The validation arguments for ``model.fit`` (and the jax loop, which reads the same dict); {} without.
 
     ``validation_steps=None``: the whole set, in memory as float32, evaluated in
     batches of ``batch_size``. An integer: that many batches per epoch from a
     continuing shuffled stream seeded with ``seed + 1``, so it never follows the
     training stream. Multi-label validation targets carry the mask, unweighted.
+    ``reading``: as for :func:`_batches`.
     """
     import numpy as np
 
@@ -741,7 +762,8 @@ def _validation(x_val, y_val, x_train, n_classes: int, batch_size: int, validati
         x_val = np.asarray(x_val[:], dtype="float32")  # Keras slices in-memory arrays itself
         return {"validation_data": (x_val, y_val), "validation_batch_size": batch_size}
     val_batch = min(int(batch_size), len(x_val))
-    return {"validation_data": _batches(x_val, y_val, val_batch, seed + 1), "validation_steps": int(validation_steps)}
+    return {"validation_data": _batches(x_val, y_val, val_batch, seed + 1, reading=reading),
+            "validation_steps": int(validation_steps)}
 
 
 def _resolve_and_log_jit(jit_compile) -> bool:
