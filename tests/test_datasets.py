@@ -520,6 +520,9 @@ def test_column_reading_gives_the_row_readings_dataset(tmp_path, monkeypatch, ca
                 ["./d.png", "'=covid", " TEST ", "p2", "'-hospB", ""], ["link.png", "covid", "val", "p2", "", ""],
                 ["'-2+3.png", "normal", "test", "p3", "", ""], ["p_link/s1/v.png", "normal", "test", "p0", "", ""]]
         rows += [[path, "covid" if i % 3 else "normal", "train", f"p{i % 7}", "", ""] for i, path in enumerate(many)]
+        if case == "label-classes":  # an empty file of a class not asked for is not read
+            (tmp_path / "empty.png").write_bytes(b"")
+            rows.append(["empty.png", "covid", "", "", "", ""])
     elif case == "labels":
         rows = [["path", "labels", "split", "group:sex"], ["a,b.png", "B|A", "train", "F"], ["sub//c.png", "", "test", ""],
                 ["d.png", "C| A |C", "val", "M"], ["link.png", "A", "", "M"]]
@@ -556,6 +559,9 @@ BAD_LARGE_MANIFESTS = {  # case: (the rows after a good one, or the file's bytes
     "bad-header": (b"path,Edema,Edema\nd.png,1\n", "has the column 'edema' twice"),
     "not-utf8": (b"path,Edema\nd.png,1\n\xff.png,0\n", "not UTF-8 text"),
     "ragged": (b"path,Edema\nd.png,1,extra\nsub/c.png\n", None),
+    # the classes asked for are checked once every file is found, and before any is read
+    "missing-file, unknown class": ([["nowhere.png", "1"]], "listed file does not exist"),
+    "empty-file, unknown class": ([["empty.png", "1"]], "unknown class 'Nope'"),
 }
 
 
@@ -572,7 +578,7 @@ def test_column_reading_leaves_problems_to_the_row_reading(tmp_path, monkeypatch
         manifest.write_bytes(rows)
     else:
         write_csv(manifest, [["path", "Edema"], ["d.png", "1"]] + [[f"p{i:02d}/s1/v.png", "0"] for i in range(33)] + rows)
-    outcomes, by_columns = _readings(manifest, monkeypatch)
+    outcomes, by_columns = _readings(manifest, monkeypatch, **({"classes": ["Nope"]} if "class" in case else {}))
     assert not by_columns
     assert outcomes[0] == outcomes[1] == outcomes[2]
     if fragment is not None:

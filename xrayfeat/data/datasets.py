@@ -1292,47 +1292,30 @@ def _quick_items(csv_path: str, head: _Header, table: columns.Table, suffixes: f
     sources = columns.per_row(table.column(col["source"]), _cell_text)[0] if "source" in col else [None] * n
     groups = _quick_groups(head.group_columns, table)
 
-    try:
-        stats = list(map(os.lstat, paths))
-    except (OSError, ValueError):
-        raise _NotClean from None  # a missing file
     containment = _Containment(base)
-    if {st.st_mode & 0o170000 for st in stats} != {stat.S_IFREG}:
-        for i, st in enumerate(stats):
-            if stat.S_ISLNK(st.st_mode):
-                if containment.outside(paths[i], True) is not None:
-                    raise _NotClean
-                st = stats[i] = _followed(paths[i], st)
-            if st is None or not stat.S_ISREG(st.st_mode):
-                raise _NotClean
-    folders = {path[:path.rfind(os.sep)] for path in paths}
-    if not containment.resolve(folders):
-        raise _NotClean  # a symbolic link leads out of the manifest's folder
-    sizes = [st.st_size for st in stats]
-    if 0 in sizes:
-        raise _NotClean  # an empty file
-
-    if findings is None:
-        _check_wanted(wanted, label_names, shown_root)
-    if findings is None and wanted is not None:  # the other classes' files are not hashed
+    if not containment.resolve({path[:path.rfind(os.sep)] for path in paths}):
+        raise _NotClean  # a symbolic link on the way leads out of the manifest's folder
+    cache = HashCache(hash_cache)
+    sizes: list[int] = []
+    digests = cache.lookup_many(paths, _regular_stats(paths, containment, sizes))  # no stat is held
+    # as the row-by-row reading: the classes asked for are checked once every file is found, before any is read
+    _check_wanted(wanted, label_names if findings is None else findings, shown_root)
+    if findings is None and wanted is not None:  # the other classes' files are neither hashed nor kept
         keep = [i for i, label in enumerate(labels) if label in wanted]
-        paths, relpaths, labels, splits, patient_ids, sources, stats, sizes, finding_rows, groups = (
-            [seq[i] for i in keep] for seq in (paths, relpaths, labels, splits, patient_ids, sources, stats, sizes,
+        paths, relpaths, labels, splits, patient_ids, sources, sizes, digests, finding_rows, groups = (
+            [seq[i] for i in keep] for seq in (paths, relpaths, labels, splits, patient_ids, sources, sizes, digests,
                                                finding_rows, groups))
         keep = np.array(keep, dtype=np.int64)
         split_codes, label_codes = split_codes[keep], label_codes[keep]
-    else:
-        _check_wanted(wanted, findings or (), shown_root)
-    cache = HashCache(hash_cache)
-    digests = cache.lookup_many(paths, stats)
+    if 0 in sizes:
+        raise _NotClean  # an empty file (of a class asked for)
     todo = [i for i, digest in enumerate(digests) if digest is None]
-    if todo:
-        _, fresh = hash_files([paths[i] for i in todo], cache, lambda i, reason: _NotClean(),
-                              known=[stats[i] for i in todo])
-        for i, digest in zip(todo, fresh):
-            digests[i] = digest
+    if todo:  # files new to the cache, or changed
+        stats, fresh = hash_files([paths[i] for i in todo], cache, lambda i, reason: _NotClean())
+        for i, st, digest in zip(todo, stats, fresh):
+            sizes[i], digests[i] = st.st_size, digest
     cache.save()
-    del cache, stats  # neither is held while the items are made: a lower peak
+    del cache  # not held while the items are made: a lower peak
     items = list(map(_make_item, paths, relpaths, labels, splits, patient_ids, sources, digests, sizes,
                      finding_rows, groups))
 
@@ -1343,6 +1326,28 @@ def _quick_items(csv_path: str, head: _Header, table: columns.Table, suffixes: f
     path_rank[np.array(sorted(range(len(items)), key=relpaths.__getitem__), dtype=np.int64)] = np.arange(len(items))
     key = (split_codes * len(by_name) + label_rank) * len(items) + path_rank
     return tuple(map(items.__getitem__, np.argsort(key, kind="stable").tolist())), findings
+
+
+def _regular_stats(paths: list[str], containment: _Containment, sizes: list[int]):
+    """Each file's ``stat`` (followed through a link that stays inside), its size added to ``sizes``.
+
+    One ``lstat`` per file, as the row-by-row reading takes; a missing file, a
+    link leading out, or anything but a regular file raises :class:`_NotClean`.
+    """
+    lstat, regular, add = os.lstat, stat.S_IFREG, sizes.append
+    try:
+        for path in paths:
+            st = lstat(path)
+            if st.st_mode & 0o170000 != regular:
+                if not stat.S_ISLNK(st.st_mode) or containment.outside(path, True) is not None:
+                    raise _NotClean
+                st = _followed(path, st)
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    raise _NotClean
+            add(st.st_size)
+            yield st
+    except (OSError, ValueError):
+        raise _NotClean from None
 
 
 def _quick_labels(head: _Header, table: columns.Table) -> tuple[list[str], tuple[str, ...] | None, list, np.ndarray,
