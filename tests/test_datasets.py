@@ -505,7 +505,7 @@ def _readings(manifest, monkeypatch, **kwargs):
 
 def _large_manifest_data(root: Path) -> None:
     """Images in folders (33 in one folder, so that it is listed), a linked file and a linked folder inside."""
-    make_tree(root, [f"p{i:02d}/s1/v.png" for i in range(33)] + ["a,b.png", "sub/c.png", "d.png", "-2+3.png"])
+    make_tree(root, [f"p{i:02d}/s1/v.png" for i in range(33)] + ["a,b.png", "sub/c.png", "d.png", "-2+3.png", ".h.PNG"])
     os.symlink(root / "d.png", root / "link.png")
     os.symlink(root / "p00", root / "p_link")
 
@@ -518,7 +518,8 @@ def test_column_reading_gives_the_row_readings_dataset(tmp_path, monkeypatch, ca
         rows = [["Path", "label", "split", "patient_id", "source", "notes"],
                 ["a,b.png", "normal", "train", "p1", "hospA", "x"], ["sub/c.png", " covid", "", "", "", "no split"],
                 ["./d.png", "'=covid", " TEST ", "p2", "'-hospB", ""], ["link.png", "covid", "val", "p2", "", ""],
-                ["'-2+3.png", "normal", "test", "p3", "", ""], ["p_link/s1/v.png", "normal", "test", "p0", "", ""]]
+                ["'-2+3.png", "normal", "test", "p3", "", ""], ["p_link/s1/v.png", "normal", "test", "p0", "", ""],
+                [".h.PNG", "normal", "train", "p4", "", ""]]
         rows += [[path, "covid" if i % 3 else "normal", "train", f"p{i % 7}", "", ""] for i, path in enumerate(many)]
         if case == "label-classes":  # an empty file of a class not asked for is not read
             (tmp_path / "empty.png").write_bytes(b"")
@@ -553,6 +554,7 @@ BAD_LARGE_MANIFESTS = {  # case: (the rows after a good one, or the file's bytes
     "leaves-folder": ([["../x.png", "1"]], "leaves the manifest's folder"),
     "link-out": ([["out/s1/v.png", "1"]], "through a symbolic link"),
     "not-image": ([["notes.txt", "1"]], "not an image"),
+    "no-suffix": ([["README", "1"]], "not an image"),
     "empty-file": ([["empty.png", "1"]], "is empty (0 bytes)"),
     "empty-path": ([["", "1"]], "line 36 has an empty path"),
     "blank-row": ([["", ""], ["sub/c.png", "0"]], None),  # skipped, as the row reading skips it

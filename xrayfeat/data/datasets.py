@@ -941,26 +941,38 @@ class _Containment:
                     below[parent].append(folder)
             levels.append(below)
             todo = {parent for parent in below if parent not in real_dirs}
+        lstat, link_kind, realpath = os.lstat, stat.S_IFLNK, os.path.realpath
         for below in reversed(levels):
             for parent, kids in below.items():
-                kids = [kid for kid in kids if kid not in real_dirs]  # a folder can be both a parent and listed
                 real = real_dirs[parent] if real_dirs[parent] != os.sep else ""
-                for kid, link in zip(kids, self._links(parent, kids)):
-                    real_dirs[kid] = os.path.realpath(kid) if link else real + kid[len(parent):]
+                listed = self._listed_links(parent, kids) if len(kids) >= self._LIST_FROM else None
+                for kid in kids:
+                    if kid in real_dirs:  # a folder can be both listed and the parent of one listed
+                        continue
+                    if listed is not None:
+                        link = listed.get(kid[len(parent) + 1:], False)
+                    else:  # _is_link, inline: 10^5 folders
+                        try:
+                            link = lstat(kid).st_mode & 0o170000 == link_kind
+                        except (OSError, ValueError):
+                            link = False
+                    real_dirs[kid] = realpath(kid) if link else real + kid[len(parent):]
         base, prefix = self.real_base, self.prefix
         return all(real == base or real.startswith(prefix) for real in map(real_dirs.__getitem__, folders))
 
-    def _links(self, parent: str, kids: list[str]) -> list[bool]:
-        """Whether each of the folder ``parent``'s entries ``kids`` is a symbolic link (one that is not there is not)."""
-        if len(kids) >= self._LIST_FROM:
-            try:
-                with os.scandir(parent) as entries:
-                    names = {kid[len(parent) + 1:] for kid in kids}
-                    links = {entry.name: entry.is_symlink() for entry in entries if entry.name in names}
-                return [links.get(kid[len(parent) + 1:], False) for kid in kids]
-            except OSError:
-                pass
-        return list(map(self._is_link, kids))
+    @staticmethod
+    def _listed_links(parent: str, kids: list[str]) -> dict[str, bool] | None:
+        """Whether each entry of the folder ``parent`` named in ``kids`` is a symbolic link, from one listing.
+
+        None where the folder cannot be listed (each kid is then asked alone);
+        a kid that is not there is missing from the answer.
+        """
+        try:
+            with os.scandir(parent) as entries:
+                names = {kid[len(parent) + 1:] for kid in kids}
+                return {entry.name: entry.is_symlink() for entry in entries if entry.name in names}
+        except OSError:
+            return None
 
     def _within(self, real: str) -> bool:
         return real == self.real_base or real.startswith(self.prefix)
@@ -1200,15 +1212,20 @@ _FINDING_CODES = {cell: 0 if value == 1 else 1 if value == 0 else 2 if value == 
                   for cell, value in FINDING_VALUES.items()}  # a finding cell's index into _CODE_VALUES
 
 
-def _normal_paths(values: list[str]) -> bool:
-    """Whether ``os.path.normpath`` leaves each relative path as it is (no ``.`` or ``..``, no ``//``, not absolute).
+def _plain_paths(values: list[str], suffixes: frozenset[str]) -> tuple[bool, bool]:
+    """Whether ``os.path.normpath`` leaves each relative path as it is, and whether each names an image (``_suffix``).
 
-    One search of the joined paths for each way a path can be other, where a
-    pattern over 10^5 paths takes a second.
+    Normal: no ``.`` or ``..`` part, no ``//``, not absolute; found by a few
+    searches of the joined paths (a pattern over 10^5 paths takes a second).
     """
     text = "\n" + "\n".join(values) + "\n"
-    return text.count("\n") == len(values) + 1 and not any(
-        part in text for part in ("\n/", "//", "/\n", "\n./", "/./", "\n.\n", "/.\n", "\n../", "/../", "\n..\n", "/..\n"))
+    normal = text.count("\n") == len(values) + 1 and not any(part in text for part in ("\n/", "//", "/\n"))
+    if normal and ("/." in text or "\n." in text):  # only then can a part be . or ..
+        normal = not any(part in text for part in ("\n./", "/./", "\n.\n", "/.\n", "\n../", "/../", "\n..\n", "/..\n"))
+    if "\n." in text:  # a name starting with a dot: the exact way
+        return normal, set(map(_suffix, values)) <= suffixes
+    tails = {value[value.rfind("."):] for value in values}  # each value's _suffix, before lower() and its checks
+    return normal, all(tail[:1] == "." and "/" not in tail and tail.lower() in suffixes for tail in tails)
 
 
 class _NotClean(Exception):
@@ -1264,7 +1281,10 @@ def _quick_items(csv_path: str, head: _Header, table: columns.Table, suffixes: f
         values = [_cell_text(value) or "" for value in values]
     if not all(values):  # an empty path, or a blank row
         raise _NotClean
-    if _normal_paths(values):
+    normal, all_images = _plain_paths(values, suffixes)
+    if not all_images:
+        raise _NotClean  # a file that is not an image
+    if normal:
         paths = [base_prefix + value for value in values]  # os.path.normpath(os.path.join(base, value)), as it is
         relpaths = values
     else:
@@ -1272,8 +1292,8 @@ def _quick_items(csv_path: str, head: _Header, table: columns.Table, suffixes: f
         if not all(path.startswith(base_prefix) for path in paths):
             raise _NotClean  # leaves the manifest's folder
         relpaths = [path[len(base_prefix):] for path in paths]
-    if len(set(paths)) != n or not set(map(_suffix, values)) <= suffixes:
-        raise _NotClean  # a file listed twice, or not an image
+    if len(set(paths)) != n:
+        raise _NotClean  # a file listed twice
     if not _DICOM_GROUPS <= {name for name, _ in head.group_columns} and any(
             _suffix(value) in images.DICOM_SUFFIXES for value in values):
         raise _NotClean  # a DICOM header may add groups
@@ -1382,7 +1402,7 @@ def _quick_labels(head: _Header, table: columns.Table) -> tuple[list[str], tuple
         known = [_FINDING_CODES.get(cell.strip()) for cell in cells]
         if None in known:
             raise _NotClean  # a value a finding cannot hold
-        codes.append(np.array(known, dtype=np.int64)[cell_codes])
+        codes.append(np.array(known, dtype=np.int8)[cell_codes])
         sizes.append(4)
     first, combination = columns.combine(codes, sizes, n)
     value_codes = np.stack([column[first] for column in codes], axis=1)  # (combinations, findings) of 0..3
