@@ -62,7 +62,7 @@ import operator
 import os
 import posixpath
 import stat
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -891,9 +891,11 @@ class _Containment:
     _LIST_FROM = 32  # a folder with this many sub-folders to resolve is listed once instead (see resolve)
 
     def __init__(self, base: str):
+        self.base = base
         self.real_base = os.path.realpath(base)
         self.prefix = self.real_base.rstrip(os.sep) + os.sep
         self.real_dirs = {base: self.real_base}
+        self.plain = {base}  # folders with no link between the base and them: real path = real base + the rest
         self.inside: dict[str, bool] = {}
 
     def outside(self, path: str, is_link: bool) -> str | None:
@@ -919,58 +921,56 @@ class _Containment:
     def resolve(self, folders: Iterable[str]) -> bool:
         """Whether each of many folders (normalised, under the base by name) really lies inside the base.
 
-        The folders are resolved at once, as :meth:`_real` resolves one, but
-
-        level by level from the base down, with fewer system calls: a folder
-        with at least ``_LIST_FROM`` of the sub-folders to resolve is listed
+        The folders are resolved as :meth:`_real` resolves one, but all at once,
+        level by level from the base down, and with fewer system calls: a
+        folder with at least ``_LIST_FROM`` sub-folders to resolve is listed
         once, and the entries' types that come with the listing say which are
         links (a CheXpert ``train`` folder's 64k patient folders cost one
-        listing, not 64k ``lstat``); other folders cost one ``lstat`` each.
+        listing, not 64k ``lstat``); any other folder costs one ``lstat``. A
+        folder with no link on its way is only remembered as such (its real
+        path is the real base's and the rest of its own).
         """
-        real_dirs = self.real_dirs
+        real_dirs, plain = self.real_dirs, self.plain
         folders = set(folders)
-        levels = []  # per level, the folders to resolve by their parent folder
-        todo = folders.difference(real_dirs)
+        levels = []  # per level, the deepest first: the folders to resolve, and the parent of each
+        todo = [folder for folder in folders if folder not in plain and folder not in real_dirs]
         while todo:
-            below: dict[str, list[str]] = defaultdict(list)
-            for folder in todo:
-                parent, _, name = folder.rpartition(os.sep)
-                if not parent or not name:  # the file system's root, or its child
-                    real_dirs[folder] = os.path.realpath(folder)
-                else:
-                    below[parent].append(folder)
-            levels.append(below)
-            todo = {parent for parent in below if parent not in real_dirs}
+            parents = [folder[:folder.rfind(os.sep)] for folder in todo]
+            levels.append((todo, parents))
+            todo = [parent for parent in set(parents) if parent and parent not in plain and parent not in real_dirs]
         lstat, link_kind, realpath = os.lstat, stat.S_IFLNK, os.path.realpath
-        for below in reversed(levels):
-            for parent, kids in below.items():
-                real = real_dirs[parent] if real_dirs[parent] != os.sep else ""
-                listed = self._listed_links(parent, kids) if len(kids) >= self._LIST_FROM else None
-                for kid in kids:
-                    if kid in real_dirs:  # a folder can be both listed and the parent of one listed
-                        continue
-                    if listed is not None:
-                        link = listed.get(kid[len(parent) + 1:], False)
-                    else:  # _is_link, inline: 10^5 folders
-                        try:
-                            link = lstat(kid).st_mode & 0o170000 == link_kind
-                        except (OSError, ValueError):
-                            link = False
-                    real_dirs[kid] = realpath(kid) if link else real + kid[len(parent):]
-        base, prefix = self.real_base, self.prefix
-        return all(real == base or real.startswith(prefix) for real in map(real_dirs.__getitem__, folders))
+        for todo, parents in reversed(levels):
+            listed = {parent: self._listed_links(parent) for parent, count in Counter(parents).items()
+                      if count >= self._LIST_FROM}
+            for folder, parent in zip(todo, parents):
+                if folder in plain or folder in real_dirs:  # a folder can be both listed and the parent of one listed
+                    continue
+                if not parent or not folder[len(parent) + 1:]:  # the file system's root, or its child (as _real)
+                    real_dirs[folder] = realpath(folder)
+                    continue
+                entries = listed.get(parent)
+                if entries is not None:
+                    link = entries.get(folder[len(parent) + 1:], False)
+                else:  # _is_link, inline: 10^5 folders
+                    try:
+                        link = lstat(folder).st_mode & 0o170000 == link_kind
+                    except (OSError, ValueError):
+                        link = False
+                if link:
+                    real_dirs[folder] = realpath(folder)
+                elif parent in plain:
+                    plain.add(folder)
+                else:
+                    real = self._real(parent)
+                    real_dirs[folder] = (real if real != os.sep else "") + folder[len(parent):]
+        return all(folder in plain or self._within(real_dirs[folder]) for folder in folders)
 
     @staticmethod
-    def _listed_links(parent: str, kids: list[str]) -> dict[str, bool] | None:
-        """Whether each entry of the folder ``parent`` named in ``kids`` is a symbolic link, from one listing.
-
-        None where the folder cannot be listed (each kid is then asked alone);
-        a kid that is not there is missing from the answer.
-        """
+    def _listed_links(parent: str) -> dict[str, bool] | None:
+        """Whether each entry of the folder ``parent`` is a symbolic link, by name, from one listing (None: unlisted)."""
         try:
             with os.scandir(parent) as entries:
-                names = {kid[len(parent) + 1:] for kid in kids}
-                return {entry.name: entry.is_symlink() for entry in entries if entry.name in names}
+                return {entry.name: entry.is_symlink() for entry in entries}
         except OSError:
             return None
 
@@ -992,6 +992,9 @@ class _Containment:
         real_dirs = self.real_dirs
         todo = []
         while folder not in real_dirs:
+            if folder in self.plain:  # resolved by resolve, without a link on its way
+                real_dirs[folder] = (self.real_base if self.real_base != os.sep else "") + folder[len(self.base):]
+                break
             parent, _, name = folder.rpartition(os.sep)  # a normalised path: os.path.split's answer below the root
             if not parent or not name:  # the file system's root, or its child
                 real_dirs[folder] = os.path.realpath(folder)
