@@ -1411,7 +1411,7 @@ def _quick_labels(head: _Header, table: columns.Table) -> tuple[list[str], tuple
     value_codes = np.stack([column[first] for column in codes], axis=1)  # (combinations, findings) of 0..3
     objects = np.empty(len(_CODE_VALUES), dtype=object)
     objects[:] = _CODE_VALUES
-    rows = list(map(tuple, objects[value_codes].tolist()))  # the very objects the row-by-row reading puts there
+    rows = list(zip(*objects[value_codes.T].tolist()))  # the very objects the row-by-row reading puts there
     positive = value_codes == 0
     if len(findings) < 63:  # the label is the set of positive findings: named once per set
         sets = positive.astype(np.int64) @ (np.int64(1) << np.arange(len(findings), dtype=np.int64))
