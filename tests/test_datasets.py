@@ -510,7 +510,7 @@ def _large_manifest_data(root: Path) -> None:
     os.symlink(root / "p00", root / "p_link")
 
 
-@pytest.mark.parametrize("case", ["label", "labels", "findings", "findings-classes", "label-classes"])
+@pytest.mark.parametrize("case", ["label", "labels", "findings", "findings-classes", "label-classes", "70-findings"])
 def test_column_reading_gives_the_row_readings_dataset(tmp_path, monkeypatch, case):
     _large_manifest_data(tmp_path)
     many = [f"p{i:02d}/s1/v.png" for i in range(33)]
@@ -528,6 +528,10 @@ def test_column_reading_gives_the_row_readings_dataset(tmp_path, monkeypatch, ca
         rows = [["path", "labels", "split", "group:sex"], ["a,b.png", "B|A", "train", "F"], ["sub//c.png", "", "test", ""],
                 ["d.png", "C| A |C", "val", "M"], ["link.png", "A", "", "M"]]
         rows += [[path, "|".join("ABC"[: i % 4]), "train", "FM"[i % 2]] for i, path in enumerate(many)]
+    elif case == "70-findings":  # more combinations than one int64 numbers, and labels named per combination
+        rows = [["path"] + [f"F{j}" for j in range(70)]]
+        rows += [[path] + ["1" if (i + j) % 3 == 0 else "-1" if (i * j) % 5 == 1 else "" for j in range(70)]
+                 for i, path in enumerate(["a,b.png", "sub/c.png", "d.png"] + many)]
     else:
         cells = ["1", "0", "-1", "", "1.0", " 0.0 ", "-1.0"]
         rows = [["path", "No Finding", "Edema", "Effusion", "patient_id", "group:Sex", "group:age", "group:view"],

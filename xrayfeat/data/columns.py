@@ -3,13 +3,13 @@
 Discovery reads a manifest row by row with Python's :mod:`csv` (see
 :mod:`xrayfeat.data.datasets`), which spends a few microseconds of Python per
 cell; a CheXpert manifest holds 4.7 million cells. Where pyarrow is installed
-(the ``parquet`` extra), :func:`read_table` reads the table in C instead, and
+(the ``parquet`` extra), :func:`read_columns` reads the table in C instead, and
 the helpers here turn a column into per-row Python values by its distinct
 cells, so that a column of 224k rows with a few hundred distinct values costs
 a few hundred Python calls.
 
 pyarrow is optional: without it, or wherever its reading could differ from
-``csv.reader``'s, :func:`read_table` answers None and discovery reads the rows
+``csv.reader``'s, :func:`read_columns` answers None and discovery reads the rows
 in Python as before. Both give the same dataset (``tests/test_datasets.py``
 compares them).
 """
@@ -22,12 +22,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Table", "read_table", "distinct", "per_row", "combine"]
+__all__ = ["CsvColumns", "read_columns", "distinct", "per_row", "combine"]
 
 _PACKED = 1 << 62  # combined codes stay below this (int64)
 
 
-class Table:
+class CsvColumns:
     """A CSV's cells as pyarrow string arrays: ``header`` (row 0, as written) and ``column(i)`` (the other rows)."""
 
     def __init__(self, header: list[str], columns: list, rows: int):
@@ -51,7 +51,7 @@ def _arrow():
     return pyarrow, pyarrow.csv, pyarrow.compute
 
 
-def read_table(path: str, header: Sequence[str]) -> Table | None:
+def read_columns(path: str, header: Sequence[str]) -> CsvColumns | None:
     """The CSV at ``path`` read by pyarrow, every cell as text, or None where that could differ from ``csv.reader``.
 
     ``header`` is the first row as ``csv.reader`` reads it (``utf-8-sig``):
@@ -87,7 +87,7 @@ def read_table(path: str, header: Sequence[str]) -> Table | None:
     if os.path.getsize(path) >= csv.field_size_limit():  # a cell this long is csv.reader's error: let it say so
         if any((pc.max(pc.binary_length(column)).as_py() or 0) >= csv.field_size_limit() for column in columns):
             return None
-    return Table(list(header), [column.slice(1) for column in columns], table.num_rows - 1)
+    return CsvColumns(list(header), [column.slice(1) for column in columns], table.num_rows - 1)
 
 
 def distinct(column) -> tuple[list[str], np.ndarray]:

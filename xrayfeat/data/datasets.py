@@ -1256,7 +1256,7 @@ def _quick_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], has
     first = next(rows, None)
     rows.close()
     head = _manifest_header(first, shown_csv)
-    table = columns.read_table(csv_path, first)
+    table = columns.read_columns(csv_path, first)
     if table is None or table.rows == 0:
         return None
     try:
@@ -1272,7 +1272,7 @@ def _quick_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], has
     return dataset if wanted is None else dataset.select_classes(wanted)
 
 
-def _quick_items(csv_path: str, head: _Header, table: columns.Table, suffixes: frozenset[str], hash_cache,
+def _quick_items(csv_path: str, head: _Header, table: columns.CsvColumns, suffixes: frozenset[str], hash_cache,
                  wanted: set[str] | None, shown_root: str) -> tuple[tuple[Item, ...], tuple[str, ...] | None]:
     """The items of a clean manifest in dataset order, and its findings (None: single-label); :class:`_NotClean` else."""
     n, col = table.rows, head.col
@@ -1373,7 +1373,7 @@ def _regular_stats(paths: list[str], containment: _Containment, sizes: list[int]
         raise _NotClean from None
 
 
-def _quick_labels(head: _Header, table: columns.Table) -> tuple[list[str], tuple[str, ...] | None, list, np.ndarray,
+def _quick_labels(head: _Header, table: columns.CsvColumns) -> tuple[list[str], tuple[str, ...] | None, list, np.ndarray,
                                                                  list[str]]:
     """Each row's label and findings (None for a single-label task) as :func:`_read_manifest` gives them.
 
@@ -1426,7 +1426,7 @@ def _quick_labels(head: _Header, table: columns.Table) -> tuple[list[str], tuple
             label_codes, names)
 
 
-def _quick_groups(group_columns: list[tuple[str, int]], table: columns.Table) -> list[tuple[tuple[str, str], ...]]:
+def _quick_groups(group_columns: list[tuple[str, int]], table: columns.CsvColumns) -> list[tuple[tuple[str, str], ...]]:
     """Each row's groups as :func:`_shared_groups` gives them: one tuple per combination of group cells."""
     n = table.rows
     if not group_columns:
