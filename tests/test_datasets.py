@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -470,6 +471,128 @@ def test_newline_in_file_name_stays_on_one_line(tmp_path):
     with pytest.raises(DatasetError) as info:
         discover(tmp_path)
     assert "\n" not in str(info.value) and "bad\\nname.txt" in str(info.value)
+
+
+# ---------------------------------------------------------------- a large manifest, read column by column
+
+def _outcome(manifest, **kwargs):
+    """discover()'s dataset, or the text of its refusal."""
+    try:
+        return discover(manifest, **kwargs)
+    except DatasetError as error:
+        return f"refused: {error}"
+
+
+def _readings(manifest, monkeypatch, **kwargs):
+    """discover(manifest) read column by column by pyarrow, then row by row (pyarrow absent; a small manifest).
+
+    Returns the outcomes and, for the first, whether the column reading gave the dataset.
+    """
+    from xrayfeat.data import datasets
+
+    answered = []
+    quick = datasets._quick_manifest
+    monkeypatch.setattr(datasets, "_quick_manifest", lambda *a, **k: answered.append(quick(*a, **k)) or answered[-1])
+    monkeypatch.setattr(datasets, "_COLUMNS_FROM_BYTES", 0)  # every manifest counts as large
+    by_columns = _outcome(manifest, **kwargs)
+    with monkeypatch.context() as without:
+        without.setitem(sys.modules, "pyarrow", None)  # as where the parquet extra is not installed
+        without_pyarrow = _outcome(manifest, **kwargs)
+    monkeypatch.setattr(datasets, "_COLUMNS_FROM_BYTES", 1 << 60)
+    by_rows = _outcome(manifest, **kwargs)
+    return [by_columns, without_pyarrow, by_rows], bool(answered) and answered[0] is not None
+
+
+def _large_manifest_data(root: Path) -> None:
+    """Images in folders (33 in one folder, so that it is listed), a linked file and a linked folder inside."""
+    make_tree(root, [f"p{i:02d}/s1/v.png" for i in range(33)] + ["a,b.png", "sub/c.png", "d.png", "-2+3.png", ".h.PNG"])
+    os.symlink(root / "d.png", root / "link.png")
+    os.symlink(root / "p00", root / "p_link")
+
+
+@pytest.mark.parametrize("case", ["label", "labels", "findings", "findings-classes", "label-classes", "70-findings"])
+def test_column_reading_gives_the_row_readings_dataset(tmp_path, monkeypatch, case):
+    _large_manifest_data(tmp_path)
+    many = [f"p{i:02d}/s1/v.png" for i in range(33)]
+    if case.startswith("label-") or case == "label":
+        rows = [["Path", "label", "split", "patient_id", "source", "notes"],
+                ["a,b.png", "normal", "train", "p1", "hospA", "x"], ["sub/c.png", " covid", "", "", "", "no split"],
+                ["./d.png", "'=covid", " TEST ", "p2", "'-hospB", ""], ["link.png", "covid", "val", "p2", "", ""],
+                ["'-2+3.png", "normal", "test", "p3", "", ""], ["p_link/s1/v.png", "normal", "test", "p0", "", ""],
+                [".h.PNG", "normal", "train", "p4", "", ""]]
+        rows += [[path, "covid" if i % 3 else "normal", "train", f"p{i % 7}", "", ""] for i, path in enumerate(many)]
+        if case == "label-classes":  # an empty file of a class not asked for is not read
+            (tmp_path / "empty.png").write_bytes(b"")
+            rows.append(["empty.png", "covid", "", "", "", ""])
+    elif case == "labels":
+        rows = [["path", "labels", "split", "group:sex"], ["a,b.png", "B|A", "train", "F"], ["sub//c.png", "", "test", ""],
+                ["d.png", "C| A |C", "val", "M"], ["link.png", "A", "", "M"]]
+        rows += [[path, "|".join("ABC"[: i % 4]), "train", "FM"[i % 2]] for i, path in enumerate(many)]
+    elif case == "70-findings":  # more combinations than one int64 numbers, and labels named per combination
+        rows = [["path"] + [f"F{j}" for j in range(70)]]
+        rows += [[path] + ["1" if (i + j) % 3 == 0 else "-1" if (i * j) % 5 == 1 else "" for j in range(70)]
+                 for i, path in enumerate(["a,b.png", "sub/c.png", "d.png"] + many)]
+    else:
+        cells = ["1", "0", "-1", "", "1.0", " 0.0 ", "-1.0"]
+        rows = [["path", "No Finding", "Edema", "Effusion", "patient_id", "group:Sex", "group:age", "group:view"],
+                ["a,b.png", "1", "", "0", "p1", "F", "20-40", "PA"], ["sub/c.png", "", "-1", "1.0", "p1", "F", "", "AP"],
+                ["d.png", "0", "1", "1", "p2", "M", "80+", "Lateral"], ["link.png", "", "", "", "p3", "", "", ""]]
+        rows += [[path, cells[i % 7], cells[i * 3 % 7], cells[i * 5 % 7], f"p{i % 5}", "FM"[i % 2], "40-60", "PA"]
+                 for i, path in enumerate(many)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    kwargs = {"classes": ["Edema", "No Finding"]} if case == "findings-classes" else {}
+    kwargs = {"classes": "normal"} if case == "label-classes" else kwargs
+    outcomes, by_columns = _readings(manifest, monkeypatch, hash_cache=tmp_path / "hashes.json", **kwargs)
+    assert by_columns, "the column reading left this clean manifest to the row reading"
+    assert not isinstance(outcomes[0], str), outcomes[0]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    assert len(outcomes[0]) == len(rows) - 1 - (sum(row[1] != "normal" for row in rows[1:]) if case == "label-classes" else 0)
+    again, _ = _readings(manifest, monkeypatch, hash_cache=tmp_path / "hashes.json", **kwargs)  # the hashes cached
+    assert again == outcomes
+
+
+BAD_LARGE_MANIFESTS = {  # case: (the rows after a good one, or the file's bytes; what the refusal says)
+    "missing-file": ([["nowhere.png", "1"]], "listed file does not exist"),
+    "finding-value": ([["sub/c.png", "2"]], "column 'Edema' holds '2'"),
+    "listed-twice": ([["./d.png", "1"]], "listed twice (lines 2 and 36)"),
+    "leaves-folder": ([["../x.png", "1"]], "leaves the manifest's folder"),
+    "link-out": ([["out/s1/v.png", "1"]], "through a symbolic link"),
+    "not-image": ([["notes.txt", "1"]], "not an image"),
+    "no-suffix": ([["README", "1"]], "not an image"),
+    "empty-file": ([["empty.png", "1"]], "is empty (0 bytes)"),
+    "empty-path": ([["", "1"]], "line 36 has an empty path"),
+    "blank-row": ([["", ""], ["sub/c.png", "0"]], None),  # skipped, as the row reading skips it
+    "bad-header": (b"path,Edema,Edema\nd.png,1\n", "has the column 'edema' twice"),
+    "not-utf8": (b"path,Edema\nd.png,1\n\xff.png,0\n", "not UTF-8 text"),
+    "ragged": (b"path,Edema\nd.png,1,extra\nsub/c.png\n", None),
+    # the classes asked for are checked once every file is found, and before any is read
+    "missing-file, unknown class": ([["nowhere.png", "1"]], "listed file does not exist"),
+    "empty-file, unknown class": ([["empty.png", "1"]], "unknown class 'Nope'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LARGE_MANIFESTS))
+def test_column_reading_leaves_problems_to_the_row_reading(tmp_path, monkeypatch, case):
+    _large_manifest_data(tmp_path)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    make_tree(tmp_path.parent / f"{tmp_path.name}-outside", ["s1/v.png"])
+    os.symlink(tmp_path.parent / f"{tmp_path.name}-outside", tmp_path / "out")  # beside 33 folders: the folder is listed
+    rows, fragment = BAD_LARGE_MANIFESTS[case]
+    manifest = tmp_path / "m.csv"
+    if isinstance(rows, bytes):
+        manifest.write_bytes(rows)
+    else:
+        write_csv(manifest, [["path", "Edema"], ["d.png", "1"]] + [[f"p{i:02d}/s1/v.png", "0"] for i in range(33)] + rows)
+    outcomes, by_columns = _readings(manifest, monkeypatch, **({"classes": ["Nope"]} if "class" in case else {}))
+    assert not by_columns
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    if fragment is not None:
+        assert isinstance(outcomes[0], str) and fragment in outcomes[0], outcomes[0]
+    else:
+        assert not isinstance(outcomes[0], str), outcomes[0]
+    skipped, _ = _readings(manifest, monkeypatch, on_error="skip")
+    assert skipped[0] == skipped[1] == skipped[2]
 
 
 # ---------------------------------------------------------------- summarize

@@ -5,6 +5,7 @@
 * :mod:`.labels`: what a manifest's label columns mean: one label, findings (1, 0, -1 uncertain, blank) and
   ``group:*`` columns, and the uncertain-label policies (:func:`targets`);
 * :mod:`.hashes`: the file-hash cache (:class:`HashCache`, :func:`hash_files`) that keys every store row;
+* :mod:`.columns`: a large manifest read column by column by pyarrow's CSV reader, where pyarrow is installed;
 * :mod:`.images`: decoding PNG/JPEG/DICOM into uint8 RGB (:func:`read_image`, :func:`read_gray`, :func:`probe`);
 * :mod:`.summary`: what ``inspect`` shows (:func:`summarize`, :func:`imbalance_warning`), and how a dataset looks in a
   notebook (:func:`dataset_repr`, :func:`dataset_html`);

@@ -62,19 +62,19 @@ import operator
 import os
 import posixpath
 import stat
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from xrayfeat.data import images
+from xrayfeat.data import columns, images
 from xrayfeat.errors import DatasetError, control_characters, one_line
 from xrayfeat.fileio import csv_value
 from xrayfeat.data.hashes import HashCache, hash_files
-from xrayfeat.data.labels import (FINDING_VALUES, GROUP_COLUMNS, GROUP_PREFIX, finding_value, finding_values, is_group_column,
-                                  label_columns, positive_names, split_labels)
+from xrayfeat.data.labels import (FINDING_VALUES, GROUP_COLUMNS, GROUP_PREFIX, UNCERTAIN, finding_value, finding_values,
+                                  is_group_column, label_columns, positive_names, split_labels)
 from xrayfeat.options.settings import ON_ERROR
 from xrayfeat.options.constraints import Choice, OptionError
 
@@ -167,6 +167,27 @@ class Item:
 
 
 _ITEM_FIELDS = tuple(f.name for f in fields(Item))  # in the order of Item()'s parameters (path given as file)
+
+
+def _item_maker():
+    """A function making an :class:`Item` from discovery's own checked values, in the order of :data:`_ITEM_FIELDS`.
+
+    It sets the fields as ``Item()`` does, without ``Item()``'s checks of its
+    caller's arguments: a third of the cost, which counts 10^5 times.
+    """
+    new = object.__new__
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (getattr(Item, name).__set__ for name in _ITEM_FIELDS)
+
+    def make(file, relpath, label, split, patient_id, source, sha256, nbytes, findings, groups):
+        item = new(Item)
+        s0(item, file), s1(item, relpath), s2(item, label), s3(item, split), s4(item, patient_id)
+        s5(item, source), s6(item, sha256), s7(item, nbytes), s8(item, findings), s9(item, groups)
+        return item
+
+    return make
+
+
+_make_item = _item_maker()
 
 
 @dataclass(frozen=True)
@@ -456,6 +477,9 @@ def discover(data: str | os.PathLike, *, classes: Iterable[str] | None = None,
                 for f in found
             ]
     elif os.path.isfile(absolute) and absolute.lower().endswith(".csv"):
+        quick = _quick_manifest(absolute, shown_root, suffixes, hash_cache, wanted)
+        if quick is not None:
+            return quick
         layout = "manifest"
         root = os.path.dirname(absolute)
         found, findings, declared = _read_manifest(absolute, shown_root, suffixes, problems)
@@ -834,6 +858,14 @@ def _cell(row: list[str], index: int | None) -> str | None:
     return value or None
 
 
+def _cell_text(cell: str) -> str | None:
+    """:func:`_cell` of a cell that is there."""
+    value = cell.strip()
+    if value[:1] == "'":
+        value = csv_value(value).strip()
+    return value or None
+
+
 def _refuse_duplicate_columns(header: list[str], shown_csv: str) -> None:
     """A column named twice (``label,...,label``) is ambiguous: which one holds the labels?"""
     first: dict[str, int] = {}
@@ -852,13 +884,18 @@ class _Containment:
     Each folder on the files' ways is resolved once, by one ``lstat`` (see
     :meth:`_real`), and whether it lies inside the folder is kept with it; a
     file that is not itself a link then costs one dictionary lookup (a CheXpert
-    manifest has 224k files in 134k study folders).
+    manifest has 224k files in 134k study folders). :meth:`resolve` resolves
+    many folders at once with fewer system calls.
     """
 
+    _LIST_FROM = 32  # a folder with this many sub-folders to resolve is listed once instead (see resolve)
+
     def __init__(self, base: str):
+        self.base = base
         self.real_base = os.path.realpath(base)
         self.prefix = self.real_base.rstrip(os.sep) + os.sep
         self.real_dirs = {base: self.real_base}
+        self.plain = {base}  # folders with no link between the base and them: real path = real base + the rest
         self.inside: dict[str, bool] = {}
 
     def outside(self, path: str, is_link: bool) -> str | None:
@@ -869,16 +906,81 @@ class _Containment:
         if "\0" in path:  # no such file (the row's own check says so); realpath would raise
             return None
         folder, _, name = path.rpartition(os.sep)
-        inside = self.inside.get(folder)
-        if inside is None:
-            inside = self.inside[folder] = self._within(self._real(folder))
-        if inside and not is_link:
+        if self.holds(folder) and not is_link:
             return None
         real = os.path.realpath(path) if is_link else os.path.join(self._real(folder), name)
         return None if self._within(real) else real
 
+    def holds(self, folder: str) -> bool:
+        """Whether ``folder`` (normalised, under the base by name) really lies inside the base."""
+        inside = self.inside.get(folder)
+        if inside is None:
+            inside = self.inside[folder] = self._within(self._real(folder))
+        return inside
+
+    def resolve(self, folders: Iterable[str]) -> bool:
+        """Whether each of many folders (normalised, under the base by name) really lies inside the base.
+
+        The folders are resolved as :meth:`_real` resolves one, but all at once,
+        level by level from the base down, and with fewer system calls: a
+        folder with at least ``_LIST_FROM`` sub-folders to resolve is listed
+        once, and the entries' types that come with the listing say which are
+        links (a CheXpert ``train`` folder's 64k patient folders cost one
+        listing, not 64k ``lstat``); any other folder costs one ``lstat``. A
+        folder with no link on its way is only remembered as such (its real
+        path is the real base's and the rest of its own).
+        """
+        real_dirs, plain = self.real_dirs, self.plain
+        folders = set(folders)
+        levels = []  # per level, the deepest first: the folders to resolve, and the parent of each
+        todo = [folder for folder in folders if folder not in plain and folder not in real_dirs]
+        while todo:
+            parents = [folder[:folder.rfind(os.sep)] for folder in todo]
+            levels.append((todo, parents))
+            todo = [parent for parent in set(parents) if parent and parent not in plain and parent not in real_dirs]
+        lstat, link_kind, realpath = os.lstat, stat.S_IFLNK, os.path.realpath
+        for todo, parents in reversed(levels):
+            listed = {parent: self._listed_links(parent) for parent, count in Counter(parents).items()
+                      if count >= self._LIST_FROM}
+            for folder, parent in zip(todo, parents):
+                if folder in plain or folder in real_dirs:  # a folder can be both listed and the parent of one listed
+                    continue
+                if not parent or not folder[len(parent) + 1:]:  # the file system's root, or its child (as _real)
+                    real_dirs[folder] = realpath(folder)
+                    continue
+                entries = listed.get(parent)
+                if entries is not None:
+                    link = entries.get(folder[len(parent) + 1:], False)
+                else:  # _is_link, inline: 10^5 folders
+                    try:
+                        link = lstat(folder).st_mode & 0o170000 == link_kind
+                    except (OSError, ValueError):
+                        link = False
+                if link:
+                    real_dirs[folder] = realpath(folder)
+                elif parent in plain:
+                    plain.add(folder)
+                else:
+                    real = self._real(parent)
+                    real_dirs[folder] = (real if real != os.sep else "") + folder[len(parent):]
+        return all(folder in plain or self._within(real_dirs[folder]) for folder in folders)
+
+    @staticmethod
+    def _listed_links(parent: str) -> dict[str, bool] | None:
+        """Whether each entry of the folder ``parent`` is a symbolic link, by name, from one listing (None: unlisted)."""
+        try:
+            with os.scandir(parent) as entries:
+                return {entry.name: entry.is_symlink() for entry in entries}
+        except OSError:
+            return None
+
     def _within(self, real: str) -> bool:
         return real == self.real_base or real.startswith(self.prefix)
+
+    @staticmethod
+    def _is_link(folder: str) -> bool:
+        link = _lstat(folder)
+        return link is not None and stat.S_ISLNK(link.st_mode)
 
     def _real(self, folder: str) -> str:
         """``os.path.realpath(folder)``, from the nearest folder above it already resolved: one ``lstat`` per new folder.
@@ -890,6 +992,9 @@ class _Containment:
         real_dirs = self.real_dirs
         todo = []
         while folder not in real_dirs:
+            if folder in self.plain:  # resolved by resolve, without a link on its way
+                real_dirs[folder] = (self.real_base if self.real_base != os.sep else "") + folder[len(self.base):]
+                break
             parent, _, name = folder.rpartition(os.sep)  # a normalised path: os.path.split's answer below the root
             if not parent or not name:  # the file system's root, or its child
                 real_dirs[folder] = os.path.realpath(folder)
@@ -898,8 +1003,7 @@ class _Containment:
             folder = parent
         real = real_dirs[folder]
         for folder in reversed(todo):
-            link = _lstat(folder)
-            if link is not None and stat.S_ISLNK(link.st_mode):
+            if self._is_link(folder):
                 real = os.path.realpath(folder)
             else:
                 real = real + folder[folder.rfind(os.sep):] if real != os.sep else folder[folder.rfind(os.sep):]
@@ -939,26 +1043,7 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     base = os.path.dirname(csv_path)
     shown_base = os.path.dirname(shown_csv)
     rows = _manifest_rows(csv_path, shown_csv)
-    first = next(rows, None)
-    if first is None or not any(cell.strip() for cell in first):
-        raise DatasetError(f"{shown_csv}: manifest is empty; it needs a header row {','.join(_REQUIRED_COLUMNS + _OPTIONAL_COLUMNS)} and one row per image")
-    written = [name.strip() for name in first]
-    header = [name.lower() for name in written]
-    _refuse_duplicate_columns(header, shown_csv)
-    kind, finding_columns = label_columns(written)
-    findings = _finding_names(written, finding_columns, shown_csv) if kind == "findings" else None
-    group_columns = _group_columns(header)
-    _check_groups(group_columns, shown_csv)
-    multilabel = kind == "labels" or (finding_columns and "path" in header)  # without a path, nothing reads as findings
-    missing = [name for name in _REQUIRED_COLUMNS if name not in header and not (name == "label" and multilabel)]
-    if missing:
-        raise DatasetError(_one_line(
-            f"{shown_csv}: manifest lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(found: {', '.join(header)}); required: {', '.join(_REQUIRED_COLUMNS)}, "
-            f"optional: {', '.join(_OPTIONAL_COLUMNS)}; or, for a multi-label task, a 'labels' column (A|B) or "
-            f"one column per finding (1, 0, -1, blank)"
-        ))
-    col = {name: header.index(name) for name in _REQUIRED_COLUMNS + _OPTIONAL_COLUMNS + ("labels",) if name in header}
+    written, kind, finding_columns, findings, group_columns, col = _manifest_header(next(rows, None), shown_csv)
     named_labels: list[list[str]] = []  # a 'labels' manifest: each found row's findings, valued once all are known
     allowed = ", ".join(sorted(suffixes))
     found: list[_Found] = []
@@ -1074,6 +1159,41 @@ def _read_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str],
     return found, findings, frozenset(name for name, _ in group_columns)
 
 
+class _Header(NamedTuple):
+    """What a manifest's header row says (see :func:`_manifest_header`)."""
+
+    written: list[str]  # the column names as written, stripped
+    kind: str  # "label", "labels" or "findings" (labels.label_columns)
+    finding_columns: list[int]
+    findings: tuple[str, ...] | None  # the finding columns' names (None unless kind is "findings")
+    group_columns: list[tuple[str, int]]
+    col: dict[str, int]  # where each of path, label, split, patient_id, source and labels is
+
+
+def _manifest_header(first: list[str] | None, shown_csv: str) -> _Header:
+    """The manifest's header row read, or refused in one line (empty, a column twice, a required column missing)."""
+    if first is None or not any(cell.strip() for cell in first):
+        raise DatasetError(f"{shown_csv}: manifest is empty; it needs a header row {','.join(_REQUIRED_COLUMNS + _OPTIONAL_COLUMNS)} and one row per image")
+    written = [name.strip() for name in first]
+    header = [name.lower() for name in written]
+    _refuse_duplicate_columns(header, shown_csv)
+    kind, finding_columns = label_columns(written)
+    findings = _finding_names(written, finding_columns, shown_csv) if kind == "findings" else None
+    group_columns = _group_columns(header)
+    _check_groups(group_columns, shown_csv)
+    multilabel = kind == "labels" or (finding_columns and "path" in header)  # without a path, nothing reads as findings
+    missing = [name for name in _REQUIRED_COLUMNS if name not in header and not (name == "label" and multilabel)]
+    if missing:
+        raise DatasetError(_one_line(
+            f"{shown_csv}: manifest lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {', '.join(header)}); required: {', '.join(_REQUIRED_COLUMNS)}, "
+            f"optional: {', '.join(_OPTIONAL_COLUMNS)}; or, for a multi-label task, a 'labels' column (A|B) or "
+            f"one column per finding (1, 0, -1, blank)"
+        ))
+    col = {name: header.index(name) for name in _REQUIRED_COLUMNS + _OPTIONAL_COLUMNS + ("labels",) if name in header}
+    return _Header(written, kind, finding_columns, findings, group_columns, col)
+
+
 def _manifest_rows(csv_path: str, shown_csv: str):
     """The manifest's rows as lists of cells, read as they are used (a 224k-row table is never held whole).
 
@@ -1087,6 +1207,245 @@ def _manifest_rows(csv_path: str, shown_csv: str):
         raise DatasetError(f"{shown_csv}: not UTF-8 text; save the manifest as UTF-8 CSV") from error
     except (OSError, csv.Error) as error:
         raise DatasetError(_one_line(f"{shown_csv}: cannot read the manifest ({error}); check the file")) from error
+
+
+_COLUMNS_FROM_BYTES = 1 << 20  # a manifest this large is read column by column where pyarrow is installed
+_CODE_VALUES = (FINDING_VALUES["1"], FINDING_VALUES["0"], FINDING_VALUES["-1"], FINDING_VALUES[""])  # NaN: the same object
+_FINDING_CODES = {cell: 0 if value == 1 else 1 if value == 0 else 2 if value == UNCERTAIN else 3
+                  for cell, value in FINDING_VALUES.items()}  # a finding cell's index into _CODE_VALUES
+
+
+def _plain_paths(values: list[str], suffixes: frozenset[str]) -> tuple[bool, bool]:
+    """Whether ``os.path.normpath`` leaves each relative path as it is, and whether each names an image (``_suffix``).
+
+    Normal: no ``.`` or ``..`` part, no ``//``, not absolute; found by a few
+    searches of the joined paths (a pattern over 10^5 paths takes a second).
+    """
+    text = "\n" + "\n".join(values) + "\n"
+    normal = text.count("\n") == len(values) + 1 and not any(part in text for part in ("\n/", "//", "/\n"))
+    if normal and ("/." in text or "\n." in text):  # only then can a part be . or ..
+        normal = not any(part in text for part in ("\n./", "/./", "\n.\n", "/.\n", "\n../", "/../", "\n..\n", "/..\n"))
+    if "\n." in text:  # a name starting with a dot: the exact way
+        return normal, set(map(_suffix, values)) <= suffixes
+    tails = {value[value.rfind("."):] for value in values}  # each value's _suffix, before lower() and its checks
+    return normal, all(tail[:1] == "." and "/" not in tail and tail.lower() in suffixes for tail in tails)
+
+
+class _NotClean(Exception):
+    """A manifest row that the row-by-row reading must see (it words the refusal, or skips the row)."""
+
+
+def _quick_manifest(csv_path: str, shown_csv: str, suffixes: frozenset[str], hash_cache,
+                    wanted: set[str] | None) -> Dataset | None:
+    """A large manifest's dataset read column by column (:mod:`xrayfeat.data.columns`), or None to read it row by row.
+
+    The same dataset as the row-by-row reading (:func:`_read_manifest`,
+    :func:`_hash`), items in the same order, for a manifest without a single
+    problem: every row names an image file inside the manifest's folder, once,
+    with a known split and label values, and every file is a non-empty regular
+    file. Anything else (a missing file, a blank row, a bad value, a DICOM file
+    whose header could add groups), and a manifest that pyarrow is not
+    installed to read or reads otherwise than ``csv.reader``, answers None:
+    the row-by-row reading then finds the problem and words its refusal as it
+    always has. A refusal of the header, which both readings make alike, is
+    raised here.
+    """
+    if os.sep != "/" or os.path.getsize(csv_path) < _COLUMNS_FROM_BYTES:
+        return None
+    rows = _manifest_rows(csv_path, shown_csv)
+    first = next(rows, None)
+    rows.close()
+    head = _manifest_header(first, shown_csv)
+    table = columns.read_columns(csv_path, first)
+    if table is None or table.rows == 0:
+        return None
+    try:
+        items, findings = _quick_items(csv_path, head, table, suffixes, hash_cache, wanted, shown_csv)
+    except _NotClean:
+        return None
+    root = Path(os.path.dirname(csv_path))
+    if findings is None:
+        return Dataset(root=root, items=items, classes=tuple(sorted({item.label for item in items})),
+                       layout="manifest", manifest=Path(csv_path))
+    dataset = Dataset(root=root, items=items, classes=findings, layout="manifest", multilabel=True,
+                      manifest=Path(csv_path))
+    return dataset if wanted is None else dataset.select_classes(wanted)
+
+
+def _quick_items(csv_path: str, head: _Header, table: columns.CsvColumns, suffixes: frozenset[str], hash_cache,
+                 wanted: set[str] | None, shown_root: str) -> tuple[tuple[Item, ...], tuple[str, ...] | None]:
+    """The items of a clean manifest in dataset order, and its findings (None: single-label); :class:`_NotClean` else."""
+    n, col = table.rows, head.col
+    base = os.path.dirname(csv_path)
+    base_prefix = base if base.endswith(os.sep) else base + os.sep
+
+    values = [cell.strip() for cell in table.column(col["path"]).to_pylist()]
+    if any(value[:1] == "'" for value in values):
+        values = [_cell_text(value) or "" for value in values]
+    if not all(values):  # an empty path, or a blank row
+        raise _NotClean
+    normal, all_images = _plain_paths(values, suffixes)
+    if not all_images:
+        raise _NotClean  # a file that is not an image
+    if normal:
+        paths = [base_prefix + value for value in values]  # os.path.normpath(os.path.join(base, value)), as it is
+        relpaths = values
+    else:
+        paths = [os.path.normpath(os.path.join(base, value)) for value in values]
+        if not all(path.startswith(base_prefix) for path in paths):
+            raise _NotClean  # leaves the manifest's folder
+        relpaths = [path[len(base_prefix):] for path in paths]
+    if len(set(paths)) != n:
+        raise _NotClean  # a file listed twice
+    if not _DICOM_GROUPS <= {name for name, _ in head.group_columns} and any(
+            _suffix(value) in images.DICOM_SUFFIXES for value in values):
+        raise _NotClean  # a DICOM header may add groups
+
+    if "split" in col:
+        split_of = {name: name for name in SPLITS}
+        splits, names, split_codes = columns.per_row(
+            table.column(col["split"]), lambda cell: split_of.get((_cell_text(cell) or "train").lower()))
+        if None in names:
+            raise _NotClean
+        split_codes = np.array([_SPLIT_ORDER[name] for name in names], dtype=np.int64)[split_codes]
+    else:
+        splits, split_codes = ["train"] * n, np.zeros(n, dtype=np.int64)
+    labels, findings, finding_rows, label_codes, label_names = _quick_labels(head, table)
+    patient_ids = columns.per_row(table.column(col["patient_id"]), _cell_text)[0] if "patient_id" in col else [None] * n
+    sources = columns.per_row(table.column(col["source"]), _cell_text)[0] if "source" in col else [None] * n
+    groups = _quick_groups(head.group_columns, table)
+
+    containment = _Containment(base)
+    if not containment.resolve({path[:path.rfind(os.sep)] for path in paths}):
+        raise _NotClean  # a symbolic link on the way leads out of the manifest's folder
+    cache = HashCache(hash_cache)
+    sizes: list[int] = []
+    digests = cache.lookup_many(paths, _regular_stats(paths, containment, sizes))  # no stat is held
+    # as the row-by-row reading: the classes asked for are checked once every file is found, before any is read
+    _check_wanted(wanted, label_names if findings is None else findings, shown_root)
+    if findings is None and wanted is not None:  # the other classes' files are neither hashed nor kept
+        keep = [i for i, label in enumerate(labels) if label in wanted]
+        paths, relpaths, labels, splits, patient_ids, sources, sizes, digests, finding_rows, groups = (
+            [seq[i] for i in keep] for seq in (paths, relpaths, labels, splits, patient_ids, sources, sizes, digests,
+                                               finding_rows, groups))
+        keep = np.array(keep, dtype=np.int64)
+        split_codes, label_codes = split_codes[keep], label_codes[keep]
+    if 0 in sizes:
+        raise _NotClean  # an empty file (of a class asked for)
+    todo = [i for i, digest in enumerate(digests) if digest is None]
+    if todo:  # files new to the cache, or changed
+        stats, fresh = hash_files([paths[i] for i in todo], cache, lambda i, reason: _NotClean())
+        for i, st, digest in zip(todo, stats, fresh):
+            sizes[i], digests[i] = st.st_size, digest
+    cache.save()
+    del cache  # not held while the items are made: a lower peak
+    items = list(map(_make_item, paths, relpaths, labels, splits, patient_ids, sources, digests, sizes,
+                     finding_rows, groups))
+
+    # the dataset's order (_order): split, then label, then path; relpaths are distinct, so one order fits
+    by_name = {name: rank for rank, name in enumerate(sorted(set(label_names)))}
+    label_rank = np.array([by_name[name] for name in label_names], dtype=np.int64)[label_codes]
+    path_rank = np.empty(len(items), dtype=np.int64)
+    path_rank[np.array(sorted(range(len(items)), key=relpaths.__getitem__), dtype=np.int64)] = np.arange(len(items))
+    key = (split_codes * len(by_name) + label_rank) * len(items) + path_rank
+    return tuple(map(items.__getitem__, np.argsort(key, kind="stable").tolist())), findings
+
+
+def _regular_stats(paths: list[str], containment: _Containment, sizes: list[int]):
+    """Each file's ``stat`` (followed through a link that stays inside), its size added to ``sizes``.
+
+    One ``lstat`` per file, as the row-by-row reading takes; a missing file, a
+    link leading out, or anything but a regular file raises :class:`_NotClean`.
+    """
+    lstat, regular, add = os.lstat, stat.S_IFREG, sizes.append
+    try:
+        for path in paths:
+            st = lstat(path)
+            if st.st_mode & 0o170000 != regular:
+                if not stat.S_ISLNK(st.st_mode) or containment.outside(path, True) is not None:
+                    raise _NotClean
+                st = _followed(path, st)
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    raise _NotClean
+            add(st.st_size)
+            yield st
+    except (OSError, ValueError):
+        raise _NotClean from None
+
+
+def _quick_labels(head: _Header, table: columns.CsvColumns) -> tuple[list[str], tuple[str, ...] | None, list, np.ndarray,
+                                                                 list[str]]:
+    """Each row's label and findings (None for a single-label task) as :func:`_read_manifest` gives them.
+
+    Returns the labels, the findings, each row's finding values, and each
+    row's index into the last: the labels their rows share.
+    """
+    n, kind = table.rows, head.kind
+    if kind == "label":
+        labels, names, codes = columns.per_row(table.column(head.col["label"]), _cell_text)
+        if None in names or any(map(control_characters, names)):
+            raise _NotClean
+        return labels, None, [None] * n, codes, names
+    if kind == "labels":
+        named, lists, codes = columns.per_row(table.column(head.col["labels"]),
+                                              lambda cell: split_labels(_cell_text(cell) or ""))
+        findings = tuple(sorted({name for names in lists for name in names}))
+        if not findings or any(control_characters(name) for name in findings):
+            raise _NotClean
+        names = ["|".join(names) for names in lists]
+        rows = [tuple(1.0 if name in names else 0.0 for name in findings) for names in lists]
+        picked = codes.tolist()
+        return list(map(names.__getitem__, picked)), findings, list(map(rows.__getitem__, picked)), codes, names
+    findings = head.findings
+    if not findings:
+        raise _NotClean
+    codes, sizes = [], []
+    for index in head.finding_columns:
+        cells, cell_codes = columns.distinct(table.column(index))
+        known = [_FINDING_CODES.get(cell.strip()) for cell in cells]
+        if None in known:
+            raise _NotClean  # a value a finding cannot hold
+        codes.append(np.array(known, dtype=np.int8)[cell_codes])
+        sizes.append(4)
+    first, combination = columns.combine(codes, sizes, n)
+    value_codes = np.stack([column[first] for column in codes], axis=1)  # (combinations, findings) of 0..3
+    objects = np.empty(len(_CODE_VALUES), dtype=object)
+    objects[:] = _CODE_VALUES
+    rows = list(zip(*objects[value_codes.T].tolist()))  # the very objects the row-by-row reading puts there
+    positive = value_codes == 0
+    if len(findings) < 63:  # the label is the set of positive findings: named once per set
+        sets = positive.astype(np.int64) @ (np.int64(1) << np.arange(len(findings), dtype=np.int64))
+        first_set, set_of = np.unique(sets, return_index=True, return_inverse=True)[1:]
+        names = [positive_names(values, findings) for values in map(rows.__getitem__, first_set.tolist())]
+        label_codes = set_of.reshape(-1)[combination]
+    else:
+        names = [positive_names(values, findings) for values in rows]
+        label_codes = combination
+    picked = combination.tolist()
+    return (list(map(names.__getitem__, label_codes.tolist())), findings, list(map(rows.__getitem__, picked)),
+            label_codes, names)
+
+
+def _quick_groups(group_columns: list[tuple[str, int]], table: columns.CsvColumns) -> list[tuple[tuple[str, str], ...]]:
+    """Each row's groups as :func:`_shared_groups` gives them: one tuple per combination of group cells."""
+    n = table.rows
+    if not group_columns:
+        return [()] * n
+    codes, sizes, values = [], [], []
+    for _, index in group_columns:
+        cells, cell_codes = columns.distinct(table.column(index))
+        texts = [_cell_text(cell) for cell in cells]
+        if any(text is not None and control_characters(text) for text in texts):
+            raise _NotClean
+        codes.append(cell_codes)
+        sizes.append(len(cells))
+        values.append(texts)
+    first, combination = columns.combine(codes, sizes, n)
+    shared = []
+    for row in first.tolist():
+        pairs = [(name, texts[column[row]]) for (name, _), texts, column in zip(group_columns, values, codes)]
+        shared.append(tuple(sorted(pair for pair in pairs if pair[1] is not None)))
+    return list(map(shared.__getitem__, combination.tolist()))
 
 
 def _finding_names(written: list[str], columns: list[int], shown_csv: str) -> tuple[str, ...]:
@@ -1107,8 +1466,8 @@ def _hash(found: list[_Found], cache: HashCache, problems: _Problems) -> list[It
     items = []
     for f, st, digest in zip(found, stats, digests):
         if digest is not None:
-            items.append(Item(f.path, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
-                              f.findings, f.groups))
+            items.append(_make_item(f.path, f.relpath, f.label, f.split, f.patient_id, f.source, digest, st.st_size,
+                                    f.findings, f.groups))
     return items
 
 

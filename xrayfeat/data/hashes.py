@@ -67,6 +67,19 @@ class HashCache:
             return entry[3]
         return None
 
+    def lookup_many(self, keys: Sequence[str], stats: Sequence[os.stat_result | None]) -> list[str | None]:
+        """:meth:`lookup` of each key with its stat (None where the stat is None), in one pass over 10^5 files."""
+        found: list[str | None] = []
+        add = found.append
+        for entry, st in zip(map(self.entries.get, keys), stats):
+            if (st is not None and type(entry) is list and len(entry) == 4 and entry[0] == st.st_size
+                    and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino
+                    and type(entry[3]) is str and len(entry[3]) == 64):
+                add(entry[3])
+            else:
+                add(None)
+        return found
+
     def store(self, key: str, st: os.stat_result, digest: str) -> None:
         entry = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
         if self.entries.get(key) != entry:
@@ -107,12 +120,10 @@ def hash_files(paths: Sequence[str], cache: HashCache, error: Callable[[int, str
     the discovery of the others).
     """
     stats: list[os.stat_result | None] = []
-    digests: list[str | None] = []
     for i, path in enumerate(paths):
         given = known[i] if known is not None else None
-        st = _stat(i, path, error) if given is None else _checked(i, given, error)
-        stats.append(st)
-        digests.append(None if st is None else cache.lookup(path, st))
+        stats.append(_stat(i, path, error) if given is None else _checked(i, given, error))
+    digests = cache.lookup_many(paths, stats)
     todo = [i for i, (st, digest) in enumerate(zip(stats, digests)) if st is not None and digest is None]
 
     def work(i: int) -> tuple[int, str | None]:
