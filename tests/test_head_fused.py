@@ -195,24 +195,21 @@ REAL_CHILD = CHILD_PRELUDE + textwrap.dedent(
     for name, chunks in (("keras", None), ("fused", 32), ("twin-blas", 0), ("twin-7", 7)):
         fused_kernel.CHUNKS = 32 if chunks is None else chunks
         trained = heads.train_head(x, y, xt, yt, step="keras" if chunks is None else "fused", **seed_settings)
-        out[name] = {"loop": trained.settings["loop"], "history": trained.history,
-                     "weights": [w.tolist() for w in trained.model.get_weights()],
-                     "proba": trained.predict_proba(xt).tolist()}
         # and one epoch, still in the regime where last-bit differences have not grown: equal to float32's 1e-4
         short = heads.train_head(x, y, xt, yt, step="keras" if chunks is None else "fused", **{**seed_settings, "epochs": 1})
-        out[name]["short"] = [w.tolist() for w in short.model.get_weights()]
+        out[name] = {"loop": trained.settings["loop"], "history": trained.history}
+        arrays = {f"weights{i}": w for i, w in enumerate(trained.model.get_weights())}
+        arrays.update({f"short{i}": w for i, w in enumerate(short.model.get_weights())})
+        np.savez(f"{sys.argv[2]}/{name}.npz", proba=trained.predict_proba(xt), **arrays)  # 52 MB kernels: not JSON
     print(json.dumps(out))
     """
 )
 
 
 def gaps(a: dict, b: dict) -> dict:
-    """How far two trainings ended apart, per quantity: each history curve and the test probabilities by their mean
-    absolute difference, each weight array by the norm of the difference relative to its own norm."""
+    """How far two trainings ended apart: each history curve and the test probabilities, by their mean absolute
+    difference."""
     out = {f"history:{k}": float(np.mean(np.abs(np.subtract(a["history"][k], b["history"][k])))) for k in b["history"]}
-    for i, (u, v) in enumerate(zip(a["weights"], b["weights"])):
-        u, v = np.asarray(u), np.asarray(v)
-        out[f"weights:{i}"] = float(np.linalg.norm(u - v) / max(np.linalg.norm(v), 1e-12))
     out["proba"] = float(np.mean(np.abs(np.subtract(a["proba"], b["proba"]))))
     return out
 
@@ -222,27 +219,39 @@ def gaps(a: dict, b: dict) -> dict:
 @pytest.mark.heavy  # four 100-epoch trainings: .ci/run runs it, ./scripts/test.sh leaves it out
 def test_over_100_epochs_on_the_shared_sample_keras_step_is_one_of_the_fused_steps_float32_twins(tmp_path, real_sample):
     """Over 1,000 steps float32 rounding alone moves this training far (it is chaotic: a ReLU or a dropped unit
-    flips on a last bit). So the 100-epoch tolerance is measured, not assumed: three fused runs that differ only in
-    the order of one float32 sum (the forward product in 32 or 7 chunks, or by BLAS) spread by some amount per
-    quantity; Keras' step must lie within 4 times that spread of them (measured here: 1 to 3 times), no
-    probability may move by 0.05 on average, and after one epoch (10 steps, before the differences grow) every
-    weight must agree to float32's 1e-4 (a wrong gradient, L2 term or dropout mask would not)."""
+    flips on a last bit, and the runs part). So the 100-epoch tolerance is measured, not assumed: three fused runs
+    that differ only in the order of one float32 sum (the forward product in 32 or 7 chunks, or by BLAS) spread
+    by some amount; Keras' step must lie within 4 times that spread of them (measured here: 0.6 to 1.9 times) in
+    every history curve and in the test probabilities, which may not move by 0.05 on average. The weights are
+    compared where the runs have not parted yet, after one epoch (10 steps): to float32's 1e-4 (measured: 2e-6;
+    a wrong gradient, L2 term or dropout mask would not be), and BatchNormalization's moving statistics, which
+    only the batches decide, after all 100 epochs."""
     import xrayfeat as xf
 
     x, y, meta = xf.features(real_sample, "inception_v3", part="spatial", weights="none", image_size=224,
                              cache_dir=tmp_path / "cache")
     train = (meta["split"] == "train").to_numpy()
     np.savez(tmp_path / "features.npz", x=x[train], y=y[train], xt=x[~train], yt=y[~train])
-    runs = run_child(REAL_CHILD, tmp_path / "features.npz", timeout=2400)
+    runs = run_child(REAL_CHILD, tmp_path / "features.npz", tmp_path, timeout=2400)
     assert [run["loop"] for run in runs.values()] == ["jax", "fused", "fused", "fused"]
+    for name, run in runs.items():
+        with np.load(tmp_path / f"{name}.npz") as arrays:
+            run["proba"] = arrays["proba"]
+            run["weights"] = [arrays[f"weights{i}"] for i in range(8)]
+            run["short"] = [arrays[f"short{i}"] for i in range(8)]
     keras_run, family = runs["keras"], [runs["fused"], runs["twin-blas"], runs["twin-7"]]
     for member in family:
         for got, want in zip(member["short"], keras_run["short"]):
             assert _close(got, want, 1e-4)
+    for member in family:  # the same batches in the same order, 100 epochs on: BatchNormalization's moving statistics
+        for i in (2, 3):
+            assert _close(member["weights"][i], keras_run["weights"][i], 1e-5)
     spread = [gaps(a, b) for i, a in enumerate(family) for b in family[i + 1:]]
     to_keras = [gaps(keras_run, member) for member in family]
     assert max(s["proba"] for s in spread) > 0  # the twins did sum in other orders
+    floors = {"history:accuracy": 0.01, "history:val_accuracy": 0.01}  # one sample in ten steps' hundred
     for key in spread[0]:
         within = max(s[key] for s in spread)
-        assert statistics.median(k[key] for k in to_keras) <= 4 * within + 1e-6, (key, [k[key] for k in to_keras], within)
+        median = statistics.median(k[key] for k in to_keras)
+        assert median <= 4 * within + floors.get(key, 1e-4), (key, [k[key] for k in to_keras], within)
     assert max(k["proba"] for k in to_keras) <= 0.05
