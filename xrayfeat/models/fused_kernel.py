@@ -36,6 +36,7 @@ Nothing is imported from numba until a function here is called.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -43,6 +44,10 @@ __all__ = ["BLOCK", "CHUNKS", "adam_alpha", "check_kernel", "forward", "kernel",
 
 #: Kernel rows per block (one thread's unit of work).
 BLOCK = 64
+
+# numba's default threading layer (workqueue) aborts the process when two threads launch parallel kernels at once;
+# a notebook training two heads on threads must wait its turn instead.
+_LAUNCH = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,7 +142,8 @@ def forward(x_n, w, chunks: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     if (CHUNKS if chunks is None else chunks) == 0:
         return np.asarray(x_n, np.float32) @ w, x_t
     partial = np.empty((CHUNKS if chunks is None else chunks, x_t.shape[1], w.shape[1]), np.float32)
-    forward_kernel()(x_t, w, partial)
+    with _LAUNCH:
+        forward_kernel()(x_t, w, partial)
     return partial.sum(axis=0, dtype=np.float32), x_t
 
 
@@ -162,7 +168,8 @@ def step(x_t, dz, w, m, v, *, l2: float, beta_1: float, beta_2: float, epsilon: 
     dz = np.ascontiguousarray(dz, f)
     dx = np.empty((dz.shape[0], w.shape[0]), f)
     sumsq = np.empty(-(-w.shape[0] // BLOCK), np.float64)
-    kernel()(x_t, dz, w, m, v, f(2 * l2), f(1 - beta_1), f(1 - beta_2), f(alpha), f(epsilon), dx, sumsq)
+    with _LAUNCH:
+        kernel()(x_t, dz, w, m, v, f(2 * l2), f(1 - beta_1), f(1 - beta_2), f(alpha), f(epsilon), dx, sumsq)
     return dx, float(sumsq.sum())
 
 
