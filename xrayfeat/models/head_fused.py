@@ -16,8 +16,9 @@ This step splits the head at that kernel and lets Keras do everything else:
 4. the kernel's gradient, its L2 term and Adam on kernel and moments, plus the
    gradient w.r.t. ``x_n``: one fused pass (:func:`fused_kernel.step`);
 5. BatchNormalization's gradient w.r.t. its scale and offset (a jax
-   ``vjp`` of step 1) and Adam on the small variables, jitted, with the
-   formula of ``keras.optimizers.Adam.update_step``.
+   ``vjp`` of step 1) and Adam on the small variables, in one jitted call,
+   with the formula of ``keras.optimizers.Adam.update_step`` (the kernel's
+   α is the same formula in numpy float32, :func:`fused_kernel.adam_alpha`).
 
 The kernel and its moments live in numpy arrays during training; every
 variable is written back to the model at the end of every epoch, before
@@ -135,10 +136,17 @@ class _Pieces:
         if not tracker:
             raise RuntimeError("the compiled model has no loss tracker")
         self.tracker = tracker[0]
+        config = model.optimizer.get_config()
+        #: Adam's learning rate, β₁, β₂ and ε, as Python floats (a constant learning rate: :func:`unavailable`)
+        self.adam_settings = tuple(float(config[k]) for k in ("learning_rate", "beta_1", "beta_2", "epsilon"))
+        # where each small variable's gradient comes from, in the order of _State.small
+        sources = {id(v): ("bn", i) for i, v in enumerate(self.bn.trainable_variables)}
+        sources[id(self.dense.bias)] = ("bias", 0)
+        sources.update({id(v): ("out", i) for i, v in enumerate(self.out.trainable_variables)})
+        self.sources = [sources[id(v)] for v in model.trainable_variables if v is not self.dense.kernel]
         self.front = jax.jit(self._front)
-        self.front_grads = jax.jit(self._front_grads)
         self.back = jax.jit(self._back)
-        self.adam = jax.jit(self._adam)
+        self.update = jax.jit(self._update)
 
     # --- the pieces (pure functions of arrays)
 
@@ -179,20 +187,26 @@ class _Pieces:
                        for v, value in mapping]
         return logs, grads, dropout_state, new_metrics
 
-    def _adam(self, variables, grads, moments, velocities, iteration, learning_rate, beta_1, beta_2, epsilon):
-        """``keras.optimizers.Adam.update_step`` on a list of small variables; also Adam's α (for the kernel)."""
+    def _update(self, bn_trainable, bn_non_trainable, x, dx_n, d_bias, d_out, values, moments, velocities, iteration):
+        """BatchNormalization's gradient (from the one w.r.t. x_n), then Adam on every small variable, as
+        ``keras.optimizers.Adam.update_step`` does: (new values, first moments, second moments)."""
         from keras import ops
 
+        grads = {"bn": self._front_grads(bn_trainable, bn_non_trainable, x, dx_n), "bias": [d_bias], "out": d_out}
+        learning_rate, beta_1, beta_2, epsilon = self.adam_settings
         dtype = "float32"
         local_step = ops.cast(iteration + 1, dtype)
         alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(ops.cast(beta_2, dtype), local_step)) / (
             1 - ops.power(ops.cast(beta_1, dtype), local_step))
-        new = []
-        for var, g, m, v in zip(variables, grads, moments, velocities):
+        new_values, new_moments, new_velocities = [], [], []
+        for (group, index), var, m, v in zip(self.sources, values, moments, velocities):
+            g = grads[group][index]
             m = m + (g - m) * (1 - beta_1)
             v = v + (ops.square(g) - v) * (1 - beta_2)
-            new.append((var - (m * alpha) / (ops.sqrt(v) + epsilon), m, v))
-        return [n[0] for n in new], [n[1] for n in new], [n[2] for n in new], alpha
+            new_values.append(var - (m * alpha) / (ops.sqrt(v) + epsilon))
+            new_moments.append(m)
+            new_velocities.append(v)
+        return new_values, new_moments, new_velocities
 
     def trace(self, batch) -> None:
         """Trace every piece with shapes only (``jax.eval_shape``): raises when this Keras breaks the step."""
@@ -202,9 +216,10 @@ class _Pieces:
         x, y, w = _unpack(batch)
         x_n, moving = jax.eval_shape(self._front, state.bn_trainable, state.bn_non_trainable, x)
         z0 = jax.ShapeDtypeStruct((x_n.shape[0], self.dense.units), "float32")
-        jax.eval_shape(self._front_grads, state.bn_trainable, state.bn_non_trainable, x, x_n)
-        jax.eval_shape(self._back, z0, state.dense_bias, state.out_vars, state.dropout_vars,
-                       state.metrics_vars, state.regularization(), y, w)
+        _, (_, d_bias, d_out), _, _ = jax.eval_shape(self._back, z0, state.dense_bias, state.out_vars, state.dropout_vars,
+                                                     state.metrics_vars, state.regularization(), y, w)
+        jax.eval_shape(self._update, state.bn_trainable, state.bn_non_trainable, x, x_n, d_bias, d_out,
+                       state.small_values, state.small_m, state.small_v, state.iteration)
 
 
 class _State:
@@ -292,42 +307,33 @@ def _unpack(batch):
 
 
 def _train_step(pieces: _Pieces, state: _State, batch) -> dict:
-    """One training step on ``batch``; updates ``state``; returns the step's logs (Keras' running metrics)."""
+    """One training step on ``batch``; updates ``state``; returns the step's logs (Keras' running metrics).
+
+    Three jitted calls (the front, the back, the small variables' update) around
+    the two kernels; the batch is put on the device once for the two that read it.
+    """
+    import jax
+
     x, y, w = _unpack(batch)
-    optimizer = state.model.optimizer
+    x = jax.device_put(x)
     bn_trainable = state.bn_trainable
     x_n, moving = pieces.front(bn_trainable, state.bn_non_trainable, x)
     z0, x_t = fused_kernel.forward(x_n, state.kernel)
     logs, (dz0, d_bias, d_out), dropout_state, metrics = pieces.back(
         z0, state.dense_bias, state.out_vars, state.dropout_vars, state.metrics_vars, state.regularization(), y, w)
-    lr, beta_1, beta_2, epsilon = (float(optimizer.get_config()[k]) for k in
-                                   ("learning_rate", "beta_1", "beta_2", "epsilon"))
-    dx_n, sumsq = fused_kernel.step(
-        x_t, np.asarray(dz0), state.kernel, state.kernel_m, state.kernel_v, l2=state.l2, beta_1=beta_1,
-        beta_2=beta_2, epsilon=epsilon, alpha=_alpha(pieces, state, lr, beta_1, beta_2, epsilon))
-    d_bn = pieces.front_grads(bn_trainable, state.bn_non_trainable, x, dx_n)
-    grads = _small_grads(state, pieces, d_bn, d_bias, d_out)
-    state.small_values, state.small_m, state.small_v, _ = pieces.adam(
-        state.small_values, grads, state.small_m, state.small_v, state.iteration, lr, beta_1, beta_2, epsilon)
+    learning_rate, beta_1, beta_2, epsilon = pieces.adam_settings
+    alpha = fused_kernel.adam_alpha(learning_rate, beta_1, beta_2, state.iteration + 1)
+    dx_n, sumsq = fused_kernel.step(x_t, np.asarray(dz0), state.kernel, state.kernel_m, state.kernel_v, l2=state.l2,
+                                    beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, alpha=alpha)
+    state.small_values, state.small_m, state.small_v = pieces.update(
+        bn_trainable, state.bn_non_trainable, x, dx_n, d_bias, d_out, state.small_values, state.small_m,
+        state.small_v, state.iteration)
     state.iteration += 1
     state.sumsq = sumsq
     state.bn_non_trainable = list(moving)
     state.dropout_vars = list(dropout_state)
     state.metrics_vars = list(metrics)
     return logs
-
-
-def _alpha(pieces, state, lr, beta_1, beta_2, epsilon):
-    """Adam's α at this step from the jitted Adam (no variables: it returns α alone)."""
-    return np.asarray(pieces.adam([], [], [], [], state.iteration, lr, beta_1, beta_2, epsilon)[3])
-
-
-def _small_grads(state: _State, pieces: _Pieces, d_bn, d_bias, d_out) -> list:
-    """The small variables' gradients in the order of ``state.small``."""
-    by_id = {id(v): g for v, g in zip(pieces.bn.trainable_variables, d_bn)}
-    by_id[id(pieces.dense.bias)] = d_bias
-    by_id.update({id(v): g for v, g in zip(pieces.out.trainable_variables, d_out)})
-    return [by_id[id(v)] for v in state.small]
 
 
 def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int) -> dict:
