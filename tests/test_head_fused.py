@@ -114,6 +114,15 @@ FAST_CHILD = CHILD_PRELUDE + textwrap.dedent(
     fused_kernel.check_kernel = real_check
     out["fallback"] = {"loop": fallback.settings["loop"], "notices": notices, "refused": refused,
                        "history": fallback.history}
+
+    # seeding without importing TensorFlow (the head's jax child never needs it) builds the same head as Keras' call
+    out["tensorflow_imported"] = "tensorflow" in sys.modules
+    import keras
+    heads.seed_everything(7)
+    ours = heads.build_head((3, 3, 16), 4, units=24).get_weights()
+    keras.utils.set_random_seed(7)
+    public = heads.build_head((3, 3, 16), 4, units=24).get_weights()
+    out["same_seeding"] = all(np.array_equal(a, b) for a, b in zip(ours, public))
     print(json.dumps(out))
     """
 )
@@ -158,6 +167,11 @@ def test_the_fused_step_is_not_the_same_run_twice(fast):
     # the comparison above can fail: other labels train another head, far beyond the tolerance
     a, b = fast["four"]["fused"], fast["four-weighted-best"]["fused"]
     assert not _close(a["weights"][4], b["weights"][4], 1e-4)
+
+
+def test_the_head_is_seeded_as_keras_seeds_it_without_importing_tensorflow(fast):
+    assert fast["tensorflow_imported"] is False  # ten heads trained on jax, and TensorFlow never imported
+    assert fast["same_seeding"] is True
 
 
 def test_the_kernel_does_not_depend_on_the_number_of_threads(fast):

@@ -30,6 +30,7 @@ from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, check_valu
 
 __all__ = [
     "TrainedHead",
+    "seed_everything",
     "build_head",
     "build_seed_model",
     "count_params",
@@ -574,10 +575,11 @@ def train_head(
     the median later epoch divided by its steps, so it includes the validation.
 
     Determinism: with the same inputs and seed on CPU, the history and weights
-    are identical. To get there it calls ``keras.utils.set_random_seed(seed)``,
+    are identical. To get there it calls :func:`seed_everything` (``keras.utils.set_random_seed(seed)``,
+    without importing TensorFlow only to seed it),
     which reseeds Python's ``random``, NumPy's global generator, TensorFlow's
-    global seed (when TensorFlow is installed), the torch seed on torch, and
-    resets Keras' global seed generator. The states of Python's ``random`` and
+    global seed (when TensorFlow is the backend or already imported), the torch
+    seed on torch, and resets Keras' global seed generator. The states of Python's ``random`` and
     NumPy's global generator are saved first and restored when this call returns
     or raises, so the caller's draws from them continue as if it had not run;
     the backend's seeds stay as ``set_random_seed`` left them. Batches are drawn
@@ -775,17 +777,67 @@ def _resolve_and_log_jit(jit_compile) -> bool:
     return jit
 
 
+def seed_everything(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)``, without importing TensorFlow only to seed it.
+
+    The public call seeds TensorFlow whenever it is installed, importing it
+    (4 s in the head's jax child process, measured; a third of a warm run's
+    time outside training). Where the backend is not TensorFlow and TensorFlow
+    is not imported yet, nothing this process runs draws from TensorFlow's
+    seed, so the same steps are taken without that import: Keras' global seed
+    and global seed generator (``keras.src.backend.common.global_state``, a
+    private module, checked first), Python's ``random``, NumPy's global
+    generator, and torch's on the torch backend. Anything unexpected in that
+    private module, and every other case, takes the public call.
+    tests/test_head_fused.py checks both give the same head.
+    """
+    import random
+    import sys
+
+    import keras
+    import numpy as np
+
+    state = _seed_state() if keras.backend.backend() != "tensorflow" and "tensorflow" not in sys.modules else None
+    if state is None:
+        keras.utils.set_random_seed(seed)
+        return
+    global_state, seed_name, generator_name = state
+    global_state.set_global_attribute(seed_name, seed)
+    global_state.set_global_attribute(generator_name, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def _seed_state():
+    """(Keras' global state module, the global seed's name, the global seed generator's name), or None when this
+    Keras does not keep them where :func:`seed_everything` looks (then it calls the public function)."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils import rng_utils
+    except ImportError:
+        return None
+    names = (getattr(rng_utils, "GLOBAL_RANDOM_SEED", None), getattr(seed_generator, "GLOBAL_SEED_GENERATOR", None))
+    if not all(isinstance(name, str) for name in names) or not callable(getattr(global_state, "set_global_attribute", None)):
+        return None
+    return (global_state, *names)
+
+
 def _build_and_compile(input_shape, n_classes: int, *, units, dropout, l2, learning_rate, seed, jit, tail, freeze_tail_bn,
                        multilabel: bool = False):
     """Seed every generator, prepare the tail, build the head and compile it with its loss, Adam and accuracy.
 
     Seeding comes first: the initial weights are drawn when the layers are
-    built, from the generators ``keras.utils.set_random_seed`` resets (the caller
+    built, from the generators :func:`seed_everything` resets (the caller
     restores Python's and NumPy's global state afterwards).
     """
     import keras
 
-    keras.utils.set_random_seed(int(seed))
+    seed_everything(int(seed))
     frozen_bn = _freeze_tail_batchnorm(tail, freeze_tail_bn) if tail is not None else 0
     if frozen_bn:
         _logger.info("train_head: %d BatchNormalization layers of the tail kept frozen (inference mode)", frozen_bn)
