@@ -22,7 +22,7 @@ This step splits the head at that kernel and lets Keras do everything else:
 
 The kernel and its moments live in numpy arrays during training; every
 variable is written back to the model at the end of every epoch, before
-validation (Keras' own jitted ``test_step``) and the epoch-end hooks, and the
+validation and the epoch-end hooks, and the
 optimizer's moments and step count at the end, so a saved head carries the
 same optimizer state as after ``fit``. The training history is Keras': the
 loss tracker and compiled metrics are the model's own. The L2 term of the
@@ -147,6 +147,8 @@ class _Pieces:
         self.front = jax.jit(self._front)
         self.back = jax.jit(self._back)
         self.update = jax.jit(self._update)
+        self.front_eval = jax.jit(self._front_eval)
+        self.back_eval = jax.jit(self._back_eval)
 
     # --- the pieces (pure functions of arrays)
 
@@ -154,6 +156,26 @@ class _Pieces:
         """BatchNormalization in training mode, then Flatten: (x_n, the new moving statistics)."""
         y, moving = self.bn.stateless_call(bn_trainable, bn_non_trainable, x, training=True)
         return y.reshape(y.shape[0], -1), moving
+
+    def _front_eval(self, bn_trainable, bn_non_trainable, x):
+        """BatchNormalization in inference mode (its moving statistics), then Flatten: x_n."""
+        y, _ = self.bn.stateless_call(bn_trainable, bn_non_trainable, x, training=False)
+        return y.reshape(y.shape[0], -1)
+
+    def _back_eval(self, z0, dense_bias, out_vars, metrics_vars, regularization, y, sample_weight):
+        """Keras' ``test_step`` from the kernel's product on: the loss (its L2 term given) and the metrics updated."""
+        import keras
+
+        h = self.dense.activation(keras.ops.add(z0, dense_bias))  # Dropout does nothing at inference
+        y_pred, _ = self.out.stateless_call(out_vars, [], h)
+        data = self.model.compute_loss(x=None, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+        total = keras.ops.sum([data, regularization]) if regularization is not None else data
+        mapping = list(zip(self.model.metrics_variables, metrics_vars))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self.tracker.update_state(total, sample_weight=z0.shape[0])
+            logs = self.model.compute_metrics(None, y, y_pred, sample_weight)
+        return logs, [scope.get_current_value(v) if scope.get_current_value(v) is not None else value
+                      for v, value in mapping]
 
     def _front_grads(self, bn_trainable, bn_non_trainable, x, dx_n):
         """The gradient of the loss w.r.t. BatchNormalization's scale and offset, given the one w.r.t. x_n."""
@@ -220,6 +242,9 @@ class _Pieces:
                                                      state.metrics_vars, state.regularization(), y, w)
         jax.eval_shape(self._update, state.bn_trainable, state.bn_non_trainable, x, x_n, d_bias, d_out,
                        state.small_values, state.small_m, state.small_v, state.iteration)
+        jax.eval_shape(self._front_eval, state.bn_trainable, state.bn_non_trainable, x)
+        jax.eval_shape(self._back_eval, z0, state.dense_bias, state.out_vars, state.metrics_vars,
+                       state.regularization(), y, w)
 
 
 class _State:
@@ -244,12 +269,6 @@ class _State:
         self.dropout_vars = [v.value for v in self.dropout.non_trainable_variables]
         self.metrics_vars = [v.value for v in model.metrics_variables]
         self.iteration = int(np.asarray(optimizer.iterations.numpy()))
-
-    def refresh(self) -> None:
-        """Take the jax-held values back from the model's variables (after a step that donated them, e.g. validation)."""
-        self.small_values = [v.value for v in self.small]
-        self.bn_non_trainable = [v.value for v in self.bn.non_trainable_variables]
-        self.dropout_vars = [v.value for v in self.dropout.non_trainable_variables]
 
     def _slot(self, slots, variable):
         return slots[self.model.optimizer._get_variable_index(variable)].value
@@ -336,6 +355,37 @@ def _train_step(pieces: _Pieces, state: _State, batch) -> dict:
     return logs
 
 
+def _validate(pieces: _Pieces, state: _State, batches, n: int, callbacks) -> dict:
+    """``n`` validation batches as Keras' ``test_step`` evaluates them; the ``val_`` logs, as ``fit`` reports them.
+
+    The batches are drawn first and go through the kernel's forward product
+    together (one read of the kernel for all of them, where a ``test_step``
+    per batch reads it twice: the product and the L2 term); the rest runs per
+    batch with the model's loss and metrics, reset first, as in ``fit``.
+    """
+    import jax
+
+    drawn = [_unpack(next(batches)) for _ in range(n)]
+    x = jax.device_put(np.concatenate([b[0] for b in drawn]))
+    x_n = pieces.front_eval(state.bn_trainable, state.bn_non_trainable, x)
+    z0, _ = fused_kernel.forward(x_n, state.kernel)
+    state.model.reset_metrics()
+    metrics = [v.value for v in state.model.metrics_variables]
+    callbacks.on_test_begin()
+    start = 0
+    for step, (xb, yb, wb) in enumerate(drawn):
+        callbacks.on_test_batch_begin(step)
+        logs, metrics = pieces.back_eval(z0[start:start + len(xb)], state.dense_bias, state.out_vars, metrics,
+                                         state.regularization(), yb, wb)
+        start += len(xb)
+        callbacks.on_test_batch_end(step, logs)
+    logs = {k: float(v) for k, v in logs.items()}
+    callbacks.on_test_end(logs)
+    for variable, value in zip(state.model.metrics_variables, metrics):
+        variable.assign(value)
+    return {f"val_{k}": v for k, v in logs.items()}
+
+
 def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, callbacks: list, verbose: int) -> dict:
     """Train ``model`` with the fused step; the same contract as :func:`xrayfeat.models.head_jax.fit`.
 
@@ -346,7 +396,6 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
     """
     import itertools
 
-    import jax
     import keras
 
     first = next(batches)
@@ -355,7 +404,6 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
     dense = model.get_layer("head_dense")
     regularizer = dense.kernel.regularizer
     pieces = _Pieces(model)
-    test_step = jax.jit(model.test_step, donate_argnums=0)
     val_batches, val_steps = head_jax._validation_batches(validation)
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
@@ -380,12 +428,7 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
             state.write_back(optimizer_state=False)
             epoch_logs = {k: float(v) for k, v in logs.items()}
             if val_batches is not None:
-                dense.kernel.regularizer = regularizer  # Keras' test_step reports the loss with its L2 term
-                try:
-                    epoch_logs.update(head_jax._evaluate(model, test_step, val_batches, val_steps, callbacks))
-                finally:
-                    dense.kernel.regularizer = None
-                state.refresh()  # Keras' test_step was given (donated) the values write_back assigned
+                epoch_logs.update(_validate(pieces, state, val_batches, val_steps, callbacks))
             for key, value in epoch_logs.items():
                 history.setdefault(key, []).append(value)
             callbacks.on_epoch_end(epoch, epoch_logs)
