@@ -43,7 +43,7 @@ REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 FILE_COST = {  # seconds in ./scripts/test.sh (heavy tests, run by .ci/run's second half, are not counted)
     "test_callers.py": 76, "test_docs.py": 55, "test_reliability_images.py": 59, "test_cli.py": 51, "test_heads.py": 48,
     "test_headproc.py": 46, "test_extract.py": 45, "test_progress_output.py": 43, "test_operating.py": 40,
-    "test_heads_jax.py": 39, "test_cv.py": 35, "test_fit.py": 31, "test_multilabel_study.py": 30, "test_api.py": 28,
+    "test_head_fused.py": 34, "test_cv.py": 35, "test_fit.py": 31, "test_multilabel_study.py": 30, "test_api.py": 28,
     "test_explain.py": 23, "test_backbones.py": 22, "test_streaming.py": 28, "test_import.py": 20, "test_decision.py": 18,
     "test_multilabel_models.py": 18, "test_python_calls.py": 18, "test_predict.py": 17, "test_replay.py": 17,
     "test_headproc_cli.py": 16, "test_export.py": 15, "test_reliability_runs.py": 15, "test_baselines.py": 13,

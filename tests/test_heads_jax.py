@@ -24,9 +24,12 @@ import textwrap
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("jax") is None, reason="jax is not installed; the jax loop only runs on the jax backend"
-)
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                       reason="jax is not installed; the jax loop only runs on the jax backend"),
+    # the jax loop is now the fused step's fallback (tests/test_head_fused.py is in the suite): .ci/run runs these
+    pytest.mark.heavy,
+]
 
 CHILD = textwrap.dedent(
     """
