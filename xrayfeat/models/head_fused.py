@@ -408,32 +408,20 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
     )
-    history: dict = {}
-    model.stop_training = False
     state = _State(model)
+
+    def begin_epoch():
+        state.metrics_vars = [v.value for v in model.metrics_variables]
+
+    def validate():
+        return None if val_batches is None else _validate(pieces, state, val_batches, val_steps, callbacks)
+
     dense.kernel.regularizer = None
     try:
-        callbacks.on_train_begin()
-        epoch_logs: dict = {}
-        for epoch in range(epochs):
-            model.reset_metrics()
-            state.metrics_vars = [v.value for v in model.metrics_variables]
-            callbacks.on_epoch_begin(epoch)
-            for step in range(steps):
-                callbacks.on_train_batch_begin(step)
-                logs = _train_step(pieces, state, next(batches))
-                callbacks.on_train_batch_end(step, logs)
-                if model.stop_training:
-                    break
-            state.write_back(optimizer_state=False)
-            epoch_logs = {k: float(v) for k, v in logs.items()}
-            if val_batches is not None:
-                epoch_logs.update(_validate(pieces, state, val_batches, val_steps, callbacks))
-            for key, value in epoch_logs.items():
-                history.setdefault(key, []).append(value)
-            callbacks.on_epoch_end(epoch, epoch_logs)
-            if model.stop_training:
-                break
+        history, epoch_logs = head_jax.run_epochs(
+            model, batches, callbacks, epochs=epochs, steps=steps, begin_epoch=begin_epoch,
+            step=lambda batch: _train_step(pieces, state, batch),
+            end_epoch=lambda: state.write_back(optimizer_state=False), validate=validate)
     finally:
         dense.kernel.regularizer = regularizer
     state.write_back(optimizer_state=True)

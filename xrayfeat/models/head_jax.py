@@ -21,7 +21,7 @@ import math
 from xrayfeat.devices import backend_device
 from xrayfeat.errors import first_line
 
-__all__ = ["CPU_STEP_COMPILER_OPTIONS", "fit", "missing_internals"]
+__all__ = ["CPU_STEP_COMPILER_OPTIONS", "fit", "missing_internals", "run_epochs"]
 
 # Given to XLA for the jax training step only, on a CPU: without it XLA copies the 52 MB Dense
 # kernel every step before updating it in place (seen in the optimised HLO); the results are
@@ -160,30 +160,59 @@ def fit(model, batches, *, epochs: int, steps: int, validation: dict, callbacks:
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
     )
+    held = {}
+
+    def begin_epoch():
+        held["state"] = _jax_state(model, optimizer=True)  # the variables are current at every epoch start
+
+    def step(batch):
+        logs, held["state"] = train_step(held["state"], batch)
+        return logs
+
+    def validate():
+        return None if val_batches is None else _evaluate(model, test_step, val_batches, val_steps, callbacks)
+
+    history, epoch_logs = run_epochs(model, batches, callbacks, epochs=epochs, steps=steps, begin_epoch=begin_epoch,
+                                     step=step, end_epoch=lambda: _write_back(model, held["state"], optimizer=True),
+                                     validate=validate)
+    callbacks.on_train_end(epoch_logs)
+    return history
+
+
+def run_epochs(model, batches, callbacks, *, epochs: int, steps: int, begin_epoch, step, end_epoch, validate):
+    """The epoch loop of the jax loops (this one and :mod:`~xrayfeat.models.head_fused`'s), with ``fit``'s hooks.
+
+    Per epoch: the metrics reset, ``begin_epoch()``, up to ``steps`` times
+    ``step(batch) -> logs`` between the batch hooks, ``end_epoch()`` (the
+    trained state written to the model's variables), then ``validate()`` (the
+    ``val_`` logs, or None without validation) and the epoch-end hooks. Stops
+    early when a callback sets ``model.stop_training``. Calls
+    ``on_train_begin`` but not ``on_train_end``: the caller writes its final
+    state first. Returns (the history, the last epoch's logs).
+    """
     history: dict = {}
+    epoch_logs: dict = {}
     model.stop_training = False
     callbacks.on_train_begin()
     for epoch in range(epochs):
         model.reset_metrics()
-        state = _jax_state(model, optimizer=True)  # the variables are current at every epoch start
+        begin_epoch()
         callbacks.on_epoch_begin(epoch)
-        for step in range(steps):
-            callbacks.on_train_batch_begin(step)
-            logs, state = train_step(state, next(batches))
-            callbacks.on_train_batch_end(step, logs)
+        for index in range(steps):
+            callbacks.on_train_batch_begin(index)
+            logs = step(next(batches))
+            callbacks.on_train_batch_end(index, logs)
             if model.stop_training:
                 break
-        _write_back(model, state, optimizer=True)
+        end_epoch()
         epoch_logs = {k: float(v) for k, v in logs.items()}
-        if val_batches is not None:
-            epoch_logs.update(_evaluate(model, test_step, val_batches, val_steps, callbacks))
+        epoch_logs.update(validate() or {})
         for key, value in epoch_logs.items():
             history.setdefault(key, []).append(value)
         callbacks.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
-    callbacks.on_train_end(epoch_logs)
-    return history
+    return history, epoch_logs
 
 
 def _state_variables(model, optimizer: bool) -> list:
