@@ -138,10 +138,11 @@ def forward(x_n, w, chunks: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     sums the same terms in another order, and 0 leaves the product to BLAS
     (float32 twins of the step, for tests).
     """
+    chunks = CHUNKS if chunks is None else chunks
     x_t = np.ascontiguousarray(np.asarray(x_n, np.float32).T)
-    if (CHUNKS if chunks is None else chunks) == 0:
+    if chunks == 0:
         return np.asarray(x_n, np.float32) @ w, x_t
-    partial = np.empty((CHUNKS if chunks is None else chunks, x_t.shape[1], w.shape[1]), np.float32)
+    partial = np.empty((chunks, x_t.shape[1], w.shape[1]), np.float32)
     with _LAUNCH:
         forward_kernel()(x_t, w, partial)
     return partial.sum(axis=0, dtype=np.float32), x_t
@@ -165,7 +166,9 @@ def step(x_t, dz, w, m, v, *, l2: float, beta_1: float, beta_2: float, epsilon: 
     """
     f = np.float32
     x_t = np.ascontiguousarray(x_t, f)
-    dz = np.ascontiguousarray(dz, f)
+    # a writable copy (10 × 256 floats): a read-only array, as jax hands out, is another type to numba, and would
+    # compile the kernel a second time at the first training step instead of using the one warm_up compiled
+    dz = np.array(dz, f, order="C")
     dx = np.empty((dz.shape[0], w.shape[0]), f)
     sumsq = np.empty(-(-w.shape[0] // BLOCK), np.float64)
     with _LAUNCH:

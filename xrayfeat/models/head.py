@@ -23,7 +23,7 @@ from xrayfeat.devices import backend_device
 from xrayfeat.fileio import atomic_path
 from xrayfeat.models import head_fused as heads_fused
 from xrayfeat.models import head_jax as heads_jax
-from xrayfeat.models.head_numpy import LAYOUT
+from xrayfeat.models.head_numpy import is_plain_head
 from xrayfeat.models.multilabel import MULTILABEL_MODEL_NAME
 from xrayfeat.options.settings import HeadOptions
 from xrayfeat.options.constraints import AnyOf, Choice, Interval, Is, check_value, declaration, validate_params
@@ -928,8 +928,7 @@ def _fused_refused(why: list[str]) -> ValueError:
 
 def _fused_applies(model) -> bool:
     """Whether the fused step is meant for ``model`` here: the plain seed head, trained on a CPU (else no notice)."""
-    names = tuple(layer.name for layer in model.layers if type(layer).__name__ != "InputLayer")
-    return names == LAYOUT and backend_device() == "cpu"
+    return is_plain_head(model) and backend_device() == "cpu"
 
 
 def _prepend(first, rest):

@@ -46,13 +46,12 @@ import numpy as np
 from xrayfeat.devices import backend_device
 from xrayfeat.models import fused_kernel
 from xrayfeat.models import head_jax
-from xrayfeat.models.head_numpy import LAYOUT
+from xrayfeat.models.head_numpy import is_plain_head
 
 __all__ = ["STEP_NAME", "fit_fused", "unavailable"]
 
 #: What ``settings["loop"]`` says when this step trained the head.
 STEP_NAME = "fused"
-
 
 
 def unavailable(model, batch) -> list[str]:
@@ -67,8 +66,7 @@ def unavailable(model, batch) -> list[str]:
         return [f"the Keras backend is {keras.backend.backend()}, not jax"]
     if backend_device() != "cpu":
         return [f"the head trains on a {backend_device().upper()} (the fused step is for CPUs)"]
-    names = tuple(layer.name for layer in model.layers if type(layer).__name__ != "InputLayer")
-    if names != LAYOUT:  # the plain seed head, as head.npz describes it
+    if not is_plain_head(model):
         return ["the model is not the plain seed head (a backbone tail trains with Keras' step)"]
     problems = _layer_problems(model)
     if problems:
@@ -87,10 +85,15 @@ def unavailable(model, batch) -> list[str]:
     return []
 
 
+def _layers(model) -> tuple:
+    """The head's BatchNormalization, hidden Dense, Dropout and output layers."""
+    return tuple(model.get_layer(n) for n in ("head_bn", "head_dense", "head_dropout", "head_output"))
+
+
 def _layer_problems(model) -> list[str]:
     import keras
 
-    bn, dense, out = (model.get_layer(n) for n in ("head_bn", "head_dense", "head_output"))
+    bn, dense, _, out = _layers(model)
     problems = []
     if bn.axis not in (-1, len(model.inputs[0].shape) - 1) or not (bn.center and bn.scale):
         problems.append("head_bn is not a centred, scaled BatchNormalization over the channels")
@@ -130,8 +133,7 @@ class _Pieces:
         import jax
 
         self.model = model
-        self.bn, self.dense, self.dropout, self.out = (
-            model.get_layer(n) for n in ("head_bn", "head_dense", "head_dropout", "head_output"))
+        self.bn, self.dense, self.dropout, self.out = _layers(model)
         tracker = [m for m in model.metrics if m.name == "loss"]
         if not tracker:
             raise RuntimeError("the compiled model has no loss tracker")
@@ -169,10 +171,20 @@ class _Pieces:
         h = self.dense.activation(keras.ops.add(z0, dense_bias))  # Dropout does nothing at inference
         y_pred, _ = self.out.stateless_call(out_vars, [], h)
         data = self.model.compute_loss(x=None, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+        return self._metrics(metrics_vars, data, regularization, y, y_pred, sample_weight)
+
+    def _metrics(self, metrics_vars, data, regularization, y, y_pred, sample_weight):
+        """The loss tracker and the compiled metrics updated as Keras' steps update them: (logs, new metric variables).
+
+        ``data``: the compiled loss of the batch; the tracker gets it plus the
+        kernel's L2 term ``regularization`` (None: none), weighted by the batch size.
+        """
+        import keras
+
         total = keras.ops.sum([data, regularization]) if regularization is not None else data
         mapping = list(zip(self.model.metrics_variables, metrics_vars))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            self.tracker.update_state(total, sample_weight=z0.shape[0])
+            self.tracker.update_state(total, sample_weight=y_pred.shape[0])
             logs = self.model.compute_metrics(None, y, y_pred, sample_weight)
         return logs, [scope.get_current_value(v) if scope.get_current_value(v) is not None else value
                       for v, value in mapping]
@@ -200,13 +212,7 @@ class _Pieces:
 
         (data, (y_pred, dropout_state)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
             z0, dense_bias, out_vars)
-        total = keras.ops.sum([data, regularization]) if regularization is not None else data
-        mapping = list(zip(self.model.metrics_variables, metrics_vars))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            self.tracker.update_state(total, sample_weight=z0.shape[0])
-            logs = self.model.compute_metrics(None, y, y_pred, sample_weight)
-        new_metrics = [scope.get_current_value(v) if scope.get_current_value(v) is not None else value
-                       for v, value in mapping]
+        logs, new_metrics = self._metrics(metrics_vars, data, regularization, y, y_pred, sample_weight)
         return logs, grads, dropout_state, new_metrics
 
     def _update(self, bn_trainable, bn_non_trainable, x, dx_n, d_bias, d_out, values, moments, velocities, iteration):
@@ -253,8 +259,7 @@ class _State:
     def __init__(self, model):
         optimizer = model.optimizer
         self.model = model
-        self.bn, self.dense, self.dropout, self.out = (
-            model.get_layer(n) for n in ("head_bn", "head_dense", "head_dropout", "head_output"))
+        self.bn, self.dense, self.dropout, self.out = _layers(model)
         regularizer = self.dense.kernel.regularizer
         self.l2 = float(regularizer.l2) if regularizer is not None else 0.0
         self.kernel = np.array(self.dense.kernel.numpy(), np.float32, order="C")
@@ -262,6 +267,7 @@ class _State:
         self.kernel_v = np.array(self._slot(optimizer._velocities, self.dense.kernel), np.float32, order="C")
         self.sumsq = float(np.square(self.kernel, dtype=np.float64).sum())
         self.small = self._small_variables()
+        self._index = {id(v): i for i, v in enumerate(self.small)}  # where a small variable's value is
         self.small_values = [v.value for v in self.small]
         self.small_m = [self._slot(optimizer._momentums, v) for v in self.small]
         self.small_v = [self._slot(optimizer._velocities, v) for v in self.small]
@@ -278,8 +284,7 @@ class _State:
         return [v for v in self.model.trainable_variables if v is not self.dense.kernel]
 
     def _values_of(self, variables) -> list:
-        index = {id(v): i for i, v in enumerate(self.small)}
-        return [self.small_values[index[id(v)]] for v in variables]
+        return [self.small_values[self._index[id(v)]] for v in variables]
 
     @property
     def bn_trainable(self):

@@ -25,10 +25,14 @@ from xrayfeat.models.multilabel import MULTILABEL_MODEL_NAME
 LAYOUT = ("head_bn", "head_flatten", "head_dense", "head_dropout", "head_output")
 
 
+def is_plain_head(model) -> bool:
+    """Whether ``model``'s layers are the plain seed head's, :data:`LAYOUT` (no backbone tail)."""
+    return tuple(layer.name for layer in model.layers if type(layer).__name__ != "InputLayer") == LAYOUT
+
+
 def arrays_of(model) -> dict | None:
     """The head's inference parameters as numpy arrays; None when ``model`` is not the plain seed head."""
-    names = [layer.name for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    if tuple(names) != LAYOUT:
+    if not is_plain_head(model):
         return None
     bn, dense, out = model.get_layer("head_bn"), model.get_layer("head_dense"), model.get_layer("head_output")
     rank = len(model.inputs[0].shape)
