@@ -101,9 +101,7 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
     Run that study again from its record, into a new folder:
       xrayfeat fit-head --config runs/4class-inception_v3-20261126-071502/config.json --out runs/again
     """
-    from xrayfeat.extraction.config import resolve
-    from xrayfeat.runs.fit import fit_head
-    from xrayfeat.runs.outputs import check_new_folder
+    from xrayfeat.models.head_process import started_early
 
     ctx = click.get_current_context()
     if config is not None:
@@ -113,15 +111,21 @@ def fit_head_cmd(data, baselines, batch_size, workers, on_error, out, cluster, c
         result = replay(config, data=data, out=out, cache_dir=cache_dir, workers=workers, cluster=cluster,
                         chunk_images=chunk_images if _given(ctx, "chunk_images") else None)
     else:
-        check_new_folder(out or "runs", "fit-head", cache=kw["cache_dir"])  # before the data is discovered (fit_head checks it again)
-        features = single_feature(kw)
-        resolve(features, kw["device"], cache_dir=kw["cache_dir"])
-        head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
-                           **{name: kw[name] for name in _HEAD_FIELDS})
-        head.validate()
-        run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
-                         on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
-        result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
+        # the head's child first: its Keras import overlaps this command's imports and the data's discovery
+        with started_early(kw["head_backend"], device=kw["device"], train_tail=kw["train_tail"]):
+            from xrayfeat.extraction.config import resolve
+            from xrayfeat.runs.fit import fit_head
+            from xrayfeat.runs.outputs import check_new_folder
+
+            check_new_folder(out or "runs", "fit-head", cache=kw["cache_dir"])  # before the data is discovered (fit_head checks it again)
+            features = single_feature(kw)
+            resolve(features, kw["device"], cache_dir=kw["cache_dir"])
+            head = HeadOptions(baselines=parse_list(baselines, BASELINES, "baselines", none=True), seed=kw["seed"],
+                               **{name: kw[name] for name in _HEAD_FIELDS})
+            head.validate()
+            run = RunOptions(device=kw["device"], batch_size=batch_size, workers=workers, cache_dir=kw["cache_dir"],
+                             on_error=on_error, progress=True, cluster=cluster, chunk_images=chunk_images)
+            result = fit_head(dataset_of(data, kw["classes"], kw["cache_dir"], on_error), features, head, run, out=out)
 
     def human(err):
         from rich.table import Table

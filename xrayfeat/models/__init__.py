@@ -9,6 +9,7 @@
 * :mod:`.head_numpy`: the trained head's inference in numpy (:class:`NumpyHead`), no framework needed;
 * :mod:`.head_process`: the head trained in a child process that dies with its parent
   (:func:`train_and_predict`, :class:`HeadOutcome`);
+* :mod:`.compile_cache`: jax's compiled programs kept on disk for that child, one folder per processor;
 * :mod:`.baselines`: logistic regression, SVM and the pixels sentinel (:func:`fit_baseline`,
   :class:`FittedBaseline`, :func:`save_baseline`, :func:`load_baseline`).
 """

@@ -41,6 +41,9 @@ order of float32 additions (tests/test_head_fused.py says how close).
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import numpy as np
 
 from xrayfeat.devices import backend_device
@@ -79,10 +82,16 @@ def unavailable(model, batch) -> list[str]:
     if problem:
         return [problem]
     try:
-        _Pieces(model).trace(batch)
+        pieces = _Pieces(model)
+        pieces.trace(batch)
     except Exception as exc:  # whatever tracing raises means this Keras does not work as the step expects
         return [f"the step's jax pieces do not trace with Keras {keras.__version__} ({head_jax._one_line(exc)})"]
+    _TRACED[model] = pieces  # fit_fused trains with these, already traced
     return []
+
+
+#: The pieces :func:`unavailable` traced for a model, for :func:`fit_fused` to take (so the step is traced once).
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _layers(model) -> tuple:
@@ -237,20 +246,43 @@ class _Pieces:
         return new_values, new_moments, new_velocities
 
     def trace(self, batch) -> None:
-        """Trace every piece with shapes only (``jax.eval_shape``): raises when this Keras breaks the step."""
+        """Trace every jitted piece with shapes only: raises when this Keras breaks the step.
+
+        The traces are jax's own (``jit(...).trace``), kept by jax for the calls
+        that follow with the same shapes, so training does not trace again.
+        """
+        state = _State(self.model)
+        with _unregularized(self.dense):  # as fit_fused calls them: the traces hold what is read while tracing
+            self._trace(state, batch)
+
+    def _trace(self, state, batch) -> None:
         import jax
 
-        state = _State(self.model)
         x, y, w = _unpack(batch)
-        x_n, moving = jax.eval_shape(self._front, state.bn_trainable, state.bn_non_trainable, x)
+        x_n, moving = self.front.trace(state.bn_trainable, state.bn_non_trainable, x).out_info
         z0 = jax.ShapeDtypeStruct((x_n.shape[0], self.dense.units), "float32")
-        _, (_, d_bias, d_out), _, _ = jax.eval_shape(self._back, z0, state.dense_bias, state.out_vars, state.dropout_vars,
-                                                     state.metrics_vars, state.regularization(), y, w)
-        jax.eval_shape(self._update, state.bn_trainable, state.bn_non_trainable, x, x_n, d_bias, d_out,
-                       state.small_values, state.small_m, state.small_v, state.iteration)
-        jax.eval_shape(self._front_eval, state.bn_trainable, state.bn_non_trainable, x)
-        jax.eval_shape(self._back_eval, z0, state.dense_bias, state.out_vars, state.metrics_vars,
-                       state.regularization(), y, w)
+        _, (_, d_bias, d_out), _, _ = self.back.trace(z0, state.dense_bias, state.out_vars, state.dropout_vars,
+                                                      state.metrics_vars, state.regularization(), y, w).out_info
+        self.update.trace(state.bn_trainable, state.bn_non_trainable, x, x_n, d_bias, d_out,
+                          state.small_values, state.small_m, state.small_v, state.iteration)
+        self.front_eval.trace(state.bn_trainable, state.bn_non_trainable, x)
+        self.back_eval.trace(z0, state.dense_bias, state.out_vars, state.metrics_vars, state.regularization(), y, w)
+
+
+@contextlib.contextmanager
+def _unregularized(dense):
+    """``dense``'s kernel without its regularizer inside the block, put back however it ends.
+
+    While the fused step trains, the fused pass adds the L2 term's gradient and
+    the pieces take its loss as an argument (:meth:`_State.regularization`), so
+    Keras must not add it again from the layer.
+    """
+    regularizer = dense.kernel.regularizer
+    dense.kernel.regularizer = None
+    try:
+        yield
+    finally:
+        dense.kernel.regularizer = regularizer
 
 
 class _State:
@@ -406,9 +438,7 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
     first = next(batches)
     batches = itertools.chain([first], batches)
     model._symbolic_build(data_batch=first)  # the optimizer's and the metrics' variables, as fit builds them
-    dense = model.get_layer("head_dense")
-    regularizer = dense.kernel.regularizer
-    pieces = _Pieces(model)
+    pieces = _TRACED.pop(model, None) or _Pieces(model)
     val_batches, val_steps = head_jax._validation_batches(validation)
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
@@ -421,14 +451,11 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
     def validate():
         return None if val_batches is None else _validate(pieces, state, val_batches, val_steps, callbacks)
 
-    dense.kernel.regularizer = None
-    try:
+    with _unregularized(pieces.dense):
         history, epoch_logs = head_jax.run_epochs(
             model, batches, callbacks, epochs=epochs, steps=steps, begin_epoch=begin_epoch,
             step=lambda batch: _train_step(pieces, state, batch),
             end_epoch=lambda: state.write_back(optimizer_state=False), validate=validate)
-    finally:
-        dense.kernel.regularizer = regularizer
     state.write_back(optimizer_state=True)
     callbacks.on_train_end(epoch_logs)
     return history

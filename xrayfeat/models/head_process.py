@@ -52,6 +52,7 @@ run, interleaved): 1.57× faster per step (BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -68,7 +69,7 @@ import numpy as np
 
 from xrayfeat.devices import keras_backend_name, release_jax_at_exit
 from xrayfeat.distributed.lifetime import WriteGuard, die_with_parent, guarded_path, removed_on_death
-from xrayfeat.models import head_numpy
+from xrayfeat.models import compile_cache, head_numpy
 from xrayfeat.errors import DiskFullError, XrayfeatError
 from xrayfeat.fileio import disk_full, writing_to
 from xrayfeat.options.settings import HEAD_BACKENDS
@@ -197,7 +198,7 @@ class HeadChild:
     """
 
     def __init__(self, backend: str, device: str = "cpu"):
-        self.backend = backend
+        self.backend, self.device = backend, device
         self._folder: Path | None = None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xrayfeat.models.head_process", "--wait", "--parent", str(os.getpid())],
@@ -237,8 +238,55 @@ class HeadChild:
 
 
 def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
-    """A :class:`HeadChild` for ``backend`` when the head will train outside this process, else None."""
-    return None if backend == process_backend() else HeadChild(backend, device)
+    """A :class:`HeadChild` for ``backend`` when the head will train outside this process, else None.
+
+    The child :func:`started_early` for the same backend and device is taken
+    when there is one (it has been importing Keras for a while already).
+    """
+    if backend == process_backend():
+        return None
+    global _EARLY
+    early, _EARLY = _EARLY, None
+    if early is not None and (early.backend, early.device) == (backend, device) and early.proc.poll() is None:
+        return early
+    if early is not None:
+        early.stop()
+    return HeadChild(backend, device)
+
+
+#: The child :func:`started_early` made and :func:`start_child` has not taken yet.
+_EARLY: HeadChild | None = None
+
+
+@contextlib.contextmanager
+def started_early(requested: str = "auto", *, device: str = "cpu", train_tail: bool = False):
+    """Start the head's child before anything else, for the :func:`start_child` of a study run inside this block.
+
+    Why: a warm ``fit-head`` does about 4 s of its own work (imports, the data's
+    discovery) before its study starts the child, and the child then imports
+    Keras for about 5 s while the study has nothing left to do; started at
+    the command's start, the two overlap. ``requested``, ``device`` and
+    ``train_tail`` as for :func:`resolve_head_backend` (``device="auto"`` is taken
+    as the CPU until the study finds a GPU); nothing is started when
+    the head would train in this process, or when they are refused (the study
+    says why). A child the block did not use is stopped when it ends, however
+    it ends.
+    """
+    global _EARLY
+    device = "cpu" if device == "auto" else device  # a GPU found later keeps the head here: the child is then stopped
+    try:
+        backend, _ = resolve_head_backend(requested, device=device, train_tail=train_tail)
+    except XrayfeatError:
+        backend = process_backend()
+    if _EARLY is not None:
+        _EARLY.stop()
+    _EARLY = None if backend == process_backend() else HeadChild(backend, device)
+    try:
+        yield
+    finally:
+        early, _EARLY = _EARLY, None
+        if early is not None:
+            early.stop()
 
 
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
@@ -420,7 +468,8 @@ def _save(trained, head_file, guard: WriteGuard | None = None) -> None:
 
 
 def _child_env(backend: str, device: str = "cpu") -> dict:
-    """The child's environment: its Keras backend, glibc malloc settings, and jax kept off accelerators on a CPU run.
+    """The child's environment: its Keras backend, glibc malloc settings, jax kept off accelerators on a CPU run,
+    and jax's compiled programs kept on disk (:mod:`xrayfeat.models.compile_cache`).
 
     On a GPU run (only with an explicit ``--head-backend``) jax picks its device
     itself; the device it trained on is recorded (``settings["device"]``) and
@@ -431,6 +480,8 @@ def _child_env(backend: str, device: str = "cpu") -> dict:
         env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
     if backend == "jax" and device == "cpu":
         env.setdefault("JAX_PLATFORMS", "cpu")
+    if backend == "jax":  # its XLA programs compiled once per machine (compile_cache)
+        env.update(compile_cache.cache_env(env))
     return env
 
 
@@ -543,6 +594,13 @@ if __name__ == "__main__":
     arguments = _arguments(sys.argv[1:])
     parent = arguments.parent if arguments.parent is not None else os.getppid()
     if arguments.wait:
-        sys.exit(_wait_main(parent))
-    die_with_parent(parent)
-    sys.exit(_child_main(arguments.folder))
+        status = _wait_main(parent)
+    else:
+        die_with_parent(parent)
+        status = _child_main(arguments.folder)
+    # everything is written and closed; the parent waits for this exit, and jax's and Python's teardown (about
+    # 1 s: jax clears its backends and caches) would only make it wait longer
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
