@@ -38,7 +38,6 @@ import itertools
 import logging
 import os
 import queue
-import sys
 import threading
 from dataclasses import dataclass
 
@@ -196,29 +195,6 @@ class StoreRows:
         return StoreRows.from_spec, (self.spec(),)
 
 
-#: How much lower the reading thread's priority is than the training's (a Unix nice increment; Linux only).
-READER_NICENESS = 10
-
-
-def _yield_cores() -> None:
-    """Lower this thread's scheduling priority by :data:`READER_NICENESS` (Linux, where a thread has its own).
-
-    Why: on a small machine the read-ahead (float16 to float32, a digest per
-    row: 2-3 ms a batch) competes with the training step's threads for the
-    same cores, and slowed each step by 5-7% (bench_stream). At a lower
-    priority it runs in the moments the step leaves a core idle, and still gets
-    a core whenever the step waits for it (the step then sleeps). Elsewhere
-    ``setpriority`` would name a process, not this thread: nothing is changed.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + READER_NICENESS))
-    except OSError:  # not permitted here: the thread reads at the priority it has
-        pass
-
-
 class ReadAhead:
     """``(key, value)`` for each key ``keys`` yields, in order, read on a thread ahead of their use.
 
@@ -250,7 +226,6 @@ class ReadAhead:
         self._thread.start()
 
     def _run(self) -> None:
-        _yield_cores()
         try:
             keys = iter(self._keys)
             while not self._stop.is_set():
