@@ -88,11 +88,32 @@ def assert_repeat_differs(out, seed: int):
 
 
 @pytest.fixture(scope="module")
-def jax_child(tmp_path_factory):
+def compile_cache_dir(tmp_path_factory):
+    """The jax children of this module keep their compiled programs here (XRAYFEAT_COMPILE_CACHE), not in ~/.cache."""
+    folder = tmp_path_factory.mktemp("compile-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XRAYFEAT_COMPILE_CACHE", str(folder))
+        patch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def jax_child(tmp_path_factory, compile_cache_dir):
     """(outcome, head file) of a head trained in a jax child, weighted and restored to its best epoch, no repeats."""
     head_file = tmp_path_factory.mktemp("jax-child") / "head.keras"
     out = headproc.train_and_predict("jax", *_arrays(), head_file=head_file, **{**REPEATED, "repeat_seeds": ()})
     return out, head_file
+
+
+@needs_jax
+def test_the_child_keeps_its_compiled_programs_per_processor(jax_child, compile_cache_dir):
+    """The child's XLA programs are on disk, in this processor's folder (the next child loads them: the test below
+    trains the same head again from them and gets the same probabilities)."""
+    from xrayfeat.models.compile_cache import cpu_identity
+
+    assert [p.name for p in compile_cache_dir.iterdir()] == [cpu_identity()]
+    programs = [p.name for p in (compile_cache_dir / cpu_identity()).iterdir()]
+    assert any(name.startswith("jit_") for name in programs), programs
 
 
 @needs_jax
@@ -198,6 +219,48 @@ def test_a_failing_child_is_one_line_naming_the_way_out(tmp_path):
 
 
 @needs_jax
+def test_a_child_started_early_is_the_one_the_study_takes(monkeypatch):
+    """started_early's child is taken by start_child (same backend and device, "auto" being the CPU); a second
+    start_child starts a new one; the block stops what nobody took, and its job folder goes with it."""
+    monkeypatch.setattr(headproc, "process_backend", lambda: "tensorflow")
+    with headproc.started_early("auto", device="auto"):
+        early = headproc._EARLY
+        assert early is not None and (early.backend, early.device) == ("jax", "cpu")
+        assert headproc.start_child("jax", "cpu") is early
+        again = headproc.start_child("jax", "cpu")
+        assert again is not early and headproc._EARLY is None
+        again.stop()
+        early.stop()
+    with headproc.started_early("auto", device="cpu"):
+        unused = headproc._EARLY
+        folder = unused.job_folder()
+        assert folder.is_dir()
+    assert headproc._EARLY is None and unused.proc.poll() is not None and not folder.exists()
+
+
+@needs_jax
+def test_an_early_child_for_another_device_is_not_taken(monkeypatch):
+    """A study that found another device (or trains here) does not take the early child: it is stopped."""
+    monkeypatch.setattr(headproc, "process_backend", lambda: "tensorflow")
+    with headproc.started_early("jax", device="auto"):
+        early = headproc._EARLY
+        assert headproc.start_child("tensorflow", "gpu") is None  # the head stays in this process
+        other = headproc.start_child("jax", "gpu")
+        assert other is not early and early.proc.wait(timeout=30) is not None
+        other.stop()
+
+
+@pytest.mark.parametrize("requested, kwargs", [("auto", {"device": "gpu"}), ("auto", {"train_tail": True}),
+                                               ("tensorflow", {}), ("no-such-backend", {})])
+def test_nothing_starts_early_where_the_head_trains_here_or_is_refused(on_tensorflow, monkeypatch, requested, kwargs):
+    started = []
+    monkeypatch.setattr(headproc, "HeadChild", lambda *a, **k: started.append(a))
+    with headproc.started_early(requested, **kwargs):
+        assert headproc._EARLY is None
+    assert started == []
+
+
+@needs_jax
 def test_an_unused_child_exits_cleanly():
     child = headproc.HeadChild("jax")
     child.close()
@@ -216,3 +279,22 @@ def test_child_environment(monkeypatch):
     assert "JAX_PLATFORMS" not in headproc._child_env("tensorflow")
     # on a GPU run an explicit jax head may use the GPU: jax is not pinned to the CPU there
     assert "JAX_PLATFORMS" not in headproc._child_env("jax", "gpu")
+
+
+def test_child_environment_has_the_compile_cache(monkeypatch, tmp_path):
+    """A jax child gets jax's persistent cache in this processor's folder; the user's own jax folder, or
+    XRAYFEAT_COMPILE_CACHE=off, is respected; a TensorFlow child gets none."""
+    from xrayfeat.models.compile_cache import cpu_identity
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XRAYFEAT_COMPILE_CACHE", str(tmp_path / "cc"))
+    env = headproc._child_env("jax")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cc" / cpu_identity())
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    assert (tmp_path / "cc" / cpu_identity()).is_dir()
+    assert "JAX_COMPILATION_CACHE_DIR" not in headproc._child_env("tensorflow")
+    monkeypatch.setenv("XRAYFEAT_COMPILE_CACHE", "off")
+    assert "JAX_COMPILATION_CACHE_DIR" not in headproc._child_env("jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XRAYFEAT_COMPILE_CACHE", str(tmp_path / "cc"))
+    assert headproc._child_env("jax")["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")

@@ -1,6 +1,6 @@
 """``python -m xrayfeat``: the command line, as the ``xrayfeat`` script runs it."""
 
-from xrayfeat.cli.main import main
+from xrayfeat.cli.entry import run
 
 if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="xrayfeat")
+    run()

@@ -1,5 +1,6 @@
 """The command line: a shell over the library, one library call per command, one module per command group.
 
+* :mod:`.entry`: the script's entry point (the command, then an exit without the interpreter's teardown);
 * :mod:`.main`: the ``xrayfeat`` group, its global options (``--verbose``, ``--offline``) and the
   order its commands are listed in;
 * :mod:`.kit`: what every command shares (``--json``, one-line errors with exit codes, option
@@ -17,5 +18,6 @@
 * :mod:`.demo`: ``demo``, the whole study on phantoms;
 * :mod:`.cache`: ``cache ls|verify|gc|export``, one option stack for the four.
 
-``python -m xrayfeat`` runs the same group as the ``xrayfeat`` script (``xrayfeat.cli.main:main``).
+``python -m xrayfeat`` runs the same group as the ``xrayfeat`` script (:mod:`.entry`, which calls
+``xrayfeat.cli.main:main`` and then ends the process without the interpreter's teardown).
 """
