@@ -114,7 +114,7 @@ CHILD = textwrap.dedent(
             notices.append(record.getMessage())
     logging.getLogger("xrayfeat").addHandler(Notices(logging.WARNING))
     real = heads_jax.missing_internals
-    heads_jax.missing_internals = lambda model, batch: [*real(model, batch), "model._symbolic_build (test)"]
+    heads_jax.missing_internals = lambda model, batch, **kw: [*real(model, batch, **kw), "model._symbolic_build (test)"]
     fallback = heads.train_head(x, y, xv, yv, validation_steps=val_steps, **args)
     fallback_notices = list(notices)
     weighted_fit = heads.train_head(x, y_rare, xv, yv, callbacks=[recorders[1]], **weighted_args) if weigh else None

@@ -74,8 +74,9 @@ def unavailable(model, batch) -> list[str]:
     problems = _layer_problems(model)
     if problems:
         return problems
-    # the jax loop's internals: the fused loop builds the model and validates as that loop does
-    problems = head_jax.missing_internals(model, batch) or _optimizer_problems(model.optimizer)
+    # the jax loop's internals it shares (the model's build, the epochs, the callbacks); Keras' steps, which it never
+    # calls, are not traced
+    problems = head_jax.missing_internals(model, batch, steps=False) or _optimizer_problems(model.optimizer)
     if problems:
         return problems
     problem = fused_kernel.check_kernel()
