@@ -18,8 +18,8 @@ group (tests, a notebook) leaves the interpreter alone.
 from __future__ import annotations
 
 import atexit
-import os
-import sys
+
+from xrayfeat.distributed.lifetime import end_now
 
 __all__ = ["run"]
 
@@ -46,13 +46,5 @@ def _status(code) -> int:
 
 
 def _end(status: list) -> None:
-    """The last exit handler: flush logging and the standard streams, then end the process with ``status[0]``."""
-    import logging
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed or full stream: its one line was said (or could not be) already
-            pass
-    os._exit(status[0])
+    """The last exit handler: end the process with ``status[0]`` (:func:`~xrayfeat.distributed.lifetime.end_now`)."""
+    end_now(status[0])

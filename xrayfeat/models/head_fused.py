@@ -61,7 +61,8 @@ def unavailable(model, batch) -> list[str]:
     """Why the fused step cannot train ``model`` (compiled by ``train_head``) here, one phrase each; [] when it can.
 
     ``batch``: the first training batch, ``(x, y)`` or ``(x, y, w)``; the
-    jitted pieces are traced with it (``jax.eval_shape``, no computation).
+    jitted pieces are traced with it (shapes only, no computation), and
+    :func:`fit_fused` then trains with those traces and the arrays copied for them.
     """
     import keras
 
@@ -83,15 +84,15 @@ def unavailable(model, batch) -> list[str]:
     if problem:
         return [problem]
     try:
-        pieces = _Pieces(model)
-        pieces.trace(batch)
+        pieces, state = _Pieces(model), _State(model)
+        pieces.trace(state, batch)
     except Exception as exc:  # whatever tracing raises means this Keras does not work as the step expects
         return [f"the step's jax pieces do not trace with Keras {keras.__version__} ({head_jax._one_line(exc)})"]
-    _TRACED[model] = pieces  # fit_fused trains with these, already traced
+    _TRACED[model] = pieces, state  # fit_fused trains with these: traced once, the kernel copied once
     return []
 
 
-#: The pieces :func:`unavailable` traced for a model, for :func:`fit_fused` to take (so the step is traced once).
+#: ``(pieces, state)`` :func:`unavailable` traced for a model, for :func:`fit_fused` to take (and drop).
 _TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -246,28 +247,25 @@ class _Pieces:
             new_velocities.append(v)
         return new_values, new_moments, new_velocities
 
-    def trace(self, batch) -> None:
-        """Trace every jitted piece with shapes only: raises when this Keras breaks the step.
+    def trace(self, state: _State, batch) -> None:
+        """Trace every jitted piece with ``state``'s arrays and ``batch``, shapes only: raises when this Keras breaks
+        the step.
 
         The traces are jax's own (``jit(...).trace``), kept by jax for the calls
         that follow with the same shapes, so training does not trace again.
         """
-        state = _State(self.model)
-        with _unregularized(self.dense):  # as fit_fused calls them: the traces hold what is read while tracing
-            self._trace(state, batch)
-
-    def _trace(self, state, batch) -> None:
         import jax
 
         x, y, w = _unpack(batch)
-        x_n, moving = self.front.trace(state.bn_trainable, state.bn_non_trainable, x).out_info
-        z0 = jax.ShapeDtypeStruct((x_n.shape[0], self.dense.units), "float32")
-        _, (_, d_bias, d_out), _, _ = self.back.trace(z0, state.dense_bias, state.out_vars, state.dropout_vars,
-                                                      state.metrics_vars, state.regularization(), y, w).out_info
-        self.update.trace(state.bn_trainable, state.bn_non_trainable, x, x_n, d_bias, d_out,
-                          state.small_values, state.small_m, state.small_v, state.iteration)
-        self.front_eval.trace(state.bn_trainable, state.bn_non_trainable, x)
-        self.back_eval.trace(z0, state.dense_bias, state.out_vars, state.metrics_vars, state.regularization(), y, w)
+        with _unregularized(self.dense):  # as fit_fused calls them: the traces hold what is read while tracing
+            x_n, moving = self.front.trace(state.bn_trainable, state.bn_non_trainable, x).out_info
+            z0 = jax.ShapeDtypeStruct((x_n.shape[0], self.dense.units), "float32")
+            _, (_, d_bias, d_out), _, _ = self.back.trace(z0, state.dense_bias, state.out_vars, state.dropout_vars,
+                                                          state.metrics_vars, state.regularization(), y, w).out_info
+            self.update.trace(state.bn_trainable, state.bn_non_trainable, x, x_n, d_bias, d_out,
+                              state.small_values, state.small_m, state.small_v, state.iteration)
+            self.front_eval.trace(state.bn_trainable, state.bn_non_trainable, x)
+            self.back_eval.trace(z0, state.dense_bias, state.out_vars, state.metrics_vars, state.regularization(), y, w)
 
 
 @contextlib.contextmanager
@@ -436,15 +434,16 @@ def fit_fused(model, batches, *, epochs: int, steps: int, validation: dict, call
 
     import keras
 
+    traced = _TRACED.pop(model, None)  # taken first: an entry holds its model, so it must not stay behind
     first = next(batches)
     batches = itertools.chain([first], batches)
     model._symbolic_build(data_batch=first)  # the optimizer's and the metrics' variables, as fit builds them
-    pieces = _TRACED.pop(model, None) or _Pieces(model)
+    pieces, state = traced if traced is not None else (_Pieces(model), None)
     val_batches, val_steps = head_jax._validation_batches(validation)
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=False, add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model
     )
-    state = _State(model)
+    state = state if state is not None else _State(model)
 
     def begin_epoch():
         state.metrics_vars = [v.value for v in model.metrics_variables]

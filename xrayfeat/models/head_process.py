@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfeat.devices import keras_backend_name, release_jax_at_exit
-from xrayfeat.distributed.lifetime import WriteGuard, die_with_parent, guarded_path, removed_on_death
+from xrayfeat.distributed.lifetime import WriteGuard, die_with_parent, end_now, guarded_path, removed_on_death
 from xrayfeat.models import compile_cache, head_numpy
 from xrayfeat.errors import DiskFullError, XrayfeatError
 from xrayfeat.fileio import disk_full, writing_to
@@ -245,8 +245,7 @@ def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
     """
     if backend == process_backend():
         return None
-    global _EARLY
-    early, _EARLY = _EARLY, None
+    early = _take_early()
     if early is not None and (early.backend, early.device) == (backend, device) and early.proc.poll() is None:
         return early
     if early is not None:
@@ -256,6 +255,20 @@ def start_child(backend: str, device: str = "cpu") -> HeadChild | None:
 
 #: The child :func:`started_early` made and :func:`start_child` has not taken yet.
 _EARLY: HeadChild | None = None
+
+
+def _take_early() -> HeadChild | None:
+    """The child :func:`started_early` made, now the caller's (None when there is none)."""
+    global _EARLY
+    early, _EARLY = _EARLY, None
+    return early
+
+
+def _stop_early() -> None:
+    """Stop the child :func:`started_early` made, if nobody took it."""
+    early = _take_early()
+    if early is not None:
+        early.stop()
 
 
 @contextlib.contextmanager
@@ -278,15 +291,12 @@ def started_early(requested: str = "auto", *, device: str = "cpu", train_tail: b
         backend, _ = resolve_head_backend(requested, device=device, train_tail=train_tail)
     except XrayfeatError:
         backend = process_backend()
-    if _EARLY is not None:
-        _EARLY.stop()
+    _stop_early()
     _EARLY = None if backend == process_backend() else HeadChild(backend, device)
     try:
         yield
     finally:
-        early, _EARLY = _EARLY, None
-        if early is not None:
-            early.stop()
+        _stop_early()
 
 
 def train_and_predict(backend: str, x_fit, y_fit, x_val, y_val, x_test, *, head_file, tail=None,
@@ -598,9 +608,4 @@ if __name__ == "__main__":
     else:
         die_with_parent(parent)
         status = _child_main(arguments.folder)
-    # everything is written and closed; the parent waits for this exit, and jax's and Python's teardown (about
-    # 1 s: jax clears its backends and caches) would only make it wait longer
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    end_now(status)  # everything is written and closed; the parent waits for this exit, not for jax's teardown
